@@ -1,0 +1,1 @@
+"""Triton source generation from Specs, the on-disk kernel cache and the custom ops."""

@@ -1,0 +1,1 @@
+"""Graph rewrites, one file per family; `pipeline.py` is the ordered recipe."""
