@@ -1,0 +1,143 @@
+"""Plain-text tables for people: the explanation of a compile, in human units.
+
+Everything renders to a string (so `str(explanation)` works in logs and notebooks);
+colour is used only when asked for, by default only when stdout is a terminal.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from rich import box
+from rich.console import Console, RenderableType
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from ioaware.explain import Explanation
+
+# Decimal units, the ones bandwidths are quoted in (3.0 TB/s), so bytes / bandwidth reads
+# straight off the table.
+_BYTE_UNITS = ("B", "KB", "MB", "GB", "TB", "PB")
+_FLOP_UNITS = ("FLOP", "KFLOP", "MFLOP", "GFLOP", "TFLOP", "PFLOP")
+
+
+def _human(n: float, units: Sequence[str]) -> str:
+    """n scaled by powers of 1000 into the first unit where it is below 1000, one decimal."""
+    if n < 0:
+        return "-" + _human(-n, units)
+    if n < 1000:
+        return f"{int(n)} {units[0]}" if float(n).is_integer() else f"{n:.1f} {units[0]}"
+    value = float(n)
+    for unit in units[1:]:
+        value /= 1000
+        # Compare after rounding so 999_960 prints as "1.0 MB", never "1000.0 KB".
+        if round(value, 1) < 1000 or unit == units[-1]:
+            return f"{value:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def format_bytes(n: float) -> str:
+    """Bytes in decimal units: 512 -> "512 B", 1500 -> "1.5 KB", 4_194_304 -> "4.2 MB"."""
+    return _human(n, _BYTE_UNITS)
+
+
+def format_flops(n: float) -> str:
+    """FLOPs in decimal units: 2_000_000 -> "2.0 MFLOP", 3.5e12 -> "3.5 TFLOP"."""
+    return _human(n, _FLOP_UNITS)
+
+
+def format_ratio(before: float, after: float) -> str:
+    """How many times less traffic the rewrite moves: "16.0×"; "-" when after is 0."""
+    if after <= 0:
+        return "-"
+    return f"{before / after:.1f}×"
+
+
+def format_detail(detail: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in detail.items()) or "-"
+
+
+def render(renderables: Sequence[RenderableType], *, width: int = 120,
+           color: bool | None = None) -> str:
+    """Render rich objects to a string; color=None means: only if stdout is a terminal."""
+    if color is None:
+        color = sys.stdout.isatty()
+    buffer = io.StringIO()
+    console = Console(
+        file=buffer,
+        width=width,
+        force_terminal=color,
+        color_system="standard" if color else None,
+        no_color=not color,
+        highlight=False,
+        emoji=False,
+    )
+    for renderable in renderables:
+        console.print(renderable)
+    # Rich pads every line to the console width; logs and diffs read better without it.
+    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
+
+
+def rewrites_table(expl: Explanation) -> Table:
+    table = Table(title="rewrites", box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("graph", justify="right")
+    table.add_column("kind")
+    table.add_column("detail")
+    table.add_column("HBM before → after", justify="right")
+    table.add_column("saving", justify="right")
+    table.add_column("FLOPs", justify="right")
+    table.add_column("backend")
+    for r in expl.rewrites:
+        table.add_row(
+            str(r.graph),
+            r.kind,
+            format_detail(r.detail),
+            f"{format_bytes(r.hbm_bytes_before)} → {format_bytes(r.hbm_bytes_after)}",
+            format_ratio(r.hbm_bytes_before, r.hbm_bytes_after),
+            format_flops(r.flops),
+            r.backend,
+        )
+    if len(expl.rewrites) > 1:
+        table.add_section()
+        before, after = expl.hbm_bytes_before, expl.hbm_bytes_after
+        table.add_row(
+            "", "total", "",
+            f"{format_bytes(before)} → {format_bytes(after)}",
+            format_ratio(before, after),
+            format_flops(sum(r.flops for r in expl.rewrites)),
+            "",
+        )
+    return table
+
+
+def fallbacks_table(expl: Explanation) -> Table:
+    table = Table(title="left as they were", box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("graph", justify="right")
+    table.add_column("kind")
+    table.add_column("reason", overflow="fold")
+    for f in expl.fallbacks:
+        table.add_row(str(f.graph), f.kind, f.reason)
+    return table
+
+
+def summary_line(expl: Explanation) -> str:
+    rewrote, left = len(expl.rewrites), len(expl.fallbacks)
+    line = f"found {rewrote + left} regions: rewrote {rewrote}, left {left}"
+    if left:
+        line += " (reasons above)"
+    return line
+
+
+def render_explanation(expl: Explanation, *, width: int = 120,
+                       color: bool | None = None) -> str:
+    """The rewrites table, then the fallbacks table, then a one-line summary."""
+    parts: list[RenderableType] = []
+    if expl.rewrites:
+        parts.append(rewrites_table(expl))
+    if expl.fallbacks:
+        parts.append(fallbacks_table(expl))
+    parts.append(summary_line(expl))
+    return render(parts, width=width, color=color)
