@@ -1,0 +1,295 @@
+"""Attention side by side on this GPU: ioaware against SDPA's backends, eager, Inductor, Flex.
+
+Every variant computes softmax(q kᵀ / sqrt(d)) v on the same inputs. Each is first checked
+against SDPA's math backend run in fp32 (output and the three gradients), then timed with
+`triton.testing.do_bench` (median) for the forward alone and for forward+backward, and its
+peak memory above the inputs is recorded. The CLI (`ioaware bench attention`) prints the rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# Baseline families `--vs` may name; ioaware's own two variants always run.
+BASELINES = ("sdpa", "eager", "compile", "flex")
+SDPA_BACKENDS = ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
+# The row every other row's speed is compared with.
+REFERENCE_VARIANT = "sdpa[FLASH_ATTENTION]"
+# Relative (Frobenius) error allowed against the fp32 math result: about what rounding the
+# inputs and probabilities to the dtype costs, with room for the gradients' longer sums.
+TOLERANCE = {torch.bfloat16: 3e-2, torch.float16: 1e-2, torch.float32: 1e-3}
+
+
+class BenchUnavailable(RuntimeError):
+    """The benchmark cannot run here (no CUDA device)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionProblem:
+    """Sizes of one benchmark: q, k, v are [batch, heads, seqlen, head_dim] in dtype."""
+
+    batch: int = 4
+    heads: int = 16
+    seqlen: int = 4096
+    head_dim: int = 128
+    dtype: torch.dtype = torch.bfloat16
+    causal: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("batch", "heads", "seqlen", "head_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
+
+    @property
+    def fwd_flops(self) -> float:
+        # Two matmuls of 2·N·N·d each per (batch, head); causal does half of them.
+        flops = 4 * self.batch * self.heads * self.seqlen**2 * self.head_dim
+        return flops / 2 if self.causal else flops
+
+    @property
+    def fwd_bwd_flops(self) -> float:
+        # Backward is 2.5x the forward (five matmuls against two), so 3.5x in all.
+        return 3.5 * self.fwd_flops
+
+
+@dataclasses.dataclass
+class BenchRow:
+    """One variant on one problem. Times in ms, throughput in TFLOP/s, memory in bytes.
+
+    ok: None when the check did not run. speedup_*: REFERENCE_VARIANT's time over this one's
+    (above 1 is faster than SDPA's flash backend). note: why a number is missing.
+    """
+
+    variant: str
+    causal: bool
+    rel_err: Optional[float] = None
+    ok: Optional[bool] = None
+    fwd_ms: Optional[float] = None
+    fwd_tflops: Optional[float] = None
+    fwd_bwd_ms: Optional[float] = None
+    fwd_bwd_tflops: Optional[float] = None
+    fwd_peak_bytes: Optional[int] = None
+    fwd_bwd_peak_bytes: Optional[int] = None
+    speedup_fwd: Optional[float] = None
+    speedup_fwd_bwd: Optional[float] = None
+    note: str = ""
+
+
+def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    causal: bool) -> torch.Tensor:
+    """Attention the way it is written in model code: scores, mask, fp32 softmax, PV."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    s = q @ k.transpose(-2, -1) * scale
+    if causal:
+        n = q.shape[-2]
+        mask = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+        s = s.masked_fill(~mask, float("-inf"))
+    return torch.softmax(s.float(), dim=-1).to(q.dtype) @ v
+
+
+def _sdpa_variant(backend_name: str, causal: bool) -> Attention:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = getattr(SDPBackend, backend_name)
+
+    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # The backward runs the kernel the forward chose, so only the forward needs the pin.
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+    return attention
+
+
+def _flex_variant(problem: AttentionProblem) -> Attention:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    flex = torch.compile(flex_attention)
+    block_mask = None
+    if problem.causal:
+        block_mask = create_block_mask(
+            lambda b, h, q_idx, kv_idx: q_idx >= kv_idx,
+            None, None, problem.seqlen, problem.seqlen, device="cuda",
+        )
+    return lambda q, k, v: flex(q, k, v, block_mask=block_mask)
+
+
+def _ioaware_kernel_variant(causal: bool) -> Attention:
+    from ioaware.codegen.ops import flash_attention
+
+    return lambda q, k, v: flash_attention(q, k, v, causal=causal)
+
+
+def _ioaware_compile_variant(causal: bool) -> Attention:
+    import ioaware
+
+    if not hasattr(ioaware, "compile"):
+        raise RuntimeError("ioaware.compile is not available in this build")
+    return ioaware.compile(lambda q, k, v: eager_attention(q, k, v, causal))
+
+
+def variants(problem: AttentionProblem, vs: Iterable[str] = BASELINES,
+             skip_slow: bool = False) -> list[tuple[str, Callable[[], Attention]]]:
+    """(name, builder) for every variant to run; builders may raise, which skips the row."""
+    vs = set(vs)
+    unknown = vs - set(BASELINES)
+    if unknown:
+        raise ValueError(f"vs={sorted(unknown)} not understood; expected some of {BASELINES}")
+    causal = problem.causal
+    out: list[tuple[str, Callable[[], Attention]]] = [
+        ("ioaware kernel", lambda: _ioaware_kernel_variant(causal)),
+        ("ioaware.compile(eager)", lambda: _ioaware_compile_variant(causal)),
+    ]
+    if "sdpa" in vs:
+        for name in SDPA_BACKENDS:
+            if not (skip_slow and name == "MATH"):
+                out.append((f"sdpa[{name}]", lambda name=name: _sdpa_variant(name, causal)))
+    if "eager" in vs and not skip_slow:
+        out.append(("eager", lambda: lambda q, k, v: eager_attention(q, k, v, causal)))
+    if "compile" in vs:
+        out.append((
+            "torch.compile(eager)",
+            lambda: torch.compile(lambda q, k, v: eager_attention(q, k, v, causal)),
+        ))
+    if "flex" in vs:
+        out.append(("flex_attention", lambda: _flex_variant(problem)))
+    return out
+
+
+def _inputs(problem: AttentionProblem) -> tuple[torch.Tensor, ...]:
+    """q, k, v (leaves that need grad) and the output gradient, from a fixed seed."""
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    shape = (problem.batch, problem.heads, problem.seqlen, problem.head_dim)
+
+    def randn() -> torch.Tensor:
+        return torch.randn(shape, device="cuda", dtype=problem.dtype, generator=generator)
+
+    q, k, v = (randn().requires_grad_() for _ in range(3))
+    return q, k, v, randn()
+
+
+def _forward_backward(attention: Attention, q: torch.Tensor, k: torch.Tensor,
+                      v: torch.Tensor, dout: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    for t in (q, k, v):
+        t.grad = None
+    out = attention(q, k, v)
+    out.backward(dout)
+    return out.detach(), q.grad, k.grad, v.grad
+
+
+def _relative_error(got: Iterable[torch.Tensor], want: Iterable[torch.Tensor]) -> float:
+    """Largest ‖got − want‖ / ‖want‖ over the tensors (output, dq, dk, dv)."""
+    return max(
+        ((g.float() - w).norm() / w.norm().clamp_min(1e-30)).item() for g, w in zip(got, want)
+    )
+
+
+def _peak_bytes(fn: Callable[[], object]) -> int:
+    """Peak memory one call of fn allocates above what was live before it."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def _short(error: BaseException) -> str:
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first_line[:160]}"
+
+
+def bench_problem(problem: AttentionProblem, vs: Iterable[str] = BASELINES, *,
+                  skip_slow: bool = False, warmup_ms: float = 25, rep_ms: float = 100,
+                  progress: Callable[[str], None] = lambda message: None) -> list[BenchRow]:
+    """Check then time every variant on one problem; a variant that fails gets a note."""
+    from triton.testing import do_bench
+
+    if not torch.cuda.is_available():
+        raise BenchUnavailable("ioaware bench needs a CUDA GPU; torch.cuda.is_available() is False")
+    q, k, v, dout = _inputs(problem)
+    # The reference: SDPA's math backend on fp32 copies of the same inputs.
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    want = _forward_backward(_sdpa_variant("MATH", problem.causal), q32, k32, v32, dout.float())
+    del q32, k32, v32
+    tolerance = TOLERANCE[problem.dtype]
+
+    rows: list[BenchRow] = []
+    for name, build in variants(problem, vs, skip_slow):
+        progress(f"{name} (causal={problem.causal})")
+        row = BenchRow(variant=name, causal=problem.causal)
+        rows.append(row)
+        try:
+            attention = build()
+            # The check also warms up: compilation and autotuning happen here, not in timing.
+            row.rel_err = _relative_error(_forward_backward(attention, q, k, v, dout), want)
+            row.ok = row.rel_err <= tolerance
+        except Exception as error:  # noqa: BLE001 - any failure skips the row, saying why
+            row.note = f"skipped: {_short(error)}"
+            progress(f"  {row.note}")
+            torch.cuda.empty_cache()
+            continue
+
+        def forward() -> None:
+            with torch.no_grad():
+                attention(q, k, v)
+
+        def forward_backward() -> None:
+            attention(q, k, v).backward(dout)
+
+        try:
+            row.fwd_peak_bytes = _peak_bytes(forward)
+            row.fwd_ms = do_bench(forward, warmup=warmup_ms, rep=rep_ms, return_mode="median")
+            for t in (q, k, v):
+                t.grad = None  # so every variant's peak includes allocating the gradients
+            row.fwd_bwd_peak_bytes = _peak_bytes(forward_backward)
+            row.fwd_bwd_ms = do_bench(forward_backward, warmup=warmup_ms, rep=rep_ms,
+                                      grad_to_none=[q, k, v], return_mode="median")
+        except Exception as error:  # noqa: BLE001 - e.g. out of memory at this size
+            row.note = f"timing failed: {_short(error)}"
+            progress(f"  {row.note}")
+            torch.cuda.empty_cache()
+        if row.fwd_ms:
+            row.fwd_tflops = problem.fwd_flops / (row.fwd_ms * 1e-3) / 1e12
+        if row.fwd_bwd_ms:
+            row.fwd_bwd_tflops = problem.fwd_bwd_flops / (row.fwd_bwd_ms * 1e-3) / 1e12
+        del attention
+    _attach_speedups(rows)
+    return rows
+
+
+def _attach_speedups(rows: list[BenchRow]) -> None:
+    reference = next((r for r in rows if r.variant == REFERENCE_VARIANT), None)
+    if reference is None:
+        return
+    for row in rows:
+        if reference.fwd_ms and row.fwd_ms:
+            row.speedup_fwd = reference.fwd_ms / row.fwd_ms
+        if reference.fwd_bwd_ms and row.fwd_bwd_ms:
+            row.speedup_fwd_bwd = reference.fwd_bwd_ms / row.fwd_bwd_ms
+
+
+def bench_attention(batch: int = 4, heads: int = 16, seqlen: int = 4096, head_dim: int = 128,
+                    dtype: str = "bf16", causal: Iterable[bool] = (False, True),
+                    vs: Iterable[str] = BASELINES, *, skip_slow: bool = False,
+                    warmup_ms: float = 25, rep_ms: float = 100,
+                    progress: Callable[[str], None] = lambda message: None) -> list[BenchRow]:
+    """Rows for every variant, for each causal setting asked for, in one process."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} not understood; expected one of {sorted(DTYPES)}")
+    if not torch.cuda.is_available():
+        raise BenchUnavailable("ioaware bench needs a CUDA GPU; torch.cuda.is_available() is False")
+    rows: list[BenchRow] = []
+    for is_causal in causal:
+        problem = AttentionProblem(batch, heads, seqlen, head_dim, DTYPES[dtype], is_causal)
+        rows += bench_problem(problem, vs, skip_slow=skip_slow, warmup_ms=warmup_ms,
+                              rep_ms=rep_ms, progress=progress)
+    return rows

@@ -1,0 +1,410 @@
+"""The `ioaware` command: report what the compiler does to a model, demo it, benchmark it.
+
+    ioaware report TARGET [--device h100|h200|a100|cpu] [--json]
+    ioaware demo
+    ioaware bench attention [--dtype bf16] [--batch 4 --heads 16 --seqlen 4096 --head-dim 128]
+                            [--causal | --no-causal] [--vs sdpa,eager,compile,flex] [--skip-slow]
+
+TARGET is `path/to/file.py:make` (`:make` may be left out) or the name of a bundled example
+(`gpt`, `sdpa_gqa`). `make()` returns (model, args) or (model, args, kwargs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import importlib.util
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+# Bundled examples, by name: files in the examples/ folder beside the package.
+EXAMPLES = {"gpt": "gpt.py", "sdpa_gqa": "sdpa_gqa.py"}
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+DEVICES = ("h100", "h200", "a100", "cpu")
+# Exit status for bad input (a TARGET that cannot be loaded, no GPU for bench).
+EXIT_USAGE = 2
+
+
+class TargetError(Exception):
+    """TARGET could not be turned into (model, args, kwargs); the message names the cause."""
+
+
+# --- loading a TARGET -----------------------------------------------------------------------
+
+
+def resolve_target(target: str) -> tuple[Path, str]:
+    """`file.py:fn`, `file.py` (fn = make), `name` or `name:fn` of a bundled example."""
+    path_text, colon, function = target.rpartition(":")
+    if not colon:
+        path_text, function = target, "make"
+    if not function.isidentifier():
+        raise TargetError(f"TARGET {target!r}: {function!r} is not a function name")
+    if path_text in EXAMPLES:
+        path = EXAMPLES_DIR / EXAMPLES[path_text]
+        if not path.is_file():
+            raise TargetError(
+                f"TARGET {target!r}: bundled example {path_text!r} expected at {path}, not found "
+                "(examples ship with a source checkout, not a wheel)"
+            )
+        return path, function
+    path = Path(path_text)
+    if not path_text.endswith(".py"):
+        raise TargetError(
+            f"TARGET {target!r}: expected path/to/file.py:make or a bundled example "
+            f"({', '.join(sorted(EXAMPLES))})"
+        )
+    if not path.is_file():
+        raise TargetError(f"TARGET {target!r}: no such file {path}")
+    return path, function
+
+
+def load_target(target: str) -> tuple[Any, tuple, dict]:
+    """Import TARGET's file, call its function and check it returned (model, args[, kwargs])."""
+    path, function = resolve_target(target)
+    spec = importlib.util.spec_from_file_location(f"_ioaware_target_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise TargetError(f"TARGET {target!r}: cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:
+        raise TargetError(f"TARGET {target!r}: importing {path} raised {_one_line(error)}")
+    make = getattr(module, function, None)
+    if not callable(make):
+        raise TargetError(f"TARGET {target!r}: {path} has no function {function!r}")
+    try:
+        made = make()
+    except Exception as error:
+        raise TargetError(f"TARGET {target!r}: {function}() raised {_one_line(error)}")
+    if not isinstance(made, tuple) or len(made) not in (2, 3):
+        raise TargetError(
+            f"TARGET {target!r}: {function}() returned {type(made).__name__}; expected "
+            "(model, args) or (model, args, kwargs)"
+        )
+    model, args, kwargs = made if len(made) == 3 else (*made, {})
+    if not callable(model):
+        raise TargetError(f"TARGET {target!r}: the model {type(model).__name__} is not callable")
+    if not isinstance(args, (tuple, list)):
+        raise TargetError(
+            f"TARGET {target!r}: args is {type(args).__name__}; expected a tuple, e.g. (x,)"
+        )
+    if not isinstance(kwargs, dict):
+        raise TargetError(f"TARGET {target!r}: kwargs is {type(kwargs).__name__}; expected dict")
+    return model, tuple(args), kwargs
+
+
+def _one_line(error: BaseException) -> str:
+    first = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def _require(name: str) -> Any:
+    """An attribute of the ioaware package that a command needs, or a clear error."""
+    import ioaware
+
+    if not hasattr(ioaware, name):
+        raise SystemExit(f"ioaware: ioaware.{name} is not available in this build")
+    return getattr(ioaware, name)
+
+
+def _region_dtype(rewrite: Any) -> str:
+    return str(rewrite.detail.get("dtype", "float32")).removeprefix("torch.")
+
+
+def modelled_totals(expl: Any, device: str) -> dict[str, Any]:
+    """Bytes and FLOPs of the rewritten regions, and their modelled time on `device`.
+
+    Times are the roofline floor of each region, max(FLOPs / peak, bytes / bandwidth),
+    summed, as priced by ioaware.cost with the device's profile.
+    """
+    totals: dict[str, Any] = {
+        "hbm_bytes_before": expl.hbm_bytes_before,
+        "hbm_bytes_after": expl.hbm_bytes_after,
+        "flops": sum(r.flops for r in expl.rewrites),
+        "modelled_time_before_s": None,
+        "modelled_time_after_s": None,
+    }
+    try:
+        from ioaware.cost import Cost, modelled_time
+        from ioaware.hardware import get_profile
+    except ImportError as error:
+        totals["note"] = f"no modelled time: {_one_line(error)}"
+        return totals
+    profile = get_profile(device)
+    before = after = 0.0
+    for r in expl.rewrites:
+        dtype = _region_dtype(r)
+        before += modelled_time(Cost(flops=r.flops, hbm_bytes=r.hbm_bytes_before), profile, dtype)
+        after += modelled_time(Cost(flops=r.flops, hbm_bytes=r.hbm_bytes_after), profile, dtype)
+    totals["modelled_time_before_s"] = before
+    totals["modelled_time_after_s"] = after
+    return totals
+
+
+def _format_seconds(seconds: float) -> str:
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if seconds >= scale:
+            return f"{seconds / scale:.2f} {unit}"
+    return f"{seconds / 1e-9:.1f} ns"
+
+
+def totals_line(totals: dict[str, Any], device: str) -> str:
+    from ioaware.tables import format_bytes, format_ratio
+
+    line = (
+        f"rewritten regions on {device}: HBM {format_bytes(totals['hbm_bytes_before'])} → "
+        f"{format_bytes(totals['hbm_bytes_after'])}"
+    )
+    before, after = totals["modelled_time_before_s"], totals["modelled_time_after_s"]
+    if before is not None and after is not None:
+        line += (
+            f", modelled time {_format_seconds(before)} → {_format_seconds(after)}"
+            f" ({format_ratio(before, after)} faster)"
+        )
+    elif "note" in totals:
+        line += f" ({totals['note']})"
+    return line
+
+
+def report_json(expl: Any, device: str) -> dict[str, Any]:
+    """The report as plain data; these keys are stable for scripts to read."""
+    return {
+        "rewrites": [dataclasses.asdict(r) for r in expl.rewrites],
+        "fallbacks": [dataclasses.asdict(f) for f in expl.fallbacks],
+        "graphs": expl.graphs,
+        "device": device,
+        "totals": modelled_totals(expl, device),
+    }
+
+
+def print_report(expl: Any, device: str) -> None:
+    print(str(expl), end="")
+    print(totals_line(modelled_totals(expl, device), device))
+
+
+def cmd_report(options: argparse.Namespace) -> int:
+    try:
+        model, args, kwargs = load_target(options.target)
+    except TargetError as error:
+        print(f"ioaware report: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    expl = _require("explain")(model, *args, **kwargs)
+    if options.json:
+        # default=str: details may hold dtypes or symbolic sizes; their text is what matters.
+        print(json.dumps(report_json(expl, options.device), indent=2, default=str))
+    else:
+        print_report(expl, options.device)
+    return 0
+
+
+# --- demo -------------------------------------------------------------------------------------
+
+# fp32 on the CPU: the fused kernel sums in a different order, nothing more.
+DEMO_ATOL, DEMO_RTOL = 1e-4, 1e-3
+
+
+def _max_abs_diff(a: Any, b: Any) -> float:
+    return (a.detach().float() - b.detach().float()).abs().max().item()
+
+
+def _loss_and_grads(model: Any, tokens: Any) -> tuple[Any, list]:
+    import torch.nn.functional as F
+
+    logits = model(tokens)
+    # Next-token prediction on the same random tokens: a real loss, so backward is real.
+    targets = tokens.roll(-1, dims=1)
+    F.cross_entropy(logits.flatten(0, 1), targets.flatten()).backward()
+    return logits, [p.grad for p in model.parameters()]
+
+
+def cmd_demo(options: argparse.Namespace) -> int:
+    import torch
+
+    start = time.perf_counter()
+    model, args, _ = load_target("gpt")
+    (tokens,) = args
+    eager_model = copy.deepcopy(model)
+    compiled = _require("compile")(model)
+
+    eager_logits, eager_grads = _loss_and_grads(eager_model, tokens)
+    logits, grads = _loss_and_grads(compiled, tokens)
+
+    forward_diff = _max_abs_diff(logits, eager_logits)
+    forward_ok = torch.allclose(logits, eager_logits, atol=DEMO_ATOL, rtol=DEMO_RTOL)
+    backward_diff = max(_max_abs_diff(g, e) for g, e in zip(grads, eager_grads))
+    backward_ok = all(
+        torch.allclose(g, e, atol=DEMO_ATOL, rtol=DEMO_RTOL) for g, e in zip(grads, eager_grads)
+    )
+    print(f"gpt example: logits {tuple(logits.shape)}, {len(grads)} parameter gradients")
+    print(f"forward  vs eager: max |diff| = {forward_diff:.2e}  "
+          f"{'pass' if forward_ok else 'FAIL'}")
+    print(f"backward vs eager: max |diff| = {backward_diff:.2e}  "
+          f"{'pass' if backward_ok else 'FAIL'}")
+    print()
+    print_report(_require("explain")(model, *args), options.device)
+    print(f"demo took {time.perf_counter() - start:.1f} s")
+    return 0 if forward_ok and backward_ok else 1
+
+
+# --- bench ------------------------------------------------------------------------------------
+
+
+def _parse_vs(text: str) -> list[str]:
+    from ioaware.bench import BASELINES
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in BASELINES]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(unknown)} not understood; expected a comma-separated subset of "
+            f"{','.join(BASELINES)}"
+        )
+    return names
+
+
+def _cell(value: Optional[float], fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def render_bench(rows: Sequence[Any], title: str) -> str:
+    from rich import box
+    from rich.table import Table
+
+    from ioaware.bench import REFERENCE_VARIANT
+    from ioaware.tables import format_bytes, render
+
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    for header in ("variant", "check", "fwd ms", "fwd TFLOP/s", "fwd+bwd ms",
+                   "fwd+bwd TFLOP/s", f"speed vs {REFERENCE_VARIANT}", "peak fwd / fwd+bwd"):
+        table.add_column(header, justify="left" if header == "variant" else "right")
+    for r in rows:
+        check = "-" if r.ok is None else f"{r.rel_err:.1e} {'ok' if r.ok else 'FAIL'}"
+        speed = f"{_cell(r.speedup_fwd, '.2f')} / {_cell(r.speedup_fwd_bwd, '.2f')}"
+        peak = "-" if r.fwd_peak_bytes is None else (
+            f"{format_bytes(r.fwd_peak_bytes)} / "
+            + ("-" if r.fwd_bwd_peak_bytes is None else format_bytes(r.fwd_bwd_peak_bytes))
+        )
+        table.add_row(r.variant, check, _cell(r.fwd_ms, ".3f"), _cell(r.fwd_tflops, ".1f"),
+                      _cell(r.fwd_bwd_ms, ".3f"), _cell(r.fwd_bwd_tflops, ".1f"), speed, peak)
+    notes = [f"{r.variant}: {r.note}" for r in rows if r.note]
+    return render([table, *notes], width=160)
+
+
+def cmd_bench(options: argparse.Namespace) -> int:
+    import torch
+
+    if not torch.cuda.is_available():
+        print("ioaware bench: needs a CUDA GPU (torch.cuda.is_available() is False)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    from ioaware.bench import bench_attention
+
+    rows = bench_attention(
+        options.batch, options.heads, options.seqlen, options.head_dim, options.dtype,
+        options.causal, options.vs, skip_slow=options.skip_slow,
+        warmup_ms=options.warmup, rep_ms=options.rep,
+        progress=lambda message: print(f"[bench] {message}", file=sys.stderr, flush=True),
+    )
+    if options.json:
+        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+        return 0
+    device = torch.cuda.get_device_name()
+    for causal in options.causal:
+        title = (
+            f"attention on {device}: B={options.batch} H={options.heads} N={options.seqlen} "
+            f"d={options.head_dim} {options.dtype}, {'causal' if causal else 'no mask'}"
+        )
+        print(render_bench([r for r in rows if r.causal == causal], title), end="")
+    return 0
+
+
+# --- argument parsing -------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ioaware.config import config
+
+    parser = argparse.ArgumentParser(
+        prog="ioaware", description="IO-aware graph compiler for PyTorch."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    report = commands.add_parser(
+        "report", help="what ioaware rewrites in a model, and the HBM bytes it saves",
+        description="Explain what ioaware rewrites in TARGET and the HBM traffic it saves.",
+    )
+    report.add_argument(
+        "target", metavar="TARGET",
+        help="path/to/file.py:make, or a bundled example: " + ", ".join(sorted(EXAMPLES)),
+    )
+    report.add_argument("--device", choices=DEVICES, default=config.default_device,
+                        help="device profile to price against (default: %(default)s)")
+    report.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    report.set_defaults(run=cmd_report)
+
+    demo = commands.add_parser(
+        "demo", help="compile the bundled GPT, check it against eager, show the report",
+        description="Compile the bundled GPT example, run forward and backward once, "
+        "check both against eager, then print the explanation and the IO report.",
+    )
+    demo.add_argument("--device", choices=DEVICES, default=config.default_device,
+                      help="device profile for the report (default: %(default)s)")
+    demo.set_defaults(run=cmd_demo)
+
+    bench = commands.add_parser("bench", help="benchmarks on this GPU",
+                                description="Benchmarks on this GPU.")
+    benches = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    attention = benches.add_parser(
+        "attention", help="attention: ioaware vs SDPA backends, eager, Inductor, Flex",
+        description="Time attention forward and forward+backward for ioaware's kernel, "
+        "ioaware.compile, SDPA's backends, eager, torch.compile and FlexAttention.",
+    )
+    attention.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16",
+                           help="default: %(default)s")
+    attention.add_argument("--batch", type=_positive_int, default=4, help="default: %(default)s")
+    attention.add_argument("--heads", type=_positive_int, default=16, help="default: %(default)s")
+    attention.add_argument("--seqlen", type=_positive_int, default=4096,
+                           help="default: %(default)s")
+    attention.add_argument("--head-dim", type=_positive_int, default=128,
+                           help="default: %(default)s")
+    mask = attention.add_mutually_exclusive_group()
+    mask.add_argument("--causal", dest="causal", action="store_const", const=[True],
+                      help="causal only (default: both causal and unmasked)")
+    mask.add_argument("--no-causal", dest="causal", action="store_const", const=[False],
+                      help="unmasked only")
+    attention.set_defaults(causal=[False, True])
+    attention.add_argument("--vs", type=_parse_vs, default="sdpa,eager,compile,flex",
+                           help="baselines, comma-separated (default: %(default)s)")
+    attention.add_argument("--skip-slow", action="store_true",
+                           help="drop SDPA's math backend and eager")
+    attention.add_argument("--warmup", type=float, default=25,
+                           help="do_bench warmup in ms (default: %(default)s)")
+    attention.add_argument("--rep", type=float, default=100,
+                           help="do_bench repetition time in ms (default: %(default)s)")
+    attention.add_argument("--json", action="store_true", help="print JSON rows")
+    attention.set_defaults(run=cmd_bench)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    options = build_parser().parse_args(argv)
+    return options.run(options)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
