@@ -1,3 +1,16 @@
-"""ioaware: an IO-aware graph compiler for PyTorch."""
+"""ioaware: an IO-aware graph compiler for PyTorch.
+
+    model = ioaware.compile(model)                # or @ioaware.compile
+    torch.compile(model, backend="ioaware")       # registered by entry point
+    print(ioaware.explain(model, *args))          # what was rewritten, and why not the rest
+"""
+
+from ioaware.api import compile, explain
+from ioaware.backend import counters
+from ioaware.config import config
+from ioaware.explain import Explanation, Fallback, Rewrite
+from ioaware.verify import VerificationError
 
 __version__ = "0.1.0"
+__all__ = ["compile", "explain", "counters", "config", "Explanation", "Rewrite", "Fallback",
+           "VerificationError", "__version__"]

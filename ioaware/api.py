@@ -1,0 +1,79 @@
+"""The user-facing entry points: `ioaware.compile` and `ioaware.explain`."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+
+from ioaware.backend import IoawareBackend
+from ioaware.explain import Explanation
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def compile(  # noqa: A001 - mirrors torch.compile
+    fn: F | None = None,
+    *,
+    verify: bool = False,
+    dynamic: bool | None = None,
+    fullgraph: bool = False,
+) -> F | Callable[[F], F]:
+    """Compile a function or nn.Module with ioaware; usable as `@ioaware.compile` too.
+
+    Attention regions written in plain PyTorch become generated FlashAttention kernels;
+    everything else runs as before (Inductor on CUDA, plain fx on the CPU).
+
+    verify: run eager beside the compiled code once per new input shape and raise
+        `ioaware.VerificationError` if any output differs beyond the dtype's tolerance.
+    dynamic, fullgraph: passed to `torch.compile`.
+    """
+    if fn is None:
+        return lambda f: compile(f, verify=verify, dynamic=dynamic, fullgraph=fullgraph)
+    if not callable(fn):
+        raise TypeError(f"ioaware.compile: fn must be a function or nn.Module, got {type(fn)}")
+    backend = IoawareBackend(verify=verify)
+    compiled = torch.compile(fn, backend=backend, dynamic=dynamic, fullgraph=fullgraph)
+    if isinstance(fn, torch.nn.Module):
+        return compiled
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return compiled(*args, **kwargs)
+        except torch._dynamo.exc.TorchRuntimeError:
+            # The function itself fails on these inputs (dynamo hit the error while
+            # tracing): run it eagerly so the caller sees the function's own error.
+            return fn(*args, **kwargs)
+
+    run._ioaware_backend = backend  # type: ignore[attr-defined]
+    return run  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def _fresh_dynamo_budget():
+    """Each explain is a new backend, hence a recompile; keep it off the user's budget."""
+    cfg = torch._dynamo.config
+    names = [n for n in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                         "accumulated_cache_size_limit") if hasattr(cfg, n)]
+    with cfg.patch({n: max(getattr(cfg, n), 10_000) for n in names}):
+        yield
+
+
+def explain(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Explanation:
+    """Say what `ioaware.compile(fn)` would rewrite for these inputs, and why not the rest.
+
+    Runs `fn` once eagerly under dynamo to capture its graphs; nothing is rewritten in
+    `fn` itself. Returns an Explanation (`.rewrites`, `.fallbacks`; `str()` is a table).
+    """
+    if not callable(fn):
+        raise TypeError(f"ioaware.explain: fn must be a function or nn.Module, got {type(fn)}")
+    target = fn._orig_mod if isinstance(fn, torch._dynamo.eval_frame.OptimizedModule) else fn
+    target = getattr(target, "__wrapped__", target)
+    backend = IoawareBackend(execute=False)
+    with _fresh_dynamo_budget():
+        torch.compile(target, backend=backend)(*args, **kwargs)
+    return backend.explanation

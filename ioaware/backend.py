@@ -1,0 +1,111 @@
+"""The dynamo backend: capture → canonicalise → passes → execute.
+
+Registered under the name "ioaware" through the `torch_dynamo_backends` entry point, so
+`torch.compile(model, backend="ioaware")` works after `pip install` with no import.
+
+On CUDA the rewritten graph goes to Inductor (the ioaware custom ops stay opaque to
+it); on the CPU it runs as plain fx, the custom ops running their Triton kernels under
+the interpreter when `config.interpret` is set and a reference path otherwise.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import fx
+
+from ioaware import capture
+from ioaware.explain import Explanation, Fallback
+from ioaware.verify import verified
+
+log = logging.getLogger("ioaware")
+
+# Rewrites by kind ("attention", "scan") and fallbacks, across every compile.
+counters: collections.Counter = collections.Counter()
+
+
+def _device_of(example_inputs: Sequence[Any]) -> torch.device:
+    for x in example_inputs:
+        if isinstance(x, torch.Tensor):
+            return x.device
+    return torch.device("cpu")
+
+
+def _hints(gm: fx.GraphModule) -> dict:
+    """Dynamo's hint value for every size symbol of the canonical graph."""
+    from torch._guards import detect_fake_mode
+
+    vals = [n.meta.get("val") for n in gm.graph.nodes if n.op == "placeholder"]
+    mode = detect_fake_mode([v for v in vals if isinstance(v, torch.Tensor)])
+    if mode is None or mode.shape_env is None:
+        return {}
+    return {sym: int(val) for sym, val in mode.shape_env.var_to_val.items()}
+
+
+class IoawareBackend:
+    """A dynamo backend. One instance per `ioaware.compile` call.
+
+    verify: run the eager graph beside the compiled one once per new input signature
+        and raise `VerificationError` if the outputs differ beyond the dtype tolerance.
+    execute: False for `explain`: analyse and rewrite, but return the eager graph.
+    """
+
+    def __init__(self, *, verify: bool = False, execute: bool = True) -> None:
+        self.verify = verify
+        self.execute = execute
+        self.explanation = Explanation()
+
+    def __call__(self, gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable:
+        from ioaware import hardware
+        from ioaware.passes.pipeline import PassContext, run_pipeline
+
+        index = self.explanation.graphs
+        self.explanation.graphs += 1
+        device = _device_of(example_inputs)
+        try:
+            canon = capture.canonicalize(gm, example_inputs)
+        except Exception as e:  # never crash on a graph that runs eagerly
+            self.explanation.fallbacks.append(
+                Fallback("graph", f"capture failed, graph left to eager: {type(e).__name__}: {e}",
+                         graph=index))
+            counters["fallbacks"] += 1
+            log.warning("ioaware: capture failed (%s); running this graph unchanged", e)
+            return self._finish(gm, gm, example_inputs, device)
+
+        from ioaware.codegen.ops import backend_name
+
+        profile = hardware.get_profile(None)
+        ctx = PassContext(profile=profile, backend_name=backend_name(device), hints=_hints(canon))
+        rewrites, fallbacks = run_pipeline(canon, ctx)
+        for r in rewrites:
+            r.graph = index
+            counters[r.kind] += 1
+        for f in fallbacks:
+            f.graph = index
+        counters["fallbacks"] += len(fallbacks)
+        self.explanation.rewrites += rewrites
+        self.explanation.fallbacks += fallbacks
+        return self._finish(gm, canon if rewrites else gm, example_inputs, device)
+
+    def _finish(self, eager: fx.GraphModule, gm: fx.GraphModule, example_inputs: Sequence[Any],
+                device: torch.device) -> Callable:
+        if not self.execute:
+            return eager.forward
+        if device.type == "cuda":
+            from torch._inductor.compile_fx import compile_fx
+
+            compiled = compile_fx(gm, list(example_inputs))
+        else:
+            compiled = gm.forward
+        if self.verify:
+            return verified(compiled, eager)
+        return compiled
+
+
+# The instance the entry point registers: torch.compile(model, backend="ioaware").
+def ioaware_backend(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable:
+    return IoawareBackend()(gm, example_inputs)

@@ -1,0 +1,58 @@
+"""What the compiler did and why: rewrites, fallbacks, and the bytes each one moves.
+
+`ioaware.explain(fn_or_module, *args, **kwargs)` compiles once (without running the
+rewritten graph) and returns an `Explanation`; `str()` of it is a table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass
+class Rewrite:
+    """One region replaced by a generated kernel.
+
+    kind: "attention" or "scan".  detail: what was inferred, e.g. {"mask": "causal"}.
+    hbm_bytes_before / after: modelled HBM traffic of the region unfused / fused (bytes).
+    flops: modelled FLOPs of the region (a fused multiply-add counts 2).
+    backend: how the kernel runs here: "triton" (GPU), "triton-interpret" or "reference".
+    """
+
+    kind: str
+    detail: dict[str, Any]
+    hbm_bytes_before: int
+    hbm_bytes_after: int
+    flops: int
+    backend: str
+    graph: int = 0  # index of the captured graph (dynamo may split a function into several)
+
+
+@dataclasses.dataclass
+class Fallback:
+    """A candidate region left as it was, with the reason (which node, what was expected)."""
+
+    kind: str
+    reason: str
+    graph: int = 0
+
+
+@dataclasses.dataclass
+class Explanation:
+    rewrites: list[Rewrite] = dataclasses.field(default_factory=list)
+    fallbacks: list[Fallback] = dataclasses.field(default_factory=list)
+    graphs: int = 0  # how many graphs dynamo captured
+
+    @property
+    def hbm_bytes_before(self) -> int:
+        return sum(r.hbm_bytes_before for r in self.rewrites)
+
+    @property
+    def hbm_bytes_after(self) -> int:
+        return sum(r.hbm_bytes_after for r in self.rewrites)
+
+    def __str__(self) -> str:
+        from ioaware.tables import render_explanation
+
+        return render_explanation(self)

@@ -1,0 +1,51 @@
+"""The pass recipe: a straight list of named steps, each with the reason it is there."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from torch import fx
+
+from ioaware.explain import Fallback, Rewrite
+from ioaware.passes import attention
+
+
+@dataclasses.dataclass(frozen=True)
+class PassContext:
+    """What every pass may consult: the device profile it prices against, how rewritten
+    kernels will run ("triton", "triton-interpret" or "reference"), and hint values for
+    the graph's size symbols."""
+
+    profile: Any
+    backend_name: str
+    hints: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Pass:
+    name: str
+    run: Callable[[fx.GraphModule, PassContext], tuple[list[Rewrite], list[Fallback]]]
+    why: str
+
+
+PIPELINE: list[Pass] = [
+    # Exact attention: the N×N scores and probabilities never reach HBM.
+    Pass(
+        "attention",
+        lambda gm, ctx: attention.run(gm, ctx.profile, ctx.backend_name, ctx.hints),
+        "QKᵀ → scale → mask → softmax → PV becomes one FlashAttention kernel",
+    ),
+]
+
+
+def run_pipeline(gm: fx.GraphModule, ctx: PassContext) -> tuple[list[Rewrite], list[Fallback]]:
+    """Run every pass in order on `gm` (in place); collect rewrites and fallbacks."""
+    rewrites: list[Rewrite] = []
+    fallbacks: list[Fallback] = []
+    for p in PIPELINE:
+        r, f = p.run(gm, ctx)
+        rewrites += r
+        fallbacks += f
+    return rewrites, fallbacks
