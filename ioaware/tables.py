@@ -125,7 +125,8 @@ def fallbacks_table(expl: Explanation) -> Table:
 
 def summary_line(expl: Explanation) -> str:
     rewrote, left = len(expl.rewrites), len(expl.fallbacks)
-    line = f"found {rewrote + left} regions: rewrote {rewrote}, left {left}"
+    found = rewrote + left
+    line = f"found {found} region{'' if found == 1 else 's'}: rewrote {rewrote}, left {left}"
     if left:
         line += " (reasons above)"
     return line
