@@ -1,0 +1,165 @@
+"""The attention pass on before/after graphs, and the cases it must leave alone.
+
+Each test captures a small function to canonical ATen, runs the pass, and checks the
+graph that comes out: one `ioaware::flash_attention` call with the inferred scale and
+mask, and no softmax or batched matmul left of the region. No kernel runs here.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ioaware import capture, hardware
+from ioaware.passes import attention
+from spellings import SPELLINGS, make
+
+aten = torch.ops.aten
+
+
+def canonical(fn, *args):
+    box = {}
+
+    def backend(gm, example_inputs):
+        box["gm"] = capture.canonicalize(gm, example_inputs)
+        return gm.forward
+
+    torch.compile(fn, backend=backend)(*args)
+    return box["gm"]
+
+
+def run_pass(gm):
+    return attention.run(gm, hardware.get_profile("h100"), "reference", {})
+
+
+def targets(gm):
+    return [n.target for n in gm.graph.nodes if n.op == "call_function"]
+
+
+def qkv(b=2, h=4, n=32, d=16, hkv=None):
+    return (torch.randn(b, h, n, d), torch.randn(b, hkv or h, n, d), torch.randn(b, hkv or h, n, d))
+
+
+@pytest.mark.parametrize("name", sorted(SPELLINGS))
+@pytest.mark.parametrize("causal", [False, True])
+def test_every_spelling_becomes_one_flash_call(name, causal):
+    q, k, v = qkv(hkv=2 if name == "sdpa_gqa" else None)
+    gm = canonical(make(name, causal, 0.2), q, k, v)
+    rewrites, fallbacks = run_pass(gm)
+    assert len(rewrites) == 1 and not fallbacks, fallbacks
+    assert rewrites[0].detail["mask"] == ("causal" if causal else "none")
+    calls = [n for n in gm.graph.nodes if n.target is torch.ops.ioaware.flash_attention.default]
+    assert len(calls) == 1
+    _, _, _, scale, is_causal = calls[0].args
+    assert scale == pytest.approx(0.2) and is_causal == causal
+    assert aten._softmax.default not in targets(gm)
+    assert aten.bmm.default not in targets(gm)
+    assert aten.scaled_dot_product_attention.default not in targets(gm)
+    if name == "sdpa_gqa":
+        assert rewrites[0].detail["gqa_groups"] == 2
+
+
+def test_matmul_reads_4d_inputs_without_the_reshape_copy():
+    # q @ kᵀ on 4-D tensors becomes reshape(expand(q)) → bmm; the kernel reads q itself.
+    q, k, v = qkv()
+    gm = canonical(make("matmul_masked_fill", True, 0.25), q, k, v)
+    run_pass(gm)
+    call = next(n for n in gm.graph.nodes if n.target is torch.ops.ioaware.flash_attention.default)
+    assert call.args[0].op == "placeholder"
+    assert aten.reshape.default not in targets(gm)
+
+
+def test_rewritten_graph_computes_what_eager_computes():
+    q, k, v = qkv()
+    fn = make("einsum_where", True, 0.25)
+    gm = canonical(fn, q, k, v)
+    run_pass(gm)
+    out = gm(q, k, v)
+    torch.testing.assert_close(out[0] if isinstance(out, (tuple, list)) else out, fn(q, k, v))
+
+
+def test_scale_on_k_is_folded():
+    def fn(q, k, v):
+        return (q @ (k * 0.5).transpose(-2, -1)).softmax(-1) @ v
+
+    gm = canonical(fn, *qkv())
+    rewrites, _ = run_pass(gm)
+    assert rewrites and rewrites[0].detail["scale"] == 0.5
+    assert aten.mul.Tensor not in targets(gm)
+
+
+# --- cases the pass must leave alone, each with its reason ----------------------------
+
+
+def _softmax_other_axis(q, k, v):
+    return (q @ k.transpose(-2, -1)).softmax(-2) @ v
+
+
+def _probs_returned(q, k, v):
+    p = (q @ k.transpose(-2, -1)).softmax(-1)
+    return p @ v, p
+
+
+def _scores_reused(q, k, v):
+    s = q @ k.transpose(-2, -1)
+    return s.softmax(-1) @ v + s.sum()
+
+
+def _sliding_window(q, k, v):
+    n = q.shape[-2]
+    i = torch.arange(n)
+    keep = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < 4)
+    return (q @ k.transpose(-2, -1)).masked_fill(~keep, float("-inf")).softmax(-1) @ v
+
+
+def _mask_from_input(q, k, v, mask):
+    return (q @ k.transpose(-2, -1)).masked_fill(mask, float("-inf")).softmax(-1) @ v
+
+
+def _bias_added(q, k, v, bias):
+    return ((q @ k.transpose(-2, -1)) + bias).softmax(-1) @ v
+
+
+def _dropout_training(q, k, v):
+    return F.dropout((q @ k.transpose(-2, -1)).softmax(-1), p=0.5, training=True) @ v
+
+
+def _sdpa_with_mask(q, k, v, mask):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _fill_not_inf(q, k, v):
+    n = q.shape[-2]
+    keep = torch.ones(n, n, dtype=torch.bool).tril()
+    return (q @ k.transpose(-2, -1)).masked_fill(~keep, -1.0).softmax(-1) @ v
+
+
+FALLBACKS = {
+    _softmax_other_axis: "not the key (last) axis",
+    _probs_returned: "probabilities are used elsewhere",
+    _scores_reused: "used elsewhere",
+    _sliding_window: "not causal",
+    _mask_from_input: "not an index-only expression",
+    _bias_added: "not an index-only expression",
+    _dropout_training: "dropout",
+    _sdpa_with_mask: "attn_mask",
+    _fill_not_inf: "not -inf",
+}
+
+
+@pytest.mark.parametrize("fn", list(FALLBACKS), ids=lambda f: f.__name__.strip("_"))
+def test_fallback_leaves_region_and_says_why(fn):
+    q, k, v = qkv(n=8)
+    extra = []
+    if fn in (_mask_from_input, _sdpa_with_mask):
+        extra = [torch.rand(8, 8) > 0.5]
+        extra[0][:, 0] = False if fn is _mask_from_input else True
+    if fn is _bias_added:
+        extra = [torch.randn(8, 8)]
+    gm = canonical(fn, q, k, v, *extra)
+    before = targets(gm)
+    rewrites, fallbacks = run_pass(gm)
+    assert not rewrites
+    assert len(fallbacks) == 1 and FALLBACKS[fn] in fallbacks[0].reason, fallbacks
+    assert targets(gm) == before  # untouched
