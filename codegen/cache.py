@@ -1,0 +1,183 @@
+"""On-disk cache of rendered kernel modules, keyed by Spec, versions and device.
+
+A kernel module is the Python text a renderer returns for a Spec. It is written once
+to `config.cache_dir/<kind>-<key>.py` and imported from there with importlib (Triton
+reads a kernel's source back through `inspect`, so it must live in a real file). The
+key hashes everything that can change the text or what Triton makes of it:
+
+    kind, spec.key(), ioaware / torch / triton versions, the renderers' own source,
+    and the device ("NVIDIA H100 80GB HBM3 sm90", or "interpret").
+
+Writes are atomic (temp file in the same directory, then `os.replace`), so a process
+that finds the file finds all of it, however many processes race to create it.
+
+Interpreted kernels: Triton decides at `@triton.jit` decoration time whether a
+function is compiled or interpreted (`triton.knobs.runtime.interpret`, which reads the
+env var `TRITON_INTERPRET` unless set explicitly; triton 3.6 and 3.9 alike). The
+module is imported with both set, and both restored afterwards, so interpreted and
+compiled kernels coexist in one process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+
+import torch
+import triton
+
+import ioaware
+from ioaware.config import config
+from ioaware.spec import AttentionSpec
+
+from . import attention_bwd, attention_fwd
+
+INTERPRET_DEVICE = "interpret"
+
+# kind -> renderer(spec, interpret=...) -> module source
+RENDERERS: dict[str, Callable[..., str]] = {
+    "attention_fwd": attention_fwd.render_forward,
+    "attention_bwd": attention_bwd.render_backward,
+}
+
+_modules: dict[str, ModuleType] = {}
+# Guards the in-process dict and the process-global interpret switch during imports.
+_lock = threading.RLock()
+
+
+def _renderer_digest() -> str:
+    """Hash of the template files: editing a template invalidates old cache entries."""
+    h = hashlib.sha256()
+    for mod in (attention_fwd, attention_bwd):
+        h.update(Path(mod.__file__).read_bytes())
+    return h.hexdigest()[:16]
+
+
+_RENDERER_DIGEST = _renderer_digest()
+
+
+def device_tag(device: torch.device | str | None) -> str:
+    """What the compiled code depends on: GPU name and capability, or "interpret"."""
+    if device is None or device == INTERPRET_DEVICE:
+        return INTERPRET_DEVICE
+    device = torch.device(device)
+    if device.type != "cuda":
+        return INTERPRET_DEVICE
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    major, minor = torch.cuda.get_device_capability(index)
+    return f"{torch.cuda.get_device_name(index)} sm{major}{minor}"
+
+
+def cache_key(
+    kind: str,
+    spec: AttentionSpec,
+    device: str,
+    *,
+    versions: dict[str, str] | None = None,
+) -> str:
+    """Hex key of one kernel module: sha256 over kind, spec.key(), versions and device."""
+    if versions is None:
+        versions = {
+            "ioaware": ioaware.__version__,
+            "torch": torch.__version__,
+            "triton": triton.__version__,
+            "renderers": _RENDERER_DIGEST,
+        }
+    payload = json.dumps(
+        {"kind": kind, "spec": spec.key(), "device": device, "versions": versions},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` so that readers see either no file or the whole file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX and Windows within one filesystem
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def triton_interpret(enabled: bool) -> Iterator[None]:
+    """Make `@triton.jit` produce interpreter functions (or not) inside the block."""
+    knobs = getattr(triton, "knobs", None)
+    runtime = getattr(knobs, "runtime", None)
+    had_env = "TRITON_INTERPRET" in os.environ
+    old_env = os.environ.get("TRITON_INTERPRET")
+    # A value set explicitly on the knob lives in the instance dict; absent means
+    # "read the env var", which is what we restore to.
+    had_knob = runtime is not None and "interpret" in vars(runtime)
+    old_knob = vars(runtime).get("interpret") if runtime is not None else None
+    try:
+        os.environ["TRITON_INTERPRET"] = "1" if enabled else "0"
+        if runtime is not None:
+            runtime.interpret = enabled
+        yield
+    finally:
+        if runtime is not None:
+            if had_knob:
+                runtime.interpret = old_knob
+            else:
+                with contextlib.suppress(AttributeError, KeyError):
+                    del runtime.interpret
+        # Setting the knob may have written the env var; restore it last.
+        if had_env:
+            os.environ["TRITON_INTERPRET"] = old_env  # type: ignore[assignment]
+        else:
+            os.environ.pop("TRITON_INTERPRET", None)
+
+
+def _import_file(name: str, path: Path, interpret: bool) -> ModuleType:
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    # Registered before execution: Triton and inspect look modules up by name.
+    sys.modules[name] = module
+    try:
+        with triton_interpret(interpret):
+            module_spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def kernel_path(kind: str, key: str) -> Path:
+    return Path(config.cache_dir) / "kernels" / f"{kind}-{key}.py"
+
+
+def load_kernel_module(kind: str, spec: AttentionSpec, device: str) -> ModuleType:
+    """The module of kernels `kind` for `spec` on `device` (a `device_tag`).
+
+    Looked up in-process, then on disk; rendered and written atomically if absent.
+    """
+    interpret = device == INTERPRET_DEVICE
+    key = cache_key(kind, spec, device)
+    with _lock:
+        module = _modules.get(key)
+        if module is not None:
+            return module
+        path = kernel_path(kind, key)
+        if not path.exists():
+            write_atomic(path, RENDERERS[kind](spec, interpret=interpret))
+        module = _import_file(f"ioaware_kernels_{kind}_{key}", path, interpret)
+        _modules[key] = module
+        return module

@@ -1,0 +1,217 @@
+"""Exact attention as torch custom ops with their own autograd: `ioaware::flash_attention`.
+
+    ioaware::flash_attention(q, k, v, scale, causal) -> (out, lse)
+    ioaware::flash_attention_backward(dout, q, k, v, out, lse, scale, causal, dlse=None)
+        -> (dq, dk, dv)
+
+q [B, Hq, Nq, d], k [B, Hkv, Nk, d], v [B, Hkv, Nk, dv], any strides, Hq % Hkv == 0;
+out [B, Hq, Nq, dv] contiguous in q.dtype; lse [B, Hq, Nq] fp32, natural log.
+
+Dispatch, decided per call from the tensors' device (`backend_name`):
+    CUDA tensor                     -> compiled Triton kernels ("triton")
+    CPU tensor, config.interpret    -> the same kernels under Triton's interpreter
+                                       ("triton-interpret")
+    anything else                   -> reference.py, plain torch in fp32 ("reference")
+Empty problems (B, H, Nq or Nk = 0) never launch a kernel; they return what eager math
+gives (Nk = 0: P V over an empty axis, out = 0, lse = -inf).
+
+The ops are opaque to Inductor (fake implementations give shapes), so they survive
+torch.compile, and run as ordinary callables in fx graphs executed eagerly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ioaware.config import config
+from ioaware.spec import DTYPES, AttentionSpec, dtype_name
+
+from . import reference
+from .cache import INTERPRET_DEVICE, device_tag, load_kernel_module
+
+__all__ = ["backend_name", "flash_attention"]
+
+
+def backend_name(device: torch.device | str) -> str:
+    """How the ops run on `device` now: "triton", "triton-interpret" or "reference"."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "triton"
+    if device.type == "cpu" and config.interpret:
+        return "triton-interpret"
+    return "reference"
+
+
+def _check_inputs(q: Tensor, k: Tensor, v: Tensor, scale: float) -> None:
+    """Raise ValueError naming the offending argument; see the module docstring."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be 4-D [B, H, N, d]; got {name}.shape={tuple(t.shape)}")
+    if q.dtype not in DTYPES.values():
+        raise ValueError(f"q.dtype={q.dtype} is not supported; expected one of {sorted(DTYPES)}")
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise ValueError(f"{name}.dtype={t.dtype} must equal q.dtype={q.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{name}.device={t.device} must equal q.device={q.device}")
+    if not (k.shape[0] == v.shape[0] == q.shape[0]):
+        raise ValueError(
+            f"batch sizes differ: q.shape[0]={q.shape[0]}, k.shape[0]={k.shape[0]}, "
+            f"v.shape[0]={v.shape[0]}"
+        )
+    if k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
+        raise ValueError(
+            f"k and v must agree on heads and length: k.shape={tuple(k.shape)}, "
+            f"v.shape={tuple(v.shape)}"
+        )
+    h_q, h_kv = q.shape[1], k.shape[1]
+    if (h_kv == 0 and h_q != 0) or (h_kv != 0 and h_q % h_kv != 0):
+        raise ValueError(f"q heads Hq={h_q} must be a multiple of k/v heads Hkv={h_kv}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"head dims differ: q.shape[-1]={q.shape[-1]}, k.shape[-1]={k.shape[-1]}")
+    for name, d in (("q.shape[-1]", q.shape[-1]), ("v.shape[-1]", v.shape[-1])):
+        if not 1 <= d <= 256:
+            raise ValueError(f"head dim {name}={d} must be between 1 and 256")
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale={scale} must be a positive finite float")
+
+
+def _kernel_device(device: torch.device) -> str:
+    """Cache device tag for a tensor on `device` (callers have ruled out "reference")."""
+    return device_tag(device) if device.type == "cuda" else INTERPRET_DEVICE
+
+
+def _spec(q: Tensor, v: Tensor, scale: float, causal: bool) -> AttentionSpec:
+    return AttentionSpec(
+        head_dim=q.shape[-1],
+        head_dim_v=v.shape[-1],
+        dtype=dtype_name(q.dtype),
+        causal=causal,
+        scale=scale,
+    )
+
+
+def _empty_outputs(q: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    batch, h_q, n_q, _ = q.shape
+    out = q.new_empty((batch, h_q, n_q, v.shape[-1]))
+    lse = q.new_empty((batch, h_q, n_q), dtype=torch.float32)
+    return out, lse
+
+
+@torch.library.custom_op("ioaware::flash_attention", mutates_args=())
+def flash_attention_op(
+    q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool
+) -> tuple[Tensor, Tensor]:
+    """(out, lse) = softmax(scale · Q Kᵀ [causal mask]) V, logsumexp of the scores."""
+    _check_inputs(q, k, v, scale)
+    out, lse = _empty_outputs(q, v)
+    if lse.numel() == 0:
+        return out, lse
+    if k.shape[2] == 0:  # no keys: P V sums over an empty axis
+        return out.zero_(), lse.fill_(float("-inf"))
+    if backend_name(q.device) == "reference":
+        return reference.attention_forward(q, k, v, scale, causal)
+    module = load_kernel_module("attention_fwd", _spec(q, v, scale, causal),
+                                _kernel_device(q.device))
+    if q.device.type == "cuda":
+        with torch.cuda.device(q.device):
+            module.forward(q, k, v, out, lse)
+    else:
+        module.forward(q, k, v, out, lse)
+    return out, lse
+
+
+@flash_attention_op.register_fake
+def _(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> tuple[Tensor, Tensor]:
+    return _empty_outputs(q, v)
+
+
+@torch.library.custom_op("ioaware::flash_attention_backward", mutates_args=())
+def flash_attention_backward_op(
+    dout: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    scale: float,
+    causal: bool,
+    dlse: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(dq, dk, dv), contiguous in the dtypes of q, k, v. dlse: gradient of lse, or None."""
+    dq = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.zeros(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.zeros(v.shape, dtype=v.dtype, device=v.device)
+    if q.numel() == 0 or k.numel() == 0:  # nothing flows: no query rows or no keys
+        return dq, dk, dv
+    if backend_name(q.device) == "reference":
+        return reference.attention_backward(dout, q, k, v, out, lse, scale, causal, dlse)
+    module = load_kernel_module("attention_bwd", _spec(q, v, scale, causal),
+                                _kernel_device(q.device))
+    lse = lse.contiguous()
+    dlse = dlse.float().contiguous() if dlse is not None else None
+    if q.device.type == "cuda":
+        with torch.cuda.device(q.device):
+            module.backward(dout, q, k, v, out, lse, dlse, dq, dk, dv)
+    else:
+        module.backward(dout, q, k, v, out, lse, dlse, dq, dk, dv)
+    return dq, dk, dv
+
+
+@flash_attention_backward_op.register_fake
+def _(
+    dout: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    scale: float,
+    causal: bool,
+    dlse: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return (
+        q.new_empty(q.shape),
+        k.new_empty(k.shape),
+        v.new_empty(v.shape),
+    )
+
+
+def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 (torch.library protocol)
+    q, k, v, scale, causal = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.scale = scale
+    ctx.causal = causal
+
+
+def _backward(ctx, dout: Tensor, dlse: Tensor | None):  # noqa: ANN001, ANN202
+    q, k, v, out, lse = ctx.saved_tensors
+    if dout is None:
+        dout = torch.zeros_like(out)
+    dq, dk, dv = torch.ops.ioaware.flash_attention_backward(
+        dout, q, k, v, out, lse, ctx.scale, ctx.causal, dlse
+    )
+    return dq, dk, dv, None, None
+
+
+flash_attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def flash_attention(
+    q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, causal: bool = False
+) -> Tensor:
+    """softmax(scale · Q Kᵀ [+ causal mask]) V, exact, without materialising Q Kᵀ.
+
+    q [B, Hq, Nq, d], k [B, Hkv, Nk, d], v [B, Hkv, Nk, dv] -> [B, Hq, Nq, dv] in q.dtype.
+    scale defaults to 1/sqrt(d). causal: key j visible to query i iff j <= i.
+    Raises ValueError on bad ranks, dtypes, devices, head dims or Hq % Hkv != 0.
+    """
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1]) if q.dim() == 4 and q.shape[-1] > 0 else 1.0
+    _check_inputs(q, k, v, float(scale))
+    out, _ = torch.ops.ioaware.flash_attention(q, k, v, float(scale), bool(causal))
+    return out
