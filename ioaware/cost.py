@@ -1,0 +1,811 @@
+"""The cost model: HBM bytes and FLOPs of every op, as sympy expressions in the sizes.
+
+`node_cost` prices one node of the canonical ATen graph, `graph_cost` a whole graph; the
+closed forms `attention_unfused_cost`, `flash_attention_cost` and
+`flash_attention_backward_cost` price an attention region before and after the rewrite;
+`modelled_time`, `bound` and `rewrite_pays` compare a Cost with a DeviceProfile.
+Derivations and conventions: docs/cost-model.md.
+
+Conventions, everywhere in this file:
+- Bytes are HBM traffic: an op reads each distinct input tensor once, at the size of the
+  memory it covers (a broadcast or `expand`ed input counts its own, smaller, size), and
+  writes each output once. Caches are not modelled: this is the FlashAttention IO model.
+- A fused multiply-add counts 2 FLOPs; every other arithmetic op, compare or select
+  counts 1 per element. A transcendental (exp, log, tanh, erf, rsqrt, sqrt, sin, ...)
+  counts 1 FLOP and also 1 in `transcendentals`, which the model prices against the
+  special-function units.
+- Views, layout changes and `detach`/`alias` cost nothing. A node the model does not know
+  is unpriced (`None`), never silently free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import operator
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Union
+
+import sympy
+import torch
+import torch.fx as fx
+
+from ioaware.hardware import DeviceProfile, dtype_key
+
+Size = Union[int, sympy.Expr, torch.SymInt]
+Hints = Mapping[Union[str, sympy.Symbol], int]
+
+# Default FlashAttention tiles when an op does not say which it uses (FA2's forward tile
+# for head_dim 128 on A100/H100: 128 query rows x 64 key rows).
+DEFAULT_BLOCK_M = 128
+DEFAULT_BLOCK_N = 64
+LSE_ITEMSIZE = 4  # lse and delta rows are float32
+
+
+def sym(size: Size | float) -> sympy.Expr:
+    """A size as a sympy expression: SymInts become their symbolic expression."""
+    if isinstance(size, torch.SymInt):
+        return sympy.sympify(size.node.expr)
+    return sympy.sympify(size)
+
+
+_FIELDS = ("read_bytes", "write_bytes", "flops", "transcendentals")
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """HBM bytes read and written, FLOPs and transcendentals of an op or a region.
+
+    Every field is a sympy expression in the graph's symbolic sizes (plain ints become
+    sympy Integers). Costs add with `+` (also `sum(costs)`) and scale with `k * cost`.
+    """
+
+    read_bytes: sympy.Expr = sympy.Integer(0)
+    write_bytes: sympy.Expr = sympy.Integer(0)
+    flops: sympy.Expr = sympy.Integer(0)
+    transcendentals: sympy.Expr = sympy.Integer(0)
+
+    def __post_init__(self) -> None:
+        for name in _FIELDS:
+            object.__setattr__(self, name, sym(getattr(self, name)))
+
+    @property
+    def hbm_bytes(self) -> sympy.Expr:
+        """Bytes read plus bytes written."""
+        return self.read_bytes + self.write_bytes
+
+    @property
+    def free_symbols(self) -> set[sympy.Symbol]:
+        return set().union(*(getattr(self, name).free_symbols for name in _FIELDS))
+
+    def __add__(self, other: Cost) -> Cost:
+        if isinstance(other, int) and other == 0:  # lets sum() start from 0
+            return self
+        if not isinstance(other, Cost):
+            return NotImplemented
+        return Cost(*(getattr(self, n) + getattr(other, n) for n in _FIELDS))
+
+    __radd__ = __add__
+
+    def __mul__(self, factor: Size) -> Cost:
+        k = sym(factor)
+        return Cost(*(k * getattr(self, n) for n in _FIELDS))
+
+    __rmul__ = __mul__
+
+    def subs(self, hints: Hints) -> Cost:
+        """The same cost with symbols replaced by `hints` (keys: Symbols or their names)."""
+        return Cost(*(_subs(getattr(self, n), hints) for n in _FIELDS))
+
+    def evaluate(self, hints: Hints | None = None) -> dict[str, int]:
+        """Numbers for every field and `hbm_bytes`; raises if a symbol has no hint."""
+        concrete = self.subs(hints or {})
+        missing = concrete.free_symbols
+        if missing:
+            names = sorted(str(s) for s in missing)
+            raise ValueError(f"cost depends on {names} with no hint; pass hints={{name: size}}")
+        values = {n: _to_int(getattr(concrete, n)) for n in _FIELDS}
+        values["hbm_bytes"] = values["read_bytes"] + values["write_bytes"]
+        return values
+
+
+def _subs(expr: sympy.Expr, hints: Hints) -> sympy.Expr:
+    by_name = {str(k): v for k, v in hints.items()}
+    mapping = {s: by_name[s.name] for s in expr.free_symbols if s.name in by_name}
+    return expr.xreplace({s: sympy.Integer(int(v)) for s, v in mapping.items()})
+
+
+def _to_int(expr: sympy.Expr) -> int:
+    return int(expr) if expr.is_Integer else int(sympy.ceiling(expr))
+
+
+# --------------------------------------------------------------------------------------
+# Sizes of tensors in node.meta["val"]
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
+def _numel(t: torch.Tensor) -> sympy.Expr:
+    return sympy.Mul(*(sym(s) for s in t.shape))
+
+
+def _distinct_numel(t: torch.Tensor) -> sympy.Expr:
+    """Elements of memory a tensor covers: an `expand`ed dim (stride 0) covers one."""
+    return sympy.Mul(
+        *(sym(size) for size, stride in zip(t.shape, t.stride())
+          if not (isinstance(stride, int) and stride == 0))
+    )
+
+
+def _nbytes(t: torch.Tensor) -> sympy.Expr:
+    return _numel(t) * t.dtype.itemsize
+
+
+def _val(node: fx.Node) -> Any:
+    return node.meta.get("val")
+
+
+def _out(node: fx.Node) -> torch.Tensor:
+    return _tensors(_val(node))[0]
+
+
+def _write_bytes(node: fx.Node) -> sympy.Expr:
+    return sympy.Add(*(_nbytes(t) for t in _tensors(_val(node))))
+
+
+# Layout-only ops that cover all of their input: reading through one reads the input.
+_FULL_VIEWS = {
+    "view", "_unsafe_view", "reshape", "expand", "expand_as", "view_as", "permute",
+    "transpose", "t", "unsqueeze", "squeeze", "alias", "detach", "unflatten", "flatten",
+    "movedim", "swapaxes", "contiguous", "lift_fresh", "to", "type_as",
+}
+
+
+def _is_alias(node: fx.Node) -> bool:
+    """True if the node's output shares memory with its first input (a view, no copy)."""
+    if not node.args or not isinstance(node.args[0], fx.Node):
+        return False
+    out, inp = _val(node), _val(node.args[0])
+    if not isinstance(out, torch.Tensor) or not isinstance(inp, torch.Tensor):
+        return False
+    return bool(torch._C._is_alias_of(out, inp))
+
+
+def _storage_root(node: fx.Node) -> fx.Node:
+    """Walk back through views that cover their whole input; that node's memory is read."""
+    while (
+        node.op == "call_function"
+        and _op_name(node.target) in _FULL_VIEWS
+        and getattr(node.target, "_overloadname", "") != "dtype"  # view.dtype reinterprets
+        and _is_alias(node)
+    ):
+        node = node.args[0]
+    return node
+
+
+def _read_bytes(node: fx.Node) -> sympy.Expr:
+    """Bytes of the distinct tensors the node reads, each counted once.
+
+    Inputs that are views of the same memory (x and x.t(), or x and x.expand(...)) are
+    one tensor: `mul(x, x.t())` reads x once. Disjoint slices of one tensor stay separate.
+    """
+    seen: dict[fx.Node, sympy.Expr] = {}
+    for inp in node.all_input_nodes:
+        if not isinstance(_val(inp), torch.Tensor):
+            continue  # SymInt size arguments
+        root = _storage_root(inp)
+        t = _val(root)
+        seen[root] = _distinct_numel(t) * t.dtype.itemsize
+    return sympy.Add(*seen.values())
+
+
+def _reads_and_writes(node: fx.Node) -> Cost:
+    return Cost(read_bytes=_read_bytes(node), write_bytes=_write_bytes(node))
+
+
+# --------------------------------------------------------------------------------------
+# Per-op rules. A rule takes the node and returns its Cost (or None when it cannot price
+# this particular call). Rules are keyed by the op's name without namespace or overload.
+
+Rule = Callable[[fx.Node], Union[Cost, None]]
+_RULES: dict[tuple[str, str], Rule] = {}
+
+
+def _op_name(target: Any) -> str:
+    schema = getattr(target, "_schema", None)
+    return schema.name.split("::")[-1] if schema is not None else ""
+
+
+def _prices(*names: str, namespace: str = "aten") -> Callable[[Rule], Rule]:
+    def register(rule: Rule) -> Rule:
+        for name in names:
+            _RULES[(namespace, name)] = rule
+        return rule
+
+    return register
+
+
+def _free(node: fx.Node) -> Cost:
+    return Cost()
+
+
+# Views and metadata. reshape/contiguous/to copy when they must: priced as copies then.
+_prices(
+    "view", "_unsafe_view", "expand", "expand_as", "view_as", "permute", "transpose", "t",
+    "unsqueeze", "squeeze", "alias", "detach", "slice", "select", "narrow", "as_strided",
+    "unflatten", "flatten", "movedim", "swapaxes", "split", "split_with_sizes", "chunk",
+    "unbind", "diagonal", "unfold", "lift_fresh", "real", "view_as_real", "view_as_complex",
+    "sym_size", "sym_numel", "sym_stride", "sym_storage_offset", "empty", "empty_like",
+    "empty_strided", "new_empty", "new_empty_strided", "empty_permuted",
+    "_assert_tensor_metadata", "_assert_scalar", "_assert_async", "_functional_assert_async",
+    "sym_constrain_range", "sym_constrain_range_for_size", "_functional_sym_constrain_range",
+)(_free)
+
+
+@_prices("reshape", "contiguous", "to", "type_as")
+def _maybe_copy(node: fx.Node) -> Cost:
+    # read MN, write MN when the result cannot alias the input; nothing when it can.
+    return Cost() if _is_alias(node) else _reads_and_writes(node)
+
+
+_prices(
+    "clone", "_to_copy", "copy", "lift_fresh_copy", "repeat", "repeat_interleave", "roll",
+    "flip", "constant_pad_nd", "pad", "cat", "stack", "tril", "triu", "_unsafe_index",
+)(_reads_and_writes)  # read every input once, write the output; no arithmetic
+
+
+@_prices(
+    "ones", "zeros", "full", "arange", "ones_like", "zeros_like", "full_like", "new_ones",
+    "new_zeros", "new_full", "scalar_tensor", "linspace", "eye", "rand", "randn", "randint",
+    "rand_like", "randn_like", "randint_like",
+)
+def _factory(node: fx.Node) -> Cost:
+    # write N, read nothing (the *_like ops only read shapes). Random numbers are priced
+    # by their write alone: generation is cheap next to the store.
+    return Cost(write_bytes=_write_bytes(node))
+
+
+# FLOPs and transcendentals per output element of pointwise ops (default 1 and 0).
+_POINTWISE_FLOPS: dict[str, tuple[int, int]] = {
+    **{op: (1, 1) for op in (
+        "exp", "exp2", "log", "log2", "log10", "log1p", "expm1", "tanh", "erf", "erfc",
+        "sqrt", "rsqrt", "sin", "cos", "tan", "atan", "asin", "acos", "sinh", "cosh",
+    )},
+    "sigmoid": (4, 1),  # neg, exp, add, reciprocal
+    "silu": (4, 1),  # x / (1 + exp(-x)): neg, exp, add, div
+    "softplus": (3, 2),  # log1p(exp(x)) with a compare for the linear region
+    "mish": (6, 3),  # x * tanh(softplus(x))
+    "elu": (3, 1),
+    "addcmul": (2, 0),
+    "addcdiv": (2, 0),
+    "lerp": (2, 0),
+    "hardswish": (4, 0),
+    "hardsigmoid": (3, 0),
+}
+_POINTWISE = {
+    "add", "sub", "rsub", "mul", "div", "neg", "abs", "reciprocal", "square", "sign",
+    "floor", "ceil", "round", "trunc", "frac", "fmod", "remainder", "clamp", "clamp_min",
+    "clamp_max", "clip", "maximum", "minimum", "fmax", "fmin", "where", "masked_fill",
+    "relu", "leaky_relu", "hardtanh", "threshold", "eq", "ne", "lt", "le", "gt", "ge",
+    "logical_not", "logical_and", "logical_or", "logical_xor", "bitwise_and",
+    "bitwise_or", "bitwise_xor", "bitwise_not", "__and__", "__or__", "__xor__",
+    "__invert__", "isnan", "isinf", "isfinite", "nan_to_num", "copysign", "signbit",
+    "heaviside", "xlogy", *_POINTWISE_FLOPS,
+}
+
+
+def _per_element(node: fx.Node, flops: int, transcendentals: int) -> Cost:
+    n = _numel(_out(node))
+    return _reads_and_writes(node) + Cost(flops=flops * n, transcendentals=transcendentals * n)
+
+
+@_prices(*_POINTWISE)
+def _pointwise(node: fx.Node) -> Cost:
+    # read each distinct input (its own broadcast size), write the output
+    flops, transcendentals = _POINTWISE_FLOPS.get(_op_name(node.target), (1, 0))
+    return _per_element(node, flops, transcendentals)
+
+
+@_prices("gelu")
+def _gelu(node: fx.Node) -> Cost:
+    if node.kwargs.get("approximate", node.args[1] if len(node.args) > 1 else "none") == "tanh":
+        # 0.5 x (1 + tanh(c (x + 0.044715 x^3))): x^3 (2), mul, add, mul, tanh, add, mul, mul
+        return _per_element(node, 9, 1)
+    return _per_element(node, 5, 1)  # 0.5 x (1 + erf(x / sqrt 2)): mul, erf, add, mul, mul
+
+
+@_prices("pow")
+def _pow(node: fx.Node) -> Cost:
+    exponent = node.args[1] if len(node.args) > 1 else None
+    if isinstance(exponent, (int, float)) and float(exponent).is_integer() and exponent >= 0:
+        return _per_element(node, max(int(exponent) - 1, 1), 0)  # repeated multiplies
+    return _per_element(node, 1, 1)  # exp2(y * log2(x))
+
+
+# Reductions: FLOPs per input element (a compare or an add each; var needs sub, mul, add).
+_REDUCTION_FLOPS: dict[str, tuple[int, int]] = {
+    "sum": (1, 0), "mean": (1, 0), "amax": (1, 0), "amin": (1, 0), "argmax": (1, 0),
+    "argmin": (1, 0), "prod": (1, 0), "any": (1, 0), "all": (1, 0), "max": (1, 0),
+    "min": (1, 0), "nansum": (1, 0), "var": (3, 0), "std": (3, 0), "var_mean": (3, 0),
+    "std_mean": (3, 0), "logsumexp": (4, 1), "linalg_vector_norm": (2, 0),
+    "norm": (2, 0), "cumsum": (1, 0), "cumprod": (1, 0), "cummax": (1, 0), "cummin": (1, 0),
+}
+
+
+@_prices(*_REDUCTION_FLOPS)
+def _reduction(node: fx.Node) -> Cost:
+    # read N, write the reduced output (cumsum: write N)
+    flops, transcendentals = _REDUCTION_FLOPS[_op_name(node.target)]
+    n = _numel(_val(node.args[0]))
+    return _reads_and_writes(node) + Cost(flops=flops * n, transcendentals=transcendentals * n)
+
+
+@_prices("max", "min")  # registered after _reduction: overrides it
+def _max_min(node: fx.Node) -> Cost:
+    if node.target._overloadname == "other":  # max(a, b): pointwise
+        return _per_element(node, 1, 0)
+    return _reduction(node)
+
+
+@_prices("_softmax", "softmax", "_log_softmax", "log_softmax", "_safe_softmax")
+def _softmax(node: fx.Node) -> Cost:
+    """read N, write N; per element: max, sub, exp, add, and a mul by 1/sum (log_softmax:
+    a sub of log(sum)): 5 FLOPs and 1 transcendental. The per-row reciprocal or log (one
+    per row, not per element) is not counted."""
+    n = _numel(_val(node.args[0]))
+    return _reads_and_writes(node) + Cost(flops=5 * n, transcendentals=n)
+
+
+@_prices("native_layer_norm", "layer_norm", "rms_norm", "_fused_rms_norm",
+         "native_group_norm", "group_norm")
+def _norm(node: fx.Node) -> Cost:
+    """read x, weight, bias; write y (and mean/rstd where the op returns them).
+    layer/group norm: 8 FLOPs per element (mean: add; variance: sub, mul, add; normalise:
+    sub, mul; affine: mul, add); RMS norm: 4 (square, add, mul by rstd, mul by weight).
+    One rsqrt per normalised row."""
+    name = _op_name(node.target)
+    x = _val(node.args[0])
+    n = _numel(x)
+    if name in ("native_group_norm", "group_norm"):
+        groups = node.args[6] if name == "native_group_norm" else node.args[1]
+        rows = sym(x.shape[0]) * sym(groups)
+    else:
+        normalized = node.args[1]
+        rows = n / sympy.Mul(*(sym(s) for s in normalized))
+    per_element = 4 if "rms" in name else 8
+    return _reads_and_writes(node) + Cost(flops=per_element * n, transcendentals=rows)
+
+
+@_prices("native_dropout")
+def _dropout(node: fx.Node) -> Cost:
+    # read N, write N + N (the output and the bool mask); a compare and a scale per element
+    return _per_element(node, 2, 0)
+
+
+@_prices("embedding", "index_select", "gather", "index", "take_along_dim")
+def _gather(node: fx.Node) -> Cost:
+    """read the indices and only the rows they pick (not the whole table), write them."""
+    source = node.args[0]
+    index_nodes = [n for n in node.all_input_nodes if n is not source]
+    out = _out(node)
+    index_bytes = sum(
+        (_distinct_numel(_val(n)) * _val(n).dtype.itemsize for n in index_nodes
+         if isinstance(_val(n), torch.Tensor)),
+        sympy.Integer(0),
+    )
+    picked = _numel(out) * _val(source).dtype.itemsize
+    return Cost(read_bytes=index_bytes + picked, write_bytes=_nbytes(out))
+
+
+@_prices("_local_scalar_dense", "item")
+def _scalar_read(node: fx.Node) -> Cost:
+    return Cost(read_bytes=_val(node.args[0]).dtype.itemsize)
+
+
+# Matmuls: FLOPs = 2 * (output elements) * K, plus one add per output element for a bias.
+# out numel carries M, N and every batch dim, so one formula covers mm/bmm/matmul/linear.
+_MATMUL_OPERAND = {"mm": 0, "bmm": 0, "matmul": 0, "mv": 0, "dot": 0, "vdot": 0,
+                   "linear": 0, "addmm": 1, "baddbmm": 1, "addmv": 1}
+
+
+@_prices(*_MATMUL_OPERAND)
+def _matmul(node: fx.Node) -> Cost:
+    """read A (M x K) and B (K x N) (and the bias), write C (M x N): 2 M N K FLOPs."""
+    name = _op_name(node.target)
+    a = _val(node.args[_MATMUL_OPERAND[name]])
+    out_elements = _numel(_out(node))
+    flops = 2 * out_elements * sym(a.shape[-1])
+    has_bias = name in ("addmm", "baddbmm", "addmv") or (
+        name == "linear" and len(node.args) > 2 and node.args[2] is not None
+    )
+    if has_bias:
+        flops += out_elements
+    return _reads_and_writes(node) + Cost(flops=flops)
+
+
+# --------------------------------------------------------------------------------------
+# Attention ops: priced as the fused, IO-aware kernel (flash_attention_cost).
+
+
+def _schema_arg(node: fx.Node, name: str, default: Any = None) -> Any:
+    if name in node.kwargs:
+        return node.kwargs[name]
+    for i, argument in enumerate(node.target._schema.arguments):
+        if argument.name == name:
+            return node.args[i] if i < len(node.args) else default
+    return default
+
+
+def _heads_and_batch(t: torch.Tensor) -> tuple[sympy.Expr, sympy.Expr]:
+    batch = sympy.Mul(*(sym(s) for s in t.shape[:-3]))
+    heads = sym(t.shape[-3]) if t.dim() >= 3 else sympy.Integer(1)
+    return batch, heads
+
+
+@_prices(
+    "scaled_dot_product_attention", "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+    "_scaled_dot_product_flash_attention_for_cpu",
+)
+def _sdpa(node: fx.Node) -> Cost:
+    """The fused kernel's traffic (flash_attention_cost with the default tiles), plus one
+    read of attn_mask/attn_bias at its own (broadcast) size when there is one."""
+    q, k, v = (_val(node.args[i]) for i in range(3))
+    batch, hq = _heads_and_batch(q)
+    _, hkv = _heads_and_batch(k)
+    causal = bool(_schema_arg(node, "is_causal", False))
+    cost = flash_attention_cost(
+        batch, hq, hkv, q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1],
+        q.dtype.itemsize, causal,
+    )
+    mask = _schema_arg(node, "attn_mask")
+    if mask is None:
+        mask = _schema_arg(node, "attn_bias")
+    if isinstance(mask, fx.Node) and isinstance(_val(mask), torch.Tensor):
+        m = _val(_storage_root(mask))
+        cost += Cost(read_bytes=_distinct_numel(m) * m.dtype.itemsize)
+    return cost
+
+
+@_prices("flash_attention", namespace="ioaware")
+def _ioaware_flash_attention(node: fx.Node) -> Cost:
+    """ioaware.flash_attention(q, k, v, scale, causal) -> (out, lse)."""
+    q, k, v = (_val(node.args[i]) for i in range(3))
+    batch, hq = _heads_and_batch(q)
+    _, hkv = _heads_and_batch(k)
+    causal = bool(_schema_arg(node, "causal", node.args[4] if len(node.args) > 4 else False))
+    return flash_attention_cost(
+        batch, hq, hkv, q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1],
+        q.dtype.itemsize, causal,
+        block_m=node.kwargs.get("block_m", DEFAULT_BLOCK_M),
+        block_n=node.kwargs.get("block_n", DEFAULT_BLOCK_N),
+    )
+
+
+# Python-level calls make_fx leaves for size arithmetic (s0 * s1, s0 // 2, ...).
+_SIZE_ARITHMETIC = {
+    operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv,
+    operator.mod, operator.neg, operator.pow, operator.eq, operator.ne, operator.lt,
+    operator.le, operator.gt, operator.ge, operator.getitem, math.ceil, math.floor,
+    torch.sym_int, torch.sym_float, torch.sym_max, torch.sym_min, torch.sym_not,
+}
+
+
+def node_cost(node: fx.Node) -> Cost | None:
+    """The HBM bytes, FLOPs and transcendentals of one node; None if the model has no rule.
+
+    placeholder / get_attr / output nodes move nothing themselves (their consumers read).
+    """
+    if node.op in ("placeholder", "get_attr", "output"):
+        return Cost()
+    if node.op != "call_function":
+        return None
+    if node.target in _SIZE_ARITHMETIC:
+        return Cost()
+    namespace = getattr(node.target, "namespace", None)
+    rule = _RULES.get((namespace, _op_name(node.target)))
+    return rule(node) if rule is not None else None
+
+
+def graph_cost(gm: fx.GraphModule) -> tuple[Cost, list[tuple[fx.Node, Cost | None]]]:
+    """Sum of every priced node's cost, and each node with its cost (None: unpriced)."""
+    per_node = [(node, node_cost(node)) for node in gm.graph.nodes]
+    total = sum((c for _, c in per_node if c is not None), Cost())
+    return total, per_node
+
+
+def size_hints(gm: fx.GraphModule) -> dict[sympy.Symbol, int]:
+    """The example value of every size symbol in the graph (from its ShapeEnv)."""
+    for node in gm.graph.nodes:
+        for value in _flat(_val(node)):
+            shape_env = None
+            if isinstance(value, torch.SymInt):
+                shape_env = value.node.shape_env
+            elif isinstance(value, torch.Tensor):
+                shape_env = getattr(getattr(value, "fake_mode", None), "shape_env", None)
+            if shape_env is not None:
+                # torch 2.13 renamed var_to_val (still there, deprecated) to backed_var_to_val
+                values = getattr(shape_env, "backed_var_to_val", None) or shape_env.var_to_val
+                if values:
+                    return {s: int(v) for s, v in values.items()}
+    return {}
+
+
+def _flat(value: Any) -> Iterable[Any]:
+    if isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _flat(v)
+    elif value is not None:
+        yield value
+
+
+# --------------------------------------------------------------------------------------
+# Attention regions in closed form.
+
+
+def attention_unfused_cost(
+    B: Size, H: Size, Nq: Size, Nk: Size, D: Size, Dv: Size, itemsize: int,
+    causal: bool, score_itemsize: int | None = None,
+) -> Cost:
+    """The eager chain QKᵀ → scale → mask → softmax → PV, every Nq×Nk tensor through HBM.
+
+    Per (batch, head), with S = Nq·Nk score elements, `it` = itemsize of Q/K/V/O and
+    `st` = score_itemsize (the dtype scores are kept in; defaults to it):
+
+        S  = Q @ Kᵀ          read Q, K (Nq·D + Nk·D)·it   write S·it     2·S·D FLOPs
+        S  = S.float()       read S·it                    write S·st     (only if st != it)
+        S  = S * scale       read S·st                    write S·st     S FLOPs
+        S  = S.masked_fill   read S·st + mask Nq·Nk bool  write S·st     S FLOPs (causal only)
+        P  = softmax(S)      read S·st                    write S·st     5·S FLOPs, S exps
+        P  = P.to(dtype)     read S·st                    write S·it     (only if st != it)
+        O  = P @ V           read P S·it, V Nk·Dv·it      write Nq·Dv·it 2·S·Dv FLOPs
+
+    The causal mask is one bool Nq×Nk buffer broadcast over batch and heads, so it is
+    read once per masked_fill, not per head. Eager computes every masked score anyway.
+    """
+    B, H, Nq, Nk, D, Dv = (sym(x) for x in (B, H, Nq, Nk, D, Dv))
+    it = sympy.Integer(itemsize)
+    st = sympy.Integer(score_itemsize or itemsize)
+    bh = B * H
+    s = bh * Nq * Nk  # score elements over all heads
+    cost = Cost(read_bytes=bh * (Nq + Nk) * D * it, write_bytes=s * it, flops=2 * s * D)
+    if st != it:
+        cost += Cost(read_bytes=s * it, write_bytes=s * st)
+    cost += Cost(read_bytes=s * st, write_bytes=s * st, flops=s)
+    if causal:
+        cost += Cost(read_bytes=s * st + Nq * Nk, write_bytes=s * st, flops=s)
+    cost += Cost(read_bytes=s * st, write_bytes=s * st, flops=5 * s, transcendentals=s)
+    if st != it:
+        cost += Cost(read_bytes=s * st, write_bytes=s * it)
+    cost += Cost(
+        read_bytes=s * it + bh * Nk * Dv * it, write_bytes=bh * Nq * Dv * it,
+        flops=2 * s * Dv,
+    )
+    return cost
+
+
+def _check_tiles(block_m: int, block_n: int) -> None:
+    if block_m <= 0 or block_n <= 0 or (block_m % block_n and block_n % block_m):
+        raise ValueError(
+            f"{block_m=} and {block_n=} must be positive and one must divide the other"
+        )
+
+
+def _ceil_div(a: sympy.Expr, b: int) -> sympy.Expr:
+    return sympy.ceiling(a / b)
+
+
+def _sum_ceil_multiples(F: sympy.Expr, k: int) -> sympy.Expr:
+    """Σ_{i=1..F} ceil(i / k), with F = q·k + r: k·q(q+1)/2 + r·(q+1)."""
+    q = sympy.floor(F / k)
+    r = F - k * q
+    return k * q * (q + 1) / 2 + r * (q + 1)
+
+
+def causal_forward_blocks(
+    Nq: Size, Nk: Size, block_m: int, block_n: int
+) -> tuple[sympy.Expr, sympy.Expr]:
+    """(key rows streamed, score pairs computed) by a causal forward, per (batch, head).
+
+    Query block i (1-based, rows (i-1)·bm .. i·bm-1, top-left aligned: key j is visible
+    to row r iff j <= r) loops over key blocks up to its diagonal, so it loads
+        c_i = min(Nk, ceil(i·bm / bn)·bn)
+    key rows (whole blocks, clipped to Nk). With T = ceil(Nq / bm):
+      bn | bm:  c_i = min(Nk, i·bm); with F = min(T, floor(Nk/bm)) blocks below the cap,
+                Σ c_i = bm·F(F+1)/2 + (T - F)·Nk
+      bm | bn:  c_i = min(Nk, ceil(i/k)·bn), k = bn/bm; F = min(T, k·floor(Nk/bn)),
+                Σ c_i = bn·Σ_{i<=F} ceil(i/k) + (T - F)·Nk
+    Pairs: every visited block is computed whole (the diagonal is masked after the
+    matmul), over the real query rows: bm·Σ c_i - (T·bm - Nq)·c_T.
+    """
+    _check_tiles(block_m, block_n)
+    Nq, Nk = sym(Nq), sym(Nk)
+    T = _ceil_div(Nq, block_m)
+    if block_m % block_n == 0:
+        F = sympy.Min(T, sympy.floor(Nk / block_m))
+        key_rows = block_m * F * (F + 1) / 2 + (T - F) * Nk
+    else:
+        k = block_n // block_m
+        F = sympy.Min(T, k * sympy.floor(Nk / block_n))
+        key_rows = block_n * _sum_ceil_multiples(F, k) + (T - F) * Nk
+    last = sympy.Min(Nk, _ceil_div(T * block_m, block_n) * block_n)
+    pairs = block_m * key_rows - (T * block_m - Nq) * last
+    return key_rows, pairs
+
+
+def causal_backward_query_rows(Nq: Size, Nk: Size, block_m: int, block_n: int) -> sympy.Expr:
+    """Query rows the dK/dV pass streams, summed over key blocks, per (batch, head).
+
+    Key block j (0-based, keys j·bn ..) is seen by query rows r >= j·bn; the pass starts
+    at the query block holding row j·bn, so it reads max(0, Nq - floor(j·bn/bm)·bm) rows.
+    With Tn = ceil(Nk/bn), k = max(bm/bn, 1), and G = min(Tn, k·ceil(Nq/max(bm, bn)))
+    key blocks that see any row:  Σ = G·Nq - step·Σ_{j<G} floor(j/k)
+    where step = max(bm, bn) (bm | bn: k = 1, each key block starts bn rows later).
+    """
+    _check_tiles(block_m, block_n)
+    Nq, Nk = sym(Nq), sym(Nk)
+    Tn = _ceil_div(Nk, block_n)
+    k = max(block_m // block_n, 1)
+    step = max(block_m, block_n)
+    G = sympy.Min(Tn, k * _ceil_div(Nq, step))
+    q = sympy.floor(G / k)
+    r = G - k * q
+    return G * Nq - step * (k * q * (q - 1) / 2 + r * q)
+
+
+def _check_heads(Hq: sympy.Expr, Hkv: sympy.Expr) -> None:
+    if Hq.is_Integer and Hkv.is_Integer and int(Hq) % int(Hkv):
+        raise ValueError(f"Hq={Hq} must be a multiple of Hkv={Hkv}")
+
+
+def flash_attention_cost(
+    B: Size, Hq: Size, Hkv: Size, Nq: Size, Nk: Size, D: Size, Dv: Size, itemsize: int,
+    causal: bool, block_m: int = DEFAULT_BLOCK_M, block_n: int = DEFAULT_BLOCK_N,
+) -> Cost:
+    """FlashAttention forward: one program per (batch, query head, query block).
+
+    Per (batch, query head), T = ceil(Nq / block_m) query blocks:
+        load Q block once                   read Nq·D·it
+        stream K, V blocks through SRAM     read R·(D + Dv)·it    R = key rows loaded
+        store O and the row log-sum-exp     write Nq·Dv·it + Nq·4
+    Non-causal: R = T·Nk (every query block reads all of K and V: FlashAttention's
+    Θ(N²·d / block_m), i.e. Θ(N²d²/M) with the real tile). Causal: R counts whole key
+    blocks up to each diagonal (`causal_forward_blocks`), about half.
+    Heads of a GQA group each stream their own copy of K/V (no L2 reuse is modelled), so
+    Hkv is only checked here.
+
+    FLOPs: 2·(D + Dv) per computed score pair (QKᵀ and PV; 4·Nq·Nk·D when Dv = D), over
+    Nq·Nk pairs, or for causal the pairs of every visited block. Softmax's few FLOPs per
+    score are left out, as FlashAttention's papers count; its one exp per score is in
+    `transcendentals` (the running-max rescale, one per row per key block, is not).
+    """
+    B, Hq, Hkv, Nq, Nk, D, Dv = (sym(x) for x in (B, Hq, Hkv, Nq, Nk, D, Dv))
+    _check_heads(Hq, Hkv)
+    it = sympy.Integer(itemsize)
+    if causal:
+        key_rows, pairs = causal_forward_blocks(Nq, Nk, block_m, block_n)
+    else:
+        _check_tiles(block_m, block_n)
+        key_rows, pairs = _ceil_div(Nq, block_m) * Nk, Nq * Nk
+    bh = B * Hq
+    return Cost(
+        read_bytes=bh * (Nq * D + key_rows * (D + Dv)) * it,
+        write_bytes=bh * (Nq * Dv * it + Nq * LSE_ITEMSIZE),
+        flops=bh * 2 * pairs * (D + Dv),
+        transcendentals=bh * pairs,
+    )
+
+
+def flash_attention_backward_cost(
+    B: Size, Hq: Size, Hkv: Size, Nq: Size, Nk: Size, D: Size, Dv: Size, itemsize: int,
+    causal: bool, block_m: int = DEFAULT_BLOCK_M, block_n: int = DEFAULT_BLOCK_N,
+) -> Cost:
+    """FlashAttention-2 backward as three passes (the Triton tutorial's structure).
+
+    Per batch, with it = itemsize, lse/delta rows float32 (4 bytes):
+      1. delta = rowsum(dO·O)    read O, dO: 2·Hq·Nq·Dv·it            write Hq·Nq·4
+      2. dK, dV: one program per (kv head, key block) keeps K_j, V_j in SRAM and loops
+         over the group's query heads and their query blocks:
+           read K, V once: Hkv·Nk·(D+Dv)·it;  read Q, dO: Hq·Rq·(D+Dv)·it;
+           read lse, delta: Hq·Rq·8;          write dK, dV: Hkv·Nk·(D+Dv)·it
+         Rq = query rows streamed: ceil(Nk/block_n)·Nq, or for causal
+         `causal_backward_query_rows` (only blocks at or below each diagonal).
+      3. dQ: one program per (query head, query block) keeps Q_i, dO_i, lse_i, delta_i and
+         streams K, V as the forward does:
+           read Q, dO: Hq·Nq·(D+Dv)·it + lse, delta Hq·Nq·8;  read K, V: Hq·R·(D+Dv)·it;
+           write dQ: Hq·Nq·D·it            (R as in flash_attention_cost)
+    FLOPs: FlashAttention-2's five matmuls per score pair (S = QKᵀ, dP = dO·Vᵀ, dV += Pᵀ·dO,
+    dK += dSᵀ·Q, dQ += dS·K): 2·(3·D + 2·Dv) per pair, which is 2.5x the forward when
+    Dv = D, over the forward's pairs. The dQ pass's recomputation of S and dP is not
+    counted, matching how backward TFLOP/s are reported. One exp per pair (P = exp(S-lse)).
+    """
+    B, Hq, Hkv, Nq, Nk, D, Dv = (sym(x) for x in (B, Hq, Hkv, Nq, Nk, D, Dv))
+    _check_heads(Hq, Hkv)
+    it = sympy.Integer(itemsize)
+    if causal:
+        key_rows, pairs = causal_forward_blocks(Nq, Nk, block_m, block_n)
+        query_rows = causal_backward_query_rows(Nq, Nk, block_m, block_n)
+    else:
+        _check_tiles(block_m, block_n)
+        key_rows, pairs = _ceil_div(Nq, block_m) * Nk, Nq * Nk
+        query_rows = _ceil_div(Nk, block_n) * Nq
+    row_stats = 2 * LSE_ITEMSIZE  # lse and delta
+    kv = Hkv * Nk * (D + Dv) * it
+    preprocess = Cost(read_bytes=2 * Hq * Nq * Dv * it, write_bytes=Hq * Nq * LSE_ITEMSIZE)
+    dkdv = Cost(
+        read_bytes=kv + Hq * query_rows * ((D + Dv) * it + row_stats), write_bytes=kv
+    )
+    dq = Cost(
+        read_bytes=Hq * Nq * ((D + Dv) * it + row_stats) + Hq * key_rows * (D + Dv) * it,
+        write_bytes=Hq * Nq * D * it,
+    )
+    compute = Cost(flops=Hq * 2 * pairs * (3 * D + 2 * Dv), transcendentals=Hq * pairs)
+    return B * (preprocess + dkdv + dq + compute)
+
+
+# --------------------------------------------------------------------------------------
+# Time on a device.
+
+
+def _times(
+    cost: Cost, profile: DeviceProfile, dtype: str | torch.dtype, hints: Hints | None
+) -> tuple[float, float, dict[str, int]]:
+    values = cost.evaluate(hints)
+    compute = max(
+        values["flops"] / profile.peak_flops_for(dtype),
+        values["transcendentals"] / profile.transcendentals_per_s,
+    )
+    memory = values["hbm_bytes"] / profile.bandwidth
+    return compute, memory, values
+
+
+def modelled_time(
+    cost: Cost, profile: DeviceProfile, dtype: str | torch.dtype, hints: Hints | None = None
+) -> float:
+    """Roofline floor in seconds: max(FLOPs / peak, transcendentals / SFU rate,
+    bytes / bandwidth), with the profile's measured ceilings where it has them.
+
+    This is a floor for the whole cost run as one kernel; a chain of separate kernels
+    takes at least the sum of each one's floor, so pricing an unfused region as one sum
+    understates it (which makes `rewrite_pays` conservative).
+    """
+    compute, memory, _ = _times(cost, profile, dtype, hints)
+    return max(compute, memory)
+
+
+def bound(
+    cost: Cost, profile: DeviceProfile, dtype: str | torch.dtype, hints: Hints | None = None
+) -> str:
+    """"memory" if moving the bytes takes at least as long as the arithmetic, else "compute"."""
+    compute, memory, _ = _times(cost, profile, dtype, hints)
+    return "memory" if memory >= compute else "compute"
+
+
+def rewrite_pays(
+    before: Cost, after: Cost, profile: DeviceProfile, dtype: str | torch.dtype,
+    hints: Hints | None = None,
+) -> tuple[bool, str]:
+    """Whether replacing `before` by `after` is modelled faster (or as fast with fewer
+    bytes) on `profile`, and a reason that states both times and both byte counts."""
+    t_before, t_after = (modelled_time(c, profile, dtype, hints) for c in (before, after))
+    b_before, b_after = (c.evaluate(hints)["hbm_bytes"] for c in (before, after))
+    pays = t_after < t_before or (t_after == t_before and b_after < b_before)
+    reason = (
+        f"{'pays' if pays else 'does not pay'} on {profile.name} ({dtype_key(dtype)}): "
+        f"modelled {_seconds(t_after)} after vs {_seconds(t_before)} before, "
+        f"HBM {b_after:,} bytes after vs {b_before:,} bytes before"
+    )
+    return pays, reason
+
+
+def _seconds(t: float) -> str:
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if t >= scale:
+            return f"{t / scale:.3g} {unit}"
+    return f"{t / 1e-9:.3g} ns"
