@@ -24,16 +24,16 @@ import dataclasses
 import math
 import operator
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Union
+from typing import Any
 
 import sympy
 import torch
-import torch.fx as fx
+from torch import fx
 
 from ioaware.hardware import DeviceProfile, dtype_key
 
-Size = Union[int, sympy.Expr, torch.SymInt]
-Hints = Mapping[Union[str, sympy.Symbol], int]
+Size = int | sympy.Expr | torch.SymInt
+Hints = Mapping[str | sympy.Symbol, int]
 
 # Default FlashAttention tiles when an op does not say which it uses (FA2's forward tile
 # for head_dim 128 on A100/H100: 128 query rows x 64 key rows).
@@ -60,14 +60,18 @@ class Cost:
     sympy Integers). Costs add with `+` (also `sum(costs)`) and scale with `k * cost`.
     """
 
-    read_bytes: sympy.Expr = sympy.Integer(0)
-    write_bytes: sympy.Expr = sympy.Integer(0)
-    flops: sympy.Expr = sympy.Integer(0)
-    transcendentals: sympy.Expr = sympy.Integer(0)
+    read_bytes: sympy.Expr = sympy.S.Zero
+    write_bytes: sympy.Expr = sympy.S.Zero
+    flops: sympy.Expr = sympy.S.Zero
+    transcendentals: sympy.Expr = sympy.S.Zero
 
     def __post_init__(self) -> None:
         for name in _FIELDS:
             object.__setattr__(self, name, sym(getattr(self, name)))
+
+    @classmethod
+    def zero(cls) -> Cost:
+        return cls()
 
     @property
     def hbm_bytes(self) -> sympy.Expr:
@@ -160,11 +164,14 @@ def _write_bytes(node: fx.Node) -> sympy.Expr:
 
 
 # Layout-only ops that cover all of their input: reading through one reads the input.
-_FULL_VIEWS = {
-    "view", "_unsafe_view", "reshape", "expand", "expand_as", "view_as", "permute",
-    "transpose", "t", "unsqueeze", "squeeze", "alias", "detach", "unflatten", "flatten",
-    "movedim", "swapaxes", "contiguous", "lift_fresh", "to", "type_as",
+# Ops that always return a view of all of their input: reading through one reads the input.
+_WHOLE_VIEWS = {
+    "view", "_unsafe_view", "expand", "expand_as", "view_as", "permute", "transpose", "t",
+    "unsqueeze", "squeeze", "alias", "detach", "unflatten", "movedim", "swapaxes",
+    "lift_fresh",
 }
+# Ops that return a view when they can and a copy when they must.
+_MAYBE_VIEWS = {"reshape", "flatten", "contiguous", "to", "type_as"}
 
 
 def _is_alias(node: fx.Node) -> bool:
@@ -174,18 +181,44 @@ def _is_alias(node: fx.Node) -> bool:
     out, inp = _val(node), _val(node.args[0])
     if not isinstance(out, torch.Tensor) or not isinstance(inp, torch.Tensor):
         return False
-    return bool(torch._C._is_alias_of(out, inp))
+    if torch._C._is_alias_of(out, inp):
+        return True
+    return _would_alias(_op_name(node.target), inp, out)
+
+
+def _would_alias(name: str, inp: torch.Tensor, out: torch.Tensor) -> bool:
+    """Decide from static sizes and strides whether `name` could return a view.
+
+    make_fx in "real" mode fakeifies each output on its own, so its meta values carry no
+    aliasing; symbolic and fake traces answer through `_is_alias_of` above instead.
+    """
+    if inp.dtype != out.dtype or inp.device != out.device:
+        return False
+    sizes = (*inp.shape, *inp.stride(), *out.shape)
+    if not all(isinstance(s, int) for s in sizes):
+        return False
+    probe = torch.empty_strided(inp.shape, inp.stride(), device="meta")
+    if name == "contiguous":
+        return probe.is_contiguous()
+    if name in ("to", "type_as"):
+        return True  # same dtype and device: `to` returns self
+    try:
+        probe.view(out.shape)  # reshape and flatten view exactly when `view` would work
+    except RuntimeError:
+        return False
+    return True
 
 
 def _storage_root(node: fx.Node) -> fx.Node:
     """Walk back through views that cover their whole input; that node's memory is read."""
-    while (
-        node.op == "call_function"
-        and _op_name(node.target) in _FULL_VIEWS
-        and getattr(node.target, "_overloadname", "") != "dtype"  # view.dtype reinterprets
-        and _is_alias(node)
-    ):
-        node = node.args[0]
+    while node.op == "call_function" and node.args and isinstance(node.args[0], fx.Node):
+        name = _op_name(node.target)
+        if getattr(node.target, "_overloadname", "") == "dtype":
+            break  # view.dtype reinterprets the bytes: a different tensor to read
+        if name in _WHOLE_VIEWS or (name in _MAYBE_VIEWS and _is_alias(node)):
+            node = node.args[0]
+        else:
+            break
     return node
 
 
@@ -213,7 +246,7 @@ def _reads_and_writes(node: fx.Node) -> Cost:
 # Per-op rules. A rule takes the node and returns its Cost (or None when it cannot price
 # this particular call). Rules are keyed by the op's name without namespace or overload.
 
-Rule = Callable[[fx.Node], Union[Cost, None]]
+Rule = Callable[[fx.Node], Cost | None]
 _RULES: dict[tuple[str, str], Rule] = {}
 
 
@@ -239,7 +272,7 @@ def _free(node: fx.Node) -> Cost:
 _prices(
     "view", "_unsafe_view", "expand", "expand_as", "view_as", "permute", "transpose", "t",
     "unsqueeze", "squeeze", "alias", "detach", "slice", "select", "narrow", "as_strided",
-    "unflatten", "flatten", "movedim", "swapaxes", "split", "split_with_sizes", "chunk",
+    "unflatten", "movedim", "swapaxes", "split", "split_with_sizes", "chunk",
     "unbind", "diagonal", "unfold", "lift_fresh", "real", "view_as_real", "view_as_complex",
     "sym_size", "sym_numel", "sym_stride", "sym_storage_offset", "empty", "empty_like",
     "empty_strided", "new_empty", "new_empty_strided", "empty_permuted",
@@ -248,7 +281,7 @@ _prices(
 )(_free)
 
 
-@_prices("reshape", "contiguous", "to", "type_as")
+@_prices(*_MAYBE_VIEWS)
 def _maybe_copy(node: fx.Node) -> Cost:
     # read MN, write MN when the result cannot alias the input; nothing when it can.
     return Cost() if _is_alias(node) else _reads_and_writes(node)
@@ -486,6 +519,26 @@ def _ioaware_flash_attention(node: fx.Node) -> Cost:
         block_m=node.kwargs.get("block_m", DEFAULT_BLOCK_M),
         block_n=node.kwargs.get("block_n", DEFAULT_BLOCK_N),
     )
+
+
+@_prices("flash_attention_backward", namespace="ioaware")
+def _ioaware_flash_attention_backward(node: fx.Node) -> Cost:
+    """ioaware.flash_attention_backward(dout, q, k, v, out, lse, scale, causal, dlse)
+    -> (dq, dk, dv); an incoming dlse (fp32, one per query row) is read once more."""
+    q, k, v = (_val(node.args[i]) for i in (1, 2, 3))
+    batch, hq = _heads_and_batch(q)
+    _, hkv = _heads_and_batch(k)
+    causal = bool(_schema_arg(node, "causal", node.args[7] if len(node.args) > 7 else False))
+    cost = flash_attention_backward_cost(
+        batch, hq, hkv, q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1],
+        q.dtype.itemsize, causal,
+        block_m=node.kwargs.get("block_m", DEFAULT_BLOCK_M),
+        block_n=node.kwargs.get("block_n", DEFAULT_BLOCK_N),
+    )
+    dlse = _schema_arg(node, "dlse")
+    if isinstance(dlse, fx.Node) and isinstance(_val(dlse), torch.Tensor):
+        cost += Cost(read_bytes=_numel(_val(dlse)) * LSE_ITEMSIZE)
+    return cost
 
 
 # Python-level calls make_fx leaves for size arithmetic (s0 * s1, s0 // 2, ...).

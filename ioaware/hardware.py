@@ -18,7 +18,6 @@ import torch
 KB = 1024
 MB = 1000**2  # L2 sizes are quoted by vendors and by PyTorch in decimal megabytes
 GB = 1000**3
-TERA = 1e12
 
 # Aliases the CLI and users write for the dtype keys of `peak_flops`.
 _DTYPE_ALIASES = {
@@ -95,55 +94,55 @@ def dtype_key(dtype: str | torch.dtype) -> str:
 # Hopper SXM: 132 SMs at the 1830 MHz the datasheet rates are quoted at; the SFU rate is
 # 16 special-function ops per SM per clock (the FlashAttention-3 paper's 3.9 T/s).
 _HOPPER_PEAKS = {
-    "float16": 989.4 * TERA,
-    "bfloat16": 989.4 * TERA,
-    "tf32": 494.7 * TERA,
-    "float32": 66.9 * TERA,
+    "float16": 989.4e12,
+    "bfloat16": 989.4e12,
+    "tf32": 494.7e12,
+    "float32": 66.9e12,
 }
 
 PROFILES: dict[str, DeviceProfile] = {
     "h100": DeviceProfile(
         name="h100",
         peak_flops=dict(_HOPPER_PEAKS),
-        hbm_bandwidth=3.35 * TERA,
+        hbm_bandwidth=3.35e12,
         sram_per_sm=228 * KB,
         sram_per_block=227 * KB,
         num_sms=132,
         l2_bytes=50 * MB,
         registers_per_sm=65536,
         memory_bytes=80 * GB,
-        transcendentals_per_s=3.9 * TERA,
+        transcendentals_per_s=3.9e12,
         # 8192^3 bf16 torch.matmul on random data (798 seen once; the team quotes ~790).
         # fp16 runs on the same tensor-core path, so it gets the same measured ceiling.
-        measured_peak_flops={"bfloat16": 790 * TERA, "float16": 790 * TERA},
-        measured_hbm_bandwidth=3.0 * TERA,  # device-to-device copy, read + write bytes
+        measured_peak_flops={"bfloat16": 790e12, "float16": 790e12},
+        measured_hbm_bandwidth=3.0e12,  # device-to-device copy, read + write bytes
         note="H100 SXM5 80GB HBM3. Measured on this team's H100, 2026-11-13.",
     ),
     "h200": DeviceProfile(
         name="h200",
         peak_flops=dict(_HOPPER_PEAKS),
-        hbm_bandwidth=4.8 * TERA,
+        hbm_bandwidth=4.8e12,
         sram_per_sm=228 * KB,
         sram_per_block=227 * KB,
         num_sms=132,
         l2_bytes=50 * MB,  # the same GH100 die as the H100 SXM; PyTorch reports 60 MB
         registers_per_sm=65536,
         memory_bytes=141 * GB,
-        transcendentals_per_s=3.9 * TERA,
-        measured_peak_flops={"bfloat16": 788 * TERA, "float16": 788 * TERA},
-        measured_hbm_bandwidth=4.3 * TERA,
+        transcendentals_per_s=3.9e12,
+        measured_peak_flops={"bfloat16": 788e12, "float16": 788e12},
+        measured_hbm_bandwidth=4.3e12,
         measured_l2_bytes=60 * MB,
         note="H200 SXM 141GB HBM3e. Measured on this team's H200s, 2026-10-28 and 11-04.",
     ),
     "a100": DeviceProfile(
         name="a100",
         peak_flops={
-            "float16": 312 * TERA,
-            "bfloat16": 312 * TERA,
-            "tf32": 156 * TERA,
-            "float32": 19.5 * TERA,
+            "float16": 312e12,
+            "bfloat16": 312e12,
+            "tf32": 156e12,
+            "float32": 19.5e12,
         },
-        hbm_bandwidth=2.039 * TERA,
+        hbm_bandwidth=2.039e12,
         sram_per_sm=164 * KB,
         sram_per_block=163 * KB,
         num_sms=108,
@@ -159,19 +158,19 @@ PROFILES: dict[str, DeviceProfile] = {
     "cpu": DeviceProfile(
         name="cpu",
         peak_flops={
-            "float16": 1 * TERA,
-            "bfloat16": 1 * TERA,
-            "tf32": 1 * TERA,
-            "float32": 1 * TERA,
+            "float16": 1e12,
+            "bfloat16": 1e12,
+            "tf32": 1e12,
+            "float32": 1e12,
         },
-        hbm_bandwidth=100 * GB,
+        hbm_bandwidth=100e9,
         sram_per_sm=1024 * KB,
         sram_per_block=1024 * KB,
         num_sms=16,
         l2_bytes=32 * 1024 * KB,
         registers_per_sm=32 * 16,  # 32 zmm registers of 16 fp32 lanes
         memory_bytes=128 * GB,
-        transcendentals_per_s=0.1 * TERA,
+        transcendentals_per_s=0.1e12,
         note="Order-of-magnitude values for a 16-core server CPU, not a measured part.",
     ),
 }
