@@ -445,6 +445,11 @@ def apply(gm: fx.GraphModule, m: AttentionMatch) -> None:
         elif m.layout == "bhnd":
             o = g.call_function(aten.flatten.using_ints, (o, 0, 1))
     out.replace_all_uses_with(o)
+    # The region's nodes go explicitly: DCE keeps ops it deems impure (SDPA is
+    # nondeterministic-seeded because of its dropout argument).
+    for n in reversed(m.region):
+        if not n.users:
+            g.erase_node(n)
     g.eliminate_dead_code()
     gm.recompile()
 

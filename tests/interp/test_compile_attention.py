@@ -49,7 +49,13 @@ def test_compiled_attention_matches_eager(interpret, problem, seed):
 
     out = fast(q, k, v)
     ref = fn(q, k, v)
-    assert fast._ioaware_backend.explanation.rewrites, fast._ioaware_backend.explanation
+    expl = fast._ioaware_backend.explanation
+    if name == "einsum_where" and 1 in (nq, nk):
+        # einsum lowers a contraction over a size-1 axis to mul + sum, not bmm: a
+        # fallback with its reason, and still eager's result.
+        assert expl.fallbacks and not expl.rewrites
+    else:
+        assert expl.rewrites and not expl.fallbacks, expl
     tol = TOLERANCE[dtype]
     assert relative_error(out, ref) <= tol
 
@@ -57,5 +63,7 @@ def test_compiled_attention_matches_eager(interpret, problem, seed):
     got = torch.autograd.grad(out, (q, k, v), grad)
     want = torch.autograd.grad(ref, (q, k, v), grad)
     for name_, g, w in zip("qkv", got, want):
-        err = relative_error(g, w)
-        assert err <= 2 * tol, f"d{name_}: relative error {err:.3g}"
+        # floor 0.1: gradients of these unit-scale inputs are O(0.1..1) per element; the
+        # floor only matters when one is zero by cancellation (a row sees a single key).
+        err = relative_error(g, w, floor=0.1)
+        assert err <= tol, f"d{name_}: relative error {err:.3g}"
