@@ -680,12 +680,16 @@ def causal_forward_blocks(
     _check_tiles(block_m, block_n)
     Nq, Nk = sym(Nq), sym(Nk)
     T = _ceil_div(Nq, block_m)
+    # With Nq = Nk the cap is never below T (floor <= ceil); saying so keeps the
+    # expression readable, since sympy cannot prove it for a symbol.
     if block_m % block_n == 0:
-        F = sympy.Min(T, sympy.floor(Nk / block_m))
+        F = sympy.floor(Nk / block_m)
+        F = F if Nq == Nk else sympy.Min(T, F)
         key_rows = block_m * F * (F + 1) / 2 + (T - F) * Nk
     else:
         k = block_n // block_m
-        F = sympy.Min(T, k * sympy.floor(Nk / block_n))
+        F = k * sympy.floor(Nk / block_n)
+        F = F if Nq == Nk else sympy.Min(T, F)
         key_rows = block_n * _sum_ceil_multiples(F, k) + (T - F) * Nk
     last = sympy.Min(Nk, _ceil_div(T * block_m, block_n) * block_n)
     pairs = block_m * key_rows - (T * block_m - Nq) * last

@@ -1,0 +1,496 @@
+"""The cost model: exact HBM bytes and FLOPs per op family, and the attention closed forms.
+
+Nodes come from real make_fx traces of tiny functions, in the canonical form capture
+produces (pre-dispatch ATen, matmul/softmax/dropout/to decomposed). Static traces use
+tracing_mode="real", symbolic ones "symbolic"; both must give the same numbers.
+Every expected number has its reasoning beside it. fp32 is 4 bytes, bf16 2, bool 1.
+"""
+
+import math
+
+import pytest
+import sympy
+import torch
+import torch.nn.functional as F
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from torch import fx
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from ioaware.cost import (
+    Cost,
+    attention_unfused_cost,
+    bound,
+    causal_backward_query_rows,
+    causal_forward_blocks,
+    flash_attention_backward_cost,
+    flash_attention_cost,
+    graph_cost,
+    modelled_time,
+    node_cost,
+    rewrite_pays,
+    size_hints,
+    sym,
+)
+from ioaware.hardware import PROFILES
+
+aten = torch.ops.aten
+DECOMPOSE = {
+    op: op.decompose
+    for op in (aten.matmul.default, aten.einsum.default, aten.softmax.int,
+               aten.dropout.default, aten.to.dtype)
+}
+MODES = ["real", "symbolic"]
+H100 = PROFILES["h100"]
+
+
+def trace(fn, *args, mode="real") -> fx.GraphModule:
+    return make_fx(fn, tracing_mode=mode, pre_dispatch=True, decomposition_table=DECOMPOSE)(*args)
+
+
+def the(gm: fx.GraphModule, target) -> fx.Node:
+    nodes = [n for n in gm.graph.nodes if n.op == "call_function" and n.target == target]
+    assert len(nodes) == 1, f"expected one {target} in\n{gm.graph}"
+    return nodes[0]
+
+
+def priced(fn, *args, target, mode="real") -> dict[str, int]:
+    """Numbers for the one `target` node in the trace of fn(*args)."""
+    gm = trace(fn, *args, mode=mode)
+    cost = node_cost(the(gm, target))
+    assert cost is not None
+    return cost.evaluate(size_hints(gm))
+
+
+x = torch.randn(4, 64)
+y = torch.randn(4, 64)
+N = 4 * 64  # elements of x
+
+
+# ---------------------------------------------------------------------------------------
+# pointwise
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_binary_pointwise_reads_each_input_and_writes_the_output(mode):
+    c = priced(torch.add, x, y, target=aten.add.Tensor, mode=mode)
+    assert c["read_bytes"] == 2 * 4 * N  # reads x and y, fp32
+    assert c["write_bytes"] == 4 * N  # writes x + y
+    assert c["flops"] == N  # one add per element
+    assert c["transcendentals"] == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_input_used_twice_is_read_once(mode):
+    c = priced(lambda a: a * a, x, target=aten.mul.Tensor, mode=mode)
+    assert c["read_bytes"] == 4 * N  # x once, not twice
+    c = priced(lambda a: a + a.t().t(), x, target=aten.add.Tensor, mode=mode)
+    assert c["read_bytes"] == 4 * N  # a view of x is the same memory
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_broadcast_input_counts_its_own_size(mode):
+    b = torch.randn(64)
+    c = priced(torch.add, x, b, target=aten.add.Tensor, mode=mode)
+    assert c["read_bytes"] == 4 * N + 4 * 64  # x, and the 64-element bias once
+    assert c["write_bytes"] == 4 * N
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_expanded_input_is_read_at_its_own_size_and_expand_is_free(mode):
+    row = torch.randn(1, 64)
+    gm = trace(lambda a, r: a * r.expand(4, 64), x, row, mode=mode)
+    assert node_cost(the(gm, aten.expand.default)) == Cost()
+    c = node_cost(the(gm, aten.mul.Tensor)).evaluate(size_hints(gm))
+    assert c["read_bytes"] == 4 * N + 4 * 64  # x, and the row it broadcasts, once
+
+
+def test_transcendentals_and_activation_conventions():
+    c = priced(torch.exp, x, target=aten.exp.default)
+    assert (c["flops"], c["transcendentals"]) == (N, N)  # an exp is 1 FLOP and 1 SFU op
+    c = priced(lambda a: F.gelu(a), x, target=aten.gelu.default)
+    assert (c["flops"], c["transcendentals"]) == (5 * N, N)  # 0.5·x·(1 + erf(x/√2))
+    c = priced(lambda a: F.silu(a), x, target=aten.silu.default)
+    assert (c["flops"], c["transcendentals"]) == (4 * N, N)  # x / (1 + exp(-x))
+    c = priced(lambda a: a.pow(2), x, target=aten.pow.Tensor_Scalar)
+    assert (c["flops"], c["transcendentals"]) == (N, 0)  # x·x, no exp/log
+
+
+def test_masked_fill_reads_the_broadcast_mask_once():
+    scores = torch.randn(2, 3, 16, 16)
+    mask = torch.ones(16, 16, dtype=torch.bool).triu(1)
+    c = priced(lambda s, m: s.masked_fill(m, -math.inf), scores, mask,
+               target=aten.masked_fill.Scalar)
+    assert c["read_bytes"] == 4 * 2 * 3 * 16 * 16 + 16 * 16  # scores fp32, bool mask once
+    assert c["write_bytes"] == 4 * 2 * 3 * 16 * 16
+
+
+def test_where_reads_condition_and_both_branches():
+    m = torch.rand(4, 64) > 0.5
+    c = priced(torch.where, m, x, y, target=aten.where.self)
+    assert c["read_bytes"] == N + 2 * 4 * N  # bool condition, then x and y
+    assert c["write_bytes"] == 4 * N
+
+
+# ---------------------------------------------------------------------------------------
+# views and copies
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_views_cost_nothing(mode):
+    def views(a):
+        return a.t().unsqueeze(0).squeeze(0)[1:3].select(0, 0).detach().view(2, 2)
+
+    gm = trace(views, x, mode=mode)
+    ops = [n for n in gm.graph.nodes if n.op == "call_function"]
+    assert {n.target for n in ops} >= {aten.t.default, aten.slice.Tensor, aten.select.int}
+    for node in ops:
+        assert node_cost(node) == Cost(), node.format_node()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_reshape_copies_only_when_it_cannot_view(mode):
+    gm = trace(lambda a: (a.reshape(-1), a.t().reshape(-1)), x, mode=mode)
+    viewed, copied = (n for n in gm.graph.nodes if n.target == aten.reshape.default)
+    assert node_cost(viewed) == Cost()  # contiguous: a view
+    c = node_cost(copied).evaluate(size_hints(gm))
+    assert (c["read_bytes"], c["write_bytes"]) == (4 * N, 4 * N)  # transposed: a copy
+
+
+def test_copies_read_and_write():
+    c = priced(torch.clone, x, target=aten.clone.default)
+    assert (c["read_bytes"], c["write_bytes"], c["flops"]) == (4 * N, 4 * N, 0)
+    c = priced(lambda a: a.to(torch.bfloat16), x, target=aten._to_copy.default)
+    assert (c["read_bytes"], c["write_bytes"]) == (4 * N, 2 * N)  # read fp32, write bf16
+    c = priced(lambda a: a.t().contiguous(), x, target=aten.contiguous.default)
+    assert (c["read_bytes"], c["write_bytes"]) == (4 * N, 4 * N)
+    c = priced(lambda a, b: torch.cat([a, b]), x, y, target=aten.cat.default)
+    assert (c["read_bytes"], c["write_bytes"]) == (2 * 4 * N, 2 * 4 * N)
+
+
+def test_gqa_expand_then_reshape_copies_but_reads_the_small_tensor():
+    k = torch.randn(2, 1, 8, 16)  # one kv head, expanded to 4 query heads
+    c = priced(lambda t: t.expand(2, 4, 8, 16).transpose(1, 2).reshape(2, 8, 64), k,
+               target=aten.reshape.default)
+    assert c["read_bytes"] == 4 * 2 * 1 * 8 * 16  # the kv head once
+    assert c["write_bytes"] == 4 * 2 * 4 * 8 * 16  # four copies of it
+
+
+def test_factories_write_and_empty_writes_nothing():
+    c = priced(lambda: torch.ones(8, 8), target=aten.ones.default)
+    assert (c["read_bytes"], c["write_bytes"]) == (0, 4 * 64)
+    c = priced(lambda: torch.arange(8), target=aten.arange.default)
+    assert c["write_bytes"] == 8 * 8  # int64
+    c = priced(lambda a: torch.empty_like(a), x, target=aten.empty_like.default)
+    assert c["hbm_bytes"] == 0  # allocates, touches nothing
+
+
+# ---------------------------------------------------------------------------------------
+# matmuls, reductions, normalisation, gathers
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_mm_is_2mnk(mode):
+    a, b = torch.randn(8, 16), torch.randn(16, 32)
+    c = priced(torch.matmul, a, b, target=aten.mm.default, mode=mode)
+    assert c["flops"] == 2 * 8 * 32 * 16  # an FMA per (m, n, k) counts 2
+    assert c["read_bytes"] == 4 * (8 * 16 + 16 * 32)  # A and B once
+    assert c["write_bytes"] == 4 * 8 * 32
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_bmm_multiplies_by_the_batch(mode):
+    a, b = torch.randn(3, 8, 16), torch.randn(3, 16, 32)
+    c = priced(torch.matmul, a, b, target=aten.bmm.default, mode=mode)
+    assert c["flops"] == 2 * 3 * 8 * 32 * 16
+    assert c["read_bytes"] == 4 * 3 * (8 * 16 + 16 * 32)
+    assert c["write_bytes"] == 4 * 3 * 8 * 32
+
+
+def test_linear_and_addmm_add_one_flop_per_output_for_the_bias():
+    a, w, b = torch.randn(4, 16), torch.randn(32, 16), torch.randn(32)
+    for fn, target in ((F.linear, aten.linear.default),
+                       (lambda a, w, b: torch.addmm(b, a, w.t()), aten.addmm.default)):
+        c = priced(fn, a, w, b, target=target)
+        assert c["flops"] == 2 * 4 * 32 * 16 + 4 * 32  # matmul, then the bias add
+        assert c["read_bytes"] == 4 * (4 * 16 + 32 * 16 + 32)  # input, weight, bias
+        assert c["write_bytes"] == 4 * 4 * 32
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_softmax_convention(mode):
+    c = priced(lambda a: torch.softmax(a, -1), x, target=aten._softmax.default, mode=mode)
+    assert (c["read_bytes"], c["write_bytes"]) == (4 * N, 4 * N)  # read x, write y
+    assert c["flops"] == 5 * N  # max, sub, exp, add, scale per element
+    assert c["transcendentals"] == N  # one exp per element
+
+
+def test_reductions_read_all_and_write_the_reduced_shape():
+    for fn, target in ((lambda a: a.sum(-1), aten.sum.dim_IntList),
+                       (lambda a: a.amax(-1), aten.amax.default),
+                       (lambda a: a.mean(-1), aten.mean.dim)):
+        c = priced(fn, x, target=target)
+        assert c["read_bytes"] == 4 * N
+        assert c["write_bytes"] == 4 * 4  # one value per row
+        assert c["flops"] == N  # one add or compare per input element
+    c = priced(lambda a: a.cumsum(-1), x, target=aten.cumsum.default)
+    assert (c["write_bytes"], c["flops"]) == (4 * N, N)
+
+
+def test_layer_norm():
+    w, b = torch.randn(64), torch.randn(64)
+    c = priced(lambda a, w, b: F.layer_norm(a, (64,), w, b), x, w, b,
+               target=aten.layer_norm.default)
+    assert c["read_bytes"] == 4 * (N + 64 + 64)  # x, weight, bias
+    assert c["write_bytes"] == 4 * N
+    assert c["flops"] == 8 * N  # mean, variance (3), normalise (2), affine (2)
+    assert c["transcendentals"] == 4  # one rsqrt per row
+
+
+def test_embedding_reads_only_the_rows_it_picks():
+    table, idx = torch.randn(1000, 32), torch.randint(0, 1000, (2, 8))
+    c = priced(lambda i, t: F.embedding(i, t), idx, table, target=aten.embedding.default)
+    assert c["read_bytes"] == 8 * 2 * 8 + 4 * 2 * 8 * 32  # int64 ids, 16 rows of 32 fp32
+    assert c["write_bytes"] == 4 * 2 * 8 * 32
+
+
+# ---------------------------------------------------------------------------------------
+# symbolic sizes, unpriced ops, whole graphs
+
+
+def test_symbolic_costs_are_expressions_in_the_size_symbols():
+    gm = trace(torch.add, torch.randn(5, 7), torch.randn(5, 7), mode="symbolic")
+    rows, cols = (sym(s) for s in the(gm, aten.add.Tensor).meta["val"].shape)
+    assert rows.free_symbols and cols.free_symbols
+    c = node_cost(the(gm, aten.add.Tensor))
+    assert c.read_bytes == 2 * 4 * rows * cols  # x and y, fp32
+    assert c.write_bytes == 4 * rows * cols
+    assert c.evaluate(size_hints(gm))["hbm_bytes"] == 3 * 4 * 5 * 7
+    assert c.subs({str(rows): 10}).evaluate({cols: 2})["read_bytes"] == 2 * 4 * 20
+
+
+def test_an_unknown_op_is_unpriced_not_free():
+    gm = trace(lambda a: torch.sort(a).values + 1, x)
+    sort = the(gm, aten.sort.default)
+    assert node_cost(sort) is None
+    total, per_node = graph_cost(gm)
+    assert dict(per_node)[sort] is None
+    assert total.write_bytes == 4 * N  # only the add is in the total
+
+    graph = fx.Graph()
+    inp = graph.placeholder("x")
+    graph.output(graph.call_module("layer", (inp,)))
+    assert node_cost(next(n for n in graph.nodes if n.op == "call_module")) is None
+
+
+def test_cost_arithmetic():
+    a = Cost(read_bytes=1, write_bytes=2, flops=3, transcendentals=4)
+    assert a + a == 2 * a == Cost(2, 4, 6, 8)
+    assert sum([a, a, a]) == a * 3
+    assert a.hbm_bytes == 3
+    n = sympy.Symbol("n", positive=True, integer=True)
+    with pytest.raises(ValueError, match=r"\['n'\]"):
+        Cost(read_bytes=n).evaluate()
+
+
+# ---------------------------------------------------------------------------------------
+# attention: the eager chain node by node equals the closed form
+
+
+def eager_attention(q, k, v, mask):
+    s = q @ k.transpose(-2, -1)
+    s = s.float()  # upcast: the chain keeps scores in fp32
+    s = s * 0.125
+    s = s.masked_fill(mask, -math.inf)
+    p = torch.softmax(s, dim=-1).to(q.dtype)
+    return p @ v
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_traced_eager_chain_costs_what_attention_unfused_cost_says(mode):
+    B, H, Nq, D = 2, 3, 40, 16
+    q, k, v = (torch.randn(B, H, Nq, D, dtype=torch.bfloat16) for _ in range(3))
+    mask = torch.ones(Nq, Nq, dtype=torch.bool).triu(1)
+    gm = trace(eager_attention, q, k, v, mask, mode=mode)
+    total, per_node = graph_cost(gm)
+    assert all(c is not None for _, c in per_node)
+    expected = attention_unfused_cost(B, H, Nq, Nq, D, D, 2, causal=True, score_itemsize=4)
+    assert total.evaluate(size_hints(gm)) == expected.evaluate()
+
+
+def test_unfused_attention_bytes_by_hand():
+    B, H, n, d = 1, 1, 128, 64
+    c = attention_unfused_cost(B, H, n, n, d, d, itemsize=2, causal=False)
+    qkv_o = 4 * n * d * 2  # read Q, K, V and write O once, bf16
+    scores = 6 * n * n * 2  # write S; read+write scaled; read+write P; read P
+    assert c.evaluate()["hbm_bytes"] == qkv_o + scores
+    assert c.evaluate()["flops"] == 4 * n * n * d + n * n + 5 * n * n  # 2 matmuls, scale, softmax
+
+
+# ---------------------------------------------------------------------------------------
+# FlashAttention closed forms
+
+
+def test_flash_forward_by_hand():
+    # B=1, 2 heads, N=256, d=64, bf16, tiles 128 x 64: T = 2 query blocks
+    c = flash_attention_cost(1, 2, 2, 256, 256, 64, 64, 2, causal=False,
+                             block_m=128, block_n=64).evaluate()
+    q_bytes = 256 * 64 * 2  # Q once per head
+    kv_bytes = 2 * 256 * (64 + 64) * 2  # K and V once per query block, 2 blocks
+    assert c["read_bytes"] == 2 * (q_bytes + kv_bytes)
+    assert c["write_bytes"] == 2 * (256 * 64 * 2 + 256 * 4)  # O in bf16, lse in fp32
+    assert c["flops"] == 4 * 2 * 256 * 256 * 64  # 4·H·N²·d
+    causal = flash_attention_cost(1, 2, 2, 256, 256, 64, 64, 2, causal=True,
+                                  block_m=128, block_n=64).evaluate()
+    # query block 1 loads keys 0..127, block 2 keys 0..255: 384 key rows, not 512
+    assert causal["read_bytes"] == 2 * (q_bytes + 384 * (64 + 64) * 2)
+    # whole visited blocks are computed: 128·128 + 128·256 pairs (3/4 of 256²)
+    assert causal["flops"] == 2 * 2 * (128 * 128 + 128 * 256) * (64 + 64)
+
+
+def test_sdpa_and_ioaware_ops_are_priced_as_the_fused_kernel():
+    q, k, v = torch.randn(2, 4, 64, 16), torch.randn(2, 2, 64, 16), torch.randn(2, 2, 64, 32)
+    expected = flash_attention_cost(2, 4, 2, 64, 64, 16, 32, 4, causal=True).evaluate()
+    c = priced(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                               enable_gqa=True),
+               q, k, v, target=aten.scaled_dot_product_attention.default)
+    assert c == expected
+    mask = torch.ones(64, 64, dtype=torch.bool)
+    c = priced(lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m,
+                                                                  enable_gqa=True),
+               q, k, v, mask, target=aten.scaled_dot_product_attention.default)
+    no_mask = flash_attention_cost(2, 4, 2, 64, 64, 16, 32, 4, causal=False).evaluate()
+    assert c["read_bytes"] == no_mask["read_bytes"] + 64 * 64  # plus the bool mask once
+
+    import ioaware.codegen.ops  # noqa: F401  registers torch.ops.ioaware
+
+    c = priced(lambda q, k, v: torch.ops.ioaware.flash_attention(q, k, v, 0.25, True),
+               q, k, v, target=torch.ops.ioaware.flash_attention.default)
+    assert c == expected
+    out, lse = torch.randn(2, 4, 64, 32), torch.randn(2, 4, 64)
+    c = priced(lambda do, q, k, v, o, lse: torch.ops.ioaware.flash_attention_backward(
+        do, q, k, v, o, lse, 0.25, True), out, q, k, v, out, lse,
+        target=torch.ops.ioaware.flash_attention_backward.default)
+    assert c == flash_attention_backward_cost(2, 4, 2, 64, 64, 16, 32, 4, causal=True).evaluate()
+
+
+def test_flash_backward_by_hand():
+    # B=1, Hq=Hkv=1, N=256, d=64, bf16, tiles 128 x 64; non-causal
+    c = flash_attention_backward_cost(1, 1, 1, 256, 256, 64, 64, 2, causal=False,
+                                      block_m=128, block_n=64).evaluate()
+    row = 256 * 64 * 2  # one N x d bf16 tensor
+    stats = 256 * 4  # one fp32 value per query row
+    preprocess_read = 2 * row  # O, dO
+    dkdv_read = 2 * row + 4 * (2 * row + 2 * stats)  # K, V once; Q, dO, lse, delta per key block
+    dq_read = 2 * row + 2 * stats + 2 * 2 * row  # Q, dO, lse, delta once; K, V per query block
+    assert c["read_bytes"] == preprocess_read + dkdv_read + dq_read
+    assert c["write_bytes"] == stats + 2 * row + row  # delta; dK, dV; dQ
+    forward = flash_attention_cost(1, 1, 1, 256, 256, 64, 64, 2, causal=False).evaluate()
+    assert c["flops"] * 2 == forward["flops"] * 5  # 2.5x the forward
+
+
+# ---------------------------------------------------------------------------------------
+# properties
+
+TILES = st.sampled_from([16, 32, 64, 128])
+
+
+def brute_forward(nq, nk, bm, bn):
+    """Key rows loaded and score pairs computed, block by block, as the kernel loops."""
+    key_rows = pairs = 0
+    for start in range(0, nq, bm):
+        hi = min(start + bm, nk)  # causal: keys up to the block's last row
+        keys = min(nk, -(-hi // bn) * bn)  # whole key blocks, clipped to Nk
+        key_rows += keys
+        pairs += min(bm, nq - start) * keys
+    return key_rows, pairs
+
+
+def brute_backward_query_rows(nq, nk, bm, bn):
+    return sum(max(0, nq - (start // bm) * bm) for start in range(0, nk, bn))
+
+
+@settings(max_examples=60, deadline=None)
+@given(nq=st.integers(1, 1500), nk=st.integers(1, 1500), bm=TILES, bn=TILES)
+def test_causal_block_counts_match_the_block_loop(nq, nk, bm, bn):
+    key_rows, pairs = causal_forward_blocks(nq, nk, bm, bn)
+    assert (int(key_rows), int(pairs)) == brute_forward(nq, nk, bm, bn)
+    assert int(causal_backward_query_rows(nq, nk, bm, bn)) == brute_backward_query_rows(
+        nq, nk, bm, bn
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(64, 8192), b=st.integers(1, 4), h=st.integers(1, 8),
+    d=st.sampled_from([16, 32, 64, 128, 256]), bm=st.sampled_from([64, 128]),
+    bn=st.sampled_from([32, 64, 128]), causal=st.booleans(), itemsize=st.sampled_from([2, 4]),
+    upcast=st.booleans(),
+)
+def test_flash_moves_fewer_bytes_than_the_unfused_chain(n, b, h, d, bm, bn, causal, itemsize,
+                                                         upcast):
+    # FlashAttention's K/V re-reads are N²·2d/block_m; the chain moves >= 6·N² score
+    # elements. The tile must be tall enough for the head dim (Θ(N²d²/M)): d <= 2·bm.
+    assume(d <= 2 * bm)
+    unfused = attention_unfused_cost(b, h, n, n, d, d, itemsize, causal,
+                                     score_itemsize=4 if upcast else None)
+    flash = flash_attention_cost(b, h, h, n, n, d, d, itemsize, causal, bm, bn)
+    assert flash.evaluate()["hbm_bytes"] < unfused.evaluate()["hbm_bytes"]
+
+
+def test_unfused_bytes_are_quadratic_in_n():
+    n = sympy.Symbol("n", positive=True, integer=True)
+    for causal in (False, True):
+        bytes_n = attention_unfused_cost(2, 4, n, n, 64, 64, 2, causal).hbm_bytes
+        poly = sympy.Poly(sympy.expand(bytes_n), n)
+        assert poly.degree() == 2 and poly.LC() > 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(blocks=st.integers(1, 64), d=st.sampled_from([32, 64, 128]),
+       bm=st.sampled_from([64, 128]), bn=st.sampled_from([32, 64, 128]))
+def test_flash_kv_traffic_is_n_squared_d_over_block_m(blocks, d, bm, bn):
+    n = blocks * bm
+    it = 2
+    c = flash_attention_cost(1, 1, 1, n, n, d, d, it, False, bm, bn).evaluate()
+    kv = c["read_bytes"] - n * d * it  # all but the one read of Q
+    assert kv * bm == n * n * 2 * d * it  # N²·(d + dv)·it / block_m exactly
+    causal = flash_attention_cost(1, 1, 1, n, n, d, d, it, True, bm, bn).evaluate()
+    causal_kv = causal["read_bytes"] - n * d * it
+    if bm % bn == 0:  # key rows bm·T(T+1)/2: half, plus half a diagonal block per row block
+        assert 2 * causal_kv * bm == n * (n + bm) * 2 * d * it
+
+
+# ---------------------------------------------------------------------------------------
+# time on a device
+
+
+def test_modelled_time_is_the_slowest_ceiling():
+    memory_second = Cost(read_bytes=2.0e12, write_bytes=1.0e12)  # 3 TB at 3.0 TB/s measured
+    assert modelled_time(memory_second, H100, "bfloat16") == pytest.approx(1.0)
+    assert bound(memory_second, H100, torch.bfloat16) == "memory"
+    two_seconds = Cost(read_bytes=1e9, flops=2 * 790e12)  # at the measured 790 TFLOP/s
+    assert modelled_time(two_seconds, H100, "bf16") == pytest.approx(2.0)
+    assert bound(two_seconds, H100, "bf16") == "compute"
+    exps = Cost(transcendentals=3.9e12)  # one second of the special-function units
+    assert modelled_time(exps, H100, "bf16") == pytest.approx(1.0)
+
+
+def test_rewrite_pays_for_gpt2_attention_and_says_why():
+    # GPT-2 small: 12 heads, d = 64, 1024 tokens, batch 8, bf16 with fp32 softmax
+    before = attention_unfused_cost(8, 12, 1024, 1024, 64, 64, 2, True, score_itemsize=4)
+    after = flash_attention_cost(8, 12, 12, 1024, 1024, 64, 64, 2, True)
+    pays, reason = rewrite_pays(before, after, H100, "bfloat16")
+    assert pays
+    b_before, b_after = before.evaluate()["hbm_bytes"], after.evaluate()["hbm_bytes"]
+    assert f"{b_before:,}" in reason and f"{b_after:,}" in reason
+    assert "ms" in reason or "µs" in reason
+    assert rewrite_pays(after, before, H100, "bfloat16")[0] is False
+
+
+def test_rewrite_pays_on_fewer_bytes_at_equal_time_and_with_symbolic_hints():
+    n = sympy.Symbol("s0", positive=True, integer=True)
+    compute_bound = Cost(flops=790e12)  # one second either way
+    assert rewrite_pays(compute_bound + Cost(read_bytes=2 * n), compute_bound + Cost(read_bytes=n),
+                        H100, "bf16", {"s0": 1000})[0]
+    assert not rewrite_pays(compute_bound, compute_bound, H100, "bf16")[0]
