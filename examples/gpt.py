@@ -16,15 +16,13 @@ from torch import nn
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, max_seq: int) -> None:
+    def __init__(self, d_model: int, n_heads: int) -> None:
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"{d_model=} must be a multiple of {n_heads=}")
         self.n_heads = n_heads
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
-        # The usual nanoGPT-style buffer: a lower-triangular 1/0 matrix, compared with 0.
-        self.register_buffer("mask", torch.tril(torch.ones(max_seq, max_seq)), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
@@ -33,17 +31,20 @@ class CausalSelfAttention(nn.Module):
         # [b, n, c] -> [b, heads, n, d]
         q, k, v = (t.view(b, n, self.n_heads, d).transpose(1, 2) for t in (q, k, v))
         att = q @ k.transpose(-2, -1) / math.sqrt(d)
-        att = att.masked_fill(self.mask[:n, :n] == 0, float("-inf"))
+        # The causal mask built where it is used, so the compiler sees it is index-only
+        # (a registered buffer reaches the graph as data; see the fallback it gets).
+        mask = torch.tril(torch.ones(n, n, device=x.device))
+        att = att.masked_fill(mask == 0, float("-inf"))
         att = torch.softmax(att, dim=-1)
         y = att @ v
         return self.proj(y.transpose(1, 2).reshape(b, n, c))
 
 
 class Block(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, max_seq: int) -> None:
+    def __init__(self, d_model: int, n_heads: int) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(d_model)
-        self.attn = CausalSelfAttention(d_model, n_heads, max_seq)
+        self.attn = CausalSelfAttention(d_model, n_heads)
         self.ln2 = nn.LayerNorm(d_model)
         self.mlp = nn.Sequential(
             nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model)
@@ -60,7 +61,7 @@ class GPT(nn.Module):
         super().__init__()
         self.tok = nn.Embedding(vocab, d_model)
         self.pos = nn.Embedding(max_seq, d_model)
-        self.blocks = nn.ModuleList(Block(d_model, n_heads, max_seq) for _ in range(n_layers))
+        self.blocks = nn.ModuleList(Block(d_model, n_heads) for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab, bias=False)
 
