@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from ioaware import capture
+from ioaware import capture, cost
 from ioaware.explain import Explanation, Fallback
 from ioaware.verify import verified
 
@@ -33,17 +33,6 @@ def _device_of(example_inputs: Sequence[Any]) -> torch.device:
         if isinstance(x, torch.Tensor):
             return x.device
     return torch.device("cpu")
-
-
-def _hints(gm: fx.GraphModule) -> dict:
-    """Dynamo's hint value for every size symbol of the canonical graph."""
-    from torch._guards import detect_fake_mode
-
-    vals = [n.meta.get("val") for n in gm.graph.nodes if n.op == "placeholder"]
-    mode = detect_fake_mode([v for v in vals if isinstance(v, torch.Tensor)])
-    if mode is None or mode.shape_env is None:
-        return {}
-    return {sym: int(val) for sym, val in mode.shape_env.var_to_val.items()}
 
 
 class IoawareBackend:
@@ -79,7 +68,7 @@ class IoawareBackend:
         from ioaware.codegen.ops import backend_name
 
         profile = hardware.get_profile(None)
-        ctx = PassContext(profile=profile, backend_name=backend_name(device), hints=_hints(canon))
+        ctx = PassContext(profile=profile, backend_name=backend_name(device), hints=cost.size_hints(canon))
         rewrites, fallbacks = run_pipeline(canon, ctx)
         for r in rewrites:
             r.graph = index

@@ -481,7 +481,9 @@ def run(
             spec_of(m)  # validates head dims, dtype, scale
             before, after = region_costs(m)
             pays, why = cost.rewrite_pays(before, after, profile, dtype_name(m.dtype), hints)
-            if not pays:
+            # An SDPA call is already one fused kernel: same model before and after, so
+            # the rewrite never loses; it pays in the backward and in explainability.
+            if not pays and m.source != "sdpa":
                 raise NoMatch(f"{m.output.name}: rewrite would not pay ({why})")
         except (NoMatch, ValueError) as e:
             fallbacks.append(Fallback(kind="attention", reason=str(e)))
