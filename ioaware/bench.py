@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Iterable
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -71,16 +70,16 @@ class BenchRow:
 
     variant: str
     causal: bool
-    rel_err: Optional[float] = None
-    ok: Optional[bool] = None
-    fwd_ms: Optional[float] = None
-    fwd_tflops: Optional[float] = None
-    fwd_bwd_ms: Optional[float] = None
-    fwd_bwd_tflops: Optional[float] = None
-    fwd_peak_bytes: Optional[int] = None
-    fwd_bwd_peak_bytes: Optional[int] = None
-    speedup_fwd: Optional[float] = None
-    speedup_fwd_bwd: Optional[float] = None
+    rel_err: float | None = None
+    ok: bool | None = None
+    fwd_ms: float | None = None
+    fwd_tflops: float | None = None
+    fwd_bwd_ms: float | None = None
+    fwd_bwd_tflops: float | None = None
+    fwd_peak_bytes: int | None = None
+    fwd_bwd_peak_bytes: int | None = None
+    speedup_fwd: float | None = None
+    speedup_fwd_bwd: float | None = None
     note: str = ""
 
 
@@ -211,8 +210,6 @@ def bench_problem(problem: AttentionProblem, vs: Iterable[str] = BASELINES, *,
                   skip_slow: bool = False, warmup_ms: float = 25, rep_ms: float = 100,
                   progress: Callable[[str], None] = lambda message: None) -> list[BenchRow]:
     """Check then time every variant on one problem; a variant that fails gets a note."""
-    from triton.testing import do_bench
-
     if not torch.cuda.is_available():
         raise BenchUnavailable("ioaware bench needs a CUDA GPU; torch.cuda.is_available() is False")
     q, k, v, dout = _inputs(problem)
@@ -238,32 +235,42 @@ def bench_problem(problem: AttentionProblem, vs: Iterable[str] = BASELINES, *,
             torch.cuda.empty_cache()
             continue
 
-        def forward() -> None:
-            with torch.no_grad():
-                attention(q, k, v)
-
-        def forward_backward() -> None:
-            attention(q, k, v).backward(dout)
-
-        try:
-            row.fwd_peak_bytes = _peak_bytes(forward)
-            row.fwd_ms = do_bench(forward, warmup=warmup_ms, rep=rep_ms, return_mode="median")
-            for t in (q, k, v):
-                t.grad = None  # so every variant's peak includes allocating the gradients
-            row.fwd_bwd_peak_bytes = _peak_bytes(forward_backward)
-            row.fwd_bwd_ms = do_bench(forward_backward, warmup=warmup_ms, rep=rep_ms,
-                                      grad_to_none=[q, k, v], return_mode="median")
-        except Exception as error:  # noqa: BLE001 - e.g. out of memory at this size
-            row.note = f"timing failed: {_short(error)}"
-            progress(f"  {row.note}")
-            torch.cuda.empty_cache()
-        if row.fwd_ms:
-            row.fwd_tflops = problem.fwd_flops / (row.fwd_ms * 1e-3) / 1e12
-        if row.fwd_bwd_ms:
-            row.fwd_bwd_tflops = problem.fwd_bwd_flops / (row.fwd_bwd_ms * 1e-3) / 1e12
-        del attention
+        _time(row, attention, problem, (q, k, v, dout), warmup_ms, rep_ms, progress)
     _attach_speedups(rows)
     return rows
+
+
+def _time(row: BenchRow, attention: Attention, problem: AttentionProblem,
+          tensors: tuple[torch.Tensor, ...], warmup_ms: float, rep_ms: float,
+          progress: Callable[[str], None]) -> None:
+    """Fill the row's times, throughputs and peak memory; a failure becomes its note."""
+    from triton.testing import do_bench
+
+    q, k, v, dout = tensors
+
+    def forward() -> None:
+        with torch.no_grad():
+            attention(q, k, v)
+
+    def forward_backward() -> None:
+        attention(q, k, v).backward(dout)
+
+    try:
+        row.fwd_peak_bytes = _peak_bytes(forward)
+        row.fwd_ms = do_bench(forward, warmup=warmup_ms, rep=rep_ms, return_mode="median")
+        for t in (q, k, v):
+            t.grad = None  # so every variant's peak includes allocating the gradients
+        row.fwd_bwd_peak_bytes = _peak_bytes(forward_backward)
+        row.fwd_bwd_ms = do_bench(forward_backward, warmup=warmup_ms, rep=rep_ms,
+                                  grad_to_none=[q, k, v], return_mode="median")
+    except Exception as error:  # noqa: BLE001 - e.g. out of memory at this size
+        row.note = f"timing failed: {_short(error)}"
+        progress(f"  {row.note}")
+        torch.cuda.empty_cache()
+    if row.fwd_ms:
+        row.fwd_tflops = problem.fwd_flops / (row.fwd_ms * 1e-3) / 1e12
+    if row.fwd_bwd_ms:
+        row.fwd_bwd_tflops = problem.fwd_bwd_flops / (row.fwd_bwd_ms * 1e-3) / 1e12
 
 
 def _attach_speedups(rows: list[BenchRow]) -> None:

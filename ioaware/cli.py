@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 # Bundled examples, by name: files in the examples/ folder beside the package.
 EXAMPLES = {"gpt": "gpt.py", "sdpa_gqa": "sdpa_gqa.py"}
@@ -72,14 +72,14 @@ def load_target(target: str) -> tuple[Any, tuple, dict]:
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - whatever the user's file raises, TARGET is bad
         raise TargetError(f"TARGET {target!r}: importing {path} raised {_one_line(error)}")
     make = getattr(module, function, None)
     if not callable(make):
         raise TargetError(f"TARGET {target!r}: {path} has no function {function!r}")
     try:
         made = make()
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - likewise for the user's make()
         raise TargetError(f"TARGET {target!r}: {function}() raised {_one_line(error)}")
     if not isinstance(made, tuple) or len(made) not in (2, 3):
         raise TargetError(
@@ -295,7 +295,7 @@ def _parse_vs(text: str) -> list[str]:
     return names
 
 
-def _cell(value: Optional[float], fmt: str) -> str:
+def _cell(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
@@ -426,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     options = build_parser().parse_args(argv)
     return options.run(options)
 
