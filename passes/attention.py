@@ -292,7 +292,7 @@ def _additive_allowed(expr: sympy.Basic, node: fx.Node) -> sympy.Basic:
         return sympy.true
     if isinstance(expr, sympy.Piecewise):
         values = {e for e, _ in expr.args}
-        if values <= {sympy.Integer(0), -sympy.oo}:
+        if all(v == 0 or (v.is_number and _is_minus_inf(float(v), node)) for v in values):
             return _piecewise_zero(expr)
     raise NoMatch(f"{node.name}: additive term is not a 0/-inf mask (score biases are not in v0)")
 
