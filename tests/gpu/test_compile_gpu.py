@@ -1,0 +1,68 @@
+"""GPU tier: the same properties as tests/interp, with compiled kernels and Inductor.
+
+Skipped without a CUDA GPU (see tests/conftest.py). Sizes go beyond what the
+interpreter can afford: sequence lengths up to 2048 and head dims up to 256.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import ioaware
+from ioaware.verify import TOLERANCE, relative_error
+from spellings import SPELLINGS, SQUARE_ONLY, make
+
+pytestmark = pytest.mark.gpu
+
+
+@st.composite
+def problems(draw):
+    name = draw(st.sampled_from(sorted(SPELLINGS)))
+    causal = draw(st.booleans())
+    b = draw(st.integers(1, 3))
+    hkv = draw(st.integers(1, 4))
+    h = hkv * (draw(st.integers(1, 4)) if name == "sdpa_gqa" else 1)
+    nq = draw(st.integers(2, 2048))
+    nk = nq if name in SQUARE_ONLY else draw(st.sampled_from([nq, draw(st.integers(2, 2048))]))
+    d = draw(st.sampled_from([16, 32, 64, 80, 96, 128, 256]))
+    dtype = draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16]))
+    return name, causal, b, h, hkv, nq, nk, d, dtype
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(problems(), st.integers(0, 2**31 - 1))
+def test_compiled_attention_matches_eager_on_gpu(problem, seed):
+    name, causal, b, h, hkv, nq, nk, d, dtype = problem
+    torch._dynamo.reset()
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, device="cuda").to(dtype).requires_grad_()
+
+    q, k, v = rand(b, h, nq, d), rand(b, hkv, nk, d), rand(b, hkv, nk, d)
+    fn = make(name, causal, d ** -0.5)
+    fast = ioaware.compile(fn)
+    out = fast(q, k, v)
+    ref = fn(q, k, v)
+    expl = fast._ioaware_backend.explanation
+    assert expl.rewrites and not expl.fallbacks, expl
+    assert expl.rewrites[0].backend == "triton"
+    tol = TOLERANCE[dtype]
+    assert relative_error(out, ref) <= tol
+
+    grad = torch.randn(out.shape, generator=gen, device="cuda").to(dtype)
+    got = torch.autograd.grad(out, (q, k, v), grad)
+    want = torch.autograd.grad(ref, (q, k, v), grad)
+    for which, g, w in zip("qkv", got, want):
+        err = relative_error(g, w, floor=0.1)
+        assert err <= tol, f"d{which}: relative error {err:.3g}"
+
+
+def test_torch_compile_backend_by_name_on_gpu():
+    q, k, v = (torch.randn(2, 4, 256, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    fn = make("matmul_masked_fill", True, 0.125)
+    out = torch.compile(fn, backend="ioaware")(q, k, v)
+    assert relative_error(out, fn(q, k, v)) <= TOLERANCE[torch.bfloat16]

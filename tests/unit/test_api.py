@@ -1,0 +1,115 @@
+"""The public surface: compile (function, decorator, module), the backend by name,
+explain, counters, verify, and errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import ioaware
+from ioaware.codegen import reference
+from spellings import make
+
+
+def qkv(n=16, d=16):
+    return [torch.randn(2, 2, n, d, requires_grad=True) for _ in range(3)]
+
+
+def test_compile_function_and_counters():
+    before = ioaware.counters["attention"]
+    fn = make("matmul_masked_fill", True, 0.25)
+    q, k, v = qkv()
+    torch.testing.assert_close(ioaware.compile(fn)(q, k, v), fn(q, k, v))
+    assert ioaware.counters["attention"] == before + 1
+
+
+def test_decorator_forms():
+    @ioaware.compile
+    def plain(q, k, v):
+        return (q @ k.transpose(-2, -1)).softmax(-1) @ v
+
+    @ioaware.compile(verify=True)
+    def checked(q, k, v):
+        return (q @ k.transpose(-2, -1)).softmax(-1) @ v
+
+    q, k, v = qkv()
+    torch.testing.assert_close(plain(q, k, v), checked(q, k, v))
+
+
+def test_compile_module():
+    class Attn(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(16, 48)
+
+        def forward(self, x):
+            q, k, v = self.proj(x).view(2, 10, 3, 2, 8).permute(2, 0, 3, 1, 4)
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    m = Attn()
+    x = torch.randn(2, 10, 16)
+    torch.testing.assert_close(ioaware.compile(m)(x), m(x))
+    assert len(ioaware.explain(m, x).rewrites) == 1
+
+
+def test_backend_registered_by_name_without_import():
+    code = (
+        "import sys, torch\n"
+        "f = lambda q, k, v: (q @ k.transpose(-2, -1)).softmax(-1) @ v\n"
+        "q = torch.randn(1, 2, 8, 16)\n"
+        "torch.testing.assert_close(torch.compile(f, backend='ioaware')(q, q, q), f(q, q, q))\n"
+        "assert 'ioaware' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+def test_explain_reports_rewrites_and_fallbacks():
+    def two_regions(q, k, v):
+        a = (q @ k.transpose(-2, -1)).softmax(-1) @ v
+        p = (q @ k.transpose(-2, -1)).softmax(-2)  # wrong axis: not attention
+        return a, p @ v
+
+    e = ioaware.explain(two_regions, *qkv())
+    assert [r.kind for r in e.rewrites] == ["attention"]
+    assert e.rewrites[0].hbm_bytes_after < e.rewrites[0].hbm_bytes_before
+    assert len(e.fallbacks) == 1 and "key (last) axis" in e.fallbacks[0].reason
+    text = str(e)
+    assert "attention" in text and "key (last) axis" in text
+
+
+def test_verify_catches_a_wrong_kernel(monkeypatch):
+    # A deliberately wrong reference path stands in for a kernel bug.
+    right = reference.attention_forward
+
+    def wrong(q, k, v, scale, causal):
+        out, lse = right(q, k, v, scale, causal)
+        return out * 1.5, lse
+
+    monkeypatch.setattr(reference, "attention_forward", wrong)
+    monkeypatch.setattr(ioaware.config, "interpret", False)  # take the reference path
+    fn = make("matmul_masked_fill", False, 0.25)
+    with pytest.raises(ioaware.VerificationError, match="relative error"):
+        ioaware.compile(fn, verify=True)(*qkv())
+
+
+def test_function_that_raises_eagerly_raises_the_same_error():
+    def bad(q, k, v):
+        return (q @ k).softmax(-1) @ v  # [.., 16, 16] @ [.., 8, 16]: inner sizes differ
+
+    q = torch.randn(1, 1, 16, 16)
+    k = torch.randn(1, 1, 8, 16)
+    with pytest.raises(RuntimeError) as eager:
+        bad(q, k, k)
+    with pytest.raises(RuntimeError) as compiled:
+        ioaware.compile(bad)(q, k, k)
+    assert str(compiled.value) == str(eager.value)
+
+
+def test_bad_arguments_name_themselves():
+    with pytest.raises(TypeError, match="fn must be a function or nn.Module"):
+        ioaware.compile(3)
+    with pytest.raises(TypeError, match="fn must be a function or nn.Module"):
+        ioaware.explain("model")
