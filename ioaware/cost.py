@@ -584,7 +584,8 @@ def size_hints(gm: fx.GraphModule) -> dict[sympy.Symbol, int]:
                 shape_env = getattr(getattr(value, "fake_mode", None), "shape_env", None)
             if shape_env is not None:
                 # torch 2.13 renamed var_to_val (still there, deprecated) to backed_var_to_val
-                values = getattr(shape_env, "backed_var_to_val", None) or shape_env.var_to_val
+                values = (shape_env.backed_var_to_val if hasattr(shape_env, "backed_var_to_val")
+                          else shape_env.var_to_val)
                 if values:
                     return {s: int(v) for s, v in values.items()}
     return {}
