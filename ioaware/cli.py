@@ -172,7 +172,7 @@ def totals_line(totals: dict[str, Any], device: str) -> str:
     if before is not None and after is not None:
         line += (
             f", modelled time {_format_seconds(before)} → {_format_seconds(after)}"
-            f" ({format_ratio(before, after)} faster)"
+            f" ({format_ratio(before, after)} less)"
         )
     elif "note" in totals:
         line += f" ({totals['note']})"
