@@ -61,25 +61,30 @@ def _smem_bytes(spec: AttentionSpec, resident_rows: int, streamed_rows: int, sta
 
 def dkdv_configs(spec: AttentionSpec) -> list[Config]:
     """Candidates for the dK/dV kernel: BLOCK_N kv rows resident, BLOCK_M query rows
-    streamed. Narrow query tiles (32, 64) keep the two fp32 accumulators of
-    BLOCK_N × d in registers without spilling."""
-    candidates = [(64, 128, 8, 2), (64, 128, 8, 3), (32, 128, 4, 3), (32, 128, 8, 3),
-                  (64, 64, 4, 3), (32, 64, 4, 2)]
+    streamed.
+
+    Narrow query tiles (16, 32) on purpose: K_j and V_j (the A operands of the S and dP
+    products) stay in registers next to the two fp32 accumulators of BLOCK_N × d, so at
+    d = 128 a 64-row query tile spills (ptxas for sm_90, 8 warps: 0 bytes of stack at
+    16 rows, ~100 at 32, ~460 at 64). The autotuner weighs that against wgmma width.
+    """
+    candidates = [(16, 128, 8, 2), (16, 128, 8, 3), (32, 128, 8, 2), (32, 128, 8, 3),
+                  (32, 64, 8, 3), (64, 128, 8, 2)]
     fits = [c for c in candidates if _smem_bytes(spec, c[1], c[0], c[3]) <= 200 * 1024]
     return fits or [default_dkdv_config(spec)]
 
 
 def dq_configs(spec: AttentionSpec) -> list[Config]:
     """Candidates for the dQ kernel: BLOCK_M query rows resident, BLOCK_N kv streamed."""
-    candidates = [(128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 4, 3), (128, 32, 8, 3),
-                  (64, 64, 4, 3), (64, 32, 4, 2)]
+    candidates = [(128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 4, 3),
+                  (64, 32, 4, 2)]
     fits = [c for c in candidates if _smem_bytes(spec, c[0], c[1], c[3]) <= 200 * 1024]
     return fits or [default_dq_config(spec)]
 
 
 def default_dkdv_config(spec: AttentionSpec) -> Config:
     """Fixed config for short sequences: fits ~100 KB of shared memory."""
-    for c in ((64, 128, 8, 2), (64, 64, 4, 2), (32, 64, 4, 2), (32, 32, 4, 1)):
+    for c in ((32, 128, 8, 2), (32, 64, 8, 2), (32, 64, 4, 2), (32, 32, 4, 1)):
         if _smem_bytes(spec, c[1], c[0], c[3]) <= 100 * 1024:
             return c
     return (16, 32, 4, 1)
@@ -191,12 +196,13 @@ def _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, stride_qm, strid
             delta = tl.load(delta_ptr + rows)
         s_t = _mm(k, tl.trans(q))  # [BLOCK_N, BLOCK_M]
         # Recompute P from the stored lse: exact softmax, no running max needed.
-        p_t = tl.math.exp2(s_t * QK_SCALE - (lse * LOG2E)[None, :])
-        if MASKED:
+        z_t = s_t * QK_SCALE - (lse * LOG2E)[None, :]
+        if MASKED:  # masked before exp2: hidden entries may be huge, never inf
             visible = rows[None, :] < N_Q
             if CAUSAL:
                 visible = visible & (rows[None, :] >= offs_n[:, None])
-            p_t = tl.where(visible, p_t, 0.0)
+            z_t = tl.where(visible, z_t, float("-inf"))
+        p_t = tl.math.exp2(z_t)
         do = _load_rows(do_ptrs, rows, N_Q, offs_dv, HEAD_DIM_V, EVEN_DV, MASKED)
         dv = _mma(p_t.to(do.dtype), do, dv)
         dp_t = _mm(v, tl.trans(do))
@@ -303,12 +309,13 @@ def _kv_sweep(dq, q, do, lse2, delta, k_ptrs, v_ptrs, stride_kn, stride_vn,
         k = _load_rows(k_ptrs, cols, N_K, offs_d, HEAD_DIM, EVEN_D, MASKED)
         v = _load_rows(v_ptrs, cols, N_K, offs_dv, HEAD_DIM_V, EVEN_DV, MASKED)
         s = _mm(q, tl.trans(k))
-        p = tl.math.exp2(s * QK_SCALE - lse2[:, None])
+        z = s * QK_SCALE - lse2[:, None]
         if MASKED:
             visible = cols[None, :] < N_K
             if CAUSAL:
                 visible = visible & (cols[None, :] <= offs_m[:, None])
-            p = tl.where(visible, p, 0.0)
+            z = tl.where(visible, z, float("-inf"))
+        p = tl.math.exp2(z)
         dp = _mm(do, tl.trans(v))
         ds = p * (dp - delta[:, None])
         dq = _mma(ds.to(k.dtype), k, dq)

@@ -139,8 +139,8 @@ def forward_configs(spec: AttentionSpec) -> list[tuple[int, int, int, int]]:
     """
     d, dv, eb = padded_dim(spec.head_dim), padded_dim(spec.head_dim_v), element_bytes(spec)
     candidates = [
-        (128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2), (128, 128, 8, 3),
-        (64, 64, 4, 3), (64, 128, 4, 3), (128, 64, 4, 3), (64, 64, 4, 2),
+        (128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2), (128, 64, 4, 3),
+        (64, 64, 4, 3), (64, 128, 4, 2),
     ]
     fits = [c for c in candidates if eb * (c[0] * d + c[3] * c[1] * (d + dv)) <= 200 * 1024]
     return fits or [default_forward_config(spec)]
@@ -149,7 +149,7 @@ def forward_configs(spec: AttentionSpec) -> list[tuple[int, int, int, int]]:
 def default_forward_config(spec: AttentionSpec) -> tuple[int, int, int, int]:
     """A config that fits ~100 KB of shared memory for every head dim and dtype."""
     d, dv, eb = padded_dim(spec.head_dim), padded_dim(spec.head_dim_v), element_bytes(spec)
-    for bm, bn, warps, stages in ((128, 64, 8, 3), (64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 2)):
+    for bm, bn, warps, stages in ((128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)):
         if eb * (bm * d + stages * bn * (d + dv)) <= 100 * 1024:
             return bm, bn, warps, stages
     return 32, 32, 4, 1
