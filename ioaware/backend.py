@@ -57,7 +57,7 @@ class IoawareBackend:
         device = _device_of(example_inputs)
         try:
             canon = capture.canonicalize(gm, example_inputs)
-        except Exception as e:  # never crash on a graph that runs eagerly
+        except Exception as e:  # noqa: BLE001 - never crash on a graph that runs eagerly
             self.explanation.fallbacks.append(
                 Fallback("graph", f"capture failed, graph left to eager: {type(e).__name__}: {e}",
                          graph=index))

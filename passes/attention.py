@@ -31,20 +31,19 @@ from typing import Any
 
 import sympy
 import torch
-from torch import fx
-
-import ioaware.cost as cost  # noqa
-from ioaware.explain import Fallback, Rewrite
 from ioaware.passes import masks
 from ioaware.passes.views import (
     LAYOUT_OPS,
-    chain_between,
     hint,
     hinted_shape,
     is_batch_reshape,
     is_layout,
     shape_of,
 )
+from torch import fx
+
+import ioaware.cost as cost  # noqa
+from ioaware.explain import Fallback, Rewrite
 from ioaware.spec import DTYPES, AttentionSpec, dtype_name
 
 aten = torch.ops.aten
@@ -207,7 +206,7 @@ def match_softmax(sm: fx.Node) -> AttentionMatch:
         raise NoMatch(f"{qk.name}: dtype {dtype} is not fp16/bf16/fp32")
 
     z, nq, d = hinted_shape(q3)
-    _, d_k, nk = hinted_shape(kt3)
+    nk = hinted_shape(kt3)[2]
     dv = hinted_shape(v3)[2]
     layout, q_node, k_node, v_node, b, h = "zkd", q_op, k_op, v3, 1, z
     q4, k4, v4 = (_unflatten_source(t) for t in (q3, kt3, v3))
@@ -220,7 +219,7 @@ def match_softmax(sm: fx.Node) -> AttentionMatch:
     return AttentionMatch(
         q=q_node, k=k_node, v=v_node, layout=layout, scale=scale, mask=mask, output=pv,
         region=region, source="matmul",
-        dims=dict(B=b, Hq=h, Hkv=h, Nq=nq, Nk=nk, D=d, Dv=dv), dtype=dtype,
+        dims={"B": b, "Hq": h, "Hkv": h, "Nq": nq, "Nk": nk, "D": d, "Dv": dv}, dtype=dtype,
     )
 
 
@@ -363,7 +362,8 @@ def _unflatten_source(t3: fx.Node) -> fx.Node | None:
 # matching: SDPA
 
 
-_SDPA_DEFAULTS = dict(attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False)
+_SDPA_DEFAULTS = {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None,
+                  "enable_gqa": False}
 
 
 def match_sdpa(node: fx.Node) -> AttentionMatch:
@@ -393,7 +393,8 @@ def match_sdpa(node: fx.Node) -> AttentionMatch:
     return AttentionMatch(
         q=q, k=k, v=v, layout="sdpa", scale=float(scale),
         mask="causal" if bound["is_causal"] else "none", output=node, region=[node],
-        source="sdpa", dims=dict(B=b, Hq=hq, Hkv=hkv, Nq=nq, Nk=nk, D=d, Dv=dv), dtype=dtype,
+        source="sdpa", dtype=dtype,
+        dims={"B": b, "Hq": hq, "Hkv": hkv, "Nq": nq, "Nk": nk, "D": d, "Dv": dv},
     )
 
 
@@ -502,5 +503,12 @@ def run(
     return rewrites, fallbacks
 
 
-__all__ = ["run", "match_softmax", "match_sdpa", "candidates", "NoMatch", "AttentionMatch",
-           "hint"]
+__all__ = [
+    "AttentionMatch",
+    "NoMatch",
+    "candidates",
+    "hint",
+    "match_sdpa",
+    "match_softmax",
+    "run",
+]

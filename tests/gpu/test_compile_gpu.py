@@ -10,10 +10,10 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from spellings import SPELLINGS, SQUARE_ONLY, make
 
 import ioaware
 from ioaware.verify import TOLERANCE, relative_error
-from spellings import SPELLINGS, SQUARE_ONLY, make
 
 pytestmark = pytest.mark.gpu
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from spellings import make
 
 import ioaware
 from ioaware.verify import TOLERANCE, relative_error
-from spellings import make
 
 
 def run_both(fn, *args):

@@ -65,5 +65,5 @@ def test_model_logits_and_gradients_match_eager(interpret, build, impl, training
     tol = TOLERANCE[torch.float32]
     assert relative_error(logits, ref) <= tol
     assert got.keys() == want.keys() and len(got) > 0
-    for name in want:
-        assert relative_error(got[name], want[name], floor=1e-3) <= tol, name
+    for name, w in want.items():
+        assert relative_error(got[name], w, floor=1e-3) <= tol, name

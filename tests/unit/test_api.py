@@ -8,10 +8,10 @@ import sys
 
 import pytest
 import torch
-
-import ioaware
 from ioaware.codegen import reference
 from spellings import make
+
+import ioaware
 
 
 def qkv(n=16, d=16):
