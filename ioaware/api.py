@@ -15,7 +15,7 @@ from ioaware.explain import Explanation
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def compile(  # noqa: A001 - mirrors torch.compile
+def compile(
     fn: F | None = None,
     *,
     verify: bool = False,

@@ -31,6 +31,10 @@ from typing import Any
 
 import sympy
 import torch
+from torch import fx
+
+import ioaware.cost as cost  # noqa
+from ioaware.explain import Fallback, Rewrite
 from ioaware.passes import masks
 from ioaware.passes.views import (
     LAYOUT_OPS,
@@ -40,10 +44,6 @@ from ioaware.passes.views import (
     is_layout,
     shape_of,
 )
-from torch import fx
-
-import ioaware.cost as cost  # noqa
-from ioaware.explain import Fallback, Rewrite
 from ioaware.spec import DTYPES, AttentionSpec, dtype_name
 
 aten = torch.ops.aten

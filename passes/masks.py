@@ -100,7 +100,7 @@ def index_tensor(node: fx.Node | object, memo: dict | None = None) -> IndexTenso
     return val
 
 
-def _evaluate(node: fx.Node, memo: dict) -> sympy.Basic:  # noqa: C901 - one case per op
+def _evaluate(node: fx.Node, memo: dict) -> sympy.Basic:
     op, args = node.target, node.args
     rank = len(node.meta["val"].shape) if "val" in node.meta else 0
 
