@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# One GPU session's worth of checks, for the lent GPU machine (or any CUDA host):
+# install, the GPU test tier, then the attention bench. Logs go to $OUT when set.
+set -uo pipefail
+out=${OUT:-out}
+mkdir -p "$out"
+python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null || exit 1
+python3 - <<'PY' | tee "$out/versions.txt"
+import torch, triton
+print(f"torch {torch.__version__}, triton {triton.__version__}, "
+      f"{torch.cuda.get_device_name()} (sm_{''.join(map(str, torch.cuda.get_device_capability()))})")
+PY
+export PYTHONUNBUFFERED=1
+timeout 330 python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider --durations=5 2>&1 \
+  | tee "$out/gpu_tests.log"
+timeout 200 ioaware bench attention 2>&1 | tee "$out/bench.log"
