@@ -180,7 +180,7 @@ def _(
     )
 
 
-def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 (torch.library protocol)
+def _setup_context(ctx, inputs, output) -> None:
     q, k, v, scale, causal = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse)
@@ -188,7 +188,7 @@ def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 (torch.library 
     ctx.causal = causal
 
 
-def _backward(ctx, dout: Tensor, dlse: Tensor | None):  # noqa: ANN001, ANN202
+def _backward(ctx, dout: Tensor, dlse: Tensor | None):
     q, k, v, out, lse = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(out)

@@ -59,7 +59,7 @@ def attention_backward(
     dlse: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) in the dtypes of (q, k, v); `out` and `lse` as the forward made them."""
-    batch, h_q, n_q, _ = q.shape
+    batch, h_q = q.shape[:2]
     h_kv, n_k = k.shape[1], k.shape[2]
     group = h_q // h_kv
     p, _ = _probabilities(q, _expand_kv(k, group), scale, causal)

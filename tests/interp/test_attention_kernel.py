@@ -71,7 +71,7 @@ def delta_rounding_bound(q, k, v, dout, scale: float, causal: bool) -> dict[str,
     kk, vv = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
     s = scale * q @ kk.transpose(-1, -2)
     if causal:
-        visible = torch.ones(s.shape[-2], s.shape[-1], dtype=torch.bool).tril()
+        visible = torch.ones(s.shape[-2], s.shape[-1], dtype=torch.bool, device=s.device).tril()
         s = s.masked_fill(~visible, float("-inf"))
     p = torch.softmax(s, -1)
     delta_shift = u * (dout.abs() * (p @ vv).abs()).sum(-1, keepdim=True)  # [B, Hq, Nq, 1]
@@ -100,16 +100,16 @@ def make_input(shape: tuple[int, ...], dtype: torch.dtype, layout: str, gen: tor
     b, h, n, d = shape
     if layout == "contiguous":
         base = torch.randn(shape, generator=gen)
-        view = lambda t: t  # noqa: E731
+        view = lambda t: t
     elif layout == "bnhd":  # [B, N, H, d] storage, the usual projection output
         base = torch.randn(b, n, h, d, generator=gen)
-        view = lambda t: t.transpose(1, 2)  # noqa: E731
+        view = lambda t: t.transpose(1, 2)
     elif layout == "padded":  # rows longer than d: a slice of a wider tensor
         base = torch.randn(b, h, n, d + 7, generator=gen)
-        view = lambda t: t[..., :d]  # noqa: E731
+        view = lambda t: t[..., :d]
     else:  # "d_major": head dim not unit-stride
         base = torch.randn(b, h, d, n, generator=gen)
-        view = lambda t: t.transpose(2, 3)  # noqa: E731
+        view = lambda t: t.transpose(2, 3)
     base = base.to(dtype).requires_grad_()
     return base, view(base)
 
@@ -117,22 +117,22 @@ def make_input(shape: tuple[int, ...], dtype: torch.dtype, layout: str, gen: tor
 @st.composite
 def problems(draw):
     h_kv = draw(st.integers(1, 2))
-    return dict(
-        batch=draw(st.integers(1, 2)),
-        h_kv=h_kv,
-        h_q=h_kv * draw(st.sampled_from([1, 2, 3])),
-        n_q=draw(st.integers(1, 150)),
-        n_k=draw(st.integers(1, 150)),
-        d=draw(st.sampled_from([16, 40, 64, 80, 96, 128]) | st.integers(1, 256)),
-        d_v=draw(st.none() | st.integers(1, 160)),
-        dtype=draw(st.sampled_from(DTYPES)),
-        causal=draw(st.booleans()),
-        scale=draw(st.none() | st.floats(0.02, 2.0)),
-        layouts=draw(st.lists(st.sampled_from(["contiguous", "bnhd", "padded", "d_major"]),
-                              min_size=3, max_size=3)),
-        use_lse=draw(st.booleans()),
-        seed=draw(st.integers(0, 2**31 - 1)),
-    )
+    return {
+        "batch": draw(st.integers(1, 2)),
+        "h_kv": h_kv,
+        "h_q": h_kv * draw(st.sampled_from([1, 2, 3])),
+        "n_q": draw(st.integers(1, 150)),
+        "n_k": draw(st.integers(1, 150)),
+        "d": draw(st.sampled_from([16, 40, 64, 80, 96, 128]) | st.integers(1, 256)),
+        "d_v": draw(st.none() | st.integers(1, 160)),
+        "dtype": draw(st.sampled_from(DTYPES)),
+        "causal": draw(st.booleans()),
+        "scale": draw(st.none() | st.floats(0.02, 2.0)),
+        "layouts": draw(st.lists(st.sampled_from(["contiguous", "bnhd", "padded", "d_major"]),
+                                 min_size=3, max_size=3)),
+        "use_lse": draw(st.booleans()),
+        "seed": draw(st.integers(0, 2**31 - 1)),
+    }
 
 
 @settings(max_examples=90, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -142,9 +142,9 @@ def test_kernels_match_eager_math(interpreted_kernels, p):
     gen = torch.Generator().manual_seed(p["seed"])
     dtype, d, d_v = p["dtype"], p["d"], p["d_v"] or p["d"]
     scale = p["scale"] if p["scale"] is not None else 1.0 / math.sqrt(d)
-    q_base, q = make_input((p["batch"], p["h_q"], p["n_q"], d), dtype, p["layouts"][0], gen)
-    k_base, k = make_input((p["batch"], p["h_kv"], p["n_k"], d), dtype, p["layouts"][1], gen)
-    v_base, v = make_input((p["batch"], p["h_kv"], p["n_k"], d_v), dtype, p["layouts"][2], gen)
+    _, q = make_input((p["batch"], p["h_q"], p["n_q"], d), dtype, p["layouts"][0], gen)
+    _, k = make_input((p["batch"], p["h_kv"], p["n_k"], d), dtype, p["layouts"][1], gen)
+    _, v = make_input((p["batch"], p["h_kv"], p["n_k"], d_v), dtype, p["layouts"][2], gen)
 
     out, lse = torch.ops.ioaware.flash_attention(q, k, v, scale, p["causal"])
     assert out.shape == (p["batch"], p["h_q"], p["n_q"], d_v) and out.dtype == dtype

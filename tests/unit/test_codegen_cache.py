@@ -1,0 +1,152 @@
+"""The kernel cache and the renderers: keys, atomic writes, valid source. No kernel runs."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import multiprocessing
+import os
+import threading
+
+import pytest
+import triton
+
+from ioaware.codegen import attention_bwd, attention_fwd, cache
+from ioaware.config import config
+from ioaware.spec import AttentionSpec
+
+SPEC = AttentionSpec(head_dim=64, head_dim_v=64, dtype="bfloat16", causal=True, scale=0.125)
+VERSIONS = {"ioaware": "0.1.0", "torch": "2.13.0", "triton": "3.9.0", "renderers": "abc"}
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "cache_dir", tmp_path)
+    monkeypatch.setattr(cache, "_modules", {})
+    return tmp_path
+
+
+def test_key_changes_with_every_spec_field():
+    base = cache.cache_key("attention_fwd", SPEC, "interpret", versions=VERSIONS)
+    variants = [
+        dataclasses.replace(SPEC, head_dim=80),
+        dataclasses.replace(SPEC, head_dim_v=32),
+        dataclasses.replace(SPEC, dtype="float16"),
+        dataclasses.replace(SPEC, causal=False),
+        dataclasses.replace(SPEC, scale=0.126),
+    ]
+    keys = {cache.cache_key("attention_fwd", s, "interpret", versions=VERSIONS) for s in variants}
+    assert base not in keys and len(keys) == len(variants)
+    assert base == cache.cache_key("attention_fwd", SPEC, "interpret", versions=dict(VERSIONS))
+
+
+def test_key_changes_with_versions_device_and_kind():
+    base = cache.cache_key("attention_fwd", SPEC, "interpret", versions=VERSIONS)
+    for name, version in VERSIONS.items():
+        bumped = {**VERSIONS, name: version + ".1"}
+        assert cache.cache_key("attention_fwd", SPEC, "interpret", versions=bumped) != base
+    assert cache.cache_key("attention_fwd", SPEC, "NVIDIA H100 sm90", versions=VERSIONS) != base
+    assert cache.cache_key("attention_bwd", SPEC, "interpret", versions=VERSIONS) != base
+    # The live key covers the installed versions.
+    assert cache.cache_key("attention_fwd", SPEC, "interpret") != base
+
+
+def test_device_tag_without_gpu():
+    assert cache.device_tag(None) == "interpret"
+    assert cache.device_tag("cpu") == "interpret"
+
+
+@pytest.mark.parametrize("render", [attention_fwd.render_forward, attention_bwd.render_backward])
+def test_rendered_source_is_python_and_differs_by_spec(render):
+    sources = {}
+    for causal in (False, True):
+        for interpret in (False, True):
+            src = render(dataclasses.replace(SPEC, causal=causal), interpret=interpret)
+            ast.parse(src)
+            compile(src, "<rendered>", "exec")
+            assert all(len(line) <= 100 for line in src.splitlines())
+            sources[causal, interpret] = src
+    assert len(set(sources.values())) == 4
+    assert "CAUSAL = tl.constexpr(True)" in sources[True, False]
+    assert "CAUSAL = tl.constexpr(False)" in sources[False, False]
+    # The Spec's scale is baked in exactly (repr round-trips).
+    assert repr(SPEC.scale) in sources[True, False]
+
+
+def test_padded_head_dims():
+    assert [attention_fwd.padded_dim(d) for d in (1, 16, 17, 40, 64, 80, 128, 129, 256)] == [
+        16, 16, 32, 64, 64, 128, 128, 256, 256]
+
+
+def test_write_atomic_readers_never_see_partial_text(tmp_path):
+    """Writers race on one path; a reader only ever sees a whole version or no file."""
+    path = tmp_path / "kernels" / "entry.py"
+    versions = [(f"# version {i}\n" + f"x = {i}\n" * 20000) for i in range(4)]
+    stop = threading.Event()
+    seen, bad = set(), []
+
+    def writer(text: str) -> None:
+        for _ in range(25):
+            cache.write_atomic(path, text)
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                text = path.read_text()
+            except FileNotFoundError:
+                continue
+            (seen.add if text in versions else bad.append)(text[:40])
+
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    writers = [threading.Thread(target=writer, args=(v,)) for v in versions]
+    for t in readers + writers:
+        t.start()
+    for t in writers:
+        t.join()
+    stop.set()
+    for t in readers:
+        t.join()
+    assert not bad and seen
+    assert path.read_text() in versions
+    assert [p.name for p in path.parent.iterdir()] == ["entry.py"]  # no temp files left
+
+
+def _write_from_process(args: tuple[str, str]) -> None:
+    cache.write_atomic(__import__("pathlib").Path(args[0]), args[1])
+
+
+def test_write_atomic_across_processes(tmp_path):
+    path = tmp_path / "entry.py"
+    texts = [f"y = {i}\n" * 50000 for i in range(4)]
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        pool.map(_write_from_process, [(str(path), t) for t in texts * 3])
+    assert path.read_text() in texts
+    assert os.listdir(tmp_path) == ["entry.py"]
+
+
+def test_load_module_is_cached_on_disk_and_in_process(cache_dir):
+    first = cache.load_kernel_module("attention_fwd", SPEC, "interpret")
+    files = list((cache_dir / "kernels").iterdir())
+    assert len(files) == 1 and files[0].suffix == ".py"
+    assert cache.load_kernel_module("attention_fwd", SPEC, "interpret") is first
+    # A new process (empty in-process dict) imports the file written before.
+    cache._modules.clear()
+    again = cache.load_kernel_module("attention_fwd", SPEC, "interpret")
+    assert again is not first and again.__file__ == str(files[0])
+
+
+def test_interpreted_and_compiled_kernels_coexist(cache_dir, monkeypatch):
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    interpreted = cache.load_kernel_module("attention_fwd", SPEC, "interpret")
+    compiled = cache.load_kernel_module("attention_fwd", SPEC, "NVIDIA H100 80GB HBM3 sm90")
+    assert isinstance(interpreted._attn_fwd, InterpretedFunction)
+    assert isinstance(compiled._attn_fwd, JITFunction)
+    assert compiled._attn_fwd_tuned is not None and interpreted._attn_fwd_tuned is None
+    # The switch is restored: env var absent again, knob back to reading the env.
+    assert "TRITON_INTERPRET" not in os.environ
+    assert not triton.knobs.runtime.interpret
+    assert "interpret" not in vars(triton.knobs.runtime)
