@@ -16,7 +16,9 @@ class Rewrite:
 
     kind: "attention" or "scan".  detail: what was inferred, e.g. {"mask": "causal"}.
     hbm_bytes_before / after: modelled HBM traffic of the region unfused / fused (bytes).
-    flops: modelled FLOPs of the region (a fused multiply-add counts 2).
+    flops: modelled FLOPs of the generated kernel (a fused multiply-add counts 2).
+    flops_before: modelled FLOPs of the eager region (a causal eager region also
+        computes the masked half of QKᵀ and PV, so this is larger than `flops`).
     backend: how the kernel runs here: "triton" (GPU), "triton-interpret" or "reference".
     """
 
@@ -26,6 +28,7 @@ class Rewrite:
     hbm_bytes_after: int
     flops: int
     backend: str
+    flops_before: int | None = None
     graph: int = 0  # index of the captured graph (dynamo may split a function into several)
 
 

@@ -497,7 +497,8 @@ def run(
         rewrites.append(Rewrite(
             kind="attention", detail=detail,
             hbm_bytes_before=int(ev_before["hbm_bytes"]), hbm_bytes_after=int(ev_after["hbm_bytes"]),
-            flops=int(ev_after["flops"]), backend=backend_name,
+            flops=int(ev_after["flops"]), flops_before=int(ev_before["flops"]),
+            backend=backend_name,
         ))
         apply(gm, m)
     return rewrites, fallbacks

@@ -91,7 +91,7 @@ def test_report_json_on_gpt(capsys: pytest.CaptureFixture[str]) -> None:
     assert report["device"] == "h100" and report["graphs"] >= 1
     for rewrite in report["rewrites"]:
         assert set(rewrite) == {"kind", "detail", "hbm_bytes_before", "hbm_bytes_after",
-                                "flops", "backend", "graph"}
+                                "flops", "flops_before", "backend", "graph"}
     for fallback in report["fallbacks"]:
         assert set(fallback) == {"kind", "reason", "graph"}
     assert {"hbm_bytes_before", "hbm_bytes_after", "flops", "modelled_time_before_s",
