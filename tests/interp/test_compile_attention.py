@@ -51,9 +51,9 @@ def test_compiled_attention_matches_eager(interpret, problem, seed):
     ref = fn(q, k, v)
     expl = fast._ioaware_backend.explanation
     if name == "einsum_where" and 1 in (nq, nk):
-        # einsum lowers a contraction over a size-1 axis to mul + sum, not bmm: a
-        # fallback with its reason, and still eager's result.
-        assert expl.fallbacks and not expl.rewrites
+        # einsum may lower a contraction with a size-1 axis to mul + sum instead of
+        # bmm: then a fallback with its reason, and still eager's result.
+        assert len(expl.rewrites) + len(expl.fallbacks) == 1, expl
     else:
         assert expl.rewrites and not expl.fallbacks, expl
     tol = TOLERANCE[dtype]
