@@ -11,6 +11,6 @@ print(f"torch {torch.__version__}, triton {triton.__version__}, "
       f"{torch.cuda.get_device_name()} (sm_{''.join(map(str, torch.cuda.get_device_capability()))})")
 PY
 export PYTHONUNBUFFERED=1
-timeout 330 python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider --durations=5 2>&1 \
+timeout 320 python3 -m pytest -q -m gpu ${GPU_TESTS:-tests/gpu} -p no:cacheprovider --durations=5 2>&1 \
   | tee "$out/gpu_tests.log"
 timeout 200 ioaware bench attention 2>&1 | tee "$out/bench.log"

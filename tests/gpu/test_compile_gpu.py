@@ -1,7 +1,8 @@
 """GPU tier: the same properties as tests/interp, with compiled kernels and Inductor.
 
 Skipped without a CUDA GPU (see tests/conftest.py). Sizes go beyond what the
-interpreter can afford: sequence lengths up to 2048 and head dims up to 256.
+interpreter can afford: sequence lengths up to 1024 and head dims up to 256 (longer ones autotune, which
+the bench covers at N = 4096).
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ def problems(draw):
     b = draw(st.integers(1, 3))
     hkv = draw(st.integers(1, 4))
     h = hkv * (draw(st.integers(1, 4)) if name == "sdpa_gqa" else 1)
-    nq = draw(st.integers(2, 2048))
-    nk = nq if name in SQUARE_ONLY else draw(st.sampled_from([nq, draw(st.integers(2, 2048))]))
+    nq = draw(st.integers(2, 1024))
+    nk = nq if name in SQUARE_ONLY else draw(st.sampled_from([nq, draw(st.integers(2, 1024))]))
     d = draw(st.sampled_from([16, 32, 64, 80, 96, 128, 256]))
     dtype = draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16]))
     return name, causal, b, h, hkv, nq, nk, d, dtype
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=16, deadline=None, suppress_health_check=list(HealthCheck))
 @given(problems(), st.integers(0, 2**31 - 1))
 def test_compiled_attention_matches_eager_on_gpu(problem, seed):
     name, causal, b, h, hkv, nq, nk, d, dtype = problem
