@@ -69,7 +69,15 @@ class IoawareBackend:
 
         profile = hardware.get_profile(None)
         ctx = PassContext(profile=profile, backend_name=backend_name(device), hints=cost.size_hints(canon))
-        rewrites, fallbacks = run_pipeline(canon, ctx)
+        try:
+            rewrites, fallbacks = run_pipeline(canon, ctx)
+        except Exception as e:  # noqa: BLE001 - a half-rewritten graph is never run
+            self.explanation.fallbacks.append(
+                Fallback("graph", f"rewrite failed, graph left to eager: {type(e).__name__}: {e}",
+                         graph=index))
+            counters["fallbacks"] += 1
+            log.warning("ioaware: rewrite failed (%s); running this graph unchanged", e)
+            return self._finish(gm, gm, example_inputs, device)
         for r in rewrites:
             r.graph = index
             counters[r.kind] += 1

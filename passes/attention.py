@@ -489,6 +489,13 @@ def run(
         except (NoMatch, ValueError) as e:
             fallbacks.append(Fallback(kind="attention", reason=str(e)))
             continue
+        except Exception as e:  # noqa: BLE001 - a bug here must not cost the user a crash
+            fallbacks.append(Fallback(
+                kind="attention",
+                reason=f"{node.name}: internal error while matching ({type(e).__name__}: {e}); "
+                       "left to eager, please report",
+            ))
+            continue
         detail = {"mask": m.mask, "source": m.source, "scale": round(m.scale, 6),
                   "dtype": dtype_name(m.dtype), "layout": m.layout}
         if m.dims["Hq"] != m.dims["Hkv"]:

@@ -75,6 +75,15 @@ def _scalar(x: object) -> sympy.Basic:
     raise MaskError(f"unsupported scalar {x!r}")
 
 
+def _size(x: object) -> sympy.Basic:
+    """An int, a SymInt or a graph node computing one, as a sympy expression."""
+    if isinstance(x, fx.Node):
+        x = x.meta["val"]
+    if isinstance(x, torch.SymInt):
+        return sympy.sympify(x.node.expr)
+    return _scalar(x)
+
+
 _COMPARE = {
     "eq": sympy.Eq, "ne": sympy.Ne, "lt": sympy.Lt, "le": sympy.Le, "gt": sympy.Gt, "ge": sympy.Ge,
 }
@@ -87,6 +96,12 @@ def index_tensor(node: fx.Node | object, memo: dict | None = None) -> IndexTenso
         return IndexTensor(_scalar(node), 0, isinstance(node, bool))
     if node in memo:
         return memo[node]
+    meta = node.meta.get("val")
+    if isinstance(meta, (torch.SymInt, int)) and not isinstance(meta, bool):
+        # A size (sym_size, or arithmetic on sizes): keep it symbolic, so that a mask
+        # depending on it is never classified for one size and reused for another.
+        expr = sympy.sympify(meta.node.expr) if isinstance(meta, torch.SymInt) else meta
+        return IndexTensor(sympy.Integer(expr) if isinstance(expr, int) else expr, 0, False)
     if node.op != "call_function":
         raise MaskError(f"{node.name} is a {node.op} (data, not an index expression)")
     expr = _evaluate(node, memo)
@@ -125,7 +140,7 @@ def _evaluate(node: fx.Node, memo: dict) -> sympy.Basic:
             start = args[0]
         elif op is aten.arange.start_step:
             start, step = args[0], args[2]
-        return _scalar(hint(start)) + _scalar(hint(step)) * axis(0)
+        return _size(start) + _size(step) * axis(0)
     if op in (aten.clone.default, aten.alias.default, aten.detach.default,
               aten.lift_fresh_copy.default, aten.expand.default):
         # expand only adds broadcast axes on the left or widens size-1 axes, neither of
@@ -139,6 +154,14 @@ def _evaluate(node: fx.Node, memo: dict) -> sympy.Basic:
     if op in (aten.view.default, aten.reshape.default, aten._unsafe_view.default,
               aten.squeeze.dim, aten.squeeze.default, aten.squeeze.dims):
         return _regroup(node, arg(0), rank)
+    if op is aten.slice.Tensor:
+        # x[..., start::step, ...]: output index i reads input index start + step·i
+        x = arg(0)
+        dim = args[1] if len(args) > 1 else 0
+        start = args[2] if len(args) > 2 and args[2] is not None else 0
+        step = args[4] if len(args) > 4 else 1
+        p = x.rank - 1 - (dim % x.rank)
+        return x.expr.xreplace({axis(p): _size(start) + _size(step) * axis(p)})
     if op in (aten.transpose.int, aten.permute.default, aten.t.default):
         return _permute(node, arg(0))
     if op in (aten.tril.default, aten.triu.default):

@@ -39,9 +39,12 @@ LAYOUT_OPS = VIEW_OPS | IDENTITY_OPS
 def hint(size: int | torch.SymInt) -> int:
     """A concrete value for a (possibly symbolic) size: dynamo's hint for it."""
     if isinstance(size, torch.SymInt):
-        from torch.fx.experimental.symbolic_shapes import hint_int
-
-        return hint_int(size)
+        # SymNode.hint is the example value dynamo traced with; derived sizes may
+        # have none cached, and the ShapeEnv evaluates them (torch 2.11 to 2.13).
+        node = size.node
+        if node.hint is not None:
+            return int(node.hint)
+        return int(node.shape_env.size_hint(node.expr))
     return int(size)
 
 
@@ -60,6 +63,8 @@ def is_layout(node: fx.Node) -> bool:
 def _hint_arg(a: object) -> object:
     if isinstance(a, (list, tuple)):
         return type(a)(_hint_arg(x) for x in a)
+    if isinstance(a, fx.Node):  # a symbolic size computed in the graph (sym_size)
+        a = a.meta["val"]
     if isinstance(a, torch.SymInt):
         return hint(a)
     return a
