@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from spellings import SPELLINGS, make
 
 import ioaware
 from ioaware.verify import TOLERANCE, relative_error
-from spellings import SPELLINGS, make
 
 
 @pytest.mark.parametrize("name", sorted(SPELLINGS))
