@@ -21,6 +21,7 @@ torch.compile, and run as ordinary callables in fx graphs executed eagerly.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -33,6 +34,15 @@ from . import reference
 from .cache import INTERPRET_DEVICE, device_tag, load_kernel_module
 
 __all__ = ["backend_name", "flash_attention"]
+
+# CUDA caps a grid's second axis at 65535 programs; the kernels put batch·heads there,
+# so larger batches are launched in slices of the batch (views: no copies).
+MAX_GRID_Y = 65535
+
+
+def _batch_slices(batch: int, heads: int) -> list[slice]:
+    step = max(1, MAX_GRID_Y // max(heads, 1))
+    return [slice(b, min(b + step, batch)) for b in range(0, batch, step)]
 
 
 def backend_name(device: torch.device | str) -> str:
@@ -68,6 +78,8 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, scale: float) -> None:
             f"v.shape={tuple(v.shape)}"
         )
     h_q, h_kv = q.shape[1], k.shape[1]
+    if h_q > MAX_GRID_Y:
+        raise ValueError(f"q heads Hq={h_q} exceed the {MAX_GRID_Y} a kernel grid axis allows")
     if (h_kv == 0 and h_q != 0) or (h_kv != 0 and h_q % h_kv != 0):
         raise ValueError(f"q heads Hq={h_q} must be a multiple of k/v heads Hkv={h_kv}")
     if q.shape[-1] != k.shape[-1]:
@@ -77,6 +89,9 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, scale: float) -> None:
             raise ValueError(f"head dim {name}={d} must be between 1 and 256")
     if not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale={scale} must be a positive finite float")
+
+
+_no_context = contextlib.nullcontext
 
 
 def _kernel_device(device: torch.device) -> str:
@@ -116,11 +131,9 @@ def flash_attention_op(
         return reference.attention_forward(q, k, v, scale, causal)
     module = load_kernel_module("attention_fwd", _spec(q, v, scale, causal),
                                 _kernel_device(q.device))
-    if q.device.type == "cuda":
-        with torch.cuda.device(q.device):
-            module.forward(q, k, v, out, lse)
-    else:
-        module.forward(q, k, v, out, lse)
+    with torch.cuda.device(q.device) if q.device.type == "cuda" else _no_context():
+        for b in _batch_slices(q.shape[0], q.shape[1]):
+            module.forward(q[b], k[b], v[b], out[b], lse[b])
     return out, lse
 
 
@@ -153,11 +166,10 @@ def flash_attention_backward_op(
                                 _kernel_device(q.device))
     lse = lse.contiguous()
     dlse = dlse.float().contiguous() if dlse is not None else None
-    if q.device.type == "cuda":
-        with torch.cuda.device(q.device):
-            module.backward(dout, q, k, v, out, lse, dlse, dq, dk, dv)
-    else:
-        module.backward(dout, q, k, v, out, lse, dlse, dq, dk, dv)
+    with torch.cuda.device(q.device) if q.device.type == "cuda" else _no_context():
+        for b in _batch_slices(q.shape[0], q.shape[1]):
+            module.backward(dout[b], q[b], k[b], v[b], out[b], lse[b],
+                            None if dlse is None else dlse[b], dq[b], dk[b], dv[b])
     return dq, dk, dv
 
 

@@ -60,3 +60,19 @@ def test_float64_is_left_to_eager_with_reason(interpret):
     out, ref, expl = run_both(make("matmul_masked_fill", True, 0.25), q, k, v)
     assert not expl.rewrites and "float64" in expl.fallbacks[0].reason
     assert torch.equal(out, ref)
+
+
+def test_batches_beyond_the_grid_limit_launch_in_slices(interpret, monkeypatch):
+    # CUDA limits grid axis 1 (batch·heads) to 65535; shrink the limit to exercise the
+    # slicing with a small problem: 5 batches × 2 heads in slices of 1 batch.
+    from ioaware.codegen import ops
+
+    monkeypatch.setattr(ops, "MAX_GRID_Y", 3)
+    q, k, v = (torch.randn(5, 2, 20, 16, requires_grad=True) for _ in range(3))
+    fn = make("sdpa", True, 0.25)
+    out, ref, expl = run_both(fn, q, k, v)
+    assert expl.rewrites
+    assert relative_error(out, ref) <= TOLERANCE[torch.float32]
+    for g, w in zip(torch.autograd.grad(out.sum(), (q, k, v)),
+                    torch.autograd.grad(ref.sum(), (q, k, v))):
+        assert relative_error(g, w, floor=0.1) <= TOLERANCE[torch.float32]
