@@ -134,24 +134,6 @@ ${primitives}
 
 
 @triton.jit
-def _load_rows(ptrs, rows, n_rows, cols, N_COLS: tl.constexpr, EVEN_COLS: tl.constexpr,
-               CHECK_ROWS: tl.constexpr):
-    """Load a [rows, cols] tile; masks only where the tile can overhang the tensor."""
-    if CHECK_ROWS:
-        if EVEN_COLS:
-            tile = tl.load(ptrs, mask=rows[:, None] < n_rows, other=0.0)
-        else:
-            tile = tl.load(ptrs, mask=(rows[:, None] < n_rows) & (cols[None, :] < N_COLS),
-                           other=0.0)
-    else:
-        if EVEN_COLS:
-            tile = tl.load(ptrs)
-        else:
-            tile = tl.load(ptrs, mask=cols[None, :] < N_COLS, other=0.0)
-    return tile
-
-
-@triton.jit
 def _bwd_preprocess(O, dO, dLse, Delta,
                     stride_ob, stride_oh, stride_om, stride_od,
                     stride_dob, stride_doh, stride_dom, stride_dod,

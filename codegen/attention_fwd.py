@@ -126,9 +126,31 @@ def _row_sum(x):
     return tl.reduce(x, 1, tl.standard._sum_combine)"""
 
 
+# Shared by forward and backward: a tile load that masks only where it can overhang.
+_LOAD_ROWS = '''\
+@triton.jit
+def _load_rows(ptrs, rows, n_rows, cols, N_COLS: tl.constexpr, EVEN_COLS: tl.constexpr,
+               CHECK_ROWS: tl.constexpr):
+    """Load a [rows, cols] tile; masks only where the tile can overhang the tensor."""
+    if CHECK_ROWS:
+        if EVEN_COLS:
+            tile = tl.load(ptrs, mask=rows[:, None] < n_rows, other=0.0)
+        else:
+            tile = tl.load(ptrs, mask=(rows[:, None] < n_rows) & (cols[None, :] < N_COLS),
+                           other=0.0)
+    else:
+        if EVEN_COLS:
+            tile = tl.load(ptrs)
+        else:
+            tile = tl.load(ptrs, mask=cols[None, :] < N_COLS, other=0.0)
+    return tile'''
+
+
 def primitives(interpret: bool) -> str:
-    """Source of `_mm`, `_mma` (tile products, fp32 result) and `_row_max`, `_row_sum`."""
-    return _PRIMITIVES_INTERPRETED if interpret else _PRIMITIVES_COMPILED
+    """Source of `_mm`, `_mma` (tile products, fp32 result), `_row_max`, `_row_sum` and
+    `_load_rows` (a masked tile load), shared by the forward and backward modules."""
+    body = _PRIMITIVES_INTERPRETED if interpret else _PRIMITIVES_COMPILED
+    return body + "\n\n\n" + _LOAD_ROWS
 
 
 def format_configs(configs: list[tuple[int, int, int, int]]) -> str:
@@ -193,24 +215,6 @@ TUNE_MIN_SCORES = ${tune_min_scores}
 
 
 ${primitives}
-
-
-@triton.jit
-def _load_rows(ptrs, rows, n_rows, cols, N_COLS: tl.constexpr, EVEN_COLS: tl.constexpr,
-               CHECK_ROWS: tl.constexpr):
-    """Load a [rows, cols] tile; masks only where the tile can overhang the tensor."""
-    if CHECK_ROWS:
-        if EVEN_COLS:
-            tile = tl.load(ptrs, mask=rows[:, None] < n_rows, other=0.0)
-        else:
-            tile = tl.load(ptrs, mask=(rows[:, None] < n_rows) & (cols[None, :] < N_COLS),
-                           other=0.0)
-    else:
-        if EVEN_COLS:
-            tile = tl.load(ptrs)
-        else:
-            tile = tl.load(ptrs, mask=cols[None, :] < N_COLS, other=0.0)
-    return tile
 
 
 @triton.jit

@@ -95,7 +95,14 @@ class IoawareBackend:
         if device.type == "cuda":
             from torch._inductor.compile_fx import compile_fx
 
-            compiled = compile_fx(gm, list(example_inputs))
+            try:
+                compiled = compile_fx(gm, list(example_inputs))
+            except Exception as e:  # noqa: BLE001 - the fx graph still runs, just unfused
+                log.warning("ioaware: Inductor failed on this graph (%s); running it as fx", e)
+                self.explanation.fallbacks.append(Fallback(
+                    "graph", f"Inductor failed, rest of graph runs unfused: {type(e).__name__}",
+                    graph=self.explanation.graphs - 1))
+                compiled = gm.forward
         else:
             compiled = gm.forward
         if self.verify:
