@@ -33,12 +33,11 @@ import sympy
 import torch
 from torch import fx
 
-import ioaware.cost as cost  # noqa
+from ioaware import cost
 from ioaware.explain import Fallback, Rewrite
 from ioaware.passes import masks
 from ioaware.passes.views import (
     LAYOUT_OPS,
-    hint,
     hinted_shape,
     is_batch_reshape,
     is_layout,
@@ -262,14 +261,14 @@ def _infer_mask(terms: list[fx.Node]) -> str:
                 if not _is_minus_inf(fill, node):
                     raise NoMatch(f"{node.name}: masked_fill value {fill} is not -inf")
                 m = masks.index_tensor(node.args[1])
-                allowed = sympy.And(allowed, sympy.Not(masks._as_bool(m)))
+                allowed = sympy.And(allowed, sympy.Not(masks.as_bool(m)))
             elif node.target in WHERE_OPS:
                 cond, a, b = node.args
                 scores_first = isinstance(a, fx.Node) and _on_score_path(a)
                 fill = b if scores_first else a
                 if not _is_minus_inf(fill, node):
                     raise NoMatch(f"{node.name}: where() fill {fill} is not -inf")
-                c = masks._as_bool(masks.index_tensor(cond))
+                c = masks.as_bool(masks.index_tensor(cond))
                 allowed = sympy.And(allowed, c if scores_first else sympy.Not(c))
             else:  # add: an additive mask of 0 and -inf
                 a, b = node.args
@@ -515,7 +514,6 @@ __all__ = [
     "AttentionMatch",
     "NoMatch",
     "candidates",
-    "hint",
     "match_sdpa",
     "match_softmax",
     "run",

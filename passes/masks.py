@@ -57,7 +57,7 @@ def _shift_axes(expr: sympy.Basic, from_right_at_least: int, by: int) -> sympy.B
     return expr.xreplace(repl)
 
 
-def _as_bool(v: IndexTensor) -> sympy.Basic:
+def as_bool(v: IndexTensor) -> sympy.Basic:
     return v.expr if v.is_bool else sympy.Ne(v.expr, 0)
 
 
@@ -173,11 +173,11 @@ def _evaluate(node: fx.Node, memo: dict) -> sympy.Basic:
             return sympy.And(x.expr, keep)
         return sympy.Piecewise((x.expr, keep), (0, True))
     if op in (aten.logical_not.default, aten.bitwise_not.default):
-        return sympy.Not(_as_bool(arg(0)))
+        return sympy.Not(as_bool(arg(0)))
     if op in (aten.bitwise_and.Tensor, aten.logical_and.default, aten.__and__.Tensor):
-        return sympy.And(_as_bool(arg(0)), _as_bool(arg(1)))
+        return sympy.And(as_bool(arg(0)), as_bool(arg(1)))
     if op in (aten.bitwise_or.Tensor, aten.logical_or.default, aten.__or__.Tensor):
-        return sympy.Or(_as_bool(arg(0)), _as_bool(arg(1)))
+        return sympy.Or(as_bool(arg(0)), as_bool(arg(1)))
     name = getattr(op, "__name__", "").split(".")[0]
     if name in _COMPARE and op.__module__ == aten.eq.default.__module__:
         a, b = arg(0), arg(1)
@@ -198,15 +198,15 @@ def _evaluate(node: fx.Node, memo: dict) -> sympy.Basic:
         x = arg(0)
         dtype = node.kwargs.get("dtype")
         if dtype == torch.bool:
-            return _as_bool(x)
+            return as_bool(x)
         return _as_num(x)
     if op in (aten.where.self, aten.where.ScalarOther, aten.where.ScalarSelf):
-        c, a, b = _as_bool(arg(0)), arg(1), arg(2)
+        c, a, b = as_bool(arg(0)), arg(1), arg(2)
         if a.is_bool and b.is_bool:
             return sympy.Or(sympy.And(c, a.expr), sympy.And(sympy.Not(c), b.expr))
         return sympy.Piecewise((_as_num(a), c), (_as_num(b), True))
     if op in (aten.masked_fill.Scalar, aten.masked_fill.Tensor):
-        x, m, v = arg(0), _as_bool(arg(1)), arg(2)
+        x, m, v = arg(0), as_bool(arg(1)), arg(2)
         if x.is_bool and v.is_bool:
             return sympy.Or(sympy.And(m, v.expr), sympy.And(sympy.Not(m), x.expr))
         return sympy.Piecewise((_as_num(v), m), (_as_num(x), True))
