@@ -13,7 +13,7 @@ from ioaware.verify import TOLERANCE, relative_error
 
 pytest.importorskip("transformers")
 
-from hf_models import LAYERS, gpt2, llama_gqa  # noqa: E402
+from hf_models import LAYERS, gpt2, llama_gqa
 
 pytestmark = pytest.mark.gpu
 

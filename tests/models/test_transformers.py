@@ -17,7 +17,7 @@ from ioaware.verify import TOLERANCE, relative_error
 
 pytest.importorskip("transformers")
 
-from hf_models import LAYERS, gpt2, llama_gqa  # noqa: E402
+from hf_models import LAYERS, gpt2, llama_gqa
 
 
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
