@@ -286,11 +286,11 @@ def _infer_mask(terms: list[fx.Node]) -> str:
 
 def _additive_allowed(expr: sympy.Basic, node: fx.Node) -> sympy.Basic:
     """An additive mask must take only the values 0 (keep) and -inf (drop)."""
-    if expr == 0:
+    if expr.is_zero:
         return sympy.true
     if isinstance(expr, sympy.Piecewise):
         values = {e for e, _ in expr.args}
-        if all(v == 0 or (v.is_number and _is_minus_inf(float(v), node)) for v in values):
+        if all(v.is_zero or (v.is_number and _is_minus_inf(float(v), node)) for v in values):
             return _piecewise_zero(expr)
     raise NoMatch(f"{node.name}: additive term is not a 0/-inf mask (score biases are not in v0)")
 
@@ -300,7 +300,7 @@ def _piecewise_zero(expr: sympy.Piecewise) -> sympy.Basic:
     keep, taken = sympy.false, sympy.false
     for value, cond in expr.args:
         here = sympy.And(cond, sympy.Not(taken))
-        if value == 0:
+        if value.is_zero:
             keep = sympy.Or(keep, here)
         taken = sympy.Or(taken, cond)
     return keep
@@ -371,8 +371,9 @@ def match_sdpa(node: fx.Node) -> AttentionMatch:
     bound.update(zip(names, node.args))
     bound.update(node.kwargs)
     q, k, v = bound["query"], bound["key"], bound["value"]
+    mask = "causal" if bound["is_causal"] else "none"
     if bound["attn_mask"] is not None:
-        raise NoMatch(f"{node.name}: SDPA with an attn_mask tensor (not in v0)")
+        mask = _sdpa_mask(node, bound["attn_mask"])
     if bound["dropout_p"]:
         raise NoMatch(f"{node.name}: SDPA with dropout_p={bound['dropout_p']} (not in v0)")
     shapes = [hinted_shape(t) for t in (q, k, v)]
@@ -391,10 +392,28 @@ def match_sdpa(node: fx.Node) -> AttentionMatch:
     scale = bound["scale"] if bound["scale"] is not None else 1.0 / math.sqrt(d)
     return AttentionMatch(
         q=q, k=k, v=v, layout="sdpa", scale=float(scale),
-        mask="causal" if bound["is_causal"] else "none", output=node, region=[node],
+        mask=mask, output=node, region=[node],
         source="sdpa", dtype=dtype,
         dims={"B": b, "Hq": hq, "Hkv": hkv, "Nq": nq, "Nk": nk, "D": d, "Dv": dv},
     )
+
+
+def _sdpa_mask(node: fx.Node, attn_mask: Any) -> str:
+    """Classify SDPA's attn_mask: bool (True keeps a key) or additive (0 / -inf).
+
+    transformers passes an index-only causal mask this way when no padding mask is
+    given; data-dependent masks are left to eager.
+    """
+    try:
+        m = masks.index_tensor(attn_mask)
+        allowed = masks.as_bool(m) if m.is_bool else _additive_allowed(m.expr, node)
+    except masks.MaskError as e:
+        raise NoMatch(f"{node.name}: SDPA attn_mask is not an index-only expression ({e}); "
+                      "data-dependent masks are not in v0") from None
+    kind = masks.classify(allowed)
+    if kind is None:
+        raise NoMatch(f"{node.name}: SDPA attn_mask is index-only but not causal (not in v0)")
+    return kind
 
 
 # ---------------------------------------------------------------------------------------

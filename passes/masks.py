@@ -71,7 +71,9 @@ def _scalar(x: object) -> sympy.Basic:
     if isinstance(x, float) and math.isinf(x):
         return sympy.oo if x > 0 else -sympy.oo
     if isinstance(x, (int, float)):
-        return sympy.nsimplify(x) if isinstance(x, int) else sympy.Float(x)
+        # precision=53: the float's own binary precision, so float(expr) gives x back
+        # exactly (finfo.min must stay finfo.min).
+        return sympy.Integer(x) if isinstance(x, int) else sympy.Float(x, precision=53)
     raise MaskError(f"unsupported scalar {x!r}")
 
 
@@ -102,6 +104,13 @@ def index_tensor(node: fx.Node | object, memo: dict | None = None) -> IndexTenso
         # depending on it is never classified for one size and reused for another.
         expr = sympy.sympify(meta.node.expr) if isinstance(meta, torch.SymInt) else meta
         return IndexTensor(sympy.Integer(expr) if isinstance(expr, int) else expr, 0, False)
+    if node.op == "get_attr":
+        # A constant the graph holds (dynamo lifts torch.tensor(...) literals): fixed at
+        # compile time, so a one-element constant is just a number.
+        value = getattr(node.graph.owning_module, node.target, None)
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            scalar = value.item()
+            return IndexTensor(_scalar(scalar), value.dim(), value.dtype == torch.bool)
     if node.op != "call_function":
         raise MaskError(f"{node.name} is a {node.op} (data, not an index expression)")
     expr = _evaluate(node, memo)
@@ -142,7 +151,7 @@ def _evaluate(node: fx.Node, memo: dict) -> sympy.Basic:
             start, step = args[0], args[2]
         return _size(start) + _size(step) * axis(0)
     if op in (aten.clone.default, aten.alias.default, aten.detach.default,
-              aten.lift_fresh_copy.default, aten.expand.default):
+              aten.lift_fresh_copy.default, aten.detach_.default, aten.expand.default):
         # expand only adds broadcast axes on the left or widens size-1 axes, neither of
         # which changes the from-right naming.
         return arg(0).expr

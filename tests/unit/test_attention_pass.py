@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from ioaware.passes import attention
 from spellings import SPELLINGS, make
 
 from ioaware import capture, hardware
+from ioaware.passes import attention
 
 aten = torch.ops.aten
 
@@ -163,3 +163,43 @@ def test_fallback_leaves_region_and_says_why(fn):
     assert not rewrites
     assert len(fallbacks) == 1 and FALLBACKS[fn] in fallbacks[0].reason, fallbacks
     assert targets(gm) == before  # untouched
+
+
+def _sdpa_bool_causal_mask(q, k, v):
+    n = q.shape[-2]
+    i = torch.arange(n)
+    keep = (i[None, None, :, None] >= i[None, None, None, :]).expand(q.shape[0], -1, n, n)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+
+
+def _sdpa_additive_causal_mask(q, k, v):
+    n = q.shape[-2]
+    bias = torch.full((n, n), float("-inf")).triu(1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+
+@pytest.mark.parametrize("fn", [_sdpa_bool_causal_mask, _sdpa_additive_causal_mask],
+                         ids=["bool", "additive"])
+def test_sdpa_index_only_attn_mask_is_causal(fn):
+    # transformers hands SDPA its causal mask as a tensor built from aranges.
+    gm = canonical(fn, *qkv())
+    rewrites, fallbacks = run_pass(gm)
+    assert len(rewrites) == 1 and not fallbacks, fallbacks
+    assert rewrites[0].detail["mask"] == "causal"
+
+
+def _additive_where_with_tensor_constant(q, k, v):
+    # transformers 5.17's eager mask: where(kv_idx <= q_idx, tensor(0.), finfo.min), the
+    # literal lifted by dynamo into a graph constant (get_attr, lift_fresh_copy, detach_).
+    n = q.shape[-2]
+    i = torch.arange(n)
+    keep = i[None, None, None, :] <= i[None, None, :, None]
+    bias = torch.where(keep, torch.tensor(0.0), torch.finfo(q.dtype).min)
+    return ((q @ k.transpose(-2, -1)) * 0.25 + bias).softmax(-1) @ v
+
+
+def test_additive_mask_with_a_lifted_constant_and_finfo_min():
+    gm = canonical(_additive_where_with_tensor_constant, *qkv())
+    rewrites, fallbacks = run_pass(gm)
+    assert len(rewrites) == 1 and not fallbacks, fallbacks
+    assert rewrites[0].detail["mask"] == "causal"
