@@ -58,26 +58,17 @@ class IoawareBackend:
         try:
             canon = capture.canonicalize(gm, example_inputs)
         except Exception as e:  # noqa: BLE001 - never crash on a graph that runs eagerly
-            self.explanation.fallbacks.append(
-                Fallback("graph", f"capture failed, graph left to eager: {type(e).__name__}: {e}",
-                         graph=index))
-            counters["fallbacks"] += 1
-            log.warning("ioaware: capture failed (%s); running this graph unchanged", e)
-            return self._finish(gm, gm, example_inputs, device)
+            return self._unchanged("capture", e, index, gm, example_inputs, device)
 
         from ioaware.codegen.ops import backend_name
 
         profile = hardware.get_profile(None)
-        ctx = PassContext(profile=profile, backend_name=backend_name(device), hints=cost.size_hints(canon))
+        ctx = PassContext(profile=profile, backend_name=backend_name(device),
+                          hints=cost.size_hints(canon))
         try:
             rewrites, fallbacks = run_pipeline(canon, ctx)
         except Exception as e:  # noqa: BLE001 - a half-rewritten graph is never run
-            self.explanation.fallbacks.append(
-                Fallback("graph", f"rewrite failed, graph left to eager: {type(e).__name__}: {e}",
-                         graph=index))
-            counters["fallbacks"] += 1
-            log.warning("ioaware: rewrite failed (%s); running this graph unchanged", e)
-            return self._finish(gm, gm, example_inputs, device)
+            return self._unchanged("rewrite", e, index, gm, example_inputs, device)
         for r in rewrites:
             r.graph = index
             counters[r.kind] += 1
@@ -87,6 +78,15 @@ class IoawareBackend:
         self.explanation.rewrites += rewrites
         self.explanation.fallbacks += fallbacks
         return self._finish(gm, canon if rewrites else gm, example_inputs, device)
+
+    def _unchanged(self, stage: str, error: Exception, index: int, gm: fx.GraphModule,
+                   example_inputs: Sequence[Any], device: torch.device) -> Callable:
+        """A stage failed: record why and run dynamo's graph exactly as it was."""
+        reason = f"{stage} failed, graph left as it was: {type(error).__name__}: {error}"
+        self.explanation.fallbacks.append(Fallback("graph", reason, graph=index))
+        counters["fallbacks"] += 1
+        log.warning("ioaware: %s", reason)
+        return self._finish(gm, gm, example_inputs, device)
 
     def _finish(self, eager: fx.GraphModule, gm: fx.GraphModule, example_inputs: Sequence[Any],
                 device: torch.device) -> Callable:

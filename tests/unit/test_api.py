@@ -113,3 +113,25 @@ def test_bad_arguments_name_themselves():
         ioaware.compile(3)
     with pytest.raises(TypeError, match="fn must be a function or nn.Module"):
         ioaware.explain("model")
+
+
+@pytest.mark.parametrize("stage", ["capture", "rewrite"])
+def test_a_failing_stage_leaves_the_graph_running_unchanged(monkeypatch, stage):
+    # Stand-ins for a bug in ioaware itself: the user's code must still run, and say why.
+    from ioaware import capture
+    from ioaware.passes import pipeline
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("planted failure")
+
+    if stage == "capture":
+        monkeypatch.setattr(capture, "canonicalize", broken)
+    else:
+        monkeypatch.setattr(pipeline, "run_pipeline", broken)
+    fn = make("matmul_masked_fill", True, 0.25)
+    fast = ioaware.compile(fn)
+    q, k, v = qkv()
+    assert torch.equal(fast(q, k, v), fn(q, k, v))
+    (fallback,) = fast._ioaware_backend.explanation.fallbacks
+    assert fallback.kind == "graph" and f"{stage} failed" in fallback.reason
+    assert "planted failure" in fallback.reason
