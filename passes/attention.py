@@ -276,11 +276,20 @@ def _infer_mask(terms: list[fx.Node]) -> str:
                 value = masks.index_tensor(bias)
                 allowed = sympy.And(allowed, _additive_allowed(value.expr, node))
         except masks.MaskError as e:
-            raise NoMatch(f"{node.name}: mask is not an index-only expression ({e}); "
-                          "data-dependent masks are not in v0") from None
+            raise _data_dependent(f"{node.name}: mask", e) from None
+    return _named_structure(allowed, f"{terms[-1].name}: mask" if terms else "mask")
+
+
+def _data_dependent(what: str, error: masks.MaskError) -> NoMatch:
+    return NoMatch(f"{what} is not an index-only expression ({error}); "
+                   "data-dependent masks are not in v0")
+
+
+def _named_structure(allowed: sympy.Basic, what: str) -> str:
+    """The structure `masks.classify` names for `allowed`, or NoMatch saying it has none."""
     kind = masks.classify(allowed)
     if kind is None:
-        raise NoMatch(f"{terms[-1].name}: mask is index-only but not causal (not in v0)")
+        raise NoMatch(f"{what} is index-only but not causal (not in v0)")
     return kind
 
 
@@ -408,12 +417,8 @@ def _sdpa_mask(node: fx.Node, attn_mask: Any) -> str:
         m = masks.index_tensor(attn_mask)
         allowed = masks.as_bool(m) if m.is_bool else _additive_allowed(m.expr, node)
     except masks.MaskError as e:
-        raise NoMatch(f"{node.name}: SDPA attn_mask is not an index-only expression ({e}); "
-                      "data-dependent masks are not in v0") from None
-    kind = masks.classify(allowed)
-    if kind is None:
-        raise NoMatch(f"{node.name}: SDPA attn_mask is index-only but not causal (not in v0)")
-    return kind
+        raise _data_dependent(f"{node.name}: SDPA attn_mask", e) from None
+    return _named_structure(allowed, f"{node.name}: SDPA attn_mask")
 
 
 # ---------------------------------------------------------------------------------------
