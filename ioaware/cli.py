@@ -22,9 +22,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-# Bundled examples, by name: files in the examples/ folder beside the package.
+# Bundled examples, by name: the repository's examples/, installed as ioaware.examples.
 EXAMPLES = {"gpt": "gpt.py", "sdpa_gqa": "sdpa_gqa.py"}
-EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"  # a wheel install
+if not EXAMPLES_DIR.is_dir():  # a source checkout (editable install): the top-level folder
+    EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 DEVICES = ("h100", "h200", "a100", "cpu")
 # Exit status for bad input (a TARGET that cannot be loaded, no GPU for bench).
 EXIT_USAGE = 2
@@ -48,8 +50,7 @@ def resolve_target(target: str) -> tuple[Path, str]:
         path = EXAMPLES_DIR / EXAMPLES[path_text]
         if not path.is_file():
             raise TargetError(
-                f"TARGET {target!r}: bundled example {path_text!r} expected at {path}, not found "
-                "(examples ship with a source checkout, not a wheel)"
+                f"TARGET {target!r}: bundled example {path_text!r} expected at {path}, not found"
             )
         return path, function
     path = Path(path_text)

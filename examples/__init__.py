@@ -1,0 +1,1 @@
+"""Runnable example models; each file has make() -> (model, args[, kwargs])."""
