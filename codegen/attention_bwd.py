@@ -108,18 +108,8 @@ import torch
 import triton
 import triton.language as tl
 
-# ---- the Spec, baked in: a different Spec is a different module --------------------
-HEAD_DIM = tl.constexpr(${head_dim})
-HEAD_DIM_V = tl.constexpr(${head_dim_v})
-D_PAD = tl.constexpr(${d_pad})  # power of two >= HEAD_DIM; padded lanes load as 0
-DV_PAD = tl.constexpr(${dv_pad})
-EVEN_D = tl.constexpr(${head_dim} == ${d_pad})
-EVEN_DV = tl.constexpr(${head_dim_v} == ${dv_pad})
-CAUSAL = tl.constexpr(${causal})
-SCALE = tl.constexpr(${scale})
-QK_SCALE = tl.constexpr(${qk_scale})  # scale * log2(e)
+${spec_header}
 LOG2E = tl.constexpr(1.4426950408889634)
-DOT_PRECISION = tl.constexpr(${precision})
 
 INTERPRET = ${interpret}
 PRE_BLOCK_M = ${pre_block_m}

@@ -60,7 +60,7 @@ def element_bytes(spec: AttentionSpec) -> int:
 def spec_constants(spec: AttentionSpec) -> dict[str, str]:
     """Substitutions shared by the forward and backward templates."""
     d_pad, dv_pad = padded_dim(spec.head_dim), padded_dim(spec.head_dim_v)
-    return {
+    values = {
         "spec_fields": ", ".join(f"{f.name}={getattr(spec, f.name)!r}"
                                  for f in dataclasses.fields(spec)),
         "head_dim": str(spec.head_dim),
@@ -75,6 +75,23 @@ def spec_constants(spec: AttentionSpec) -> dict[str, str]:
         # fp32 operands, 16-bit operands always run on tensor cores.
         "precision": '"ieee"' if spec.dtype == "float32" else '"tf32"',
     }
+    values["spec_header"] = _SPEC_HEADER.substitute(values)
+    return values
+
+
+# The Spec's constants as the forward and backward modules both declare them.
+_SPEC_HEADER = string.Template("""\
+# ---- the Spec, baked in: a different Spec is a different module --------------------
+HEAD_DIM = tl.constexpr(${head_dim})
+HEAD_DIM_V = tl.constexpr(${head_dim_v})
+D_PAD = tl.constexpr(${d_pad})  # power of two >= HEAD_DIM; padded lanes load as 0
+DV_PAD = tl.constexpr(${dv_pad})
+EVEN_D = tl.constexpr(${head_dim} == ${d_pad})  # no head-dim mask needed on loads
+EVEN_DV = tl.constexpr(${head_dim_v} == ${dv_pad})
+CAUSAL = tl.constexpr(${causal})
+SCALE = tl.constexpr(${scale})
+QK_SCALE = tl.constexpr(${qk_scale})  # scale * log2(e): scores in log2 units for exp2
+DOT_PRECISION = tl.constexpr(${precision})""")
 
 
 _PRIMITIVES_COMPILED = """\
@@ -160,6 +177,13 @@ def format_configs(configs: list[tuple[int, int, int, int]]) -> str:
     return "[\n" + "".join(f"    {c!r},\n" for c in configs) + "]"
 
 
+def forward_smem_bytes(spec: AttentionSpec, block_m: int, block_n: int, warps: int,
+                       stages: int) -> int:
+    """Shared memory of a forward config: the Q tile plus `stages` K and V tiles."""
+    d, dv = padded_dim(spec.head_dim), padded_dim(spec.head_dim_v)
+    return element_bytes(spec) * (block_m * d + stages * block_n * (d + dv))
+
+
 def forward_configs(spec: AttentionSpec) -> list[tuple[int, int, int, int]]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) candidates for autotuning on a GPU.
 
@@ -168,22 +192,19 @@ def forward_configs(spec: AttentionSpec) -> list[tuple[int, int, int, int]]:
     whose shared memory (Q tile + num_stages K/V tiles) clearly exceeds the ~227 KB of
     an H100 are dropped here; the autotuner skips any other that fails to fit.
     """
-    d, dv, eb = padded_dim(spec.head_dim), padded_dim(spec.head_dim_v), element_bytes(spec)
     candidates = [
         (128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2), (128, 64, 4, 3),
         (64, 64, 4, 3), (64, 128, 4, 2),
     ]
-    fits = [c for c in candidates if eb * (c[0] * d + c[3] * c[1] * (d + dv)) <= 200 * 1024]
+    fits = [c for c in candidates if forward_smem_bytes(spec, *c) <= 200 * 1024]
     return fits or [default_forward_config(spec)]
 
 
 def default_forward_config(spec: AttentionSpec) -> tuple[int, int, int, int]:
     """A config that fits ~100 KB of shared memory for every head dim and dtype."""
-    d, dv, eb = padded_dim(spec.head_dim), padded_dim(spec.head_dim_v), element_bytes(spec)
-    for bm, bn, warps, stages in ((128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 2),
-                                  (64, 32, 4, 2)):
-        if eb * (bm * d + stages * bn * (d + dv)) <= 100 * 1024:
-            return bm, bn, warps, stages
+    for config in ((128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)):
+        if forward_smem_bytes(spec, *config) <= 100 * 1024:
+            return config
     return 32, 32, 4, 1
 
 
@@ -196,17 +217,8 @@ AttentionSpec(${spec_fields})
 import triton
 import triton.language as tl
 
-# ---- the Spec, baked in: a different Spec is a different module --------------------
-HEAD_DIM = tl.constexpr(${head_dim})
-HEAD_DIM_V = tl.constexpr(${head_dim_v})
-D_PAD = tl.constexpr(${d_pad})  # power of two >= HEAD_DIM; padded lanes load as 0
-DV_PAD = tl.constexpr(${dv_pad})
-EVEN_D = tl.constexpr(${head_dim} == ${d_pad})  # no head-dim mask needed on loads
-EVEN_DV = tl.constexpr(${head_dim_v} == ${dv_pad})
-CAUSAL = tl.constexpr(${causal})
-QK_SCALE = tl.constexpr(${qk_scale})  # scale * log2(e): scores in log2 units for exp2
+${spec_header}
 LN2 = tl.constexpr(0.6931471805599453)
-DOT_PRECISION = tl.constexpr(${precision})
 
 INTERPRET = ${interpret}
 DEFAULT_CONFIG = ${default_config}  # (BLOCK_M, BLOCK_N, num_warps, num_stages)

@@ -224,6 +224,8 @@ def flash_attention(
     """
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1]) if q.dim() == 4 and q.shape[-1] > 0 else 1.0
+    # Checked here too: with a meta (or mixed-device) input, dispatch picks the fake
+    # implementation, which never reaches the op's own check.
     _check_inputs(q, k, v, float(scale))
     out, _ = torch.ops.ioaware.flash_attention(q, k, v, float(scale), bool(causal))
     return out

@@ -12,5 +12,5 @@ from ioaware.explain import Explanation, Fallback, Rewrite
 from ioaware.verify import VerificationError
 
 __version__ = "0.1.0"
-__all__ = ["compile", "explain", "counters", "config", "Explanation", "Rewrite", "Fallback",
-           "VerificationError", "__version__"]
+__all__ = ["Explanation", "Fallback", "Rewrite", "VerificationError", "__version__", "compile",
+           "config", "counters", "explain"]

@@ -68,12 +68,19 @@ def explain(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Explanation:
 
     Runs `fn` once eagerly under dynamo to capture its graphs; nothing is rewritten in
     `fn` itself. Returns an Explanation (`.rewrites`, `.fallbacks`; `str()` is a table).
+    The passes price against the GPU present, else `ioaware.config.default_device`.
     """
+    return explain_on(None, fn, *args, **kwargs)
+
+
+def explain_on(device: str | None, fn: Callable[..., Any], *args: Any, **kwargs: Any
+               ) -> Explanation:
+    """`explain`, with the passes pricing against the profile named `device` ("h100", ...)."""
     if not callable(fn):
         raise TypeError(f"ioaware.explain: fn must be a function or nn.Module, got {type(fn)}")
     target = fn._orig_mod if isinstance(fn, torch._dynamo.eval_frame.OptimizedModule) else fn
     target = getattr(target, "__wrapped__", target)
-    backend = IoawareBackend(execute=False)
+    backend = IoawareBackend(execute=False, device=device)
     with _fresh_dynamo_budget():
         torch.compile(target, backend=backend)(*args, **kwargs)
     return backend.explanation

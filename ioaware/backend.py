@@ -41,11 +41,21 @@ class IoawareBackend:
     verify: run the eager graph beside the compiled one once per new input signature
         and raise `VerificationError` if the outputs differ beyond the dtype tolerance.
     execute: False for `explain`: analyse and rewrite, but return the eager graph.
+    device: the profile the passes price against ("h100", ...); None for the GPU present,
+        else `config.default_device` (see `hardware.get_profile`).
     """
 
-    def __init__(self, *, verify: bool = False, execute: bool = True) -> None:
+    def __init__(self, *, verify: bool = False, execute: bool = True,
+                 device: str | None = None) -> None:
         self.verify = verify
         self.execute = execute
+        if device is not None:
+            from ioaware import hardware
+
+            if str(device).strip().lower() not in hardware.PROFILES:
+                raise ValueError(f"device={device!r} is not a known device profile; "
+                                 f"expected one of {sorted(hardware.PROFILES)}")
+        self.device = device
         self.explanation = Explanation()
 
     def __call__(self, gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable:
@@ -62,7 +72,7 @@ class IoawareBackend:
 
         from ioaware.codegen.ops import backend_name
 
-        profile = hardware.get_profile(None)
+        profile = hardware.get_profile(self.device)
         ctx = PassContext(profile=profile, backend_name=backend_name(device),
                           hints=cost.size_hints(canon))
         try:

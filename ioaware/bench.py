@@ -130,8 +130,6 @@ def _ioaware_kernel_variant(causal: bool) -> Attention:
 def _ioaware_compile_variant(causal: bool) -> Attention:
     import ioaware
 
-    if not hasattr(ioaware, "compile"):
-        raise RuntimeError("ioaware.compile is not available in this build")
     return ioaware.compile(lambda q, k, v: eager_attention(q, k, v, causal))
 
 

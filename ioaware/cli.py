@@ -107,15 +107,6 @@ def _one_line(error: BaseException) -> str:
 # --- report -----------------------------------------------------------------------------------
 
 
-def _require(name: str) -> Any:
-    """An attribute of the ioaware package that a command needs, or a clear error."""
-    import ioaware
-
-    if not hasattr(ioaware, name):
-        raise SystemExit(f"ioaware: ioaware.{name} is not available in this build")
-    return getattr(ioaware, name)
-
-
 def _region_dtype(rewrite: Any) -> str:
     return str(rewrite.detail.get("dtype", "float32")).removeprefix("torch.")
 
@@ -132,15 +123,10 @@ def modelled_totals(expl: Any, device: str) -> dict[str, Any]:
         "hbm_bytes_before": expl.hbm_bytes_before,
         "hbm_bytes_after": expl.hbm_bytes_after,
         "flops": sum(r.flops for r in expl.rewrites),
-        "modelled_time_before_s": None,
-        "modelled_time_after_s": None,
     }
-    try:
-        from ioaware.cost import Cost, modelled_time
-        from ioaware.hardware import get_profile
-    except ImportError as error:
-        totals["note"] = f"no modelled time: {_one_line(error)}"
-        return totals
+    from ioaware.cost import Cost, modelled_time
+    from ioaware.hardware import get_profile
+
     profile = get_profile(device)
     before = after = 0.0
     for r in expl.rewrites:
@@ -172,14 +158,10 @@ def totals_line(totals: dict[str, Any], device: str) -> str:
         f"{format_bytes(totals['hbm_bytes_after'])}"
     )
     before, after = totals["modelled_time_before_s"], totals["modelled_time_after_s"]
-    if before is not None and after is not None:
-        line += (
-            f", modelled time {_format_seconds(before)} → {_format_seconds(after)}"
-            f" ({format_ratio(before, after)} less)"
-        )
-    elif "note" in totals:
-        line += f" ({totals['note']})"
-    return line
+    return (
+        f"{line}, modelled time {_format_seconds(before)} → {_format_seconds(after)}"
+        f" ({format_ratio(before, after)} less)"
+    )
 
 
 def report_json(expl: Any, device: str) -> dict[str, Any]:
@@ -198,28 +180,15 @@ def print_report(expl: Any, device: str) -> None:
     print(totals_line(modelled_totals(expl, device), device))
 
 
-def explain_on(device: str, model: Any, args: tuple, kwargs: dict) -> Any:
-    """ioaware.explain with the passes pricing against `device` where no GPU says otherwise.
-
-    The backend asks hardware.get_profile(None): the present GPU's profile, else
-    config.default_device; setting the latter makes --device reach the pass's decisions.
-    """
-    from ioaware.config import config
-
-    saved, config.default_device = config.default_device, device
-    try:
-        return _require("explain")(model, *args, **kwargs)
-    finally:
-        config.default_device = saved
-
-
 def cmd_report(options: argparse.Namespace) -> int:
     try:
         model, args, kwargs = load_target(options.target)
     except TargetError as error:
         print(f"ioaware report: {error}", file=sys.stderr)
         return EXIT_USAGE
-    expl = explain_on(options.device, model, args, kwargs)
+    from ioaware.api import explain_on
+
+    expl = explain_on(options.device, model, *args, **kwargs)
     if options.json:
         # default=str: details may hold dtypes or symbolic sizes; their text is what matters.
         print(json.dumps(report_json(expl, options.device), indent=2, default=str))
@@ -255,7 +224,9 @@ def cmd_demo(options: argparse.Namespace) -> int:
     model, args, _ = load_target("gpt")
     (tokens,) = args
     eager_model = copy.deepcopy(model)
-    compiled = _require("compile")(model)
+    import ioaware
+
+    compiled = ioaware.compile(model)
 
     eager_logits, eager_grads = _loss_and_grads(eager_model, tokens)
     from ioaware.backend import counters
@@ -277,7 +248,9 @@ def cmd_demo(options: argparse.Namespace) -> int:
     print(f"backward vs eager: max |diff| = {backward_diff:.2e}  "
           f"{'pass' if backward_ok else 'FAIL'}")
     print()
-    print_report(explain_on(options.device, model, args, {}), options.device)
+    from ioaware.api import explain_on
+
+    print_report(explain_on(options.device, model, *args), options.device)
     print(f"demo took {time.perf_counter() - start:.1f} s")
     return 0 if forward_ok and backward_ok else 1
 

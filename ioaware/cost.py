@@ -163,7 +163,6 @@ def _write_bytes(node: fx.Node) -> sympy.Expr:
     return sympy.Add(*(_nbytes(t) for t in _tensors(_val(node))))
 
 
-# Layout-only ops that cover all of their input: reading through one reads the input.
 # Ops that always return a view of all of their input: reading through one reads the input.
 _WHOLE_VIEWS = {
     "view", "_unsafe_view", "expand", "expand_as", "view_as", "permute", "transpose", "t",

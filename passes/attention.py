@@ -450,8 +450,10 @@ def apply(gm: fx.GraphModule, m: AttentionMatch) -> None:
     g = gm.graph
     out = m.output
     with g.inserting_before(out):
-        q = m.q(g) if callable(m.q) and not isinstance(m.q, fx.Node) else m.q
-        k = m.k(g) if callable(m.k) and not isinstance(m.k, fx.Node) else m.k
+        # q and k are nodes, or rebuilders that replay their layout chain without a
+        # folded scale (see _fold_operand_scale).
+        q = m.q if isinstance(m.q, fx.Node) else m.q(g)
+        k = m.k if isinstance(m.k, fx.Node) else m.k(g)
         v = m.v
         if m.layout == "zkd":
             q = g.call_function(aten.unsqueeze.default, (q, 0))

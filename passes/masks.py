@@ -26,7 +26,7 @@ import sympy
 import torch
 from torch import fx
 
-from ioaware.passes.views import hint
+from ioaware.passes.views import IDENTITY_OPS, hint
 
 aten = torch.ops.aten
 
@@ -150,8 +150,8 @@ def _evaluate(node: fx.Node, memo: dict) -> sympy.Basic:
         elif op is aten.arange.start_step:
             start, step = args[0], args[2]
         return _size(start) + _size(step) * axis(0)
-    if op in (aten.clone.default, aten.alias.default, aten.detach.default,
-              aten.lift_fresh_copy.default, aten.detach_.default, aten.expand.default):
+    if op in IDENTITY_OPS or op in (aten.lift_fresh_copy.default, aten.detach_.default,
+                                    aten.expand.default):
         # expand only adds broadcast axes on the left or widens size-1 axes, neither of
         # which changes the from-right naming.
         return arg(0).expr

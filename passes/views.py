@@ -91,21 +91,6 @@ def replay(chain: Sequence[fx.Node], start_shape: Sequence[int]) -> torch.Tensor
     return x
 
 
-def chain_between(start: fx.Node, end: fx.Node) -> list[fx.Node] | None:
-    """The layout ops from `start` to `end` (exclusive, inclusive), following first args.
-
-    None if the path from end back to start passes through anything but layout ops.
-    """
-    chain: list[fx.Node] = []
-    node = end
-    while node is not start:
-        if not is_layout(node):
-            return None
-        chain.append(node)
-        node = node.args[0]
-    return chain[::-1]
-
-
 def is_batch_reshape(chain: Sequence[fx.Node], start_shape: Sequence[int]) -> bool:
     """True when `chain` only regroups the leading axes and keeps the last two in place.
 

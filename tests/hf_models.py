@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import transformers
+
+import ioaware
+from ioaware.verify import relative_error
 
 LAYERS = 2
 
@@ -24,3 +29,30 @@ def llama_gqa(impl: str) -> torch.nn.Module:
         bos_token_id=0, eos_token_id=0, pad_token_id=0,
     )
     return transformers.LlamaForCausalLM(cfg)
+
+
+def quietly(build, impl: str) -> torch.nn.Module:
+    """Build a model without transformers' config warnings (tiny vocabularies etc.)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return build(impl)
+
+
+def assert_compiled_matches_eager(model: torch.nn.Module, ids: torch.Tensor, tol: float) -> None:
+    """ioaware.compile(model): logits and every parameter gradient within `tol` of eager.
+
+    The loss is mean(logits²) in fp32; gradients use an RMS floor of 1e-3 (see
+    ioaware.verify.relative_error) for parameters whose gradient is all but zero.
+    """
+    logits = ioaware.compile(model)(ids).logits
+    logits.float().square().mean().backward()
+    got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    ref = model(ids).logits
+    ref.float().square().mean().backward()
+    want = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    assert relative_error(logits, ref) <= tol
+    assert got.keys() == want.keys() and len(got) > 0
+    for name, w in want.items():
+        assert relative_error(got[name], w, floor=1e-3) <= tol, name

@@ -7,9 +7,11 @@ Every spelling computes softmax(scale·QKᵀ + causal mask) V, in its own way.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from hypothesis import strategies as st
 
 
 def _matmul_masked_fill(q, k, v, causal, scale):
@@ -82,3 +84,35 @@ def make(name: str, causal: bool, scale: float):
 
 def default_scale(d: int) -> float:
     return 1.0 / math.sqrt(d)
+
+
+class Problem(NamedTuple):
+    name: str
+    causal: bool
+    b: int
+    h: int
+    hkv: int
+    nq: int
+    nk: int
+    d: int
+    dtype: torch.dtype
+    scale: float
+
+
+@st.composite
+def problems(draw, *, batch: int, kv_heads: int, groups: int, min_n: int, max_n: int,
+             head_dims: list[int], scales: list[float | None]) -> Problem:
+    """A spelling and a problem for it: sizes up to the bounds given, GQA groups only for
+    the spelling that supports them, Nk = Nq where the spelling's mask needs it; a scale
+    of None means 1/sqrt(d)."""
+    name = draw(st.sampled_from(sorted(SPELLINGS)))
+    causal = draw(st.booleans())
+    b = draw(st.integers(1, batch))
+    hkv = draw(st.integers(1, kv_heads))
+    h = hkv * (draw(st.integers(1, groups)) if name == "sdpa_gqa" else 1)
+    nq = draw(st.integers(min_n, max_n))
+    nk = nq if name in SQUARE_ONLY else draw(st.sampled_from([nq, draw(st.integers(min_n, max_n))]))
+    d = draw(st.sampled_from(head_dims))
+    dtype = draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16]))
+    scale = draw(st.sampled_from(scales))
+    return Problem(name, causal, b, h, hkv, nq, nk, d, dtype, scale or default_scale(d))

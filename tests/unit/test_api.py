@@ -8,10 +8,10 @@ import sys
 
 import pytest
 import torch
-from ioaware.codegen import reference
 from spellings import make
 
 import ioaware
+from ioaware.codegen import reference
 
 
 def qkv(n=16, d=16):
@@ -135,3 +135,13 @@ def test_a_failing_stage_leaves_the_graph_running_unchanged(monkeypatch, stage):
     (fallback,) = fast._ioaware_backend.explanation.fallbacks
     assert fallback.kind == "graph" and f"{stage} failed" in fallback.reason
     assert "planted failure" in fallback.reason
+
+
+def test_explain_on_prices_against_the_named_device():
+    from ioaware.api import explain_on
+
+    fn = make("matmul_masked_fill", True, 0.25)
+    q, k, v = qkv()
+    assert len(explain_on("a100", fn, q, k, v).rewrites) == 1
+    with pytest.raises(ValueError, match="device='no-such-gpu'.*h100"):
+        explain_on("no-such-gpu", fn, q, k, v)
