@@ -61,8 +61,9 @@ def spec_constants(spec: AttentionSpec) -> dict[str, str]:
     """Substitutions shared by the forward and backward templates."""
     d_pad, dv_pad = padded_dim(spec.head_dim), padded_dim(spec.head_dim_v)
     values = {
-        "spec_fields": ", ".join(f"{f.name}={getattr(spec, f.name)!r}"
-                                 for f in dataclasses.fields(spec)),
+        # one field per line: a mask expression can be long
+        "spec_fields": "".join(f"\n    {f.name}={getattr(spec, f.name)!r},"
+                               for f in dataclasses.fields(spec)),
         "head_dim": str(spec.head_dim),
         "head_dim_v": str(spec.head_dim_v),
         "d_pad": str(d_pad),

@@ -12,9 +12,25 @@ import dataclasses
 import hashlib
 import json
 
+import sympy
 import torch
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+# dtypes an extra kernel input (per-token vector, bias, table) may have
+INPUT_DTYPES = {
+    **DTYPES,
+    "bool": torch.bool,
+    "int8": torch.int8,
+    "int16": torch.int16,
+    "int32": torch.int32,
+    "int64": torch.int64,
+}
+
+# The symbols mask and score expressions are written in. Index symbols are integers;
+# `score` is the scaled logit `scale * q·k` of one (b, h, q_idx, kv_idx) element.
+B_IDX, H_IDX, Q_IDX, KV_IDX = sympy.symbols("b h q_idx kv_idx", integer=True)
+SCORE = sympy.Symbol("score", real=True)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -22,6 +38,38 @@ def dtype_name(dtype: torch.dtype) -> str:
         if dt == dtype:
             return name
     raise ValueError(f"dtype={dtype} is not supported; expected one of {sorted(DTYPES)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInput:
+    """An extra tensor a generated kernel reads, named in mask / score expressions.
+
+    The kernel reads it through its own strides at runtime (a broadcast view with
+    stride 0 costs nothing). `requires_grad` says the backward must produce its
+    gradient (a learned bias or relative-position table).
+    """
+
+    name: str  # a Python identifier, used as `name[i0, i1, ...]` in expressions
+    ndim: int
+    dtype: str  # a key of INPUT_DTYPES
+    requires_grad: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise ValueError(f"TensorInput name={self.name!r} must be a Python identifier")
+        if self.dtype not in INPUT_DTYPES:
+            raise ValueError(f"TensorInput dtype={self.dtype!r} must be one of "
+                             f"{sorted(INPUT_DTYPES)}")
+
+
+# How masked elements behave, which decides what a row with no visible key gives:
+#   "neg_inf": the masked logit is -inf (masked_fill(-inf), tril of -inf): such a row
+#              is NaN, as eager softmax gives.
+#   "safe":    as SDPA's bool attn_mask: such a row outputs 0 and passes no gradient.
+#   "fill":    the masked logit is replaced by `mask_fill` (masked_fill(finfo.min)).
+#   "add":     `mask_fill` is added to the masked logit (scores + where(m, 0, min));
+#              its gradient still reaches the score, as in eager.
+MASK_SEMANTICS = ("neg_inf", "safe", "fill", "add")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +84,23 @@ class AttentionSpec:
     causal: key j is visible to query i iff j <= i (top-left aligned, as
     `torch.ones(Nq, Nk).tril()` and SDPA's `is_causal=True` define it).
     Sequence lengths and batch/head counts are runtime values, not part of the Spec.
+
+    General form (issue 3). With s = scale · q_i·k_j, the logit of element
+    (b, h, q_idx, kv_idx) is
+
+        logit = score_mod(s)            if mask holds (and, if causal, kv_idx <= q_idx)
+                masked per `mask_semantics` / `mask_fill` otherwise
+
+    then P = softmax over kv_idx of the logits, dropout with probability `dropout_p`
+    (kept entries scaled by 1/(1-p), as F.dropout), out = P V.
+
+    mask, score_mod: sympy expressions as text (`str(expr)`, parsed back by
+    `mask_expr()` / `score_mod_expr()`), over the integer symbols b, h, q_idx, kv_idx,
+    the real symbol `score` (score_mod only), and loads `name[i0, ...]` of `inputs`
+    whose indices are expressions in the same symbols. Functions allowed: the
+    relationals, And/Or/Not, Piecewise, Min/Max, Abs, floor, Mod, exp, log, tanh.
+    None means "no mask" / "identity". The extra tensors are passed to the op in the
+    order of `inputs`.
     """
 
     head_dim: int
@@ -43,6 +108,12 @@ class AttentionSpec:
     dtype: str  # a key of DTYPES
     causal: bool
     scale: float
+    mask: str | None = None
+    score_mod: str | None = None
+    inputs: tuple[TensorInput, ...] = ()
+    mask_semantics: str = "neg_inf"  # one of MASK_SEMANTICS
+    mask_fill: float = float("-inf")
+    dropout_p: float = 0.0
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -53,12 +124,44 @@ class AttentionSpec:
                 raise ValueError(f"{name}={d} must be between 1 and 256")
         if not self.scale > 0:
             raise ValueError(f"scale={self.scale} must be positive")
+        if self.mask_semantics not in MASK_SEMANTICS:
+            raise ValueError(f"mask_semantics={self.mask_semantics!r} must be one of "
+                             f"{MASK_SEMANTICS}")
+        if not 0.0 <= self.dropout_p < 1.0:
+            raise ValueError(f"dropout_p={self.dropout_p} must be in [0, 1)")
+        names = [t.name for t in self.inputs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"inputs names must be distinct; got {names}")
 
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
 
+    def _namespace(self) -> dict:
+        ns = {"b": B_IDX, "h": H_IDX, "q_idx": Q_IDX, "kv_idx": KV_IDX, "score": SCORE}
+        ns.update({t.name: sympy.IndexedBase(t.name) for t in self.inputs})
+        return ns
+
+    def mask_expr(self) -> sympy.Basic | None:
+        """`mask` parsed back to sympy (None when there is no mask)."""
+        return None if self.mask is None else sympy.sympify(self.mask, locals=self._namespace())
+
+    def score_mod_expr(self) -> sympy.Basic | None:
+        """`score_mod` parsed back to sympy (None when the logit is the score itself)."""
+        if self.score_mod is None:
+            return None
+        return sympy.sympify(self.score_mod, locals=self._namespace())
+
+    def to_json(self) -> str:
+        """Every field as JSON; `from_json` inverts it (the custom op's spec argument)."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> AttentionSpec:
+        fields = json.loads(text)
+        fields["inputs"] = tuple(TensorInput(**t) for t in fields.get("inputs", ()))
+        return cls(**fields)
+
     def key(self) -> str:
         """A stable hash of every field (hex), used in kernel cache keys."""
-        payload = json.dumps(dataclasses.asdict(self), sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:24]
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:24]
