@@ -721,9 +721,21 @@ def _check_heads(Hq: sympy.Expr, Hkv: sympy.Expr) -> None:
         raise ValueError(f"Hq={Hq} must be a multiple of Hkv={Hkv}")
 
 
+def _block_density(block_density: float | sympy.Expr) -> sympy.Expr:
+    """The density as an exact sympy number (0.25 -> 1/4), checked to lie in (0, 1]."""
+    if isinstance(block_density, float):
+        density = sympy.Rational(str(block_density))
+    else:
+        density = sympy.sympify(block_density)
+    if density.is_number and not 0 < density <= 1:
+        raise ValueError(f"block_density={block_density!r} must be in (0, 1]")
+    return density
+
+
 def flash_attention_cost(
     B: Size, Hq: Size, Hkv: Size, Nq: Size, Nk: Size, D: Size, Dv: Size, itemsize: int,
     causal: bool, block_m: int = DEFAULT_BLOCK_M, block_n: int = DEFAULT_BLOCK_N,
+    block_density: float | sympy.Expr = 1.0,
 ) -> Cost:
     """FlashAttention forward: one program per (batch, query head, query block).
 
@@ -741,15 +753,21 @@ def flash_attention_cost(
     Nq·Nk pairs, or for causal the pairs of every visited block. Softmax's few FLOPs per
     score are left out, as FlashAttention's papers count; its one exp per score is in
     `transcendentals` (the running-max rescale, one per row per key block, is not).
+
+    Block-sparse: `block_density` is the fraction of the blocks above (all of them, or
+    those up to the diagonal for causal) that the kernel visits; key rows loaded and
+    score pairs computed both scale by it, Q, O and lse do not.
     """
     B, Hq, Hkv, Nq, Nk, D, Dv = (sym(x) for x in (B, Hq, Hkv, Nq, Nk, D, Dv))
     _check_heads(Hq, Hkv)
+    density = _block_density(block_density)
     it = sympy.Integer(itemsize)
     if causal:
         key_rows, pairs = causal_forward_blocks(Nq, Nk, block_m, block_n)
     else:
         _check_tiles(block_m, block_n)
         key_rows, pairs = _ceil_div(Nq, block_m) * Nk, Nq * Nk
+    key_rows, pairs = density * key_rows, density * pairs
     bh = B * Hq
     return Cost(
         read_bytes=bh * (Nq * D + key_rows * (D + Dv)) * it,
@@ -762,6 +780,7 @@ def flash_attention_cost(
 def flash_attention_backward_cost(
     B: Size, Hq: Size, Hkv: Size, Nq: Size, Nk: Size, D: Size, Dv: Size, itemsize: int,
     causal: bool, block_m: int = DEFAULT_BLOCK_M, block_n: int = DEFAULT_BLOCK_N,
+    block_density: float | sympy.Expr = 1.0,
 ) -> Cost:
     """FlashAttention-2 backward as three passes (the Triton tutorial's structure).
 
@@ -781,9 +800,11 @@ def flash_attention_backward_cost(
     dK += dSᵀ·Q, dQ += dS·K): 2·(3·D + 2·Dv) per pair, which is 2.5x the forward when
     Dv = D, over the forward's pairs. The dQ pass's recomputation of S and dP is not
     counted, matching how backward TFLOP/s are reported. One exp per pair (P = exp(S-lse)).
+    Block-sparse: R, Rq and the pairs scale by `block_density`, as in the forward.
     """
     B, Hq, Hkv, Nq, Nk, D, Dv = (sym(x) for x in (B, Hq, Hkv, Nq, Nk, D, Dv))
     _check_heads(Hq, Hkv)
+    density = _block_density(block_density)
     it = sympy.Integer(itemsize)
     if causal:
         key_rows, pairs = causal_forward_blocks(Nq, Nk, block_m, block_n)
@@ -792,6 +813,7 @@ def flash_attention_backward_cost(
         _check_tiles(block_m, block_n)
         key_rows, pairs = _ceil_div(Nq, block_m) * Nk, Nq * Nk
         query_rows = _ceil_div(Nk, block_n) * Nq
+    key_rows, pairs, query_rows = (density * x for x in (key_rows, pairs, query_rows))
     row_stats = 2 * LSE_ITEMSIZE  # lse and delta
     kv = Hkv * Nk * (D + Dv) * it
     preprocess = Cost(read_bytes=2 * Hq * Nq * Dv * it, write_bytes=Hq * Nq * LSE_ITEMSIZE)
@@ -804,6 +826,115 @@ def flash_attention_backward_cost(
     )
     compute = Cost(flops=Hq * 2 * pairs * (3 * D + 2 * Dv), transcendentals=Hq * pairs)
     return B * (preprocess + dkdv + dq + compute)
+
+
+# --------------------------------------------------------------------------------------
+# Recurrences (scans) in closed form: the fused kernels of ioaware::selective_scan and
+# ioaware::linear_scan. A scan's state never leaves the chip, so each kernel reads its
+# inputs once and writes its outputs once; the unfused loop writes the state every step.
+
+PARAM_ITEMSIZE = 4  # A, D, delta_bias, h_last and the gradients of A, D, delta_bias: fp32
+
+# FLOPs per element of the state (batch · channel · step · state), forward:
+#   dA  = exp(delta·A)          1 transcendental (1 FLOP)
+#   dBu = delta·B·u, delta·A    2 FMAs of discretisation (4)
+#   h   = dA·h + dBu            the scan's multiply-add (2)
+#   y  += C·h                   the readout FMA (2)
+SELECTIVE_SCAN_STATE_FLOPS = 9
+# Backward, per state element: the forward recomputed (9) and the reverse scan (16):
+#   g   = dA'·g' + C·dy         mul + FMA (3)      dC += h·dy        FMA (2)
+#   dB += g·(delta·u)           FMA (2)            x   = g·h₋₁·dA    2 muls (2)
+#   dΔ += x·A + g·B·u           mul + 2 FMAs (5)   dA += x·delta     FMA (2)
+SELECTIVE_SCAN_BACKWARD_STATE_FLOPS = SELECTIVE_SCAN_STATE_FLOPS + 16
+
+
+def _check_positive(**sizes: Size) -> None:
+    for name, value in sizes.items():
+        s = sym(value)
+        if s.is_number and not (s.is_integer and s > 0):
+            raise ValueError(f"{name}={value!r} must be a positive integer")
+
+
+def selective_scan_cost(
+    batch: Size, channels: Size, length: Size, d_state: Size, itemsize: int, *,
+    groups: Size = 1, has_D: bool = True, has_z: bool = True,
+    has_delta_bias: bool = False, backward: bool = False, delta_softplus: bool = False,
+) -> Cost:
+    """The fused selective scan (Mamba's S6, Gu & Dao 2023, Algorithm 2), forward or backward.
+
+    Shapes, with Bt = batch, Dc = channels, L = length, N = d_state, G = groups and `it`
+    the itemsize of the activations (A, D, delta_bias and h_last are fp32):
+        u, delta, z [Bt, Dc, L] it    A [Dc, N] fp32    B, C [Bt, G, L, N] it
+        D, delta_bias [Dc] fp32       y [Bt, Dc, L] it  h_last [Bt, Dc, N] fp32
+    Forward, the recurrence h_t = exp(Δ_t·A)·h_{t-1} + Δ_t·B_t·u_t, y_t = C_t·h_t + D·u_t,
+    y ← y·silu(z), with h in registers the whole time:
+        read  u, delta (+ z):  (2 + has_z)·Bt·Dc·L·it
+        read  A, D, delta_bias: Dc·N·4 + has_D·Dc·4 + has_delta_bias·Dc·4
+        read  B, C:             2·Bt·G·L·N·it           (once: groups share them)
+        write y, h_last:        Bt·Dc·L·it + Bt·Dc·N·4
+    FLOPs: SELECTIVE_SCAN_STATE_FLOPS = 9 per state element (Bt·Dc·L·N of them), one exp
+    each; per (Bt, Dc, L) element: delta·u (1), + delta_bias (1), softplus(delta)
+    (3 and 2 transcendentals), D·u skip FMA (2), y·silu(z) (silu 4 + mul 1, 1 exp).
+
+    Backward recomputes the states chunk by chunk instead of saving them:
+        read  what the forward read, and dy:  + Bt·Dc·L·it
+        write du, ddelta (+ dz):   (2 + has_z)·Bt·Dc·L·it
+        write dB, dC:              2·Bt·G·L·N·4  (fp32: summed over a group's channels)
+        write dA, dD, ddelta_bias: Dc·N·4 + has_D·Dc·4 + has_delta_bias·Dc·4
+    FLOPs: SELECTIVE_SCAN_BACKWARD_STATE_FLOPS = 25 per state element (the forward
+    recomputed and the reverse scan, see the constant), 1 exp; per (Bt, Dc, L) element
+    the forward's and as many again for their gradients.
+    """
+    _check_positive(batch=batch, channels=channels, length=length, d_state=d_state,
+                    groups=groups, itemsize=itemsize)
+    Bt, Dc, L, N, G = (sym(x) for x in (batch, channels, length, d_state, groups))
+    if Dc.is_number and G.is_number and int(Dc) % int(G):
+        raise ValueError(f"groups={groups} must divide channels={channels}")
+    it = sympy.Integer(itemsize)
+    p = PARAM_ITEMSIZE
+    seq = Bt * Dc * L  # elements of u, delta, z, y
+    bc = 2 * Bt * G * L * N  # elements of B and C together
+    params = Dc * N * p + (int(has_D) + int(has_delta_bias)) * Dc * p
+    per_seq_flops = 1 + int(has_delta_bias) + 3 * int(delta_softplus) + 2 * int(has_D)
+    per_seq_flops += 5 * int(has_z)
+    per_seq_transc = 2 * int(delta_softplus) + int(has_z)
+    states = seq * N
+    if not backward:
+        return Cost(
+            read_bytes=(2 + int(has_z)) * seq * it + params + bc * it,
+            write_bytes=seq * it + Bt * Dc * N * p,
+            flops=SELECTIVE_SCAN_STATE_FLOPS * states + per_seq_flops * seq,
+            transcendentals=states + per_seq_transc * seq,
+        )
+    return Cost(
+        read_bytes=(3 + int(has_z)) * seq * it + params + bc * it,
+        write_bytes=(2 + int(has_z)) * seq * it + bc * p + params,
+        flops=SELECTIVE_SCAN_BACKWARD_STATE_FLOPS * states + 2 * per_seq_flops * seq,
+        transcendentals=states + per_seq_transc * seq,
+    )
+
+
+def linear_scan_cost(
+    rows: Size, length: Size, features: Size, itemsize: int, *,
+    has_h0: bool = False, backward: bool = False,
+) -> Cost:
+    """The fused first-order linear recurrence h_t = a_t ⊙ h_{t-1} + b_t along L.
+
+    a, b, h: [R, L, F] in `it` bytes; h0 (optional): [R, F], same dtype. Per element:
+        forward   read a, b (+ h0 once)   write h               one FMA: 2 FLOPs
+        backward  read a, h, dh (+ h0)    write da, db (+ dh0)  g_t = dh_t + a_{t+1}·g_{t+1}
+                  (FMA, 2), db_t = g_t (free), da_t = g_t·h_{t-1} (mul, 1): 3 FLOPs
+    h_{t-1} is the saved output shifted by one step (h0 at t = 0): the same tensor, read
+    once. a_{t+1} is the same a, read once.
+    """
+    _check_positive(rows=rows, length=length, features=features, itemsize=itemsize)
+    R, L, F = (sym(x) for x in (rows, length, features))
+    it = sympy.Integer(itemsize)
+    n = R * L * F
+    h0 = int(has_h0) * R * F * it
+    if not backward:
+        return Cost(read_bytes=2 * n * it + h0, write_bytes=n * it, flops=2 * n)
+    return Cost(read_bytes=3 * n * it + h0, write_bytes=2 * n * it + h0, flops=3 * n)
 
 
 # --------------------------------------------------------------------------------------

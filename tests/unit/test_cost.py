@@ -26,9 +26,11 @@ from ioaware.cost import (
     flash_attention_backward_cost,
     flash_attention_cost,
     graph_cost,
+    linear_scan_cost,
     modelled_time,
     node_cost,
     rewrite_pays,
+    selective_scan_cost,
     size_hints,
     sym,
 )
@@ -494,3 +496,79 @@ def test_rewrite_pays_on_fewer_bytes_at_equal_time_and_with_symbolic_hints():
     assert rewrite_pays(compute_bound + Cost(read_bytes=2 * n), compute_bound + Cost(read_bytes=n),
                         H100, "bf16", {"s0": 1000})[0]
     assert not rewrite_pays(compute_bound, compute_bound, H100, "bf16")[0]
+
+
+# ---------------------------------------------------------------------------------------
+# scans and block-sparse attention in closed form
+
+
+def test_selective_scan_forward_by_hand():
+    bt, dc, length, n, g, it = 2, 8, 16, 4, 2, 2  # bf16 activations
+    c = selective_scan_cost(bt, dc, length, n, it, groups=g).evaluate()
+    seq = bt * dc * length  # 256 elements of u, delta, z, y
+    bc = 2 * bt * g * length * n  # 512 elements of B and C
+    # read u, delta, z (3·seq·2) + A fp32 (dc·n·4) + D fp32 (dc·4) + B, C (bc·2)
+    assert c["read_bytes"] == 3 * seq * 2 + dc * n * 4 + dc * 4 + bc * 2
+    # write y (seq·2) and h_last fp32 (bt·dc·n·4)
+    assert c["write_bytes"] == seq * 2 + bt * dc * n * 4
+    # 9 per state element; per (b, d, l): delta·u 1, D skip FMA 2, y·silu(z) 5
+    assert c["flops"] == 9 * seq * n + (1 + 2 + 5) * seq
+    assert c["transcendentals"] == seq * n + seq  # exp(ΔA) per state, exp in silu(z)
+
+
+def test_selective_scan_options_and_backward_by_hand():
+    bt, dc, length, n, it = 1, 4, 8, 2, 4
+    seq, bc = bt * dc * length, 2 * bt * length * n
+    bare = selective_scan_cost(bt, dc, length, n, it, has_D=False, has_z=False).evaluate()
+    assert bare["read_bytes"] == 2 * seq * 4 + dc * n * 4 + bc * 4  # u, delta, A, B, C
+    assert bare["flops"] == 9 * seq * n + seq  # only delta·u per (b, d, l)
+    biased = selective_scan_cost(bt, dc, length, n, it, has_D=False, has_z=False,
+                                 has_delta_bias=True, delta_softplus=True).evaluate()
+    assert biased["read_bytes"] == bare["read_bytes"] + dc * 4  # delta_bias, fp32
+    assert biased["flops"] == bare["flops"] + (1 + 3) * seq  # bias add, softplus
+    assert biased["transcendentals"] == bare["transcendentals"] + 2 * seq  # softplus: exp, log
+    back = selective_scan_cost(bt, dc, length, n, it, backward=True).evaluate()
+    # read u, delta, z, dy + A, D + B, C; write du, ddelta, dz + dB, dC fp32 + dA, dD
+    assert back["read_bytes"] == 4 * seq * 4 + dc * n * 4 + dc * 4 + bc * 4
+    assert back["write_bytes"] == 3 * seq * 4 + bc * 4 + dc * n * 4 + dc * 4
+    assert back["flops"] == 25 * seq * n + 2 * (1 + 2 + 5) * seq
+
+
+def test_linear_scan_by_hand():
+    r, length, f, it = 3, 16, 8, 2
+    n = r * length * f
+    fwd = linear_scan_cost(r, length, f, it, has_h0=True).evaluate()
+    assert fwd["read_bytes"] == 2 * n * it + r * f * it  # a, b and h0
+    assert fwd["write_bytes"] == n * it  # h
+    assert fwd["flops"] == 2 * n  # one FMA per element
+    back = linear_scan_cost(r, length, f, it, backward=True).evaluate()
+    assert back["read_bytes"] == 3 * n * it  # a, h, dh
+    assert back["write_bytes"] == 2 * n * it  # da, db
+    assert back["flops"] == 3 * n  # FMA for g, mul for da
+
+
+def test_scan_costs_reject_bad_sizes_by_name():
+    with pytest.raises(ValueError, match="d_state=0"):
+        selective_scan_cost(1, 4, 8, 0, 2)
+    with pytest.raises(ValueError, match="groups=3 must divide channels=4"):
+        selective_scan_cost(1, 4, 8, 2, 2, groups=3)
+    with pytest.raises(ValueError, match="length=-1"):
+        linear_scan_cost(1, -1, 4, 2)
+
+
+def test_block_sparse_attention_scales_the_streamed_blocks():
+    n, d, it = 1024, 64, 2
+    dense = flash_attention_cost(1, 1, 1, n, n, d, d, it, False, 128, 64).evaluate()
+    quarter = flash_attention_cost(1, 1, 1, n, n, d, d, it, False, 128, 64,
+                                   block_density=0.25).evaluate()
+    q_reads = n * d * it
+    # K/V rows streamed: 8 query blocks · 1024 rows, a quarter of them visited
+    assert quarter["read_bytes"] - q_reads == (dense["read_bytes"] - q_reads) // 4
+    assert quarter["write_bytes"] == dense["write_bytes"]  # O and lse whatever the mask
+    assert quarter["flops"] == dense["flops"] // 4
+    with pytest.raises(ValueError, match="block_density=0"):
+        flash_attention_cost(1, 1, 1, n, n, d, d, it, False, block_density=0)
+    back = flash_attention_backward_cost(1, 1, 1, n, n, d, d, it, False,
+                                         block_density=sympy.Rational(1, 2)).evaluate()
+    full = flash_attention_backward_cost(1, 1, 1, n, n, d, d, it, False).evaluate()
+    assert back["flops"] * 2 == full["flops"] and back["read_bytes"] < full["read_bytes"]
