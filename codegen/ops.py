@@ -23,17 +23,18 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from ioaware.config import config
-from ioaware.spec import DTYPES, AttentionSpec, dtype_name
+from ioaware.spec import DTYPES, INPUT_DTYPES, AttentionSpec, dtype_name
 
 from . import reference
 from .cache import INTERPRET_DEVICE, device_tag, load_kernel_module
 
-__all__ = ["backend_name", "flash_attention"]
+__all__ = ["attention", "backend_name", "dropout_keep_mask", "flash_attention"]
 
 # CUDA caps a grid's second axis at 65535 programs; the kernels put batch·heads there,
 # so larger batches are launched in slices of the batch (views: no copies).
@@ -229,3 +230,162 @@ def flash_attention(
     _check_inputs(q, k, v, float(scale))
     out, _ = torch.ops.ioaware.flash_attention(q, k, v, float(scale), bool(causal))
     return out
+
+
+# ---- ioaware::attention: the general AttentionSpec (issue 3) -------------------------
+#
+#   ioaware::attention(q, k, v, inputs, spec, seed=None) -> (out, lse)
+#   ioaware::attention_backward(dout, q, k, v, out, lse, inputs, spec, seed=None,
+#                               dlse=None) -> (dq, dk, dv, d_inputs)
+#
+# spec: AttentionSpec.to_json(); inputs: the tensors of spec.inputs in order, read
+# through their own strides (stride-0 broadcast views are free); seed: int64 [2] =
+# (seed, offset), required iff spec.dropout_p > 0. d_inputs: one gradient per input
+# whose TensorInput.requires_grad, in order, shaped like that input.
+
+
+def _check_spec_inputs(q: Tensor, k: Tensor, v: Tensor, inputs: list[Tensor],
+                       spec: AttentionSpec, seed: Tensor | None) -> None:
+    """Raise ValueError naming the argument that disagrees with `spec`."""
+    _check_inputs(q, k, v, spec.scale)
+    if dtype_name(q.dtype) != spec.dtype:
+        raise ValueError(f"q.dtype={q.dtype} differs from spec.dtype={spec.dtype!r}")
+    if q.shape[-1] != spec.head_dim or v.shape[-1] != spec.head_dim_v:
+        raise ValueError(f"head dims q.shape[-1]={q.shape[-1]}, v.shape[-1]={v.shape[-1]} "
+                         f"differ from spec head_dim={spec.head_dim}, "
+                         f"head_dim_v={spec.head_dim_v}")
+    if len(inputs) != len(spec.inputs):
+        raise ValueError(f"inputs has {len(inputs)} tensors; spec.inputs names "
+                         f"{len(spec.inputs)}: {[t.name for t in spec.inputs]}")
+    for t, x in zip(spec.inputs, inputs):
+        if x.dim() != t.ndim:
+            raise ValueError(f"input {t.name!r} must be {t.ndim}-D; got shape {tuple(x.shape)}")
+        if x.dtype != INPUT_DTYPES[t.dtype]:
+            raise ValueError(f"input {t.name!r} has dtype {x.dtype}; spec says {t.dtype!r}")
+        if x.device != q.device:
+            raise ValueError(f"input {t.name!r} is on {x.device}; q is on {q.device}")
+    bad_seed = seed is None or seed.dtype != torch.int64 or tuple(seed.shape) != (2,)
+    if spec.dropout_p > 0 and bad_seed:
+        got = None if seed is None else f"{seed.dtype}{list(seed.shape)}"
+        raise ValueError(f"seed must be an int64 tensor [2] = (seed, offset) when "
+                         f"dropout_p={spec.dropout_p} > 0; got {got}")
+
+
+def _no_grad_inputs(spec: AttentionSpec, inputs: list[Tensor]) -> list[Tensor]:
+    return [x for t, x in zip(spec.inputs, inputs) if t.requires_grad]
+
+
+@torch.library.custom_op("ioaware::attention", mutates_args=())
+def attention_op(q: Tensor, k: Tensor, v: Tensor, inputs: list[Tensor], spec: str,
+                 seed: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(out, lse) of the general AttentionSpec `spec` (JSON); see the block comment."""
+    aspec = AttentionSpec.from_json(spec)
+    _check_spec_inputs(q, k, v, inputs, aspec, seed)
+    out, lse = _empty_outputs(q, v)
+    if lse.numel() == 0:
+        return out, lse
+    if k.shape[2] == 0:  # no keys: P V sums over an empty axis
+        return out.zero_(), lse.fill_(float("-inf"))
+    if backend_name(q.device) == "reference":
+        out_ref, lse_ref = reference.spec_forward(aspec, q, k, v, inputs, seed)
+        return out_ref.contiguous(), lse_ref.contiguous()
+    module = load_kernel_module("attention_fwd", aspec, _kernel_device(q.device))
+    with torch.cuda.device(q.device) if q.device.type == "cuda" else _no_context():
+        module.forward(q, k, v, out, lse, inputs, seed)
+    return out, lse
+
+
+@attention_op.register_fake
+def _(q: Tensor, k: Tensor, v: Tensor, inputs: list[Tensor], spec: str,
+      seed: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    return _empty_outputs(q, v)
+
+
+@torch.library.custom_op("ioaware::attention_backward", mutates_args=())
+def attention_backward_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
+                          lse: Tensor, inputs: list[Tensor], spec: str,
+                          seed: Tensor | None = None, dlse: Tensor | None = None
+                          ) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+    """(dq, dk, dv, gradients of the requires-grad inputs, each shaped as its input)."""
+    aspec = AttentionSpec.from_json(spec)
+    grad_inputs = _no_grad_inputs(aspec, inputs)
+    if q.numel() == 0 or k.numel() == 0:  # nothing flows: no query rows or no keys
+        return (torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v),
+                [torch.zeros_like(x) for x in grad_inputs])
+    if backend_name(q.device) == "reference":
+        dq, dk, dv, *dinputs = reference.spec_backward(aspec, dout, q, k, v, inputs, seed,
+                                                        dlse)
+        return dq.contiguous(), dk.contiguous(), dv.contiguous(), [
+            d.contiguous() for d in dinputs]
+    module = load_kernel_module("attention_bwd", aspec, _kernel_device(q.device))
+    dq = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.zeros(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.zeros(v.shape, dtype=v.dtype, device=v.device)
+    # fp32 accumulators for the inputs' gradients (atomic adds through their strides)
+    dinputs32 = [torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+                 for x in grad_inputs]
+    dlse = dlse.float().contiguous() if dlse is not None else None
+    with torch.cuda.device(q.device) if q.device.type == "cuda" else _no_context():
+        module.backward(dout, q, k, v, out, lse.contiguous(), dlse, dq, dk, dv, inputs,
+                        dinputs32, seed)
+    return dq, dk, dv, [d.to(x.dtype) for d, x in zip(dinputs32, grad_inputs)]
+
+
+@attention_backward_op.register_fake
+def _(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+      inputs: list[Tensor], spec: str, seed: Tensor | None = None,
+      dlse: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+    aspec = AttentionSpec.from_json(spec)
+    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
+            [x.new_empty(x.shape) for x in _no_grad_inputs(aspec, inputs)])
+
+
+def _attention_setup_context(ctx, inputs, output) -> None:
+    q, k, v, extra, spec, seed = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, seed, *extra)
+    ctx.spec = spec
+    ctx.n_extra = len(extra)
+
+
+def _attention_backward(ctx, dout: Tensor | None, dlse: Tensor | None):
+    q, k, v, out, lse, seed, *extra = ctx.saved_tensors
+    if dout is None:
+        dout = torch.zeros_like(out)
+    dq, dk, dv, dgrads = torch.ops.ioaware.attention_backward(
+        dout, q, k, v, out, lse, list(extra), ctx.spec, seed, dlse)
+    aspec = AttentionSpec.from_json(ctx.spec)
+    it = iter(dgrads)
+    dextra = [next(it) if t.requires_grad else None for t in aspec.inputs]
+    # torch drops trailing arguments left at their defaults (seed=None) before autograd
+    # sees them; the gradients must match the arguments it saw.
+    return (dq, dk, dv, dextra, None, None)[:len(ctx.needs_input_grad)]
+
+
+attention_op.register_autograd(_attention_backward, setup_context=_attention_setup_context)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec,
+              inputs: Sequence[Tensor] = (), seed: Tensor | None = None) -> Tensor:
+    """Exact attention of the general `spec` (masks, score mods, dropout), without
+    materialising the [Nq, Nk] scores on the kernel paths. Returns out [B, Hq, Nq, dv].
+
+    inputs: the tensors `spec.inputs` names, in order. seed: int64 [2] = (seed,
+    offset), required iff spec.dropout_p > 0. Raises ValueError on any disagreement.
+    """
+    if not isinstance(spec, AttentionSpec):
+        raise TypeError(f"spec must be an AttentionSpec; got {type(spec).__name__}")
+    inputs = list(inputs)
+    _check_spec_inputs(q, k, v, inputs, spec, seed)
+    out, _ = torch.ops.ioaware.attention(q, k, v, inputs, spec.to_json(), seed)
+    return out
+
+
+def dropout_keep_mask(spec: AttentionSpec, seed: Tensor, shape: tuple[int, int, int, int],
+                      device: torch.device | str) -> Tensor:
+    """Bool [B, Hq, Nq, Nk]: the entries of P that ioaware::attention keeps under
+    `seed` (the kernels and the reference draw the same Philox stream). Materialises
+    the full mask: for tests and debugging."""
+    if not spec.dropout_p > 0:
+        raise ValueError(f"spec.dropout_p={spec.dropout_p}: no dropout, no keep mask")
+    return reference.dropout_keep_mask(spec.dropout_p, seed, tuple(shape), device)

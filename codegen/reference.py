@@ -14,7 +14,12 @@ only, never the fast path.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import sympy
 import torch
+
+from ioaware.spec import B_IDX, H_IDX, KV_IDX, Q_IDX, SCORE, AttentionSpec
 
 
 def _expand_kv(x: torch.Tensor, group: int) -> torch.Tensor:
@@ -76,3 +81,259 @@ def attention_backward(
     dk = dk.reshape(batch, h_kv, group, n_k, -1).sum(2)
     dv = dv.reshape(batch, h_kv, group, n_k, -1).sum(2)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+# ---- the general AttentionSpec (issue 3): masks, score mods, extra inputs, dropout ----
+#
+# The same semantics as eager, written the way eager computes them: materialise the
+# [B, Hq, Nq, Nk] logits, mask them per `mask_semantics`, softmax, dropout, P V. The
+# backward is torch autograd through this forward (recomputed), so the gradients of
+# q, k, v and of every extra input are eager's by construction. Reference only.
+
+_NEG_INF = float("-inf")
+
+
+def _index_grids(batch: int, heads: int, n_q: int, n_k: int, device: torch.device
+                 ) -> dict[sympy.Symbol, torch.Tensor]:
+    """b, h, q_idx, kv_idx as int64 tensors that broadcast to [B, Hq, Nq, Nk]."""
+    def grid(n: int, axis: int) -> torch.Tensor:
+        shape = [1, 1, 1, 1]
+        shape[axis] = n
+        return torch.arange(n, device=device).reshape(shape)
+
+    return {B_IDX: grid(batch, 0), H_IDX: grid(heads, 1), Q_IDX: grid(n_q, 2),
+            KV_IDX: grid(n_k, 3)}
+
+
+def _is_integer_valued(expr: sympy.Basic) -> bool:
+    return bool(expr.is_integer)
+
+
+def evaluate(expr: sympy.Basic, env: dict, loads: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Evaluate a mask / score expression (AttentionSpec grammar) with torch ops.
+
+    env maps the symbols to tensors (or numbers); loads maps input names to tensors,
+    read at `name[i0, ...]` by advanced indexing (so autograd sums a bias's gradient
+    over the indices that read it, as eager does). Integer arithmetic stays int64:
+    `floor(x / c)` is a floor division, `Mod` a Python-style modulo.
+    """
+    def ev(e: sympy.Basic):
+        if e in env:
+            return env[e]
+        if isinstance(e, sympy.Indexed):
+            base = loads[str(e.base)]
+            idx = [torch.as_tensor(ev(i), device=base.device).long() for i in e.indices]
+            if len(idx) != base.dim():
+                raise ValueError(f"load {e} has {len(idx)} indices; input {e.base} has "
+                                 f"{base.dim()} dims")
+            return base[tuple(torch.broadcast_tensors(*idx))]
+        if e is sympy.true or isinstance(e, sympy.logic.boolalg.BooleanTrue):
+            return True
+        if e is sympy.false or isinstance(e, sympy.logic.boolalg.BooleanFalse):
+            return False
+        if e.is_Integer:
+            return int(e)
+        if e.is_Number:
+            return float(e)
+        if isinstance(e, sympy.floor):
+            arg = e.args[0]
+            num, den = sympy.fraction(sympy.together(arg))
+            if _is_integer_valued(num) and den.is_Integer:
+                return torch.div(torch.as_tensor(ev(num)), int(den), rounding_mode="floor")
+            return torch.floor(torch.as_tensor(ev(arg)))
+        if isinstance(e, sympy.ceiling):
+            return -ev(sympy.floor(-e.args[0]))
+        if isinstance(e, sympy.Add):
+            out = ev(e.args[0])
+            for a in e.args[1:]:
+                out = out + ev(a)
+            return out
+        if isinstance(e, sympy.Mul):
+            out = ev(e.args[0])
+            for a in e.args[1:]:
+                out = out * ev(a)
+            return out
+        if isinstance(e, sympy.Pow):
+            base = torch.as_tensor(ev(e.args[0]))
+            exp = e.args[1]
+            if not (exp.is_Integer and int(exp) >= 0):
+                base = base.float() if not base.is_floating_point() else base
+            return base ** (int(exp) if exp.is_Integer else float(exp))
+        if isinstance(e, sympy.Mod):
+            return torch.remainder(torch.as_tensor(ev(e.args[0])), ev(e.args[1]))
+        if isinstance(e, (sympy.Min, sympy.Max)):
+            fn = torch.minimum if isinstance(e, sympy.Min) else torch.maximum
+            vals = [torch.as_tensor(ev(a)) for a in e.args]
+            out = vals[0]
+            for v in vals[1:]:
+                out = fn(*torch.broadcast_tensors(*_common(out, v)))
+            return out
+        if isinstance(e, sympy.Abs):
+            return torch.abs(torch.as_tensor(ev(e.args[0])))
+        if isinstance(e, (sympy.exp, sympy.log, sympy.tanh)):
+            fn = {sympy.exp: torch.exp, sympy.log: torch.log, sympy.tanh: torch.tanh}[e.func]
+            return fn(torch.as_tensor(ev(e.args[0])).float())
+        if isinstance(e, sympy.Piecewise):
+            out = None
+            for value, cond in reversed(e.args):
+                v = torch.as_tensor(ev(value))
+                if out is None:
+                    out = v  # the last branch (usually `True`) is the default
+                    continue
+                c = torch.as_tensor(ev(cond))
+                out = torch.where(c, *_common(v, out))
+            return out
+        if isinstance(e, sympy.core.relational.Relational):
+            lhs, rhs = torch.as_tensor(ev(e.lhs)), torch.as_tensor(ev(e.rhs))
+            op = {"<": torch.lt, "<=": torch.le, ">": torch.gt, ">=": torch.ge,
+                  "==": torch.eq, "!=": torch.ne}[e.rel_op]
+            return op(lhs, rhs)
+        if isinstance(e, (sympy.And, sympy.Or)):
+            fn = torch.logical_and if isinstance(e, sympy.And) else torch.logical_or
+            vals = [torch.as_tensor(ev(a)) for a in e.args]
+            out = vals[0]
+            for v in vals[1:]:
+                out = fn(out, v)
+            return out
+        if isinstance(e, sympy.Not):
+            return torch.logical_not(torch.as_tensor(ev(e.args[0])))
+        raise ValueError(f"expression {e} ({e.func.__name__}) is outside the AttentionSpec "
+                         "grammar")
+
+    return ev(expr)
+
+
+def _common(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Promote two operands of where/min/max to one dtype (as torch's type promotion)."""
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    return a.to(dtype), b.to(dtype)
+
+
+def spec_logits(spec: AttentionSpec, q: torch.Tensor, k: torch.Tensor,
+                inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits fp32 [B, Hq, Nq, Nk] per mask_semantics, visible bool [broadcastable])."""
+    batch, h_q, n_q, _ = q.shape
+    n_k = k.shape[2]
+    group = h_q // k.shape[1]
+    s = torch.matmul(q.float(), _expand_kv(k, group).float().transpose(-1, -2)) * spec.scale
+    env: dict = _index_grids(batch, h_q, n_q, n_k, q.device)
+    loads = {t.name: x for t, x in zip(spec.inputs, inputs)}
+    visible = torch.ones((1, 1, 1, 1), dtype=torch.bool, device=q.device)
+    mask = spec.mask_expr()
+    if mask is not None:
+        visible = torch.as_tensor(evaluate(mask, env, loads), device=q.device).bool()
+    if spec.causal:
+        visible = visible & (env[KV_IDX] <= env[Q_IDX])
+    logit = s
+    score_mod = spec.score_mod_expr()
+    if score_mod is not None:
+        logit = torch.as_tensor(evaluate(score_mod, {**env, SCORE: s}, loads)).float()
+        logit = logit.expand(s.shape)
+    visible = visible.expand(s.shape)
+    if spec.mask_semantics in ("neg_inf", "safe"):
+        logit = logit.masked_fill(~visible, _NEG_INF)
+    elif spec.mask_semantics == "fill":
+        logit = logit.masked_fill(~visible, spec.mask_fill)
+    else:  # "add": the fill is added, so the score's gradient still flows
+        logit = logit + torch.where(visible, 0.0, spec.mask_fill)
+    return logit, visible
+
+
+def spec_forward(spec: AttentionSpec, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 inputs: Sequence[torch.Tensor], seed: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out in q.dtype, lse fp32) of the general Spec, differentiable by torch autograd."""
+    logit, _ = spec_logits(spec, q, k, inputs)
+    lse = torch.logsumexp(logit, dim=-1)
+    p = torch.softmax(logit, dim=-1)
+    if spec.mask_semantics == "safe":  # SDPA: a row with no visible key outputs 0
+        p = torch.where(torch.isinf(lse).unsqueeze(-1) & (lse < 0).unsqueeze(-1), 0.0, p)
+    if spec.dropout_p > 0:
+        keep = dropout_keep_mask(spec.dropout_p, seed, tuple(p.shape), p.device)
+        p = torch.where(keep, p / (1.0 - spec.dropout_p), 0.0)
+    group = q.shape[1] // k.shape[1]
+    out = torch.matmul(p, _expand_kv(v, group).float())
+    return out.to(q.dtype), lse.float()
+
+
+def spec_backward(spec: AttentionSpec, dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                  v: torch.Tensor, inputs: Sequence[torch.Tensor], seed: torch.Tensor | None,
+                  dlse: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """(dq, dk, dv, *d_inputs of the requires-grad inputs), by autograd through
+    `spec_forward` (recomputed)."""
+    # A custom op's implementation runs below the autograd dispatch keys (they are in
+    # the thread's exclude set); lift that for this private recomputation.
+    autograd_on = torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(),
+                                                  torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU))
+    with torch.enable_grad(), autograd_on:
+        leaves = [x.detach().requires_grad_(True) for x in (q, k, v)]
+        grad_inputs = [x.detach().requires_grad_(True) if t.requires_grad else x
+                       for t, x in zip(spec.inputs, inputs)]
+        out, lse = spec_forward(spec, *leaves, grad_inputs, seed)
+        wrt = leaves + [x for t, x in zip(spec.inputs, grad_inputs) if t.requires_grad]
+        outputs, grads = [out], [dout.to(out.dtype)]
+        if dlse is not None:
+            outputs.append(lse)
+            grads.append(dlse.float())
+        got = torch.autograd.grad(outputs, wrt, grads, allow_unused=True)
+    return tuple(torch.zeros_like(w) if g is None else g.to(w.dtype) for g, w in zip(got, wrt))
+
+
+# ---- dropout: the keep mask the kernels draw, reproduced bit for bit ----------------
+#
+# Philox4x32-10 (Salmon et al., 2011) as triton.language.randint computes it: counter
+# (offset_lo, offset_hi, 0, 0), key (seed_lo, seed_hi), first output word. The element
+# (b, h, q_idx, kv_idx) of a [B, Hq, Nq, Nk] problem uses counter
+# offset + ((b·Hq + h)·Nq + q_idx)·Nk + kv_idx; it is kept iff its top 24 bits are
+# >= round(p · 2^24), so the keep probability is 1 - p up to 2^-24.
+
+_PHILOX_KEY_A, _PHILOX_KEY_B = 0x9E3779B9, 0xBB67AE85
+_PHILOX_ROUND_A, _PHILOX_ROUND_B = 0xD2511F53, 0xCD9E8D57
+_M32 = 0xFFFFFFFF
+DROPOUT_BITS = 24
+
+
+def dropout_threshold(p: float) -> int:
+    """Integer threshold on the 24-bit draw: dropped iff draw < threshold."""
+    return round(p * (1 << DROPOUT_BITS))
+
+
+def _mul_hi_lo(a: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(high, low) 32-bit words of a·b for uint32 a (int64 tensor) and uint32 b, exact in
+    int64 by splitting b into 16-bit halves."""
+    b_hi, b_lo = b >> 16, b & 0xFFFF
+    lo_part = a * b_lo  # < 2^48
+    mid = a * b_hi + (lo_part >> 16)  # < 2^49
+    high = mid >> 16
+    low = ((mid & 0xFFFF) << 16) | (lo_part & 0xFFFF)
+    return high, low
+
+
+def philox_randint(seed: int, counter: torch.Tensor) -> torch.Tensor:
+    """triton.language.randint(seed, counter) as int64 values in [0, 2^32)."""
+    seed &= (1 << 64) - 1
+    k0, k1 = seed & _M32, (seed >> 32) & _M32
+    c0, c1 = counter & _M32, (counter >> 32) & _M32
+    c2 = torch.zeros_like(c0)
+    c3 = torch.zeros_like(c0)
+    for _ in range(10):
+        hi_b, lo_b = _mul_hi_lo(c2, _PHILOX_ROUND_B)
+        hi_a, lo_a = _mul_hi_lo(c0, _PHILOX_ROUND_A)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0 = (k0 + _PHILOX_KEY_A) & _M32
+        k1 = (k1 + _PHILOX_KEY_B) & _M32
+    return c0
+
+
+def dropout_keep_mask(p: float, seed: torch.Tensor | None, shape: tuple[int, int, int, int],
+                      device: torch.device | str) -> torch.Tensor:
+    """Bool [B, Hq, Nq, Nk]: the elements of P the kernels keep for this (seed, offset)."""
+    if seed is None:
+        raise ValueError("seed is required when dropout_p > 0: an int64 tensor [2] = "
+                         "(seed, offset)")
+    seed_value, offset = (int(x) for x in seed.detach().cpu().tolist())
+    batch, heads, n_q, n_k = shape
+    counter = torch.arange(batch * heads * n_q * n_k, device=device, dtype=torch.int64)
+    counter = (counter + offset) & ((1 << 63) - 1)
+    draw = philox_randint(seed_value, counter) >> (32 - DROPOUT_BITS)
+    return (draw >= dropout_threshold(p)).reshape(shape)
