@@ -49,24 +49,47 @@ def sym(size: Size | float) -> sympy.Expr:
     return sympy.sympify(size)
 
 
-_FIELDS = ("read_bytes", "write_bytes", "flops", "transcendentals")
+# Fields that add up over the kernels of a region, and fields that are a peak over them.
+_SUMMED = ("read_bytes", "write_bytes", "flops", "transcendentals", "l2_reread_bytes")
+_PEAK = ("sram_bytes", "l2_working_set")
+_FIELDS = ("read_bytes", "write_bytes", "flops", "transcendentals")  # what evaluate() sums
+
+# How many programs of one kernel a device runs at once. The L2 working set of a tiled
+# kernel depends on it, so costs keep it as a symbol and `modelled_time` substitutes
+# the device's number (SMs times the programs whose SRAM fits on one SM).
+PROGRAMS_IN_FLIGHT = sympy.Symbol("programs_in_flight", positive=True, integer=True)
+
+# A fused multiply-add counts this many FLOPs, in every formula here and in every report.
+FLOPS_PER_FMA = 2
 
 
 @dataclasses.dataclass(frozen=True)
 class Cost:
-    """HBM bytes read and written, FLOPs and transcendentals of an op or a region.
+    """HBM bytes, FLOPs, transcendentals and on-chip footprint of an op or a region.
 
     Every field is a sympy expression in the graph's symbolic sizes (plain ints become
     sympy Integers). Costs add with `+` (also `sum(costs)`) and scale with `k * cost`.
+
+    read_bytes, write_bytes: HBM traffic. flops: a fused multiply-add counts 2.
+    transcendentals: exp, log, tanh, ... (each also 1 FLOP), priced against the SFUs.
+    sram_bytes: shared memory one program of a generated kernel holds (0 for eager ops);
+      a sum of costs keeps the largest, since kernels run one after another.
+    l2_reread_bytes: the part of read_bytes that re-reads data the same kernel read
+      before (FlashAttention's K/V after the first query block); it is served by L2
+      when l2_working_set, the bytes those re-reads keep live, fits in the device's L2.
+      l2_working_set may contain PROGRAMS_IN_FLIGHT; a sum keeps the largest.
     """
 
     read_bytes: sympy.Expr = sympy.S.Zero
     write_bytes: sympy.Expr = sympy.S.Zero
     flops: sympy.Expr = sympy.S.Zero
     transcendentals: sympy.Expr = sympy.S.Zero
+    sram_bytes: sympy.Expr = sympy.S.Zero
+    l2_reread_bytes: sympy.Expr = sympy.S.Zero
+    l2_working_set: sympy.Expr = sympy.S.Zero
 
     def __post_init__(self) -> None:
-        for name in _FIELDS:
+        for name in _SUMMED + _PEAK:
             object.__setattr__(self, name, sym(getattr(self, name)))
 
     @classmethod
@@ -80,29 +103,36 @@ class Cost:
 
     @property
     def free_symbols(self) -> set[sympy.Symbol]:
-        return set().union(*(getattr(self, name).free_symbols for name in _FIELDS))
+        """Size symbols of the fields `evaluate` reports (not PROGRAMS_IN_FLIGHT)."""
+        fields = (*_SUMMED, "sram_bytes")
+        return set().union(*(getattr(self, name).free_symbols for name in fields))
 
     def __add__(self, other: Cost) -> Cost:
         if isinstance(other, int) and other == 0:  # lets sum() start from 0
             return self
         if not isinstance(other, Cost):
             return NotImplemented
-        return Cost(*(getattr(self, n) + getattr(other, n) for n in _FIELDS))
+        summed = {n: getattr(self, n) + getattr(other, n) for n in _SUMMED}
+        peaks = {n: _peak(getattr(self, n), getattr(other, n)) for n in _PEAK}
+        return Cost(**summed, **peaks)
 
     __radd__ = __add__
 
     def __mul__(self, factor: Size) -> Cost:
+        """`factor` runs of the same kernels: traffic and work scale, footprints do not."""
         k = sym(factor)
-        return Cost(*(k * getattr(self, n) for n in _FIELDS))
+        summed = {n: k * getattr(self, n) for n in _SUMMED}
+        return Cost(**summed, **{n: getattr(self, n) for n in _PEAK})
 
     __rmul__ = __mul__
 
     def subs(self, hints: Hints) -> Cost:
         """The same cost with symbols replaced by `hints` (keys: Symbols or their names)."""
-        return Cost(*(_subs(getattr(self, n), hints) for n in _FIELDS))
+        return Cost(**{n: _subs(getattr(self, n), hints) for n in _SUMMED + _PEAK})
 
     def evaluate(self, hints: Hints | None = None) -> dict[str, int]:
-        """Numbers for every field and `hbm_bytes`; raises if a symbol has no hint."""
+        """Numbers for every summed field, `hbm_bytes` and `sram_bytes`; raises if a size
+        symbol has no hint. (l2_working_set needs a device: see `ceilings`.)"""
         concrete = self.subs(hints or {})
         missing = concrete.free_symbols
         if missing:
@@ -110,7 +140,31 @@ class Cost:
             raise ValueError(f"cost depends on {names} with no hint; pass hints={{name: size}}")
         values = {n: _to_int(getattr(concrete, n)) for n in _FIELDS}
         values["hbm_bytes"] = values["read_bytes"] + values["write_bytes"]
+        values["sram_bytes"] = _to_int(concrete.sram_bytes)
+        values["l2_reread_bytes"] = _to_int(concrete.l2_reread_bytes)
         return values
+
+    def formulas(self, hints: Hints | None = None) -> dict[str, tuple[str, int | None]]:
+        """Each field as printable text beside its value at `hints` (None when a symbol
+        has no hint): {"hbm_bytes": ("4*B*H*N*d*2", 1048576), ...}."""
+        fields = {n: getattr(self, n) for n in (*_FIELDS, "sram_bytes", "l2_reread_bytes")}
+        fields["hbm_bytes"] = self.hbm_bytes
+        out: dict[str, tuple[str, int | None]] = {}
+        for name, expr in fields.items():
+            # simplify is slow on floor/ceiling/Min chains and gains nothing there
+            rounded = expr.has(sympy.floor, sympy.ceiling, sympy.Min, sympy.Max)
+            simple = sympy.factor_terms(expr if rounded else sympy.simplify(expr))
+            value = _subs(expr, hints or {})
+            out[name] = (str(simple), _to_int(value) if not value.free_symbols else None)
+        return out
+
+
+def _peak(a: sympy.Expr, b: sympy.Expr) -> sympy.Expr:
+    if a == 0:
+        return b
+    if b == 0 or a == b:
+        return a
+    return sympy.Max(a, b)
 
 
 def _subs(expr: sympy.Expr, hints: Hints) -> sympy.Expr:

@@ -12,6 +12,11 @@ Units: FLOP/s, bytes/s, bytes; registers are counted as 32-bit registers.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -42,6 +47,9 @@ class DeviceProfile:
     transcendentals_per_s: special-function unit rate (exp, log, rsqrt, ...), ops/s.
     measured_peak_flops / measured_hbm_bandwidth / measured_l2_bytes: what this team saw
       on such a machine (empty / None where nobody measured); preferred by the model.
+    l2_bandwidth: bytes/s L2 can serve to the SMs. Vendors publish none, so it is None
+      until measured (`ioaware calibrate`); with None the model prices L2 hits as free,
+      which keeps modelled time a floor.
     """
 
     name: str
@@ -57,6 +65,7 @@ class DeviceProfile:
     measured_peak_flops: dict[str, float] = dataclasses.field(default_factory=dict, hash=False)
     measured_hbm_bandwidth: float | None = None
     measured_l2_bytes: int | None = None
+    l2_bandwidth: float | None = None
     note: str = ""
 
     def peak_flops_for(self, dtype: str | torch.dtype) -> float:
@@ -80,6 +89,43 @@ class DeviceProfile:
     def l2(self) -> int:
         """L2 bytes as the device reports it where measured, else the datasheet's."""
         return self.measured_l2_bytes or self.l2_bytes
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data for a JSON file; `DeviceProfile.from_json` reads it back."""
+        return {"format": PROFILE_FORMAT, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = "profile") -> DeviceProfile:
+        """A profile from `to_json`'s data; a ValueError names `source` and the fault."""
+        if not isinstance(data, dict):  # bad file content, not a caller's type mistake
+            raise ValueError(  # noqa: TRY004
+                f"{source}: expected a JSON object, got {type(data).__name__}"
+            )
+        if data.get("format", PROFILE_FORMAT) != PROFILE_FORMAT:
+            raise ValueError(f"{source}: format {data['format']!r} is not {PROFILE_FORMAT}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields) - {"format"})
+        if unknown:
+            raise ValueError(f"{source}: unknown fields {unknown}; expected {sorted(fields)}")
+        required = [n for n, f in fields.items()
+                    if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING]
+        missing = [n for n in required if n not in data]
+        if missing:
+            raise ValueError(f"{source}: missing fields {missing}")
+        values = {n: v for n, v in data.items() if n != "format"}
+        for n in ("peak_flops", "measured_peak_flops"):
+            rates = values.get(n, {})
+            if not isinstance(rates, dict) or not all(
+                isinstance(v, (int, float)) and v > 0 for v in rates.values()
+            ):
+                raise ValueError(f"{source}: {n} must map dtype names to positive FLOP/s")
+            values[n] = {dtype_key(k): float(v) for k, v in rates.items()}
+        for n in ("hbm_bandwidth", "sram_per_sm", "num_sms", "l2_bytes", "sram_per_block",
+                  "registers_per_sm", "memory_bytes", "transcendentals_per_s"):
+            if not isinstance(values[n], (int, float)) or values[n] <= 0:
+                raise ValueError(f"{source}: {n}={values[n]!r} must be a positive number")
+        return cls(**values)
 
 
 def dtype_key(dtype: str | torch.dtype) -> str:
@@ -175,6 +221,79 @@ PROFILES: dict[str, DeviceProfile] = {
     ),
 }
 
+PROFILE_FORMAT = 1  # version of the saved-profile JSON
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+
+
+def profile_dir() -> Path:
+    """Where saved profiles live: $IOAWARE_PROFILE_DIR, else ioaware/profiles under the
+    user's config dir ($XDG_CONFIG_HOME, default ~/.config)."""
+    override = os.environ.get("IOAWARE_PROFILE_DIR")
+    if override:
+        return Path(override)
+    config_home = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(config_home) / "ioaware" / "profiles"
+
+
+def _check_name(name: Any) -> str:
+    key = str(name).strip().lower() if isinstance(name, str) else ""
+    if not _NAME.fullmatch(key):
+        raise ValueError(
+            f"name={name!r} must be a non-empty string of letters, digits, '_', '-' or '.'"
+            " starting with a letter or digit"
+        )
+    return key
+
+
+def save_profile(profile: DeviceProfile, name: str) -> Path:
+    """Write `profile` as `name` (e.g. what `ioaware calibrate` measured) into
+    `profile_dir()`, so `get_profile(name)` and `--device name` find it. Returns the file.
+
+    Built-in names are refused: they would never be found, since built-ins come first.
+    """
+    if not isinstance(profile, DeviceProfile):
+        raise TypeError(f"profile must be a DeviceProfile, got {type(profile).__name__}")
+    key = _check_name(name)
+    if key in PROFILES:
+        raise ValueError(
+            f"name={name!r} is a built-in profile; save a calibrated one under another "
+            f"name, e.g. {key + '-calibrated'!r}"
+        )
+    directory = profile_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{key}.json"
+    data = dataclasses.replace(profile, name=key).to_json()
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)  # readers never see half a file
+    return path
+
+
+def load_profile(path: str | Path) -> DeviceProfile:
+    """A profile from a JSON file `save_profile` wrote; a ValueError names what is wrong."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise ValueError(f"path={str(path)!r}: cannot read a profile: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"path={str(path)!r} is not valid JSON: {e}") from None
+    return DeviceProfile.from_json(data, source=str(path))
+
+
+def saved_profile_names() -> list[str]:
+    """Names of the profiles saved in `profile_dir()`, sorted."""
+    directory = profile_dir()
+    if not directory.is_dir():
+        return []
+    return sorted(p.stem for p in directory.glob("*.json") if _NAME.fullmatch(p.stem))
+
+
+def profile_names() -> list[str]:
+    """Every name `get_profile` accepts: the built-ins, then the saved ones."""
+    return sorted(PROFILES) + [n for n in saved_profile_names() if n not in PROFILES]
+
+
 # Substrings of torch.cuda.get_device_name() -> profile name, most specific first.
 _CUDA_NAME_MATCH = (("h200", "h200"), ("h100", "h100"), ("a100", "a100"))
 
@@ -195,6 +314,7 @@ def get_profile(name: str | DeviceProfile | None = None) -> DeviceProfile:
     None picks the profile whose name appears in the current CUDA device's name
     ("NVIDIA H100 80GB HBM3" -> "h100"); with no CUDA device, or one with no profile,
     it falls back to `ioaware.config.config.default_device`. A profile passes through.
+    Built-in names are looked up first, then profiles saved with `save_profile`.
     """
     if isinstance(name, DeviceProfile):
         return name
@@ -206,9 +326,12 @@ def get_profile(name: str | DeviceProfile | None = None) -> DeviceProfile:
         if name is None:
             argument, name = "config.default_device", config.default_device
     key = str(name).strip().lower()
-    if key not in PROFILES:
-        raise ValueError(
-            f"{argument}={name!r} is not a known device profile; "
-            f"valid names: {sorted(PROFILES)}"
-        )
-    return PROFILES[key]
+    if key in PROFILES:
+        return PROFILES[key]
+    if _NAME.fullmatch(key) and (profile_dir() / f"{key}.json").is_file():
+        return load_profile(profile_dir() / f"{key}.json")
+    saved = saved_profile_names()
+    raise ValueError(
+        f"{argument}={name!r} is not a known device profile; "
+        f"valid names: {sorted(PROFILES)}" + (f", saved: {saved}" if saved else "")
+    )

@@ -1,10 +1,30 @@
 """Device profiles: names, the measured-over-datasheet rule, and picking the current one."""
 
+import dataclasses
+import json
+
 import pytest
 import torch
 
 from ioaware.config import config
-from ioaware.hardware import PROFILES, DeviceProfile, dtype_key, get_profile
+from ioaware.hardware import (
+    PROFILES,
+    DeviceProfile,
+    dtype_key,
+    get_profile,
+    load_profile,
+    profile_dir,
+    profile_names,
+    save_profile,
+    saved_profile_names,
+)
+
+
+@pytest.fixture
+def profiles_in(tmp_path, monkeypatch):
+    """Saved profiles go to a fresh directory, never the user's."""
+    monkeypatch.setenv("IOAWARE_PROFILE_DIR", str(tmp_path / "profiles"))
+    return tmp_path / "profiles"
 
 
 def test_every_profile_is_named_by_its_key_and_hashable():
@@ -19,7 +39,7 @@ def test_names_are_case_insensitive_and_profiles_pass_through():
     assert get_profile(PROFILES["a100"]) is PROFILES["a100"]
 
 
-def test_bad_name_says_which_argument_and_the_valid_names():
+def test_bad_name_says_which_argument_and_the_valid_names(profiles_in):
     with pytest.raises(ValueError, match=r"name='tpu'.*\['a100', 'cpu', 'h100', 'h200'\]"):
         get_profile("tpu")
 
@@ -67,3 +87,67 @@ def test_hopper_sram_and_sm_counts():
     h100 = PROFILES["h100"]
     assert (h100.num_sms, h100.sram_per_sm, h100.sram_per_block) == (132, 228 * 1024, 227 * 1024)
     assert isinstance(h100, DeviceProfile)
+
+
+def test_every_profile_has_an_l2_and_sram_that_the_tiles_can_use():
+    for profile in PROFILES.values():
+        assert profile.l2 > profile.sram_per_sm * profile.num_sms / 100  # sane magnitudes
+        assert 0 < profile.sram_per_block <= profile.sram_per_sm
+        assert profile.l2_bandwidth is None  # nobody has measured one yet
+
+
+def test_a_calibrated_profile_round_trips_through_its_file(profiles_in):
+    measured = dataclasses.replace(
+        PROFILES["h100"], name="ignored", measured_peak_flops={"bf16": 700e12},
+        measured_hbm_bandwidth=2.9e12, l2_bandwidth=7.0e12, note="calibrated",
+    )
+    path = save_profile(measured, "H100-Lab")
+    assert path == profiles_in / "h100-lab.json" and path.is_file()
+    assert profile_dir() == profiles_in
+    loaded = get_profile("h100-lab")
+    # the name is the saved one; short dtype names are stored as the model's keys
+    assert loaded == dataclasses.replace(measured, name="h100-lab",
+                                         measured_peak_flops={"bfloat16": 700e12})
+    assert loaded.peak_flops_for("bf16") == 700e12 and loaded.l2_bandwidth == 7.0e12
+    assert load_profile(path) == loaded
+    assert saved_profile_names() == ["h100-lab"]
+    assert profile_names() == ["a100", "cpu", "h100", "h200", "h100-lab"]
+
+
+def test_saved_profiles_come_after_the_builtins_and_name_themselves_in_errors(profiles_in):
+    with pytest.raises(ValueError, match=r"name='h100' is a built-in.*'h100-calibrated'"):
+        save_profile(PROFILES["a100"], "h100")
+    with pytest.raises(ValueError, match=r"name='../etc' must be"):
+        save_profile(PROFILES["a100"], "../etc")
+    with pytest.raises(ValueError, match=r"name='' must be"):
+        save_profile(PROFILES["a100"], "")
+    with pytest.raises(TypeError, match="profile must be a DeviceProfile, got dict"):
+        save_profile({}, "x")
+    save_profile(PROFILES["a100"], "lab")
+    with pytest.raises(ValueError, match=r"name='tpu'.*saved: \['lab'\]"):
+        get_profile("tpu")
+
+
+def test_a_bad_profile_file_is_a_clear_error(profiles_in):
+    profiles_in.mkdir(parents=True)
+    (profiles_in / "broken.json").write_text("{not json")
+    with pytest.raises(ValueError, match="broken.json' is not valid JSON"):
+        get_profile("broken")
+    good = PROFILES["h100"].to_json()
+    for change, message in (
+        ({"hbm_bandwidth": -1}, "hbm_bandwidth=-1 must be a positive number"),
+        ({"warp_size": 32}, r"unknown fields \['warp_size'\]"),
+        ({"peak_flops": {"bfloat16": "fast"}}, "peak_flops must map dtype names"),
+        ({"format": 99}, "format 99 is not 1"),
+    ):
+        (profiles_in / "bad.json").write_text(json.dumps({**good, **change}))
+        with pytest.raises(ValueError, match=message):
+            get_profile("bad")
+    (profiles_in / "short.json").write_text(json.dumps({"name": "short"}))
+    with pytest.raises(ValueError, match=r"missing fields \['peak_flops'"):
+        get_profile("short")
+    (profiles_in / "list.json").write_text("[]")
+    with pytest.raises(ValueError, match="expected a JSON object, got list"):
+        get_profile("list")
+    with pytest.raises(ValueError, match="cannot read a profile"):
+        load_profile(profiles_in / "absent.json")
