@@ -1,0 +1,358 @@
+"""Render the Triton source of the fused selective-scan forward for a ScanSpec.
+
+`render_forward(spec)` returns the text of a Python module holding one `@triton.jit`
+kernel, its tiling configs and a launcher
+`forward(u, delta, A, B, C, D, z, delta_bias, h0, y, h_last)`.
+
+Algorithm (Mamba, Gu & Dao 2023, §3.3 "hardware-aware scan"), one program per
+(channel block of BLOCK_D channels, batch index); L walked in chunks of BLOCK_L steps:
+
+    h = h0 or 0                                         [BLOCK_D, N]     fp32 registers
+    for each chunk:
+        dt    = softplus?(delta + delta_bias)           [BLOCK_D, BLOCK_L]
+        a     = exp2(dt · A · log2 e)                   [BLOCK_D, N, BLOCK_L]  (never stored)
+        x     = dt · u · B                              [BLOCK_D, N, BLOCK_L]
+        (P, S) = associative_scan((a, x), combine)      (a1, x1)∘(a2, x2) = (a1 a2, a2 x1 + x2)
+        h_t   = P_t · h + S_t                           the chunk's states, state carried in
+        y     = Σ_n C · h_t + D · u;  y ·= silu(z)      [BLOCK_D, BLOCK_L]  -> HBM
+        h     = h_{last step of the chunk}
+    h_last = h
+
+Steps past L load dt = 0, u = 0, so a = 1 and x = 0: the tail of the last chunk leaves
+the state unchanged and no mask is needed in the scan itself.
+
+HBM traffic per (batch, channel), elements: read u, delta, z: 3L; write y: L;
+read B, C: 2·L·N per group, shared by the Dc/G channels of the group (L2 serves them
+to every channel block after the first); A, D, delta_bias, h0: O(N) per channel.
+The unfused chain writes and reads back a, x and h: 6·L·N more per channel.
+
+Tile order is [BLOCK_D, N, BLOCK_L]: L is the fastest axis, as in memory for u, delta,
+z and y, so their loads vectorise along L and each thread holds consecutive steps,
+which the scan combines sequentially in registers before it crosses lanes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import string
+
+from ioaware.spec import ScanSpec
+
+# Tiles under the Triton interpreter: small, so chunk boundaries, partial channel
+# blocks and partial groups are all exercised by small tests.
+INTERPRET_BLOCK_D = 2
+INTERPRET_BLOCK_L = 8
+
+# A config keeps its live [BLOCK_D, N, BLOCK_L] fp32 tiles (a, x, their scan, C) within
+# this many elements per thread, so the scan tile stays in registers without spilling.
+MAX_TILE_PER_THREAD = 32
+
+# Autotune only where a launch is long enough for the choice to matter.
+TUNE_MIN_STEPS = 256 * 1024  # Bt·Dc·L
+
+
+def padded_state(n: int) -> int:
+    """d_state rounded up to a power of two (tl.arange needs it); padded lanes load
+    A = B = C = 0: a = 1, x = 0, no contribution to y."""
+    return 1 << (n - 1).bit_length() if n > 1 else 1
+
+
+def tile_configs(spec: ScanSpec) -> list[tuple[int, int, int]]:
+    """(BLOCK_D, BLOCK_L, num_warps) candidates for autotuning on a GPU.
+
+    For the issue's shape (Bt=4, Dc=1536, N=16) BLOCK_D=4 gives 1536 programs, about
+    12 per SM of an H100: enough to hide load latency behind other programs' scans.
+    Larger BLOCK_L means fewer chunk-carry steps and longer in-thread runs of the scan.
+    """
+    n_pad = padded_state(spec.d_state)
+    candidates = [
+        (4, 64, 4), (8, 32, 4), (2, 128, 4), (4, 128, 8), (8, 64, 8), (16, 32, 8),
+        (2, 64, 4), (1, 128, 4), (1, 64, 4), (1, 32, 4), (1, 16, 4),
+    ]
+    fits = [c for c in candidates
+            if c[0] * n_pad * c[1] <= MAX_TILE_PER_THREAD * 32 * c[2]]
+    return fits or [default_config(spec)]
+
+
+def default_config(spec: ScanSpec) -> tuple[int, int, int]:
+    """The first candidate that fits, for short launches and as the fallback."""
+    n_pad = padded_state(spec.d_state)
+    for block_d, block_l, warps in ((4, 64, 4), (2, 64, 4), (1, 64, 4), (1, 32, 4)):
+        if block_d * n_pad * block_l <= MAX_TILE_PER_THREAD * 32 * warps:
+            return block_d, block_l, warps
+    return 1, 16, 4
+
+
+def spec_constants(spec: ScanSpec) -> dict[str, str]:
+    """Substitutions shared by the forward and backward templates."""
+    values = {
+        "spec_fields": "".join(f"\n    {f.name}={getattr(spec, f.name)!r},"
+                               for f in dataclasses.fields(spec)),
+        "d_state": str(spec.d_state),
+        "n_pad": str(padded_state(spec.d_state)),
+        "has_d": str(spec.has_D),
+        "has_z": str(spec.has_z),
+        "has_delta_bias": str(spec.has_delta_bias),
+        "delta_softplus": str(spec.delta_softplus),
+        "has_h0": str(spec.has_h0),
+    }
+    values["spec_header"] = _SPEC_HEADER.substitute(values)
+    return values
+
+
+_SPEC_HEADER = string.Template("""\
+# ---- the Spec, baked in: a different Spec is a different module --------------------
+D_STATE = tl.constexpr(${d_state})
+N_PAD = tl.constexpr(${n_pad})  # power of two >= D_STATE; padded lanes: a = 1, x = 0
+HAS_D = tl.constexpr(${has_d})
+HAS_Z = tl.constexpr(${has_z})
+HAS_DELTA_BIAS = tl.constexpr(${has_delta_bias})
+DELTA_SOFTPLUS = tl.constexpr(${delta_softplus})
+HAS_H0 = tl.constexpr(${has_h0})
+LOG2E = tl.constexpr(1.4426950408889634)""")
+
+
+_SUM_COMPILED = """\
+@triton.jit
+def _sum(x, AXIS: tl.constexpr):
+    return tl.sum(x, AXIS)"""
+
+# tl.sum is a @triton.jit function, compiled-only when triton was imported without
+# TRITON_INTERPRET; the interpreter runs tl.reduce with its combine natively.
+_SUM_INTERPRETED = """\
+@triton.jit
+def _sum(x, AXIS: tl.constexpr):
+    return tl.reduce(x, AXIS, tl.standard._sum_combine)"""
+
+
+# Shared by the forward and backward modules.
+_SCAN_PRIMITIVES = '''\
+@triton.jit
+def _combine(a1, x1, a2, x2):
+    """(a1, x1) then (a2, x2): h -> a2 (a1 h + x1) + x2."""
+    return a1 * a2, a2 * x1 + x2
+
+
+@triton.jit
+def _softplus(x):
+    """F.softplus with threshold 20; log1p(e) as e - e²/2 where log(1 + e) loses e."""
+    e = tl.math.exp(tl.minimum(x, 20.0))
+    log1p = tl.where(e < 1e-4, e * (1.0 - 0.5 * e), tl.math.log(1.0 + e))
+    return tl.where(x > 20.0, x, log1p)
+
+
+@triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.math.exp(-x))
+
+
+@triton.jit
+def _load_dt(Delta, DeltaBias, offs_d, d_ok, offs_l, l_ok, stride_dd, stride_dl):
+    """(pre, dt): delta + delta_bias and its softplus, fp32 [BLOCK_D, BLOCK_L];
+    steps past L give dt = 0 (a = 1: the state passes through unchanged)."""
+    ok = d_ok[:, None] & l_ok[None, :]
+    pre = tl.load(Delta + offs_d[:, None] * stride_dd + offs_l[None, :] * stride_dl,
+                  mask=ok, other=0.0).to(tl.float32)
+    if HAS_DELTA_BIAS:
+        pre += tl.load(DeltaBias + offs_d, mask=d_ok, other=0.0).to(tl.float32)[:, None]
+    if DELTA_SOFTPLUS:
+        dt = _softplus(pre)
+    else:
+        dt = pre
+    return pre, tl.where(ok, dt, 0.0)
+
+
+@triton.jit
+def _load_bc(Ptr, offs_d, d_ok, offs_n, offs_l, l_ok, n_ok, stride_g, stride_l, stride_n,
+             CPG: tl.constexpr, BLOCK_D: tl.constexpr):
+    """B or C of the chunk, fp32, as [1, N, BLOCK_L] when the whole channel block reads
+    one group (loaded once, broadcast over channels) or [BLOCK_D, N, BLOCK_L]."""
+    nl = offs_n[:, None] * stride_n + offs_l[None, :] * stride_l
+    nl_ok = n_ok[:, None] & l_ok[None, :]
+    if CPG % BLOCK_D == 0:
+        g = (tl.program_id(0) * BLOCK_D // CPG).to(tl.int64)
+        tile = tl.load(Ptr + g * stride_g + nl, mask=nl_ok, other=0.0).to(tl.float32)
+        tile = tile[None, :, :]
+    else:
+        g = (offs_d // CPG).to(tl.int64)
+        tile = tl.load(Ptr + g[:, None, None] * stride_g + nl[None, :, :],
+                       mask=d_ok[:, None, None] & nl_ok[None, :, :],
+                       other=0.0).to(tl.float32)
+    return tile
+
+
+@triton.jit
+def _last_step(x, offs_in_chunk, BLOCK_L: tl.constexpr):
+    """x[:, :, BLOCK_L - 1] of a [BLOCK_D, N, BLOCK_L] tile, as [BLOCK_D, N]."""
+    return _sum(tl.where(offs_in_chunk[None, None, :] == BLOCK_L - 1, x, 0.0), 2)
+
+
+@triton.jit
+def _first_step(x, offs_in_chunk):
+    """x[:, :, 0] of a [BLOCK_D, N, BLOCK_L] tile, as [BLOCK_D, N]."""
+    return _sum(tl.where(offs_in_chunk[None, None, :] == 0, x, 0.0), 2)'''
+
+
+def primitives(interpret: bool) -> str:
+    """Source of `_sum` and the scan helpers shared by the forward and backward."""
+    return (_SUM_INTERPRETED if interpret else _SUM_COMPILED) + "\n\n\n" + _SCAN_PRIMITIVES
+
+
+def format_configs(configs: list[tuple[int, ...]]) -> str:
+    if not configs:
+        return "[]"
+    return "[\n" + "".join(f"    {c!r},\n" for c in configs) + "]"
+
+
+_FORWARD_TEMPLATE = string.Template('''\
+"""Generated by ioaware.codegen.scan_fwd. Do not edit.
+
+ScanSpec(${spec_fields})
+"""
+
+import triton
+import triton.language as tl
+
+${spec_header}
+
+INTERPRET = ${interpret}
+DEFAULT_CONFIG = ${default_config}  # (BLOCK_D, BLOCK_L, num_warps)
+TUNE_CONFIGS = ${tune_configs}
+TUNE_MIN_STEPS = ${tune_min_steps}
+MAX_GRID_Y = 65535
+
+
+${primitives}
+
+
+@triton.jit
+def _selective_scan_fwd(
+    U, Delta, A, B, C, Dskip, Z, DeltaBias, H0, Y, HLast,
+    stride_ub, stride_ud, stride_ul,
+    stride_db, stride_dd, stride_dl,
+    stride_ad, stride_an,
+    stride_bb, stride_bg, stride_bl, stride_bn,
+    stride_cb, stride_cg, stride_cl, stride_cn,
+    stride_zb, stride_zd, stride_zl,
+    stride_hb, stride_hd, stride_hn,
+    DC, L, L_BUCKET, CPG: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    """One program per (channel block, batch). y: [Bt, Dc, L] and h_last: [Bt, Dc, N]
+    contiguous. IO of one program: read BLOCK_D·L of u, delta (z), N·L of B and C;
+    write BLOCK_D·L of y and BLOCK_D·N fp32 of h_last. No [·, N, L] tile leaves registers.
+    """
+    pid_d = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_ok = offs_d < DC
+    offs_n = tl.arange(0, N_PAD)
+    n_ok = offs_n < D_STATE
+    offs_c = tl.arange(0, BLOCK_L)
+    dn_ok = d_ok[:, None] & n_ok[None, :]
+
+    # A · log2(e), so the decay is one exp2 (a single MUFU instruction) per element.
+    a_log2 = tl.load(A + offs_d[:, None] * stride_ad + offs_n[None, :] * stride_an,
+                     mask=dn_ok, other=0.0).to(tl.float32) * LOG2E
+    if HAS_H0:
+        h = tl.load(H0 + b * stride_hb + offs_d[:, None] * stride_hd
+                    + offs_n[None, :] * stride_hn, mask=dn_ok, other=0.0).to(tl.float32)
+    else:
+        h = tl.full([BLOCK_D, N_PAD], 0.0, dtype=tl.float32)  # tl.zeros: compiled-only
+    if HAS_D:
+        d_skip = tl.load(Dskip + offs_d, mask=d_ok, other=0.0).to(tl.float32)
+
+    U += b * stride_ub
+    Delta += b * stride_db
+    B += b * stride_bb
+    C += b * stride_cb
+    Z += b * stride_zb
+    Y += b * DC * L
+    for start in range(0, L, BLOCK_L):
+        offs_l = start + offs_c
+        l_ok = offs_l < L
+        ok = d_ok[:, None] & l_ok[None, :]
+        u = tl.load(U + offs_d[:, None] * stride_ud + offs_l[None, :] * stride_ul,
+                    mask=ok, other=0.0).to(tl.float32)
+        _, dt = _load_dt(Delta, DeltaBias, offs_d, d_ok, offs_l, l_ok, stride_dd, stride_dl)
+        b_tile = _load_bc(B, offs_d, d_ok, offs_n, offs_l, l_ok, n_ok, stride_bg, stride_bl,
+                          stride_bn, CPG, BLOCK_D)
+        # Discretise in registers (zero-order hold on A, Euler on B, as Mamba does).
+        decay = tl.math.exp2(dt[:, None, :] * a_log2[:, :, None])  # [BLOCK_D, N, BLOCK_L]
+        x = (dt * u)[:, None, :] * b_tile
+        p, s = tl.associative_scan((decay, x), 2, _combine)
+        hs = p * h[:, :, None] + s  # h_t for every step of the chunk
+        c_tile = _load_bc(C, offs_d, d_ok, offs_n, offs_l, l_ok, n_ok, stride_cg, stride_cl,
+                          stride_cn, CPG, BLOCK_D)
+        y = _sum(hs * c_tile, 1)  # [BLOCK_D, BLOCK_L]
+        h = _last_step(hs, offs_c, BLOCK_L)
+        if HAS_D:
+            y += d_skip[:, None] * u
+        if HAS_Z:
+            zz = tl.load(Z + offs_d[:, None] * stride_zd + offs_l[None, :] * stride_zl,
+                         mask=ok, other=0.0).to(tl.float32)
+            y *= zz * _sigmoid(zz)
+        tl.store(Y + offs_d[:, None] * L + offs_l[None, :], y.to(Y.dtype.element_ty), mask=ok)
+    tl.store(HLast + b * DC * D_STATE + offs_d[:, None] * D_STATE + offs_n[None, :], h,
+             mask=dn_ok)
+
+
+if INTERPRET or not TUNE_CONFIGS:
+    _selective_scan_fwd_tuned = None
+else:
+    _selective_scan_fwd_tuned = triton.autotune(
+        configs=[triton.Config({"BLOCK_D": bd, "BLOCK_L": bl}, num_warps=w)
+                 for bd, bl, w in TUNE_CONFIGS],
+        key=["DC", "L_BUCKET", "CPG"],
+    )(_selective_scan_fwd)
+
+
+def forward(u, delta, A, B, C, D, z, delta_bias, h0, y, h_last):
+    """Launch. u, delta (z): [Bt, Dc, L], A: [Dc, N], B, C: [Bt, G, L, N], any strides;
+    y: [Bt, Dc, L] and h_last: [Bt, Dc, N] fp32 contiguous. L >= 1. Absent optional
+    inputs are None."""
+    batch, channels, length = u.shape
+    cpg = channels // B.shape[1]
+    z_ = z if z is not None else u
+    h0_ = h0 if h0 is not None else h_last
+    for lo in range(0, batch, MAX_GRID_Y):
+        hi = min(lo + MAX_GRID_Y, batch)
+        args = (u[lo:hi], delta[lo:hi], A, B[lo:hi], C[lo:hi],
+                D if D is not None else A, z_[lo:hi],
+                delta_bias if delta_bias is not None else A, h0_[lo:hi], y[lo:hi],
+                h_last[lo:hi],
+                *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(),
+                *z_.stride(), *h0_.stride(),
+                channels, length, triton.next_power_of_2(length), cpg)
+
+        def grid(meta, n=hi - lo):
+            return (triton.cdiv(channels, meta["BLOCK_D"]), n)
+
+        if _selective_scan_fwd_tuned is not None and batch * channels * length >= TUNE_MIN_STEPS:
+            _selective_scan_fwd_tuned[grid](*args)
+        else:
+            bd, bl, warps = DEFAULT_CONFIG
+            _selective_scan_fwd[grid](*args, BLOCK_D=bd, BLOCK_L=bl, num_warps=warps)
+''')
+
+
+def render_forward(spec: ScanSpec, *, interpret: bool = False) -> str:
+    """Python source of the selective-scan forward module for `spec`.
+
+    interpret=True renders fixed small tiles and no autotuner (Triton's interpreter).
+    """
+    if spec.kind != "selective":
+        raise ValueError(f"spec.kind={spec.kind!r}: scan_fwd renders kind 'selective'")
+    if interpret:
+        default: tuple[int, int, int] = (INTERPRET_BLOCK_D, INTERPRET_BLOCK_L, 4)
+        configs: list[tuple[int, int, int]] = []
+    else:
+        default, configs = default_config(spec), tile_configs(spec)
+    return _FORWARD_TEMPLATE.substitute(
+        spec_constants(spec),
+        primitives=primitives(interpret),
+        interpret=str(interpret),
+        default_config=repr(default),
+        tune_configs=format_configs(configs),
+        tune_min_steps=str(TUNE_MIN_STEPS),
+    )
