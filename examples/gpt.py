@@ -74,11 +74,17 @@ class GPT(nn.Module):
         return self.head(self.ln_f(x))
 
 
-def make(batch: int = 2, seq: int = 64, vocab: int = 256) -> tuple[nn.Module, tuple]:
-    """(model, (token_ids,)) with fixed random weights and tokens."""
+def make(batch: int = 2, seq_len: int = 64, dtype: torch.dtype = torch.float32,
+         device: str | torch.device = "cpu", vocab: int = 256) -> tuple[nn.Module, tuple]:
+    """(model, (token_ids,)) with fixed random weights and tokens: ids [batch, seq_len].
+
+    The position table has seq_len rows, so any seq_len works (`ioaware report gpt
+    --seq-len 32768` builds it on the meta device, where it costs nothing).
+    """
     torch.manual_seed(0)
-    model = GPT(vocab=vocab, max_seq=seq)
-    tokens = torch.randint(0, vocab, (batch, seq))
+    with torch.device(device):
+        model = GPT(vocab=vocab, max_seq=seq_len).to(dtype)
+        tokens = torch.randint(0, vocab, (batch, seq_len))
     return model, (tokens,)
 
 

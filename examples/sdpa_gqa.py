@@ -57,11 +57,13 @@ class GQABlock(nn.Module):
         return x + self.w_down(F.silu(self.w_gate(h)) * self.w_up(h))
 
 
-def make(batch: int = 2, seq: int = 64, d_model: int = 64) -> tuple[nn.Module, tuple]:
-    """(block, (x,)) with fixed random weights and input."""
+def make(batch: int = 2, seq_len: int = 64, dtype: torch.dtype = torch.float32,
+         device: str | torch.device = "cpu", d_model: int = 64) -> tuple[nn.Module, tuple]:
+    """(block, (x,)) with fixed random weights and input x [batch, seq_len, d_model]."""
     torch.manual_seed(0)
-    model = GQABlock(d_model=d_model)
-    x = torch.randn(batch, seq, d_model)
+    with torch.device(device):
+        model = GQABlock(d_model=d_model).to(dtype)
+        x = torch.randn(batch, seq_len, d_model, dtype=dtype)
     return model, (x,)
 
 
