@@ -789,7 +789,7 @@ def _block_density(block_density: float | sympy.Expr) -> sympy.Expr:
 def flash_attention_cost(
     B: Size, Hq: Size, Hkv: Size, Nq: Size, Nk: Size, D: Size, Dv: Size, itemsize: int,
     causal: bool, block_m: int = DEFAULT_BLOCK_M, block_n: int = DEFAULT_BLOCK_N,
-    block_density: float | sympy.Expr = 1.0,
+    block_density: float | sympy.Expr = 1.0, num_stages: int = 2,
 ) -> Cost:
     """FlashAttention forward: one program per (batch, query head, query block).
 
@@ -800,8 +800,8 @@ def flash_attention_cost(
     Non-causal: R = T·Nk (every query block reads all of K and V: FlashAttention's
     Θ(N²·d / block_m), i.e. Θ(N²d²/M) with the real tile). Causal: R counts whole key
     blocks up to each diagonal (`causal_forward_blocks`), about half.
-    Heads of a GQA group each stream their own copy of K/V (no L2 reuse is modelled), so
-    Hkv is only checked here.
+    Heads of a GQA group each stream their own copy of K/V (reuse between them is left
+    to L2, below), so Hkv is only checked here.
 
     FLOPs: 2·(D + Dv) per computed score pair (QKᵀ and PV; 4·Nq·Nk·D when Dv = D), over
     Nq·Nk pairs, or for causal the pairs of every visited block. Softmax's few FLOPs per
@@ -811,6 +811,12 @@ def flash_attention_cost(
     Block-sparse: `block_density` is the fraction of the blocks above (all of them, or
     those up to the diagonal for causal) that the kernel visits; key rows loaded and
     score pairs computed both scale by it, Q, O and lse do not.
+
+    On chip, per program (`attention_forward_sram_bytes`): the Q tile and `num_stages`
+    K/V tiles, it·(block_m·d + num_stages·block_n·(d + dv)) at padded head dims.
+    L2: every K/V row past the first read of it is a re-read,
+        l2_reread_bytes = B·Hq·max(0, R - Nk)·(D + Dv)·it        ((T - 1)·Nk rows dense)
+    served by L2 while what they re-read stays there (`_kv_working_set`).
     """
     B, Hq, Hkv, Nq, Nk, D, Dv = (sym(x) for x in (B, Hq, Hkv, Nq, Nk, D, Dv))
     _check_heads(Hq, Hkv)
@@ -823,18 +829,68 @@ def flash_attention_cost(
         key_rows, pairs = _ceil_div(Nq, block_m) * Nk, Nq * Nk
     key_rows, pairs = density * key_rows, density * pairs
     bh = B * Hq
+    dense_rows = not causal and density == 1
+    rereads = key_rows - Nk if dense_rows else sympy.Max(0, key_rows - Nk)
     return Cost(
         read_bytes=bh * (Nq * D + key_rows * (D + Dv)) * it,
         write_bytes=bh * (Nq * Dv * it + Nq * LSE_ITEMSIZE),
         flops=bh * 2 * pairs * (D + Dv),
         transcendentals=bh * pairs,
+        sram_bytes=attention_forward_sram_bytes(block_m, block_n, num_stages, D, Dv, itemsize),
+        l2_reread_bytes=bh * rereads * (D + Dv) * it,
+        l2_working_set=_kv_working_set(
+            bh, _ceil_div(Nq, block_m), Nk * (D + Dv) * it,
+            num_stages * block_n * (D + Dv) * it,
+        ),
     )
+
+
+def _kv_working_set(
+    heads: sympy.Expr, blocks_per_head: sympy.Expr, head_bytes: sympy.Expr,
+    window_bytes: sympy.Expr,
+) -> sympy.Expr:
+    """Bytes L2 must keep for a tiled attention kernel's re-reads to hit it.
+
+    Programs start in grid order, the T blocks of one head side by side, and each
+    streams its head's K/V from the first block to the last. With P programs in flight:
+    - T <= P: a head's programs run together, in lockstep, so a K/V block one of them
+      loads is re-read by the others while it is still in flight: only the pipeline
+      windows (`window_bytes` per head) of the min(heads, ceil(P/T) + 1) heads in flight
+      are live.
+    - T > P: a head's programs run in successive waves, and each wave re-reads all of
+      the head's K/V (`head_bytes`) after the last wave streamed it; at a change of head
+      two heads are live.
+    """
+    P = PROGRAMS_IN_FLIGHT
+    lockstep = sympy.Min(heads, sympy.ceiling(P / blocks_per_head) + 1) * window_bytes
+    waves = sympy.Min(heads, 2) * head_bytes
+    return sympy.Piecewise((waves, blocks_per_head > P), (lockstep, True))
+
+
+def padded_head_dim(d: Size) -> sympy.Expr:
+    """A head dim as the kernels lay it out: the next power of two, at least 16
+    (`tl.arange` and `tl.dot` need it); a symbolic dim stays as it is."""
+    d = sym(d)
+    if not d.is_Integer:
+        return d
+    return sympy.Integer(max(16, 1 << (int(d) - 1).bit_length()))
+
+
+def attention_forward_sram_bytes(
+    block_m: int, block_n: int, num_stages: int, head_dim: Size, head_dim_v: Size,
+    itemsize: int,
+) -> sympy.Expr:
+    """Shared memory of one forward program: the Q tile and num_stages K/V tiles,
+        it·(block_m·d + num_stages·block_n·(d + dv)),  d, dv padded (`padded_head_dim`).
+    S, P and the fp32 accumulator live in registers, not here."""
+    d, dv = padded_head_dim(head_dim), padded_head_dim(head_dim_v)
+    return itemsize * (block_m * d + num_stages * block_n * (d + dv))
 
 
 def flash_attention_backward_cost(
     B: Size, Hq: Size, Hkv: Size, Nq: Size, Nk: Size, D: Size, Dv: Size, itemsize: int,
     causal: bool, block_m: int = DEFAULT_BLOCK_M, block_n: int = DEFAULT_BLOCK_N,
-    block_density: float | sympy.Expr = 1.0,
+    block_density: float | sympy.Expr = 1.0, num_stages: int = 2,
 ) -> Cost:
     """FlashAttention-2 backward as three passes (the Triton tutorial's structure).
 
@@ -855,6 +911,10 @@ def flash_attention_backward_cost(
     Dv = D, over the forward's pairs. The dQ pass's recomputation of S and dP is not
     counted, matching how backward TFLOP/s are reported. One exp per pair (P = exp(S-lse)).
     Block-sparse: R, Rq and the pairs scale by `block_density`, as in the forward.
+    On chip: the larger of the two passes' tiles, it·(d + dv)·(resident + num_stages·
+    streamed) rows (dK/dV: block_n resident, block_m streamed; dQ: the other way).
+    L2: the dQ pass re-reads K/V as the forward does, the dK/dV pass re-reads Q, dO, lse
+    and delta, Hq·max(0, Rq - Nq) rows; each head in flight keeps both live.
     """
     B, Hq, Hkv, Nq, Nk, D, Dv = (sym(x) for x in (B, Hq, Hkv, Nq, Nk, D, Dv))
     _check_heads(Hq, Hkv)
@@ -879,7 +939,22 @@ def flash_attention_backward_cost(
         write_bytes=Hq * Nq * D * it,
     )
     compute = Cost(flops=Hq * 2 * pairs * (3 * D + 2 * Dv), transcendentals=Hq * pairs)
-    return B * (preprocess + dkdv + dq + compute)
+    dense_rows = not causal and density == 1
+    kv_rereads = key_rows - Nk if dense_rows else sympy.Max(0, key_rows - Nk)
+    q_rereads = query_rows - Nq if dense_rows else sympy.Max(0, query_rows - Nq)
+    q_row_bytes = (D + Dv) * it + row_stats
+    rereads = Hq * (kv_rereads * (D + Dv) * it + q_rereads * q_row_bytes)
+    width = padded_head_dim(D) + padded_head_dim(Dv)
+    sram = itemsize * width * sympy.Max(block_n + num_stages * block_m,
+                                        block_m + num_stages * block_n)
+    working_set = sympy.Max(  # the dQ pass re-reads K/V, the dK/dV pass Q, dO, lse, delta
+        _kv_working_set(B * Hq, _ceil_div(Nq, block_m), Nk * (D + Dv) * it,
+                        num_stages * block_n * (D + Dv) * it),
+        _kv_working_set(B * Hkv, _ceil_div(Nk, block_n), Nq * q_row_bytes,
+                        num_stages * block_m * q_row_bytes),
+    )
+    on_chip = Cost(sram_bytes=sram, l2_working_set=working_set)
+    return B * (preprocess + dkdv + dq + compute + Cost(l2_reread_bytes=rereads)) + on_chip
 
 
 # --------------------------------------------------------------------------------------
@@ -995,38 +1070,83 @@ def linear_scan_cost(
 # Time on a device.
 
 
-def _times(
-    cost: Cost, profile: DeviceProfile, dtype: str | torch.dtype, hints: Hints | None
-) -> tuple[float, float, dict[str, int]]:
+# Hopper and Ampere split L2 into two partitions, and data an SM reads from the far one
+# may be kept in its near one too: only about half of L2 holds distinct lines.
+L2_USABLE_FRACTION = 0.5
+# Registers one program of a tiled kernel holds: 8 warps of 32 threads at 128 registers
+# (the fp32 accumulator and score tiles); 64 K registers per SM then fit two programs.
+REGISTERS_PER_PROGRAM = 8 * 32 * 128
+
+
+def programs_in_flight(profile: DeviceProfile, sram_bytes: int) -> int:
+    """Programs of one tiled kernel the device runs at once: each SM holds as many as
+    both its shared memory (sram_per_sm // sram_bytes) and its registers
+    (registers_per_sm // REGISTERS_PER_PROGRAM) fit, and at least one."""
+    by_sram = profile.sram_per_sm // sram_bytes if sram_bytes > 0 else 1 << 30
+    by_registers = profile.registers_per_sm // REGISTERS_PER_PROGRAM
+    return profile.num_sms * max(1, min(by_sram, by_registers))
+
+
+def l2_hits(cost: Cost, profile: DeviceProfile, hints: Hints | None = None) -> bool:
+    """Whether the cost's re-reads are served by L2: its working set, with the device's
+    programs in flight, fits in L2_USABLE_FRACTION of the profile's L2."""
     values = cost.evaluate(hints)
-    compute = max(
-        values["flops"] / profile.peak_flops_for(dtype),
-        values["transcendentals"] / profile.transcendentals_per_s,
+    if values["l2_reread_bytes"] == 0:
+        return False
+    in_flight = programs_in_flight(profile, values["sram_bytes"])
+    working_set = _subs(cost.l2_working_set, hints or {}).xreplace(
+        {PROGRAMS_IN_FLIGHT: sympy.Integer(in_flight)}
     )
-    memory = values["hbm_bytes"] / profile.bandwidth
-    return compute, memory, values
+    if working_set.free_symbols:
+        names = sorted(str(s) for s in working_set.free_symbols)
+        raise ValueError(f"L2 working set depends on {names} with no hint")
+    return _to_int(working_set) <= L2_USABLE_FRACTION * profile.l2
+
+
+def ceilings(
+    cost: Cost, profile: DeviceProfile, dtype: str | torch.dtype, hints: Hints | None = None
+) -> dict[str, float]:
+    """Seconds each ceiling alone would take; modelled time is the largest.
+
+        compute = flops / peak[dtype]               (measured peak where known)
+        sfu     = transcendentals / SFU rate
+        hbm     = (hbm_bytes - l2_reread_bytes if the re-reads hit L2) / bandwidth
+        l2      = hbm_bytes / l2_bandwidth           (0 while no L2 rate is known)
+    """
+    values = cost.evaluate(hints)
+    hbm = values["hbm_bytes"]
+    if l2_hits(cost, profile, hints):
+        hbm -= values["l2_reread_bytes"]
+    l2_rate = profile.l2_bandwidth
+    return {
+        "compute": values["flops"] / profile.peak_flops_for(dtype),
+        "sfu": values["transcendentals"] / profile.transcendentals_per_s,
+        "hbm": hbm / profile.bandwidth,
+        "l2": values["hbm_bytes"] / l2_rate if l2_rate else 0.0,
+    }
 
 
 def modelled_time(
     cost: Cost, profile: DeviceProfile, dtype: str | torch.dtype, hints: Hints | None = None
 ) -> float:
-    """Roofline floor in seconds: max(FLOPs / peak, transcendentals / SFU rate,
-    bytes / bandwidth), with the profile's measured ceilings where it has them.
+    """Roofline floor in seconds: the slowest of `ceilings` (FLOPs / peak,
+    transcendentals / SFU rate, HBM bytes that miss L2 / bandwidth, bytes / L2 rate),
+    with the profile's measured ceilings where it has them.
 
     This is a floor for the whole cost run as one kernel; a chain of separate kernels
     takes at least the sum of each one's floor, so pricing an unfused region as one sum
     understates it (which makes `rewrite_pays` conservative).
     """
-    compute, memory, _ = _times(cost, profile, dtype, hints)
-    return max(compute, memory)
+    return max(ceilings(cost, profile, dtype, hints).values())
 
 
 def bound(
     cost: Cost, profile: DeviceProfile, dtype: str | torch.dtype, hints: Hints | None = None
 ) -> str:
-    """"memory" if moving the bytes takes at least as long as the arithmetic, else "compute"."""
-    compute, memory, _ = _times(cost, profile, dtype, hints)
-    return "memory" if memory >= compute else "compute"
+    """"memory" if moving the bytes (HBM or L2) takes at least as long as the arithmetic
+    (FLOPs or SFU), else "compute"."""
+    c = ceilings(cost, profile, dtype, hints)
+    return "memory" if max(c["hbm"], c["l2"]) >= max(c["compute"], c["sfu"]) else "compute"
 
 
 def rewrite_pays(
