@@ -1,12 +1,16 @@
 """The `ioaware` command: report what the compiler does to a model, demo it, benchmark it.
 
-    ioaware report TARGET [--device h100|h200|a100|cpu] [--json]
+    ioaware report TARGET [--device h100|h200|a100|cpu|SAVED] [--dtype bf16|fp16|fp32]
+                          [--batch B] [--seq-len N] [--json [PATH]] [--html PATH]
+                          [--plot PATH] [--formulas] [--measure]
+    ioaware calibrate [--name NAME]
     ioaware demo
     ioaware bench attention [--dtype bf16] [--batch 4 --heads 16 --seqlen 4096 --head-dim 128]
                             [--causal | --no-causal] [--vs sdpa,eager,compile,flex] [--skip-slow]
 
 TARGET is `path/to/file.py:make` (`:make` may be left out) or the name of a bundled example
-(`gpt`, `sdpa_gqa`). `make()` returns (model, args) or (model, args, kwargs).
+(`gpt`, `llama`, `mamba`, `hybrid`, `sdpa_gqa`). `make()` returns (model, args) or
+(model, args, kwargs). The report's JSON keys are documented in docs/report.md.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import argparse
 import copy
 import dataclasses
 import importlib.util
+import inspect
 import json
 import sys
 import time
@@ -23,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 # Bundled examples, by name: the repository's examples/, installed as ioaware.examples.
-EXAMPLES = {"gpt": "gpt.py", "sdpa_gqa": "sdpa_gqa.py"}
+EXAMPLES = {name: f"{name}.py" for name in ("gpt", "llama", "mamba", "hybrid", "sdpa_gqa")}
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"  # a wheel install
 if not EXAMPLES_DIR.is_dir():  # a source checkout (editable install): the top-level folder
     EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 DEVICES = ("h100", "h200", "a100", "cpu")
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 # Exit status for bad input (a TARGET that cannot be loaded, no GPU for bench).
 EXIT_USAGE = 2
 
@@ -64,8 +70,14 @@ def resolve_target(target: str) -> tuple[Path, str]:
     return path, function
 
 
-def load_target(target: str) -> tuple[Any, tuple, dict]:
-    """Import TARGET's file, call its function and check it returned (model, args[, kwargs])."""
+def load_target(target: str, overrides: dict[str, Any] | None = None,
+                device: str | None = None) -> tuple[Any, tuple, dict]:
+    """Import TARGET's file, call its function and check it returned (model, args[, kwargs]).
+
+    overrides: keyword arguments for make() (batch, seq_len, dtype); a make() that does
+    not take one the user asked for is a bad TARGET. device: passed as make(device=...)
+    only if make() takes it (the report builds on "meta" this way).
+    """
     path, function = resolve_target(target)
     spec = importlib.util.spec_from_file_location(f"_ioaware_target_{path.stem}", path)
     if spec is None or spec.loader is None:
@@ -78,10 +90,39 @@ def load_target(target: str) -> tuple[Any, tuple, dict]:
     make = getattr(module, function, None)
     if not callable(make):
         raise TargetError(f"TARGET {target!r}: {path} has no function {function!r}")
+    kwargs = _make_arguments(target, make, function, overrides or {}, device)
     try:
-        made = make()
+        made = make(**kwargs)
     except Exception as error:  # noqa: BLE001 - likewise for the user's make()
         raise TargetError(f"TARGET {target!r}: {function}() raised {_one_line(error)}")
+    return _check_made(target, function, made)
+
+
+def _accepts(make: Any, name: str) -> bool:
+    try:
+        parameters = inspect.signature(make).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
+def _make_arguments(target: str, make: Any, function: str, overrides: dict[str, Any],
+                    device: str | None) -> dict[str, Any]:
+    for name in overrides:
+        if not _accepts(make, name):
+            flag = "--" + name.replace("_", "-")
+            raise TargetError(
+                f"TARGET {target!r}: {flag} needs {function}() to take a {name!r} argument; "
+                f"it does not"
+            )
+    kwargs = dict(overrides)
+    if device is not None and _accepts(make, "device"):
+        kwargs["device"] = device
+    return kwargs
+
+
+def _check_made(target: str, function: str, made: Any) -> tuple[Any, tuple, dict]:
     if not isinstance(made, tuple) or len(made) not in (2, 3):
         raise TargetError(
             f"TARGET {target!r}: {function}() returned {type(made).__name__}; expected "
@@ -107,93 +148,117 @@ def _one_line(error: BaseException) -> str:
 # --- report -----------------------------------------------------------------------------------
 
 
-def _region_dtype(rewrite: Any) -> str:
-    return str(rewrite.detail.get("dtype", "float32")).removeprefix("torch.")
+def _to_meta(model: Any, args: tuple, kwargs: dict) -> tuple[Any, tuple, dict]:
+    """The same model and inputs on the meta device: running them computes nothing."""
+    import torch
+
+    def move(value: Any) -> Any:
+        return value.to("meta") if isinstance(value, torch.Tensor) else value
+
+    if isinstance(model, torch.nn.Module):
+        model = model.to("meta")
+    return model, tuple(move(a) for a in args), {k: move(v) for k, v in kwargs.items()}
 
 
-def modelled_totals(expl: Any, device: str) -> dict[str, Any]:
-    """Bytes and FLOPs of the rewritten regions, and their modelled time on `device`.
+def _overrides(options: argparse.Namespace) -> dict[str, Any]:
+    import torch
 
-    Times are each region's roofline floor, max(FLOPs / peak, bytes / bandwidth), summed,
-    from ioaware.cost with the device's profile: the eager side with the region's own
-    FLOPs (a causal eager region computes the masked half too), the fused side with the
-    kernel's.
+    overrides: dict[str, Any] = {}
+    if options.batch is not None:
+        overrides["batch"] = options.batch
+    if options.seq_len is not None:
+        overrides["seq_len"] = options.seq_len
+    if options.dtype is not None:
+        overrides["dtype"] = getattr(torch, DTYPES[options.dtype])
+    return overrides
+
+
+def build_target_report(options: argparse.Namespace) -> Any:
+    """Load TARGET (on the meta device where it can be), capture and price it.
+
+    A model that cannot run on meta tensors (it reads a value with .item(), say) is
+    loaded again and run on its own device, at the sizes asked for.
     """
-    totals: dict[str, Any] = {
-        "hbm_bytes_before": expl.hbm_bytes_before,
-        "hbm_bytes_after": expl.hbm_bytes_after,
-        "flops": sum(r.flops for r in expl.rewrites),
-    }
-    from ioaware.cost import Cost, modelled_time
-    from ioaware.hardware import get_profile
+    from ioaware.report import build_report
 
-    profile = get_profile(device)
-    before = after = 0.0
-    for r in expl.rewrites:
-        dtype = _region_dtype(r)
-        # Only the sum of bytes read and written is kept; the model prices that sum.
-        flops_before = r.flops if r.flops_before is None else r.flops_before
-        before += modelled_time(Cost(read_bytes=r.hbm_bytes_before, flops=flops_before), profile,
-                                dtype)
-        after += modelled_time(Cost(read_bytes=r.hbm_bytes_after, flops=r.flops), profile, dtype)
-    totals["modelled_time_before_s"] = before
-    totals["modelled_time_after_s"] = after
-    return totals
-
-
-def _format_seconds(seconds: float) -> str:
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
-        if seconds >= scale:
-            return f"{seconds / scale:.2f} {unit}"
-    return f"{seconds / 1e-9:.1f} ns"
+    overrides = _overrides(options)
+    dtype = DTYPES[options.dtype] if options.dtype else "float32"
+    model, args, kwargs = load_target(options.target, overrides, device="meta")
+    try:
+        model, args, kwargs = _to_meta(model, args, kwargs)
+        return build_report(model, args, kwargs, device=options.device, dtype=dtype,
+                            target=options.target)
+    except TargetError:
+        raise
+    except Exception as error:  # noqa: BLE001 - not meta-friendly: run it for real below
+        print(f"ioaware report: the model does not run on the meta device "
+              f"({_one_line(error)}); running it on its own device", file=sys.stderr)
+    model, args, kwargs = load_target(options.target, overrides)
+    try:
+        return build_report(model, args, kwargs, device=options.device, dtype=dtype,
+                            target=options.target)
+    except Exception as error:  # noqa: BLE001 - the user's model failed: one line, no trace
+        raise TargetError(f"TARGET {options.target!r}: running the model raised "
+                          f"{_one_line(error)}") from None
 
 
-def totals_line(totals: dict[str, Any], device: str) -> str:
-    from ioaware.tables import format_bytes, format_ratio
-
-    if not totals["hbm_bytes_before"]:
-        return f"nothing rewritten, so nothing to price on {device}"
-    line = (
-        f"rewritten regions on {device}: HBM {format_bytes(totals['hbm_bytes_before'])} → "
-        f"{format_bytes(totals['hbm_bytes_after'])}"
-    )
-    before, after = totals["modelled_time_before_s"], totals["modelled_time_after_s"]
-    return (
-        f"{line}, modelled time {_format_seconds(before)} → {_format_seconds(after)}"
-        f" ({format_ratio(before, after)} less)"
-    )
-
-
-def report_json(expl: Any, device: str) -> dict[str, Any]:
-    """The report as plain data; these keys are stable for scripts to read."""
-    return {
-        "rewrites": [dataclasses.asdict(r) for r in expl.rewrites],
-        "fallbacks": [dataclasses.asdict(f) for f in expl.fallbacks],
-        "graphs": expl.graphs,
-        "device": device,
-        "totals": modelled_totals(expl, device),
-    }
-
-
-def print_report(expl: Any, device: str) -> None:
-    print(str(expl), end="")
-    print(totals_line(modelled_totals(expl, device), device))
+def _write(path: str, text: str | bytes) -> None:
+    Path(path).write_bytes(text if isinstance(text, bytes) else text.encode())
 
 
 def cmd_report(options: argparse.Namespace) -> int:
+    from ioaware import hardware
+    from ioaware.report import render_html, render_roofline, render_terminal
+
     try:
-        model, args, kwargs = load_target(options.target)
+        hardware.get_profile(options.device)
+    except ValueError as error:
+        print(f"ioaware report: --device: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        report = build_target_report(options)
     except TargetError as error:
         print(f"ioaware report: {error}", file=sys.stderr)
         return EXIT_USAGE
-    from ioaware.api import explain_on
-
-    expl = explain_on(options.device, model, *args, **kwargs)
-    if options.json:
-        # default=str: details may hold dtypes or symbolic sizes; their text is what matters.
-        print(json.dumps(report_json(expl, options.device), indent=2, default=str))
+    data = report.to_json()
+    if options.json == "-":
+        print(json.dumps(data, indent=2))
     else:
-        print_report(expl, options.device)
+        print(render_terminal(report, formulas=options.formulas), end="")
+        if options.json:
+            _write(options.json, json.dumps(data, indent=2) + "\n")
+    if options.html:
+        _write(options.html, render_html(report))
+    if options.plot:
+        try:
+            render_roofline(report, options.plot)
+        except RuntimeError as error:  # matplotlib missing
+            print(f"ioaware report: --plot: {error}", file=sys.stderr)
+            return EXIT_USAGE
+    if options.measure:
+        from ioaware.measure import measure_report
+
+        out = sys.stderr if options.json == "-" else sys.stdout
+        print(measure_report(options, report), file=out, end="")
+    return 0
+
+
+# --- calibrate ---------------------------------------------------------------------------------
+
+
+def cmd_calibrate(options: argparse.Namespace) -> int:
+    from ioaware.calibrate import CalibrationError, calibrate
+
+    try:
+        profile, path = calibrate(options.name, progress=lambda message: print(
+            f"[calibrate] {message}", file=sys.stderr, flush=True))
+    except CalibrationError as error:
+        print(f"ioaware calibrate: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    from ioaware.calibrate import describe
+
+    print(describe(profile), end="")
+    print(f"saved {path}; use it with: ioaware report TARGET --device {profile.name}")
     return 0
 
 
@@ -248,9 +313,10 @@ def cmd_demo(options: argparse.Namespace) -> int:
     print(f"backward vs eager: max |diff| = {backward_diff:.2e}  "
           f"{'pass' if backward_ok else 'FAIL'}")
     print()
-    from ioaware.api import explain_on
+    from ioaware.report import build_report, render_terminal
 
-    print_report(explain_on(options.device, model, *args), options.device)
+    print(render_terminal(build_report(*_to_meta(model, args, {}), device=options.device,
+                                       target="gpt")), end="")
     print(f"demo took {time.perf_counter() - start:.1f} s")
     return 0 if forward_ok and backward_ok else 1
 
@@ -353,17 +419,44 @@ def build_parser() -> argparse.ArgumentParser:
         "target", metavar="TARGET",
         help="path/to/file.py:make, or a bundled example: " + ", ".join(sorted(EXAMPLES)),
     )
-    report.add_argument("--device", choices=DEVICES, default=config.default_device,
-                        help="device profile to price against (default: %(default)s)")
-    report.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    report.add_argument("--device", default=config.default_device, metavar="NAME",
+                        help=f"device profile to price against: {', '.join(DEVICES)} or one "
+                        "saved by `ioaware calibrate` (default: %(default)s)")
+    report.add_argument("--dtype", choices=sorted(DTYPES),
+                        help="build the model in this dtype (make(dtype=...))")
+    report.add_argument("--batch", type=_positive_int, help="make(batch=...)")
+    report.add_argument("--seq-len", type=_positive_int,
+                        help="make(seq_len=...): e.g. 32768 for \"what at 32k?\"")
+    report.add_argument("--json", nargs="?", const="-", metavar="PATH",
+                        help="JSON (docs/report.md) to PATH, or alone: to stdout, "
+                        "instead of the tables")
+    report.add_argument("--html", metavar="PATH", help="write a self-contained HTML page")
+    report.add_argument("--plot", metavar="PATH",
+                        help="write a roofline PNG, each region before and after "
+                        "(needs matplotlib: pip install 'ioaware[plot]')")
+    report.add_argument("--formulas", action="store_true",
+                        help="also print the formulas in the size symbols (B, N)")
+    report.add_argument("--measure", action="store_true",
+                        help="on a CUDA GPU: time the kernels, read DRAM bytes with Nsight "
+                        "Compute where allowed, and print measured beside modelled")
     report.set_defaults(run=cmd_report)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="measure this GPU's matmul rate and copy bandwidth, save a profile",
+        description="Measure the CUDA GPU present (dense matmul rate per dtype, device copy "
+        "bandwidth; SM count, shared memory and L2 from its properties) and save a device "
+        "profile that `ioaware report --device NAME` can use. Needs a CUDA GPU.",
+    )
+    calibrate.add_argument("--name", default=None,
+                           help="profile name (default: the GPU's name + '-calibrated')")
+    calibrate.set_defaults(run=cmd_calibrate)
 
     demo = commands.add_parser(
         "demo", help="compile the bundled GPT, check it against eager, show the report",
         description="Compile the bundled GPT example, run forward and backward once, "
         "check both against eager, then print the explanation and the IO report.",
     )
-    demo.add_argument("--device", choices=DEVICES, default=config.default_device,
+    demo.add_argument("--device", default=config.default_device, metavar="NAME",
                       help="device profile for the report (default: %(default)s)")
     demo.set_defaults(run=cmd_demo)
 

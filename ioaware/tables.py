@@ -142,3 +142,131 @@ def render_explanation(expl: Explanation, *, width: int = 120,
         parts.append(fallbacks_table(expl))
     parts.append(summary_line(expl))
     return render(parts, width=width, color=color)
+
+
+# --- the IO report (ioaware.report) -------------------------------------------------------
+
+
+def format_seconds(seconds: float) -> str:
+    """Modelled times: "1.24 ms", "3.10 µs", "12.0 ns"."""
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if seconds >= scale:
+            return f"{seconds / scale:.2f} {unit}"
+    return f"{seconds / 1e-9:.1f} ns"
+
+
+def _intensity(x: float) -> str:
+    return f"{x:.1f}" if x < 100 else f"{x:.0f}"
+
+
+def _maybe(value: Any, fmt: Any) -> str:
+    return "-" if value is None else fmt(value)
+
+
+def _figure_cells(figures: Any) -> list[str]:
+    """HBM read, HBM write, FLOPs, FLOP/B, bound, modelled time of one side."""
+    if figures is None:
+        return ["-"] * 6
+    return [
+        _maybe(figures.read_bytes, format_bytes),
+        _maybe(figures.write_bytes, format_bytes),
+        format_flops(figures.flops),
+        _intensity(figures.intensity),
+        figures.bound,
+        format_seconds(figures.modelled_time_s),
+    ]
+
+
+def _add_sides(table: Table, label: list[str], before: Any, after: Any) -> None:
+    """Two rows, before and after; the speed-up (modelled time) on the after row."""
+    blank = [""] * len(label)
+    if before is None or after is None:
+        table.add_row(*label, "", *_figure_cells(None), "")
+        return
+    table.add_row(*label, "before", *_figure_cells(before), "")
+    table.add_row(*blank, "after", *_figure_cells(after),
+                  format_ratio(before.modelled_time_s, after.modelled_time_s))
+
+
+def report_table(report: Any) -> Table:
+    """Two rows per rewritten region (before, after), one per fallback, two for the graph."""
+    sizes = ", ".join(f"{k}={v}" for k, v in report.sizes.items())
+    title = (f"{report.target or 'model'} on {report.device}, {report.dtype}"
+             + (f", {sizes}" if sizes else ""))
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("graph", justify="right")
+    table.add_column("kind")
+    table.add_column("status")
+    table.add_column("side")
+    for name in ("HBM read", "HBM write", "FLOPs", "FLOP/B"):
+        table.add_column(name, justify="right")
+    table.add_column("bound")
+    table.add_column("modelled time", justify="right")
+    table.add_column("speed-up", justify="right")
+    for i, r in enumerate(report.regions):
+        _add_sides(table, [str(i), str(r.graph), r.kind, r.status], r.before, r.after)
+    table.add_section()
+    _add_sides(table, ["", "", "whole graph", f"{report.graphs} graph(s)"],
+               report.totals.before, report.totals.after)
+    return table
+
+
+def reasons_table(report: Any) -> Table:
+    table = Table(title="what each region is, or why it was left", box=box.SIMPLE_HEAD,
+                  title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("status")
+    table.add_column("detail / reason", overflow="fold")
+    for i, r in enumerate(report.regions):
+        text = r.reason if r.status == "fallback" else (
+            f"{format_detail(r.detail)}; runs as {r.backend}")
+        table.add_row(str(i), r.status, text)
+    return table
+
+
+def formulas_table(report: Any) -> Table:
+    """The sympy expressions behind the numbers, in the size symbols."""
+    table = Table(title="formulas (bytes, FLOPs; a fused multiply-add counts 2)",
+                  box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("side")
+    table.add_column("HBM bytes", overflow="fold")
+    table.add_column("FLOPs", overflow="fold")
+    rows = [(str(i), r.before, r.after) for i, r in enumerate(report.regions)]
+    rows.append(("graph", report.totals.before, report.totals.after))
+    for label, before, after in rows:
+        for side, figures in (("before", before), ("after", after)):
+            if figures is None or not figures.expressions:
+                continue
+            table.add_row(label, side, figures.expressions["hbm_bytes"],
+                          figures.expressions["flops"])
+    return table
+
+
+def unpriced_line(report: Any) -> str:
+    counts = report.totals.unpriced_before
+    n = sum(counts.values())
+    if not n:
+        return "every op priced"
+    names = ", ".join(f"{name} ×{k}" for name, k in sorted(counts.items()))
+    return f"{n} unpriced op{'' if n == 1 else 's'} (not in the totals): {names}"
+
+
+def report_summary(report: Any) -> str:
+    rewrote, left = len(report.rewritten), len(report.fallbacks)
+    found = rewrote + left
+    return (f"found {found} region{'' if found == 1 else 's'}: rewrote {rewrote}, left {left}"
+            f"; FLOPs count a fused multiply-add as 2")
+
+
+def report_renderables(report: Any, *, formulas: bool = False) -> list[RenderableType]:
+    parts: list[RenderableType] = [report_table(report)]
+    if report.regions:
+        parts.append(reasons_table(report))
+    if formulas and any(f is not None and f.expressions for r in report.regions
+                        for f in (r.before, r.after)) or (
+            formulas and report.totals.before.expressions):
+        parts.append(formulas_table(report))
+    parts += [unpriced_line(report), *report.notes, report_summary(report)]
+    return parts
