@@ -24,7 +24,7 @@ import dataclasses
 import math
 import operator
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import sympy
 import torch
@@ -594,6 +594,42 @@ def _ioaware_flash_attention_backward(node: fx.Node) -> Cost:
     return cost
 
 
+def _tensor_arg(node: fx.Node, name: str) -> torch.Tensor | None:
+    value = _schema_arg(node, name)
+    if isinstance(value, fx.Node) and isinstance(_val(value), torch.Tensor):
+        return _val(value)
+    return None
+
+
+@_prices("selective_scan", namespace="ioaware")
+def _ioaware_selective_scan(node: fx.Node) -> Cost | None:
+    """ioaware.selective_scan(u, delta, A, B, C, D?, z?, delta_bias?, delta_softplus, ...)
+    -> (y, h_last): `selective_scan_cost` at the op's shapes; None (unpriced) if the
+    schema does not name u, delta, A, B (u, B: [Bt, Dc, L], [Bt, G, L, N])."""
+    u, b, a = (_tensor_arg(node, n) for n in ("u", "B", "A"))
+    if u is None or b is None or a is None or _tensor_arg(node, "delta") is None:
+        return None
+    if u.dim() != 3 or b.dim() != 4:
+        return None
+    return selective_scan_cost(
+        u.shape[0], u.shape[1], u.shape[2], a.shape[-1], u.dtype.itemsize,
+        groups=b.shape[1], has_D=_tensor_arg(node, "D") is not None,
+        has_z=_tensor_arg(node, "z") is not None,
+        has_delta_bias=_tensor_arg(node, "delta_bias") is not None,
+        delta_softplus=bool(_schema_arg(node, "delta_softplus", False)),
+    )
+
+
+@_prices("linear_scan", namespace="ioaware")
+def _ioaware_linear_scan(node: fx.Node) -> Cost | None:
+    """ioaware.linear_scan(a, b, h0?) -> h, a and b [R, L, F]: `linear_scan_cost`."""
+    a = _tensor_arg(node, "a")
+    if a is None or a.dim() != 3:
+        return None
+    return linear_scan_cost(a.shape[0], a.shape[1], a.shape[2], a.dtype.itemsize,
+                            has_h0=_tensor_arg(node, "h0") is not None)
+
+
 # Python-level calls make_fx leaves for size arithmetic (s0 * s1, s0 // 2, ...).
 _SIZE_ARITHMETIC = {
     operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv,
@@ -619,11 +655,37 @@ def node_cost(node: fx.Node) -> Cost | None:
     return rule(node) if rule is not None else None
 
 
-def graph_cost(gm: fx.GraphModule) -> tuple[Cost, list[tuple[fx.Node, Cost | None]]]:
+class GraphCost(NamedTuple):
+    """A graph's total and each node's cost; unpacks as `total, per_node`.
+
+    The total leaves out unpriced nodes, so read it with `num_unpriced` beside it."""
+
+    total: Cost
+    per_node: list[tuple[fx.Node, Cost | None]]
+
+    @property
+    def unpriced(self) -> list[fx.Node]:
+        """Nodes the model has no rule for (not counted in `total`)."""
+        return [node for node, c in self.per_node if c is None]
+
+    @property
+    def num_unpriced(self) -> int:
+        return len(self.unpriced)
+
+    def unpriced_ops(self) -> dict[str, int]:
+        """How many nodes of each unpriced op, by the op's name: {"aten.foo.default": 2}."""
+        counts: dict[str, int] = {}
+        for node in self.unpriced:
+            name = str(node.target) if node.op == "call_function" else node.op
+            counts[name] = counts.get(name, 0) + 1
+        return counts
+
+
+def graph_cost(gm: fx.GraphModule) -> GraphCost:
     """Sum of every priced node's cost, and each node with its cost (None: unpriced)."""
     per_node = [(node, node_cost(node)) for node in gm.graph.nodes]
     total = sum((c for _, c in per_node if c is not None), Cost())
-    return total, per_node
+    return GraphCost(total, per_node)
 
 
 def size_hints(gm: fx.GraphModule) -> dict[sympy.Symbol, int]:
@@ -988,6 +1050,7 @@ def selective_scan_cost(
     batch: Size, channels: Size, length: Size, d_state: Size, itemsize: int, *,
     groups: Size = 1, has_D: bool = True, has_z: bool = True,
     has_delta_bias: bool = False, backward: bool = False, delta_softplus: bool = False,
+    block_d: int | None = None,
 ) -> Cost:
     """The fused selective scan (Mamba's S6, Gu & Dao 2023, Algorithm 2), forward or backward.
 
@@ -1013,6 +1076,11 @@ def selective_scan_cost(
     FLOPs: SELECTIVE_SCAN_BACKWARD_STATE_FLOPS = 25 per state element (the forward
     recomputed and the reverse scan, see the constant), 1 exp; per (Bt, Dc, L) element
     the forward's and as many again for their gradients.
+
+    block_d: channels per program, when the kernel tiles channels (None: B and C are read
+    once, the compulsory traffic). Each of the ceil(Dc / (G·block_d)) channel blocks of a
+    group reads the group's B and C again; those re-reads are `l2_reread_bytes`, live in
+    L2 as in FlashAttention (`_kv_working_set`, one (batch, group) standing for a head).
     """
     _check_positive(batch=batch, channels=channels, length=length, d_state=d_state,
                     groups=groups, itemsize=itemsize)
@@ -1028,14 +1096,23 @@ def selective_scan_cost(
     per_seq_flops += 5 * int(has_z)
     per_seq_transc = 2 * int(delta_softplus) + int(has_z)
     states = seq * N
+    rereads = Cost()
+    if block_d is not None:
+        _check_positive(block_d=block_d)
+        blocks = _ceil_div(Dc / G, block_d)
+        group_bytes = 2 * L * N * it  # B and C of one (batch, group)
+        rereads = Cost(
+            read_bytes=(blocks - 1) * bc * it, l2_reread_bytes=(blocks - 1) * bc * it,
+            l2_working_set=_kv_working_set(Bt * G, blocks, group_bytes, group_bytes),
+        )
     if not backward:
-        return Cost(
+        return rereads + Cost(
             read_bytes=(2 + int(has_z)) * seq * it + params + bc * it,
             write_bytes=seq * it + Bt * Dc * N * p,
             flops=SELECTIVE_SCAN_STATE_FLOPS * states + per_seq_flops * seq,
             transcendentals=states + per_seq_transc * seq,
         )
-    return Cost(
+    return rereads + Cost(
         read_bytes=(3 + int(has_z)) * seq * it + params + bc * it,
         write_bytes=(2 + int(has_z)) * seq * it + bc * p + params,
         flops=SELECTIVE_SCAN_BACKWARD_STATE_FLOPS * states + 2 * per_seq_flops * seq,
@@ -1065,6 +1142,108 @@ def linear_scan_cost(
         return Cost(read_bytes=2 * n * it + h0, write_bytes=n * it, flops=2 * n)
     return Cost(read_bytes=3 * n * it + h0, write_bytes=2 * n * it + h0, flops=3 * n)
 
+
+
+# --------------------------------------------------------------------------------------
+# Tiles from the SRAM budget.
+
+# Shared memory Triton's layout conversions and reductions take beside the tiles: the
+# codegen's configs keep 200 KB of the H100's 227 KB per block for tiles.
+SRAM_HEADROOM = 200 / 227
+# fp32 accumulator registers a thread may hold; the rest of its 255 hold operands,
+# pointers and the softmax state (FA2's d = 256 tile, 64 x 64 on 4 warps, holds 160).
+ACCUMULATOR_REGISTERS = 168
+# Rows one warp's mma covers: a query tile gives each warp 16 or 32 rows (FA2's
+# layouts), so its height is set by the warps: 64 or 128 rows on 4 or 8 warps.
+MMA_ROWS = 16
+
+AttentionTile = tuple[int, int, int, int]  # (block_m, block_n, num_warps, num_stages)
+ScanTile = tuple[int, int, int, int]  # (block_d, chunk, num_warps, num_stages)
+
+
+def _tile_budget(profile: DeviceProfile) -> int:
+    return int(profile.sram_per_block * SRAM_HEADROOM)
+
+
+def attention_tile_candidates(
+    profile: DeviceProfile, head_dim: int, head_dim_v: int, itemsize: int, *,
+    limit: int | None = 8,
+) -> list[AttentionTile]:
+    """FlashAttention forward tiles that fit `profile`, best modelled first.
+
+    A tile (block_m, block_n, num_warps, num_stages) fits when, with d and dv padded:
+        SRAM       it·(block_m·d + num_stages·block_n·(d + dv)) <= SRAM_HEADROOM·sram_per_block
+        registers  block_m·(dv + block_n) / (32·num_warps) <= ACCUMULATOR_REGISTERS
+                   (the fp32 output accumulator and the score tile, per thread)
+        warps      block_m / num_warps is MMA_ROWS or 2·MMA_ROWS
+    Order: the model's K/V traffic is N²·(d + dv)·it / block_m, so taller query tiles
+    first (Θ(N²d²/M): the tallest tile M allows); then wider key tiles (fewer loop
+    trips, fewer rescales of the accumulator); then 2-3 pipeline stages (enough to hide
+    a load, without spending SRAM on more); then fewer warps. Single-stage tiles come
+    only when nothing pipelined fits. At most `limit` (None: all).
+    """
+    for name, value in (("head_dim", head_dim), ("head_dim_v", head_dim_v),
+                        ("itemsize", itemsize)):
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name}={value!r} must be a positive int")
+    budget = _tile_budget(profile)
+    dv = int(padded_head_dim(head_dim_v))
+    fits = []
+    for block_m in (128, 64, 32, 16):
+        for block_n in (128, 64, 32, 16):
+            for warps in (4, 8):
+                for stages in (1, 2, 3, 4):
+                    sram = attention_forward_sram_bytes(block_m, block_n, stages, head_dim,
+                                                        head_dim_v, itemsize)
+                    registers = block_m * (dv + block_n) / (32 * warps)
+                    if (sram <= budget and registers <= ACCUMULATOR_REGISTERS
+                            and block_m // warps in (MMA_ROWS, 2 * MMA_ROWS)):
+                        fits.append((block_m, block_n, warps, stages))
+    pipelined = [t for t in fits if t[3] > 1]
+    ranked = sorted(pipelined or fits,
+                    key=lambda t: (-t[0], -t[1], abs(t[3] - 2.5), t[2], t[3]))
+    return ranked if limit is None else ranked[:limit]
+
+
+def selective_scan_sram_bytes(block_d: int, chunk: int, num_stages: int, d_state: int,
+                              itemsize: int) -> int:
+    """Shared memory of one selective-scan program: per stage a chunk of B and C
+    (chunk·N each) and of u, delta, z (block_d·chunk each): stages·chunk·it·(2N + 3·block_d).
+    The state h [block_d, N] stays in fp32 registers."""
+    return num_stages * chunk * itemsize * (2 * d_state + 3 * block_d)
+
+
+def scan_chunk_candidates(
+    profile: DeviceProfile, d_state: int, itemsize: int, *, limit: int | None = 8,
+) -> list[ScanTile]:
+    """Selective-scan tiles (block_d, chunk, num_warps, num_stages) that fit `profile`,
+    best modelled first. One program scans block_d channels of one (batch, group) along
+    L, `chunk` steps per loop trip.
+
+        SRAM       `selective_scan_sram_bytes` <= SRAM_HEADROOM·sram_per_block
+        registers  block_d·N / (32·num_warps) <= ACCUMULATOR_REGISTERS / 2
+                   (the fp32 state, and as much again for the discretised dA, dB·u)
+    Order: B and C are read once per channel block, Dc / (G·block_d) times in all
+    (`selective_scan_cost(block_d=...)`), so more channels per program first; then
+    longer chunks (fewer loop trips); then 2-3 stages; then fewer warps.
+    """
+    for name, value in (("d_state", d_state), ("itemsize", itemsize)):
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name}={value!r} must be a positive int")
+    budget = _tile_budget(profile)
+    fits = []
+    for block_d in (256, 128, 64, 32, 16):
+        for chunk in (256, 128, 64, 32, 16):
+            for warps in (1, 2, 4, 8):
+                for stages in (1, 2, 3):
+                    sram = selective_scan_sram_bytes(block_d, chunk, stages, d_state, itemsize)
+                    registers = block_d * d_state / (32 * warps)
+                    if sram <= budget and registers <= ACCUMULATOR_REGISTERS / 2:
+                        fits.append((block_d, chunk, warps, stages))
+    pipelined = [t for t in fits if t[3] > 1]
+    ranked = sorted(pipelined or fits,
+                    key=lambda t: (-t[0], -t[1], abs(t[3] - 2.5), t[2], t[3]))
+    return ranked if limit is None else ranked[:limit]
 
 # --------------------------------------------------------------------------------------
 # Time on a device.
