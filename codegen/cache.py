@@ -39,7 +39,7 @@ import ioaware
 from ioaware.config import config
 from ioaware.spec import AttentionSpec
 
-from . import attention_bwd, attention_fwd, scan_bwd, scan_fwd
+from . import attention_bwd, attention_fwd, scan_bwd, scan_fwd, scan_linear
 
 INTERPRET_DEVICE = "interpret"
 
@@ -49,6 +49,7 @@ RENDERERS: dict[str, Callable[..., str]] = {
     "attention_bwd": attention_bwd.render_backward,
     "scan_fwd": scan_fwd.render_forward,
     "scan_bwd": scan_bwd.render_backward,
+    "scan_linear": scan_linear.render_linear,
 }
 
 _modules: dict[str, ModuleType] = {}
@@ -59,7 +60,7 @@ _lock = threading.RLock()
 def _renderer_digest() -> str:
     """Hash of the template files: editing a template invalidates old cache entries."""
     h = hashlib.sha256()
-    for mod in (attention_fwd, attention_bwd, scan_fwd, scan_bwd):
+    for mod in (attention_fwd, attention_bwd, scan_fwd, scan_bwd, scan_linear):
         h.update(Path(mod.__file__).read_bytes())
     return h.hexdigest()[:16]
 
