@@ -14,10 +14,19 @@ whole. The decompositions below turn the many spellings people use into a few AT
 
 Symbolic sizes (dynamo's SymInts) are kept: tracing reuses dynamo's FakeTensorMode and
 ShapeEnv, so `node.meta["val"]` carries the same symbols dynamo guards on.
+
+vmap regions (what `associative_scan(..., combine_mode="generic")` leaves: its combine
+function vmapped over the scan axis) do not survive pre-dispatch re-tracing: their
+results become baked-in fake constants. A region whose body is elementwise over inputs
+of one shape, batched and unbatched on axis 0, is the body itself on the whole tensors
+(out[i] = f(x[i], y[i]) = f(x, y)[i]), so it is flattened first; any vmap left after
+that makes capture fail, and the backend leaves the graph as it was.
 """
 
 from __future__ import annotations
 
+import copy
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -61,9 +70,66 @@ def fake_inputs(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> list[Any]:
     return [mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in example_inputs]
 
 
+# Torch-level pointwise functions a flattened vmap body may hold (dynamo's spellings).
+_ELEMENTWISE = {
+    operator.mul, operator.add, operator.sub, operator.truediv, operator.neg,
+    torch.mul, torch.add, torch.sub, torch.div, torch.neg, torch.exp, torch.log,
+    torch.sigmoid, torch.tanh, torch.maximum, torch.minimum, torch.where,
+}
+
+
+def _vmap_op(node: fx.Node, name: str) -> bool:
+    return (node.op == "call_function" and getattr(node.target, "__name__", None) == name
+            and "predispatch" in getattr(node.target, "__module__", ""))
+
+
+def _flatten_vmaps(gm: fx.GraphModule) -> None:
+    """Replace each flattenable vmap region by its body on the whole tensors (in place).
+
+    Region: _vmap_increment_nesting … _add_batch_dim(x, 0, level) … body …
+    _remove_batch_dim(y, level, size, 0) … _vmap_decrement_nesting. Left alone unless
+    every batched input has one shape and every body op is elementwise.
+    """
+    g, region = gm.graph, None
+    for node in list(g.nodes):
+        if _vmap_op(node, "_vmap_increment_nesting"):
+            region = [node]
+        elif region is not None:
+            region.append(node)
+            if _vmap_op(node, "_vmap_decrement_nesting"):
+                _flatten_region(g, region)
+                region = None
+    g.eliminate_dead_code()
+    gm.recompile()
+
+
+def _flatten_region(g: fx.Graph, region: list[fx.Node]) -> None:
+    adds = [n for n in region if _vmap_op(n, "_add_batch_dim")]
+    removes = [n for n in region if _vmap_op(n, "_remove_batch_dim")]
+    body = [n for n in region if n.op == "call_function" and n not in adds
+            and n not in removes and "predispatch" not in getattr(n.target, "__module__", "")]
+    shapes = {tuple(a.args[0].meta["example_value"].shape) for a in adds
+              if isinstance(a.args[0], fx.Node) and "example_value" in a.args[0].meta}
+    if (len(shapes) != 1 or any(a.args[1] != 0 for a in adds) or any(r.args[3] != 0 for r in removes)
+            or any(n.target not in _ELEMENTWISE for n in body)):
+        return
+    for n in adds + removes:
+        n.replace_all_uses_with(n.args[0])
+    for n in reversed(region):
+        if not n.users and n.op == "call_function" and n not in body:
+            g.erase_node(n)
+
+
 def canonicalize(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> fx.GraphModule:
     """Re-trace `gm` into canonical pre-autograd ATen with FakeTensor `meta["val"]`."""
     fakes = fake_inputs(gm, example_inputs)
+    if any(_vmap_op(n, "_vmap_increment_nesting") for n in gm.graph.nodes):
+        # a copy: dynamo's graph stays as it was, the backend may still run it
+        gm = fx.GraphModule(gm, copy.deepcopy(gm.graph))
+        _flatten_vmaps(gm)
+        if any(_vmap_op(n, "_vmap_increment_nesting") for n in gm.graph.nodes):
+            raise NotImplementedError("a vmap region that is not elementwise over one shape "
+                                      "does not survive re-tracing")
     traced = make_fx(
         gm,
         tracing_mode="symbolic",
@@ -71,4 +137,9 @@ def canonicalize(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> fx.GraphM
         decomposition_table=CANONICAL_DECOMPOSITIONS,
         _allow_non_fake_inputs=True,
     )(*fakes)
+    # The trace runs below grad mode, so its FakeTensors all say requires_grad=False;
+    # keep the inputs' own flag for passes that must know what needs a gradient.
+    inputs = [n for n in traced.graph.nodes if n.op == "placeholder"]
+    for node, fake in zip(inputs, fakes):
+        node.meta["requires_grad"] = bool(getattr(fake, "requires_grad", False))
     return traced

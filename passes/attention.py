@@ -2,20 +2,30 @@
 
 Two entry shapes, both on the canonical ATen graph from `ioaware.capture`:
 
-1. Softmax-anchored (what `@`, matmul, bmm and einsum spellings all become):
+1. Softmax-anchored (what `@`, matmul, bmm, baddbmm and einsum spellings all become):
 
        bmm(Q3, Kt3) ─ layout ─ score chain ─ _softmax(-1) ─ prob chain ─ layout ─ bmm(P3, V3)
 
-   score chain: scalar mul/div (the scale), a mask by masked_fill / where / an additive
-   index-only tensor, dtype casts; prob chain: casts, clone (dropout p=0 or eval).
-   A scale on Q or K (mul by a scalar before their layout chains) is folded too.
-2. `aten.scaled_dot_product_attention` without a mask tensor (is_causal, enable_gqa).
+   score chain: scalar mul/div (the scale), masks (masked_fill, where, additive 0/fill
+   tensors), additive biases, tanh (soft-capping), dtype casts; prob chain: casts,
+   clone (dropout p=0 or eval), native_dropout (training). A scale on Q or K (mul by a
+   scalar before their layout chains) is folded too.
+2. `aten.scaled_dot_product_attention` (is_causal, enable_gqa, a bool or additive
+   attn_mask, dropout_p).
+
+The score chain is interpreted in order as a function of the raw product R = q·k: each
+scalar factor scales it, each bias adds an expression (from `masks.index_tensor`:
+index arithmetic, loads of data tensors), each mask records an allowed-keys predicate
+with what a masked element becomes ("neg_inf", "fill" with a value, "add" a value).
+With scale = the product of the scalar factors, score_mod(score) is the chain's
+function at R = score / (chain factor), so a bias added before the scale is scaled.
 
 The match is structural first (cheap), then precise: every intermediate must have one
 user, softmax must run over the key axis, the layout chains must only regroup the
-leading axes, the mask must be index-only and a structure `masks.classify` names, and
-the cost model must say the rewrite pays. A failed check becomes a `Fallback` with the
-reason; the region then stays exactly as it was.
+leading axes, the masks must combine into one Spec semantics, and the cost model must
+say the rewrite pays. A failed check becomes a `Fallback` with the reason; the region
+then stays exactly as it was. GQA: K/V repeated by expand+reshape or repeat_interleave
+are read at their source with Hkv heads, never the copy.
 
 IO (per batch·head, unfused, N = Nq = Nk, fp16): write S (2N²), read/write it once per
 pointwise step and softmax, read P (2N²) — Θ(N²) bytes — against FlashAttention's
@@ -43,15 +53,22 @@ from ioaware.passes.views import (
     is_layout,
     shape_of,
 )
-from ioaware.spec import DTYPES, AttentionSpec, dtype_name
+from ioaware.spec import DTYPES, H_IDX, KV_IDX, Q_IDX, SCORE, AttentionSpec, dtype_name
 
 aten = torch.ops.aten
 
 CAST_OPS = {aten._to_copy.default}
 WHERE_OPS = {aten.where.self, aten.where.ScalarOther, aten.where.ScalarSelf}
+MASKED_FILL_OPS = {aten.masked_fill.Scalar, aten.masked_fill.Tensor}
+ADD_OPS = {aten.add.Tensor, aten.sub.Tensor}
+QK_OPS = {aten.bmm.default, aten.baddbmm.default}
+RESHAPE_OPS = {aten.reshape.default, aten.view.default, aten._unsafe_view.default}
 # Block sizes the cost model assumes for the generated kernel (codegen autotunes around
 # these on a GPU; the modelled K/V re-read count depends on block_m).
 MODEL_BLOCK_M, MODEL_BLOCK_N = 128, 64
+
+# The raw product q·k (before any scale) while the score chain is interpreted.
+RAW = sympy.Symbol("raw", real=True)
 
 
 class NoMatch(Exception):
@@ -59,20 +76,51 @@ class NoMatch(Exception):
 
 
 @dataclasses.dataclass
+class MaskTerm:
+    """One mask on the scores: where `allowed` fails the logit becomes -inf ("neg_inf",
+    "safe"), `fill` ("fill"), or gets `fill` added ("add")."""
+
+    allowed: sympy.Basic
+    semantics: str
+    fill: float
+    node: fx.Node
+
+
+@dataclasses.dataclass
+class Modifications:
+    """What the region computes besides softmax(scale·QKᵀ)V, over (b, h, q_idx, kv_idx)."""
+
+    causal: bool = False
+    mask: sympy.Basic | None = None  # allowed-keys predicate besides `causal`
+    score_mod: sympy.Basic | None = None  # in SCORE = scale·q·k
+    semantics: str = "neg_inf"
+    fill: float = float("-inf")
+    data: masks.DataInputs = dataclasses.field(default_factory=masks.DataInputs)
+    dropout_p: float = 0.0
+
+    @property
+    def general(self) -> bool:
+        """True when only the general `ioaware::attention` op can express this."""
+        return (self.mask is not None or self.score_mod is not None or self.dropout_p > 0
+                or bool(self.data.nodes))
+
+
+@dataclasses.dataclass
 class AttentionMatch:
     """Everything the rewrite needs; q/k/v are graph nodes or builders of them."""
 
-    q: Any  # fx.Node, or a callable(graph) -> fx.Node that rebuilds it unscaled
+    q: Any  # fx.Node, or a callable(graph) -> fx.Node that builds it
     k: Any
     v: Any
-    layout: str  # "bhnd": q,k,v are 4-D [B,H,N,D]; "zkd": 3-D [Z,N,D] (k as Kᵀ [Z,D,N])
+    layout: str  # "bhnd"/"sdpa": q,k,v as 4-D [B,H,N,D]; "zkd": 3-D [Z,N,D] (k as Kᵀ [Z,D,N])
     scale: float
-    mask: str  # "none" | "causal"
+    mask: str  # the structure's name for explain: "none", "causal", "causal & padding", ...
     output: fx.Node  # the node whose value the kernel's output replaces
     region: list[fx.Node]  # nodes of the eager region (for costing and the report)
     source: str  # "matmul" | "sdpa"
     dims: dict[str, int]  # hinted B, Hq, Hkv, Nq, Nk, D, Dv
     dtype: torch.dtype
+    mods: Modifications = dataclasses.field(default_factory=Modifications)
 
 
 # ---------------------------------------------------------------------------------------
@@ -122,6 +170,21 @@ def candidates(gm: fx.GraphModule) -> list[fx.Node]:
     ]
 
 
+def _dropout_of(node: fx.Node) -> tuple[float, list[fx.Node]] | None:
+    """(p, nodes) for `native_dropout(x, p, train)[0]`; p = 0 when it is the identity."""
+    if node.target is not aten.native_dropout.default:
+        return None
+    outs = [u for u in node.users if u.target is operator.getitem and u.args[1] == 0]
+    unused = [u for u in node.users if u.target is operator.getitem and not u.users
+              and u.args[1] == 1]
+    if len(outs) != 1 or len(outs) + len(unused) != len(node.users):
+        raise NoMatch(f"{node.name}: the dropout keep mask is used elsewhere")
+    p, train = node.args[1], node.args[2] if len(node.args) > 2 else True
+    if not isinstance(p, (int, float)) or isinstance(train, fx.Node):
+        raise NoMatch(f"{node.name}: dropout p={p}, train={train} are not constants")
+    return (float(p) if train else 0.0), [node, outs[0], *unused]
+
+
 def match_softmax(sm: fx.Node) -> AttentionMatch:
     x, dim = sm.args[0], sm.args[1]
     rank = len(shape_of(sm))
@@ -131,7 +194,7 @@ def match_softmax(sm: fx.Node) -> AttentionMatch:
         raise NoMatch(f"{sm.name}: half_to_float softmax is not handled")
 
     # --- forward from softmax to the PV bmm -------------------------------------------
-    node, prob_chain = sm, []
+    node, prob_chain, extra, dropout_p = sm, [], [], 0.0
     while True:
         if not _single_user(node):
             users = ", ".join(u.name for u in node.users) or "nothing"
@@ -143,8 +206,17 @@ def match_softmax(sm: fx.Node) -> AttentionMatch:
             prob_chain.append(user)
             node = user
             continue
-        if user.target is aten.native_dropout.default:
-            raise NoMatch(f"{user.name}: dropout p={user.args[1]} in training (not in v0)")
+        drop = _dropout_of(user)
+        if drop is not None:
+            if dropout_p:
+                raise NoMatch(f"{user.name}: a second dropout on the probabilities")
+            dropout_p, (nd, out, *unused) = drop[0], drop[1]
+            if not 0.0 <= dropout_p < 1.0:
+                raise NoMatch(f"{user.name}: dropout p={dropout_p} is not in [0, 1)")
+            prob_chain += [nd, out]
+            extra += unused
+            node = out
+            continue
         raise NoMatch(f"{user.name}: softmax output feeds {user.target}, not a matmul with V")
     pv = user
     if pv.args[0] is not node:
@@ -156,24 +228,15 @@ def match_softmax(sm: fx.Node) -> AttentionMatch:
                       "mixes the query/key axes")
 
     # --- backward from softmax to the QK bmm ------------------------------------------
-    scale, mask_terms, score_chain = 1.0, [], []
+    score_chain = []
     node = x
-    while node.target is not aten.bmm.default:
+    while node.target not in QK_OPS:
         if node.op != "call_function":
             raise NoMatch(f"{sm.name}: scores come from {node.name}, not from a matmul")
         if not _single_user(node):
             users = ", ".join(u.name for u in node.users)
             raise NoMatch(f"{node.name}: the scores are used elsewhere ({users})")
         score_chain.append(node)
-        c = _scale_of(node)
-        if c is not None:
-            scale *= c
-        elif node.target in CAST_OPS or node.target in LAYOUT_OPS:
-            pass
-        elif node.target in (aten.masked_fill.Scalar, aten.add.Tensor) or node.target in WHERE_OPS:
-            mask_terms.append(node)
-        else:
-            raise NoMatch(f"{node.name}: {node.target} on the scores is not handled in v0")
         node = _score_input(node)
     qk = node
     if not _single_user(qk):
@@ -187,15 +250,10 @@ def match_softmax(sm: fx.Node) -> AttentionMatch:
         if n.target not in LAYOUT_OPS and tuple(shape_of(n)) != tuple(shape_of(_score_input(n))):
             raise NoMatch(f"{n.name}: broadcasts the scores to a larger shape")
 
-    mask = _infer_mask(mask_terms)
-    q3, kt3 = qk.args
-
+    q3, kt3 = (qk.args[1], qk.args[2]) if qk.target is aten.baddbmm.default else qk.args
     # fold a scalar scale applied to Q or K before their layout chains
     q_op, q_scale = _fold_operand_scale(q3)
     k_op, k_scale = _fold_operand_scale(kt3)
-    scale *= q_scale * k_scale
-    if not scale > 0:
-        raise NoMatch(f"{qk.name}: scale {scale} is not positive")
 
     dtype = _val(q3).dtype
     for name, t in (("q", q3), ("k", kt3), ("v", v3), ("probabilities", p3)):
@@ -207,18 +265,31 @@ def match_softmax(sm: fx.Node) -> AttentionMatch:
     z, nq, d = hinted_shape(q3)
     nk = hinted_shape(kt3)[2]
     dv = hinted_shape(v3)[2]
-    layout, q_node, k_node, v_node, b, h = "zkd", q_op, k_op, v3, 1, z
+    layout, q_node, k_node, v_node, b, hq, hkv = "zkd", q_op, k_op, v3, 1, z, z
     q4, k4, v4 = (_unflatten_source(t) for t in (q3, kt3, v3))
     if q_op is q3 and k_op is kt3 and q4 is not None and k4 is not None and v4 is not None:
         lead = {hinted_shape(t)[:2] for t in (q4, k4, v4)}
         if len(lead) == 1:
-            layout, q_node, k_node, v_node = "bhnd", q4, k4, v4
-            b, h = next(iter(lead))
-    region = [qk, *score_chain, sm, *prob_chain, pv]
+            b, hq = next(iter(lead))
+            k_bhnd = _untranspose(k4)
+            (k_src, k_groups), (v_src, v_groups) = _kv_source(k_bhnd), _kv_source(v4)
+            if k_groups != v_groups:  # read the copies: correct, just not shared
+                (k_src, k_groups), (v_src, v_groups) = (k_bhnd, 1), (v4, 1)
+            layout, q_node, k_node, v_node = "bhnd", q4, k_src, v_src
+            hkv = hq // k_groups
+
+    mods, factor = _score_function(qk, score_chain, layout, dtype)
+    mods.dropout_p = dropout_p
+    scale = factor * q_scale * k_scale
+    if not scale > 0:
+        raise NoMatch(f"{qk.name}: scale {scale} is not positive")
+    region = [qk, *score_chain, sm, *prob_chain, pv, *extra]
     return AttentionMatch(
-        q=q_node, k=k_node, v=v_node, layout=layout, scale=scale, mask=mask, output=pv,
-        region=region, source="matmul",
-        dims={"B": b, "Hq": h, "Hkv": h, "Nq": nq, "Nk": nk, "D": d, "Dv": dv}, dtype=dtype,
+        q=q_node, k=k_node, v=v_node, layout=layout, scale=scale,
+        mask=masks.describe(mods.mask, mods.causal), output=pv, region=region,
+        source="matmul",
+        dims={"B": b, "Hq": hq, "Hkv": hkv, "Nq": nq, "Nk": nk, "D": d, "Dv": dv},
+        dtype=dtype, mods=mods,
     )
 
 
@@ -230,9 +301,9 @@ def _score_input(node: fx.Node) -> fx.Node:
         if isinstance(a, fx.Node) and _on_score_path(a):
             return a
         return b
-    if node.target is aten.add.Tensor:
+    if node.target in ADD_OPS:
         a, b = node.args[0], node.args[1]
-        return a if _on_score_path(a) else b
+        return a if isinstance(a, fx.Node) and _on_score_path(a) else b
     return node.args[0]
 
 
@@ -240,72 +311,183 @@ def _on_score_path(node: fx.Node) -> bool:
     """True when a bmm is reachable from `node` through score-chain ops."""
     seen = 0
     while isinstance(node, fx.Node) and seen < 64:
-        if node.target is aten.bmm.default:
+        if node.target in QK_OPS:
             return True
         if node.op != "call_function" or not node.args:
             return False
-        if node.target in WHERE_OPS or node.target is aten.add.Tensor:
+        if node.target in WHERE_OPS or node.target in ADD_OPS:
             return any(_on_score_path(a) for a in node.args if isinstance(a, fx.Node))
         node = node.args[0]
         seen += 1
     return False
 
 
-def _infer_mask(terms: list[fx.Node]) -> str:
-    """Combine every mask term on the score chain into one allowed-keys predicate."""
-    allowed = sympy.true
-    for node in terms:
-        try:
-            if node.target is aten.masked_fill.Scalar:
-                fill = node.args[2]
-                if not _is_minus_inf(fill, node):
-                    raise NoMatch(f"{node.name}: masked_fill value {fill} is not -inf")
-                m = masks.index_tensor(node.args[1])
-                allowed = sympy.And(allowed, sympy.Not(masks.as_bool(m)))
-            elif node.target in WHERE_OPS:
-                cond, a, b = node.args
-                scores_first = isinstance(a, fx.Node) and _on_score_path(a)
-                fill = b if scores_first else a
-                if not _is_minus_inf(fill, node):
-                    raise NoMatch(f"{node.name}: where() fill {fill} is not -inf")
-                c = masks.as_bool(masks.index_tensor(cond))
-                allowed = sympy.And(allowed, c if scores_first else sympy.Not(c))
-            else:  # add: an additive mask of 0 and -inf
-                a, b = node.args
-                bias = b if _on_score_path(a) else a
-                value = masks.index_tensor(bias)
-                allowed = sympy.And(allowed, _additive_allowed(value.expr, node))
-        except masks.MaskError as e:
-            raise _data_dependent(f"{node.name}: mask", e) from None
-    return _named_structure(allowed, f"{terms[-1].name}: mask" if terms else "mask")
+# ---------------------------------------------------------------------------------------
+# the score chain as a function: scale, biases, masks, soft-capping
 
 
-def _data_dependent(what: str, error: masks.MaskError) -> NoMatch:
-    return NoMatch(f"{what} is not an index-only expression ({error}); "
-                   "data-dependent masks are not in v0")
+def _term(x: Any, rank: int, layout: str, data: masks.DataInputs, node: fx.Node
+          ) -> masks.IndexTensor:
+    """A mask / bias operand that meets scores of `rank`, in b, h, q_idx, kv_idx."""
+    if layout == "zkd" and rank >= 4:
+        rank = 2  # the kernel sees [B·H, N, N]: only q_idx, kv_idx can be named
+    try:
+        t = masks.index_tensor(x, {}, data)
+        expr = masks.to_attention_axes(t.expr, rank, heads_axis=layout == "zkd")
+    except masks.MaskError as e:
+        raise NoMatch(f"{node.name}: mask or bias operand: {e}") from None
+    names = {t.name for t in data.inputs}
+    sizes = sorted(s.name for s in expr.free_symbols if isinstance(s, sympy.Symbol)
+                   and s not in masks._INDEX_SYMBOLS and s.name not in names)
+    if sizes:
+        raise NoMatch(f"{node.name}: mask or bias depends on the runtime sizes {sizes}; "
+                      "the Spec holds index expressions in b, h, q_idx, kv_idx only")
+    return masks.IndexTensor(expr, t.rank, t.is_bool)
 
 
-def _named_structure(allowed: sympy.Basic, what: str) -> str:
-    """The structure `masks.classify` names for `allowed`, or NoMatch saying it has none."""
-    kind = masks.classify(allowed)
-    if kind is None:
-        raise NoMatch(f"{what} is index-only but not causal (not in v0)")
-    return kind
+def _constant(x: Any, node: fx.Node) -> float:
+    """A fill value: a Python number or a 0-d constant the graph builds."""
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return float(x)
+    try:
+        v = masks.index_tensor(x)
+    except masks.MaskError:
+        v = None
+    if v is None or not v.expr.is_number:
+        raise NoMatch(f"{node.name}: fill value {x} is not a constant")
+    return float(v.expr)
 
 
-def _additive_allowed(expr: sympy.Basic, node: fx.Node) -> sympy.Basic:
-    """An additive mask must take only the values 0 (keep) and -inf (drop)."""
-    if expr.is_zero:
-        return sympy.true
-    if isinstance(expr, sympy.Piecewise):
-        values = {e for e, _ in expr.args}
-        if all(v.is_zero or (v.is_number and _is_minus_inf(float(v), node)) for v in values):
-            return _piecewise_zero(expr)
-    raise NoMatch(f"{node.name}: additive term is not a 0/-inf mask (score biases are not in v0)")
+def _fill_semantics(fill: float, dtype: torch.dtype) -> tuple[str, float]:
+    """("neg_inf", -inf) when the fill is -inf in the scores' dtype, else ("fill", fill)."""
+    if math.isinf(fill) and fill < 0 or fill < -torch.finfo(dtype).max * (1 + 2**-24):
+        return "neg_inf", float("-inf")
+    return "fill", fill
+
+
+def _mask_values(expr: sympy.Basic) -> tuple[sympy.Basic, float] | None:
+    """(allowed, fill) when an additive term takes only the values 0 and one constant."""
+    pw = sympy.piecewise_fold(expr)
+    if not isinstance(pw, sympy.Piecewise):
+        return None
+    values = {v for v, _ in pw.args}
+    if not all(v.is_number for v in values):
+        return None
+    nonzero = {float(v) for v in values if not v.is_zero}
+    if len(nonzero) != 1:
+        return None
+    return _piecewise_zero(pw), nonzero.pop()
+
+
+def _score_function(qk: fx.Node, chain: list[fx.Node], layout: str, dtype: torch.dtype
+                    ) -> tuple[Modifications, float]:
+    """Interpret QKᵀ → chain → softmax: (the modifications, the product of scalar factors)."""
+    mods = Modifications()
+    data = mods.data
+    expr, factor, terms = RAW, 1.0, []
+    if qk.target is aten.baddbmm.default:  # beta·bias + alpha·(Q Kᵀ)
+        beta = qk.kwargs.get("beta", 1)
+        alpha = qk.kwargs.get("alpha", 1)
+        if not (isinstance(alpha, (int, float)) and isinstance(beta, (int, float)) and alpha > 0):
+            raise NoMatch(f"{qk.name}: baddbmm alpha={alpha}, beta={beta} are not constants > 0")
+        expr, factor = RAW * alpha, float(alpha)
+        if beta:
+            expr = expr + beta * _term(qk.args[0], 3, layout, data, qk).expr
+    for node in chain:
+        rank = len(shape_of(node))
+        c = _scale_of(node)
+        if c is not None:
+            if not c > 0:
+                raise NoMatch(f"{node.name}: scores multiplied by {c} (not positive)")
+            expr, factor = expr * c, factor * c
+            for t in terms:
+                t.fill = t.fill * c
+            continue
+        if node.target in CAST_OPS or node.target in LAYOUT_OPS:
+            continue
+        if node.target in ADD_OPS:
+            a, b = node.args[0], node.args[1]
+            scores_first = isinstance(a, fx.Node) and _on_score_path(a)
+            other = b if scores_first else a
+            if node.target is aten.sub.Tensor and not scores_first:
+                raise NoMatch(f"{node.name}: scores subtracted from a tensor")
+            sign = -1 if node.target is aten.sub.Tensor else 1
+            alpha = node.kwargs.get("alpha", 1)
+            x = sign * alpha * masks._as_num(_term(other, rank, layout, data, node))
+            values = _mask_values(x)
+            if values is not None:
+                allowed, fill = values
+                sem, fill = _fill_semantics(fill, dtype)
+                terms.append(MaskTerm(allowed, "add" if sem == "fill" else sem, fill, node))
+                continue
+            if any(t.semantics == "fill" for t in terms):
+                raise NoMatch(f"{node.name}: a bias added after a masked_fill with a finite "
+                              "value (the Spec cannot order them)")
+            expr = expr + x
+            continue
+        if node.target in MASKED_FILL_OPS:
+            m = masks.as_bool(_term(node.args[1], rank, layout, data, node))
+            sem, fill = _fill_semantics(_constant(node.args[2], node), dtype)
+            terms.append(MaskTerm(sympy.Not(m), sem, fill, node))
+            continue
+        if node.target in WHERE_OPS:
+            cond, a, b = node.args
+            scores_first = isinstance(a, fx.Node) and _on_score_path(a)
+            m = masks.as_bool(_term(cond, rank, layout, data, node))
+            sem, fill = _fill_semantics(_constant(b if scores_first else a, node), dtype)
+            terms.append(MaskTerm(m if scores_first else sympy.Not(m), sem, fill, node))
+            continue
+        if node.target is aten.tanh.default:
+            if terms:
+                raise NoMatch(f"{node.name}: tanh of masked scores (a masked -inf becomes -1)")
+            expr = sympy.tanh(expr)
+            continue
+        raise NoMatch(f"{node.name}: {node.target} on the scores is not handled")
+    _combine_masks(terms, mods)
+    score_mod = sympy.expand(expr.xreplace({RAW: SCORE / factor}))
+    if sympy.expand(score_mod - SCORE) != 0:
+        mods.score_mod = score_mod
+    return mods, factor
+
+
+def _combine_masks(terms: list[MaskTerm], mods: Modifications) -> None:
+    """One predicate and one semantics for every mask on the chain, or NoMatch."""
+    if not terms:
+        return
+    kinds = {t.semantics for t in terms}
+    if len(kinds) > 1:
+        names = ", ".join(f"{t.node.name} ({t.semantics})" for t in terms)
+        raise NoMatch(f"masks {names} mix -inf and finite fills; one Spec holds one kind")
+    kind = kinds.pop()
+    if kind == "add" and len(terms) > 1:
+        raise NoMatch(f"{terms[1].node.name}: a second additive mask (masked elements would "
+                      "get the sum of the fills)")
+    if len({t.fill for t in terms}) > 1:
+        raise NoMatch(f"{terms[1].node.name}: masks fill different values "
+                      f"{sorted({t.fill for t in terms})}")
+    allowed = sympy.And(*[t.allowed for t in terms])
+    _set_mask(mods, allowed, kind, terms[0].fill)
+
+
+def _set_mask(mods: Modifications, allowed: sympy.Basic, semantics: str, fill: float) -> None:
+    """Split a causal conjunct off `allowed` (the kernel's fast path) and keep the rest.
+
+    A predicate that is exactly causal never leaves a row without keys (top-left aligned,
+    row i sees key 0), so its semantics cannot show and the plain causal kernel serves.
+    """
+    rest = []
+    for c in masks.conjuncts(allowed):
+        if masks.describe(c) == "causal":
+            mods.causal = True
+        elif c is not sympy.true:
+            rest.append(c)
+    mods.mask = sympy.And(*rest) if rest else None
+    if mods.mask is not None:
+        mods.semantics, mods.fill = semantics, fill
 
 
 def _piecewise_zero(expr: sympy.Piecewise) -> sympy.Basic:
-    """Condition under which a 0/-inf Piecewise is 0."""
+    """Condition under which a Piecewise is 0."""
     keep, taken = sympy.false, sympy.false
     for value, cond in expr.args:
         here = sympy.And(cond, sympy.Not(taken))
@@ -313,19 +495,6 @@ def _piecewise_zero(expr: sympy.Piecewise) -> sympy.Basic:
             keep = sympy.Or(keep, here)
         taken = sympy.Or(taken, cond)
     return keep
-
-
-def _is_minus_inf(fill: Any, node: fx.Node) -> bool:
-    """-inf, or the most negative finite value of the scores' dtype (finfo.min).
-
-    finfo.min behaves as -inf here because a causal row always keeps at least one key.
-    """
-    if not isinstance(fill, (int, float)):
-        return False
-    if math.isinf(fill) and fill < 0:
-        return True
-    dtype = _val(node).dtype
-    return dtype.is_floating_point and fill <= torch.finfo(dtype).min
 
 
 def _fold_operand_scale(operand: fx.Node) -> tuple[Any, float]:
@@ -355,7 +524,7 @@ def _unflatten_source(t3: fx.Node) -> fx.Node | None:
     matmul on 4-D tensors becomes reshape(expand(x, x.shape), [B*H, n, d]); reading x
     directly lets the kernel use its strides instead of the reshape's copy.
     """
-    if t3.target not in (aten.reshape.default, aten.view.default, aten._unsafe_view.default):
+    if t3.target not in RESHAPE_OPS:
         return None
     inner = t3.args[0]
     if inner.target is aten.expand.default and hinted_shape(inner) == hinted_shape(inner.args[0]):
@@ -364,6 +533,42 @@ def _unflatten_source(t3: fx.Node) -> fx.Node | None:
     if len(s4) != 4 or s4[2:] != s3[1:] or s4[0] * s4[1] != s3[0]:
         return None
     return inner
+
+
+def _untranspose(kt4: fx.Node) -> Any:
+    """K as [B, H, N, D] from Kᵀ [B, H, D, N]: the transpose's input, or a builder of one."""
+    if kt4.target is aten.transpose.int and {d % 4 for d in kt4.args[1:3]} == {2, 3}:
+        return kt4.args[0]
+    return lambda g: g.call_function(aten.transpose.int, (kt4, -2, -1))
+
+
+def _kv_source(x: Any) -> tuple[Any, int]:
+    """(K or V with its own Hkv heads, Hq // Hkv) when `x` repeats heads for GQA, else (x, 1).
+
+    Recognised: reshape(expand(unsqueeze(kv, 2), [B, Hkv, g, N, D]), [B, Hkv·g, N, D])
+    (transformers' repeat_kv) and repeat_interleave(kv, g, dim=1); query head h then
+    reads key/value head h // g, as the kernel does, so no copy is needed.
+    """
+    if not isinstance(x, fx.Node):
+        return x, 1
+    if x.target is aten.repeat_interleave.self_int:
+        reps = x.args[1]
+        dim = x.args[2] if len(x.args) > 2 else x.kwargs.get("dim")
+        src = x.args[0]
+        if isinstance(reps, int) and dim is not None and dim % 4 == 1 and \
+                len(hinted_shape(src)) == 4:
+            return src, reps
+        return x, 1
+    if x.target in RESHAPE_OPS and x.args[0].target is aten.expand.default:
+        ex = x.args[0]
+        un = ex.args[0]
+        if un.target is aten.unsqueeze.default and un.args[1] % 5 == 2:
+            src = un.args[0]
+            s, e, o = hinted_shape(src), hinted_shape(ex), hinted_shape(x)
+            if len(s) == 4 and len(e) == 5 and e[:2] == s[:2] and e[3:] == s[2:] and \
+                    o == (s[0], s[1] * e[2], *s[2:]):
+                return src, e[2]
+    return x, 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -380,58 +585,85 @@ def match_sdpa(node: fx.Node) -> AttentionMatch:
     bound.update(zip(names, node.args))
     bound.update(node.kwargs)
     q, k, v = bound["query"], bound["key"], bound["value"]
-    mask = "causal" if bound["is_causal"] else "none"
-    if bound["attn_mask"] is not None:
-        mask = _sdpa_mask(node, bound["attn_mask"])
-    if bound["dropout_p"]:
-        raise NoMatch(f"{node.name}: SDPA with dropout_p={bound['dropout_p']} (not in v0)")
     shapes = [hinted_shape(t) for t in (q, k, v)]
     if any(len(s) != 4 for s in shapes):
         raise NoMatch(f"{node.name}: SDPA inputs of rank {[len(s) for s in shapes]}, "
                       "expected 4-D [B, H, N, D]")
     (b, hq, nq, d), (bk, hkv, nk, dk), (bv, hv, nv, dv) = shapes
     if not (b == bk == bv and hkv == hv and nk == nv and d == dk):
-        raise NoMatch(f"{node.name}: SDPA shapes {shapes} need broadcasting (not in v0)")
+        raise NoMatch(f"{node.name}: SDPA shapes {shapes} need broadcasting (not handled)")
     if hq != hkv and not (bound["enable_gqa"] and hq % hkv == 0):
         raise NoMatch(f"{node.name}: {hq} query heads vs {hkv} key heads without enable_gqa")
     dtype = _val(q).dtype
     if {_val(t).dtype for t in (q, k, v)} != {dtype} or dtype not in DTYPES.values():
         raise NoMatch(f"{node.name}: dtypes {[_val(t).dtype for t in (q, k, v)]} "
                       "are mixed or not fp16/bf16/fp32")
+    p = bound["dropout_p"]
+    if not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+        raise NoMatch(f"{node.name}: SDPA dropout_p={p} is not a constant in [0, 1)")
+    mods = Modifications(causal=bool(bound["is_causal"]), dropout_p=float(p))
+    if bound["attn_mask"] is not None:
+        if mods.causal:
+            raise NoMatch(f"{node.name}: SDPA with both attn_mask and is_causal (eager raises)")
+        _sdpa_mask(node, bound["attn_mask"], dtype, (b, hq, nq, nk), mods)
+    (k_src, k_groups), (v_src, v_groups) = _kv_source(k), _kv_source(v)
+    if k_groups == v_groups and k_groups > 1:
+        k, v, hkv = k_src, v_src, hkv // k_groups
     scale = bound["scale"] if bound["scale"] is not None else 1.0 / math.sqrt(d)
     return AttentionMatch(
         q=q, k=k, v=v, layout="sdpa", scale=float(scale),
-        mask=mask, output=node, region=[node],
-        source="sdpa", dtype=dtype,
+        mask=masks.describe(mods.mask, mods.causal), output=node, region=[node],
+        source="sdpa", dtype=dtype, mods=mods,
         dims={"B": b, "Hq": hq, "Hkv": hkv, "Nq": nq, "Nk": nk, "D": d, "Dv": dv},
     )
 
 
-def _sdpa_mask(node: fx.Node, attn_mask: Any) -> str:
-    """Classify SDPA's attn_mask: bool (True keeps a key) or additive (0 / -inf).
+def _sdpa_mask(node: fx.Node, attn_mask: Any, dtype: torch.dtype, shape: tuple[int, ...],
+               mods: Modifications) -> None:
+    """SDPA's attn_mask: bool (True keeps a key) or additive, added to the scaled scores.
 
-    transformers passes an index-only causal mask this way when no padding mask is
-    given; data-dependent masks are left to eager.
+    SDPA gives a row whose keys are all masked (False, or -inf) the output 0 (torch 2.5+,
+    checked on 2.13): "safe". An additive mask of 0 and a finite fill is "add"; any other
+    additive tensor is a bias in score_mod, with its -inf entries as a "safe" mask.
     """
-    try:
-        m = masks.index_tensor(attn_mask)
-        allowed = masks.as_bool(m) if m.is_bool else _additive_allowed(m.expr, node)
-    except masks.MaskError as e:
-        raise _data_dependent(f"{node.name}: SDPA attn_mask", e) from None
-    return _named_structure(allowed, f"{node.name}: SDPA attn_mask")
+    val = _val(attn_mask)
+    if not isinstance(val, torch.Tensor):
+        raise NoMatch(f"{node.name}: attn_mask is not a tensor")
+    if val.dtype != torch.bool and val.dtype != dtype:
+        raise NoMatch(f"{node.name}: attn_mask dtype {val.dtype} is neither bool nor the "
+                      f"query dtype {dtype} (left to eager, which decides)")
+    mshape = hinted_shape(attn_mask)
+    if len(mshape) > 4 or any(m not in (1, s) for m, s in zip(mshape[::-1], shape[::-1])):
+        raise NoMatch(f"{node.name}: attn_mask shape {list(mshape)} does not broadcast to "
+                      f"{list(shape)} (left to eager)")
+    t = _term(attn_mask, 4, "sdpa", mods.data, node)
+    if t.is_bool:
+        _set_mask(mods, t.expr, "safe", float("-inf"))
+        return
+    values = _mask_values(t.expr)
+    if values is not None:
+        allowed, fill = values
+        sem, fill = _fill_semantics(fill, dtype)
+        _set_mask(mods, allowed, "safe" if sem == "neg_inf" else "add", fill)
+        return
+    mods.score_mod = SCORE + t.expr
+    if masks.loads(t.expr):  # a data bias may hold -inf: those keys are masked, safely
+        _set_mask(mods, sympy.Ne(t.expr, -sympy.oo), "safe", float("-inf"))
 
 
 # ---------------------------------------------------------------------------------------
 # costing and rewriting
 
 
-def region_costs(m: AttentionMatch) -> tuple[cost.Cost, cost.Cost]:
+def region_costs(m: AttentionMatch, hints: dict | None = None
+                 ) -> tuple[cost.Cost, cost.Cost]:
     """Modelled cost of the eager region and of the generated kernel (forward)."""
     d = m.dims
     itemsize = torch.empty((), dtype=m.dtype).element_size()
+    density = _density(m)
     after = cost.flash_attention_cost(
         d["B"], d["Hq"], d["Hkv"], d["Nq"], d["Nk"], d["D"], d["Dv"], itemsize,
-        m.mask == "causal", MODEL_BLOCK_M, MODEL_BLOCK_N,
+        m.mods.causal, MODEL_BLOCK_M, MODEL_BLOCK_N, block_density=density or 1.0,
     )
     if m.source == "sdpa":
         return after, after  # SDPA is already a fused kernel: same model either way
@@ -443,28 +675,71 @@ def region_costs(m: AttentionMatch) -> tuple[cost.Cost, cost.Cost]:
     return before, after
 
 
+def _density(m: AttentionMatch) -> float | None:
+    """Block density of the mask at the hint sizes (None: data-dependent or unknown)."""
+    if m.mods.mask is None:
+        return 1.0
+    return masks.block_density(m.mods.mask, m.mods.causal, m.dims["Nq"], m.dims["Nk"],
+                               MODEL_BLOCK_M, MODEL_BLOCK_N)
+
+
+def _exact(expr: sympy.Basic) -> sympy.Basic:
+    """Floats as exact rationals, so `str()` round-trips every bit (finfo.min included)."""
+    return expr.xreplace({f: sympy.Rational(float(f)) for f in expr.atoms(sympy.Float)})
+
+
+def spec_of(m: AttentionMatch) -> AttentionSpec:
+    mods = m.mods
+    return AttentionSpec(
+        head_dim=m.dims["D"], head_dim_v=m.dims["Dv"], dtype=dtype_name(m.dtype),
+        causal=mods.causal, scale=m.scale,
+        mask=None if mods.mask is None else str(_exact(mods.mask)),
+        score_mod=None if mods.score_mod is None else str(_exact(mods.score_mod)),
+        inputs=tuple(mods.data.inputs), mask_semantics=mods.semantics, mask_fill=mods.fill,
+        dropout_p=mods.dropout_p,
+    )
+
+
+def _check_inputs_outside(m: AttentionMatch) -> None:
+    """Every tensor the kernel reads must be computed without the region's own nodes."""
+    region = set(m.region)
+    for leaf in m.mods.data.nodes:
+        stack, seen = [leaf], set()
+        while stack:
+            n = stack.pop()
+            if n in region:
+                raise NoMatch(f"{leaf.name}: a mask or bias computed from the scores")
+            if n in seen or len(seen) > 10_000:
+                continue
+            seen.add(n)
+            stack += [a for a in n.all_input_nodes]
+
+
 def apply(gm: fx.GraphModule, m: AttentionMatch) -> None:
-    """Replace the region by a call to the ioaware::flash_attention custom op."""
+    """Replace the region by a call to ioaware::flash_attention, or ioaware::attention
+    when it has a mask, score modification, extra inputs or dropout."""
     from ioaware.codegen import ops  # noqa: F401  (registers torch.ops.ioaware)
 
     g = gm.graph
     out = m.output
+
+    def build(x: Any) -> fx.Node:
+        return x if isinstance(x, fx.Node) else x(g)
+
     with g.inserting_before(out):
-        # q and k are nodes, or rebuilders that replay their layout chain without a
-        # folded scale (see _fold_operand_scale).
-        q = m.q if isinstance(m.q, fx.Node) else m.q(g)
-        k = m.k if isinstance(m.k, fx.Node) else m.k(g)
-        v = m.v
+        # q and k are nodes, or builders that replay their layout chain without a
+        # folded scale (see _fold_operand_scale) or transpose Kᵀ back.
+        q, k, v = build(m.q), build(m.k), build(m.v)
         if m.layout == "zkd":
             q = g.call_function(aten.unsqueeze.default, (q, 0))
             k = g.call_function(aten.unsqueeze.default, (k, 0))
             k = g.call_function(aten.transpose.int, (k, -2, -1))
             v = g.call_function(aten.unsqueeze.default, (v, 0))
-        elif m.layout == "bhnd":
-            k = g.call_function(aten.transpose.int, (k, -2, -1))
-        res = g.call_function(
-            torch.ops.ioaware.flash_attention.default, (q, k, v, m.scale, m.mask == "causal")
-        )
+        if m.mods.general:
+            res = _general_call(g, m, q, k, v)
+        else:
+            res = g.call_function(torch.ops.ioaware.flash_attention.default,
+                                  (q, k, v, m.scale, m.mods.causal))
         o = g.call_function(operator.getitem, (res, 0))
         if m.layout == "zkd":
             o = g.call_function(aten.squeeze.dim, (o, 0))
@@ -480,11 +755,70 @@ def apply(gm: fx.GraphModule, m: AttentionMatch) -> None:
     gm.recompile()
 
 
-def spec_of(m: AttentionMatch) -> AttentionSpec:
-    return AttentionSpec(
-        head_dim=m.dims["D"], head_dim_v=m.dims["Dv"], dtype=dtype_name(m.dtype),
-        causal=m.mask == "causal", scale=m.scale,
-    )
+def _general_call(g: fx.Graph, m: AttentionMatch, q: fx.Node, k: fx.Node, v: fx.Node
+                  ) -> fx.Node:
+    inputs = []
+    for n in m.mods.data.nodes:
+        if _val(n).dim() == 0:  # read as a 1-element vector
+            n = g.call_function(aten.reshape.default, (n, [1]))
+        inputs.append(n)
+    seed = None
+    if m.mods.dropout_p > 0:
+        # Drawn from torch's generator in the graph, so every call differs as in eager
+        # and torch.manual_seed makes a run reproducible.
+        device = _val(m.output).device
+        seed = g.call_function(aten.randint.low, (0, 2**31 - 1, [2]),
+                               {"dtype": torch.int64, "device": device})
+    return g.call_function(torch.ops.ioaware.attention.default,
+                           (q, k, v, inputs, spec_of(m).to_json(), seed))
+
+
+def _detail(m: AttentionMatch) -> dict[str, Any]:
+    mods = m.mods
+    detail: dict[str, Any] = {"mask": m.mask, "source": m.source, "scale": round(m.scale, 6),
+                              "dtype": dtype_name(m.dtype), "layout": m.layout}
+    if mods.score_mod is not None:
+        detail["score_mod"] = _describe_score_mod(mods.score_mod)
+    if m.dims["Hq"] != m.dims["Hkv"]:
+        detail["gqa_groups"] = m.dims["Hq"] // m.dims["Hkv"]
+    if mods.mask is not None:
+        density = _density(m)
+        detail["block_density"] = "runtime" if density is None else round(density, 4)
+        detail["mask_semantics"] = mods.semantics
+    if mods.dropout_p:
+        detail["dropout_p"] = mods.dropout_p
+    return detail
+
+
+def _describe_score_mod(expr: sympy.Basic) -> list[str]:
+    """Names of the parts of a score_mod: softcap, alibi, relative_bias, bias, index_bias."""
+    names = ["softcap"] if expr.atoms(sympy.tanh) else []
+    plain = {*masks._INDEX_SYMBOLS, sympy.Integer(0)}
+    for term in sympy.Add.make_args(expr):
+        if SCORE in term.free_symbols or term.is_number:
+            continue
+        lds = masks.loads(term)
+        if not lds:
+            names.append("index_bias")
+        elif any(not set(ld.indices) <= plain for ld in lds):
+            names.append("relative_bias")  # a table read at a computed index
+        else:
+            names.append("alibi" if _is_alibi(term) else "bias")
+    return list(dict.fromkeys(names))
+
+
+def _is_alibi(term: sympy.Basic) -> bool:
+    """slope[h] · (affine in kv_idx, q_idx): a per-head slope times a distance."""
+    lds = masks.loads(term)
+    if len(lds) != 1:
+        return False
+    ld = next(iter(lds))
+    if not set(ld.indices) <= {H_IDX, sympy.Integer(0)}:
+        return False
+    rest = sympy.simplify(term / ld)
+    syms = rest.free_symbols
+    return bool(syms) and syms <= {Q_IDX, KV_IDX} and rest.is_polynomial(*syms) and \
+        sympy.Poly(rest, *syms).total_degree() == 1
 
 
 def run(
@@ -494,6 +828,8 @@ def run(
 
     hints: values for the graph's size symbols (dynamo's), to evaluate modelled costs.
     """
+    from ioaware.codegen import ops  # noqa: F401  (registers torch.ops.ioaware)
+
     rewrites: list[Rewrite] = []
     fallbacks: list[Fallback] = []
     for node in candidates(gm):
@@ -505,6 +841,10 @@ def run(
             else:
                 m = match_sdpa(node)
             spec_of(m)  # validates head dims, dtype, scale
+            _check_inputs_outside(m)
+            if m.mods.general and not hasattr(torch.ops.ioaware, "attention"):
+                raise NoMatch(f"{m.output.name}: needs the general ioaware::attention op, "
+                              "which this build does not register")
             before, after = region_costs(m)
             pays, why = cost.rewrite_pays(before, after, profile, dtype_name(m.dtype), hints)
             # An SDPA call is already one fused kernel: same model before and after, so
@@ -521,13 +861,9 @@ def run(
                        "left to eager, please report",
             ))
             continue
-        detail = {"mask": m.mask, "source": m.source, "scale": round(m.scale, 6),
-                  "dtype": dtype_name(m.dtype), "layout": m.layout}
-        if m.dims["Hq"] != m.dims["Hkv"]:
-            detail["gqa_groups"] = m.dims["Hq"] // m.dims["Hkv"]
         ev_before, ev_after = before.evaluate(hints), after.evaluate(hints)
         rewrites.append(Rewrite(
-            kind="attention", detail=detail,
+            kind="attention", detail=_detail(m),
             hbm_bytes_before=int(ev_before["hbm_bytes"]), hbm_bytes_after=int(ev_after["hbm_bytes"]),
             flops=int(ev_after["flops"]), flops_before=int(ev_before["flops"]),
             backend=backend_name,
@@ -538,9 +874,11 @@ def run(
 
 __all__ = [
     "AttentionMatch",
+    "Modifications",
     "NoMatch",
     "candidates",
     "match_sdpa",
     "match_softmax",
     "run",
+    "spec_of",
 ]

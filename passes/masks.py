@@ -1,20 +1,24 @@
-"""Mask inference: an index-only mask subgraph → a sympy expression over index axes.
+"""Mask and bias inference: a mask / bias subgraph → a sympy expression over index axes.
 
 A mask built from `ones(...).tril()`, `triu(full(-inf), 1)`, `arange(n)[:, None] >=
-arange(n)[None, :]` and friends never depends on data, only on the position of each
-element. We evaluate such a subgraph symbolically: every tensor becomes one sympy
-expression in the index of each of its axes, named from the right (`a0` is the last
-axis, `a1` the one before), because broadcasting aligns axes from the right. For a
-mask that meets the scores `[..., Nq, Nk]`, `a1` is the query index and `a0` the key
-index.
+arange(n)[None, :]` and friends depends only on the position of each element. We
+evaluate such a subgraph symbolically: every tensor becomes one sympy expression in the
+index of each of its axes, named from the right (`a0` is the last axis, `a1` the one
+before), because broadcasting aligns axes from the right. For a mask that meets the
+scores `[..., Nq, Nk]`, `a1` is the query index and `a0` the key index.
 
-Then `classify` asks which known structure the *allowed* predicate is. Every
-structure this version knows depends on the offset t = kv_idx - q_idx alone, so it
-substitutes kv_idx = q_idx + t and compares truth tables over the integers t around
-the constants that occur (outside them the predicate is constant).
+Data enters as loads. With a `DataInputs` collector, a node that is not an index
+expression (a placeholder such as a `[B, N]` padding mask, a `cumsum` of position
+differences, a learned bias table) becomes `in0[i_{r-1}, ..., i_0]`, a sympy Indexed on
+IndexedBase("in0") whose indices are its own axes (0 on a size-1 axis, so a broadcast
+view costs nothing). Gathers (`x[batch_idx, kv_idx]`) substitute their index
+expressions into those indices, so `padding[arange(B)[:, None, None, None],
+arange(N)[None, None, None, :]]` becomes `in0[a3, a0]` and no N×N tensor is needed.
 
-v0 knows "causal" (t <= 0). Data-dependent masks (padding, documents) and other
-index predicates are left to eager with the reason.
+`to_attention_axes` then renames the axes to the symbols of `ioaware.spec` (b, h,
+q_idx, kv_idx); `describe` names the structure of an allowed-keys predicate ("causal &
+sliding_window(8) & padding") and `block_density` counts the key blocks an index-only
+predicate leaves to visit, by interval reasoning over the offset t = kv_idx - q_idx.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch
 from torch import fx
 
 from ioaware.passes.views import IDENTITY_OPS, hint
+from ioaware.spec import B_IDX, H_IDX, INPUT_DTYPES, KV_IDX, Q_IDX, TensorInput
 
 aten = torch.ops.aten
 
@@ -37,6 +42,45 @@ class MaskError(Exception):
     """The subgraph is not an index-only expression this module understands."""
 
 
+@dataclasses.dataclass
+class DataInputs:
+    """The data tensors a mask / bias expression loads from, in the order they are named.
+
+    `nodes[i]` is the graph node whose value the kernel reads as `in{i}`; `inputs[i]` is
+    its TensorInput (rank, dtype, whether the backward must produce its gradient).
+    """
+
+    nodes: list[fx.Node] = dataclasses.field(default_factory=list)
+    inputs: list[TensorInput] = dataclasses.field(default_factory=list)
+
+    def load(self, node: fx.Node) -> IndexTensor:
+        """`node` as a load `in_i[a_{r-1}, ..., a_0]` (index 0 on its size-1 axes)."""
+        val = node.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            raise MaskError(f"{node.name} is not a tensor")
+        dtype = next((k for k, d in INPUT_DTYPES.items() if d == val.dtype), None)
+        if dtype is None:
+            raise MaskError(f"{node.name} has dtype {val.dtype}; a kernel input must be one "
+                            f"of {sorted(INPUT_DTYPES)}")
+        if node in self.nodes:
+            i = self.nodes.index(node)
+        else:
+            i = len(self.nodes)
+            self.nodes.append(node)
+            self.inputs.append(TensorInput(f"in{i}", max(val.dim(), 1), dtype,
+                                           needs_grad(node)))
+        r = val.dim()
+        if r == 0:  # a 0-d tensor is read as a 1-element vector (the op passes a view)
+            idx = [sympy.Integer(0)]
+        else:
+            idx = [sympy.Integer(0) if hint(s) == 1 else axis(r - 1 - d)
+                   for d, s in enumerate(val.shape)]
+        load = sympy.IndexedBase(f"in{i}")[tuple(idx)]
+        if val.dtype == torch.bool:
+            return IndexTensor(sympy.Ne(load, 0), r, True)
+        return IndexTensor(load, r, False)
+
+
 @dataclasses.dataclass(frozen=True)
 class IndexTensor:
     """A tensor whose element at index (..., a1, a0) is `expr` (bool or numeric)."""
@@ -44,6 +88,33 @@ class IndexTensor:
     expr: sympy.Basic
     rank: int
     is_bool: bool
+
+
+_NO_GRAD_OPS = {aten.detach.default, aten.detach_.default, aten.lift_fresh_copy.default}
+
+
+def needs_grad(node: fx.Node) -> bool:
+    """Whether autograd wants the gradient of `node`: a floating-point value computed,
+    not through detach, from a graph input that requires grad (a learned bias, a
+    relative-position table). The canonical graph's FakeTensors cannot say it (the trace
+    runs without grad), so capture records each input's flag in meta["requires_grad"]."""
+    val = node.meta.get("val")
+    if not isinstance(val, torch.Tensor) or not val.dtype.is_floating_point:
+        return False
+    stack, seen = [node], set()
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.op == "placeholder":
+            if n.meta.get("requires_grad", False):
+                return True
+            continue
+        if n.op == "call_function" and n.target in _NO_GRAD_OPS:
+            continue
+        stack += n.all_input_nodes
+    return False
 
 
 def axis(p: int) -> sympy.Symbol:
@@ -91,8 +162,14 @@ _COMPARE = {
 }
 
 
-def index_tensor(node: fx.Node | object, memo: dict | None = None) -> IndexTensor:
-    """Evaluate `node` (a mask or bias subgraph) into an IndexTensor, or raise MaskError."""
+def index_tensor(node: fx.Node | object, memo: dict | None = None,
+                 data: DataInputs | None = None) -> IndexTensor:
+    """Evaluate `node` (a mask or bias subgraph) into an IndexTensor, or raise MaskError.
+
+    Without `data` every leaf must be an index expression; with it, a node that is not
+    one (a placeholder, an op this module does not evaluate, an axis-merging view)
+    becomes a load from a kernel input recorded in `data`.
+    """
     memo = {} if memo is None else memo
     if not isinstance(node, fx.Node):
         return IndexTensor(_scalar(node), 0, isinstance(node, bool))
@@ -112,8 +189,18 @@ def index_tensor(node: fx.Node | object, memo: dict | None = None) -> IndexTenso
             scalar = value.item()
             return IndexTensor(_scalar(scalar), value.dim(), value.dtype == torch.bool)
     if node.op != "call_function":
+        if data is not None:
+            return data.load(node)
         raise MaskError(f"{node.name} is a {node.op} (data, not an index expression)")
-    expr = _evaluate(node, memo)
+    try:
+        expr = _evaluate(node, memo, data)
+    except MaskError:
+        if data is None or not isinstance(meta, torch.Tensor):
+            raise
+        # Not an index expression this module evaluates: read its value at runtime.
+        val = data.load(node)
+        memo[node] = val
+        return val
     meta = node.meta.get("val")
     is_bool = isinstance(meta, torch.Tensor) and meta.dtype == torch.bool
     rank = meta.dim() if isinstance(meta, torch.Tensor) else 0
@@ -124,12 +211,12 @@ def index_tensor(node: fx.Node | object, memo: dict | None = None) -> IndexTenso
     return val
 
 
-def _evaluate(node: fx.Node, memo: dict) -> sympy.Basic:
+def _evaluate(node: fx.Node, memo: dict, data: DataInputs | None) -> sympy.Basic:
     op, args = node.target, node.args
     rank = len(node.meta["val"].shape) if "val" in node.meta else 0
 
     def arg(i: int) -> IndexTensor:
-        return index_tensor(args[i], memo)
+        return index_tensor(args[i], memo, data)
 
     if op in (aten.ones.default, aten.zeros.default, aten.full.default,
               aten.scalar_tensor.default):
@@ -143,6 +230,13 @@ def _evaluate(node: fx.Node, memo: dict) -> sympy.Basic:
         if dtype == torch.bool:
             value = bool(value)
         return _scalar(value)
+    if op in (aten.new_ones.default, aten.new_zeros.default, aten.new_full.default):
+        value = {aten.new_ones.default: 1, aten.new_zeros.default: 0}.get(op)
+        value = args[2] if value is None else value
+        return _scalar(bool(value) if node.kwargs.get("dtype") == torch.bool else value)
+    if op is aten.index.Tensor:
+        return _gather(node, arg(0), [None if i is None else index_tensor(i, memo, data)
+                                      for i in args[1]])
     if op in (aten.arange.default, aten.arange.start, aten.arange.start_step):
         start, step = 0, 1
         if op is aten.arange.start:
@@ -203,13 +297,17 @@ def _evaluate(node: fx.Node, memo: dict) -> sympy.Basic:
         return _as_num(arg(0)) * _as_num(arg(1))
     if op is aten.neg.default:
         return -_as_num(arg(0))
+    if op in (aten.div.Tensor, aten.div.Scalar) and not node.kwargs.get("rounding_mode"):
+        return _as_num(arg(0)) / _as_num(arg(1))
+    if op in _UNARY:
+        return _UNARY[op](_as_num(arg(0)))
     if op is aten._to_copy.default:
         x = arg(0)
         dtype = node.kwargs.get("dtype")
         if dtype == torch.bool:
             return as_bool(x)
         return _as_num(x)
-    if op in (aten.where.self, aten.where.ScalarOther, aten.where.ScalarSelf):
+    if op in (aten.where.self, aten.where.ScalarOther, aten.where.ScalarSelf, aten.where.Scalar):
         c, a, b = as_bool(arg(0)), arg(1), arg(2)
         if a.is_bool and b.is_bool:
             return sympy.Or(sympy.And(c, a.expr), sympy.And(sympy.Not(c), b.expr))
@@ -220,6 +318,28 @@ def _evaluate(node: fx.Node, memo: dict) -> sympy.Basic:
             return sympy.Or(sympy.And(m, v.expr), sympy.And(sympy.Not(m), x.expr))
         return sympy.Piecewise((_as_num(v), m), (_as_num(x), True))
     raise MaskError(f"{node.name} ({op}) is not an index-only op this version understands")
+
+
+_UNARY = {
+    aten.abs.default: sympy.Abs, aten.exp.default: sympy.exp, aten.log.default: sympy.log,
+    aten.tanh.default: sympy.tanh, aten.floor.default: sympy.floor,
+}
+
+
+def _gather(node: fx.Node, x: IndexTensor, indices: list[IndexTensor | None]) -> sympy.Basic:
+    """x[i0, i1, ...] with index tensors on the leading axes of x (advanced indexing).
+
+    The indexed axes of x take the broadcast index expressions, which sit left of the
+    axes of x that are not indexed; out-of-range or negative indices are as eager's.
+    """
+    if any(i is None for i in indices):
+        raise MaskError(f"{node.name}: indexing with a slice between index tensors")
+    if any(i.is_bool for i in indices):
+        raise MaskError(f"{node.name}: boolean-mask indexing (its shape depends on data)")
+    rest = x.rank - len(indices)  # trailing axes of x that keep their from-right position
+    repl = {axis(x.rank - 1 - d): _shift_axes(_as_num(i), 0, rest)
+            for d, i in enumerate(indices)}
+    return x.expr.xreplace(repl)
 
 
 def _regroup(node: fx.Node, x: IndexTensor, rank: int) -> sympy.Basic:
@@ -260,7 +380,9 @@ def offset_truth_table(allowed: sympy.Basic) -> dict[int, bool] | None:
     expr = sympy.simplify(expr) if expr.free_symbols - {T} else expr
     if expr.free_symbols - {T}:
         return None
-    consts = [int(c) for c in expr.atoms(sympy.Integer)] + [0]
+    # an edge sits at ±c for a constant c (t < c, or -t < c after moving terms)
+    consts = [s * int(sympy.floor(c)) for c in expr.atoms(sympy.Number) if c.is_finite
+              for s in (1, -1)] + [0]
     lo, hi = min(consts) - 2, max(consts) + 2
     table = {}
     for t in range(lo, hi + 1):
@@ -281,3 +403,137 @@ def classify(allowed: sympy.Basic) -> str | None:
     if all(v == (t <= 0) for t, v in table.items()):
         return "causal"
     return None
+
+
+# ---------------------------------------------------------------------------------------
+# From index axes to the attention symbols, and the names of structures
+
+
+def to_attention_axes(expr: sympy.Basic, rank: int, heads_axis: bool = True) -> sympy.Basic:
+    """Rename the axes of a term that meets scores of rank `rank` to b, h, q_idx, kv_idx.
+
+    Scores [B, H, Nq, Nk]: a3 → b, a2 → h. Scores [Z, Nq, Nk] (a bmm over Z = B·H
+    flattened) name a2 → h only when the kernel sees Z as its heads (`heads_axis`);
+    otherwise an expression in a2 cannot be written in b and h and MaskError says so.
+    """
+    names = {0: KV_IDX, 1: Q_IDX}
+    if rank >= 4:
+        names.update({2: H_IDX, 3: B_IDX})
+    elif rank == 3 and heads_axis:
+        names[2] = H_IDX
+    free = {s for s in expr.free_symbols if s.name.startswith("a") and s.name[1:].isdigit()}
+    unknown = sorted(s.name for s in free if int(s.name[1:]) not in names)
+    if unknown:
+        raise MaskError(f"the expression depends on the flattened batch·head axis ({unknown})")
+    return expr.xreplace({axis(p): names[p] for p in names})
+
+
+_INDEX_SYMBOLS = {B_IDX, H_IDX, Q_IDX, KV_IDX}
+
+
+def loads(expr: sympy.Basic) -> set[sympy.Indexed]:
+    return set(expr.atoms(sympy.Indexed))
+
+
+def index_only(expr: sympy.Basic) -> bool:
+    """True when `expr` reads no tensor (its value is known at compile time)."""
+    return not loads(expr)
+
+
+def conjuncts(pred: sympy.Basic) -> list[sympy.Basic]:
+    return list(pred.args) if isinstance(pred, sympy.And) else [pred]
+
+
+def _offset_table(pred: sympy.Basic) -> dict[int, bool] | None:
+    """pred(q_idx, kv_idx) as a function of t = kv_idx - q_idx alone, or None."""
+    if pred.free_symbols - {Q_IDX, KV_IDX} or loads(pred):
+        return None
+    return offset_truth_table(pred.xreplace({Q_IDX: axis(1), KV_IDX: axis(0)}))
+
+
+def _name_offset(table: dict[int, bool]) -> str | None:
+    """causal (t <= 0), sliding_window(W) (-W < t), or their conjunction; else None."""
+    ts = sorted(table)
+    allowed = [t for t in ts if table[t]]
+    if not allowed:
+        return "empty"
+    lo, hi = min(allowed), max(allowed)
+    contiguous = all(table[t] for t in range(lo, hi + 1))
+    if not contiguous:
+        return None
+    upper = None if hi == ts[-1] else hi  # allowed t ≤ hi
+    lower = None if lo == ts[0] else lo  # allowed t ≥ lo
+    parts = []
+    if upper is not None:
+        parts.append("causal" if upper == 0 else f"causal(offset={upper})")
+    if lower is not None:
+        parts.append(f"sliding_window({-lower + 1})" if upper == 0 or upper is None
+                     else f"band({lower}..{upper})")
+    return " & ".join(parts) if parts else "none"
+
+
+def describe(pred: sympy.Basic | None, causal: bool = False) -> str:
+    """A short name for an allowed-keys predicate over (b, h, q_idx, kv_idx).
+
+    e.g. "causal & sliding_window(4096) & padding"; data-dependent conjuncts are named
+    "padding" (a load indexed by b and kv_idx only), "document" (a comparison of two
+    loads, one at q_idx and one at kv_idx) or "data"; other index predicates "index".
+    """
+    names = ["causal"] if causal else []
+    for c in ([] if pred is None else conjuncts(pred)):
+        if c is sympy.true:
+            continue
+        table = _offset_table(c)
+        name = _name_offset(table) if table is not None else None
+        if name is None:
+            lds = loads(c)
+            if not lds:
+                name = "index"
+            elif all(set(ld.indices) <= {B_IDX, KV_IDX, sympy.Integer(0)} for ld in lds):
+                name = "padding"
+            elif any(Q_IDX in ld.free_symbols for ld in lds) and any(
+                    KV_IDX in ld.free_symbols for ld in lds):
+                name = "document"
+            else:
+                name = "data"
+        names.append(name)
+    return " & ".join(dict.fromkeys(n for n in names if n != "none")) or "none"
+
+
+def block_density(pred: sympy.Basic | None, causal: bool, nq: int, nk: int,
+                  block_m: int, block_n: int) -> float | None:
+    """Fraction of key blocks a block-sparse kernel visits, at sizes nq × nk.
+
+    Counted over the blocks the dense kernel visits (all of them, or those up to the
+    diagonal when `causal`). A block (rows [q0, q1], keys [k0, k1]) is visited when the
+    predicate holds somewhere in it; for a predicate of the offset t = kv_idx - q_idx
+    that is "some t in [k0 - q1, k1 - q0] is allowed" (interval reasoning, exact). None
+    when the predicate reads data ("runtime") or is not a function of t alone.
+    """
+    full = sympy.true if pred is None else pred
+    if causal:
+        full = sympy.And(full, sympy.Le(KV_IDX, Q_IDX))
+    table = _offset_table(full)
+    if table is None:
+        return None
+    ts = sorted(table)
+    allowed_t = [t for t in ts if table[t]]
+
+    def any_allowed(lo: int, hi: int) -> bool:
+        # outside the table the predicate is constant, equal to its edge values
+        if lo < ts[0] and table[ts[0]] or hi > ts[-1] and table[ts[-1]]:
+            return True
+        return any(lo <= t <= hi for t in allowed_t)
+
+    if -(-nq // block_m) * -(-nk // block_n) > 1 << 20:
+        return None  # too many blocks to count at compile time
+    visited = dense = 0
+    for q0 in range(0, nq, block_m):
+        q1 = min(q0 + block_m, nq) - 1
+        for k0 in range(0, nk, block_n):
+            k1 = min(k0 + block_n, nk) - 1
+            if causal and k0 > q1:
+                continue  # the dense causal kernel skips this block too
+            dense += 1
+            visited += any_allowed(k0 - q1, k1 - q0)
+    return visited / dense if dense else 1.0
