@@ -9,7 +9,7 @@ from typing import Any
 from torch import fx
 
 from ioaware.explain import Fallback, Rewrite
-from ioaware.passes import attention
+from ioaware.passes import attention, scan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +36,12 @@ PIPELINE: list[Pass] = [
         "attention",
         lambda gm, ctx: attention.run(gm, ctx.profile, ctx.backend_name, ctx.hints),
         "QKᵀ → scale → mask → softmax → PV becomes one FlashAttention kernel",
+    ),
+    # Linear recurrences: the (B, D, L, N) states and their producers never reach HBM.
+    Pass(
+        "scan",
+        lambda gm, ctx: scan.run(gm, ctx.profile, ctx.backend_name, ctx.hints),
+        "h_t = a_t·h_(t-1) + b_t (loops, associative_scan) becomes one fused scan kernel",
     ),
 ]
 

@@ -1,0 +1,1155 @@
+"""Scan pass: first-order diagonal linear recurrences → one fused scan kernel.
+
+The recurrence is h_t = a_t ⊙ h_{t-1} + b_t along a time axis, h_{-1} = h0 or 0. Three
+spellings reach the canonical ATen graph from `ioaware.capture`:
+
+1. A Python loop that dynamo unrolled: L steps `add(mul(a_t, h_{t-1}), b_t)` with a_t,
+   b_t per-step slices `select(a, dim, t)` (or `slice(a, dim, t, t+1)`), often followed
+   by a per-step readout (Mamba: `matmul(h_t, C_t[..., None])`) collected by `stack`.
+   Re-rolled in time linear in the number of nodes: each step is checked against the
+   form above with its step index, each readout is hashed relative to its step index
+   and compared with its neighbour's. Steps that differ (another slice, another op, an
+   intermediate used elsewhere) leave the loop as it was, with the step that differs.
+2. `associative_scan(combine, (a, b), dim)`: in "pointwise" mode the higher-order op,
+   whose combine subgraph must be (a1, b1), (a2, b2) → (a1·a2, a2·b1 + b2); in "generic"
+   mode the odd-even tree that dynamo inlines (capture flattens its vmaps). The tree is
+   checked by abstract interpretation: every row of every tensor in it is tracked as
+   the interval [lo, hi] of time steps it combines, and the output must hold [0, t] in
+   row t. Any tree of slices, cats, pads and interleaves that computes the scan passes;
+   anything else (a non-associative combine, a missing step) does not.
+3. Cumsum / log-space closed forms are not matched in v0 (see docs/architecture.md).
+
+What the kernel computes then depends on the producers and consumers:
+
+- `selective_scan` (Mamba) when a = exp(Δ ⊗ A), b = Δ ⊗ B ⊗ u over [Bt, Dc, L, N] and the
+  states are read out with C (y_t = Σ_n C_t[n] h_t[n], checked on random probes, so
+  matmul, einsum and multiply-and-sum all count). The (Bt, Dc, L, N) tensors a, b and
+  the states never reach HBM: the region reads u, Δ, B, C once and writes y.
+- `linear_scan` otherwise, on the materialised a and b; the readout stays as it was.
+
+IO per state element (fp32, unfused loop): read a_t, b_t, h_{t-1}, write h_t, plus the
+readout reading h_t again: ≥ 20 bytes; fused selective scan: (2·Bt·Dc·L + 2·Bt·L·N)·it
+over the whole region. See docs/cost-model.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import operator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import fx
+
+from ioaware import cost
+from ioaware.explain import Fallback, Rewrite
+from ioaware.passes.views import LAYOUT_OPS, hint
+from ioaware.spec import DTYPES, ScanSpec, dtype_name
+
+aten = torch.ops.aten
+
+CAST_OPS = {aten._to_copy.default}
+ZERO_FACTORIES = {aten.zeros.default, aten.zeros_like.default, aten.new_zeros.default}
+# The readout probe: relative error below which the readout is the contraction with C.
+# Half-precision casts in the readout (h.to(bf16)) cost ~1e-2; a different contraction
+# costs O(1).
+PROBE_TOLERANCE = 5e-2
+
+
+class NoMatch(Exception):
+    """A candidate recurrence that is not rewritten; the message is the reason."""
+
+
+# ---------------------------------------------------------------------------------------
+# the match record
+
+
+@dataclasses.dataclass
+class Recurrence:
+    """h_t = a_t ⊙ h_{t-1} + b_t along axis `dim` of the full tensors a and b.
+
+    a, b: fx.Nodes holding every step (time at `dim`), or for a the Python number or
+    step-invariant node every step multiplies by (`a_const`). states: the node of each
+    h_t in time order (loop), or one node holding all of them laid out as b
+    (`all_states`, associative_scan). region: the nodes the rewrite replaces.
+    """
+
+    form: str  # "loop" | "associative_scan"
+    a: Any
+    b: fx.Node
+    dim: int
+    length: int
+    reverse: bool
+    h0: fx.Node | None
+    anchor: fx.Node  # new nodes go before it
+    region: list[fx.Node]
+    states: list[fx.Node] | None = None
+    all_states: fx.Node | None = None
+    a_const: bool = False  # a is the same every step (a number or a node without time)
+    keepdim: bool = False  # loop steps slice with slice(t, t+1): h_t keeps the time axis
+    readout: Readout | None = None
+
+
+@dataclasses.dataclass
+class Readout:
+    """y_t = Σ_n C_t[g, n] · h_t[.., n] collected along axis `stack_dim` of `output`."""
+
+    c: fx.Node  # the full C, time at c_dim
+    c_dim: int
+    grouped: bool  # C_t is [Bt, Dc, N] (one group per channel) rather than [Bt, N]
+    output: fx.Node  # the node holding every y_t (stack)
+    stack_dim: int
+    nodes: list[fx.Node]  # the readout's nodes (all steps)
+
+
+@dataclasses.dataclass
+class Selective:
+    """The producers of a and b: a = exp(Δ ⊗ A), b = Δ ⊗ B ⊗ u, each factor a node whose
+    shape broadcasts to the 4-D frame of a and b (axes b, d, n in order, time at dim)."""
+
+    delta: fx.Node
+    A: fx.Node
+    B: fx.Node
+    u: fx.Node
+    frame: tuple[int, ...]
+    nodes: list[fx.Node]
+
+
+# ---------------------------------------------------------------------------------------
+# small guards
+
+
+def _val(node: Any) -> Any:
+    return node.meta.get("val") if isinstance(node, fx.Node) else None
+
+
+def _is_tensor(node: Any) -> bool:
+    return isinstance(_val(node), torch.Tensor)
+
+
+def _shape(node: fx.Node) -> tuple[int, ...]:
+    return tuple(hint(s) for s in _val(node).shape)
+
+
+def _static(node: fx.Node) -> bool:
+    return all(isinstance(s, int) for s in _val(node).shape)
+
+
+def _call(node: Any, *targets: Any) -> bool:
+    return isinstance(node, fx.Node) and node.op == "call_function" and node.target in targets
+
+
+def _is_add(node: Any) -> bool:
+    return _call(node, aten.add.Tensor) and node.kwargs.get("alpha", 1) == 1 and len(node.args) == 2
+
+
+def _is_mul(node: Any) -> bool:
+    return _call(node, aten.mul.Tensor) and len(node.args) == 2
+
+
+def _time_slice(node: Any) -> tuple[fx.Node, int, int, bool] | None:
+    """(X, dim, index, keepdim) when `node` is X[..., index, ...] along `dim`."""
+    if _call(node, aten.select.int):
+        x, dim, index = node.args
+        rank = _val(x).dim()
+        size = _shape(x)[dim % rank]
+        if isinstance(index, int):
+            return x, dim % rank, index % size if size else index, False
+    if _call(node, aten.slice.Tensor):
+        x, dim, start, end, step = (*node.args, None, None, None, 1)[:5]
+        rank = _val(x).dim()
+        size = _shape(x)[dim % rank]
+        if step == 1 and isinstance(start, int) and isinstance(end, int):
+            start = start % size if start < 0 else start
+            if end - start == 1 or (end == start + 1 - size * (end < 0)):
+                return x, dim % rank, start, True
+    return None
+
+
+def _is_zero(node: Any) -> bool:
+    if _call(node, *ZERO_FACTORIES):
+        return True
+    if _call(node, aten.full.default, aten.full_like.default, aten.new_full.default):
+        return node.args[-1] == 0 if node.target is not aten.new_full.default else node.args[2] == 0
+    return False
+
+
+def _root(node: Any) -> Any:
+    """`node` with view ops and casts stripped: the tensor a factor is made from."""
+    while _call(node, *LAYOUT_OPS, *CAST_OPS):
+        node = node.args[0]
+    return node
+
+
+def _dtype(node: fx.Node) -> torch.dtype:
+    return _val(node).dtype
+
+
+# ---------------------------------------------------------------------------------------
+# matching: unrolled loops
+
+
+def _steps(gm: fx.GraphModule) -> tuple[dict, dict]:
+    """Candidate steps add(mul(p, q), b_t) and the links h_{t-1} → h_t between them.
+
+    Returns (steps: add → mul, nxt: add → next add). A link exists where one operand of
+    a step's mul is another step's add; a state used by two steps links to neither.
+    """
+    steps = {}
+    for node in gm.graph.nodes:
+        if _is_add(node):
+            muls = [x for x in node.args if _is_mul(x)]
+            if len(muls) >= 1:
+                steps[node] = muls
+    nxt: dict[fx.Node, Any] = {}
+    for s, muls in steps.items():
+        for m in muls:
+            prevs = [x for x in m.args if x in steps]
+            if len(prevs) == 1:
+                p = prevs[0]
+                nxt[p] = s if p not in nxt else None  # None: two successors
+    return steps, {p: s for p, s in nxt.items() if s is not None}
+
+
+def loop_candidates(gm: fx.GraphModule) -> list[list[fx.Node]]:
+    """Chains h_0 → h_1 → … of at least two steps whose a_t or b_t is a time slice."""
+    steps, nxt = _steps(gm)
+    has_prev = set(nxt.values())
+    chains = []
+    for s in steps:
+        if s in has_prev or s not in nxt:
+            continue
+        chain = [s]
+        while chain[-1] in nxt:
+            chain.append(nxt[chain[-1]])
+        if len(chain) >= 2 and any(_time_slice(x) for x in chain[1].args):
+            chains.append(chain)
+    return chains
+
+
+def _split_step(add: fx.Node, prev: Any) -> tuple[fx.Node, Any, Any]:
+    """(mul, a_t, b_t) of `add` = a_t · prev + b_t (either operand order)."""
+    for m, b_t in ((add.args[0], add.args[1]), (add.args[1], add.args[0])):
+        if _is_mul(m) and prev in m.args:
+            x, y = m.args
+            if x is y:
+                raise NoMatch(f"{add.name}: the state multiplies itself (not linear)")
+            return m, (y if x is prev else x), b_t
+    raise NoMatch(f"{add.name}: not a_t * h + b_t with h the previous step's state")
+
+
+def _head(chain: list[fx.Node]) -> tuple[fx.Node, Any, Any, Any]:
+    """The first step's (mul, a_0, b_0, h_init): the h operand is the one that is not
+    the slice of the second step's a (or the same constant)."""
+    _, a1, _ = _split_step(chain[1], chain[0])
+    s = chain[0]
+    for m, b_t in ((s.args[0], s.args[1]), (s.args[1], s.args[0])):
+        if not _is_mul(m):
+            continue
+        for a0, h in ((m.args[0], m.args[1]), (m.args[1], m.args[0])):
+            t0, t1 = _time_slice(a0), _time_slice(a1)
+            if (t0 and t1 and t0[:2] == t1[:2]) or (not t1 and a0 is a1):
+                return m, a0, b_t, h
+    raise NoMatch(f"{s.name}: the first step does not multiply by the same a as the others")
+
+
+def match_loop(chain: list[fx.Node]) -> Recurrence:
+    mul0, a0, b0, h_init = _head(chain)
+    parts = [(chain[0], mul0, a0, b0)]
+    for prev, s in itertools.pairwise(chain):
+        m, a_t, b_t = _split_step(s, prev)
+        parts.append((s, m, a_t, b_t))
+
+    first_b = _time_slice(b0)
+    if first_b is None:
+        raise NoMatch(f"{chain[0].name}: b_0 = {getattr(b0, 'name', b0)} is not a time slice "
+                      "b[..., t, ...] of one tensor")
+    b_src, dim, b_index0, keepdim = first_b
+    a_slice0 = _time_slice(a0)
+    a_const = a_slice0 is None
+    if a_const and isinstance(a0, fx.Node) and not _is_tensor(a0):
+        raise NoMatch(f"{chain[0].name}: a_0 is not a tensor or a number")
+    length = len(chain)
+    step = 1
+    for t, (s, m, a_t, b_t) in enumerate(parts):
+        tb = _time_slice(b_t)
+        if tb is None or tb[0] is not b_src or tb[1] != dim or tb[3] != keepdim:
+            raise NoMatch(f"{s.name}: step {t} adds {getattr(b_t, 'name', b_t)}, not a slice of "
+                          f"{b_src.name} along dim {dim} as step 0 does (the steps differ)")
+        if t == 1:
+            step = tb[2] - b_index0
+            if step not in (1, -1):
+                raise NoMatch(f"{s.name}: steps read {b_src.name} at {b_index0}, {tb[2]}: "
+                              "not consecutive time steps")
+        if tb[2] != b_index0 + step * t:
+            raise NoMatch(f"{s.name}: step {t} reads {b_src.name}[{tb[2]}] along dim {dim}, "
+                          f"expected {b_index0 + step * t} (the steps differ)")
+        if a_const:
+            if a_t is not a0 and not (not isinstance(a_t, fx.Node) and a_t == a0):
+                raise NoMatch(f"{s.name}: step {t} multiplies by {getattr(a_t, 'name', a_t)}, "
+                              f"step 0 by {getattr(a0, 'name', a0)} (the steps differ)")
+        else:
+            ta = _time_slice(a_t)
+            if (ta is None or ta[0] is not a_slice0[0] or ta[1] != a_slice0[1] or ta[3] != keepdim
+                    or ta[2] != tb[2]):
+                raise NoMatch(f"{s.name}: step {t} multiplies by {getattr(a_t, 'name', a_t)}, "
+                              f"not {a_slice0[0].name} at the step's own time (the steps differ)")
+        if len(m.users) != 1:
+            users = ", ".join(u.name for u in m.users)
+            raise NoMatch(f"{m.name}: the product a_t·h_(t-1) of step {t} is used elsewhere "
+                          f"({users})")
+    size = _shape(b_src)[dim]
+    reverse = step == -1
+    expected_first = size - 1 if reverse else 0
+    if b_index0 != expected_first or length != size:
+        raise NoMatch(f"{chain[0].name}: the loop covers {length} of the {size} steps along "
+                      f"dim {dim} of {b_src.name}, starting at {b_index0}")
+    if not a_const and _val(a_slice0[0]).dim() != _val(b_src).dim():
+        raise NoMatch(f"{a0.name}: a and b have ranks {_val(a_slice0[0]).dim()} and "
+                      f"{_val(b_src).dim()}")
+    h0 = None if _is_zero(h_init) else h_init
+    if h0 is not None and not _is_tensor(h0):
+        raise NoMatch(f"{chain[0].name}: initial state {h_init} is not a tensor")
+    states = [s for s, *_ in parts]
+    if reverse:
+        states.reverse()
+    region = [n for s, m, a_t, b_t in parts for n in (s, m, a_t, b_t) if isinstance(n, fx.Node)
+              and (n in (s, m) or _time_slice(n))]
+    a_full = a0 if a_const else a_slice0[0]
+    return Recurrence(form="loop", a=a_full, b=b_src, dim=dim, length=length, reverse=reverse,
+                      h0=h0, anchor=chain[0], region=region, states=states, a_const=a_const,
+                      keepdim=keepdim)
+
+
+# ---------------------------------------------------------------------------------------
+# matching: the per-step readout of a loop
+
+
+def _step_closure(h: fx.Node, skip: set[fx.Node], stop: fx.Node | None
+                  ) -> tuple[list[fx.Node], fx.Node | None]:
+    """Nodes reached forward from state h (not through `skip`) up to the collector."""
+    seen, frontier, collector = [], [h], None
+    inside = {h}
+    while frontier:
+        n = frontier.pop()
+        for u in n.users:
+            if u in skip or u in inside or u.op != "call_function":
+                continue
+            if _call(u, aten.stack.default):
+                collector = u
+                continue
+            if stop is not None and u is stop:
+                continue
+            inside.add(u)
+            seen.append(u)
+            frontier.append(u)
+            if len(seen) > 64:
+                raise NoMatch(f"{h.name}: the per-step readout is larger than 64 nodes")
+    return seen, collector
+
+
+def _side_inputs(nodes: list[fx.Node], h: fx.Node) -> tuple[list[fx.Node], list[fx.Node]]:
+    """Per-step side inputs of a readout: view chains back to a time slice, used only by
+    the readout. Returns (side nodes, time-slice leaves)."""
+    inside = set(nodes) | {h}
+    side, leaves, frontier = [], [], [n for n in nodes]
+    while frontier:
+        n = frontier.pop()
+        for x in n.all_input_nodes:
+            if x in inside:
+                continue
+            if _time_slice(x) is not None and all(u in inside for u in x.users):
+                leaves.append(x)
+                inside.add(x)
+                side.append(x)
+            elif _call(x, *LAYOUT_OPS, *CAST_OPS) and all(u in inside for u in x.users):
+                inside.add(x)
+                side.append(x)
+                frontier.append(x)
+    return side, leaves
+
+
+def _signature(nodes: list[fx.Node], h: fx.Node, t: int) -> tuple:
+    """The readout's structure with its state as "h", its own nodes by position and the
+    time indices of its slices relative to step index t."""
+    order = sorted(nodes, key=_position)
+    local = {n: i for i, n in enumerate(order)}
+
+    def norm(x: Any) -> Any:
+        if isinstance(x, fx.Node):
+            if x is h:
+                return "h"
+            return ("local", local[x]) if x in local else ("ext", x)
+        if isinstance(x, (list, tuple)):
+            return tuple(norm(y) for y in x)
+        return x
+
+    sig = []
+    for n in order:
+        args = list(n.args)
+        ts = _time_slice(n)
+        if ts is not None and ts[0] not in local:
+            args = [ts[0], ts[1], ("t", ts[2] - t), ts[3]]
+        sig.append((n.target, norm(args), norm(dict(n.kwargs))))
+    return tuple(sig)
+
+
+_POSITIONS: dict[fx.Node, int] = {}
+
+
+def _position(n: fx.Node) -> int:
+    return _POSITIONS.get(n, 0)
+
+
+def match_readout(rec: Recurrence) -> Readout:
+    """The per-step readout of a loop, the same at every step, collected by one stack."""
+    states = rec.states
+    order = range(rec.length) if not rec.reverse else range(rec.length - 1, -1, -1)
+    prev_sig, collector, outs, leaves_all, nodes_all = None, None, {}, [], []
+    region = set(rec.region)
+    for t in order:
+        h = states[t]
+        nodes, coll = _step_closure(h, region, None)
+        if coll is None or (collector is not None and coll is not collector):
+            raise NoMatch(f"{h.name}: the state of step {t} is not read out into one stack")
+        collector = coll
+        ends = [n for n in nodes if collector in n.users] or ([h] if h in collector.args[0] else [])
+        if len(ends) != 1:
+            raise NoMatch(f"{h.name}: step {t} contributes {len(ends)} tensors to {collector.name}")
+        side, leaves = _side_inputs(nodes, h)
+        for n in nodes:
+            if any(u not in set(nodes) | {collector} for u in n.users):
+                raise NoMatch(f"{n.name}: an intermediate of step {t}'s readout is used "
+                              "elsewhere")
+        sig = _signature(nodes + side, h, t)
+        if prev_sig is not None and sig != prev_sig:
+            raise NoMatch(f"{h.name}: the readout of step {t} differs from its neighbour's")
+        prev_sig = sig
+        outs[t] = ends[0]
+        leaves_all.append(leaves)
+        nodes_all += nodes + side
+    items = collector.args[0]
+    if list(items) != [outs[t] for t in range(rec.length)]:
+        raise NoMatch(f"{collector.name}: stacks the readouts out of time order")
+    leaves = leaves_all[0]
+    if len(leaves) != 1:
+        raise NoMatch(f"{states[0].name}: the readout reads {len(leaves)} per-step tensors, "
+                      "expected one (C_t)")
+    c, c_dim, _, c_keep = _time_slice(leaves[0])
+    if c_keep:
+        raise NoMatch(f"{leaves[0].name}: C_t keeps its time axis")
+    t0 = 0 if not rec.reverse else rec.length - 1
+    # leaves_all[0] belongs to the first step visited, t0
+    grouped = _probe_readout(rec, states[t0], leaves_all[0][0], outs[t0], nodes_all)
+    stack_dim = collector.args[1] if len(collector.args) > 1 else collector.kwargs.get("dim", 0)
+    stack_dim %= _val(collector).dim()
+    return Readout(c=c, c_dim=c_dim, grouped=grouped, output=collector, stack_dim=stack_dim,
+                   nodes=nodes_all)
+
+
+def _probe_readout(rec: Recurrence, h: fx.Node, c_t: fx.Node, end: fx.Node,
+                   nodes: list[fx.Node]) -> bool:
+    """Evaluate one step's readout on random h and C_t: is it y = Σ_n C_t[.., n] h[.., n]?
+
+    A linear map that agrees with the contraction on random inputs is the contraction
+    (barring probability zero). Returns whether C_t carries the channel axis.
+    """
+    hs, cs = _shape(h), _shape(c_t)
+    if len(hs) != 3:
+        raise NoMatch(f"{h.name}: state of shape {hs}, the fused scan wants [Bt, Dc, N]")
+    bt, dc, n = hs
+    if cs == (bt, n):
+        grouped = False
+    elif cs == (bt, dc, n):
+        grouped = True
+    else:
+        raise NoMatch(f"{c_t.name}: C_t has shape {cs}, expected [Bt, N] or [Bt, Dc, N] "
+                      f"with state [Bt, Dc, N] = {hs}")
+    if _shape(end) != (bt, dc):
+        raise NoMatch(f"{end.name}: the readout gives shape {_shape(end)}, expected {(bt, dc)}")
+    step_nodes = _nodes_between(h, c_t, end)
+    gen = torch.Generator().manual_seed(0)
+    hv = torch.randn(hs, generator=gen).to(_dtype(h))
+    cv = torch.randn(cs, generator=gen).to(_dtype(c_t))
+    env = {h: hv, c_t: cv}
+    for node in sorted(step_nodes, key=_position):
+        args = torch.fx.node.map_arg(node.args, lambda x: env[x])
+        kwargs = torch.fx.node.map_arg(node.kwargs, lambda x: env[x])
+        env[node] = node.target(*args, **kwargs)
+    got = env[end].double()
+    c64 = cv.double() if grouped else cv.double()[:, None, :]
+    want = (hv.double() * c64).sum(-1)
+    err = float((got - want).norm() / (want.norm() + 1e-30))
+    if not err <= PROBE_TOLERANCE:
+        raise NoMatch(f"{end.name}: the readout is not Σ_n C_t[n]·h_t[n] "
+                      f"(relative error {err:.2g} on a random probe)")
+    return grouped
+
+
+def _nodes_between(h: fx.Node, c_t: fx.Node, end: fx.Node) -> list[fx.Node]:
+    """The nodes `end` depends on, stopping at h and C_t; any other input is an error."""
+    out, stack, seen = [], [end], {h, c_t}
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.op != "call_function":
+            raise NoMatch(f"{end.name}: the readout depends on {n.name}, not only on h_t "
+                          "and C_t")
+        out.append(n)
+        stack.extend(n.all_input_nodes)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# matching: associative_scan
+
+
+def _combine_is_linear(combine: fx.GraphModule) -> str | None:
+    """None if the combine subgraph is (a1, b1), (a2, b2) → (a1·a2, a2·b1 + b2), else why."""
+    ph = [n for n in combine.graph.nodes if n.op == "placeholder"]
+    out = next(n for n in combine.graph.nodes if n.op == "output")
+    if len(ph) != 4:
+        return f"the combine function takes {len(ph)} tensors, expected 2 pairs (a, b)"
+    a1, b1, a2, b2 = ph
+    res = out.args[0]
+    if len(res) != 2:
+        return f"the combine function returns {len(res)} tensors, expected (a, b)"
+    oa, ob = res
+    if not (_is_mul(oa) and set(oa.args) == {a1, a2}):
+        return "the combine's first output is not a1·a2"
+    if not _is_add(ob):
+        return "the combine's second output is not a2·b1 + b2"
+    for m, other in ((ob.args[0], ob.args[1]), (ob.args[1], ob.args[0])):
+        if other is b2 and _is_mul(m) and set(m.args) == {a2, b1}:
+            return None
+    return "the combine's second output is not a2·b1 + b2"
+
+
+def hop_candidates(gm: fx.GraphModule) -> list[fx.Node]:
+    target = getattr(torch.ops.higher_order, "associative_scan", None)
+    return [n for n in gm.graph.nodes if target is not None and _call(n, target)]
+
+
+def match_hop(gm: fx.GraphModule, node: fx.Node) -> Recurrence:
+    combine, xs = node.args[0], node.args[1]
+    extra = node.args[2] if len(node.args) > 2 else ()
+    sub = getattr(gm, combine.target) if combine.op == "get_attr" else None
+    if not isinstance(sub, fx.GraphModule):
+        raise NoMatch(f"{node.name}: the combine function is not a graph")
+    if extra:
+        raise NoMatch(f"{node.name}: the combine function closes over {len(extra)} tensors")
+    why = _combine_is_linear(sub)
+    if why is not None:
+        raise NoMatch(f"{node.name}: {why}; only the linear recurrence is rewritten")
+    a, b = xs
+    outs = [u for u in node.users if _call(u, operator.getitem)]
+    states = [u for u in outs if u.args[1] == 1]
+    if len(states) != 1 or any(u.args[1] == 0 and u.users for u in outs):
+        raise NoMatch(f"{node.name}: the cumulative product of a is used too")
+    return Recurrence(form="associative_scan", a=a, b=b, dim=0, length=_shape(b)[0],
+                      reverse=False, h0=None, anchor=node, region=[node, *outs],
+                      all_states=states[0])
+
+
+# The odd-even tree of combine_mode="generic", interpreted on row intervals.
+
+
+@dataclasses.dataclass
+class _Rows:
+    """Abstract value along axis 0: row i combines time steps lo[i]..hi[i] (lo = -1: a
+    row with no meaning, from padding). kind: "a" (Π a), "b" (the state from 0 over
+    the interval), "ab" (a·b of adjacent intervals, waiting for its + b)."""
+
+    kind: str
+    lo: np.ndarray
+    hi: np.ndarray
+    mid: np.ndarray | None = None  # "ab": where the b part ends
+
+    def __len__(self) -> int:
+        return len(self.lo)
+
+
+def _rows_slice(v: _Rows, start: Any, end: Any, step: Any) -> _Rows:
+    sl = slice(start, end, step)
+    return _Rows(v.kind, v.lo[sl], v.hi[sl], None if v.mid is None else v.mid[sl])
+
+
+def _interpret(node: fx.Node, env: dict) -> _Rows | None:
+    """The abstract value of `node`, or None when it is not part of a tree scan."""
+    args = node.args
+    if _call(node, aten.slice.Tensor):
+        v = env.get(args[0])
+        dim = args[1] if len(args) > 1 else 0
+        if v is None or dim != 0:
+            return None
+        start = args[2] if len(args) > 2 else None
+        end = args[3] if len(args) > 3 else None
+        step = args[4] if len(args) > 4 else 1
+        return _rows_slice(v, start, end, step)
+    if _call(node, aten.cat.default):
+        parts = [env.get(x) for x in args[0]]
+        dim = args[1] if len(args) > 1 else node.kwargs.get("dim", 0)
+        if dim != 0 or any(p is None for p in parts) or len({p.kind for p in parts}) != 1:
+            return None
+        return _Rows(parts[0].kind, np.concatenate([p.lo for p in parts]),
+                     np.concatenate([p.hi for p in parts]))
+    if _call(node, aten.pad.default, aten.constant_pad_nd.default):
+        v, pad = env.get(args[0]), list(args[1])
+        rank = _val(node).dim()
+        if v is None or len(pad) != 2 * rank or any(pad[:-2]) or pad[-2] != 0:
+            return None
+        extra = np.full(pad[-1], -1)
+        return _Rows(v.kind, np.concatenate([v.lo, extra]), np.concatenate([v.hi, extra]))
+    if _call(node, aten.stack.default):
+        parts = [env.get(x) for x in args[0]]
+        dim = args[1] if len(args) > 1 else node.kwargs.get("dim", 0)
+        if dim != 1 or len(parts) != 2 or any(p is None for p in parts) or \
+                parts[0].kind != parts[1].kind or len(parts[0]) != len(parts[1]):
+            return None
+        # stack on axis 1 then view(…) merging axes 0, 1: rows interleave
+        return _Rows(parts[0].kind + "|stacked", np.stack([parts[0].lo, parts[1].lo], 1),
+                     np.stack([parts[0].hi, parts[1].hi], 1))
+    if _call(node, aten.view.default, aten.reshape.default, aten._unsafe_view.default):
+        v = env.get(args[0])
+        if v is None or not v.kind.endswith("|stacked"):
+            return None
+        s_in, s_out = _shape(args[0]), _shape(node)
+        if s_out != (s_in[0] * s_in[1], *s_in[2:]):
+            return None
+        return _Rows(v.kind.split("|")[0], v.lo.reshape(-1), v.hi.reshape(-1))
+    if _call(node, aten.flip.default):
+        v = env.get(args[0])
+        if v is None or list(args[1]) not in ([0], [-_val(node).dim()]):
+            return None
+        return _Rows(v.kind, v.lo[::-1], v.hi[::-1])
+    if _is_mul(node):
+        x, y = (env.get(a) for a in args)
+        if x is None or y is None or len(x) != len(y):
+            return None
+        if x.kind == "a" and y.kind == "a":
+            lo, hi = np.minimum(x.lo, y.lo), np.maximum(x.hi, y.hi)
+            ok = ((x.hi + 1 == y.lo) | (y.hi + 1 == x.lo)) & (x.lo >= 0) & (y.lo >= 0)
+            return _Rows("a", np.where(ok, lo, -1), np.where(ok, hi, -1))
+        if {x.kind, y.kind} == {"a", "b"}:
+            a_, b_ = (x, y) if x.kind == "a" else (y, x)
+            ok = (b_.hi + 1 == a_.lo) & (a_.lo >= 0) & (b_.lo >= 0)
+            return _Rows("ab", np.where(ok, b_.lo, -1), np.where(ok, a_.hi, -1),
+                         np.where(ok, a_.lo, -1))
+        return None
+    if _is_add(node):
+        x, y = (env.get(a) for a in args)
+        if x is None or y is None or len(x) != len(y) or {x.kind, y.kind} != {"ab", "b"}:
+            return None
+        ab, b_ = (x, y) if x.kind == "ab" else (y, x)
+        # a2·b1 + b2: the b part must cover exactly the a part's interval
+        ok = (ab.mid == b_.lo) & (ab.hi == b_.hi) & (ab.lo >= 0) & (b_.lo >= 0)
+        return _Rows("b", np.where(ok, ab.lo, -1), np.where(ok, ab.hi, -1))
+    return None
+
+
+def tree_candidates(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node]]:
+    """(a, b) pairs the odd-even tree starts from: a first combine mul(a[1::2], b[::2])."""
+    pairs = []
+    for node in gm.graph.nodes:
+        if not _is_mul(node):
+            continue
+        x, y = node.args
+        sx, sy = _odd_even(x), _odd_even(y)
+        if sx and sy and sx[1] != sy[1]:
+            a, b = (sx[0], sy[0]) if sx[1] == 1 else (sy[0], sx[0])
+            if a is not b and _is_tensor(a) and _shape(a) == _shape(b) and (a, b) not in pairs:
+                pairs.append((a, b))
+    return pairs
+
+
+def _odd_even(node: Any) -> tuple[fx.Node, int] | None:
+    """(X, start) for X[start::2] along axis 0."""
+    if _call(node, aten.slice.Tensor) and len(node.args) == 5 and node.args[1] == 0 \
+            and node.args[4] == 2 and node.args[2] in (0, 1):
+        return node.args[0], node.args[2]
+    return None
+
+
+def match_tree(gm: fx.GraphModule, a: fx.Node, b: fx.Node) -> Recurrence:
+    """The states node of the odd-even tree from leaves a, b (time on axis 0)."""
+    length = _shape(b)[0]
+    reverse = False
+    leaves = {a: "a", b: "b"}
+    env = {x: _Rows(kind, np.arange(length), np.arange(length)) for x, kind in leaves.items()}
+    region, found = [], None
+    target = np.arange(length)
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or not any(x in env for x in node.all_input_nodes):
+            continue
+        v = _interpret(node, env)
+        if v is None:
+            continue
+        env[node] = v
+        region.append(node)
+        if (v.kind == "b" and len(v) == length and np.array_equal(v.hi, target)
+                and np.array_equal(v.lo, np.zeros(length))):
+            found = node
+            break
+    if found is None:
+        raise NoMatch(f"{b.name}: the odd-even tree over {a.name}, {b.name} does not compute "
+                      "the linear recurrence (its combine is not (a1·a2, a2·b1 + b2), or a "
+                      "step is missing)")
+    keep = _ancestors(found, set(region))
+    return Recurrence(form="associative_scan", a=a, b=b, dim=0, length=length, reverse=reverse,
+                      h0=None, anchor=found, region=[n for n in region if n in keep],
+                      all_states=found)
+
+
+def _ancestors(node: fx.Node, within: set[fx.Node]) -> set[fx.Node]:
+    out, stack = set(), [node]
+    while stack:
+        n = stack.pop()
+        if n in out or n not in within:
+            continue
+        out.add(n)
+        stack.extend(n.all_input_nodes)
+    return out
+
+
+def _unmove(rec: Recurrence) -> None:
+    """Read a and b before the wrapper's movedim(x, dim, 0), and the states after its
+    movedim back, so the scan runs on the caller's layout (no copies)."""
+    srcs = []
+    for x in (rec.a, rec.b):
+        if _call(x, aten.movedim.intlist, aten.movedim.int):
+            src, dst = x.args[1], x.args[2]
+            src = src[0] if isinstance(src, (list, tuple)) else src
+            dst = dst[0] if isinstance(dst, (list, tuple)) else dst
+            if dst == 0:
+                srcs.append((x.args[0], src % _val(x).dim()))
+                continue
+        srcs.append(None)
+    out = rec.all_states
+    back = [u for u in out.users if _call(u, aten.movedim.intlist, aten.movedim.int)]
+    if None in srcs or srcs[0][1] != srcs[1][1] or len(back) != 1 or len(out.users) != 1:
+        return
+    dim = srcs[0][1]
+    bsrc, bdst = back[0].args[1], back[0].args[2]
+    bsrc = bsrc[0] if isinstance(bsrc, (list, tuple)) else bsrc
+    bdst = bdst[0] if isinstance(bdst, (list, tuple)) else bdst
+    if bsrc != 0 or bdst % _val(back[0]).dim() != dim:
+        return
+    rec.a, rec.b, rec.dim = srcs[0][0], srcs[1][0], dim
+    rec.all_states = back[0]
+    rec.region.append(back[0])
+
+
+# ---------------------------------------------------------------------------------------
+# matching: the producers of a selective scan
+
+
+def _factors(node: Any, limit: int = 4) -> list[Any]:
+    """Leaves of a tree of mul.Tensor whose inner nodes have one user."""
+    out, stack = [], [node]
+    while stack:
+        n = stack.pop()
+        if _is_mul(n) and (n is node or len(n.users) == 1) and len(out) + len(stack) < limit:
+            stack.extend(n.args)
+        else:
+            out.append(n)
+    return out
+
+
+def _axes(f: Any, frame: tuple[int, ...]) -> set[int] | None:
+    """Frame axes on which factor f varies (its shape aligned right), None if it does not
+    broadcast to the frame."""
+    if not _is_tensor(f):
+        return None
+    s = _shape(f)
+    if len(s) > len(frame):
+        return None
+    s = (1,) * (len(frame) - len(s)) + s
+    if any(x not in (1, y) for x, y in zip(s, frame)):
+        return None
+    return {i for i, x in enumerate(s) if x != 1}
+
+
+def match_selective(rec: Recurrence) -> Selective:
+    """a = exp(Δ ⊗ A), b = Δ ⊗ B ⊗ u on the frame [b, d, n] with time at rec.dim."""
+    if rec.a_const or rec.reverse:
+        raise NoMatch("a is not exp(Δ·A)" if rec.a_const else "reverse scan")
+    a, b = rec.a, rec.b
+    if not (_call(a, aten.exp.default) and _static(a) and _static(b)):
+        raise NoMatch(f"{getattr(a, 'name', a)}: a is not exp(Δ·A) with static sizes")
+    frame = _shape(b)
+    if _shape(a) != frame or len(frame) != 4:
+        raise NoMatch(f"{a.name}: a, b of shapes {_shape(a)}, {frame}; expected one 4-D "
+                      "[Bt, Dc, L, N] frame")
+    t_ax = rec.dim
+    bax, _, nax = [i for i in range(4) if i != t_ax]
+    fa = _factors(a.args[0], limit=2)
+    fb = _factors(b, limit=3)
+    if len(fa) != 2 or len(fb) != 3:
+        raise NoMatch(f"{a.name}: a = exp of {len(fa)} factors, b = {len(fb)} factors; "
+                      "expected exp(Δ·A) and Δ·B·u")
+    axes_a = [_axes(f, frame) for f in fa]
+    axes_b = [_axes(f, frame) for f in fb]
+    if None in axes_a or None in axes_b:
+        raise NoMatch(f"{a.name}: a factor does not broadcast to the frame {frame}")
+    roots_b = [_root(f) for f in fb]
+    delta = A = None
+    for i in (0, 1):
+        d_, A_ = fa[i], fa[1 - i]
+        if (_root(d_) in roots_b and nax not in axes_a[i] and
+                not axes_a[1 - i] & {bax, t_ax}):
+            delta, A = d_, A_
+            break
+    if delta is None:
+        raise NoMatch(f"{a.name}: exp(x·y) where neither factor is a Δ shared with b "
+                      "(varying over batch, channel, time) times an A (channel, state)")
+    rest = [f for f, r in zip(fb, roots_b) if r is not _root(delta)]
+    if len(rest) != 2:
+        raise NoMatch(f"{b.name}: b is not Δ·B·u with the Δ of a")
+    axes = {f: _axes(f, frame) for f in rest}
+    u = [f for f in rest if nax not in axes[f]]
+    B = [f for f in rest if nax in axes[f]]
+    if len(u) != 1 or len(B) != 1:
+        raise NoMatch(f"{b.name}: b is not Δ·B·u (one factor without the state axis, one "
+                      "with it)")
+    nodes = [a, a.args[0], b]
+    nodes += [n for n in (a.args[0], b) for n in _mul_tree(n)]
+    return Selective(delta=delta, A=A, B=B[0], u=u[0], frame=frame, nodes=list(dict.fromkeys(nodes)))
+
+
+def _mul_tree(node: fx.Node) -> list[fx.Node]:
+    out, stack = [], [node]
+    while stack:
+        n = stack.pop()
+        if _is_mul(n) and (n is node or len(n.users) == 1):
+            out.append(n)
+            stack.extend(n.args)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# costing
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _rows_features(shape: tuple[int, ...], dim: int) -> tuple[int, int]:
+    rows = int(np.prod(shape[:dim])) if dim else 1
+    feats = int(np.prod(shape[dim + 1:])) if dim + 1 < len(shape) else 1
+    return rows, feats
+
+
+def region_cost(nodes: list[fx.Node]) -> cost.Cost:
+    total = cost.Cost.zero()
+    for n in dict.fromkeys(nodes):
+        c = cost.node_cost(n)
+        if c is not None:
+            total = total + c
+    return total
+
+
+# ---------------------------------------------------------------------------------------
+# rewriting
+
+
+def _to_rlf(g: fx.Graph, x: fx.Node, dim: int, rank: int) -> fx.Node:
+    """[..., L (at dim), ...] → [R, L, F] by flattening the axes before and after."""
+    if dim == 0:
+        x = g.call_function(aten.unsqueeze.default, (x, 0))
+    elif dim > 1:
+        x = g.call_function(aten.flatten.using_ints, (x, 0, dim - 1))
+    if dim == rank - 1:
+        x = g.call_function(aten.unsqueeze.default, (x, -1))
+    elif dim + 1 < rank - 1:
+        x = g.call_function(aten.flatten.using_ints, (x, 2, -1))
+    return x
+
+
+def _state_rf(g: fx.Graph, h0: fx.Node, like_step: fx.Node, dim: int, rank: int) -> fx.Node:
+    """h0 broadcast to one step's state and flattened to [R, F]."""
+    x = g.call_function(aten.expand_as.default, (h0, like_step))
+    x = g.call_function(aten.unsqueeze.default, (x, dim))
+    x = _to_rlf(g, x, dim, rank)
+    return g.call_function(aten.squeeze.dim, (x, 1))
+
+
+def apply_linear(gm: fx.GraphModule, rec: Recurrence) -> None:
+    """Replace the states by views of one ioaware::linear_scan on a and b."""
+    from ioaware.codegen import scan_ops  # noqa: F401  (registers torch.ops.ioaware)
+
+    g = gm.graph
+    rank = _val(rec.b).dim()
+    region = set(rec.region)
+    with g.inserting_before(rec.anchor):
+        b = rec.b
+        if rec.a_const:
+            a = rec.a
+            if not isinstance(a, fx.Node):
+                a = g.call_function(aten.scalar_tensor.default, (float(a),),
+                                    {"dtype": _dtype(b)})
+            else:
+                a = g.call_function(aten.unsqueeze.default, (a, rec.dim)) \
+                    if _val(a).dim() >= rank - 1 else a
+            a = g.call_function(aten.expand_as.default, (a, b))
+        else:
+            pair = g.call_function(aten.broadcast_tensors.default, ([rec.a, b],))
+            a = g.call_function(operator.getitem, (pair, 0))
+            b = g.call_function(operator.getitem, (pair, 1))
+        a3, b3 = _to_rlf(g, a, rec.dim, rank), _to_rlf(g, b, rec.dim, rank)
+        h0 = None
+        if rec.h0 is not None:
+            step0 = g.call_function(aten.select.int, (b, rec.dim, 0))
+            h0 = _state_rf(g, rec.h0, step0, rec.dim, rank)
+        h3 = g.call_function(torch.ops.ioaware.linear_scan.default, (a3, b3, h0, rec.reverse))
+        h = g.call_function(aten.reshape_as.default, (h3, b))
+        if rec.states is not None:
+            for t, s in enumerate(rec.states):
+                if rec.keepdim:
+                    view = g.call_function(aten.slice.Tensor, (h, rec.dim, t, t + 1))
+                else:
+                    view = g.call_function(aten.select.int, (h, rec.dim, t))
+                s.replace_all_uses_with(view, delete_user_cb=lambda u: u not in region)
+        else:
+            rec.all_states.replace_all_uses_with(h)
+    _erase(g, rec.region)
+    gm.recompile()
+
+
+def _frame_factor(g: fx.Graph, f: fx.Node, frame: tuple[int, ...], keep: list[int]) -> fx.Node:
+    """Factor f (broadcast to `frame`) as a view over the frame axes `keep` (in frame
+    order); every other axis must be 1 in f, where it is selected away."""
+    x = f
+    for _ in range(len(frame) - _val(f).dim()):
+        x = g.call_function(aten.unsqueeze.default, (x, 0))
+    shape = _shape(f)
+    shape = (1,) * (len(frame) - len(shape)) + shape
+    target = [frame[i] if i in keep else 1 for i in range(len(frame))]
+    if list(shape) != target:
+        x = g.call_function(aten.expand.default, (x, target))
+    for i in sorted((i for i in range(len(frame)) if i not in keep), reverse=True):
+        x = g.call_function(aten.select.int, (x, i, 0))
+    return x
+
+
+def apply_selective(gm: fx.GraphModule, rec: Recurrence, sel: Selective, ro: Readout) -> None:
+    """Replace producers, recurrence and readout by one ioaware::selective_scan."""
+    from ioaware.codegen import scan_ops  # noqa: F401
+
+    g = gm.graph
+    frame, t = sel.frame, rec.dim
+    bax, dax, nax = [i for i in range(4) if i != t]
+    with g.inserting_before(ro.output):
+        def seq(f: fx.Node) -> fx.Node:  # [Bt, Dc, L]
+            x = _frame_factor(g, f, frame, [bax, dax, t])
+            pos = sorted([bax, dax, t]).index(t)
+            return g.call_function(aten.movedim.int, (x, pos, 2)) if pos != 2 else x
+
+        u, delta = seq(sel.u), seq(sel.delta)
+        A = _frame_factor(g, sel.A, frame, [dax, nax])
+        b_axes = _axes(sel.B, frame)
+        grouped_b = dax in b_axes and frame[dax] != 1
+        keep = [bax, dax, t, nax] if grouped_b else [bax, t, nax]
+        B = _frame_factor(g, sel.B, frame, keep)
+        pos = sorted(keep).index(t)
+        B = g.call_function(aten.movedim.int, (B, pos, len(keep) - 2))
+        if not grouped_b:
+            B = g.call_function(aten.unsqueeze.default, (B, 1))
+        # C: [Bt, L, N] or [Bt, L, Dc, N] with time at c_dim → [Bt, G, L, N]
+        C = g.call_function(aten.movedim.int, (ro.c, ro.c_dim, 1))
+        if ro.grouped:
+            C = g.call_function(aten.movedim.int, (C, 1, 2))
+        else:
+            C = g.call_function(aten.unsqueeze.default, (C, 1))
+        if ro.grouped != grouped_b:
+            # one side grouped per channel, the other shared: share by broadcasting
+            if not ro.grouped:
+                C = g.call_function(aten.expand.default, (C, [-1, frame[dax], -1, -1]))
+            else:
+                B = g.call_function(aten.expand.default, (B, [-1, frame[dax], -1, -1]))
+        h0 = None
+        if rec.h0 is not None:
+            h0 = g.call_function(aten.expand.default, (rec.h0, [frame[bax], frame[dax],
+                                                                 frame[nax]]))
+        res = g.call_function(torch.ops.ioaware.selective_scan.default,
+                              (u, delta, A, B, C, None, None, None, False, h0))
+        y = g.call_function(operator.getitem, (res, 0))
+        h_last = g.call_function(operator.getitem, (res, 1))
+        out_dtype = _dtype(ro.output)
+        if _dtype(sel.u) != out_dtype:
+            y = g.call_function(aten._to_copy.default, (y,), {"dtype": out_dtype})
+        if ro.stack_dim != 2:
+            y = g.call_function(aten.movedim.int, (y, 2, ro.stack_dim))
+        last = rec.states[-1]
+        if len(last.users) and any(u not in set(rec.region) | set(ro.nodes) for u in last.users):
+            if _dtype(last) != torch.float32:
+                h_last = g.call_function(aten._to_copy.default, (h_last,),
+                                         {"dtype": _dtype(last)})
+            last.replace_all_uses_with(
+                h_last, delete_user_cb=lambda u: u not in set(rec.region) | set(ro.nodes))
+    ro.output.replace_all_uses_with(y)
+    _erase(g, [*sel.nodes, *rec.region, *ro.nodes, ro.output])
+    gm.recompile()
+
+
+def _erase(g: fx.Graph, nodes: list[fx.Node]) -> None:
+    for n in sorted(set(nodes), key=_position, reverse=True):
+        if not n.users and n.graph is g:
+            g.erase_node(n)
+    g.eliminate_dead_code()
+
+
+# ---------------------------------------------------------------------------------------
+# the pass
+
+
+def _extra_state_users(rec: Recurrence, ro: Readout) -> str | None:
+    allowed = set(rec.region) | set(ro.nodes)
+    for t, s in enumerate(rec.states[:-1]):
+        extra = [u for u in s.users if u not in allowed]
+        if extra:
+            return f"{s.name}: the state of step {t} is used outside the readout ({extra[0].name})"
+    return None
+
+
+def _detail(rec: Recurrence, fused: list[str], kind: str, dtype: torch.dtype, d_state: int
+            ) -> dict:
+    return {"form": rec.form, "length": rec.length, "d_state": d_state, "fused": fused,
+            "op": kind, "dtype": dtype_name(dtype), "reverse": rec.reverse}
+
+
+def _plan(rec: Recurrence) -> tuple[str, Any, Any, list[fx.Node], cost.Cost, dict]:
+    """Choose selective (fused producers and readout) or linear; cost of what is replaced."""
+    why_not = None
+    if rec.form == "loop" and rec.states is not None:
+        try:
+            ro = match_readout(rec)
+            sel = match_selective(rec)
+            extra = _extra_state_users(rec, ro)
+            if extra:
+                raise NoMatch(extra)
+            u_dtype = _dtype(sel.u)
+            if u_dtype not in DTYPES.values():
+                raise NoMatch(f"{sel.u.name}: u is {u_dtype}")
+            bt, dc, n = (sel.frame[i] for i in range(4) if i != rec.dim)
+            spec = ScanSpec(kind="selective", dtype=dtype_name(u_dtype), d_state=n,
+                            has_h0=rec.h0 is not None)
+            dax = [i for i in range(4) if i != rec.dim][1]
+            grouped = ro.grouped or (dax in _axes(sel.B, sel.frame) and dc != 1)
+            after = cost.selective_scan_cost(
+                bt, dc, rec.length, n, _itemsize(u_dtype), groups=dc if grouped else 1,
+                has_D=False, has_z=False)
+            nodes = [*sel.nodes, *rec.region, *ro.nodes, ro.output]
+            detail = _detail(rec, ["discretize", "readout"], "selective_scan", u_dtype, n)
+            detail["spec"] = spec.key()
+            return "selective", sel, ro, nodes, after, detail
+        except NoMatch as e:
+            why_not = str(e)
+    b_dtype = torch.promote_types(_dtype(rec.b), _dtype(rec.a) if isinstance(rec.a, fx.Node)
+                                  and _is_tensor(rec.a) else _dtype(rec.b))
+    if b_dtype not in DTYPES.values():
+        raise NoMatch(f"{rec.b.name}: the recurrence is in {b_dtype}, not fp16/bf16/fp32")
+    state_dtype = _dtype(rec.states[0]) if rec.states else _dtype(rec.all_states)
+    if state_dtype != b_dtype:
+        raise NoMatch(f"{rec.anchor.name}: the state is {state_dtype} but a, b promote to "
+                      f"{b_dtype}")
+    rows, feats = _rows_features(_shape(rec.b), rec.dim)
+    after = cost.linear_scan_cost(rows, rec.length, feats, _itemsize(b_dtype),
+                                  has_h0=rec.h0 is not None)
+    detail = _detail(rec, [], "linear_scan", b_dtype, 1)
+    if why_not:
+        detail["not_fused"] = why_not
+    return "linear", None, None, list(rec.region), after, detail
+
+
+def _positions(gm: fx.GraphModule) -> None:
+    _POSITIONS.clear()
+    _POSITIONS.update({n: i for i, n in enumerate(gm.graph.nodes)})
+
+
+def candidates(gm: fx.GraphModule) -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = [("hop", n) for n in hop_candidates(gm)]
+    out += [("tree", p) for p in tree_candidates(gm)]
+    out += [("loop", c) for c in loop_candidates(gm)]
+    return out
+
+
+def _match(gm: fx.GraphModule, kind: str, cand: Any) -> Recurrence:
+    if kind == "hop":
+        rec = match_hop(gm, cand)
+        _unmove(rec)
+        return rec
+    if kind == "tree":
+        rec = match_tree(gm, *cand)
+        _unmove(rec)
+        return rec
+    return match_loop(cand)
+
+
+def _alive(gm: fx.GraphModule, kind: str, cand: Any) -> bool:
+    nodes = cand if kind != "hop" else [cand]
+    return all(isinstance(n, fx.Node) and n.graph is gm.graph and n in gm.graph.nodes
+               for n in nodes)
+
+
+def _name(kind: str, cand: Any) -> str:
+    return cand.name if kind == "hop" else cand[0].name
+
+
+def run(
+    gm: fx.GraphModule, profile: Any, backend_name: str, hints: dict
+) -> tuple[list[Rewrite], list[Fallback]]:
+    """Find and rewrite every linear recurrence in `gm`; report what was done and why not."""
+    rewrites: list[Rewrite] = []
+    fallbacks: list[Fallback] = []
+    for kind, cand in candidates(gm):
+        if not _alive(gm, kind, cand):
+            continue
+        _positions(gm)
+        try:
+            rec = _match(gm, kind, cand)
+            plan, sel, ro, nodes, after, detail = _plan(rec)
+            before = region_cost(nodes)
+            pays, why = cost.rewrite_pays(before, after, profile, detail["dtype"], hints)
+            if not pays:
+                raise NoMatch(f"{rec.anchor.name}: rewrite would not pay ({why})")
+        except (NoMatch, ValueError) as e:
+            fallbacks.append(Fallback(kind="scan", reason=str(e)))
+            continue
+        except Exception as e:  # noqa: BLE001 - a bug here must not cost the user a crash
+            fallbacks.append(Fallback(
+                kind="scan",
+                reason=f"{_name(kind, cand)}: internal error while matching "
+                       f"({type(e).__name__}: {e}); left to eager, please report"))
+            continue
+        ev_before, ev_after = before.evaluate(hints), after.evaluate(hints)
+        if plan == "selective":
+            apply_selective(gm, rec, sel, ro)
+        else:
+            apply_linear(gm, rec)
+        rewrites.append(Rewrite(
+            kind="scan", detail=detail,
+            hbm_bytes_before=int(ev_before["hbm_bytes"]),
+            hbm_bytes_after=int(ev_after["hbm_bytes"]),
+            flops=int(ev_after["flops"]), flops_before=int(ev_before["flops"]),
+            backend=backend_name,
+        ))
+    return rewrites, fallbacks
+
+
+__all__ = [
+    "NoMatch",
+    "Readout",
+    "Recurrence",
+    "Selective",
+    "candidates",
+    "match_loop",
+    "match_readout",
+    "match_selective",
+    "match_tree",
+    "run",
+]
