@@ -56,6 +56,7 @@ class Figures:
     read_bytes: int | None = None
     write_bytes: int | None = None
     transcendentals: int | None = None
+    sram_bytes: int | None = None  # on-chip footprint of one program of a generated kernel
     expressions: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @property
@@ -70,6 +71,7 @@ class Figures:
             "hbm_bytes": self.hbm_bytes,
             "flops": self.flops,
             "transcendentals": self.transcendentals,
+            "sram_bytes": self.sram_bytes,
             "intensity_flop_per_byte": self.intensity,
             "bound": self.bound,
             "modelled_time_s": self.modelled_time_s,
@@ -210,7 +212,7 @@ def _figures(c: cost.Cost, profile: hardware.DeviceProfile, dtype: str, hints: M
         modelled_time_s=cost.modelled_time(c, profile, dtype, hints),
         bound=cost.bound(c, profile, dtype, hints),
         read_bytes=values["read_bytes"], write_bytes=values["write_bytes"],
-        transcendentals=values["transcendentals"],
+        transcendentals=values["transcendentals"], sram_bytes=values.get("sram_bytes"),
         expressions=_expressions(c, names),
     )
 
