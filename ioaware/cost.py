@@ -601,11 +601,12 @@ def _tensor_arg(node: fx.Node, name: str) -> torch.Tensor | None:
     return None
 
 
-@_prices("selective_scan", namespace="ioaware")
+@_prices("selective_scan", "selective_scan_backward", namespace="ioaware")
 def _ioaware_selective_scan(node: fx.Node) -> Cost | None:
-    """ioaware.selective_scan(u, delta, A, B, C, D?, z?, delta_bias?, delta_softplus, ...)
-    -> (y, h_last): `selective_scan_cost` at the op's shapes; None (unpriced) if the
-    schema does not name u, delta, A, B (u, B: [Bt, Dc, L], [Bt, G, L, N])."""
+    """ioaware.selective_scan(u, delta, A, B, C, D?, z?, delta_bias?, delta_softplus, h0?)
+    -> (y, h_last), and its _backward (dy, dh_last, the same inputs) -> the gradients:
+    `selective_scan_cost` at the op's shapes; None (unpriced) if the schema does not
+    name u, delta, A, B (u: [Bt, Dc, L], B: [Bt, G, L, N])."""
     u, b, a = (_tensor_arg(node, n) for n in ("u", "B", "A"))
     if u is None or b is None or a is None or _tensor_arg(node, "delta") is None:
         return None
@@ -617,6 +618,8 @@ def _ioaware_selective_scan(node: fx.Node) -> Cost | None:
         has_z=_tensor_arg(node, "z") is not None,
         has_delta_bias=_tensor_arg(node, "delta_bias") is not None,
         delta_softplus=bool(_schema_arg(node, "delta_softplus", False)),
+        has_h0=_tensor_arg(node, "h0") is not None,
+        backward=_op_name(node.target) == "selective_scan_backward",
     )
 
 
@@ -1050,7 +1053,7 @@ def selective_scan_cost(
     batch: Size, channels: Size, length: Size, d_state: Size, itemsize: int, *,
     groups: Size = 1, has_D: bool = True, has_z: bool = True,
     has_delta_bias: bool = False, backward: bool = False, delta_softplus: bool = False,
-    block_d: int | None = None,
+    has_h0: bool = False, block_d: int | None = None, chunk: int | None = None,
 ) -> Cost:
     """The fused selective scan (Mamba's S6, Gu & Dao 2023, Algorithm 2), forward or backward.
 
@@ -1081,6 +1084,10 @@ def selective_scan_cost(
     once, the compulsory traffic). Each of the ceil(Dc / (G·block_d)) channel blocks of a
     group reads the group's B and C again; those re-reads are `l2_reread_bytes`, live in
     L2 as in FlashAttention (`_kv_working_set`, one (batch, group) standing for a head).
+    has_h0: an initial state h0 [Bt, Dc, N] fp32 is read (backward: read, and dh0 written).
+    chunk (backward): the kernel saves the state at the start of every chunk of `chunk`
+    steps in an fp32 scratch and reads it back, 2·Bt·Dc·ceil(L / chunk)·N·4 bytes.
+    The backward's incoming dh_last (Bt·Dc·N·4, L times smaller than dy) is not counted.
     """
     _check_positive(batch=batch, channels=channels, length=length, d_state=d_state,
                     groups=groups, itemsize=itemsize)
@@ -1097,24 +1104,30 @@ def selective_scan_cost(
     per_seq_transc = 2 * int(delta_softplus) + int(has_z)
     states = seq * N
     rereads = Cost()
+    state_bytes = Bt * Dc * N * p
+    h0 = int(has_h0) * state_bytes
+    if backward and chunk is not None:
+        _check_positive(chunk=chunk)
+        scratch = _ceil_div(L, chunk) * state_bytes
+        rereads += Cost(read_bytes=scratch, write_bytes=scratch)
     if block_d is not None:
         _check_positive(block_d=block_d)
         blocks = _ceil_div(Dc / G, block_d)
         group_bytes = 2 * L * N * it  # B and C of one (batch, group)
-        rereads = Cost(
+        rereads += Cost(
             read_bytes=(blocks - 1) * bc * it, l2_reread_bytes=(blocks - 1) * bc * it,
             l2_working_set=_kv_working_set(Bt * G, blocks, group_bytes, group_bytes),
         )
     if not backward:
         return rereads + Cost(
-            read_bytes=(2 + int(has_z)) * seq * it + params + bc * it,
-            write_bytes=seq * it + Bt * Dc * N * p,
+            read_bytes=(2 + int(has_z)) * seq * it + params + bc * it + h0,
+            write_bytes=seq * it + state_bytes,
             flops=SELECTIVE_SCAN_STATE_FLOPS * states + per_seq_flops * seq,
             transcendentals=states + per_seq_transc * seq,
         )
     return rereads + Cost(
-        read_bytes=(3 + int(has_z)) * seq * it + params + bc * it,
-        write_bytes=(2 + int(has_z)) * seq * it + bc * p + params,
+        read_bytes=(3 + int(has_z)) * seq * it + params + bc * it + h0,
+        write_bytes=(2 + int(has_z)) * seq * it + bc * p + params + h0,
         flops=SELECTIVE_SCAN_BACKWARD_STATE_FLOPS * states + 2 * per_seq_flops * seq,
         transcendentals=states + per_seq_transc * seq,
     )

@@ -18,19 +18,27 @@ from torch import fx
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from ioaware.cost import (
+    FLOPS_PER_FMA,
     Cost,
+    attention_forward_sram_bytes,
+    attention_tile_candidates,
     attention_unfused_cost,
     bound,
     causal_backward_query_rows,
     causal_forward_blocks,
+    ceilings,
     flash_attention_backward_cost,
     flash_attention_cost,
     graph_cost,
+    l2_hits,
     linear_scan_cost,
     modelled_time,
     node_cost,
+    programs_in_flight,
     rewrite_pays,
+    scan_chunk_candidates,
     selective_scan_cost,
+    selective_scan_sram_bytes,
     size_hints,
     sym,
 )
@@ -572,3 +580,215 @@ def test_block_sparse_attention_scales_the_streamed_blocks():
                                          block_density=sympy.Rational(1, 2)).evaluate()
     full = flash_attention_backward_cost(1, 1, 1, n, n, d, d, it, False).evaluate()
     assert back["flops"] * 2 == full["flops"] and back["read_bytes"] < full["read_bytes"]
+
+
+# ---------------------------------------------------------------------------------------
+# op families not covered above
+
+
+def test_baddbmm_adds_the_bias_once_per_output():
+    bias, a, b = torch.randn(3, 8, 32), torch.randn(3, 8, 16), torch.randn(3, 16, 32)
+    c = priced(torch.baddbmm, bias, a, b, target=aten.baddbmm.default)
+    assert c["flops"] == 2 * 3 * 8 * 32 * 16 + 3 * 8 * 32  # batched 2MNK, then + bias
+    assert c["read_bytes"] == 4 * 3 * (8 * 32 + 8 * 16 + 16 * 32)  # bias, A, B
+    assert c["write_bytes"] == 4 * 3 * 8 * 32
+
+
+def test_log_softmax_and_rms_norm():
+    c = priced(lambda a: torch.log_softmax(a, -1), x, target=aten.log_softmax.int)
+    assert (c["read_bytes"], c["write_bytes"]) == (4 * N, 4 * N)
+    assert (c["flops"], c["transcendentals"]) == (5 * N, N)  # max, sub, exp, add, sub log
+    w = torch.randn(64)
+    gm = trace(lambda a, w: F.rms_norm(a, (64,), w), x, w)
+    priced_nodes = [(n, node_cost(n)) for n in gm.graph.nodes if n.op == "call_function"]
+    rms = [c for n, c in priced_nodes if "rms_norm" in str(n.target)]
+    if rms:  # one fused node: read x and weight, write y; 4 FLOPs an element, 1 rsqrt a row
+        c = rms[0].evaluate()
+        assert (c["read_bytes"], c["write_bytes"]) == (4 * (N + 64), 4 * N)
+        assert (c["flops"], c["transcendentals"]) == (4 * N, 4)
+    else:  # decomposed into pow, mean, add, rsqrt, mul, mul: every node priced
+        assert all(c is not None for _, c in priced_nodes)
+        total = sum(c for _, c in priced_nodes).evaluate()
+        assert total["transcendentals"] == 4  # the one rsqrt per row
+
+
+def test_index_select_and_gather_read_the_indices_and_what_they_pick():
+    table = torch.randn(100, 16)
+    idx = torch.tensor([3, 5, 7])
+    c = priced(lambda t, i: t.index_select(0, i), table, idx, target=aten.index_select.default)
+    assert c["read_bytes"] == 8 * 3 + 4 * 3 * 16  # 3 int64 ids, 3 rows of 16 fp32
+    assert c["write_bytes"] == 4 * 3 * 16
+    where = torch.randint(0, 16, (100, 2))
+    c = priced(lambda t, i: t.gather(1, i), table, where, target=aten.gather.default)
+    assert c["read_bytes"] == 8 * 200 + 4 * 200  # 200 ids, 200 picked elements
+    assert c["write_bytes"] == 4 * 200
+
+
+def test_stack_reads_every_input_and_writes_them_side_by_side():
+    c = priced(lambda a, b: torch.stack([a, b]), x, y, target=aten.stack.default)
+    assert (c["read_bytes"], c["write_bytes"], c["flops"]) == (2 * 4 * N, 2 * 4 * N, 0)
+
+
+def test_unary_with_broadcast_and_type_promotion():
+    half = torch.randn(4, 64, dtype=torch.bfloat16)
+    c = priced(torch.mul, half, torch.randn(64), target=aten.mul.Tensor)
+    assert c["read_bytes"] == 2 * N + 4 * 64  # bf16 x, fp32 row once
+    assert c["write_bytes"] == 4 * N  # promoted to fp32
+    c = priced(torch.tanh, half, target=aten.tanh.default)
+    assert (c["read_bytes"], c["write_bytes"], c["transcendentals"]) == (2 * N, 2 * N, N)
+
+
+def test_selective_and_linear_scan_ops_are_priced_as_their_kernels():
+    from ioaware.codegen import scan_ops  # noqa: F401  (registers the ops)
+
+    bt, dc, length, n, g = 2, 4, 8, 3, 2
+    u, delta, z = (torch.randn(bt, dc, length) for _ in range(3))
+    a, d = -torch.rand(dc, n), torch.randn(dc)
+    b, c = torch.randn(bt, g, length, n), torch.randn(bt, g, length, n)
+
+    def scan(u, delta, a, b, c, d, z):
+        return torch.ops.ioaware.selective_scan(u, delta, a, b, c, d, z, None, True, None)
+
+    gm = trace(scan, u, delta, a, b, c, d, z)
+    got = node_cost(the(gm, torch.ops.ioaware.selective_scan.default))
+    assert got == selective_scan_cost(bt, dc, length, n, 4, groups=g, delta_softplus=True)
+    h = torch.randn(3, 16, 5)
+    gm = trace(lambda a, b: torch.ops.ioaware.linear_scan(a, b, None, False), h, h.clone())
+    got = node_cost(the(gm, torch.ops.ioaware.linear_scan.default)).evaluate()
+    assert got == linear_scan_cost(3, 16, 5, 4).evaluate()
+    assert (got["read_bytes"], got["write_bytes"]) == (2 * 4 * 240, 4 * 240)  # a, b; h
+
+
+def test_graph_cost_counts_the_unpriced_nodes():
+    gm = trace(lambda a: torch.sort(a).values.sort().values + 1, x)
+    result = graph_cost(gm)
+    total, per_node = result  # still unpacks as before
+    assert result.num_unpriced == 2 and result.unpriced_ops() == {"aten.sort.default": 2}
+    assert total == result.total and len(per_node) == len(gm.graph.nodes)
+
+
+def test_formulas_print_the_expression_beside_its_value():
+    b, h, n, d = sympy.symbols("B H N d", positive=True, integer=True)
+    c = Cost(read_bytes=4 * b * h * n * d * 2, flops=FLOPS_PER_FMA * b * h * n * n * d)
+    f = c.formulas({"B": 2, "H": 4, "N": 128, "d": 64})
+    assert f["read_bytes"] == ("8*B*H*N*d", 8 * 2 * 4 * 128 * 64)
+    assert f["flops"] == ("2*B*H*N**2*d", 2 * 2 * 4 * 128 * 128 * 64)
+    assert f["hbm_bytes"][1] == f["read_bytes"][1]
+    assert c.formulas()["read_bytes"][1] is None  # no hints: the value is unknown
+
+
+# ---------------------------------------------------------------------------------------
+# SRAM, L2 and the time model
+
+
+def test_flash_attention_sram_matches_the_codegen_formula():
+    # Q tile 128·64 and two stages of K/V tiles 64·(64 + 64), bf16
+    c = flash_attention_cost(1, 1, 1, 1024, 1024, 64, 64, 2, False, 128, 64)
+    assert c.evaluate()["sram_bytes"] == 2 * (128 * 64 + 2 * 64 * 128)
+    # head dims are padded to a power of two: d = 80 is laid out as 128
+    odd = flash_attention_cost(1, 1, 1, 64, 64, 80, 80, 2, False, 64, 32, num_stages=3)
+    assert odd.evaluate()["sram_bytes"] == 2 * (64 * 128 + 3 * 32 * 256)
+    # a sum of kernels keeps the largest footprint, not the sum
+    assert (c + odd).evaluate()["sram_bytes"] == odd.evaluate()["sram_bytes"]
+
+
+def test_flash_attention_rereads_are_everything_but_the_first_kv_pass():
+    n, d, it = 1024, 64, 2
+    c = flash_attention_cost(2, 3, 3, n, n, d, d, it, False, 128, 64).evaluate()
+    # 8 query blocks each stream all of K/V; the first pass is compulsory
+    assert c["l2_reread_bytes"] == 2 * 3 * (8 - 1) * n * (d + d) * it
+
+
+def test_kv_rereads_hit_l2_while_the_heads_in_flight_fit():
+    h100 = PROFILES["h100"]
+    small = flash_attention_cost(4, 16, 16, 4096, 4096, 128, 128, 2, False)
+    assert l2_hits(small, h100)
+    c = ceilings(small, h100, "bf16")
+    compulsory = small.evaluate()["hbm_bytes"] - small.evaluate()["l2_reread_bytes"]
+    assert c["hbm"] == pytest.approx(compulsory / h100.bandwidth)
+    assert bound(small, h100, "bf16") == "compute"  # what the GPU measures
+    # 256k keys: one head's K/V (128 MB) cannot stay in L2 between waves of its programs
+    huge = flash_attention_cost(1, 1, 1, 262144, 262144, 128, 128, 2, False)
+    assert not l2_hits(huge, h100)
+    assert ceilings(huge, h100, "bf16")["hbm"] == pytest.approx(
+        huge.evaluate()["hbm_bytes"] / h100.bandwidth)
+
+
+def test_a_measured_l2_rate_is_a_ceiling_of_its_own():
+    import dataclasses
+
+    slow_l2 = dataclasses.replace(PROFILES["h100"], l2_bandwidth=1e12)
+    c = flash_attention_cost(4, 16, 16, 4096, 4096, 128, 128, 2, False)
+    t = ceilings(c, slow_l2, "bf16")
+    assert t["l2"] == pytest.approx(c.evaluate()["hbm_bytes"] / 1e12)
+    assert modelled_time(c, slow_l2, "bf16") == t["l2"]
+    assert bound(c, slow_l2, "bf16") == "memory"
+
+
+def test_programs_in_flight_are_limited_by_sram_and_registers():
+    h100 = PROFILES["h100"]
+    assert programs_in_flight(h100, 0) == 132 * 2  # 64 K registers fit two programs
+    assert programs_in_flight(h100, 150 * 1024) == 132  # one 150 KB program per SM
+    assert programs_in_flight(PROFILES["cpu"], 0) == 16  # at least one per "SM"
+
+
+# ---------------------------------------------------------------------------------------
+# tiles from the SRAM budget
+
+
+@pytest.mark.parametrize("profile", ["h100", "a100", "cpu"])
+@pytest.mark.parametrize("d, itemsize", [(64, 2), (128, 2), (256, 2), (128, 4)])
+def test_attention_tiles_fit_the_sram_and_the_registers(profile, d, itemsize):
+    p = PROFILES[profile]
+    tiles = attention_tile_candidates(p, d, d, itemsize, limit=None)
+    assert tiles, "some tile always fits"
+    for bm, bn, warps, stages in tiles:
+        sram = attention_forward_sram_bytes(bm, bn, stages, d, d, itemsize)
+        assert sram <= p.sram_per_block * 200 / 227
+        assert bm * (max(d, 16) + bn) <= 168 * 32 * warps  # fp32 acc + scores per thread
+        assert bm // warps in (16, 32)
+    # the tallest query tile first: it has the least modelled K/V traffic
+    assert tiles[0][0] == max(t[0] for t in tiles)
+    assert attention_tile_candidates(p, d, d, itemsize)[:3] == tiles[:3]
+
+
+def test_attention_tiles_on_the_h100_include_the_fa2_shapes():
+    h100 = PROFILES["h100"]
+    assert attention_tile_candidates(h100, 128, 128, 2)[0] == (128, 128, 8, 2)
+    assert (128, 64, 8, 2) in attention_tile_candidates(h100, 128, 128, 2)
+    # a smaller SRAM (A100) cannot take the 128 x 128 tile at d = 128: 160 KB
+    assert all(t[:2] != (128, 128) for t in attention_tile_candidates(PROFILES["a100"],
+                                                                      128, 128, 2, limit=None))
+    with pytest.raises(ValueError, match="head_dim=0"):
+        attention_tile_candidates(h100, 0, 64, 2)
+
+
+def test_scan_tiles_fit_and_prefer_more_channels_per_program():
+    for name in ("h100", "a100", "cpu"):
+        p = PROFILES[name]
+        for n in (16, 64, 128):
+            tiles = scan_chunk_candidates(p, n, 2, limit=None)
+            assert tiles
+            for block_d, chunk, warps, stages in tiles:
+                assert selective_scan_sram_bytes(block_d, chunk, stages, n, 2) <= (
+                    p.sram_per_block * 200 / 227)
+                assert block_d * n <= 84 * 32 * warps
+            assert tiles[0][0] == max(t[0] for t in tiles)
+    with pytest.raises(ValueError, match="d_state=-1"):
+        scan_chunk_candidates(PROFILES["h100"], -1, 2)
+
+
+def test_selective_scan_channel_blocks_reread_b_and_c():
+    bt, dc, length, n, g, it = 2, 64, 16, 4, 2, 2
+    once = selective_scan_cost(bt, dc, length, n, it, groups=g).evaluate()
+    tiled = selective_scan_cost(bt, dc, length, n, it, groups=g, block_d=16).evaluate()
+    bc = 2 * bt * g * length * n * it  # B and C bytes
+    # 32 channels per group in blocks of 16: each group's B and C are read twice
+    assert tiled["read_bytes"] == once["read_bytes"] + bc
+    assert tiled["l2_reread_bytes"] == bc
+    back = selective_scan_cost(bt, dc, length, n, it, backward=True, chunk=4, has_h0=True)
+    plain = selective_scan_cost(bt, dc, length, n, it, backward=True)
+    state = bt * dc * n * 4  # fp32 [Bt, Dc, N]
+    # h0 read, dh0 written; 4 chunk-start states written to scratch and read back
+    assert back.evaluate()["read_bytes"] == plain.evaluate()["read_bytes"] + state + 4 * state
+    assert back.evaluate()["write_bytes"] == plain.evaluate()["write_bytes"] + state + 4 * state
