@@ -94,14 +94,21 @@ class Recurrence:
 
 @dataclasses.dataclass
 class Readout:
-    """y_t = Σ_n C_t[g, n] · h_t[.., n] collected along axis `stack_dim` of `output`."""
+    """y[b, d, t] = Σ_n C[b, (d,) t, n] · h_t[b, d, n], held by `output`.
 
-    c: fx.Node  # the full C, time at c_dim
-    c_dim: int
-    grouped: bool  # C_t is [Bt, Dc, N] (one group per channel) rather than [Bt, N]
-    output: fx.Node  # the node holding every y_t (stack)
-    stack_dim: int
-    nodes: list[fx.Node]  # the readout's nodes (all steps)
+    Roles name axes: b batch, d channel, t time, n state. c_roles: C's axes ("btn": one
+    C shared by every channel, "bdtn": one per channel); out_roles: the output's axes.
+    """
+
+    c: fx.Node
+    c_roles: str
+    output: fx.Node
+    out_roles: str
+    nodes: list[fx.Node]  # the readout's nodes (all steps), output excluded
+
+    @property
+    def grouped(self) -> bool:
+        return "d" in self.c_roles
 
 
 @dataclasses.dataclass
@@ -350,9 +357,10 @@ def _step_closure(h: fx.Node, skip: set[fx.Node], stop: fx.Node | None
     return seen, collector
 
 
-def _side_inputs(nodes: list[fx.Node], h: fx.Node) -> tuple[list[fx.Node], list[fx.Node]]:
-    """Per-step side inputs of a readout: view chains back to a time slice, used only by
-    the readout. Returns (side nodes, time-slice leaves)."""
+def _side_inputs(nodes: list[fx.Node], h: fx.Node, leaf: Any = None
+                 ) -> tuple[list[fx.Node], list[fx.Node]]:
+    """Side inputs of a readout: view chains back to a time slice (or, with `leaf`, to
+    any node), used only by the readout. Returns (side nodes, leaves)."""
     inside = set(nodes) | {h}
     side, leaves, frontier = [], [], [n for n in nodes]
     while frontier:
@@ -360,7 +368,11 @@ def _side_inputs(nodes: list[fx.Node], h: fx.Node) -> tuple[list[fx.Node], list[
         for x in n.all_input_nodes:
             if x in inside:
                 continue
-            if _time_slice(x) is not None and all(u in inside for u in x.users):
+            if leaf is not None and not (_call(x, *LAYOUT_OPS, *CAST_OPS)
+                                         and all(u in inside for u in x.users)):
+                leaves.append(x)
+                inside.add(x)
+            elif _time_slice(x) is not None and all(u in inside for u in x.users):
                 leaves.append(x)
                 inside.add(x)
                 side.append(x)
@@ -441,51 +453,106 @@ def match_readout(rec: Recurrence) -> Readout:
     if c_keep:
         raise NoMatch(f"{leaves[0].name}: C_t keeps its time axis")
     t0 = 0 if not rec.reverse else rec.length - 1
+    h = states[t0]
+    if _val(h).dim() != 3:
+        raise NoMatch(f"{h.name}: state of shape {_shape(h)}, the fused scan wants [Bt, Dc, N]")
+    sizes = dict(zip("bdn", _shape(h)))
     # leaves_all[0] belongs to the first step visited, t0
-    grouped = _probe_readout(rec, states[t0], leaves_all[0][0], outs[t0], nodes_all)
+    c_roles, out_roles = _probe_readout(h, "bdn", leaves_all[0][0], outs[t0], sizes)
     stack_dim = collector.args[1] if len(collector.args) > 1 else collector.kwargs.get("dim", 0)
     stack_dim %= _val(collector).dim()
-    return Readout(c=c, c_dim=c_dim, grouped=grouped, output=collector, stack_dim=stack_dim,
-                   nodes=nodes_all)
+    return Readout(c=c, c_roles=_insert(c_roles, c_dim), output=collector,
+                   out_roles=_insert(out_roles, stack_dim), nodes=nodes_all)
 
 
-def _probe_readout(rec: Recurrence, h: fx.Node, c_t: fx.Node, end: fx.Node,
-                   nodes: list[fx.Node]) -> bool:
-    """Evaluate one step's readout on random h and C_t: is it y = Σ_n C_t[.., n] h[.., n]?
+def _insert(roles: str, at: int) -> str:
+    return roles[:at] + "t" + roles[at:]
 
-    A linear map that agrees with the contraction on random inputs is the contraction
-    (barring probability zero). Returns whether C_t carries the channel axis.
+
+def match_full_readout(rec: Recurrence) -> Readout:
+    """The readout of every state at once (associative_scan): from the states through a
+    contraction with one C to the first node holding y, and the layout views after it."""
+    H = rec.all_states
+    if _val(H).dim() != 4:
+        raise NoMatch(f"{H.name}: states of shape {_shape(H)}, expected [Bt, Dc, L, N]")
+    roles = _insert("bdn", rec.dim)
+    sizes = dict(zip(roles, _shape(H)))
+    nodes, node, y_numel = [], H, sizes["b"] * sizes["d"] * sizes["t"]
+    while True:
+        users = [u for u in node.users if u.op == "call_function"]
+        if len(users) != 1 or len(node.users) != 1:
+            if node is H:
+                raise NoMatch(f"{H.name}: the states are used by {len(node.users)} nodes, "
+                              "expected one readout")
+            break
+        u = users[0]
+        if nodes and _numel(nodes[-1]) == y_numel and not _call(u, *LAYOUT_OPS):
+            break
+        nodes.append(u)
+        node = u
+        if len(nodes) > 16:
+            raise NoMatch(f"{H.name}: no readout to [Bt, Dc, L] within 16 nodes")
+    end = nodes[-1] if nodes else H
+    if _numel(end) != y_numel:
+        raise NoMatch(f"{end.name}: the states are read out into {_shape(end)}, not [Bt, Dc, L]")
+    side, leaves = _side_inputs(nodes, H, leaf=lambda x: True)
+    if len(leaves) != 1:
+        raise NoMatch(f"{end.name}: the readout reads {len(leaves)} other tensors, expected "
+                      "one (C)")
+    c_roles, out_roles = _probe_readout(H, roles, leaves[0], end, sizes)
+    return Readout(c=leaves[0], c_roles=c_roles, output=end, out_roles=out_roles,
+                   nodes=nodes + side)
+
+
+def _numel(node: fx.Node) -> int:
+    return int(np.prod(_shape(node))) if _is_tensor(node) else -1
+
+
+def _probe_readout(h: fx.Node, h_roles: str, c: fx.Node, end: fx.Node, sizes: dict
+                   ) -> tuple[str, str]:
+    """Evaluate the readout on random h and C: is it y = Σ_n C[.., n] h[.., n]?
+
+    h_roles names h's axes (b batch, d channel, t time, n state). Tries every way C's
+    axes can be (b, [d,] [t,] n) and y's the rest of h's: a linear map that agrees with
+    the contraction on random inputs is the contraction (barring probability zero).
+    Returns (C's roles, y's roles).
     """
-    hs, cs = _shape(h), _shape(c_t)
-    if len(hs) != 3:
-        raise NoMatch(f"{h.name}: state of shape {hs}, the fused scan wants [Bt, Dc, N]")
-    bt, dc, n = hs
-    if cs == (bt, n):
-        grouped = False
-    elif cs == (bt, dc, n):
-        grouped = True
-    else:
-        raise NoMatch(f"{c_t.name}: C_t has shape {cs}, expected [Bt, N] or [Bt, Dc, N] "
-                      f"with state [Bt, Dc, N] = {hs}")
-    if _shape(end) != (bt, dc):
-        raise NoMatch(f"{end.name}: the readout gives shape {_shape(end)}, expected {(bt, dc)}")
-    step_nodes = _nodes_between(h, c_t, end)
+    y_roles = h_roles.replace("n", "")
+    c_sets = [y_roles.replace("d", "") + "n", h_roles]
+    c_cands = [r for rs in c_sets for r in _perms(rs) if _fits(r, c, sizes)]
+    y_cands = [r for r in _perms(y_roles) if _fits(r, end, sizes)]
+    if not c_cands or not y_cands:
+        raise NoMatch(f"{end.name}: readout shapes C {_shape(c)} → y {_shape(end)} do not fit "
+                      f"states {_shape(h)}")
+    step_nodes = _nodes_between(h, c, end)
     gen = torch.Generator().manual_seed(0)
-    hv = torch.randn(hs, generator=gen).to(_dtype(h))
-    cv = torch.randn(cs, generator=gen).to(_dtype(c_t))
-    env = {h: hv, c_t: cv}
+    hv = torch.randn(_shape(h), generator=gen).to(_dtype(h))
+    cv = torch.randn(_shape(c), generator=gen).to(_dtype(c))
+    env = {h: hv, c: cv}
     for node in sorted(step_nodes, key=_position):
         args = torch.fx.node.map_arg(node.args, lambda x: env[x])
         kwargs = torch.fx.node.map_arg(node.kwargs, lambda x: env[x])
         env[node] = node.target(*args, **kwargs)
     got = env[end].double()
-    c64 = cv.double() if grouped else cv.double()[:, None, :]
-    want = (hv.double() * c64).sum(-1)
-    err = float((got - want).norm() / (want.norm() + 1e-30))
-    if not err <= PROBE_TOLERANCE:
-        raise NoMatch(f"{end.name}: the readout is not Σ_n C_t[n]·h_t[n] "
-                      f"(relative error {err:.2g} on a random probe)")
-    return grouped
+    best = float("inf")
+    for cr in c_cands:
+        want = torch.einsum(f"{h_roles},{cr}->{y_roles}", hv.double(), cv.double())
+        for yr in y_cands:
+            w = want.permute([y_roles.index(r) for r in yr])
+            err = float((got - w).norm() / (w.norm() + 1e-30))
+            if err <= PROBE_TOLERANCE:
+                return cr, yr
+            best = min(best, err)
+    raise NoMatch(f"{end.name}: the readout is not Σ_n C[n]·h[n] "
+                  f"(relative error {best:.2g} on a random probe)")
+
+
+def _perms(roles: str) -> list[str]:
+    return ["".join(p) for p in itertools.permutations(roles)]
+
+
+def _fits(roles: str, node: fx.Node, sizes: dict) -> bool:
+    return _shape(node) == tuple(sizes[r] for r in roles)
 
 
 def _nodes_between(h: fx.Node, c_t: fx.Node, end: fx.Node) -> list[fx.Node]:
@@ -959,11 +1026,13 @@ def apply_selective(gm: fx.GraphModule, rec: Recurrence, sel: Selective, ro: Rea
         B = g.call_function(aten.movedim.int, (B, pos, len(keep) - 2))
         if not grouped_b:
             B = g.call_function(aten.unsqueeze.default, (B, 1))
-        # C: [Bt, L, N] or [Bt, L, Dc, N] with time at c_dim → [Bt, G, L, N]
-        C = g.call_function(aten.movedim.int, (ro.c, ro.c_dim, 1))
+        # C by its roles → [Bt, G, L, N]
         if ro.grouped:
-            C = g.call_function(aten.movedim.int, (C, 1, 2))
+            C = g.call_function(aten.permute.default, (ro.c, [ro.c_roles.index(r)
+                                                              for r in "bdtn"]))
         else:
+            C = g.call_function(aten.permute.default, (ro.c, [ro.c_roles.index(r)
+                                                              for r in "btn"]))
             C = g.call_function(aten.unsqueeze.default, (C, 1))
         if ro.grouped != grouped_b:
             # one side grouped per channel, the other shared: share by broadcasting
@@ -982,15 +1051,15 @@ def apply_selective(gm: fx.GraphModule, rec: Recurrence, sel: Selective, ro: Rea
         out_dtype = _dtype(ro.output)
         if _dtype(sel.u) != out_dtype:
             y = g.call_function(aten._to_copy.default, (y,), {"dtype": out_dtype})
-        if ro.stack_dim != 2:
-            y = g.call_function(aten.movedim.int, (y, 2, ro.stack_dim))
-        last = rec.states[-1]
-        if len(last.users) and any(u not in set(rec.region) | set(ro.nodes) for u in last.users):
+        if ro.out_roles != "bdt":
+            y = g.call_function(aten.permute.default, (y, ["bdt".index(r) for r in ro.out_roles]))
+        inside = set(rec.region) | set(ro.nodes)
+        last = rec.states[-1] if rec.states else None
+        if last is not None and any(u not in inside for u in last.users):
             if _dtype(last) != torch.float32:
                 h_last = g.call_function(aten._to_copy.default, (h_last,),
                                          {"dtype": _dtype(last)})
-            last.replace_all_uses_with(
-                h_last, delete_user_cb=lambda u: u not in set(rec.region) | set(ro.nodes))
+            last.replace_all_uses_with(h_last, delete_user_cb=lambda u: u not in inside)
     ro.output.replace_all_uses_with(y)
     _erase(g, [*sel.nodes, *rec.region, *ro.nodes, ro.output])
     gm.recompile()
@@ -1008,11 +1077,17 @@ def _erase(g: fx.Graph, nodes: list[fx.Node]) -> None:
 
 
 def _extra_state_users(rec: Recurrence, ro: Readout) -> str | None:
+    if rec.states is None:
+        return None
     allowed = set(rec.region) | set(ro.nodes)
     for t, s in enumerate(rec.states[:-1]):
         extra = [u for u in s.users if u not in allowed]
         if extra:
             return f"{s.name}: the state of step {t} is used outside the readout ({extra[0].name})"
+    early = [u for u in rec.states[-1].users
+             if u not in allowed and _position(u) < _position(ro.output)]
+    if early:
+        return f"{early[0].name}: reads the last state before the readout is complete"
     return None
 
 
@@ -1025,9 +1100,9 @@ def _detail(rec: Recurrence, fused: list[str], kind: str, dtype: torch.dtype, d_
 def _plan(rec: Recurrence) -> tuple[str, Any, Any, list[fx.Node], cost.Cost, dict]:
     """Choose selective (fused producers and readout) or linear; cost of what is replaced."""
     why_not = None
-    if rec.form == "loop" and rec.states is not None:
+    if not rec.reverse:
         try:
-            ro = match_readout(rec)
+            ro = match_readout(rec) if rec.states is not None else match_full_readout(rec)
             sel = match_selective(rec)
             extra = _extra_state_users(rec, ro)
             if extra:
