@@ -190,6 +190,21 @@ def _root(node: Any) -> Any:
     return node
 
 
+def _same(x: Any, y: Any, depth: int = 8) -> bool:
+    """x and y compute the same value: the same node, or the same op on the same
+    arguments (as two `dt[..., None]` spellings of one Δ do)."""
+    if x is y:
+        return True
+    if not (isinstance(x, fx.Node) and isinstance(y, fx.Node)):
+        return not isinstance(x, fx.Node) and not isinstance(y, fx.Node) and x == y
+    if depth == 0 or x.op != "call_function" or y.op != "call_function":
+        return False
+    if x.target is not y.target or len(x.args) != len(y.args) or x.kwargs != y.kwargs:
+        return False
+    return all(_same(a, b, depth - 1) if isinstance(a, fx.Node) else a == b
+               for a, b in zip(x.args, y.args))
+
+
 def _dtype(node: fx.Node) -> torch.dtype:
     return _val(node).dtype
 
@@ -862,18 +877,17 @@ def match_selective(rec: Recurrence) -> Selective:
     axes_b = [_axes(f, frame) for f in fb]
     if None in axes_a or None in axes_b:
         raise NoMatch(f"{a.name}: a factor does not broadcast to the frame {frame}")
-    roots_b = [_root(f) for f in fb]
     delta = A = None
     for i in (0, 1):
         d_, A_ = fa[i], fa[1 - i]
-        if (_root(d_) in roots_b and nax not in axes_a[i] and
+        if (any(_same(d_, f) for f in fb) and nax not in axes_a[i] and
                 not axes_a[1 - i] & {bax, t_ax}):
             delta, A = d_, A_
             break
     if delta is None:
         raise NoMatch(f"{a.name}: exp(x·y) where neither factor is a Δ shared with b "
                       "(varying over batch, channel, time) times an A (channel, state)")
-    rest = [f for f, r in zip(fb, roots_b) if r is not _root(delta)]
+    rest = [f for f in fb if not _same(f, delta)]
     if len(rest) != 2:
         raise NoMatch(f"{b.name}: b is not Δ·B·u with the Δ of a")
     axes = {f: _axes(f, frame) for f in rest}
@@ -895,6 +909,85 @@ def _mul_tree(node: fx.Node) -> list[fx.Node]:
             out.append(n)
             stack.extend(n.args)
     return out
+
+
+@dataclasses.dataclass
+class Epilogue:
+    """y ← (y + D ⊙ u) ⊙ silu(z) after the readout, each part optional.
+
+    D: a node varying only along the channel axis of y's layout; z: a node of y's shape.
+    output: the last node of the epilogue (the readout's output when there is none).
+    """
+
+    D: fx.Node | None
+    z: fx.Node | None
+    output: fx.Node
+    nodes: list[fx.Node]
+
+    @property
+    def fused(self) -> list[str]:
+        return ["skip"] * (self.D is not None) + ["gate"] * (self.z is not None)
+
+
+def _index_map(node: Any) -> tuple[fx.Node, torch.Tensor] | None:
+    """(root, meta view): which element of `root` each element of `node` is, by replaying
+    its chain of views (casts pass through) on a contiguous meta tensor."""
+    from ioaware.passes.views import replay
+
+    chain = []
+    while _call(node, *LAYOUT_OPS, *CAST_OPS, aten.select.int, aten.slice.Tensor):
+        if node.target not in CAST_OPS:
+            chain.append(node)
+        node = node.args[0]
+    if not _is_tensor(node):
+        return None
+    out = replay(list(reversed(chain)), _shape(node))
+    return None if out is None else (node, out)
+
+
+def _same_elements(x: fx.Node, x_roles: str, y: fx.Node, y_roles: str, roles: str) -> bool:
+    """x and y read the same elements of one tensor once both are laid out as `roles`
+    (axes of x named x_roles, of y named y_roles; axes of size 1 not in `roles` are
+    dropped)."""
+    mx, my = _index_map(x), _index_map(y)
+    if mx is None or my is None or mx[0] is not my[0]:
+        return False
+
+    def lay(t: torch.Tensor, names: str) -> torch.Tensor:
+        for i in reversed(range(len(names))):
+            if names[i] not in roles:
+                t = t.select(i, 0)
+        kept = [r for r in names if r in roles]
+        return t.permute([kept.index(r) for r in roles])
+
+    a, b = lay(mx[1], x_roles), lay(my[1], y_roles)
+    return (a.shape == b.shape and a.storage_offset() == b.storage_offset()
+            and all(sa == sb or n == 1 for sa, sb, n in zip(a.stride(), b.stride(), a.shape)))
+
+
+def match_epilogue(rec: Recurrence, sel: Selective, ro: Readout) -> Epilogue:
+    """The D·u skip and the silu(z) gate applied to the readout's output, when present."""
+    frame_roles = _insert("bdn", rec.dim)
+    y, D, z, nodes = ro.output, None, None, []
+    user = next(iter(y.users)) if len(y.users) == 1 else None
+    if _is_add(user):
+        other = user.args[1] if user.args[0] is y else user.args[0]
+        if _is_mul(other) and len(other.users) == 1:
+            for x, dv in (other.args, reversed(other.args)):
+                axes = _axes(dv, _shape(y))
+                d_axis = ro.out_roles.index("d")
+                if (axes is not None and axes <= {d_axis} and _is_tensor(x)
+                        and _shape(x) == _shape(y)
+                        and _same_elements(x, ro.out_roles, sel.u, frame_roles, "bdt")):
+                    D, nodes, y = dv, [user, other], user
+                    break
+    user = next(iter(y.users)) if len(y.users) == 1 else None
+    if _is_mul(user):
+        other = user.args[1] if user.args[0] is y else user.args[0]
+        if (_call(other, aten.silu.default) and _is_tensor(other.args[0])
+                and _shape(other.args[0]) == _shape(y)):
+            z, nodes, y = other.args[0], [*nodes, user], user
+    return Epilogue(D=D, z=z, output=y, nodes=nodes)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1003,14 +1096,15 @@ def _frame_factor(g: fx.Graph, f: fx.Node, frame: tuple[int, ...], keep: list[in
     return x
 
 
-def apply_selective(gm: fx.GraphModule, rec: Recurrence, sel: Selective, ro: Readout) -> None:
-    """Replace producers, recurrence and readout by one ioaware::selective_scan."""
+def apply_selective(gm: fx.GraphModule, rec: Recurrence, sel: Selective, ro: Readout,
+                    epi: Epilogue) -> None:
+    """Replace producers, recurrence, readout and epilogue by one ioaware::selective_scan."""
     from ioaware.codegen import scan_ops  # noqa: F401
 
     g = gm.graph
     frame, t = sel.frame, rec.dim
     bax, dax, nax = [i for i in range(4) if i != t]
-    with g.inserting_before(ro.output):
+    with g.inserting_before(epi.output):
         def seq(f: fx.Node) -> fx.Node:  # [Bt, Dc, L]
             x = _frame_factor(g, f, frame, [bax, dax, t])
             pos = sorted([bax, dax, t]).index(t)
@@ -1044,11 +1138,20 @@ def apply_selective(gm: fx.GraphModule, rec: Recurrence, sel: Selective, ro: Rea
         if rec.h0 is not None:
             h0 = g.call_function(aten.expand.default, (rec.h0, [frame[bax], frame[dax],
                                                                  frame[nax]]))
+        D = z = None
+        if epi.D is not None:
+            y_roles = ro.out_roles
+            D = _frame_factor(g, epi.D, _shape(ro.output), [y_roles.index("d")])
+        if epi.z is not None:
+            z = epi.z
+            if ro.out_roles != "bdt":
+                z = g.call_function(aten.permute.default, (z, [ro.out_roles.index(r)
+                                                                for r in "bdt"]))
         res = g.call_function(torch.ops.ioaware.selective_scan.default,
-                              (u, delta, A, B, C, None, None, None, False, h0))
+                              (u, delta, A, B, C, D, z, None, False, h0))
         y = g.call_function(operator.getitem, (res, 0))
         h_last = g.call_function(operator.getitem, (res, 1))
-        out_dtype = _dtype(ro.output)
+        out_dtype = _dtype(epi.output)
         if _dtype(sel.u) != out_dtype:
             y = g.call_function(aten._to_copy.default, (y,), {"dtype": out_dtype})
         if ro.out_roles != "bdt":
@@ -1060,8 +1163,8 @@ def apply_selective(gm: fx.GraphModule, rec: Recurrence, sel: Selective, ro: Rea
                 h_last = g.call_function(aten._to_copy.default, (h_last,),
                                          {"dtype": _dtype(last)})
             last.replace_all_uses_with(h_last, delete_user_cb=lambda u: u not in inside)
-    ro.output.replace_all_uses_with(y)
-    _erase(g, [*sel.nodes, *rec.region, *ro.nodes, ro.output])
+    epi.output.replace_all_uses_with(y)
+    _erase(g, [*sel.nodes, *rec.region, *ro.nodes, ro.output, *epi.nodes])
     gm.recompile()
 
 
@@ -1115,13 +1218,16 @@ def _plan(rec: Recurrence) -> tuple[str, Any, Any, list[fx.Node], cost.Cost, dic
                             has_h0=rec.h0 is not None)
             dax = [i for i in range(4) if i != rec.dim][1]
             grouped = ro.grouped or (dax in _axes(sel.B, sel.frame) and dc != 1)
+            epi = match_epilogue(rec, sel, ro)
+            spec = dataclasses.replace(spec, has_D=epi.D is not None, has_z=epi.z is not None)
             after = cost.selective_scan_cost(
                 bt, dc, rec.length, n, _itemsize(u_dtype), groups=dc if grouped else 1,
-                has_D=False, has_z=False)
-            nodes = [*sel.nodes, *rec.region, *ro.nodes, ro.output]
-            detail = _detail(rec, ["discretize", "readout"], "selective_scan", u_dtype, n)
+                has_D=epi.D is not None, has_z=epi.z is not None)
+            nodes = [*sel.nodes, *rec.region, *ro.nodes, ro.output, *epi.nodes]
+            detail = _detail(rec, ["discretize", "readout", *epi.fused], "selective_scan",
+                             u_dtype, n)
             detail["spec"] = spec.key()
-            return "selective", sel, ro, nodes, after, detail
+            return "selective", sel, (ro, epi), nodes, after, detail
         except NoMatch as e:
             why_not = str(e)
     b_dtype = torch.promote_types(_dtype(rec.b), _dtype(rec.a) if isinstance(rec.a, fx.Node)
@@ -1203,7 +1309,7 @@ def run(
             continue
         ev_before, ev_after = before.evaluate(hints), after.evaluate(hints)
         if plan == "selective":
-            apply_selective(gm, rec, sel, ro)
+            apply_selective(gm, rec, sel, *ro)
         else:
             apply_linear(gm, rec)
         rewrites.append(Rewrite(
