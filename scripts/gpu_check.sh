@@ -11,8 +11,11 @@ print(f"torch {torch.__version__}, triton {triton.__version__}, "
       f"{torch.cuda.get_device_name()} (sm_{''.join(map(str, torch.cuda.get_device_capability()))})")
 PY
 export PYTHONUNBUFFERED=1
-# GPU_TESTS: which test files; PYTEST_ARGS: e.g. "-n 4" (tests compile kernels on the CPU
-# cores, so workers shorten the run; no test times anything); SKIP_BENCH=1: tests only.
-timeout "${TEST_TIMEOUT:-320}" python3 -m pytest -q -m gpu ${GPU_TESTS:-tests/gpu} ${PYTEST_ARGS:-} \
+# GPU_TESTS: which test files ("" for none); PYTEST_ARGS: e.g. "-n 4" (tests compile kernels
+# on the CPU cores, so workers shorten the run; no test times anything).
+[ -z "${GPU_TESTS-tests/gpu}" ] || timeout "${TEST_TIMEOUT:-320}" python3 -m pytest -q -m gpu ${GPU_TESTS-tests/gpu} ${PYTEST_ARGS:-} \
   -p no:cacheprovider --durations=8 2>&1 | tee "$out/gpu_tests.log"
-[ -n "${SKIP_BENCH:-}" ] || timeout 200 ioaware bench attention 2>&1 | tee "$out/bench.log"
+# BENCHES: which benches after the tests ("attention scan" by default; "" for none).
+for b in ${BENCHES-attention scan}; do
+  timeout "${BENCH_TIMEOUT:-200}" ioaware bench "$b" ${BENCH_ARGS:-} 2>&1 | tee "$out/bench_$b.log"
+done
