@@ -41,7 +41,7 @@ from ioaware.spec import ScanSpec
 # Tiles under the Triton interpreter: small, so chunk boundaries, partial channel
 # blocks and partial groups are all exercised by small tests.
 INTERPRET_BLOCK_D = 2
-INTERPRET_BLOCK_L = 8
+INTERPRET_BLOCK_L = 16
 
 # A config keeps its live [BLOCK_D, N, BLOCK_L] fp32 tiles (a, x, their scan, C) within
 # this many elements per thread, so the scan tile stays in registers without spilling.

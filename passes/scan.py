@@ -272,7 +272,7 @@ def _head(chain: list[fx.Node]) -> tuple[fx.Node, Any, Any, Any]:
             continue
         for a0, h in ((m.args[0], m.args[1]), (m.args[1], m.args[0])):
             t0, t1 = _time_slice(a0), _time_slice(a1)
-            if (t0 and t1 and t0[:2] == t1[:2]) or (not t1 and a0 is a1):
+            if (t0 and t1 and t0[:2] == t1[:2]) or (not t1 and not t0 and _same(a0, a1)):
                 return m, a0, b_t, h
     raise NoMatch(f"{s.name}: the first step does not multiply by the same a as the others")
 
@@ -309,7 +309,7 @@ def match_loop(chain: list[fx.Node]) -> Recurrence:
             raise NoMatch(f"{s.name}: step {t} reads {b_src.name}[{tb[2]}] along dim {dim}, "
                           f"expected {b_index0 + step * t} (the steps differ)")
         if a_const:
-            if a_t is not a0 and not (not isinstance(a_t, fx.Node) and a_t == a0):
+            if not _same(a_t, a0):
                 raise NoMatch(f"{s.name}: step {t} multiplies by {getattr(a_t, 'name', a_t)}, "
                               f"step 0 by {getattr(a0, 'name', a0)} (the steps differ)")
         else:
@@ -343,6 +343,47 @@ def match_loop(chain: list[fx.Node]) -> Recurrence:
     return Recurrence(form="loop", a=a_full, b=b_src, dim=dim, length=length, reverse=reverse,
                       h0=h0, anchor=chain[0], region=region, states=states, a_const=a_const,
                       keepdim=keepdim)
+
+
+MATMUL_OPS = {aten.mm.default, aten.bmm.default, aten.mv.default}
+
+
+def _through_views(node: Any) -> Any:
+    while _call(node, *LAYOUT_OPS):
+        node = node.args[0]
+    return node
+
+
+def matrix_candidates(gm: fx.GraphModule) -> list[fx.Node]:
+    """Heads of chains h_t = M_t @ h_{t-1} + b_t (two steps or more): not diagonal, left
+    to eager, and said so."""
+    step = {}
+    for node in gm.graph.nodes:
+        if _is_add(node):
+            for x in node.args:
+                mm = _through_views(x)
+                if _call(mm, *MATMUL_OPS):
+                    prev = [_through_views(y) for y in mm.args]
+                    step[node] = (mm, prev)
+    heads = []
+    for node, (mm, prev) in step.items():
+        if not any(p in step for p in prev) and any(
+                any(node is p for p in step[u][1]) for u in _users_through_views(node)
+                if u in step):
+            heads.append(node)
+    return heads
+
+
+def _users_through_views(node: fx.Node) -> list[fx.Node]:
+    out, stack = [], [node]
+    while stack:
+        n = stack.pop()
+        for u in n.users:
+            if _call(u, *LAYOUT_OPS, *MATMUL_OPS):
+                stack.append(u)
+            else:
+                out.append(u)
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -1256,6 +1297,7 @@ def candidates(gm: fx.GraphModule) -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = [("hop", n) for n in hop_candidates(gm)]
     out += [("tree", p) for p in tree_candidates(gm)]
     out += [("loop", c) for c in loop_candidates(gm)]
+    out += [("matrix", n) for n in matrix_candidates(gm)]
     return out
 
 
@@ -1264,6 +1306,10 @@ def _match(gm: fx.GraphModule, kind: str, cand: Any) -> Recurrence:
         rec = match_hop(gm, cand)
         _unmove(rec)
         return rec
+    if kind == "matrix":
+        mm = next(_through_views(x) for x in cand.args if _call(_through_views(x), *MATMUL_OPS))
+        raise NoMatch(f"{cand.name}: the state goes through a matrix product ({mm.name}), "
+                      "h = M·h + b; only diagonal recurrences h = a⊙h + b are rewritten")
     if kind == "tree":
         rec = match_tree(gm, *cand)
         _unmove(rec)
@@ -1272,13 +1318,13 @@ def _match(gm: fx.GraphModule, kind: str, cand: Any) -> Recurrence:
 
 
 def _alive(gm: fx.GraphModule, kind: str, cand: Any) -> bool:
-    nodes = cand if kind != "hop" else [cand]
+    nodes = cand if kind in ("tree", "loop") else [cand]
     return all(isinstance(n, fx.Node) and n.graph is gm.graph and n in gm.graph.nodes
                for n in nodes)
 
 
 def _name(kind: str, cand: Any) -> str:
-    return cand.name if kind == "hop" else cand[0].name
+    return cand[0].name if kind in ("tree", "loop") else cand.name
 
 
 def run(
