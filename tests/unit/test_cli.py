@@ -11,7 +11,7 @@ import pytest
 
 from ioaware.cli import EXIT_USAGE, main
 
-SUBCOMMANDS = [[], ["report"], ["demo"], ["bench"], ["bench", "attention"]]
+SUBCOMMANDS = [[], ["report"], ["calibrate"], ["demo"], ["bench"], ["bench", "attention"]]
 
 
 @pytest.mark.parametrize("words", SUBCOMMANDS, ids=lambda words: " ".join(words) or "ioaware")
@@ -49,6 +49,7 @@ BAD_TARGETS = {
         lambda tmp: _write(tmp, "def make():\n    return (print, 3)\n"), "args is int"),
     "model not callable": (
         lambda tmp: _write(tmp, "def make():\n    return (3, ())\n"), "not callable"),
+    "not a .py file": (lambda tmp: str(tmp / "model.txt") + ":make", "expected path/to/file.py"),
 }
 
 
@@ -84,15 +85,111 @@ def test_bench_rejects_unknown_baseline(capsys: pytest.CaptureFixture[str]) -> N
 def test_report_json_on_gpt(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", "gpt", "--device", "h100", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert set(report) == {"rewrites", "fallbacks", "graphs", "device", "totals"}
-    assert report["device"] == "h100" and report["graphs"] >= 1
-    for rewrite in report["rewrites"]:
-        assert set(rewrite) == {"kind", "detail", "hbm_bytes_before", "hbm_bytes_after",
-                                "flops", "flops_before", "backend", "graph"}
-    for fallback in report["fallbacks"]:
-        assert set(fallback) == {"kind", "reason", "graph"}
-    assert {"hbm_bytes_before", "hbm_bytes_after", "flops", "modelled_time_before_s",
-            "modelled_time_after_s"} <= set(report["totals"])
+    # The stable keys of docs/report.md, schema_version 1.
+    assert set(report) == {"schema_version", "target", "device", "dtype", "sizes", "graphs",
+                           "flop_convention", "regions", "summary", "totals", "notes"}
+    assert report["schema_version"] == 1 and report["dtype"] == "float32"
+    assert set(report["device"]) == {"name", "peak_flops", "hbm_bandwidth"}
+    figures = {"read_bytes", "write_bytes", "hbm_bytes", "flops", "transcendentals",
+               "sram_bytes", "intensity_flop_per_byte", "bound", "modelled_time_s",
+               "expressions"}
+    for region in report["regions"]:
+        assert set(region) == {"graph", "kind", "status", "reason", "detail", "backend",
+                               "before", "after"}
+        assert set(region["before"]) == figures and set(region["after"]) == figures
+    assert set(report["totals"]) == {"before", "after", "unpriced_ops_before",
+                                     "unpriced_ops_after", "unpriced_before", "unpriced_after"}
+    assert set(report["totals"]["before"]) == figures
+    assert report["summary"] == {"regions": 2, "rewritten": 2, "fallback": 0}
+
+
+OVERRIDE_NOT_TAKEN = "def make():\n    import torch\n    return (torch.relu, (torch.ones(2),))\n"
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--batch", "4"), ("--seq-len", "128"),
+                                             ("--dtype", "bf16")])
+def test_override_make_does_not_take_is_one_line(flag: str, value: str, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    target = _write(tmp_path, OVERRIDE_NOT_TAKEN)
+    assert main(["report", target, flag, value]) == EXIT_USAGE
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and f"{flag} needs make() to take a" in lines[0]
+
+
+def test_report_unknown_device_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "gpt", "--device", "tpu9000"]) == EXIT_USAGE
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ioaware report: --device") and "h100" in lines[0]
+
+
+def test_report_rejects_non_positive_sizes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", "gpt", "--seq-len", "0"])
+    assert exit_info.value.code == EXIT_USAGE
+    assert "expected a positive integer" in capsys.readouterr().err
+
+
+def test_report_on_a_saved_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # What `ioaware calibrate` leaves behind: a profile saved under a new name. Double
+    # the H100's bandwidth and the memory-bound attention regions get twice as fast.
+    import dataclasses
+
+    from ioaware import hardware
+
+    monkeypatch.setenv("IOAWARE_PROFILE_DIR", str(tmp_path))
+    h100 = hardware.get_profile("h100")
+    fast = dataclasses.replace(h100, measured_hbm_bandwidth=2 * h100.bandwidth)
+    hardware.save_profile(fast, "h100-fast")
+    times = {}
+    for device in ("h100", "h100-fast"):
+        assert main(["report", "sdpa_gqa", "--device", device, "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["device"]["name"] == device
+        times[device] = report["totals"]["before"]["modelled_time_s"]
+    assert times["h100-fast"] < times["h100"]
+
+
+def test_calibrate_without_cuda_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU; the no-GPU message is not reachable")
+    assert main(["calibrate", "--name", "mine"]) == EXIT_USAGE
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "needs a CUDA GPU" in lines[0]
+
+
+def test_measure_without_cuda_still_prints_the_model(capsys: pytest.CaptureFixture[str]
+                                                     ) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU; the no-GPU message is not reachable")
+    assert main(["report", "sdpa_gqa", "--measure"]) == 0
+    out = capsys.readouterr().out
+    assert "whole graph" in out  # the modelled report
+    assert "measure: no CUDA GPU here" in out
+
+
+def test_measure_parses_ncu_csv() -> None:
+    from ioaware.measure import parse_ncu_csv
+
+    text = (
+        "==PROF== Connected to process 1\n"
+        '"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream",'
+        '"Block Size","Grid Size","Device","CC","Section Name","Metric Name","Metric Unit",'
+        '"Metric Value"\n'
+        '"0","1","python","h","_attn_fwd","1","7","(128, 1, 1)","(32, 64, 1)","0","9.0",'
+        '"Command line profiler metrics","dram__bytes_read.sum","Mbyte","1,234.5"\n'
+        '"0","1","python","h","_attn_fwd","1","7","(128, 1, 1)","(32, 64, 1)","0","9.0",'
+        '"Command line profiler metrics","dram__bytes_write.sum","byte","4096"\n'
+    )
+    kernels = parse_ncu_csv(text)
+    assert kernels == {"0 _attn_fwd": {"dram__bytes_read.sum": 1_234_500_000.0,
+                                       "dram__bytes_write.sum": 4096.0}}
 
 
 def test_demo_passes(capsys: pytest.CaptureFixture[str]) -> None:
