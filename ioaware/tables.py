@@ -196,8 +196,8 @@ def report_table(report: Any) -> Table:
     table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("graph", justify="right")
-    table.add_column("kind")
-    table.add_column("status")
+    table.add_column("kind", no_wrap=True)
+    table.add_column("status", no_wrap=True)
     table.add_column("side")
     for name in ("HBM read", "HBM write", "FLOPs", "FLOP/B"):
         table.add_column(name, justify="right")

@@ -96,3 +96,37 @@ def test_render_only_fallbacks() -> None:
     assert "rewrites" not in text
     assert "loop trip count is data-dependent" in text
     assert text.rstrip().endswith("found 1 region: rewrote 0, left 1 (reasons above)")
+
+
+def test_format_seconds() -> None:
+    from ioaware.tables import format_seconds
+
+    assert format_seconds(1.5) == "1.50 s"
+    assert format_seconds(1.24e-3) == "1.24 ms"
+    assert format_seconds(3.1e-6) == "3.10 µs"
+    assert format_seconds(12e-9) == "12.0 ns"
+
+
+def test_report_table_rows_and_speed_up() -> None:
+    from ioaware.report import Figures, Region, Report, Totals
+    from ioaware.tables import render, report_renderables
+
+    # 1 GB in 1 ms before, 1 MB in 10 µs after: 100x by modelled time.
+    before = Figures(hbm_bytes=10**9, flops=10**9, modelled_time_s=1e-3, bound="memory",
+                     read_bytes=6 * 10**8, write_bytes=4 * 10**8)
+    after = Figures(hbm_bytes=10**6, flops=10**9, modelled_time_s=1e-5, bound="compute",
+                    read_bytes=9 * 10**5, write_bytes=10**5)
+    report = Report(
+        target="t", device="h100", dtype="bfloat16", sizes={"N": 4096}, graphs=1,
+        regions=[Region(0, "attention", "rewritten", detail={"mask": "causal"},
+                        backend="triton", before=before, after=after),
+                 Region(0, "scan", "fallback", reason="loop trip count is data-dependent")],
+        totals=Totals(before, after, {"aten::conv1d": 2}, {}),
+    )
+    text = render(report_renderables(report), width=140, color=False)
+    assert "t on h100, bfloat16, N=4096" in text
+    assert "600.0 MB" in text and "900.0 KB" in text and "100.0×" in text
+    assert "1.00 ms" in text and "10.00 µs" in text and " 1000 " in text  # FLOP/B after
+    assert "loop trip count is data-dependent" in text and "mask=causal; runs as triton" in text
+    assert "2 unpriced ops (not in the totals): aten::conv1d ×2" in text
+    assert text.rstrip().splitlines()[-1].startswith("found 2 regions: rewrote 1, left 1")
