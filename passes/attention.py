@@ -473,11 +473,15 @@ def _set_mask(mods: Modifications, allowed: sympy.Basic, semantics: str, fill: f
     """Split a causal conjunct off `allowed` (the kernel's fast path) and keep the rest.
 
     A predicate that is exactly causal never leaves a row without keys (top-left aligned,
-    row i sees key 0), so its semantics cannot show and the plain causal kernel serves.
+    row i sees key 0), so its semantics cannot show and the plain causal kernel serves,
+    provided the masked keys weigh exactly 0 (a fill of -inf or near finfo.min).
     """
     rest = []
+    # A finite fill (masked_fill(-1.0), an additive -1e4) still takes part in softmax:
+    # only a fill that exp() turns into exactly 0 lets the causal kernel drop those keys.
+    drops = semantics in ("neg_inf", "safe") or fill <= -1e30
     for c in masks.conjuncts(allowed):
-        if masks.describe(c) == "causal":
+        if drops and masks.describe(c) == "causal":
             mods.causal = True
         elif c is not sympy.true:
             rest.append(c)

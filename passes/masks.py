@@ -269,7 +269,7 @@ def _evaluate(node: fx.Node, memo: dict, data: DataInputs | None) -> sympy.Basic
         return _permute(node, arg(0))
     if op in (aten.tril.default, aten.triu.default):
         x = arg(0)
-        diag = args[1] if len(args) > 1 else node.kwargs.get("diagonal", 0)
+        diag = _size(args[1] if len(args) > 1 else node.kwargs.get("diagonal", 0))
         offset = axis(0) - axis(1)
         keep = sympy.Le(offset, diag) if op is aten.tril.default else sympy.Ge(offset, diag)
         if x.is_bool:
@@ -491,13 +491,22 @@ def describe(pred: sympy.Basic | None, causal: bool = False) -> str:
                 name = "index"
             elif all(set(ld.indices) <= {B_IDX, KV_IDX, sympy.Integer(0)} for ld in lds):
                 name = "padding"
-            elif any(Q_IDX in ld.free_symbols for ld in lds) and any(
-                    KV_IDX in ld.free_symbols for ld in lds):
+            elif _same_id(c, lds):
                 name = "document"
             else:
                 name = "data"
         names.append(name)
     return " & ".join(dict.fromkeys(n for n in names if n != "none")) or "none"
+
+
+def _same_id(c: sympy.Basic, lds: set[sympy.Indexed]) -> bool:
+    """ids[.., q_idx] == ids[.., kv_idx]: a comparison of one vector at the query and
+    at the key (document / segment masks)."""
+    if not isinstance(c, (sympy.Eq, sympy.Ne)) or len(lds) != 2:
+        return False
+    a, b = (ld.free_symbols for ld in lds)
+    return (Q_IDX in a and KV_IDX in b or Q_IDX in b and KV_IDX in a) and not (
+        Q_IDX in a and KV_IDX in a or Q_IDX in b and KV_IDX in b)
 
 
 def block_density(pred: sympy.Basic | None, causal: bool, nq: int, nk: int,

@@ -139,30 +139,54 @@ FALLBACKS = {
     _softmax_other_axis: "not the key (last) axis",
     _probs_returned: "probabilities are used elsewhere",
     _scores_reused: "used elsewhere",
-    _sliding_window: "not causal",
-    _mask_from_input: "not an index-only expression",
-    _bias_added: "not an index-only expression",
-    _dropout_training: "dropout",
-    _sdpa_with_mask: "attn_mask",
-    _fill_not_inf: "not -inf",
 }
 
 
 @pytest.mark.parametrize("fn", list(FALLBACKS), ids=lambda f: f.__name__.strip("_"))
 def test_fallback_leaves_region_and_says_why(fn):
     q, k, v = qkv(n=8)
-    extra = []
-    if fn in (_mask_from_input, _sdpa_with_mask):
-        extra = [torch.rand(8, 8) > 0.5]
-        extra[0][:, 0] = fn is not _mask_from_input  # no row fully masked
-    if fn is _bias_added:
-        extra = [torch.randn(8, 8)]
-    gm = canonical(fn, q, k, v, *extra)
+    gm = canonical(fn, q, k, v)
     before = targets(gm)
     rewrites, fallbacks = run_pass(gm)
     assert not rewrites
     assert len(fallbacks) == 1 and FALLBACKS[fn] in fallbacks[0].reason, fallbacks
     assert targets(gm) == before  # untouched
+
+
+# Once fallbacks of v0; now each becomes one call of the general ioaware::attention op.
+GENERAL = {
+    _sliding_window: "causal & sliding_window(4)",
+    _mask_from_input: "data",
+    _bias_added: "none",
+    _dropout_training: "none",
+    _sdpa_with_mask: "data",
+    _fill_not_inf: "none",  # masked_fill(-1.0): a finite fill, kept exactly
+}
+
+
+@pytest.mark.parametrize("fn", list(GENERAL), ids=lambda f: f.__name__.strip("_"))
+def test_general_regions_become_one_attention_call(fn):
+    q, k, v = qkv(n=8)
+    extra = []
+    if fn in (_mask_from_input, _sdpa_with_mask):
+        extra = [torch.rand(8, 8) > 0.5]
+    if fn is _bias_added:
+        extra = [torch.randn(8, 8)]
+    gm = canonical(fn, q, k, v, *extra)
+    rewrites, fallbacks = run_pass(gm)
+    assert len(rewrites) == 1 and not fallbacks, fallbacks
+    assert rewrites[0].detail["mask"] == GENERAL[fn] or fn is _fill_not_inf
+    calls = [n for n in gm.graph.nodes if n.target is torch.ops.ioaware.attention.default]
+    assert len(calls) == 1
+    assert aten._softmax.default not in targets(gm)
+    seed = calls[0].args[5]
+    if fn is _dropout_training:
+        # the seed is drawn in the graph at every call, as eager draws its keep mask
+        assert rewrites[0].detail["dropout_p"] == 0.5
+        assert seed.target is aten.randint.low
+        assert aten.native_dropout.default not in targets(gm)
+    else:
+        assert seed is None
 
 
 def _sdpa_bool_causal_mask(q, k, v):
