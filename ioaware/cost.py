@@ -1200,14 +1200,14 @@ def attention_tile_candidates(
         if not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name}={value!r} must be a positive int")
     budget = _tile_budget(profile)
-    dv = int(padded_head_dim(head_dim_v))
+    d, dv = int(padded_head_dim(head_dim)), int(padded_head_dim(head_dim_v))
     fits = []
     for block_m in (128, 64, 32, 16):
         for block_n in (128, 64, 32, 16):
             for warps in (4, 8):
                 for stages in (1, 2, 3, 4):
-                    sram = attention_forward_sram_bytes(block_m, block_n, stages, head_dim,
-                                                        head_dim_v, itemsize)
+                    # attention_forward_sram_bytes, in plain ints (this loop runs often)
+                    sram = itemsize * (block_m * d + stages * block_n * (d + dv))
                     registers = block_m * (dv + block_n) / (32 * warps)
                     if (sram <= budget and registers <= ACCUMULATOR_REGISTERS
                             and block_m // warps in (MMA_ROWS, 2 * MMA_ROWS)):
@@ -1216,6 +1216,26 @@ def attention_tile_candidates(
     ranked = sorted(pipelined or fits,
                     key=lambda t: (-t[0], -t[1], abs(t[3] - 2.5), t[2], t[3]))
     return ranked if limit is None else ranked[:limit]
+
+
+def largest_block_m(
+    sram_bytes: int, head_dim: int, head_dim_v: int, itemsize: int, *,
+    block_n: int = 16, num_stages: int = 2, max_block_m: int | None = None,
+) -> int:
+    """The tallest power-of-two query tile whose forward program fits `sram_bytes`
+    (`attention_forward_sram_bytes`), the paper's block size from M:
+        block_m ≈ (M/it - num_stages·block_n·(d + dv)) / d,
+    so the K/V traffic N²·(d + dv)·it / block_m is Θ(N²·d²/M). Raises if not even a
+    16-row tile fits. `max_block_m` caps it (a kernel never needs more rows than Nq)."""
+    block_m = 16
+    if attention_forward_sram_bytes(16, block_n, num_stages, head_dim, head_dim_v,
+                                    itemsize) > sram_bytes:
+        raise ValueError(f"{sram_bytes=} holds no 16-row tile at head_dim={head_dim}")
+    while (max_block_m is None or 2 * block_m <= max_block_m) and attention_forward_sram_bytes(
+        2 * block_m, block_n, num_stages, head_dim, head_dim_v, itemsize
+    ) <= sram_bytes:
+        block_m *= 2
+    return block_m
 
 
 def selective_scan_sram_bytes(block_d: int, chunk: int, num_stages: int, d_state: int,
@@ -1295,6 +1315,15 @@ def l2_hits(cost: Cost, profile: DeviceProfile, hints: Hints | None = None) -> b
     return _to_int(working_set) <= L2_USABLE_FRACTION * profile.l2
 
 
+def dram_bytes(cost: Cost, profile: DeviceProfile, hints: Hints | None = None) -> int:
+    """Bytes the device's DRAM moves for `cost`: its HBM bytes, less the re-reads L2
+    serves (`l2_hits`). Compare this, not `hbm_bytes`, with measured DRAM counters."""
+    values = cost.evaluate(hints)
+    if l2_hits(cost, profile, hints):
+        return values["hbm_bytes"] - values["l2_reread_bytes"]
+    return values["hbm_bytes"]
+
+
 def ceilings(
     cost: Cost, profile: DeviceProfile, dtype: str | torch.dtype, hints: Hints | None = None
 ) -> dict[str, float]:
@@ -1302,18 +1331,15 @@ def ceilings(
 
         compute = flops / peak[dtype]               (measured peak where known)
         sfu     = transcendentals / SFU rate
-        hbm     = (hbm_bytes - l2_reread_bytes if the re-reads hit L2) / bandwidth
+        hbm     = dram_bytes (hbm_bytes, less l2_reread_bytes if they hit L2) / bandwidth
         l2      = hbm_bytes / l2_bandwidth           (0 while no L2 rate is known)
     """
     values = cost.evaluate(hints)
-    hbm = values["hbm_bytes"]
-    if l2_hits(cost, profile, hints):
-        hbm -= values["l2_reread_bytes"]
     l2_rate = profile.l2_bandwidth
     return {
         "compute": values["flops"] / profile.peak_flops_for(dtype),
         "sfu": values["transcendentals"] / profile.transcendentals_per_s,
-        "hbm": hbm / profile.bandwidth,
+        "hbm": dram_bytes(cost, profile, hints) / profile.bandwidth,
         "l2": values["hbm_bytes"] / l2_rate if l2_rate else 0.0,
     }
 
