@@ -1,19 +1,24 @@
-"""The cost model: HBM bytes and FLOPs of every op, as sympy expressions in the sizes.
+"""The cost model: HBM bytes, FLOPs and on-chip footprint of every op, as sympy
+expressions in the sizes.
 
-`node_cost` prices one node of the canonical ATen graph, `graph_cost` a whole graph; the
-closed forms `attention_unfused_cost`, `flash_attention_cost` and
-`flash_attention_backward_cost` price an attention region before and after the rewrite;
-`modelled_time`, `bound` and `rewrite_pays` compare a Cost with a DeviceProfile.
-Derivations and conventions: docs/cost-model.md.
+`node_cost` prices one node of the canonical ATen graph, `graph_cost` a whole graph
+(with its unpriced nodes); the closed forms `attention_unfused_cost`,
+`flash_attention_cost`, `flash_attention_backward_cost`, `selective_scan_cost` and
+`linear_scan_cost` price the regions the passes rewrite, before and after;
+`attention_tile_candidates` and `scan_chunk_candidates` pick tiles from a profile's
+SRAM; `ceilings`, `modelled_time`, `bound`, `dram_bytes` and `rewrite_pays` compare a
+Cost with a DeviceProfile. Derivations and conventions: docs/cost-model.md.
 
 Conventions, everywhere in this file:
-- Bytes are HBM traffic: an op reads each distinct input tensor once, at the size of the
-  memory it covers (a broadcast or `expand`ed input counts its own, smaller, size), and
-  writes each output once. Caches are not modelled: this is the FlashAttention IO model.
-- A fused multiply-add counts 2 FLOPs; every other arithmetic op, compare or select
-  counts 1 per element. A transcendental (exp, log, tanh, erf, rsqrt, sqrt, sin, ...)
-  counts 1 FLOP and also 1 in `transcendentals`, which the model prices against the
-  special-function units.
+- Bytes are HBM traffic in the FlashAttention IO model: an op reads each distinct input
+  tensor once, at the size of the memory it covers (a broadcast or `expand`ed input
+  counts its own, smaller, size), and writes each output once; a tiled kernel counts
+  every tile it loads. Which of those loads are re-reads that L2 may serve is a separate
+  field, priced per device.
+- A fused multiply-add counts 2 FLOPs (FLOPS_PER_FMA); every other arithmetic op,
+  compare or select counts 1 per element. A transcendental (exp, log, tanh, erf, rsqrt,
+  sqrt, sin, ...) counts 1 FLOP and also 1 in `transcendentals`, which the model prices
+  against the special-function units.
 - Views, layout changes and `detach`/`alias` cost nothing. A node the model does not know
   is unpriced (`None`), never silently free.
 """
