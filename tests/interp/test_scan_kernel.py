@@ -39,7 +39,7 @@ def eager_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0
     """Mamba's recurrence, one time step per iteration, channel d reading group
     d // (Dc / G) of B and C. Returns (y, h_last) in the inputs' (float64) dtype."""
     batch, channels, length = u.shape
-    group_of = torch.arange(channels) // (channels // B.shape[1])
+    group_of = torch.arange(channels, device=u.device) // (channels // B.shape[1])
     dt = delta if delta_bias is None else delta + delta_bias[:, None]
     if delta_softplus:
         dt = F.softplus(dt)
@@ -124,8 +124,8 @@ def check_selective(inputs, seed: int, h_last_grad: bool = True) -> None:
         return
 
     g = torch.Generator().manual_seed(seed + 1)
-    dy = torch.randn(y.shape, generator=g).to(y.dtype)
-    dh = torch.randn(h_last.shape, generator=g)
+    dy = torch.randn(y.shape, generator=g).to(device=y.device, dtype=y.dtype)
+    dh = torch.randn(h_last.shape, generator=g).to(y.device)
     outs, cots = [y], [dy]
     ref_outs, ref_cots = [y_ref], [dy.double()]
     if h_last_grad:
