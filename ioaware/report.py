@@ -436,31 +436,81 @@ def _input_sizes(args: Sequence[Any]) -> tuple[int | None, int | None]:
 
 def build_report(model: Callable, args: Sequence[Any], kwargs: Mapping[str, Any] | None = None,
                  *, device: str | hardware.DeviceProfile, dtype: str | torch.dtype = "float32",
-                 target: str = "", symbolic: bool = True) -> Report:
+                 target: str = "", formulas: bool = False) -> Report:
     """Capture `model(*args, **kwargs)` with dynamo and price it on `device`.
 
-    The model runs once, eagerly, on whatever device its tensors are on: on the meta
-    device (the CLI's default) that computes nothing, so a report at 32k tokens costs what
-    one at 64 does. dtype: the dtype the graph's FLOPs are priced at where an op has no
-    floating dtype of its own. symbolic: keep the batch and sequence dims symbolic so the
-    figures carry their formulas. Raises whatever the model raises.
+    The model runs eagerly on whatever device its tensors are on: on the meta device (the
+    CLI's default) that computes nothing, so a report at 32k tokens costs what one at 64
+    does. The capture is static, as `ioaware.compile`'s first compile is, so the regions
+    and numbers are what compile would do at these sizes. formulas: capture a second time
+    with the batch and sequence dims symbolic and attach each expression where that
+    capture agrees with the static one (same region, same numbers). dtype: the rate FLOPs
+    are priced at where an op has no floating dtype of its own. Raises whatever the model
+    raises.
     """
-    from ioaware.api import _fresh_dynamo_budget
-
+    if not callable(model):
+        raise TypeError(f"model must be callable, got {type(model).__name__}")
     profile = hardware.get_profile(device)
     dtype = hardware.dtype_key(dtype)
     kwargs = dict(kwargs or {})
-    if not callable(model):
-        raise TypeError(f"model must be callable, got {type(model).__name__}")
-    if symbolic:
-        _mark_sizes_dynamic(args, kwargs)
-    batch, seq_len = _input_sizes(args)
+    report = assemble(_capture(model, args, kwargs, profile, dtype), profile, dtype, target,
+                      *_input_sizes(args))
+    if not formulas:
+        return report
+    _mark_sizes_dynamic(args, kwargs)
+    try:
+        symbolic = assemble(_capture(model, args, kwargs, profile, dtype), profile, dtype,
+                            target, *_input_sizes(args))
+    except Exception as e:  # noqa: BLE001 - the numbers stand without their formulas
+        return dataclasses.replace(report, notes=[
+            *report.notes, f"no formulas: the symbolic capture failed ({type(e).__name__})"])
+    return with_formulas(report, symbolic)
+
+
+def _capture(model: Callable, args: Sequence[Any], kwargs: Mapping[str, Any],
+             profile: hardware.DeviceProfile, dtype: str) -> list[_Captured]:
+    from ioaware.api import _fresh_dynamo_budget
+
     backend = ReportBackend(profile, dtype)
-    target_fn = model._orig_mod if isinstance(model, torch._dynamo.eval_frame.OptimizedModule) \
-        else model
+    if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+        model = model._orig_mod
     with _fresh_dynamo_budget():
-        torch.compile(target_fn, backend=backend)(*args, **kwargs)
-    return assemble(backend.captured, profile, dtype, target, batch, seq_len)
+        torch.compile(model, backend=backend)(*args, **kwargs)
+    return backend.captured
+
+
+def _same_numbers(a: Figures | None, b: Figures | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return (a.hbm_bytes, a.flops) == (b.hbm_bytes, b.flops)
+
+
+def _formulas_of(static: Figures | None, symbolic: Figures | None) -> Figures | None:
+    if static is None or symbolic is None or not _same_numbers(static, symbolic):
+        return static
+    return dataclasses.replace(static, expressions=symbolic.expressions)
+
+
+def with_formulas(report: Report, symbolic: Report) -> Report:
+    """`report` with the expressions of `symbolic` where both captures agree: the same
+    region kind and status at the same place, and the same evaluated numbers."""
+    regions = list(report.regions)
+    missing = 0
+    if len(symbolic.regions) == len(regions):
+        for i, (r, s) in enumerate(zip(report.regions, symbolic.regions)):
+            if (r.kind, r.status) == (s.kind, s.status):
+                regions[i] = dataclasses.replace(r, before=_formulas_of(r.before, s.before),
+                                                 after=_formulas_of(r.after, s.after))
+    missing = sum(1 for r in regions if r.status == "rewritten"
+                  and not (r.before and r.before.expressions))
+    totals = dataclasses.replace(
+        report.totals, before=_formulas_of(report.totals.before, symbolic.totals.before),
+        after=_formulas_of(report.totals.after, symbolic.totals.after))
+    notes = list(report.notes)
+    if missing:
+        notes.append(f"{missing} rewritten region(s) without formulas: their symbolic "
+                     "capture differed or the sizes were fixed by the model")
+    return dataclasses.replace(report, regions=regions, totals=totals, notes=notes)
 
 
 def assemble(captured: Sequence[_Captured], profile: hardware.DeviceProfile, dtype: str,
@@ -482,6 +532,9 @@ def assemble(captured: Sequence[_Captured], profile: hardware.DeviceProfile, dty
                     for f in graph.fallbacks]
         before.add(graph.before)
         after.add(graph.after)
+    for name, value in ((BATCH_SYMBOL, batch), (SEQ_SYMBOL, seq_len)):
+        if value is not None:
+            sizes.setdefault(name, value)
     hints_all = {s: v for g in captured for s, v in g.hints.items()}
     totals = Totals(
         before=_total_figures(before, profile, hints_all, names),

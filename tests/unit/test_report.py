@@ -14,6 +14,9 @@ import sympy
 from ioaware.cli import EXAMPLES, main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The regions each example is built to show (rewritten, or left with a reason).
+EXPECTED_KINDS = {"gpt": {"attention"}, "llama": {"attention"}, "sdpa_gqa": {"attention"},
+                  "mamba": {"scan"}, "hybrid": {"attention", "scan"}}
 
 
 class _Text(HTMLParser):
@@ -66,6 +69,7 @@ def test_every_example_renders_table_json_html_png(example: str, tmp_path: Path,
     assert sum(r["before"]["hbm_bytes"] for r in rewritten) <= totals["before"]["hbm_bytes"]
     for r in rewritten:
         assert r["after"]["hbm_bytes"] <= r["before"]["hbm_bytes"]
+    assert {r["kind"] for r in report["regions"]} >= EXPECTED_KINDS[example]
     for r in report["regions"]:
         assert r["status"] in ("rewritten", "fallback")
         assert r["status"] == "rewritten" or r["reason"]
@@ -134,7 +138,7 @@ def test_large_sizes_are_priced_without_running(capsys: pytest.CaptureFixture[st
 
 
 def test_formulas_evaluate_to_the_numbers(capsys: pytest.CaptureFixture[str]) -> None:
-    report = json.loads(_run_report(capsys, "gpt", "--json", "--seq-len", "96"))
+    report = json.loads(_run_report(capsys, "gpt", "--json", "--seq-len", "96", "--formulas"))
     sizes = {sympy.Symbol(k): v for k, v in report["sizes"].items()}
     names = {"N": sympy.Symbol("N"), "B": sympy.Symbol("B")}  # sympy's own N is a function
     checked = 0
@@ -153,8 +157,8 @@ def test_formulas_evaluate_to_the_numbers(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_terminal_formulas_and_unpriced(capsys: pytest.CaptureFixture[str]) -> None:
-    out = _run_report(capsys, "mamba", "--formulas")
-    assert "formulas" in out
+    out = _run_report(capsys, "llama", "--formulas", "--seq-len", "32")
+    assert "formulas" in out and "B*N" in out
     # A line always says how many ops went unpriced (none, or which and how many).
     assert "every op priced" in out or "unpriced op" in out
 
