@@ -13,42 +13,64 @@ from ioaware.verify import relative_error
 LAYERS = 2
 
 
-def gpt2(impl: str) -> torch.nn.Module:
+def gpt2(impl: str, dropout: float = 0.0) -> torch.nn.Module:
     cfg = transformers.GPT2Config(
         n_layer=LAYERS, n_head=4, n_embd=64, vocab_size=128, n_positions=64,
-        attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+        attn_pdrop=dropout, resid_pdrop=0.0, embd_pdrop=0.0, bos_token_id=0, eos_token_id=0,
         attn_implementation=impl,
     )
     return transformers.GPT2LMHeadModel(cfg)
 
 
-def llama_gqa(impl: str) -> torch.nn.Module:
+def llama_gqa(impl: str, dropout: float = 0.0) -> torch.nn.Module:
     cfg = transformers.LlamaConfig(
         num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=2, hidden_size=64,
         intermediate_size=128, vocab_size=128, attn_implementation=impl,
+        attention_dropout=dropout,
         bos_token_id=0, eos_token_id=0, pad_token_id=0,
     )
     return transformers.LlamaForCausalLM(cfg)
 
 
-def quietly(build, impl: str) -> torch.nn.Module:
+def mistral_sliding(impl: str, dropout: float = 0.0) -> torch.nn.Module:
+    """Mistral with GQA and a sliding window (8) shorter than the test sequences."""
+    cfg = transformers.MistralConfig(
+        num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=2, hidden_size=64,
+        intermediate_size=128, vocab_size=128, sliding_window=8, attn_implementation=impl,
+        attention_dropout=dropout,
+        bos_token_id=0, eos_token_id=0, pad_token_id=0,
+    )
+    return transformers.MistralForCausalLM(cfg)
+
+
+def left_padded_mask(batch: int, n: int, pads: tuple[int, ...] = (5, 0)) -> torch.Tensor:
+    """attention_mask [batch, n] of 0/1 with pads[i] padding tokens on the left of row i."""
+    mask = torch.ones(batch, n, dtype=torch.long)
+    for i, p in enumerate(pads[:batch]):
+        mask[i, :p] = 0
+    return mask
+
+
+def quietly(build, impl: str, **kwargs) -> torch.nn.Module:
     """Build a model without transformers' config warnings (tiny vocabularies etc.)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return build(impl)
+        return build(impl, **kwargs)
 
 
-def assert_compiled_matches_eager(model: torch.nn.Module, ids: torch.Tensor, tol: float) -> None:
+def assert_compiled_matches_eager(model: torch.nn.Module, ids: torch.Tensor, tol: float,
+                                  **kwargs) -> None:
     """ioaware.compile(model): logits and every parameter gradient within `tol` of eager.
 
     The loss is mean(logits²) in fp32; gradients use an RMS floor of 1e-3 (see
     ioaware.verify.relative_error) for parameters whose gradient is all but zero.
+    kwargs (attention_mask, ...) go to both calls.
     """
-    logits = ioaware.compile(model)(ids).logits
+    logits = ioaware.compile(model)(ids, **kwargs).logits
     logits.float().square().mean().backward()
     got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
-    ref = model(ids).logits
+    ref = model(ids, **kwargs).logits
     ref.float().square().mean().backward()
     want = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 

@@ -2,7 +2,9 @@
 
 Every attention call is rewritten (as many rewrites as the model has layers, no
 attention fallbacks), and logits and every parameter gradient match eager execution
-with the generated kernels running under Triton's interpreter.
+with the generated kernels running under Triton's interpreter. The models build their
+masks as they do under torch.compile: causal from aranges, Mistral's sliding window,
+a left-padded attention_mask gathered per key; Llama and Mistral repeat K/V for GQA.
 """
 
 from __future__ import annotations
@@ -15,18 +17,65 @@ from ioaware.verify import TOLERANCE
 
 pytest.importorskip("transformers")
 
-from hf_models import LAYERS, assert_compiled_matches_eager, gpt2, llama_gqa, quietly
+from hf_models import (
+    LAYERS,
+    assert_compiled_matches_eager,
+    gpt2,
+    left_padded_mask,
+    llama_gqa,
+    mistral_sliding,
+    quietly,
+)
+
+BUILDS = [gpt2, llama_gqa, mistral_sliding]
+N = 20  # longer than Mistral's window of 8
+
+
+def _expect_all_rewritten(model, ids, **kwargs):
+    expl = ioaware.explain(model, ids, **kwargs)
+    assert len(expl.rewrites) == LAYERS, expl
+    assert not [f for f in expl.fallbacks if f.kind == "attention"], expl
+    torch._dynamo.reset()
+    return expl
+
+
+# Both padding states and both modes for every model and attention implementation,
+# paired (plain in eval, left-padded in training) to keep the interpreter's time in CI.
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+@pytest.mark.parametrize("build", BUILDS, ids=lambda b: b.__name__)
+@pytest.mark.parametrize("padded", [False, True], ids=["plain_eval", "left_padded_train"])
+def test_model_logits_and_gradients_match_eager(interpret, build, impl, padded):
+    torch.manual_seed(0)
+    model = quietly(build, impl).train(padded)
+    ids = torch.randint(0, 128, (2, N))
+    kwargs = {"attention_mask": left_padded_mask(2, N)} if padded else {}
+
+    expl = _expect_all_rewritten(model, ids, **kwargs)
+    detail = expl.rewrites[0].detail
+    assert detail["mask"].startswith("causal")
+    assert ("sliding_window(8)" in detail["mask"]) == (build is mistral_sliding)
+    assert ("padding" in detail["mask"]) == padded
+    assert detail.get("gqa_groups") == (None if build is gpt2 else 2)
+    assert_compiled_matches_eager(model, ids, TOLERANCE[torch.float32], **kwargs)
 
 
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
-@pytest.mark.parametrize("build", [gpt2, llama_gqa], ids=["gpt2", "llama_gqa"])
-@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
-def test_model_logits_and_gradients_match_eager(interpret, build, impl, training):
+def test_attention_dropout_in_training(interpret, impl):
+    # Eager's keep mask cannot be reproduced, so: the dropout is inferred (rewritten,
+    # p carried), each call draws a new mask from torch's generator, the same seed gives
+    # the same logits, and eval mode stays exact.
     torch.manual_seed(0)
-    model = quietly(build, impl).train(training)
-    ids = torch.randint(0, 128, (2, 24))
+    model = quietly(gpt2, impl, dropout=0.25).train()
+    ids = torch.randint(0, 128, (1, 12))
+    expl = _expect_all_rewritten(model, ids)
+    assert all(r.detail["dropout_p"] == 0.25 for r in expl.rewrites)
 
-    expl = ioaware.explain(model, ids)
-    assert len(expl.rewrites) == LAYERS, expl
-    assert not [f for f in expl.fallbacks if f.kind == "attention"], expl
-    assert_compiled_matches_eager(model, ids, TOLERANCE[torch.float32])
+    fast = ioaware.compile(model)
+    torch.manual_seed(1)
+    a = fast(ids).logits
+    b = fast(ids).logits
+    torch.manual_seed(1)
+    c = fast(ids).logits
+    assert torch.equal(a, c) and not torch.equal(a, b)
+    model.eval()
+    assert torch.allclose(fast(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-5)
