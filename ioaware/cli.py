@@ -7,6 +7,8 @@
     ioaware demo
     ioaware bench attention [--dtype bf16] [--batch 4 --heads 16 --seqlen 4096 --head-dim 128]
                             [--causal | --no-causal] [--vs sdpa,eager,compile,flex] [--skip-slow]
+    ioaware bench scan [--dtype bf16] [--batch 4 --channels 1536 --seqlen 2048 --d-state 16]
+                       [--groups 1] [--no-gate] [--eager-len 128] [--skip-slow]
 
 TARGET is `path/to/file.py:make` (`:make` may be left out) or the name of a bundled example
 (`gpt`, `llama`, `mamba`, `hybrid`, `sdpa_gqa`). `make()` returns (model, args) or
@@ -393,6 +395,31 @@ def cmd_bench(options: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_scan(options: argparse.Namespace) -> int:
+    import torch
+
+    if not torch.cuda.is_available():
+        print("ioaware bench: needs a CUDA GPU (torch.cuda.is_available() is False)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    from ioaware.bench_scan import bench_scan, render_scan_bench
+
+    rows = bench_scan(
+        options.batch, options.channels, options.seqlen, options.d_state, options.groups,
+        options.dtype, options.gate, eager_len=options.eager_len, skip_slow=options.skip_slow,
+        warmup_ms=options.warmup, rep_ms=options.rep,
+        progress=lambda message: print(f"[bench] {message}", file=sys.stderr, flush=True),
+    )
+    if options.json:
+        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+        return 0
+    title = (f"selective scan on {torch.cuda.get_device_name()}: B={options.batch} "
+             f"D={options.channels} L={options.seqlen} N={options.d_state} G={options.groups} "
+             f"{options.dtype}{', silu(z) gate' if options.gate else ''}")
+    print(render_scan_bench(rows, title), end="")
+    return 0
+
+
 # --- argument parsing -------------------------------------------------------------------------
 
 
@@ -493,6 +520,29 @@ def build_parser() -> argparse.ArgumentParser:
                            help="do_bench repetition time in ms (default: %(default)s)")
     attention.add_argument("--json", action="store_true", help="print JSON rows")
     attention.set_defaults(run=cmd_bench)
+    scan = benches.add_parser(
+        "scan", help="selective scan: ioaware vs an eager loop and compiled associative_scan",
+        description="Time Mamba's selective scan forward and forward+backward for ioaware's "
+        "kernel, torch.compile(associative_scan) and an eager time loop, as fractions of "
+        "the memory floor.",
+    )
+    scan.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16",
+                      help="default: %(default)s")
+    for flag, default in (("--batch", 4), ("--channels", 1536), ("--seqlen", 2048),
+                          ("--d-state", 16), ("--groups", 1)):
+        scan.add_argument(flag, type=_positive_int, default=default,
+                          help="default: %(default)s")
+    scan.add_argument("--no-gate", dest="gate", action="store_false",
+                      help="no silu(z) gate (default: gated, as Mamba)")
+    scan.add_argument("--eager-len", type=_positive_int, default=128,
+                      help="L the eager loop is timed at, then scaled (default: %(default)s)")
+    scan.add_argument("--skip-slow", action="store_true", help="drop the eager loop")
+    scan.add_argument("--warmup", type=float, default=25,
+                      help="do_bench warmup in ms (default: %(default)s)")
+    scan.add_argument("--rep", type=float, default=100,
+                      help="do_bench repetition time in ms (default: %(default)s)")
+    scan.add_argument("--json", action="store_true", help="print JSON rows")
+    scan.set_defaults(run=cmd_bench_scan)
     return parser
 
 
