@@ -108,8 +108,8 @@ def _flatten_region(g: fx.Graph, region: list[fx.Node]) -> None:
     removes = [n for n in region if _vmap_op(n, "_remove_batch_dim")]
     body = [n for n in region if n.op == "call_function" and n not in adds
             and n not in removes and "predispatch" not in getattr(n.target, "__module__", "")]
-    shapes = {tuple(a.args[0].meta["example_value"].shape) for a in adds
-              if isinstance(a.args[0], fx.Node) and "example_value" in a.args[0].meta}
+    # per-example shapes (the batch axis is the level's size for every input)
+    shapes = {tuple(a.meta["example_value"].shape) for a in adds if "example_value" in a.meta}
     if (len(shapes) != 1 or any(a.args[1] != 0 for a in adds) or any(r.args[3] != 0 for r in removes)
             or any(n.target not in _ELEMENTWISE for n in body)):
         return

@@ -784,9 +784,23 @@ def tree_candidates(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node]]:
         sx, sy = _odd_even(x), _odd_even(y)
         if sx and sy and sx[1] != sy[1]:
             a, b = (sx[0], sy[0]) if sx[1] == 1 else (sy[0], sx[0])
-            if a is not b and _is_tensor(a) and _shape(a) == _shape(b) and (a, b) not in pairs:
+            if (a is not b and _is_tensor(a) and _shape(a) == _shape(b) and (a, b) not in pairs
+                    and not _combined(a) and not _combined(b)):
                 pairs.append((a, b))
     return pairs
+
+
+def _combined(node: Any) -> bool:
+    """An inner level of a tree: a combine's output (a mul or add of odd-even slices)."""
+    stack, seen = [node], 0
+    while stack and seen < 8:
+        n = stack.pop()
+        seen += 1
+        if _odd_even(n):
+            return True
+        if _is_mul(n) or _is_add(n):
+            stack.extend(x for x in n.args if isinstance(x, fx.Node))
+    return False
 
 
 def _odd_even(node: Any) -> tuple[fx.Node, int] | None:
@@ -839,8 +853,16 @@ def _ancestors(node: fx.Node, within: set[fx.Node]) -> set[fx.Node]:
 
 
 def _unmove(rec: Recurrence) -> None:
-    """Read a and b before the wrapper's movedim(x, dim, 0), and the states after its
-    movedim back, so the scan runs on the caller's layout (no copies)."""
+    """Read a and b before the wrapper's movedim(x, dim, 0) (and flip, for reverse=True),
+    and the states after its flip and movedim back, so the scan runs on the caller's
+    layout (no copies)."""
+    flips = [x for x in (rec.a, rec.b) if _call(x, aten.flip.default) and list(x.args[1]) == [0]]
+    users = list(rec.all_states.users)
+    if (len(flips) == 2 and len(users) == 1 and _call(users[0], aten.flip.default)
+            and list(users[0].args[1]) == [0]):
+        rec.a, rec.b, rec.reverse = rec.a.args[0], rec.b.args[0], True
+        rec.all_states = users[0]
+        rec.region.append(users[0])
     srcs = []
     for x in (rec.a, rec.b):
         if _call(x, aten.movedim.intlist, aten.movedim.int):
