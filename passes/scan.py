@@ -652,9 +652,11 @@ def _combine_is_linear(combine: fx.GraphModule) -> str | None:
     return "the combine's second output is not a2·b1 + b2"
 
 
+HOP_TARGETS = {op for op in [getattr(torch.ops.higher_order, "associative_scan", None)] if op}
+
+
 def hop_candidates(gm: fx.GraphModule) -> list[fx.Node]:
-    target = getattr(torch.ops.higher_order, "associative_scan", None)
-    return [n for n in gm.graph.nodes if target is not None and _call(n, target)]
+    return [n for n in gm.graph.nodes if _call(n, *HOP_TARGETS)]
 
 
 def match_hop(gm: fx.GraphModule, node: fx.Node) -> Recurrence:
@@ -1068,12 +1070,23 @@ def _rows_features(shape: tuple[int, ...], dim: int) -> tuple[int, int]:
 
 
 def region_cost(nodes: list[fx.Node]) -> cost.Cost:
+    """Modelled cost of the eager region (the "before" of a rewrite)."""
     total = cost.Cost.zero()
     for n in dict.fromkeys(nodes):
-        c = cost.node_cost(n)
+        c = _hop_cost(n) if n.target in HOP_TARGETS else cost.node_cost(n)
         if c is not None:
             total = total + c
     return total
+
+
+def _hop_cost(node: fx.Node) -> cost.Cost:
+    """associative_scan as Inductor runs it: read a, b, write Π a and h, whole tensors
+    (the scan axis stays in one program; the fused kernel writes only h): per element
+    2 reads, 2 writes, 3 FLOPs (a1·a2, a2·b1 + b2)."""
+    xs = node.args[1]
+    n = sum(int(np.prod(_shape(x))) for x in xs) // max(len(xs), 1)
+    it = _itemsize(_dtype(xs[0]))
+    return cost.Cost(read_bytes=2 * n * it, write_bytes=2 * n * it, flops=3 * n)
 
 
 # ---------------------------------------------------------------------------------------
