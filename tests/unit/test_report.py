@@ -195,3 +195,22 @@ def test_model_that_needs_data_runs_on_its_own_device(
     captured = capsys.readouterr()
     assert "does not run on the meta device" in captured.err
     assert json.loads(captured.out)["totals"]["before"]["flops"] > 0
+
+
+def test_regions_carry_the_numbers_the_passes_decided_by() -> None:
+    # The report's rewritten regions are explain()'s rewrites, number for number: the
+    # report prices what the passes priced, on the same profile.
+    import ioaware
+    from ioaware.examples import hybrid
+    from ioaware.report import build_report
+
+    model, args = hybrid.make()
+    expl = ioaware.api.explain_on("h100", model, *args)
+    report = build_report(model, args, device="h100", target="hybrid")
+    assert [r.kind for r in report.rewritten] == [r.kind for r in expl.rewrites]
+    assert "attention" in {r.kind for r in expl.rewrites}
+    for mine, theirs in zip(report.rewritten, expl.rewrites):
+        assert mine.before.hbm_bytes == theirs.hbm_bytes_before
+        assert mine.after.hbm_bytes == theirs.hbm_bytes_after
+        assert mine.after.flops == theirs.flops
+        assert mine.detail == theirs.detail
