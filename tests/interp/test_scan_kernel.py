@@ -296,3 +296,53 @@ def test_ops_trace_with_fake_tensors():
     assert (y.shape, y.dtype, h.shape, h.dtype) == ((2, 6, 10), torch.bfloat16, (2, 6, 16),
                                                     torch.float32)
     assert (out.shape, out.dtype) == ((3, 7, 5), torch.float32)
+
+
+@pytest.mark.parametrize("optional", [False, True])
+def test_opcheck(optional):
+    """torch.library.opcheck: schema, fake tensors, autograd registration, aot_dispatch."""
+    g = torch.Generator().manual_seed(11)
+    batch, channels, length, n = 2, 4, 9, 3
+    leaves = [
+        torch.randn(batch, channels, length, generator=g),
+        torch.rand(batch, channels, length, generator=g),
+        -torch.rand(channels, n, generator=g),
+        torch.randn(batch, 2, length, n, generator=g),
+        torch.randn(batch, 2, length, n, generator=g),
+    ]
+    if optional:
+        leaves += [torch.randn(channels, generator=g), torch.randn(batch, channels, length,
+                                                                   generator=g),
+                   torch.randn(channels, generator=g)]
+    else:
+        leaves += [None, None, None]
+    h0 = torch.randn(batch, channels, n, generator=g) if optional else None
+    args = [None if t is None else t.requires_grad_() for t in leaves]
+    torch.library.opcheck(torch.ops.ioaware.selective_scan.default,
+                          (*args, optional, None if h0 is None else h0.requires_grad_()))
+    a = torch.rand(2, 5, 3, generator=g).requires_grad_()
+    b = torch.randn(2, 5, 3, generator=g).requires_grad_()
+    h0l = torch.randn(2, 3, generator=g).requires_grad_() if optional else None
+    torch.library.opcheck(torch.ops.ioaware.linear_scan.default, (a, b, h0l, optional))
+
+
+def test_scan_spec_validates_and_keys():
+    from ioaware.spec import ScanSpec
+
+    spec = ScanSpec(kind="selective", dtype="bfloat16", d_state=16, has_z=True)
+    assert spec.key() == ScanSpec(kind="selective", dtype="bfloat16", d_state=16,
+                                  has_z=True).key()
+    assert spec.key() != ScanSpec(kind="selective", dtype="bfloat16", d_state=16).key()
+    with pytest.raises(ValueError, match="kind"):
+        ScanSpec(kind="cumsum", dtype="float32")
+    with pytest.raises(ValueError, match="d_state"):
+        ScanSpec(kind="selective", dtype="float32", d_state=257)
+    with pytest.raises(ValueError, match="dtype"):
+        ScanSpec(kind="linear", dtype="float64")
+
+
+def test_bench_scan_command_parses():
+    from ioaware.cli import build_parser
+
+    options = build_parser().parse_args(["bench", "scan", "--seqlen", "64", "--no-gate"])
+    assert (options.seqlen, options.gate, options.channels) == (64, False, 1536)
