@@ -346,15 +346,36 @@ def _maybe_copy(node: fx.Node) -> Cost:
 
 
 _prices(
-    "clone", "_to_copy", "copy", "lift_fresh_copy", "repeat", "repeat_interleave", "roll",
+    "clone", "_to_copy", "lift_fresh_copy", "repeat", "repeat_interleave", "roll",
     "flip", "constant_pad_nd", "pad", "cat", "stack", "tril", "triu", "_unsafe_index",
+    "slice_scatter", "select_scatter", "diagonal_scatter", "as_strided_scatter", "index_copy",
+    "masked_scatter", "masked_select", "nonzero", "one_hot", "index_put", "_unsafe_index_put",
+    "_index_put_impl", "scatter", "upsample_nearest1d", "upsample_nearest2d",
 )(_reads_and_writes)  # read every input once, write the output; no arithmetic
+
+
+@_prices("copy")
+def _copy(node: fx.Node) -> Cost:
+    # copy(self, src) and copy_: read src (at its own, broadcast, size), write self's size;
+    # self's old values are overwritten, never read
+    src = _val(_storage_root(node.args[1]))
+    return Cost(read_bytes=_distinct_numel(src) * src.dtype.itemsize,
+                write_bytes=_write_bytes(node))
+
+
+@_prices("fill", "zero")
+def _fill(node: fx.Node) -> Cost:
+    # fill(self, value) / zero_: write N; a tensor `value` is one element, read once
+    value = node.args[1] if len(node.args) > 1 else None
+    read = _val(value).dtype.itemsize if isinstance(value, fx.Node) else 0
+    return Cost(read_bytes=read, write_bytes=_write_bytes(node))
 
 
 @_prices(
     "ones", "zeros", "full", "arange", "ones_like", "zeros_like", "full_like", "new_ones",
     "new_zeros", "new_full", "scalar_tensor", "linspace", "eye", "rand", "randn", "randint",
-    "rand_like", "randn_like", "randint_like",
+    "rand_like", "randn_like", "randint_like", "bernoulli", "uniform", "normal", "randperm",
+    "tril_indices", "triu_indices", "exponential",
 )
 def _factory(node: fx.Node) -> Cost:
     # write N, read nothing (the *_like ops only read shapes). Random numbers are priced
@@ -378,6 +399,12 @@ _POINTWISE_FLOPS: dict[str, tuple[int, int]] = {
     "lerp": (2, 0),
     "hardswish": (4, 0),
     "hardsigmoid": (3, 0),
+    "atan2": (1, 1),
+    "erfinv": (1, 1),
+    "logit": (3, 1),  # log(x / (1 - x)): sub, div, log
+    "log_sigmoid_forward": (4, 2),  # -softplus(-x): neg, exp, log1p, neg (and a buffer)
+    "outer": (1, 0),  # a_i · b_j
+    "ger": (1, 0),
 }
 _POINTWISE = {
     "add", "sub", "rsub", "mul", "div", "neg", "abs", "reciprocal", "square", "sign",
@@ -424,6 +451,7 @@ _REDUCTION_FLOPS: dict[str, tuple[int, int]] = {
     "sum": (1, 0), "mean": (1, 0), "amax": (1, 0), "amin": (1, 0), "argmax": (1, 0),
     "argmin": (1, 0), "prod": (1, 0), "any": (1, 0), "all": (1, 0), "max": (1, 0),
     "min": (1, 0), "nansum": (1, 0), "var": (3, 0), "std": (3, 0), "var_mean": (3, 0),
+    "count_nonzero": (1, 0), "aminmax": (2, 0), "logcumsumexp": (4, 1),
     "std_mean": (3, 0), "logsumexp": (4, 1), "linalg_vector_norm": (2, 0),
     "norm": (2, 0), "cumsum": (1, 0), "cumprod": (1, 0), "cummax": (1, 0), "cummin": (1, 0),
 }
@@ -492,6 +520,137 @@ def _gather(node: fx.Node) -> Cost:
     )
     picked = _numel(out) * _val(source).dtype.itemsize
     return Cost(read_bytes=index_bytes + picked, write_bytes=_nbytes(out))
+
+
+@_prices("scatter_add", "index_add", "scatter_reduce", "index_reduce")
+def _scatter_add(node: fx.Node) -> Cost:
+    """Out of place: read self, index and src, write self's size; one add (or reduce)
+    per source element."""
+    src = node.args[3] if len(node.args) > 3 else node.kwargs.get("src")
+    n = _numel(_val(src)) if isinstance(src, fx.Node) else sympy.S.Zero
+    return _reads_and_writes(node) + Cost(flops=n)
+
+
+@_prices("sort", "argsort", "topk", "kthvalue", "median", "mode", "msort")
+def _selection(node: fx.Node) -> Cost:
+    """read N, write the values and indices kept; sort/argsort/msort compare N·ceil(log2 n)
+    times along a dim of n (a comparison sort's bound), topk and the order statistics N."""
+    x = _val(node.args[0])
+    n_all = _numel(x)
+    name = _op_name(node.target)
+    flops = n_all
+    if name in ("sort", "argsort", "msort") and x.dim() > 0:
+        dim = _schema_arg(node, "dim", -1)
+        length = sym(x.shape[dim if isinstance(dim, int) else -1])
+        flops = n_all * sympy.ceiling(sympy.log(sympy.Max(length, 2), 2))
+    return _reads_and_writes(node) + Cost(flops=flops)
+
+
+@_prices("convolution", "_convolution", "conv1d", "conv2d", "conv3d",
+         "conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
+def _convolution(node: fx.Node) -> Cost:
+    """read x, weight (and bias), write y: 2·numel(y)·(C_in / groups)·prod(kernel) FLOPs,
+    plus numel(y) for a bias. The weight [C_out, C_in/groups, k...] carries
+    C_in/groups and the kernel, so 2·numel(y)·numel(weight)/C_out; a transposed
+    convolution's weight is [C_in, C_out/groups, k...] and does 2·numel(x)·numel(w)/C_in."""
+    x, w = _val(node.args[0]), _val(node.args[1])
+    name = _op_name(node.target)
+    transposed = "transpose" in name or (
+        name in ("convolution", "_convolution") and bool(_schema_arg(node, "transposed"))
+    )
+    if transposed:
+        flops = 2 * _numel(x) * _numel(w) / sym(w.shape[0])
+    else:
+        flops = 2 * _numel(_out(node)) * _numel(w) / sym(w.shape[0])
+    bias = node.args[2] if len(node.args) > 2 else None
+    if isinstance(bias, fx.Node):
+        flops += _numel(_out(node))
+    return _reads_and_writes(node) + Cost(flops=flops)
+
+
+@_prices("_native_batch_norm_legit_no_training", "_native_batch_norm_legit",
+         "native_batch_norm", "batch_norm", "instance_norm")
+def _batch_norm(node: fx.Node) -> Cost:
+    """read x, weight, bias, running mean and var, write y (and saved stats). Inference:
+    (x - mean)·rstd·w + b is 4 FLOPs an element; training adds the batch statistics'
+    4 (mean 1, variance 3). One rsqrt per channel."""
+    x = _val(node.args[0])
+    n = _numel(x)
+    channels = sym(x.shape[1]) if x.dim() > 1 else sympy.Integer(1)
+    training = _op_name(node.target) == "instance_norm" or bool(
+        _schema_arg(node, "training", _op_name(node.target) == "_native_batch_norm_legit")
+    )
+    return _reads_and_writes(node) + Cost(flops=(8 if training else 4) * n,
+                                          transcendentals=channels)
+
+
+@_prices("avg_pool1d", "avg_pool2d", "avg_pool3d", "max_pool1d", "max_pool2d",
+         "max_pool3d", "max_pool2d_with_indices", "max_pool3d_with_indices",
+         "adaptive_avg_pool1d", "adaptive_avg_pool2d", "_adaptive_avg_pool2d",
+         "adaptive_max_pool2d")
+def _pool(node: fx.Node) -> Cost:
+    """read x, write y (and indices): one add or compare per window element,
+    numel(y)·prod(kernel); adaptive pools, whose windows tile x, numel(x)."""
+    kernel = _schema_arg(node, "kernel_size")
+    if isinstance(kernel, (list, tuple)) and all(isinstance(k, int) for k in kernel):
+        flops = _numel(_out(node)) * math.prod(kernel)
+    elif isinstance(kernel, int):
+        flops = _numel(_out(node)) * kernel
+    else:
+        flops = _numel(_val(node.args[0]))
+    return _reads_and_writes(node) + Cost(flops=flops)
+
+
+@_prices("nll_loss_forward", "nll_loss", "nll_loss_nd", "nll_loss2d_forward")
+def _nll_loss(node: fx.Node) -> Cost:
+    """read the targets and only the log-probabilities they pick (and their weights),
+    write the loss (and total weight): a gather and a sum, 1 FLOP per picked element."""
+    target = _val(node.args[1])
+    picked = _numel(target)
+    logp = _val(node.args[0])
+    weight = _schema_arg(node, "weight")
+    weight_bytes = picked * _val(weight).dtype.itemsize if isinstance(weight, fx.Node) else 0
+    return Cost(
+        read_bytes=_distinct_numel(target) * target.dtype.itemsize
+        + picked * logp.dtype.itemsize + weight_bytes,
+        write_bytes=_write_bytes(node), flops=picked,
+    )
+
+
+@_prices("cross_entropy_loss")
+def _cross_entropy(node: fx.Node) -> Cost:
+    """log_softmax and nll_loss in one op: read logits and targets, write the loss;
+    5 FLOPs and 1 exp per logit (as `_softmax`) and 1 per target."""
+    logits, target = _val(node.args[0]), _val(node.args[1])
+    n = _numel(logits)
+    return _reads_and_writes(node) + Cost(flops=5 * n + _numel(target), transcendentals=n)
+
+
+@_prices("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss")
+def _pointwise_loss(node: fx.Node) -> Cost:
+    # read both, write the (reduced) loss: sub, square or abs, add per element
+    return _reads_and_writes(node) + Cost(flops=3 * _numel(_val(node.args[0])))
+
+
+@_prices("binary_cross_entropy", "binary_cross_entropy_with_logits")
+def _bce(node: fx.Node) -> Cost:
+    # -(y·log p + (1-y)·log(1-p)): 2 logs and 5 FLOPs an element (with logits: a softplus)
+    return _reads_and_writes(node) + Cost(flops=7 * _numel(_val(node.args[0])),
+                                          transcendentals=2 * _numel(_val(node.args[0])))
+
+
+@_prices("bucketize", "searchsorted")
+def _bucketize(node: fx.Node) -> Cost:
+    """read the values and the boundaries, write the indices: a binary search,
+    ceil(log2 n) compares per value for n boundaries."""
+    name = _op_name(node.target)
+    values = node.args[1] if name == "searchsorted" else node.args[0]
+    bounds = node.args[0] if name == "searchsorted" else node.args[1]
+    n = _numel(_val(values)) if isinstance(values, fx.Node) else sympy.Integer(1)
+    length = sym(_val(bounds).shape[-1])
+    return _reads_and_writes(node) + Cost(
+        flops=n * sympy.ceiling(sympy.log(sympy.Max(length, 2), 2))
+    )
 
 
 @_prices("_local_scalar_dense", "item")
@@ -659,7 +818,12 @@ def node_cost(node: fx.Node) -> Cost | None:
     if node.target in _SIZE_ARITHMETIC:
         return Cost()
     namespace = getattr(node.target, "namespace", None)
-    rule = _RULES.get((namespace, _op_name(node.target)))
+    name = _op_name(node.target)
+    rule = _RULES.get((namespace, name))
+    if rule is None and name.endswith("_") and not name.endswith("__"):
+        # an in-place op (add_, copy_, detach_) moves what its out-of-place form does:
+        # it reads its inputs, self included, and writes self
+        rule = _RULES.get((namespace, name[:-1]))
     return rule(node) if rule is not None else None
 
 
