@@ -47,12 +47,17 @@ def _device_context(device: torch.device):
 
 
 FLOAT_DTYPES = tuple(DTYPES.values())
+# Parameters and states (A, D, delta_bias, h0) may also be float64: the kernels read them
+# into fp32 and write their gradients back in their own dtype.
+PARAM_DTYPES = (*FLOAT_DTYPES, torch.float64)
+PARAMS = ("A", "D", "delta_bias", "h0")
 
 
 def _check_float(name: str, t: Tensor) -> None:
-    if t.dtype not in FLOAT_DTYPES:
+    allowed = PARAM_DTYPES if name in PARAMS else FLOAT_DTYPES
+    if t.dtype not in allowed:
         raise ValueError(f"{name}.dtype={t.dtype} is not supported; expected one of "
-                         f"{[str(d) for d in FLOAT_DTYPES]}")
+                         f"{[str(d) for d in allowed]}")
 
 
 def _check_selective(u, delta, A, B, C, D, z, delta_bias, h0) -> None:
