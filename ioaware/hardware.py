@@ -31,6 +31,11 @@ _DTYPE_ALIASES = {
     "half": "float16",
     "fp32": "float32",
     "float": "float32",
+    "fp64": "float64",
+    "double": "float64",
+    "fp8": "float8_e4m3fn",
+    "e4m3": "float8_e4m3fn",
+    "e5m2": "float8_e5m2",
 }
 
 
@@ -39,8 +44,10 @@ class DeviceProfile:
     """Peak rates and sizes of one accelerator (or a CPU socket, see PROFILES["cpu"]).
 
     peak_flops: datasheet dense rate per dtype name ('float16', 'bfloat16', 'float32',
-      'tf32'), FLOP/s, a fused multiply-add counting 2. 'float32' is the plain (non
-      tensor core) rate; 'tf32' is float32 matmuls with TF32 tensor cores allowed.
+      'tf32', 'float64', 'float8_e4m3fn', 'float8_e5m2', 'int8'), FLOP/s (int8: OP/s),
+      a fused multiply-add counting 2. 'float32' is the plain (non tensor core) rate;
+      'tf32' is float32 matmuls with TF32 tensor cores allowed; 'float64' is the FP64
+      tensor-core rate cuBLAS uses for DGEMM.
     hbm_bandwidth: datasheet HBM bandwidth, bytes/s (bytes read plus bytes written).
     sram_per_sm: shared memory per SM, bytes; sram_per_block is what one block may use.
     num_sms, l2_bytes, registers_per_sm (32-bit registers), memory_bytes (HBM capacity).
@@ -144,6 +151,10 @@ _HOPPER_PEAKS = {
     "bfloat16": 989.4e12,
     "tf32": 494.7e12,
     "float32": 66.9e12,
+    "float64": 66.9e12,
+    "float8_e4m3fn": 1978.9e12,
+    "float8_e5m2": 1978.9e12,
+    "int8": 1978.9e12,
 }
 
 PROFILES: dict[str, DeviceProfile] = {
@@ -187,6 +198,8 @@ PROFILES: dict[str, DeviceProfile] = {
             "bfloat16": 312e12,
             "tf32": 156e12,
             "float32": 19.5e12,
+            "float64": 19.5e12,
+            "int8": 624e12,
         },
         hbm_bandwidth=2.039e12,
         sram_per_sm=164 * KB,
@@ -208,6 +221,8 @@ PROFILES: dict[str, DeviceProfile] = {
             "bfloat16": 1e12,
             "tf32": 1e12,
             "float32": 1e12,
+            "float64": 0.5e12,
+            "int8": 2e12,
         },
         hbm_bandwidth=100e9,
         sram_per_sm=1024 * KB,

@@ -79,8 +79,8 @@ def test_the_model_uses_measured_ceilings_where_known():
 def test_dtype_keys_accept_torch_dtypes_and_short_names():
     assert dtype_key(torch.float16) == dtype_key("fp16") == dtype_key("torch.float16") == "float16"
     assert dtype_key("bf16") == "bfloat16"
-    with pytest.raises(ValueError, match="dtype='int8'"):
-        PROFILES["h100"].peak_flops_for("int8")
+    with pytest.raises(ValueError, match="dtype='int4'"):
+        PROFILES["h100"].peak_flops_for("int4")
 
 
 def test_hopper_sram_and_sm_counts():
@@ -151,3 +151,18 @@ def test_a_bad_profile_file_is_a_clear_error(profiles_in):
         get_profile("list")
     with pytest.raises(ValueError, match="cannot read a profile"):
         load_profile(profiles_in / "absent.json")
+
+
+def test_peak_rates_per_dtype():
+    h100, a100 = PROFILES["h100"], PROFILES["a100"]
+    # datasheet: 3,958 TFLOPS "with sparsity", half of it dense; twice bf16's rate
+    assert h100.peak_flops_for(torch.float8_e4m3fn) == pytest.approx(
+        2 * h100.peak_flops["bfloat16"], rel=1e-3)
+    assert h100.peak_flops_for("fp8") == h100.peak_flops_for("int8") == 1978.9e12
+    assert h100.peak_flops_for(torch.float64) == 66.9e12  # FP64 tensor cores
+    assert a100.peak_flops_for("double") == 19.5e12 and a100.peak_flops_for("int8") == 624e12
+    with pytest.raises(ValueError, match=r"dtype='fp8' has no peak rate on a100"):
+        a100.peak_flops_for("fp8")  # Ampere has no FP8 tensor cores
+    for profile in PROFILES.values():
+        rates = profile.peak_flops
+        assert rates["tf32"] >= rates["float32"] and rates["bfloat16"] >= rates["tf32"]
