@@ -282,7 +282,7 @@ class _Captured:
 
     rewrites: list[Rewrite]
     fallbacks: list[Fallback]
-    region_costs: list[tuple[cost.Cost, cost.Cost] | None]  # per rewrite, when known
+    region_costs: list[tuple[cost.Cost | None, cost.Cost | None]]  # per rewrite, when known
     before: _GraphTotals
     after: _GraphTotals
     hints: dict
@@ -306,26 +306,63 @@ def _attention_region_costs(gm: fx.GraphModule) -> list[tuple[cost.Cost, cost.Co
     return found
 
 
+def _kernel_costs(gm: fx.GraphModule) -> list[cost.Cost]:
+    """The Cost of every generated-kernel call (an `ioaware::` op) in the rewritten graph:
+    symbolic, read and write apart, priced by the same rules as every other node."""
+    found = []
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or getattr(node.target, "namespace", None) != "ioaware":
+            continue
+        try:
+            c = cost.node_cost(node)
+        except Exception as e:  # noqa: BLE001 - the region keeps its evaluated totals
+            log.debug("report: cannot price %s: %s", node.name, e)
+            continue
+        if c is not None:
+            found.append(c)
+    return found
+
+
+_CostPair = tuple[cost.Cost | None, cost.Cost | None]
+
+
+def _take(costs: list[cost.Cost], hints: Mapping, hbm_bytes: int, flops: int
+          ) -> cost.Cost | None:
+    """Remove and return the first cost that evaluates to these numbers (identical layers
+    have identical costs, so any equal one is the right one)."""
+    for c in costs:
+        values = c.evaluate(hints)
+        if (values["hbm_bytes"], values["flops"]) == (hbm_bytes, flops):
+            costs.remove(c)
+            return c
+    return None
+
+
 def _pair_costs(rewrites: Sequence[Rewrite], candidates: list[tuple[cost.Cost, cost.Cost]],
-                hints: Mapping) -> list[tuple[cost.Cost, cost.Cost] | None]:
-    """Each rewrite's Cost pair: the candidate whose evaluated bytes and FLOPs equal the
-    rewrite's (identical layers have identical costs, so any equal one is right)."""
-    unused = list(candidates)
-    paired: list[tuple[cost.Cost, cost.Cost] | None] = []
+                kernels: list[cost.Cost], hints: Mapping) -> list[_CostPair]:
+    """Each rewrite's (before, after) Cost, each side None where unknown.
+
+    A pass that hands over its Costs (`cost_before`, `cost_after` on the Rewrite) is taken
+    at its word. Otherwise before is the attention candidate whose numbers equal the
+    rewrite's, and after the generated-kernel call whose numbers equal its after side."""
+    candidates, kernels = list(candidates), list(kernels)
+    paired: list[_CostPair] = []
     for r in rewrites:
         explicit = (getattr(r, "cost_before", None), getattr(r, "cost_after", None))
         if all(isinstance(c, cost.Cost) for c in explicit):
-            paired.append(explicit)  # a pass that hands over its Costs
+            paired.append(explicit)
             continue
-        found = None
-        for pair in unused if r.kind == "attention" else ():
-            before, after = (c.evaluate(hints) for c in pair)
-            if (before["hbm_bytes"], after["hbm_bytes"], after["flops"]) == (
-                    r.hbm_bytes_before, r.hbm_bytes_after, r.flops):
-                found = pair
-                unused.remove(pair)
+        flops_before = r.flops if r.flops_before is None else r.flops_before
+        before = after = None
+        for pair in candidates if r.kind == "attention" else ():
+            b, a = (c.evaluate(hints) for c in pair)
+            if (b["hbm_bytes"], b["flops"], a["hbm_bytes"], a["flops"]) == (
+                    r.hbm_bytes_before, flops_before, r.hbm_bytes_after, r.flops):
+                candidates.remove(pair)
+                before, after = pair
                 break
-        paired.append(found)
+        after = _take(kernels, hints, r.hbm_bytes_after, r.flops) or after
+        paired.append((before, after))
     return paired
 
 
@@ -365,13 +402,13 @@ class ReportBackend:
             reason = f"rewrite failed, graph left as it was: {type(e).__name__}: {e}"
             self._record([], [Fallback("graph", reason)], [], before, before, hints)
             return gm.forward
+        after, kernels = before, []
         if rewrites:
             _fill_missing_vals(canon)
             after = price_graph(canon, self.profile, hints, self.dtype)
-        else:
-            after = before
-        self._record(rewrites, fallbacks, _pair_costs(rewrites, candidates, hints), before, after,
-                     hints)
+            kernels = _kernel_costs(canon)
+        self._record(rewrites, fallbacks, _pair_costs(rewrites, candidates, kernels, hints),
+                     before, after, hints)
         return gm.forward
 
     def _record(self, rewrites: list[Rewrite], fallbacks: list[Fallback],
@@ -549,22 +586,20 @@ def assemble(captured: Sequence[_Captured], profile: hardware.DeviceProfile, dty
                   graphs=len(captured), regions=regions, totals=totals, notes=notes)
 
 
-def _rewritten(r: Rewrite, pair: tuple[cost.Cost, cost.Cost] | None,
+def _rewritten(r: Rewrite, pair: tuple[cost.Cost | None, cost.Cost | None],
                profile: hardware.DeviceProfile, hints: Mapping,
                names: Mapping[sympy.Symbol, sympy.Symbol]) -> Region:
+    """A rewritten region's two sides: from its Costs where known, else from the totals
+    the pass reported (priced as bytes read: the model prices the sum anyway)."""
     dtype = str(r.detail.get("dtype", "float32"))
-    if pair is not None:
-        before, after = (_figures(c, profile, dtype, hints, names) for c in pair)
-    else:
-        # Only totals known: price the sum as bytes read (the model prices the sum anyway).
-        flops_before = r.flops if r.flops_before is None else r.flops_before
-        before, after = (
-            _figures_from_totals(hbm, flops, profile, dtype)
-            for hbm, flops in ((r.hbm_bytes_before, flops_before),
-                               (r.hbm_bytes_after, r.flops))
-        )
+    flops_before = r.flops if r.flops_before is None else r.flops_before
+    sides = []
+    for c, hbm, flops in ((pair[0], r.hbm_bytes_before, flops_before),
+                          (pair[1], r.hbm_bytes_after, r.flops)):
+        sides.append(_figures(c, profile, dtype, hints, names) if c is not None
+                     else _figures_from_totals(hbm, flops, profile, dtype))
     return Region(r.graph, r.kind, "rewritten", detail=dict(r.detail), backend=r.backend,
-                  before=before, after=after)
+                  before=sides[0], after=sides[1])
 
 
 def _figures_from_totals(hbm: int, flops: int, profile: hardware.DeviceProfile,
