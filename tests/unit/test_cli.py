@@ -198,3 +198,34 @@ def test_demo_passes(capsys: pytest.CaptureFixture[str]) -> None:
     assert "forward  vs eager" in out and "backward vs eager" in out and "FAIL" not in out
     assert "2 attention regions rewritten in the compiled model" in out  # one per block
     assert "found 2 regions: rewrote 2, left 0" in out
+
+
+# --- on a CUDA GPU (the lead's GPU tier runs these with `-m gpu`) ---------------------------
+
+
+@pytest.mark.gpu
+def test_calibrate_on_gpu_saves_a_profile_report_can_use(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from ioaware import hardware
+
+    monkeypatch.setenv("IOAWARE_PROFILE_DIR", str(tmp_path))
+    assert main(["calibrate", "--name", "this-gpu"]) == 0
+    assert "use it with: ioaware report TARGET --device this-gpu" in capsys.readouterr().out
+    profile = hardware.get_profile("this-gpu")
+    # Measured ceilings are real and below anything a datasheet quotes for a GPU today.
+    assert 1e12 < profile.peak_flops_for("bfloat16") < 5e15
+    assert 1e11 < profile.bandwidth < 2e13
+    assert profile.num_sms > 0 and profile.sram_per_sm > 0
+    assert main(["report", "gpt", "--device", "this-gpu", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["device"]["name"] == "this-gpu"
+
+
+@pytest.mark.gpu
+def test_report_measure_on_gpu(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "gpt", "--measure"]) == 0
+    out = capsys.readouterr().out
+    assert "whole graph" in out and "measured on" in out
+    assert "ioaware kernels, time" in out and "all kernels, time" in out
+    # Either the counters were read, or one line says why not.
+    assert "all kernels, DRAM bytes" in out or "DRAM bytes: " in out
