@@ -226,6 +226,6 @@ def test_report_measure_on_gpu(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", "gpt", "--measure"]) == 0
     out = capsys.readouterr().out
     assert "whole graph" in out and "measured on" in out
-    assert "ioaware kernels, time" in out and "all kernels, time" in out
+    assert "attention kernels, time" in out and "all kernels, time" in out
     # Either the counters were read, or one line says why not.
     assert "all kernels, DRAM bytes" in out or "DRAM bytes: " in out
