@@ -133,7 +133,7 @@ MASK_ATOMS = ("causal", "window", "prefix", "padding", "document")
 # (spelling, what a masked element becomes): the fill decides fully-masked rows.
 MASK_SPELLINGS = ("masked_fill", "where", "additive_min", "additive_inf", "sdpa_bool",
                   "sdpa_additive")
-SCORE_MODS = ("none", "bias_hqk", "bias_bk", "bias_h", "alibi", "relative", "softcap")
+SCORE_MODS = ("none", "bias_hqk", "bias_bk", "bias_hk", "alibi", "relative", "softcap")
 
 
 def mask_trees(max_leaves: int = 3):
@@ -195,8 +195,8 @@ def score_bias(mod: str, s: torch.Tensor, extra: dict) -> torch.Tensor:
         return s + extra["bias_hqk"]  # [H, Nq, Nk], learned
     if mod == "bias_bk":
         return s + extra["bias_bk"][:, None, None, :]  # [B, Nk]
-    if mod == "bias_h":
-        return s + extra["bias_h"].view(1, h, 1, 1)  # one value per head
+    if mod == "bias_hk":
+        return s + extra["bias_hk"].view(1, h, 1, nk)  # per head and key, learned
     if mod == "alibi":
         slopes = 2.0 ** (-8.0 * torch.arange(1, h + 1, dtype=s.dtype) / h)
         return s + slopes[:, None, None] * (kv - q)
@@ -218,7 +218,7 @@ def mask_extras(b: int, h: int, nq: int, nk: int, gen: torch.Generator,
         "pad": pad, "doc": doc,
         "bias_hqk": torch.randn(h, nq, nk, generator=gen).to(dtype).requires_grad_(),
         "bias_bk": torch.randn(b, nk, generator=gen).to(dtype),
-        "bias_h": torch.randn(h, generator=gen).to(dtype).requires_grad_(),
+        "bias_hk": torch.randn(h, nk, generator=gen).to(dtype).requires_grad_(),
         "table": torch.randn(9, h, generator=gen).to(dtype).requires_grad_(),
     }
 

@@ -190,7 +190,7 @@ def test_sdpa_bool_mask_is_safe_and_float_mask_is_added():
 # --- score modifications ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mod", ["bias_hqk", "bias_bk", "bias_h", "alibi", "relative",
+@pytest.mark.parametrize("mod", ["bias_hqk", "bias_bk", "bias_hk", "alibi", "relative",
                                  "softcap"])
 def test_score_mods_give_eager_logits(mod):
     q, k, v = qk(nq=NK)
@@ -203,10 +203,10 @@ def test_score_mods_give_eager_logits(mod):
 
     want = score_bias(mod, q @ k.transpose(-2, -1) * 0.3, ex)
     assert_same_logits(spec_logits(spec, q_, k_, inputs), want.detach())
-    names = {"bias_hqk": "bias", "bias_bk": "bias", "bias_h": "bias", "alibi": "alibi",
+    names = {"bias_hqk": "bias", "bias_bk": "bias", "bias_hk": "bias", "alibi": "alibi",
              "relative": "relative_bias", "softcap": "softcap"}
     assert names[mod] in rewrites[0].detail["score_mod"]
-    learned = {"bias_hqk", "bias_h", "relative"}
+    learned = {"bias_hqk", "bias_hk", "relative"}
     assert any(t.requires_grad for t in spec.inputs) == (mod in learned)
 
 
