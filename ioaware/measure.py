@@ -262,41 +262,43 @@ class Case:
     dtype: str
 
 
-def _randn(*shape: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    return torch.randn(*shape, device="cuda", dtype=dtype)
-
-
-def cases() -> list[Case]:
-    """The acceptance ops at sizes where each is far from launch overhead."""
+def cases(device: str = "cuda", small: bool = False) -> list[Case]:
+    """The acceptance ops at sizes where each is far from launch overhead (small: tiny
+    sizes, for checking on a CPU that every case traces and is fully priced)."""
     from ioaware.codegen import ops  # noqa: F401  (registers torch.ops.ioaware)
 
-    bf16 = torch.bfloat16
-    b, h, n, d = 4, 16, 4096, 128
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device=device, dtype=torch.bfloat16)
+
+    b, h, n, d = (1, 2, 128, 64) if small else (4, 16, 4096, 128)
+    m = 64 if small else 8192  # matmul m = n = k
+    rows, cols = (64, 128) if small else (16 * 4096, 4096)
+    elements = 4096 if small else 2**28
     found = [
         Case("attention (ioaware, causal)",
              lambda q, k, v: torch.ops.ioaware.flash_attention(q, k, v, d ** -0.5, True),
-             lambda: (_randn(b, h, n, d), _randn(b, h, n, d), _randn(b, h, n, d)), "bfloat16"),
-        Case("matmul (eager, 8192³)", torch.mm,
-             lambda: (_randn(8192, 8192), _randn(8192, 8192)), "bfloat16"),
-        Case("softmax (eager)", lambda x: torch.softmax(x, dim=-1),
-             lambda: (_randn(16 * 4096, 4096),), "bfloat16"),
+             lambda: (randn(b, h, n, d), randn(b, h, n, d), randn(b, h, n, d)), "bfloat16"),
+        Case(f"matmul (eager, {m}³)", torch.mm, lambda: (randn(m, m), randn(m, m)),
+             "bfloat16"),
+        Case("softmax (eager)", lambda x: torch.softmax(x, dim=-1), lambda: (randn(rows, cols),),
+             "bfloat16"),
         Case("add (eager, elementwise)", torch.add,
-             lambda: (_randn(2**28, dtype=bf16), _randn(2**28, dtype=bf16)), "bfloat16"),
+             lambda: (randn(elements), randn(elements)), "bfloat16"),
         Case("gelu (eager, elementwise)", torch.nn.functional.gelu,
-             lambda: (_randn(2**28),), "bfloat16"),
+             lambda: (randn(elements),), "bfloat16"),
     ]
     try:
         from ioaware.codegen import scan_ops  # noqa: F401  (registers the scan ops)
     except ImportError:
         return found
-    bt, dc, length, state = 8, 2048, 2048, 16
+    bt, dc, length, state = (1, 32, 32, 16) if small else (8, 2048, 2048, 16)
     found.insert(1, Case(
         "selective scan (ioaware)",
         lambda u, delta, A, B, C: torch.ops.ioaware.selective_scan(
             u, delta, A, B, C, None, None, None, True, None),
-        lambda: (_randn(bt, dc, length), _randn(bt, dc, length),
-                 -torch.rand(dc, state, device="cuda"), _randn(bt, 1, length, state),
-                 _randn(bt, 1, length, state)),
+        lambda: (randn(bt, dc, length), randn(bt, dc, length),
+                 -torch.rand(dc, state, device=device), randn(bt, 1, length, state),
+                 randn(bt, 1, length, state)),
         "bfloat16"))
     return found
 

@@ -229,3 +229,21 @@ def test_report_measure_on_gpu(capsys: pytest.CaptureFixture[str]) -> None:
     assert "attention kernels, time" in out and "all kernels, time" in out
     # Either the counters were read, or one line says why not.
     assert "all kernels, DRAM bytes" in out or "DRAM bytes: " in out
+
+
+def test_measure_cases_are_fully_priced() -> None:
+    # The acceptance cases the lead times on a GPU, at tiny sizes on the CPU: each traces
+    # to a canonical graph the cost model prices completely (an unpriced op would raise).
+    from ioaware import hardware
+    from ioaware.measure import cases, modelled_cost, modelled_dram_bytes
+
+    found = cases(device="cpu", small=True)
+    assert {"attention (ioaware, causal)", "softmax (eager)"} <= {c.name for c in found}
+    for case in found:
+        c = modelled_cost(case, case.inputs())
+        values = c.evaluate()
+        assert values["hbm_bytes"] > 0 and values["flops"] > 0, case.name
+        assert 0 < modelled_dram_bytes(c, hardware.get_profile("h100")) <= values["hbm_bytes"]
+    add = next(c for c in found if c.name.startswith("add"))
+    # read 2 x 4096 bf16, write 4096 bf16
+    assert modelled_cost(add, add.inputs()).evaluate()["hbm_bytes"] == 3 * 4096 * 2
