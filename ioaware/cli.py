@@ -190,18 +190,25 @@ def build_target_report(options: argparse.Namespace) -> Any:
         model, args, kwargs = _to_meta(model, args, kwargs)
         return build_report(model, args, kwargs, device=options.device, dtype=dtype,
                             target=options.target, formulas=options.formulas)
-    except TargetError:
-        raise
     except Exception as error:  # noqa: BLE001 - not meta-friendly: run it for real below
-        print(f"ioaware report: the model does not run on the meta device "
-              f"({_one_line(error)}); running it on its own device", file=sys.stderr)
+        on_meta = _one_line(error)
     model, args, kwargs = load_target(options.target, overrides)
     try:
-        return build_report(model, args, kwargs, device=options.device, dtype=dtype,
-                            target=options.target, formulas=options.formulas)
+        report = build_report(model, args, kwargs, device=options.device, dtype=dtype,
+                              target=options.target, formulas=options.formulas)
     except Exception as error:  # noqa: BLE001 - the user's model failed: one line, no trace
         raise TargetError(f"TARGET {options.target!r}: running the model raised "
-                          f"{_one_line(error)}") from None
+                          f"{_one_line(_user_error(error))}") from None
+    print(f"ioaware report: the model does not run on the meta device ({on_meta}); "
+          "ran it on its own device", file=sys.stderr)
+    return report
+
+
+def _user_error(error: BaseException) -> BaseException:
+    """The model's own exception, where dynamo wrapped it in one of its own."""
+    while type(error).__module__.startswith("torch._dynamo") and error.__cause__ is not None:
+        error = error.__cause__
+    return error
 
 
 def _write(path: str, text: str | bytes) -> None:

@@ -50,6 +50,10 @@ BAD_TARGETS = {
     "model not callable": (
         lambda tmp: _write(tmp, "def make():\n    return (3, ())\n"), "not callable"),
     "not a .py file": (lambda tmp: str(tmp / "model.txt") + ":make", "expected path/to/file.py"),
+    "model raises": (
+        lambda tmp: _write(tmp, "import torch\ndef f(x):\n    raise ValueError('bad input')\n"
+                                "def make():\n    return (f, (torch.ones(2),))\n"),
+        "running the model raised ValueError: bad input"),
 }
 
 
