@@ -1471,7 +1471,11 @@ def programs_in_flight(profile: DeviceProfile, sram_bytes: int) -> int:
 def l2_hits(cost: Cost, profile: DeviceProfile, hints: Hints | None = None) -> bool:
     """Whether the cost's re-reads are served by L2: its working set, with the device's
     programs in flight, fits in L2_USABLE_FRACTION of the profile's L2."""
-    values = cost.evaluate(hints)
+    return _l2_hits(cost, profile, hints, cost.evaluate(hints))
+
+
+def _l2_hits(cost: Cost, profile: DeviceProfile, hints: Hints | None,
+             values: dict[str, int]) -> bool:
     if values["l2_reread_bytes"] == 0:
         return False
     in_flight = programs_in_flight(profile, values["sram_bytes"])
@@ -1487,8 +1491,12 @@ def l2_hits(cost: Cost, profile: DeviceProfile, hints: Hints | None = None) -> b
 def dram_bytes(cost: Cost, profile: DeviceProfile, hints: Hints | None = None) -> int:
     """Bytes the device's DRAM moves for `cost`: its HBM bytes, less the re-reads L2
     serves (`l2_hits`). Compare this, not `hbm_bytes`, with measured DRAM counters."""
-    values = cost.evaluate(hints)
-    if l2_hits(cost, profile, hints):
+    return _dram_bytes(cost, profile, hints, cost.evaluate(hints))
+
+
+def _dram_bytes(cost: Cost, profile: DeviceProfile, hints: Hints | None,
+                values: dict[str, int]) -> int:
+    if _l2_hits(cost, profile, hints, values):
         return values["hbm_bytes"] - values["l2_reread_bytes"]
     return values["hbm_bytes"]
 
@@ -1508,7 +1516,7 @@ def ceilings(
     return {
         "compute": values["flops"] / profile.peak_flops_for(dtype),
         "sfu": values["transcendentals"] / profile.transcendentals_per_s,
-        "hbm": dram_bytes(cost, profile, hints) / profile.bandwidth,
+        "hbm": _dram_bytes(cost, profile, hints, values) / profile.bandwidth,
         "l2": values["hbm_bytes"] / l2_rate if l2_rate else 0.0,
     }
 
