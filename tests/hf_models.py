@@ -78,3 +78,38 @@ def assert_compiled_matches_eager(model: torch.nn.Module, ids: torch.Tensor, tol
     assert got.keys() == want.keys() and len(got) > 0
     for name, w in want.items():
         assert relative_error(got[name], w, floor=1e-3) <= tol, name
+
+
+def _config_with_scan(cls, associative_scan: bool, **fields):
+    """A config with `use_associative_scan` set, or None where this transformers has no
+    such field (5.17) and the associative path cannot be asked for."""
+    cfg = cls(**fields)
+    if associative_scan and not hasattr(cfg, "use_associative_scan"):
+        return None
+    if hasattr(cfg, "use_associative_scan"):
+        cfg.use_associative_scan = associative_scan
+    return cfg
+
+
+def mamba(associative_scan: bool) -> torch.nn.Module | None:
+    """Tiny MambaForCausalLM (LAYERS mixers, each one selective scan); None when
+    `associative_scan` is asked for and this transformers cannot do it."""
+    cfg = _config_with_scan(
+        transformers.MambaConfig, associative_scan, num_hidden_layers=LAYERS, hidden_size=32,
+        state_size=8, intermediate_size=48, time_step_rank=4, vocab_size=128, use_cache=False,
+        bos_token_id=0, eos_token_id=0, pad_token_id=0,
+    )
+    return None if cfg is None else transformers.MambaForCausalLM(cfg)
+
+
+def jamba(associative_scan: bool) -> torch.nn.Module | None:
+    """Tiny JambaForCausalLM: LAYERS Mamba mixers (the attention layer period is longer
+    than the model, so the scans are tested alone), dense MLPs (one expert)."""
+    cfg = _config_with_scan(
+        transformers.JambaConfig, associative_scan, num_hidden_layers=LAYERS, hidden_size=32,
+        intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, mamba_d_state=8,
+        mamba_d_conv=4, mamba_expand=2, mamba_dt_rank=4, attn_layer_period=LAYERS + 1,
+        attn_layer_offset=LAYERS, num_experts=1, expert_layer_period=2, expert_layer_offset=1,
+        vocab_size=128, use_cache=False, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+    )
+    return None if cfg is None else transformers.JambaForCausalLM(cfg)
