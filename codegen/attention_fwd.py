@@ -372,8 +372,11 @@ def render_forward(spec: AttentionSpec, *, interpret: bool = False) -> str:
     """Python source of the forward module for `spec`.
 
     interpret=True renders fixed small tiles (INTERPRET_BLOCK_M × INTERPRET_BLOCK_N)
-    and no autotuner, for Triton's CPU interpreter.
+    and no autotuner, for Triton's CPU interpreter. A Spec with masks, score mods,
+    inputs or dropout renders the general template (`render_general_forward`).
     """
+    if not is_plain(spec):
+        return render_general_forward(spec, interpret=interpret)
     if interpret:
         default = (INTERPRET_BLOCK_M, INTERPRET_BLOCK_N, 4, 1)
         configs: list[tuple[int, int, int, int]] = []
@@ -385,5 +388,347 @@ def render_forward(spec: AttentionSpec, *, interpret: bool = False) -> str:
         interpret=str(interpret),
         default_config=repr(default),
         tune_configs=format_configs(configs),
+        tune_min_scores=str(TUNE_MIN_SCORES),
+    )
+
+
+# ---- the general Spec: masks, score mods, extra inputs, dropout (issue 3) ------------
+
+# A masked logit whose exp underflows to exactly 0 in fp32 next to any visible logit
+# can be dropped (the tile skipped, the element set to -inf), as eager's softmax makes
+# it 0 too. -inf does; so does a fill of -1e4 or below (finfo.min of every dtype) as
+# long as the visible logits stay above fill + 104.
+DROPPABLE_FILL = -1.0e4
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def is_plain(spec: AttentionSpec) -> bool:
+    """True when `spec` is what the FlashAttention template handles (no mask, no score
+    mod, no inputs, no dropout; causal under semantics that never fill a causal row)."""
+    return (spec.mask is None and spec.score_mod is None and not spec.inputs
+            and spec.dropout_p == 0.0
+            and (not spec.causal or drops_masked(spec)))
+
+
+def drops_masked(spec: AttentionSpec) -> bool:
+    """Masked logits contribute exactly 0 to rows that see any key (see DROPPABLE_FILL)."""
+    return spec.mask_semantics in ("neg_inf", "safe") or spec.mask_fill <= DROPPABLE_FILL
+
+
+def _lit(x: float) -> str:
+    """A float as Python source (inf included)."""
+    return repr(x) if math.isfinite(x) else f'float("{x}")'
+
+
+def general_constants(spec: AttentionSpec) -> dict[str, str]:
+    """The general Spec's switches, baked in as constexprs (both directions)."""
+    from .reference import dropout_threshold
+
+    masks = spec.causal or spec.mask is not None
+    drop = drops_masked(spec)
+    semantics = spec.mask_semantics
+    fill_z = max(spec.mask_fill * math.log2(math.e), -FLOAT32_MAX) if math.isfinite(
+        spec.mask_fill) else float("-inf")
+    p = spec.dropout_p
+    fix_empty = drop and spec.mask is not None and semantics in ("fill", "add")
+    empty_lse = spec.mask_fill / 2 if fix_empty else float("-inf")
+    lines = [
+        f"HAS_MASK = tl.constexpr({spec.mask is not None})",
+        f"HAS_MOD = tl.constexpr({spec.score_mod is not None})",
+        f"MASKS = tl.constexpr({masks})  # anything masked at all (causal or a mask)",
+        f"DROP_MASKED = tl.constexpr({drop})  # masked logits are dropped (-inf)",
+        # tiles from the runtime block map: masked Specs whose masked logits drop
+        f"USE_MAP = tl.constexpr({drop and spec.mask is not None})",
+        # rows with no visible key take a second, all-keys sweep (fill / add semantics)
+        f"FIX_EMPTY = tl.constexpr({fix_empty})",
+        f"SAFE = tl.constexpr({semantics == 'safe'})",
+        f"NEG_INF_ROWS = tl.constexpr({semantics == 'neg_inf'})",
+        f"ADD_FILL = tl.constexpr({semantics == 'add'})  # gradient reaches masked scores",
+        f"FILL_Z = tl.constexpr({_lit(fill_z)})  # mask_fill · log2(e), clamped to fp32",
+        f"MASK_FILL = tl.constexpr({max(spec.mask_fill, -FLOAT32_MAX)!r})",
+        f"EMPTY_LSE = tl.constexpr({_lit(empty_lse)})  # lse below: no visible key",
+        f"DROPOUT = tl.constexpr({p > 0})",
+        f"DROP_THRESHOLD = tl.constexpr({dropout_threshold(p)})",
+        f"KEEP_SCALE = tl.constexpr({1.0 / (1.0 - p)!r})",
+        "LOG2E = tl.constexpr(1.4426950408889634)",
+        "MIN_Z = tl.constexpr(-3.4028234663852886e38)",
+    ]
+    return {"general_header": "\n".join(lines)}
+
+
+# Shared by the general forward and backward: z = logit·log2(e) of one tile.
+GENERAL_LOGITS = '''\
+@triton.jit
+def _logits(s, b, h, q_i, kv_i, N_Q, N_K${inputs}, MASKED: tl.constexpr,
+            EMPTY_ROWS: tl.constexpr):
+    """(z, visible) of a [rows, cols] tile: z = logit · log2(e) with masked entries as
+    mask_semantics says (-inf when they drop); visible: the mask (and causal, and the
+    key bound) holds. EMPTY_ROWS: the all-keys sweep for rows with no visible key,
+    where every in-bounds entry takes its masked value."""
+    if HAS_MOD:
+        nat = _score_mod(s * SCALE, b, h, q_i, kv_i, N_Q, N_K${inputs})
+        z = nat * LOG2E
+    else:
+        nat = s * SCALE
+        z = s * QK_SCALE
+    in_bounds = kv_i < N_K
+    visible = in_bounds
+    if MASKED:
+        if CAUSAL:
+            visible = visible & (kv_i <= q_i)
+        if HAS_MASK:
+            visible = visible & _visible(b, h, q_i, kv_i, N_Q, N_K${inputs})
+        if ADD_FILL:
+            z_masked = tl.maximum((nat + MASK_FILL) * LOG2E, MIN_Z)
+        else:
+            z_masked = FILL_Z + z * 0.0
+        if EMPTY_ROWS:
+            z = tl.where(in_bounds, z_masked, float("-inf"))
+        elif DROP_MASKED:
+            z = tl.where(visible, z, float("-inf"))
+        else:
+            z = tl.where(visible, z, tl.where(in_bounds, z_masked, float("-inf")))
+    return z, visible, nat'''
+
+
+_GENERAL_FORWARD_TEMPLATE = string.Template('''\
+"""Generated by ioaware.codegen.attention_fwd (general Spec). Do not edit.
+
+AttentionSpec(${spec_fields})
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+${spec_header}
+${general_header}
+LN2 = tl.constexpr(0.6931471805599453)
+
+INTERPRET = ${interpret}
+DEFAULT_CONFIG = ${default_config}  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
+TUNE_CONFIGS = ${tune_configs}  # (num_warps, num_stages): the block map fixes the tiles
+TUNE_MIN_SCORES = ${tune_min_scores}
+
+
+${primitives}
+
+
+${mod_functions}
+
+
+${logits}
+
+
+${block_map}
+
+
+@triton.jit
+def _kv_sweep(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, offs_n,
+              offs_d, offs_dv, lo, hi, List, b, h, H_Q, N_Q, N_K, seed, seed_offset${inputs},
+              BLOCK_N: tl.constexpr, MASKED: tl.constexpr, LIST: tl.constexpr,
+              EMPTY_ROWS: tl.constexpr):
+    """FA2 Algorithm 1, lines 6-10, over key blocks [lo, hi) (LIST: over the block
+    indices List[lo:hi] of the block map). MASKED=False: whole, fully visible tiles."""
+    q_i = offs_m[:, None]
+    for it in range(lo, hi, 1 if LIST else BLOCK_N):
+        if LIST:
+            start_n = tl.load(List + it) * BLOCK_N
+        else:
+            start_n = it
+        cols = start_n + offs_n
+        k = _load_rows(k_ptrs + start_n * stride_kn, cols, N_K, offs_d, HEAD_DIM, EVEN_D, MASKED)
+        s = _mm(q, tl.trans(k))  # [BLOCK_M, BLOCK_N]
+        z, visible, nat = _logits(s, b, h, q_i, cols[None, :], N_Q, N_K${inputs},
+                                  MASKED, EMPTY_ROWS)
+        # Online softmax; a row that has seen only masked keys so far has m = -inf,
+        # and exp2(-inf - 0) = 0 keeps it clean (no -inf - -inf).
+        m_new = tl.maximum(m_i, _row_max(z))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(z - m_use[:, None])
+        alpha = tl.math.exp2(m_i - m_use)
+        l_i = l_i * alpha + _row_sum(p)
+        if DROPOUT:  # F.dropout on P: the normaliser l keeps every entry
+            keep = _keep(seed, seed_offset, b, h, q_i, cols[None, :], H_Q, N_Q, N_K)
+            p = tl.where(keep, p * KEEP_SCALE, 0.0)
+        v = _load_rows(v_ptrs + start_n * stride_vn, cols, N_K, offs_dv, HEAD_DIM_V, EVEN_DV,
+                       MASKED)
+        acc = acc * alpha[:, None]
+        acc = _mma(p.to(v.dtype), v, acc)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _attn_fwd(Q, K, V, Out, Lse, Seed, FullCnt, FullList, PartCnt, PartList${inputs},
+              stride_qb, stride_qh, stride_qm, stride_qd,
+              stride_kb, stride_kh, stride_kn, stride_kd,
+              stride_vb, stride_vh, stride_vn, stride_vd,
+              stride_ob, stride_oh, stride_om, stride_od,
+              H_Q, GROUP, N_Q, N_K, N_Q_BUCKET, N_K_BUCKET, H_MAP, B_MAP, T_Q, T_K,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One program per (query block, head, batch). Out: [B, Hq, Nq, dv]; Lse: [B·Hq, Nq]."""
+    pid_m = tl.program_id(0)
+    if CAUSAL:
+        pid_m = tl.num_programs(0) - 1 - pid_m  # heavy (late) query blocks first
+    h = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    h_kv = h // GROUP  # GQA: query head h reads kv head h // (Hq / Hkv)
+    pid_bh = b * H_Q + h
+
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D_PAD)
+    offs_dv = tl.arange(0, DV_PAD)
+    q_ptrs = (Q + b * stride_qb + h * stride_qh
+              + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd)
+    k_ptrs = (K + b * stride_kb + h_kv * stride_kh
+              + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd)
+    v_ptrs = (V + b * stride_vb + h_kv * stride_vh
+              + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd)
+    q = _load_rows(q_ptrs, offs_m, N_Q, offs_d, HEAD_DIM, EVEN_D, True)
+    if DROPOUT:
+        seed = tl.load(Seed)
+        seed_offset = tl.load(Seed + 1)
+    else:
+        seed = 0
+        seed_offset = 0
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
+    acc = tl.full([BLOCK_M, DV_PAD], 0.0, dtype=tl.float32)
+
+    if USE_MAP:
+        # The block map's lists for this query block: full tiles unmasked, partial masked.
+        map_row = ((b % B_MAP) * H_MAP + h % H_MAP) * T_Q + pid_m
+        n_full = tl.load(FullCnt + map_row)
+        n_part = tl.load(PartCnt + map_row)
+        acc, l_i, m_i = _kv_sweep(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
+                                  offs_m, offs_n, offs_d, offs_dv, 0, n_full,
+                                  FullList + map_row * T_K, b, h, H_Q, N_Q, N_K, seed,
+                                  seed_offset${inputs}, BLOCK_N, False, True, False)
+        acc, l_i, m_i = _kv_sweep(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
+                                  offs_m, offs_n, offs_d, offs_dv, 0, n_part,
+                                  PartList + map_row * T_K, b, h, H_Q, N_Q, N_K, seed,
+                                  seed_offset${inputs}, BLOCK_N, True, True, False)
+    else:
+        # Causal without a mask: loop bounds skip the tiles above the diagonal. Masked
+        # logits that do not drop (a mild fill) are visited everywhere, all masked.
+        if CAUSAL and DROP_MASKED:
+            hi = tl.minimum(start_m + BLOCK_M, N_K)
+            lo = (tl.minimum(start_m + 1, N_K) // BLOCK_N) * BLOCK_N
+        elif MASKS:
+            hi = N_K
+            lo = 0
+        else:
+            hi = N_K
+            lo = (N_K // BLOCK_N) * BLOCK_N
+        acc, l_i, m_i = _kv_sweep(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
+                                  offs_m, offs_n, offs_d, offs_dv, 0, lo, FullList, b, h,
+                                  H_Q, N_Q, N_K, seed, seed_offset${inputs},
+                                  BLOCK_N, False, False, False)
+        acc, l_i, m_i = _kv_sweep(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
+                                  offs_m, offs_n, offs_d, offs_dv, lo, hi, FullList, b, h,
+                                  H_Q, N_Q, N_K, seed, seed_offset${inputs},
+                                  BLOCK_N, True, False, False)
+    # Rows that saw no visible key: under fill / add semantics eager gives them a
+    # softmax over every key's masked logit. Rare (padding rows): one more sweep, only
+    # when this block holds such a row.
+    empty = (l_i == 0.0) & (offs_m < N_Q)
+    if FIX_EMPTY:
+        if _row_max(empty.to(tl.int32)[None, :]) > 0:
+            acc2 = tl.full([BLOCK_M, DV_PAD], 0.0, dtype=tl.float32)
+            l2 = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
+            m2 = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+            acc2, l2, m2 = _kv_sweep(acc2, l2, m2, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
+                                     offs_m, offs_n, offs_d, offs_dv, 0, N_K, FullList, b,
+                                     h, H_Q, N_Q, N_K, seed, seed_offset${inputs},
+                                     BLOCK_N, True, False, True)
+            acc = tl.where(empty[:, None], acc2, acc)
+            l_i = tl.where(empty, l2, l_i)
+            m_i = tl.where(empty, m2, m_i)
+
+    # Epilogue: a row with no visible key is NaN (neg_inf: 0/0, as eager) or 0 (safe).
+    if SAFE:
+        out = tl.where((l_i > 0.0)[:, None], acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None], 0.0)
+    else:
+        out = acc * (1.0 / l_i)[:, None]
+    lse = (m_i + tl.math.log2(l_i)) * LN2
+    if FIX_EMPTY:
+        # Masked logits are clamped to fp32 in log2 units; the natural-log lse of such a
+        # row is mask_fill + (its offset from the clamped fill) + ln l.
+        lse = tl.where(empty, (m_i - FILL_Z + tl.math.log2(l_i)) * LN2 + MASK_FILL, lse)
+    o_ptrs = (Out + b * stride_ob + h * stride_oh
+              + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od)
+    row_ok = offs_m < N_Q
+    if EVEN_DV:
+        tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
+    else:
+        tl.store(o_ptrs, out.to(Out.dtype.element_ty),
+                 mask=row_ok[:, None] & (offs_dv[None, :] < HEAD_DIM_V))
+    tl.store(Lse + pid_bh * N_Q + offs_m, lse, mask=row_ok)
+
+
+if INTERPRET or not TUNE_CONFIGS:
+    _attn_fwd_tuned = None
+else:
+    _attn_fwd_tuned = triton.autotune(
+        configs=[triton.Config({"BLOCK_M": DEFAULT_CONFIG[0], "BLOCK_N": DEFAULT_CONFIG[1]},
+                               num_warps=w, num_stages=s) for w, s in TUNE_CONFIGS],
+        key=["N_Q_BUCKET", "N_K_BUCKET"],
+    )(_attn_fwd)
+
+
+def forward(q, k, v, out, lse, inputs=(), seed=None):
+    """Launch: q [B,Hq,Nq,d], k [B,Hkv,Nk,d], v [B,Hkv,Nk,dv], inputs (any strides) ->
+    out [B,Hq,Nq,dv], lse [B,Hq,Nq] fp32 contiguous. Nq, Nk >= 1; B <= 65535."""
+    batch, h_q, n_q, _ = q.shape
+    h_kv, n_k = k.shape[1], k.shape[2]
+    bm, bn, warps, stages = DEFAULT_CONFIG
+    t_q, t_k = triton.cdiv(n_q, bm), triton.cdiv(n_k, bn)
+    if USE_MAP:
+        full_cnt, full_list, part_cnt, part_list, h_map, b_map = block_map(
+            inputs, batch, h_q, n_q, n_k, bm, bn, False, q.device)
+    else:
+        full_cnt = full_list = part_cnt = part_list = lse
+        h_map = b_map = 1
+    extra = [s for x in inputs for s in (x, *x.stride())]
+    args = (q, k, v, out, lse, seed if seed is not None else lse, full_cnt, full_list,
+            part_cnt, part_list, *extra, *q.stride(), *k.stride(), *v.stride(),
+            *out.stride(), h_q, h_q // h_kv, n_q, n_k,
+            triton.next_power_of_2(n_q), triton.next_power_of_2(n_k), h_map, b_map, t_q, t_k)
+    grid = (t_q, h_q, batch)
+    if _attn_fwd_tuned is not None and n_q * n_k >= TUNE_MIN_SCORES:
+        _attn_fwd_tuned[grid](*args)
+    else:
+        _attn_fwd[grid](*args, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+''')
+
+
+def render_general_forward(spec: AttentionSpec, *, interpret: bool = False) -> str:
+    """Python source of the forward module of a general (non-plain) `spec`."""
+    from .blocks import render_block_map
+    from .expr import input_params, mod_functions
+
+    if interpret:
+        default = (INTERPRET_BLOCK_M, INTERPRET_BLOCK_N, 4, 1)
+        tune: list[tuple[int, int]] = []
+    else:
+        default = default_forward_config(spec)
+        tune = [(w, s) for w, s in ((8, 2), (8, 3), (8, 4), (4, 3))
+                if forward_smem_bytes(spec, default[0], default[1], w, s) <= 200 * 1024]
+    inputs = input_params(spec)
+    return _GENERAL_FORWARD_TEMPLATE.substitute(
+        spec_constants(spec),
+        **general_constants(spec),
+        primitives=primitives(interpret),
+        mod_functions=mod_functions(spec, interpret),
+        logits=string.Template(GENERAL_LOGITS).substitute(inputs=inputs),
+        block_map=render_block_map(spec, interpret),
+        inputs=inputs,
+        interpret=str(interpret),
+        default_config=repr(default),
+        tune_configs=format_configs(tune),  # type: ignore[arg-type]
         tune_min_scores=str(TUNE_MIN_SCORES),
     )

@@ -39,7 +39,7 @@ import ioaware
 from ioaware.config import config
 from ioaware.spec import AttentionSpec
 
-from . import attention_bwd, attention_fwd, scan_bwd, scan_fwd, scan_linear
+from . import attention_bwd, attention_fwd, blocks, expr, scan_bwd, scan_fwd, scan_linear
 
 INTERPRET_DEVICE = "interpret"
 
@@ -60,7 +60,8 @@ _lock = threading.RLock()
 def _renderer_digest() -> str:
     """Hash of the template files: editing a template invalidates old cache entries."""
     h = hashlib.sha256()
-    for mod in (attention_fwd, attention_bwd, scan_fwd, scan_bwd, scan_linear):
+    # the attention templates print expressions and block maps through expr, blocks
+    for mod in (attention_fwd, attention_bwd, blocks, expr, scan_fwd, scan_bwd, scan_linear):
         h.update(Path(mod.__file__).read_bytes())
     return h.hexdigest()[:16]
 

@@ -1,0 +1,168 @@
+"""Block sparsity of a masked attention Spec: which tiles are empty, full or partial.
+
+For a tile of queries [q_lo, q_hi] × keys [kv_lo, kv_hi] the mask (and `causal`) is
+classified by interval reasoning (`expr.IntervalPrinter`):
+
+    empty    the predicate can hold nowhere in the tile       -> never visited
+    full     it surely holds everywhere (and the tile is whole) -> visited without masks
+    partial  anything else                                    -> visited with the mask
+
+Index-only predicates (causal, sliding window, prefix) are decided from the index
+ranges alone. Loads of per-token vectors (document ids, padding flags) enter through
+the vector's min and max over the tile's rows or columns, so a document mask gives
+empty tiles between documents and full tiles inside one. Any other load is unknown and
+makes its tiles partial, never wrong.
+
+A small runtime kernel (`_block_map`, rendered per Spec) writes, for every outer tile
+(a query block for the forward and dQ, a key block for dK/dV) and every (batch, head)
+the mask depends on, two lists of inner block indices, full and partial, and their
+lengths:
+
+    full_cnt, part_cnt: int32 [B_map·H_map, T_outer]
+    full_list, part_list: int32 [B_map·H_map, T_outer, T_inner]
+
+The attention kernels loop over these lists, so empty tiles cost nothing. The map has
+T_outer·T_inner = Nq·Nk / (BLOCK_M·BLOCK_N) entries per head: the per-token vectors
+are read once per tile (Nq·Nk / BLOCK elements in all), and nothing of size Nq × Nk
+exists. Cost: one scalar classification per tile, negligible next to the attention.
+"""
+
+from __future__ import annotations
+
+import sympy
+
+from ioaware.spec import B_IDX, H_IDX, AttentionSpec
+
+from .expr import IntervalPrinter, TritonPrinter, input_params, uses
+
+
+def mask_uses_heads(spec: AttentionSpec) -> bool:
+    return uses(spec.mask_expr(), H_IDX)
+
+
+def mask_uses_batch(spec: AttentionSpec) -> bool:
+    mask = spec.mask_expr()
+    return uses(mask, B_IDX) or bool(mask is not None and mask.atoms(sympy.Indexed))
+
+
+def _vector_summary(printer: TritonPrinter, vec, interpret: bool, indent: str) -> str:
+    """Lines computing vec.lo / vec.hi: the min and max of a vector load over the rows
+    (q axis) or columns (kv axis) of the current tile."""
+    ptr, mask = printer.load_address(vec.load)
+    dtype = "tl.int64"
+    if "float" in str(printer.inputs[printer.input_index(str(vec.load.base))].dtype):
+        dtype = "tl.float32"
+    big = "3.0e38" if dtype == "tl.float32" else "9223372036854775807"
+    if interpret:
+        red_min = "tl.reduce({}, 0, tl.standard._elementwise_min)"
+        red_max = "tl.reduce({}, 0, tl.standard._elementwise_max)"
+    else:
+        red_min, red_max = "tl.min({}, 0)", "tl.max({}, 0)"
+    return "\n".join([
+        f"{indent}v = tl.load({ptr}, mask={mask}, other=0).to({dtype})",
+        f"{indent}{vec.lo} = " + red_min.format(f"tl.where({mask}, v, {big})"),
+        f"{indent}{vec.hi} = " + red_max.format(f"tl.where({mask}, v, -{big})"),
+    ])
+
+
+def render_block_map(spec: AttentionSpec, interpret: bool) -> str:
+    """Source of the `_block_map` kernel and its launcher `block_map(...)` for `spec`."""
+    mask = spec.mask_expr()
+    iv = IntervalPrinter()
+    must, may = iv.truth(mask) if mask is not None else ("True", "True")
+    printer = TritonPrinter(spec.inputs)
+    q_vecs = [v for v in iv.vector_loads.values() if v.axis == "q"]
+    kv_vecs = [v for v in iv.vector_loads.values() if v.axis == "kv"]
+
+    def summaries(vecs, depth: int) -> str:
+        indent = " " * (4 * depth)
+        return ("\n".join(_vector_summary(printer, v, interpret, indent) for v in vecs)
+                or f"{indent}pass")
+
+    # The tile is q rows [q_lo, q_hi] x kv columns [kv_lo, kv_hi]; `q_i` / `kv_i` are
+    # the 1-D index vectors the vector loads read.
+    return f'''
+@triton.jit
+def _classify_tile(FullCnt, FullList, PartCnt, PartList, row, slot_full, slot_part, inner,
+                   must, may):
+    tl.store(FullList + row + slot_full, inner)
+    tl.store(PartList + row + slot_part, inner)
+    full = must
+    part = may & (full == 0)
+    return slot_full + full.to(tl.int32), slot_part + part.to(tl.int32)
+
+
+@triton.jit
+def _block_map(FullCnt, FullList, PartCnt, PartList{input_params(spec)},
+               H_MAP, N_Q, N_K, T_OUTER, T_INNER,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KV_MAJOR: tl.constexpr):
+    """One program per (outer tile, batch·map head): the full and partial inner tiles."""
+    pid = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H_MAP).to(tl.int64)
+    h = (pid_bh % H_MAP).to(tl.int64)
+    row = (pid_bh.to(tl.int64) * T_OUTER + pid) * T_INNER
+    n_full = tl.full([], 0, dtype=tl.int32)
+    n_part = tl.full([], 0, dtype=tl.int32)
+    if KV_MAJOR:
+        kv_lo = pid * BLOCK_N
+        kv_hi = tl.minimum(kv_lo + BLOCK_N, N_K) - 1
+        kv_i = kv_lo + tl.arange(0, BLOCK_N)
+{summaries(kv_vecs, 2)}
+        for t in range(0, T_INNER):
+            q_lo = t * BLOCK_M
+            q_hi = tl.minimum(q_lo + BLOCK_M, N_Q) - 1
+            q_i = q_lo + tl.arange(0, BLOCK_M)
+{summaries(q_vecs, 3)}
+            whole = (q_lo + BLOCK_M <= N_Q) & (kv_lo + BLOCK_N <= N_K)
+            must = ({must}) & whole
+            may = ({may}) & (q_lo < N_Q)
+            if CAUSAL:
+                must = must & (kv_hi <= q_lo)
+                may = may & (kv_lo <= q_hi)
+            n_full, n_part = _classify_tile(FullCnt, FullList, PartCnt, PartList, row,
+                                            n_full, n_part, t, must, may)
+    else:
+        q_lo = pid * BLOCK_M
+        q_hi = tl.minimum(q_lo + BLOCK_M, N_Q) - 1
+        q_i = q_lo + tl.arange(0, BLOCK_M)
+{summaries(q_vecs, 2)}
+        for t in range(0, T_INNER):
+            kv_lo = t * BLOCK_N
+            kv_hi = tl.minimum(kv_lo + BLOCK_N, N_K) - 1
+            kv_i = kv_lo + tl.arange(0, BLOCK_N)
+{summaries(kv_vecs, 3)}
+            whole = (q_lo + BLOCK_M <= N_Q) & (kv_lo + BLOCK_N <= N_K)
+            must = ({must}) & whole
+            may = ({may}) & (kv_lo < N_K)
+            if CAUSAL:
+                must = must & (kv_hi <= q_lo)
+                may = may & (kv_lo <= q_hi)
+            n_full, n_part = _classify_tile(FullCnt, FullList, PartCnt, PartList, row,
+                                            n_full, n_part, t, must, may)
+    tl.store(FullCnt + pid_bh.to(tl.int64) * T_OUTER + pid, n_full)
+    tl.store(PartCnt + pid_bh.to(tl.int64) * T_OUTER + pid, n_part)
+
+
+MAP_USES_HEADS = {mask_uses_heads(spec)}
+MAP_USES_BATCH = {mask_uses_batch(spec)}
+
+
+def block_map(inputs, batch, h_q, n_q, n_k, block_m, block_n, kv_major, device):
+    """(full_cnt, full_list, part_cnt, part_list, map_heads, map_batch) for tiles of
+    block_m query rows × block_n keys; outer tiles are key blocks when kv_major."""
+    h_map = h_q if MAP_USES_HEADS else 1
+    b_map = batch if MAP_USES_BATCH else 1
+    t_q, t_k = triton.cdiv(n_q, block_m), triton.cdiv(n_k, block_n)
+    t_outer, t_inner = (t_k, t_q) if kv_major else (t_q, t_k)
+    full_cnt = torch.empty((b_map * h_map, t_outer), dtype=torch.int32, device=device)
+    part_cnt = torch.empty_like(full_cnt)
+    full_list = torch.empty((b_map * h_map, t_outer, t_inner), dtype=torch.int32,
+                            device=device)
+    part_list = torch.empty_like(full_list)
+    strides = [s for x in inputs for s in (x, *x.stride())]
+    _block_map[(t_outer, b_map * h_map)](
+        full_cnt, full_list, part_cnt, part_list, *strides, h_map, n_q, n_k, t_outer,
+        t_inner, BLOCK_M=block_m, BLOCK_N=block_n, KV_MAJOR=kv_major)
+    return full_cnt, full_list, part_cnt, part_list, h_map, b_map
+'''

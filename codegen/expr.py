@@ -1,0 +1,458 @@
+"""Print an AttentionSpec's mask and score expressions as Triton code.
+
+Two printers over the grammar of `ioaware.spec.AttentionSpec` (relationals, And/Or/Not,
+Piecewise, Min/Max, Abs, floor, Mod, exp, log, tanh, + − × ÷, integer powers, loads
+`name[i0, ...]`):
+
+`TritonPrinter` prints the value of an expression per element of a tile. The kernels
+bind the names it uses: `b`, `h` (scalars: batch and query head), `q_i`, `kv_i`
+(index tiles that broadcast against each other: [M, 1] and [1, N] in the forward),
+`score` (the fp32 scaled logit tile), `N_Q`, `N_K`; input `i` is the pointer `In{i}`
+with strides `in{i}_s0, in{i}_s1, ...`. A load is masked to in-range rows/columns, so
+padding lanes of a ragged tile never touch memory out of bounds.
+
+`IntervalPrinter` prints, for a block of queries q_idx ∈ [q_lo, q_hi] and keys
+kv_idx ∈ [kv_lo, kv_hi], whether a boolean expression is surely true on the whole
+block (`must`) and whether it can be true anywhere in it (`may`): interval arithmetic
+(Moore 1966) over the same grammar. Loads of per-token vectors (`doc[b, q_idx]`,
+`pad[b, kv_idx]`) take the vector's min and max over the block, which the caller
+computes (`vector_loads`). Anything else is "unknown" (must = False, may = True), which
+is always safe: the block is simply treated as partial.
+
+Integer semantics are Python's (sympy's): `floor(x / c)` and `Mod(x, c)` round toward
+−∞, printed in a form that gives the same answer under C truncation (compiled Triton)
+and numpy floor division (the interpreter).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import sympy
+from sympy.core.relational import Relational
+
+from ioaware.spec import B_IDX, H_IDX, KV_IDX, Q_IDX, SCORE, AttentionSpec, TensorInput
+
+# kernel-side names of the index symbols
+INDEX_NAMES = {B_IDX: "b", H_IDX: "h", Q_IDX: "q_i", KV_IDX: "kv_i", SCORE: "score"}
+
+# Helpers the printed code calls; rendered once into every module that prints expressions.
+HELPERS = '''\
+@triton.jit
+def _floordiv(x, c):
+    """Python's x // c for c > 0, exact under truncating and flooring division alike."""
+    return tl.where(x >= 0, x // c, -((c - 1 - x) // c))
+
+
+@triton.jit
+def _pymod(x, c):
+    """Python's x % c for c > 0 (result in [0, c))."""
+    return x - _floordiv(x, c) * c
+
+
+@triton.jit
+def _tanh(x):
+    """tanh through exp: both ends saturate to ±1 without inf/inf."""
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x >= 0, t, -t)
+
+
+@triton.jit
+def _philox(seed, counter):
+    """Philox4x32-10 (Salmon et al. 2011), first output word, as uint32: counter
+    (counter_lo, counter_hi, 0, 0), key (seed_lo, seed_hi). The same stream as
+    triton.language.randint; written out so the interpreter runs it too."""
+    c0 = (counter & 0xFFFFFFFF).to(tl.uint32)
+    c1 = ((counter >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    c2 = c0 * 0
+    c3 = c0 * 0
+    k0 = (seed & 0xFFFFFFFF).to(tl.uint32)
+    k1 = ((seed >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    round_a = tl.full([], 0xD2511F53, dtype=tl.uint32)
+    round_b = tl.full([], 0xCD9E8D57, dtype=tl.uint32)
+    key_a = tl.full([], 0x9E3779B9, dtype=tl.uint32)
+    key_b = tl.full([], 0xBB67AE85, dtype=tl.uint32)
+    for _ in tl.static_range(10):
+        prev_c0 = c0
+        prev_c2 = c2
+        c0 = tl.umulhi(round_b, prev_c2) ^ c1 ^ k0
+        c2 = tl.umulhi(round_a, prev_c0) ^ c3 ^ k1
+        c1 = round_b * prev_c2
+        c3 = round_a * prev_c0
+        k0 = k0 + key_a
+        k1 = k1 + key_b
+    return c0'''
+
+
+def _is_int(expr: sympy.Basic) -> bool:
+    return bool(expr.is_integer)
+
+
+def _free(expr: sympy.Basic) -> set:
+    """Index symbols `expr` depends on, loads' indices included."""
+    out = set(expr.free_symbols)
+    for load in expr.atoms(sympy.Indexed):
+        for i in load.indices:
+            out |= i.free_symbols
+    return {s for s in out if s in INDEX_NAMES}
+
+
+@dataclasses.dataclass
+class TritonPrinter:
+    """Print one expression of the Spec's grammar as a Triton expression (see module doc)."""
+
+    inputs: tuple[TensorInput, ...]
+
+    def input_index(self, name: str) -> int:
+        for i, t in enumerate(self.inputs):
+            if t.name == name:
+                return i
+        raise ValueError(f"expression loads {name!r}, which is not among the spec's inputs "
+                         f"{[t.name for t in self.inputs]}")
+
+    def load_address(self, load: sympy.Indexed) -> tuple[str, str | None]:
+        """(pointer expression, bounds mask or None) of a load `name[i0, ...]`."""
+        i = self.input_index(str(load.base))
+        if len(load.indices) != self.inputs[i].ndim:
+            raise ValueError(f"load {load} has {len(load.indices)} indices; input "
+                             f"{load.base} is {self.inputs[i].ndim}-D")
+        terms = [f"({self.int_code(idx)}) * in{i}_s{d}" for d, idx in enumerate(load.indices)]
+        used = set().union(*(_free(idx) for idx in load.indices))
+        bounds = []
+        if Q_IDX in used:
+            bounds.append("(q_i < N_Q)")
+        if KV_IDX in used:
+            bounds.append("(kv_i < N_K)")
+        return f"In{i} + " + " + ".join(terms), (" & ".join(bounds) or None)
+
+    def load(self, load: sympy.Indexed) -> str:
+        ptr, mask = self.load_address(load)
+        if mask is None:
+            return f"tl.load({ptr})"
+        return f"tl.load({ptr}, mask={mask}, other=0)"
+
+    def int_code(self, expr: sympy.Basic) -> str:
+        return self.code(expr)
+
+    def code(self, e: sympy.Basic) -> str:
+        if e in INDEX_NAMES:
+            return INDEX_NAMES[e]
+        if isinstance(e, sympy.Indexed):
+            return self.load(e)
+        if e is sympy.true:
+            return "True"
+        if e is sympy.false:
+            return "False"
+        if e.is_Integer:
+            return f"({int(e)})"
+        if e.is_Number:
+            return f"({float(e)!r})"
+        if isinstance(e, sympy.floor):
+            num, den = sympy.fraction(sympy.together(e.args[0]))
+            if _is_int(num) and den.is_Integer and int(den) > 0:
+                return f"_floordiv({self.code(num)}, {int(den)})"
+            return f"tl.floor({self.float_code(e.args[0])}).to(tl.int32)"
+        if isinstance(e, sympy.ceiling):
+            return f"(-{self.code(sympy.floor(-e.args[0]))})"
+        if isinstance(e, sympy.Add):
+            return "(" + " + ".join(self.code(a) for a in e.args) + ")"
+        if isinstance(e, sympy.Mul):
+            num, den = sympy.fraction(e)
+            if den != 1:
+                return f"({self.float_code(num)} / {self.float_code(den)})"
+            return "(" + " * ".join(self.code(a) for a in e.args) + ")"
+        if isinstance(e, sympy.Pow):
+            base, exp = e.args
+            if exp.is_Integer and 0 < int(exp) <= 4:
+                return "(" + " * ".join([self.code(base)] * int(exp)) + ")"
+            if exp.is_Integer and int(exp) < 0:
+                return f"(1.0 / {self.float_code(base ** -exp)})"
+            if exp == sympy.Rational(1, 2):
+                return f"tl.sqrt({self.float_code(base)})"
+            return f"tl.exp({self.float_code(exp)} * tl.log({self.float_code(base)}))"
+        if isinstance(e, sympy.Mod):
+            return f"_pymod({self.code(e.args[0])}, {self.code(e.args[1])})"
+        if isinstance(e, (sympy.Min, sympy.Max)):
+            fn = "tl.minimum" if isinstance(e, sympy.Min) else "tl.maximum"
+            out = self.code(e.args[0])
+            for a in e.args[1:]:
+                out = f"{fn}({out}, {self.code(a)})"
+            return out
+        if isinstance(e, sympy.Abs):
+            return f"tl.abs({self.code(e.args[0])})"
+        if isinstance(e, sympy.exp):
+            return f"tl.exp({self.float_code(e.args[0])})"
+        if isinstance(e, sympy.log):
+            return f"tl.log({self.float_code(e.args[0])})"
+        if isinstance(e, sympy.tanh):
+            return f"_tanh({self.float_code(e.args[0])})"
+        if isinstance(e, sympy.Piecewise):
+            out = None
+            for value, cond in reversed(e.args):
+                v = self.code(value)
+                out = v if out is None else f"tl.where({self.code(cond)}, {v}, {out})"
+            return out
+        if isinstance(e, Relational):
+            op = {"<": "<", "<=": "<=", ">": ">", ">=": ">=", "==": "==", "!=": "!="}[e.rel_op]
+            return f"({self.code(e.lhs)} {op} {self.code(e.rhs)})"
+        if isinstance(e, sympy.And):
+            return "(" + " & ".join(self.code(a) for a in e.args) + ")"
+        if isinstance(e, sympy.Or):
+            return "(" + " | ".join(self.code(a) for a in e.args) + ")"
+        if isinstance(e, sympy.Not):
+            return f"({self.code(e.args[0])} == 0)"
+        raise ValueError(f"expression {e} ({e.func.__name__}) is outside the AttentionSpec "
+                         "grammar")
+
+    def float_code(self, e: sympy.Basic) -> str:
+        """An expression forced to fp32 (integer subexpressions are converted)."""
+        if e.is_Number:
+            return f"({float(e)!r})"
+        code = self.code(e)
+        return f"({code}).to(tl.float32)" if _is_int(e) else code
+
+
+# ---- interval reasoning for block classification ------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class VectorLoad:
+    """A load of a per-token vector, `name[..., q_idx or kv_idx, ...]` with the other
+    indices free of q_idx and kv_idx: its block interval is the vector's min/max."""
+
+    load: sympy.Indexed
+    axis: str  # "q" or "kv": which block index runs along the vector
+    lo: str  # kernel names of the block min / max
+    hi: str
+
+
+_UNKNOWN = None
+
+
+class IntervalPrinter:
+    """Print `must` / `may` (booleans) and [lo, hi] (numbers) of an expression over a
+    block (see module doc). Names bound by the caller: q_lo, q_hi, kv_lo, kv_hi, b, h,
+    and the `lo`/`hi` names of every `VectorLoad` in `vector_loads`."""
+
+    def __init__(self) -> None:
+        self.vector_loads: dict[sympy.Indexed, VectorLoad] = {}
+
+    def _vector_load(self, e: sympy.Indexed):
+        axes = []
+        for idx in e.indices:
+            if idx == Q_IDX:
+                axes.append("q")
+            elif idx == KV_IDX:
+                axes.append("kv")
+            elif _free(idx) & {Q_IDX, KV_IDX}:
+                return _UNKNOWN
+        if len(axes) != 1:  # a table over both axes, or a scalar: no cheap bound here
+            return _UNKNOWN
+        if e not in self.vector_loads:
+            n = len(self.vector_loads)
+            self.vector_loads[e] = VectorLoad(e, axes[0], f"vec{n}_lo", f"vec{n}_hi")
+        v = self.vector_loads[e]
+        return v.lo, v.hi
+
+    def interval(self, e: sympy.Basic):
+        """(lo_code, hi_code) or None (unknown)."""
+        if e == Q_IDX:
+            return "q_lo", "q_hi"
+        if e == KV_IDX:
+            return "kv_lo", "kv_hi"
+        if e in (B_IDX, H_IDX):
+            name = INDEX_NAMES[e]
+            return name, name
+        if e.is_Number:
+            c = f"({int(e)})" if e.is_Integer else f"({float(e)!r})"
+            return c, c
+        if isinstance(e, sympy.Indexed):
+            return self._vector_load(e)
+        if isinstance(e, sympy.Add):
+            parts = [self.interval(a) for a in e.args]
+            if any(p is None for p in parts):
+                return _UNKNOWN
+            return ("(" + " + ".join(p[0] for p in parts) + ")",
+                    "(" + " + ".join(p[1] for p in parts) + ")")
+        if isinstance(e, sympy.Mul):
+            coeff, rest = e.as_coeff_Mul()
+            if coeff.is_Integer and rest.is_integer:
+                inner = self.interval(rest)
+                if inner is None:
+                    return _UNKNOWN
+                c = int(coeff)
+                lo, hi = (inner if c >= 0 else (inner[1], inner[0]))
+                return f"({c} * {lo})", f"({c} * {hi})"
+            return _UNKNOWN
+        if isinstance(e, sympy.floor):
+            num, den = sympy.fraction(sympy.together(e.args[0]))
+            if _is_int(num) and den.is_Integer and int(den) > 0:
+                inner = self.interval(num)
+                if inner is None:
+                    return _UNKNOWN
+                d = int(den)
+                return f"_floordiv({inner[0]}, {d})", f"_floordiv({inner[1]}, {d})"
+            return _UNKNOWN
+        if isinstance(e, (sympy.Min, sympy.Max)):
+            parts = [self.interval(a) for a in e.args]
+            if any(p is None for p in parts):
+                return _UNKNOWN
+            fn = "tl.minimum" if isinstance(e, sympy.Min) else "tl.maximum"
+            lo, hi = parts[0]
+            for p in parts[1:]:
+                lo, hi = f"{fn}({lo}, {p[0]})", f"{fn}({hi}, {p[1]})"
+            return lo, hi
+        if isinstance(e, sympy.Abs):
+            inner = self.interval(e.args[0])
+            if inner is None:
+                return _UNKNOWN
+            lo, hi = inner
+            return (f"tl.where({lo} >= 0, {lo}, tl.where({hi} <= 0, -({hi}), 0))",
+                    f"tl.maximum(tl.abs({lo}), tl.abs({hi}))")
+        return _UNKNOWN
+
+    def truth(self, e: sympy.Basic) -> tuple[str, str]:
+        """(must, may) of a boolean expression, as Triton scalar booleans."""
+        if e is sympy.true:
+            return "True", "True"
+        if e is sympy.false:
+            return "False", "False"
+        if isinstance(e, sympy.And):
+            parts = [self.truth(a) for a in e.args]
+            return (" & ".join(f"({p[0]})" for p in parts),
+                    " & ".join(f"({p[1]})" for p in parts))
+        if isinstance(e, sympy.Or):
+            parts = [self.truth(a) for a in e.args]
+            return (" | ".join(f"({p[0]})" for p in parts),
+                    " | ".join(f"({p[1]})" for p in parts))
+        if isinstance(e, sympy.Not):
+            must, may = self.truth(e.args[0])
+            return f"(({may}) == 0)", f"(({must}) == 0)"
+        if isinstance(e, Relational):
+            a, b = self.interval(e.lhs), self.interval(e.rhs)
+            if a is None or b is None:
+                return "False", "True"
+            (alo, ahi), (blo, bhi) = a, b
+            op = e.rel_op
+            if op in (">", ">="):
+                (alo, ahi), (blo, bhi), op = (blo, bhi), (alo, ahi), op.replace(">", "<")
+            if op == "<":
+                return f"({ahi} < {blo})", f"({alo} < {bhi})"
+            if op == "<=":
+                return f"({ahi} <= {blo})", f"({alo} <= {bhi})"
+            eq_must = f"(({alo} == {ahi}) & ({blo} == {bhi}) & ({alo} == {blo}))"
+            eq_may = f"(({alo} <= {bhi}) & ({blo} <= {ahi}))"
+            if op == "==":
+                return eq_must, eq_may
+            return f"({eq_may} == 0)", f"({eq_must} == 0)"
+        if isinstance(e, sympy.Indexed):  # a bool vector used as a predicate
+            iv = self._vector_load(e)
+            if iv is None:
+                return "False", "True"
+            return f"({iv[0]} != 0)", f"({iv[1]} != 0)"
+        return "False", "True"
+
+
+# ---- what a Spec needs from the kernels ---------------------------------------------
+
+def score_mod_derivatives(spec: AttentionSpec) -> tuple[sympy.Basic | None,
+                                                        list[tuple[int, sympy.Indexed,
+                                                                   sympy.Basic]]]:
+    """(∂mod/∂score, [(input position, load, ∂mod/∂load) for requires-grad inputs]).
+
+    The backward multiplies the logit gradient dL/dlogit by these: dL/dscore and the
+    contribution of one element to the gradient of the loaded entry of the input.
+    """
+    mod = spec.score_mod_expr()
+    if mod is None:
+        return None, []
+    dscore = sympy.diff(mod, SCORE)
+    grads = []
+    for i, t in enumerate(spec.inputs):
+        if not t.requires_grad:
+            continue
+        for load in sorted(mod.atoms(sympy.Indexed), key=str):
+            if str(load.base) == t.name:
+                grads.append((i, load, sympy.diff(mod, load)))
+    return dscore, grads
+
+
+def uses(expr: sympy.Basic | None, symbol: sympy.Symbol) -> bool:
+    return expr is not None and symbol in _free(expr)
+
+
+# ---- the per-Spec functions the general kernels call ---------------------------------
+
+def input_params(spec: AttentionSpec) -> str:
+    """`, In0, in0_s0, in0_s1, In1, ...`: every input's pointer and strides."""
+    return "".join(f", In{i}" + "".join(f", in{i}_s{d}" for d in range(t.ndim))
+                   for i, t in enumerate(spec.inputs))
+
+
+def grad_params(spec: AttentionSpec) -> str:
+    """`, DIn1, din1_s0, ...`: gradient buffers of the requires-grad inputs."""
+    return "".join(f", DIn{i}" + "".join(f", din{i}_s{d}" for d in range(t.ndim))
+                   for i, t in enumerate(spec.inputs) if t.requires_grad)
+
+
+def _atomic(printer: TritonPrinter, i: int, load: sympy.Indexed, grad: str) -> str:
+    """Lines adding `grad` (a [M, N] tile over q_i × kv_i) into input i's gradient at
+    the load's address, summed in registers first over the axes the address ignores."""
+    ptr, mask = printer.load_address(load)
+    ptr = ptr.replace(f"In{i} + ", f"DIn{i} + ", 1).replace(f"in{i}_s", f"din{i}_s")
+    used = set().union(*(_free(idx) for idx in load.indices))
+    g = grad
+    if Q_IDX not in used:
+        g = f"_sum_axis({g}, 0)[None, :]"
+    if KV_IDX not in used:
+        g = f"_sum_axis({g}, 1)[:, None]"
+    if mask is None:
+        if Q_IDX not in used and KV_IDX not in used:
+            return f"    tl.atomic_add({ptr}, _sum_axis(_sum_axis({grad}, 1), 0))"
+        return f"    tl.atomic_add({ptr}, {g})"
+    return f"    tl.atomic_add({ptr}, {g}, mask={mask})"
+
+
+def mod_functions(spec: AttentionSpec, interpret: bool) -> str:
+    """Source of `_visible`, `_score_mod`, `_dscore`, `_input_grads`, `_keep` for `spec`
+    (each a stub when the Spec does not need it), plus the integer helpers."""
+    printer = TritonPrinter(spec.inputs)
+    params = "b, h, q_i, kv_i, N_Q, N_K" + input_params(spec)
+    mask = spec.mask_expr()
+    mod = spec.score_mod_expr()
+    dscore, grads = score_mod_derivatives(spec)
+    out = [HELPERS]
+    reduce_fn = ('tl.reduce(x, axis, tl.standard._sum_combine)' if interpret
+                 else 'tl.sum(x, axis)')
+    out.append(f'''@triton.jit
+def _sum_axis(x, axis: tl.constexpr):
+    return {reduce_fn}''')
+    out.append(f'''@triton.jit
+def _visible({params}):
+    """The Spec's mask predicate on a tile (bool)."""
+    return {printer.code(mask) if mask is not None else "True"}''')
+    out.append(f'''@triton.jit
+def _score_mod(score, {params}):
+    """logit = score_mod(score), natural units, fp32."""
+    return ({printer.code(mod) if mod is not None else "score"}).to(tl.float32)''')
+    out.append(f'''@triton.jit
+def _dscore(score, {params}):
+    """∂ score_mod / ∂ score."""
+    return ({printer.code(dscore) if dscore is not None else "1.0"}) + score * 0.0''')
+    lines = [f'''@triton.jit
+def _input_grads(dlogit, score, {params}{grad_params(spec)}):
+    """Add dlogit · ∂score_mod/∂load into each requires-grad input's gradient."""''']
+    for i, load, d in grads:
+        lines.append(f"    g = dlogit * ({printer.code(d)})")
+        lines.append(_atomic(printer, i, load, "g"))
+    if not grads:
+        lines.append("    pass")
+    out.append("\n".join(lines))
+    out.append('''@triton.jit
+def _keep(seed, offset, b, h, q_i, kv_i, H_Q, N_Q, N_K):
+    """Dropout keep mask: Philox draw of element (b, h, q_idx, kv_idx) (see
+    codegen/reference.py, which reproduces it), kept iff its top 24 bits >= threshold."""
+    counter = offset + ((b * H_Q + h) * N_Q + q_i.to(tl.int64)) * N_K + kv_i.to(tl.int64)
+    draw = _philox(seed, counter)
+    return (draw >> 8).to(tl.int32) >= DROP_THRESHOLD''')
+    return "\n\n\n".join(out)
