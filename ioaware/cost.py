@@ -1340,6 +1340,17 @@ ACCUMULATOR_REGISTERS = 168
 MMA_ROWS = 16
 
 AttentionTile = tuple[int, int, int, int]  # (block_m, block_n, num_warps, num_stages)
+
+
+def _strictest(tiles: list[tuple[AttentionTile, bool, bool]]) -> list[AttentionTile]:
+    """The SRAM-fitting tiles that also fit the registers and the warp layout; failing
+    that, those that fit the registers (Triton spreads warps over columns too); failing
+    that, all of them (registers spill to local memory: slow, still correct)."""
+    for keep in (lambda r, w: r and w, lambda r, w: r, lambda r, w: True):
+        chosen = [t for t, registers, warps in tiles if keep(registers, warps)]
+        if chosen:
+            return chosen
+    return []
 ScanTile = tuple[int, int, int, int]  # (block_d, chunk, num_warps, num_stages)
 
 
@@ -1370,21 +1381,91 @@ def attention_tile_candidates(
             raise ValueError(f"{name}={value!r} must be a positive int")
     budget = _tile_budget(profile)
     d, dv = int(padded_head_dim(head_dim)), int(padded_head_dim(head_dim_v))
-    fits = []
+    tiles = []
     for block_m in (128, 64, 32, 16):
         for block_n in (128, 64, 32, 16):
             for warps in (4, 8):
                 for stages in (1, 2, 3, 4):
                     # attention_forward_sram_bytes, in plain ints (this loop runs often)
-                    sram = itemsize * (block_m * d + stages * block_n * (d + dv))
+                    if itemsize * (block_m * d + stages * block_n * (d + dv)) > budget:
+                        continue
                     registers = block_m * (dv + block_n) / (32 * warps)
-                    if (sram <= budget and registers <= ACCUMULATOR_REGISTERS
-                            and block_m // warps in (MMA_ROWS, 2 * MMA_ROWS)):
-                        fits.append((block_m, block_n, warps, stages))
+                    tiles.append(((block_m, block_n, warps, stages),
+                                  registers <= ACCUMULATOR_REGISTERS,
+                                  block_m // warps in (MMA_ROWS, 2 * MMA_ROWS)))
+    fits = _strictest(tiles)
     pipelined = [t for t in fits if t[3] > 1]
     ranked = sorted(pipelined or fits,
                     key=lambda t: (-t[0], -t[1], abs(t[3] - 2.5), t[2], t[3]))
     return ranked if limit is None else ranked[:limit]
+
+
+def _backward_tiles(
+    profile: DeviceProfile, head_dim: int, head_dim_v: int, itemsize: int,
+    limit: int | None, resident_is_m: bool,
+) -> list[AttentionTile]:
+    for name, value in (("head_dim", head_dim), ("head_dim_v", head_dim_v),
+                        ("itemsize", itemsize)):
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name}={value!r} must be a positive int")
+    budget = _tile_budget(profile)
+    d, dv = int(padded_head_dim(head_dim)), int(padded_head_dim(head_dim_v))
+    width = d + dv
+    tiles = []  # (tile, fits the registers, fits the warp layout)
+    for block_m in (128, 64, 32, 16):
+        for block_n in (128, 64, 32, 16):
+            resident, streamed = (block_m, block_n) if resident_is_m else (block_n, block_m)
+            accumulator = resident * (d if resident_is_m else width)  # dQ, or dK and dV
+            for warps in (4, 8):
+                for stages in (1, 2, 3):
+                    if itemsize * width * (resident + stages * streamed) > budget:
+                        continue
+                    # the fp32 accumulators and the S and dP tiles, per thread
+                    registers = (accumulator + 2 * resident * streamed) / (32 * warps)
+                    tiles.append(((block_m, block_n, warps, stages),
+                                  registers <= ACCUMULATOR_REGISTERS,
+                                  resident // warps in (MMA_ROWS, 2 * MMA_ROWS)))
+    fits = _strictest(tiles)
+    pipelined = [t for t in fits if t[3] > 1]
+    r = 0 if resident_is_m else 1
+
+    def rank(t: AttentionTile) -> tuple:
+        return (-t[r], -t[1 - r], abs(t[3] - 2.5), t[2], t[3])
+
+    ranked = sorted(pipelined or fits, key=rank)
+    return ranked if limit is None else ranked[:limit]
+
+
+def attention_dkdv_tile_candidates(
+    profile: DeviceProfile, head_dim: int, head_dim_v: int, itemsize: int, *,
+    limit: int | None = 8,
+) -> list[AttentionTile]:
+    """Tiles (block_m, block_n, num_warps, num_stages) for the backward's dK/dV pass,
+    best modelled first: block_n key rows stay resident, block_m query rows stream.
+
+        SRAM       it·(d + dv)·(block_n + num_stages·block_m) <= SRAM_HEADROOM·sram_per_block
+        registers  (block_n·(d + dv) + 2·block_n·block_m) / (32·num_warps)
+                   <= ACCUMULATOR_REGISTERS  (fp32 dK, dV and the Sᵀ, dPᵀ tiles)
+        warps      block_n / num_warps is MMA_ROWS or 2·MMA_ROWS
+    Order: Q, dO, lse and delta are streamed ceil(Nk / block_n) times, so more resident
+    key rows first, then taller query tiles, then 2-3 stages, then fewer warps.
+    """
+    return _backward_tiles(profile, head_dim, head_dim_v, itemsize, limit, False)
+
+
+def attention_dq_tile_candidates(
+    profile: DeviceProfile, head_dim: int, head_dim_v: int, itemsize: int, *,
+    limit: int | None = 8,
+) -> list[AttentionTile]:
+    """Tiles for the backward's dQ pass, best modelled first: block_m query rows stay
+    resident (Q, dO, lse, delta), block_n key rows stream.
+
+        SRAM       it·(d + dv)·(block_m + num_stages·block_n) <= SRAM_HEADROOM·sram_per_block
+        registers  (block_m·d + 2·block_m·block_n) / (32·num_warps) <= ACCUMULATOR_REGISTERS
+        warps      block_m / num_warps is MMA_ROWS or 2·MMA_ROWS
+    Order: K and V are streamed ceil(Nq / block_m) times, so taller query tiles first.
+    """
+    return _backward_tiles(profile, head_dim, head_dim_v, itemsize, limit, True)
 
 
 def largest_block_m(

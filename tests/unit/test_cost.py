@@ -20,6 +20,8 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from ioaware.cost import (
     FLOPS_PER_FMA,
     Cost,
+    attention_dkdv_tile_candidates,
+    attention_dq_tile_candidates,
     attention_forward_sram_bytes,
     attention_tile_candidates,
     attention_unfused_cost,
@@ -860,3 +862,29 @@ def test_losses_read_only_what_they_pick():
     total = result.total.evaluate()
     assert total["transcendentals"] >= 40  # an exp per logit
     assert total["read_bytes"] >= 4 * 40 + 8 * 4  # the logits and the int64 targets
+
+
+@pytest.mark.parametrize("profile", ["h100", "a100", "cpu"])
+@pytest.mark.parametrize("d, itemsize", [(64, 2), (128, 2), (256, 2), (256, 4)])
+def test_backward_tiles_fit_the_sram(profile, d, itemsize):
+    p = PROFILES[profile]
+    budget = p.sram_per_block * 200 / 227
+    dkdv = attention_dkdv_tile_candidates(p, d, d, itemsize, limit=None)
+    dq = attention_dq_tile_candidates(p, d, d, itemsize, limit=None)
+    assert dkdv and dq, "some tile always fits"
+    for bm, bn, _, stages in dkdv:  # K_j, V_j resident, Q_i and dO_i streamed
+        assert itemsize * 2 * d * (bn + stages * bm) <= budget
+    for bm, bn, _, stages in dq:  # Q_i, dO_i resident, K_j and V_j streamed
+        assert itemsize * 2 * d * (bm + stages * bn) <= budget
+    # fewest re-reads first: the most resident rows
+    assert dkdv[0][1] == max(t[1] for t in dkdv) and dq[0][0] == max(t[0] for t in dq)
+
+
+def test_backward_tiles_on_the_h100_match_the_codegen_shapes():
+    h100 = PROFILES["h100"]
+    # d = 128 bf16: 128 key rows resident over narrow query tiles (more spills past 32)
+    assert attention_dkdv_tile_candidates(h100, 128, 128, 2, limit=2) == [
+        (32, 128, 8, 2), (32, 128, 8, 3)]
+    assert attention_dq_tile_candidates(h100, 128, 128, 2, limit=1) == [(128, 64, 8, 2)]
+    with pytest.raises(ValueError, match="itemsize=0"):
+        attention_dq_tile_candidates(h100, 128, 128, 0)
