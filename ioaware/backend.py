@@ -52,9 +52,11 @@ class IoawareBackend:
         if device is not None:
             from ioaware import hardware
 
-            if str(device).strip().lower() not in hardware.PROFILES:
-                raise ValueError(f"device={device!r} is not a known device profile; "
-                                 f"expected one of {sorted(hardware.PROFILES)}")
+            # Fail now, not at the first compile: built-in or saved by `ioaware calibrate`.
+            try:
+                hardware.get_profile(device)
+            except ValueError as e:
+                raise ValueError(f"device={device!r}: {e}") from None
         self.device = device
         self.explanation = Explanation()
 
