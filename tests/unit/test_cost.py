@@ -20,10 +20,6 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from ioaware.cost import (
     FLOPS_PER_FMA,
     Cost,
-    attention_dkdv_tile_candidates,
-    attention_dq_tile_candidates,
-    attention_forward_sram_bytes,
-    attention_tile_candidates,
     attention_unfused_cost,
     bound,
     causal_backward_query_rows,
@@ -38,13 +34,19 @@ from ioaware.cost import (
     node_cost,
     programs_in_flight,
     rewrite_pays,
-    scan_chunk_candidates,
     selective_scan_cost,
-    selective_scan_sram_bytes,
     size_hints,
     sym,
 )
 from ioaware.hardware import PROFILES
+from ioaware.tiles import (
+    attention_dkdv_tile_candidates,
+    attention_dq_tile_candidates,
+    attention_forward_sram_bytes,
+    attention_tile_candidates,
+    scan_chunk_candidates,
+    selective_scan_sram_bytes,
+)
 
 aten = torch.ops.aten
 DECOMPOSE = {

@@ -18,19 +18,21 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from ioaware.codegen import scan_reference
 from ioaware.cost import (
-    attention_forward_sram_bytes,
-    attention_tile_candidates,
     attention_unfused_cost,
     dram_bytes,
     flash_attention_backward_cost,
     flash_attention_cost,
     graph_cost,
     l2_hits,
-    largest_block_m,
     linear_scan_cost,
     selective_scan_cost,
 )
 from ioaware.hardware import PROFILES
+from ioaware.tiles import (
+    attention_forward_sram_bytes,
+    attention_tile_candidates,
+    largest_block_m,
+)
 
 HEAD_DIMS = st.sampled_from([16, 32, 64, 80, 128, 256])
 PROFILE = st.sampled_from(["h100", "h200", "a100", "cpu"])
