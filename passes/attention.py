@@ -688,8 +688,10 @@ def _density(m: AttentionMatch) -> float | None:
 
 
 def _exact(expr: sympy.Basic) -> sympy.Basic:
-    """Floats as exact rationals, so `str()` round-trips every bit (finfo.min included)."""
-    return expr.xreplace({f: sympy.Rational(float(f)) for f in expr.atoms(sympy.Float)})
+    """Floats at 17 digits, so `str()` round-trips every bit of the double (finfo.min
+    included; sympy's default 15 digits would round it past the fp32 range)."""
+    return expr.xreplace({f: sympy.Float(repr(float(f)), 17)
+                          for f in expr.atoms(sympy.Float)})
 
 
 def spec_of(m: AttentionMatch) -> AttentionSpec:

@@ -234,6 +234,24 @@ def _evaluate(node: fx.Node, memo: dict, data: DataInputs | None) -> sympy.Basic
         value = {aten.new_ones.default: 1, aten.new_zeros.default: 0}.get(op)
         value = args[2] if value is None else value
         return _scalar(bool(value) if node.kwargs.get("dtype") == torch.bool else value)
+    if op in (aten.full_like.default, aten.zeros_like.default, aten.ones_like.default):
+        value = {aten.zeros_like.default: 0, aten.ones_like.default: 1}.get(op, None)
+        value = args[1] if value is None else value
+        return _scalar(bool(value) if node.kwargs.get("dtype") == torch.bool else value)
+    if op is aten.embedding.default:  # weight[indices, :]: a table read at an index
+        return _gather(node, arg(0), [arg(1)])
+    if op in (aten.minimum.default, aten.maximum.default, aten.min.other, aten.max.other):
+        fn = sympy.Min if op in (aten.minimum.default, aten.min.other) else sympy.Max
+        return fn(_as_num(arg(0)), _as_num(arg(1)))
+    if op in (aten.clamp.default, aten.clamp_min.default, aten.clamp_max.default):
+        x = _as_num(arg(0))
+        lo = args[1] if op is not aten.clamp_max.default else None
+        hi = args[2] if op is aten.clamp.default and len(args) > 2 else (
+            args[1] if op is aten.clamp_max.default else None)
+        if isinstance(lo, fx.Node) or isinstance(hi, fx.Node):
+            raise MaskError(f"{node.name}: clamp with tensor bounds")
+        x = x if lo is None else sympy.Max(x, _scalar(lo))
+        return x if hi is None else sympy.Min(x, _scalar(hi))
     if op is aten.index.Tensor:
         return _gather(node, arg(0), [None if i is None else index_tensor(i, memo, data)
                                       for i in args[1]])
@@ -289,9 +307,13 @@ def _evaluate(node: fx.Node, memo: dict, data: DataInputs | None) -> sympy.Basic
             same = (name == "eq") == truth
             return a.expr if same else sympy.Not(a.expr)
         return _COMPARE[name](_as_num(a), _as_num(b))
-    if op in (aten.add.Tensor, aten.add.Scalar, aten.sub.Tensor, aten.sub.Scalar):
+    if op in (aten.add_.Tensor, aten.sub_.Tensor) and not (
+            isinstance(args[0], fx.Node) and len(args[0].users) == 1):
+        raise MaskError(f"{node.name}: in-place update of a tensor read elsewhere")
+    if op in (aten.add.Tensor, aten.add.Scalar, aten.sub.Tensor, aten.sub.Scalar,
+              aten.add_.Tensor, aten.sub_.Tensor):
         alpha = _scalar(node.kwargs.get("alpha", 1))
-        sign = 1 if op in (aten.add.Tensor, aten.add.Scalar) else -1
+        sign = 1 if op in (aten.add.Tensor, aten.add.Scalar, aten.add_.Tensor) else -1
         return _as_num(arg(0)) + sign * alpha * _as_num(arg(1))
     if op in (aten.mul.Tensor, aten.mul.Scalar):
         return _as_num(arg(0)) * _as_num(arg(1))
@@ -306,6 +328,12 @@ def _evaluate(node: fx.Node, memo: dict, data: DataInputs | None) -> sympy.Basic
         dtype = node.kwargs.get("dtype")
         if dtype == torch.bool:
             return as_bool(x)
+        src = args[0].meta.get("val") if isinstance(args[0], fx.Node) else None
+        if (dtype is not None and not dtype.is_floating_point and src is not None
+                and src.dtype.is_floating_point):
+            # float → integer truncates toward zero
+            v = _as_num(x)
+            return sympy.Piecewise((sympy.floor(v), v >= 0), (-sympy.floor(-v), True))
         return _as_num(x)
     if op in (aten.where.self, aten.where.ScalarOther, aten.where.ScalarSelf, aten.where.Scalar):
         c, a, b = as_bool(arg(0)), arg(1), arg(2)
