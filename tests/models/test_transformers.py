@@ -79,3 +79,47 @@ def test_attention_dropout_in_training(interpret, impl):
     assert torch.equal(a, c) and not torch.equal(a, b)
     model.eval()
     assert torch.allclose(fast(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-5)
+
+
+# Other families, built for the capability rather than for the three above: explain
+# only (nothing runs), every attention call rewritten with its structure named.
+def _bert(impl):
+    import transformers
+
+    return transformers.BertModel(transformers.BertConfig(
+        num_hidden_layers=LAYERS, hidden_size=64, num_attention_heads=4, intermediate_size=128,
+        vocab_size=128, attn_implementation=impl))
+
+
+def _gemma2(impl):
+    import transformers
+
+    return transformers.Gemma2ForCausalLM(transformers.Gemma2Config(
+        num_hidden_layers=LAYERS, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16, intermediate_size=128, vocab_size=128, sliding_window=8,
+        attn_logit_softcapping=50.0, attn_implementation=impl, pad_token_id=0))
+
+
+def _t5_encoder(impl):
+    import transformers
+
+    return transformers.T5EncoderModel(transformers.T5Config(
+        num_layers=LAYERS, d_model=64, d_kv=16, num_heads=4, d_ff=128, vocab_size=128,
+        decoder_start_token_id=0, attn_implementation=impl))
+
+
+@pytest.mark.parametrize("build, impl, mask, score_mod", [
+    (_bert, "eager", "padding", None),
+    (_bert, "sdpa", "padding", None),
+    (_gemma2, "eager", "causal & sliding_window(8) & padding", ["softcap"]),
+    (_t5_encoder, "sdpa", None, ["relative_bias"]),
+], ids=["bert_eager", "bert_sdpa", "gemma2_eager", "t5_sdpa"])
+def test_other_families_are_rewritten(build, impl, mask, score_mod):
+    torch.manual_seed(0)
+    model = quietly(build, impl).eval()
+    ids = torch.randint(1, 100, (2, N))
+    expl = _expect_all_rewritten(model, ids, attention_mask=left_padded_mask(2, N, (0, 6)))
+    first = expl.rewrites[0].detail
+    if mask is not None:
+        assert first["mask"] == mask
+    assert first.get("score_mod") == score_mod
