@@ -62,7 +62,7 @@ _FIELDS = ("read_bytes", "write_bytes", "flops", "transcendentals")  # what eval
 
 # How many programs of one kernel a device runs at once. The L2 working set of a tiled
 # kernel depends on it, so costs keep it as a symbol and `modelled_time` substitutes
-# the device's number (SMs times the programs whose SRAM fits on one SM).
+# the device's number (`programs_in_flight`: SMs times the programs one SM holds).
 PROGRAMS_IN_FLIGHT = sympy.Symbol("programs_in_flight", positive=True, integer=True)
 
 # A fused multiply-add counts this many FLOPs, in every formula here and in every report.
@@ -152,7 +152,7 @@ class Cost:
 
     def formulas(self, hints: Hints | None = None) -> dict[str, tuple[str, int | None]]:
         """Each field as printable text beside its value at `hints` (None when a symbol
-        has no hint): {"hbm_bytes": ("4*B*H*N*d*2", 1048576), ...}."""
+        has no hint): {"read_bytes": ("8*B*H*N*d", 524288), ...}, simplified."""
         fields = {n: getattr(self, n) for n in (*_FIELDS, "sram_bytes", "l2_reread_bytes")}
         fields["hbm_bytes"] = self.hbm_bytes
         out: dict[str, tuple[str, int | None]] = {}
@@ -1129,7 +1129,8 @@ def flash_attention_backward_cost(
     On chip: the larger of the two passes' tiles, it·(d + dv)·(resident + num_stages·
     streamed) rows (dK/dV: block_n resident, block_m streamed; dQ: the other way).
     L2: the dQ pass re-reads K/V as the forward does, the dK/dV pass re-reads Q, dO, lse
-    and delta, Hq·max(0, Rq - Nq) rows; each head in flight keeps both live.
+    and delta, Hq·max(0, Rq - Nq) rows; the passes run one after the other, so the
+    working set is the larger of theirs (`_kv_working_set`, a kv head for the dK/dV pass).
     """
     B, Hq, Hkv, Nq, Nk, D, Dv = (sym(x) for x in (B, Hq, Hkv, Nq, Nk, D, Dv))
     _check_heads(Hq, Hkv)
