@@ -44,6 +44,7 @@ from .scan_fwd import (
     INTERPRET_BLOCK_L,
     MAX_TILE_PER_THREAD,
     TUNE_MIN_STEPS,
+    fits_layout,
     format_configs,
     padded_state,
     primitives,
@@ -55,23 +56,26 @@ from .scan_fwd import (
 BACKWARD_TILE_PER_THREAD = MAX_TILE_PER_THREAD // 2
 
 # Every backward config uses one chunk length, so the chunk-state scratch has one shape.
-BACKWARD_BLOCK_L = 32
+BACKWARD_BLOCK_L = 16
+
+# (BLOCK_D, num_warps); the layout argument of scan_fwd.tile_configs holds here too.
+BACKWARD_CANDIDATES = [(8, 1), (16, 2), (32, 4), (4, 1), (8, 2), (16, 4), (32, 8), (64, 4),
+                       (2, 4), (4, 8), (1, 8)]
 
 
 def backward_configs(spec: ScanSpec) -> list[tuple[int, int, int]]:
     """(BLOCK_D, BLOCK_L, num_warps) candidates for autotuning the backward on a GPU."""
     n_pad = padded_state(spec.d_state)
-    candidates = [(4, BACKWARD_BLOCK_L, 4), (2, BACKWARD_BLOCK_L, 4), (8, BACKWARD_BLOCK_L, 8),
-                  (4, BACKWARD_BLOCK_L, 8), (1, BACKWARD_BLOCK_L, 4)]
-    fits = [c for c in candidates
-            if c[0] * n_pad * c[1] <= BACKWARD_TILE_PER_THREAD * 32 * c[2]]
+    fits = [(bd, BACKWARD_BLOCK_L, w) for bd, w in BACKWARD_CANDIDATES
+            if fits_layout(n_pad, bd, BACKWARD_BLOCK_L, w, BACKWARD_TILE_PER_THREAD)]
     return fits or [default_backward_config(spec)]
 
 
 def default_backward_config(spec: ScanSpec) -> tuple[int, int, int]:
     n_pad = padded_state(spec.d_state)
-    for block_d, warps in ((4, 4), (2, 4), (1, 4), (1, 8)):
-        if block_d * n_pad * BACKWARD_BLOCK_L <= BACKWARD_TILE_PER_THREAD * 32 * warps:
+    warps = min(8, max(1, n_pad // 32))
+    for block_d in (64, 32, 16, 8, 4, 2, 1):
+        if fits_layout(n_pad, block_d, BACKWARD_BLOCK_L, warps, BACKWARD_TILE_PER_THREAD):
             return block_d, BACKWARD_BLOCK_L, warps
     return 1, BACKWARD_BLOCK_L, 8
 
@@ -101,21 +105,21 @@ ${primitives}
 @triton.jit
 def _add_bc_grad(Ptr, grad, offs_d, d_ok, offs_n, n_ok, offs_l, l_ok, stride_g,
                  CPG: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Add a [BLOCK_D, N, BLOCK_L] gradient into dB or dC [G, L, N] (contiguous) of
+    """Add a [BLOCK_L, N, BLOCK_D] gradient into dB or dC [G, L, N] (contiguous) of
     the groups its channels read; see the module docstring for the three cases."""
-    nl = offs_n[:, None] + offs_l[None, :] * D_STATE
-    nl_ok = n_ok[:, None] & l_ok[None, :]
+    ln = offs_l[:, None] * D_STATE + offs_n[None, :]
+    ln_ok = l_ok[:, None] & n_ok[None, :]
     if CPG == 1:
         g = offs_d.to(tl.int64)
-        tl.store(Ptr + g[:, None, None] * stride_g + nl[None, :, :], grad,
-                 mask=d_ok[:, None, None] & nl_ok[None, :, :])
+        tl.store(Ptr + ln[:, :, None] + g[None, None, :] * stride_g, grad,
+                 mask=ln_ok[:, :, None] & d_ok[None, None, :])
     elif CPG % BLOCK_D == 0:
         g = (tl.program_id(0) * BLOCK_D // CPG).to(tl.int64)
-        tl.atomic_add(Ptr + g * stride_g + nl, _sum(grad, 0), mask=nl_ok)
+        tl.atomic_add(Ptr + g * stride_g + ln, _sum(grad, 2), mask=ln_ok)
     else:
         g = (offs_d // CPG).to(tl.int64)
-        tl.atomic_add(Ptr + g[:, None, None] * stride_g + nl[None, :, :], grad,
-                      mask=d_ok[:, None, None] & nl_ok[None, :, :])
+        tl.atomic_add(Ptr + ln[:, :, None] + g[None, None, :] * stride_g, grad,
+                      mask=ln_ok[:, :, None] & d_ok[None, None, :])
 
 
 @triton.jit
@@ -143,11 +147,11 @@ def _selective_scan_bwd(
     offs_n = tl.arange(0, N_PAD)
     n_ok = offs_n < D_STATE
     offs_c = tl.arange(0, BLOCK_L)
-    dn_ok = d_ok[:, None] & n_ok[None, :]
-    dn = offs_d[:, None] * D_STATE + offs_n[None, :]
+    nd_ok = n_ok[:, None] & d_ok[None, :]
+    nd = offs_n[:, None] + offs_d[None, :] * D_STATE  # into [Dc, N] contiguous
 
-    a_raw = tl.load(A + offs_d[:, None] * stride_ad + offs_n[None, :] * stride_an,
-                    mask=dn_ok, other=0.0).to(tl.float32)
+    a_raw = tl.load(A + offs_n[:, None] * stride_an + offs_d[None, :] * stride_ad,
+                    mask=nd_ok, other=0.0).to(tl.float32)  # [N, BLOCK_D]
     a_log2 = a_raw * LOG2E
     if HAS_D:
         d_skip = tl.load(Dskip + offs_d, mask=d_ok, other=0.0).to(tl.float32)
@@ -158,7 +162,8 @@ def _selective_scan_bwd(
     C += b * stride_cb
     Z += b * stride_zb
     DOut += b * stride_ob
-    HChunk += (b * DC + offs_d[:, None].to(tl.int64)) * N_CHUNKS * N_PAD + offs_n[None, :]
+    # [N, BLOCK_D] pointers to this program's chunk states; chunk k at + k * N_PAD.
+    HChunk += (b * DC + offs_d[None, :].to(tl.int64)) * N_CHUNKS * N_PAD + offs_n[:, None]
     DU += b * DC * L
     DDelta += b * DC * L
     DZ += b * DC * L
@@ -167,98 +172,97 @@ def _selective_scan_bwd(
 
     # ---- sweep 1: the state entering every chunk --------------------------------------
     if HAS_H0:
-        h = tl.load(H0 + b * stride_hb + offs_d[:, None] * stride_hd
-                    + offs_n[None, :] * stride_hn, mask=dn_ok, other=0.0).to(tl.float32)
+        h = tl.load(H0 + b * stride_hb + offs_n[:, None] * stride_hn
+                    + offs_d[None, :] * stride_hd, mask=nd_ok, other=0.0).to(tl.float32)
     else:
-        h = tl.full([BLOCK_D, N_PAD], 0.0, dtype=tl.float32)
+        h = tl.full([N_PAD, BLOCK_D], 0.0, dtype=tl.float32)
     for k in range(0, N_CHUNKS):
-        tl.store(HChunk + k * N_PAD, h, mask=d_ok[:, None])
+        tl.store(HChunk + k * N_PAD, h, mask=d_ok[None, :])
         offs_l = k * BLOCK_L + offs_c
         l_ok = offs_l < L
-        u = tl.load(U + offs_d[:, None] * stride_ud + offs_l[None, :] * stride_ul,
-                    mask=d_ok[:, None] & l_ok[None, :], other=0.0).to(tl.float32)
+        u = _load_ld(U, offs_l, l_ok, offs_d, d_ok, stride_ul, stride_ud)
         _, dt = _load_dt(Delta, DeltaBias, offs_d, d_ok, offs_l, l_ok, stride_dd, stride_dl)
         b_tile = _load_bc(B, offs_d, d_ok, offs_n, offs_l, l_ok, n_ok, stride_bg, stride_bl,
                           stride_bn, CPG, BLOCK_D)
-        decay = tl.math.exp2(dt[:, None, :] * a_log2[:, :, None])
+        decay = tl.math.exp2(dt[:, None, :] * a_log2[None, :, :])
         x = (dt * u)[:, None, :] * b_tile
-        p, s = tl.associative_scan((decay, x), 2, _combine)
-        h = _last_step(p, offs_c, BLOCK_L) * h + _last_step(s, offs_c, BLOCK_L)
+        x = tl.where(offs_c[:, None, None] == 0, x + decay * h[None, :, :], x)
+        _, hs = tl.associative_scan((decay, x), 0, _combine)
+        h = _last_step(hs, offs_c, BLOCK_L)
 
     # ---- sweep 2: chunks from the end, adjoint carried as a_start · g_start -----------
-    carry = tl.load(DHLast + b * DC * D_STATE + dn, mask=dn_ok, other=0.0)
-    da_acc = tl.full([BLOCK_D, N_PAD], 0.0, dtype=tl.float32)
+    carry = tl.load(DHLast + b * DC * D_STATE + nd, mask=nd_ok, other=0.0)
+    da_acc = tl.full([N_PAD, BLOCK_D], 0.0, dtype=tl.float32)
     dd_acc = tl.full([BLOCK_D], 0.0, dtype=tl.float32)
     ddb_acc = tl.full([BLOCK_D], 0.0, dtype=tl.float32)
     for kk in range(0, N_CHUNKS):
         k = N_CHUNKS - 1 - kk
         offs_l = k * BLOCK_L + offs_c
         l_ok = offs_l < L
-        ok = d_ok[:, None] & l_ok[None, :]
-        dl = offs_d[:, None] * L + offs_l[None, :]
-        u = tl.load(U + offs_d[:, None] * stride_ud + offs_l[None, :] * stride_ul,
-                    mask=ok, other=0.0).to(tl.float32)
+        ok = l_ok[:, None] & d_ok[None, :]
+        ld = offs_l[:, None] + offs_d[None, :] * L  # into [Dc, L] contiguous
+        u = _load_ld(U, offs_l, l_ok, offs_d, d_ok, stride_ul, stride_ud)
         pre, dt = _load_dt(Delta, DeltaBias, offs_d, d_ok, offs_l, l_ok, stride_dd, stride_dl)
         b_tile = _load_bc(B, offs_d, d_ok, offs_n, offs_l, l_ok, n_ok, stride_bg, stride_bl,
                           stride_bn, CPG, BLOCK_D)
         c_tile = _load_bc(C, offs_d, d_ok, offs_n, offs_l, l_ok, n_ok, stride_cg, stride_cl,
                           stride_cn, CPG, BLOCK_D)
-        dy = tl.load(DOut + offs_d[:, None] * stride_od + offs_l[None, :] * stride_ol,
-                     mask=ok, other=0.0).to(tl.float32)
+        dy = _load_ld(DOut, offs_l, l_ok, offs_d, d_ok, stride_ol, stride_od)
 
-        # Recompute the chunk's states from its start state.
-        decay = tl.math.exp2(dt[:, None, :] * a_log2[:, :, None])
+        # Recompute the chunk's states from its start state (folded into the first step).
+        decay = tl.math.exp2(dt[:, None, :] * a_log2[None, :, :])
         x = (dt * u)[:, None, :] * b_tile
-        p, s = tl.associative_scan((decay, x), 2, _combine)
-        hs = p * tl.load(HChunk + k * N_PAD, mask=d_ok[:, None], other=0.0)[:, :, None] + s
+        h_start = tl.load(HChunk + k * N_PAD, mask=d_ok[None, :], other=0.0)
+        _, hs = tl.associative_scan(
+            (decay, tl.where(offs_c[:, None, None] == 0, x + decay * h_start[None, :, :], x)),
+            0, _combine)
 
         if HAS_Z:
-            zz = tl.load(Z + offs_d[:, None] * stride_zd + offs_l[None, :] * stride_zl,
-                         mask=ok, other=0.0).to(tl.float32)
+            zz = _load_ld(Z, offs_l, l_ok, offs_d, d_ok, stride_zl, stride_zd)
             y = _sum(hs * c_tile, 1)
             if HAS_D:
-                y += d_skip[:, None] * u
+                y += d_skip[None, :] * u
             sig = _sigmoid(zz)
-            tl.store(DZ + dl, (dy * y * sig * (1.0 + zz * (1.0 - sig))).to(
+            tl.store(DZ + ld, (dy * y * sig * (1.0 + zz * (1.0 - sig))).to(
                 DZ.dtype.element_ty), mask=ok)
             dy = dy * zz * sig
         if HAS_D:
-            du = dy * d_skip[:, None]
-            dd_acc += _sum(dy * u, 1)
+            du = dy * d_skip[None, :]
+            dd_acc += _sum(dy * u, 0)
         else:
-            du = tl.full([BLOCK_D, BLOCK_L], 0.0, dtype=tl.float32)
+            du = tl.full([BLOCK_L, BLOCK_D], 0.0, dtype=tl.float32)
         _add_bc_grad(DC_, dy[:, None, :] * hs, offs_d, d_ok, offs_n, n_ok, offs_l, l_ok,
                      L * D_STATE, CPG, BLOCK_D)
 
-        # g_t = dy_t C_t + a_{t+1} g_{t+1}: a reverse scan of (a_{t+1}, dy_t C_t), the
-        # last step of the chunk taking a = 1 and the carry a_{end+1} g_{end+1}.
+        # g_t = dy_t C_t + a_{t+1} g_{t+1}: a reverse scan of (a_{t+1}, dy_t C_t); the
+        # last step of the chunk takes a = 1 and adds the carry a_{end+1} g_{end+1}.
         next_l = offs_l + 1
         _, dt_next = _load_dt(Delta, DeltaBias, offs_d, d_ok, next_l, next_l < L,
                               stride_dd, stride_dl)
-        dt_next = tl.where(offs_c[None, :] == BLOCK_L - 1, 0.0, dt_next)
-        decay_next = tl.math.exp2(dt_next[:, None, :] * a_log2[:, :, None])
-        pr, sr = tl.associative_scan((decay_next, dy[:, None, :] * c_tile), 2, _combine,
-                                     reverse=True)
-        g = pr * carry[:, :, None] + sr
+        dt_next = tl.where(offs_c[:, None] == BLOCK_L - 1, 0.0, dt_next)
+        decay_next = tl.math.exp2(dt_next[:, None, :] * a_log2[None, :, :])
+        dyc = dy[:, None, :] * c_tile
+        dyc = tl.where(offs_c[:, None, None] == BLOCK_L - 1, dyc + carry[None, :, :], dyc)
+        _, g = tl.associative_scan((decay_next, dyc), 0, _combine, reverse=True)
 
         _add_bc_grad(DB, g * (dt * u)[:, None, :], offs_d, d_ok, offs_n, n_ok, offs_l, l_ok,
                      L * D_STATE, CPG, BLOCK_D)
         gb = _sum(g * b_tile, 1)
         g_prev = g * (hs - x)  # g_t · a_t · h_{t-1}
-        ddt = u * gb + _sum(g_prev * a_raw[:, :, None], 1)
-        da_acc += _sum(g_prev * dt[:, None, :], 2)
+        ddt = u * gb + _sum(g_prev * a_raw[None, :, :], 1)
+        da_acc += _sum(g_prev * dt[:, None, :], 0)
         du += dt * gb
         if DELTA_SOFTPLUS:
             ddt = ddt * tl.where(pre > 20.0, 1.0, _sigmoid(pre))
         ddt = tl.where(ok, ddt, 0.0)
-        ddb_acc += _sum(ddt, 1)
-        tl.store(DU + dl, du.to(DU.dtype.element_ty), mask=ok)
-        tl.store(DDelta + dl, ddt.to(DDelta.dtype.element_ty), mask=ok)
+        ddb_acc += _sum(ddt, 0)
+        tl.store(DU + ld, du.to(DU.dtype.element_ty), mask=ok)
+        tl.store(DDelta + ld, ddt.to(DDelta.dtype.element_ty), mask=ok)
         carry = _first_step(decay * g, offs_c)
 
-    tl.atomic_add(DA + dn, da_acc, mask=dn_ok)
+    tl.atomic_add(DA + nd, da_acc, mask=nd_ok)
     if HAS_H0:
-        tl.store(DH0 + b * DC * D_STATE + dn, carry, mask=dn_ok)
+        tl.store(DH0 + b * DC * D_STATE + nd, carry, mask=nd_ok)
     if HAS_D:
         tl.atomic_add(DD + offs_d, dd_acc, mask=d_ok)
     if HAS_DELTA_BIAS:

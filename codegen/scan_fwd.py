@@ -43,9 +43,9 @@ from ioaware.spec import ScanSpec
 INTERPRET_BLOCK_D = 2
 INTERPRET_BLOCK_L = 16
 
-# A config keeps its live [BLOCK_D, N, BLOCK_L] fp32 tiles (a, x, their scan, C) within
-# this many elements per thread, so the scan tile stays in registers without spilling.
-MAX_TILE_PER_THREAD = 32
+# A config keeps its [BLOCK_L, N, BLOCK_D] fp32 tiles within this many elements per
+# thread (sm90: 64 keeps the forward at ~170 registers with no spills).
+MAX_TILE_PER_THREAD = 64
 
 # Autotune only where a launch is long enough for the choice to matter.
 TUNE_MIN_STEPS = 256 * 1024  # Bt·Dc·L
@@ -57,30 +57,48 @@ def padded_state(n: int) -> int:
     return 1 << (n - 1).bit_length() if n > 1 else 1
 
 
+def fits_layout(n_pad: int, block_d: int, block_l: int, warps: int, per_thread: int) -> bool:
+    """Lanes and warps cover (N, BLOCK_D) only, so every thread holds whole runs of L
+    and the scan never crosses lanes; the tile stays within `per_thread` elements."""
+    return (block_d * n_pad >= 32 * warps
+            and block_d * n_pad * block_l <= per_thread * 32 * warps)
+
+
+# (BLOCK_D, BLOCK_L, num_warps). Compiled for sm90 with N = 16, (8, 16, 1) .. (32, 16, 4)
+# issue per element of the [L, N, D] tile: 1 MUFU (exp2), ~5 FP32 (exponent product,
+# dt·u·B, the scan's FFMA, the C contraction, a quarter of the N reduction), 0.5 SHFL
+# (the rest of the N reduction) and ~0.75 LDS (B, C broadcast over channels): ~12
+# instructions, against ~67 with L across lanes (tile [D, N, L]).
+CANDIDATES = [
+    (32, 16, 4), (16, 16, 2), (8, 16, 1), (32, 8, 4), (64, 16, 8), (16, 32, 4), (8, 32, 2),
+    (32, 16, 1), (64, 16, 2), (128, 16, 4), (4, 16, 2), (4, 16, 4), (8, 8, 4), (2, 16, 4),
+    (4, 8, 4), (2, 16, 8), (2, 8, 8), (1, 16, 8), (1, 8, 8),
+]
+
+
 def tile_configs(spec: ScanSpec) -> list[tuple[int, int, int]]:
     """(BLOCK_D, BLOCK_L, num_warps) candidates for autotuning on a GPU.
 
-    For the issue's shape (Bt=4, Dc=1536, N=16) BLOCK_D=4 gives 1536 programs, about
-    12 per SM of an H100: enough to hide load latency behind other programs' scans.
-    Larger BLOCK_L means fewer chunk-carry steps and longer in-thread runs of the scan.
+    The tile is [BLOCK_L, N, BLOCK_D]: L slowest, so each thread scans whole runs of L
+    in registers; lanes split N and D, and the y contraction over N crosses few lanes.
+    For the issue's shape (Bt=4, Dc=1536, N=16) (8, 16, 1) gives 768 one-warp programs,
+    (32, 16, 4) 192 four-warp ones; the autotuner picks.
     """
     n_pad = padded_state(spec.d_state)
-    candidates = [
-        (4, 64, 4), (8, 32, 4), (2, 128, 4), (4, 128, 8), (8, 64, 8), (16, 32, 8),
-        (2, 64, 4), (1, 128, 4), (1, 64, 4), (1, 32, 4), (1, 16, 4),
-    ]
-    fits = [c for c in candidates
-            if c[0] * n_pad * c[1] <= MAX_TILE_PER_THREAD * 32 * c[2]]
+    fits = [c for c in CANDIDATES if fits_layout(n_pad, *c, MAX_TILE_PER_THREAD)]
     return fits or [default_config(spec)]
 
 
 def default_config(spec: ScanSpec) -> tuple[int, int, int]:
-    """The first candidate that fits, for short launches and as the fallback."""
+    """L in chunks of 16, one warp per 32 states of N (up to 8), and as many channels
+    as fill MAX_TILE_PER_THREAD (threads holding several n reduce y mostly in place)."""
     n_pad = padded_state(spec.d_state)
-    for block_d, block_l, warps in ((4, 64, 4), (2, 64, 4), (1, 64, 4), (1, 32, 4)):
-        if block_d * n_pad * block_l <= MAX_TILE_PER_THREAD * 32 * warps:
-            return block_d, block_l, warps
-    return 1, 16, 4
+    warps = min(8, max(1, n_pad // 32))
+    for block_l in (16, 8):
+        for block_d in (64, 32, 16, 8, 4, 2, 1):
+            if fits_layout(n_pad, block_d, block_l, warps, MAX_TILE_PER_THREAD):
+                return block_d, block_l, warps
+    return 1, 8, warps
 
 
 def spec_constants(spec: ScanSpec) -> dict[str, str]:
@@ -147,14 +165,20 @@ def _sigmoid(x):
 
 
 @triton.jit
+def _load_ld(Ptr, offs_l, l_ok, offs_d, d_ok, stride_l, stride_d):
+    """A [BLOCK_L, BLOCK_D] fp32 tile of a [Dc, L] slice (u, z, dy); 0 outside."""
+    return tl.load(Ptr + offs_l[:, None] * stride_l + offs_d[None, :] * stride_d,
+                   mask=l_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _load_dt(Delta, DeltaBias, offs_d, d_ok, offs_l, l_ok, stride_dd, stride_dl):
-    """(pre, dt): delta + delta_bias and its softplus, fp32 [BLOCK_D, BLOCK_L];
+    """(pre, dt): delta + delta_bias and its softplus, fp32 [BLOCK_L, BLOCK_D];
     steps past L give dt = 0 (a = 1: the state passes through unchanged)."""
-    ok = d_ok[:, None] & l_ok[None, :]
-    pre = tl.load(Delta + offs_d[:, None] * stride_dd + offs_l[None, :] * stride_dl,
-                  mask=ok, other=0.0).to(tl.float32)
+    ok = l_ok[:, None] & d_ok[None, :]
+    pre = _load_ld(Delta, offs_l, l_ok, offs_d, d_ok, stride_dl, stride_dd)
     if HAS_DELTA_BIAS:
-        pre += tl.load(DeltaBias + offs_d, mask=d_ok, other=0.0).to(tl.float32)[:, None]
+        pre += tl.load(DeltaBias + offs_d, mask=d_ok, other=0.0).to(tl.float32)[None, :]
     if DELTA_SOFTPLUS:
         dt = _softplus(pre)
     else:
@@ -165,32 +189,33 @@ def _load_dt(Delta, DeltaBias, offs_d, d_ok, offs_l, l_ok, stride_dd, stride_dl)
 @triton.jit
 def _load_bc(Ptr, offs_d, d_ok, offs_n, offs_l, l_ok, n_ok, stride_g, stride_l, stride_n,
              CPG: tl.constexpr, BLOCK_D: tl.constexpr):
-    """B or C of the chunk, fp32, as [1, N, BLOCK_L] when the whole channel block reads
-    one group (loaded once, broadcast over channels) or [BLOCK_D, N, BLOCK_L]."""
-    nl = offs_n[:, None] * stride_n + offs_l[None, :] * stride_l
-    nl_ok = n_ok[:, None] & l_ok[None, :]
+    """B or C of the chunk, fp32, as [BLOCK_L, N, 1] when the whole channel block reads
+    one group (loaded once, broadcast over channels) or [BLOCK_L, N, BLOCK_D]."""
+    ln = offs_l[:, None] * stride_l + offs_n[None, :] * stride_n
+    ln_ok = l_ok[:, None] & n_ok[None, :]
     if CPG % BLOCK_D == 0:
         g = (tl.program_id(0) * BLOCK_D // CPG).to(tl.int64)
-        tile = tl.load(Ptr + g * stride_g + nl, mask=nl_ok, other=0.0).to(tl.float32)
-        tile = tile[None, :, :]
+        tile = tl.load(Ptr + g * stride_g + ln, mask=ln_ok, other=0.0).to(tl.float32)
+        tile = tile[:, :, None]
     else:
         g = (offs_d // CPG).to(tl.int64)
-        tile = tl.load(Ptr + g[:, None, None] * stride_g + nl[None, :, :],
-                       mask=d_ok[:, None, None] & nl_ok[None, :, :],
+        tile = tl.load(Ptr + ln[:, :, None] + g[None, None, :] * stride_g,
+                       mask=ln_ok[:, :, None] & d_ok[None, None, :],
                        other=0.0).to(tl.float32)
     return tile
 
 
 @triton.jit
 def _last_step(x, offs_in_chunk, BLOCK_L: tl.constexpr):
-    """x[:, :, BLOCK_L - 1] of a [BLOCK_D, N, BLOCK_L] tile, as [BLOCK_D, N]."""
-    return _sum(tl.where(offs_in_chunk[None, None, :] == BLOCK_L - 1, x, 0.0), 2)
+    """x[BLOCK_L - 1] of a [BLOCK_L, N, BLOCK_D] tile, as [N, BLOCK_D]. Each thread
+    holds whole runs of L, so the select is resolved at compile time: no shuffles."""
+    return _sum(tl.where(offs_in_chunk[:, None, None] == BLOCK_L - 1, x, 0.0), 0)
 
 
 @triton.jit
 def _first_step(x, offs_in_chunk):
-    """x[:, :, 0] of a [BLOCK_D, N, BLOCK_L] tile, as [BLOCK_D, N]."""
-    return _sum(tl.where(offs_in_chunk[None, None, :] == 0, x, 0.0), 2)'''
+    """x[0] of a [BLOCK_L, N, BLOCK_D] tile, as [N, BLOCK_D]."""
+    return _sum(tl.where(offs_in_chunk[:, None, None] == 0, x, 0.0), 0)'''
 
 
 def primitives(interpret: bool) -> str:
@@ -249,16 +274,16 @@ def _selective_scan_fwd(
     offs_n = tl.arange(0, N_PAD)
     n_ok = offs_n < D_STATE
     offs_c = tl.arange(0, BLOCK_L)
-    dn_ok = d_ok[:, None] & n_ok[None, :]
+    nd_ok = n_ok[:, None] & d_ok[None, :]
 
     # A · log2(e), so the decay is one exp2 (a single MUFU instruction) per element.
-    a_log2 = tl.load(A + offs_d[:, None] * stride_ad + offs_n[None, :] * stride_an,
-                     mask=dn_ok, other=0.0).to(tl.float32) * LOG2E
+    a_log2 = tl.load(A + offs_n[:, None] * stride_an + offs_d[None, :] * stride_ad,
+                     mask=nd_ok, other=0.0).to(tl.float32) * LOG2E  # [N, BLOCK_D]
     if HAS_H0:
-        h = tl.load(H0 + b * stride_hb + offs_d[:, None] * stride_hd
-                    + offs_n[None, :] * stride_hn, mask=dn_ok, other=0.0).to(tl.float32)
+        h = tl.load(H0 + b * stride_hb + offs_n[:, None] * stride_hn
+                    + offs_d[None, :] * stride_hd, mask=nd_ok, other=0.0).to(tl.float32)
     else:
-        h = tl.full([BLOCK_D, N_PAD], 0.0, dtype=tl.float32)  # tl.zeros: compiled-only
+        h = tl.full([N_PAD, BLOCK_D], 0.0, dtype=tl.float32)  # tl.zeros: compiled-only
     if HAS_D:
         d_skip = tl.load(Dskip + offs_d, mask=d_ok, other=0.0).to(tl.float32)
 
@@ -271,30 +296,30 @@ def _selective_scan_fwd(
     for start in range(0, L, BLOCK_L):
         offs_l = start + offs_c
         l_ok = offs_l < L
-        ok = d_ok[:, None] & l_ok[None, :]
-        u = tl.load(U + offs_d[:, None] * stride_ud + offs_l[None, :] * stride_ul,
-                    mask=ok, other=0.0).to(tl.float32)
+        u = _load_ld(U, offs_l, l_ok, offs_d, d_ok, stride_ul, stride_ud)  # [BLOCK_L, BLOCK_D]
         _, dt = _load_dt(Delta, DeltaBias, offs_d, d_ok, offs_l, l_ok, stride_dd, stride_dl)
         b_tile = _load_bc(B, offs_d, d_ok, offs_n, offs_l, l_ok, n_ok, stride_bg, stride_bl,
                           stride_bn, CPG, BLOCK_D)
         # Discretise in registers (zero-order hold on A, Euler on B, as Mamba does).
-        decay = tl.math.exp2(dt[:, None, :] * a_log2[:, :, None])  # [BLOCK_D, N, BLOCK_L]
+        decay = tl.math.exp2(dt[:, None, :] * a_log2[None, :, :])  # [BLOCK_L, N, BLOCK_D]
         x = (dt * u)[:, None, :] * b_tile
-        p, s = tl.associative_scan((decay, x), 2, _combine)
-        hs = p * h[:, :, None] + s  # h_t for every step of the chunk
+        # The carried state enters as part of the first step (h_0 = a_0 h + x_0), so the
+        # scan's second component is the state itself and its products go unused.
+        x = tl.where(offs_c[:, None, None] == 0, x + decay * h[None, :, :], x)
+        _, hs = tl.associative_scan((decay, x), 0, _combine)
         c_tile = _load_bc(C, offs_d, d_ok, offs_n, offs_l, l_ok, n_ok, stride_cg, stride_cl,
                           stride_cn, CPG, BLOCK_D)
-        y = _sum(hs * c_tile, 1)  # [BLOCK_D, BLOCK_L]
+        y = _sum(hs * c_tile, 1)  # [BLOCK_L, BLOCK_D]
         h = _last_step(hs, offs_c, BLOCK_L)
         if HAS_D:
-            y += d_skip[:, None] * u
+            y += d_skip[None, :] * u
         if HAS_Z:
-            zz = tl.load(Z + offs_d[:, None] * stride_zd + offs_l[None, :] * stride_zl,
-                         mask=ok, other=0.0).to(tl.float32)
+            zz = _load_ld(Z, offs_l, l_ok, offs_d, d_ok, stride_zl, stride_zd)
             y *= zz * _sigmoid(zz)
-        tl.store(Y + offs_d[:, None] * L + offs_l[None, :], y.to(Y.dtype.element_ty), mask=ok)
-    tl.store(HLast + b * DC * D_STATE + offs_d[:, None] * D_STATE + offs_n[None, :], h,
-             mask=dn_ok)
+        tl.store(Y + offs_l[:, None] + offs_d[None, :] * L, y.to(Y.dtype.element_ty),
+                 mask=l_ok[:, None] & d_ok[None, :])
+    tl.store(HLast + b * DC * D_STATE + offs_n[:, None] + offs_d[None, :] * D_STATE, h,
+             mask=nd_ok)
 
 
 if INTERPRET or not TUNE_CONFIGS:
