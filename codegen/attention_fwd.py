@@ -432,6 +432,7 @@ def general_constants(spec: AttentionSpec) -> dict[str, str]:
     p = spec.dropout_p
     fix_empty = drop and spec.mask is not None and semantics in ("fill", "add")
     empty_lse = spec.mask_fill / 2 if fix_empty else float("-inf")
+    uniform_empty = semantics == "fill" or spec.mask_fill * math.log2(math.e) <= -FLOAT32_MAX
     lines = [
         f"HAS_MASK = tl.constexpr({spec.mask is not None})",
         f"HAS_MOD = tl.constexpr({spec.score_mod is not None})",
@@ -442,6 +443,8 @@ def general_constants(spec: AttentionSpec) -> dict[str, str]:
         # rows with no visible key take a second, all-keys sweep (fill / add semantics)
         f"FIX_EMPTY = tl.constexpr({fix_empty})",
         f"SAFE = tl.constexpr({semantics == 'safe'})",
+        # masked logits of an empty row all equal (after the fp32 clamp): P is uniform
+        f"UNIFORM_EMPTY = tl.constexpr({uniform_empty})",
         f"NEG_INF_ROWS = tl.constexpr({semantics == 'neg_inf'})",
         f"ADD_FILL = tl.constexpr({semantics == 'add'})  # gradient reaches masked scores",
         f"FILL_Z = tl.constexpr({_lit(fill_z)})  # mask_fill · log2(e), clamped to fp32",

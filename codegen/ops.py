@@ -321,14 +321,45 @@ def attention_backward_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Te
     dq = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.zeros(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.zeros(v.shape, dtype=v.dtype, device=v.device)
-    # fp32 accumulators for the inputs' gradients (atomic adds through their strides)
-    dinputs32 = [torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-                 for x in grad_inputs]
+    dinputs32 = [_broadcast_grad_buffer(x) for x in grad_inputs]
     dlse = dlse.float().contiguous() if dlse is not None else None
+    lse = lse.contiguous()
     with torch.cuda.device(q.device) if q.device.type == "cuda" else _no_context():
-        module.backward(dout, q, k, v, out, lse.contiguous(), dlse, dq, dk, dv, inputs,
-                        dinputs32, seed)
-    return dq, dk, dv, [d.to(x.dtype) for d, x in zip(dinputs32, grad_inputs)]
+        module.backward(dout, q, k, v, out, lse, dlse, dq, dk, dv, inputs, dinputs32, seed)
+    if aspec.mask_semantics == "neg_inf" and (aspec.causal or aspec.mask is not None):
+        _nan_like_eager(lse, dq, dk, dv)
+    return dq, dk, dv, [_spread_broadcast(d, x) for d, x in zip(dinputs32, grad_inputs)]
+
+
+def _broadcast_grad_buffer(x: Tensor) -> Tensor:
+    """Zeroed fp32 gradient buffer for input x with x's stride-0 dims kept at stride 0,
+    so the kernel's atomic adds sum over the broadcast copies (no N×N buffer)."""
+    storage_shape = [1 if st == 0 else n for n, st in zip(x.shape, x.stride())]
+    return torch.zeros(storage_shape, dtype=torch.float32, device=x.device).expand(x.shape)
+
+
+def _spread_broadcast(grad: Tensor, x: Tensor) -> Tensor:
+    """The gradient of a stride-0 input, spread evenly over its broadcast copies: their
+    sum (what autograd's expand backward takes) is the summed gradient, exactly as
+    eager's, and nothing of the broadcast size is materialised."""
+    copies = 1
+    for n, st in zip(x.shape, x.stride()):
+        if st == 0:
+            copies *= n
+    return (grad / copies if copies > 1 else grad).to(x.dtype)
+
+
+def _nan_like_eager(lse: Tensor, dq: Tensor, dk: Tensor, dv: Tensor) -> None:
+    """Eager's softmax of an all -inf row is NaN, and so is every gradient it reaches:
+    that query's dQ row and the whole dK, dV of its kv head."""
+    empty = torch.isneginf(lse)  # [B, Hq, Nq]
+    if not bool(empty.any()):
+        return
+    dq.masked_fill_(empty.unsqueeze(-1), float("nan"))
+    batch, h_kv = dk.shape[:2]
+    heads = empty.any(-1).reshape(batch, h_kv, -1).any(-1)  # [B, Hkv]
+    dk.masked_fill_(heads[:, :, None, None], float("nan"))
+    dv.masked_fill_(heads[:, :, None, None], float("nan"))
 
 
 @attention_backward_op.register_fake
