@@ -36,7 +36,11 @@ import torch
 from torch import fx
 
 from ioaware.hardware import DeviceProfile, dtype_key
-from ioaware.tiles import attention_forward_sram_bytes, padded_head_dim
+from ioaware.tiles import (
+    attention_forward_sram_bytes,
+    padded_head_dim,
+    selective_scan_sram_bytes,
+)
 
 Size = int | sympy.Expr | torch.SymInt
 Hints = Mapping[str | sympy.Symbol, int]
@@ -1238,6 +1242,7 @@ def selective_scan_cost(
     has_h0: an initial state h0 [Bt, Dc, N] fp32 is read (backward: read, and dh0 written).
     chunk (backward): the kernel saves the state at the start of every chunk of `chunk`
     steps in an fp32 scratch and reads it back, 2·Bt·Dc·ceil(L / chunk)·N·4 bytes.
+    block_d and chunk together: sram_bytes is `selective_scan_sram_bytes` at 2 stages.
     The backward's incoming dh_last (Bt·Dc·N·4, L times smaller than dy) is not counted.
     """
     _check_positive(batch=batch, channels=channels, length=length, d_state=d_state,
@@ -1269,6 +1274,8 @@ def selective_scan_cost(
             read_bytes=(blocks - 1) * bc * it, l2_reread_bytes=(blocks - 1) * bc * it,
             l2_working_set=_kv_working_set(Bt * G, blocks, group_bytes, group_bytes),
         )
+    if block_d is not None and chunk is not None:  # on chip: two stages of chunks
+        rereads += Cost(sram_bytes=selective_scan_sram_bytes(block_d, chunk, 2, N, it))
     if not backward:
         return rereads + Cost(
             read_bytes=(2 + int(has_z)) * seq * it + params + bc * it + h0,

@@ -790,6 +790,9 @@ def test_selective_scan_channel_blocks_reread_b_and_c():
     # 32 channels per group in blocks of 16: each group's B and C are read twice
     assert tiled["read_bytes"] == once["read_bytes"] + bc
     assert tiled["l2_reread_bytes"] == bc
+    on_chip = selective_scan_cost(bt, dc, length, n, it, groups=g, block_d=16, chunk=8)
+    # two stages of a chunk: B, C (8·4 each) and u, delta, z (16·8 each), bf16
+    assert on_chip.evaluate()["sram_bytes"] == 2 * 8 * 2 * (2 * 4 + 3 * 16)
     back = selective_scan_cost(bt, dc, length, n, it, backward=True, chunk=4, has_h0=True)
     plain = selective_scan_cost(bt, dc, length, n, it, backward=True)
     state = bt * dc * n * 4  # fp32 [Bt, Dc, N]
