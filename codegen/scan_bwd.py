@@ -56,7 +56,7 @@ from .scan_fwd import (
 BACKWARD_TILE_PER_THREAD = MAX_TILE_PER_THREAD // 2
 
 # Every backward config uses one chunk length, so the chunk-state scratch has one shape.
-BACKWARD_BLOCK_L = 16
+BACKWARD_BLOCK_L = 8
 
 # (BLOCK_D, num_warps); the layout argument of scan_fwd.tile_configs holds here too.
 BACKWARD_CANDIDATES = [(8, 1), (16, 2), (32, 4), (4, 1), (8, 2), (16, 4), (32, 8), (64, 4),
