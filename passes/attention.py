@@ -102,7 +102,7 @@ class Modifications:
     def general(self) -> bool:
         """True when only the general `ioaware::attention` op can express this."""
         return (self.mask is not None or self.score_mod is not None or self.dropout_p > 0
-                or bool(self.data.nodes))
+                or bool(self.data.nodes) or bool(self.data.sizes))
 
 
 @dataclasses.dataclass
@@ -336,13 +336,27 @@ def _term(x: Any, rank: int, layout: str, data: masks.DataInputs, node: fx.Node
         expr = masks.to_attention_axes(t.expr, rank, heads_axis=layout == "zkd")
     except masks.MaskError as e:
         raise NoMatch(f"{node.name}: mask or bias operand: {e}") from None
-    names = {t.name for t in data.inputs}
-    sizes = sorted(s.name for s in expr.free_symbols if isinstance(s, sympy.Symbol)
-                   and s not in masks._INDEX_SYMBOLS and s.name not in names)
-    if sizes:
-        raise NoMatch(f"{node.name}: mask or bias depends on the runtime sizes {sizes}; "
-                      "the Spec holds index expressions in b, h, q_idx, kv_idx only")
+    expr = data.size_loads(expr)
+    missing = [s.name for s in data.sizes if _size_source(node.graph, s) is None]
+    if missing:
+        raise NoMatch(f"{node.name}: mask or bias depends on the runtime sizes {missing}, "
+                      "which no graph input's shape provides")
     return masks.IndexTensor(expr, t.rank, t.is_bool)
+
+
+def _size_source(graph: fx.Graph, sym: sympy.Symbol) -> tuple[fx.Node, int | None] | None:
+    """(placeholder, dim) whose size is `sym`, or (SymInt placeholder, None), or None."""
+    for n in graph.nodes:
+        if n.op != "placeholder":
+            continue
+        val = n.meta.get("val")
+        if isinstance(val, torch.SymInt) and sympy.sympify(val.node.expr) == sym:
+            return n, None
+        if isinstance(val, torch.Tensor):
+            for d, size in enumerate(val.shape):
+                if isinstance(size, torch.SymInt) and sympy.sympify(size.node.expr) == sym:
+                    return n, d
+    return None
 
 
 def _constant(x: Any, node: fx.Node) -> float:
@@ -701,7 +715,8 @@ def spec_of(m: AttentionMatch) -> AttentionSpec:
         causal=mods.causal, scale=m.scale,
         mask=None if mods.mask is None else str(_exact(mods.mask)),
         score_mod=None if mods.score_mod is None else str(_exact(mods.score_mod)),
-        inputs=tuple(mods.data.inputs), mask_semantics=mods.semantics, mask_fill=mods.fill,
+        inputs=tuple(mods.data.all_inputs()), mask_semantics=mods.semantics,
+        mask_fill=mods.fill,
         dropout_p=mods.dropout_p,
     )
 
@@ -768,6 +783,15 @@ def _general_call(g: fx.Graph, m: AttentionMatch, q: fx.Node, k: fx.Node, v: fx.
         if _val(n).dim() == 0:  # read as a 1-element vector
             n = g.call_function(aten.reshape.default, (n, [1]))
         inputs.append(n)
+    if m.mods.data.sizes:  # the runtime sizes the expressions read, as int64 [n]
+        device = _val(m.output).device
+        scalars = []
+        for sym in m.mods.data.sizes:
+            src, dim = _size_source(g, sym)
+            size = src if dim is None else g.call_function(aten.sym_size.int, (src, dim))
+            scalars.append(g.call_function(aten.scalar_tensor.default, (size,),
+                                           {"dtype": torch.int64, "device": device}))
+        inputs.append(g.call_function(aten.stack.default, (scalars,)))
     seed = None
     if m.mods.dropout_p > 0:
         # Drawn from torch's generator in the graph, so every call differs as in eager

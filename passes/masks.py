@@ -38,6 +38,10 @@ aten = torch.ops.aten
 Q, K, T = sympy.symbols("q_idx kv_idx t", integer=True)
 
 
+SIZES = "sizes"  # the name of the runtime-sizes input
+_INDEX_SYMBOLS = {B_IDX, H_IDX, Q_IDX, KV_IDX}
+
+
 class MaskError(Exception):
     """The subgraph is not an index-only expression this module understands."""
 
@@ -52,6 +56,26 @@ class DataInputs:
 
     nodes: list[fx.Node] = dataclasses.field(default_factory=list)
     inputs: list[TensorInput] = dataclasses.field(default_factory=list)
+    # Runtime sizes (dynamo's size symbols) an expression uses, read as sizes[i] from an
+    # int64 vector the rewritten graph builds: a bottom-right causal offset Nk - Nq.
+    sizes: list[sympy.Symbol] = dataclasses.field(default_factory=list)
+
+    def size_loads(self, expr: sympy.Basic) -> sympy.Basic:
+        """`expr` with each size symbol replaced by its load `sizes[i]`."""
+        names = {t.name for t in self.inputs}
+        syms = sorted((s for s in expr.free_symbols if isinstance(s, sympy.Symbol)
+                       and s not in _INDEX_SYMBOLS and s.name not in names | {SIZES}),
+                      key=lambda s: s.name)
+        for s in syms:
+            if s not in self.sizes:
+                self.sizes.append(s)
+        base = sympy.IndexedBase(SIZES)
+        return expr.xreplace({s: base[self.sizes.index(s)] for s in syms})
+
+    def all_inputs(self) -> list[TensorInput]:
+        """The Spec's inputs: the data tensors, then the sizes vector if any."""
+        sizes = [TensorInput(SIZES, 1, "int64")] if self.sizes else []
+        return [*self.inputs, *sizes]
 
     def load(self, node: fx.Node) -> IndexTensor:
         """`node` as a load `in_i[a_{r-1}, ..., a_0]` (index 0 on its size-1 axes)."""
@@ -456,11 +480,13 @@ def to_attention_axes(expr: sympy.Basic, rank: int, heads_axis: bool = True) -> 
     return expr.xreplace({axis(p): names[p] for p in names})
 
 
-_INDEX_SYMBOLS = {B_IDX, H_IDX, Q_IDX, KV_IDX}
-
-
 def loads(expr: sympy.Basic) -> set[sympy.Indexed]:
-    return set(expr.atoms(sympy.Indexed))
+    """The tensor reads in `expr` (runtime sizes excluded: they are index arithmetic)."""
+    return {ld for ld in expr.atoms(sympy.Indexed) if str(ld.base) != SIZES}
+
+
+def reads_sizes(expr: sympy.Basic) -> bool:
+    return any(str(ld.base) == SIZES for ld in expr.atoms(sympy.Indexed))
 
 
 def index_only(expr: sympy.Basic) -> bool:
@@ -474,7 +500,7 @@ def conjuncts(pred: sympy.Basic) -> list[sympy.Basic]:
 
 def _offset_table(pred: sympy.Basic) -> dict[int, bool] | None:
     """pred(q_idx, kv_idx) as a function of t = kv_idx - q_idx alone, or None."""
-    if pred.free_symbols - {Q_IDX, KV_IDX} or loads(pred):
+    if pred.free_symbols - {Q_IDX, KV_IDX} or pred.atoms(sympy.Indexed):
         return None
     return offset_truth_table(pred.xreplace({Q_IDX: axis(1), KV_IDX: axis(0)}))
 
@@ -516,7 +542,7 @@ def describe(pred: sympy.Basic | None, causal: bool = False) -> str:
         if name is None:
             lds = loads(c)
             if not lds:
-                name = "index"
+                name = "index(runtime sizes)" if reads_sizes(c) else "index"
             elif all(set(ld.indices) <= {B_IDX, KV_IDX, sympy.Integer(0)} for ld in lds):
                 name = "padding"
             elif _same_id(c, lds):

@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from spellings import allowed, make_modded, mask_extras
 from torch import fx
 
-from ioaware import capture, hardware
+from ioaware import capture, cost, hardware
 from ioaware.codegen import reference
 from ioaware.passes import attention, masks
+from ioaware.passes.views import hint
 from ioaware.spec import B_IDX, KV_IDX, Q_IDX, AttentionSpec
 
 B, H, NQ, NK, D = 2, 3, 6, 9, 8
@@ -308,8 +309,9 @@ def test_inexpressible_stays_eager_naming_the_node(fn):
     assert [n.target for n in gm.graph.nodes] == before
 
 
-def test_mask_on_a_runtime_size_stays_eager():
-    # With dynamic shapes, Nk - Nq is a symbol the Spec cannot hold: left to eager.
+def test_mask_offset_by_a_runtime_size_reads_the_sizes():
+    # With dynamic shapes, bottom-right causal is kv_idx <= q_idx + (Nk - Nq) with Nk, Nq
+    # symbols: the Spec reads them from a `sizes` vector the rewritten graph builds.
     def fn(q, k, v):
         keep = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril(
             k.shape[-2] - q.shape[-2])
@@ -319,12 +321,24 @@ def test_mask_on_a_runtime_size_stays_eager():
 
     def backend(gm, example_inputs):
         box["gm"] = capture.canonicalize(gm, example_inputs)
+        box["inputs"] = [hint(x) if isinstance(x, torch.SymInt) else x for x in example_inputs]
         return gm.forward
 
     torch.compile(fn, backend=backend, dynamic=True)(*qk())
-    rewrites, fallbacks = attention.run(box["gm"], hardware.get_profile("h100"), "reference",
-                                        {})
-    assert not rewrites and "runtime sizes" in fallbacks[0].reason, fallbacks
+    gm = box["gm"]
+    rewrites, fallbacks = attention.run(gm, hardware.get_profile("h100"), "reference",
+                                        cost.size_hints(gm))
+    assert rewrites and not fallbacks, fallbacks
+    assert rewrites[0].detail["mask"] == "index(runtime sizes)"
+    runner = _Calls(gm)
+    runner.run(*box["inputs"])
+    spec = AttentionSpec.from_json(runner.calls[0][1][4])
+    sizes = runner.calls[0][1][3][-1]
+    assert spec.inputs[-1].name == "sizes" and sorted(sizes.tolist()) == sorted([NQ, NK])
+    q, k, _ = qk()
+    want = (q @ k.transpose(-2, -1)).masked_fill(
+        ~torch.ones(NQ, NK, dtype=torch.bool).tril(NK - NQ), float("-inf"))
+    assert_same_logits(spec_logits(spec, q, k, [sizes]), want)
 
 
 # --- the masks module on its own ---------------------------------------------------------
