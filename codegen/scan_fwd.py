@@ -58,9 +58,11 @@ def padded_state(n: int) -> int:
 
 
 def fits_layout(n_pad: int, block_d: int, block_l: int, warps: int, per_thread: int) -> bool:
-    """Lanes and warps cover (N, BLOCK_D) only, so every thread holds whole runs of L
-    and the scan never crosses lanes; the tile stays within `per_thread` elements."""
-    return (block_d * n_pad >= 32 * warps
+    """Lanes and warps cover (N, BLOCK_D) only, each thread holding at least two of the
+    pairs: whole runs of L per thread (the scan never crosses lanes) and part of the
+    sum over N in place (sm90 SASS: one pair per thread costs 4 shuffles per element,
+    four pairs 0.5). The tile stays within `per_thread` elements per thread."""
+    return (block_d * n_pad >= 2 * 32 * warps
             and block_d * n_pad * block_l <= per_thread * 32 * warps)
 
 
