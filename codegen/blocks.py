@@ -68,7 +68,7 @@ def _vector_summary(printer: TritonPrinter, vec, interpret: bool, indent: str) -
 def render_block_map(spec: AttentionSpec, interpret: bool) -> str:
     """Source of the `_block_map` kernel and its launcher `block_map(...)` for `spec`."""
     mask = spec.mask_expr()
-    iv = IntervalPrinter()
+    iv = IntervalPrinter(spec.inputs)
     must, may = iv.truth(mask) if mask is not None else ("True", "True")
     printer = TritonPrinter(spec.inputs)
     q_vecs = [v for v in iv.vector_loads.values() if v.axis == "q"]

@@ -27,6 +27,7 @@ and numpy floor division (the interpreter).
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import sympy
 from sympy.core.relational import Relational
@@ -83,6 +84,12 @@ def _philox(seed, counter):
         k0 = k0 + key_a
         k1 = k1 + key_b
     return c0'''
+
+
+def _float_literal(e: sympy.Basic) -> str:
+    """A sympy number as fp32 source; ±oo as float("±inf")."""
+    x = float(e)
+    return f"({x!r})" if math.isfinite(x) else f'float("{x}")'
 
 
 def _is_int(expr: sympy.Basic) -> bool:
@@ -147,7 +154,7 @@ class TritonPrinter:
         if e.is_Integer:
             return f"({int(e)})"
         if e.is_Number:
-            return f"({float(e)!r})"
+            return _float_literal(e)
         if isinstance(e, sympy.floor):
             num, den = sympy.fraction(sympy.together(e.args[0]))
             if _is_int(num) and den.is_Integer and int(den) > 0:
@@ -208,7 +215,7 @@ class TritonPrinter:
     def float_code(self, e: sympy.Basic) -> str:
         """An expression forced to fp32 (integer subexpressions are converted)."""
         if e.is_Number:
-            return f"({float(e)!r})"
+            return _float_literal(e)
         code = self.code(e)
         return f"({code}).to(tl.float32)" if _is_int(e) else code
 
@@ -234,8 +241,9 @@ class IntervalPrinter:
     block (see module doc). Names bound by the caller: q_lo, q_hi, kv_lo, kv_hi, b, h,
     and the `lo`/`hi` names of every `VectorLoad` in `vector_loads`."""
 
-    def __init__(self) -> None:
+    def __init__(self, inputs: tuple[TensorInput, ...]) -> None:
         self.vector_loads: dict[sympy.Indexed, VectorLoad] = {}
+        self.printer = TritonPrinter(inputs)
 
     def _vector_load(self, e: sympy.Indexed):
         axes = []
@@ -246,7 +254,10 @@ class IntervalPrinter:
                 axes.append("kv")
             elif _free(idx) & {Q_IDX, KV_IDX}:
                 return _UNKNOWN
-        if len(axes) != 1:  # a table over both axes, or a scalar: no cheap bound here
+        if not axes:  # a scalar (a runtime size, a constant table entry): read it
+            value = self.printer.load(e)
+            return value, value
+        if len(axes) != 1:  # a table over both axes: no cheap bound here
             return _UNKNOWN
         if e not in self.vector_loads:
             n = len(self.vector_loads)
@@ -264,7 +275,7 @@ class IntervalPrinter:
             name = INDEX_NAMES[e]
             return name, name
         if e.is_Number:
-            c = f"({int(e)})" if e.is_Integer else f"({float(e)!r})"
+            c = f"({int(e)})" if e.is_Integer else _float_literal(e)
             return c, c
         if isinstance(e, sympy.Indexed):
             return self._vector_load(e)

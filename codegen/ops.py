@@ -32,6 +32,7 @@ from ioaware.config import config
 from ioaware.spec import DTYPES, INPUT_DTYPES, AttentionSpec, dtype_name
 
 from . import reference
+from .attention_fwd import is_plain
 from .cache import INTERPRET_DEVICE, device_tag, load_kernel_module
 
 __all__ = ["attention", "backend_name", "dropout_keep_mask", "flash_attention"]
@@ -264,6 +265,9 @@ def _check_spec_inputs(q: Tensor, k: Tensor, v: Tensor, inputs: list[Tensor],
             raise ValueError(f"input {t.name!r} has dtype {x.dtype}; spec says {t.dtype!r}")
         if x.device != q.device:
             raise ValueError(f"input {t.name!r} is on {x.device}; q is on {q.device}")
+    if not is_plain(spec) and q.shape[0] > MAX_GRID_Y:
+        raise ValueError(f"batch B={q.shape[0]} exceeds the {MAX_GRID_Y} a kernel grid axis "
+                         "allows for masked / modified attention")
     bad_seed = seed is None or seed.dtype != torch.int64 or tuple(seed.shape) != (2,)
     if spec.dropout_p > 0 and bad_seed:
         got = None if seed is None else f"{seed.dtype}{list(seed.shape)}"
@@ -291,7 +295,11 @@ def attention_op(q: Tensor, k: Tensor, v: Tensor, inputs: list[Tensor], spec: st
         return out_ref.contiguous(), lse_ref.contiguous()
     module = load_kernel_module("attention_fwd", aspec, _kernel_device(q.device))
     with torch.cuda.device(q.device) if q.device.type == "cuda" else _no_context():
-        module.forward(q, k, v, out, lse, inputs, seed)
+        if is_plain(aspec):  # the FlashAttention module: the fast path, unchanged
+            for b in _batch_slices(q.shape[0], q.shape[1]):
+                module.forward(q[b], k[b], v[b], out[b], lse[b])
+        else:
+            module.forward(q, k, v, out, lse, inputs, seed)
     return out, lse
 
 
@@ -325,7 +333,13 @@ def attention_backward_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Te
     dlse = dlse.float().contiguous() if dlse is not None else None
     lse = lse.contiguous()
     with torch.cuda.device(q.device) if q.device.type == "cuda" else _no_context():
-        module.backward(dout, q, k, v, out, lse, dlse, dq, dk, dv, inputs, dinputs32, seed)
+        if is_plain(aspec):
+            for b in _batch_slices(q.shape[0], q.shape[1]):
+                module.backward(dout[b], q[b], k[b], v[b], out[b], lse[b],
+                                None if dlse is None else dlse[b], dq[b], dk[b], dv[b])
+        else:
+            module.backward(dout, q, k, v, out, lse, dlse, dq, dk, dv, inputs, dinputs32,
+                            seed)
     if aspec.mask_semantics == "neg_inf" and (aspec.causal or aspec.mask is not None):
         _nan_like_eager(lse, dq, dk, dv)
     return dq, dk, dv, [_spread_broadcast(d, x) for d, x in zip(dinputs32, grad_inputs)]
