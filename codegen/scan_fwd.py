@@ -7,14 +7,13 @@ kernel, its tiling configs and a launcher
 Algorithm (Mamba, Gu & Dao 2023, §3.3 "hardware-aware scan"), one program per
 (channel block of BLOCK_D channels, batch index); L walked in chunks of BLOCK_L steps:
 
-    h = h0 or 0                                         [BLOCK_D, N]     fp32 registers
+    h = h0 or 0                                         [N, BLOCK_D]     fp32 registers
     for each chunk:
-        dt    = softplus?(delta + delta_bias)           [BLOCK_D, BLOCK_L]
-        a     = exp2(dt · A · log2 e)                   [BLOCK_D, N, BLOCK_L]  (never stored)
-        x     = dt · u · B                              [BLOCK_D, N, BLOCK_L]
-        (P, S) = associative_scan((a, x), combine)      (a1, x1)∘(a2, x2) = (a1 a2, a2 x1 + x2)
-        h_t   = P_t · h + S_t                           the chunk's states, state carried in
-        y     = Σ_n C · h_t + D · u;  y ·= silu(z)      [BLOCK_D, BLOCK_L]  -> HBM
+        dt    = softplus?(delta + delta_bias)           [BLOCK_L, BLOCK_D]
+        a     = exp2(dt · A · log2 e)                   [BLOCK_L, N, BLOCK_D]  (never stored)
+        x     = dt · u · B;   x_0 += a_0 · h            [BLOCK_L, N, BLOCK_D]  state carried in
+        (_, h_t) = associative_scan((a, x), combine)    (a1, x1)∘(a2, x2) = (a1 a2, a2 x1 + x2)
+        y     = Σ_n C · h_t + D · u;  y ·= silu(z)      [BLOCK_L, BLOCK_D]  -> HBM
         h     = h_{last step of the chunk}
     h_last = h
 
@@ -26,9 +25,9 @@ read B, C: 2·L·N per group, shared by the Dc/G channels of the group (L2 serve
 to every channel block after the first); A, D, delta_bias, h0: O(N) per channel.
 The unfused chain writes and reads back a, x and h: 6·L·N more per channel.
 
-Tile order is [BLOCK_D, N, BLOCK_L]: L is the fastest axis, as in memory for u, delta,
-z and y, so their loads vectorise along L and each thread holds consecutive steps,
-which the scan combines sequentially in registers before it crosses lanes.
+Tile order is [BLOCK_L, N, BLOCK_D], L slowest: with lanes and warps spread over
+(N, D) only (see `fits_layout`), each thread holds whole runs of L and the scan is a
+sequential loop in registers. docs/kernels.md has the instruction counts behind this.
 """
 
 from __future__ import annotations
