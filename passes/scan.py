@@ -582,14 +582,20 @@ def _probe_readout(h: fx.Node, h_roles: str, c: fx.Node, end: fx.Node, sizes: di
                       f"states {_shape(h)}")
     step_nodes = _nodes_between(h, c, end)
     gen = torch.Generator().manual_seed(0)
-    hv = torch.randn(_shape(h), generator=gen).to(_dtype(h))
-    cv = torch.randn(_shape(c), generator=gen).to(_dtype(c))
+    device = _val(h).device  # the graph's own device: its ops may name it
+    hv = torch.randn(_shape(h), generator=gen).to(device=device, dtype=_dtype(h))
+    cv = torch.randn(_shape(c), generator=gen).to(device=device, dtype=_dtype(c))
     env = {h: hv, c: cv}
-    for node in sorted(step_nodes, key=_position):
-        args = torch.fx.node.map_arg(node.args, lambda x: env[x])
-        kwargs = torch.fx.node.map_arg(node.kwargs, lambda x: env[x])
-        env[node] = node.target(*args, **kwargs)
-    got = env[end].double()
+    try:
+        for node in sorted(step_nodes, key=_position):
+            args = torch.fx.node.map_arg(node.args, lambda x: env[x])
+            kwargs = torch.fx.node.map_arg(node.kwargs, lambda x: env[x])
+            env[node] = node.target(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - an op the probe cannot replay
+        raise NoMatch(f"{end.name}: the readout could not be evaluated on a probe "
+                      f"({type(e).__name__})") from None
+    got = env[end].double().cpu()
+    hv, cv = hv.cpu(), cv.cpu()
     best = float("inf")
     for cr in c_cands:
         want = torch.einsum(f"{h_roles},{cr}->{y_roles}", hv.double(), cv.double())
