@@ -278,7 +278,18 @@ def match_softmax(sm: fx.Node) -> AttentionMatch:
             layout, q_node, k_node, v_node = "bhnd", q4, k_src, v_src
             hkv = hq // k_groups
 
-    mods, factor = _score_function(qk, score_chain, layout, dtype)
+    split = _split_heads(score_chain, z, nq, nk) if layout == "zkd" else None
+    if split is not None:
+        # bmm/baddbmm over [B·H] whose scores are viewed as [B, H, Nq, Nk] (to mask them by
+        # batch): hand the kernel [B, H] views, so masks and biases can name b and h.
+        b, hq = split
+        hkv = hq
+        layout = "bhnd"
+        q_node = _reshaped(q_op, [b, hq, nq, d])
+        k_node = _reshaped(k_op, [b, hq, d, nk], transpose=True)
+        v_node = _reshaped(v3, [b, hq, nk, dv])
+    heads = hq if layout == "bhnd" and isinstance(shape_of(q3)[0], int) else None
+    mods, factor = _score_function(qk, score_chain, layout, dtype, heads)
     mods.dropout_p = dropout_p
     scale = factor * q_scale * k_scale
     if not scale > 0:
@@ -291,6 +302,27 @@ def match_softmax(sm: fx.Node) -> AttentionMatch:
         dims={"B": b, "Hq": hq, "Hkv": hkv, "Nq": nq, "Nk": nk, "D": d, "Dv": dv},
         dtype=dtype, mods=mods,
     )
+
+
+def _split_heads(chain: list[fx.Node], z: int, nq: int, nk: int) -> tuple[int, int] | None:
+    """(B, H) when the score chain views [Z, Nq, Nk] as [B, H, Nq, Nk] with static sizes."""
+    for n in chain:
+        if n.target in RESHAPE_OPS:
+            shape = shape_of(n)
+            if (len(shape) == 4 and all(isinstance(x, int) for x in shape)
+                    and tuple(shape[2:]) == (nq, nk) and shape[0] * shape[1] == z):
+                return shape[0], shape[1]
+    return None
+
+
+def _reshaped(x: Any, shape: list[int], transpose: bool = False) -> Any:
+    """A builder of reshape(x, shape) (then Kᵀ → K), x a node or a builder."""
+    def build(g: fx.Graph) -> fx.Node:
+        src = x if isinstance(x, fx.Node) else x(g)
+        out = g.call_function(aten.reshape.default, (src, shape))
+        return g.call_function(aten.transpose.int, (out, -2, -1)) if transpose else out
+
+    return build
 
 
 def _score_input(node: fx.Node) -> fx.Node:
@@ -326,14 +358,17 @@ def _on_score_path(node: fx.Node) -> bool:
 # the score chain as a function: scale, biases, masks, soft-capping
 
 
-def _term(x: Any, rank: int, layout: str, data: masks.DataInputs, node: fx.Node
-          ) -> masks.IndexTensor:
-    """A mask / bias operand that meets scores of `rank`, in b, h, q_idx, kv_idx."""
+def _term(x: Any, rank: int, layout: str, data: masks.DataInputs, node: fx.Node,
+          heads: int | None = None) -> masks.IndexTensor:
+    """A mask / bias operand that meets scores of `rank`, in b, h, q_idx, kv_idx.
+
+    heads: the (static) head count when the kernel sees [B, H] and a term meets the
+    flattened [B·H, N, N] scores (a bmm's or baddbmm's own axis)."""
     if layout == "zkd" and rank >= 4:
         rank = 2  # the kernel sees [B·H, N, N]: only q_idx, kv_idx can be named
     try:
         t = masks.index_tensor(x, {}, data)
-        expr = masks.to_attention_axes(t.expr, rank, heads_axis=layout == "zkd")
+        expr = masks.to_attention_axes(t.expr, rank, heads_axis=layout == "zkd", heads=heads)
     except masks.MaskError as e:
         raise NoMatch(f"{node.name}: mask or bias operand: {e}") from None
     expr = data.size_loads(expr)
@@ -393,8 +428,8 @@ def _mask_values(expr: sympy.Basic) -> tuple[sympy.Basic, float] | None:
     return _piecewise_zero(pw), nonzero.pop()
 
 
-def _score_function(qk: fx.Node, chain: list[fx.Node], layout: str, dtype: torch.dtype
-                    ) -> tuple[Modifications, float]:
+def _score_function(qk: fx.Node, chain: list[fx.Node], layout: str, dtype: torch.dtype,
+                    heads: int | None = None) -> tuple[Modifications, float]:
     """Interpret QKᵀ → chain → softmax: (the modifications, the product of scalar factors)."""
     mods = Modifications()
     data = mods.data
@@ -406,7 +441,7 @@ def _score_function(qk: fx.Node, chain: list[fx.Node], layout: str, dtype: torch
             raise NoMatch(f"{qk.name}: baddbmm alpha={alpha}, beta={beta} are not constants > 0")
         expr, factor = RAW * alpha, float(alpha)
         if beta:
-            expr = expr + beta * _term(qk.args[0], 3, layout, data, qk).expr
+            expr = expr + beta * _term(qk.args[0], 3, layout, data, qk, heads).expr
     for node in chain:
         rank = len(shape_of(node))
         c = _scale_of(node)
@@ -427,7 +462,7 @@ def _score_function(qk: fx.Node, chain: list[fx.Node], layout: str, dtype: torch
                 raise NoMatch(f"{node.name}: scores subtracted from a tensor")
             sign = -1 if node.target is aten.sub.Tensor else 1
             alpha = node.kwargs.get("alpha", 1)
-            x = sign * alpha * masks._as_num(_term(other, rank, layout, data, node))
+            x = sign * alpha * masks._as_num(_term(other, rank, layout, data, node, heads))
             values = _mask_values(x)
             if values is not None:
                 allowed, fill = values
@@ -440,14 +475,14 @@ def _score_function(qk: fx.Node, chain: list[fx.Node], layout: str, dtype: torch
             expr = expr + x
             continue
         if node.target in MASKED_FILL_OPS:
-            m = masks.as_bool(_term(node.args[1], rank, layout, data, node))
+            m = masks.as_bool(_term(node.args[1], rank, layout, data, node, heads))
             sem, fill = _fill_semantics(_constant(node.args[2], node), dtype)
             terms.append(MaskTerm(sympy.Not(m), sem, fill, node))
             continue
         if node.target in WHERE_OPS:
             cond, a, b = node.args
             scores_first = isinstance(a, fx.Node) and _on_score_path(a)
-            m = masks.as_bool(_term(cond, rank, layout, data, node))
+            m = masks.as_bool(_term(cond, rank, layout, data, node, heads))
             sem, fill = _fill_semantics(_constant(b if scores_first else a, node), dtype)
             terms.append(MaskTerm(m if scores_first else sympy.Not(m), sem, fill, node))
             continue
@@ -830,8 +865,9 @@ def _describe_score_mod(expr: sympy.Basic) -> list[str]:
         lds = masks.loads(term)
         if not lds:
             names.append("index_bias")
-        elif any(not set(ld.indices) <= plain for ld in lds):
-            names.append("relative_bias")  # a table read at a computed index
+        elif any(i not in plain and i.free_symbols & {Q_IDX, KV_IDX}
+                 for ld in lds for i in ld.indices):
+            names.append("relative_bias")  # a table read at a computed position index
         else:
             names.append("alibi" if _is_alibi(term) else "bias")
     return list(dict.fromkeys(names))

@@ -461,18 +461,22 @@ def classify(allowed: sympy.Basic) -> str | None:
 # From index axes to the attention symbols, and the names of structures
 
 
-def to_attention_axes(expr: sympy.Basic, rank: int, heads_axis: bool = True) -> sympy.Basic:
+def to_attention_axes(expr: sympy.Basic, rank: int, heads_axis: bool = True,
+                      heads: int | None = None) -> sympy.Basic:
     """Rename the axes of a term that meets scores of rank `rank` to b, h, q_idx, kv_idx.
 
     Scores [B, H, Nq, Nk]: a3 → b, a2 → h. Scores [Z, Nq, Nk] (a bmm over Z = B·H
-    flattened) name a2 → h only when the kernel sees Z as its heads (`heads_axis`);
-    otherwise an expression in a2 cannot be written in b and h and MaskError says so.
+    flattened): a2 → h when the kernel sees Z as its heads (`heads_axis`), else
+    a2 → b·heads + h when the head count is a known constant; otherwise an expression
+    in a2 cannot be written in b and h and MaskError says so.
     """
-    names = {0: KV_IDX, 1: Q_IDX}
+    names: dict[int, sympy.Basic] = {0: KV_IDX, 1: Q_IDX}
     if rank >= 4:
         names.update({2: H_IDX, 3: B_IDX})
     elif rank == 3 and heads_axis:
         names[2] = H_IDX
+    elif rank == 3 and heads is not None:
+        names[2] = B_IDX * heads + H_IDX
     free = {s for s in expr.free_symbols if s.name.startswith("a") and s.name[1:].isdigit()}
     unknown = sorted(s.name for s in free if int(s.name[1:]) not in names)
     if unknown:

@@ -132,7 +132,7 @@ def problems(draw, *, batch: int, kv_heads: int, groups: int, min_n: int, max_n:
 MASK_ATOMS = ("causal", "window", "prefix", "padding", "document")
 # (spelling, what a masked element becomes): the fill decides fully-masked rows.
 MASK_SPELLINGS = ("masked_fill", "where", "additive_min", "additive_inf", "sdpa_bool",
-                  "sdpa_additive")
+                  "sdpa_additive", "baddbmm")
 SCORE_MODS = ("none", "bias_hqk", "bias_bk", "bias_hk", "alibi", "relative", "softcap")
 
 
@@ -238,6 +238,20 @@ def make_modded(tree, spelling: str, mod: str, scale: float):
                     return F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=scale)
                 bias = bias.masked_fill(~keep, float("-inf"))
             return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+        if spelling == "baddbmm":
+            # BLOOM's form: the bias (zeros when there is none) fused with the scale into
+            # a [B·H] batched matmul, viewed as [B, H, Nq, Nk] to be masked.
+            b, h, _, d = q.shape
+            zeros = torch.zeros(b, h, nq, nk, dtype=q.dtype)
+            bias = zeros if mod == "softcap" else score_bias(mod, zeros, extra)
+            s = torch.baddbmm(bias.reshape(b * h, nq, nk), q.reshape(b * h, nq, d),
+                              k.reshape(b * h, nk, d).transpose(1, 2), alpha=scale)
+            s = score_bias(mod, s.view(b, h, nq, nk), extra) if mod == "softcap" else \
+                s.view(b, h, nq, nk)
+            if keep is not None:
+                s = masked_scores(s, keep, "masked_fill")
+            return (torch.softmax(s, dim=-1).reshape(b * h, nq, nk)
+                    @ v.reshape(b * h, nk, -1)).view(b, h, nq, -1)
         s = (q @ k.transpose(-2, -1)) * scale
         s = score_bias(mod, s, extra)
         if keep is not None:

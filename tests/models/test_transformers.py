@@ -108,12 +108,20 @@ def _t5_encoder(impl):
         decoder_start_token_id=0, attn_implementation=impl))
 
 
+def _bloom(impl):
+    import transformers
+
+    return transformers.BloomForCausalLM(transformers.BloomConfig(
+        n_layer=LAYERS, hidden_size=64, n_head=4, vocab_size=128, attn_implementation=impl))
+
+
 @pytest.mark.parametrize("build, impl, mask, score_mod", [
     (_bert, "eager", "padding", None),
     (_bert, "sdpa", "padding", None),
     (_gemma2, "eager", "causal & sliding_window(8) & padding", ["softcap"]),
     (_t5_encoder, "sdpa", None, ["relative_bias"]),
-], ids=["bert_eager", "bert_sdpa", "gemma2_eager", "t5_sdpa"])
+    (_bloom, "eager", "causal & padding", ["bias"]),  # ALiBi in baddbmm over [B·H]
+], ids=["bert_eager", "bert_sdpa", "gemma2_eager", "t5_sdpa", "bloom_eager"])
 def test_other_families_are_rewritten(build, impl, mask, score_mod):
     torch.manual_seed(0)
     model = quietly(build, impl).eval()
