@@ -408,10 +408,13 @@ def _constant(x: Any, node: fx.Node) -> float:
 
 
 def _fill_semantics(fill: float, dtype: torch.dtype) -> tuple[str, float]:
-    """("neg_inf", -inf) when the fill is -inf in the scores' dtype, else ("fill", fill)."""
-    if math.isinf(fill) and fill < 0 or fill < -torch.finfo(dtype).max * (1 + 2**-24):
+    """("neg_inf", -inf) when the fill is -inf in the scores' dtype, else ("fill", fill
+    rounded to that dtype), converted as masked_fill converts its scalar (so
+    masked_fill(-1e9) on fp16 scores is -inf)."""
+    stored = torch.full((), fill, dtype=dtype).item()
+    if math.isinf(stored) and stored < 0:
         return "neg_inf", float("-inf")
-    return "fill", fill
+    return "fill", stored
 
 
 def _mask_values(expr: sympy.Basic) -> tuple[sympy.Basic, float] | None:
@@ -466,7 +469,7 @@ def _score_function(qk: fx.Node, chain: list[fx.Node], layout: str, dtype: torch
             values = _mask_values(x)
             if values is not None:
                 allowed, fill = values
-                sem, fill = _fill_semantics(fill, dtype)
+                sem, fill = _fill_semantics(fill, _val(node).dtype)
                 terms.append(MaskTerm(allowed, "add" if sem == "fill" else sem, fill, node))
                 continue
             if any(t.semantics == "fill" for t in terms):
@@ -476,14 +479,15 @@ def _score_function(qk: fx.Node, chain: list[fx.Node], layout: str, dtype: torch
             continue
         if node.target in MASKED_FILL_OPS:
             m = masks.as_bool(_term(node.args[1], rank, layout, data, node, heads))
-            sem, fill = _fill_semantics(_constant(node.args[2], node), dtype)
+            sem, fill = _fill_semantics(_constant(node.args[2], node), _val(node).dtype)
             terms.append(MaskTerm(sympy.Not(m), sem, fill, node))
             continue
         if node.target in WHERE_OPS:
             cond, a, b = node.args
             scores_first = isinstance(a, fx.Node) and _on_score_path(a)
             m = masks.as_bool(_term(cond, rank, layout, data, node, heads))
-            sem, fill = _fill_semantics(_constant(b if scores_first else a, node), dtype)
+            sem, fill = _fill_semantics(_constant(b if scores_first else a, node),
+                                        _val(node).dtype)
             terms.append(MaskTerm(m if scores_first else sympy.Not(m), sem, fill, node))
             continue
         if node.target is aten.tanh.default:
