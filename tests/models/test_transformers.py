@@ -131,3 +131,18 @@ def test_other_families_are_rewritten(build, impl, mask, score_mod):
     if mask is not None:
         assert first["mask"] == mask
     assert first.get("score_mod") == score_mod
+
+
+# GPU tier (the lead's machine): the same models in bf16 on CUDA, kernels compiled and
+# the rest of the graph on Inductor, with the left-padded mask and Mistral's window.
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+@pytest.mark.parametrize("build", BUILDS, ids=lambda b: b.__name__)
+def test_masked_models_on_gpu_match_eager(build, impl):
+    torch.manual_seed(0)
+    model = quietly(build, impl).cuda().to(torch.bfloat16).train()
+    ids = torch.randint(0, 128, (2, 64), device="cuda")  # GPT-2 has 64 positions
+    kwargs = {"attention_mask": left_padded_mask(2, 64, (9, 0)).cuda()}
+    expl = _expect_all_rewritten(model, ids, **kwargs)
+    assert expl.rewrites[0].backend == "triton", expl
+    assert_compiled_matches_eager(model, ids, TOLERANCE[torch.bfloat16], **kwargs)
