@@ -122,6 +122,12 @@ class Selective:
     u: fx.Node
     frame: tuple[int, ...]
     nodes: list[fx.Node]
+    # Δ = softplus(delta_pre + delta_bias) when found: the view chain from the softplus
+    # to the Δ factor is replayed on delta_pre (and on the bias) by the rewrite
+    softplus: bool = False
+    delta_pre: fx.Node | None = None
+    delta_bias: fx.Node | None = None
+    chain: list[fx.Node] = dataclasses.field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------
@@ -969,7 +975,76 @@ def match_selective(rec: Recurrence) -> Selective:
                       "with it)")
     nodes = [a, a.args[0], b]
     nodes += [n for n in (a.args[0], b) for n in _mul_tree(n)]
-    return Selective(delta=delta, A=A, B=B[0], u=u[0], frame=frame, nodes=list(dict.fromkeys(nodes)))
+    sel = Selective(delta=delta, A=A, B=B[0], u=u[0], frame=frame,
+                    nodes=list(dict.fromkeys(nodes)))
+    _match_softplus(sel, _insert("bdn", t_ax))
+    return sel
+
+
+def _match_softplus(sel: Selective, roles: str) -> None:
+    """Δ = views(softplus(x + bias)): fuse the softplus, and the bias when it varies only
+    along the channel axis (softplus with beta 1 and threshold 20, as the kernel's)."""
+    chain, node = [], sel.delta
+    while _call(node, *LAYOUT_OPS):
+        chain.append(node)
+        node = node.args[0]
+    if not (_call(node, aten.softplus.default) and tuple(node.args[1:]) in ((), (1,), (1, 20))
+            and not node.kwargs):
+        return
+    chain.reverse()
+    pre = node.args[0]
+    if not _is_tensor(pre) or _dtype(pre) not in DTYPES.values():
+        return
+    sel.softplus, sel.delta_pre, sel.chain = True, pre, chain
+    if not _is_add(pre):
+        return
+    for x, bias in (pre.args, reversed(pre.args)):
+        if not (_is_tensor(x) and _is_tensor(bias) and _shape(x) == _shape(pre)):
+            continue
+        bs = _shape(bias)
+        bs = (1,) * (len(_shape(pre)) - len(bs)) + bs
+        if len(bs) != len(_shape(pre)) or _dtype(bias) not in DTYPES.values():
+            continue
+        # the bias's strides through the same views: which frame axes it varies on
+        out = torch.empty(bs, device="meta").expand(_shape(pre))
+        for n in chain:
+            out = _replay_on(out, n)
+            if out is None:
+                break
+        if out is None or tuple(out.shape) != _shape(sel.delta):
+            continue
+        pad = len(sel.frame) - out.dim()  # Δ's factor aligns right in the frame
+        varies = {i + pad for i, (st, sz) in enumerate(zip(out.stride(), out.shape))
+                  if st and sz > 1}
+        if varies <= {roles.index("d")}:
+            sel.delta_pre, sel.delta_bias = x, bias
+            return
+
+
+def _softplus_nodes(sel: Selective) -> list[fx.Node]:
+    """The softplus (and bias add) the kernel takes over, when nothing else reads them."""
+    if not sel.softplus:
+        return []
+    sp = sel.chain[0].args[0] if sel.chain else sel.delta
+    out = [sp, *sel.chain]
+    if sel.delta_bias is not None:
+        out.append(sp.args[0])
+    return out
+
+
+def _replay_on(t: torch.Tensor, node: fx.Node) -> torch.Tensor | None:
+    """One view op of a chain applied to the meta tensor t (None if it does not apply)."""
+    from ioaware.passes.views import IDENTITY_OPS, _hint_arg
+
+    if node.target in IDENTITY_OPS:
+        return t
+    target = node.target
+    if target in (aten.reshape.default, aten._unsafe_view.default):
+        target = aten.view.default
+    try:
+        return target(t, *[_hint_arg(a) for a in node.args[1:]])
+    except RuntimeError:
+        return None
 
 
 def _mul_tree(node: fx.Node) -> list[fx.Node]:
@@ -1162,13 +1237,23 @@ def apply_linear(gm: fx.GraphModule, rec: Recurrence) -> None:
     gm.recompile()
 
 
-def _frame_factor(g: fx.Graph, f: fx.Node, frame: tuple[int, ...], keep: list[int]) -> fx.Node:
+def _replay_chain(g: fx.Graph, chain: list[fx.Node], start: fx.Node) -> fx.Node:
+    """The view ops of `chain` applied to `start` instead of their own input."""
+    x = start
+    for n in chain:
+        x = g.call_function(n.target, (x, *n.args[1:]), dict(n.kwargs))
+    return x
+
+
+def _frame_factor(g: fx.Graph, f: fx.Node, frame: tuple[int, ...], keep: list[int],
+                  shape: tuple[int, ...] | None = None) -> fx.Node:
     """Factor f (broadcast to `frame`) as a view over the frame axes `keep` (in frame
-    order); every other axis must be 1 in f, where it is selected away."""
+    order); every other axis must be 1 in f, where it is selected away. `shape`: f's
+    shape, for a node built by the rewrite (no meta yet)."""
     x = f
-    for _ in range(len(frame) - _val(f).dim()):
+    shape = _shape(f) if shape is None else shape
+    for _ in range(len(frame) - len(shape)):
         x = g.call_function(aten.unsqueeze.default, (x, 0))
-    shape = _shape(f)
     shape = (1,) * (len(frame) - len(shape)) + shape
     target = [frame[i] if i in keep else 1 for i in range(len(frame))]
     if list(shape) != target:
@@ -1187,12 +1272,25 @@ def apply_selective(gm: fx.GraphModule, rec: Recurrence, sel: Selective, ro: Rea
     frame, t = sel.frame, rec.dim
     bax, dax, nax = [i for i in range(4) if i != t]
     with g.inserting_before(epi.output):
-        def seq(f: fx.Node) -> fx.Node:  # [Bt, Dc, L]
-            x = _frame_factor(g, f, frame, [bax, dax, t])
+        def seq(f: fx.Node, shape: tuple[int, ...] | None = None) -> fx.Node:  # [Bt, Dc, L]
+            x = _frame_factor(g, f, frame, [bax, dax, t], shape)
             pos = sorted([bax, dax, t]).index(t)
             return g.call_function(aten.movedim.int, (x, pos, 2)) if pos != 2 else x
 
-        u, delta = seq(sel.u), seq(sel.delta)
+        u, delta, delta_bias = seq(sel.u), seq(sel.delta), None
+        if sel.softplus:
+            # the replayed chain has the Δ factor's shape
+            delta = seq(_replay_chain(g, sel.chain, sel.delta_pre), _shape(sel.delta))
+            if sel.delta_bias is not None:
+                full = g.call_function(aten.expand.default,
+                                       (sel.delta_bias, list(_shape(sel.delta_pre))))
+                x = _replay_chain(g, sel.chain, full)
+                for _ in range(4 - len(_shape(sel.delta))):
+                    x = g.call_function(aten.unsqueeze.default, (x, 0))
+                for i in reversed(range(4)):
+                    if i != dax:
+                        x = g.call_function(aten.select.int, (x, i, 0))
+                delta_bias = x
         A = _frame_factor(g, sel.A, frame, [dax, nax])
         b_axes = _axes(sel.B, frame)
         grouped_b = dax in b_axes and frame[dax] != 1
@@ -1230,7 +1328,7 @@ def apply_selective(gm: fx.GraphModule, rec: Recurrence, sel: Selective, ro: Rea
                 z = g.call_function(aten.permute.default, (z, [ro.out_roles.index(r)
                                                                 for r in "bdt"]))
         res = g.call_function(torch.ops.ioaware.selective_scan.default,
-                              (u, delta, A, B, C, D, z, None, False, h0))
+                              (u, delta, A, B, C, D, z, delta_bias, sel.softplus, h0))
         y = g.call_function(operator.getitem, (res, 0))
         h_last = g.call_function(operator.getitem, (res, 1))
         out_dtype = _dtype(epi.output)
@@ -1301,13 +1399,18 @@ def _plan(rec: Recurrence) -> tuple[str, Any, Any, list[fx.Node], cost.Cost, dic
             dax = [i for i in range(4) if i != rec.dim][1]
             grouped = ro.grouped or (dax in _axes(sel.B, sel.frame) and dc != 1)
             epi = match_epilogue(rec, sel, ro)
-            spec = dataclasses.replace(spec, has_D=epi.D is not None, has_z=epi.z is not None)
+            has_bias = sel.delta_bias is not None
+            spec = dataclasses.replace(spec, has_D=epi.D is not None, has_z=epi.z is not None,
+                                       has_delta_bias=has_bias, delta_softplus=sel.softplus)
             after = cost.selective_scan_cost(
                 bt, dc, rec.length, n, _itemsize(u_dtype), groups=dc if grouped else 1,
-                has_D=epi.D is not None, has_z=epi.z is not None)
+                has_D=epi.D is not None, has_z=epi.z is not None,
+                has_delta_bias=has_bias, delta_softplus=sel.softplus)
             nodes = [*sel.nodes, *rec.region, *ro.nodes, ro.output, *epi.nodes]
-            detail = _detail(rec, ["discretize", "readout", *epi.fused], "selective_scan",
-                             u_dtype, n)
+            nodes += _softplus_nodes(sel)
+            fused = ["softplus"] * sel.softplus + ["delta_bias"] * has_bias
+            detail = _detail(rec, ["discretize", *fused, "readout", *epi.fused],
+                             "selective_scan", u_dtype, n)
             detail["spec"] = spec.key()
             return "selective", sel, (ro, epi), nodes, after, detail
         except NoMatch as e:

@@ -47,6 +47,7 @@ def test_ssm_logits_and_gradients_match_eager(interpret, name, associative_scan,
     form = "associative_scan" if associative_scan else "loop"
     for r in scans:
         assert r.detail["op"] == "selective_scan" and r.detail["form"] == form, r.detail
-        assert r.detail["fused"] == ["discretize", "readout", "skip", "gate"], r.detail
+        assert r.detail["fused"] == ["discretize", "softplus", "delta_bias", "readout", "skip",
+                                     "gate"], r.detail
         assert r.hbm_bytes_after < r.hbm_bytes_before
     assert_compiled_matches_eager(model, ids, TOLERANCE[torch.float32])

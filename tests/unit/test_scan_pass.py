@@ -123,6 +123,22 @@ def test_skip_and_gate_are_fused_only_when_present(skip, gate):
     assert (call.args[5] is not None) == skip and (call.args[6] is not None) == gate
 
 
+def test_softplus_and_delta_bias_are_fused():
+    """Δ = softplus(delta + bias[:, None]) as transformers writes it."""
+    inner = mamba_loop("matmul")
+
+    def fn(u, delta, A, B, C, D, z, bias):
+        return inner(u, F.softplus(delta + bias[:, None]), A, B, C, D, z)
+
+    args = (*mamba_inputs(), torch.randn(6))
+    rewrites, _, gm = check(fn, *args, op="selective_scan")
+    assert rewrites[0].detail["fused"] == ["discretize", "softplus", "delta_bias", "readout",
+                                           "skip", "gate"]
+    (call,) = calls(gm, SELECTIVE)
+    assert call.args[7] is not None and call.args[8] is True
+    assert not calls(gm, aten.softplus.default)
+
+
 def ema(x):
     h = torch.zeros_like(x[:, 0])
     out = []
