@@ -712,8 +712,7 @@ def _sdpa_mask(node: fx.Node, attn_mask: Any, dtype: torch.dtype, shape: tuple[i
 # costing and rewriting
 
 
-def region_costs(m: AttentionMatch, hints: dict | None = None
-                 ) -> tuple[cost.Cost, cost.Cost]:
+def region_costs(m: AttentionMatch) -> tuple[cost.Cost, cost.Cost]:
     """Modelled cost of the eager region and of the generated kernel (forward)."""
     d = m.dims
     itemsize = torch.empty((), dtype=m.dtype).element_size()
