@@ -350,16 +350,18 @@ def _cell(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def render_bench(rows: Sequence[Any], title: str) -> str:
+def render_bench(rows: Sequence[Any], title: str, reference: str | None = None) -> str:
     from rich import box
     from rich.table import Table
 
     from ioaware.bench import REFERENCE_VARIANT
     from ioaware.tables import format_bytes, render
 
+    reference = reference or REFERENCE_VARIANT  # the row the speeds compare to
+
     table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
     for header in ("variant", "check", "fwd ms", "fwd TFLOP/s", "fwd+bwd ms",
-                   "fwd+bwd TFLOP/s", f"speed vs {REFERENCE_VARIANT}", "peak fwd / fwd+bwd"):
+                   "fwd+bwd TFLOP/s", f"speed vs {reference}", "peak fwd / fwd+bwd"):
         table.add_column(header, justify="left" if header == "variant" else "right")
     for r in rows:
         check = "-" if r.ok is None else f"{r.rel_err:.1e} {'ok' if r.ok else 'FAIL'}"
@@ -381,6 +383,8 @@ def cmd_bench(options: argparse.Namespace) -> int:
         print("ioaware bench: needs a CUDA GPU (torch.cuda.is_available() is False)",
               file=sys.stderr)
         return EXIT_USAGE
+    if options.mask != "none":
+        return _cmd_bench_masked(options)
     from ioaware.bench import bench_attention
 
     rows = bench_attention(
@@ -399,6 +403,28 @@ def cmd_bench(options: argparse.Namespace) -> int:
             f"d={options.head_dim} {options.dtype}, {'causal' if causal else 'no mask'}"
         )
         print(render_bench([r for r in rows if r.causal == causal], title), end="")
+    return 0
+
+
+def _cmd_bench_masked(options: argparse.Namespace) -> int:
+    """`bench attention --mask KIND`: ioaware vs FlexAttention vs a materialised mask."""
+    import torch
+
+    from ioaware.bench_masks import bench_masked
+
+    rows = bench_masked(
+        options.mask, options.batch, options.heads, options.seqlen, options.head_dim,
+        options.dtype, warmup_ms=options.warmup, rep_ms=options.rep,
+        skip_slow=options.skip_slow,
+        progress=lambda message: print(f"[bench] {message}", file=sys.stderr, flush=True),
+    )
+    if options.json:
+        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+        return 0
+    title = (f"attention on {torch.cuda.get_device_name()}: B={options.batch} "
+             f"H={options.heads} N={options.seqlen} d={options.head_dim} {options.dtype}, "
+             f"{options.mask} (TFLOP/s over the visible pairs)")
+    print(render_bench(rows, title, reference="flex_attention"), end="")
     return 0
 
 
@@ -520,6 +546,10 @@ def build_parser() -> argparse.ArgumentParser:
     mask.add_argument("--no-causal", dest="causal", action="store_const", const=[False],
                       help="unmasked only")
     attention.set_defaults(causal=[False, True])
+    attention.add_argument("--mask", choices=("none", "sliding_window", "alibi", "document"),
+                           default="none",
+                           help="a masked / modified variant, causal, vs FlexAttention and a "
+                           "materialised mask (default: %(default)s)")
     attention.add_argument("--vs", type=_parse_vs, default="sdpa,eager,compile,flex",
                            help="baselines, comma-separated (default: %(default)s)")
     attention.add_argument("--skip-slow", action="store_true",
