@@ -552,7 +552,7 @@ def _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, stride_qm, strid
         go = True
         if EMPTY_ROWS:
             empty = (lse < EMPTY_LSE) & (rows < N_Q)
-            go = _row_max(empty.to(tl.int32)[None, :]) > 0
+            go = _any(empty)
         if go:
             q = _load_rows(q_ptrs + start_m * stride_qm, rows, N_Q, offs_d, HEAD_DIM, EVEN_D,
                            True)
@@ -797,7 +797,7 @@ def _bwd_dq(Q, K, V, dO, dQ, Lse, Delta, Seed, FullCnt, FullList, PartCnt,
                        offs_m, offs_n, offs_d, offs_dv, lo, hi, FullList, b, h, H_Q, N_Q, N_K,
                        seed, seed_offset${inputs}${grads}, BLOCK_N, True, False, False)
     if FIX_EMPTY and ADD_FILL:  # under "fill" a masked logit is constant: no gradient
-        if _row_max(empty.to(tl.int32)[None, :]) > 0:
+        if _any(empty):
             dq = _kv_sweep(dq, q, do, _empty_rel(lse, N_K), delta, empty, k_ptrs, v_ptrs,
                            stride_kn, stride_vn, offs_m, offs_n, offs_d, offs_dv, 0, N_K, FullList, b,
                            h, H_Q, N_Q, N_K, seed, seed_offset${inputs}${grads}, BLOCK_N,

@@ -640,7 +640,7 @@ def _attn_fwd(Q, K, V, Out, Lse, Seed, FullCnt, FullList, PartCnt, PartList${inp
     # when this block holds such a row.
     empty = (l_i == 0.0) & (offs_m < N_Q)
     if FIX_EMPTY:
-        if _row_max(empty.to(tl.int32)[None, :]) > 0:
+        if _any(empty):
             acc2 = tl.full([BLOCK_M, DV_PAD], 0.0, dtype=tl.float32)
             l2 = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
             m2 = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)

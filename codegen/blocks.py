@@ -59,9 +59,10 @@ def _vector_summary(printer: TritonPrinter, vec, interpret: bool, indent: str) -
     else:
         red_min, red_max = "tl.min({}, 0)", "tl.max({}, 0)"
     return "\n".join([
-        f"{indent}v = tl.load({ptr}, mask={mask}, other=0).to({dtype})",
-        f"{indent}{vec.lo} = " + red_min.format(f"tl.where({mask}, v, {big})"),
-        f"{indent}{vec.hi} = " + red_max.format(f"tl.where({mask}, v, -{big})"),
+        # one name per vector: a loop-carried name must keep its shape
+        f"{indent}{vec.lo}_v = tl.load({ptr}, mask={mask}, other=0).to({dtype})",
+        f"{indent}{vec.lo} = " + red_min.format(f"tl.where({mask}, {vec.lo}_v, {big})"),
+        f"{indent}{vec.hi} = " + red_max.format(f"tl.where({mask}, {vec.lo}_v, -{big})"),
     ])
 
 

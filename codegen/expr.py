@@ -438,6 +438,10 @@ def mod_functions(spec: AttentionSpec, interpret: bool) -> str:
     out.append(f'''@triton.jit
 def _sum_axis(x, axis: tl.constexpr):
     return {reduce_fn}''')
+    out.append('''@triton.jit
+def _any(flags):
+    """True (a scalar) when any of the [M] flags is set."""
+    return _sum_axis(flags.to(tl.int32), 0) > 0''')
     out.append(f'''@triton.jit
 def _visible({params}):
     """The Spec's mask predicate on a tile (bool)."""
