@@ -716,7 +716,7 @@ def region_costs(m: AttentionMatch) -> tuple[cost.Cost, cost.Cost]:
     """Modelled cost of the eager region and of the generated kernel (forward)."""
     d = m.dims
     itemsize = torch.empty((), dtype=m.dtype).element_size()
-    density = _density(m)
+    density = _density(m, index_part=True)
     after = cost.flash_attention_cost(
         d["B"], d["Hq"], d["Hkv"], d["Nq"], d["Nk"], d["D"], d["Dv"], itemsize,
         m.mods.causal, MODEL_BLOCK_M, MODEL_BLOCK_N, block_density=density or 1.0,
@@ -731,11 +731,19 @@ def region_costs(m: AttentionMatch) -> tuple[cost.Cost, cost.Cost]:
     return before, after
 
 
-def _density(m: AttentionMatch) -> float | None:
-    """Block density of the mask at the hint sizes (None: data-dependent or unknown)."""
-    if m.mods.mask is None:
+def _density(m: AttentionMatch, index_part: bool = False) -> float | None:
+    """Block density of the mask at the hint sizes (None: data-dependent or unknown).
+
+    index_part: of the index-only conjuncts alone (a sliding window with padding): an
+    upper bound the cost model can use where the data decides the rest at runtime.
+    """
+    mask = m.mods.mask
+    if mask is not None and index_part:
+        kept = [c for c in masks.conjuncts(mask) if not c.atoms(sympy.Indexed)]
+        mask = sympy.And(*kept) if kept else None
+    if mask is None:
         return 1.0
-    return masks.block_density(m.mods.mask, m.mods.causal, m.dims["Nq"], m.dims["Nk"],
+    return masks.block_density(mask, m.mods.causal, m.dims["Nq"], m.dims["Nk"],
                                MODEL_BLOCK_M, MODEL_BLOCK_N)
 
 

@@ -426,6 +426,10 @@ def _permute(node: fx.Node, x: IndexTensor) -> sympy.Basic:
 # Classification of the allowed-keys predicate
 
 
+# Widest offset range classified at compile time (a sliding window up to ~32k keys).
+MAX_OFFSET_TABLE = 1 << 16
+
+
 def offset_truth_table(allowed: sympy.Basic) -> dict[int, bool] | None:
     """allowed(q, k) as a function of t = k - q, or None if it depends on anything else."""
     expr = allowed.xreplace({axis(1): Q, axis(0): Q + T})
@@ -436,13 +440,22 @@ def offset_truth_table(allowed: sympy.Basic) -> dict[int, bool] | None:
     consts = [s * int(sympy.floor(c)) for c in expr.atoms(sympy.Number) if c.is_finite
               for s in (1, -1)] + [0]
     lo, hi = min(consts) - 2, max(consts) + 2
-    table = {}
-    for t in range(lo, hi + 1):
-        v = expr.xreplace({T: t})
-        if v not in (sympy.true, sympy.false):
+    if hi - lo > MAX_OFFSET_TABLE:
+        return None  # a window this wide is left unnamed (the expression still holds)
+    for t in (lo, hi):  # the predicate must be a plain truth value of t
+        if expr.xreplace({T: t}) not in (sympy.true, sympy.false):
             return None
-        table[t] = bool(v)
-    return table
+    try:
+        fn = sympy.lambdify(T, expr, modules="math")
+        return {t: bool(fn(t)) for t in range(lo, hi + 1)}
+    except Exception:  # noqa: BLE001 - fall back to sympy's own evaluation
+        table = {}
+        for t in range(lo, hi + 1):
+            v = expr.xreplace({T: t})
+            if v not in (sympy.true, sympy.false):
+                return None
+            table[t] = bool(v)
+        return table
 
 
 def classify(allowed: sympy.Basic) -> str | None:
