@@ -23,6 +23,7 @@ predicate leaves to visit, by interval reasoning over the offset t = kv_idx - q_
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 
@@ -603,7 +604,8 @@ def block_density(pred: sympy.Basic | None, causal: bool, nq: int, nk: int,
         # outside the table the predicate is constant, equal to its edge values
         if lo < ts[0] and table[ts[0]] or hi > ts[-1] and table[ts[-1]]:
             return True
-        return any(lo <= t <= hi for t in allowed_t)
+        i = bisect.bisect_left(allowed_t, lo)  # the first allowed t >= lo
+        return i < len(allowed_t) and allowed_t[i] <= hi
 
     if -(-nq // block_m) * -(-nk // block_n) > 1 << 20:
         return None  # too many blocks to count at compile time
