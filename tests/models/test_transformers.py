@@ -124,7 +124,10 @@ def _bloom(impl):
 ], ids=["bert_eager", "bert_sdpa", "gemma2_eager", "t5_sdpa", "bloom_eager"])
 def test_other_families_are_rewritten(build, impl, mask, score_mod):
     torch.manual_seed(0)
-    model = quietly(build, impl).eval()
+    try:
+        model = quietly(build, impl).eval()
+    except ValueError as e:  # this transformers has no such attention implementation
+        pytest.skip(str(e)[:120])
     ids = torch.randint(1, 100, (2, N))
     expl = _expect_all_rewritten(model, ids, attention_mask=left_padded_mask(2, N, (0, 6)))
     first = expl.rewrites[0].detail
