@@ -171,12 +171,13 @@ def _time_slice(node: Any) -> tuple[fx.Node, int, int, bool] | None:
         if isinstance(index, int):
             return x, dim % rank, index % size if size else index, False
     if _call(node, aten.slice.Tensor):
-        x, dim, start, end, step = (*node.args, None, None, None, 1)[:5]
+        x, dim, start, end, step = (*node.args, *(0, None, None, 1)[len(node.args) - 1:])
         rank = _val(x).dim()
         size = _shape(x)[dim % rank]
         if step == 1 and isinstance(start, int) and isinstance(end, int):
-            start = start % size if start < 0 else start
-            if end - start == 1 or (end == start + 1 - size * (end < 0)):
+            start = start + size if start < 0 else start
+            end = min(end + size if end < 0 else end, size)
+            if end - start == 1:
                 return x, dim % rank, start, True
     return None
 
@@ -1209,9 +1210,10 @@ def apply_linear(gm: fx.GraphModule, rec: Recurrence) -> None:
             if not isinstance(a, fx.Node):
                 a = g.call_function(aten.scalar_tensor.default, (float(a),),
                                     {"dtype": _dtype(b)})
-            else:
-                a = g.call_function(aten.unsqueeze.default, (a, rec.dim)) \
-                    if _val(a).dim() >= rank - 1 else a
+            else:  # a tensor without time: broadcast to one step's state, add the time axis
+                for _ in range(rank - 1 - _val(a).dim()):
+                    a = g.call_function(aten.unsqueeze.default, (a, 0))
+                a = g.call_function(aten.unsqueeze.default, (a, rec.dim))
             a = g.call_function(aten.expand_as.default, (a, b))
         else:
             pair = g.call_function(aten.broadcast_tensors.default, ([rec.a, b],))
@@ -1220,8 +1222,14 @@ def apply_linear(gm: fx.GraphModule, rec: Recurrence) -> None:
         a3, b3 = _to_rlf(g, a, rec.dim, rank), _to_rlf(g, b, rec.dim, rank)
         h0 = None
         if rec.h0 is not None:
-            step0 = g.call_function(aten.select.int, (b, rec.dim, 0))
-            h0 = _state_rf(g, rec.h0, step0, rec.dim, rank)
+            if rec.keepdim:  # h keeps a time axis of size 1
+                step0 = g.call_function(aten.slice.Tensor, (b, rec.dim, 0, 1))
+                h0 = g.call_function(aten.expand_as.default, (rec.h0, step0))
+                h0 = g.call_function(aten.squeeze.dim, (h0, rec.dim))
+                step0 = g.call_function(aten.select.int, (b, rec.dim, 0))
+            else:
+                h0, step0 = rec.h0, g.call_function(aten.select.int, (b, rec.dim, 0))
+            h0 = _state_rf(g, h0, step0, rec.dim, rank)
         h3 = g.call_function(torch.ops.ioaware.linear_scan.default, (a3, b3, h0, rec.reverse))
         h = g.call_function(aten.reshape_as.default, (h3, b))
         if rec.states is not None:

@@ -201,6 +201,31 @@ def test_loop_that_only_keeps_the_last_state():
     check(last_state, *ab(2, 3, 6, 4))  # time on axis 2 of 4-D a, b
 
 
+def test_slices_that_keep_the_time_axis():
+    def fn(a, b, h0):
+        h = h0
+        out = []
+        for t in range(a.shape[-1]):
+            h = a[..., t:t + 1] * h + b[..., t:t + 1]
+            out.append(h)
+        return torch.cat(out, -1)
+
+    a, b = ab(2, 3, 6)
+    check(fn, a, b, torch.randn(2, 3, 1))
+
+
+def test_step_invariant_decay_with_time_last():
+    def fn(w, b):  # w [R], b [R, L]
+        h = torch.zeros_like(b[:, 0])
+        out = []
+        for t in range(b.shape[1]):
+            h = w * h + b[:, t]
+            out.append(h)
+        return torch.stack(out, 1)
+
+    check(fn, torch.rand(3), ab(3, 7)[1])
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("length", [2, 5, 8])
 def test_associative_scan_generic_tree(length, reverse):
