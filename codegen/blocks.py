@@ -45,19 +45,21 @@ def mask_uses_batch(spec: AttentionSpec) -> bool:
     return uses(mask, B_IDX) or bool(mask is not None and mask.atoms(sympy.Indexed))
 
 
-def _vector_summary(printer: TritonPrinter, vec, interpret: bool, indent: str) -> str:
+def _vector_summary(printer: TritonPrinter, vec, interpret: bool, indent: str, axis: int
+                    ) -> str:
     """Lines computing vec.lo / vec.hi: the min and max of a vector load over the rows
-    (q axis) or columns (kv axis) of the current tile."""
+    (q axis) or columns (kv axis) of a tile (axis 0: one tile, 1-D indices; axis 1: a
+    chunk of tiles, [CHUNK, BLOCK] indices)."""
     ptr, mask = printer.load_address(vec.load)
     dtype = "tl.int64"
     if "float" in str(printer.inputs[printer.input_index(str(vec.load.base))].dtype):
         dtype = "tl.float32"
     big = "3.0e38" if dtype == "tl.float32" else "9223372036854775807"
     if interpret:
-        red_min = "tl.reduce({}, 0, tl.standard._elementwise_min)"
-        red_max = "tl.reduce({}, 0, tl.standard._elementwise_max)"
+        red_min = f"tl.reduce({{}}, {axis}, tl.standard._elementwise_min)"
+        red_max = f"tl.reduce({{}}, {axis}, tl.standard._elementwise_max)"
     else:
-        red_min, red_max = "tl.min({}, 0)", "tl.max({}, 0)"
+        red_min, red_max = f"tl.min({{}}, {axis})", f"tl.max({{}}, {axis})"
     return "\n".join([
         # one name per vector: a loop-carried name must keep its shape
         f"{indent}{vec.lo}_v = tl.load({ptr}, mask={mask}, other=0).to({dtype})",
@@ -75,22 +77,31 @@ def render_block_map(spec: AttentionSpec, interpret: bool) -> str:
     q_vecs = [v for v in iv.vector_loads.values() if v.axis == "q"]
     kv_vecs = [v for v in iv.vector_loads.values() if v.axis == "kv"]
 
-    def summaries(vecs, depth: int) -> str:
+    def summaries(vecs, depth: int, axis: int) -> str:
         indent = " " * (4 * depth)
-        return ("\n".join(_vector_summary(printer, v, interpret, indent) for v in vecs)
+        return ("\n".join(_vector_summary(printer, v, interpret, indent, axis) for v in vecs)
                 or f"{indent}pass")
 
-    # The tile is q rows [q_lo, q_hi] x kv columns [kv_lo, kv_hi]; `q_i` / `kv_i` are
-    # the 1-D index vectors the vector loads read.
+    # The outer tile is one block of rows (q) or columns (kv), its bounds scalars; the
+    # inner tiles are classified CHUNK at a time, their bounds [CHUNK] vectors, so the
+    # same printed predicate evaluates a whole chunk at once. `q_i` / `kv_i` are the
+    # index vectors the vector loads read ([BLOCK] outer, [CHUNK, BLOCK] inner).
     return f'''
+MAP_CHUNK = tl.constexpr(16)  # inner tiles classified per step
+
+
 @triton.jit
-def _classify_tile(FullCnt, FullList, PartCnt, PartList, row, slot_full, slot_part, inner,
-                   must, may):
-    tl.store(FullList + row + slot_full, inner)
-    tl.store(PartList + row + slot_part, inner)
-    full = must
-    part = may & (full == 0)
-    return slot_full + full.to(tl.int32), slot_part + part.to(tl.int32)
+def _add(a, b):
+    return a + b
+
+
+@triton.jit
+def _append(List, row, count, tiles, keep):
+    """Append tiles[keep] to List[row + count:], in order; the new count."""
+    k = keep.to(tl.int32)
+    slot = count + tl.associative_scan(k, 0, _add) - k
+    tl.store(List + row + slot, tiles, mask=k != 0)
+    return count + _sum_axis(k, 0)
 
 
 @triton.jit
@@ -109,38 +120,42 @@ def _block_map(FullCnt, FullList, PartCnt, PartList{input_params(spec)},
         kv_lo = pid * BLOCK_N
         kv_hi = tl.minimum(kv_lo + BLOCK_N, N_K) - 1
         kv_i = kv_lo + tl.arange(0, BLOCK_N)
-{summaries(kv_vecs, 2)}
-        for t in range(0, T_INNER):
-            q_lo = t * BLOCK_M
+{summaries(kv_vecs, 2, 0)}
+        for c in range(0, T_INNER, MAP_CHUNK):
+            tiles = c + tl.arange(0, MAP_CHUNK)
+            q_lo = tiles * BLOCK_M
             q_hi = tl.minimum(q_lo + BLOCK_M, N_Q) - 1
-            q_i = q_lo + tl.arange(0, BLOCK_M)
-{summaries(q_vecs, 3)}
+            q_i = q_lo[:, None] + tl.arange(0, BLOCK_M)[None, :]
+{summaries(q_vecs, 3, 1)}
+            live = tiles < T_INNER
             whole = (q_lo + BLOCK_M <= N_Q) & (kv_lo + BLOCK_N <= N_K)
-            must = ({must}) & whole
-            may = ({may}) & (q_lo < N_Q)
+            must = ({must}) & whole & live
+            may = ({may}) & live
             if CAUSAL:
                 must = must & (kv_hi <= q_lo)
                 may = may & (kv_lo <= q_hi)
-            n_full, n_part = _classify_tile(FullCnt, FullList, PartCnt, PartList, row,
-                                            n_full, n_part, t, must, may)
+            n_full = _append(FullList, row, n_full, tiles, must)
+            n_part = _append(PartList, row, n_part, tiles, may & (must == 0))
     else:
         q_lo = pid * BLOCK_M
         q_hi = tl.minimum(q_lo + BLOCK_M, N_Q) - 1
         q_i = q_lo + tl.arange(0, BLOCK_M)
-{summaries(q_vecs, 2)}
-        for t in range(0, T_INNER):
-            kv_lo = t * BLOCK_N
+{summaries(q_vecs, 2, 0)}
+        for c in range(0, T_INNER, MAP_CHUNK):
+            tiles = c + tl.arange(0, MAP_CHUNK)
+            kv_lo = tiles * BLOCK_N
             kv_hi = tl.minimum(kv_lo + BLOCK_N, N_K) - 1
-            kv_i = kv_lo + tl.arange(0, BLOCK_N)
-{summaries(kv_vecs, 3)}
+            kv_i = kv_lo[:, None] + tl.arange(0, BLOCK_N)[None, :]
+{summaries(kv_vecs, 3, 1)}
+            live = tiles < T_INNER
             whole = (q_lo + BLOCK_M <= N_Q) & (kv_lo + BLOCK_N <= N_K)
-            must = ({must}) & whole
-            may = ({may}) & (kv_lo < N_K)
+            must = ({must}) & whole & live
+            may = ({may}) & live
             if CAUSAL:
                 must = must & (kv_hi <= q_lo)
                 may = may & (kv_lo <= q_hi)
-            n_full, n_part = _classify_tile(FullCnt, FullList, PartCnt, PartList, row,
-                                            n_full, n_part, t, must, may)
+            n_full = _append(FullList, row, n_full, tiles, must)
+            n_part = _append(PartList, row, n_part, tiles, may & (must == 0))
     tl.store(FullCnt + pid_bh.to(tl.int64) * T_OUTER + pid, n_full)
     tl.store(PartCnt + pid_bh.to(tl.int64) * T_OUTER + pid, n_part)
 
