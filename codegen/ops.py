@@ -422,8 +422,14 @@ def attention(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec,
         raise TypeError(f"spec must be an AttentionSpec; got {type(spec).__name__}")
     inputs = list(inputs)
     _check_spec_inputs(q, k, v, inputs, spec, seed)
-    out, _ = torch.ops.ioaware.attention(q, k, v, inputs, spec.to_json(), seed)
+    out, _ = torch.ops.ioaware.attention(q, k, v, inputs, _spec_json(spec), seed)
     return out
+
+
+@torch.compiler.assume_constant_result
+def _spec_json(spec: AttentionSpec) -> str:
+    """spec.to_json(), a constant to dynamo (which cannot trace the json encoder)."""
+    return spec.to_json()
 
 
 def dropout_keep_mask(spec: AttentionSpec, seed: Tensor, shape: tuple[int, int, int, int],

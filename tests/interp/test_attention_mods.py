@@ -441,3 +441,45 @@ def test_general_kernels_compile_for_hopper(tmp_path):
             compile_kernel(module._bwd_dkdv, {"BLOCK_M": bm, "BLOCK_N": bn})
             bm, bn, _, _ = module.DEFAULT_DQ
             compile_kernel(module._bwd_dq, {"BLOCK_M": bm, "BLOCK_N": bn})
+
+
+def test_opcheck_schema_fake_and_autograd():
+    """torch.library.opcheck on ioaware::attention and its backward: schema, fake
+    tensors, autograd registration (a learned bias, dropout's seed), aot_dispatch."""
+    gen = torch.Generator().manual_seed(2)
+    q = torch.randn(1, 2, 20, 16, generator=gen, requires_grad=True)
+    k = torch.randn(1, 1, 24, 16, generator=gen, requires_grad=True)
+    v = torch.randn(1, 1, 24, 16, generator=gen, requires_grad=True)
+    bias = torch.randn(2, 24, generator=gen, requires_grad=True)
+    spec = AttentionSpec(head_dim=16, head_dim_v=16, dtype="float32", causal=True,
+                         scale=0.25, mask="q_idx - kv_idx < 9", score_mod="score + bias[h, kv_idx]",
+                         inputs=(TensorInput("bias", 2, "float32", True),), dropout_p=0.2)
+    seed = torch.tensor([5, 6])
+    args = (q, k, v, [bias], spec.to_json(), seed)
+    torch.library.opcheck(torch.ops.ioaware.attention.default, args)
+    out, lse = torch.ops.ioaware.attention(*args)
+    torch.library.opcheck(
+        torch.ops.ioaware.attention_backward.default,
+        (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out.detach(), lse.detach(),
+         [bias.detach()], spec.to_json(), seed, None))
+
+
+def test_inside_a_compiled_graph():
+    """The op stays opaque under torch.compile (aot_eager), gradients included."""
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, 20, 16, generator=gen, requires_grad=True) for _ in range(3))
+    table = torch.randn(2, 5, generator=gen, requires_grad=True)
+    spec = AttentionSpec(head_dim=16, head_dim_v=16, dtype="float32", causal=True, scale=0.25,
+                         score_mod="score + table[h, Min(q_idx - kv_idx, 4)]",
+                         inputs=(TensorInput("table", 2, "float32", True),))
+
+    def block(q, k, v, table):
+        return (ops.attention(q, k, v, spec, [table]) * 2).sum()
+
+    eager = block(q, k, v, table)
+    eager_grads = torch.autograd.grad(eager, (q, k, v, table))
+    compiled = torch.compile(block, backend="aot_eager", fullgraph=True)(q, k, v, table)
+    compiled_grads = torch.autograd.grad(compiled, (q, k, v, table))
+    torch.testing.assert_close(compiled, eager)
+    for a, b in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(a, b)
