@@ -1,8 +1,11 @@
-"""Exact attention as torch custom ops with their own autograd: `ioaware::flash_attention`.
+"""Exact attention as torch custom ops with their own autograd.
 
     ioaware::flash_attention(q, k, v, scale, causal) -> (out, lse)
     ioaware::flash_attention_backward(dout, q, k, v, out, lse, scale, causal, dlse=None)
         -> (dq, dk, dv)
+    ioaware::attention(q, k, v, inputs, spec, seed=None) -> (out, lse)
+        the general AttentionSpec (masks, score mods, extra inputs, dropout); see the
+        block comment above `attention_op` and docs/kernels.md
 
 q [B, Hq, Nq, d], k [B, Hkv, Nk, d], v [B, Hkv, Nk, dv], any strides, Hq % Hkv == 0;
 out [B, Hq, Nq, dv] contiguous in q.dtype; lse [B, Hq, Nq] fp32, natural log.
@@ -273,6 +276,9 @@ def _check_spec_inputs(q: Tensor, k: Tensor, v: Tensor, inputs: list[Tensor],
         got = None if seed is None else f"{seed.dtype}{list(seed.shape)}"
         raise ValueError(f"seed must be an int64 tensor [2] = (seed, offset) when "
                          f"dropout_p={spec.dropout_p} > 0; got {got}")
+    if spec.dropout_p > 0 and seed is not None and seed.device != q.device:
+        raise ValueError(f"seed is on {seed.device}; the kernels read it on q's device "
+                         f"{q.device}")
 
 
 def _no_grad_inputs(spec: AttentionSpec, inputs: list[Tensor]) -> list[Tensor]:
