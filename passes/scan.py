@@ -17,7 +17,8 @@ spellings reach the canonical ATen graph from `ioaware.capture`:
    the interval [lo, hi] of time steps it combines, and the output must hold [0, t] in
    row t. Any tree of slices, cats, pads and interleaves that computes the scan passes;
    anything else (a non-associative combine, a missing step) does not.
-3. Cumsum / log-space closed forms are not matched in v0 (see docs/architecture.md).
+3. The closed form h = P · cumsum(b / P, dim) with P = exp(cumsum(log a)) (or log a given
+   directly) or cumprod(a): the same recurrence from h = 0, without its division.
 
 What the kernel computes then depends on the producers and consumers:
 
@@ -76,7 +77,7 @@ class Recurrence:
     (`all_states`, associative_scan). region: the nodes the rewrite replaces.
     """
 
-    form: str  # "loop" | "associative_scan"
+    form: str  # "loop" | "associative_scan" | "cumsum"
     a: Any
     b: fx.Node
     dim: int
@@ -88,6 +89,7 @@ class Recurrence:
     states: list[fx.Node] | None = None
     all_states: fx.Node | None = None
     a_const: bool = False  # a is the same every step (a number or a node without time)
+    a_is_log: bool = False  # `a` holds log a (closed forms that write exp(cumsum(log a)))
     keepdim: bool = False  # loop steps slice with slice(t, t+1): h_t keeps the time axis
     readout: Readout | None = None
 
@@ -904,6 +906,67 @@ def _unmove(rec: Recurrence) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# matching: closed forms
+
+
+def _cumulative_product(p: Any) -> tuple[Any, int, bool] | None:
+    """(a or log a, dim, is_log) when p is Π_{s≤t} a_s along dim: exp(cumsum(x, dim)) (x is
+    log a, or a's log is taken explicitly) or cumprod(a, dim)."""
+    if _call(p, aten.cumprod.default) and not p.kwargs.get("dtype"):
+        return p.args[0], p.args[1] % _val(p).dim(), False
+    if _call(p, aten.exp.default) and _call(p.args[0], aten.cumsum.default):
+        cs = p.args[0]
+        if cs.kwargs.get("dtype"):
+            return None
+        x, dim = cs.args[0], cs.args[1] % _val(cs).dim()
+        if _call(x, aten.log.default):
+            return x.args[0], dim, False
+        return x, dim, True
+    return None
+
+
+def closed_form_candidates(gm: fx.GraphModule) -> list[fx.Node]:
+    """mul(P, cumsum(b / P)) nodes: h_t = P_t · Σ_{s≤t} b_s / P_s with P = Π a."""
+    out = []
+    for node in gm.graph.nodes:
+        if _is_mul(node) and any(_call(x, aten.cumsum.default) for x in node.args):
+            out.append(node)
+    return out
+
+
+def match_closed_form(node: fx.Node) -> Recurrence:
+    """h = P · cumsum(b / P, dim), P = exp(cumsum(log a, dim)) or cumprod(a, dim): the
+    recurrence h_t = a_t·h_{t-1} + b_t from h_{-1} = 0, without dividing by P (which
+    underflows for long L; there eager gives inf or NaN and the scan the recurrence's
+    value)."""
+    for p, s in (node.args, reversed(node.args)):
+        if not _call(s, aten.cumsum.default) or s.kwargs.get("dtype"):
+            continue
+        prod = _cumulative_product(p)
+        inner = s.args[0]
+        if prod is None or not _call(inner, aten.div.Tensor) or not _same(inner.args[1], p):
+            continue
+        a, dim, is_log = prod
+        b = inner.args[0]
+        if s.args[1] % _val(s).dim() != dim or not _is_tensor(b) or not _is_tensor(a):
+            raise NoMatch(f"{node.name}: the cumulative product and sum run along different "
+                          "axes")
+        if _val(b).dim() != _val(node).dim() or _val(a).dim() != _val(node).dim():
+            raise NoMatch(f"{node.name}: a and b of ranks {_val(a).dim()}, {_val(b).dim()} "
+                          "broadcast into the state")
+        region = [node, s, inner, p, *([p.args[0]] if _call(p, aten.exp.default) else [])]
+        if _call(p, aten.exp.default) and _call(p.args[0].args[0], aten.log.default):
+            region.append(p.args[0].args[0])
+        if inner.args[1] is not p:
+            region += [inner.args[1], inner.args[1].args[0]]
+        return Recurrence(form="cumsum", a=a, b=b, dim=dim, length=_shape(node)[dim],
+                          reverse=False, h0=None, anchor=node, region=region,
+                          all_states=node, a_is_log=is_log)
+    raise NoMatch(f"{node.name}: a product with a cumsum that is not P·cumsum(b / P) with "
+                  "P = exp(cumsum(log a)) or cumprod(a) on the same axis")
+
+
+# ---------------------------------------------------------------------------------------
 # matching: the producers of a selective scan
 
 
@@ -938,15 +1001,16 @@ def match_selective(rec: Recurrence) -> Selective:
     if rec.a_const or rec.reverse:
         raise NoMatch("a is not exp(Δ·A)" if rec.a_const else "reverse scan")
     a, b = rec.a, rec.b
-    if not (_call(a, aten.exp.default) and _static(a) and _static(b)):
+    if not ((rec.a_is_log or _call(a, aten.exp.default)) and _static(a) and _static(b)):
         raise NoMatch(f"{getattr(a, 'name', a)}: a is not exp(Δ·A) with static sizes")
+    exponent = a if rec.a_is_log else a.args[0]
     frame = _shape(b)
     if _shape(a) != frame or len(frame) != 4:
         raise NoMatch(f"{a.name}: a, b of shapes {_shape(a)}, {frame}; expected one 4-D "
                       "[Bt, Dc, L, N] frame")
     t_ax = rec.dim
     bax, _, nax = [i for i in range(4) if i != t_ax]
-    fa = _factors(a.args[0], limit=2)
+    fa = _factors(exponent, limit=2)
     fb = _factors(b, limit=3)
     if len(fa) != 2 or len(fb) != 3:
         raise NoMatch(f"{a.name}: a = exp of {len(fa)} factors, b = {len(fb)} factors; "
@@ -974,8 +1038,8 @@ def match_selective(rec: Recurrence) -> Selective:
     if len(u) != 1 or len(B) != 1:
         raise NoMatch(f"{b.name}: b is not Δ·B·u (one factor without the state axis, one "
                       "with it)")
-    nodes = [a, a.args[0], b]
-    nodes += [n for n in (a.args[0], b) for n in _mul_tree(n)]
+    nodes = [a, exponent, b]
+    nodes += [n for n in (exponent, b) for n in _mul_tree(n)]
     sel = Selective(delta=delta, A=A, B=B[0], u=u[0], frame=frame,
                     nodes=list(dict.fromkeys(nodes)))
     _match_softplus(sel, _insert("bdn", t_ax))
@@ -1216,7 +1280,8 @@ def apply_linear(gm: fx.GraphModule, rec: Recurrence) -> None:
                 a = g.call_function(aten.unsqueeze.default, (a, rec.dim))
             a = g.call_function(aten.expand_as.default, (a, b))
         else:
-            pair = g.call_function(aten.broadcast_tensors.default, ([rec.a, b],))
+            a = g.call_function(aten.exp.default, (rec.a,)) if rec.a_is_log else rec.a
+            pair = g.call_function(aten.broadcast_tensors.default, ([a, b],))
             a = g.call_function(operator.getitem, (pair, 0))
             b = g.call_function(operator.getitem, (pair, 1))
         a3, b3 = _to_rlf(g, a, rec.dim, rank), _to_rlf(g, b, rec.dim, rank)
@@ -1450,6 +1515,7 @@ def candidates(gm: fx.GraphModule) -> list[tuple[str, Any]]:
     out += [("tree", p) for p in tree_candidates(gm)]
     out += [("loop", c) for c in loop_candidates(gm)]
     out += [("matrix", n) for n in matrix_candidates(gm)]
+    out += [("closed", n) for n in closed_form_candidates(gm)]
     return out
 
 
@@ -1462,6 +1528,8 @@ def _match(gm: fx.GraphModule, kind: str, cand: Any) -> Recurrence:
         mm = next(_through_views(x) for x in cand.args if _call(_through_views(x), *MATMUL_OPS))
         raise NoMatch(f"{cand.name}: the state goes through a matrix product ({mm.name}), "
                       "h = M·h + b; only diagonal recurrences h = a⊙h + b are rewritten")
+    if kind == "closed":
+        return match_closed_form(cand)
     if kind == "tree":
         rec = match_tree(gm, *cand)
         _unmove(rec)

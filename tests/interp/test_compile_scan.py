@@ -2,7 +2,7 @@
 
 The generated scan kernels run under Triton's interpreter. Each example draws a spelling
 (a Mamba loop with one of three readouts, transformers-style associative_scan, a gated
-linear RNN, an EMA, a reverse loop), random sizes, a dtype and which fused parts are
+linear RNN, an EMA, a reverse loop, the cumsum closed form), random sizes, a dtype and which fused parts are
 present; the compiled function must give eager's outputs and input gradients within the
 input dtype's tolerance (ioaware.verify.TOLERANCE) and every scan must be rewritten.
 """
@@ -59,6 +59,9 @@ def linear(form: str):
     def fn(a, b, h0):
         if form == "associative_scan":
             return associative_scan(_combine, (a, b), dim=1, combine_mode="generic")[1]
+        if form == "cumsum":
+            p = torch.exp(torch.cumsum(torch.log(a), dim=1))
+            return p * torch.cumsum(b / p, dim=1)
         steps = range(a.shape[1])
         h = h0 if form == "gated" else torch.zeros_like(h0)
         out = [None] * a.shape[1]
@@ -113,12 +116,13 @@ def test_compiled_selective_scan_matches_eager(interpret, form, length, n, skip,
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
-@given(st.sampled_from(["gated", "ema", "reverse", "associative_scan"]),
+@given(st.sampled_from(["gated", "ema", "reverse", "associative_scan", "cumsum"]),
        st.integers(1, 48), st.integers(1, 9),
        st.sampled_from([torch.float32, torch.bfloat16]), st.integers(0, 2**31 - 1))
 def test_compiled_linear_scan_matches_eager(interpret, form, length, features, dtype, seed):
     gen = torch.Generator().manual_seed(seed)
-    a = torch.rand(3, length, features, generator=gen).to(dtype).requires_grad_()
+    # a in [0.5, 1]: the closed form divides by Π a, which must not underflow here
+    a = (0.5 + 0.5 * torch.rand(3, length, features, generator=gen)).to(dtype).requires_grad_()
     b = torch.randn(3, length, features, generator=gen).to(dtype).requires_grad_()
     h0 = torch.randn(3, features, generator=gen).to(dtype).requires_grad_()
     _check(linear(form), (a, b, h0), dtype)

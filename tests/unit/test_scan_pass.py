@@ -274,8 +274,49 @@ def test_capture_keeps_a_generic_scan_computable():
     assert relative_error(gm.run(), fn(a, b)) <= 1e-6
 
 
+def logspace(a, b):
+    p = torch.exp(torch.cumsum(torch.log(a), dim=1))
+    return p * torch.cumsum(b / p, dim=1)
+
+
+def cumprod_form(a, b):
+    p = torch.cumprod(a, dim=1)
+    return torch.cumsum(b / p, dim=1) * p
+
+
+@pytest.mark.parametrize("fn", [logspace, cumprod_form])
+def test_closed_forms_become_linear_scan(fn):
+    a, b = ab(2, 9, 4)
+    rewrites, _, gm = check(fn, 0.5 + 0.5 * a, b)
+    assert rewrites[0].detail["form"] == "cumsum"
+    assert not calls(gm, aten.cumsum.default) and not calls(gm, aten.div.Tensor)
+
+
+def test_closed_form_selective_scan():
+    """Mamba in closed form, the decay given in log space: still one selective_scan."""
+
+    def fn(u, delta, A, B, C):
+        log_a = delta[..., None] * A[:, None, :]
+        dbu = delta[..., None] * B[:, None] * u[..., None]
+        p = torch.exp(torch.cumsum(log_a, 2))
+        return torch.einsum("bdln,bln->bdl", p * torch.cumsum(dbu / p, 2), C)
+
+    u, delta, A, B, C, _, _ = mamba_inputs()
+    rewrites, _, _ = check(fn, u, 0.1 * delta, A, B, C, op="selective_scan")
+    assert rewrites[0].detail["fused"] == ["discretize", "readout"]
+
+
 # ---------------------------------------------------------------------------------------
 # what stays eager, and why
+
+
+def test_closed_form_on_two_axes_stays_eager():
+    def fn(a, b):
+        p = torch.exp(torch.cumsum(torch.log(a), dim=1))
+        return p * torch.cumsum(b / p, dim=2)
+
+    a, b = ab(2, 5, 5)
+    assert "different axes" in fallback(fn, 0.5 + 0.5 * a, b)
 
 
 def fallback(fn, *args):
