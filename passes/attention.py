@@ -417,8 +417,35 @@ def _fill_semantics(fill: float, dtype: torch.dtype) -> tuple[str, float]:
     return "fill", stored
 
 
-def _mask_values(expr: sympy.Basic) -> tuple[sympy.Basic, float] | None:
-    """(allowed, fill) when an additive term takes only the values 0 and one constant."""
+def _mask_values(expr: sympy.Basic) -> tuple[sympy.Basic, float, sympy.Basic] | None:
+    """(allowed, fill, bias) when an additive term is a mask, maybe with a bias.
+
+    A term that takes only 0 and one constant c is the mask "add c where not allowed"
+    (bias 0). A bias plus such a mask (`bias + where(m, 0, finfo.min)`), or a bias
+    replaced by the constant where masked (`where(m, bias, -inf)`), splits into the
+    bias and the mask when c is -inf or below -1e30: then bias + c rounds to c in fp32
+    as it does in eager, so the split is exact. Anything else is None (a plain bias).
+    """
+    parts = sympy.Add.make_args(expr)
+    pure = [(i, _pure_mask(p)) for i, p in enumerate(parts)]
+    pure = [(i, m) for i, m in pure if m is not None]
+    if len(pure) == 1:
+        i, (allowed, fill) = pure[0]
+        bias = sympy.Add(*(p for j, p in enumerate(parts) if j != i))
+    elif not pure:
+        split = _masked_bias(expr) or _masked_bias(sympy.piecewise_fold(expr))
+        if split is None:
+            return None
+        allowed, fill, bias = split
+    else:
+        return None  # several masks added: their fills would sum
+    if bias != 0 and not (math.isinf(fill) or fill <= -1e30):
+        return None
+    return allowed, fill, bias
+
+
+def _pure_mask(expr: sympy.Basic) -> tuple[sympy.Basic, float] | None:
+    """(allowed, c) when `expr` takes only the values 0 and one constant c."""
     pw = sympy.piecewise_fold(expr)
     if not isinstance(pw, sympy.Piecewise):
         return None
@@ -429,6 +456,18 @@ def _mask_values(expr: sympy.Basic) -> tuple[sympy.Basic, float] | None:
     if len(nonzero) != 1:
         return None
     return _piecewise_zero(pw), nonzero.pop()
+
+
+def _masked_bias(pw: sympy.Basic) -> tuple[sympy.Basic, float, sympy.Basic] | None:
+    """(allowed, c, bias) for Piecewise((bias, cond), (c, True)) and its mirror."""
+    if not isinstance(pw, sympy.Piecewise) or len(pw.args) != 2:
+        return None
+    (v0, c0), (v1, _) = pw.args
+    if v1.is_number and not v0.is_number:
+        return c0, float(v1), v0
+    if v0.is_number and not v1.is_number:
+        return sympy.Not(c0), float(v0), v1
+    return None
 
 
 def _score_function(qk: fx.Node, chain: list[fx.Node], layout: str, dtype: torch.dtype,
@@ -468,10 +507,11 @@ def _score_function(qk: fx.Node, chain: list[fx.Node], layout: str, dtype: torch
             x = sign * alpha * masks._as_num(_term(other, rank, layout, data, node, heads))
             values = _mask_values(x)
             if values is not None:
-                allowed, fill = values
+                allowed, fill, x = values
                 sem, fill = _fill_semantics(fill, _val(node).dtype)
                 terms.append(MaskTerm(allowed, "add" if sem == "fill" else sem, fill, node))
-                continue
+                if x == 0:
+                    continue
             if any(t.semantics == "fill" for t in terms):
                 raise NoMatch(f"{node.name}: a bias added after a masked_fill with a finite "
                               "value (the Spec cannot order them)")
@@ -699,9 +739,11 @@ def _sdpa_mask(node: fx.Node, attn_mask: Any, dtype: torch.dtype, shape: tuple[i
         return
     values = _mask_values(t.expr)
     if values is not None:
-        allowed, fill = values
+        allowed, fill, bias = values
         sem, fill = _fill_semantics(fill, dtype)
         _set_mask(mods, allowed, "safe" if sem == "neg_inf" else "add", fill)
+        if bias != 0:
+            mods.score_mod = SCORE + bias
         return
     mods.score_mod = SCORE + t.expr
     if masks.loads(t.expr):  # a data bias may hold -inf: those keys are masked, safely

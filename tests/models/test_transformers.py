@@ -119,7 +119,7 @@ def _bloom(impl):
     (_bert, "eager", "padding", None),
     (_bert, "sdpa", "padding", None),
     (_gemma2, "eager", "causal & sliding_window(8) & padding", ["softcap"]),
-    (_t5_encoder, "sdpa", None, ["relative_bias"]),
+    (_t5_encoder, "sdpa", "padding", ["relative_bias"]),
     (_bloom, "eager", "causal & padding", ["bias"]),  # ALiBi in baddbmm over [B·H]
 ], ids=["bert_eager", "bert_sdpa", "gemma2_eager", "t5_sdpa", "bloom_eager"])
 def test_other_families_are_rewritten(build, impl, mask, score_mod):

@@ -381,3 +381,33 @@ def test_block_sparse_masks_cost_less():
     assert density == 11 / 20
     assert sparse.flops == pytest.approx(causal.flops * density)
     assert sparse.hbm_bytes_after < causal.hbm_bytes_after
+
+
+@pytest.mark.parametrize("form", ["bias_plus_mask", "where_bias_or_min"])
+def test_bias_and_mask_in_one_additive_term_split(form):
+    # T5 adds position_bias + where(pad, 0, finfo.min) as one tensor: the mask is split
+    # off (kernel can skip padded blocks) and the bias kept; bias + min rounds to min.
+    q, k, v = qk(nq=NK)
+    ex = mask_extras(B, H, NK, NK, torch.Generator().manual_seed(4))
+    pad, table = ex["pad"], ex["table"].detach()
+    pad[:, 0] = 1
+
+    def term(pad, table):
+        rel = (torch.arange(NK)[None, :] - torch.arange(NK)[:, None]).clamp(-4, 4) + 4
+        bias = table[rel].permute(2, 0, 1)[None]
+        keep = pad[:, None, None, :] > 0
+        if form == "bias_plus_mask":
+            return bias + torch.where(keep, 0.0, torch.finfo(torch.float32).min)
+        return torch.where(keep, bias, torch.finfo(torch.float32).min)
+
+    def fn(q, k, v, pad, table):
+        return ((q @ k.transpose(-2, -1)) * 0.25 + term(pad, table)).softmax(-1) @ v
+
+    rewrites, fallbacks, specs = rewrite(fn, q, k, v, pad, table)
+    assert rewrites and not fallbacks, fallbacks
+    assert rewrites[0].detail["mask"] == "padding"
+    assert rewrites[0].detail["score_mod"] == ["relative_bias"]
+    spec, q_, k_, inputs = specs[0]
+    assert spec.mask_semantics == "add"
+    assert_same_logits(spec_logits(spec, q_, k_, inputs),
+                       (q @ k.transpose(-2, -1)) * 0.25 + term(pad, table))
