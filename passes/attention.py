@@ -289,7 +289,7 @@ def match_softmax(sm: fx.Node) -> AttentionMatch:
         k_node = _reshaped(k_op, [b, hq, d, nk], transpose=True)
         v_node = _reshaped(v3, [b, hq, nk, dv])
     heads = hq if layout == "bhnd" and isinstance(shape_of(q3)[0], int) else None
-    mods, factor = _score_function(qk, score_chain, layout, dtype, heads)
+    mods, factor = _score_function(qk, score_chain, layout, heads)
     mods.dropout_p = dropout_p
     scale = factor * q_scale * k_scale
     if not scale > 0:
@@ -470,7 +470,7 @@ def _masked_bias(pw: sympy.Basic) -> tuple[sympy.Basic, float, sympy.Basic] | No
     return None
 
 
-def _score_function(qk: fx.Node, chain: list[fx.Node], layout: str, dtype: torch.dtype,
+def _score_function(qk: fx.Node, chain: list[fx.Node], layout: str,
                     heads: int | None = None) -> tuple[Modifications, float]:
     """Interpret QKᵀ → chain → softmax: (the modifications, the product of scalar factors)."""
     mods = Modifications()
@@ -504,7 +504,7 @@ def _score_function(qk: fx.Node, chain: list[fx.Node], layout: str, dtype: torch
                 raise NoMatch(f"{node.name}: scores subtracted from a tensor")
             sign = -1 if node.target is aten.sub.Tensor else 1
             alpha = node.kwargs.get("alpha", 1)
-            x = sign * alpha * masks._as_num(_term(other, rank, layout, data, node, heads))
+            x = sign * alpha * masks.as_num(_term(other, rank, layout, data, node, heads))
             values = _mask_values(x)
             if values is not None:
                 allowed, fill, x = values
@@ -911,7 +911,7 @@ def _detail(m: AttentionMatch) -> dict[str, Any]:
 def _describe_score_mod(expr: sympy.Basic) -> list[str]:
     """Names of the parts of a score_mod: softcap, alibi, relative_bias, bias, index_bias."""
     names = ["softcap"] if expr.atoms(sympy.tanh) else []
-    plain = {*masks._INDEX_SYMBOLS, sympy.Integer(0)}
+    plain = {*masks.INDEX_SYMBOLS, sympy.Integer(0)}
     for term in sympy.Add.make_args(expr):
         if SCORE in term.free_symbols or term.is_number:
             continue

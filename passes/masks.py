@@ -40,7 +40,7 @@ Q, K, T = sympy.symbols("q_idx kv_idx t", integer=True)
 
 
 SIZES = "sizes"  # the name of the runtime-sizes input
-_INDEX_SYMBOLS = {B_IDX, H_IDX, Q_IDX, KV_IDX}
+INDEX_SYMBOLS = {B_IDX, H_IDX, Q_IDX, KV_IDX}
 
 
 class MaskError(Exception):
@@ -65,7 +65,7 @@ class DataInputs:
         """`expr` with each size symbol replaced by its load `sizes[i]`."""
         names = {t.name for t in self.inputs}
         syms = sorted((s for s in expr.free_symbols if isinstance(s, sympy.Symbol)
-                       and s not in _INDEX_SYMBOLS and s.name not in names | {SIZES}),
+                       and s not in INDEX_SYMBOLS and s.name not in names | {SIZES}),
                       key=lambda s: s.name)
         for s in syms:
             if s not in self.sizes:
@@ -157,7 +157,7 @@ def as_bool(v: IndexTensor) -> sympy.Basic:
     return v.expr if v.is_bool else sympy.Ne(v.expr, 0)
 
 
-def _as_num(v: IndexTensor) -> sympy.Basic:
+def as_num(v: IndexTensor) -> sympy.Basic:
     return sympy.Piecewise((1, v.expr), (0, True)) if v.is_bool else v.expr
 
 
@@ -267,9 +267,9 @@ def _evaluate(node: fx.Node, memo: dict, data: DataInputs | None) -> sympy.Basic
         return _gather(node, arg(0), [arg(1)])
     if op in (aten.minimum.default, aten.maximum.default, aten.min.other, aten.max.other):
         fn = sympy.Min if op in (aten.minimum.default, aten.min.other) else sympy.Max
-        return fn(_as_num(arg(0)), _as_num(arg(1)))
+        return fn(as_num(arg(0)), as_num(arg(1)))
     if op in (aten.clamp.default, aten.clamp_min.default, aten.clamp_max.default):
-        x = _as_num(arg(0))
+        x = as_num(arg(0))
         lo = args[1] if op is not aten.clamp_max.default else None
         hi = args[2] if op is aten.clamp.default and len(args) > 2 else (
             args[1] if op is aten.clamp_max.default else None)
@@ -331,7 +331,7 @@ def _evaluate(node: fx.Node, memo: dict, data: DataInputs | None) -> sympy.Basic
             truth = b.expr in (1, sympy.true)
             same = (name == "eq") == truth
             return a.expr if same else sympy.Not(a.expr)
-        return _COMPARE[name](_as_num(a), _as_num(b))
+        return _COMPARE[name](as_num(a), as_num(b))
     if op in (aten.add_.Tensor, aten.sub_.Tensor) and not (
             isinstance(args[0], fx.Node) and len(args[0].users) == 1):
         raise MaskError(f"{node.name}: in-place update of a tensor read elsewhere")
@@ -339,15 +339,15 @@ def _evaluate(node: fx.Node, memo: dict, data: DataInputs | None) -> sympy.Basic
               aten.add_.Tensor, aten.sub_.Tensor):
         alpha = _scalar(node.kwargs.get("alpha", 1))
         sign = 1 if op in (aten.add.Tensor, aten.add.Scalar, aten.add_.Tensor) else -1
-        return _as_num(arg(0)) + sign * alpha * _as_num(arg(1))
+        return as_num(arg(0)) + sign * alpha * as_num(arg(1))
     if op in (aten.mul.Tensor, aten.mul.Scalar):
-        return _as_num(arg(0)) * _as_num(arg(1))
+        return as_num(arg(0)) * as_num(arg(1))
     if op is aten.neg.default:
-        return -_as_num(arg(0))
+        return -as_num(arg(0))
     if op in (aten.div.Tensor, aten.div.Scalar) and not node.kwargs.get("rounding_mode"):
-        return _as_num(arg(0)) / _as_num(arg(1))
+        return as_num(arg(0)) / as_num(arg(1))
     if op in _UNARY:
-        return _UNARY[op](_as_num(arg(0)))
+        return _UNARY[op](as_num(arg(0)))
     if op is aten._to_copy.default:
         x = arg(0)
         dtype = node.kwargs.get("dtype")
@@ -357,19 +357,19 @@ def _evaluate(node: fx.Node, memo: dict, data: DataInputs | None) -> sympy.Basic
         if (dtype is not None and not dtype.is_floating_point and src is not None
                 and src.dtype.is_floating_point):
             # float → integer truncates toward zero
-            v = _as_num(x)
+            v = as_num(x)
             return sympy.Piecewise((sympy.floor(v), v >= 0), (-sympy.floor(-v), True))
-        return _as_num(x)
+        return as_num(x)
     if op in (aten.where.self, aten.where.ScalarOther, aten.where.ScalarSelf, aten.where.Scalar):
         c, a, b = as_bool(arg(0)), arg(1), arg(2)
         if a.is_bool and b.is_bool:
             return sympy.Or(sympy.And(c, a.expr), sympy.And(sympy.Not(c), b.expr))
-        return sympy.Piecewise((_as_num(a), c), (_as_num(b), True))
+        return sympy.Piecewise((as_num(a), c), (as_num(b), True))
     if op in (aten.masked_fill.Scalar, aten.masked_fill.Tensor):
         x, m, v = arg(0), as_bool(arg(1)), arg(2)
         if x.is_bool and v.is_bool:
             return sympy.Or(sympy.And(m, v.expr), sympy.And(sympy.Not(m), x.expr))
-        return sympy.Piecewise((_as_num(v), m), (_as_num(x), True))
+        return sympy.Piecewise((as_num(v), m), (as_num(x), True))
     raise MaskError(f"{node.name} ({op}) is not an index-only op this version understands")
 
 
@@ -390,7 +390,7 @@ def _gather(node: fx.Node, x: IndexTensor, indices: list[IndexTensor | None]) ->
     if any(i.is_bool for i in indices):
         raise MaskError(f"{node.name}: boolean-mask indexing (its shape depends on data)")
     rest = x.rank - len(indices)  # trailing axes of x that keep their from-right position
-    repl = {axis(x.rank - 1 - d): _shift_axes(_as_num(i), 0, rest)
+    repl = {axis(x.rank - 1 - d): _shift_axes(as_num(i), 0, rest)
             for d, i in enumerate(indices)}
     return x.expr.xreplace(repl)
 
@@ -457,18 +457,6 @@ def offset_truth_table(allowed: sympy.Basic) -> dict[int, bool] | None:
                 return None
             table[t] = bool(v)
         return table
-
-
-def classify(allowed: sympy.Basic) -> str | None:
-    """Name of the structure of `allowed` ("causal", "none"), or None if unknown."""
-    if allowed is sympy.true:
-        return "none"
-    table = offset_truth_table(allowed)
-    if table is None:
-        return None
-    if all(v == (t <= 0) for t, v in table.items()):
-        return "causal"
-    return None
 
 
 # ---------------------------------------------------------------------------------------
