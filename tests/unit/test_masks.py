@@ -15,7 +15,18 @@ import pytest
 import sympy
 import torch
 import torch.nn.functional as F
-from spellings import allowed, make_modded, mask_extras
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from spellings import (
+    MASK_SPELLINGS,
+    SCORE_MODS,
+    allowed,
+    make_modded,
+    mask_extras,
+    mask_trees,
+    masked_scores,
+    score_bias,
+)
 from torch import fx
 
 from ioaware import capture, cost, hardware
@@ -119,8 +130,6 @@ MASKS = {
 @pytest.mark.parametrize("spelling", ["masked_fill", "where", "additive_min", "additive_inf"])
 @pytest.mark.parametrize("name", sorted(MASKS))
 def test_mask_spellings_give_eager_logits(name, spelling):
-    from spellings import masked_scores
-
     q, k, v = qk()
     gen = torch.Generator().manual_seed(1)
     ex = mask_extras(B, H, NQ, NK, gen)
@@ -200,8 +209,6 @@ def test_score_mods_give_eager_logits(mod):
     rewrites, fallbacks, specs = rewrite(fn, q, k, v, ex)
     assert len(rewrites) == 1 and not fallbacks, fallbacks
     spec, q_, k_, inputs = specs[0]
-    from spellings import score_bias
-
     want = score_bias(mod, q @ k.transpose(-2, -1) * 0.3, ex)
     assert_same_logits(spec_logits(spec, q_, k_, inputs), want.detach())
     names = {"bias_hqk": "bias", "bias_bk": "bias", "bias_hk": "bias", "alibi": "alibi",
@@ -411,3 +418,34 @@ def test_bias_and_mask_in_one_additive_term_split(form):
     assert spec.mask_semantics == "add"
     assert_same_logits(spec_logits(spec, q_, k_, inputs),
                        (q @ k.transpose(-2, -1)) * 0.25 + term(pad, table))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.one_of(st.none(), mask_trees()), st.sampled_from(MASK_SPELLINGS),
+       st.sampled_from(SCORE_MODS), st.integers(0, 2**31 - 1))
+def test_random_trees_and_mods_infer_eager_logits(tree, spelling, mod, seed):
+    # Every mask tree of the grammar, in every spelling, with every score modification:
+    # the Spec's logits (or, for SDPA, its allowed keys) are eager's. Rows may be fully
+    # masked here: logits say what they become, whatever the fill.
+    if spelling.startswith("sdpa") and mod == "softcap":
+        return  # not expressible through SDPA
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, H, NK, D, generator=gen) for _ in range(3))
+    ex = mask_extras(B, H, NK, NK, gen)
+    fn = make_modded(tree, spelling, mod, 0.25)
+    rewrites, fallbacks, specs = rewrite(fn, q, k, v, ex)
+    assert len(rewrites) == 1 and not fallbacks, fallbacks
+    spec, q_, k_, inputs = specs[0]
+    got = spec_logits(spec, q_, k_, inputs)
+    keep = None if tree is None else allowed(tree, NK, NK, ex["pad"], ex["doc"])
+    if spelling.startswith("sdpa") or spelling == "baddbmm":
+        want = score_bias(mod, q @ k.transpose(-2, -1) * 0.25, ex).detach()
+        if keep is not None:  # what is masked is -inf or finfo.min-like: not kept
+            assert torch.equal(got > -1e30, keep.expand_as(got))
+            got, want = got.masked_fill(~keep, 0.0), want.masked_fill(~keep, 0.0)
+        torch.testing.assert_close(got, want.expand_as(got), rtol=1e-5, atol=1e-5)
+        return
+    s = score_bias(mod, q @ k.transpose(-2, -1) * 0.25, ex).detach()
+    want = s if keep is None else masked_scores(s, keep, spelling)
+    assert_same_logits(got, want, causal_only=spec.mask is None)
