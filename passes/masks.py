@@ -264,7 +264,7 @@ def _evaluate(node: fx.Node, memo: dict, data: DataInputs | None) -> sympy.Basic
         value = args[1] if value is None else value
         return _scalar(bool(value) if node.kwargs.get("dtype") == torch.bool else value)
     if op is aten.embedding.default:  # weight[indices, :]: a table read at an index
-        return _gather(node, arg(0), [arg(1)])
+        return _gather(node, arg(0), [arg(1)], wrap=False)
     if op in (aten.minimum.default, aten.maximum.default, aten.min.other, aten.max.other):
         fn = sympy.Min if op in (aten.minimum.default, aten.min.other) else sympy.Max
         return fn(as_num(arg(0)), as_num(arg(1)))
@@ -379,19 +379,27 @@ _UNARY = {
 }
 
 
-def _gather(node: fx.Node, x: IndexTensor, indices: list[IndexTensor | None]) -> sympy.Basic:
+def _gather(node: fx.Node, x: IndexTensor, indices: list[IndexTensor | None],
+            wrap: bool = True) -> sympy.Basic:
     """x[i0, i1, ...] with index tensors on the leading axes of x (advanced indexing).
 
     The indexed axes of x take the broadcast index expressions, which sit left of the
-    axes of x that are not indexed; out-of-range or negative indices are as eager's.
+    axes of x that are not indexed. `wrap`: a negative index counts from the end, as
+    Python indexing does (`table[kv_idx - q_idx]`), unless it is provably nonnegative
+    (embedding rejects negative indices, so it does not wrap).
     """
     if any(i is None for i in indices):
         raise MaskError(f"{node.name}: indexing with a slice between index tensors")
     if any(i.is_bool for i in indices):
         raise MaskError(f"{node.name}: boolean-mask indexing (its shape depends on data)")
     rest = x.rank - len(indices)  # trailing axes of x that keep their from-right position
-    repl = {axis(x.rank - 1 - d): _shift_axes(as_num(i), 0, rest)
-            for d, i in enumerate(indices)}
+    shape = node.args[0].meta["val"].shape
+    repl = {}
+    for d, i in enumerate(indices):
+        e = _shift_axes(as_num(i), 0, rest)
+        if wrap and not e.is_nonnegative:
+            e = sympy.Piecewise((e + _size(shape[d]), e < 0), (e, True))
+        repl[axis(x.rank - 1 - d)] = e
     return x.expr.xreplace(repl)
 
 

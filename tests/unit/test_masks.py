@@ -449,3 +449,20 @@ def test_random_trees_and_mods_infer_eager_logits(tree, spelling, mod, seed):
     s = score_bias(mod, q @ k.transpose(-2, -1) * 0.25, ex).detach()
     want = s if keep is None else masked_scores(s, keep, spelling)
     assert_same_logits(got, want, causal_only=spec.mask is None)
+
+
+def test_negative_gather_indices_wrap_as_in_python():
+    # table[kv_idx - q_idx] reads from the end of the table below the diagonal.
+    q, k, v = qk(nq=NK)
+    table = torch.randn(NK)
+
+    def fn(q, k, v, table):
+        i = torch.arange(NK)
+        return ((q @ k.transpose(-2, -1)) + table[i[None, :] - i[:, None]]).softmax(-1) @ v
+
+    rewrites, fallbacks, specs = rewrite(fn, q, k, v, table)
+    assert rewrites and not fallbacks, fallbacks
+    spec, q_, k_, inputs = specs[0]
+    i = torch.arange(NK)
+    assert_same_logits(spec_logits(spec, q_, k_, inputs),
+                       q @ k.transpose(-2, -1) + table[i[None, :] - i[:, None]])
