@@ -99,7 +99,8 @@ def _flatten_vmaps(gm: fx.GraphModule) -> None:
             if _vmap_op(node, "_vmap_decrement_nesting"):
                 _flatten_region(g, region)
                 region = None
-    g.eliminate_dead_code()
+    # no dead-code elimination here: dynamo's graph holds in-place ops (a cache's
+    # `copy_`) that fx would count as dead
     gm.recompile()
 
 

@@ -107,6 +107,8 @@ class Readout:
     output: fx.Node
     out_roles: str
     nodes: list[fx.Node]  # the readout's nodes (all steps), output excluded
+    # nodes holding the last state besides the readout (a cache update): h_last replaces them
+    last: list[fx.Node] = dataclasses.field(default_factory=list)
 
     @property
     def grouped(self) -> bool:
@@ -422,6 +424,15 @@ def _step_closure(h: fx.Node, skip: set[fx.Node], stop: fx.Node | None
     return seen, collector
 
 
+def _reaching(nodes: list[fx.Node], target: fx.Node) -> list[fx.Node]:
+    """The nodes of `nodes` from which `target` is reached through users in `nodes`."""
+    inside, reach = set(nodes), set()
+    for n in sorted(nodes, key=_position, reverse=True):
+        if any(u is target or u in reach for u in n.users if u is target or u in inside):
+            reach.add(n)
+    return [n for n in nodes if n in reach]
+
+
 def _side_inputs(nodes: list[fx.Node], h: fx.Node, leaf: Any = None
                  ) -> tuple[list[fx.Node], list[fx.Node]]:
     """Side inputs of a readout: view chains back to a time slice (or, with `leaf`, to
@@ -492,6 +503,7 @@ def match_readout(rec: Recurrence) -> Readout:
         if coll is None or (collector is not None and coll is not collector):
             raise NoMatch(f"{h.name}: the state of step {t} is not read out into one stack")
         collector = coll
+        nodes = _reaching(nodes, collector)  # other readers of h are not the readout
         ends = [n for n in nodes if collector in n.users] or ([h] if h in collector.args[0] else [])
         if len(ends) != 1:
             raise NoMatch(f"{h.name}: step {t} contributes {len(ends)} tensors to {collector.name}")
@@ -543,9 +555,12 @@ def match_full_readout(rec: Recurrence) -> Readout:
     roles = _insert("bdn", rec.dim)
     sizes = dict(zip(roles, _shape(H)))
     nodes, node, y_numel = [], H, sizes["b"] * sizes["d"] * sizes["t"]
+    # H[..., L-1, ...] (transformers' final state for its cache) is h_last, not readout
+    last = [u for u in H.users if (ts := _time_slice(u)) is not None and ts[0] is H
+            and ts[1] == rec.dim and ts[2] == rec.length - 1 and not ts[3]]
     while True:
-        users = [u for u in node.users if u.op == "call_function"]
-        if len(users) != 1 or len(node.users) != 1:
+        users = [u for u in node.users if u.op == "call_function" and u not in last]
+        if len(users) != 1 or len(node.users) != 1 + len(last) * (node is H):
             if node is H:
                 raise NoMatch(f"{H.name}: the states are used by {len(node.users)} nodes, "
                               "expected one readout")
@@ -566,7 +581,7 @@ def match_full_readout(rec: Recurrence) -> Readout:
                       "one (C)")
     c_roles, out_roles = _probe_readout(H, roles, leaves[0], end, sizes)
     return Readout(c=leaves[0], c_roles=c_roles, output=end, out_roles=out_roles,
-                   nodes=nodes + side)
+                   nodes=nodes + side, last=last)
 
 
 def _numel(node: fx.Node) -> int:
@@ -1410,14 +1425,16 @@ def apply_selective(gm: fx.GraphModule, rec: Recurrence, sel: Selective, ro: Rea
         if ro.out_roles != "bdt":
             y = g.call_function(aten.permute.default, (y, ["bdt".index(r) for r in ro.out_roles]))
         inside = set(rec.region) | set(ro.nodes)
-        last = rec.states[-1] if rec.states else None
-        if last is not None and any(u not in inside for u in last.users):
+        lasts = list(ro.last) + ([rec.states[-1]] if rec.states else [])
+        for last in lasts:
+            if not any(u not in inside for u in last.users):
+                continue
+            h = h_last
             if _dtype(last) != torch.float32:
-                h_last = g.call_function(aten._to_copy.default, (h_last,),
-                                         {"dtype": _dtype(last)})
-            last.replace_all_uses_with(h_last, delete_user_cb=lambda u: u not in inside)
+                h = g.call_function(aten._to_copy.default, (h_last,), {"dtype": _dtype(last)})
+            last.replace_all_uses_with(h, delete_user_cb=lambda u: u not in inside)
     epi.output.replace_all_uses_with(y)
-    _erase(g, [*sel.nodes, *rec.region, *ro.nodes, ro.output, *epi.nodes])
+    _erase(g, [*sel.nodes, *rec.region, *ro.nodes, ro.output, *epi.nodes, *ro.last])
     gm.recompile()
 
 
@@ -1432,16 +1449,20 @@ def _erase(g: fx.Graph, nodes: list[fx.Node]) -> None:
 # the pass
 
 
-def _extra_state_users(rec: Recurrence, ro: Readout) -> str | None:
-    if rec.states is None:
-        return None
+def _extra_state_users(rec: Recurrence, ro: Readout, epi: Epilogue) -> str | None:
+    """Why the states cannot all stay in the kernel, or None. Only the last state may
+    have other readers (they get h_last), and only after the fused region's output,
+    where h_last is defined."""
     allowed = set(rec.region) | set(ro.nodes)
-    for t, s in enumerate(rec.states[:-1]):
-        extra = [u for u in s.users if u not in allowed]
-        if extra:
-            return f"{s.name}: the state of step {t} is used outside the readout ({extra[0].name})"
-    early = [u for u in rec.states[-1].users
-             if u not in allowed and _position(u) < _position(ro.output)]
+    readers = [u for n in ro.last for u in n.users]
+    if rec.states is not None:
+        for t, s in enumerate(rec.states[:-1]):
+            extra = [u for u in s.users if u not in allowed]
+            if extra:
+                return (f"{s.name}: the state of step {t} is used outside the readout "
+                        f"({extra[0].name})")
+        readers = [u for u in rec.states[-1].users if u not in allowed]
+    early = [u for u in readers if _position(u) < _position(epi.output)]
     if early:
         return f"{early[0].name}: reads the last state before the readout is complete"
     return None
@@ -1460,7 +1481,7 @@ def _plan(rec: Recurrence) -> tuple[str, Any, Any, list[fx.Node], cost.Cost, dic
         try:
             ro = match_readout(rec) if rec.states is not None else match_full_readout(rec)
             sel = match_selective(rec)
-            extra = _extra_state_users(rec, ro)
+            extra = _extra_state_users(rec, ro, match_epilogue(rec, sel, ro))
             if extra:
                 raise NoMatch(extra)
             u_dtype = _dtype(sel.u)

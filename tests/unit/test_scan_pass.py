@@ -420,3 +420,28 @@ def test_short_loops_stay_as_they_are():
 
     gm = canonical(one_step, *ab(2, 1, 3))
     assert run_pass(gm) == ([], [])
+
+
+@pytest.mark.parametrize("associative_scan_", [False, True], ids=["loop", "assoc"])
+def test_mamba_cache_gets_the_last_state(associative_scan_):
+    """With use_cache, transformers copies the last state into its cache: the fused scan's
+    h_last feeds that copy (reference path here, no kernel)."""
+    pytest.importorskip("transformers")
+    from hf_models import mamba, quietly
+
+    import ioaware
+
+    torch.manual_seed(0)
+    model = quietly(mamba, associative_scan_)
+    if model is None:
+        pytest.skip("this transformers has no use_associative_scan")
+    model.eval()
+    ids = torch.randint(0, 128, (2, 6))
+    with torch.no_grad():
+        out = ioaware.compile(model)(ids, use_cache=True)
+        ref = model(ids, use_cache=True)
+    assert relative_error(out.logits, ref.logits) <= 1e-5
+    for layer in range(model.config.num_hidden_layers):
+        got = out.cache_params.get_recurrent_state(layer)
+        want = ref.cache_params.get_recurrent_state(layer)
+        assert relative_error(got, want) <= 1e-5, layer
