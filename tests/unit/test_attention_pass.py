@@ -2,7 +2,8 @@
 
 Each test captures a small function to canonical ATen, runs the pass, and checks the
 graph that comes out: one `ioaware::flash_attention` call with the inferred scale and
-mask, and no softmax or batched matmul left of the region. No kernel runs here.
+causal flag (or one `ioaware::attention` call when a mask, bias or dropout needs the
+general Spec), and no softmax or batched matmul left of the region. No kernel runs here.
 """
 
 from __future__ import annotations
