@@ -43,6 +43,8 @@ from .scan_fwd import (
     INTERPRET_BLOCK_D,
     INTERPRET_BLOCK_L,
     MAX_TILE_PER_THREAD,
+    MAX_TUNE_CONFIGS,
+    PREFETCH_CHUNKS,
     TUNE_MIN_STEPS,
     fits_layout,
     format_configs,
@@ -58,8 +60,10 @@ BACKWARD_TILE_PER_THREAD = MAX_TILE_PER_THREAD // 2
 # Every backward config uses one chunk length, so the chunk-state scratch has one shape.
 BACKWARD_BLOCK_L = 8
 
-# (BLOCK_D, num_warps); the layout argument of scan_fwd.tile_configs holds here too.
-BACKWARD_CANDIDATES = [(8, 1), (16, 2), (32, 4), (4, 1), (8, 2), (16, 4), (32, 8), (64, 4),
+# (BLOCK_D, num_warps), fastest first on an H100 at the issue's shape: (4, 1) 1.57 ms,
+# (8, 1) 1.70, (16, 2) 2.11, (8, 2) 3.32, (32, 4) 3.91; the layout argument of
+# scan_fwd.tile_configs holds here too. The rest serve other state sizes.
+BACKWARD_CANDIDATES = [(4, 1), (8, 1), (16, 2), (8, 2), (32, 4), (16, 4), (32, 8), (64, 4),
                        (2, 4), (4, 8), (1, 8)]
 
 
@@ -68,11 +72,14 @@ def backward_configs(spec: ScanSpec) -> list[tuple[int, int, int]]:
     n_pad = padded_state(spec.d_state)
     fits = [(bd, BACKWARD_BLOCK_L, w) for bd, w in BACKWARD_CANDIDATES
             if fits_layout(n_pad, bd, BACKWARD_BLOCK_L, w, BACKWARD_TILE_PER_THREAD)]
-    return fits or [default_backward_config(spec)]
+    return fits[:MAX_TUNE_CONFIGS] or [default_backward_config(spec)]
 
 
 def default_backward_config(spec: ScanSpec) -> tuple[int, int, int]:
     n_pad = padded_state(spec.d_state)
+    for block_d, warps in BACKWARD_CANDIDATES:
+        if fits_layout(n_pad, block_d, BACKWARD_BLOCK_L, warps, BACKWARD_TILE_PER_THREAD):
+            return block_d, BACKWARD_BLOCK_L, warps
     warps = min(8, max(1, n_pad // 32))
     for block_d in (64, 32, 16, 8, 4, 2, 1):
         if fits_layout(n_pad, block_d, BACKWARD_BLOCK_L, warps, BACKWARD_TILE_PER_THREAD):
@@ -97,6 +104,8 @@ DEFAULT_CONFIG = ${default_config}  # (BLOCK_D, BLOCK_L, num_warps)
 TUNE_CONFIGS = ${tune_configs}
 TUNE_MIN_STEPS = ${tune_min_steps}
 MAX_GRID_Y = 65535
+# Chunks ahead (sweep 1) or behind (sweep 2) whose bytes each chunk asks L2 for.
+PREFETCH = 0 if INTERPRET else ${prefetch}
 
 
 ${primitives}
@@ -135,7 +144,7 @@ def _selective_scan_bwd(
     stride_zb, stride_zd, stride_zl,
     stride_hb, stride_hd, stride_hn,
     DC, L, L_BUCKET, N_CHUNKS, G, CPG: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """One program per (channel block, batch). du, ddelta, dz: [Bt, Dc, L], dB, dC:
     [Bt, G, L, N] fp32, dA: [Dc, N] fp32, dD, ddelta_bias: [Dc] fp32, dh0: [Bt, Dc, N]
@@ -180,11 +189,16 @@ def _selective_scan_bwd(
         tl.store(HChunk + k * N_PAD, h, mask=d_ok[None, :])
         offs_l = k * BLOCK_L + offs_c
         l_ok = offs_l < L
+        if PREFETCH > 0:  # as in the forward: latency, not bandwidth, bounds this loop
+            ahead = (k + PREFETCH) * BLOCK_L
+            _prefetch_ld(U, offs_d, d_ok, ahead, L, stride_ud, stride_ul)
+            _prefetch_ld(Delta, offs_d, d_ok, ahead, L, stride_dd, stride_dl)
+            _prefetch_bc(B, offs_c, ahead, L, stride_bg, stride_bl, CPG, BLOCK_D)
         u = _load_ld(U, offs_l, l_ok, offs_d, d_ok, stride_ul, stride_ud)
         _, dt = _load_dt(Delta, DeltaBias, offs_d, d_ok, offs_l, l_ok, stride_dd, stride_dl)
         b_tile = _load_bc(B, offs_d, d_ok, offs_n, offs_l, l_ok, n_ok, stride_bg, stride_bl,
                           stride_bn, CPG, BLOCK_D)
-        decay = tl.math.exp2(dt[:, None, :] * a_log2[None, :, :])
+        decay = _exp2(dt[:, None, :] * a_log2[None, :, :])
         x = (dt * u)[:, None, :] * b_tile
         x = tl.where(offs_c[:, None, None] == 0, x + decay * h[None, :, :], x)
         _, hs = tl.associative_scan((decay, x), 0, _combine)
@@ -199,6 +213,15 @@ def _selective_scan_bwd(
         k = N_CHUNKS - 1 - kk
         offs_l = k * BLOCK_L + offs_c
         l_ok = offs_l < L
+        if PREFETCH > 0:  # chunks before this one; k - PREFETCH < 0 asks for nothing
+            behind = tl.where(k >= PREFETCH, (k - PREFETCH) * BLOCK_L, L)
+            _prefetch_ld(U, offs_d, d_ok, behind, L, stride_ud, stride_ul)
+            _prefetch_ld(Delta, offs_d, d_ok, behind, L, stride_dd, stride_dl)
+            _prefetch_ld(DOut, offs_d, d_ok, behind, L, stride_od, stride_ol)
+            if HAS_Z:
+                _prefetch_ld(Z, offs_d, d_ok, behind, L, stride_zd, stride_zl)
+            _prefetch_bc(B, offs_c, behind, L, stride_bg, stride_bl, CPG, BLOCK_D)
+            _prefetch_bc(C, offs_c, behind, L, stride_cg, stride_cl, CPG, BLOCK_D)
         ok = l_ok[:, None] & d_ok[None, :]
         ld = offs_l[:, None] + offs_d[None, :] * L  # into [Dc, L] contiguous
         u = _load_ld(U, offs_l, l_ok, offs_d, d_ok, stride_ul, stride_ud)
@@ -210,7 +233,7 @@ def _selective_scan_bwd(
         dy = _load_ld(DOut, offs_l, l_ok, offs_d, d_ok, stride_ol, stride_od)
 
         # Recompute the chunk's states from its start state (folded into the first step).
-        decay = tl.math.exp2(dt[:, None, :] * a_log2[None, :, :])
+        decay = _exp2(dt[:, None, :] * a_log2[None, :, :])
         x = (dt * u)[:, None, :] * b_tile
         h_start = tl.load(HChunk + k * N_PAD, mask=d_ok[None, :], other=0.0)
         _, hs = tl.associative_scan(
@@ -240,7 +263,7 @@ def _selective_scan_bwd(
         _, dt_next = _load_dt(Delta, DeltaBias, offs_d, d_ok, next_l, next_l < L,
                               stride_dd, stride_dl)
         dt_next = tl.where(offs_c[:, None] == BLOCK_L - 1, 0.0, dt_next)
-        decay_next = tl.math.exp2(dt_next[:, None, :] * a_log2[None, :, :])
+        decay_next = _exp2(dt_next[:, None, :] * a_log2[None, :, :])
         dyc = dy[:, None, :] * c_tile
         dyc = tl.where(offs_c[:, None, None] == BLOCK_L - 1, dyc + carry[None, :, :], dyc)
         _, g = tl.associative_scan((decay_next, dyc), 0, _combine, reverse=True)
@@ -274,7 +297,8 @@ if INTERPRET or not TUNE_CONFIGS:
 else:
     # Benchmark runs add into the atomic outputs: zero them before each run.
     _selective_scan_bwd_tuned = triton.autotune(
-        configs=[triton.Config({"BLOCK_D": bd, "BLOCK_L": bl}, num_warps=w)
+        configs=[triton.Config({"BLOCK_D": bd, "BLOCK_L": bl, "PREFETCH": PREFETCH},
+                               num_warps=w)
                  for bd, bl, w in TUNE_CONFIGS],
         key=["DC", "L_BUCKET", "CPG"],
         reset_to_zero=["DA", "DB", "DC_", "DD", "DDeltaBias"],
@@ -326,7 +350,8 @@ def backward(dout, dh_last, u, delta, A, B, C, D, z, delta_bias, h0, dtypes):
             _selective_scan_bwd_tuned[grid](*args)
         else:
             bd, bl, warps = DEFAULT_CONFIG
-            _selective_scan_bwd[grid](*args, BLOCK_D=bd, BLOCK_L=bl, num_warps=warps)
+            _selective_scan_bwd[grid](*args, BLOCK_D=bd, BLOCK_L=bl, PREFETCH=PREFETCH,
+                                      num_warps=warps)
 
     def empty():  # a fresh placeholder each: outputs of a custom op may not alias
         return u.new_empty((0,))
@@ -364,4 +389,5 @@ def render_backward(spec: ScanSpec, *, interpret: bool = False) -> str:
         default_config=repr(default),
         tune_configs=format_configs(configs),
         tune_min_steps=str(TUNE_MIN_STEPS),
+        prefetch=str(PREFETCH_CHUNKS),
     )

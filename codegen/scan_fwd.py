@@ -46,6 +46,11 @@ INTERPRET_BLOCK_L = 16
 # thread (sm90: 64 keeps the forward at ~170 registers with no spills).
 MAX_TILE_PER_THREAD = 64
 
+# Chunks ahead of the one being scanned whose bytes are asked of L2 (prefetch.global.L2).
+# H100, issue shape: 0 -> 2, 4, 8 chunks took (8, 16, 1) from 343 to 260-264 µs and
+# (4, 32, 1) from 250 to 232-237 µs; the backward from 1634 to 1566-1569 µs.
+PREFETCH_CHUNKS = 4
+
 # Autotune only where a launch is long enough for the choice to matter.
 TUNE_MIN_STEPS = 256 * 1024  # Bt·Dc·L
 
@@ -65,16 +70,20 @@ def fits_layout(n_pad: int, block_d: int, block_l: int, warps: int, per_thread: 
             and block_d * n_pad * block_l <= per_thread * 32 * warps)
 
 
-# (BLOCK_D, BLOCK_L, num_warps). Compiled for sm90 with N = 16, (8, 16, 1) .. (32, 16, 4)
-# issue per element of the [L, N, D] tile: 1 MUFU (exp2), ~5 FP32 (exponent product,
-# dt·u·B, the scan's FFMA, the C contraction, a quarter of the N reduction), 0.5 SHFL
-# (the rest of the N reduction) and ~0.75 LDS (B, C broadcast over channels): ~12
-# instructions, against ~67 with L across lanes (tile [D, N, L]).
+# (BLOCK_D, BLOCK_L, num_warps), fastest first as measured on an H100 at the issue's
+# shape (Bt=4, Dc=1536, L=2048, N=16, bf16; docs/kernels.md "Selective scan"): one-warp
+# programs, 2 to 4 states and 16 to 32 steps per thread. The loop is latency-bound
+# (one or two warps per scheduler), so more programs beat wider ones: (4, 32, 1) 232 µs,
+# (8, 16, 1) 260 µs, (32, 16, 4) 853 µs. The rest serve other state sizes.
 CANDIDATES = [
-    (32, 16, 4), (16, 16, 2), (8, 16, 1), (32, 8, 4), (64, 16, 8), (16, 32, 4), (8, 32, 2),
-    (32, 16, 1), (64, 16, 2), (128, 16, 4), (4, 16, 2), (4, 16, 4), (8, 8, 4), (2, 16, 4),
-    (4, 8, 4), (2, 16, 8), (2, 8, 8), (1, 16, 8), (1, 8, 8),
+    (4, 32, 1), (4, 16, 1), (8, 16, 1), (16, 8, 1), (8, 8, 1), (8, 32, 2), (16, 16, 2),
+    (32, 16, 4), (16, 32, 4), (64, 16, 1), (32, 16, 1), (64, 16, 2), (128, 16, 4), (4, 16, 4),
+    (2, 16, 4), (4, 8, 4), (2, 16, 8), (2, 8, 8), (1, 16, 8), (1, 8, 8),
 ]
+
+# Autotune among the first few fitting candidates only: each one is a compile (~1 s on
+# sm90) for every new Spec, and the order above already ranks them.
+MAX_TUNE_CONFIGS = 4
 
 
 def tile_configs(spec: ScanSpec) -> list[tuple[int, int, int]]:
@@ -82,18 +91,19 @@ def tile_configs(spec: ScanSpec) -> list[tuple[int, int, int]]:
 
     The tile is [BLOCK_L, N, BLOCK_D]: L slowest, so each thread scans whole runs of L
     in registers; lanes split N and D, and the y contraction over N crosses few lanes.
-    For the issue's shape (Bt=4, Dc=1536, N=16) (8, 16, 1) gives 768 one-warp programs,
-    (32, 16, 4) 192 four-warp ones; the autotuner picks.
     """
     n_pad = padded_state(spec.d_state)
     fits = [c for c in CANDIDATES if fits_layout(n_pad, *c, MAX_TILE_PER_THREAD)]
-    return fits or [default_config(spec)]
+    return fits[:MAX_TUNE_CONFIGS] or [default_config(spec)]
 
 
 def default_config(spec: ScanSpec) -> tuple[int, int, int]:
-    """L in chunks of 16, one warp per 32 states of N (up to 8), and as many channels
-    as fill MAX_TILE_PER_THREAD (threads holding several n reduce y mostly in place)."""
+    """The first fitting candidate; else L in chunks of 16, one warp per 32 states of N
+    (up to 8), and as many channels as fill MAX_TILE_PER_THREAD."""
     n_pad = padded_state(spec.d_state)
+    for config in CANDIDATES:
+        if fits_layout(n_pad, *config, MAX_TILE_PER_THREAD):
+            return config
     warps = min(8, max(1, n_pad // 32))
     for block_l in (16, 8):
         for block_d in (64, 32, 16, 8, 4, 2, 1):
@@ -128,20 +138,64 @@ HAS_Z = tl.constexpr(${has_z})
 HAS_DELTA_BIAS = tl.constexpr(${has_delta_bias})
 DELTA_SOFTPLUS = tl.constexpr(${delta_softplus})
 HAS_H0 = tl.constexpr(${has_h0})
-LOG2E = tl.constexpr(1.4426950408889634)""")
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)""")
 
 
 _SUM_COMPILED = """\
 @triton.jit
 def _sum(x, AXIS: tl.constexpr):
-    return tl.sum(x, AXIS)"""
+    return tl.sum(x, AXIS)
+
+
+@triton.jit
+def _exp2(x):
+    \"\"\"2^x as one MUFU.EX2. tl.math.exp2 lowers to ex2.approx.f32, which ptxas wraps
+    in a denormal range fix (FSETP, two predicated FMULs: three more instructions per
+    state element, a quarter of the scan's issue); the decays here are products of
+    probabilities, where a flushed denormal is 0 to within the fp32 state's own rounding.\"\"\"
+    return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x],
+                                     dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _log2(x):
+    \"\"\"log2(x) as one MUFU.LG2 (relative error ~2^-22). tl.math.log is libdevice's
+    logf, a ~25-instruction polynomial: in the softplus of Δ, per (step, channel), that
+    was 1.5 instructions per state element at N = 16.\"\"\"
+    return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r", [x],
+                                     dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _prefetch(ptrs, mask):
+    \"\"\"prefetch.global.L2 of each address where mask holds: a hint, no value, no wait.\"\"\"
+    tl.inline_asm_elementwise(
+        "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.u32 $0, 0; }",
+        "=r,l,r", [ptrs, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)"""
 
 # tl.sum is a @triton.jit function, compiled-only when triton was imported without
-# TRITON_INTERPRET; the interpreter runs tl.reduce with its combine natively.
+# TRITON_INTERPRET; the interpreter runs tl.reduce with its combine natively, and has no
+# inline PTX.
 _SUM_INTERPRETED = """\
 @triton.jit
 def _sum(x, AXIS: tl.constexpr):
-    return tl.reduce(x, AXIS, tl.standard._sum_combine)"""
+    return tl.reduce(x, AXIS, tl.standard._sum_combine)
+
+
+@triton.jit
+def _exp2(x):
+    return tl.math.exp2(x)
+
+
+@triton.jit
+def _log2(x):
+    return tl.math.log2(x)
+
+
+@triton.jit
+def _prefetch(ptrs, mask):
+    pass"""
 
 
 # Shared by the forward and backward modules.
@@ -154,15 +208,16 @@ def _combine(a1, x1, a2, x2):
 
 @triton.jit
 def _softplus(x):
-    """F.softplus with threshold 20; log1p(e) as e - e²/2 where log(1 + e) loses e."""
-    e = tl.math.exp(tl.minimum(x, 20.0))
-    log1p = tl.where(e < 1e-4, e * (1.0 - 0.5 * e), tl.math.log(1.0 + e))
+    """F.softplus with threshold 20; log1p(e) as e - e²/2 where log(1 + e) loses e.
+    ln(1 + e) = ln 2 · log2(1 + e), e = 2^(x log2 e): two MUFU instructions."""
+    e = _exp2(tl.minimum(x, 20.0) * LOG2E)
+    log1p = tl.where(e < 1e-4, e * (1.0 - 0.5 * e), _log2(1.0 + e) * LN2)
     return tl.where(x > 20.0, x, log1p)
 
 
 @triton.jit
 def _sigmoid(x):
-    return 1.0 / (1.0 + tl.math.exp(-x))
+    return 1.0 / (1.0 + _exp2(-x * LOG2E))
 
 
 @triton.jit
@@ -207,6 +262,22 @@ def _load_bc(Ptr, offs_d, d_ok, offs_n, offs_l, l_ok, n_ok, stride_g, stride_l, 
 
 
 @triton.jit
+def _prefetch_ld(Ptr, offs_d, d_ok, start, L, stride_d, stride_l):
+    """Ask L2 for the chunk at `start` of a [Dc, L] slice: one address per channel row
+    (a chunk of a row is one 32-byte sector at BLOCK_L = 16, bf16)."""
+    _prefetch(Ptr + offs_d * stride_d + start * stride_l, d_ok & (start < L))
+
+
+@triton.jit
+def _prefetch_bc(Ptr, offs_c, start, L, stride_g, stride_l, CPG: tl.constexpr,
+                 BLOCK_D: tl.constexpr):
+    """Ask L2 for the chunk at `start` of B or C: one address per step, in the group of
+    the block's first channel (the one group every channel reads, when CPG % BLOCK_D == 0)."""
+    g = (tl.program_id(0) * BLOCK_D // CPG).to(tl.int64)
+    _prefetch(Ptr + g * stride_g + (start + offs_c) * stride_l, start + offs_c < L)
+
+
+@triton.jit
 def _last_step(x, offs_in_chunk, BLOCK_L: tl.constexpr):
     """x[BLOCK_L - 1] of a [BLOCK_L, N, BLOCK_D] tile, as [N, BLOCK_D]. Each thread
     holds whole runs of L, so the select is resolved at compile time: no shuffles."""
@@ -246,6 +317,8 @@ DEFAULT_CONFIG = ${default_config}  # (BLOCK_D, BLOCK_L, num_warps)
 TUNE_CONFIGS = ${tune_configs}
 TUNE_MIN_STEPS = ${tune_min_steps}
 MAX_GRID_Y = 65535
+# Chunks ahead whose bytes each chunk asks L2 for (0: none; the interpreter has no PTX).
+PREFETCH = 0 if INTERPRET else ${prefetch}
 
 
 ${primitives}
@@ -262,7 +335,7 @@ def _selective_scan_fwd(
     stride_zb, stride_zd, stride_zl,
     stride_hb, stride_hd, stride_hn,
     DC, L, L_BUCKET, CPG: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """One program per (channel block, batch). y: [Bt, Dc, L] and h_last: [Bt, Dc, N]
     contiguous. IO of one program: read BLOCK_D·L of u, delta (z), N·L of B and C;
@@ -297,12 +370,23 @@ def _selective_scan_fwd(
     for start in range(0, L, BLOCK_L):
         offs_l = start + offs_c
         l_ok = offs_l < L
+        if PREFETCH > 0:
+            # Ask L2 for chunk k + PREFETCH's bytes now: with one or two warps per scheduler
+            # nothing else hides the HBM latency of this chunk's loads (three waits a chunk:
+            # u/Δ/B, C, z).
+            ahead = start + PREFETCH * BLOCK_L
+            _prefetch_ld(U, offs_d, d_ok, ahead, L, stride_ud, stride_ul)
+            _prefetch_ld(Delta, offs_d, d_ok, ahead, L, stride_dd, stride_dl)
+            if HAS_Z:
+                _prefetch_ld(Z, offs_d, d_ok, ahead, L, stride_zd, stride_zl)
+            _prefetch_bc(B, offs_c, ahead, L, stride_bg, stride_bl, CPG, BLOCK_D)
+            _prefetch_bc(C, offs_c, ahead, L, stride_cg, stride_cl, CPG, BLOCK_D)
         u = _load_ld(U, offs_l, l_ok, offs_d, d_ok, stride_ul, stride_ud)  # [BLOCK_L, BLOCK_D]
         _, dt = _load_dt(Delta, DeltaBias, offs_d, d_ok, offs_l, l_ok, stride_dd, stride_dl)
         b_tile = _load_bc(B, offs_d, d_ok, offs_n, offs_l, l_ok, n_ok, stride_bg, stride_bl,
                           stride_bn, CPG, BLOCK_D)
         # Discretise in registers (zero-order hold on A, Euler on B, as Mamba does).
-        decay = tl.math.exp2(dt[:, None, :] * a_log2[None, :, :])  # [BLOCK_L, N, BLOCK_D]
+        decay = _exp2(dt[:, None, :] * a_log2[None, :, :])  # [BLOCK_L, N, BLOCK_D]
         x = (dt * u)[:, None, :] * b_tile
         # The carried state enters as part of the first step (h_0 = a_0 h + x_0), so the
         # scan's second component is the state itself and its products go unused.
@@ -327,7 +411,8 @@ if INTERPRET or not TUNE_CONFIGS:
     _selective_scan_fwd_tuned = None
 else:
     _selective_scan_fwd_tuned = triton.autotune(
-        configs=[triton.Config({"BLOCK_D": bd, "BLOCK_L": bl}, num_warps=w)
+        configs=[triton.Config({"BLOCK_D": bd, "BLOCK_L": bl, "PREFETCH": PREFETCH},
+                               num_warps=w)
                  for bd, bl, w in TUNE_CONFIGS],
         key=["DC", "L_BUCKET", "CPG"],
     )(_selective_scan_fwd)
@@ -358,7 +443,8 @@ def forward(u, delta, A, B, C, D, z, delta_bias, h0, y, h_last):
             _selective_scan_fwd_tuned[grid](*args)
         else:
             bd, bl, warps = DEFAULT_CONFIG
-            _selective_scan_fwd[grid](*args, BLOCK_D=bd, BLOCK_L=bl, num_warps=warps)
+            _selective_scan_fwd[grid](*args, BLOCK_D=bd, BLOCK_L=bl, PREFETCH=PREFETCH,
+                                      num_warps=warps)
 ''')
 
 
@@ -381,4 +467,5 @@ def render_forward(spec: ScanSpec, *, interpret: bool = False) -> str:
         default_config=repr(default),
         tune_configs=format_configs(configs),
         tune_min_steps=str(TUNE_MIN_STEPS),
+        prefetch=str(PREFETCH_CHUNKS),
     )

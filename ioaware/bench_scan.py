@@ -208,20 +208,25 @@ def _time_row(row: ScanBenchRow, fn: ScanFn, leaves, dy, scale: float, problem: 
 def bench_scan(batch: int = 4, channels: int = 1536, seqlen: int = 2048, d_state: int = 16,
                groups: int = 1, dtype: str = "bf16", gate: bool = True, *,
                eager_len: int = 128, skip_slow: bool = False, warmup_ms: float = 25,
-               rep_ms: float = 100,
+               rep_ms: float = 100, compile_timeout_s: float = 240,
                progress: Callable[[str], None] = lambda message: None) -> list[ScanBenchRow]:
-    """Check then time every variant; a variant that fails gets a note instead."""
+    """Check then time every variant; a variant that fails gets a note instead.
+
+    Each row is reported through `progress` as it finishes. The torch.compile baseline
+    runs in a child process given compile_timeout_s seconds for compile, check and timing.
+    """
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} not understood; expected one of {sorted(DTYPES)}")
     if eager_len < 1:
         raise ValueError(f"eager_len={eager_len} must be a positive integer")
+    if not compile_timeout_s > 0:
+        raise ValueError(f"compile_timeout_s={compile_timeout_s} must be positive (seconds)")
     if not torch.cuda.is_available():
         raise BenchUnavailable("ioaware bench needs a CUDA GPU; torch.cuda.is_available() is False")
     from ioaware.hardware import get_profile
 
     problem = ScanProblem(batch, channels, seqlen, d_state, groups, DTYPES[dtype], gate)
     bandwidth = get_profile(None).bandwidth
-    tolerance = TOLERANCE[problem.dtype]
     short = min(seqlen, eager_len)
     variants: list[tuple[str, Callable[[], ScanFn], int]] = [
         ("ioaware selective_scan", _ioaware_variant, seqlen),
@@ -234,32 +239,99 @@ def bench_scan(batch: int = 4, channels: int = 1536, seqlen: int = 2048, d_state
     checked: dict[int, tuple] = {}
     for name, build, length in variants:
         progress(name)
-        row = ScanBenchRow(variant=name, seqlen=length)
-        rows.append(row)
-        if length != seqlen:
-            row.note = f"timed at L={length}, scaled by {seqlen / length:g}"
-        try:
+        if build is _hop_variant:
+            # Inductor's lowering of associative_scan can take minutes at a long L (or not
+            # finish): it runs in a child process that is stopped at compile_timeout_s.
+            row = _measure_isolated(name, problem, length, compile_timeout_s,
+                                    warmup_ms, rep_ms, bandwidth)
+        else:
+            row = ScanBenchRow(variant=name, seqlen=length)
             if length not in checked:
-                leaves, dy = _inputs(problem, length)
-                checked[length] = (leaves, dy, _reference(leaves, dy))
-            leaves, dy, want = checked[length]
-            fn = build()
-            # The checks warm up too: compilation and autotuning happen here, not in timing.
-            row.rel_err = _relative_error(_run(fn, leaves, dy, backward=False), want[:1])
-            backward = True
-            try:
-                row.rel_err = max(row.rel_err, _relative_error(_run(fn, leaves, dy), want))
-            except Exception as error:  # noqa: BLE001 - time the forward alone, say why
-                backward = False
-                row.note = "; ".join(filter(None, [row.note, f"no backward: {_short(error)}"]))
-            row.ok = row.rel_err <= tolerance
-            _time_row(row, fn, leaves, dy, seqlen / length, problem, bandwidth, warmup_ms,
-                      rep_ms, backward)
-        except Exception as error:  # noqa: BLE001 - any failure skips the row, saying why
-            row.note = "; ".join(filter(None, [row.note, f"skipped: {_short(error)}"]))
-            progress(f"  {row.note}")
-            torch.cuda.empty_cache()
+                checked[length] = _checked_inputs(problem, length)
+            _measure(row, build, problem, checked[length], warmup_ms, rep_ms, bandwidth)
+        rows.append(row)
+        progress(f"  {_row_line(row)}")
     return rows
+
+
+def _checked_inputs(problem: ScanProblem, length: int) -> tuple:
+    leaves, dy = _inputs(problem, length)
+    return leaves, dy, _reference(leaves, dy)
+
+
+def _measure(row: ScanBenchRow, build: Callable[[], ScanFn], problem: ScanProblem,
+             checked: tuple, warmup_ms: float, rep_ms: float, bandwidth: float) -> None:
+    """Check, then time, one variant into `row`; a failure becomes its note."""
+    seqlen, length = problem.seqlen, row.seqlen
+    if length != seqlen:
+        row.note = f"timed at L={length}, scaled by {seqlen / length:g}"
+    try:
+        leaves, dy, want = checked
+        fn = build()
+        # The checks warm up too: compilation and autotuning happen here, not in timing.
+        row.rel_err = _relative_error(_run(fn, leaves, dy, backward=False), want[:1])
+        backward = True
+        try:
+            row.rel_err = max(row.rel_err, _relative_error(_run(fn, leaves, dy), want))
+        except Exception as error:  # noqa: BLE001 - time the forward alone, say why
+            backward = False
+            row.note = "; ".join(filter(None, [row.note, f"no backward: {_short(error)}"]))
+        row.ok = row.rel_err <= TOLERANCE[problem.dtype]
+        _time_row(row, fn, leaves, dy, seqlen / length, problem, bandwidth, warmup_ms,
+                  rep_ms, backward)
+    except Exception as error:  # noqa: BLE001 - any failure skips the row, saying why
+        row.note = "; ".join(filter(None, [row.note, f"skipped: {_short(error)}"]))
+        torch.cuda.empty_cache()
+
+
+def _isolated_child(conn, name: str, problem: ScanProblem, length: int, warmup_ms: float,
+                    rep_ms: float, bandwidth: float) -> None:
+    """Child process body: the same check and timing as in-process; the row goes back."""
+    row = ScanBenchRow(variant=name, seqlen=length)
+    _measure(row, _hop_variant, problem, _checked_inputs(problem, length), warmup_ms, rep_ms,
+             bandwidth)
+    conn.send(row)
+    conn.close()
+
+
+def _measure_isolated(name: str, problem: ScanProblem, length: int, timeout_s: float,
+                      warmup_ms: float, rep_ms: float, bandwidth: float) -> ScanBenchRow:
+    """`_measure` in a spawned process, stopped after timeout_s (a compile that does not
+    finish is a result to report, not a reason for the whole bench to hang)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_isolated_child, daemon=True,
+                            args=(send, name, problem, length, warmup_ms, rep_ms, bandwidth))
+    child.start()
+    send.close()
+    row = None
+    if receive.poll(timeout_s):
+        try:
+            row = receive.recv()
+        except EOFError:  # the child died without a row (a crash in the compiler)
+            row = None
+    child.join(5)
+    if child.is_alive():
+        child.kill()
+        child.join()
+    if row is None:
+        row = ScanBenchRow(variant=name, seqlen=length)
+        row.note = (f"skipped: no result within {timeout_s:g} s (compile, check and timing "
+                    f"in a child process; exit code {child.exitcode})")
+    return row
+
+
+def _row_line(row: ScanBenchRow) -> str:
+    """One finished row as a line, printed before the table (which needs every row)."""
+    def us(ms: float | None, floor: float | None) -> str:
+        return "-" if ms is None else f"{ms * 1e3:.1f} µs ({100 * (floor or 0):.0f}% of floor)"
+
+    check = "-" if row.ok is None else f"{row.rel_err:.1e} {'ok' if row.ok else 'FAIL'}"
+    line = (f"{row.variant}: check {check}, fwd {us(row.fwd_ms, row.fwd_floor)}, "
+            f"fwd+bwd {us(row.fwd_bwd_ms, row.fwd_bwd_floor)}")
+    return f"{line}; {row.note}" if row.note else line
 
 
 def render_scan_bench(rows: list[ScanBenchRow], title: str) -> str:
