@@ -20,6 +20,8 @@ class Rewrite:
     flops_before: modelled FLOPs of the eager region (a causal eager region also
         computes the masked half of QKᵀ and PV, so this is larger than `flops`).
     backend: how the kernel runs here: "triton" (GPU), "triton-interpret" or "reference".
+    cost_before / cost_after: the symbolic `cost.Cost` of the region and of its kernel,
+        which the numbers above evaluate (the report prints their formulas and splits).
     """
 
     kind: str
@@ -30,6 +32,8 @@ class Rewrite:
     backend: str
     flops_before: int | None = None
     graph: int = 0  # index of the captured graph (dynamo may split a function into several)
+    cost_before: Any = dataclasses.field(default=None, repr=False, compare=False)
+    cost_after: Any = dataclasses.field(default=None, repr=False, compare=False)
 
 
 @dataclasses.dataclass

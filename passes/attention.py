@@ -985,7 +985,7 @@ def run(
             kind="attention", detail=_detail(m),
             hbm_bytes_before=int(ev_before["hbm_bytes"]), hbm_bytes_after=int(ev_after["hbm_bytes"]),
             flops=int(ev_after["flops"]), flops_before=int(ev_before["flops"]),
-            backend=backend_name,
+            backend=backend_name, cost_before=before, cost_after=after,
         ))
         apply(gm, m)
     return rewrites, fallbacks

@@ -607,6 +607,8 @@ def _probe_readout(h: fx.Node, h_roles: str, c: fx.Node, end: fx.Node, sizes: di
     step_nodes = _nodes_between(h, c, end)
     gen = torch.Generator().manual_seed(0)
     device = _val(h).device  # the graph's own device: its ops may name it
+    if device.type == "meta":  # a report priced on meta: probe values need real data
+        device = torch.device("cpu")
     hv = torch.randn(_shape(h), generator=gen).to(device=device, dtype=_dtype(h))
     cv = torch.randn(_shape(c), generator=gen).to(device=device, dtype=_dtype(c))
     env = {h: hv, c: cv}
@@ -1604,7 +1606,7 @@ def run(
             hbm_bytes_before=int(ev_before["hbm_bytes"]),
             hbm_bytes_after=int(ev_after["hbm_bytes"]),
             flops=int(ev_after["flops"]), flops_before=int(ev_before["flops"]),
-            backend=backend_name,
+            backend=backend_name, cost_before=before, cost_after=after,
         ))
     return rewrites, fallbacks
 
