@@ -155,6 +155,37 @@ def sweep_backward(configs, bandwidth: float) -> list[tuple]:
     return results
 
 
+def op_overhead() -> None:
+    """The forward through ioaware::selective_scan (checks, dispatch, autotuner, launch)
+    timed as-is and as a CUDA graph replay: the difference is host time per call."""
+    from ioaware.codegen import scan_ops
+
+    u, delta, A, B, C, D, z, delta_bias, _ = inputs(3)
+
+    def forward():
+        return scan_ops.selective_scan(u, delta, A, B, C, D, z, delta_bias, True)
+
+    forward()  # compile and autotune outside the timing and the capture
+    torch.cuda.synchronize()
+    as_is = do_bench(forward, warmup=25, rep=100, return_mode="median")
+    start = time.perf_counter()
+    for _ in range(200):
+        forward()
+    host = (time.perf_counter() - start) / 200  # enqueue rate, GPU still running
+    torch.cuda.synchronize()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        forward()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        forward()
+    replay = do_bench(graph.replay, warmup=25, rep=100, return_mode="median")
+    log(f"op: {as_is * 1e3:.1f} us per call as-is, {replay * 1e3:.1f} us as a CUDA graph "
+        f"replay; host loop {host * 1e6:.1f} us per call")
+
+
 def parse_config(text: str) -> tuple[int, int, int, int]:
     parts = tuple(int(x) for x in text.split(","))
     if len(parts) != 4:
@@ -198,6 +229,7 @@ def main() -> int:
         good = sorted((r for r in results if r[3]), key=lambda r: r[1])[:5]
         log(f"  {name}: " + ", ".join(f"{c} {ms * 1e3:.1f} us" for c, ms, _, _ in good))
 
+    op_overhead()
     if options.compiled_len:
         from ioaware.bench_scan import _measure_isolated, _row_line
 

@@ -45,7 +45,7 @@ def to_cuda(t: torch.Tensor | None) -> torch.Tensor | None:
 # MAX_TUNE_CONFIGS tiles for the forward and as many for the backward) its own kernels,
 # so the examples are few and large: most of them take the autotuned path, which is where
 # the atomic outputs must be zeroed between trials.
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 2**31 - 1),
     batch=st.integers(1, 3),
@@ -81,7 +81,7 @@ def test_selective_scan_gpu_issue_shape_forward():
     assert_close("h_last", h_last, h_ref, torch.float32)
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 2**31 - 1),
     rows=st.integers(1, 8),
