@@ -271,7 +271,12 @@ def _selective_scan_bwd(
         _add_bc_grad(DB, g * (dt * u)[:, None, :], offs_d, d_ok, offs_n, n_ok, offs_l, l_ok,
                      L * D_STATE, CPG, BLOCK_D)
         gb = _sum(g * b_tile, 1)
-        g_prev = g * (hs - x)  # g_t · a_t · h_{t-1}
+        # g_t · a_t · h_{t-1}, with a_t · h_{t-1} = h_t - x_t except at the chunk's first
+        # step, where it is the exact product: from h_start = 0 (no h0, L = 1) dA is 0,
+        # not the rounding of h_t - x_t under FMA contraction (seen on H100: 2e-8 where the
+        # float64 loop has 0).
+        h_carried = tl.where(offs_c[:, None, None] == 0, decay * h_start[None, :, :], hs - x)
+        g_prev = g * h_carried
         ddt = u * gb + _sum(g_prev * a_raw[None, :, :], 1)
         da_acc += _sum(g_prev * dt[:, None, :], 0)
         du += dt * gb
