@@ -82,6 +82,12 @@ def render_block_map(spec: AttentionSpec, interpret: bool) -> str:
         return ("\n".join(_vector_summary(printer, v, interpret, indent, axis) for v in vecs)
                 or f"{indent}pass")
 
+    # Printed before the template so that every load they bind is known: scalar loads
+    # (runtime sizes) are read once at the top of the kernel.
+    kv_outer, q_inner = summaries(kv_vecs, 2, 0), summaries(q_vecs, 3, 1)
+    q_outer, kv_inner = summaries(q_vecs, 2, 0), summaries(kv_vecs, 3, 1)
+    scalars = "\n".join(x for x in (iv.printer.statements(), printer.statements()) if x)
+
     # The outer tile is one block of rows (q) or columns (kv), its bounds scalars; the
     # inner tiles are classified CHUNK at a time, their bounds [CHUNK] vectors, so the
     # same printed predicate evaluates a whole chunk at once. `q_i` / `kv_i` are the
@@ -105,7 +111,8 @@ def _append(List, row, count, tiles, keep):
 
 
 @triton.jit
-def _block_map(FullCnt, FullList, PartCnt, PartList{input_params(spec)},
+def _block_map(FullCnt, FullList, PartCnt, PartList,
+               {input_params(spec).removeprefix(", ") + "," if spec.inputs else ""}
                H_MAP, N_Q, N_K, T_OUTER, T_INNER,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KV_MAJOR: tl.constexpr):
     """One program per (outer tile, batch·map head): the full and partial inner tiles."""
@@ -114,19 +121,20 @@ def _block_map(FullCnt, FullList, PartCnt, PartList{input_params(spec)},
     b = (pid_bh // H_MAP).to(tl.int64)
     h = (pid_bh % H_MAP).to(tl.int64)
     row = (pid_bh.to(tl.int64) * T_OUTER + pid) * T_INNER
+{scalars}
     n_full = tl.full([], 0, dtype=tl.int32)
     n_part = tl.full([], 0, dtype=tl.int32)
     if KV_MAJOR:
         kv_lo = pid * BLOCK_N
         kv_hi = tl.minimum(kv_lo + BLOCK_N, N_K) - 1
         kv_i = kv_lo + tl.arange(0, BLOCK_N)
-{summaries(kv_vecs, 2, 0)}
+{kv_outer}
         for c in range(0, T_INNER, MAP_CHUNK):
             tiles = c + tl.arange(0, MAP_CHUNK)
             q_lo = tiles * BLOCK_M
             q_hi = tl.minimum(q_lo + BLOCK_M, N_Q) - 1
             q_i = q_lo[:, None] + tl.arange(0, BLOCK_M)[None, :]
-{summaries(q_vecs, 3, 1)}
+{q_inner}
             live = tiles < T_INNER
             whole = (q_lo + BLOCK_M <= N_Q) & (kv_lo + BLOCK_N <= N_K)
             must = ({must}) & whole & live
@@ -140,13 +148,13 @@ def _block_map(FullCnt, FullList, PartCnt, PartList{input_params(spec)},
         q_lo = pid * BLOCK_M
         q_hi = tl.minimum(q_lo + BLOCK_M, N_Q) - 1
         q_i = q_lo + tl.arange(0, BLOCK_M)
-{summaries(q_vecs, 2, 0)}
+{q_outer}
         for c in range(0, T_INNER, MAP_CHUNK):
             tiles = c + tl.arange(0, MAP_CHUNK)
             kv_lo = tiles * BLOCK_N
             kv_hi = tl.minimum(kv_lo + BLOCK_N, N_K) - 1
             kv_i = kv_lo[:, None] + tl.arange(0, BLOCK_N)[None, :]
-{summaries(kv_vecs, 3, 1)}
+{kv_inner}
             live = tiles < T_INNER
             whole = (q_lo + BLOCK_M <= N_Q) & (kv_lo + BLOCK_N <= N_K)
             must = ({must}) & whole & live

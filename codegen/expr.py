@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import textwrap
+from collections.abc import Callable
 
 import sympy
 from sympy.core.relational import Relational
@@ -110,6 +112,21 @@ class TritonPrinter:
     """Print one expression of the Spec's grammar as a Triton expression (see module doc)."""
 
     inputs: tuple[TensorInput, ...]
+    # every distinct load, bound once to a name (`ld0 = tl.load(...)`): printed
+    # expressions stay short and read each element once
+    bindings: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    names: dict = dataclasses.field(default_factory=dict)
+
+    def statements(self, indent: str = "    ") -> str:
+        """The `name = tl.load(...)` lines of the loads printed so far, in order."""
+        lines = []
+        for name, text in self.bindings:
+            line = f"{indent}{name} = {text}"
+            if len(line) > 100 and ", mask=" in text:
+                head, tail = text.split(", mask=", 1)
+                line = f"{indent}{name} = {head},\n{indent}    mask={tail}"
+            lines.append(line)
+        return "\n".join(lines)
 
     def input_index(self, name: str) -> int:
         for i, t in enumerate(self.inputs):
@@ -134,10 +151,13 @@ class TritonPrinter:
         return f"In{i} + " + " + ".join(terms), (" & ".join(bounds) or None)
 
     def load(self, load: sympy.Indexed) -> str:
-        ptr, mask = self.load_address(load)
-        if mask is None:
-            return f"tl.load({ptr})"
-        return f"tl.load({ptr}, mask={mask}, other=0)"
+        """The name bound to `load` (see `statements`)."""
+        if load not in self.names:
+            ptr, mask = self.load_address(load)
+            text = f"tl.load({ptr})" if mask is None else f"tl.load({ptr}, mask={mask}, other=0)"
+            self.names[load] = f"ld{len(self.bindings)}"
+            self.bindings.append((self.names[load], text))
+        return self.names[load]
 
     def int_code(self, expr: sympy.Basic) -> str:
         return self.code(expr)
@@ -424,6 +444,26 @@ def _atomic(printer: TritonPrinter, i: int, load: sympy.Indexed, grad: str) -> s
     return f"    tl.atomic_add({ptr}, {g}, mask={mask})"
 
 
+def jit_def(name: str, params: str, doc: str, body: str) -> str:
+    """A @triton.jit function, its parameter list wrapped at 100 columns."""
+    head = f"def {name}("
+    lines = textwrap.wrap(params, width=99 - len(head), break_long_words=False)
+    signature = head + ("\n" + " " * len(head)).join(lines) + "):"
+    return f'''@triton.jit
+{signature}
+    """{doc}"""
+{body}'''
+
+
+def _function(name: str, params: str, doc: str, spec: AttentionSpec,
+              value: Callable[[TritonPrinter], str]) -> str:
+    """A function returning one printed expression, its loads bound first."""
+    printer = TritonPrinter(spec.inputs)
+    ret = value(printer)
+    body = "\n".join(x for x in (printer.statements(), f"    return {ret}") if x)
+    return jit_def(name, params, doc, body)
+
+
 def mod_functions(spec: AttentionSpec, interpret: bool) -> str:
     """Source of `_visible`, `_score_mod`, `_dscore`, `_input_grads`, `_keep` for `spec`
     (each a stub when the Spec does not need it), plus the integer helpers."""
@@ -442,27 +482,22 @@ def _sum_axis(x, axis: tl.constexpr):
 def _any(flags):
     """True (a scalar) when any of the [M] flags is set."""
     return _sum_axis(flags.to(tl.int32), 0) > 0''')
-    out.append(f'''@triton.jit
-def _visible({params}):
-    """The Spec's mask predicate on a tile (bool)."""
-    return {printer.code(mask) if mask is not None else "True"}''')
-    out.append(f'''@triton.jit
-def _score_mod(score, {params}):
-    """logit = score_mod(score), natural units, fp32."""
-    return ({printer.code(mod) if mod is not None else "score"}).to(tl.float32)''')
-    out.append(f'''@triton.jit
-def _dscore(score, {params}):
-    """∂ score_mod / ∂ score."""
-    return ({printer.code(dscore) if dscore is not None else "1.0"}) + score * 0.0''')
-    lines = [f'''@triton.jit
-def _input_grads(dlogit, score, {params}{grad_params(spec)}):
-    """Add dlogit · ∂score_mod/∂load into each requires-grad input's gradient."""''']
+    out.append(_function("_visible", params, "The Spec's mask predicate on a tile (bool).",
+                         spec, lambda pr: pr.code(mask) if mask is not None else "True"))
+    out.append(_function(
+        "_score_mod", "score, " + params, "logit = score_mod(score), natural units, fp32.",
+        spec, lambda pr: f"({pr.code(mod) if mod is not None else 'score'}).to(tl.float32)"))
+    out.append(_function(
+        "_dscore", "score, " + params, "∂ score_mod / ∂ score.", spec,
+        lambda pr: f"({pr.code(dscore) if dscore is not None else '1.0'}) + score * 0.0"))
+    lines = []
     for i, load, d in grads:
         lines.append(f"    g = dlogit * ({printer.code(d)})")
         lines.append(_atomic(printer, i, load, "g"))
-    if not grads:
-        lines.append("    pass")
-    out.append("\n".join(lines))
+    body = "\n".join(x for x in (printer.statements(), *lines) if x) or "    pass"
+    out.append(jit_def("_input_grads", "dlogit, score, " + params + grad_params(spec),
+                       "Add dlogit · ∂score_mod/∂load into each requires-grad input's "
+                       "gradient.", body))
     out.append('''@triton.jit
 def _keep(seed, offset, b, h, q_i, kv_i, H_Q, N_Q, N_K):
     """Dropout keep mask: Philox draw of element (b, h, q_idx, kv_idx) (see
