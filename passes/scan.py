@@ -92,6 +92,7 @@ class Recurrence:
     a_is_log: bool = False  # `a` holds log a (closed forms that write exp(cumsum(log a)))
     keepdim: bool = False  # loop steps slice with slice(t, t+1): h_t keeps the time axis
     readout: Readout | None = None
+    products: fx.Node | None = None  # associative_scan's Π a output, when it is read
 
 
 @dataclasses.dataclass
@@ -705,11 +706,14 @@ def match_hop(gm: fx.GraphModule, node: fx.Node) -> Recurrence:
     a, b = xs
     outs = [u for u in node.users if _call(u, operator.getitem)]
     states = [u for u in outs if u.args[1] == 1]
-    if len(states) != 1 or any(u.args[1] == 0 and u.users for u in outs):
-        raise NoMatch(f"{node.name}: the cumulative product of a is used too")
+    if len(states) != 1:
+        raise NoMatch(f"{node.name}: expected one reader of the states, found {len(states)}")
+    # The scan's first output, Π_{s<=t} a_s, is what torch.cumprod gives; a graph that
+    # reads it (captures on CUDA keep the getitem alive) gets that instead.
+    products = [u for u in outs if u.args[1] == 0 and u.users]
     return Recurrence(form="associative_scan", a=a, b=b, dim=0, length=_shape(b)[0],
                       reverse=False, h0=None, anchor=node, region=[node, *outs],
-                      all_states=states[0])
+                      all_states=states[0], products=products[0] if products else None)
 
 
 # The odd-even tree of combine_mode="generic", interpreted on row intervals.
@@ -1323,8 +1327,18 @@ def apply_linear(gm: fx.GraphModule, rec: Recurrence) -> None:
                 s.replace_all_uses_with(view, delete_user_cb=lambda u: u not in region)
         else:
             rec.all_states.replace_all_uses_with(h)
+    _replace_products(g, rec)
     _erase(g, rec.region)
     gm.recompile()
+
+
+def _replace_products(g: fx.Graph, rec: Recurrence) -> None:
+    """Give the readers of associative_scan's Π a output torch.cumprod of a."""
+    if rec.products is None:
+        return
+    with g.inserting_before(rec.anchor):
+        prod = g.call_function(aten.cumprod.default, (rec.a, rec.dim))
+    rec.products.replace_all_uses_with(prod)
 
 
 def _replay_chain(g: fx.Graph, chain: list[fx.Node], start: fx.Node) -> fx.Node:
@@ -1436,6 +1450,7 @@ def apply_selective(gm: fx.GraphModule, rec: Recurrence, sel: Selective, ro: Rea
                 h = g.call_function(aten._to_copy.default, (h_last,), {"dtype": _dtype(last)})
             last.replace_all_uses_with(h, delete_user_cb=lambda u: u not in inside)
     epi.output.replace_all_uses_with(y)
+    _replace_products(g, rec)
     _erase(g, [*sel.nodes, *rec.region, *ro.nodes, ro.output, *epi.nodes, *ro.last])
     gm.recompile()
 

@@ -38,11 +38,11 @@ def interpreted_kernels(tmp_path_factory: pytest.TempPathFactory):
 
 # ---- the grammar: each atom is (sympy text, torch predicate over index grids, inputs) --
 
-def _grids(batch, heads, n_q, n_k):
-    b = torch.arange(batch).view(-1, 1, 1, 1)
-    h = torch.arange(heads).view(1, -1, 1, 1)
-    i = torch.arange(n_q).view(1, 1, -1, 1)
-    j = torch.arange(n_k).view(1, 1, 1, -1)
+def _grids(batch, heads, n_q, n_k, device="cpu"):
+    b = torch.arange(batch, device=device).view(-1, 1, 1, 1)
+    h = torch.arange(heads, device=device).view(1, -1, 1, 1)
+    i = torch.arange(n_q, device=device).view(1, 1, -1, 1)
+    j = torch.arange(n_k, device=device).view(1, 1, 1, -1)
     return b, h, i, j
 
 
@@ -144,7 +144,7 @@ def eager_attention(q, k, v, scale, causal, mask_fn, mod_fn, tensors, semantics,
     k = k.repeat_interleave(group, dim=1)
     v = v.repeat_interleave(group, dim=1)
     s = scale * q @ k.transpose(-1, -2)
-    g = _grids(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    g = _grids(q.shape[0], q.shape[1], q.shape[2], k.shape[2], q.device)
     logit = mod_fn(s, *g, tensors) if mod_fn is not None else s
     visible = torch.ones_like(s, dtype=torch.bool)
     if mask_fn is not None:

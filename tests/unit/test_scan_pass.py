@@ -258,6 +258,24 @@ def test_associative_scan_hop():
     assert relative_error(gm(a, b), fn(a, b)) <= 1e-6
 
 
+def test_associative_scan_hop_whose_products_are_read():
+    """A graph that also reads the scan's Π a output (captures on CUDA keep that getitem
+    alive) is still rewritten; the products become torch.cumprod of a."""
+
+    def combine(a1, b1, a2, b2):
+        return [a1 * a2, a2 * b1 + b2]
+
+    def fn(a, b):
+        prods, states = associative_scan_op(combine, [a, b], ())
+        return states + prods.sum()
+
+    a, b = ab(6, 2, 3)
+    gm = make_fx(fn, pre_dispatch=True)(a, b)
+    rewrites, falls = run_pass(gm)
+    assert len(rewrites) == 1 and not falls
+    assert relative_error(gm(a, b), fn(a, b)) <= 1e-6
+
+
 def test_capture_keeps_a_generic_scan_computable():
     """capture flattens the vmapped combine: the canonical graph computes what eager does
     (before, its results were baked-in fake constants)."""
