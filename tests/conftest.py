@@ -3,6 +3,13 @@ import sys
 
 import pytest
 import torch
+from hypothesis import settings
+
+# Every run draws the same examples (per test, from its name): CI reproduces a failure
+# exactly, and a red run is never a coin toss. HYPOTHESIS_PROFILE=explore draws fresh ones.
+settings.register_profile("ci", derandomize=True, database=None)
+settings.register_profile("explore")
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/spellings.py and friends
 
