@@ -13,42 +13,25 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ioaware.examples.llama import LlamaBlock, RMSNorm
+from ioaware.examples.llama import LlamaBlock, TokenLM, make_token_lm
 from ioaware.examples.mamba import MambaBlock
 
 # Layer kinds, bottom to top: Mamba, attention, Mamba.
 LAYOUT = ("mamba", "attention", "mamba")
 
 
-class Hybrid(nn.Module):
+class Hybrid(TokenLM):
     def __init__(self, vocab: int = 256, d_model: int = 32, n_heads: int = 4,
                  n_kv_heads: int = 2) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(vocab, d_model)
-        self.layers = nn.ModuleList(
-            LlamaBlock(d_model, n_heads, n_kv_heads) if kind == "attention"
-            else MambaBlock(d_model)
-            for kind in LAYOUT
-        )
-        self.norm = RMSNorm(d_model)
-        self.head = nn.Linear(d_model, vocab, bias=False)
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """idx: [batch, seq] token ids -> logits [batch, seq, vocab]."""
-        x = self.embed(idx)
-        for layer in self.layers:
-            x = layer(x)
-        return self.head(self.norm(x))
+        blocks = [LlamaBlock(d_model, n_heads, n_kv_heads) if kind == "attention"
+                  else MambaBlock(d_model) for kind in LAYOUT]
+        super().__init__(blocks, vocab, d_model)
 
 
 def make(batch: int = 2, seq_len: int = 16, dtype: torch.dtype = torch.float32,
          device: str | torch.device = "cpu", vocab: int = 256) -> tuple[nn.Module, tuple]:
     """(model, (token_ids,)) with fixed random weights and tokens: ids [batch, seq_len]."""
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = Hybrid(vocab=vocab).to(dtype)
-        tokens = torch.randint(0, vocab, (batch, seq_len))
-    return model, (tokens,)
+    return make_token_lm(lambda v: Hybrid(vocab=v), batch, seq_len, dtype, device, vocab)
 
 
 if __name__ == "__main__":

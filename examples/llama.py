@@ -12,6 +12,7 @@ grouped-query attention (8 query heads share 2 key/value heads through `expand` 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -107,14 +108,14 @@ class LlamaBlock(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
-class Llama(nn.Module):
-    def __init__(self, vocab: int = 256, d_model: int = 64, n_heads: int = 8,
-                 n_kv_heads: int = 2, n_layers: int = 2) -> None:
+class TokenLM(nn.Module):
+    """Token ids → embedding → `blocks` → RMSNorm → logits over the vocabulary: the shell
+    the Llama, Mamba and hybrid examples share."""
+
+    def __init__(self, blocks: list[nn.Module], vocab: int, d_model: int) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, d_model)
-        self.layers = nn.ModuleList(
-            LlamaBlock(d_model, n_heads, n_kv_heads) for _ in range(n_layers)
-        )
+        self.layers = nn.ModuleList(blocks)
         self.norm = RMSNorm(d_model)
         self.head = nn.Linear(d_model, vocab, bias=False)
 
@@ -126,14 +127,28 @@ class Llama(nn.Module):
         return self.head(self.norm(x))
 
 
+def make_token_lm(build: Callable[[int], nn.Module], batch: int, seq_len: int,
+                  dtype: torch.dtype, device: str | torch.device, vocab: int
+                  ) -> tuple[nn.Module, tuple]:
+    """(build(vocab), (token_ids,)) with fixed random weights and tokens [batch, seq_len]."""
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = build(vocab).to(dtype)
+        tokens = torch.randint(0, vocab, (batch, seq_len))
+    return model, (tokens,)
+
+
+class Llama(TokenLM):
+    def __init__(self, vocab: int = 256, d_model: int = 64, n_heads: int = 8,
+                 n_kv_heads: int = 2, n_layers: int = 2) -> None:
+        blocks = [LlamaBlock(d_model, n_heads, n_kv_heads) for _ in range(n_layers)]
+        super().__init__(blocks, vocab, d_model)
+
+
 def make(batch: int = 2, seq_len: int = 64, dtype: torch.dtype = torch.float32,
          device: str | torch.device = "cpu", vocab: int = 256) -> tuple[nn.Module, tuple]:
     """(model, (token_ids,)) with fixed random weights and tokens: ids [batch, seq_len]."""
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = Llama(vocab=vocab).to(dtype)
-        tokens = torch.randint(0, vocab, (batch, seq_len))
-    return model, (tokens,)
+    return make_token_lm(lambda v: Llama(vocab=v), batch, seq_len, dtype, device, vocab)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ioaware.examples.llama import RMSNorm
+from ioaware.examples.llama import RMSNorm, TokenLM, make_token_lm
 
 
 class MambaMixer(nn.Module):
@@ -71,30 +71,15 @@ class MambaBlock(nn.Module):
         return x + self.mixer(self.norm(x))
 
 
-class Mamba(nn.Module):
+class Mamba(TokenLM):
     def __init__(self, vocab: int = 256, d_model: int = 32, n_layers: int = 2) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(vocab, d_model)
-        self.layers = nn.ModuleList(MambaBlock(d_model) for _ in range(n_layers))
-        self.norm = RMSNorm(d_model)
-        self.head = nn.Linear(d_model, vocab, bias=False)
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """idx: [batch, seq] token ids -> logits [batch, seq, vocab]."""
-        x = self.embed(idx)
-        for layer in self.layers:
-            x = layer(x)
-        return self.head(self.norm(x))
+        super().__init__([MambaBlock(d_model) for _ in range(n_layers)], vocab, d_model)
 
 
 def make(batch: int = 2, seq_len: int = 16, dtype: torch.dtype = torch.float32,
          device: str | torch.device = "cpu", vocab: int = 256) -> tuple[nn.Module, tuple]:
     """(model, (token_ids,)) with fixed random weights and tokens: ids [batch, seq_len]."""
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = Mamba(vocab=vocab).to(dtype)
-        tokens = torch.randint(0, vocab, (batch, seq_len))
-    return model, (tokens,)
+    return make_token_lm(lambda v: Mamba(vocab=v), batch, seq_len, dtype, device, vocab)
 
 
 if __name__ == "__main__":

@@ -85,9 +85,13 @@ def load_target(target: str, overrides: dict[str, Any] | None = None,
     if spec is None or spec.loader is None:
         raise TargetError(f"TARGET {target!r}: cannot import {path}")
     module = importlib.util.module_from_spec(spec)
+    # Registered as an importable module, as `import` would: dynamo and pickling look
+    # classes up by their __module__.
+    sys.modules[spec.name] = module
     try:
         spec.loader.exec_module(module)
     except Exception as error:  # noqa: BLE001 - whatever the user's file raises, TARGET is bad
+        sys.modules.pop(spec.name, None)
         raise TargetError(f"TARGET {target!r}: importing {path} raised {_one_line(error)}")
     make = getattr(module, function, None)
     if not callable(make):
