@@ -24,4 +24,4 @@ test: setup
 	IOAWARE_INTERPRET=1 $(BIN)/python -m pytest -q -n 2 --durations=15
 
 test-gpu: setup
-	$(BIN)/python -m pytest -q -m gpu tests/gpu
+	$(BIN)/python -m pytest -q -m gpu tests

@@ -13,7 +13,7 @@ PY
 export PYTHONUNBUFFERED=1
 # GPU_TESTS: which test files ("" for none); PYTEST_ARGS: e.g. "-n 4" (tests compile kernels
 # on the CPU cores, so workers shorten the run; no test times anything).
-[ -z "${GPU_TESTS-tests/gpu}" ] || timeout "${TEST_TIMEOUT:-320}" python3 -m pytest -q -m gpu ${GPU_TESTS-tests/gpu} ${PYTEST_ARGS:-} \
+[ -z "${GPU_TESTS-tests}" ] || timeout "${TEST_TIMEOUT:-320}" python3 -m pytest -q -m gpu ${GPU_TESTS-tests} ${PYTEST_ARGS:-} \
   -p no:cacheprovider --durations=8 2>&1 | tee "$out/gpu_tests.log"
 # BENCHES: which benches after the tests ("attention scan" by default; "" for none).
 for b in ${BENCHES-attention scan}; do
