@@ -128,5 +128,8 @@ def test_document_mask_memory_is_linear_in_n():
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
 
+    # The first call at a size autotunes, and triton's do_bench allocates a 256 MB buffer
+    # to flush L2 between trials: measure the second call, the steady state.
+    peak(8192), peak(16384)
     small, large = peak(8192), peak(16384)
     assert large < 2.6 * small, (small, large)
