@@ -222,20 +222,29 @@ def bench_problem(problem: AttentionProblem, vs: Iterable[str] = BASELINES, *,
         progress(f"{name} (causal={problem.causal})")
         row = BenchRow(variant=name, causal=problem.causal)
         rows.append(row)
-        try:
-            attention = build()
-            # The check also warms up: compilation and autotuning happen here, not in timing.
-            row.rel_err = _relative_error(_forward_backward(attention, q, k, v, dout), want)
-            row.ok = row.rel_err <= tolerance
-        except Exception as error:  # noqa: BLE001 - any failure skips the row, saying why
-            row.note = f"skipped: {_short(error)}"
-            progress(f"  {row.note}")
-            torch.cuda.empty_cache()
-            continue
-
-        _time(row, attention, problem, (q, k, v, dout), warmup_ms, rep_ms, progress)
+        attention = _check(row, build, (q, k, v, dout), want, tolerance, progress)
+        if attention is not None:
+            _time(row, attention, problem, (q, k, v, dout), warmup_ms, rep_ms, progress)
     _attach_speedups(rows)
     return rows
+
+
+def _check(row: BenchRow, build: Callable[[], Attention], tensors: tuple[torch.Tensor, ...],
+           want: tuple[torch.Tensor, ...], tolerance: float,
+           progress: Callable[[str], None]) -> Attention | None:
+    """Build the variant and fill the row's check against `want`; None when it fails (the
+    failure becomes the row's note). The check also warms up: compilation and autotuning
+    happen here, not in timing."""
+    try:
+        attention = build()
+        row.rel_err = _relative_error(_forward_backward(attention, *tensors), want)
+        row.ok = row.rel_err <= tolerance
+    except Exception as error:  # noqa: BLE001 - any failure skips the row, saying why
+        row.note = f"skipped: {_short(error)}"
+        progress(f"  {row.note}")
+        torch.cuda.empty_cache()
+        return None
+    return attention
 
 
 def _time(row: BenchRow, attention: Attention, problem: AttentionProblem,
@@ -271,8 +280,9 @@ def _time(row: BenchRow, attention: Attention, problem: AttentionProblem,
         row.fwd_bwd_tflops = problem.fwd_bwd_flops / (row.fwd_bwd_ms * 1e-3) / 1e12
 
 
-def _attach_speedups(rows: list[BenchRow]) -> None:
-    reference = next((r for r in rows if r.variant == REFERENCE_VARIANT), None)
+def _attach_speedups(rows: list[BenchRow], reference_variant: str = REFERENCE_VARIANT) -> None:
+    """speedup_*: the reference row's time over each row's (above 1: faster)."""
+    reference = next((r for r in rows if r.variant == reference_variant), None)
     if reference is None:
         return
     for row in rows:

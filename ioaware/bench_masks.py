@@ -32,9 +32,8 @@ from ioaware.bench import (
     BenchRow,
     BenchUnavailable,
     _attach_speedups,
+    _check,
     _forward_backward,
-    _relative_error,
-    _short,
     _time,
 )
 
@@ -219,14 +218,8 @@ def bench_masked(kind: str, batch: int = 2, heads: int = 16, seqlen: int = 8192,
         progress(f"{name} ({kind})")
         row = BenchRow(variant=name, causal=True)
         rows.append(row)
-        try:
-            attention = build()
-            row.rel_err = _relative_error(_forward_backward(attention, q, k, v, dout), want)
-            row.ok = row.rel_err <= TOLERANCE[problem.dtype]
-        except Exception as error:  # noqa: BLE001 - any failure skips the row, saying why
-            row.note = f"skipped: {_short(error)}"
-            progress(f"  {row.note}")
-            torch.cuda.empty_cache()
+        attention = _check(row, build, (q, k, v, dout), want, TOLERANCE[problem.dtype], progress)
+        if attention is None:
             continue
         _time(row, attention, problem, (q, k, v, dout), warmup_ms, rep_ms, progress)
         for field in ("fwd_tflops", "fwd_bwd_tflops"):
@@ -234,18 +227,5 @@ def bench_masked(kind: str, batch: int = 2, heads: int = 16, seqlen: int = 8192,
                 setattr(row, field, getattr(row, field) * scale)
         del attention
         torch.cuda.empty_cache()
-    _attach_speedups_to(rows, "flex_attention")
+    _attach_speedups(rows, "flex_attention")
     return rows
-
-
-def _attach_speedups_to(rows: list[BenchRow], reference: str) -> None:
-    """speedup_*: the `reference` row's time over each row's (above 1: faster)."""
-    ref = next((r for r in rows if r.variant == reference), None)
-    if ref is None:
-        _attach_speedups(rows)
-        return
-    for row in rows:
-        if ref.fwd_ms and row.fwd_ms:
-            row.speedup_fwd = ref.fwd_ms / row.fwd_ms
-        if ref.fwd_bwd_ms and row.fwd_bwd_ms:
-            row.speedup_fwd_bwd = ref.fwd_bwd_ms / row.fwd_bwd_ms

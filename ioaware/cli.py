@@ -380,6 +380,16 @@ def render_bench(rows: Sequence[Any], title: str, reference: str | None = None) 
     return render([table, *notes], width=160)
 
 
+def _bench_progress(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def _print_json(rows: list) -> int:
+    """Every bench row as a JSON object, on stdout; the exit status."""
+    print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+    return 0
+
+
 def cmd_bench(options: argparse.Namespace) -> int:
     import torch
 
@@ -395,11 +405,10 @@ def cmd_bench(options: argparse.Namespace) -> int:
         options.batch, options.heads, options.seqlen, options.head_dim, options.dtype,
         options.causal, options.vs, skip_slow=options.skip_slow,
         warmup_ms=options.warmup, rep_ms=options.rep,
-        progress=lambda message: print(f"[bench] {message}", file=sys.stderr, flush=True),
+        progress=_bench_progress,
     )
     if options.json:
-        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
-        return 0
+        return _print_json(rows)
     device = torch.cuda.get_device_name()
     for causal in options.causal:
         title = (
@@ -420,11 +429,10 @@ def _cmd_bench_masked(options: argparse.Namespace) -> int:
         options.mask, options.batch, options.heads, options.seqlen, options.head_dim,
         options.dtype, warmup_ms=options.warmup, rep_ms=options.rep,
         skip_slow=options.skip_slow,
-        progress=lambda message: print(f"[bench] {message}", file=sys.stderr, flush=True),
+        progress=_bench_progress,
     )
     if options.json:
-        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
-        return 0
+        return _print_json(rows)
     title = (f"attention on {torch.cuda.get_device_name()}: B={options.batch} "
              f"H={options.heads} N={options.seqlen} d={options.head_dim} {options.dtype}, "
              f"{options.mask} (TFLOP/s over the visible pairs)")
@@ -445,11 +453,10 @@ def cmd_bench_scan(options: argparse.Namespace) -> int:
         options.batch, options.channels, options.seqlen, options.d_state, options.groups,
         options.dtype, options.gate, eager_len=options.eager_len, skip_slow=options.skip_slow,
         warmup_ms=options.warmup, rep_ms=options.rep,
-        progress=lambda message: print(f"[bench] {message}", file=sys.stderr, flush=True),
+        progress=_bench_progress,
     )
     if options.json:
-        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
-        return 0
+        return _print_json(rows)
     title = (f"selective scan on {torch.cuda.get_device_name()}: B={options.batch} "
              f"D={options.channels} L={options.seqlen} N={options.d_state} G={options.groups} "
              f"{options.dtype}{', silu(z) gate' if options.gate else ''}")

@@ -282,88 +282,9 @@ class _Captured:
 
     rewrites: list[Rewrite]
     fallbacks: list[Fallback]
-    region_costs: list[tuple[cost.Cost | None, cost.Cost | None]]  # per rewrite, when known
     before: _GraphTotals
     after: _GraphTotals
     hints: dict
-
-
-def _attention_region_costs(gm: fx.GraphModule) -> list[tuple[cost.Cost, cost.Cost]]:
-    """The symbolic (before, after) Cost of every attention candidate that matches, taken
-    before the pass rewrites the graph (the pass hands over only evaluated numbers)."""
-    from ioaware.passes import attention
-
-    found = []
-    for node in attention.candidates(gm):
-        try:
-            if node.target is torch.ops.aten._softmax.default:
-                m = attention.match_softmax(node)
-            else:
-                m = attention.match_sdpa(node)
-            found.append(attention.region_costs(m))
-        except Exception as e:  # noqa: BLE001 - not a match: the pass will say why
-            log.debug("report: %s is not an attention region: %s", node.name, e)
-    return found
-
-
-def _kernel_costs(gm: fx.GraphModule) -> list[cost.Cost]:
-    """The Cost of every generated-kernel call (an `ioaware::` op) in the rewritten graph:
-    symbolic, read and write apart, priced by the same rules as every other node."""
-    found = []
-    for node in gm.graph.nodes:
-        if node.op != "call_function" or getattr(node.target, "namespace", None) != "ioaware":
-            continue
-        try:
-            c = cost.node_cost(node)
-        except Exception as e:  # noqa: BLE001 - the region keeps its evaluated totals
-            log.debug("report: cannot price %s: %s", node.name, e)
-            continue
-        if c is not None:
-            found.append(c)
-    return found
-
-
-_CostPair = tuple[cost.Cost | None, cost.Cost | None]
-
-
-def _take(costs: list[cost.Cost], hints: Mapping, hbm_bytes: int, flops: int
-          ) -> cost.Cost | None:
-    """Remove and return the first cost that evaluates to these numbers (identical layers
-    have identical costs, so any equal one is the right one)."""
-    for c in costs:
-        values = c.evaluate(hints)
-        if (values["hbm_bytes"], values["flops"]) == (hbm_bytes, flops):
-            costs.remove(c)
-            return c
-    return None
-
-
-def _pair_costs(rewrites: Sequence[Rewrite], candidates: list[tuple[cost.Cost, cost.Cost]],
-                kernels: list[cost.Cost], hints: Mapping) -> list[_CostPair]:
-    """Each rewrite's (before, after) Cost, each side None where unknown.
-
-    A pass that hands over its Costs (`cost_before`, `cost_after` on the Rewrite) is taken
-    at its word. Otherwise before is the attention candidate whose numbers equal the
-    rewrite's, and after the generated-kernel call whose numbers equal its after side."""
-    candidates, kernels = list(candidates), list(kernels)
-    paired: list[_CostPair] = []
-    for r in rewrites:
-        explicit = (getattr(r, "cost_before", None), getattr(r, "cost_after", None))
-        if all(isinstance(c, cost.Cost) for c in explicit):
-            paired.append(explicit)
-            continue
-        flops_before = r.flops if r.flops_before is None else r.flops_before
-        before = after = None
-        for pair in candidates if r.kind == "attention" else ():
-            b, a = (c.evaluate(hints) for c in pair)
-            if (b["hbm_bytes"], b["flops"], a["hbm_bytes"], a["flops"]) == (
-                    r.hbm_bytes_before, flops_before, r.hbm_bytes_after, r.flops):
-                candidates.remove(pair)
-                before, after = pair
-                break
-        after = _take(kernels, hints, r.hbm_bytes_after, r.flops) or after
-        paired.append((before, after))
-    return paired
 
 
 class ReportBackend:
@@ -390,34 +311,30 @@ class ReportBackend:
             canon = capture.canonicalize(gm, example_inputs)
         except Exception as e:  # noqa: BLE001 - the graph still runs; say why it was not read
             reason = f"capture failed, graph left as it was: {type(e).__name__}: {e}"
-            self._record([], [Fallback("graph", reason)], [], _GraphTotals(), _GraphTotals(), {})
+            self._record([], [Fallback("graph", reason)], _GraphTotals(), _GraphTotals(), {})
             return gm.forward
         hints = cost.size_hints(canon)
         before = price_graph(canon, self.profile, hints, self.dtype)
-        candidates = _attention_region_costs(canon)
         ctx = PassContext(profile=self.profile, backend_name=self.kernel_backend(), hints=hints)
         try:
             rewrites, fallbacks = run_pipeline(canon, ctx)
         except Exception as e:  # noqa: BLE001 - as the backend does: the graph stays eager
             reason = f"rewrite failed, graph left as it was: {type(e).__name__}: {e}"
-            self._record([], [Fallback("graph", reason)], [], before, before, hints)
+            self._record([], [Fallback("graph", reason)], before, before, hints)
             return gm.forward
-        after, kernels = before, []
+        after = before
         if rewrites:
             _fill_missing_vals(canon)
             after = price_graph(canon, self.profile, hints, self.dtype)
-            kernels = _kernel_costs(canon)
-        self._record(rewrites, fallbacks, _pair_costs(rewrites, candidates, kernels, hints),
-                     before, after, hints)
+        self._record(rewrites, fallbacks, before, after, hints)
         return gm.forward
 
     def _record(self, rewrites: list[Rewrite], fallbacks: list[Fallback],
-                region_costs: list, before: _GraphTotals, after: _GraphTotals,
-                hints: dict) -> None:
+                before: _GraphTotals, after: _GraphTotals, hints: dict) -> None:
         index = len(self.captured)
         for record in (*rewrites, *fallbacks):
             record.graph = index
-        self.captured.append(_Captured(rewrites, fallbacks, region_costs, before, after, hints))
+        self.captured.append(_Captured(rewrites, fallbacks, before, after, hints))
 
 
 def _fill_missing_vals(gm: fx.GraphModule) -> None:
@@ -563,8 +480,7 @@ def assemble(captured: Sequence[_Captured], profile: hardware.DeviceProfile, dty
         names.update(graph_names)
         for symbol, value in graph.hints.items():
             sizes[str(graph_names.get(symbol, symbol))] = int(value)
-        for r, pair in zip(graph.rewrites, graph.region_costs):
-            regions.append(_rewritten(r, pair, profile, graph.hints, graph_names))
+        regions += [_rewritten(r, profile, graph.hints, graph_names) for r in graph.rewrites]
         regions += [Region(f.graph, f.kind, "fallback", reason=f.reason)
                     for f in graph.fallbacks]
         before.add(graph.before)
@@ -586,16 +502,15 @@ def assemble(captured: Sequence[_Captured], profile: hardware.DeviceProfile, dty
                   graphs=len(captured), regions=regions, totals=totals, notes=notes)
 
 
-def _rewritten(r: Rewrite, pair: tuple[cost.Cost | None, cost.Cost | None],
-               profile: hardware.DeviceProfile, hints: Mapping,
+def _rewritten(r: Rewrite, profile: hardware.DeviceProfile, hints: Mapping,
                names: Mapping[sympy.Symbol, sympy.Symbol]) -> Region:
-    """A rewritten region's two sides: from its Costs where known, else from the totals
-    the pass reported (priced as bytes read: the model prices the sum anyway)."""
+    """A rewritten region's two sides: from the Costs the pass handed over where known,
+    else from its evaluated totals (priced as bytes read: the model prices the sum anyway)."""
     dtype = str(r.detail.get("dtype", "float32"))
     flops_before = r.flops if r.flops_before is None else r.flops_before
     sides = []
-    for c, hbm, flops in ((pair[0], r.hbm_bytes_before, flops_before),
-                          (pair[1], r.hbm_bytes_after, r.flops)):
+    for c, hbm, flops in ((r.cost_before, r.hbm_bytes_before, flops_before),
+                          (r.cost_after, r.hbm_bytes_after, r.flops)):
         sides.append(_figures(c, profile, dtype, hints, names) if c is not None
                      else _figures_from_totals(hbm, flops, profile, dtype))
     return Region(r.graph, r.kind, "rewritten", detail=dict(r.detail), backend=r.backend,
