@@ -59,6 +59,12 @@ def _strictest(tiles: list[tuple[AttentionTile, bool, bool]]) -> list[AttentionT
     return []
 
 
+def _check_positive_ints(**values: object) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name}={value!r} must be a positive int")
+
+
 def _tile_budget(profile: DeviceProfile) -> int:
     return int(profile.sram_per_block * SRAM_HEADROOM)
 
@@ -80,10 +86,7 @@ def attention_tile_candidates(
     a load, without spending SRAM on more); then fewer warps. Single-stage tiles come
     only when nothing pipelined fits. At most `limit` (None: all).
     """
-    for name, value in (("head_dim", head_dim), ("head_dim_v", head_dim_v),
-                        ("itemsize", itemsize)):
-        if not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name}={value!r} must be a positive int")
+    _check_positive_ints(head_dim=head_dim, head_dim_v=head_dim_v, itemsize=itemsize)
     budget = _tile_budget(profile)
     d, dv = int(padded_head_dim(head_dim)), int(padded_head_dim(head_dim_v))
     tiles = []
@@ -109,10 +112,7 @@ def _backward_tiles(
     profile: DeviceProfile, head_dim: int, head_dim_v: int, itemsize: int,
     limit: int | None, resident_is_m: bool,
 ) -> list[AttentionTile]:
-    for name, value in (("head_dim", head_dim), ("head_dim_v", head_dim_v),
-                        ("itemsize", itemsize)):
-        if not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name}={value!r} must be a positive int")
+    _check_positive_ints(head_dim=head_dim, head_dim_v=head_dim_v, itemsize=itemsize)
     budget = _tile_budget(profile)
     d, dv = int(padded_head_dim(head_dim)), int(padded_head_dim(head_dim_v))
     width = d + dv
@@ -215,9 +215,7 @@ def scan_chunk_candidates(
     (`selective_scan_cost(block_d=...)`), so more channels per program first; then
     longer chunks (fewer loop trips); then 2-3 stages; then fewer warps.
     """
-    for name, value in (("d_state", d_state), ("itemsize", itemsize)):
-        if not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name}={value!r} must be a positive int")
+    _check_positive_ints(d_state=d_state, itemsize=itemsize)
     budget = _tile_budget(profile)
     fits = []
     for block_d in (256, 128, 64, 32, 16):
