@@ -154,15 +154,16 @@ def _one_line(error: BaseException) -> str:
 # --- report -----------------------------------------------------------------------------------
 
 
-def _to_meta(model: Any, args: tuple, kwargs: dict) -> tuple[Any, tuple, dict]:
-    """The same model and inputs on the meta device: running them computes nothing."""
+def _on_device(model: Any, args: tuple, kwargs: dict,
+               device: str = "meta") -> tuple[Any, tuple, dict]:
+    """The same model and inputs on `device` (on "meta", running them computes nothing)."""
     import torch
 
     def move(value: Any) -> Any:
-        return value.to("meta") if isinstance(value, torch.Tensor) else value
+        return value.to(device) if isinstance(value, torch.Tensor) else value
 
     if isinstance(model, torch.nn.Module):
-        model = model.to("meta")
+        model = model.to(device)
     return model, tuple(move(a) for a in args), {k: move(v) for k, v in kwargs.items()}
 
 
@@ -191,7 +192,7 @@ def build_target_report(options: argparse.Namespace) -> Any:
     dtype = DTYPES[options.dtype] if options.dtype else "float32"
     model, args, kwargs = load_target(options.target, overrides, device="meta")
     try:
-        model, args, kwargs = _to_meta(model, args, kwargs)
+        model, args, kwargs = _on_device(model, args, kwargs)
         return build_report(model, args, kwargs, device=options.device, dtype=dtype,
                             target=options.target, formulas=options.formulas)
     except Exception as error:  # noqa: BLE001 - not meta-friendly: run it for real below
@@ -328,7 +329,7 @@ def cmd_demo(options: argparse.Namespace) -> int:
     print()
     from ioaware.report import build_report, render_terminal
 
-    print(render_terminal(build_report(*_to_meta(model, args, {}), device=options.device,
+    print(render_terminal(build_report(*_on_device(model, args, {}), device=options.device,
                                        target="gpt")), end="")
     print(f"demo took {time.perf_counter() - start:.1f} s")
     return 0 if forward_ok and backward_ok else 1

@@ -157,32 +157,18 @@ def _child_target_args(options: argparse.Namespace) -> list[str]:
     return args
 
 
-def _load_on_cuda(target: str, batch: int | None, seq_len: int | None,
-                  dtype: str | None) -> tuple[Any, tuple, dict]:
-    from ioaware.cli import DTYPES, load_target
+def _load_on_cuda(options: argparse.Namespace) -> tuple[Any, tuple, dict]:
+    from ioaware.cli import _on_device, _overrides, load_target
 
-    overrides: dict[str, Any] = {}
-    if batch is not None:
-        overrides["batch"] = batch
-    if seq_len is not None:
-        overrides["seq_len"] = seq_len
-    if dtype is not None:
-        overrides["dtype"] = getattr(torch, DTYPES[dtype])
-    model, args, kwargs = load_target(target, overrides, device="cuda")
-
-    def move(value: Any) -> Any:
-        return value.to("cuda") if isinstance(value, torch.Tensor) else value
-
-    if isinstance(model, torch.nn.Module):
-        model = model.to("cuda")
-    return model, tuple(move(a) for a in args), {k: move(v) for k, v in kwargs.items()}
+    model, args, kwargs = load_target(options.target, _overrides(options), device="cuda")
+    return _on_device(model, args, kwargs, "cuda")
 
 
-def _compiled_forward(target: str, batch: int | None, seq_len: int | None,
-                      dtype: str | None) -> Callable[[], Any]:
+def _compiled_forward(options: argparse.Namespace) -> Callable[[], Any]:
+    """The target (`--target`, `--batch`, `--seq-len`, `--dtype`) compiled and warm."""
     import ioaware
 
-    model, args, kwargs = _load_on_cuda(target, batch, seq_len, dtype)
+    model, args, kwargs = _load_on_cuda(options)
     compiled = ioaware.compile(model)
 
     def run() -> Any:
@@ -203,7 +189,7 @@ def measure_report(options: argparse.Namespace, report: Any) -> str:
     if not torch.cuda.is_available():
         return ("measure: no CUDA GPU here (torch.cuda.is_available() is False); "
                 "only the modelled figures above\n")
-    run = _compiled_forward(options.target, options.batch, options.seq_len, options.dtype)
+    run = _compiled_forward(options)
     times = kernel_times(run)
     lines = ["measured on " + torch.cuda.get_device_name() + " (torch.profiler, per forward):"]
     families: dict[str, float] = {}
@@ -385,7 +371,7 @@ def _child(options: argparse.Namespace) -> int:
         run = lambda: case.fn(*inputs)
         run()
     else:
-        run = _compiled_forward(options.target, options.batch, options.seq_len, options.dtype)
+        run = _compiled_forward(options)
     torch.cuda.synchronize()
     torch.cuda.nvtx.range_push(NVTX_RANGE)
     run()
