@@ -149,8 +149,7 @@ def _scale_of(node: fx.Node) -> float | None:
     if node.op != "call_function":
         return None
     if node.target in (aten.mul.Tensor, aten.mul.Scalar):
-        c = _scalar_arg(node.args[1])
-        return c
+        return _scalar_arg(node.args[1])
     if node.target in (aten.div.Tensor, aten.div.Scalar) and not node.kwargs.get("rounding_mode"):
         c = _scalar_arg(node.args[1])
         return None if not c else 1.0 / c
@@ -757,7 +756,7 @@ def _sdpa_mask(node: fx.Node, attn_mask: Any, dtype: torch.dtype, shape: tuple[i
 def region_costs(m: AttentionMatch) -> tuple[cost.Cost, cost.Cost]:
     """Modelled cost of the eager region and of the generated kernel (forward)."""
     d = m.dims
-    itemsize = torch.empty((), dtype=m.dtype).element_size()
+    itemsize = m.dtype.itemsize
     density = _density(m, index_part=True)
     after = cost.flash_attention_cost(
         d["B"], d["Hq"], d["Hkv"], d["Nq"], d["Nk"], d["D"], d["Dv"], itemsize,

@@ -503,11 +503,6 @@ def reads_sizes(expr: sympy.Basic) -> bool:
     return any(str(ld.base) == SIZES for ld in expr.atoms(sympy.Indexed))
 
 
-def index_only(expr: sympy.Basic) -> bool:
-    """True when `expr` reads no tensor (its value is known at compile time)."""
-    return not loads(expr)
-
-
 def conjuncts(pred: sympy.Basic) -> list[sympy.Basic]:
     return list(pred.args) if isinstance(pred, sympy.And) else [pred]
 

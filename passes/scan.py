@@ -46,7 +46,7 @@ from torch import fx
 
 from ioaware import cost
 from ioaware.explain import Fallback, Rewrite
-from ioaware.passes.views import LAYOUT_OPS, hint
+from ioaware.passes.views import LAYOUT_OPS, hinted_shape
 from ioaware.spec import DTYPES, ScanSpec, dtype_name
 
 aten = torch.ops.aten
@@ -147,10 +147,6 @@ def _is_tensor(node: Any) -> bool:
     return isinstance(_val(node), torch.Tensor)
 
 
-def _shape(node: fx.Node) -> tuple[int, ...]:
-    return tuple(hint(s) for s in _val(node).shape)
-
-
 def _static(node: fx.Node) -> bool:
     return all(isinstance(s, int) for s in _val(node).shape)
 
@@ -172,13 +168,13 @@ def _time_slice(node: Any) -> tuple[fx.Node, int, int, bool] | None:
     if _call(node, aten.select.int):
         x, dim, index = node.args
         rank = _val(x).dim()
-        size = _shape(x)[dim % rank]
+        size = hinted_shape(x)[dim % rank]
         if isinstance(index, int):
             return x, dim % rank, index % size if size else index, False
     if _call(node, aten.slice.Tensor):
         x, dim, start, end, step = (*node.args, *(0, None, None, 1)[len(node.args) - 1:])
         rank = _val(x).dim()
-        size = _shape(x)[dim % rank]
+        size = hinted_shape(x)[dim % rank]
         if step == 1 and isinstance(start, int) and isinstance(end, int):
             start = start + size if start < 0 else start
             end = min(end + size if end < 0 else end, size)
@@ -193,13 +189,6 @@ def _is_zero(node: Any) -> bool:
     if _call(node, aten.full.default, aten.full_like.default, aten.new_full.default):
         return node.args[-1] == 0 if node.target is not aten.new_full.default else node.args[2] == 0
     return False
-
-
-def _root(node: Any) -> Any:
-    """`node` with view ops and casts stripped: the tensor a factor is made from."""
-    while _call(node, *LAYOUT_OPS, *CAST_OPS):
-        node = node.args[0]
-    return node
 
 
 def _same(x: Any, y: Any, depth: int = 8) -> bool:
@@ -334,7 +323,7 @@ def match_loop(chain: list[fx.Node]) -> Recurrence:
             users = ", ".join(u.name for u in m.users)
             raise NoMatch(f"{m.name}: the product a_t·h_(t-1) of step {t} is used elsewhere "
                           f"({users})")
-    size = _shape(b_src)[dim]
+    size = hinted_shape(b_src)[dim]
     reverse = step == -1
     expected_first = size - 1 if reverse else 0
     if b_index0 != expected_first or length != size:
@@ -533,8 +522,8 @@ def match_readout(rec: Recurrence) -> Readout:
     t0 = 0 if not rec.reverse else rec.length - 1
     h = states[t0]
     if _val(h).dim() != 3:
-        raise NoMatch(f"{h.name}: state of shape {_shape(h)}, the fused scan wants [Bt, Dc, N]")
-    sizes = dict(zip("bdn", _shape(h)))
+        raise NoMatch(f"{h.name}: state of shape {hinted_shape(h)}, the fused scan wants [Bt, Dc, N]")
+    sizes = dict(zip("bdn", hinted_shape(h)))
     # leaves_all[0] belongs to the first step visited, t0
     c_roles, out_roles = _probe_readout(h, "bdn", leaves_all[0][0], outs[t0], sizes)
     stack_dim = collector.args[1] if len(collector.args) > 1 else collector.kwargs.get("dim", 0)
@@ -552,9 +541,9 @@ def match_full_readout(rec: Recurrence) -> Readout:
     contraction with one C to the first node holding y, and the layout views after it."""
     H = rec.all_states
     if _val(H).dim() != 4:
-        raise NoMatch(f"{H.name}: states of shape {_shape(H)}, expected [Bt, Dc, L, N]")
+        raise NoMatch(f"{H.name}: states of shape {hinted_shape(H)}, expected [Bt, Dc, L, N]")
     roles = _insert("bdn", rec.dim)
-    sizes = dict(zip(roles, _shape(H)))
+    sizes = dict(zip(roles, hinted_shape(H)))
     nodes, node, y_numel = [], H, sizes["b"] * sizes["d"] * sizes["t"]
     # H[..., L-1, ...] (transformers' final state for its cache) is h_last, not readout
     last = [u for u in H.users if (ts := _time_slice(u)) is not None and ts[0] is H
@@ -575,7 +564,7 @@ def match_full_readout(rec: Recurrence) -> Readout:
             raise NoMatch(f"{H.name}: no readout to [Bt, Dc, L] within 16 nodes")
     end = nodes[-1] if nodes else H
     if _numel(end) != y_numel:
-        raise NoMatch(f"{end.name}: the states are read out into {_shape(end)}, not [Bt, Dc, L]")
+        raise NoMatch(f"{end.name}: the states are read out into {hinted_shape(end)}, not [Bt, Dc, L]")
     side, leaves = _side_inputs(nodes, H, leaf=lambda x: True)
     if len(leaves) != 1:
         raise NoMatch(f"{end.name}: the readout reads {len(leaves)} other tensors, expected "
@@ -586,7 +575,7 @@ def match_full_readout(rec: Recurrence) -> Readout:
 
 
 def _numel(node: fx.Node) -> int:
-    return int(np.prod(_shape(node))) if _is_tensor(node) else -1
+    return int(np.prod(hinted_shape(node))) if _is_tensor(node) else -1
 
 
 def _probe_readout(h: fx.Node, h_roles: str, c: fx.Node, end: fx.Node, sizes: dict
@@ -603,15 +592,15 @@ def _probe_readout(h: fx.Node, h_roles: str, c: fx.Node, end: fx.Node, sizes: di
     c_cands = [r for rs in c_sets for r in _perms(rs) if _fits(r, c, sizes)]
     y_cands = [r for r in _perms(y_roles) if _fits(r, end, sizes)]
     if not c_cands or not y_cands:
-        raise NoMatch(f"{end.name}: readout shapes C {_shape(c)} → y {_shape(end)} do not fit "
-                      f"states {_shape(h)}")
+        raise NoMatch(f"{end.name}: readout shapes C {hinted_shape(c)} → y {hinted_shape(end)} do not fit "
+                      f"states {hinted_shape(h)}")
     step_nodes = _nodes_between(h, c, end)
     gen = torch.Generator().manual_seed(0)
     device = _val(h).device  # the graph's own device: its ops may name it
     if device.type == "meta":  # a report priced on meta: probe values need real data
         device = torch.device("cpu")
-    hv = torch.randn(_shape(h), generator=gen).to(device=device, dtype=_dtype(h))
-    cv = torch.randn(_shape(c), generator=gen).to(device=device, dtype=_dtype(c))
+    hv = torch.randn(hinted_shape(h), generator=gen).to(device=device, dtype=_dtype(h))
+    cv = torch.randn(hinted_shape(c), generator=gen).to(device=device, dtype=_dtype(c))
     env = {h: hv, c: cv}
     try:
         for node in sorted(step_nodes, key=_position):
@@ -641,7 +630,7 @@ def _perms(roles: str) -> list[str]:
 
 
 def _fits(roles: str, node: fx.Node, sizes: dict) -> bool:
-    return _shape(node) == tuple(sizes[r] for r in roles)
+    return hinted_shape(node) == tuple(sizes[r] for r in roles)
 
 
 def _nodes_between(h: fx.Node, c_t: fx.Node, end: fx.Node) -> list[fx.Node]:
@@ -711,7 +700,7 @@ def match_hop(gm: fx.GraphModule, node: fx.Node) -> Recurrence:
     # The scan's first output, Π_{s<=t} a_s, is what torch.cumprod gives; a graph that
     # reads it (captures on CUDA keep the getitem alive) gets that instead.
     products = [u for u in outs if u.args[1] == 0 and u.users]
-    return Recurrence(form="associative_scan", a=a, b=b, dim=0, length=_shape(b)[0],
+    return Recurrence(form="associative_scan", a=a, b=b, dim=0, length=hinted_shape(b)[0],
                       reverse=False, h0=None, anchor=node, region=[node, *outs],
                       all_states=states[0], products=products[0] if products else None)
 
@@ -778,7 +767,7 @@ def _interpret(node: fx.Node, env: dict) -> _Rows | None:
         v = env.get(args[0])
         if v is None or not v.kind.endswith("|stacked"):
             return None
-        s_in, s_out = _shape(args[0]), _shape(node)
+        s_in, s_out = hinted_shape(args[0]), hinted_shape(node)
         if s_out != (s_in[0] * s_in[1], *s_in[2:]):
             return None
         return _Rows(v.kind.split("|")[0], v.lo.reshape(-1), v.hi.reshape(-1))
@@ -822,7 +811,7 @@ def tree_candidates(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node]]:
         sx, sy = _odd_even(x), _odd_even(y)
         if sx and sy and sx[1] != sy[1]:
             a, b = (sx[0], sy[0]) if sx[1] == 1 else (sy[0], sx[0])
-            if (a is not b and _is_tensor(a) and _shape(a) == _shape(b) and (a, b) not in pairs
+            if (a is not b and _is_tensor(a) and hinted_shape(a) == hinted_shape(b) and (a, b) not in pairs
                     and not _combined(a) and not _combined(b)):
                 pairs.append((a, b))
     return pairs
@@ -851,7 +840,7 @@ def _odd_even(node: Any) -> tuple[fx.Node, int] | None:
 
 def match_tree(gm: fx.GraphModule, a: fx.Node, b: fx.Node) -> Recurrence:
     """The states node of the odd-even tree from leaves a, b (time on axis 0)."""
-    length = _shape(b)[0]
+    length = hinted_shape(b)[0]
     reverse = False
     leaves = {a: "a", b: "b"}
     env = {x: _Rows(kind, np.arange(length), np.arange(length)) for x, kind in leaves.items()}
@@ -980,7 +969,7 @@ def match_closed_form(node: fx.Node) -> Recurrence:
             region.append(p.args[0].args[0])
         if inner.args[1] is not p:
             region += [inner.args[1], inner.args[1].args[0]]
-        return Recurrence(form="cumsum", a=a, b=b, dim=dim, length=_shape(node)[dim],
+        return Recurrence(form="cumsum", a=a, b=b, dim=dim, length=hinted_shape(node)[dim],
                           reverse=False, h0=None, anchor=node, region=region,
                           all_states=node, a_is_log=is_log)
     raise NoMatch(f"{node.name}: a product with a cumsum that is not P·cumsum(b / P) with "
@@ -1008,7 +997,7 @@ def _axes(f: Any, frame: tuple[int, ...]) -> set[int] | None:
     broadcast to the frame."""
     if not _is_tensor(f):
         return None
-    s = _shape(f)
+    s = hinted_shape(f)
     if len(s) > len(frame):
         return None
     s = (1,) * (len(frame) - len(s)) + s
@@ -1025,9 +1014,9 @@ def match_selective(rec: Recurrence) -> Selective:
     if not ((rec.a_is_log or _call(a, aten.exp.default)) and _static(a) and _static(b)):
         raise NoMatch(f"{getattr(a, 'name', a)}: a is not exp(Δ·A) with static sizes")
     exponent = a if rec.a_is_log else a.args[0]
-    frame = _shape(b)
-    if _shape(a) != frame or len(frame) != 4:
-        raise NoMatch(f"{a.name}: a, b of shapes {_shape(a)}, {frame}; expected one 4-D "
+    frame = hinted_shape(b)
+    if hinted_shape(a) != frame or len(frame) != 4:
+        raise NoMatch(f"{a.name}: a, b of shapes {hinted_shape(a)}, {frame}; expected one 4-D "
                       "[Bt, Dc, L, N] frame")
     t_ax = rec.dim
     bax, _, nax = [i for i in range(4) if i != t_ax]
@@ -1085,19 +1074,19 @@ def _match_softplus(sel: Selective, roles: str) -> None:
     if not _is_add(pre):
         return
     for x, bias in (pre.args, reversed(pre.args)):
-        if not (_is_tensor(x) and _is_tensor(bias) and _shape(x) == _shape(pre)):
+        if not (_is_tensor(x) and _is_tensor(bias) and hinted_shape(x) == hinted_shape(pre)):
             continue
-        bs = _shape(bias)
-        bs = (1,) * (len(_shape(pre)) - len(bs)) + bs
-        if len(bs) != len(_shape(pre)) or _dtype(bias) not in DTYPES.values():
+        bs = hinted_shape(bias)
+        bs = (1,) * (len(hinted_shape(pre)) - len(bs)) + bs
+        if len(bs) != len(hinted_shape(pre)) or _dtype(bias) not in DTYPES.values():
             continue
         # the bias's strides through the same views: which frame axes it varies on
-        out = torch.empty(bs, device="meta").expand(_shape(pre))
+        out = torch.empty(bs, device="meta").expand(hinted_shape(pre))
         for n in chain:
             out = _replay_on(out, n)
             if out is None:
                 break
-        if out is None or tuple(out.shape) != _shape(sel.delta):
+        if out is None or tuple(out.shape) != hinted_shape(sel.delta):
             continue
         pad = len(sel.frame) - out.dim()  # Δ's factor aligns right in the frame
         varies = {i + pad for i, (st, sz) in enumerate(zip(out.stride(), out.shape))
@@ -1173,7 +1162,7 @@ def _index_map(node: Any) -> tuple[fx.Node, torch.Tensor] | None:
         node = node.args[0]
     if not _is_tensor(node):
         return None
-    out = replay(list(reversed(chain)), _shape(node))
+    out = replay(list(reversed(chain)), hinted_shape(node))
     return None if out is None else (node, out)
 
 
@@ -1206,10 +1195,10 @@ def match_epilogue(rec: Recurrence, sel: Selective, ro: Readout) -> Epilogue:
         other = user.args[1] if user.args[0] is y else user.args[0]
         if _is_mul(other) and len(other.users) == 1:
             for x, dv in (other.args, reversed(other.args)):
-                axes = _axes(dv, _shape(y))
+                axes = _axes(dv, hinted_shape(y))
                 d_axis = ro.out_roles.index("d")
                 if (axes is not None and axes <= {d_axis} and _is_tensor(x)
-                        and _shape(x) == _shape(y)
+                        and hinted_shape(x) == hinted_shape(y)
                         and _same_elements(x, ro.out_roles, sel.u, frame_roles, "bdt")):
                     D, nodes, y = dv, [user, other], user
                     break
@@ -1217,17 +1206,13 @@ def match_epilogue(rec: Recurrence, sel: Selective, ro: Readout) -> Epilogue:
     if _is_mul(user):
         other = user.args[1] if user.args[0] is y else user.args[0]
         if (_call(other, aten.silu.default) and _is_tensor(other.args[0])
-                and _shape(other.args[0]) == _shape(y)):
+                and hinted_shape(other.args[0]) == hinted_shape(y)):
             z, nodes, y = other.args[0], [*nodes, user], user
     return Epilogue(D=D, z=z, output=y, nodes=nodes)
 
 
 # ---------------------------------------------------------------------------------------
 # costing
-
-
-def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
 
 
 def _rows_features(shape: tuple[int, ...], dim: int) -> tuple[int, int]:
@@ -1251,8 +1236,8 @@ def _hop_cost(node: fx.Node) -> cost.Cost:
     (the scan axis stays in one program; the fused kernel writes only h): per element
     2 reads, 2 writes, 3 FLOPs (a1·a2, a2·b1 + b2)."""
     xs = node.args[1]
-    n = sum(int(np.prod(_shape(x))) for x in xs) // max(len(xs), 1)
-    it = _itemsize(_dtype(xs[0]))
+    n = sum(int(np.prod(hinted_shape(x))) for x in xs) // max(len(xs), 1)
+    it = _dtype(xs[0]).itemsize
     return cost.Cost(read_bytes=2 * n * it, write_bytes=2 * n * it, flops=3 * n)
 
 
@@ -1355,7 +1340,7 @@ def _frame_factor(g: fx.Graph, f: fx.Node, frame: tuple[int, ...], keep: list[in
     order); every other axis must be 1 in f, where it is selected away. `shape`: f's
     shape, for a node built by the rewrite (no meta yet)."""
     x = f
-    shape = _shape(f) if shape is None else shape
+    shape = hinted_shape(f) if shape is None else shape
     for _ in range(len(frame) - len(shape)):
         x = g.call_function(aten.unsqueeze.default, (x, 0))
     shape = (1,) * (len(frame) - len(shape)) + shape
@@ -1384,12 +1369,12 @@ def apply_selective(gm: fx.GraphModule, rec: Recurrence, sel: Selective, ro: Rea
         u, delta, delta_bias = seq(sel.u), seq(sel.delta), None
         if sel.softplus:
             # the replayed chain has the Δ factor's shape
-            delta = seq(_replay_chain(g, sel.chain, sel.delta_pre), _shape(sel.delta))
+            delta = seq(_replay_chain(g, sel.chain, sel.delta_pre), hinted_shape(sel.delta))
             if sel.delta_bias is not None:
                 full = g.call_function(aten.expand.default,
-                                       (sel.delta_bias, list(_shape(sel.delta_pre))))
+                                       (sel.delta_bias, list(hinted_shape(sel.delta_pre))))
                 x = _replay_chain(g, sel.chain, full)
-                for _ in range(4 - len(_shape(sel.delta))):
+                for _ in range(4 - len(hinted_shape(sel.delta))):
                     x = g.call_function(aten.unsqueeze.default, (x, 0))
                 for i in reversed(range(4)):
                     if i != dax:
@@ -1425,7 +1410,7 @@ def apply_selective(gm: fx.GraphModule, rec: Recurrence, sel: Selective, ro: Rea
         D = z = None
         if epi.D is not None:
             y_roles = ro.out_roles
-            D = _frame_factor(g, epi.D, _shape(ro.output), [y_roles.index("d")])
+            D = _frame_factor(g, epi.D, hinted_shape(ro.output), [y_roles.index("d")])
         if epi.z is not None:
             z = epi.z
             if ro.out_roles != "bdt":
@@ -1498,7 +1483,8 @@ def _plan(rec: Recurrence) -> tuple[str, Any, Any, list[fx.Node], cost.Cost, dic
         try:
             ro = match_readout(rec) if rec.states is not None else match_full_readout(rec)
             sel = match_selective(rec)
-            extra = _extra_state_users(rec, ro, match_epilogue(rec, sel, ro))
+            epi = match_epilogue(rec, sel, ro)
+            extra = _extra_state_users(rec, ro, epi)
             if extra:
                 raise NoMatch(extra)
             u_dtype = _dtype(sel.u)
@@ -1506,15 +1492,14 @@ def _plan(rec: Recurrence) -> tuple[str, Any, Any, list[fx.Node], cost.Cost, dic
                 raise NoMatch(f"{sel.u.name}: u is {u_dtype}")
             bt, dc, n = (sel.frame[i] for i in range(4) if i != rec.dim)
             spec = ScanSpec(kind="selective", dtype=dtype_name(u_dtype), d_state=n,
-                            has_h0=rec.h0 is not None)
+                            has_h0=rec.h0 is not None, has_D=epi.D is not None,
+                            has_z=epi.z is not None, has_delta_bias=sel.delta_bias is not None,
+                            delta_softplus=sel.softplus)
             dax = [i for i in range(4) if i != rec.dim][1]
             grouped = ro.grouped or (dax in _axes(sel.B, sel.frame) and dc != 1)
-            epi = match_epilogue(rec, sel, ro)
             has_bias = sel.delta_bias is not None
-            spec = dataclasses.replace(spec, has_D=epi.D is not None, has_z=epi.z is not None,
-                                       has_delta_bias=has_bias, delta_softplus=sel.softplus)
             after = cost.selective_scan_cost(
-                bt, dc, rec.length, n, _itemsize(u_dtype), groups=dc if grouped else 1,
+                bt, dc, rec.length, n, u_dtype.itemsize, groups=dc if grouped else 1,
                 has_D=epi.D is not None, has_z=epi.z is not None,
                 has_delta_bias=has_bias, delta_softplus=sel.softplus)
             nodes = [*sel.nodes, *rec.region, *ro.nodes, ro.output, *epi.nodes]
@@ -1534,8 +1519,8 @@ def _plan(rec: Recurrence) -> tuple[str, Any, Any, list[fx.Node], cost.Cost, dic
     if state_dtype != b_dtype:
         raise NoMatch(f"{rec.anchor.name}: the state is {state_dtype} but a, b promote to "
                       f"{b_dtype}")
-    rows, feats = _rows_features(_shape(rec.b), rec.dim)
-    after = cost.linear_scan_cost(rows, rec.length, feats, _itemsize(b_dtype),
+    rows, feats = _rows_features(hinted_shape(rec.b), rec.dim)
+    after = cost.linear_scan_cost(rows, rec.length, feats, b_dtype.itemsize,
                                   has_h0=rec.h0 is not None)
     detail = _detail(rec, [], "linear_scan", b_dtype, 1)
     if why_not:
@@ -1591,10 +1576,10 @@ def run(
     """Find and rewrite every linear recurrence in `gm`; report what was done and why not."""
     rewrites: list[Rewrite] = []
     fallbacks: list[Fallback] = []
+    _positions(gm)  # matching never edits the graph: refreshed only after a rewrite
     for kind, cand in candidates(gm):
         if not _alive(gm, kind, cand):
             continue
-        _positions(gm)
         try:
             rec = _match(gm, kind, cand)
             plan, sel, ro, nodes, after, detail = _plan(rec)
@@ -1616,6 +1601,7 @@ def run(
             apply_selective(gm, rec, sel, *ro)
         else:
             apply_linear(gm, rec)
+        _positions(gm)
         rewrites.append(Rewrite(
             kind="scan", detail=detail,
             hbm_bytes_before=int(ev_before["hbm_bytes"]),
