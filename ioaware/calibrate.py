@@ -88,14 +88,6 @@ def _property(props: Any, *names: str, default: int = 0) -> int:
     return default
 
 
-def _known_profile(device_name: str) -> hardware.DeviceProfile | None:
-    lowered = device_name.lower()
-    for needle in ("h200", "h100", "a100"):  # most specific first, as hardware matches
-        if needle in lowered:
-            return hardware.PROFILES[needle]
-    return None
-
-
 def default_name(device_name: str) -> str:
     """"NVIDIA H100 80GB HBM3" -> "nvidia-h100-80gb-hbm3-calibrated"."""
     words = "".join(c if c.isalnum() else "-" for c in device_name.lower()).split("-")
@@ -123,7 +115,8 @@ def measure_profile(name: str, progress: Callable[[str], None] = lambda _: None
                             "max_shared_memory_per_multiprocessor", default=0)
     sram_per_block = _property(props, "shared_memory_per_block_optin",
                                "shared_memory_per_block", default=sram_per_sm)
-    known = _known_profile(props.name)
+    known_name = hardware.profile_name_for(props.name)
+    known = None if known_name is None else hardware.PROFILES[known_name]
     note = f"{props.name}, calibrated by `ioaware calibrate`"
     base = known or hardware.DeviceProfile(
         name=name, peak_flops=dict(rates), hbm_bandwidth=bandwidth,

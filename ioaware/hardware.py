@@ -313,14 +313,19 @@ def profile_names() -> list[str]:
 _CUDA_NAME_MATCH = (("h200", "h200"), ("h100", "h100"), ("a100", "a100"))
 
 
+def profile_name_for(device_name: str) -> str | None:
+    """The built-in profile a CUDA device name is ("NVIDIA H100 80GB HBM3" -> "h100")."""
+    lowered = device_name.lower()
+    for needle, profile_name in _CUDA_NAME_MATCH:
+        if needle in lowered:
+            return profile_name
+    return None
+
+
 def _current_cuda_profile_name() -> str | None:
     if not torch.cuda.is_available():
         return None
-    device_name = torch.cuda.get_device_name().lower()
-    for needle, profile_name in _CUDA_NAME_MATCH:
-        if needle in device_name:
-            return profile_name
-    return None
+    return profile_name_for(torch.cuda.get_device_name())
 
 
 def get_profile(name: str | DeviceProfile | None = None) -> DeviceProfile:
