@@ -40,17 +40,11 @@ import string
 from ioaware.spec import ScanSpec
 
 from .scan_fwd import (
-    INTERPRET_BLOCK_D,
-    INTERPRET_BLOCK_L,
     MAX_TILE_PER_THREAD,
     MAX_TUNE_CONFIGS,
-    PREFETCH_CHUNKS,
-    TUNE_MIN_STEPS,
     fits_layout,
-    format_configs,
     padded_state,
-    primitives,
-    spec_constants,
+    render_selective,
 )
 
 # The backward holds about twice the forward's live tiles (the states, the adjoint and
@@ -380,19 +374,5 @@ def render_backward(spec: ScanSpec, *, interpret: bool = False) -> str:
 
     interpret=True renders fixed small tiles and no autotuner (Triton's interpreter).
     """
-    if spec.kind != "selective":
-        raise ValueError(f"spec.kind={spec.kind!r}: scan_bwd renders kind 'selective'")
-    if interpret:
-        default: tuple[int, int, int] = (INTERPRET_BLOCK_D, INTERPRET_BLOCK_L, 4)
-        configs: list[tuple[int, int, int]] = []
-    else:
-        default, configs = default_backward_config(spec), backward_configs(spec)
-    return _BACKWARD_TEMPLATE.substitute(
-        spec_constants(spec),
-        primitives=primitives(interpret),
-        interpret=str(interpret),
-        default_config=repr(default),
-        tune_configs=format_configs(configs),
-        tune_min_steps=str(TUNE_MIN_STEPS),
-        prefetch=str(PREFETCH_CHUNKS),
-    )
+    return render_selective(_BACKWARD_TEMPLATE, "scan_bwd", spec, interpret,
+                            default_backward_config, backward_configs)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import string
+from collections.abc import Callable
 
 from ioaware.spec import ScanSpec
 
@@ -112,11 +113,15 @@ def default_config(spec: ScanSpec) -> tuple[int, int, int]:
     return 1, 8, warps
 
 
+def spec_fields(spec: ScanSpec) -> str:
+    """The Spec's fields, one per line, for a generated module's docstring."""
+    return "".join(f"\n    {f.name}={getattr(spec, f.name)!r}," for f in dataclasses.fields(spec))
+
+
 def spec_constants(spec: ScanSpec) -> dict[str, str]:
     """Substitutions shared by the forward and backward templates."""
     values = {
-        "spec_fields": "".join(f"\n    {f.name}={getattr(spec, f.name)!r},"
-                               for f in dataclasses.fields(spec)),
+        "spec_fields": spec_fields(spec),
         "d_state": str(spec.d_state),
         "n_pad": str(padded_state(spec.d_state)),
         "has_d": str(spec.has_D),
@@ -453,14 +458,26 @@ def render_forward(spec: ScanSpec, *, interpret: bool = False) -> str:
 
     interpret=True renders fixed small tiles and no autotuner (Triton's interpreter).
     """
+    return render_selective(_FORWARD_TEMPLATE, "scan_fwd", spec, interpret,
+                            default_config, tile_configs)
+
+
+def render_selective(
+    template: string.Template, module: str, spec: ScanSpec, interpret: bool,
+    default_for: Callable[[ScanSpec], tuple[int, int, int]],
+    configs_for: Callable[[ScanSpec], list[tuple[int, int, int]]],
+) -> str:
+    """Substitute a selective-scan template (the forward's or the backward's): the Spec's
+    constants, the shared primitives and the launch configs `default_for` / `configs_for`
+    give (fixed small tiles and no autotuner under the interpreter)."""
     if spec.kind != "selective":
-        raise ValueError(f"spec.kind={spec.kind!r}: scan_fwd renders kind 'selective'")
+        raise ValueError(f"spec.kind={spec.kind!r}: {module} renders kind 'selective'")
     if interpret:
         default: tuple[int, int, int] = (INTERPRET_BLOCK_D, INTERPRET_BLOCK_L, 4)
         configs: list[tuple[int, int, int]] = []
     else:
-        default, configs = default_config(spec), tile_configs(spec)
-    return _FORWARD_TEMPLATE.substitute(
+        default, configs = default_for(spec), configs_for(spec)
+    return template.substitute(
         spec_constants(spec),
         primitives=primitives(interpret),
         interpret=str(interpret),

@@ -18,12 +18,11 @@ this one kernel serves both directions.
 
 from __future__ import annotations
 
-import dataclasses
 import string
 
 from ioaware.spec import ScanSpec
 
-from .scan_fwd import TUNE_MIN_STEPS, format_configs, primitives
+from .scan_fwd import TUNE_MIN_STEPS, format_configs, primitives, spec_fields
 
 INTERPRET_BLOCK_L = 8
 INTERPRET_BLOCK_F = 4
@@ -154,8 +153,7 @@ def render_linear(spec: ScanSpec, *, interpret: bool = False) -> str:
     else:
         default, configs = DEFAULT_CONFIG, TUNE_CONFIGS
     return _LINEAR_TEMPLATE.substitute(
-        spec_fields="".join(f"\n    {f.name}={getattr(spec, f.name)!r},"
-                            for f in dataclasses.fields(spec)),
+        spec_fields=spec_fields(spec),
         has_h0=str(spec.has_h0),
         reverse=str(spec.reverse),
         interpret=str(interpret),

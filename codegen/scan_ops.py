@@ -60,20 +60,27 @@ def _check_float(name: str, t: Tensor) -> None:
                          f"{[str(d) for d in allowed]}")
 
 
-def _check_selective(u, delta, A, B, C, D, z, delta_bias, h0) -> None:
-    """Raise ValueError naming the offending argument; see the module docstring."""
-    if not isinstance(u, Tensor) or u.dim() != 3:
-        raise ValueError(f"u must be 3-D [Bt, Dc, L]; got shape {tuple(getattr(u, 'shape', ()))}")
-    batch, channels, length = u.shape
-    for name, t in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D),
-                    ("z", z), ("delta_bias", delta_bias), ("h0", h0)):
+def _check_tensors(named, ref_name: str, ref: Tensor) -> None:
+    """Each (name, tensor) of `named` is a Tensor of a supported dtype on ref's device;
+    None (an absent optional input) passes."""
+    for name, t in named:
         if t is None:
             continue
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a Tensor; got {type(t).__name__}")
         _check_float(name, t)
-        if t.device != u.device:
-            raise ValueError(f"{name}.device={t.device} must equal u.device={u.device}")
+        if t.device != ref.device:
+            raise ValueError(f"{name}.device={t.device} must equal "
+                             f"{ref_name}.device={ref.device}")
+
+
+def _check_selective(u, delta, A, B, C, D, z, delta_bias, h0) -> None:
+    """Raise ValueError naming the offending argument; see the module docstring."""
+    if not isinstance(u, Tensor) or u.dim() != 3:
+        raise ValueError(f"u must be 3-D [Bt, Dc, L]; got shape {tuple(getattr(u, 'shape', ()))}")
+    batch, channels, length = u.shape
+    _check_tensors((("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D),
+                    ("z", z), ("delta_bias", delta_bias), ("h0", h0)), "u", u)
     for name, t in (("delta", delta), ("z", z)):
         if t is not None and tuple(t.shape) != (batch, channels, length):
             raise ValueError(f"{name}.shape={tuple(t.shape)} must equal u.shape="
@@ -243,14 +250,7 @@ def selective_scan(
 
 
 def _check_linear(a, b, h0) -> None:
-    for name, t in (("a", a), ("b", b), ("h0", h0)):
-        if t is None:
-            continue
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a Tensor; got {type(t).__name__}")
-        _check_float(name, t)
-        if t.device != a.device:
-            raise ValueError(f"{name}.device={t.device} must equal a.device={a.device}")
+    _check_tensors((("a", a), ("b", b), ("h0", h0)), "a", a)
     if a.dim() != 3:
         raise ValueError(f"a must be 3-D [R, L, F]; got a.shape={tuple(a.shape)}")
     if tuple(b.shape) != tuple(a.shape):

@@ -323,13 +323,17 @@ def _measure_isolated(name: str, problem: ScanProblem, length: int, timeout_s: f
     return row
 
 
+def _check_text(row: ScanBenchRow) -> str:
+    """The check column: the relative error and whether it is within TOLERANCE."""
+    return "-" if row.ok is None else f"{row.rel_err:.1e} {'ok' if row.ok else 'FAIL'}"
+
+
 def _row_line(row: ScanBenchRow) -> str:
     """One finished row as a line, printed before the table (which needs every row)."""
     def us(ms: float | None, floor: float | None) -> str:
         return "-" if ms is None else f"{ms * 1e3:.1f} µs ({100 * (floor or 0):.0f}% of floor)"
 
-    check = "-" if row.ok is None else f"{row.rel_err:.1e} {'ok' if row.ok else 'FAIL'}"
-    line = (f"{row.variant}: check {check}, fwd {us(row.fwd_ms, row.fwd_floor)}, "
+    line = (f"{row.variant}: check {_check_text(row)}, fwd {us(row.fwd_ms, row.fwd_floor)}, "
             f"fwd+bwd {us(row.fwd_bwd_ms, row.fwd_bwd_floor)}")
     return f"{line}; {row.note}" if row.note else line
 
@@ -349,9 +353,8 @@ def render_scan_bench(rows: list[ScanBenchRow], title: str) -> str:
                    "fwd+bwd % of floor"):
         table.add_column(header, justify="left" if header == "variant" else "right")
     for r in rows:
-        check = "-" if r.ok is None else f"{r.rel_err:.1e} {'ok' if r.ok else 'FAIL'}"
         table.add_row(
-            r.variant, str(r.seqlen), check,
+            r.variant, str(r.seqlen), _check_text(r),
             cell(None if r.fwd_ms is None else r.fwd_ms * 1e3, ".1f"),
             cell(None if r.fwd_floor is None else 100 * r.fwd_floor, ".0f"),
             cell(None if r.fwd_bwd_ms is None else r.fwd_bwd_ms * 1e3, ".1f"),
