@@ -100,7 +100,7 @@ def selective_scan_backward(
     """
     batch, channels, length = u.shape
     groups = B.shape[1]
-    pre = delta.float() + (delta_bias.float()[:, None] if delta_bias is not None else 0.0)
+    pre = discretise(delta, delta_bias, False)
     dt = F.softplus(pre) if delta_softplus else pre
     uf, a = u.float(), A.float()
     b_full, c_full = expand_groups(B, channels), expand_groups(C, channels)
