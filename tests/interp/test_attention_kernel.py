@@ -23,14 +23,8 @@ TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 DTYPES = list(TOLERANCE)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def interpreted_kernels(tmp_path_factory: pytest.TempPathFactory):
-    """Kernels under the interpreter, compiled into a private cache directory."""
-    old = config.interpret, config.cache_dir
-    config.interpret = True
-    config.cache_dir = tmp_path_factory.mktemp("ioaware-cache")
-    yield
-    config.interpret, config.cache_dir = old
+# Every test here runs the kernels under the interpreter (tests/interp/conftest.py).
+pytestmark = pytest.mark.usefixtures("interpreted_kernels")
 
 
 def eager_attention(q, k, v, scale: float, causal: bool):

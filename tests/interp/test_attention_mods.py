@@ -26,14 +26,8 @@ from ioaware.verify import relative_error
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def interpreted_kernels(tmp_path_factory: pytest.TempPathFactory):
-    """Kernels under the interpreter, compiled into a private cache directory."""
-    old = config.interpret, config.cache_dir
-    config.interpret = True
-    config.cache_dir = tmp_path_factory.mktemp("ioaware-cache")
-    yield
-    config.interpret, config.cache_dir = old
+# Every test here runs the kernels under the interpreter (tests/interp/conftest.py).
+pytestmark = pytest.mark.usefixtures("interpreted_kernels")
 
 
 # ---- the grammar: each atom is (sympy text, torch predicate over index grids, inputs) --

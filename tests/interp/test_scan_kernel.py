@@ -18,21 +18,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ioaware.codegen import scan_ops
-from ioaware.config import config
 from ioaware.verify import TOLERANCE
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 LENGTHS = [0, 1, 2, 3, 7, 15, 16, 17, 33, 64, 129, 300]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def interpreted_kernels(tmp_path_factory: pytest.TempPathFactory):
-    """Kernels under the interpreter, compiled into a private cache directory."""
-    old = config.interpret, config.cache_dir
-    config.interpret = True
-    config.cache_dir = tmp_path_factory.mktemp("ioaware-cache")
-    yield
-    config.interpret, config.cache_dir = old
+# Every test here runs the kernels under the interpreter (tests/interp/conftest.py).
+pytestmark = pytest.mark.usefixtures("interpreted_kernels")
 
 
 def eager_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0):
