@@ -41,13 +41,12 @@ import string
 from ioaware.spec import AttentionSpec
 
 from .attention_fwd import (
-    GENERAL_LOGITS,
     INTERPRET_BLOCK_M,
     INTERPRET_BLOCK_N,
     TUNE_MIN_SCORES,
     element_bytes,
     format_configs,
-    general_constants,
+    general_substitutions,
     is_plain,
     padded_dim,
     primitives,
@@ -850,8 +849,7 @@ def backward(do, q, k, v, out, lse, dlse, dq, dk, dv, inputs=(), dinputs=(), see
 
 def render_general_backward(spec: AttentionSpec, *, interpret: bool = False) -> str:
     """Python source of the backward module of a general (non-plain) `spec`."""
-    from .blocks import render_block_map
-    from .expr import grad_params, input_params, mod_functions
+    from .expr import grad_params
 
     if interpret:
         dkdv: Config = (INTERPRET_BLOCK_N, INTERPRET_BLOCK_M, 4, 1)
@@ -860,17 +858,9 @@ def render_general_backward(spec: AttentionSpec, *, interpret: bool = False) -> 
     else:
         dkdv, dq = default_dkdv_config(spec), default_dq_config(spec)
         pre_block_m = 64
-    inputs = input_params(spec)
     return _GENERAL_BACKWARD_TEMPLATE.substitute(
-        spec_constants(spec),
-        **general_constants(spec),
-        primitives=primitives(interpret),
-        mod_functions=mod_functions(spec, interpret),
-        logits=string.Template(GENERAL_LOGITS).substitute(inputs=inputs),
-        block_map=render_block_map(spec, interpret),
-        inputs=inputs,
+        general_substitutions(spec, interpret),
         grads=grad_params(spec),
-        interpret=str(interpret),
         pre_block_m=str(pre_block_m),
         default_dkdv=repr(dkdv),
         default_dq=repr(dq),

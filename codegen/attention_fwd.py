@@ -709,11 +709,26 @@ def forward(q, k, v, out, lse, inputs=(), seed=None):
 ''')
 
 
-def render_general_forward(spec: AttentionSpec, *, interpret: bool = False) -> str:
-    """Python source of the forward module of a general (non-plain) `spec`."""
+def general_substitutions(spec: AttentionSpec, interpret: bool) -> dict[str, str]:
+    """What the general forward and backward templates both substitute for `spec`."""
     from .blocks import render_block_map
     from .expr import input_params, mod_functions
 
+    inputs = input_params(spec)
+    return {
+        **spec_constants(spec),
+        **general_constants(spec),
+        "primitives": primitives(interpret),
+        "mod_functions": mod_functions(spec, interpret),
+        "logits": string.Template(GENERAL_LOGITS).substitute(inputs=inputs),
+        "block_map": render_block_map(spec, interpret),
+        "inputs": inputs,
+        "interpret": str(interpret),
+    }
+
+
+def render_general_forward(spec: AttentionSpec, *, interpret: bool = False) -> str:
+    """Python source of the forward module of a general (non-plain) `spec`."""
     if interpret:
         default = (INTERPRET_BLOCK_M, INTERPRET_BLOCK_N, 4, 1)
         tune: list[tuple[int, int]] = []
@@ -721,16 +736,8 @@ def render_general_forward(spec: AttentionSpec, *, interpret: bool = False) -> s
         default = default_forward_config(spec)
         tune = [(w, s) for w, s in ((8, 2), (8, 3), (8, 4), (4, 3))
                 if forward_smem_bytes(spec, default[0], default[1], w, s) <= 200 * 1024]
-    inputs = input_params(spec)
     return _GENERAL_FORWARD_TEMPLATE.substitute(
-        spec_constants(spec),
-        **general_constants(spec),
-        primitives=primitives(interpret),
-        mod_functions=mod_functions(spec, interpret),
-        logits=string.Template(GENERAL_LOGITS).substitute(inputs=inputs),
-        block_map=render_block_map(spec, interpret),
-        inputs=inputs,
-        interpret=str(interpret),
+        general_substitutions(spec, interpret),
         default_config=repr(default),
         tune_configs=format_configs(tune),  # type: ignore[arg-type]
         tune_min_scores=str(TUNE_MIN_SCORES),

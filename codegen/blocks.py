@@ -87,6 +87,17 @@ def render_block_map(spec: AttentionSpec, interpret: bool) -> str:
     kv_outer, q_inner = summaries(kv_vecs, 2, 0), summaries(q_vecs, 3, 1)
     q_outer, kv_inner = summaries(q_vecs, 2, 0), summaries(kv_vecs, 3, 1)
     scalars = "\n".join(x for x in (iv.printer.statements(), printer.statements()) if x)
+    # Either order, a chunk of inner tiles is classified alike once its bounds are set.
+    classify = f'''\
+            live = tiles < T_INNER
+            whole = (q_lo + BLOCK_M <= N_Q) & (kv_lo + BLOCK_N <= N_K)
+            must = ({must}) & whole & live
+            may = ({may}) & live
+            if CAUSAL:
+                must = must & (kv_hi <= q_lo)
+                may = may & (kv_lo <= q_hi)
+            n_full = _append(FullList, row, n_full, tiles, must)
+            n_part = _append(PartList, row, n_part, tiles, may & (must == 0))'''
 
     # The outer tile is one block of rows (q) or columns (kv), its bounds scalars; the
     # inner tiles are classified CHUNK at a time, their bounds [CHUNK] vectors, so the
@@ -135,15 +146,7 @@ def _block_map(FullCnt, FullList, PartCnt, PartList,
             q_hi = tl.minimum(q_lo + BLOCK_M, N_Q) - 1
             q_i = q_lo[:, None] + tl.arange(0, BLOCK_M)[None, :]
 {q_inner}
-            live = tiles < T_INNER
-            whole = (q_lo + BLOCK_M <= N_Q) & (kv_lo + BLOCK_N <= N_K)
-            must = ({must}) & whole & live
-            may = ({may}) & live
-            if CAUSAL:
-                must = must & (kv_hi <= q_lo)
-                may = may & (kv_lo <= q_hi)
-            n_full = _append(FullList, row, n_full, tiles, must)
-            n_part = _append(PartList, row, n_part, tiles, may & (must == 0))
+{classify}
     else:
         q_lo = pid * BLOCK_M
         q_hi = tl.minimum(q_lo + BLOCK_M, N_Q) - 1
@@ -155,15 +158,7 @@ def _block_map(FullCnt, FullList, PartCnt, PartList,
             kv_hi = tl.minimum(kv_lo + BLOCK_N, N_K) - 1
             kv_i = kv_lo[:, None] + tl.arange(0, BLOCK_N)[None, :]
 {kv_inner}
-            live = tiles < T_INNER
-            whole = (q_lo + BLOCK_M <= N_Q) & (kv_lo + BLOCK_N <= N_K)
-            must = ({must}) & whole & live
-            may = ({may}) & live
-            if CAUSAL:
-                must = must & (kv_hi <= q_lo)
-                may = may & (kv_lo <= q_hi)
-            n_full = _append(FullList, row, n_full, tiles, must)
-            n_part = _append(PartList, row, n_part, tiles, may & (must == 0))
+{classify}
     tl.store(FullCnt + pid_bh.to(tl.int64) * T_OUTER + pid, n_full)
     tl.store(PartCnt + pid_bh.to(tl.int64) * T_OUTER + pid, n_part)
 

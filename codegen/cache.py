@@ -21,6 +21,7 @@ compiled kernels coexist in one process.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -52,7 +53,8 @@ RENDERERS: dict[str, Callable[..., str]] = {
     "scan_linear": scan_linear.render_linear,
 }
 
-_modules: dict[str, ModuleType] = {}
+# Keyed by cache_key and by (kind, spec, device), the per-call lookup.
+_modules: dict[object, ModuleType] = {}
 # Guards the in-process dict and the process-global interpret switch during imports.
 _lock = threading.RLock()
 
@@ -76,7 +78,11 @@ def device_tag(device: torch.device | str | None) -> str:
     device = torch.device(device)
     if device.type != "cuda":
         return INTERPRET_DEVICE
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _cuda_tag(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _cuda_tag(index: int) -> str:
     major, minor = torch.cuda.get_device_capability(index)
     return f"{torch.cuda.get_device_name(index)} sm{major}{minor}"
 
@@ -173,15 +179,20 @@ def load_kernel_module(kind: str, spec: AttentionSpec, device: str) -> ModuleTyp
 
     Looked up in-process, then on disk; rendered and written atomically if absent.
     """
-    interpret = device == INTERPRET_DEVICE
-    key = cache_key(kind, spec, device)
+    # Called on every op call: the (kind, spec, device) entry skips hashing the spec.
+    memo = (kind, spec, device)
     with _lock:
-        module = _modules.get(key)
+        module = _modules.get(memo)
         if module is not None:
             return module
-        path = kernel_path(kind, key)
-        if not path.exists():
-            write_atomic(path, RENDERERS[kind](spec, interpret=interpret))
-        module = _import_file(f"ioaware_kernels_{kind}_{key}", path, interpret)
-        _modules[key] = module
+        key = cache_key(kind, spec, device)
+        module = _modules.get(key)
+        if module is None:
+            interpret = device == INTERPRET_DEVICE
+            path = kernel_path(kind, key)
+            if not path.exists():
+                write_atomic(path, RENDERERS[kind](spec, interpret=interpret))
+            module = _import_file(f"ioaware_kernels_{kind}_{key}", path, interpret)
+            _modules[key] = module
+        _modules[memo] = module
         return module

@@ -25,6 +25,7 @@ torch.compile, and run as ordinary callables in fx graphs executed eagerly.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Sequence
 
@@ -99,6 +100,21 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, scale: float) -> None:
 _no_context = contextlib.nullcontext
 
 
+def _plain_forward(module, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor) -> None:
+    """Launch the FlashAttention forward module over batch slices (see MAX_GRID_Y)."""
+    for b in _batch_slices(q.shape[0], q.shape[1]):
+        module.forward(q[b], k[b], v[b], out[b], lse[b])
+
+
+def _plain_backward(module, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
+                    lse: Tensor, dlse: Tensor | None, dq: Tensor, dk: Tensor,
+                    dv: Tensor) -> None:
+    """Launch the FlashAttention backward module over batch slices (see MAX_GRID_Y)."""
+    for b in _batch_slices(q.shape[0], q.shape[1]):
+        module.backward(dout[b], q[b], k[b], v[b], out[b], lse[b],
+                        None if dlse is None else dlse[b], dq[b], dk[b], dv[b])
+
+
 def _kernel_device(device: torch.device) -> str:
     """Cache device tag for a tensor on `device` (callers have ruled out "reference")."""
     return device_tag(device) if device.type == "cuda" else INTERPRET_DEVICE
@@ -137,8 +153,7 @@ def flash_attention_op(
     module = load_kernel_module("attention_fwd", _spec(q, v, scale, causal),
                                 _kernel_device(q.device))
     with torch.cuda.device(q.device) if q.device.type == "cuda" else _no_context():
-        for b in _batch_slices(q.shape[0], q.shape[1]):
-            module.forward(q[b], k[b], v[b], out[b], lse[b])
+        _plain_forward(module, q, k, v, out, lse)
     return out, lse
 
 
@@ -172,9 +187,7 @@ def flash_attention_backward_op(
     lse = lse.contiguous()
     dlse = dlse.float().contiguous() if dlse is not None else None
     with torch.cuda.device(q.device) if q.device.type == "cuda" else _no_context():
-        for b in _batch_slices(q.shape[0], q.shape[1]):
-            module.backward(dout[b], q[b], k[b], v[b], out[b], lse[b],
-                            None if dlse is None else dlse[b], dq[b], dk[b], dv[b])
+        _plain_backward(module, dout, q, k, v, out, lse, dlse, dq, dk, dv)
     return dq, dk, dv
 
 
@@ -248,6 +261,10 @@ def flash_attention(
 # whose TensorInput.requires_grad, in order, shaped like that input.
 
 
+# The ops get the spec as JSON on every call; parse each distinct string once (frozen).
+_parse_spec = functools.lru_cache(maxsize=256)(AttentionSpec.from_json)
+
+
 def _check_spec_inputs(q: Tensor, k: Tensor, v: Tensor, inputs: list[Tensor],
                        spec: AttentionSpec, seed: Tensor | None) -> None:
     """Raise ValueError naming the argument that disagrees with `spec`."""
@@ -289,7 +306,7 @@ def _no_grad_inputs(spec: AttentionSpec, inputs: list[Tensor]) -> list[Tensor]:
 def attention_op(q: Tensor, k: Tensor, v: Tensor, inputs: list[Tensor], spec: str,
                  seed: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(out, lse) of the general AttentionSpec `spec` (JSON); see the block comment."""
-    aspec = AttentionSpec.from_json(spec)
+    aspec = _parse_spec(spec)
     _check_spec_inputs(q, k, v, inputs, aspec, seed)
     out, lse = _empty_outputs(q, v)
     if lse.numel() == 0:
@@ -302,8 +319,7 @@ def attention_op(q: Tensor, k: Tensor, v: Tensor, inputs: list[Tensor], spec: st
     module = load_kernel_module("attention_fwd", aspec, _kernel_device(q.device))
     with torch.cuda.device(q.device) if q.device.type == "cuda" else _no_context():
         if is_plain(aspec):  # the FlashAttention module: the fast path, unchanged
-            for b in _batch_slices(q.shape[0], q.shape[1]):
-                module.forward(q[b], k[b], v[b], out[b], lse[b])
+            _plain_forward(module, q, k, v, out, lse)
         else:
             module.forward(q, k, v, out, lse, inputs, seed)
     return out, lse
@@ -321,7 +337,7 @@ def attention_backward_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Te
                           seed: Tensor | None = None, dlse: Tensor | None = None
                           ) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
     """(dq, dk, dv, gradients of the requires-grad inputs, each shaped as its input)."""
-    aspec = AttentionSpec.from_json(spec)
+    aspec = _parse_spec(spec)
     grad_inputs = _no_grad_inputs(aspec, inputs)
     if q.numel() == 0 or k.numel() == 0:  # nothing flows: no query rows or no keys
         return (torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v),
@@ -340,9 +356,7 @@ def attention_backward_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Te
     lse = lse.contiguous()
     with torch.cuda.device(q.device) if q.device.type == "cuda" else _no_context():
         if is_plain(aspec):
-            for b in _batch_slices(q.shape[0], q.shape[1]):
-                module.backward(dout[b], q[b], k[b], v[b], out[b], lse[b],
-                                None if dlse is None else dlse[b], dq[b], dk[b], dv[b])
+            _plain_backward(module, dout, q, k, v, out, lse, dlse, dq, dk, dv)
         else:
             module.backward(dout, q, k, v, out, lse, dlse, dq, dk, dv, inputs, dinputs32,
                             seed)
@@ -386,7 +400,7 @@ def _nan_like_eager(lse: Tensor, dq: Tensor, dk: Tensor, dv: Tensor) -> None:
 def _(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
       inputs: list[Tensor], spec: str, seed: Tensor | None = None,
       dlse: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
-    aspec = AttentionSpec.from_json(spec)
+    aspec = _parse_spec(spec)
     return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
             [x.new_empty(x.shape) for x in _no_grad_inputs(aspec, inputs)])
 
@@ -405,7 +419,7 @@ def _attention_backward(ctx, dout: Tensor | None, dlse: Tensor | None):
         dout = torch.zeros_like(out)
     dq, dk, dv, dgrads = torch.ops.ioaware.attention_backward(
         dout, q, k, v, out, lse, list(extra), ctx.spec, seed, dlse)
-    aspec = AttentionSpec.from_json(ctx.spec)
+    aspec = _parse_spec(ctx.spec)
     it = iter(dgrads)
     dextra = [next(it) if t.requires_grad else None for t in aspec.inputs]
     # torch drops trailing arguments left at their defaults (seed=None) before autograd

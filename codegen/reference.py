@@ -14,6 +14,7 @@ only, never the fast path.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import sympy
@@ -209,6 +210,12 @@ def _common(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return a.to(dtype), b.to(dtype)
 
 
+@functools.lru_cache(maxsize=256)
+def _spec_exprs(spec: AttentionSpec) -> tuple[sympy.Basic | None, sympy.Basic | None]:
+    """(mask, score_mod) parsed once per Spec: the CPU path evaluates them every call."""
+    return spec.mask_expr(), spec.score_mod_expr()
+
+
 def spec_logits(spec: AttentionSpec, q: torch.Tensor, k: torch.Tensor,
                 inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits fp32 [B, Hq, Nq, Nk] per mask_semantics, visible bool [broadcastable])."""
@@ -219,13 +226,12 @@ def spec_logits(spec: AttentionSpec, q: torch.Tensor, k: torch.Tensor,
     env: dict = _index_grids(batch, h_q, n_q, n_k, q.device)
     loads = {t.name: x for t, x in zip(spec.inputs, inputs)}
     visible = torch.ones((1, 1, 1, 1), dtype=torch.bool, device=q.device)
-    mask = spec.mask_expr()
+    mask, score_mod = _spec_exprs(spec)
     if mask is not None:
         visible = torch.as_tensor(evaluate(mask, env, loads), device=q.device).bool()
     if spec.causal:
         visible = visible & (env[KV_IDX] <= env[Q_IDX])
     logit = s
-    score_mod = spec.score_mod_expr()
     if score_mod is not None:
         logit = torch.as_tensor(evaluate(score_mod, {**env, SCORE: s}, loads)).float()
         logit = logit.expand(s.shape)
