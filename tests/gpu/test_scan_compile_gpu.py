@@ -46,18 +46,27 @@ def mamba_scan(form: str):
     return fn
 
 
-def _grads_match(fn, args, tol):
+def _grads_match(fn, args, tol, reference):
+    """ioaware.compile(fn) against `reference`, the same recurrence as an eager loop run
+    in fp32 on fp32 copies of the inputs (the kernels keep the state in fp32; a bf16 loop
+    would round it at every step), outputs and gradients, at the inputs' tolerance.
+
+    Not against fn itself: on CUDA, torch's own associative_scan gradient is wrong for the
+    first leaf when the product leaf is discarded (measured with torch 2.11: relative
+    error 0.87-0.96 in da against the loop at L = 2..300; known upstream,
+    pytorch/pytorch#172568), and eager fn would compare with that."""
     fast = ioaware.compile(fn)
-    out, ref = fast(*args), fn(*args)
+    wide = [a.detach().float().requires_grad_() for a in args]
+    out, ref = fast(*args), reference(*wide)
     expl = fast._ioaware_backend.explanation
     assert [r.kind for r in expl.rewrites] == ["scan"], expl
     assert expl.rewrites[0].backend == "triton"
-    assert relative_error(out, ref) <= tol
+    assert relative_error(out, ref.to(out.dtype)) <= tol
     grad = torch.randn_like(out)
     got = torch.autograd.grad(out, args, grad)
-    want = torch.autograd.grad(ref, args, grad)
+    want = torch.autograd.grad(ref, wide, grad.float())
     for i, (g, w) in enumerate(zip(got, want)):
-        err = relative_error(g, w, floor=0.1)
+        err = relative_error(g, w.to(g.dtype), floor=0.1)
         assert err <= tol, f"gradient {i}: relative error {err:.3g}"
     return expl.rewrites[0]
 
@@ -80,8 +89,16 @@ def test_compiled_selective_scan_on_gpu(form, length, n, dtype, seed):
     args = (rand(bt, dc, length), rand(bt, dc, length, positive=True),
             (-torch.rand(dc, n, generator=gen, device="cuda")).to(dtype).requires_grad_(),
             rand(bt, length, n), rand(bt, length, n), rand(dc), rand(bt, dc, length))
-    rewrite = _grads_match(mamba_scan(form), args, TOLERANCE[dtype])
+    rewrite = _grads_match(mamba_scan(form), args, TOLERANCE[dtype], mamba_scan("loop"))
     assert rewrite.detail["op"] == "selective_scan", rewrite.detail
+
+
+def _linear_loop(a, b):
+    h, hs = torch.zeros_like(a[:, 0]), []
+    for t in range(a.shape[1]):
+        h = a[:, t] * h + b[:, t]
+        hs.append(h)
+    return torch.stack(hs, dim=1)
 
 
 def test_pointwise_associative_scan_is_one_linear_scan():
@@ -90,7 +107,7 @@ def test_pointwise_associative_scan_is_one_linear_scan():
 
     a = (0.5 + 0.5 * torch.rand(4, 3000, 64, device="cuda")).requires_grad_()
     b = torch.randn(4, 3000, 64, device="cuda", requires_grad=True)
-    rewrite = _grads_match(fn, (a, b), TOLERANCE[torch.float32])
+    rewrite = _grads_match(fn, (a, b), TOLERANCE[torch.float32], _linear_loop)
     assert rewrite.detail["form"] == "associative_scan", rewrite.detail
 
 
