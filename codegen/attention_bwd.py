@@ -809,10 +809,12 @@ def _bwd_dq(Q, K, V, dO, dQ, Lse, Delta, Seed, FullCnt, FullList, PartCnt,
              mask=(offs_m[:, None] < N_Q) & (offs_d[None, :] < HEAD_DIM))
 
 
-def backward(do, q, k, v, out, lse, dlse, dq, dk, dv, inputs=(), dinputs=(), seed=None):
+def backward(do, q, k, v, out, lse, dlse, dq, dk, dv, inputs=(), dinputs=(), seed=None,
+             dkdv_config=None, dq_config=None):
     """Launch preprocess, dK/dV and dQ. lse, dlse (or None): [B, Hq, Nq] fp32
     contiguous; dinputs: fp32 gradient buffers of the requires-grad inputs (zeroed,
-    atomically added into). Nq, Nk >= 1; B <= 65535."""
+    atomically added into). Nq, Nk >= 1; B <= 65535. dkdv_config, dq_config:
+    (BLOCK_M, BLOCK_N, num_warps, num_stages) to launch with (tile sweeps)."""
     batch, h_q, n_q, _ = q.shape
     h_kv, n_k = k.shape[1], k.shape[2]
     group = h_q // h_kv
@@ -829,7 +831,7 @@ def backward(do, q, k, v, out, lse, dlse, dq, dk, dv, inputs=(), dinputs=(), see
             return lse, lse, lse, lse, 1, 1
         return block_map(inputs, batch, h_q, n_q, n_k, bm, bn, kv_major, q.device)
 
-    bm, bn, warps, stages = DEFAULT_DKDV
+    bm, bn, warps, stages = DEFAULT_DKDV if dkdv_config is None else dkdv_config
     full_cnt, full_list, part_cnt, part_list, h_map, b_map = maps(bm, bn, True)
     _bwd_dkdv[(triton.cdiv(n_k, bn), h_kv, batch)](
         q, k, v, do, dk, dv, lse, delta, seed_arg, full_cnt, full_list, part_cnt, part_list,
@@ -837,7 +839,7 @@ def backward(do, q, k, v, out, lse, dlse, dq, dk, dv, inputs=(), dinputs=(), see
         *dv.stride(), h_q, h_kv, group, n_q, n_k, h_map, b_map, triton.cdiv(n_q, bm),
         triton.cdiv(n_k, bn), BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
 
-    bm, bn, warps, stages = DEFAULT_DQ
+    bm, bn, warps, stages = DEFAULT_DQ if dq_config is None else dq_config
     full_cnt, full_list, part_cnt, part_list, h_map, b_map = maps(bm, bn, False)
     _bwd_dq[(triton.cdiv(n_q, bm), h_q, batch)](
         q, k, v, do, dq, lse, delta, seed_arg, full_cnt, full_list, part_cnt, part_list,

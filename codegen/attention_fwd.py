@@ -683,12 +683,14 @@ else:
     )(_attn_fwd)
 
 
-def forward(q, k, v, out, lse, inputs=(), seed=None):
+def forward(q, k, v, out, lse, inputs=(), seed=None, config=None):
     """Launch: q [B,Hq,Nq,d], k [B,Hkv,Nk,d], v [B,Hkv,Nk,dv], inputs (any strides) ->
-    out [B,Hq,Nq,dv], lse [B,Hq,Nq] fp32 contiguous. Nq, Nk >= 1; B <= 65535."""
+    out [B,Hq,Nq,dv], lse [B,Hq,Nq] fp32 contiguous. Nq, Nk >= 1; B <= 65535.
+    config: (BLOCK_M, BLOCK_N, num_warps, num_stages) to launch with, no autotuning
+    (tile sweeps)."""
     batch, h_q, n_q, _ = q.shape
     h_kv, n_k = k.shape[1], k.shape[2]
-    bm, bn, warps, stages = DEFAULT_CONFIG
+    bm, bn, warps, stages = DEFAULT_CONFIG if config is None else config
     t_q, t_k = triton.cdiv(n_q, bm), triton.cdiv(n_k, bn)
     if USE_MAP:
         full_cnt, full_list, part_cnt, part_list, h_map, b_map = block_map(
@@ -702,7 +704,7 @@ def forward(q, k, v, out, lse, inputs=(), seed=None):
             *out.stride(), h_q, h_q // h_kv, n_q, n_k,
             triton.next_power_of_2(n_q), triton.next_power_of_2(n_k), h_map, b_map, t_q, t_k)
     grid = (t_q, h_q, batch)
-    if _attn_fwd_tuned is not None and n_q * n_k >= TUNE_MIN_SCORES:
+    if config is None and _attn_fwd_tuned is not None and n_q * n_k >= TUNE_MIN_SCORES:
         _attn_fwd_tuned[grid](*args)
     else:
         _attn_fwd[grid](*args, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)

@@ -1,0 +1,306 @@
+"""Tile sweep of the general (masked / modified) attention kernels at the bench shape.
+
+    python scripts/attn_sweep.py [--kinds sliding_window,document,alibi] [--no-bwd]
+                                 [--no-flex] [--budget-s 220]
+
+Needs a CUDA GPU. For each mask kind of `ioaware bench attention --mask KIND` (B=2,
+H=16, N=8192, d=128, bf16, causal), the rendered forward and backward modules are
+launched under explicit configs (BLOCK_M, BLOCK_N, num_warps, num_stages), bypassing
+the autotuner, each checked once against SDPA's math backend in fp32 (relative norm
+error, bench.TOLERANCE), then timed with triton.testing.do_bench (median). Printed:
+config -> us, TFLOP/s over the visible (q, k) pairs (FlexAttention's convention:
+4·B·H·d·visible forward, 2.5x that backward), next to ioaware's op as shipped (its own
+tiles and autotuning, host path included) and torch.compile(flex_attention) with a
+block mask (bench_masks._flex). A config that does not compile or launch (out of
+shared memory, registers) prints "n/a" and the sweep goes on; once --budget-s of wall
+time is spent the remaining configs print "skipped".
+
+The backward is swept one kernel at a time: dK/dV configs with dQ at its default, then
+dQ configs with dK/dV at its default (each row is the whole backward launcher:
+preprocess, block maps, dK/dV, dQ).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+Config = tuple[int, int, int, int]
+
+# Candidates: the SRAM-budget candidates of ioaware.tiles for an H100 at d = 128, plus
+# the shapes FA2 / FlexAttention use, plus a few narrower key tiles (a 512 window has
+# few key blocks per query block, so fewer partial tiles may pay).
+FWD_CONFIGS: list[Config] = [
+    (128, 64, 8, 3), (128, 64, 8, 2), (128, 64, 8, 4), (128, 128, 8, 2), (128, 64, 4, 3),
+    (128, 32, 4, 3), (64, 64, 4, 3), (64, 128, 4, 2),
+]
+DKDV_CONFIGS: list[Config] = [  # BLOCK_M query rows streamed, BLOCK_N key rows resident
+    (32, 128, 8, 2), (32, 128, 8, 3), (16, 128, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3),
+    (64, 64, 4, 2),
+]
+DQ_CONFIGS: list[Config] = [  # BLOCK_M query rows resident, BLOCK_N key rows streamed
+    (128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3),
+    (64, 32, 4, 2),
+]
+
+
+def _parse_configs(text: str) -> list[Config]:
+    """'128,64,8,3;64,64,4,3' -> [(128, 64, 8, 3), (64, 64, 4, 3)]."""
+    configs = []
+    for part in text.split(";"):
+        values = tuple(int(x) for x in part.split(","))
+        if len(values) != 4:
+            raise argparse.ArgumentTypeError(
+                f"config {part!r} must be BLOCK_M,BLOCK_N,num_warps,num_stages")
+        configs.append(values)
+    return configs
+
+
+def _short(error: BaseException) -> str:
+    line = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {line[:90]}"
+
+
+def _bench_us(fn, warmup_ms: float, rep_ms: float) -> float:
+    from triton.testing import do_bench
+
+    return 1e3 * do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")
+
+
+def _rel_err(got, want) -> float:
+    return max(((g.float() - w).norm() / w.norm().clamp_min(1e-30)).item()
+               for g, w in zip(got, want))
+
+
+class Sweep:
+    """One mask kind: inputs, the fp32 reference, the rendered modules, the printing."""
+
+    def __init__(self, kind: str, args: argparse.Namespace, deadline: float) -> None:
+        from ioaware.bench import DTYPES, TOLERANCE, AttentionProblem
+        from ioaware.bench_masks import (
+            _materialised,
+            _spec,
+            alibi_slopes,
+            document_ids,
+            visible_fraction,
+        )
+
+        self.kind, self.args, self.deadline = kind, args, deadline
+        dtype = DTYPES[args.dtype]
+        self.problem = problem = AttentionProblem(args.batch, args.heads, args.seqlen,
+                                                  args.head_dim, dtype, causal=True)
+        self.tolerance = TOLERANCE[dtype]
+        self.extra = (alibi_slopes(args.heads, "cuda") if kind == "alibi"
+                      else document_ids(args.batch, args.seqlen, "cuda")
+                      if kind == "document" else None)
+        self.inputs = [] if self.extra is None else [self.extra]
+        self.spec = _spec(kind, problem)
+        density = visible_fraction(kind, problem, self.extra)
+        self.fwd_flops = (4.0 * args.batch * args.heads * args.head_dim
+                          * args.seqlen ** 2 * density)
+        self.bwd_flops = 2.5 * self.fwd_flops
+        print(f"\n== {kind}: B={args.batch} H={args.heads} N={args.seqlen} "
+              f"d={args.head_dim} {args.dtype} causal, {100 * density:.2f}% of pairs "
+              f"visible, spec {self.spec.mask or self.spec.score_mod!r}", flush=True)
+
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        shape = (args.batch, args.heads, args.seqlen, args.head_dim)
+        self.q, self.k, self.v, self.dout = (
+            torch.randn(shape, device="cuda", dtype=dtype, generator=gen) for _ in range(4))
+
+        # The reference once: SDPA's math backend in fp32 with the mask materialised.
+        import torch.nn.functional as F
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        mask = _materialised(kind, problem, self.extra, torch.float32)
+        q32, k32, v32 = (t.float().requires_grad_() for t in (self.q, self.k, self.v))
+        with sdpa_kernel(SDPBackend.MATH):
+            out32 = F.scaled_dot_product_attention(q32, k32, v32, attn_mask=mask)
+        out32.backward(self.dout.float())
+        self.want = (out32.detach(), q32.grad, k32.grad, v32.grad)
+        del mask, out32, q32, k32, v32
+        torch.cuda.empty_cache()
+
+        self.out = torch.empty(shape[:3] + (args.head_dim,), device="cuda", dtype=dtype)
+        self.lse = torch.empty(shape[:3], device="cuda", dtype=torch.float32)
+        self.dq, self.dk, self.dv = (torch.empty_like(t) for t in (self.q, self.k, self.v))
+
+    # ---- the rendered modules, launched directly --------------------------------------
+
+    def modules(self):
+        from ioaware.codegen.cache import device_tag, load_kernel_module
+
+        tag = device_tag(self.q.device)
+        return (load_kernel_module("attention_fwd", self.spec, tag),
+                load_kernel_module("attention_bwd", self.spec, tag))
+
+    def forward(self, config: Config | None) -> None:
+        fwd, _ = self.modules()
+        fwd.forward(self.q, self.k, self.v, self.out, self.lse, self.inputs, None,
+                    config=config)
+
+    def backward(self, dkdv: Config | None, dq: Config | None) -> None:
+        _, bwd = self.modules()
+        bwd.backward(self.dout, self.q, self.k, self.v, self.out, self.lse, None, self.dq,
+                     self.dk, self.dv, self.inputs, [], None, dkdv_config=dkdv,
+                     dq_config=dq)
+
+    # ---- rows ---------------------------------------------------------------------------
+
+    def row(self, label: str, run, flops: float, check) -> float | None:
+        """Run once, check, time; print one line. The time in us, or None."""
+        if time.monotonic() > self.deadline:
+            print(f"  {label:<26} skipped (--budget-s spent)", flush=True)
+            return None
+        try:
+            run()
+            torch.cuda.synchronize()
+            err = check()
+            us = _bench_us(run, self.args.warmup_ms, self.args.rep_ms)
+        except Exception as error:  # noqa: BLE001 - a config that cannot run is n/a
+            print(f"  {label:<26} n/a  ({_short(error)})", flush=True)
+            torch.cuda.empty_cache()
+            return None
+        verdict = "ok" if err <= self.tolerance else "WRONG"
+        print(f"  {label:<26} {us:9.1f} us {flops / (us * 1e-6) / 1e12:7.1f} TFLOP/s  "
+              f"err {err:.1e} {verdict}", flush=True)
+        return us if verdict == "ok" else None
+
+    def check_forward(self) -> float:
+        return _rel_err((self.out,), self.want[:1])
+
+    def check_backward(self) -> float:
+        return _rel_err((self.dq, self.dk, self.dv), self.want[1:])
+
+    def sweep(self) -> None:
+        args = self.args
+        fwd_mod, bwd_mod = self.modules()
+        print(f"  shipped defaults: fwd {fwd_mod.DEFAULT_CONFIG}, dkdv "
+              f"{bwd_mod.DEFAULT_DKDV}, dq {bwd_mod.DEFAULT_DQ}")
+        self.shipped()
+        if not args.no_flex:
+            self.flex()
+
+        print("  forward  (BLOCK_M, BLOCK_N, warps, stages)")
+        fwd_best = self.best([(c, self.row(f"fwd {c}", lambda c=c: self.forward(c),
+                                           self.fwd_flops, self.check_forward))
+                              for c in args.fwd])
+        if args.no_bwd:
+            return
+        self.forward(None)  # out and lse the backward reads
+        dkdv0, dq0 = bwd_mod.DEFAULT_DKDV, bwd_mod.DEFAULT_DQ
+        print(f"  backward: dK/dV configs, dQ at {dq0}")
+        dkdv_best = self.best([(c, self.row(f"dkdv {c}", lambda c=c: self.backward(c, dq0),
+                                            self.bwd_flops, self.check_backward))
+                               for c in args.dkdv])
+        print(f"  backward: dQ configs, dK/dV at {dkdv0}")
+        dq_best = self.best([(c, self.row(f"dq {c}", lambda c=c: self.backward(dkdv0, c),
+                                          self.bwd_flops, self.check_backward))
+                             for c in args.dq])
+        if fwd_best and dkdv_best and dq_best:
+            print(f"  best: fwd {fwd_best}, dkdv {dkdv_best}, dq {dq_best}")
+            self.row("fwd+bwd at the best", lambda: (self.forward(fwd_best),
+                                                     self.backward(dkdv_best, dq_best)),
+                     self.fwd_flops + self.bwd_flops, self.check_backward)
+
+    @staticmethod
+    def best(timed: list[tuple[Config, float | None]]) -> Config | None:
+        ok = [(us, c) for c, us in timed if us is not None]
+        return min(ok)[1] if ok else None
+
+    def shipped(self) -> None:
+        """ioaware's op as a user calls it (host path, autotuning, block maps included)."""
+        from ioaware.codegen import ops
+
+        q, k, v = (t.detach().clone().requires_grad_() for t in (self.q, self.k, self.v))
+        got: dict[str, torch.Tensor] = {}
+
+        def fwd() -> None:
+            with torch.no_grad():
+                got["out"] = ops.attention(q, k, v, self.spec, self.inputs)
+
+        def fwd_bwd() -> None:
+            for t in (q, k, v):
+                t.grad = None
+            ops.attention(q, k, v, self.spec, self.inputs).backward(self.dout)
+
+        def check_fwd_bwd() -> float:
+            return _rel_err((q.grad, k.grad, v.grad), self.want[1:])
+
+        self.row("op fwd (as shipped)", fwd, self.fwd_flops,
+                 lambda: _rel_err((got["out"],), self.want[:1]))
+        self.row("op fwd+bwd (as shipped)", fwd_bwd, self.fwd_flops + self.bwd_flops,
+                 check_fwd_bwd)
+
+    def flex(self) -> None:
+        from ioaware.bench_masks import _flex
+
+        try:
+            attention = _flex(self.kind, self.problem, self.extra)
+        except Exception as error:  # noqa: BLE001 - no flex_attention in this torch
+            print(f"  flex                       n/a  ({_short(error)})")
+            return
+        q, k, v = (t.detach().clone().requires_grad_() for t in (self.q, self.k, self.v))
+        got: dict[str, torch.Tensor] = {}
+
+        def fwd() -> None:
+            with torch.no_grad():
+                got["out"] = attention(q, k, v)
+
+        def fwd_bwd() -> None:
+            for t in (q, k, v):
+                t.grad = None
+            attention(q, k, v).backward(self.dout)
+
+        self.row("flex fwd", fwd, self.fwd_flops,
+                 lambda: _rel_err((got["out"],), self.want[:1]))
+        self.row("flex fwd+bwd", fwd_bwd, self.fwd_flops + self.bwd_flops,
+                 lambda: _rel_err((q.grad, k.grad, v.grad), self.want[1:]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ioaware.bench_masks import MASK_KINDS
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kinds", default=",".join(MASK_KINDS),
+                        help=f"comma-separated, of {MASK_KINDS}")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--seqlen", type=int, default=8192)
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"))
+    parser.add_argument("--fwd", type=_parse_configs, default=FWD_CONFIGS,
+                        help="forward configs 'BM,BN,W,S;...'")
+    parser.add_argument("--dkdv", type=_parse_configs, default=DKDV_CONFIGS)
+    parser.add_argument("--dq", type=_parse_configs, default=DQ_CONFIGS)
+    parser.add_argument("--no-bwd", action="store_true", help="forward configs only")
+    parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention")
+    parser.add_argument("--budget-s", type=float, default=220.0,
+                        help="wall seconds after which remaining configs are skipped")
+    parser.add_argument("--warmup-ms", type=float, default=10.0)
+    parser.add_argument("--rep-ms", type=float, default=40.0)
+    args = parser.parse_args(argv)
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    for kind in kinds:
+        if kind not in MASK_KINDS:
+            parser.error(f"--kinds: {kind!r} is not one of {MASK_KINDS}")
+    if not torch.cuda.is_available():
+        print("attn_sweep needs a CUDA GPU")
+        return 1
+    import triton
+
+    print(f"torch {torch.__version__}, triton {triton.__version__}, "
+          f"{torch.cuda.get_device_name()}")
+    start = time.monotonic()
+    deadline = start + args.budget_s
+    for kind in kinds:
+        Sweep(kind, args, deadline).sweep()
+        torch.cuda.empty_cache()
+    print(f"\nwall {time.monotonic() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
