@@ -381,6 +381,8 @@ def test_scan_kernels_compile_for_sm90(tmp_path):
         fn = getattr(module, name)
         block_d, block_l, warps = module.TUNE_CONFIGS[0]
         const = {"BLOCK_D": block_d, "BLOCK_L": block_l, "CPG": 64, "PREFETCH": 4}
+        if "PIPELINE" in fn.arg_names:
+            const["PIPELINE"] = module.PIPELINE
         sig = {a: "constexpr" if a in const else
                "i32" if a.startswith("stride") or a in ("DC", "L", "L_BUCKET", "N_CHUNKS", "G")
                else "*bf16" if a in low else "*fp32" for a in fn.arg_names}
