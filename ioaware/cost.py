@@ -60,14 +60,21 @@ def sym(size: Size | float) -> sympy.Expr:
 
 
 # Fields that add up over the kernels of a region, and fields that are a peak over them.
-_SUMMED = ("read_bytes", "write_bytes", "flops", "transcendentals", "l2_reread_bytes")
+_SUMMED = ("read_bytes", "write_bytes", "flops", "transcendentals", "l2_reread_bytes",
+           "tensor_flops", "l2_spill_bytes", "exposed_round_trips")
 _PEAK = ("sram_bytes", "l2_working_set")
 _FIELDS = ("read_bytes", "write_bytes", "flops", "transcendentals")  # what evaluate() sums
+# Summed fields that may hold the device symbols below: priced per device, not evaluated.
+_DEVICE_FIELDS = ("l2_spill_bytes", "exposed_round_trips")
 
 # How many programs of one kernel a device runs at once. The L2 working set of a tiled
 # kernel depends on it, so costs keep it as a symbol and `modelled_time` substitutes
 # the device's number (`programs_in_flight`: SMs times the programs one SM holds).
 PROGRAMS_IN_FLIGHT = sympy.Symbol("programs_in_flight", positive=True, integer=True)
+# The device's SM count, for costs whose waves of library kernels depend on it (a matmul's
+# L2 spill, a row-per-block softmax's waves); `ceilings` and `dram_bytes` substitute it.
+NUM_SMS = sympy.Symbol("num_sms", positive=True, integer=True)
+_DEVICE_SYMBOLS = (PROGRAMS_IN_FLIGHT, NUM_SMS)
 
 # A fused multiply-add counts this many FLOPs, in every formula here and in every report.
 FLOPS_PER_FMA = 2
@@ -88,6 +95,17 @@ class Cost:
       before (FlashAttention's K/V after the first query block); it is served by L2
       when l2_working_set, the bytes those re-reads keep live, fits in the device's L2.
       l2_working_set may contain PROGRAMS_IN_FLIGHT; a sum keeps the largest.
+    tensor_flops: the part of `flops` that runs on tensor cores (matmuls, convolutions,
+      the attention kernels' two or five matmuls); the rest runs on the CUDA cores.
+    l2_spill_bytes: reads a library kernel repeats from DRAM when l2_working_set does not
+      fit in L2 (cuBLAS re-reading operand panels wave after wave); not in read_bytes,
+      which keeps the IO model's one read per input. May contain NUM_SMS.
+    exposed_round_trips: memory round trips on a kernel's critical path that no other
+      program hides (waves of a row-per-block softmax); each costs the profile's
+      `memory_latency`. May contain NUM_SMS.
+    kernel: the generated-kernel family ("selective_scan", ...) whose measured efficiency
+      (`DeviceProfile.kernel_efficiency`) scales its compute time; "" for none. A sum
+      keeps it where only one side names one.
     """
 
     read_bytes: sympy.Expr = sympy.S.Zero
@@ -97,6 +115,10 @@ class Cost:
     sram_bytes: sympy.Expr = sympy.S.Zero
     l2_reread_bytes: sympy.Expr = sympy.S.Zero
     l2_working_set: sympy.Expr = sympy.S.Zero
+    tensor_flops: sympy.Expr = sympy.S.Zero
+    l2_spill_bytes: sympy.Expr = sympy.S.Zero
+    exposed_round_trips: sympy.Expr = sympy.S.Zero
+    kernel: str = ""
 
     def __post_init__(self) -> None:
         for name in _SUMMED + _PEAK:
@@ -113,9 +135,10 @@ class Cost:
 
     @property
     def free_symbols(self) -> set[sympy.Symbol]:
-        """Size symbols of the fields `evaluate` reports (not PROGRAMS_IN_FLIGHT)."""
+        """Size symbols of the fields `evaluate` reports (not the device's symbols)."""
         fields = (*_SUMMED, "sram_bytes")
-        return set().union(*(getattr(self, name).free_symbols for name in fields))
+        found = set().union(*(getattr(self, name).free_symbols for name in fields))
+        return found - set(_DEVICE_SYMBOLS)
 
     def __add__(self, other: Cost) -> Cost:
         if isinstance(other, int) and other == 0:  # lets sum() start from 0
@@ -124,7 +147,8 @@ class Cost:
             return NotImplemented
         summed = {n: getattr(self, n) + getattr(other, n) for n in _SUMMED}
         peaks = {n: _peak(getattr(self, n), getattr(other, n)) for n in _PEAK}
-        return Cost(**summed, **peaks)
+        kernels = {self.kernel, other.kernel} - {""}
+        return Cost(**summed, **peaks, kernel=kernels.pop() if len(kernels) == 1 else "")
 
     __radd__ = __add__
 
@@ -132,17 +156,19 @@ class Cost:
         """`factor` runs of the same kernels: traffic and work scale, footprints do not."""
         k = sym(factor)
         summed = {n: k * getattr(self, n) for n in _SUMMED}
-        return Cost(**summed, **{n: getattr(self, n) for n in _PEAK})
+        return Cost(**summed, **{n: getattr(self, n) for n in _PEAK}, kernel=self.kernel)
 
     __rmul__ = __mul__
 
     def subs(self, hints: Hints) -> Cost:
         """The same cost with symbols replaced by `hints` (keys: Symbols or their names)."""
-        return Cost(**{n: _subs(getattr(self, n), hints) for n in _SUMMED + _PEAK})
+        return Cost(**{n: _subs(getattr(self, n), hints) for n in _SUMMED + _PEAK},
+                    kernel=self.kernel)
 
     def evaluate(self, hints: Hints | None = None) -> dict[str, int]:
         """Numbers for every summed field, `hbm_bytes` and `sram_bytes`; raises if a size
-        symbol has no hint. (l2_working_set needs a device: see `ceilings`.)"""
+        symbol has no hint. (l2_working_set, l2_spill_bytes and exposed_round_trips need a
+        device: see `ceilings` and `dram_bytes`.)"""
         concrete = self.subs(hints or {})
         missing = concrete.free_symbols
         if missing:
@@ -152,6 +178,7 @@ class Cost:
         values["hbm_bytes"] = values["read_bytes"] + values["write_bytes"]
         values["sram_bytes"] = _to_int(concrete.sram_bytes)
         values["l2_reread_bytes"] = _to_int(concrete.l2_reread_bytes)
+        values["tensor_flops"] = _to_int(concrete.tensor_flops)
         return values
 
     def formulas(self, hints: Hints | None = None) -> dict[str, tuple[str, int | None]]:
@@ -481,9 +508,45 @@ def _max_min(node: fx.Node) -> Cost:
 def _softmax(node: fx.Node) -> Cost:
     """read N, write N; per element: max, sub, exp, add, and a mul by 1/sum (log_softmax:
     a sub of log(sum)): 5 FLOPs and 1 transcendental. The per-row reciprocal or log (one
-    per row, not per element) is not counted."""
-    n = _numel(_val(node.args[0]))
-    return _reads_and_writes(node) + Cost(flops=5 * n, transcendentals=n)
+    per row, not per element) is not counted. Rows too long for PyTorch's warp-per-row
+    kernel run one per CTA: `softmax_row_waves` of exposed round trips."""
+    x = _val(node.args[0])
+    n = _numel(x)
+    dim = node.args[1] if len(node.args) > 1 else -1
+    waves = sympy.S.Zero
+    if isinstance(dim, int) and x.dim() > 0 and dim % x.dim() == x.dim() - 1:
+        waves = softmax_row_waves(n / sym(x.shape[-1]), x.shape[-1], x.dtype.itemsize)
+    return _reads_and_writes(node) + Cost(flops=5 * n, transcendentals=n,
+                                          exposed_round_trips=waves)
+
+
+# PyTorch's CUDA softmax over a contiguous last dim (aten/src/ATen/native/cuda/SoftMax.cu):
+# rows of at most 1024 elements and 4 KB go to a warp-per-row kernel that packs many rows
+# into a CTA; longer rows get one CTA each, min(cols, 1024) threads, with 48 KB of
+# dynamic shared memory. An SM holds 2048 threads (sm80, sm90) and 4 such CTAs.
+SOFTMAX_WARP_ROW_LIMIT = (1024, 4096)  # (elements, bytes)
+SOFTMAX_MAX_THREADS, THREADS_PER_SM, SOFTMAX_CTAS_PER_SM_BY_SMEM = 1024, 2048, 4
+
+
+def softmax_row_waves(rows: Size, cols: Size, itemsize: int) -> sympy.Expr:
+    """Exposed memory round trips of PyTorch's one-CTA-per-row softmax, 0 for rows its
+    warp-per-row kernel takes (or a symbolic row length, which the model cannot place).
+
+    A CTA loads its row, reduces it twice (max, then sum of exp) and writes it; nothing
+    else runs in it while the load is in flight, and only NUM_SMS·k rows are in flight
+    (k = min(2048 // threads, 4) CTAs per SM, threads = min(cols, 1024) rounded up to a
+    warp), so each wave of rows waits one round trip the others do not hide:
+        waves = ceil(rows / (NUM_SMS·k))
+    Each costs the profile's `memory_latency` on top of the bandwidth time."""
+    cols = sym(cols)
+    if not cols.is_number:
+        return sympy.S.Zero
+    elements, nbytes = SOFTMAX_WARP_ROW_LIMIT
+    if int(cols) <= elements and int(cols) * itemsize <= nbytes:
+        return sympy.S.Zero
+    threads = -(-min(int(cols), SOFTMAX_MAX_THREADS) // 32) * 32
+    per_sm = max(1, min(THREADS_PER_SM // threads, SOFTMAX_CTAS_PER_SM_BY_SMEM))
+    return sympy.ceiling(sym(rows) / (NUM_SMS * per_sm))
 
 
 @_prices("native_layer_norm", "layer_norm", "rms_norm", "_fused_rms_norm",
@@ -567,10 +630,11 @@ def _convolution(node: fx.Node) -> Cost:
         flops = 2 * _numel(x) * _numel(w) / sym(w.shape[0])
     else:
         flops = 2 * _numel(_out(node)) * _numel(w) / sym(w.shape[0])
+    tensor_flops = flops
     bias = node.args[2] if len(node.args) > 2 else None
     if isinstance(bias, fx.Node):
         flops += _numel(_out(node))
-    return _reads_and_writes(node) + Cost(flops=flops)
+    return _reads_and_writes(node) + Cost(flops=flops, tensor_flops=tensor_flops)
 
 
 @_prices("_native_batch_norm_legit_no_training", "_native_batch_norm_legit",
@@ -669,19 +733,70 @@ _MATMUL_OPERAND = {"mm": 0, "bmm": 0, "matmul": 0, "mv": 0, "dot": 0, "vdot": 0,
                    "linear": 0, "addmm": 1, "baddbmm": 1, "addmv": 1}
 
 
+# The output tile one CTA of cuBLAS's large 16-bit GEMMs computes on Hopper (128 x 256,
+# or 256 x 128: the wave footprint below is the same for either), one CTA per SM.
+MATMUL_TILE = (128, 256)
+
+
 @_prices(*_MATMUL_OPERAND)
 def _matmul(node: fx.Node) -> Cost:
-    """read A (M x K) and B (K x N) (and the bias), write C (M x N): 2 M N K FLOPs."""
+    """read A (M x K) and B (K x N) (and the bias), write C (M x N): 2 M N K FLOPs, on
+    tensor cores (not mv/dot); the bias add on CUDA cores. Past L2: `matmul_l2_spill`."""
     name = _op_name(node.target)
     a = _val(node.args[_MATMUL_OPERAND[name]])
-    out_elements = _numel(_out(node))
+    out = _out(node)
+    out_elements = _numel(out)
     flops = 2 * out_elements * sym(a.shape[-1])
+    tensor_flops = flops if name not in ("mv", "dot", "vdot", "addmv") else sympy.S.Zero
     has_bias = name in ("addmm", "baddbmm", "addmv") or (
         name == "linear" and len(node.args) > 2 and node.args[2] is not None
     )
     if has_bias:
         flops += out_elements
-    return _reads_and_writes(node) + Cost(flops=flops)
+    cost = _reads_and_writes(node) + Cost(flops=flops, tensor_flops=tensor_flops)
+    b = _val(node.args[_MATMUL_OPERAND[name] + 1])
+    if tensor_flops == 0 or out.dim() < 2 or not isinstance(b, torch.Tensor) or b.dim() < 2:
+        return cost
+    N, K = sym(out.shape[-1]), sym(a.shape[-1])
+    if b.dim() == 2:  # one weight: every leading dim of A is more rows of C
+        batch, M = sympy.S.One, out_elements / N
+    else:
+        batch, M = out_elements / (sym(out.shape[-2]) * N), sym(out.shape[-2])
+    spill, working_set = matmul_l2_spill(M, N, K, a.dtype.itemsize, b.dtype.itemsize)
+    return cost + Cost(l2_spill_bytes=batch * spill, l2_working_set=working_set)
+
+
+def matmul_l2_spill(
+    M: Size, N: Size, K: Size, itemsize_a: int, itemsize_b: int,
+    tile: tuple[int, int] = MATMUL_TILE,
+) -> tuple[sympy.Expr, sympy.Expr]:
+    """DRAM reads a tiled GEMM C = A·B repeats when A and B do not stay in L2, and the
+    working set (A and B) that L2 must hold for it not to: (spill, working_set).
+
+    The library runs C in waves of P = NUM_SMS output tiles of Tm x Tn (`tile`, one CTA
+    per SM). Within a wave the CTAs walk K together, so L2 serves each A row-panel
+    (Tm x K) and B column-panel (K x Tn) to every CTA of the wave that shares it: a wave
+    reads from DRAM the distinct panels it touches. Its P tiles form a block of g tile
+    rows by c tile columns, as square in elements as the tile allows (the tile
+    scheduler's swizzle keeps a wave compact), g = min(P, ceil(sqrt(P·Tn/Tm))) (near
+    the minimum of g·Tm + (P/g)·Tn), c = ceil(P/g), both clipped to the grid:
+        per wave  (min(g·Tm, M)·K·it_a + min(c·Tn, N)·K·it_b)
+        reads     ceil(ceil(M/Tm)·ceil(N/Tn) / P) waves of it
+        spill     max(0, reads - (M·K·it_a + K·N·it_b))
+    Nothing survives from one wave to the next unless all of A and B stay in L2, which
+    is the working set: when it fits, L2 serves the re-reads and only the compulsory
+    bytes reach DRAM. Derivation and the 8192³ check: docs/cost-model.md.
+    """
+    M, N, K = sym(M), sym(N), sym(K)
+    tm, tn = tile
+    P = NUM_SMS
+    rows, cols = _ceil_div(M, tm), _ceil_div(N, tn)
+    g = sympy.Min(rows, P, sympy.ceiling(sympy.sqrt(P * tn / tm)))
+    c = sympy.Min(cols, sympy.ceiling(P / g))
+    per_wave = (sympy.Min(g * tm, M) * itemsize_a + sympy.Min(c * tn, N) * itemsize_b) * K
+    waves = sympy.ceiling(rows * cols / P)
+    compulsory = M * K * itemsize_a + K * N * itemsize_b
+    return sympy.Max(0, waves * per_wave - compulsory), compulsory
 
 
 # --------------------------------------------------------------------------------------
@@ -920,7 +1035,8 @@ def attention_unfused_cost(
     st = sympy.Integer(score_itemsize or itemsize)
     bh = B * H
     s = bh * Nq * Nk  # score elements over all heads
-    cost = Cost(read_bytes=bh * (Nq + Nk) * D * it, write_bytes=s * it, flops=2 * s * D)
+    cost = Cost(read_bytes=bh * (Nq + Nk) * D * it, write_bytes=s * it, flops=2 * s * D,
+                tensor_flops=2 * s * D)
     if st != it:
         cost += Cost(read_bytes=s * it, write_bytes=s * st)
     cost += Cost(read_bytes=s * st, write_bytes=s * st, flops=s)
@@ -931,7 +1047,7 @@ def attention_unfused_cost(
         cost += Cost(read_bytes=s * st, write_bytes=s * it)
     cost += Cost(
         read_bytes=s * it + bh * Nk * Dv * it, write_bytes=bh * Nq * Dv * it,
-        flops=2 * s * Dv,
+        flops=2 * s * Dv, tensor_flops=2 * s * Dv,
     )
     return cost
 
@@ -1074,6 +1190,7 @@ def flash_attention_cost(
         read_bytes=bh * (Nq * D + key_rows * (D + Dv)) * it,
         write_bytes=bh * (Nq * Dv * it + Nq * LSE_ITEMSIZE),
         flops=bh * 2 * pairs * (D + Dv),
+        tensor_flops=bh * 2 * pairs * (D + Dv),
         transcendentals=bh * pairs,
         sram_bytes=attention_forward_sram_bytes(block_m, block_n, num_stages, D, Dv, itemsize),
         l2_reread_bytes=bh * rereads * (D + Dv) * it,
@@ -1158,7 +1275,8 @@ def flash_attention_backward_cost(
         read_bytes=Hq * Nq * ((D + Dv) * it + row_stats) + Hq * key_rows * (D + Dv) * it,
         write_bytes=Hq * Nq * D * it,
     )
-    compute = Cost(flops=Hq * 2 * pairs * (3 * D + 2 * Dv), transcendentals=Hq * pairs)
+    matmuls = Hq * 2 * pairs * (3 * D + 2 * Dv)
+    compute = Cost(flops=matmuls, tensor_flops=matmuls, transcendentals=Hq * pairs)
     dense_rows = not causal and density == 1
     kv_rereads = key_rows - Nk if dense_rows else sympy.Max(0, key_rows - Nk)
     q_rereads = query_rows - Nq if dense_rows else sympy.Max(0, query_rows - Nq)
@@ -1282,8 +1400,9 @@ def selective_scan_cost(
             write_bytes=seq * it + state_bytes,
             flops=SELECTIVE_SCAN_STATE_FLOPS * states + per_seq_flops * seq,
             transcendentals=states + per_seq_transc * seq,
+            kernel="selective_scan",
         )
-    return rereads + Cost(
+    return rereads + Cost(kernel="selective_scan_backward") + Cost(
         read_bytes=(3 + int(has_z)) * seq * it + params + bc * it + h0,
         write_bytes=(2 + int(has_z)) * seq * it + bc * p + params + h0,
         flops=SELECTIVE_SCAN_BACKWARD_STATE_FLOPS * states + 2 * per_seq_flops * seq,
@@ -1339,77 +1458,113 @@ def programs_in_flight(profile: DeviceProfile, sram_bytes: int) -> int:
 def l2_hits(cost: Cost, profile: DeviceProfile, hints: Hints | None = None) -> bool:
     """Whether the cost's re-reads are served by L2: its working set, with the device's
     programs in flight, fits in L2_USABLE_FRACTION of the profile's L2."""
-    return _l2_hits(cost, profile, hints, cost.evaluate(hints))
+    values = cost.evaluate(hints)
+    return values["l2_reread_bytes"] > 0 and _fits_l2(cost, profile, hints, values)
 
 
-def _l2_hits(cost: Cost, profile: DeviceProfile, hints: Hints | None,
+def _device_value(expr: sympy.Expr, profile: DeviceProfile, hints: Hints | None,
+                  sram_bytes: int, what: str) -> int:
+    """A device-dependent field at `hints`, with the device's symbols replaced."""
+    value = _subs(expr, hints or {}).xreplace({
+        PROGRAMS_IN_FLIGHT: sympy.Integer(programs_in_flight(profile, sram_bytes)),
+        NUM_SMS: sympy.Integer(profile.num_sms),
+    })
+    if value.free_symbols:
+        names = sorted(str(s) for s in value.free_symbols)
+        raise ValueError(f"{what} depends on {names} with no hint")
+    return _to_int(value)
+
+
+def _fits_l2(cost: Cost, profile: DeviceProfile, hints: Hints | None,
              values: dict[str, int]) -> bool:
-    if values["l2_reread_bytes"] == 0:
-        return False
-    in_flight = programs_in_flight(profile, values["sram_bytes"])
-    working_set = _subs(cost.l2_working_set, hints or {}).xreplace(
-        {PROGRAMS_IN_FLIGHT: sympy.Integer(in_flight)}
-    )
-    if working_set.free_symbols:
-        names = sorted(str(s) for s in working_set.free_symbols)
-        raise ValueError(f"L2 working set depends on {names} with no hint")
-    return _to_int(working_set) <= L2_USABLE_FRACTION * profile.l2
+    working_set = _device_value(cost.l2_working_set, profile, hints, values["sram_bytes"],
+                                "L2 working set")
+    return working_set <= L2_USABLE_FRACTION * profile.l2
 
 
 def dram_bytes(cost: Cost, profile: DeviceProfile, hints: Hints | None = None) -> int:
     """Bytes the device's DRAM moves for `cost`: its HBM bytes, less the re-reads L2
-    serves (`l2_hits`). Compare this, not `hbm_bytes`, with measured DRAM counters."""
+    serves, plus a library kernel's spill when its working set misses L2:
+        hbm_bytes - (l2_reread_bytes if the working set fits)
+                  + (l2_spill_bytes if it does not)
+    Compare this, not `hbm_bytes`, with measured DRAM counters."""
     return _dram_bytes(cost, profile, hints, cost.evaluate(hints))
 
 
 def _dram_bytes(cost: Cost, profile: DeviceProfile, hints: Hints | None,
                 values: dict[str, int]) -> int:
-    if _l2_hits(cost, profile, hints, values):
+    if not values["l2_reread_bytes"] and cost.l2_spill_bytes == 0:
+        return values["hbm_bytes"]
+    if _fits_l2(cost, profile, hints, values):
         return values["hbm_bytes"] - values["l2_reread_bytes"]
-    return values["hbm_bytes"]
+    return values["hbm_bytes"] + _device_value(cost.l2_spill_bytes, profile, hints,
+                                               values["sram_bytes"], "L2 spill")
 
 
 def ceilings(
     cost: Cost, profile: DeviceProfile, dtype: str | torch.dtype, hints: Hints | None = None
 ) -> dict[str, float]:
-    """Seconds each ceiling alone would take; modelled time is the largest.
+    """Seconds each part of the time takes on `profile`:
 
-        compute = flops / peak[dtype]               (measured peak where known)
+        tensor  = tensor_flops / peak[dtype]                   (measured peak where known)
+        vector  = (flops - tensor_flops) / peak[float32]       (the CUDA cores)
         sfu     = transcendentals / SFU rate
-        hbm     = dram_bytes (hbm_bytes, less l2_reread_bytes if they hit L2) / bandwidth
-        l2      = hbm_bytes / l2_bandwidth           (0 while no L2 rate is known)
+        compute = (tensor + vector + sfu) / kernel_efficiency[kernel]
+        hbm     = dram_bytes / bandwidth
+        l2      = hbm_bytes / l2_bandwidth                    (0 while no L2 rate is known)
+        latency = exposed_round_trips · memory_latency        (0 while none is known)
+
+    The three pipes add, not overlap: a kernel that does not specialise warps issues a
+    tile's matmul, then the softmax's exps that depend on it, then the next matmul that
+    depends on them (FlashAttention-3, §3.1); for one pipe alone the sum is that pipe.
     """
     values = cost.evaluate(hints)
     l2_rate = profile.l2_bandwidth
+    tensor = values["tensor_flops"] / profile.peak_flops_for(dtype)
+    vector = (values["flops"] - values["tensor_flops"]) / profile.peak_flops_for("float32")
+    sfu = values["transcendentals"] / profile.transcendentals_per_s
+    efficiency = profile.kernel_efficiency.get(cost.kernel, 1.0) if cost.kernel else 1.0
+    latency = 0.0
+    if profile.memory_latency and cost.exposed_round_trips != 0:
+        latency = profile.memory_latency * _device_value(
+            cost.exposed_round_trips, profile, hints, values["sram_bytes"], "round trips")
     return {
-        "compute": values["flops"] / profile.peak_flops_for(dtype),
-        "sfu": values["transcendentals"] / profile.transcendentals_per_s,
+        "tensor": tensor,
+        "vector": vector,
+        "sfu": sfu,
+        "compute": (tensor + vector + sfu) / efficiency,
         "hbm": _dram_bytes(cost, profile, hints, values) / profile.bandwidth,
         "l2": values["hbm_bytes"] / l2_rate if l2_rate else 0.0,
+        "latency": latency,
     }
 
 
 def modelled_time(
     cost: Cost, profile: DeviceProfile, dtype: str | torch.dtype, hints: Hints | None = None
 ) -> float:
-    """Roofline floor in seconds: the slowest of `ceilings` (FLOPs / peak,
-    transcendentals / SFU rate, HBM bytes that miss L2 / bandwidth, bytes / L2 rate),
-    with the profile's measured ceilings where it has them.
+    """Seconds on `profile`: the slower of computing and moving the bytes, plus the
+    memory round trips nothing hides (`ceilings` gives each part):
 
-    This is a floor for the whole cost run as one kernel; a chain of separate kernels
-    takes at least the sum of each one's floor, so pricing an unfused region as one sum
-    understates it (which makes `rewrite_pays` conservative).
+        max(compute, hbm, l2) + latency
+
+    with the profile's measured ceilings where it has them. Memory and compute overlap
+    (the loads of one tile run under the arithmetic of another); an exposed round trip
+    is by definition one that nothing overlaps.
+
+    A chain of separate kernels takes at least the sum of each one's time, so pricing an
+    unfused region as one sum understates it (which makes `rewrite_pays` conservative).
     """
-    return max(ceilings(cost, profile, dtype, hints).values())
+    c = ceilings(cost, profile, dtype, hints)
+    return max(c["compute"], c["hbm"], c["l2"]) + c["latency"]
 
 
 def bound(
     cost: Cost, profile: DeviceProfile, dtype: str | torch.dtype, hints: Hints | None = None
 ) -> str:
-    """"memory" if moving the bytes (HBM or L2) takes at least as long as the arithmetic
-    (FLOPs or SFU), else "compute"."""
+    """"memory" if moving the bytes (HBM or L2, with the exposed latency) takes at least
+    as long as the arithmetic, else "compute"."""
     c = ceilings(cost, profile, dtype, hints)
-    return "memory" if max(c["hbm"], c["l2"]) >= max(c["compute"], c["sfu"]) else "compute"
+    return "memory" if max(c["hbm"], c["l2"]) + c["latency"] >= c["compute"] else "compute"
 
 
 def rewrite_pays(

@@ -57,6 +57,13 @@ class DeviceProfile:
     l2_bandwidth: bytes/s L2 can serve to the SMs. Vendors publish none, so it is None
       until measured (`ioaware calibrate`); with None the model prices L2 hits as free,
       which keeps modelled time a floor.
+    memory_latency: seconds of one DRAM round trip a kernel waits with nothing else to
+      run (a wave of PyTorch's row-per-block softmax: load, two block reductions, store),
+      measured by `ioaware calibrate` on a softmax shape of its own; None: not measured,
+      and exposed round trips cost nothing.
+    kernel_efficiency: generated-kernel family ("selective_scan") -> the fraction of its
+      modelled compute time (the pipes' sum) it achieves, measured on a shape of its own
+      (`ioaware calibrate`, or the bench run named beside the number); missing: 1.
     """
 
     name: str
@@ -73,6 +80,8 @@ class DeviceProfile:
     measured_hbm_bandwidth: float | None = None
     measured_l2_bytes: int | None = None
     l2_bandwidth: float | None = None
+    memory_latency: float | None = None
+    kernel_efficiency: dict[str, float] = dataclasses.field(default_factory=dict, hash=False)
     note: str = ""
 
     def peak_flops_for(self, dtype: str | torch.dtype) -> float:
@@ -128,6 +137,16 @@ class DeviceProfile:
             ):
                 raise ValueError(f"{source}: {n} must map dtype names to positive FLOP/s")
             values[n] = {dtype_key(k): float(v) for k, v in rates.items()}
+        efficiency = values.get("kernel_efficiency", {})
+        if not isinstance(efficiency, dict) or not all(
+            isinstance(v, (int, float)) and v > 0 for v in efficiency.values()
+        ):
+            raise ValueError(f"{source}: kernel_efficiency must map kernel names to positive "
+                             "fractions")
+        latency = values.get("memory_latency")
+        if latency is not None and (not isinstance(latency, (int, float)) or latency <= 0):
+            raise ValueError(f"{source}: memory_latency={latency!r} must be positive seconds "
+                             "or null")
         for n in ("hbm_bandwidth", "sram_per_sm", "num_sms", "l2_bytes", "sram_per_block",
                   "registers_per_sm", "memory_bytes", "transcendentals_per_s"):
             if not isinstance(values[n], (int, float)) or values[n] <= 0:
@@ -157,6 +176,11 @@ _HOPPER_PEAKS = {
     "int8": 1978.9e12,
 }
 
+# The selective scan's efficiency on the H100: its bench shape's modelled compute time
+# (`cost.ceilings(...)["compute"]` at efficiency 1, tests/unit/test_cost.py checks it)
+# over the time `ioaware bench scan` measured there.
+SCAN_BENCH_MODELLED_S, SCAN_BENCH_MEASURED_S = 90.6e-6, 233.7e-6
+
 PROFILES: dict[str, DeviceProfile] = {
     "h100": DeviceProfile(
         name="h100",
@@ -173,7 +197,10 @@ PROFILES: dict[str, DeviceProfile] = {
         # fp16 runs on the same tensor-core path, so it gets the same measured ceiling.
         measured_peak_flops={"bfloat16": 790e12, "float16": 790e12},
         measured_hbm_bandwidth=3.0e12,  # device-to-device copy, read + write bytes
-        note="H100 SXM5 80GB HBM3. Measured on this team's H100, 2026-11-13.",
+        # `ioaware bench scan` (B=4, Dc=1536, L=2048, N=16, gated, bf16), 2026-11-22:
+        # 233.7 us measured against 90.6 us of modelled pipe time (docs/kernels.md).
+        kernel_efficiency={"selective_scan": SCAN_BENCH_MODELLED_S / SCAN_BENCH_MEASURED_S},
+        note="H100 SXM5 80GB HBM3. Measured on this team's H100, 2026-11-13 and 11-22.",
     ),
     "h200": DeviceProfile(
         name="h200",

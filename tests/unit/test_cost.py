@@ -6,6 +6,7 @@ tracing_mode="real", symbolic ones "symbolic"; both must give the same numbers.
 Every expected number has its reasoning beside it. fp32 is 4 bytes, bf16 2, bool 1.
 """
 
+import dataclasses
 import math
 
 import pytest
@@ -17,25 +18,30 @@ from hypothesis import strategies as st
 from torch import fx
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from ioaware import hardware
 from ioaware.cost import (
     FLOPS_PER_FMA,
+    NUM_SMS,
     Cost,
     attention_unfused_cost,
     bound,
     causal_backward_query_rows,
     causal_forward_blocks,
     ceilings,
+    dram_bytes,
     flash_attention_backward_cost,
     flash_attention_cost,
     graph_cost,
     l2_hits,
     linear_scan_cost,
+    matmul_l2_spill,
     modelled_time,
     node_cost,
     programs_in_flight,
     rewrite_pays,
     selective_scan_cost,
     size_hints,
+    softmax_row_waves,
     sym,
 )
 from ioaware.hardware import PROFILES
@@ -483,11 +489,60 @@ def test_modelled_time_is_the_slowest_ceiling():
     memory_second = Cost(read_bytes=2.0e12, write_bytes=1.0e12)  # 3 TB at 3.0 TB/s measured
     assert modelled_time(memory_second, H100, "bfloat16") == pytest.approx(1.0)
     assert bound(memory_second, H100, torch.bfloat16) == "memory"
-    two_seconds = Cost(read_bytes=1e9, flops=2 * 790e12)  # at the measured 790 TFLOP/s
+    # at the measured 790 TFLOP/s of the tensor cores
+    two_seconds = Cost(read_bytes=1e9, flops=2 * 790e12, tensor_flops=2 * 790e12)
     assert modelled_time(two_seconds, H100, "bf16") == pytest.approx(2.0)
     assert bound(two_seconds, H100, "bf16") == "compute"
+    # FLOPs not on tensor cores run on the CUDA cores: 66.9 TFLOP/s of fp32 FMA
+    vector = Cost(flops=66.9e12)
+    assert modelled_time(vector, H100, "bf16") == pytest.approx(1.0)
     exps = Cost(transcendentals=3.9e12)  # one second of the special-function units
     assert modelled_time(exps, H100, "bf16") == pytest.approx(1.0)
+
+
+def test_the_pipes_add_up_and_memory_overlaps_them():
+    # 1 s of matmul, 1 s of exp, 0.5 s of fp32 (each exp is also 1 FLOP on the CUDA
+    # cores: its issue slot), 2 s of HBM: the pipes do not overlap each other
+    # (FlashAttention-3, §3.1), the loads overlap all of them
+    c = Cost(read_bytes=6e12, flops=790e12 + 0.5 * 66.9e12 + 3.9e12,
+             tensor_flops=790e12, transcendentals=3.9e12)
+    t = ceilings(c, H100, "bf16")
+    assert (t["tensor"], t["sfu"], t["hbm"]) == pytest.approx((1.0, 1.0, 2.0))
+    assert t["vector"] == pytest.approx(0.5 + 3.9e12 / 66.9e12)
+    assert modelled_time(c, H100, "bf16") == pytest.approx(2.5 + 3.9e12 / 66.9e12)
+    assert bound(c, H100, "bf16") == "compute"
+
+
+def test_attention_forward_time_is_matmul_plus_exp():
+    # B=4, H=16, N=4096, d=128 causal bf16 (the acceptance case): 2.835e11 tensor FLOPs
+    # at 790 T = 358.8 us, 5.54e8 exps at 3.9 T/s = 142.0 us; K/V re-reads hit L2, so
+    # DRAM (89.8 us) hides under them: 500.8 us. Measured 931 us (ratio 0.54).
+    c = flash_attention_cost(4, 16, 16, 4096, 4096, 128, 128, 2, True)
+    t = ceilings(c, H100, "bf16")
+    assert t["tensor"] == pytest.approx(358.8e-6, rel=1e-3)
+    assert t["sfu"] == pytest.approx(142.0e-6, rel=1e-3)
+    assert modelled_time(c, H100, "bf16") == pytest.approx(500.8e-6, rel=1e-3)
+    # at N = 8192 the model says 566 TFLOP/s; the kernel was measured near 400
+    big = flash_attention_cost(4, 16, 16, 8192, 8192, 128, 128, 2, True)
+    rate = big.evaluate()["flops"] / modelled_time(big, H100, "bf16")
+    assert rate == pytest.approx(566e12, rel=1e-3)
+
+
+def test_the_scan_time_is_its_pipes_over_the_measured_efficiency():
+    # the bench shape the H100's efficiency comes from: 29.3 us of fp32 FLOPs and
+    # 61.3 us of exp (Bt·Dc·L·N + 3·Bt·Dc·L transcendentals) = 90.6 us, measured 233.7
+    bench = selective_scan_cost(4, 1536, 2048, 16, 2, has_D=True, has_z=True,
+                                has_delta_bias=True, delta_softplus=True)
+    no_efficiency = dataclasses.replace(H100, kernel_efficiency={})
+    t = ceilings(bench, no_efficiency, "bf16")
+    assert t["compute"] == pytest.approx(hardware.SCAN_BENCH_MODELLED_S, rel=2e-3)
+    assert modelled_time(bench, H100, "bf16") == pytest.approx(233.7e-6, rel=2e-3)
+    # the acceptance shape (8, 2048, 2048, 16, ungated): 229.1 us of pipes / 0.388
+    case = selective_scan_cost(8, 2048, 2048, 16, 2, has_D=False, has_z=False,
+                               delta_softplus=True)
+    assert ceilings(case, no_efficiency, "bf16")["compute"] == pytest.approx(229.1e-6,
+                                                                             rel=1e-3)
+    assert modelled_time(case, H100, "bf16") == pytest.approx(590.9e-6, rel=2e-3)
 
 
 def test_rewrite_pays_for_gpt2_attention_and_says_why():
@@ -893,3 +948,94 @@ def test_backward_tiles_on_the_h100_match_the_codegen_shapes():
     assert attention_dq_tile_candidates(h100, 128, 128, 2, limit=1) == [(128, 64, 8, 2)]
     with pytest.raises(ValueError, match="itemsize=0"):
         attention_dq_tile_candidates(h100, 128, 128, 0)
+
+
+# ---------------------------------------------------------------------------------------
+# a matmul past L2, a softmax row per CTA
+
+
+def _matmul_cost(n: int, itemsize: int = 2) -> Cost:
+    spill, working_set = matmul_l2_spill(n, n, n, itemsize, itemsize)
+    return Cost(read_bytes=2 * n * n * itemsize, write_bytes=n * n * itemsize,
+                flops=2 * n**3, tensor_flops=2 * n**3, l2_spill_bytes=spill,
+                l2_working_set=working_set)
+
+
+def test_a_large_matmul_rereads_its_panels_wave_after_wave():
+    # 8192³ bf16 on 132 SMs: 64 x 32 = 2048 tiles of 128 x 256, 16 waves. A wave is
+    # g = ceil(sqrt(132·256/128)) = 17 tile rows by c = ceil(132/17) = 8 tile columns:
+    # (17·128 + 8·256)·8192·2 = 69,206,016 bytes of panels. 16 waves read 1,107,296,256;
+    # A and B (268 MB) miss the 25 MB of usable L2, so the DRAM sees those reads and C:
+    # 1,107,296,256 + 134,217,728 = 1,241,513,984 (Nsight measured about 1.39 GB: 0.89).
+    c = _matmul_cost(8192)
+    assert dram_bytes(c, H100) == 16 * (17 * 128 + 8 * 256) * 8192 * 2 + 8192 * 8192 * 2
+    assert dram_bytes(c, H100) == 1_241_513_984
+    assert c.evaluate()["hbm_bytes"] == 3 * 8192 * 8192 * 2  # the IO model: one read each
+    assert modelled_time(c, H100, "bf16") == pytest.approx(2 * 8192**3 / 790e12)
+
+
+def test_a_matmul_whose_operands_fit_l2_reads_them_once():
+    # 2048³ bf16: A and B are 16.8 MB, under half of the 50 MB L2: every re-read hits
+    c = _matmul_cost(2048)
+    assert dram_bytes(c, H100) == 3 * 2048 * 2048 * 2
+    # on a device with a 20 MB L2 it misses, but its 16 x 8 = 128 tiles are one wave,
+    # which reads each panel once: still the compulsory bytes
+    small_l2 = dataclasses.replace(H100, l2_bytes=20 * 10**6, measured_l2_bytes=None)
+    assert dram_bytes(c, small_l2) == 3 * 2048 * 2048 * 2
+    # 4096³: 512 tiles, 4 waves of (17·128 + 8·256) rows and columns of panels
+    assert dram_bytes(_matmul_cost(4096), H100) == (
+        4 * (17 * 128 + 8 * 256) * 4096 * 2 + 4096 * 4096 * 2)
+
+
+def test_one_program_per_wave_reads_each_tile_panels():
+    # one SM: every one of the 8 tiles of a 512³ fp32 matmul is a wave and reads its A
+    # panel (128 x 512) and B panel (512 x 256): 8·(128 + 256)·512·4 = 6,291,456
+    spill, _ = matmul_l2_spill(512, 512, 512, 4, 4)
+    one_sm = {NUM_SMS: 1}
+    assert int(spill.xreplace(one_sm)) == 8 * (128 + 256) * 512 * 4 - 2 * 512 * 512 * 4
+
+
+def test_the_matmul_rule_prices_tensor_flops_and_the_spill():
+    a, b = torch.randn(96, 64), torch.randn(64, 48)
+    gm = trace(torch.mm, a, b)
+    c = node_cost(the(gm, aten.mm.default))
+    assert c.evaluate()["tensor_flops"] == 2 * 96 * 48 * 64
+    assert c.l2_working_set == (96 * 64 + 64 * 48) * 4  # A and B
+    assert dram_bytes(c, H100) == (96 * 64 + 64 * 48 + 96 * 48) * 4  # fits: compulsory
+    x = torch.randn(2, 3, 8, 16)
+    c = node_cost(the(trace(lambda t: t.sum(), x), aten.sum.default))
+    assert c.tensor_flops == 0  # a reduction runs on the CUDA cores
+
+
+@pytest.mark.parametrize("cols, dtype, per_sm", [
+    (4096, torch.bfloat16, 2), (2048, torch.bfloat16, 2), (8192, torch.float32, 2),
+    (600, torch.float64, 3),
+])
+def test_long_softmax_rows_run_one_cta_each_in_waves(cols, dtype, per_sm):
+    # PyTorch gives rows over 1024 elements or 4 KB one CTA of min(cols, 1024) threads
+    # (rounded up to a warp); an SM holds 2048 threads: 2 CTAs of 1024, 3 of 608
+    x = torch.randn(4, cols, dtype=dtype)
+    c = node_cost(the(trace(lambda t: torch.softmax(t, -1), x), aten._softmax.default))
+    assert c.exposed_round_trips == sympy.ceiling(4 / (NUM_SMS * per_sm))
+
+
+def test_short_softmax_rows_share_a_cta_and_expose_nothing():
+    x = torch.randn(4, 1024, dtype=torch.bfloat16)  # 2 KB rows: the warp-per-row kernel
+    c = node_cost(the(trace(lambda t: torch.softmax(t, -1), x), aten._softmax.default))
+    assert c.exposed_round_trips == 0
+    assert softmax_row_waves(4, 1024, 4) == 0  # 4 KB fp32 rows too
+    assert softmax_row_waves(4, 1024, 8) != 0  # 8 KB float64 rows: one CTA each
+
+
+def test_exposed_round_trips_cost_the_profiles_memory_latency():
+    # the acceptance shape: 65536 rows of 4096 bf16, 264 rows in flight: 249 waves.
+    # With a 1 us round trip: 537 MB / 3.0 TB/s = 357.9 us, + 249 us
+    rows, cols = 65536, 4096
+    c = Cost(read_bytes=rows * cols * 2, write_bytes=rows * cols * 2,
+             flops=5 * rows * cols, transcendentals=rows * cols,
+             exposed_round_trips=softmax_row_waves(rows, cols, 2))
+    assert modelled_time(c, H100, "bf16") == pytest.approx(rows * cols * 4 / 3.0e12)
+    timed = dataclasses.replace(H100, memory_latency=1e-6)
+    assert ceilings(c, timed, "bf16")["latency"] == pytest.approx(249e-6)
+    assert modelled_time(c, timed, "bf16") == pytest.approx(rows * cols * 4 / 3.0e12 + 249e-6)
+    assert bound(c, timed, "bf16") == "memory"
