@@ -8,6 +8,8 @@ Formulas and the reasons for each limit: docs/cost-model.md, "Tiles from the SRA
 
 from __future__ import annotations
 
+import math
+
 import sympy
 import torch
 
@@ -211,14 +213,18 @@ def scan_chunk_candidates(
         SRAM       `selective_scan_sram_bytes` <= SRAM_HEADROOM·sram_per_block
         registers  block_d·N / (32·num_warps) <= ACCUMULATOR_REGISTERS / 2
                    (the fp32 state, and as much again for the discretised dA, dB·u)
-    Order: B and C are read once per channel block, Dc / (G·block_d) times in all
-    (`selective_scan_cost(block_d=...)`), so more channels per program first; then
-    longer chunks (fewer loop trips); then 2-3 stages; then fewer warps.
+    Order: the scan is latency-bound, not bandwidth-bound (docs/kernels.md, measured
+    on an H100: (4, 32, 1) 232 µs, (8, 16, 1) 260 µs, (32, 16, 4) 853 µs), so more
+    programs first: one warp per program, then 2-4 states per thread (fewer means
+    16-lane reductions over N, more means fewer programs), then chunks of 32 steps
+    (fewer chunk-boundary waits; 64 costs occupancy), then fewer channels per program,
+    then 2-3 stages. B and C re-reads per channel block (`selective_scan_cost(
+    block_d=...)`) hit L2 and do not decide it.
     """
     _check_positive_ints(d_state=d_state, itemsize=itemsize)
     budget = _tile_budget(profile)
     fits = []
-    for block_d in (256, 128, 64, 32, 16):
+    for block_d in (256, 128, 64, 32, 16, 8, 4, 2):
         for chunk in (256, 128, 64, 32, 16):
             for warps in (1, 2, 4, 8):
                 for stages in (1, 2, 3):
@@ -227,6 +233,35 @@ def scan_chunk_candidates(
                     if sram <= budget and registers <= ACCUMULATOR_REGISTERS / 2:
                         fits.append((block_d, chunk, warps, stages))
     pipelined = [t for t in fits if t[3] > 1]
-    ranked = sorted(pipelined or fits,
-                    key=lambda t: (-t[0], -t[1], abs(t[3] - 2.5), t[2], t[3]))
+
+    def rank(t: ScanTile) -> tuple:
+        block_d, chunk, warps, stages = t
+        per_thread = block_d * d_state / (32 * warps)
+        states = 0 if 2 <= per_thread <= 4 else abs(math.log2(per_thread / 3))
+        return (warps, states, abs(math.log2(chunk / 32)), block_d, abs(stages - 2.5), stages)
+
+    ranked = sorted(pipelined or fits, key=rank)
     return ranked if limit is None else ranked[:limit]
+
+
+def attention_tile(profile: DeviceProfile, head_dim: object, head_dim_v: object,
+                   itemsize: int) -> dict[str, int] | None:
+    """The forward tile the cost model prices on `profile`: the best of
+    `attention_tile_candidates`, by name ({"block_m", "block_n", "num_warps",
+    "num_stages"}); None for a head dim that is not a plain int (symbolic)."""
+    if not all(isinstance(d, int) and d > 0 for d in (head_dim, head_dim_v)):
+        return None
+    block_m, block_n, warps, stages = attention_tile_candidates(
+        profile, head_dim, head_dim_v, itemsize, limit=1)[0]
+    return {"block_m": block_m, "block_n": block_n, "num_warps": warps, "num_stages": stages}
+
+
+def scan_tile(profile: DeviceProfile, d_state: object, itemsize: int) -> dict[str, int] | None:
+    """The selective-scan tile the cost model prices on `profile`: the best of
+    `scan_chunk_candidates` ({"block_d", "chunk", "num_warps", "num_stages"}); None for
+    a state size that is not a plain int."""
+    if not (isinstance(d_state, int) and d_state > 0):
+        return None
+    block_d, chunk, warps, stages = scan_chunk_candidates(profile, d_state, itemsize,
+                                                          limit=1)[0]
+    return {"block_d": block_d, "chunk": chunk, "num_warps": warps, "num_stages": stages}

@@ -49,8 +49,10 @@ from ioaware.tiles import (
     attention_dkdv_tile_candidates,
     attention_dq_tile_candidates,
     attention_forward_sram_bytes,
+    attention_tile,
     attention_tile_candidates,
     scan_chunk_candidates,
+    scan_tile,
     selective_scan_sram_bytes,
 )
 
@@ -822,7 +824,7 @@ def test_attention_tiles_on_the_h100_include_the_fa2_shapes():
         attention_tile_candidates(h100, 0, 64, 2)
 
 
-def test_scan_tiles_fit_and_prefer_more_channels_per_program():
+def test_scan_tiles_fit_and_prefer_more_programs():
     for name in ("h100", "a100", "cpu"):
         p = PROFILES[name]
         for n in (16, 64, 128):
@@ -832,9 +834,25 @@ def test_scan_tiles_fit_and_prefer_more_channels_per_program():
                 assert selective_scan_sram_bytes(block_d, chunk, stages, n, 2) <= (
                     p.sram_per_block * 200 / 227)
                 assert block_d * n <= 84 * 32 * warps
-            assert tiles[0][0] == max(t[0] for t in tiles)
+            assert tiles[0][2] == 1  # one-warp programs: the scan is latency-bound
+    # the H100's measured best at N = 16 (docs/kernels.md): 4 channels, 32 steps, 1 warp,
+    # 2 states per thread; then 8 channels (4 per thread)
+    assert scan_chunk_candidates(PROFILES["h100"], 16, 2, limit=3) == [
+        (4, 32, 1, 2), (4, 32, 1, 3), (8, 32, 1, 2)]
+    assert scan_tile(PROFILES["h100"], 16, 2) == {
+        "block_d": 4, "chunk": 32, "num_warps": 1, "num_stages": 2}
+    assert scan_tile(PROFILES["h100"], sympy.Symbol("n"), 2) is None
     with pytest.raises(ValueError, match="d_state=-1"):
         scan_chunk_candidates(PROFILES["h100"], -1, 2)
+
+
+def test_the_priced_attention_tile_is_the_best_candidate():
+    # H100, d = 128, bf16: 128 x 128 on 8 warps, 2 stages (64 KB of K/V + 32 KB of Q);
+    # A100, d = 256, fp32: only a 64-row query tile fits its 163 KB
+    assert attention_tile(PROFILES["h100"], 128, 128, 2) == {
+        "block_m": 128, "block_n": 128, "num_warps": 8, "num_stages": 2}
+    assert attention_tile(PROFILES["a100"], 256, 256, 4)["block_m"] == 64
+    assert attention_tile(PROFILES["h100"], sympy.Symbol("d"), 128, 2) is None
 
 
 def test_selective_scan_channel_blocks_reread_b_and_c():
