@@ -148,4 +148,13 @@ def test_masked_models_on_gpu_match_eager(build, impl):
     kwargs = {"attention_mask": left_padded_mask(2, 64, (9, 0)).cuda()}
     expl = _expect_all_rewritten(model, ids, **kwargs)
     assert expl.rewrites[0].backend == "triton", expl
-    assert_compiled_matches_eager(model, ids, TOLERANCE[torch.bfloat16], **kwargs)
+    # Eager SDPA runs on its efficient or math backend. On an H100 with torch 2.11 the
+    # default for 16-bit inputs with a mask is cuDNN, which at N % 128 == 64 (here N = 64)
+    # gives the left-padded rows (no visible key) arbitrary outputs and NaN dq
+    # (pytorch/pytorch#196678; scripts/diag_gpu.py sdpa shows it). Both other backends give
+    # such rows 0, as ioaware's "safe" semantics do. Every attention call is rewritten (above),
+    # so the context changes only the eager reference.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+        assert_compiled_matches_eager(model, ids, TOLERANCE[torch.bfloat16], **kwargs)
