@@ -78,11 +78,13 @@ def fits_layout(n_pad: int, block_d: int, block_l: int, warps: int, per_thread: 
 
 # (BLOCK_D, BLOCK_L, num_warps), fastest first as measured on an H100 at the issue's
 # shape (Bt=4, Dc=1536, L=2048, N=16, bf16; docs/kernels.md "Selective scan"): one-warp
-# programs, 2 to 4 states and 16 to 32 steps per thread. The loop is latency-bound
-# (one or two warps per scheduler), so more programs beat wider ones: (4, 32, 1) 232 µs,
-# (8, 16, 1) 260 µs, (32, 16, 4) 853 µs. The rest serve other state sizes.
+# programs, 2 to 4 states and 16 steps per thread, inputs double-buffered in registers
+# (REGISTER_PIPELINE): (8, 16, 1) 197 µs, (4, 16, 1) 202 µs. The loop is latency-bound
+# (one or two warps per scheduler), so more programs beat wider ones; with the double
+# buffer, 32 steps per thread costs registers and time ((4, 32, 1) 334 µs, 215 µs without
+# it). The rest serve other state sizes.
 CANDIDATES = [
-    (4, 32, 1), (4, 16, 1), (8, 16, 1), (16, 8, 1), (8, 8, 1), (8, 32, 2), (16, 16, 2),
+    (8, 16, 1), (4, 16, 1), (4, 32, 1), (16, 16, 2), (16, 8, 1), (8, 8, 1), (8, 32, 2),
     (32, 16, 4), (16, 32, 4), (64, 16, 1), (32, 16, 1), (64, 16, 2), (128, 16, 4), (4, 16, 4),
     (2, 16, 4), (4, 8, 4), (2, 16, 8), (2, 8, 8), (1, 16, 8), (1, 8, 8),
 ]
