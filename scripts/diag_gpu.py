@@ -7,6 +7,9 @@
 2. Sliding-window attention: the kernel called with a hand-written spec ran at 214
    TFLOP/s, ioaware.compile of the plain spelling at 95. Profile both forwards and list
    the CUDA kernels each launches.
+3. SDPA's output and dq for query rows whose keys are all masked, per backend.
+
+    PYTHONPATH=. python3 scripts/diag_gpu.py [scan] [attention] [sdpa]
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import sys
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, "tests/gpu")
 sys.path.insert(0, "tests")
@@ -157,11 +161,76 @@ def attention_diagnosis():
                         print(f"    {e.key[:70]:70s} {e.device_time_total:9.1f} us x{e.count}")
 
 
+def sdpa_diagnosis():
+    """What SDPA gives a query row whose keys are all masked, per dtype, head dim, mask
+    kind, grad mode and backend (the rows left padding makes), forward and dq."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    print("== SDPA, fully masked rows: out / dq of those rows (zero, nan, mean_v, other) ==")
+    backends = {"default": None, "math": SDPBackend.MATH,
+                "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                "cudnn": SDPBackend.CUDNN_ATTENTION}
+
+    def kind_of(x, mean_v):
+        if torch.isnan(x).all():
+            return "nan"
+        if torch.isnan(x).any():
+            return "some-nan"
+        if (x == 0).all():
+            return "zero"
+        if mean_v is not None and torch.allclose(x.float(), mean_v.float(), atol=2e-2):
+            return "mean_v"
+        return "other"
+
+    n = 64
+    i = torch.arange(n, device="cuda")
+    causal = i[None, :] <= i[:, None]
+    pad = torch.ones(2, n, dtype=torch.bool, device="cuda")
+    pad[0, :9] = False
+    allowed = (causal[None] & pad[:, None, :])[:, None]  # [2, 1, n, n]
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        for d in (16, 64, 128):
+            for mask_kind in ("bool", "-inf", "min"):
+                if mask_kind == "bool":
+                    mask = allowed
+                else:
+                    fill = float("-inf") if mask_kind == "-inf" else torch.finfo(dtype).min
+                    mask = torch.zeros(allowed.shape, dtype=dtype, device="cuda")
+                    mask = mask.masked_fill(~allowed, fill)
+                for grad in (False, True):
+                    q, k, v = (torch.randn(2, 2, n, d, device="cuda", dtype=dtype,
+                                           requires_grad=grad) for _ in range(3))
+                    try:
+                        choice = int(torch._fused_sdp_choice(q, k, v, mask, 0.0, False))
+                    except Exception as e:  # noqa: BLE001
+                        choice = f"? {type(e).__name__}"
+                    cells = []
+                    for name, backend in backends.items():
+                        try:
+                            if backend is None:
+                                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                            else:
+                                with sdpa_kernel(backend):
+                                    out = F.scaled_dot_product_attention(q, k, v,
+                                                                         attn_mask=mask)
+                            rows = out[0, :, :9]
+                            cell = kind_of(rows, v[0].mean(1, keepdim=True).expand_as(rows))
+                            if grad:
+                                dq, = torch.autograd.grad(out, q, torch.ones_like(out))
+                                cell += "/" + kind_of(dq[0, :, :9], None)
+                        except Exception as e:  # noqa: BLE001
+                            cell = f"err:{type(e).__name__}"
+                        cells.append(f"{name}={cell}")
+                    print(f"{str(dtype)[6:]:8s} d={d:3d} {mask_kind:4s} grad={grad!s:5s} "
+                          f"choice={choice} " + " ".join(cells), flush=True)
+
 
 if __name__ == "__main__":
     torch.manual_seed(0)
-    what = sys.argv[1:] or ["scan", "attention"]
+    what = sys.argv[1:] or ["scan", "attention", "sdpa"]
     if "scan" in what:
         scan_diagnosis()
     if "attention" in what:
         attention_diagnosis()
+    if "sdpa" in what:
+        sdpa_diagnosis()
