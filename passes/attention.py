@@ -719,7 +719,9 @@ def _sdpa_mask(node: fx.Node, attn_mask: Any, dtype: torch.dtype, shape: tuple[i
     """SDPA's attn_mask: bool (True keeps a key) or additive, added to the scaled scores.
 
     SDPA gives a row whose keys are all masked (False, or -inf) the output 0 (torch 2.5+,
-    checked on 2.13): "safe". An additive mask of 0 and a finite fill is "add"; any other
+    checked on 2.13 CPU and 2.11 CUDA; cuDNN's is arbitrary at N % 128 == 64, a bug:
+    pytorch/pytorch#196678): "safe". An additive mask of 0 and a finite fill is "add"
+    (on CUDA "safe" when the fill is huge, as the backends there do); any other
     additive tensor is a bias in score_mod, with its -inf entries as a "safe" mask.
     """
     val = _val(attn_mask)
@@ -740,6 +742,11 @@ def _sdpa_mask(node: fx.Node, attn_mask: Any, dtype: torch.dtype, shape: tuple[i
     if values is not None:
         allowed, fill, bias = values
         sem, fill = _fill_semantics(fill, dtype)
+        if sem == "fill" and fill <= -1e30 and _val(node).device.type == "cuda":
+            # On CUDA the efficient and cuDNN backends (SDPA's picks for masked attention)
+            # give a row whose keys all carry a huge finite fill 0, as for -inf; only the
+            # math backend averages it uniformly (H100, torch 2.11: scripts/diag_gpu.py sdpa).
+            sem, fill = "neg_inf", float("-inf")
         _set_mask(mods, allowed, "safe" if sem == "neg_inf" else "add", fill)
         if bias != 0:
             mods.score_mod = SCORE + bias
