@@ -179,6 +179,10 @@ def _plain(value: Any) -> Any:
     """JSON-safe: numbers, strings and bools as they are, anything else (dtypes) as text."""
     if isinstance(value, (bool, int, float, str)) or value is None:
         return value
+    if isinstance(value, Mapping):  # e.g. detail["tiles"]: {"block_m": 128, ...}
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
     return str(value)
 
 
@@ -519,7 +523,8 @@ def _rewritten(r: Rewrite, profile: hardware.DeviceProfile, hints: Mapping,
 
 def _figures_from_totals(hbm: int, flops: int, profile: hardware.DeviceProfile,
                          dtype: str) -> Figures:
-    c = cost.Cost(read_bytes=hbm, flops=flops)
+    # a region's own kernel: its FLOPs are the matmuls (attention) the model counts
+    c = cost.Cost(read_bytes=hbm, flops=flops, tensor_flops=flops)
     dtype = _peak_dtype(profile, dtype)
     return Figures(hbm_bytes=int(hbm), flops=int(flops),
                    modelled_time_s=cost.modelled_time(c, profile, dtype),

@@ -244,15 +244,25 @@ def scan_chunk_candidates(
     return ranked if limit is None else ranked[:limit]
 
 
+def _plain_int(value: object) -> int | None:
+    """A positive int, or a sympy Integer, as an int; None for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, sympy.Integer)) and int(value) > 0:
+        return int(value)
+    return None
+
+
 def attention_tile(profile: DeviceProfile, head_dim: object, head_dim_v: object,
                    itemsize: int) -> dict[str, int] | None:
     """The forward tile the cost model prices on `profile`: the best of
     `attention_tile_candidates`, by name ({"block_m", "block_n", "num_warps",
     "num_stages"}); None for a head dim that is not a plain int (symbolic)."""
-    if not all(isinstance(d, int) and d > 0 for d in (head_dim, head_dim_v)):
+    dims = [_plain_int(d) for d in (head_dim, head_dim_v)]
+    if None in dims:
         return None
     block_m, block_n, warps, stages = attention_tile_candidates(
-        profile, head_dim, head_dim_v, itemsize, limit=1)[0]
+        profile, dims[0], dims[1], itemsize, limit=1)[0]
     return {"block_m": block_m, "block_n": block_n, "num_warps": warps, "num_stages": stages}
 
 
@@ -260,8 +270,8 @@ def scan_tile(profile: DeviceProfile, d_state: object, itemsize: int) -> dict[st
     """The selective-scan tile the cost model prices on `profile`: the best of
     `scan_chunk_candidates` ({"block_d", "chunk", "num_warps", "num_stages"}); None for
     a state size that is not a plain int."""
-    if not (isinstance(d_state, int) and d_state > 0):
+    n = _plain_int(d_state)
+    if n is None:
         return None
-    block_d, chunk, warps, stages = scan_chunk_candidates(profile, d_state, itemsize,
-                                                          limit=1)[0]
+    block_d, chunk, warps, stages = scan_chunk_candidates(profile, n, itemsize, limit=1)[0]
     return {"block_d": block_d, "chunk": chunk, "num_warps": warps, "num_stages": stages}

@@ -43,7 +43,7 @@ import sympy
 import torch
 from torch import fx
 
-from ioaware import cost
+from ioaware import cost, tiles
 from ioaware.explain import Fallback, Rewrite
 from ioaware.passes import masks
 from ioaware.passes.views import (
@@ -760,14 +760,25 @@ def _sdpa_mask(node: fx.Node, attn_mask: Any, dtype: torch.dtype, shape: tuple[i
 # costing and rewriting
 
 
-def region_costs(m: AttentionMatch) -> tuple[cost.Cost, cost.Cost]:
-    """Modelled cost of the eager region and of the generated kernel (forward)."""
+def priced_tile(m: AttentionMatch, profile: Any = None) -> dict[str, int]:
+    """The forward tile the cost model prices: tiles.attention_tile on `profile` (the
+    autotuner's first candidate), else MODEL_BLOCK_M x MODEL_BLOCK_N."""
+    tile = None if profile is None else tiles.attention_tile(
+        profile, m.dims["D"], m.dims["Dv"], m.dtype.itemsize)
+    return tile or {"block_m": MODEL_BLOCK_M, "block_n": MODEL_BLOCK_N, "num_stages": 2}
+
+
+def region_costs(m: AttentionMatch, profile: Any = None) -> tuple[cost.Cost, cost.Cost]:
+    """Modelled cost of the eager region and of the generated kernel (forward), the
+    kernel at `priced_tile`."""
     d = m.dims
     itemsize = m.dtype.itemsize
     density = _density(m, index_part=True)
+    tile = priced_tile(m, profile)
     after = cost.flash_attention_cost(
         d["B"], d["Hq"], d["Hkv"], d["Nq"], d["Nk"], d["D"], d["Dv"], itemsize,
-        m.mods.causal, MODEL_BLOCK_M, MODEL_BLOCK_N, block_density=density or 1.0,
+        m.mods.causal, tile["block_m"], tile["block_n"], block_density=density or 1.0,
+        num_stages=tile["num_stages"],
     )
     if m.source == "sdpa":
         return after, after  # SDPA is already a fused kernel: same model either way
@@ -970,7 +981,7 @@ def run(
             if m.mods.general and not hasattr(torch.ops.ioaware, "attention"):
                 raise NoMatch(f"{m.output.name}: needs the general ioaware::attention op, "
                               "which this build does not register")
-            before, after = region_costs(m)
+            before, after = region_costs(m, profile)
             pays, why = cost.rewrite_pays(before, after, profile, dtype_name(m.dtype), hints)
             # An SDPA call is already one fused kernel: same model before and after, so
             # the rewrite never loses; it pays in the backward and in explainability.
@@ -988,7 +999,7 @@ def run(
             continue
         ev_before, ev_after = before.evaluate(hints), after.evaluate(hints)
         rewrites.append(Rewrite(
-            kind="attention", detail=_detail(m),
+            kind="attention", detail={**_detail(m), "tiles": priced_tile(m, profile)},
             hbm_bytes_before=int(ev_before["hbm_bytes"]), hbm_bytes_after=int(ev_after["hbm_bytes"]),
             flops=int(ev_after["flops"]), flops_before=int(ev_before["flops"]),
             backend=backend_name, cost_before=before, cost_after=after,

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import fx
 
-from ioaware import cost
+from ioaware import cost, tiles
 from ioaware.explain import Fallback, Rewrite
 from ioaware.passes.views import LAYOUT_OPS, hinted_shape
 from ioaware.spec import DTYPES, ScanSpec, dtype_name
@@ -1476,8 +1476,10 @@ def _detail(rec: Recurrence, fused: list[str], kind: str, dtype: torch.dtype, d_
             "op": kind, "dtype": dtype_name(dtype), "reverse": rec.reverse}
 
 
-def _plan(rec: Recurrence) -> tuple[str, Any, Any, list[fx.Node], cost.Cost, dict]:
-    """Choose selective (fused producers and readout) or linear; cost of what is replaced."""
+def _plan(rec: Recurrence, profile: Any = None
+          ) -> tuple[str, Any, Any, list[fx.Node], cost.Cost, dict]:
+    """Choose selective (fused producers and readout) or linear; cost of what is replaced.
+    A selective scan is priced at the tile tiles.scan_tile gives on `profile`."""
     why_not = None
     if not rec.reverse:
         try:
@@ -1498,16 +1500,20 @@ def _plan(rec: Recurrence) -> tuple[str, Any, Any, list[fx.Node], cost.Cost, dic
             dax = [i for i in range(4) if i != rec.dim][1]
             grouped = ro.grouped or (dax in _axes(sel.B, sel.frame) and dc != 1)
             has_bias = sel.delta_bias is not None
+            tile = None if profile is None else tiles.scan_tile(profile, n, u_dtype.itemsize)
             after = cost.selective_scan_cost(
                 bt, dc, rec.length, n, u_dtype.itemsize, groups=dc if grouped else 1,
                 has_D=epi.D is not None, has_z=epi.z is not None,
-                has_delta_bias=has_bias, delta_softplus=sel.softplus)
+                has_delta_bias=has_bias, delta_softplus=sel.softplus,
+                block_d=tile and tile["block_d"], chunk=tile and tile["chunk"])
             nodes = [*sel.nodes, *rec.region, *ro.nodes, ro.output, *epi.nodes]
             nodes += _softplus_nodes(sel)
             fused = ["softplus"] * sel.softplus + ["delta_bias"] * has_bias
             detail = _detail(rec, ["discretize", *fused, "readout", *epi.fused],
                              "selective_scan", u_dtype, n)
             detail["spec"] = spec.key()
+            if tile:
+                detail["tiles"] = tile
             return "selective", sel, (ro, epi), nodes, after, detail
         except NoMatch as e:
             why_not = str(e)
@@ -1582,7 +1588,7 @@ def run(
             continue
         try:
             rec = _match(gm, kind, cand)
-            plan, sel, ro, nodes, after, detail = _plan(rec)
+            plan, sel, ro, nodes, after, detail = _plan(rec, profile)
             before = region_cost(nodes)
             pays, why = cost.rewrite_pays(before, after, profile, detail["dtype"], hints)
             if not pays:
