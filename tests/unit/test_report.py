@@ -214,3 +214,27 @@ def test_regions_carry_the_numbers_the_passes_decided_by() -> None:
         assert mine.after.hbm_bytes == theirs.hbm_bytes_after
         assert mine.after.flops == theirs.flops
         assert mine.detail == theirs.detail
+
+
+def test_rewrites_show_and_are_priced_at_the_profiles_tile(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # gpt: 4 heads, d = 16, fp32, causal, B = 2, N = 64. On the H100 the best forward
+    # tile (tiles.attention_tile) is what the region's kernel is priced at and shows.
+    from ioaware.cost import flash_attention_cost
+    from ioaware.hardware import PROFILES
+    from ioaware.tiles import attention_tile, scan_tile
+
+    region = _gpt_region(capsys)
+    tile = attention_tile(PROFILES["h100"], 16, 16, 4)
+    assert region["detail"]["tiles"] == tile
+    after = flash_attention_cost(2, 4, 4, 64, 64, 16, 16, 4, True, tile["block_m"],
+                                 tile["block_n"], num_stages=tile["num_stages"])
+    assert region["after"]["hbm_bytes"] == after.evaluate()["hbm_bytes"]
+    # the terminal table prints it in the detail column
+    assert "tiles=" in _run_report(capsys, "gpt", "--device", "h100")
+    report = json.loads(_run_report(capsys, "mamba", "--device", "h100", "--json"))
+    scans = [r for r in report["regions"] if r["kind"] == "scan" and r["status"] == "rewritten"]
+    # mamba's small config: d_state 8, fp32; 8 channels x 8 states = 2 per thread
+    assert scans and all(r["detail"]["op"] == "selective_scan" for r in scans)
+    assert all(r["detail"]["tiles"] == scan_tile(PROFILES["h100"], 8, 4)
+               == {"block_d": 8, "chunk": 32, "num_warps": 1, "num_stages": 2} for r in scans)
