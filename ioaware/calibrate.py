@@ -7,6 +7,14 @@ them (no kernel reaches the quoted peak), so this measures them with plain torch
                                   (bf16, fp16, fp32 with TF32 allowed, plain fp32)
     device copy bandwidth         dst.copy_(src) of 1 GiB: 2·bytes (read + write) / time
     L2 bandwidth                  the same copy on a buffer a quarter of L2's size
+    memory latency                PyTorch's softmax over rows of 8192 bf16, one CTA a
+                                  row (SOFTMAX_SHAPE): (time - bytes / copy bandwidth)
+                                  / the waves of rows `cost.softmax_row_waves` counts
+    selective-scan efficiency     ioaware's scan at SCAN_SHAPE: the cost model's pipe
+                                  time over the measured time (`kernel_efficiency`)
+
+The last two are shapes of their own, not the ones docs/cost-model.md validates against
+(softmax 65536 x 4096, scan 8 x 2048 x 2048 x 16), so the validation stays a test.
 
 Times are CUDA events around one op after warm-up, the median of the repeats. SM count,
 shared memory per SM and per block, L2 size, registers and memory come from the device
@@ -37,6 +45,10 @@ MATMULS = (
     ("float32", torch.float32, False, 4096),
 )
 COPY_BYTES = 2**30
+# (rows, cols) bf16: 16 KB rows, one 1024-thread CTA each, two per SM on sm80/sm90.
+SOFTMAX_SHAPE = (16384, 8192)
+# (batch, channels, length, d_state), bf16, softplus on, no D, z, bias: ~0.2 ms on an H100.
+SCAN_SHAPE = (2, 1024, 4096, 16)
 WARMUP, REPEATS = 3, 10
 
 
@@ -79,6 +91,44 @@ def copy_bandwidth(nbytes: int) -> float:
     return 2 * src.nbytes / time_op(lambda: dst.copy_(src), repeats=max(REPEATS, 20))
 
 
+def memory_latency(bandwidth: float, num_sms: int) -> float | None:
+    """Seconds of the round trip each wave of PyTorch's row-per-CTA softmax waits
+    (`cost.softmax_row_waves`), from SOFTMAX_SHAPE: what the measured time has over its
+    bytes at `bandwidth`, per wave; None if it has nothing over (no exposed latency)."""
+    from ioaware import cost
+
+    rows, cols = SOFTMAX_SHAPE
+    x = torch.randn(rows, cols, device="cuda", dtype=torch.bfloat16)
+    seconds = time_op(lambda: torch.softmax(x, dim=-1))
+    waves = cost.softmax_row_waves(rows, cols, 2).xreplace({cost.NUM_SMS: num_sms})
+    excess = seconds - 2 * x.nbytes / bandwidth
+    return excess / int(waves) if excess > 0 and int(waves) > 0 else None
+
+
+def scan_efficiency(profile: hardware.DeviceProfile) -> float | None:
+    """The selective scan's achieved fraction of its modelled pipe time at SCAN_SHAPE
+    (`cost.ceilings(...)["compute"]` with no efficiency, over the measured time);
+    None where the scan ops are not built."""
+    from ioaware import cost
+
+    try:
+        from ioaware.codegen import scan_ops  # noqa: F401  (registers the scan ops)
+    except ImportError:
+        return None
+    bt, dc, length, n = SCAN_SHAPE
+    u, delta = (torch.randn(bt, dc, length, device="cuda", dtype=torch.bfloat16)
+                for _ in range(2))
+    a = -torch.rand(dc, n, device="cuda")
+    b, c = (torch.randn(bt, 1, length, n, device="cuda", dtype=torch.bfloat16)
+            for _ in range(2))
+    seconds = time_op(lambda: torch.ops.ioaware.selective_scan(
+        u, delta, a, b, c, None, None, None, True, None))
+    priced = cost.selective_scan_cost(bt, dc, length, n, 2, has_D=False, has_z=False,
+                                      delta_softplus=True)
+    plain = dataclasses.replace(profile, kernel_efficiency={})
+    return cost.ceilings(priced, plain, "bfloat16")["compute"] / seconds
+
+
 def _property(props: Any, *names: str, default: int = 0) -> int:
     """The first of `names` the device properties have (their names vary across torch)."""
     for name in names:
@@ -113,6 +163,8 @@ def measure_profile(name: str, progress: Callable[[str], None] = lambda _: None
         l2_bandwidth = copy_bandwidth(l2_bytes // 4)
     sram_per_sm = _property(props, "shared_memory_per_multiprocessor",
                             "max_shared_memory_per_multiprocessor", default=0)
+    progress(f"softmax {SOFTMAX_SHAPE[0]}x{SOFTMAX_SHAPE[1]} (memory latency)")
+    latency = memory_latency(bandwidth, props.multi_processor_count)
     sram_per_block = _property(props, "shared_memory_per_block_optin",
                                "shared_memory_per_block", default=sram_per_sm)
     known_name = hardware.profile_name_for(props.name)
@@ -128,7 +180,7 @@ def measure_profile(name: str, progress: Callable[[str], None] = lambda _: None
         # the order of every recent NVIDIA part.
         transcendentals_per_s=props.multi_processor_count * 16 * 1.5e9,
     )
-    return dataclasses.replace(
+    measured = dataclasses.replace(
         base, name=name,
         num_sms=props.multi_processor_count,
         sram_per_sm=sram_per_sm or base.sram_per_sm,
@@ -136,8 +188,15 @@ def measure_profile(name: str, progress: Callable[[str], None] = lambda _: None
         memory_bytes=props.total_memory,
         measured_peak_flops=rates, measured_hbm_bandwidth=bandwidth,
         measured_l2_bytes=l2_bytes or None, l2_bandwidth=l2_bandwidth,
+        memory_latency=latency,
         note=note + (f"; datasheet values of {known.name}" if known else ""),
     )
+    progress(f"selective scan {'x'.join(map(str, SCAN_SHAPE))} (efficiency)")
+    efficiency = scan_efficiency(measured)
+    if efficiency is None:
+        return measured
+    return dataclasses.replace(measured, kernel_efficiency={
+        **measured.kernel_efficiency, "selective_scan": efficiency})
 
 
 def calibrate(name: str | None = None, progress: Callable[[str], None] = lambda _: None
@@ -167,6 +226,11 @@ def describe(profile: hardware.DeviceProfile) -> str:
                      f"(datasheet {profile.hbm_bandwidth / 1e12:.2f})")
     if profile.l2_bandwidth:
         lines.append(f"  L2 bandwidth     {profile.l2_bandwidth / 1e12:8.2f} TB/s")
+    if profile.memory_latency:
+        lines.append(f"  memory latency   {profile.memory_latency * 1e6:8.2f} µs "
+                     "(per wave of a row-per-CTA softmax)")
+    for kernel, fraction in sorted(profile.kernel_efficiency.items()):
+        lines.append(f"  {kernel} efficiency {fraction:.3f} of its modelled pipe time")
     lines.append(f"  {profile.num_sms} SMs, {format_bytes(profile.sram_per_sm)} shared memory "
                  f"per SM, {format_bytes(profile.l2)} L2, "
                  f"{format_bytes(profile.memory_bytes)} memory")

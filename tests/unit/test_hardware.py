@@ -100,6 +100,7 @@ def test_a_calibrated_profile_round_trips_through_its_file(profiles_in):
     measured = dataclasses.replace(
         PROFILES["h100"], name="ignored", measured_peak_flops={"bf16": 700e12},
         measured_hbm_bandwidth=2.9e12, l2_bandwidth=7.0e12, note="calibrated",
+        memory_latency=1.5e-6, kernel_efficiency={"selective_scan": 0.4},
     )
     path = save_profile(measured, "H100-Lab")
     assert path == profiles_in / "h100-lab.json" and path.is_file()
@@ -109,6 +110,8 @@ def test_a_calibrated_profile_round_trips_through_its_file(profiles_in):
     assert loaded == dataclasses.replace(measured, name="h100-lab",
                                          measured_peak_flops={"bfloat16": 700e12})
     assert loaded.peak_flops_for("bf16") == 700e12 and loaded.l2_bandwidth == 7.0e12
+    assert loaded.memory_latency == 1.5e-6
+    assert loaded.kernel_efficiency == {"selective_scan": 0.4}
     assert load_profile(path) == loaded
     assert saved_profile_names() == ["h100-lab"]
     assert profile_names() == ["a100", "cpu", "h100", "h200", "h100-lab"]
@@ -139,6 +142,8 @@ def test_a_bad_profile_file_is_a_clear_error(profiles_in):
         ({"warp_size": 32}, r"unknown fields \['warp_size'\]"),
         ({"peak_flops": {"bfloat16": "fast"}}, "peak_flops must map dtype names"),
         ({"format": 99}, "format 99 is not 1"),
+        ({"memory_latency": 0}, "memory_latency=0 must be positive seconds or null"),
+        ({"kernel_efficiency": {"selective_scan": -1}}, "kernel_efficiency must map"),
     ):
         (profiles_in / "bad.json").write_text(json.dumps({**good, **change}))
         with pytest.raises(ValueError, match=message):
@@ -166,3 +171,13 @@ def test_peak_rates_per_dtype():
     for profile in PROFILES.values():
         rates = profile.peak_flops
         assert rates["tf32"] >= rates["float32"] and rates["bfloat16"] >= rates["tf32"]
+
+
+def test_the_h100_scan_efficiency_is_its_bench_measurement():
+    # 90.6 us of modelled pipe time against 233.7 us measured (docs/kernels.md)
+    assert PROFILES["h100"].kernel_efficiency == {"selective_scan": pytest.approx(0.3877,
+                                                                                  abs=1e-4)}
+    assert PROFILES["h100"].memory_latency is None  # only `ioaware calibrate` measures it
+    old_file = {k: v for k, v in PROFILES["a100"].to_json().items()
+                if k not in ("memory_latency", "kernel_efficiency")}
+    assert DeviceProfile.from_json(old_file) == PROFILES["a100"]  # older files still load
