@@ -307,15 +307,27 @@ def modelled_cost(case: Case, inputs: tuple) -> Any:
 
 
 def modelled_dram_bytes(c: Any, profile: Any) -> int:
-    """HBM bytes less the re-reads the model expects L2 to serve (ncu counts DRAM only)."""
+    """What the model says DRAM moves (ncu counts DRAM only): HBM bytes less the re-reads
+    L2 serves, plus a matmul's spill past L2 (`cost.dram_bytes`)."""
     from ioaware import cost
 
-    values = c.evaluate()
-    rereads = values.get("l2_reread_bytes", 0)
-    l2_hits = getattr(cost, "l2_hits", None)
-    if rereads and l2_hits is not None and l2_hits(c, profile):
-        return int(values["hbm_bytes"] - rereads)
-    return int(values["hbm_bytes"])
+    return cost.dram_bytes(c, profile)
+
+
+def _terms(c: Any, profile: Any, dtype: str) -> str:
+    """Which parts of `cost.ceilings` make the modelled time: "tensor+sfu", "hbm+latency"."""
+    from ioaware import cost
+
+    t = cost.ceilings(c, profile, dtype)
+    if max(t["hbm"], t["l2"]) >= t["compute"]:
+        terms = ["hbm" if t["hbm"] >= t["l2"] else "l2"]
+    else:
+        terms = [p for p in ("tensor", "vector", "sfu") if t[p] >= 0.05 * t["compute"]]
+        if c.kernel and c.kernel in profile.kernel_efficiency:
+            terms.append("/eff")
+    if t["latency"]:
+        terms.append("latency")
+    return "+".join(terms)
 
 
 def acceptance_table(device: str, counters: bool = True) -> str:
@@ -335,7 +347,7 @@ def acceptance_table(device: str, counters: bool = True) -> str:
                 why = str(e)
                 break
     header = (f"{'op':30s} {'bytes model':>11s} {'bytes ncu':>11s} {'ratio':>6s}   "
-              f"{'time model':>11s} {'time meas.':>11s} {'ratio':>6s}  ok")
+              f"{'time model':>11s} {'time meas.':>11s} {'ratio':>6s}  ok   model terms")
     rows.append(header)
     for case in cases():
         inputs = case.inputs()
@@ -352,11 +364,15 @@ def acceptance_table(device: str, counters: bool = True) -> str:
             f"{case.name:30s} {format_bytes(model_bytes):>11s} "
             f"{format_bytes(measured) if measured else '-':>11s} "
             f"{byte_ratio:6.2f}   {format_seconds(model_time):>11s} "
-            f"{format_seconds(seconds):>11s} {time_ratio:6.2f}  {'yes' if ok else 'NO'}")
+            f"{format_seconds(seconds):>11s} {time_ratio:6.2f}  {'yes' if ok else 'NO ':4s}"
+            f" {_terms(c, profile, case.dtype)}")
     title = (f"modelled ({profile.name} profile) vs measured on {torch.cuda.get_device_name()}, "
              f"torch {torch.__version__}; bytes ±{BYTES_TOLERANCE:.0%}, time within "
              f"{TIME_FACTOR:g}x")
     notes = [f"DRAM bytes: {why}"] if why else []
+    if not profile.memory_latency:
+        notes.append(f"{profile.name} has no measured memory_latency: the row-per-CTA "
+                     "softmax is priced at its bandwidth alone (run `ioaware calibrate`)")
     return "\n".join([title, *rows, *notes]) + "\n"
 
 
