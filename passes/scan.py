@@ -1568,7 +1568,9 @@ def _match(gm: fx.GraphModule, kind: str, cand: Any) -> Recurrence:
 
 def _alive(gm: fx.GraphModule, kind: str, cand: Any) -> bool:
     nodes = cand if kind in ("tree", "loop") else [cand]
-    return all(isinstance(n, fx.Node) and n.graph is gm.graph and n in gm.graph.nodes
+    # _POSITIONS holds exactly the graph's nodes (refreshed after every rewrite); testing
+    # `n in gm.graph.nodes` walks the graph, O(L·N) per unrolled loop of L steps
+    return all(isinstance(n, fx.Node) and n.graph is gm.graph and n in _POSITIONS
                for n in nodes)
 
 
