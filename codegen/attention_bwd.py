@@ -51,6 +51,7 @@ from .attention_fwd import (
     padded_dim,
     primitives,
     spec_constants,
+    with_default,
 )
 
 Config = tuple[int, int, int, int]  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
@@ -392,21 +393,22 @@ def backward(do, q, k, v, out, lse, dlse, dq, dk, dv):
     h_kv, n_k = k.shape[1], k.shape[2]
     group = h_q // h_kv
     delta = torch.empty((batch * h_q, n_q), device=q.device, dtype=torch.float32)
-    _bwd_preprocess[(triton.cdiv(n_q, PRE_BLOCK_M), batch * h_q)](
+    _bwd_preprocess[(-(-n_q // PRE_BLOCK_M), batch * h_q)](
         out, do, dlse if dlse is not None else lse, delta, *out.stride(), *do.stride(),
         h_q, n_q, HAS_DLSE=dlse is not None, BLOCK_M=PRE_BLOCK_M)
 
+    # Plain int arithmetic: triton.cdiv / next_power_of_2 cost microseconds per call.
     tune = n_q * n_k >= TUNE_MIN_SCORES
-    buckets = (triton.next_power_of_2(n_q), triton.next_power_of_2(n_k))
+    buckets = (1 << (n_q - 1).bit_length(), 1 << (n_k - 1).bit_length())
     _launch(
         _bwd_dkdv, _bwd_dkdv_tuned if tune else None, DEFAULT_DKDV,
-        lambda meta: (triton.cdiv(n_k, meta["BLOCK_N"]), batch * h_kv),
+        lambda meta: (-(-n_k // meta["BLOCK_N"]), batch * h_kv),
         (q, k, v, do, dk, dv, lse, delta, *q.stride(), *k.stride(), *v.stride(),
          *do.stride(), *dk.stride(), *dv.stride(), h_q, h_kv, group, n_q, n_k, *buckets),
     )
     _launch(
         _bwd_dq, _bwd_dq_tuned if tune else None, DEFAULT_DQ,
-        lambda meta: (triton.cdiv(n_q, meta["BLOCK_M"]), batch * h_q),
+        lambda meta: (-(-n_q // meta["BLOCK_M"]), batch * h_q),
         (q, k, v, do, dq, lse, delta, *q.stride(), *k.stride(), *v.stride(),
          *do.stride(), *dq.stride(), h_q, group, n_q, n_k, *buckets),
     )
@@ -471,6 +473,13 @@ INTERPRET = ${interpret}
 PRE_BLOCK_M = ${pre_block_m}
 DEFAULT_DKDV = ${default_dkdv}  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
 DEFAULT_DQ = ${default_dq}
+# Autotuned among, tiles included (each kernel builds its block map for its tile)
+TUNE_DKDV = ${tune_dkdv}
+TUNE_DQ = ${tune_dq}
+TUNE_MIN_SCORES = ${tune_min_scores}
+
+
+${tuner}
 
 
 ${primitives}
@@ -809,43 +818,74 @@ def _bwd_dq(Q, K, V, dO, dQ, Lse, Delta, Seed, FullCnt, FullList, PartCnt,
              mask=(offs_m[:, None] < N_Q) & (offs_d[None, :] < HEAD_DIM))
 
 
+def _maps(config, inputs, batch, h_q, n_q, n_k, kv_major, device):
+    if not USE_MAP:
+        return None
+    return block_map(inputs, batch, h_q, n_q, n_k, config[0], config[1], kv_major, device)
+
+
+def _launch_dkdv(config, do, q, k, v, lse, delta, dk, dv, inputs, seed):
+    bm, bn, warps, stages = config
+    batch, h_q, n_q, _ = q.shape
+    h_kv, n_k = k.shape[1], k.shape[2]
+    maps = _maps(config, inputs, batch, h_q, n_q, n_k, True, q.device)
+    full_cnt, full_list, part_cnt, part_list, h_map, b_map = maps or (lse,) * 4 + (1, 1)
+    extra = [s for x in inputs for s in (x, *x.stride())]
+    _bwd_dkdv[(_cdiv(n_k, bn), h_kv, batch)](
+        q, k, v, do, dk, dv, lse, delta, seed if seed is not None else lse, full_cnt,
+        full_list, part_cnt, part_list, *extra, *q.stride(), *k.stride(), *v.stride(),
+        *do.stride(), *dk.stride(), *dv.stride(), h_q, h_kv, h_q // h_kv, n_q, n_k, h_map,
+        b_map, _cdiv(n_q, bm), _cdiv(n_k, bn),
+        BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+
+
+def _launch_dq(config, do, q, k, v, lse, delta, dq, inputs, dinputs, seed):
+    bm, bn, warps, stages = config
+    batch, h_q, n_q, _ = q.shape
+    h_kv, n_k = k.shape[1], k.shape[2]
+    maps = _maps(config, inputs, batch, h_q, n_q, n_k, False, q.device)
+    full_cnt, full_list, part_cnt, part_list, h_map, b_map = maps or (lse,) * 4 + (1, 1)
+    extra = [s for x in inputs for s in (x, *x.stride())]
+    grads = [s for x in dinputs for s in (x, *x.stride())]
+    _bwd_dq[(_cdiv(n_q, bm), h_q, batch)](
+        q, k, v, do, dq, lse, delta, seed if seed is not None else lse, full_cnt, full_list,
+        part_cnt, part_list, *extra, *grads, *q.stride(), *k.stride(), *v.stride(),
+        *do.stride(), *dq.stride(), h_q, h_q // h_kv, n_q, n_k, h_map, b_map,
+        _cdiv(n_q, bm), _cdiv(n_k, bn),
+        BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+
+
+def _zero(buffers):
+    """Zero gradient buffers, stride-0 broadcast views through the storage they view."""
+    for x in buffers:
+        (x if x._base is None else x._base).zero_()
+
+
 def backward(do, q, k, v, out, lse, dlse, dq, dk, dv, inputs=(), dinputs=(), seed=None,
              dkdv_config=None, dq_config=None):
     """Launch preprocess, dK/dV and dQ. lse, dlse (or None): [B, Hq, Nq] fp32
     contiguous; dinputs: fp32 gradient buffers of the requires-grad inputs (zeroed,
     atomically added into). Nq, Nk >= 1; B <= 65535. dkdv_config, dq_config:
-    (BLOCK_M, BLOCK_N, num_warps, num_stages) to launch with (tile sweeps)."""
+    (BLOCK_M, BLOCK_N, num_warps, num_stages) to launch with, no autotuning (tile
+    sweeps). dq, dk, dv are written whole (any contents on entry)."""
     batch, h_q, n_q, _ = q.shape
-    h_kv, n_k = k.shape[1], k.shape[2]
-    group = h_q // h_kv
+    n_k = k.shape[2]
     delta = torch.empty((batch * h_q, n_q), device=q.device, dtype=torch.float32)
-    _bwd_preprocess[(triton.cdiv(n_q, PRE_BLOCK_M), batch * h_q)](
+    _bwd_preprocess[(_cdiv(n_q, PRE_BLOCK_M), batch * h_q)](
         out, do, dlse if dlse is not None else lse, delta, *out.stride(), *do.stride(),
         h_q, n_q, HAS_DLSE=dlse is not None, BLOCK_M=PRE_BLOCK_M)
-    extra = [s for x in inputs for s in (x, *x.stride())]
-    grads = [s for x in dinputs for s in (x, *x.stride())]
-    seed_arg = seed if seed is not None else lse
-
-    def maps(bm, bn, kv_major):
-        if not USE_MAP:
-            return lse, lse, lse, lse, 1, 1
-        return block_map(inputs, batch, h_q, n_q, n_k, bm, bn, kv_major, q.device)
-
-    bm, bn, warps, stages = DEFAULT_DKDV if dkdv_config is None else dkdv_config
-    full_cnt, full_list, part_cnt, part_list, h_map, b_map = maps(bm, bn, True)
-    _bwd_dkdv[(triton.cdiv(n_k, bn), h_kv, batch)](
-        q, k, v, do, dk, dv, lse, delta, seed_arg, full_cnt, full_list, part_cnt, part_list,
-        *extra, *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(),
-        *dv.stride(), h_q, h_kv, group, n_q, n_k, h_map, b_map, triton.cdiv(n_q, bm),
-        triton.cdiv(n_k, bn), BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
-
-    bm, bn, warps, stages = DEFAULT_DQ if dq_config is None else dq_config
-    full_cnt, full_list, part_cnt, part_list, h_map, b_map = maps(bm, bn, False)
-    _bwd_dq[(triton.cdiv(n_q, bm), h_q, batch)](
-        q, k, v, do, dq, lse, delta, seed_arg, full_cnt, full_list, part_cnt, part_list,
-        *extra, *grads, *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
-        h_q, group, n_q, n_k, h_map, b_map, triton.cdiv(n_q, bm), triton.cdiv(n_k, bn),
-        BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+    if dkdv_config is None:
+        dkdv_config = choose_config(
+            "dkdv", TUNE_DKDV, DEFAULT_DKDV, q.device, n_q, n_k,
+            lambda c: _launch_dkdv(c, do, q, k, v, lse, delta, dk, dv, inputs, seed))
+    _launch_dkdv(dkdv_config, do, q, k, v, lse, delta, dk, dv, inputs, seed)
+    if dq_config is None:
+        # The dQ kernel adds the inputs' gradients atomically: zeroed after the trials.
+        dq_config = choose_config(
+            "dq", TUNE_DQ, DEFAULT_DQ, q.device, n_q, n_k,
+            lambda c: _launch_dq(c, do, q, k, v, lse, delta, dq, inputs, dinputs, seed),
+            lambda: _zero(dinputs))
+    _launch_dq(dq_config, do, q, k, v, lse, delta, dq, inputs, dinputs, seed)
 ''')
 
 
@@ -856,9 +896,12 @@ def render_general_backward(spec: AttentionSpec, *, interpret: bool = False) -> 
     if interpret:
         dkdv: Config = (INTERPRET_BLOCK_N, INTERPRET_BLOCK_M, 4, 1)
         dq: Config = (INTERPRET_BLOCK_M, INTERPRET_BLOCK_N, 4, 1)
+        tune_dkdv: list[Config] = []
+        tune_dq: list[Config] = []
         pre_block_m = INTERPRET_BLOCK_M
     else:
         dkdv, dq = default_dkdv_config(spec), default_dq_config(spec)
+        tune_dkdv, tune_dq = general_backward_configs(spec)
         pre_block_m = 64
     return _GENERAL_BACKWARD_TEMPLATE.substitute(
         general_substitutions(spec, interpret),
@@ -866,4 +909,21 @@ def render_general_backward(spec: AttentionSpec, *, interpret: bool = False) -> 
         pre_block_m=str(pre_block_m),
         default_dkdv=repr(dkdv),
         default_dq=repr(dq),
+        tune_dkdv=format_configs(tune_dkdv),
+        tune_dq=format_configs(tune_dq),
+        tune_min_scores=str(TUNE_MIN_SCORES),
     )
+
+
+def general_backward_configs(spec: AttentionSpec) -> tuple[list[Config], list[Config]]:
+    """(dK/dV, dQ) configs a general Spec autotunes among: each kernel's default, then
+    the candidates `ioaware.tiles` takes from the SRAM budget of the present device's
+    profile, best modelled first (`with_default`)."""
+    from ioaware.hardware import get_profile
+    from ioaware.tiles import attention_dkdv_tile_candidates, attention_dq_tile_candidates
+
+    sizes = (get_profile(None), spec.head_dim, spec.head_dim_v, element_bytes(spec))
+    return (with_default(default_dkdv_config(spec),
+                         attention_dkdv_tile_candidates(*sizes, limit=None)),
+            with_default(default_dq_config(spec),
+                         attention_dq_tile_candidates(*sizes, limit=None)))

@@ -46,6 +46,9 @@ INTERPRET_BLOCK_N = 16
 # Autotune only where the launch is long enough for the choice to matter; below this
 # many score entries (Nq·Nk) a fixed config is used and no tuning time is spent.
 TUNE_MIN_SCORES = 1024 * 1024
+# Configs a general kernel is timed under at its first launch per size class (each one
+# compiles: a few seconds apiece).
+MAX_TUNE_CONFIGS = 6
 
 
 def padded_dim(d: int) -> int:
@@ -353,12 +356,13 @@ def forward(q, k, v, out, lse):
     out [B,Hq,Nq,dv] (any strides), lse [B,Hq,Nq] fp32 contiguous. Nq, Nk >= 1."""
     batch, h_q, n_q, _ = q.shape
     h_kv, n_k = k.shape[1], k.shape[2]
+    # Plain int arithmetic: triton.cdiv / next_power_of_2 cost microseconds per call.
     args = (q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-            h_q, h_q // h_kv, n_q, n_k,
-            triton.next_power_of_2(n_q), triton.next_power_of_2(n_k))
+            h_q, h_q // h_kv, n_q, n_k, 1 << (n_q - 1).bit_length(),
+            1 << (n_k - 1).bit_length())
 
     def grid(meta):
-        return (triton.cdiv(n_q, meta["BLOCK_M"]), batch * h_q)
+        return (-(-n_q // meta["BLOCK_M"]), batch * h_q)
 
     if _attn_fwd_tuned is not None and n_q * n_k >= TUNE_MIN_SCORES:
         _attn_fwd_tuned[grid](*args)
@@ -459,6 +463,47 @@ def general_constants(spec: AttentionSpec) -> dict[str, str]:
     return {"general_header": "\n".join(lines)}
 
 
+# Shared by the general forward and backward modules: the host side of a launch.
+# The general kernels build their block map for the tile they run with, so their tiles
+# are tuned here rather than by triton.autotune (which picks tiles after the launcher
+# has built the map). A choice is timed once per (kernel, device, size class) with
+# do_bench, then every launch of that class is a dict lookup.
+TUNER = '''\
+def _cdiv(a, b):
+    return -(-a // b)  # triton.cdiv costs microseconds per call on the host
+
+
+_CHOSEN = {}  # (kernel, device, Nq bucket, Nk bucket) -> config
+
+
+def choose_config(kernel, configs, default, device, n_q, n_k, trial, reset=None):
+    """The config to launch `kernel` with: `default` under the interpreter, without
+    candidates or below TUNE_MIN_SCORES; else the fastest of `configs` by do_bench of
+    trial(config), once per power-of-two size class of (Nq, Nk). reset(): zeroes what the
+    trials accumulated atomically (triton.autotune's reset_to_zero), after the trials."""
+    if INTERPRET or not configs or n_q * n_k < TUNE_MIN_SCORES:
+        return default
+    key = (kernel, device, 1 << (n_q - 1).bit_length(), 1 << (n_k - 1).bit_length())
+    config = _CHOSEN.get(key)
+    if config is None:
+        from triton.testing import do_bench
+
+        best_ms = float("inf")
+        for candidate in configs:
+            try:
+                ms = do_bench(lambda: trial(candidate), warmup=5, rep=20,
+                              return_mode="median")
+            except Exception:  # out of shared memory or registers on this device
+                continue
+            if ms < best_ms:
+                config, best_ms = candidate, ms
+        # Nothing ran: the default's own launch reports why.
+        config = _CHOSEN[key] = config or default
+        if reset is not None:
+            reset()
+    return config'''
+
+
 # Shared by the general forward and backward: z = logit·log2(e) of one tile.
 GENERAL_LOGITS = '''\
 @triton.jit
@@ -510,8 +555,12 @@ LN2 = tl.constexpr(0.6931471805599453)
 
 INTERPRET = ${interpret}
 DEFAULT_CONFIG = ${default_config}  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
-TUNE_CONFIGS = ${tune_configs}  # (num_warps, num_stages): the block map fixes the tiles
+# Autotuned among (tiles included: the block map is built for the chosen tile)
+TUNE_CONFIGS = ${tune_configs}
 TUNE_MIN_SCORES = ${tune_min_scores}
+
+
+${tuner}
 
 
 ${primitives}
@@ -568,7 +617,7 @@ def _attn_fwd(Q, K, V, Out, Lse, Seed, FullCnt, FullList, PartCnt, PartList${inp
               stride_kb, stride_kh, stride_kn, stride_kd,
               stride_vb, stride_vh, stride_vn, stride_vd,
               stride_ob, stride_oh, stride_om, stride_od,
-              H_Q, GROUP, N_Q, N_K, N_Q_BUCKET, N_K_BUCKET, H_MAP, B_MAP, T_Q, T_K,
+              H_Q, GROUP, N_Q, N_K, H_MAP, B_MAP, T_Q, T_K,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One program per (query block, head, batch). Out: [B, Hq, Nq, dv]; Lse: [B·Hq, Nq]."""
     pid_m = tl.program_id(0)
@@ -673,25 +722,11 @@ def _attn_fwd(Q, K, V, Out, Lse, Seed, FullCnt, FullList, PartCnt, PartList${inp
     tl.store(Lse + pid_bh * N_Q + offs_m, lse, mask=row_ok)
 
 
-if INTERPRET or not TUNE_CONFIGS:
-    _attn_fwd_tuned = None
-else:
-    _attn_fwd_tuned = triton.autotune(
-        configs=[triton.Config({"BLOCK_M": DEFAULT_CONFIG[0], "BLOCK_N": DEFAULT_CONFIG[1]},
-                               num_warps=w, num_stages=s) for w, s in TUNE_CONFIGS],
-        key=["N_Q_BUCKET", "N_K_BUCKET"],
-    )(_attn_fwd)
-
-
-def forward(q, k, v, out, lse, inputs=(), seed=None, config=None):
-    """Launch: q [B,Hq,Nq,d], k [B,Hkv,Nk,d], v [B,Hkv,Nk,dv], inputs (any strides) ->
-    out [B,Hq,Nq,dv], lse [B,Hq,Nq] fp32 contiguous. Nq, Nk >= 1; B <= 65535.
-    config: (BLOCK_M, BLOCK_N, num_warps, num_stages) to launch with, no autotuning
-    (tile sweeps)."""
+def _launch(config, q, k, v, out, lse, inputs, seed):
+    bm, bn, warps, stages = config
     batch, h_q, n_q, _ = q.shape
     h_kv, n_k = k.shape[1], k.shape[2]
-    bm, bn, warps, stages = DEFAULT_CONFIG if config is None else config
-    t_q, t_k = triton.cdiv(n_q, bm), triton.cdiv(n_k, bn)
+    t_q, t_k = _cdiv(n_q, bm), _cdiv(n_k, bn)
     if USE_MAP:
         full_cnt, full_list, part_cnt, part_list, h_map, b_map = block_map(
             inputs, batch, h_q, n_q, n_k, bm, bn, False, q.device)
@@ -699,15 +734,23 @@ def forward(q, k, v, out, lse, inputs=(), seed=None, config=None):
         full_cnt = full_list = part_cnt = part_list = lse
         h_map = b_map = 1
     extra = [s for x in inputs for s in (x, *x.stride())]
-    args = (q, k, v, out, lse, seed if seed is not None else lse, full_cnt, full_list,
-            part_cnt, part_list, *extra, *q.stride(), *k.stride(), *v.stride(),
-            *out.stride(), h_q, h_q // h_kv, n_q, n_k,
-            triton.next_power_of_2(n_q), triton.next_power_of_2(n_k), h_map, b_map, t_q, t_k)
-    grid = (t_q, h_q, batch)
-    if config is None and _attn_fwd_tuned is not None and n_q * n_k >= TUNE_MIN_SCORES:
-        _attn_fwd_tuned[grid](*args)
-    else:
-        _attn_fwd[grid](*args, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+    _attn_fwd[(t_q, h_q, batch)](
+        q, k, v, out, lse, seed if seed is not None else lse, full_cnt, full_list, part_cnt,
+        part_list, *extra, *q.stride(), *k.stride(), *v.stride(), *out.stride(), h_q,
+        h_q // h_kv, n_q, n_k, h_map, b_map, t_q, t_k,
+        BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+
+
+def forward(q, k, v, out, lse, inputs=(), seed=None, config=None):
+    """Launch: q [B,Hq,Nq,d], k [B,Hkv,Nk,d], v [B,Hkv,Nk,dv], inputs (any strides) ->
+    out [B,Hq,Nq,dv], lse [B,Hq,Nq] fp32 contiguous. Nq, Nk >= 1; B <= 65535.
+    config: (BLOCK_M, BLOCK_N, num_warps, num_stages) to launch with, no autotuning
+    (tile sweeps)."""
+    if config is None:
+        config = choose_config(
+            "forward", TUNE_CONFIGS, DEFAULT_CONFIG, q.device, q.shape[2], k.shape[2],
+            lambda c: _launch(c, q, k, v, out, lse, inputs, seed))
+    _launch(config, q, k, v, out, lse, inputs, seed)
 ''')
 
 
@@ -724,20 +767,42 @@ def general_substitutions(spec: AttentionSpec, interpret: bool) -> dict[str, str
         "mod_functions": mod_functions(spec, interpret),
         "logits": string.Template(GENERAL_LOGITS).substitute(inputs=inputs),
         "block_map": render_block_map(spec, interpret),
+        "tuner": TUNER,
         "inputs": inputs,
         "interpret": str(interpret),
     }
+
+
+def general_forward_configs(spec: AttentionSpec) -> list[tuple[int, int, int, int]]:
+    """Forward configs a general Spec autotunes among: the default, then the candidates
+    `ioaware.tiles` takes from the SRAM budget of the present device's profile (the
+    default profile without a GPU), best modelled first; MAX_TUNE_CONFIGS in all."""
+    from ioaware.hardware import get_profile
+    from ioaware.tiles import attention_tile_candidates
+
+    candidates = attention_tile_candidates(get_profile(None), spec.head_dim,
+                                           spec.head_dim_v, element_bytes(spec), limit=None)
+    return with_default(default_forward_config(spec), candidates)
+
+
+def with_default(default: tuple[int, int, int, int],
+                 candidates: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """`default` first (tuning never ends worse than the untuned launch), then the
+    candidates the general kernels support (16 to 128 rows per tile, 4 or 8 warps),
+    MAX_TUNE_CONFIGS in all."""
+    supported = [c for c in candidates if c != default and 16 <= c[0] <= 128
+                 and 16 <= c[1] <= 128 and c[2] in (4, 8)]
+    return [default, *supported][:MAX_TUNE_CONFIGS]
 
 
 def render_general_forward(spec: AttentionSpec, *, interpret: bool = False) -> str:
     """Python source of the forward module of a general (non-plain) `spec`."""
     if interpret:
         default = (INTERPRET_BLOCK_M, INTERPRET_BLOCK_N, 4, 1)
-        tune: list[tuple[int, int]] = []
+        tune: list[tuple[int, int, int, int]] = []
     else:
         default = default_forward_config(spec)
-        tune = [(w, s) for w, s in ((8, 2), (8, 3), (8, 4), (4, 3))
-                if forward_smem_bytes(spec, default[0], default[1], w, s) <= 200 * 1024]
+        tune = general_forward_configs(spec)
     return _GENERAL_FORWARD_TEMPLATE.substitute(
         general_substitutions(spec, interpret),
         default_config=repr(default),

@@ -40,6 +40,15 @@ def mask_uses_heads(spec: AttentionSpec) -> bool:
     return uses(spec.mask_expr(), H_IDX)
 
 
+def map_is_static(spec: AttentionSpec) -> bool:
+    """The mask reads no input tensor (causal, sliding window, prefix): its block map
+    depends on the sizes and the tiles alone."""
+    mask = spec.mask_expr()
+    names = {t.name for t in spec.inputs}
+    return mask is not None and not mask.atoms(sympy.Indexed) and not any(
+        str(symbol) in names for symbol in mask.free_symbols)
+
+
 def mask_uses_batch(spec: AttentionSpec) -> bool:
     mask = spec.mask_expr()
     return uses(mask, B_IDX) or bool(mask is not None and mask.atoms(sympy.Indexed))
@@ -165,14 +174,36 @@ def _block_map(FullCnt, FullList, PartCnt, PartList,
 
 MAP_USES_HEADS = {mask_uses_heads(spec)}
 MAP_USES_BATCH = {mask_uses_batch(spec)}
+# The mask reads no tensor: its map is a function of the sizes and tiles alone.
+MAP_STATIC = {map_is_static(spec)}
+_STATIC_MAPS = {{}}  # (b_map, h_map, n_q, n_k, block_m, block_n, kv_major, device) -> map
 
 
 def block_map(inputs, batch, h_q, n_q, n_k, block_m, block_n, kv_major, device):
     """(full_cnt, full_list, part_cnt, part_list, map_heads, map_batch) for tiles of
-    block_m query rows × block_n keys; outer tiles are key blocks when kv_major."""
+    block_m query rows × block_n keys; outer tiles are key blocks when kv_major.
+
+    A static map is built once per (sizes, tiles, device) and kept for the process: no
+    launch and no allocation per call, and a CUDA graph that captured a launch reading
+    it can rely on it staying alive. Maps are not built inside a capture (a map made
+    there would live in the graph's memory pool)."""
     h_map = h_q if MAP_USES_HEADS else 1
     b_map = batch if MAP_USES_BATCH else 1
-    t_q, t_k = triton.cdiv(n_q, block_m), triton.cdiv(n_k, block_n)
+    if not MAP_STATIC:
+        return _build_map(inputs, b_map, h_map, n_q, n_k, block_m, block_n, kv_major, device)
+    key = (b_map, h_map, n_q, n_k, block_m, block_n, kv_major, device)
+    found = _STATIC_MAPS.get(key)
+    if found is None:
+        found = _build_map(inputs, b_map, h_map, n_q, n_k, block_m, block_n, kv_major,
+                           device)
+        if getattr(device, "type", None) != "cuda" or not (
+                torch.cuda.is_current_stream_capturing()):
+            _STATIC_MAPS[key] = found
+    return found
+
+
+def _build_map(inputs, b_map, h_map, n_q, n_k, block_m, block_n, kv_major, device):
+    t_q, t_k = -(-n_q // block_m), -(-n_k // block_n)
     t_outer, t_inner = (t_k, t_q) if kv_major else (t_q, t_k)
     full_cnt = torch.empty((b_map * h_map, t_outer), dtype=torch.int32, device=device)
     part_cnt = torch.empty_like(full_cnt)

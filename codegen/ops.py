@@ -51,6 +51,11 @@ def _batch_slices(batch: int, heads: int) -> list[slice]:
     return [slice(b, min(b + step, batch)) for b in range(0, batch, step)]
 
 
+def _fits_one_grid(q: Tensor) -> bool:
+    """One launch covers the batch (the usual case): no per-slice views to make."""
+    return q.shape[0] * q.shape[1] <= MAX_GRID_Y
+
+
 def backend_name(device: torch.device | str) -> str:
     """How the ops run on `device` now: "triton", "triton-interpret" or "reference"."""
     device = torch.device(device)
@@ -102,6 +107,9 @@ _no_context = contextlib.nullcontext
 
 def _plain_forward(module, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor) -> None:
     """Launch the FlashAttention forward module over batch slices (see MAX_GRID_Y)."""
+    if _fits_one_grid(q):
+        module.forward(q, k, v, out, lse)
+        return
     for b in _batch_slices(q.shape[0], q.shape[1]):
         module.forward(q[b], k[b], v[b], out[b], lse[b])
 
@@ -110,6 +118,9 @@ def _plain_backward(module, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: 
                     lse: Tensor, dlse: Tensor | None, dq: Tensor, dk: Tensor,
                     dv: Tensor) -> None:
     """Launch the FlashAttention backward module over batch slices (see MAX_GRID_Y)."""
+    if _fits_one_grid(q):
+        module.backward(dout, q, k, v, out, lse, dlse, dq, dk, dv)
+        return
     for b in _batch_slices(q.shape[0], q.shape[1]):
         module.backward(dout[b], q[b], k[b], v[b], out[b], lse[b],
                         None if dlse is None else dlse[b], dq[b], dk[b], dv[b])
@@ -175,11 +186,12 @@ def flash_attention_backward_op(
     dlse: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(dq, dk, dv), contiguous in the dtypes of q, k, v. dlse: gradient of lse, or None."""
-    dq = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
-    dk = torch.zeros(k.shape, dtype=k.dtype, device=k.device)
-    dv = torch.zeros(v.shape, dtype=v.dtype, device=v.device)
     if q.numel() == 0 or k.numel() == 0:  # nothing flows: no query rows or no keys
-        return dq, dk, dv
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    # The kernels write every element: no memset (3 passes over HBM) beforehand.
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     if backend_name(q.device) == "reference":
         return reference.attention_backward(dout, q, k, v, out, lse, scale, causal, dlse)
     module = load_kernel_module("attention_bwd", _spec(q, v, scale, causal),
@@ -348,9 +360,10 @@ def attention_backward_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Te
         return dq.contiguous(), dk.contiguous(), dv.contiguous(), [
             d.contiguous() for d in dinputs]
     module = load_kernel_module("attention_bwd", aspec, _kernel_device(q.device))
-    dq = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
-    dk = torch.zeros(k.shape, dtype=k.dtype, device=k.device)
-    dv = torch.zeros(v.shape, dtype=v.dtype, device=v.device)
+    # The kernels write every element: no memset (3 passes over HBM) beforehand.
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     dinputs32 = [_broadcast_grad_buffer(x) for x in grad_inputs]
     dlse = dlse.float().contiguous() if dlse is not None else None
     lse = lse.contiguous()
@@ -411,6 +424,8 @@ def _attention_setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(q, k, v, out, lse, seed, *extra)
     ctx.spec = spec
     ctx.n_extra = len(extra)
+    # An unused lse gets None, not a zeros tensor the backward would read for nothing.
+    ctx.set_materialize_grads(False)
 
 
 def _attention_backward(ctx, dout: Tensor | None, dlse: Tensor | None):
@@ -449,7 +464,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec,
 @torch.compiler.assume_constant_result
 def _spec_json(spec: AttentionSpec) -> str:
     """spec.to_json(), a constant to dynamo (which cannot trace the json encoder)."""
-    return spec.to_json()
+    return _json_of(spec)
+
+
+# Per call, a dict lookup (a frozen Spec hashes its fields) instead of a json encoding.
+_json_of = functools.lru_cache(maxsize=256)(AttentionSpec.to_json)
 
 
 def dropout_keep_mask(spec: AttentionSpec, seed: Tensor, shape: tuple[int, int, int, int],

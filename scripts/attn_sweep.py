@@ -1,7 +1,8 @@
 """Tile sweep of the general (masked / modified) attention kernels at the bench shape.
 
     python scripts/attn_sweep.py [--kinds sliding_window,document,alibi] [--no-bwd]
-                                 [--no-flex] [--budget-s 220]
+                                 [--no-flex] [--no-op] [--budget-s 220]
+                                 [--fwd 'BM,BN,W,S;...'] [--dkdv ...] [--dq ...]
 
 Needs a CUDA GPU. For each mask kind of `ioaware bench attention --mask KIND` (B=2,
 H=16, N=8192, d=128, bf16, causal), the rendered forward and backward modules are
@@ -12,8 +13,10 @@ config -> us, TFLOP/s over the visible (q, k) pairs (FlexAttention's convention:
 4·B·H·d·visible forward, 2.5x that backward), next to ioaware's op as shipped (its own
 tiles and autotuning, host path included) and torch.compile(flex_attention) with a
 block mask (bench_masks._flex). A config that does not compile or launch (out of
-shared memory, registers) prints "n/a" and the sweep goes on; once --budget-s of wall
-time is spent the remaining configs print "skipped".
+shared memory, registers) prints "n/a" and the sweep goes on. Kind i of n may run
+until start + budget·(i+1)/n; configs past that print "skipped" (the op and Flex rows
+always run). Default configs: each kernel's tuning candidates as rendered for this
+GPU, plus the *_EXTRA shapes below. Triton's disk cache makes a second run much faster.
 
 The backward is swept one kernel at a time: dK/dV configs with dQ at its default, then
 dQ configs with dK/dV at its default (each row is the whole backward launcher:
@@ -29,21 +32,14 @@ import torch
 
 Config = tuple[int, int, int, int]
 
-# Candidates: the SRAM-budget candidates of ioaware.tiles for an H100 at d = 128, plus
-# the shapes FA2 / FlexAttention use, plus a few narrower key tiles (a 512 window has
-# few key blocks per query block, so fewer partial tiles may pay).
-FWD_CONFIGS: list[Config] = [
-    (128, 64, 8, 3), (128, 64, 8, 2), (128, 64, 8, 4), (128, 128, 8, 2), (128, 64, 4, 3),
-    (128, 32, 4, 3), (64, 64, 4, 3), (64, 128, 4, 2),
-]
-DKDV_CONFIGS: list[Config] = [  # BLOCK_M query rows streamed, BLOCK_N key rows resident
-    (32, 128, 8, 2), (32, 128, 8, 3), (16, 128, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3),
-    (64, 64, 4, 2),
-]
-DQ_CONFIGS: list[Config] = [  # BLOCK_M query rows resident, BLOCK_N key rows streamed
-    (128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3),
-    (64, 32, 4, 2),
-]
+# Swept: each kernel's autotuning candidates as rendered for this device (default
+# first, then ioaware.tiles' candidates from the SRAM budget), plus these shapes FA2 /
+# FlexAttention use and narrower key tiles (a 512 window has few key blocks per query
+# block: fewer partial tiles may pay). The tuning candidates compile once for both the
+# sweep and the op's own tuning (same kernels, same constexprs).
+FWD_EXTRA: list[Config] = [(128, 64, 4, 3), (64, 64, 4, 3), (64, 128, 4, 2), (128, 32, 4, 3)]
+DKDV_EXTRA: list[Config] = [(64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 4, 2)]
+DQ_EXTRA: list[Config] = [(128, 128, 8, 2), (64, 64, 4, 3), (64, 32, 4, 2)]
 
 
 def _parse_configs(text: str) -> list[Config]:
@@ -56,6 +52,15 @@ def _parse_configs(text: str) -> list[Config]:
                 f"config {part!r} must be BLOCK_M,BLOCK_N,num_warps,num_stages")
         configs.append(values)
     return configs
+
+
+def _configs(given: list[Config] | None, module, tuned: str, extra: list[Config]
+             ) -> list[Config]:
+    """--fwd / --dkdv / --dq if given, else the module's tuning candidates and `extra`."""
+    if given is not None:
+        return given
+    configs = list(getattr(module, tuned, []))
+    return configs + [c for c in extra if c not in configs]
 
 
 def _short(error: BaseException) -> str:
@@ -149,9 +154,10 @@ class Sweep:
 
     # ---- rows ---------------------------------------------------------------------------
 
-    def row(self, label: str, run, flops: float, check) -> float | None:
+    def row(self, label: str, run, flops: float, check, always: bool = False
+            ) -> float | None:
         """Run once, check, time; print one line. The time in us, or None."""
-        if time.monotonic() > self.deadline:
+        if not always and time.monotonic() > self.deadline:
             print(f"  {label:<26} skipped (--budget-s spent)", flush=True)
             return None
         try:
@@ -179,31 +185,47 @@ class Sweep:
         fwd_mod, bwd_mod = self.modules()
         print(f"  shipped defaults: fwd {fwd_mod.DEFAULT_CONFIG}, dkdv "
               f"{bwd_mod.DEFAULT_DKDV}, dq {bwd_mod.DEFAULT_DQ}")
-        self.shipped()
+        for name in ("TUNE_CONFIGS", "TUNE_DKDV", "TUNE_DQ"):
+            for module in (fwd_mod, bwd_mod):
+                if hasattr(module, name):
+                    print(f"  {name}: {getattr(module, name)}")
         if not args.no_flex:
             self.flex()
 
         print("  forward  (BLOCK_M, BLOCK_N, warps, stages)")
         fwd_best = self.best([(c, self.row(f"fwd {c}", lambda c=c: self.forward(c),
                                            self.fwd_flops, self.check_forward))
-                              for c in args.fwd])
+                              for c in _configs(args.fwd, fwd_mod, "TUNE_CONFIGS",
+                                                FWD_EXTRA)])
         if args.no_bwd:
+            self.after()
             return
-        self.forward(None)  # out and lse the backward reads
+        self.forward(fwd_mod.DEFAULT_CONFIG)  # out and lse the backward reads
         dkdv0, dq0 = bwd_mod.DEFAULT_DKDV, bwd_mod.DEFAULT_DQ
         print(f"  backward: dK/dV configs, dQ at {dq0}")
         dkdv_best = self.best([(c, self.row(f"dkdv {c}", lambda c=c: self.backward(c, dq0),
                                             self.bwd_flops, self.check_backward))
-                               for c in args.dkdv])
+                               for c in _configs(args.dkdv, bwd_mod, "TUNE_DKDV",
+                                                 DKDV_EXTRA)])
         print(f"  backward: dQ configs, dK/dV at {dkdv0}")
         dq_best = self.best([(c, self.row(f"dq {c}", lambda c=c: self.backward(dkdv0, c),
                                           self.bwd_flops, self.check_backward))
-                             for c in args.dq])
+                             for c in _configs(args.dq, bwd_mod, "TUNE_DQ", DQ_EXTRA)])
         if fwd_best and dkdv_best and dq_best:
             print(f"  best: fwd {fwd_best}, dkdv {dkdv_best}, dq {dq_best}")
             self.row("fwd+bwd at the best", lambda: (self.forward(fwd_best),
                                                      self.backward(dkdv_best, dq_best)),
                      self.fwd_flops + self.bwd_flops, self.check_backward)
+        self.after()
+
+    def after(self) -> None:
+        """The op as shipped, after the sweep: its tuning finds the kernels compiled."""
+        if self.args.no_op:
+            return
+        self.shipped()
+        for module in self.modules():  # what the op's tuner chose, per size class
+            for key, config in getattr(module, "_CHOSEN", {}).items():
+                print(f"  op tuned {key[0]} for (Nq, Nk) ~ {key[2:]}: {config}")
 
     @staticmethod
     def best(timed: list[tuple[Config, float | None]]) -> Config | None:
@@ -230,9 +252,9 @@ class Sweep:
             return _rel_err((q.grad, k.grad, v.grad), self.want[1:])
 
         self.row("op fwd (as shipped)", fwd, self.fwd_flops,
-                 lambda: _rel_err((got["out"],), self.want[:1]))
+                 lambda: _rel_err((got["out"],), self.want[:1]), always=True)
         self.row("op fwd+bwd (as shipped)", fwd_bwd, self.fwd_flops + self.bwd_flops,
-                 check_fwd_bwd)
+                 check_fwd_bwd, always=True)
 
     def flex(self) -> None:
         from ioaware.bench_masks import _flex
@@ -255,9 +277,9 @@ class Sweep:
             attention(q, k, v).backward(self.dout)
 
         self.row("flex fwd", fwd, self.fwd_flops,
-                 lambda: _rel_err((got["out"],), self.want[:1]))
+                 lambda: _rel_err((got["out"],), self.want[:1]), always=True)
         self.row("flex fwd+bwd", fwd_bwd, self.fwd_flops + self.bwd_flops,
-                 lambda: _rel_err((q.grad, k.grad, v.grad), self.want[1:]))
+                 lambda: _rel_err((q.grad, k.grad, v.grad), self.want[1:]), always=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -271,10 +293,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seqlen", type=int, default=8192)
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"))
-    parser.add_argument("--fwd", type=_parse_configs, default=FWD_CONFIGS,
-                        help="forward configs 'BM,BN,W,S;...'")
-    parser.add_argument("--dkdv", type=_parse_configs, default=DKDV_CONFIGS)
-    parser.add_argument("--dq", type=_parse_configs, default=DQ_CONFIGS)
+    parser.add_argument("--fwd", type=_parse_configs, default=None,
+                        help="forward configs 'BM,BN,W,S;...' (default: the tuning "
+                             "candidates and FWD_EXTRA)")
+    parser.add_argument("--dkdv", type=_parse_configs, default=None)
+    parser.add_argument("--dq", type=_parse_configs, default=None)
+    parser.add_argument("--no-op", action="store_true",
+                        help="skip the op as shipped (its first call autotunes)")
     parser.add_argument("--no-bwd", action="store_true", help="forward configs only")
     parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention")
     parser.add_argument("--budget-s", type=float, default=220.0,
@@ -294,9 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, triton {triton.__version__}, "
           f"{torch.cuda.get_device_name()}")
     start = time.monotonic()
-    deadline = start + args.budget_s
-    for kind in kinds:
-        Sweep(kind, args, deadline).sweep()
+    for i, kind in enumerate(kinds):
+        Sweep(kind, args, start + args.budget_s * (i + 1) / len(kinds)).sweep()
         torch.cuda.empty_cache()
     print(f"\nwall {time.monotonic() - start:.0f} s")
     return 0

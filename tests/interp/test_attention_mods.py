@@ -503,3 +503,100 @@ def test_inside_a_compiled_graph():
     torch.testing.assert_close(compiled, eager)
     for a, b in zip(compiled_grads, eager_grads):
         torch.testing.assert_close(a, b)
+
+
+# ---- tiles: any config runs, maps follow the tile, the tuner -------------------------
+
+def test_forced_tiles_match_the_reference_with_their_own_block_maps():
+    """Launched under tiles other than the interpreter's defaults (each kernel's block
+    map built for its own tile, ragged edges on both axes), out and every gradient,
+    the atomically added learned bias included, match the torch reference path."""
+    from ioaware.codegen import reference
+    from ioaware.codegen.cache import INTERPRET_DEVICE, load_kernel_module
+
+    gen = torch.Generator().manual_seed(7)
+    batch, heads, n_q, n_k, d = 2, 2, 45, 50, 16
+    doc = torch.randint(0, 3, (batch, n_k), generator=gen).sort(-1).values
+    bias = torch.randn(heads, n_k, generator=gen)
+    spec = AttentionSpec(head_dim=d, head_dim_v=d, dtype="float32", causal=False,
+                         scale=0.25, mask="(q_idx - kv_idx < 30) & Eq(doc[b, q_idx], "
+                         "doc[b, kv_idx])", score_mod="score + bias[h, kv_idx]",
+                         inputs=(TensorInput("doc", 2, "int64"),
+                                 TensorInput("bias", 2, "float32", True)),
+                         mask_semantics="safe")
+    q = torch.randn(batch, heads, n_q, d, generator=gen)
+    k, v = (torch.randn(batch, heads, n_k, d, generator=gen) for _ in range(2))
+    dout = torch.randn(batch, heads, n_q, d, generator=gen)
+    inputs = [doc, bias]
+    want = (*reference.spec_forward(spec, q, k, v, inputs, None)[:1],
+            *reference.spec_backward(spec, dout, q, k, v, inputs, None, None))
+    fwd = load_kernel_module("attention_fwd", spec, INTERPRET_DEVICE)
+    bwd = load_kernel_module("attention_bwd", spec, INTERPRET_DEVICE)
+    out = torch.empty_like(q)
+    lse = torch.empty(batch, heads, n_q)
+    fwd.forward(q, k, v, out, lse, inputs, None, config=(16, 32, 4, 1))
+    dq, dk, dv = (torch.full_like(t, float("nan")) for t in (q, k, v))  # written whole
+    dbias = torch.zeros_like(bias)
+    bwd.backward(dout, q, k, v, out, lse, None, dq, dk, dv, inputs, [dbias], None,
+                 dkdv_config=(32, 16, 4, 1), dq_config=(16, 32, 4, 1))
+    for name, got, exp in zip(("out", "dq", "dk", "dv", "dbias"),
+                              (out, dq, dk, dv, dbias), want):
+        assert relative_error(got, exp) <= 1e-4, name
+
+
+def test_a_static_block_map_is_built_once_per_tile():
+    """A mask of indices alone keeps its map (no launch per call), one per tile shape;
+    a mask that reads a tensor builds it every call (its contents may change)."""
+    from ioaware.codegen.cache import INTERPRET_DEVICE, load_kernel_module
+
+    common = {"head_dim": 16, "head_dim_v": 16, "dtype": "float32", "causal": True,
+              "scale": 0.25}
+    window = load_kernel_module("attention_fwd", AttentionSpec(
+        **common, mask="q_idx - kv_idx < 20"), INTERPRET_DEVICE)
+    first = window.block_map([], 2, 3, 70, 70, 32, 16, False, "cpu")
+    assert window.block_map([], 2, 3, 70, 70, 32, 16, False, "cpu")[0] is first[0]
+    assert window.block_map([], 2, 3, 70, 70, 16, 32, False, "cpu")[0] is not first[0]
+    docs = load_kernel_module("attention_fwd", AttentionSpec(
+        **common, mask="Eq(doc[b, q_idx], doc[b, kv_idx])",
+        inputs=(TensorInput("doc", 2, "int64"),)), INTERPRET_DEVICE)
+    doc = torch.zeros(2, 70, dtype=torch.int64)
+    first = docs.block_map([doc], 2, 3, 70, 70, 32, 16, False, "cpu")
+    assert docs.block_map([doc], 2, 3, 70, 70, 32, 16, False, "cpu")[0] is not first[0]
+
+
+def test_tuner_takes_the_fastest_config_once_per_size_class(monkeypatch):
+    """The launchers' tuner: the fastest config that runs (one that cannot run is
+    passed over), chosen once per power-of-two size class, and what the trials added
+    atomically is reset after them."""
+    import triton.testing
+
+    from ioaware.codegen.attention_fwd import TUNER
+
+    times = {(64, 64, 4, 2): 3.0, (128, 64, 8, 2): 1.0, (128, 128, 8, 3): 2.0}
+    trials, resets = [], []
+
+    def fake_bench(fn, **kwargs):
+        fn()
+        return times[trials[-1]]
+
+    def trial(config):
+        trials.append(config)
+        if config == (128, 128, 8, 3):
+            raise RuntimeError("out of resources: shared memory")
+
+    monkeypatch.setattr(triton.testing, "do_bench", fake_bench)
+    module: dict = {"INTERPRET": False, "TUNE_MIN_SCORES": 1024}
+    exec(TUNER, module)  # noqa: S102 - the tuner is module text, run as the modules run it
+    choose = module["choose_config"]
+    configs = [(64, 64, 4, 2), (128, 128, 8, 3), (128, 64, 8, 2)]
+    default = configs[0]
+    assert choose("dq", configs, default, "cuda:0", 100, 100, trial,
+                  lambda: resets.append(1)) == (128, 64, 8, 2)
+    assert len(trials) == 3 and resets == [1]
+    # the same size class: a lookup, no trials
+    assert choose("dq", configs, default, "cuda:0", 120, 90, trial) == (128, 64, 8, 2)
+    assert len(trials) == 3
+    # below TUNE_MIN_SCORES, or no candidates: the default, untimed
+    assert choose("dq", configs, default, "cuda:0", 16, 16, trial) == default
+    assert choose("fwd", [], default, "cuda:0", 100, 100, trial) == default
+    assert len(trials) == 3
