@@ -6,7 +6,10 @@ expressions in the sizes.
 `flash_attention_cost`, `flash_attention_backward_cost`, `selective_scan_cost` and
 `linear_scan_cost` price the regions the passes rewrite, before and after (at the
 tiles ioaware/tiles.py picks from a profile's SRAM); `ceilings`, `modelled_time`,
-`bound`, `dram_bytes` and `rewrite_pays` compare a Cost with a DeviceProfile.
+`bound`, `dram_bytes` and `rewrite_pays` compare a Cost with a DeviceProfile: time is
+the tensor-core, CUDA-core and SFU pipes added (a kernel's pipes wait on each other),
+overlapped with memory, plus the round trips nothing hides; `matmul_l2_spill` and
+`softmax_row_waves` model what the library kernels do past L2 and per row.
 Derivations and conventions: docs/cost-model.md.
 
 Conventions, everywhere in this file:

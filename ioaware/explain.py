@@ -14,7 +14,10 @@ from typing import Any
 class Rewrite:
     """One region replaced by a generated kernel.
 
-    kind: "attention" or "scan".  detail: what was inferred, e.g. {"mask": "causal"}.
+    kind: "attention" or "scan".  detail: what was inferred, e.g. {"mask": "causal"}, and
+        "tiles": the tile the kernel is priced at (tiles.attention_tile / scan_tile on the
+        pass's profile, e.g. {"block_m": 128, "block_n": 128, "num_warps": 8,
+        "num_stages": 2}); cost_after and hbm_bytes_after are for that tile.
     hbm_bytes_before / after: modelled HBM traffic of the region unfused / fused (bytes).
     flops: modelled FLOPs of the generated kernel (a fused multiply-add counts 2).
     flops_before: modelled FLOPs of the eager region (a causal eager region also
