@@ -217,8 +217,9 @@ def measure_report(options: argparse.Namespace, report: Any) -> str:
             measured = _total_bytes(
                 kernels, lambda k, kind=kind: kernel_family(k.split(" ", 1)[-1]) == kind)
             if regions or measured:
-                lines.append(_ratio_line(f"{kind} kernels, DRAM bytes",
-                                         sum(r.after.hbm_bytes for r in regions), measured,
+                modelled = sum(r.after.hbm_bytes if r.after.dram_bytes is None
+                               else r.after.dram_bytes for r in regions)
+                lines.append(_ratio_line(f"{kind} kernels, DRAM bytes", modelled, measured,
                                          format_bytes))
         lines.append(_ratio_line("all kernels, DRAM bytes", report.totals.after.hbm_bytes,
                                  _total_bytes(kernels), format_bytes))

@@ -57,6 +57,10 @@ class Figures:
     write_bytes: int | None = None
     transcendentals: int | None = None
     sram_bytes: int | None = None  # on-chip footprint of one program of a generated kernel
+    # What DRAM moves on the device (cost.dram_bytes: hbm_bytes less the re-reads L2
+    # serves, plus a matmul's spill); what `report --measure` holds against Nsight
+    # Compute. Not in the JSON (schema 1 lists its keys).
+    dram_bytes: int | None = None
     expressions: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @property
@@ -217,7 +221,7 @@ def _figures(c: cost.Cost, profile: hardware.DeviceProfile, dtype: str, hints: M
         bound=cost.bound(c, profile, dtype, hints),
         read_bytes=values["read_bytes"], write_bytes=values["write_bytes"],
         transcendentals=values["transcendentals"], sram_bytes=values.get("sram_bytes"),
-        expressions=_expressions(c, names),
+        dram_bytes=cost.dram_bytes(c, profile, hints), expressions=_expressions(c, names),
     )
 
 

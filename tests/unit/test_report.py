@@ -238,3 +238,22 @@ def test_rewrites_show_and_are_priced_at_the_profiles_tile(
     assert scans and all(r["detail"]["op"] == "selective_scan" for r in scans)
     assert all(r["detail"]["tiles"] == scan_tile(PROFILES["h100"], 8, 4)
                == {"block_d": 8, "chunk": 32, "num_warps": 1, "num_stages": 2} for r in scans)
+
+
+def test_rewritten_regions_carry_their_dram_bytes() -> None:
+    # what `report --measure` holds against Nsight Compute: the kernel's IO-model bytes
+    # less the re-reads L2 serves (the hybrid example's are all small enough to hit)
+    import ioaware
+    from ioaware import cost
+    from ioaware.examples import hybrid
+    from ioaware.hardware import PROFILES
+    from ioaware.report import build_report
+
+    model, args = hybrid.make()
+    expl = ioaware.api.explain_on("h100", model, *args)
+    report = build_report(model, args, device="h100", target="hybrid")
+    for mine, theirs in zip(report.rewritten, expl.rewrites):
+        values = theirs.cost_after.evaluate()
+        assert cost.l2_hits(theirs.cost_after, PROFILES["h100"]) == (
+            values["l2_reread_bytes"] > 0)
+        assert mine.after.dram_bytes == values["hbm_bytes"] - values["l2_reread_bytes"]
