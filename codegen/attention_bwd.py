@@ -495,11 +495,12 @@ ${block_map}
 
 
 @triton.jit
-def _bwd_preprocess(O, dO, dLse, Delta,
+def _bwd_preprocess(O, dO, dLse, Delta, Lse, EmptyHeads,
                     stride_ob, stride_oh, stride_om, stride_od,
                     stride_dob, stride_doh, stride_dom, stride_dod,
-                    H_Q, N_Q, HAS_DLSE: tl.constexpr, BLOCK_M: tl.constexpr):
-    """delta = rowsum(dO ∘ O) - dlse, fp32 [B·Hq, Nq]."""
+                    H_Q, GROUP, N_Q, HAS_DLSE: tl.constexpr, BLOCK_M: tl.constexpr):
+    """delta = rowsum(dO ∘ O) - dlse, fp32 [B·Hq, Nq]. SPREAD_NAN: flags in
+    EmptyHeads [B·Hkv] the kv heads read by a row with no visible key (lse = -inf)."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H_Q).to(tl.int64)
@@ -517,6 +518,10 @@ def _bwd_preprocess(O, dO, dLse, Delta,
     if HAS_DLSE:
         delta -= tl.load(dLse + row_ptr, mask=rows < N_Q, other=0.0)
     tl.store(Delta + row_ptr, delta, mask=rows < N_Q)
+    if SPREAD_NAN:
+        lse = tl.load(Lse + row_ptr, mask=rows < N_Q, other=0.0)
+        if _any(lse == float("-inf")):
+            tl.atomic_max(EmptyHeads + b * (H_Q // GROUP) + h // GROUP, 1)
 
 
 @triton.jit
@@ -593,8 +598,8 @@ def _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, stride_qm, strid
 
 
 @triton.jit
-def _bwd_dkdv(Q, K, V, dO, dK, dV, Lse, Delta, Seed, FullCnt, FullList, PartCnt,
-              PartList${inputs},
+def _bwd_dkdv(Q, K, V, dO, dK, dV, Lse, Delta, Seed, EmptyHeads, FullCnt, FullList,
+              PartCnt, PartList${inputs},
               stride_qb, stride_qh, stride_qm, stride_qd,
               stride_kb, stride_kh, stride_kn, stride_kd,
               stride_vb, stride_vh, stride_vn, stride_vd,
@@ -679,6 +684,10 @@ def _bwd_dkdv(Q, K, V, dO, dK, dV, Lse, Delta, Seed, FullCnt, FullList, PartCnt,
                               N_Q, FullList, b, h, H_Q, N_Q, N_K, seed,
                               seed_offset${inputs}, BLOCK_M, True, False, True)
 
+    if SPREAD_NAN:  # eager: a row with no visible key makes its kv head's dK, dV NaN
+        nan_head = tl.load(EmptyHeads + b * H_KV + h_kv) != 0
+        dk = tl.where(nan_head, float("nan"), dk)
+        dv = tl.where(nan_head, float("nan"), dv)
     row_ok = offs_n[:, None] < N_K
     dk_ptrs = (dK + b * stride_dkb + h_kv * stride_dkh
                + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd)
@@ -811,6 +820,8 @@ def _bwd_dq(Q, K, V, dO, dQ, Lse, Delta, Seed, FullCnt, FullList, PartCnt,
                            h, H_Q, N_Q, N_K, seed, seed_offset${inputs}${grads}, BLOCK_N,
                            True, False, True)
 
+    if SPREAD_NAN:  # eager: a row with no visible key has a NaN dQ row
+        dq = tl.where((lse == float("-inf"))[:, None], float("nan"), dq)
     dq_ptrs = (dQ + b * stride_dqb + h * stride_dqh
                + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd)
     dq = dq * SCALE
@@ -824,7 +835,7 @@ def _maps(config, inputs, batch, h_q, n_q, n_k, kv_major, device):
     return block_map(inputs, batch, h_q, n_q, n_k, config[0], config[1], kv_major, device)
 
 
-def _launch_dkdv(config, do, q, k, v, lse, delta, dk, dv, inputs, seed):
+def _launch_dkdv(config, do, q, k, v, lse, delta, empty_heads, dk, dv, inputs, seed):
     bm, bn, warps, stages = config
     batch, h_q, n_q, _ = q.shape
     h_kv, n_k = k.shape[1], k.shape[2]
@@ -832,8 +843,8 @@ def _launch_dkdv(config, do, q, k, v, lse, delta, dk, dv, inputs, seed):
     full_cnt, full_list, part_cnt, part_list, h_map, b_map = maps or (lse,) * 4 + (1, 1)
     extra = [s for x in inputs for s in (x, *x.stride())]
     _bwd_dkdv[(_cdiv(n_k, bn), h_kv, batch)](
-        q, k, v, do, dk, dv, lse, delta, seed if seed is not None else lse, full_cnt,
-        full_list, part_cnt, part_list, *extra, *q.stride(), *k.stride(), *v.stride(),
+        q, k, v, do, dk, dv, lse, delta, seed if seed is not None else lse, empty_heads,
+        full_cnt, full_list, part_cnt, part_list, *extra, *q.stride(), *k.stride(), *v.stride(),
         *do.stride(), *dk.stride(), *dv.stride(), h_q, h_kv, h_q // h_kv, n_q, n_k, h_map,
         b_map, _cdiv(n_q, bm), _cdiv(n_k, bn),
         BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
@@ -869,16 +880,21 @@ def backward(do, q, k, v, out, lse, dlse, dq, dk, dv, inputs=(), dinputs=(), see
     (BLOCK_M, BLOCK_N, num_warps, num_stages) to launch with, no autotuning (tile
     sweeps). dq, dk, dv are written whole (any contents on entry)."""
     batch, h_q, n_q, _ = q.shape
-    n_k = k.shape[2]
+    h_kv, n_k = k.shape[1], k.shape[2]
     delta = torch.empty((batch * h_q, n_q), device=q.device, dtype=torch.float32)
+    # SPREAD_NAN: kv heads read by a row with no visible key, flagged in the kernels
+    # (no host sync to find them)
+    empty_heads = (torch.zeros(batch * h_kv, device=q.device, dtype=torch.int32)
+                   if SPREAD_NAN else delta)
     _bwd_preprocess[(_cdiv(n_q, PRE_BLOCK_M), batch * h_q)](
-        out, do, dlse if dlse is not None else lse, delta, *out.stride(), *do.stride(),
-        h_q, n_q, HAS_DLSE=dlse is not None, BLOCK_M=PRE_BLOCK_M)
+        out, do, dlse if dlse is not None else lse, delta, lse, empty_heads, *out.stride(),
+        *do.stride(), h_q, h_q // h_kv, n_q, HAS_DLSE=dlse is not None, BLOCK_M=PRE_BLOCK_M)
     if dkdv_config is None:
         dkdv_config = choose_config(
             "dkdv", TUNE_DKDV, DEFAULT_DKDV, q.device, n_q, n_k,
-            lambda c: _launch_dkdv(c, do, q, k, v, lse, delta, dk, dv, inputs, seed))
-    _launch_dkdv(dkdv_config, do, q, k, v, lse, delta, dk, dv, inputs, seed)
+            lambda c: _launch_dkdv(c, do, q, k, v, lse, delta, empty_heads, dk, dv, inputs,
+                                   seed))
+    _launch_dkdv(dkdv_config, do, q, k, v, lse, delta, empty_heads, dk, dv, inputs, seed)
     if dq_config is None:
         # The dQ kernel adds the inputs' gradients atomically: zeroed after the trials.
         dq_config = choose_config(

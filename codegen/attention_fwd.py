@@ -450,6 +450,8 @@ def general_constants(spec: AttentionSpec) -> dict[str, str]:
         # masked logits of an empty row all equal (after the fp32 clamp): P is uniform
         f"UNIFORM_EMPTY = tl.constexpr({uniform_empty})",
         f"NEG_INF_ROWS = tl.constexpr({semantics == 'neg_inf'})",
+        # eager's NaN from a row with no visible key, spread as eager spreads it (bwd)
+        f"SPREAD_NAN = tl.constexpr({semantics == 'neg_inf' and masks})",
         f"ADD_FILL = tl.constexpr({semantics == 'add'})  # gradient reaches masked scores",
         f"FILL_Z = tl.constexpr({_lit(fill_z)})  # mask_fill · log2(e), clamped to fp32",
         f"MASK_FILL = tl.constexpr({max(spec.mask_fill, -FLOAT32_MAX)!r})",

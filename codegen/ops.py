@@ -373,8 +373,6 @@ def attention_backward_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Te
         else:
             module.backward(dout, q, k, v, out, lse, dlse, dq, dk, dv, inputs, dinputs32,
                             seed)
-    if aspec.mask_semantics == "neg_inf" and (aspec.causal or aspec.mask is not None):
-        _nan_like_eager(lse, dq, dk, dv)
     return dq, dk, dv, [_spread_broadcast(d, x) for d, x in zip(dinputs32, grad_inputs)]
 
 
@@ -394,19 +392,6 @@ def _spread_broadcast(grad: Tensor, x: Tensor) -> Tensor:
         if st == 0:
             copies *= n
     return (grad / copies if copies > 1 else grad).to(x.dtype)
-
-
-def _nan_like_eager(lse: Tensor, dq: Tensor, dk: Tensor, dv: Tensor) -> None:
-    """Eager's softmax of an all -inf row is NaN, and so is every gradient it reaches:
-    that query's dQ row and the whole dK, dV of its kv head."""
-    empty = torch.isneginf(lse)  # [B, Hq, Nq]
-    if not bool(empty.any()):
-        return
-    dq.masked_fill_(empty.unsqueeze(-1), float("nan"))
-    batch, h_kv = dk.shape[:2]
-    heads = empty.any(-1).reshape(batch, h_kv, -1).any(-1)  # [B, Hkv]
-    dk.masked_fill_(heads[:, :, None, None], float("nan"))
-    dv.masked_fill_(heads[:, :, None, None], float("nan"))
 
 
 @attention_backward_op.register_fake

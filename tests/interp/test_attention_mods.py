@@ -10,6 +10,7 @@ attention written directly in torch (float64, on the same rounded inputs).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -431,7 +432,8 @@ def test_general_kernels_compile_for_hopper(tmp_path):
         mask_semantics="add", mask_fill=torch.finfo(torch.bfloat16).min, dropout_p=0.1)
     pointers = {"In0": "*i64", "In1": "*i1", "In2": "*fp32", "DIn2": "*fp32",
                 "Lse": "*fp32", "Delta": "*fp32", "dLse": "*fp32", "Seed": "*i64",
-                "FullCnt": "*i32", "FullList": "*i32", "PartCnt": "*i32", "PartList": "*i32"}
+                "FullCnt": "*i32", "FullList": "*i32", "PartCnt": "*i32", "PartList": "*i32",
+                "EmptyHeads": "*i32"}
 
     def compile_kernel(fn, constexprs):
         sig = {a: "constexpr" if a in constexprs else pointers.get(
@@ -441,11 +443,16 @@ def test_general_kernels_compile_for_hopper(tmp_path):
             (fn.arg_names.index(k),): v for k, v in constexprs.items()})
         triton.compile(src, target=GPUTarget("cuda", 90, 128), options={"num_warps": 8})
 
-    for kind, render in (("fwd", attention_fwd.render_forward),
-                         ("bwd", attention_bwd.render_backward)):
-        path = tmp_path / f"compile_{kind}.py"
-        path.write_text(render(spec, interpret=False))
-        module_spec = importlib.util.spec_from_file_location(f"compile_{kind}", path)
+    # "add" fills empty rows; "neg_inf" spreads their NaN through the backward
+    variants = [(kind, render, s)
+                for s in (spec, dataclasses.replace(spec, mask_semantics="neg_inf",
+                                                    mask_fill=float("-inf")))
+                for kind, render in (("fwd", attention_fwd.render_forward),
+                                     ("bwd", attention_bwd.render_backward))]
+    for i, (kind, render, s) in enumerate(variants):
+        path = tmp_path / f"compile_{kind}_{i}.py"
+        path.write_text(render(s, interpret=False))
+        module_spec = importlib.util.spec_from_file_location(f"compile_{kind}_{i}", path)
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[module_spec.name] = module
         with triton_interpret(False):
@@ -457,6 +464,7 @@ def test_general_kernels_compile_for_hopper(tmp_path):
                 compile_kernel(module._block_map,
                                {"BLOCK_M": bm, "BLOCK_N": bn, "KV_MAJOR": kv_major})
         else:
+            compile_kernel(module._bwd_preprocess, {"HAS_DLSE": True, "BLOCK_M": 64})
             bm, bn, _, _ = module.DEFAULT_DKDV
             compile_kernel(module._bwd_dkdv, {"BLOCK_M": bm, "BLOCK_N": bn})
             bm, bn, _, _ = module.DEFAULT_DQ
@@ -600,3 +608,37 @@ def test_tuner_takes_the_fastest_config_once_per_size_class(monkeypatch):
     assert choose("dq", configs, default, "cuda:0", 16, 16, trial) == default
     assert choose("fwd", [], default, "cuda:0", 100, 100, trial) == default
     assert len(trials) == 3
+
+
+def test_rows_with_no_visible_key_spread_nan_like_eager():
+    """neg_inf semantics: a row that sees no key is NaN, and so is its dQ row and the
+    whole dK, dV of the kv head it reads, as eager gives with an additive -inf mask
+    (masked_fill's backward zeroes the masked scores' gradient instead: dQ 0, dK finite);
+    the kernels flag those heads themselves (no host sync). Other heads match."""
+    gen = torch.Generator().manual_seed(11)
+    batch, h_q, h_kv, n, d = 2, 4, 2, 40, 16
+    pad = torch.ones(batch, n, dtype=torch.int64)
+    pad[0, :5] = 0  # batch 0: rows 0-4 see no key, except in heads >= 2
+    spec = AttentionSpec(head_dim=d, head_dim_v=d, dtype="float32", causal=True,
+                         scale=0.25, mask="Ne(pad[b, kv_idx], 0) | (h >= 2)",
+                         inputs=(TensorInput("pad", 2, "int64"),))
+    q = torch.randn(batch, h_q, n, d, generator=gen, requires_grad=True)
+    k, v = (torch.randn(batch, h_kv, n, d, generator=gen, requires_grad=True)
+            for _ in range(2))
+    dout = torch.randn(batch, h_q, n, d, generator=gen)
+    got = ops.attention(q, k, v, spec, [pad])
+    got_grads = torch.autograd.grad(got, (q, k, v), dout)
+
+    i = torch.arange(n)
+    h = torch.arange(h_q).view(1, -1, 1, 1)
+    visible = (((pad[:, None, None, :] != 0) | (h >= 2)) & (i[None, :] <= i[:, None]))
+    ke, ve = (x.repeat_interleave(h_q // h_kv, 1) for x in (k, v))
+    bias = torch.zeros(visible.shape).masked_fill(~visible, float("-inf"))
+    s = q @ ke.transpose(-2, -1) * 0.25 + bias
+    want = torch.softmax(s, -1) @ ve
+    want_grads = torch.autograd.grad(want, (q, k, v), dout)
+    for name, a, e in zip(("out", "dq", "dk", "dv"), (got, *got_grads), (want, *want_grads)):
+        assert torch.equal(torch.isnan(a), torch.isnan(e)), name
+        finite = ~torch.isnan(e)
+        assert relative_error(a[finite], e[finite]) <= TOLERANCE[torch.float32], name
+    assert torch.isnan(got_grads[1][0, 0]).all() and not torch.isnan(got_grads[1][0, 1]).any()
