@@ -255,20 +255,31 @@ def _watchdog(budget: float, started: float, prof: cProfile.Profile | None) -> N
     """After `budget` seconds: print what is known, where the main thread is, and exit."""
 
     def expire():
-        elapsed = time.perf_counter() - started
-        lines = [f"\nBUDGET OF {budget:.0f} s RAN OUT after {elapsed:.1f} s; so far:"]
-        lines.append(report(None, None, backend.counters["scan"]))
-        with PHASES.lock:
-            now = time.perf_counter()
-            lines += [f"  in progress: {name} for {now - t0:.1f} s" for name, t0 in PHASES.current]
-        frame = sys._current_frames().get(threading.main_thread().ident)
-        if frame is not None:
-            lines.append("main thread (innermost last):")
-            lines += [ln.rstrip() for ln in traceback.format_stack(frame)[-12:]]
-        print("\n".join(lines), flush=True)
-        if prof is not None:
-            print(_profile_top(prof), flush=True)
-        os._exit(3)
+        try:
+            elapsed = time.perf_counter() - started
+            lines = [f"\nBUDGET OF {budget:.0f} s RAN OUT after {elapsed:.1f} s; so far:"]
+            lines.append(report(None, None, backend.counters["scan"]))
+            with PHASES.lock:
+                now = time.perf_counter()
+                current = [f"{name} for {now - t0:.1f} s" for name, t0 in PHASES.current]
+            lines.append("  in progress: " + (", ".join(current) or "dynamo (or model build)"))
+            frame = sys._current_frames().get(threading.main_thread().ident)
+            if frame is not None:
+                # ioaware's own frames, then the innermost ones
+                stack = traceback.extract_stack(frame)
+                ours = [f for f in stack[:-15]
+                        if any(k in f.filename for k in ("ioaware", "passes", "codegen"))]
+                lines.append("main thread, outermost first (file:line function):")
+                where = [f"    {os.path.basename(f.filename)}:{f.lineno} {f.name}"
+                         for f in ours[-10:]]
+                lines += where + ["    ..."] * bool(where)
+                lines += [f"    {os.path.basename(f.filename)}:{f.lineno} {f.name}"
+                          for f in stack[-15:]]
+            print("\n".join(lines), flush=True)
+            if prof is not None:
+                print(_profile_top(prof), flush=True)
+        finally:
+            os._exit(3)
 
     timer = threading.Timer(budget, expire)
     timer.daemon = True

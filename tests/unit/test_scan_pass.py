@@ -276,6 +276,30 @@ def test_associative_scan_hop_whose_products_are_read():
     assert relative_error(gm(a, b), fn(a, b)) <= 1e-6
 
 
+def test_capture_keeps_the_hop_whole_at_any_length():
+    """What dynamo records for combine_mode="pointwise" (transformers' choice on CUDA): one
+    higher-order op. capture's make_fx keeps it whole, with its combine as a subgraph,
+    instead of tracing its generic implementation (an odd-even tree of log2 L levels), so
+    the canonical graph has the same size at every length (compile time, issue 4)."""
+
+    def combine(a1, b1, a2, b2):
+        return [a1 * a2, a2 * b1 + b2]
+
+    def fn(a, b):
+        return associative_scan_op(combine, [a, b], additional_inputs=())[1] * 2
+
+    sizes = []
+    for length in (8, 256):
+        a, b = ab(length, 3)
+        gm = canonical(fn, a, b)
+        assert len(calls(gm, associative_scan_op)) == 1
+        sizes.append(len(gm.graph.nodes))
+        rewrites, falls = run_pass(gm)
+        assert len(rewrites) == 1 and not falls
+        assert relative_error(gm.run(), fn(a, b)) <= 1e-6
+    assert sizes[0] == sizes[1]
+
+
 def test_capture_keeps_a_generic_scan_computable():
     """capture flattens the vmapped combine: the canonical graph computes what eager does
     (before, its results were baked-in fake constants)."""
