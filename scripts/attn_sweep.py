@@ -18,9 +18,10 @@ until start + budget·(i+1)/n; configs past that print "skipped" (the op and Fle
 always run). Default configs: each kernel's tuning candidates as rendered for this
 GPU, plus the *_EXTRA shapes below. Triton's disk cache makes a second run much faster.
 
-The backward is swept one kernel at a time: dK/dV configs with dQ at its default, then
-dQ configs with dK/dV at its default (each row is the whole backward launcher:
-preprocess, block maps, dK/dV, dQ).
+The backward is swept one kernel at a time: each dK/dV config is checked with the whole
+backward (dQ at its default) and then its kernel is timed alone; likewise each dQ
+config. Kernel rows count the FLOPs that kernel executes (dK/dV: S, dP, dV, dK; dQ: S,
+dP, dQ); the whole-backward rows count FlexAttention's 2.5x the forward.
 """
 
 from __future__ import annotations
@@ -154,9 +155,10 @@ class Sweep:
 
     # ---- rows ---------------------------------------------------------------------------
 
-    def row(self, label: str, run, flops: float, check, always: bool = False
-            ) -> float | None:
-        """Run once, check, time; print one line. The time in us, or None."""
+    def row(self, label: str, run, flops: float, check, always: bool = False,
+            timed=None) -> float | None:
+        """Run once, check, time `timed` (default: run); print one line. The time in us,
+        or None."""
         if not always and time.monotonic() > self.deadline:
             print(f"  {label:<26} skipped (--budget-s spent)", flush=True)
             return None
@@ -164,7 +166,7 @@ class Sweep:
             run()
             torch.cuda.synchronize()
             err = check()
-            us = _bench_us(run, self.args.warmup_ms, self.args.rep_ms)
+            us = _bench_us(timed or run, self.args.warmup_ms, self.args.rep_ms)
         except Exception as error:  # noqa: BLE001 - a config that cannot run is n/a
             print(f"  {label:<26} n/a  ({_short(error)})", flush=True)
             torch.cuda.empty_cache()
@@ -202,15 +204,26 @@ class Sweep:
             return
         self.forward(fwd_mod.DEFAULT_CONFIG)  # out and lse the backward reads
         dkdv0, dq0 = bwd_mod.DEFAULT_DKDV, bwd_mod.DEFAULT_DQ
-        print(f"  backward: dK/dV configs, dQ at {dq0}")
-        dkdv_best = self.best([(c, self.row(f"dkdv {c}", lambda c=c: self.backward(c, dq0),
-                                            self.bwd_flops, self.check_backward))
-                               for c in _configs(args.dkdv, bwd_mod, "TUNE_DKDV",
-                                                 DKDV_EXTRA)])
-        print(f"  backward: dQ configs, dK/dV at {dkdv0}")
-        dq_best = self.best([(c, self.row(f"dq {c}", lambda c=c: self.backward(dkdv0, c),
-                                          self.bwd_flops, self.check_backward))
-                             for c in _configs(args.dq, bwd_mod, "TUNE_DQ", DQ_EXTRA)])
+        # Each kernel timed alone (its launcher: block map lookup or build, launch), after
+        # a check of the whole backward run with it. delta as the preprocess makes it.
+        delta = (self.out.float() * self.dout.float()).sum(-1).reshape(-1, args.seqlen)
+        empty_heads = (torch.zeros(args.batch * args.heads, dtype=torch.int32, device="cuda")
+                       if getattr(bwd_mod, "SPREAD_NAN", False) else delta)
+        q, k, v, dout, lse = self.q, self.k, self.v, self.dout, self.lse
+        print(f"  dK/dV kernel alone (executed FLOPs: 8·d per visible pair); dQ at {dq0}")
+        dkdv_best = self.best([(c, self.row(
+            f"dkdv {c}", lambda c=c: self.backward(c, dq0), 2 * self.fwd_flops,
+            self.check_backward, timed=lambda c=c: bwd_mod._launch_dkdv(
+                c, dout, q, k, v, lse, delta, empty_heads, self.dk, self.dv, self.inputs,
+                None))) for c in _configs(args.dkdv, bwd_mod, "TUNE_DKDV", DKDV_EXTRA)])
+        print(f"  dQ kernel alone (executed FLOPs: 6·d per visible pair); dK/dV at {dkdv0}")
+        dq_best = self.best([(c, self.row(
+            f"dq {c}", lambda c=c: self.backward(dkdv0, c), 1.5 * self.fwd_flops,
+            self.check_backward, timed=lambda c=c: bwd_mod._launch_dq(
+                c, dout, q, k, v, lse, delta, self.dq, self.inputs, [], None)))
+            for c in _configs(args.dq, bwd_mod, "TUNE_DQ", DQ_EXTRA)])
+        self.row("whole bwd at the defaults", lambda: self.backward(dkdv0, dq0),
+                 self.bwd_flops, self.check_backward)
         if fwd_best and dkdv_best and dq_best:
             print(f"  best: fwd {fwd_best}, dkdv {dkdv_best}, dq {dq_best}")
             self.row("fwd+bwd at the best", lambda: (self.forward(fwd_best),
