@@ -214,10 +214,11 @@ def scan_chunk_candidates(
         registers  block_d·N / (32·num_warps) <= ACCUMULATOR_REGISTERS / 2
                    (the fp32 state, and as much again for the discretised dA, dB·u)
     Order: the scan is latency-bound, not bandwidth-bound (docs/kernels.md, measured
-    on an H100: (4, 32, 1) 232 µs, (8, 16, 1) 260 µs, (32, 16, 4) 853 µs), so more
-    programs first: one warp per program, then 2-4 states per thread (fewer means
-    16-lane reductions over N, more means fewer programs), then chunks of 32 steps
-    (fewer chunk-boundary waits; 64 costs occupancy), then fewer channels per program,
+    on an H100 with the inputs double-buffered in registers: (8, 16, 1) 197 µs,
+    (4, 16, 1) 202 µs, (4, 32, 1) 334 µs, (16, 16, 2) 397 µs), so more programs first:
+    one warp per program, then 2-4 states per thread (fewer means 16-lane reductions
+    over N, more means fewer programs), then chunks of 16 steps (double-buffered longer
+    chunks cost registers and occupancy), then the most states per thread within 2-4,
     then 2-3 stages. B and C re-reads per channel block (`selective_scan_cost(
     block_d=...)`) hit L2 and do not decide it.
     """
@@ -238,7 +239,7 @@ def scan_chunk_candidates(
         block_d, chunk, warps, stages = t
         per_thread = block_d * d_state / (32 * warps)
         states = 0 if 2 <= per_thread <= 4 else abs(math.log2(per_thread / 3))
-        return (warps, states, abs(math.log2(chunk / 32)), block_d, abs(stages - 2.5), stages)
+        return (warps, states, abs(math.log2(chunk / 16)), -block_d, abs(stages - 2.5), stages)
 
     ranked = sorted(pipelined or fits, key=rank)
     return ranked if limit is None else ranked[:limit]

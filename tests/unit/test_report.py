@@ -234,10 +234,10 @@ def test_rewrites_show_and_are_priced_at_the_profiles_tile(
     assert "tiles=" in _run_report(capsys, "gpt", "--device", "h100")
     report = json.loads(_run_report(capsys, "mamba", "--device", "h100", "--json"))
     scans = [r for r in report["regions"] if r["kind"] == "scan" and r["status"] == "rewritten"]
-    # mamba's small config: d_state 8, fp32; 8 channels x 8 states = 2 per thread
+    # mamba's small config: d_state 8, fp32; 16 channels x 8 states = 4 per thread
     assert scans and all(r["detail"]["op"] == "selective_scan" for r in scans)
     assert all(r["detail"]["tiles"] == scan_tile(PROFILES["h100"], 8, 4)
-               == {"block_d": 8, "chunk": 32, "num_warps": 1, "num_stages": 2} for r in scans)
+               == {"block_d": 16, "chunk": 16, "num_warps": 1, "num_stages": 2} for r in scans)
 
 
 def test_rewritten_regions_carry_their_dram_bytes() -> None:
