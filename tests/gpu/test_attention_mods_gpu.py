@@ -1,9 +1,9 @@
 """ioaware::attention with masks, score mods, inputs and dropout, compiled on a CUDA GPU.
 
 The variants of tests/interp/test_attention_mods.py at GPU sizes (ragged N up to 1000,
-head dim 64 and 128, fp32 and bf16, autotuned configs), against the same torch
-attention in float64 on the GPU; plus the property the block map exists for: the
-kernels' memory stays linear in N.
+head dim 64 and 128, fp32 and bf16; N = 1100 for the launchers' tile tuning), against
+the same torch attention in float64 on the GPU; plus the property the block map exists
+for: the kernels' memory stays linear in N.
 """
 
 from __future__ import annotations
@@ -60,8 +60,22 @@ def _variant(name: str, batch: int, heads: int, n: int, gen: torch.Generator):
                                      ("document", 64), ("padding_bias", 128),
                                      ("softcap", 64)])
 def test_variants_match_eager_on_gpu(name, d, semantics, dtype):
+    _check_variant(name, d, semantics, dtype, 1000)
+
+
+@pytest.mark.parametrize("name", ["padding_bias", "sliding_window"])
+def test_tuned_tiles_match_eager_on_the_tuning_call_and_after(name):
+    """Above TUNE_MIN_SCORES (1100² scores) the first call times every candidate tile of
+    the forward, dK/dV and dQ, each with its own block map; the dQ trials add into the
+    learned bias's gradient atomically, which must be reset before the real launch. The
+    tuning call and the next (a cache lookup) both match eager."""
+    for _ in range(2):
+        _check_variant(name, 128, "neg_inf", torch.float32, 1100)
+
+
+def _check_variant(name, d, semantics, dtype, n):
     gen = torch.Generator(device="cuda").manual_seed(0)
-    batch, heads, h_kv, n = 2, 4, 2, 1000
+    batch, heads, h_kv = 2, 4, 2
     mask, mask_fn, mod, mod_fn, named = _variant(name, batch, heads, n, gen)
     fill = torch.finfo(dtype).min if semantics == "add" else float("-inf")
     inputs = tuple(TensorInput(k, t.dim(), str(t.dtype)[6:], rg) for k, (t, rg) in named.items())
