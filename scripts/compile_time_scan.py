@@ -70,6 +70,7 @@ class Phases:
         self.calls: dict[str, int] = {}
         self.current: list[tuple[str, float]] = []
         self.nodes: list[tuple[int, int]] = []  # (dynamo's, canonical) per graph
+        self.graphs: list = []  # the canonical graphs, rewritten
         self.lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -107,6 +108,7 @@ def instrument() -> None:
     def counted(gm, example_inputs):
         canon = canonicalize(gm, example_inputs)
         PHASES.nodes.append((len(gm.graph.nodes), len(canon.graph.nodes)))
+        PHASES.graphs.append(canon)  # the passes rewrite it in place
         return canon
 
     capture.canonicalize = counted
@@ -241,7 +243,24 @@ def report(first: float | None, second: float | None, rewrites: int) -> str:
     if p.nodes:
         lines.append("  nodes per graph (dynamo's → canonical): "
                      + ", ".join(f"{a} → {b}" for a, b in p.nodes))
+    if p.graphs and first is not None:
+        lines.append("  what the rewritten graphs hand on: " + ", ".join(
+            f"{k} {v}" for k, v in sorted(_scan_ops_left(p.graphs).items())))
     return "\n".join(lines)
+
+
+def _scan_ops_left(graphs: list) -> dict[str, int]:
+    """Scan-related ops left in the rewritten graphs: ours, and what Inductor would lower
+    to a scan kernel of its own (an associative_scan left whole, cumsum/cumprod)."""
+    counts: dict[str, int] = {}
+    for gm in graphs:
+        for n in gm.graph.nodes:
+            name = str(n.target)
+            if n.op == "call_function" and any(
+                    k in name for k in ("ioaware", "associative_scan", "cumprod", "cumsum")):
+                key = name + " (unused)" * (not n.users)
+                counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def _profile_top(prof: cProfile.Profile, n: int = 25) -> str:
