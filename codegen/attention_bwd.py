@@ -561,26 +561,34 @@ def _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, stride_qm, strid
         else:
             start_m = it
         rows = start_m + offs_m
-        lse = tl.load(lse_ptr + rows, mask=rows < N_Q, other=0.0)
+        # MASKED=False: whole query tiles (the map's full tiles are whole), no bounds masks
+        if MASKED:
+            lse = tl.load(lse_ptr + rows, mask=rows < N_Q, other=0.0)
+        else:
+            lse = tl.load(lse_ptr + rows)
         go = True
         if EMPTY_ROWS:
             empty = (lse < EMPTY_LSE) & (rows < N_Q)
             go = _any(empty)
         if go:
             q = _load_rows(q_ptrs + start_m * stride_qm, rows, N_Q, offs_d, HEAD_DIM, EVEN_D,
-                           True)
-            delta = tl.load(delta_ptr + rows, mask=rows < N_Q, other=0.0)
+                           MASKED)
+            if MASKED:
+                delta = tl.load(delta_ptr + rows, mask=rows < N_Q, other=0.0)
+            else:
+                delta = tl.load(delta_ptr + rows)
             s_t = _mm(k, tl.trans(q))  # [BLOCK_N, BLOCK_M]
             z_t, visible_t, nat_t = _logits(s_t, b, h, rows[None, :], kv_i, N_Q, N_K${inputs},
                                             MASKED, EMPTY_ROWS)
-            z_t = tl.where(rows[None, :] < N_Q, z_t, float("-inf"))
+            if MASKED:
+                z_t = tl.where(rows[None, :] < N_Q, z_t, float("-inf"))
             if EMPTY_ROWS:
                 p_t = tl.math.exp2((z_t - FILL_Z) - _empty_rel(lse, N_K)[None, :])
                 p_t = tl.where(empty[None, :], p_t, 0.0)
             else:
                 p_t = tl.math.exp2(z_t - _lse2(lse)[None, :])
             do = _load_rows(do_ptrs + start_m * stride_dom, rows, N_Q, offs_dv, HEAD_DIM_V,
-                            EVEN_DV, True)
+                            EVEN_DV, MASKED)
             dp_t = _mm(v, tl.trans(do))
             if DROPOUT:
                 keep_t = _keep(seed, seed_offset, b, h, rows[None, :], kv_i, H_Q, N_Q, N_K)
@@ -713,9 +721,11 @@ def _kv_sweep(dq, q, do, lse2, delta, empty, k_ptrs, v_ptrs, stride_kn, stride_v
         else:
             start_n = it
         cols = start_n + offs_n
-        k = _load_rows(k_ptrs + start_n * stride_kn, cols, N_K, offs_d, HEAD_DIM, EVEN_D, True)
+        # MASKED=False: whole key tiles, no bounds masks
+        k = _load_rows(k_ptrs + start_n * stride_kn, cols, N_K, offs_d, HEAD_DIM, EVEN_D,
+                       MASKED)
         v = _load_rows(v_ptrs + start_n * stride_vn, cols, N_K, offs_dv, HEAD_DIM_V, EVEN_DV,
-                       True)
+                       MASKED)
         s = _mm(q, tl.trans(k))
         z, visible, nat = _logits(s, b, h, q_i, cols[None, :], N_Q, N_K${inputs}, MASKED,
                                   EMPTY_ROWS)
@@ -730,7 +740,10 @@ def _kv_sweep(dq, q, do, lse2, delta, empty, k_ptrs, v_ptrs, stride_kn, stride_v
         dlogit = p * (dp - delta[:, None])
         if MASKED and not ADD_FILL:
             dlogit = tl.where(visible, dlogit, 0.0)
-        dlogit = tl.where((q_i < N_Q) & (cols[None, :] < N_K), dlogit, 0.0)
+        if MASKED or HAS_MOD:
+            # Rows past Nq (a ragged last query block) give dlogit = P·0 without a score
+            # mod; a mod's P there may overflow, and its input gradients are atomic adds.
+            dlogit = tl.where((q_i < N_Q) & (cols[None, :] < N_K), dlogit, 0.0)
         if HAS_MOD:
             score = s * SCALE
             _input_grads(dlogit, score, b, h, q_i, cols[None, :], N_Q, N_K${inputs}${grads})
