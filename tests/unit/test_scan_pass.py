@@ -114,6 +114,24 @@ def test_mamba_loop_becomes_one_selective_scan(readout):
     assert rewrites[0].hbm_bytes_after < rewrites[0].hbm_bytes_before
 
 
+def test_region_cost_prices_repeated_steps_once_and_counts_them():
+    """An unrolled loop's before-cost, priced once per distinct node and multiplied, is the
+    plain sum of every node's cost (compile time, issue 4: L matmul costs were L sympy
+    evaluations)."""
+    from ioaware import cost
+
+    gm = canonical(mamba_loop("matmul"), *mamba_inputs(length=9))
+    nodes = [n for n in gm.graph.nodes if n.op == "call_function"]
+    keys = {scan._cost_key(n) for n in nodes}
+    assert len(keys) < len(nodes) / 3  # 9 steps share their keys
+    plain = sum((c for n in nodes if (c := cost.node_cost(n)) is not None), cost.Cost.zero())
+    grouped = scan.region_cost(nodes)
+    for field in ("read_bytes", "write_bytes", "flops", "transcendentals", "tensor_flops",
+                  "l2_spill_bytes", "sram_bytes", "l2_working_set"):
+        diff = getattr(grouped, field) - getattr(plain, field)
+        assert diff == 0 or diff.simplify() == 0, field
+
+
 @pytest.mark.parametrize(("skip", "gate"), [(False, False), (True, False), (False, True)])
 def test_skip_and_gate_are_fused_only_when_present(skip, gate):
     rewrites, _, gm = check(mamba_loop("sum", skip, gate), *mamba_inputs(), op="selective_scan")
