@@ -3,6 +3,7 @@
     python scripts/attn_sweep.py [--kinds sliding_window,document,alibi] [--no-bwd]
                                  [--no-flex] [--no-op] [--budget-s 220]
                                  [--fwd 'BM,BN,W,S;...'] [--dkdv ...] [--dq ...]
+    python scripts/attn_sweep.py --host      (host time per call only, `host_times`)
 
 Needs a CUDA GPU. For each mask kind of `ioaware bench attention --mask KIND` (B=2,
 H=16, N=8192, d=128, bf16, causal), the rendered forward and backward modules are
@@ -295,6 +296,55 @@ class Sweep:
                  lambda: _rel_err((q.grad, k.grad, v.grad), self.want[1:]), always=True)
 
 
+def host_times(kinds: list[str], calls: int = 300) -> None:
+    """Per-call wall time at a tiny size (B=1, H=2, N=256, d=128): each launch's GPU work
+    is a few microseconds, far less than issuing it, so the time per call is the host
+    path (Python, torch's op dispatch and autograd, Triton's launches), the part that
+    shows when a call's host time exceeds its kernels' time."""
+    from ioaware.bench import AttentionProblem
+    from ioaware.bench_masks import _spec, alibi_slopes, document_ids
+    from ioaware.codegen import ops
+
+    problem = AttentionProblem(1, 2, 256, 128, torch.bfloat16, causal=True)
+    q, k, v, dout = (torch.randn(1, 2, 256, 128, device="cuda", dtype=torch.bfloat16)
+                     for _ in range(4))
+    qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
+
+    def per_call_us(fn) -> float:
+        for _ in range(20):
+            fn()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - start) / calls * 1e6
+
+    def sdpa(q_, k_, v_):
+        return torch.nn.functional.scaled_dot_product_attention(q_, k_, v_, is_causal=True)
+
+    print("\nhost time per call (us), B=1 H=2 N=256 d=128 bf16 causal:")
+    print(f"  {'':<16} {'fwd no_grad':>12} {'fwd (grad)':>12} {'fwd+bwd':>12}")
+    rows = [("sdpa (causal)", sdpa)]
+    for kind in kinds:
+        extra = (alibi_slopes(2, "cuda") if kind == "alibi"
+                 else document_ids(1, 256, "cuda") if kind == "document" else None)
+        spec, inputs = _spec(kind, problem), [] if extra is None else [extra]
+        rows.append((kind, lambda q_, k_, v_, spec=spec, inputs=inputs:
+                     ops.attention(q_, k_, v_, spec, inputs)))
+    for name, fn in rows:
+        def no_grad(fn=fn) -> None:
+            with torch.no_grad():
+                fn(q, k, v)
+
+        def fwd_bwd(fn=fn) -> None:
+            fn(qg, kg, vg).backward(dout)
+
+        times = [per_call_us(no_grad), per_call_us(lambda fn=fn: fn(qg, kg, vg)),
+                 per_call_us(fwd_bwd)]
+        print(f"  {name:<16} " + " ".join(f"{t:12.1f}" for t in times), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     from ioaware.bench_masks import MASK_KINDS
 
@@ -317,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention")
     parser.add_argument("--budget-s", type=float, default=220.0,
                         help="wall seconds after which remaining configs are skipped")
+    parser.add_argument("--host", action="store_true",
+                        help="only the host time per call at a tiny size (no sweep)")
     parser.add_argument("--warmup-ms", type=float, default=10.0)
     parser.add_argument("--rep-ms", type=float, default=40.0)
     args = parser.parse_args(argv)
@@ -331,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"torch {torch.__version__}, triton {triton.__version__}, "
           f"{torch.cuda.get_device_name()}")
+    if args.host:
+        host_times(kinds)
+        return 0
     start = time.monotonic()
     for i, kind in enumerate(kinds):
         Sweep(kind, args, start + args.budget_s * (i + 1) / len(kinds)).sweep()
