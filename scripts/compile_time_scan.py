@@ -75,16 +75,24 @@ class Phases:
 
     @contextlib.contextmanager
     def timed(self, name: str):
+        """Time `name`; a call inside a phase is named after it ("triton.compile in
+        inductor"), and a phase re-entered (compile_fx calls itself) counts once."""
         start = time.perf_counter()
         with self.lock:
+            outer = [n for n, _ in self.current]
+            if name.endswith(" in"):
+                name = f"{name} {outer[-1] if outer else 'none'}"
+            nested = name in outer
             self.current.append((name, start))
         try:
             yield
         finally:
             with self.lock:
                 self.current.pop()
-                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-                self.calls[name] = self.calls.get(name, 0) + 1
+                if not nested:
+                    elapsed = time.perf_counter() - start
+                    self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
+                    self.calls[name] = self.calls.get(name, 0) + 1
 
     def wrap(self, name: str, fn):
         @functools.wraps(fn)
@@ -142,21 +150,22 @@ def instrument() -> None:
 
 
 def _instrument_triton() -> None:
-    """Triton compiles and autotuning in this process (our kernels; Inductor's compile in
-    worker processes and show only inside 'inductor')."""
+    """Triton compiles and autotuning in this process, named after the phase they happen
+    in (ours in 'first run'; Inductor's in 'inductor', or in its worker processes, which
+    only 'inductor' itself shows)."""
     try:
         import triton
         import triton.compiler
         from triton.runtime import autotuner
     except ImportError:
         return
-    timed_compile = PHASES.wrap("triton.compile", triton.compiler.compile)
+    timed_compile = PHASES.wrap("triton.compile in", triton.compiler.compile)
     # JITFunction binds `compile` when a kernel is defined; ours are defined at first use
     triton.compiler.compile = timed_compile
     if getattr(triton, "compile", None) is not None:
         triton.compile = timed_compile
     if hasattr(autotuner.Autotuner, "run"):
-        autotuner.Autotuner.run = PHASES.wrap("triton autotune", autotuner.Autotuner.run)
+        autotuner.Autotuner.run = PHASES.wrap("triton autotune in", autotuner.Autotuner.run)
 
 
 def force_combine_mode(mode: str) -> None:
@@ -227,9 +236,9 @@ def report(first: float | None, second: float | None, rewrites: int) -> str:
     lines.append(f"  {'backend rest':28s}{backend_s - inside:9.2f} s")
     lines.append(f"  {'inductor (compile_fx)':28s}{p.get('inductor'):9.2f} s")
     lines.append(f"  {'first run':28s}{p.get('first run'):9.2f} s")
-    for k in ("triton.compile", "triton autotune"):
-        if k in p.seconds:
-            lines.append(f"  {'  of which ' + k:28s}{p.get(k):9.2f} s   ({p.calls[k]} calls)")
+    for k in sorted(p.seconds):
+        if k.startswith("triton"):
+            lines.append(f"  {'  ' + k:28s}{p.get(k):9.2f} s   ({p.calls[k]} calls)")
     if first is not None:
         lines.append(f"  {'first call, total':28s}{first:9.2f} s")
     if second is not None:
@@ -266,7 +275,10 @@ def _scan_ops_left(graphs: list) -> dict[str, int]:
 def _profile_top(prof: cProfile.Profile, n: int = 25) -> str:
     prof.disable()
     out = io.StringIO()
-    pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(n)
+    stats = pstats.Stats(prof, stream=out).sort_stats("cumulative")
+    stats.print_stats(n)
+    print("ioaware's own functions:", file=out)
+    stats.print_stats(r"/(ioaware|passes|codegen)/", 15)
     return out.getvalue()
 
 
