@@ -195,6 +195,24 @@ def force_combine_mode(mode: str) -> None:
     hop.associative_scan = forced
 
 
+def force_assoc_branch() -> None:
+    """Make transformers' Mamba take its associative_scan branch under dynamo.
+
+    Its gate (`is_torch_greater_or_equal("2.9.0")` to import the op, then
+    `is_torchdynamo_compiling() and not is_torchdynamo_exporting()`) is evaluated inside
+    the traced frame. On the GPU machine (torch 2.11, transformers 5.23) the traced
+    graph of `use_associative_scan=True` held no associative_scan and one matmul per step:
+    the loop branch. Here the version test is answered once, eagerly, and the two dynamo
+    tests by torch.compiler itself, so the branch is what the config asks for."""
+    from transformers.models.mamba import modeling_mamba as mm
+
+    at_least = {v: mm.is_torch_greater_or_equal(v) for v in ("2.9.0",)}
+    mm.is_torch_greater_or_equal = lambda v, accept_dev=False: at_least.get(v, True)
+    mm.is_torchdynamo_compiling = torch.compiler.is_compiling
+    mm.is_torchdynamo_exporting = lambda: False
+    mm.is_mambapy_available = lambda: False
+
+
 def build(layers: int, hidden: int, assoc: bool) -> torch.nn.Module:
     cfg = transformers.MambaConfig(
         num_hidden_layers=layers, hidden_size=hidden, state_size=16,
@@ -326,6 +344,9 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--combine-mode", choices=["auto", "pointwise", "generic"], default="auto",
                    help="associative_scan's combine_mode (auto: transformers' choice)")
+    p.add_argument("--force-assoc-branch", action="store_true",
+                   help="answer transformers' associative_scan gate outside dynamo "
+                        "(torch 2.11 took the loop branch under dynamo)")
     p.add_argument("--budget", type=float, default=600.0, help="wall limit in seconds")
     p.add_argument("--profile", action="store_true", help="cProfile top-25 of the first call")
     p.add_argument("--dynamo-alone", action="store_true",
@@ -335,6 +356,8 @@ def main() -> None:
 
     if args.combine_mode != "auto":
         force_combine_mode(args.combine_mode)
+    if args.force_assoc_branch:
+        force_assoc_branch()
     torch.manual_seed(0)
     model = build(args.layers, args.hidden, args.path == "assoc").to(args.device).eval()
     ids = torch.randint(0, 256, (1, args.length), device=args.device)
