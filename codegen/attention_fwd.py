@@ -490,6 +490,8 @@ def choose_config(kernel, configs, default, device, n_q, n_k, trial, reset=None)
     if config is None:
         from triton.testing import do_bench
 
+        maps = globals().get("_STATIC_MAPS", {})
+        before = set(maps)
         best_ms = float("inf")
         for candidate in configs:
             try:
@@ -501,6 +503,11 @@ def choose_config(kernel, configs, default, device, n_q, n_k, trial, reset=None)
                 config, best_ms = candidate, ms
         # Nothing ran: the default's own launch reports why.
         config = _CHOSEN[key] = config or default
+        # Static block maps the losing tiles' trials built are not kept (at long N they
+        # are tens of MB); maps from before the trials may be read by captured graphs.
+        for map_key in set(maps) - before:
+            if map_key[4:6] != config[:2]:
+                del maps[map_key]
         if reset is not None:
             reset()
     return config'''

@@ -574,8 +574,8 @@ def test_a_static_block_map_is_built_once_per_tile():
 
 def test_tuner_takes_the_fastest_config_once_per_size_class(monkeypatch):
     """The launchers' tuner: the fastest config that runs (one that cannot run is
-    passed over), chosen once per power-of-two size class, and what the trials added
-    atomically is reset after them."""
+    passed over), chosen once per power-of-two size class; what the trials added
+    atomically is reset after them, and the block maps only losing trials built go."""
     import triton.testing
 
     from ioaware.codegen.attention_fwd import TUNER
@@ -587,13 +587,17 @@ def test_tuner_takes_the_fastest_config_once_per_size_class(monkeypatch):
         fn()
         return times[trials[-1]]
 
+    # static block maps keyed (b, h, Nq, Nk, BLOCK_M, BLOCK_N, kv_major, device)
+    maps = {(1, 1, 100, 100, 32, 32, False, "cuda:0"): "built before"}
+
     def trial(config):
         trials.append(config)
+        maps[(1, 1, 100, 100, *config[:2], False, "cuda:0")] = "built by a trial"
         if config == (128, 128, 8, 3):
             raise RuntimeError("out of resources: shared memory")
 
     monkeypatch.setattr(triton.testing, "do_bench", fake_bench)
-    module: dict = {"INTERPRET": False, "TUNE_MIN_SCORES": 1024}
+    module: dict = {"INTERPRET": False, "TUNE_MIN_SCORES": 1024, "_STATIC_MAPS": maps}
     exec(TUNER, module)  # noqa: S102 - the tuner is module text, run as the modules run it
     choose = module["choose_config"]
     configs = [(64, 64, 4, 2), (128, 128, 8, 3), (128, 64, 8, 2)]
@@ -601,6 +605,8 @@ def test_tuner_takes_the_fastest_config_once_per_size_class(monkeypatch):
     assert choose("dq", configs, default, "cuda:0", 100, 100, trial,
                   lambda: resets.append(1)) == (128, 64, 8, 2)
     assert len(trials) == 3 and resets == [1]
+    # the losers' maps are dropped, the winner's and older ones kept
+    assert {k[4:6] for k in maps} == {(32, 32), (128, 64)}
     # the same size class: a lookup, no trials
     assert choose("dq", configs, default, "cuda:0", 120, 90, trial) == (128, 64, 8, 2)
     assert len(trials) == 3
