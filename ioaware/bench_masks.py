@@ -152,8 +152,8 @@ def visible_fraction(kind: str, problem: AttentionProblem, extra: torch.Tensor) 
 
 
 def bench_masked(kind: str, batch: int = 2, heads: int = 16, seqlen: int = 8192,
-                 head_dim: int = 128, dtype: str = "bf16", *, warmup_ms: float = 25,
-                 rep_ms: float = 100, skip_slow: bool = False,
+                 head_dim: int = 128, dtype: str = "bf16", vs=("sdpa", "eager", "compile", "flex"),
+                 *, warmup_ms: float = 25, rep_ms: float = 100, skip_slow: bool = False,
                  progress: Callable[[str], None] = lambda message: None) -> list[BenchRow]:
     """Check then time every variant of one masked problem (see the module docstring)."""
     if kind not in MASK_KINDS:
@@ -201,14 +201,16 @@ def bench_masked(kind: str, batch: int = 2, heads: int = 16, seqlen: int = 8192,
         attn_mask = _materialised(kind, problem, extra, problem.dtype)
         return lambda q_, k_, v_: F.scaled_dot_product_attention(q_, k_, v_, attn_mask=attn_mask)
 
+    vs = set(vs)
     builders: list[tuple[str, Callable[[], Attention]]] = [
         ("ioaware kernel", lambda: lambda q_, k_, v_: ops.attention(q_, k_, v_, spec, inputs)),
         ("ioaware.compile(eager)", lambda: ioaware.compile(plain)),
-        ("flex_attention", lambda: _flex(kind, problem, extra)),
-        ("sdpa[materialised mask]", sdpa_materialised),
-        ("torch.compile(eager)", lambda: torch.compile(plain)),
     ]
-    if not skip_slow:
+    baselines = [("flex", "flex_attention", lambda: _flex(kind, problem, extra)),
+                 ("sdpa", "sdpa[materialised mask]", sdpa_materialised),
+                 ("compile", "torch.compile(eager)", lambda: torch.compile(plain))]
+    builders += [(name, build) for key, name, build in baselines if key in vs]
+    if "eager" in vs and not skip_slow:
         builders.append(("eager", lambda: plain))
     # FLOPs of the visible pairs only: scale the problem's causal count to the density
     scale = density / 0.5

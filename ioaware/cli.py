@@ -428,7 +428,7 @@ def _cmd_bench_masked(options: argparse.Namespace) -> int:
 
     rows = bench_masked(
         options.mask, options.batch, options.heads, options.seqlen, options.head_dim,
-        options.dtype, warmup_ms=options.warmup, rep_ms=options.rep,
+        options.dtype, options.vs, warmup_ms=options.warmup, rep_ms=options.rep,
         skip_slow=options.skip_slow,
         progress=_bench_progress,
     )
