@@ -47,8 +47,12 @@ MATMULS = (
 COPY_BYTES = 2**30
 # (rows, cols) bf16: 16 KB rows, one 1024-thread CTA each, two per SM on sm80/sm90.
 SOFTMAX_SHAPE = (16384, 8192)
-# (batch, channels, length, d_state), bf16, softplus on, no D, z, bias: ~0.2 ms on an H100.
-SCAN_SHAPE = (2, 1024, 4096, 16)
+# (batch, channels, length, d_state), bf16, softplus on, no D, z, bias. The scan is
+# latency-bound: its efficiency grows with the warps resident per SM until about 6 (H100,
+# 2026-11-22: 0.13 at 2 x 1024 channels, ~2 warps per SM; 0.46 at 4 x 1536, ~6; 0.43 at
+# 8 x 2048, ~16), so it is measured where the GPU is full (4 x 4096 channels: ~16 warps
+# per SM), a shape of its own; shapes with fewer programs run slower than modelled.
+SCAN_SHAPE = (4, 4096, 1024, 16)
 WARMUP, REPEATS = 3, 10
 
 
