@@ -88,11 +88,20 @@ def matmul_rate(dtype: torch.dtype, n: int, allow_tf32: bool) -> float:
     return 2 * n**3 / seconds
 
 
-def copy_bandwidth(nbytes: int) -> float:
-    """Bytes/s of a device-to-device copy of `nbytes`, counting the read and the write."""
+def copy_bandwidth(nbytes: int, back_to_back: int = 1) -> float:
+    """Bytes/s of a device-to-device copy of `nbytes`, counting the read and the write.
+
+    back_to_back copies are timed as one op: a small (L2-resident) copy takes a few µs,
+    the same order as a launch, so timing each alone measures the launch, not L2."""
     src = torch.empty(nbytes // 4, device="cuda", dtype=torch.float32).uniform_()
     dst = torch.empty_like(src)
-    return 2 * src.nbytes / time_op(lambda: dst.copy_(src), repeats=max(REPEATS, 20))
+
+    def copies() -> None:
+        for _ in range(back_to_back):
+            dst.copy_(src)
+
+    seconds = time_op(copies, repeats=max(REPEATS, 20))
+    return 2 * src.nbytes * back_to_back / seconds
 
 
 def memory_latency(bandwidth: float, num_sms: int) -> float | None:
@@ -164,7 +173,7 @@ def measure_profile(name: str, progress: Callable[[str], None] = lambda _: None
     l2_bandwidth = None
     if l2_bytes:
         progress(f"copy {format_bytes(l2_bytes // 4)} (L2-resident)")
-        l2_bandwidth = copy_bandwidth(l2_bytes // 4)
+        l2_bandwidth = copy_bandwidth(l2_bytes // 4, back_to_back=50)
     sram_per_sm = _property(props, "shared_memory_per_multiprocessor",
                             "max_shared_memory_per_multiprocessor", default=0)
     progress(f"softmax {SOFTMAX_SHAPE[0]}x{SOFTMAX_SHAPE[1]} (memory latency)")

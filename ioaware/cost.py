@@ -525,10 +525,26 @@ def _softmax(node: fx.Node) -> Cost:
 
 # PyTorch's CUDA softmax over a contiguous last dim (aten/src/ATen/native/cuda/SoftMax.cu):
 # rows of at most 1024 elements and 4 KB go to a warp-per-row kernel that packs many rows
-# into a CTA; longer rows get one CTA each, min(cols, 1024) threads, with 48 KB of
-# dynamic shared memory. An SM holds 2048 threads (sm80, sm90) and 4 such CTAs.
+# into a CTA; longer rows get one CTA each (SoftMax_getBlockSize: ILP = 16 bytes / itemsize
+# elements a thread loads at once; threads = min(cols / ILP, 1024), halved when ILP > 1,
+# rounded up to a power of two, at least a warp). A row that fits is staged in shared
+# memory. An SM holds 2048 threads and 32 CTAs (sm80, sm90) and ~227 KB of shared memory.
 SOFTMAX_WARP_ROW_LIMIT = (1024, 4096)  # (elements, bytes)
-SOFTMAX_MAX_THREADS, THREADS_PER_SM, SOFTMAX_CTAS_PER_SM_BY_SMEM = 1024, 2048, 4
+SOFTMAX_MAX_THREADS, THREADS_PER_SM, CTAS_PER_SM = 1024, 2048, 32
+SHARED_MEMORY_PER_SM = 227 * 1024
+SOFTMAX_STAGED_ROW_LIMIT = 48 * 1024  # rows up to the default dynamic shared memory
+
+
+def softmax_threads(cols: int, itemsize: int) -> int:
+    """Threads of PyTorch's one-CTA-per-row softmax for rows of `cols` elements."""
+    ilp = max(1, 16 // itemsize)
+    most = min(cols // ilp, SOFTMAX_MAX_THREADS)
+    if ilp > 1:
+        most //= 2
+    threads = 1
+    while threads < most:
+        threads *= 2
+    return max(threads, 32)
 
 
 def softmax_row_waves(rows: Size, cols: Size, itemsize: int) -> sympy.Expr:
@@ -536,9 +552,10 @@ def softmax_row_waves(rows: Size, cols: Size, itemsize: int) -> sympy.Expr:
     warp-per-row kernel takes (or a symbolic row length, which the model cannot place).
 
     A CTA loads its row, reduces it twice (max, then sum of exp) and writes it; nothing
-    else runs in it while the load is in flight, and only NUM_SMS·k rows are in flight
-    (k = min(2048 // threads, 4) CTAs per SM, threads = min(cols, 1024) rounded up to a
-    warp), so each wave of rows waits one round trip the others do not hide:
+    else runs in it while the load is in flight, and only NUM_SMS·k rows are in flight,
+        k = min(2048 // threads, 32, 227 KB // row bytes)      (threads: softmax_threads;
+                                           the last term only for rows staged, <= 48 KB)
+    so each wave of rows waits one round trip the others do not hide:
         waves = ceil(rows / (NUM_SMS·k))
     Each costs the profile's `memory_latency` on top of the bandwidth time."""
     cols = sym(cols)
@@ -547,8 +564,11 @@ def softmax_row_waves(rows: Size, cols: Size, itemsize: int) -> sympy.Expr:
     elements, nbytes = SOFTMAX_WARP_ROW_LIMIT
     if int(cols) <= elements and int(cols) * itemsize <= nbytes:
         return sympy.S.Zero
-    threads = -(-min(int(cols), SOFTMAX_MAX_THREADS) // 32) * 32
-    per_sm = max(1, min(THREADS_PER_SM // threads, SOFTMAX_CTAS_PER_SM_BY_SMEM))
+    threads = softmax_threads(int(cols), itemsize)
+    row_bytes = int(cols) * itemsize
+    staged = row_bytes if row_bytes <= SOFTMAX_STAGED_ROW_LIMIT else 0
+    per_sm = max(1, min(THREADS_PER_SM // threads, CTAS_PER_SM,
+                        SHARED_MEMORY_PER_SM // max(staged, 1)))
     return sympy.ceiling(sym(rows) / (NUM_SMS * per_sm))
 
 

@@ -1026,12 +1026,15 @@ def test_the_matmul_rule_prices_tensor_flops_and_the_spill():
 
 
 @pytest.mark.parametrize("cols, dtype, per_sm", [
-    (4096, torch.bfloat16, 2), (2048, torch.bfloat16, 2), (8192, torch.float32, 2),
-    (600, torch.float64, 3),
+    (4096, torch.bfloat16, 8), (2048, torch.bfloat16, 16), (8192, torch.float32, 4),
+    (600, torch.float64, 8), (16384, torch.float32, 4),
 ])
 def test_long_softmax_rows_run_one_cta_each_in_waves(cols, dtype, per_sm):
-    # PyTorch gives rows over 1024 elements or 4 KB one CTA of min(cols, 1024) threads
-    # (rounded up to a warp); an SM holds 2048 threads: 2 CTAs of 1024, 3 of 608
+    # PyTorch gives rows over 1024 elements or 4 KB one CTA each, of `threads` = the power
+    # of two at or above min(cols / ILP, 1024) / 2, ILP = 16 bytes / itemsize; an SM holds
+    # 2048 threads: 4096 bf16 -> 256 threads, 8 CTAs; 2048 bf16 -> 128, 16; 8192 fp32 ->
+    # 512, 4; 600 fp64 (4.8 KB, ILP 2) -> 256, 8; 16384 fp32 -> 512, 4 (its 64 KB row is
+    # not staged in shared memory, so that does not bind)
     x = torch.randn(4, cols, dtype=dtype)
     c = node_cost(the(trace(lambda t: torch.softmax(t, -1), x), aten._softmax.default))
     assert c.exposed_round_trips == sympy.ceiling(4 / (NUM_SMS * per_sm))
@@ -1046,14 +1049,14 @@ def test_short_softmax_rows_share_a_cta_and_expose_nothing():
 
 
 def test_exposed_round_trips_cost_the_profiles_memory_latency():
-    # the acceptance shape: 65536 rows of 4096 bf16, 264 rows in flight: 249 waves.
-    # With a 1 us round trip: 537 MB / 3.0 TB/s = 357.9 us, + 249 us
+    # the acceptance shape: 65536 rows of 4096 bf16, 256-thread CTAs, 8 per SM: 1056
+    # rows in flight, 63 waves. With a 1 us round trip: 537 MB / 3.0 TB/s = 357.9 us, + 63 us
     rows, cols = 65536, 4096
     c = Cost(read_bytes=rows * cols * 2, write_bytes=rows * cols * 2,
              flops=5 * rows * cols, transcendentals=rows * cols,
              exposed_round_trips=softmax_row_waves(rows, cols, 2))
     assert modelled_time(c, H100, "bf16") == pytest.approx(rows * cols * 4 / 3.0e12)
     timed = dataclasses.replace(H100, memory_latency=1e-6)
-    assert ceilings(c, timed, "bf16")["latency"] == pytest.approx(249e-6)
-    assert modelled_time(c, timed, "bf16") == pytest.approx(rows * cols * 4 / 3.0e12 + 249e-6)
+    assert ceilings(c, timed, "bf16")["latency"] == pytest.approx(63e-6)
+    assert modelled_time(c, timed, "bf16") == pytest.approx(rows * cols * 4 / 3.0e12 + 63e-6)
     assert bound(c, timed, "bf16") == "memory"
