@@ -82,8 +82,6 @@ def within(name: str, model: float, seconds: float) -> None:
 EAGER = [
     ("matmul 8192^3 bf16", torch.mm, lambda: (rand(8192, 8192), rand(8192, 8192)),
      "bfloat16", "compute"),
-    ("matmul 2048^3 bf16 (fits L2)", torch.mm, lambda: (rand(2048, 2048), rand(2048, 2048)),
-     "bfloat16", "compute"),
     ("add 2^27 fp32", torch.add,
      lambda: (rand(2**27, dtype=torch.float32), rand(2**27, dtype=torch.float32)),
      "float32", "memory"),
