@@ -76,42 +76,47 @@ def fits_layout(n_pad: int, block_d: int, block_l: int, warps: int, per_thread: 
             and block_d * n_pad * block_l <= per_thread * 32 * warps)
 
 
-# (BLOCK_D, BLOCK_L, num_warps), fastest first as measured on an H100 at the issue's
-# shape (Bt=4, Dc=1536, L=2048, N=16, bf16; docs/kernels.md "Selective scan"): one-warp
-# programs, 2 to 4 states and 16 steps per thread, inputs double-buffered in registers
-# (REGISTER_PIPELINE): (8, 16, 1) 197 µs, (4, 16, 1) 202 µs. The loop is latency-bound
-# (one or two warps per scheduler), so more programs beat wider ones; with the double
-# buffer, 32 steps per thread costs registers and time ((4, 32, 1) 334 µs, 215 µs without
-# it). The rest serve other state sizes.
-CANDIDATES = [
-    (8, 16, 1), (4, 16, 1), (4, 32, 1), (16, 16, 2), (16, 8, 1), (8, 8, 1), (8, 32, 2),
-    (32, 16, 4), (16, 32, 4), (64, 16, 1), (32, 16, 1), (64, 16, 2), (128, 16, 4), (4, 16, 4),
-    (2, 16, 4), (4, 8, 4), (2, 16, 8), (2, 8, 8), (1, 16, 8), (1, 8, 8),
-]
-
 # Autotune among the first few fitting candidates only: each one is a compile (~1 s on
-# sm90) for every new Spec, and the order above already ranks them.
+# sm90) for every new Spec, and `ioaware.tiles` already ranks them.
 MAX_TUNE_CONFIGS = 4
 
 
 def tile_configs(spec: ScanSpec) -> list[tuple[int, int, int]]:
-    """(BLOCK_D, BLOCK_L, num_warps) candidates for autotuning on a GPU.
+    """(BLOCK_D, BLOCK_L, num_warps) candidates for autotuning on a GPU: the tiles
+    `ioaware.tiles.scan_chunk_candidates` takes from the SRAM and register budget of the
+    present device's profile (the default profile without a GPU), in its order, that
+    also pass the layout rule (`fits_layout`); MAX_TUNE_CONFIGS of them.
 
     The tile is [BLOCK_L, N, BLOCK_D]: L slowest, so each thread scans whole runs of L
     in registers; lanes split N and D, and the y contraction over N crosses few lanes.
+    The order is the latency-bound one measured on an H100 at the issue's shape (Bt=4,
+    Dc=1536, L=2048, N=16, bf16, inputs double-buffered in registers): (8, 16, 1) 197 µs,
+    (4, 16, 1) 202, (4, 32, 1) 334, (16, 16, 2) 397 (docs/kernels.md). The candidates'
+    pipeline stages are not used: this kernel double-buffers in registers instead.
     """
+    from ioaware.hardware import get_profile
+    from ioaware.spec import DTYPES
+    from ioaware.tiles import scan_chunk_candidates
+
     n_pad = padded_state(spec.d_state)
-    fits = [c for c in CANDIDATES if fits_layout(n_pad, *c, MAX_TILE_PER_THREAD)]
-    return fits[:MAX_TUNE_CONFIGS] or [default_config(spec)]
+    itemsize = DTYPES[spec.dtype].itemsize
+    configs: list[tuple[int, int, int]] = []
+    for block_d, block_l, warps, _stages in scan_chunk_candidates(
+            get_profile(None), spec.d_state, itemsize, limit=None):
+        config = (block_d, block_l, warps)
+        if config not in configs and fits_layout(n_pad, *config, MAX_TILE_PER_THREAD):
+            configs.append(config)
+    return configs[:MAX_TUNE_CONFIGS] or [_fallback_config(n_pad)]
 
 
 def default_config(spec: ScanSpec) -> tuple[int, int, int]:
-    """The first fitting candidate; else L in chunks of 16, one warp per 32 states of N
-    (up to 8), and as many channels as fill MAX_TILE_PER_THREAD."""
-    n_pad = padded_state(spec.d_state)
-    for config in CANDIDATES:
-        if fits_layout(n_pad, *config, MAX_TILE_PER_THREAD):
-            return config
+    """The launch of an untuned (short) call: the best-ranked candidate."""
+    return tile_configs(spec)[0]
+
+
+def _fallback_config(n_pad: int) -> tuple[int, int, int]:
+    """No candidate fits: L in chunks of 16, one warp per 32 states of N (up to 8), and
+    as many channels as fill MAX_TILE_PER_THREAD."""
     warps = min(8, max(1, n_pad // 32))
     for block_l in (16, 8):
         for block_d in (64, 32, 16, 8, 4, 2, 1):
