@@ -223,10 +223,34 @@ def measure_report(options: argparse.Namespace, report: Any) -> str:
                                          format_bytes))
         lines.append(_ratio_line("all kernels, DRAM bytes", report.totals.after.hbm_bytes,
                                  _total_bytes(kernels), format_bytes))
+        lines += _l2_resident_notes(report)
     lines.append("(the model prices the rest of the graph op by op, as eager runs it; "
                  "Inductor fuses it, so the all-kernels lines read high, and unpriced ops "
                  "are in the measured side only)")
     return "\n".join(lines) + "\n"
+
+
+def _l2_resident_notes(report: Any) -> list[str]:
+    """A line per rewritten kernel family whose launches each move less than the device's
+    L2: ncu then counts below the model for reasons the model leaves out on purpose (its
+    inputs may still be in L2, written by the kernel before it, and its outputs may be
+    written back to DRAM after it ends, so during a later kernel)."""
+    from ioaware import hardware
+    from ioaware.tables import format_bytes
+
+    try:
+        l2 = hardware.get_profile(report.device).l2
+    except ValueError:
+        return []
+    notes = []
+    for kind in REGION_FAMILIES:
+        moved = [r.after.hbm_bytes for r in report.rewritten if r.kind == kind and r.after]
+        if moved and max(moved) < l2:
+            notes.append(f"({kind} kernels each move under the {format_bytes(l2)} L2: their "
+                         "inputs can still be there from the kernels that wrote them and "
+                         "their outputs reach DRAM after they end, so the counters read "
+                         "low; the model counts each input and output once)")
+    return notes
 
 
 def _ratio_line(what: str, modelled: float, measured: float,

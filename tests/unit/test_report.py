@@ -257,3 +257,29 @@ def test_rewritten_regions_carry_their_dram_bytes() -> None:
         assert cost.l2_hits(theirs.cost_after, PROFILES["h100"]) == (
             values["l2_reread_bytes"] > 0)
         assert mine.after.dram_bytes == values["hbm_bytes"] - values["l2_reread_bytes"]
+
+
+def test_measure_says_when_kernels_fit_in_l2() -> None:
+    # `report --measure` explains counters that read below the model: the hybrid example's
+    # kernels each move far less than the H100's 50 MB L2; a profile with a tiny L2 gets
+    # no such line.
+    import dataclasses
+
+    from ioaware import hardware
+    from ioaware.examples import hybrid
+    from ioaware.measure import _l2_resident_notes
+    from ioaware.report import build_report
+
+    model, args = hybrid.make()
+    report = build_report(model, args, device="h100", target="hybrid")
+    notes = _l2_resident_notes(report)
+    kinds = {r.kind for r in report.rewritten}
+    assert len(notes) == len(kinds) and all("L2" in n for n in notes)
+    tiny = dataclasses.replace(hardware.PROFILES["h100"], name="tiny-l2", l2_bytes=1,
+                               measured_l2_bytes=None)
+    hardware.PROFILES["tiny-l2"] = tiny
+    try:
+        assert hardware.get_profile("tiny-l2").l2 == 1  # found, so [] below is the rule's
+        assert _l2_resident_notes(dataclasses.replace(report, device="tiny-l2")) == []
+    finally:
+        del hardware.PROFILES["tiny-l2"]
