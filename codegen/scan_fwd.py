@@ -52,11 +52,6 @@ MAX_TILE_PER_THREAD = 64
 # (4, 32, 1) from 250 to 232-237 µs; the backward from 1634 to 1566-1569 µs.
 PREFETCH_CHUNKS = 4
 
-# Double-buffer each chunk's inputs in registers (the loads of chunk k + 1 are issued
-# before chunk k is scanned). Measured on the H100 at the issue's shape: see
-# docs/kernels.md, "Selective scan".
-REGISTER_PIPELINE = True
-
 # Autotune only where a launch is long enough for the choice to matter.
 TUNE_MIN_STEPS = 256 * 1024  # Bt·Dc·L
 
@@ -336,8 +331,6 @@ TUNE_MIN_STEPS = ${tune_min_steps}
 MAX_GRID_Y = 65535
 # Chunks ahead whose bytes each chunk asks L2 for (0: none; the interpreter has no PTX).
 PREFETCH = 0 if INTERPRET else ${prefetch}
-# Load chunk k + 1 into registers while chunk k is scanned (see _selective_scan_fwd).
-PIPELINE = ${pipeline}
 
 
 ${primitives}
@@ -378,7 +371,6 @@ def _selective_scan_fwd(
     stride_hb, stride_hd, stride_hn,
     DC, L, L_BUCKET, CPG: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, PREFETCH: tl.constexpr,
-    PIPELINE: tl.constexpr,
 ):
     """One program per (channel block, batch). y: [Bt, Dc, L] and h_last: [Bt, Dc, N]
     contiguous. IO of one program: read BLOCK_D·L of u, delta (z), N·L of B and C;
@@ -410,12 +402,14 @@ def _selective_scan_fwd(
     C += b * stride_cb
     Z += b * stride_zb
     Y += b * DC * L
-    if PIPELINE:
-        u_n, dt_n, b_n, c_n, z_n = _chunk_inputs(
-            U, Delta, DeltaBias, B, C, Z, 0, L, offs_c, offs_d, d_ok,
-            offs_n, n_ok, stride_ud, stride_ul, stride_dd, stride_dl, stride_bg,
-            stride_bl, stride_bn, stride_cg, stride_cl, stride_cn, stride_zd, stride_zl,
-            CPG, BLOCK_D)
+    # Chunk k + 1's inputs are loaded into registers while chunk k is scanned: the loads
+    # are issued a whole chunk of work before their first use, so with two or three warps
+    # per scheduler the HBM/L2 latency hides behind the scan (H100, the issue's shape:
+    # 252 -> 197 µs at (8, 16, 1); docs/kernels.md).
+    u_n, dt_n, b_n, c_n, z_n = _chunk_inputs(
+        U, Delta, DeltaBias, B, C, Z, 0, L, offs_c, offs_d, d_ok, offs_n, n_ok,
+        stride_ud, stride_ul, stride_dd, stride_dl, stride_bg, stride_bl, stride_bn,
+        stride_cg, stride_cl, stride_cn, stride_zd, stride_zl, CPG, BLOCK_D)
     for start in range(0, L, BLOCK_L):
         offs_l = start + offs_c
         l_ok = offs_l < L
@@ -430,22 +424,11 @@ def _selective_scan_fwd(
                 _prefetch_ld(Z, offs_d, d_ok, ahead, L, stride_zd, stride_zl)
             _prefetch_bc(B, offs_c, ahead, L, stride_bg, stride_bl, CPG, BLOCK_D)
             _prefetch_bc(C, offs_c, ahead, L, stride_cg, stride_cl, CPG, BLOCK_D)
-        if PIPELINE:
-            # Registers hold chunk k + 1's inputs while chunk k is scanned: the loads are
-            # issued a whole chunk of work before their first use, so with two or three
-            # warps per scheduler the HBM/L2 latency hides behind the scan.
-            u, dt, b_tile, c_tile, zz = u_n, dt_n, b_n, c_n, z_n
-            u_n, dt_n, b_n, c_n, z_n = _chunk_inputs(
-                U, Delta, DeltaBias, B, C, Z, start + BLOCK_L, L, offs_c, offs_d, d_ok,
-                offs_n, n_ok, stride_ud, stride_ul, stride_dd, stride_dl, stride_bg,
-                stride_bl, stride_bn, stride_cg, stride_cl, stride_cn, stride_zd, stride_zl,
-                CPG, BLOCK_D)
-        else:
-            u, dt, b_tile, c_tile, zz = _chunk_inputs(
-                U, Delta, DeltaBias, B, C, Z, start, L, offs_c, offs_d, d_ok,
-                offs_n, n_ok, stride_ud, stride_ul, stride_dd, stride_dl, stride_bg,
-                stride_bl, stride_bn, stride_cg, stride_cl, stride_cn, stride_zd, stride_zl,
-                CPG, BLOCK_D)
+        u, dt, b_tile, c_tile, zz = u_n, dt_n, b_n, c_n, z_n
+        u_n, dt_n, b_n, c_n, z_n = _chunk_inputs(
+            U, Delta, DeltaBias, B, C, Z, start + BLOCK_L, L, offs_c, offs_d, d_ok, offs_n,
+            n_ok, stride_ud, stride_ul, stride_dd, stride_dl, stride_bg, stride_bl, stride_bn,
+            stride_cg, stride_cl, stride_cn, stride_zd, stride_zl, CPG, BLOCK_D)
         # Discretise in registers (zero-order hold on A, Euler on B, as Mamba does).
         decay = _exp2(dt[:, None, :] * a_log2[None, :, :])  # [BLOCK_L, N, BLOCK_D]
         x = (dt * u)[:, None, :] * b_tile
@@ -469,8 +452,8 @@ if INTERPRET or not TUNE_CONFIGS:
     _selective_scan_fwd_tuned = None
 else:
     _selective_scan_fwd_tuned = triton.autotune(
-        configs=[triton.Config({"BLOCK_D": bd, "BLOCK_L": bl, "PREFETCH": PREFETCH,
-                                "PIPELINE": PIPELINE}, num_warps=w)
+        configs=[triton.Config({"BLOCK_D": bd, "BLOCK_L": bl, "PREFETCH": PREFETCH},
+                               num_warps=w)
                  for bd, bl, w in TUNE_CONFIGS],
         key=["DC", "L_BUCKET", "CPG"],
     )(_selective_scan_fwd)
@@ -502,7 +485,7 @@ def forward(u, delta, A, B, C, D, z, delta_bias, h0, y, h_last):
         else:
             bd, bl, warps = DEFAULT_CONFIG
             _selective_scan_fwd[grid](*args, BLOCK_D=bd, BLOCK_L=bl, PREFETCH=PREFETCH,
-                                      PIPELINE=PIPELINE, num_warps=warps)
+                                      num_warps=warps)
 ''')
 
 
@@ -538,5 +521,4 @@ def render_selective(
         tune_configs=format_configs(configs),
         tune_min_steps=str(TUNE_MIN_STEPS),
         prefetch=str(PREFETCH_CHUNKS),
-        pipeline=str(REGISTER_PIPELINE),
     )

@@ -133,13 +133,19 @@ def _ioaware_compile_variant(causal: bool) -> Attention:
     return ioaware.compile(lambda q, k, v: eager_attention(q, k, v, causal))
 
 
-def variants(problem: AttentionProblem, vs: Iterable[str] = BASELINES,
-             skip_slow: bool = False) -> list[tuple[str, Callable[[], Attention]]]:
-    """(name, builder) for every variant to run; builders may raise, which skips the row."""
+def baselines(vs: Iterable[str]) -> set[str]:
+    """The baselines `vs` names, as a set; ValueError for a name not in BASELINES."""
     vs = set(vs)
     unknown = vs - set(BASELINES)
     if unknown:
         raise ValueError(f"vs={sorted(unknown)} not understood; expected some of {BASELINES}")
+    return vs
+
+
+def variants(problem: AttentionProblem, vs: Iterable[str] = BASELINES,
+             skip_slow: bool = False) -> list[tuple[str, Callable[[], Attention]]]:
+    """(name, builder) for every variant to run; builders may raise, which skips the row."""
+    vs = baselines(vs)
     causal = problem.causal
     out: list[tuple[str, Callable[[], Attention]]] = [
         ("ioaware kernel", lambda: _ioaware_kernel_variant(causal)),

@@ -20,12 +20,13 @@ inputs is recorded too: ioaware's grows linearly in N, the materialised mask's d
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 
 from ioaware.bench import (
+    BASELINES,
     DTYPES,
     TOLERANCE,
     AttentionProblem,
@@ -35,6 +36,7 @@ from ioaware.bench import (
     _check,
     _forward_backward,
     _time,
+    baselines,
 )
 
 MASK_KINDS = ("sliding_window", "alibi", "document")
@@ -152,7 +154,7 @@ def visible_fraction(kind: str, problem: AttentionProblem, extra: torch.Tensor) 
 
 
 def bench_masked(kind: str, batch: int = 2, heads: int = 16, seqlen: int = 8192,
-                 head_dim: int = 128, dtype: str = "bf16", vs=("sdpa", "eager", "compile", "flex"),
+                 head_dim: int = 128, dtype: str = "bf16", vs: Iterable[str] = BASELINES,
                  *, warmup_ms: float = 25, rep_ms: float = 100, skip_slow: bool = False,
                  progress: Callable[[str], None] = lambda message: None) -> list[BenchRow]:
     """Check then time every variant of one masked problem (see the module docstring)."""
@@ -160,6 +162,7 @@ def bench_masked(kind: str, batch: int = 2, heads: int = 16, seqlen: int = 8192,
         raise ValueError(f"mask={kind!r} not understood; expected one of {MASK_KINDS}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} not understood; expected one of {sorted(DTYPES)}")
+    vs = baselines(vs)
     if not torch.cuda.is_available():
         raise BenchUnavailable("ioaware bench needs a CUDA GPU; torch.cuda.is_available() is False")
     import ioaware
@@ -201,15 +204,14 @@ def bench_masked(kind: str, batch: int = 2, heads: int = 16, seqlen: int = 8192,
         attn_mask = _materialised(kind, problem, extra, problem.dtype)
         return lambda q_, k_, v_: F.scaled_dot_product_attention(q_, k_, v_, attn_mask=attn_mask)
 
-    vs = set(vs)
     builders: list[tuple[str, Callable[[], Attention]]] = [
         ("ioaware kernel", lambda: lambda q_, k_, v_: ops.attention(q_, k_, v_, spec, inputs)),
         ("ioaware.compile(eager)", lambda: ioaware.compile(plain)),
     ]
-    baselines = [("flex", "flex_attention", lambda: _flex(kind, problem, extra)),
-                 ("sdpa", "sdpa[materialised mask]", sdpa_materialised),
-                 ("compile", "torch.compile(eager)", lambda: torch.compile(plain))]
-    builders += [(name, build) for key, name, build in baselines if key in vs]
+    peers = [("flex", "flex_attention", lambda: _flex(kind, problem, extra)),
+             ("sdpa", "sdpa[materialised mask]", sdpa_materialised),
+             ("compile", "torch.compile(eager)", lambda: torch.compile(plain))]
+    builders += [(name, build) for key, name, build in peers if key in vs]
     if "eager" in vs and not skip_slow:
         builders.append(("eager", lambda: plain))
     # FLOPs of the visible pairs only: scale the problem's causal count to the density

@@ -1,7 +1,7 @@
 """One GPU session for the selective scan: check and time each tile config, then the bench.
 
     PYTHONUNBUFFERED=1 python3 scripts/scan_perf.py [--fwd CFG ...] [--bwd CFG ...]
-        [--skip-bench] [--compile-timeout S]   (CFG: BLOCK_D,BLOCK_L,warps,prefetch[,pipeline])
+        [--skip-bench] [--compile-timeout S]        (CFG: BLOCK_D,BLOCK_L,warps,prefetch)
 
 Issue 4's shape: Bt=4, Dc=1536, L=2048, N=16, G=1, bf16 u/delta/z/B/C, fp32 A, D,
 delta_bias, softplus, silu(z) gate. For every config the forward (and backward) runs
@@ -98,7 +98,6 @@ def sweep_forward(configs, bandwidth: float) -> list[tuple]:
     results = []
     for config in configs:
         module.DEFAULT_CONFIG, module.PREFETCH = config[:3], config[3]
-        module.PIPELINE = bool(config[4]) if len(config) > 4 else scan_fwd.REGISTER_PIPELINE
         start = time.time()
         try:
             y.fill_(float("nan"))
@@ -187,12 +186,11 @@ def op_overhead() -> None:
         f"replay; host loop {host * 1e6:.1f} us per call")
 
 
-def parse_config(text: str) -> tuple[int, ...]:
+def parse_config(text: str) -> tuple[int, int, int, int]:
     parts = tuple(int(x) for x in text.split(","))
-    if len(parts) not in (4, 5):
+    if len(parts) != 4:
         raise argparse.ArgumentTypeError(
-            f"config {text!r}: expected BLOCK_D,BLOCK_L,warps,prefetch[,pipeline 0|1] "
-            "(pipeline: the forward's register double-buffering)")
+            f"config {text!r}: expected BLOCK_D,BLOCK_L,warps,prefetch")
     return parts
 
 

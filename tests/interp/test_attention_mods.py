@@ -17,6 +17,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sm90 import compile_sm90, has_ptx_backend, import_compiled
 
 from ioaware.codegen import ops
 from ioaware.config import config
@@ -401,27 +402,11 @@ def test_reference_path_matches_the_kernels():
 
 # ---- compiled Triton, without a GPU ---------------------------------------------------
 
-def _ptx_backend() -> bool:
-    try:
-        from triton.backends import backends
-    except ImportError:
-        return False
-    return "nvidia" in backends
-
-
-@pytest.mark.skipif(not _ptx_backend(), reason="triton has no NVIDIA backend here")
+@pytest.mark.skipif(not has_ptx_backend(), reason="triton has no NVIDIA backend here")
 def test_general_kernels_compile_for_hopper(tmp_path):
     """The interpreter forgives what compiled Triton rejects (loop-carried shapes, block
     conditions): compile every general kernel for sm_90 here, no GPU needed."""
-    import importlib.util
-    import sys
-
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     from ioaware.codegen import attention_bwd, attention_fwd
-    from ioaware.codegen.cache import triton_interpret
 
     spec = AttentionSpec(
         head_dim=80, head_dim_v=64, dtype="bfloat16", causal=True, scale=0.1,
@@ -436,12 +421,9 @@ def test_general_kernels_compile_for_hopper(tmp_path):
                 "EmptyHeads": "*i32"}
 
     def compile_kernel(fn, constexprs):
-        sig = {a: "constexpr" if a in constexprs else pointers.get(
-            a, "*bf16" if a in ("Q", "K", "V", "Out", "O", "dO", "dQ", "dK", "dV") else "i32")
-            for a in fn.arg_names}
-        src = ASTSource(fn=fn, signature=sig, constexprs={
-            (fn.arg_names.index(k),): v for k, v in constexprs.items()})
-        triton.compile(src, target=GPUTarget("cuda", 90, 128), options={"num_warps": 8})
+        compile_sm90(fn, constexprs, lambda a: pointers.get(
+            a, "*bf16" if a in ("Q", "K", "V", "Out", "O", "dO", "dQ", "dK", "dV") else "i32"),
+            num_warps=8)
 
     # "add" fills empty rows; "neg_inf" spreads their NaN through the backward
     variants = [(kind, render, s)
@@ -450,13 +432,7 @@ def test_general_kernels_compile_for_hopper(tmp_path):
                 for kind, render in (("fwd", attention_fwd.render_forward),
                                      ("bwd", attention_bwd.render_backward))]
     for i, (kind, render, s) in enumerate(variants):
-        path = tmp_path / f"compile_{kind}_{i}.py"
-        path.write_text(render(s, interpret=False))
-        module_spec = importlib.util.spec_from_file_location(f"compile_{kind}_{i}", path)
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[module_spec.name] = module
-        with triton_interpret(False):
-            module_spec.loader.exec_module(module)
+        module = import_compiled(render(s, interpret=False), tmp_path / f"compile_{kind}_{i}.py")
         if kind == "fwd":
             bm, bn, _, _ = module.DEFAULT_CONFIG
             compile_kernel(module._attn_fwd, {"BLOCK_M": bm, "BLOCK_N": bn})
