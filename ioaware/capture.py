@@ -21,6 +21,9 @@ results become baked-in fake constants. A region whose body is elementwise over 
 of one shape, batched and unbatched on axis 0, is the body itself on the whole tensors
 (out[i] = f(x[i], y[i]) = f(x, y)[i]), so it is flattened first; any vmap left after
 that makes capture fail, and the backend leaves the graph as it was.
+
+Custom autograd.Functions would lose their gradient in the re-trace (it inlines their
+forward under no_grad); `ioaware.autograd_function` keeps each one whole first.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from typing import Any
 import torch
 from torch import fx
 from torch.fx.experimental.proxy_tensor import make_fx
+
+from ioaware.autograd_function import is_autograd_function_apply, keep_autograd_functions
 
 aten = torch.ops.aten
 
@@ -124,6 +129,10 @@ def _flatten_region(g: fx.Graph, region: list[fx.Node]) -> None:
 def canonicalize(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> fx.GraphModule:
     """Re-trace `gm` into canonical pre-autograd ATen with FakeTensor `meta["val"]`."""
     fakes = fake_inputs(gm, example_inputs)
+    if any(is_autograd_function_apply(n) for n in gm.graph.nodes):
+        # a copy: dynamo's graph stays as it was, the backend may still run it
+        gm = fx.GraphModule(gm, copy.deepcopy(gm.graph))
+        keep_autograd_functions(gm)
     if any(_vmap_op(n, "_vmap_increment_nesting") for n in gm.graph.nodes):
         # a copy: dynamo's graph stays as it was, the backend may still run it
         gm = fx.GraphModule(gm, copy.deepcopy(gm.graph))

@@ -161,12 +161,59 @@ def _scale_of(node: fx.Node) -> float | None:
 
 
 def candidates(gm: fx.GraphModule) -> list[fx.Node]:
-    """Softmax nodes and SDPA calls: every place attention might be."""
+    """SDPA calls, and softmaxes shaped like attention: every place attention might be."""
     return [
         n for n in gm.graph.nodes
         if n.op == "call_function"
-        and n.target in (aten._softmax.default, aten.scaled_dot_product_attention.default)
+        and (n.target is aten.scaled_dot_product_attention.default
+             or (n.target is aten._softmax.default and _attention_shaped(n)))
     ]
+
+
+def _attention_shaped(sm: fx.Node) -> bool:
+    """A softmax over scores from a bmm, or whose probabilities reach a bmm.
+
+    Cheap and lenient: the precise checks are match_softmax's, and what fails them is a
+    fallback with its reason. This only keeps softmaxes that are not attention at all
+    (a mixture-of-experts router's softmax over `linear` logits feeding `topk`) out of
+    the attention report. Backward, the walk follows the score operand through ops that
+    keep the scores' element count (elementwise ops, casts, leading-axis reshapes).
+    """
+    try:
+        return _scores_from_bmm(sm) or _probabilities_to_bmm(sm)
+    except (KeyError, AttributeError, TypeError):  # a node without a tensor value:
+        return True  # keep it, and let match_softmax say what it is
+
+
+def _scores_from_bmm(sm: fx.Node) -> bool:
+    numel = math.prod(hinted_shape(sm))
+    node = sm.args[0]
+    for _ in range(64):
+        if not isinstance(node, fx.Node) or node.op != "call_function":
+            break
+        if math.prod(hinted_shape(node)) != numel:
+            break
+        if node.target in QK_OPS:
+            return True
+        node = _score_input(node)
+    return False
+
+
+def _probabilities_to_bmm(sm: fx.Node) -> bool:
+    node = sm
+    for _ in range(8):
+        users = list(node.users)
+        if node.target is aten.native_dropout.default:  # follow the output, not the mask
+            users = [u for u in users if u.target is operator.getitem and u.args[1] == 0]
+        if len(users) != 1:
+            return False
+        node = users[0]
+        if node.target is aten.bmm.default:
+            return True
+        if node.target not in CAST_OPS and node.target not in LAYOUT_OPS and \
+                node.target not in (operator.getitem, aten.native_dropout.default):
+            return False
+    return False
 
 
 def _dropout_of(node: fx.Node) -> tuple[float, list[fx.Node]] | None:

@@ -539,8 +539,9 @@ def describe(pred: sympy.Basic | None, causal: bool = False) -> str:
     """A short name for an allowed-keys predicate over (b, h, q_idx, kv_idx).
 
     e.g. "causal & sliding_window(4096) & padding"; data-dependent conjuncts are named
-    "padding" (a load indexed by b and kv_idx only), "document" (a comparison of two
-    loads, one at q_idx and one at kv_idx) or "data"; other index predicates "index".
+    "padding" (a load indexed by b and kv_idx only), "document" (two loads compared,
+    one at q_idx and one at kv_idx), "query_key_padding" (other predicates of loads
+    each at q_idx or at kv_idx) or "data"; other index predicates "index".
     """
     names = ["causal"] if causal else []
     for c in ([] if pred is None else conjuncts(pred)):
@@ -556,6 +557,11 @@ def describe(pred: sympy.Basic | None, causal: bool = False) -> str:
                 name = "padding"
             elif _same_id(c, lds):
                 name = "document"
+            elif all(set(ld.indices) <= {B_IDX, Q_IDX, KV_IDX, sympy.Integer(0)}
+                     and not {Q_IDX, KV_IDX} <= set(ld.indices) for ld in lds):
+                # per-token vectors at the query and at the key, not compared for
+                # equality: DeBERTa's mask[b, q]·mask[b, kv] != 0
+                name = "query_key_padding"
             else:
                 name = "data"
         names.append(name)
@@ -567,6 +573,9 @@ def _same_id(c: sympy.Basic, lds: set[sympy.Indexed]) -> bool:
     at the key (document / segment masks)."""
     if not isinstance(c, (sympy.Eq, sympy.Ne)) or len(lds) != 2:
         return False
+    first, second = lds
+    if sympy.expand(c.lhs - c.rhs) not in (first - second, second - first):
+        return False  # e.g. a product of the two vectors compared with 0
     a, b = (ld.free_symbols for ld in lds)
     return (Q_IDX in a and KV_IDX in b or Q_IDX in b and KV_IDX in a) and not (
         Q_IDX in a and KV_IDX in a or Q_IDX in b and KV_IDX in b)

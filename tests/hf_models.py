@@ -58,19 +58,25 @@ def quietly(build, impl: str, **kwargs) -> torch.nn.Module:
         return build(impl, **kwargs)
 
 
+def _main_output(out) -> torch.Tensor:
+    """The logits of an LM head, else the encoder's last hidden state."""
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
 def assert_compiled_matches_eager(model: torch.nn.Module, ids: torch.Tensor, tol: float,
                                   **kwargs) -> None:
-    """ioaware.compile(model): logits and every parameter gradient within `tol` of eager.
+    """ioaware.compile(model): logits (or the last hidden state) and every parameter
+    gradient within `tol` of eager.
 
     The loss is mean(logits²) in fp32; gradients use an RMS floor of 1e-3 (see
     ioaware.verify.relative_error) for parameters whose gradient is all but zero.
     kwargs (attention_mask, ...) go to both calls.
     """
-    logits = ioaware.compile(model)(ids, **kwargs).logits
+    logits = _main_output(ioaware.compile(model)(ids, **kwargs))
     logits.float().square().mean().backward()
     got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
-    ref = model(ids, **kwargs).logits
+    ref = _main_output(model(ids, **kwargs))
     ref.float().square().mean().backward()
     want = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 

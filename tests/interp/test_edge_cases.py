@@ -76,3 +76,39 @@ def test_batches_beyond_the_grid_limit_launch_in_slices(interpret, monkeypatch):
     for g, w in zip(torch.autograd.grad(out.sum(), (q, k, v)),
                     torch.autograd.grad(ref.sum(), (q, k, v))):
         assert relative_error(g, w, floor=0.1) <= TOLERANCE[torch.float32]
+
+
+class _CubeWithOwnBackward(torch.autograd.Function):
+    """y = x³, s = Σx, with a backward that is deliberately not autograd's of the
+    forward (twice the true gradient, times k): only the user's backward gives it."""
+
+    @staticmethod
+    def forward(ctx, x, k):
+        ctx.save_for_backward(x)
+        ctx.k = k
+        return x ** 3, x.sum()
+
+    @staticmethod
+    def backward(ctx, gy, gs):
+        (x,) = ctx.saved_tensors
+        return 2 * 3 * x * x * gy * ctx.k + gs, None
+
+
+def test_custom_autograd_function_keeps_its_backward(interpret):
+    # dynamo records the Function as autograd_function_apply; capture's re-trace would
+    # inline its forward under no_grad and drop the gradient (BLOOM's GeLU lost its MLP
+    # weights' gradients so), so capture keeps it whole as ioaware::autograd_function.
+    def fn(q, k, v):
+        o = torch.softmax((q @ k.transpose(-1, -2)) / 4, dim=-1) @ v
+        y, s = _CubeWithOwnBackward.apply(o, 1.5)
+        return y * s
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 16, 8, requires_grad=True) for _ in range(3))
+    out, ref, expl = run_both(fn, q, k, v)
+    assert len(expl.rewrites) == 1 and not expl.fallbacks
+    assert relative_error(out, ref) <= TOLERANCE[torch.float32]
+    got = torch.autograd.grad(out.square().sum(), (q, k, v))
+    want = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    for g, w in zip(got, want):
+        assert relative_error(g, w) <= TOLERANCE[torch.float32]

@@ -81,8 +81,9 @@ def test_attention_dropout_in_training(interpret, impl):
     assert torch.allclose(fast(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-5)
 
 
-# Other families, built for the capability rather than for the three above: explain
-# only (nothing runs), every attention call rewritten with its structure named.
+# Other families, built for the capability rather than for the three above: every
+# attention call rewritten with its structure named, then (eval mode, so that their
+# default dropouts are off) logits and every parameter gradient against eager.
 def _bert(impl):
     import transformers
 
@@ -115,25 +116,52 @@ def _bloom(impl):
         n_layer=LAYERS, hidden_size=64, n_head=4, vocab_size=128, attn_implementation=impl))
 
 
+def _mixtral(impl):
+    import transformers
+
+    return transformers.MixtralForCausalLM(transformers.MixtralConfig(
+        num_hidden_layers=LAYERS, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=128, num_local_experts=2, vocab_size=128, attn_implementation=impl,
+        pad_token_id=0, bos_token_id=0, eos_token_id=0))
+
+
+def _deberta_v2(impl):
+    import transformers
+
+    return transformers.DebertaV2Model(transformers.DebertaV2Config(
+        num_hidden_layers=LAYERS, hidden_size=64, num_attention_heads=4, intermediate_size=128,
+        vocab_size=128, relative_attention=True, pos_att_type=["c2p", "p2c"],
+        max_relative_positions=32, position_buckets=8))
+
+
 @pytest.mark.parametrize("build, impl, mask, score_mod", [
     (_bert, "eager", "padding", None),
     (_bert, "sdpa", "padding", None),
     (_gemma2, "eager", "causal & sliding_window(8) & padding", ["softcap"]),
     (_t5_encoder, "sdpa", "padding", ["relative_bias"]),
-    (_bloom, "eager", "causal & padding", ["bias"]),  # ALiBi in baddbmm over [B·H]
-], ids=["bert_eager", "bert_sdpa", "gemma2_eager", "t5_sdpa", "bloom_eager"])
-def test_other_families_are_rewritten(build, impl, mask, score_mod):
+    # ALiBi in baddbmm over [B·H]; its MLP's GeLU is a custom autograd.Function
+    (_bloom, "eager", "causal & padding", ["bias"]),
+    # the experts' router is a softmax too (over `linear` logits, into topk): not attention
+    (_mixtral, "sdpa", "causal & padding", None),
+    # disentangled attention: content-to-position terms gathered into a bias;
+    # its mask is mask[b, q]·mask[b, kv]
+    (_deberta_v2, "eager", "query_key_padding", ["bias"]),
+], ids=["bert_eager", "bert_sdpa", "gemma2_eager", "t5_sdpa", "bloom_eager", "mixtral_sdpa",
+        "deberta_v2"])
+def test_other_families_are_rewritten(interpret, build, impl, mask, score_mod):
     torch.manual_seed(0)
     try:
         model = quietly(build, impl).eval()
     except ValueError as e:  # this transformers has no such attention implementation
         pytest.skip(str(e)[:120])
     ids = torch.randint(1, 100, (2, N))
-    expl = _expect_all_rewritten(model, ids, attention_mask=left_padded_mask(2, N, (0, 6)))
+    kwargs = {"attention_mask": left_padded_mask(2, N, (0, 6))}
+    expl = _expect_all_rewritten(model, ids, **kwargs)
+    assert not expl.fallbacks, expl
     first = expl.rewrites[0].detail
-    if mask is not None:
-        assert first["mask"] == mask
+    assert first["mask"] == mask
     assert first.get("score_mod") == score_mod
+    assert_compiled_matches_eager(model, ids, TOLERANCE[torch.float32], **kwargs)
 
 
 # GPU tier (the lead's machine): the same models in bf16 on CUDA, kernels compiled and

@@ -362,6 +362,12 @@ def test_describe_and_block_density():
     assert masks.describe(pad, causal=True) == "causal & padding"
     assert masks.block_density(pad, True, 64, 64, 16, 16) is None  # data: at runtime
     assert masks.block_density(None, True, 64, 64, 16, 16) == 1.0
+    ids, m = sympy.IndexedBase("in1"), sympy.IndexedBase("in2")
+    assert masks.describe(sympy.Eq(ids[B_IDX, Q_IDX], ids[B_IDX, KV_IDX])) == "document"
+    assert masks.describe(sympy.Eq(ids[B_IDX, KV_IDX] - ids[B_IDX, Q_IDX], 0)) == "document"
+    # DeBERTa: mask[b, q]·mask[b, kv] != 0 is padding at both ends, not a document id
+    both = sympy.Ne(m[B_IDX, Q_IDX] * m[B_IDX, KV_IDX], 0)
+    assert masks.describe(both) == "query_key_padding"
 
 
 def test_block_sparse_masks_cost_less():
