@@ -536,7 +536,22 @@ def _lse2(lse):
         lse2 = tl.where(lse == float("-inf"), float("inf"), lse2)
     if FIX_EMPTY:
         lse2 = tl.where(lse < EMPTY_LSE, (lse - MASK_FILL) * LOG2E + FILL_Z, lse2)
+    if TIE_ROWS:
+        lse2 = tl.where(_is_tie(lse), MIN_Z, lse2)
     return lse2
+
+
+@triton.jit
+def _is_tie(lse):
+    return (lse < TIE_LSE) & (lse > float("-inf"))  # -inf: a row with no visible key
+
+
+@triton.jit
+def _tie_rel(lse):
+    """log2 l of a tie row (forward epilogue), 0 elsewhere: P = exp2((z - lse2) - rel)."""
+    if TIE_ROWS:
+        return tl.where(_is_tie(lse), tl.math.log2((lse - TIE_BASE) / TIE_STEP), 0.0)
+    return tl.full(lse.shape, 0.0, tl.float32)
 
 
 @triton.jit
@@ -589,7 +604,7 @@ def _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, stride_qm, strid
                 p_t = tl.math.exp2((z_t - FILL_Z) - _empty_rel(lse, N_K)[None, :])
                 p_t = tl.where(empty[None, :], p_t, 0.0)
             else:
-                p_t = tl.math.exp2(z_t - _lse2(lse)[None, :])
+                p_t = tl.math.exp2((z_t - _lse2(lse)[None, :]) - _tie_rel(lse)[None, :])
             do = _load_rows(do_ptrs + start_m * stride_dom, rows, N_Q, offs_dv, HEAD_DIM_V,
                             EVEN_DV, MASKED)
             dp_t = _mm(v, tl.trans(do))
@@ -711,7 +726,7 @@ def _bwd_dkdv(Q, K, V, dO, dK, dV, Lse, Delta, Seed, EmptyHeads, FullCnt, FullLi
 
 
 @triton.jit
-def _kv_sweep(dq, q, do, lse2, delta, empty, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m,
+def _kv_sweep(dq, q, do, lse2, rel, delta, empty, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m,
               offs_n, offs_d, offs_dv, lo, hi, List, b, h, H_Q, N_Q, N_K, seed,
               seed_offset${inputs}${grads}, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
               LIST: tl.constexpr, EMPTY_ROWS: tl.constexpr):
@@ -735,7 +750,7 @@ def _kv_sweep(dq, q, do, lse2, delta, empty, k_ptrs, v_ptrs, stride_kn, stride_v
         if EMPTY_ROWS:  # lse2 holds _empty_rel here
             p = tl.where(empty[:, None], tl.math.exp2((z - FILL_Z) - lse2[:, None]), 0.0)
         else:
-            p = tl.math.exp2(z - lse2[:, None])
+            p = tl.math.exp2((z - lse2[:, None]) - rel[:, None])
         dp = _mm(do, tl.trans(v))
         if DROPOUT:
             keep = _keep(seed, seed_offset, b, h, q_i, cols[None, :], H_Q, N_Q, N_K)
@@ -787,6 +802,7 @@ def _bwd_dq(Q, K, V, dO, dQ, Lse, Delta, Seed, FullCnt, FullList, PartCnt,
     row_ptr = pid_bh * N_Q + offs_m
     lse = tl.load(Lse + row_ptr, mask=offs_m < N_Q, other=0.0)
     lse2 = _lse2(lse)
+    rel = _tie_rel(lse)
     empty = (lse < EMPTY_LSE) & (offs_m < N_Q)
     delta = tl.load(Delta + row_ptr, mask=offs_m < N_Q, other=0.0)
     k_ptrs = (K + b * stride_kb + h_kv * stride_kh
@@ -805,11 +821,11 @@ def _bwd_dq(Q, K, V, dO, dQ, Lse, Delta, Seed, FullCnt, FullList, PartCnt,
         map_row = ((b % B_MAP) * H_MAP + h % H_MAP) * T_Q + pid_m
         n_full = tl.load(FullCnt + map_row)
         n_part = tl.load(PartCnt + map_row)
-        dq = _kv_sweep(dq, q, do, lse2, delta, empty, k_ptrs, v_ptrs, stride_kn, stride_vn,
+        dq = _kv_sweep(dq, q, do, lse2, rel, delta, empty, k_ptrs, v_ptrs, stride_kn, stride_vn,
                        offs_m, offs_n, offs_d, offs_dv, 0, n_full, FullList + map_row * T_K,
                        b, h, H_Q, N_Q, N_K, seed, seed_offset${inputs}${grads},
                        BLOCK_N, False, True, False)
-        dq = _kv_sweep(dq, q, do, lse2, delta, empty, k_ptrs, v_ptrs, stride_kn, stride_vn,
+        dq = _kv_sweep(dq, q, do, lse2, rel, delta, empty, k_ptrs, v_ptrs, stride_kn, stride_vn,
                        offs_m, offs_n, offs_d, offs_dv, 0, n_part, PartList + map_row * T_K,
                        b, h, H_Q, N_Q, N_K, seed, seed_offset${inputs}${grads},
                        BLOCK_N, True, True, False)
@@ -823,16 +839,17 @@ def _bwd_dq(Q, K, V, dO, dQ, Lse, Delta, Seed, FullCnt, FullList, PartCnt,
         else:
             hi = N_K
             lo = (N_K // BLOCK_N) * BLOCK_N
-        dq = _kv_sweep(dq, q, do, lse2, delta, empty, k_ptrs, v_ptrs, stride_kn, stride_vn,
+        dq = _kv_sweep(dq, q, do, lse2, rel, delta, empty, k_ptrs, v_ptrs, stride_kn, stride_vn,
                        offs_m, offs_n, offs_d, offs_dv, 0, lo, FullList, b, h, H_Q, N_Q, N_K,
                        seed, seed_offset${inputs}${grads}, BLOCK_N, False, False, False)
-        dq = _kv_sweep(dq, q, do, lse2, delta, empty, k_ptrs, v_ptrs, stride_kn, stride_vn,
+        dq = _kv_sweep(dq, q, do, lse2, rel, delta, empty, k_ptrs, v_ptrs, stride_kn, stride_vn,
                        offs_m, offs_n, offs_d, offs_dv, lo, hi, FullList, b, h, H_Q, N_Q, N_K,
                        seed, seed_offset${inputs}${grads}, BLOCK_N, True, False, False)
     if FIX_EMPTY and ADD_FILL:  # under "fill" a masked logit is constant: no gradient
         if _any(empty):
-            dq = _kv_sweep(dq, q, do, _empty_rel(lse, N_K), delta, empty, k_ptrs, v_ptrs,
-                           stride_kn, stride_vn, offs_m, offs_n, offs_d, offs_dv, 0, N_K, FullList, b,
+            dq = _kv_sweep(dq, q, do, _empty_rel(lse, N_K), rel, delta, empty, k_ptrs,
+                           v_ptrs, stride_kn, stride_vn, offs_m, offs_n, offs_d, offs_dv, 0,
+                           N_K, FullList, b,
                            h, H_Q, N_Q, N_K, seed, seed_offset${inputs}${grads}, BLOCK_N,
                            True, False, True)
 

@@ -437,6 +437,10 @@ def general_constants(spec: AttentionSpec) -> dict[str, str]:
     fix_empty = drop and spec.mask is not None and semantics in ("fill", "add")
     empty_lse = spec.mask_fill / 2 if fix_empty else float("-inf")
     uniform_empty = semantics == "fill" or spec.mask_fill * math.log2(math.e) <= -FLOAT32_MAX
+    # a score mod that reads a tensor may add anything, -FLT_MAX included; index
+    # arithmetic and soft-capping stay far from it
+    data_bias = spec.score_mod is not None and any(
+        f"{t.name}[" in spec.score_mod for t in spec.inputs)
     lines = [
         f"HAS_MASK = tl.constexpr({spec.mask is not None})",
         f"HAS_MOD = tl.constexpr({spec.score_mod is not None})",
@@ -461,6 +465,16 @@ def general_constants(spec: AttentionSpec) -> dict[str, str]:
         f"KEEP_SCALE = tl.constexpr({1.0 / (1.0 - p)!r})",
         "LOG2E = tl.constexpr(1.4426950408889634)",
         "MIN_Z = tl.constexpr(-3.4028234663852886e38)",
+        # A row whose largest logit is MIN_Z (an additive fp32-min bias on every visible
+        # key) ties there: P = 1/l, and m + log2 l would round to m. Its lse is kept as
+        # TIE_BASE + l·TIE_STEP (exact: one fp32 ulp per tie), below any real row's lse
+        # (≥ MIN_Z·ln 2); FIX_EMPTY rows use that range for their own encoding.
+        f"DATA_BIAS = tl.constexpr({data_bias})",
+        f"TIE_ROWS = tl.constexpr({data_bias and not fix_empty})",
+        "TIE_BASE = tl.constexpr(-3.4028234663852886e38)",
+        "TIE_STEP = tl.constexpr(2.028240960365167e31)  # 2**104, the ulp at TIE_BASE",
+        "TIE_MAX_COUNT = tl.constexpr(4194304.0)  # keeps the encoding below TIE_LSE",
+        "TIE_LSE = tl.constexpr(-2.45e38)  # an lse below this encodes a tie row",
     ]
     return {"general_header": "\n".join(lines)}
 
@@ -525,6 +539,11 @@ def _logits(s, b, h, q_i, kv_i, N_Q, N_K${inputs}, MASKED: tl.constexpr,
     if HAS_MOD:
         nat = _score_mod(s * SCALE, b, h, q_i, kv_i, N_Q, N_K${inputs})
         z = nat * LOG2E
+        if DATA_BIAS:
+            # an additive bias of finfo(fp32).min (a padding mask handed in as a tensor)
+            # is finite in eager's natural units but overflows here: keep it finite, so
+            # a row of nothing else stays eager's uniform average instead of NaN
+            z = tl.where((z == float("-inf")) & (nat != float("-inf")), MIN_Z, z)
     else:
         nat = s * SCALE
         z = s * QK_SCALE
@@ -720,6 +739,9 @@ def _attn_fwd(Q, K, V, Out, Lse, Seed, FullCnt, FullList, PartCnt, PartList${inp
         # Masked logits are clamped to fp32 in log2 units; the natural-log lse of such a
         # row is mask_fill + (its offset from the clamped fill) + ln l.
         lse = tl.where(empty, (m_i - FILL_Z + tl.math.log2(l_i)) * LN2 + MASK_FILL, lse)
+    if TIE_ROWS:
+        lse = tl.where((m_i == MIN_Z) & (l_i > 0.0),
+                       TIE_BASE + tl.minimum(l_i, TIE_MAX_COUNT) * TIE_STEP, lse)
     o_ptrs = (Out + b * stride_ob + h * stride_oh
               + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od)
     row_ok = offs_m < N_Q

@@ -29,6 +29,7 @@ forward under no_grad); `ioaware.autograd_function` keeps each one whole first.
 from __future__ import annotations
 
 import copy
+import logging
 import operator
 from collections.abc import Sequence
 from typing import Any
@@ -126,9 +127,54 @@ def _flatten_region(g: fx.Graph, region: list[fx.Node]) -> None:
             g.erase_node(n)
 
 
+_CONTEXT_FN = "_checkpoint_context_fn"
+
+
+def is_checkpoint(node: fx.Node) -> bool:
+    """torch.utils.checkpoint under dynamo: `tag_activation_checkpoint(body, *args)`."""
+    return node.op == "call_function" and \
+        getattr(node.target, "_name", None) == "tag_activation_checkpoint"
+
+
+def _name_vanilla_checkpoint_policy(gm: fx.GraphModule) -> None:
+    """Give each plain checkpoint body the policy torch's own eager path uses for it.
+
+    dynamo records `context_fn` in the body's meta only when the user passed one; torch
+    2.13's pre-dispatch tracing of the op then reads that key unconditionally and fails
+    (KeyError '_checkpoint_context_fn'). Naming the policy the op falls back to when the
+    key is absent (recompute everything) changes nothing it computes.
+    """
+    import functools
+
+    from torch._higher_order_ops import wrap
+    from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+    always = getattr(wrap, "_always_prefer_recompute", None)
+    for node in gm.graph.nodes:
+        if not is_checkpoint(node) or always is None:
+            continue
+        body = gm.get_submodule(node.args[0].target)
+        if _CONTEXT_FN not in body.meta:
+            policy = functools.partial(create_selective_checkpoint_contexts, always)
+            policy.ioaware_named = True  # type: ignore[attr-defined]
+            body.meta[_CONTEXT_FN] = policy
+
+
+def _unname_vanilla_checkpoint_policy(*gms: fx.GraphModule) -> None:
+    """Undo the above in dynamo's graph and in the traced one, so that both run as torch
+    runs a plain checkpoint (and torch does not warn about a context_fn nobody passed)."""
+    for gm in gms:
+        for node in gm.graph.nodes:
+            if is_checkpoint(node):
+                body = gm.get_submodule(node.args[0].target)
+                if getattr(body.meta.get(_CONTEXT_FN), "ioaware_named", False):
+                    del body.meta[_CONTEXT_FN]
+
+
 def canonicalize(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> fx.GraphModule:
     """Re-trace `gm` into canonical pre-autograd ATen with FakeTensor `meta["val"]`."""
     fakes = fake_inputs(gm, example_inputs)
+    _name_vanilla_checkpoint_policy(gm)
     if any(is_autograd_function_apply(n) for n in gm.graph.nodes):
         # a copy: dynamo's graph stays as it was, the backend may still run it
         gm = fx.GraphModule(gm, copy.deepcopy(gm.graph))
@@ -140,13 +186,22 @@ def canonicalize(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> fx.GraphM
         if any(_vmap_op(n, "_vmap_increment_nesting") for n in gm.graph.nodes):
             raise NotImplementedError("a vmap region that is not elementwise over one shape "
                                       "does not survive re-tracing")
-    traced = make_fx(
-        gm,
-        tracing_mode="symbolic",
-        pre_dispatch=True,
-        decomposition_table=CANONICAL_DECOMPOSITIONS,
-        _allow_non_fake_inputs=True,
-    )(*fakes)
+    # torch warns once about the checkpoint policy named above; it is torch's own
+    wrap_log = logging.getLogger("torch._higher_order_ops.wrap")
+    level = wrap_log.level
+    wrap_log.setLevel(logging.ERROR)
+    try:
+        traced = make_fx(
+            gm,
+            tracing_mode="symbolic",
+            pre_dispatch=True,
+            decomposition_table=CANONICAL_DECOMPOSITIONS,
+            _allow_non_fake_inputs=True,
+        )(*fakes)
+    finally:
+        wrap_log.setLevel(level)
+        _unname_vanilla_checkpoint_policy(gm)
+    _unname_vanilla_checkpoint_policy(traced)
     # The trace runs below grad mode, so its FakeTensors all say requires_grad=False;
     # keep the inputs' own flag for passes that must know what needs a gradient.
     inputs = [n for n in traced.graph.nodes if n.op == "placeholder"]

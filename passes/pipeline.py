@@ -47,11 +47,25 @@ PIPELINE: list[Pass] = [
 
 
 def run_pipeline(gm: fx.GraphModule, ctx: PassContext) -> tuple[list[Rewrite], list[Fallback]]:
-    """Run every pass in order on `gm` (in place); collect rewrites and fallbacks."""
+    """Run every pass in order on `gm` (in place); collect rewrites and fallbacks.
+
+    The bodies of activation-checkpointed regions (`torch.utils.checkpoint`, kept as one
+    higher-order op with its body as a subgraph) are rewritten the same way, so a layer
+    trained with checkpointing keeps it and still gets the kernels.
+    """
+    from ioaware.capture import is_checkpoint
+
     rewrites: list[Rewrite] = []
     fallbacks: list[Fallback] = []
     for p in PIPELINE:
         r, f = p.run(gm, ctx)
         rewrites += r
         fallbacks += f
+    for node in gm.graph.nodes:
+        if is_checkpoint(node):
+            body = gm.get_submodule(node.args[0].target)
+            r, f = run_pipeline(body, ctx)
+            body.recompile()
+            rewrites += r
+            fallbacks += f
     return rewrites, fallbacks

@@ -112,3 +112,29 @@ def test_custom_autograd_function_keeps_its_backward(interpret):
     want = torch.autograd.grad(ref.square().sum(), (q, k, v))
     for g, w in zip(got, want):
         assert relative_error(g, w) <= TOLERANCE[torch.float32]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_additive_min_mask_handed_in_as_a_tensor(interpret, dtype):
+    # A padding mask of finfo.min that arrives as data (a model's 4-D attention_mask, or
+    # a checkpointed layer's input) is a bias to the kernel. Rows it masks entirely are
+    # eager's uniform average: their logits overflow the log2 scaling (forward) and tie
+    # at the fp32 floor, where lse = m + log2 l would lose l (backward).
+    def fn(q, k, v, bias):
+        return torch.softmax((q @ k.transpose(-1, -2)) * 0.25 + bias, dim=-1) @ v
+
+    torch.manual_seed(0)
+    b, h, n, d = 2, 2, 12, 16
+    q, k, v = (torch.randn(b, h, n, d, dtype=dtype, requires_grad=True) for _ in range(3))
+    keep = torch.ones(b, n, dtype=torch.bool)
+    keep[0, :5] = False  # queries 0..4 of batch 0 see no key at all
+    allowed = keep[:, None, None, :] & torch.ones(n, n, dtype=torch.bool).tril()
+    bias = torch.zeros(b, 1, n, n, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    out, ref, expl = run_both(fn, q, k, v, bias)
+    assert expl.rewrites and expl.rewrites[0].detail["score_mod"] == ["bias"]
+    assert not ref.isnan().any()
+    assert relative_error(out, ref) <= TOLERANCE[dtype]
+    go = torch.randn_like(ref)
+    for g, w in zip(torch.autograd.grad(out, (q, k, v), go),
+                    torch.autograd.grad(ref, (q, k, v), go)):
+        assert relative_error(g, w) <= TOLERANCE[dtype]

@@ -81,6 +81,22 @@ def test_attention_dropout_in_training(interpret, impl):
     assert torch.allclose(fast(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_gradient_checkpointing_keeps_the_rewrites(interpret, impl):
+    # Each block is a `tag_activation_checkpoint` region with its body as a subgraph; the
+    # passes rewrite inside it and the checkpoint stays. The mask reaches the body as an
+    # input, so inside it is data: an additive bias (eager) or SDPA's attn_mask.
+    torch.manual_seed(0)
+    model = quietly(gpt2, impl).train()
+    model.gradient_checkpointing_enable()
+    model.config.use_cache = False
+    ids = torch.randint(0, 128, (2, N))
+    kwargs = {"attention_mask": left_padded_mask(2, N)}
+    expl = _expect_all_rewritten(model, ids, **kwargs)
+    assert not expl.fallbacks, expl
+    assert_compiled_matches_eager(model, ids, TOLERANCE[torch.float32], **kwargs)
+
+
 # Other families, built for the capability rather than for the three above: every
 # attention call rewritten with its structure named, then (eval mode, so that their
 # default dropouts are off) logits and every parameter gradient against eager.
