@@ -424,6 +424,30 @@ def _lit(x: float) -> str:
     return repr(x) if math.isfinite(x) else f'float("{x}")'
 
 
+def adds_loaded_values(spec: AttentionSpec) -> bool:
+    """Whether the score mod may add a tensor's value as it is: some summand holds a load
+    that is not scaled by index arithmetic (`bias[b, h, q_idx, kv_idx]`, a learned
+    table's entry, a Piecewise of loads). Such a value may be finfo(fp32).min, which is
+    finite in natural units but overflows in log2 units. ALiBi's
+    `slopes[h]*(kv_idx - q_idx)` and soft-capping cannot reach it and skip the check."""
+    import sympy
+
+    from ioaware.spec import KV_IDX, Q_IDX
+
+    expr = spec.score_mod_expr()
+    if expr is None:
+        return False
+    for term in sympy.Add.make_args(expr):
+        if not term.atoms(sympy.Indexed):
+            continue
+        scaled = term.is_Mul and any(
+            not f.atoms(sympy.Indexed) and f.free_symbols & {Q_IDX, KV_IDX}
+            for f in term.args)
+        if not scaled:
+            return True
+    return False
+
+
 def general_constants(spec: AttentionSpec) -> dict[str, str]:
     """The general Spec's switches, baked in as constexprs (both directions)."""
     from .reference import dropout_threshold
@@ -437,10 +461,7 @@ def general_constants(spec: AttentionSpec) -> dict[str, str]:
     fix_empty = drop and spec.mask is not None and semantics in ("fill", "add")
     empty_lse = spec.mask_fill / 2 if fix_empty else float("-inf")
     uniform_empty = semantics == "fill" or spec.mask_fill * math.log2(math.e) <= -FLOAT32_MAX
-    # a score mod that reads a tensor may add anything, -FLT_MAX included; index
-    # arithmetic and soft-capping stay far from it
-    data_bias = spec.score_mod is not None and any(
-        f"{t.name}[" in spec.score_mod for t in spec.inputs)
+    data_bias = adds_loaded_values(spec)
     lines = [
         f"HAS_MASK = tl.constexpr({spec.mask is not None})",
         f"HAS_MOD = tl.constexpr({spec.score_mod is not None})",

@@ -32,6 +32,7 @@ import textwrap
 from collections.abc import Callable
 
 import sympy
+import torch
 from sympy.core.relational import Relational
 
 from ioaware.spec import B_IDX, H_IDX, KV_IDX, Q_IDX, SCORE, AttentionSpec, TensorInput
@@ -222,6 +223,9 @@ class TritonPrinter:
             return out
         if isinstance(e, Relational):
             op = {"<": "<", "<=": "<=", ">": ">", ">=": ">=", "==": "==", "!=": "!="}[e.rel_op]
+            half = self.half_comparison(e.lhs, e.rhs)
+            if half is not None:
+                return f"({half[0]} {op} {half[1]})"
             return f"({self.code(e.lhs)} {op} {self.code(e.rhs)})"
         if isinstance(e, sympy.And):
             return "(" + " & ".join(self.code(a) for a in e.args) + ")"
@@ -231,6 +235,24 @@ class TritonPrinter:
             return f"({self.code(e.args[0])} == 0)"
         raise ValueError(f"expression {e} ({e.func.__name__}) is outside the AttentionSpec "
                          "grammar")
+
+    def half_comparison(self, lhs: sympy.Basic, rhs: sympy.Basic) -> tuple[str, str] | None:
+        """Both sides, in fp32, of a load of a 16-bit float input compared with a number.
+
+        Eager compares in the input's dtype, the number rounded to it; the same number
+        rounded once here and both sides widened to fp32 give the same answer exactly,
+        and keep the comparison off 16-bit constants (Triton's interpreter misreads a
+        bf16 `x > -1e30`: triton 3.7). None when the comparison is not of that form."""
+        load, number = (lhs, rhs) if isinstance(lhs, sympy.Indexed) else (rhs, lhs)
+        if not (isinstance(load, sympy.Indexed) and number.is_Number):
+            return None
+        dtype = self.inputs[self.input_index(str(load.base))].dtype
+        if dtype not in ("bfloat16", "float16"):
+            return None
+        x = torch.tensor(float(number), dtype=getattr(torch, dtype)).item()
+        literal = f"({x!r})" if math.isfinite(x) else f'float("{x}")'
+        sides = (f"{self.load(load)}.to(tl.float32)", literal)
+        return sides if load is lhs else sides[::-1]
 
     def float_code(self, e: sympy.Basic) -> str:
         """An expression forced to fp32 (integer subexpressions are converted)."""

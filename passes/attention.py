@@ -69,6 +69,9 @@ MODEL_BLOCK_M, MODEL_BLOCK_N = 128, 64
 
 # The raw product q·k (before any scale) while the score chain is interpreted.
 RAW = sympy.Symbol("raw", real=True)
+# A fill at or below this is "huge": bias + fill rounds to the fill in fp32, and SDPA's
+# CUDA backends (efficient, cuDNN) treat keys carrying it as masked (H100, torch 2.11).
+HUGE_FILL = -1e30
 
 
 class NoMatch(Exception):
@@ -485,7 +488,7 @@ def _mask_values(expr: sympy.Basic) -> tuple[sympy.Basic, float, sympy.Basic] | 
         allowed, fill, bias = split
     else:
         return None  # several masks added: their fills would sum
-    if bias != 0 and not (math.isinf(fill) or fill <= -1e30):
+    if bias != 0 and not (math.isinf(fill) or fill <= HUGE_FILL):
         return None
     return allowed, fill, bias
 
@@ -618,7 +621,7 @@ def _set_mask(mods: Modifications, allowed: sympy.Basic, semantics: str, fill: f
     rest = []
     # A finite fill (masked_fill(-1.0), an additive -1e4) still takes part in softmax:
     # only a fill that exp() turns into exactly 0 lets the causal kernel drop those keys.
-    drops = semantics in ("neg_inf", "safe") or fill <= -1e30
+    drops = semantics in ("neg_inf", "safe") or fill <= HUGE_FILL
     for c in masks.conjuncts(allowed):
         if drops and masks.describe(c) == "causal":
             mods.causal = True
@@ -761,6 +764,11 @@ def match_sdpa(node: fx.Node) -> AttentionMatch:
     )
 
 
+def _cuda_semantics(node: fx.Node) -> bool:
+    """Whether SDPA at `node` runs on CUDA, whose backends mask huge finite fills."""
+    return _val(node).device.type == "cuda"
+
+
 def _sdpa_mask(node: fx.Node, attn_mask: Any, dtype: torch.dtype, shape: tuple[int, ...],
                mods: Modifications) -> None:
     """SDPA's attn_mask: bool (True keeps a key) or additive, added to the scaled scores.
@@ -769,11 +777,13 @@ def _sdpa_mask(node: fx.Node, attn_mask: Any, dtype: torch.dtype, shape: tuple[i
     checked on 2.13 CPU and 2.11 CUDA; cuDNN's is arbitrary at N % 128 == 64, a bug:
     pytorch/pytorch#196678): "safe". An additive mask of 0 and a finite fill is "add"
     (on CUDA "safe" when the fill is huge, as the backends there do); any other
-    additive tensor is a bias in score_mod, with its -inf entries as a "safe" mask.
+    additive tensor is a bias in score_mod, with its -inf entries (on CUDA: its huge
+    ones) as a "safe" mask.
     """
     val = _val(attn_mask)
     if not isinstance(val, torch.Tensor):
         raise NoMatch(f"{node.name}: attn_mask is not a tensor")
+    on_cuda = _cuda_semantics(node)
     if val.dtype != torch.bool and val.dtype != dtype:
         raise NoMatch(f"{node.name}: attn_mask dtype {val.dtype} is neither bool nor the "
                       f"query dtype {dtype} (left to eager, which decides)")
@@ -789,7 +799,7 @@ def _sdpa_mask(node: fx.Node, attn_mask: Any, dtype: torch.dtype, shape: tuple[i
     if values is not None:
         allowed, fill, bias = values
         sem, fill = _fill_semantics(fill, dtype)
-        if sem == "fill" and fill <= -1e30 and _val(node).device.type == "cuda":
+        if sem == "fill" and fill <= HUGE_FILL and on_cuda:
             # On CUDA the efficient and cuDNN backends (SDPA's picks for masked attention)
             # give a row whose keys all carry a huge finite fill 0, as for -inf; only the
             # math backend averages it uniformly (H100, torch 2.11: scripts/diag_gpu.py sdpa).
@@ -799,8 +809,12 @@ def _sdpa_mask(node: fx.Node, attn_mask: Any, dtype: torch.dtype, shape: tuple[i
             mods.score_mod = SCORE + bias
         return
     mods.score_mod = SCORE + t.expr
-    if masks.loads(t.expr):  # a data bias may hold -inf: those keys are masked, safely
-        _set_mask(mods, sympy.Ne(t.expr, -sympy.oo), "safe", float("-inf"))
+    if masks.loads(t.expr):
+        # A data bias may hold -inf: those keys are masked, safely. On CUDA so are keys
+        # whose bias is huge (finfo.min padding handed in as a tensor): a row of only
+        # such keys is 0 there, as for a constant huge fill, not the uniform average.
+        kept = sympy.Gt(t.expr, HUGE_FILL) if on_cuda else sympy.Ne(t.expr, -sympy.oo)
+        _set_mask(mods, kept, "safe", float("-inf"))
 
 
 # ---------------------------------------------------------------------------------------

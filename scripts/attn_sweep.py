@@ -4,6 +4,7 @@
                                  [--no-flex] [--no-op] [--budget-s 220]
                                  [--fwd 'BM,BN,W,S;...'] [--dkdv ...] [--dq ...]
     python scripts/attn_sweep.py --host      (host time per call only, `host_times`)
+    python scripts/attn_sweep.py --host --profile   (and where it goes: cProfile, top 25)
 
 Needs a CUDA GPU. For each mask kind of `ioaware bench attention --mask KIND` (B=2,
 H=16, N=8192, d=128, bf16, causal), the rendered forward and backward modules are
@@ -296,7 +297,7 @@ class Sweep:
                  lambda: _rel_err((q.grad, k.grad, v.grad), self.want[1:]), always=True)
 
 
-def host_times(kinds: list[str], calls: int = 300) -> None:
+def host_times(kinds: list[str], calls: int = 300, profile: bool = False) -> None:
     """Per-call wall time at a tiny size (B=1, H=2, N=256, d=128): each launch's GPU work
     is a few microseconds, far less than issuing it, so the time per call is the host
     path (Python, torch's op dispatch and autograd, Triton's launches), the part that
@@ -343,6 +344,27 @@ def host_times(kinds: list[str], calls: int = 300) -> None:
         times = [per_call_us(no_grad), per_call_us(lambda fn=fn: fn(qg, kg, vg)),
                  per_call_us(fwd_bwd)]
         print(f"  {name:<16} " + " ".join(f"{t:12.1f}" for t in times), flush=True)
+        if profile and name != "sdpa (causal)":
+            _profile(name, fwd_bwd, calls)
+
+
+def _profile(name: str, fn, calls: int) -> None:
+    """cProfile of `calls` calls of fn: the functions that hold the host time."""
+    import cProfile
+    import io
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    profiler.disable()
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text)
+    stats.sort_stats("tottime").print_stats(25)
+    print(f"\n  cProfile of {calls} fwd+bwd calls, {name}, by own time:")
+    print("\n".join(line for line in text.getvalue().splitlines()[6:] if line.strip()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -369,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="wall seconds after which remaining configs are skipped")
     parser.add_argument("--host", action="store_true",
                         help="only the host time per call at a tiny size (no sweep)")
+    parser.add_argument("--profile", action="store_true",
+                        help="with --host: cProfile the fwd+bwd calls (top 25 by own time)")
     parser.add_argument("--warmup-ms", type=float, default=10.0)
     parser.add_argument("--rep-ms", type=float, default=40.0)
     args = parser.parse_args(argv)
@@ -384,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, triton {triton.__version__}, "
           f"{torch.cuda.get_device_name()}")
     if args.host:
-        host_times(kinds)
+        host_times(kinds, profile=args.profile)
         return 0
     start = time.monotonic()
     for i, kind in enumerate(kinds):

@@ -94,3 +94,33 @@ def test_sdpa_fully_masked_rows_as_eager_on_gpu(dtype, fill):
     for g, w in zip(torch.autograd.grad(out, (q, k, v), grad),
                     torch.autograd.grad(ref, (q, k, v), grad)):
         assert relative_error(g, w, floor=0.1) <= TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_additive_min_bias_tensor_as_eager_on_gpu(dtype):
+    """A finfo.min padding mask handed in as a tensor is a bias to the kernels; rows it
+    masks entirely are eager's uniform average, forward and backward (compiled kernels:
+    the log2 overflow guard and the tie rows' lse encoding)."""
+    torch._dynamo.reset()
+    b, h, n, d = 2, 4, 200, 64
+    keep = torch.ones(b, n, dtype=torch.bool, device="cuda")
+    keep[0, :70] = False  # crosses the first 64-row tile
+    tril = torch.ones(n, n, dtype=torch.bool, device="cuda").tril()
+    allowed = keep[:, None, None, :] & tril
+    bias = torch.zeros(b, 1, n, n, dtype=dtype, device="cuda").masked_fill(
+        ~allowed, torch.finfo(dtype).min)
+
+    def fn(q, k, v, bias):
+        return torch.softmax((q @ k.transpose(-1, -2)) * d ** -0.5 + bias, dim=-1) @ v
+
+    q, k, v = (torch.randn(b, h, n, d, device="cuda", dtype=dtype, requires_grad=True)
+               for _ in range(3))
+    fast = ioaware.compile(fn)
+    out, ref = fast(q, k, v, bias), fn(q, k, v, bias)
+    assert fast._ioaware_backend.explanation.rewrites, fast._ioaware_backend.explanation
+    assert not ref.isnan().any()
+    assert relative_error(out, ref) <= TOLERANCE[dtype]
+    grad = torch.randn_like(out)
+    for g, w in zip(torch.autograd.grad(out, (q, k, v), grad),
+                    torch.autograd.grad(ref, (q, k, v), grad)):
+        assert relative_error(g, w) <= TOLERANCE[dtype]

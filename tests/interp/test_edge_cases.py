@@ -138,3 +138,72 @@ def test_additive_min_mask_handed_in_as_a_tensor(interpret, dtype):
     for g, w in zip(torch.autograd.grad(out, (q, k, v), go),
                     torch.autograd.grad(ref, (q, k, v), go)):
         assert relative_error(g, w) <= TOLERANCE[dtype]
+
+
+def test_only_plain_loaded_summands_pay_the_overflow_check():
+    # The kernels test each logit for the log2 overflow only where the score mod may add
+    # a tensor's value as it is; ALiBi's slope times distance and soft-capping cannot.
+    from ioaware.codegen.attention_fwd import adds_loaded_values
+    from ioaware.spec import AttentionSpec, TensorInput
+
+    def spec(mod, *inputs):
+        return AttentionSpec(head_dim=16, head_dim_v=16, dtype="float32", causal=True,
+                             scale=1.0, score_mod=mod,
+                             inputs=tuple(TensorInput(n, d, "float32") for n, d in inputs))
+
+    assert adds_loaded_values(spec("score + bias[b, h, q_idx, kv_idx]", ("bias", 4)))
+    assert adds_loaded_values(spec("score + 2*bias[b, h, q_idx, kv_idx]", ("bias", 4)))
+    assert adds_loaded_values(spec("score + table[h, Abs(kv_idx - q_idx)]", ("table", 2)))
+    assert not adds_loaded_values(spec("score + slopes[h]*(kv_idx - q_idx)", ("slopes", 1)))
+    assert not adds_loaded_values(spec("score + slopes[h]*kv_idx", ("slopes", 1)))
+    assert not adds_loaded_values(spec("30*tanh(score/30)"))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_sdpa_min_mask_tensor_rows_as_the_backend_gives_them(interpret, monkeypatch,
+                                                            dtype, backend):
+    # A finfo.min padding mask handed to SDPA as an input is a data bias. SDPA's math
+    # backend (CPU) averages a row of only such keys uniformly; the CUDA backends give
+    # it 0 as for -inf. The CUDA branch of the pass is taken here on CPU kernels and
+    # checked against eager with those rows zeroed. bf16 also checks that a comparison
+    # of a 16-bit load with a number is made in fp32 (the interpreter misreads bf16's).
+    # Eager is SDPA's math backend: the CPU flash backend's gradient of such a row is
+    # l times too large (its lse m + log l rounds to m, so P recomputes as 1 per key).
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from ioaware.passes import attention
+
+    if backend == "cuda":
+        monkeypatch.setattr(attention, "_cuda_semantics", lambda node: True)
+    torch._dynamo.reset()
+    n = 40
+    i = torch.arange(n)
+    keep = torch.ones(2, n, dtype=torch.bool)
+    keep[0, :9] = False
+    allowed = ((i[None, :] <= i[:, None])[None] & keep[:, None, :])[:, None]
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed,
+                                                              torch.finfo(dtype).min)
+
+    def fn(q, k, v, mask):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, n, 16, generator=gen).to(dtype).requires_grad_()
+               for _ in range(3))
+    fast = ioaware.compile(fn)
+    out = fast(q, k, v, mask)
+    with sdpa_kernel([SDPBackend.MATH]):
+        ref = fn(q, k, v, mask)
+    expl = fast._ioaware_backend.explanation
+    assert expl.rewrites, expl
+    if backend == "cuda":
+        zero = torch.ones_like(ref)
+        zero[0, :, :9] = 0
+        ref = ref * zero  # the rows' gradient through the zeroing is 0, as on CUDA
+        assert (out[0, :, :9] == 0).all()
+    assert relative_error(out, ref) <= TOLERANCE[dtype]
+    grad = torch.randn(out.shape, generator=gen).to(dtype)
+    for g, w in zip(torch.autograd.grad(out, (q, k, v), grad),
+                    torch.autograd.grad(ref, (q, k, v), grad)):
+        assert relative_error(g, w, floor=0.1) <= TOLERANCE[dtype]
