@@ -5,6 +5,7 @@
                                  [--fwd 'BM,BN,W,S;...'] [--dkdv ...] [--dq ...]
     python scripts/attn_sweep.py --host      (host time per call only, `host_times`)
     python scripts/attn_sweep.py --host --profile   (and where it goes: cProfile, top 25)
+    python scripts/attn_sweep.py --host --layers    (per layer under the call; syncs)
 
 Needs a CUDA GPU. For each mask kind of `ioaware bench attention --mask KIND` (B=2,
 H=16, N=8192, d=128, bf16, causal), the rendered forward and backward modules are
@@ -348,6 +349,112 @@ def host_times(kinds: list[str], calls: int = 300, profile: bool = False) -> Non
             _profile(name, fwd_bwd, calls)
 
 
+def host_layers(kinds: list[str], calls: int = 300) -> None:
+    """Host time per call of each layer under the user's call, at the tiny size of
+    `host_times`: which layer holds the time (torch's op dispatch, our op body, the
+    launcher with its tuner lookup and block map, Triton's launch)."""
+    from ioaware.bench import AttentionProblem
+    from ioaware.bench_masks import _spec, alibi_slopes, document_ids
+    from ioaware.codegen import cache, launch, ops
+
+    problem = AttentionProblem(1, 2, 256, 128, torch.bfloat16, causal=True)
+    q, k, v, dout = (torch.randn(1, 2, 256, 128, device="cuda", dtype=torch.bfloat16)
+                     for _ in range(4))
+    device = ops._kernel_device(q.device)
+
+    def per_call_us(fn) -> float:
+        with torch.no_grad():
+            for _ in range(20):
+                fn()
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) / calls * 1e6
+
+    def layers(kind: str) -> list[tuple[str, object]]:
+        extra = (alibi_slopes(2, "cuda") if kind == "alibi"
+                 else document_ids(1, 256, "cuda") if kind == "document" else None)
+        spec, inputs = _spec(kind, problem), [] if extra is None else [extra]
+        text = ops._spec_json(spec)
+        fwd = cache.load_kernel_module("attention_fwd", spec, device)
+        bwd = cache.load_kernel_module("attention_bwd", spec, device)
+        out, lse = ops._empty_outputs(q, v)
+        body = ops.attention_op._init_fn  # the Python function torch's custom op wraps
+        fwd.forward(q, k, v, out, lse, inputs)
+        config = next(iter(getattr(fwd, "_CHOSEN", {}).values()), fwd.DEFAULT_CONFIG)
+        dq, dk, dv = (torch.empty_like(t) for t in (q, k, v))
+        return [
+            ("ops.attention (user entry)", lambda: ops.attention(q, k, v, spec, inputs)),
+            ("torch.ops.ioaware.attention", lambda: torch.ops.ioaware.attention(
+                q, k, v, inputs, text, None)),
+            ("op body (no dispatch)", lambda: body(q, k, v, inputs, text, None)),
+            ("module.forward (tuner+map+launch)", lambda: fwd.forward(
+                q, k, v, out, lse, inputs)),
+            ("_launch(config) (map+launch)", lambda: fwd._launch(
+                config, q, k, v, out, lse, inputs, None)),
+            ("torch.ops.ioaware.attention_backward", lambda: torch.ops.ioaware
+             .attention_backward(dout, q, k, v, out, lse, inputs, text, None, None)),
+            ("module.backward (3 kernels)", lambda: bwd.backward(
+                dout, q, k, v, out, lse, None, dq, dk, dv, inputs, [], None)),
+        ]
+
+    print("\nhost time per call by layer (us), B=1 H=2 N=256 d=128 bf16 causal:")
+    for kind in kinds:
+        print(f"  {kind}:{'Triton launch':>50} {'cached binary':>14}")
+        for name, fn in layers(kind):
+            times = []
+            for fast in (False, True):  # kernel[grid](...), then codegen/launch's path
+                launch._ENABLED = fast
+                times.append(per_call_us(fn))
+            print(f"    {name:<40} {times[0]:14.1f} {times[1]:14.1f}", flush=True)
+        launch._ENABLED = True
+
+
+def sync_check(kind: str, calls: int = 5) -> None:
+    """torch.profiler over fwd+bwd calls at the bench size (B=2, H=16, N=8192): the
+    host-device syncs and copies inside a call (each one serialises host and GPU time),
+    and the top host-side ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from ioaware.bench import AttentionProblem
+    from ioaware.bench_masks import _spec, alibi_slopes, document_ids
+    from ioaware.codegen import ops
+
+    b, h, n = 2, 16, 8192
+    problem = AttentionProblem(b, h, n, 128, torch.bfloat16, causal=True)
+    q, k, v = (torch.randn(b, h, n, 128, device="cuda", dtype=torch.bfloat16,
+                           requires_grad=True) for _ in range(3))
+    dout = torch.randn_like(q)
+    extra = (alibi_slopes(h, "cuda") if kind == "alibi"
+             else document_ids(b, n, "cuda") if kind == "document" else None)
+    spec, inputs = _spec(kind, problem), [] if extra is None else [extra]
+
+    def step() -> None:
+        ops.attention(q, k, v, spec, inputs).backward(dout)
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        step()
+    torch.cuda.synchronize()
+    wall = (time.perf_counter() - start) / calls * 1e3
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            step()
+        torch.cuda.synchronize()
+    rows = prof.key_averages()
+    gpu_ms = sum(r.self_device_time_total for r in rows) / calls / 1e3
+    syncs = {r.key: r.count // calls for r in rows
+             if any(s in r.key for s in ("Synchronize", "Memcpy", "local_scalar", "item"))}
+    print(f"\n{kind} fwd+bwd at B={b} H={h} N={n}: wall {wall:.3f} ms per call, GPU "
+          f"kernels {gpu_ms:.3f} ms; per call syncs/copies: {syncs or 'none'}")
+    print(rows.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=50))
+
+
 def _profile(name: str, fn, calls: int) -> None:
     """cProfile of `calls` calls of fn: the functions that hold the host time."""
     import cProfile
@@ -393,6 +500,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the host time per call at a tiny size (no sweep)")
     parser.add_argument("--profile", action="store_true",
                         help="with --host: cProfile the fwd+bwd calls (top 25 by own time)")
+    parser.add_argument("--layers", action="store_true",
+                        help="with --host: host time of each layer under the call, and "
+                             "torch.profiler's syncs at the bench size")
     parser.add_argument("--warmup-ms", type=float, default=10.0)
     parser.add_argument("--rep-ms", type=float, default=40.0)
     args = parser.parse_args(argv)
@@ -408,7 +518,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, triton {triton.__version__}, "
           f"{torch.cuda.get_device_name()}")
     if args.host:
-        host_times(kinds, profile=args.profile)
+        if args.layers:
+            host_layers(kinds)
+            for kind in kinds:
+                sync_check(kind)
+        else:
+            host_times(kinds, profile=args.profile)
         return 0
     start = time.monotonic()
     for i, kind in enumerate(kinds):

@@ -73,7 +73,31 @@ def test_tuned_tiles_match_eager_on_the_tuning_call_and_after(name):
         _check_variant(name, 128, "neg_inf", torch.float32, 1100)
 
 
-def _check_variant(name, d, semantics, dtype, n):
+def test_launches_from_cached_binaries_match_eager():
+    """codegen/launch keeps each kernel's binary per specialisation key and launches it
+    directly on a hit. Hits (the same call again), and misses that Triton specialises
+    differently (q, k, v one element into their storage: not 16-byte aligned; N = 1001:
+    sizes not divisible by 16), in turn, each match eager, forward and backward."""
+    from ioaware.codegen import cache, launch
+
+    spec = None
+    for n, offset in [(1000, 0), (1000, 0), (1000, 1), (1001, 0), (1000, 1), (1000, 0)]:
+        spec = _check_variant("padding_bias", 64, "neg_inf", torch.bfloat16, n, offset)
+    module = cache.load_kernel_module("attention_fwd", spec, cache.device_tag("cuda"))
+    keys = getattr(module._attn_fwd, launch._ATTR, {})
+    assert len(keys) >= 3 or not launch._ENABLED, keys
+
+
+def _misaligned(t: torch.Tensor, offset: int) -> torch.Tensor:
+    """t's values in a leaf that starts `offset` elements into its storage (a view)."""
+    if offset == 0:
+        return t.clone().requires_grad_()
+    buf = torch.zeros(t.numel() + offset, dtype=t.dtype, device=t.device)
+    buf[offset:].copy_(t.flatten())
+    return buf.requires_grad_()[offset:].view(t.shape)
+
+
+def _check_variant(name, d, semantics, dtype, n, offset=0):
     gen = torch.Generator(device="cuda").manual_seed(0)
     batch, heads, h_kv = 2, 4, 2
     mask, mask_fn, mod, mod_fn, named = _variant(name, batch, heads, n, gen)
@@ -85,7 +109,7 @@ def _check_variant(name, d, semantics, dtype, n):
     q = torch.randn(batch, heads, n, d, device="cuda", generator=gen).to(dtype)
     k, v = (torch.randn(batch, h_kv, n, d, device="cuda", generator=gen).to(dtype)
             for _ in range(2))
-    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    leaves = [_misaligned(x, offset) for x in (q, k, v)]
     tensors = {k_: (t.clone().requires_grad_() if rg else t) for k_, (t, rg) in named.items()}
     out = ops.attention(*leaves, spec, list(tensors.values()))
     dout = torch.randn(out.shape, device="cuda", generator=gen).to(dtype)
@@ -102,6 +126,7 @@ def _check_variant(name, d, semantics, dtype, n):
         summed = max(1, batch * heads * n * n // e.numel()) if what == "dbias" else 1
         err = relative_error(a, e.to(a.dtype), floor=FLOOR[dtype] * summed**0.5)
         assert err <= TOLERANCE[dtype], f"{name} {what}: relative error {err:.3g}"
+    return spec
 
 
 def test_dropout_on_gpu_matches_the_keep_mask():

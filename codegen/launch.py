@@ -1,0 +1,94 @@
+"""Launch a @triton.jit kernel through the binary it compiled to, once its key is known.
+
+`kernel[grid](*args, **kw)` (Triton's `JITFunction.run`) binds the arguments, derives
+the specialisation of each, builds its cache key, checks that no global the kernel
+read has changed, and then calls the compiled binary's launcher. The generated kernels
+take ~35 arguments and read ~50 module constants, and a forward + backward makes
+5 launches, so that path is a large part of a short call's host time.
+
+`launch(kernel, grid, *args, **kw)` keeps, per kernel, the binary each call signature
+compiled to, under a key at least as fine as what Triton specialises on:
+
+    tensor  -> (dtype, data_ptr % 16 == 0)         pointer type and 16-byte alignment
+    int     -> (== 1, % 16 == 0, i32, below 2**63)  Triton's constant 1, divisibility, width
+    bool, float, None, str -> the type (and value, for bool and str)
+    kw      -> the constexpr and launch-option values (BLOCK_M, num_warps, ...)
+
+plus the current device (a binary is loaded per device). Two calls with equal keys get
+the same binary from Triton, so a hit launches it directly, with no launch metadata and
+no hooks (Triton's empty hook chains); a miss, an argument of any other type, the
+interpreter or a listening profiler (a launch hook set) take `kernel[grid]` unchanged. The module constants are never reassigned after import (a
+Spec is a module), which is what Triton's per-call check of them guards against.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from triton import knobs
+from triton.runtime import JITFunction, driver
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# Off until checked on a GPU (tests/gpu/test_attention_mods_gpu.py with
+# IOAWARE_FAST_LAUNCH=1); `kernel[grid]` is the default path.
+_ENABLED = os.environ.get("IOAWARE_FAST_LAUNCH", "0") == "1"
+_ATTR = "_ioaware_binaries"
+
+
+def _arg_key(x: Any) -> Any:
+    """The part of Triton's specialisation `x` can change (see the module doc)."""
+    if isinstance(x, torch.Tensor):
+        return x.dtype, x.data_ptr() & 15 == 0
+    if isinstance(x, bool) or x is None:
+        return x
+    if isinstance(x, int):
+        return x == 1, x & 15 == 0, -(1 << 31) <= x < (1 << 31), x < (1 << 63)
+    if isinstance(x, float):
+        return float
+    raise TypeError(type(x).__name__)
+
+
+def launch(kernel: Any, grid: tuple[int, ...], *args: Any, **kw: Any) -> None:
+    """Launch `kernel` (a JITFunction) on `grid` as `kernel[grid](*args, **kw)` would."""
+    if _INTERPRET or not _ENABLED or not isinstance(kernel, JITFunction):
+        kernel[grid](*args, **kw)  # the interpreter, or an autotuner choosing constexprs
+        return
+    if _hooked(knobs.runtime.launch_enter_hook) or _hooked(knobs.runtime.launch_exit_hook):
+        kernel[grid](*args, **kw)  # a profiler listens: it gets Triton's own path
+        return
+    try:
+        key = (tuple(map(_arg_key, args)), tuple(kw.items()))
+    except TypeError:  # an argument kind the key does not cover
+        kernel[grid](*args, **kw)
+        return
+    device = driver.active.get_current_device()
+    binaries = kernel.__dict__.setdefault(_ATTR, {})
+    found = binaries.get((device, key))
+    if found is None:
+        compiled = kernel[grid](*args, **kw)
+        compiled = compiled.result() if hasattr(compiled, "result") else compiled
+        tail = _constexpr_tail(kernel, len(args), kw)
+        if tail is not None and hasattr(compiled, "packed_metadata"):
+            binaries[(device, key)] = (compiled, tail)
+        return
+    compiled, tail = found
+    stream = driver.active.get_current_stream(device)
+    g0, g1, g2 = (tuple(grid) + (1, 1))[:3]
+    compiled.run(g0, g1, g2, stream, compiled.function, compiled.packed_metadata, None,
+                 None, None, *args, *(kw[name] for name in tail))
+
+
+def _hooked(hook: Any) -> bool:
+    """Whether a launch hook is set: Triton 3.6+ keeps them in a HookChain, empty when
+    nothing listens; older versions used None."""
+    return hook is not None and bool(getattr(hook, "calls", True))
+
+
+def _constexpr_tail(kernel: Any, n_args: int, kw: dict[str, Any]) -> tuple[str, ...] | None:
+    """Names of the parameters after the positional ones, in signature order, when `kw`
+    gives each of them (the binary's launcher takes every parameter, constexprs
+    included, in order); None when it does not (a default would be needed)."""
+    names = tuple(kernel.arg_names)[n_args:]
+    return None if any(name not in kw for name in names) else names
