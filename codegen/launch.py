@@ -31,9 +31,8 @@ from triton import knobs
 from triton.runtime import JITFunction, driver
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-# Off until checked on a GPU (tests/gpu/test_attention_mods_gpu.py with
-# IOAWARE_FAST_LAUNCH=1); `kernel[grid]` is the default path.
-_ENABLED = os.environ.get("IOAWARE_FAST_LAUNCH", "0") == "1"
+# IOAWARE_FAST_LAUNCH=0 takes `kernel[grid]` always (to compare, or to rule this out).
+_ENABLED = os.environ.get("IOAWARE_FAST_LAUNCH", "1") != "0"
 _ATTR = "_ioaware_binaries"
 
 

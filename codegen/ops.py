@@ -102,7 +102,12 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, scale: float) -> None:
         raise ValueError(f"scale={scale} must be a positive finite float")
 
 
-_no_context = contextlib.nullcontext
+def _device_context(device: torch.device):
+    """torch.cuda.device(device) where it is not the current device already; else a null
+    context (entering and leaving one costs host time on every call)."""
+    if device.type != "cuda" or device.index in (None, torch.cuda.current_device()):
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)
 
 
 def _plain_forward(module, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor) -> None:
@@ -163,7 +168,7 @@ def flash_attention_op(
         return reference.attention_forward(q, k, v, scale, causal)
     module = load_kernel_module("attention_fwd", _spec(q, v, scale, causal),
                                 _kernel_device(q.device))
-    with torch.cuda.device(q.device) if q.device.type == "cuda" else _no_context():
+    with _device_context(q.device):
         _plain_forward(module, q, k, v, out, lse)
     return out, lse
 
@@ -198,7 +203,7 @@ def flash_attention_backward_op(
                                 _kernel_device(q.device))
     lse = lse.contiguous()
     dlse = dlse.float().contiguous() if dlse is not None else None
-    with torch.cuda.device(q.device) if q.device.type == "cuda" else _no_context():
+    with _device_context(q.device):
         _plain_backward(module, dout, q, k, v, out, lse, dlse, dq, dk, dv)
     return dq, dk, dv
 
@@ -329,7 +334,7 @@ def attention_op(q: Tensor, k: Tensor, v: Tensor, inputs: list[Tensor], spec: st
         out_ref, lse_ref = reference.spec_forward(aspec, q, k, v, inputs, seed)
         return out_ref.contiguous(), lse_ref.contiguous()
     module = load_kernel_module("attention_fwd", aspec, _kernel_device(q.device))
-    with torch.cuda.device(q.device) if q.device.type == "cuda" else _no_context():
+    with _device_context(q.device):
         if is_plain(aspec):  # the FlashAttention module: the fast path, unchanged
             _plain_forward(module, q, k, v, out, lse)
         else:
@@ -367,7 +372,7 @@ def attention_backward_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Te
     dinputs32 = [_broadcast_grad_buffer(x) for x in grad_inputs]
     dlse = dlse.float().contiguous() if dlse is not None else None
     lse = lse.contiguous()
-    with torch.cuda.device(q.device) if q.device.type == "cuda" else _no_context():
+    with _device_context(q.device):
         if is_plain(aspec):
             _plain_backward(module, dout, q, k, v, out, lse, dlse, dq, dk, dv)
         else:

@@ -22,8 +22,6 @@ Dispatch per call, as codegen/ops.py: CUDA -> compiled Triton; CPU with config.i
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import Tensor
 
@@ -31,7 +29,7 @@ from ioaware.spec import DTYPES, ScanSpec, dtype_name
 
 from . import scan_reference
 from .cache import INTERPRET_DEVICE, device_tag, load_kernel_module
-from .ops import backend_name
+from .ops import _device_context, backend_name
 
 __all__ = ["linear_scan", "selective_scan"]
 
@@ -40,10 +38,6 @@ MAX_D_STATE = 256
 
 def _kernel_device(device: torch.device) -> str:
     return device_tag(device) if device.type == "cuda" else INTERPRET_DEVICE
-
-
-def _device_context(device: torch.device):
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 FLOAT_DTYPES = tuple(DTYPES.values())
