@@ -242,7 +242,7 @@ class TritonPrinter:
         Eager compares in the input's dtype, the number rounded to it; the same number
         rounded once here and both sides widened to fp32 give the same answer exactly,
         and keep the comparison off 16-bit constants (Triton's interpreter misreads a
-        bf16 `x > -1e30`: triton 3.7). None when the comparison is not of that form."""
+        bf16 `x > -1e30`: triton 3.9). None when the comparison is not of that form."""
         load, number = (lhs, rhs) if isinstance(lhs, sympy.Indexed) else (rhs, lhs)
         if not (isinstance(load, sympy.Indexed) and number.is_Number):
             return None

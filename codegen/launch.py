@@ -9,16 +9,17 @@ take ~35 arguments and read ~50 module constants, and a forward + backward makes
 `launch(kernel, grid, *args, **kw)` keeps, per kernel, the binary each call signature
 compiled to, under a key at least as fine as what Triton specialises on:
 
-    tensor  -> (dtype, data_ptr % 16 == 0)         pointer type and 16-byte alignment
+    tensor  -> (dtype, data_ptr % 16 == 0)          pointer type and 16-byte alignment
     int     -> (== 1, % 16 == 0, i32, below 2**63)  Triton's constant 1, divisibility, width
-    bool, float, None, str -> the type (and value, for bool and str)
+    bool, None -> the value;  float -> the type    (floats are not specialised)
     kw      -> the constexpr and launch-option values (BLOCK_M, num_warps, ...)
 
 plus the current device (a binary is loaded per device). Two calls with equal keys get
 the same binary from Triton, so a hit launches it directly, with no launch metadata and
-no hooks (Triton's empty hook chains); a miss, an argument of any other type, the
-interpreter or a listening profiler (a launch hook set) take `kernel[grid]` unchanged. The module constants are never reassigned after import (a
-Spec is a module), which is what Triton's per-call check of them guards against.
+no hooks (Triton's hook chains are empty then). A miss, an argument of another type,
+the interpreter or a listening profiler (a launch hook set) take `kernel[grid]`
+unchanged. The module constants are never reassigned after import (a Spec is a
+module), which is what Triton's per-call check of them guards against.
 """
 
 from __future__ import annotations
