@@ -878,7 +878,8 @@ def _launch_dkdv(config, do, q, k, v, lse, delta, empty_heads, dk, dv, inputs, s
     full_cnt, full_list, part_cnt, part_list, h_map, b_map = maps or (lse,) * 4 + (1, 1)
     extra = [s for x in inputs for s in (x, *x.stride())]
     launch(
-        _bwd_dkdv, (_cdiv(n_k, bn), h_kv, batch), q, k, v, do, dk, dv, lse, delta, seed if seed is not None else lse, empty_heads,
+        _bwd_dkdv, (_cdiv(n_k, bn), h_kv, batch),
+        q, k, v, do, dk, dv, lse, delta, seed if seed is not None else lse, empty_heads,
         full_cnt, full_list, part_cnt, part_list, *extra, *q.stride(), *k.stride(), *v.stride(),
         *do.stride(), *dk.stride(), *dv.stride(), h_q, h_kv, h_q // h_kv, n_q, n_k, h_map,
         b_map, _cdiv(n_q, bm), _cdiv(n_k, bn),
@@ -894,7 +895,8 @@ def _launch_dq(config, do, q, k, v, lse, delta, dq, inputs, dinputs, seed):
     extra = [s for x in inputs for s in (x, *x.stride())]
     grads = [s for x in dinputs for s in (x, *x.stride())]
     launch(
-        _bwd_dq, (_cdiv(n_q, bm), h_q, batch), q, k, v, do, dq, lse, delta, seed if seed is not None else lse, full_cnt, full_list,
+        _bwd_dq, (_cdiv(n_q, bm), h_q, batch),
+        q, k, v, do, dq, lse, delta, seed if seed is not None else lse, full_cnt, full_list,
         part_cnt, part_list, *extra, *grads, *q.stride(), *k.stride(), *v.stride(),
         *do.stride(), *dq.stride(), h_q, h_q // h_kv, n_q, n_k, h_map, b_map,
         _cdiv(n_q, bm), _cdiv(n_k, bn),
@@ -922,7 +924,8 @@ def backward(do, q, k, v, out, lse, dlse, dq, dk, dv, inputs=(), dinputs=(), see
     empty_heads = (torch.zeros(batch * h_kv, device=q.device, dtype=torch.int32)
                    if SPREAD_NAN else delta)
     launch(
-        _bwd_preprocess, (_cdiv(n_q, PRE_BLOCK_M), batch * h_q), out, do, dlse if dlse is not None else lse, delta, lse, empty_heads, *out.stride(),
+        _bwd_preprocess, (_cdiv(n_q, PRE_BLOCK_M), batch * h_q),
+        out, do, dlse if dlse is not None else lse, delta, lse, empty_heads, *out.stride(),
         *do.stride(), h_q, h_q // h_kv, n_q, HAS_DLSE=dlse is not None, BLOCK_M=PRE_BLOCK_M)
     if dkdv_config is None:
         dkdv_config = choose_config(

@@ -789,7 +789,8 @@ def _launch(config, q, k, v, out, lse, inputs, seed):
         h_map = b_map = 1
     extra = [s for x in inputs for s in (x, *x.stride())]
     launch(
-        _attn_fwd, (t_q, h_q, batch), q, k, v, out, lse, seed if seed is not None else lse, full_cnt, full_list, part_cnt,
+        _attn_fwd, (t_q, h_q, batch),
+        q, k, v, out, lse, seed if seed is not None else lse, full_cnt, full_list, part_cnt,
         part_list, *extra, *q.stride(), *k.stride(), *v.stride(), *out.stride(), h_q,
         h_q // h_kv, n_q, n_k, h_map, b_map, t_q, t_k,
         BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)

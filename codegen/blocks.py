@@ -212,7 +212,8 @@ def _build_map(inputs, b_map, h_map, n_q, n_k, block_m, block_n, kv_major, devic
     part_list = torch.empty_like(full_list)
     strides = [s for x in inputs for s in (x, *x.stride())]
     launch(
-        _block_map, (t_outer, b_map * h_map), full_cnt, full_list, part_cnt, part_list, *strides, h_map, n_q, n_k, t_outer,
+        _block_map, (t_outer, b_map * h_map),
+        full_cnt, full_list, part_cnt, part_list, *strides, h_map, n_q, n_k, t_outer,
         t_inner, BLOCK_M=block_m, BLOCK_N=block_n, KV_MAJOR=kv_major)
     return full_cnt, full_list, part_cnt, part_list, h_map, b_map
 '''

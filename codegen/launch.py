@@ -31,7 +31,6 @@ import torch
 from triton import knobs
 from triton.runtime import JITFunction, driver
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # IOAWARE_FAST_LAUNCH=0 takes `kernel[grid]` always (to compare, or to rule this out).
 _ENABLED = os.environ.get("IOAWARE_FAST_LAUNCH", "1") != "0"
 _ATTR = "_ioaware_binaries"
@@ -52,8 +51,9 @@ def _arg_key(x: Any) -> Any:
 
 def launch(kernel: Any, grid: tuple[int, ...], *args: Any, **kw: Any) -> None:
     """Launch `kernel` (a JITFunction) on `grid` as `kernel[grid](*args, **kw)` would."""
-    if _INTERPRET or not _ENABLED or not isinstance(kernel, JITFunction):
-        kernel[grid](*args, **kw)  # the interpreter, or an autotuner choosing constexprs
+    if not _ENABLED or not isinstance(kernel, JITFunction):
+        # the interpreter's kernels, or an autotuner choosing constexprs
+        kernel[grid](*args, **kw)
         return
     if _hooked(knobs.runtime.launch_enter_hook) or _hooked(knobs.runtime.launch_exit_hook):
         kernel[grid](*args, **kw)  # a profiler listens: it gets Triton's own path

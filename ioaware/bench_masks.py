@@ -63,6 +63,14 @@ def document_ids(batch: int, seqlen: int, device: torch.device | str) -> torch.T
     return torch.stack(ids).to(device)
 
 
+def mask_extra(kind: str, batch: int, heads: int, seqlen: int,
+               device: torch.device | str) -> torch.Tensor | None:
+    """The extra tensor `kind` reads (ALiBi's slopes, document ids), or None."""
+    if kind == "alibi":
+        return alibi_slopes(heads, device)
+    return document_ids(batch, seqlen, device) if kind == "document" else None
+
+
 # ---- the plain PyTorch spellings --------------------------------------------------------
 
 def sliding_window_attention(q, k, v):
@@ -169,8 +177,7 @@ def bench_masked(kind: str, batch: int = 2, heads: int = 16, seqlen: int = 8192,
     from ioaware.codegen import ops
 
     problem = AttentionProblem(batch, heads, seqlen, head_dim, DTYPES[dtype], causal=True)
-    extra = (alibi_slopes(heads, "cuda") if kind == "alibi"
-             else document_ids(batch, seqlen, "cuda") if kind == "document" else None)
+    extra = mask_extra(kind, batch, heads, seqlen, "cuda")
     plain: Attention = {
         "sliding_window": sliding_window_attention,
         "alibi": lambda q, k, v: alibi_attention(q, k, v, extra),

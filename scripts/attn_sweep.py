@@ -88,22 +88,14 @@ class Sweep:
 
     def __init__(self, kind: str, args: argparse.Namespace, deadline: float) -> None:
         from ioaware.bench import DTYPES, TOLERANCE, AttentionProblem
-        from ioaware.bench_masks import (
-            _materialised,
-            _spec,
-            alibi_slopes,
-            document_ids,
-            visible_fraction,
-        )
+        from ioaware.bench_masks import _materialised, _spec, mask_extra, visible_fraction
 
         self.kind, self.args, self.deadline = kind, args, deadline
         dtype = DTYPES[args.dtype]
         self.problem = problem = AttentionProblem(args.batch, args.heads, args.seqlen,
                                                   args.head_dim, dtype, causal=True)
         self.tolerance = TOLERANCE[dtype]
-        self.extra = (alibi_slopes(args.heads, "cuda") if kind == "alibi"
-                      else document_ids(args.batch, args.seqlen, "cuda")
-                      if kind == "document" else None)
+        self.extra = mask_extra(kind, args.batch, args.heads, args.seqlen, "cuda")
         self.inputs = [] if self.extra is None else [self.extra]
         self.spec = _spec(kind, problem)
         density = visible_fraction(kind, problem, self.extra)
@@ -298,29 +290,43 @@ class Sweep:
                  lambda: _rel_err((q.grad, k.grad, v.grad), self.want[1:]), always=True)
 
 
+# The host-time probes run at a tiny size: each launch's GPU work is a few microseconds.
+TINY = {"batch": 1, "heads": 2, "n": 256}
+
+
+def _per_call_us(fn, calls: int) -> float:
+    """Wall time per call of fn after 20 warm-up calls, GPU work included (synced)."""
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+def _mask_case(kind: str, batch: int, heads: int, n: int):
+    """(spec, inputs) of `ioaware bench attention --mask kind` at these sizes (bf16,
+    d=128, causal)."""
+    from ioaware.bench import AttentionProblem
+    from ioaware.bench_masks import _spec, mask_extra
+
+    problem = AttentionProblem(batch, heads, n, 128, torch.bfloat16, causal=True)
+    extra = mask_extra(kind, batch, heads, n, "cuda")
+    return _spec(kind, problem), [] if extra is None else [extra]
+
+
 def host_times(kinds: list[str], calls: int = 300, profile: bool = False) -> None:
     """Per-call wall time at a tiny size (B=1, H=2, N=256, d=128): each launch's GPU work
     is a few microseconds, far less than issuing it, so the time per call is the host
     path (Python, torch's op dispatch and autograd, Triton's launches), the part that
     shows when a call's host time exceeds its kernels' time."""
-    from ioaware.bench import AttentionProblem
-    from ioaware.bench_masks import _spec, alibi_slopes, document_ids
     from ioaware.codegen import ops
 
-    problem = AttentionProblem(1, 2, 256, 128, torch.bfloat16, causal=True)
     q, k, v, dout = (torch.randn(1, 2, 256, 128, device="cuda", dtype=torch.bfloat16)
                      for _ in range(4))
     qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
-
-    def per_call_us(fn) -> float:
-        for _ in range(20):
-            fn()
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        torch.cuda.synchronize()
-        return (time.perf_counter() - start) / calls * 1e6
 
     def sdpa(q_, k_, v_):
         return torch.nn.functional.scaled_dot_product_attention(q_, k_, v_, is_causal=True)
@@ -329,9 +335,7 @@ def host_times(kinds: list[str], calls: int = 300, profile: bool = False) -> Non
     print(f"  {'':<16} {'fwd no_grad':>12} {'fwd (grad)':>12} {'fwd+bwd':>12}")
     rows = [("sdpa (causal)", sdpa)]
     for kind in kinds:
-        extra = (alibi_slopes(2, "cuda") if kind == "alibi"
-                 else document_ids(1, 256, "cuda") if kind == "document" else None)
-        spec, inputs = _spec(kind, problem), [] if extra is None else [extra]
+        spec, inputs = _mask_case(kind, **TINY)
         rows.append((kind, lambda q_, k_, v_, spec=spec, inputs=inputs:
                      ops.attention(q_, k_, v_, spec, inputs)))
     for name, fn in rows:
@@ -342,8 +346,8 @@ def host_times(kinds: list[str], calls: int = 300, profile: bool = False) -> Non
         def fwd_bwd(fn=fn) -> None:
             fn(qg, kg, vg).backward(dout)
 
-        times = [per_call_us(no_grad), per_call_us(lambda fn=fn: fn(qg, kg, vg)),
-                 per_call_us(fwd_bwd)]
+        times = [_per_call_us(f, calls)
+                 for f in (no_grad, lambda fn=fn: fn(qg, kg, vg), fwd_bwd)]
         print(f"  {name:<16} " + " ".join(f"{t:12.1f}" for t in times), flush=True)
         if profile and name != "sdpa (causal)":
             _profile(name, fwd_bwd, calls)
@@ -353,30 +357,14 @@ def host_layers(kinds: list[str], calls: int = 300) -> None:
     """Host time per call of each layer under the user's call, at the tiny size of
     `host_times`: which layer holds the time (torch's op dispatch, our op body, the
     launcher with its tuner lookup and block map, Triton's launch)."""
-    from ioaware.bench import AttentionProblem
-    from ioaware.bench_masks import _spec, alibi_slopes, document_ids
     from ioaware.codegen import cache, launch, ops
 
-    problem = AttentionProblem(1, 2, 256, 128, torch.bfloat16, causal=True)
     q, k, v, dout = (torch.randn(1, 2, 256, 128, device="cuda", dtype=torch.bfloat16)
                      for _ in range(4))
     device = ops._kernel_device(q.device)
 
-    def per_call_us(fn) -> float:
-        with torch.no_grad():
-            for _ in range(20):
-                fn()
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            torch.cuda.synchronize()
-        return (time.perf_counter() - start) / calls * 1e6
-
     def layers(kind: str) -> list[tuple[str, object]]:
-        extra = (alibi_slopes(2, "cuda") if kind == "alibi"
-                 else document_ids(1, 256, "cuda") if kind == "document" else None)
-        spec, inputs = _spec(kind, problem), [] if extra is None else [extra]
+        spec, inputs = _mask_case(kind, **TINY)
         text = ops._spec_json(spec)
         fwd = cache.load_kernel_module("attention_fwd", spec, device)
         bwd = cache.load_kernel_module("attention_bwd", spec, device)
@@ -407,7 +395,8 @@ def host_layers(kinds: list[str], calls: int = 300) -> None:
             times = []
             for fast in (False, True):  # kernel[grid](...), then codegen/launch's path
                 launch._ENABLED = fast
-                times.append(per_call_us(fn))
+                with torch.no_grad():
+                    times.append(_per_call_us(fn, calls))
             print(f"    {name:<40} {times[0]:14.1f} {times[1]:14.1f}", flush=True)
         launch._ENABLED = True
 
@@ -418,30 +407,18 @@ def sync_check(kind: str, calls: int = 5) -> None:
     and the top host-side ops."""
     from torch.profiler import ProfilerActivity, profile
 
-    from ioaware.bench import AttentionProblem
-    from ioaware.bench_masks import _spec, alibi_slopes, document_ids
     from ioaware.codegen import ops
 
     b, h, n = 2, 16, 8192
-    problem = AttentionProblem(b, h, n, 128, torch.bfloat16, causal=True)
     q, k, v = (torch.randn(b, h, n, 128, device="cuda", dtype=torch.bfloat16,
                            requires_grad=True) for _ in range(3))
     dout = torch.randn_like(q)
-    extra = (alibi_slopes(h, "cuda") if kind == "alibi"
-             else document_ids(b, n, "cuda") if kind == "document" else None)
-    spec, inputs = _spec(kind, problem), [] if extra is None else [extra]
+    spec, inputs = _mask_case(kind, b, h, n)
 
     def step() -> None:
         ops.attention(q, k, v, spec, inputs).backward(dout)
 
-    for _ in range(3):
-        step()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(calls):
-        step()
-    torch.cuda.synchronize()
-    wall = (time.perf_counter() - start) / calls * 1e3
+    wall = _per_call_us(step, calls) / 1e3
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(calls):
             step()
