@@ -20,8 +20,9 @@ One program per (channel block, batch), in two sweeps over L:
   1. forward: the state at the start of every chunk (chunk-wise composite of the
      (a, x) pairs), written to a small fp32 scratch [Bt, Dc, L / BLOCK_L, N];
   2. backward, chunk by chunk from the end: re-scan the chunk from its start state
-     to get h_t, reverse-scan (a_{t+1}, dy_t C_t) for g_t from the carry
-     a_{start} g_{start} of the chunk after it, and form every gradient in registers.
+     to get h_t, run g_t = dy_t C_t + a_{t+1} g_{t+1} from the end of the chunk (a
+     sequential loop in registers, `_adjoint_scan`) from the carry a_{start} g_{start}
+     of the chunk after it, and form every gradient in registers.
 The [Bt, Dc, L, N] tensors never exist in HBM.
 
 Reductions: dA, dD and ddelta_bias sum over batch and time; each program sums its
@@ -30,7 +31,9 @@ of a group: with one channel per group they are stored directly; when a channel 
 lies inside one group (G = 1, HF Mamba) the block is summed in registers first and
 added with one atomic per (step, n), so the atomics are Dc / BLOCK_D per element rather
 than Dc, and no [Bt, Dc, L, N] partial buffer is written and read back; otherwise each
-channel adds its own share.
+channel adds its own share. The atomics are relaxed (`red.global`, no fence before
+each): they only accumulate, and the kernel's end orders them for whoever reads the
+sums; the default acq_rel put a GPU-wide MEMBAR before every chunk's dB and dC adds.
 """
 
 from __future__ import annotations
@@ -106,6 +109,23 @@ ${primitives}
 
 
 @triton.jit
+def _adjoint_scan(decay, dyc, offs_c, BLOCK_L: tl.constexpr):
+    """g_t = dyc_t + a_{t+1} g_{t+1} within a chunk whose last step is dyc as given (the
+    carry from the chunk after is already in it), run as a loop from the end. Each thread
+    holds whole runs of L, so the per-step slices and the write-back are register
+    selects resolved at compile time; the shifted decay a_{t+1} is this chunk's own
+    `decay` one step on, not a second exp2 of a reloaded dt. (sm_90 SASS, (8, 8, 1):
+    tl.associative_scan(reverse=True) moved data across all 32 lanes, 14 shuffles per
+    state element, and the shifted decay cost one more MUFU per element.)"""
+    g_next = _step(dyc, offs_c, BLOCK_L - 1)
+    g = dyc
+    for j in tl.static_range(BLOCK_L - 2, -1, -1):
+        g_next = _step(dyc, offs_c, j) + _step(decay, offs_c, j + 1) * g_next
+        g = tl.where(offs_c[:, None, None] == j, g_next[None, :, :], g)
+    return g
+
+
+@triton.jit
 def _add_bc_grad(Ptr, grad, offs_d, d_ok, offs_n, n_ok, offs_l, l_ok, stride_g,
                  CPG: tl.constexpr, BLOCK_D: tl.constexpr):
     """Add a [BLOCK_L, N, BLOCK_D] gradient into dB or dC [G, L, N] (contiguous) of
@@ -118,11 +138,11 @@ def _add_bc_grad(Ptr, grad, offs_d, d_ok, offs_n, n_ok, offs_l, l_ok, stride_g,
                  mask=ln_ok[:, :, None] & d_ok[None, None, :])
     elif CPG % BLOCK_D == 0:
         g = (tl.program_id(0) * BLOCK_D // CPG).to(tl.int64)
-        tl.atomic_add(Ptr + g * stride_g + ln, _sum(grad, 2), mask=ln_ok)
+        tl.atomic_add(Ptr + g * stride_g + ln, _sum(grad, 2), mask=ln_ok, sem="relaxed")
     else:
         g = (offs_d // CPG).to(tl.int64)
         tl.atomic_add(Ptr + ln[:, :, None] + g[None, None, :] * stride_g, grad,
-                      mask=ln_ok[:, :, None] & d_ok[None, None, :])
+                      mask=ln_ok[:, :, None] & d_ok[None, None, :], sem="relaxed")
 
 
 @triton.jit
@@ -196,13 +216,14 @@ def _selective_scan_bwd(
         x = (dt * u)[:, None, :] * b_tile
         x = tl.where(offs_c[:, None, None] == 0, x + decay * h[None, :, :], x)
         _, hs = tl.associative_scan((decay, x), 0, _combine)
-        h = _last_step(hs, offs_c, BLOCK_L)
+        h = _step(hs, offs_c, BLOCK_L - 1)
 
     # ---- sweep 2: chunks from the end, adjoint carried as a_start · g_start -----------
     carry = tl.load(DHLast + b * DC * D_STATE + nd, mask=nd_ok, other=0.0)
     da_acc = tl.full([N_PAD, BLOCK_D], 0.0, dtype=tl.float32)
-    dd_acc = tl.full([BLOCK_D], 0.0, dtype=tl.float32)
-    ddb_acc = tl.full([BLOCK_D], 0.0, dtype=tl.float32)
+    # dD and ddelta_bias sum [BLOCK_L, BLOCK_D] tiles, reduced over L once at the end.
+    dd_acc = tl.full([BLOCK_L, BLOCK_D], 0.0, dtype=tl.float32)
+    ddb_acc = tl.full([BLOCK_L, BLOCK_D], 0.0, dtype=tl.float32)
     for kk in range(0, N_CHUNKS):
         k = N_CHUNKS - 1 - kk
         offs_l = k * BLOCK_L + offs_c
@@ -245,22 +266,17 @@ def _selective_scan_bwd(
             dy = dy * zz * sig
         if HAS_D:
             du = dy * d_skip[None, :]
-            dd_acc += _sum(dy * u, 0)
+            dd_acc += dy * u
         else:
             du = tl.full([BLOCK_L, BLOCK_D], 0.0, dtype=tl.float32)
         _add_bc_grad(DC_, dy[:, None, :] * hs, offs_d, d_ok, offs_n, n_ok, offs_l, l_ok,
                      L * D_STATE, CPG, BLOCK_D)
 
-        # g_t = dy_t C_t + a_{t+1} g_{t+1}: a reverse scan of (a_{t+1}, dy_t C_t); the
-        # last step of the chunk takes a = 1 and adds the carry a_{end+1} g_{end+1}.
-        next_l = offs_l + 1
-        _, dt_next = _load_dt(Delta, DeltaBias, offs_d, d_ok, next_l, next_l < L,
-                              stride_dd, stride_dl)
-        dt_next = tl.where(offs_c[:, None] == BLOCK_L - 1, 0.0, dt_next)
-        decay_next = _exp2(dt_next[:, None, :] * a_log2[None, :, :])
+        # g_t = dy_t C_t + a_{t+1} g_{t+1}; the chunk's last step adds the carry
+        # a_{end+1} g_{end+1} from the chunk after it.
         dyc = dy[:, None, :] * c_tile
         dyc = tl.where(offs_c[:, None, None] == BLOCK_L - 1, dyc + carry[None, :, :], dyc)
-        _, g = tl.associative_scan((decay_next, dyc), 0, _combine, reverse=True)
+        g = _adjoint_scan(decay, dyc, offs_c, BLOCK_L)
 
         _add_bc_grad(DB, g * (dt * u)[:, None, :], offs_d, d_ok, offs_n, n_ok, offs_l, l_ok,
                      L * D_STATE, CPG, BLOCK_D)
@@ -277,18 +293,19 @@ def _selective_scan_bwd(
         if DELTA_SOFTPLUS:
             ddt = ddt * tl.where(pre > 20.0, 1.0, _sigmoid(pre))
         ddt = tl.where(ok, ddt, 0.0)
-        ddb_acc += _sum(ddt, 0)
+        ddb_acc += ddt
         tl.store(DU + ld, du.to(DU.dtype.element_ty), mask=ok)
         tl.store(DDelta + ld, ddt.to(DDelta.dtype.element_ty), mask=ok)
-        carry = _first_step(decay * g, offs_c)
+        carry = _step(decay * g, offs_c, 0)
 
-    tl.atomic_add(DA + nd, da_acc, mask=nd_ok)
+    tl.atomic_add(DA + nd, da_acc, mask=nd_ok, sem="relaxed")
     if HAS_H0:
         tl.store(DH0 + b * DC * D_STATE + nd, carry, mask=nd_ok)
     if HAS_D:
-        tl.atomic_add(DD + offs_d, dd_acc, mask=d_ok)
+        tl.atomic_add(DD + offs_d, _sum(dd_acc, 0), mask=d_ok, sem="relaxed")
     if HAS_DELTA_BIAS:
-        tl.atomic_add(DDeltaBias + offs_d, ddb_acc, mask=d_ok)
+        tl.atomic_add(DDeltaBias + offs_d, _sum(ddb_acc, 0), mask=d_ok,
+                      sem="relaxed")
 
 
 if INTERPRET or not TUNE_CONFIGS:

@@ -290,16 +290,11 @@ def _prefetch_bc(Ptr, offs_c, start, L, stride_g, stride_l, CPG: tl.constexpr,
 
 
 @triton.jit
-def _last_step(x, offs_in_chunk, BLOCK_L: tl.constexpr):
-    """x[BLOCK_L - 1] of a [BLOCK_L, N, BLOCK_D] tile, as [N, BLOCK_D]. Each thread
-    holds whole runs of L, so the select is resolved at compile time: no shuffles."""
-    return _sum(tl.where(offs_in_chunk[:, None, None] == BLOCK_L - 1, x, 0.0), 0)
-
-
-@triton.jit
-def _first_step(x, offs_in_chunk):
-    """x[0] of a [BLOCK_L, N, BLOCK_D] tile, as [N, BLOCK_D]."""
-    return _sum(tl.where(offs_in_chunk[:, None, None] == 0, x, 0.0), 0)'''
+def _step(x, offs_in_chunk, j: tl.constexpr):
+    """x[j] of a [BLOCK_L, N, BLOCK_D] tile, as [N, BLOCK_D]. Each thread holds whole
+    runs of L (fits_layout), so the select is resolved at compile time and the sum adds
+    only -0.0, which x + -0.0 = x folds away: no shuffles, no arithmetic."""
+    return _sum(tl.where(offs_in_chunk[:, None, None] == j, x, -0.0), 0)'''
 
 
 def primitives(interpret: bool) -> str:
@@ -437,7 +432,7 @@ def _selective_scan_fwd(
         x = tl.where(offs_c[:, None, None] == 0, x + decay * h[None, :, :], x)
         _, hs = tl.associative_scan((decay, x), 0, _combine)
         y = _sum(hs * c_tile, 1)  # [BLOCK_L, BLOCK_D]
-        h = _last_step(hs, offs_c, BLOCK_L)
+        h = _step(hs, offs_c, BLOCK_L - 1)
         if HAS_D:
             y += d_skip[None, :] * u
         if HAS_Z:
