@@ -233,10 +233,16 @@ def _sigmoid(x):
 
 
 @triton.jit
-def _load_ld(Ptr, offs_l, l_ok, offs_d, d_ok, stride_l, stride_d):
-    """A [BLOCK_L, BLOCK_D] fp32 tile of a [Dc, L] slice (u, z, dy); 0 outside."""
+def _load_ld_raw(Ptr, offs_l, l_ok, offs_d, d_ok, stride_l, stride_d):
+    """A [BLOCK_L, BLOCK_D] tile of a [Dc, L] slice (u, z, dy) in its own dtype; 0 outside."""
     return tl.load(Ptr + offs_l[:, None] * stride_l + offs_d[None, :] * stride_d,
-                   mask=l_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+                   mask=l_ok[:, None] & d_ok[None, :], other=0.0)
+
+
+@triton.jit
+def _load_ld(Ptr, offs_l, l_ok, offs_d, d_ok, stride_l, stride_d):
+    """The same tile in fp32."""
+    return _load_ld_raw(Ptr, offs_l, l_ok, offs_d, d_ok, stride_l, stride_d).to(tl.float32)
 
 
 @triton.jit
@@ -255,22 +261,38 @@ def _load_dt(Delta, DeltaBias, offs_d, d_ok, offs_l, l_ok, stride_dd, stride_dl)
 
 
 @triton.jit
-def _load_bc(Ptr, offs_d, d_ok, offs_n, offs_l, l_ok, n_ok, stride_g, stride_l, stride_n,
-             CPG: tl.constexpr, BLOCK_D: tl.constexpr):
-    """B or C of the chunk, fp32, as [BLOCK_L, N, 1] when the whole channel block reads
-    one group (loaded once, broadcast over channels) or [BLOCK_L, N, BLOCK_D]."""
+def _load_bc_raw(Ptr, offs_d, d_ok, offs_n, offs_l, l_ok, n_ok, stride_g, stride_l, stride_n,
+                 CPG: tl.constexpr, BLOCK_D: tl.constexpr):
+    """B or C of the chunk in its own dtype, as loaded: [BLOCK_L, N] when the whole
+    channel block reads one group (loaded once for all its channels), else
+    [BLOCK_L, N, BLOCK_D]. `_bc_tile` makes the fp32 [BLOCK_L, N, 1 or BLOCK_D] of it."""
     ln = offs_l[:, None] * stride_l + offs_n[None, :] * stride_n
     ln_ok = l_ok[:, None] & n_ok[None, :]
     if CPG % BLOCK_D == 0:
         g = (tl.program_id(0) * BLOCK_D // CPG).to(tl.int64)
-        tile = tl.load(Ptr + g * stride_g + ln, mask=ln_ok, other=0.0).to(tl.float32)
-        tile = tile[:, :, None]
+        tile = tl.load(Ptr + g * stride_g + ln, mask=ln_ok, other=0.0)
     else:
         g = (offs_d // CPG).to(tl.int64)
         tile = tl.load(Ptr + ln[:, :, None] + g[None, None, :] * stride_g,
-                       mask=ln_ok[:, :, None] & d_ok[None, None, :],
-                       other=0.0).to(tl.float32)
+                       mask=ln_ok[:, :, None] & d_ok[None, None, :], other=0.0)
     return tile
+
+
+@triton.jit
+def _bc_tile(raw, CPG: tl.constexpr, BLOCK_D: tl.constexpr):
+    """fp32 [BLOCK_L, N, 1] (broadcast over the block's channels) or [BLOCK_L, N, BLOCK_D]."""
+    if CPG % BLOCK_D == 0:
+        return raw.to(tl.float32)[:, :, None]
+    else:
+        return raw.to(tl.float32)
+
+
+@triton.jit
+def _load_bc(Ptr, offs_d, d_ok, offs_n, offs_l, l_ok, n_ok, stride_g, stride_l, stride_n,
+             CPG: tl.constexpr, BLOCK_D: tl.constexpr):
+    """B or C of the chunk, fp32, as `_bc_tile` gives it."""
+    return _bc_tile(_load_bc_raw(Ptr, offs_d, d_ok, offs_n, offs_l, l_ok, n_ok, stride_g,
+                                 stride_l, stride_n, CPG, BLOCK_D), CPG, BLOCK_D)
 
 
 @triton.jit
@@ -336,22 +358,24 @@ def _chunk_inputs(U, Delta, DeltaBias, B, C, Z, start, L, offs_c, offs_d, d_ok, 
                   stride_ud, stride_ul, stride_dd, stride_dl, stride_bg, stride_bl, stride_bn,
                   stride_cg, stride_cl, stride_cn, stride_zd, stride_zl,
                   CPG: tl.constexpr, BLOCK_D: tl.constexpr):
-    """The chunk at `start`'s inputs in fp32: u, dt [BLOCK_L, BLOCK_D]; B, C
-    [BLOCK_L, N, 1 or BLOCK_D]; z (u again when there is no gate). Steps past L load
-    zeros (dt = 0: the state passes through), so a chunk past the end costs no bytes."""
+    """The chunk at `start`'s inputs: dt [BLOCK_L, BLOCK_D] in fp32 (delta's softplus
+    is per (step, channel), cheapest before the tile is spread over N); u, z and B, C
+    (`_load_bc_raw`) as loaded, converted only where they are used, a whole chunk of
+    work later. z is u again when there is no gate. Steps past L load zeros (dt = 0: the
+    state passes through), so a chunk past the end costs no bytes."""
     offs_l = start + offs_c
     l_ok = offs_l < L
-    u = _load_ld(U, offs_l, l_ok, offs_d, d_ok, stride_ul, stride_ud)
+    u = _load_ld_raw(U, offs_l, l_ok, offs_d, d_ok, stride_ul, stride_ud)
     _, dt = _load_dt(Delta, DeltaBias, offs_d, d_ok, offs_l, l_ok, stride_dd, stride_dl)
-    b_tile = _load_bc(B, offs_d, d_ok, offs_n, offs_l, l_ok, n_ok, stride_bg, stride_bl,
-                      stride_bn, CPG, BLOCK_D)
-    c_tile = _load_bc(C, offs_d, d_ok, offs_n, offs_l, l_ok, n_ok, stride_cg, stride_cl,
-                      stride_cn, CPG, BLOCK_D)
+    b_raw = _load_bc_raw(B, offs_d, d_ok, offs_n, offs_l, l_ok, n_ok, stride_bg, stride_bl,
+                         stride_bn, CPG, BLOCK_D)
+    c_raw = _load_bc_raw(C, offs_d, d_ok, offs_n, offs_l, l_ok, n_ok, stride_cg, stride_cl,
+                         stride_cn, CPG, BLOCK_D)
     if HAS_Z:
-        zz = _load_ld(Z, offs_l, l_ok, offs_d, d_ok, stride_zl, stride_zd)
+        zz = _load_ld_raw(Z, offs_l, l_ok, offs_d, d_ok, stride_zl, stride_zd)
     else:
         zz = u
-    return u, dt, b_tile, c_tile, zz
+    return u, dt, b_raw, c_raw, zz
 
 
 @triton.jit
@@ -400,7 +424,10 @@ def _selective_scan_fwd(
     # Chunk k + 1's inputs are loaded into registers while chunk k is scanned: the loads
     # are issued a whole chunk of work before their first use, so with two or three warps
     # per scheduler the HBM/L2 latency hides behind the scan (H100, the issue's shape:
-    # 252 -> 197 µs at (8, 16, 1); docs/kernels.md).
+    # 252 -> 197 µs at (8, 16, 1)). u, z, B and C are carried as loaded and converted
+    # at their use: nothing waits on them before this chunk's scan, and 16-bit values
+    # carry in half the registers (sm_90: 249 -> 160; H200: 196 -> 165 µs;
+    # docs/kernels.md).
     u_n, dt_n, b_n, c_n, z_n = _chunk_inputs(
         U, Delta, DeltaBias, B, C, Z, 0, L, offs_c, offs_d, d_ok, offs_n, n_ok,
         stride_ud, stride_ul, stride_dd, stride_dl, stride_bg, stride_bl, stride_bn,
@@ -419,7 +446,9 @@ def _selective_scan_fwd(
                 _prefetch_ld(Z, offs_d, d_ok, ahead, L, stride_zd, stride_zl)
             _prefetch_bc(B, offs_c, ahead, L, stride_bg, stride_bl, CPG, BLOCK_D)
             _prefetch_bc(C, offs_c, ahead, L, stride_cg, stride_cl, CPG, BLOCK_D)
-        u, dt, b_tile, c_tile, zz = u_n, dt_n, b_n, c_n, z_n
+        dt = dt_n
+        u, zz = u_n.to(tl.float32), z_n.to(tl.float32)
+        b_tile, c_tile = _bc_tile(b_n, CPG, BLOCK_D), _bc_tile(c_n, CPG, BLOCK_D)
         u_n, dt_n, b_n, c_n, z_n = _chunk_inputs(
             U, Delta, DeltaBias, B, C, Z, start + BLOCK_L, L, offs_c, offs_d, d_ok, offs_n,
             n_ok, stride_ud, stride_ul, stride_dd, stride_dl, stride_bg, stride_bl, stride_bn,
