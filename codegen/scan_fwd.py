@@ -288,14 +288,6 @@ def _bc_tile(raw, CPG: tl.constexpr, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
-def _load_bc(Ptr, offs_d, d_ok, offs_n, offs_l, l_ok, n_ok, stride_g, stride_l, stride_n,
-             CPG: tl.constexpr, BLOCK_D: tl.constexpr):
-    """B or C of the chunk, fp32, as `_bc_tile` gives it."""
-    return _bc_tile(_load_bc_raw(Ptr, offs_d, d_ok, offs_n, offs_l, l_ok, n_ok, stride_g,
-                                 stride_l, stride_n, CPG, BLOCK_D), CPG, BLOCK_D)
-
-
-@triton.jit
 def _prefetch_ld(Ptr, offs_d, d_ok, start, L, stride_d, stride_l):
     """Ask L2 for the chunk at `start` of a [Dc, L] slice: one address per channel row
     (a chunk of a row is one 32-byte sector at BLOCK_L = 16, bf16)."""
