@@ -269,8 +269,8 @@ def _selective_scan_bwd(
     # Chunk k - 1's inputs are loaded while chunk k is worked on (as in sweep 1; sm_90
     # SASS at (8, 8, 1): 47.2 -> 44.5 instructions per state element).
     u_n, pre_n, dt_n, b_n, c_n, dy_n, z_n, h_start_n = _sweep2_inputs(
-        U, Delta, DeltaBias, B, C, DOut, Z, HChunk, N_CHUNKS - 1, L, offs_c, offs_d, d_ok, offs_n, n_ok,
-        stride_ud, stride_ul, stride_dd, stride_dl, stride_bg, stride_bl, stride_bn,
+        U, Delta, DeltaBias, B, C, DOut, Z, HChunk, N_CHUNKS - 1, L, offs_c, offs_d, d_ok, offs_n,
+        n_ok, stride_ud, stride_ul, stride_dd, stride_dl, stride_bg, stride_bl, stride_bn,
         stride_cg, stride_cl, stride_cn, stride_od, stride_ol, stride_zd, stride_zl, CPG,
         BLOCK_D, BLOCK_L)
     for kk in range(0, N_CHUNKS):
@@ -291,8 +291,8 @@ def _selective_scan_bwd(
         u_raw, pre, dt, b_raw, c_raw, dy_raw, z_raw, h_start = (
             u_n, pre_n, dt_n, b_n, c_n, dy_n, z_n, h_start_n)
         u_n, pre_n, dt_n, b_n, c_n, dy_n, z_n, h_start_n = _sweep2_inputs(
-            U, Delta, DeltaBias, B, C, DOut, Z, HChunk, k - 1, L, offs_c, offs_d, d_ok, offs_n, n_ok,
-            stride_ud, stride_ul, stride_dd, stride_dl, stride_bg, stride_bl, stride_bn,
+            U, Delta, DeltaBias, B, C, DOut, Z, HChunk, k - 1, L, offs_c, offs_d, d_ok, offs_n,
+            n_ok, stride_ud, stride_ul, stride_dd, stride_dl, stride_bg, stride_bl, stride_bn,
             stride_cg, stride_cl, stride_cn, stride_od, stride_ol, stride_zd, stride_zl, CPG,
             BLOCK_D, BLOCK_L)
         u = u_raw.to(tl.float32)

@@ -418,7 +418,7 @@ def _selective_scan_fwd(
     # per scheduler the HBM/L2 latency hides behind the scan (H100, the shape:
     # 252 -> 197 µs at (8, 16, 1)). u, z, B and C are carried as loaded and converted
     # at their use: nothing waits on them before this chunk's scan, and 16-bit values
-    # carry in half the registers (sm_90: 249 -> 160; H200: 196 -> 165 µs;
+    # carry in half the registers (sm_90: 249 -> 160; H100: 196 -> 165 µs;
     # docs/kernels.md).
     u_n, dt_n, b_n, c_n, z_n = _chunk_inputs(
         U, Delta, DeltaBias, B, C, Z, 0, L, offs_c, offs_d, d_ok, offs_n, n_ok,
