@@ -154,23 +154,16 @@ def _sweep2_inputs(U, Delta, DeltaBias, B, C, DOut, Z, HChunk, k, L, offs_c, off
                    stride_bl, stride_bn, stride_cg, stride_cl, stride_cn, stride_od, stride_ol,
                    stride_zd, stride_zl, CPG: tl.constexpr, BLOCK_D: tl.constexpr,
                    BLOCK_L: tl.constexpr):
-    """Chunk k's inputs for sweep 2, loaded a chunk ahead as the forward does: (pre, dt)
-    in fp32, u, B, C, dy, z as loaded (`_load_bc_raw`), and the chunk's start state.
-    k = -1 (past the first chunk) loads no inputs."""
-    offs_l = k * BLOCK_L + offs_c
-    l_ok = (offs_l < L) & (offs_l >= 0)
-    u = _load_ld_raw(U, offs_l, l_ok, offs_d, d_ok, stride_ul, stride_ud)
-    pre, dt = _load_dt(Delta, DeltaBias, offs_d, d_ok, offs_l, l_ok, stride_dd, stride_dl)
-    b_raw = _load_bc_raw(B, offs_d, d_ok, offs_n, offs_l, l_ok, n_ok, stride_bg, stride_bl,
-                         stride_bn, CPG, BLOCK_D)
-    c_raw = _load_bc_raw(C, offs_d, d_ok, offs_n, offs_l, l_ok, n_ok, stride_cg, stride_cl,
-                         stride_cn, CPG, BLOCK_D)
-    dy = _load_ld_raw(DOut, offs_l, l_ok, offs_d, d_ok, stride_ol, stride_od)
-    if HAS_Z:
-        zz = _load_ld_raw(Z, offs_l, l_ok, offs_d, d_ok, stride_zl, stride_zd)
-    else:
-        zz = u
-    # (k = -1 reads chunk 0's state again, unused)
+    """Chunk k's inputs for sweep 2, loaded a chunk ahead: `_chunk_inputs`, dy as loaded,
+    and the chunk's start state. k = -1 (before the first chunk) asks for the chunk at L,
+    which loads nothing, and reads chunk 0's state again (unused)."""
+    start = tl.where(k >= 0, k * BLOCK_L, L)
+    u, pre, dt, b_raw, c_raw, zz = _chunk_inputs(
+        U, Delta, DeltaBias, B, C, Z, start, L, offs_c, offs_d, d_ok, offs_n, n_ok,
+        stride_ud, stride_ul, stride_dd, stride_dl, stride_bg, stride_bl, stride_bn,
+        stride_cg, stride_cl, stride_cn, stride_zd, stride_zl, CPG, BLOCK_D)
+    offs_l = start + offs_c
+    dy = _load_ld_raw(DOut, offs_l, offs_l < L, offs_d, d_ok, stride_ol, stride_od)
     h_start = tl.load(HChunk + tl.maximum(k, 0) * N_PAD, mask=d_ok[None, :], other=0.0)
     return u, pre, dt, b_raw, c_raw, dy, zz, h_start
 
@@ -231,12 +224,11 @@ def _selective_scan_bwd(
         h = tl.full([N_PAD, BLOCK_D], 0.0, dtype=tl.float32)
     # As in the forward, chunk k + 1's inputs are loaded while chunk k is scanned, and u
     # and B are carried as loaded (sm_90 SASS at (8, 8, 1): 11.8 -> 9.3 instructions per
-    # state element).
-    u_n = _load_ld_raw(U, offs_c, offs_c < L, offs_d, d_ok, stride_ul, stride_ud)
-    _pre, dt_n = _load_dt(Delta, DeltaBias, offs_d, d_ok, offs_c, offs_c < L, stride_dd,
-                          stride_dl)
-    b_n = _load_bc_raw(B, offs_d, d_ok, offs_n, offs_c, offs_c < L, n_ok, stride_bg,
-                       stride_bl, stride_bn, CPG, BLOCK_D)
+    # state element); C and z, unused here, are not loaded (their values are dead).
+    u_n, _pre, dt_n, b_n, _c, _z = _chunk_inputs(
+        U, Delta, DeltaBias, B, C, Z, 0, L, offs_c, offs_d, d_ok, offs_n, n_ok,
+        stride_ud, stride_ul, stride_dd, stride_dl, stride_bg, stride_bl, stride_bn,
+        stride_cg, stride_cl, stride_cn, stride_zd, stride_zl, CPG, BLOCK_D)
     for k in range(0, N_CHUNKS):
         tl.store(HChunk + k * N_PAD, h, mask=d_ok[None, :])
         offs_l = k * BLOCK_L + offs_c
@@ -247,12 +239,10 @@ def _selective_scan_bwd(
             _prefetch_ld(Delta, offs_d, d_ok, ahead, L, stride_dd, stride_dl)
             _prefetch_bc(B, offs_c, ahead, L, stride_bg, stride_bl, CPG, BLOCK_D)
         u_raw, dt, b_raw = u_n, dt_n, b_n
-        offs_next = offs_l + BLOCK_L
-        u_n = _load_ld_raw(U, offs_next, offs_next < L, offs_d, d_ok, stride_ul, stride_ud)
-        _pre, dt_n = _load_dt(Delta, DeltaBias, offs_d, d_ok, offs_next, offs_next < L,
-                              stride_dd, stride_dl)
-        b_n = _load_bc_raw(B, offs_d, d_ok, offs_n, offs_next, offs_next < L, n_ok, stride_bg,
-                           stride_bl, stride_bn, CPG, BLOCK_D)
+        u_n, _pre, dt_n, b_n, _c, _z = _chunk_inputs(
+            U, Delta, DeltaBias, B, C, Z, (k + 1) * BLOCK_L, L, offs_c, offs_d, d_ok, offs_n,
+            n_ok, stride_ud, stride_ul, stride_dd, stride_dl, stride_bg, stride_bl, stride_bn,
+            stride_cg, stride_cl, stride_cn, stride_zd, stride_zl, CPG, BLOCK_D)
         u = u_raw.to(tl.float32)
         b_tile = _bc_tile(b_raw, CPG, BLOCK_D)
         decay = _exp2(dt[:, None, :] * a_log2[None, :, :])

@@ -240,17 +240,11 @@ def _load_ld_raw(Ptr, offs_l, l_ok, offs_d, d_ok, stride_l, stride_d):
 
 
 @triton.jit
-def _load_ld(Ptr, offs_l, l_ok, offs_d, d_ok, stride_l, stride_d):
-    """The same tile in fp32."""
-    return _load_ld_raw(Ptr, offs_l, l_ok, offs_d, d_ok, stride_l, stride_d).to(tl.float32)
-
-
-@triton.jit
 def _load_dt(Delta, DeltaBias, offs_d, d_ok, offs_l, l_ok, stride_dd, stride_dl):
     """(pre, dt): delta + delta_bias and its softplus, fp32 [BLOCK_L, BLOCK_D];
     steps past L give dt = 0 (a = 1: the state passes through unchanged)."""
     ok = l_ok[:, None] & d_ok[None, :]
-    pre = _load_ld(Delta, offs_l, l_ok, offs_d, d_ok, stride_dl, stride_dd)
+    pre = _load_ld_raw(Delta, offs_l, l_ok, offs_d, d_ok, stride_dl, stride_dd).to(tl.float32)
     if HAS_DELTA_BIAS:
         pre += tl.load(DeltaBias + offs_d, mask=d_ok, other=0.0).to(tl.float32)[None, :]
     if DELTA_SOFTPLUS:
@@ -308,7 +302,32 @@ def _step(x, offs_in_chunk, j: tl.constexpr):
     """x[j] of a [BLOCK_L, N, BLOCK_D] tile, as [N, BLOCK_D]. Each thread holds whole
     runs of L (fits_layout), so the select is resolved at compile time and the sum adds
     only -0.0, which x + -0.0 = x folds away: no shuffles, no arithmetic."""
-    return _sum(tl.where(offs_in_chunk[:, None, None] == j, x, -0.0), 0)'''
+    return _sum(tl.where(offs_in_chunk[:, None, None] == j, x, -0.0), 0)
+
+@triton.jit
+def _chunk_inputs(U, Delta, DeltaBias, B, C, Z, start, L, offs_c, offs_d, d_ok, offs_n, n_ok,
+                  stride_ud, stride_ul, stride_dd, stride_dl, stride_bg, stride_bl, stride_bn,
+                  stride_cg, stride_cl, stride_cn, stride_zd, stride_zl,
+                  CPG: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The chunk at `start`'s inputs, loaded a chunk before they are used (forward and
+    both backward sweeps): (pre, dt) [BLOCK_L, BLOCK_D] in fp32 (delta's softplus is per
+    (step, channel), cheapest before the tile is spread over N); u, z and B, C
+    (`_load_bc_raw`) as loaded, converted only where they are used, a whole chunk of
+    work later. z is u again when there is no gate. Steps past L load zeros (dt = 0: the
+    state passes through), so a chunk past the end costs no bytes."""
+    offs_l = start + offs_c
+    l_ok = offs_l < L
+    u = _load_ld_raw(U, offs_l, l_ok, offs_d, d_ok, stride_ul, stride_ud)
+    pre, dt = _load_dt(Delta, DeltaBias, offs_d, d_ok, offs_l, l_ok, stride_dd, stride_dl)
+    b_raw = _load_bc_raw(B, offs_d, d_ok, offs_n, offs_l, l_ok, n_ok, stride_bg, stride_bl,
+                         stride_bn, CPG, BLOCK_D)
+    c_raw = _load_bc_raw(C, offs_d, d_ok, offs_n, offs_l, l_ok, n_ok, stride_cg, stride_cl,
+                         stride_cn, CPG, BLOCK_D)
+    if HAS_Z:
+        zz = _load_ld_raw(Z, offs_l, l_ok, offs_d, d_ok, stride_zl, stride_zd)
+    else:
+        zz = u
+    return u, pre, dt, b_raw, c_raw, zz'''
 
 
 def primitives(interpret: bool) -> str:
@@ -343,31 +362,6 @@ PREFETCH = 0 if INTERPRET else ${prefetch}
 
 
 ${primitives}
-
-
-@triton.jit
-def _chunk_inputs(U, Delta, DeltaBias, B, C, Z, start, L, offs_c, offs_d, d_ok, offs_n, n_ok,
-                  stride_ud, stride_ul, stride_dd, stride_dl, stride_bg, stride_bl, stride_bn,
-                  stride_cg, stride_cl, stride_cn, stride_zd, stride_zl,
-                  CPG: tl.constexpr, BLOCK_D: tl.constexpr):
-    """The chunk at `start`'s inputs: dt [BLOCK_L, BLOCK_D] in fp32 (delta's softplus
-    is per (step, channel), cheapest before the tile is spread over N); u, z and B, C
-    (`_load_bc_raw`) as loaded, converted only where they are used, a whole chunk of
-    work later. z is u again when there is no gate. Steps past L load zeros (dt = 0: the
-    state passes through), so a chunk past the end costs no bytes."""
-    offs_l = start + offs_c
-    l_ok = offs_l < L
-    u = _load_ld_raw(U, offs_l, l_ok, offs_d, d_ok, stride_ul, stride_ud)
-    _, dt = _load_dt(Delta, DeltaBias, offs_d, d_ok, offs_l, l_ok, stride_dd, stride_dl)
-    b_raw = _load_bc_raw(B, offs_d, d_ok, offs_n, offs_l, l_ok, n_ok, stride_bg, stride_bl,
-                         stride_bn, CPG, BLOCK_D)
-    c_raw = _load_bc_raw(C, offs_d, d_ok, offs_n, offs_l, l_ok, n_ok, stride_cg, stride_cl,
-                         stride_cn, CPG, BLOCK_D)
-    if HAS_Z:
-        zz = _load_ld_raw(Z, offs_l, l_ok, offs_d, d_ok, stride_zl, stride_zd)
-    else:
-        zz = u
-    return u, dt, b_raw, c_raw, zz
 
 
 @triton.jit
@@ -420,7 +414,7 @@ def _selective_scan_fwd(
     # at their use: nothing waits on them before this chunk's scan, and 16-bit values
     # carry in half the registers (sm_90: 249 -> 160; H100: 196 -> 165 µs;
     # docs/kernels.md).
-    u_n, dt_n, b_n, c_n, z_n = _chunk_inputs(
+    u_n, _pre, dt_n, b_n, c_n, z_n = _chunk_inputs(
         U, Delta, DeltaBias, B, C, Z, 0, L, offs_c, offs_d, d_ok, offs_n, n_ok,
         stride_ud, stride_ul, stride_dd, stride_dl, stride_bg, stride_bl, stride_bn,
         stride_cg, stride_cl, stride_cn, stride_zd, stride_zl, CPG, BLOCK_D)
@@ -441,7 +435,7 @@ def _selective_scan_fwd(
         dt = dt_n
         u, zz = u_n.to(tl.float32), z_n.to(tl.float32)
         b_tile, c_tile = _bc_tile(b_n, CPG, BLOCK_D), _bc_tile(c_n, CPG, BLOCK_D)
-        u_n, dt_n, b_n, c_n, z_n = _chunk_inputs(
+        u_n, _pre, dt_n, b_n, c_n, z_n = _chunk_inputs(
             U, Delta, DeltaBias, B, C, Z, start + BLOCK_L, L, offs_c, offs_d, d_ok, offs_n,
             n_ok, stride_ud, stride_ul, stride_dd, stride_dl, stride_bg, stride_bl, stride_bn,
             stride_cg, stride_cl, stride_cn, stride_zd, stride_zl, CPG, BLOCK_D)
