@@ -5,7 +5,7 @@ to `config.cache_dir/<kind>-<key>.py` and imported from there with importlib (Tr
 reads a kernel's source back through `inspect`, so it must live in a real file). The
 key hashes everything that can change the text or what Triton makes of it:
 
-    kind, spec.key(), ioaware / torch / triton versions, the renderers' own source,
+    kind, spec.key(), ioaware / torch / triton versions, the kind's template sources,
     and the device ("NVIDIA H100 80GB HBM3 sm90", or "interpret").
 
 Writes are atomic (temp file in the same directory, then `os.replace`), so a process
@@ -21,6 +21,7 @@ compiled kernels coexist in one process.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import importlib.util
@@ -32,26 +33,44 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Protocol
 
 import torch
 import triton
 
 import ioaware
 from ioaware.config import config
-from ioaware.spec import AttentionSpec
-
-from . import attention_bwd, attention_fwd, blocks, expr, scan_bwd, scan_fwd, scan_linear
 
 INTERPRET_DEVICE = "interpret"
 
-# kind -> renderer(spec, interpret=...) -> module source
-RENDERERS: dict[str, Callable[..., str]] = {
-    "attention_fwd": attention_fwd.render_forward,
-    "attention_bwd": attention_bwd.render_backward,
-    "scan_fwd": scan_fwd.render_forward,
-    "scan_bwd": scan_bwd.render_backward,
-    "scan_linear": scan_linear.render_linear,
-}
+
+class Spec(Protocol):
+    """What the cache needs of a kernel family's Spec: a stable hash of its fields."""
+
+    def key(self) -> str: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Renderer:
+    """How one kind of kernel module is made: `render(spec, interpret=...)` returns its
+    source; `sources` are the modules whose text decides that source (the templates and
+    what they print through), hashed into the cache key so that editing one invalidates
+    the entries it made."""
+
+    render: Callable[..., str]
+    sources: tuple[ModuleType, ...]
+
+    @functools.cached_property
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for mod in self.sources:
+            h.update(Path(mod.__file__).read_bytes())
+        return h.hexdigest()[:16]
+
+
+# kind ("attention_fwd", "scan_bwd", ...) -> its Renderer; each kernel family registers
+# its own kinds when its op module is imported (see register_renderer).
+RENDERERS: dict[str, Renderer] = {}
 
 # Keyed by cache_key and by (kind, spec, device), the per-call lookup.
 _modules: dict[object, ModuleType] = {}
@@ -59,16 +78,11 @@ _modules: dict[object, ModuleType] = {}
 _lock = threading.RLock()
 
 
-def _renderer_digest() -> str:
-    """Hash of the template files: editing a template invalidates old cache entries."""
-    h = hashlib.sha256()
-    # the attention templates print expressions and block maps through expr, blocks
-    for mod in (attention_fwd, attention_bwd, blocks, expr, scan_fwd, scan_bwd, scan_linear):
-        h.update(Path(mod.__file__).read_bytes())
-    return h.hexdigest()[:16]
-
-
-_RENDERER_DIGEST = _renderer_digest()
+def register_renderer(kind: str, render: Callable[..., str], *sources: ModuleType) -> None:
+    """Make `load_kernel_module(kind, ...)` render with `render`. `sources`: the modules
+    whose text the rendered source depends on (render's own module is always one)."""
+    own = sys.modules[render.__module__]
+    RENDERERS[kind] = Renderer(render, (own, *(m for m in sources if m is not own)))
 
 
 def device_tag(device: torch.device | str | None) -> str:
@@ -89,7 +103,7 @@ def _cuda_tag(index: int) -> str:
 
 def cache_key(
     kind: str,
-    spec: AttentionSpec,
+    spec: Spec,
     device: str,
     *,
     versions: dict[str, str] | None = None,
@@ -100,7 +114,7 @@ def cache_key(
             "ioaware": ioaware.__version__,
             "torch": torch.__version__,
             "triton": triton.__version__,
-            "renderers": _RENDERER_DIGEST,
+            "renderer": RENDERERS[kind].digest,
         }
     payload = json.dumps(
         {"kind": kind, "spec": spec.key(), "device": device, "versions": versions},
@@ -174,7 +188,7 @@ def kernel_path(kind: str, key: str) -> Path:
     return Path(config.cache_dir) / "kernels" / f"{kind}-{key}.py"
 
 
-def load_kernel_module(kind: str, spec: AttentionSpec, device: str) -> ModuleType:
+def load_kernel_module(kind: str, spec: Spec, device: str) -> ModuleType:
     """The module of kernels `kind` for `spec` on `device` (a `device_tag`).
 
     Looked up in-process, then on disk; rendered and written atomically if absent.
@@ -191,7 +205,7 @@ def load_kernel_module(kind: str, spec: AttentionSpec, device: str) -> ModuleTyp
             interpret = device == INTERPRET_DEVICE
             path = kernel_path(kind, key)
             if not path.exists():
-                write_atomic(path, RENDERERS[kind](spec, interpret=interpret))
+                write_atomic(path, RENDERERS[kind].render(spec, interpret=interpret))
             module = _import_file(f"ioaware_kernels_{kind}_{key}", path, interpret)
             _modules[key] = module
         _modules[memo] = module

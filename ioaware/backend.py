@@ -72,7 +72,7 @@ class IoawareBackend:
         except Exception as e:  # noqa: BLE001 - never crash on a graph that runs eagerly
             return self._unchanged("capture", e, index, gm, example_inputs, device)
 
-        from ioaware.codegen.ops import backend_name
+        from ioaware.codegen.runtime import backend_name
 
         profile = hardware.get_profile(self.device)
         ctx = PassContext(profile=profile, backend_name=backend_name(device),

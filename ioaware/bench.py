@@ -122,7 +122,7 @@ def _flex_variant(problem: AttentionProblem) -> Attention:
 
 
 def _ioaware_kernel_variant(causal: bool) -> Attention:
-    from ioaware.codegen.ops import flash_attention
+    from ioaware.codegen.attention.op import flash_attention
 
     return lambda q, k, v: flash_attention(q, k, v, causal=causal)
 

@@ -174,7 +174,7 @@ def bench_masked(kind: str, batch: int = 2, heads: int = 16, seqlen: int = 8192,
     if not torch.cuda.is_available():
         raise BenchUnavailable("ioaware bench needs a CUDA GPU; torch.cuda.is_available() is False")
     import ioaware
-    from ioaware.codegen import ops
+    from ioaware.codegen.attention import op as ops
 
     problem = AttentionProblem(batch, heads, seqlen, head_dim, DTYPES[dtype], causal=True)
     extra = mask_extra(kind, batch, heads, seqlen, "cuda")

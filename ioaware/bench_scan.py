@@ -125,7 +125,7 @@ def _hop_variant() -> ScanFn:
 
 
 def _ioaware_variant() -> ScanFn:
-    from ioaware.codegen.scan_ops import selective_scan
+    from ioaware.codegen.scan.op import selective_scan
 
     def scan(u, delta, A, B, C, D, z, delta_bias):
         return selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
@@ -170,7 +170,7 @@ def _run(fn: ScanFn, leaves, dy, backward: bool = True) -> list[torch.Tensor]:
 
 
 def _reference(leaves, dy) -> list[torch.Tensor]:
-    from ioaware.codegen import scan_reference
+    from ioaware.codegen.scan import reference as scan_reference
 
     u, delta, A, B, C, D, z, delta_bias = (None if t is None else t.detach() for t in leaves)
     y, _ = scan_reference.selective_scan(u, delta, A, B, C, D, z, delta_bias, True, None)

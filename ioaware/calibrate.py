@@ -125,7 +125,7 @@ def scan_efficiency(profile: hardware.DeviceProfile) -> float | None:
     from ioaware import cost
 
     try:
-        from ioaware.codegen import scan_ops  # noqa: F401  (registers the scan ops)
+        from ioaware.codegen.scan import op as scan_ops  # noqa: F401  (registers the scan ops)
     except ImportError:
         return None
     bt, dc, length, n = SCAN_SHAPE

@@ -276,7 +276,7 @@ class Case:
 def cases(device: str = "cuda", small: bool = False) -> list[Case]:
     """The acceptance ops at sizes where each is far from launch overhead (small: tiny
     sizes, for checking on a CPU that every case traces and is fully priced)."""
-    from ioaware.codegen import ops  # noqa: F401  (registers torch.ops.ioaware)
+    from ioaware.codegen.attention import op as ops  # noqa: F401  (registers torch.ops.ioaware)
 
     def randn(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, device=device, dtype=torch.bfloat16)
@@ -299,7 +299,7 @@ def cases(device: str = "cuda", small: bool = False) -> list[Case]:
              lambda: (randn(elements),), "bfloat16"),
     ]
     try:
-        from ioaware.codegen import scan_ops  # noqa: F401  (registers the scan ops)
+        from ioaware.codegen.scan import op as scan_ops  # noqa: F401  (registers the scan ops)
     except ImportError:
         return found
     bt, dc, length, state = (1, 32, 32, 16) if small else (8, 2048, 2048, 16)

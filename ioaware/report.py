@@ -308,7 +308,7 @@ class ReportBackend:
         """How rewritten regions would run on the profiled device."""
         if self.profile.name != "cpu":
             return "triton"
-        from ioaware.codegen.ops import backend_name
+        from ioaware.codegen.runtime import backend_name
 
         return backend_name("cpu")
 

@@ -9,7 +9,8 @@ from typing import Any
 from torch import fx
 
 from ioaware.explain import Fallback, Rewrite
-from ioaware.passes import attention, scan
+from ioaware.passes.attention import match as attention
+from ioaware.passes.scan import rewrite as scan
 
 
 @dataclasses.dataclass(frozen=True)

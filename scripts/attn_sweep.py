@@ -242,7 +242,7 @@ class Sweep:
 
     def shipped(self) -> None:
         """ioaware's op as a user calls it (host path, autotuning, block maps included)."""
-        from ioaware.codegen import ops
+        from ioaware.codegen.attention import op as ops
 
         q, k, v = (t.detach().clone().requires_grad_() for t in (self.q, self.k, self.v))
         got: dict[str, torch.Tensor] = {}
@@ -322,7 +322,7 @@ def host_times(kinds: list[str], calls: int = 300, profile: bool = False) -> Non
     is a few microseconds, far less than issuing it, so the time per call is the host
     path (Python, torch's op dispatch and autograd, Triton's launches), the part that
     shows when a call's host time exceeds its kernels' time."""
-    from ioaware.codegen import ops
+    from ioaware.codegen.attention import op as ops
 
     q, k, v, dout = (torch.randn(1, 2, 256, 128, device="cuda", dtype=torch.bfloat16)
                      for _ in range(4))
@@ -357,11 +357,12 @@ def host_layers(kinds: list[str], calls: int = 300) -> None:
     """Host time per call of each layer under the user's call, at the tiny size of
     `host_times`: which layer holds the time (torch's op dispatch, our op body, the
     launcher with its tuner lookup and block map, Triton's launch)."""
-    from ioaware.codegen import cache, launch, ops
+    from ioaware.codegen import cache, launch, runtime
+    from ioaware.codegen.attention import op as ops
 
     q, k, v, dout = (torch.randn(1, 2, 256, 128, device="cuda", dtype=torch.bfloat16)
                      for _ in range(4))
-    device = ops._kernel_device(q.device)
+    device = runtime.kernel_device(q.device)
 
     def layers(kind: str) -> list[tuple[str, object]]:
         spec, inputs = _mask_case(kind, **TINY)
@@ -407,7 +408,7 @@ def sync_check(kind: str, calls: int = 5) -> None:
     and the top host-side ops."""
     from torch.profiler import ProfilerActivity, profile
 
-    from ioaware.codegen import ops
+    from ioaware.codegen.attention import op as ops
 
     b, h, n = 2, 16, 8192
     q, k, v = (torch.randn(b, h, n, 128, device="cuda", dtype=torch.bfloat16,

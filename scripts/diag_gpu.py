@@ -23,7 +23,7 @@ sys.path.insert(0, "tests/gpu")
 sys.path.insert(0, "tests")
 
 from ioaware.backend import IoawareBackend
-from ioaware.codegen.scan_ops import linear_scan, selective_scan
+from ioaware.codegen.scan.op import linear_scan, selective_scan
 from ioaware.verify import relative_error
 
 
@@ -133,7 +133,7 @@ def attention_diagnosis():
     import ioaware
     from ioaware.bench import AttentionProblem
     from ioaware.bench_masks import _spec, sliding_window_attention
-    from ioaware.codegen import ops
+    from ioaware.codegen.attention import op as ops
 
     print("== sliding window 512, bf16 2x16x8192x128: direct kernel vs ioaware.compile ==")
     problem = AttentionProblem(2, 16, 8192, 128, torch.bfloat16, causal=True)

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ioaware.codegen import cache, ops
+from ioaware.codegen import cache
+from ioaware.codegen.attention import op as ops
 
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 

@@ -24,7 +24,9 @@ import triton
 from triton.testing import do_bench
 
 from ioaware.bench_scan import TOLERANCE, ScanProblem
-from ioaware.codegen import scan_bwd, scan_fwd, scan_reference
+from ioaware.codegen.scan import backward as scan_bwd
+from ioaware.codegen.scan import forward as scan_fwd
+from ioaware.codegen.scan import reference as scan_reference
 from ioaware.codegen.cache import device_tag, load_kernel_module
 from ioaware.spec import ScanSpec
 
@@ -158,7 +160,7 @@ def sweep_backward(configs, bandwidth: float) -> list[tuple]:
 def op_overhead() -> None:
     """The forward through ioaware::selective_scan (checks, dispatch, autotuner, launch)
     timed as-is and as a CUDA graph replay: the difference is host time per call."""
-    from ioaware.codegen import scan_ops
+    from ioaware.codegen.scan import op as scan_ops
 
     u, delta, A, B, C, D, z, delta_bias, _ = inputs(3)
 

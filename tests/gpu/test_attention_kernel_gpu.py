@@ -15,7 +15,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ioaware.codegen import ops
+from ioaware.codegen.attention import op as ops
 
 pytestmark = [
     pytest.mark.gpu,

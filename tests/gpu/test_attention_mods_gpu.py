@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ioaware.codegen import ops
+from ioaware.codegen.attention import op as ops
 from ioaware.spec import AttentionSpec, TensorInput
 from ioaware.verify import relative_error
 

@@ -15,7 +15,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ioaware.codegen import scan_ops
+from ioaware.codegen.scan import op as scan_ops
 
 pytestmark = [
     pytest.mark.gpu,
@@ -73,7 +73,7 @@ def test_selective_scan_gpu_issue_shape_forward():
                             {"D", "z", "delta_bias", "softplus"}, "transposed")
     u, delta, A, B, C, D, z, delta_bias, softplus, h0 = (to_cuda(t) for t in inputs)
     y, h_last = scan_ops.selective_scan(u, delta, A, B, C, D, z, delta_bias, softplus, h0)
-    from ioaware.codegen import scan_reference
+    from ioaware.codegen.scan import reference as scan_reference
 
     y_ref, h_ref = scan_reference.selective_scan(u, delta, A, B, C, D, z, delta_bias,
                                                  softplus, h0)

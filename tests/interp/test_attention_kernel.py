@@ -14,7 +14,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ioaware.codegen import ops, reference
+from ioaware.codegen.attention import op as ops
+from ioaware.codegen.attention import reference
 from ioaware.config import config
 
 # ‖a − b‖ / ‖b‖ bounds: a few units of the output dtype's rounding (fp16 2^-11,

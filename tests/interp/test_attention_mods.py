@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sm90 import compile_sm90, has_ptx_backend, import_compiled
 
-from ioaware.codegen import ops
+from ioaware.codegen.attention import op as ops
 from ioaware.config import config
 from ioaware.spec import AttentionSpec, TensorInput
 from ioaware.verify import relative_error
@@ -326,7 +326,7 @@ def test_dropout_needs_a_seed():
 def test_block_map_never_skips_a_visible_key(mask, causal):
     """Every tile the map calls empty holds no visible key; every full one only visible
     keys (checked against the mask evaluated densely)."""
-    from ioaware.codegen import reference
+    from ioaware.codegen.attention import reference
     from ioaware.codegen.cache import INTERPRET_DEVICE, load_kernel_module
 
     gen = torch.Generator().manual_seed(1)
@@ -406,7 +406,8 @@ def test_reference_path_matches_the_kernels():
 def test_general_kernels_compile_for_hopper(tmp_path):
     """The interpreter forgives what compiled Triton rejects (loop-carried shapes, block
     conditions): compile every general kernel for sm_90 here, no GPU needed."""
-    from ioaware.codegen import attention_bwd, attention_fwd
+    from ioaware.codegen.attention import backward as attention_bwd
+    from ioaware.codegen.attention import forward as attention_fwd
 
     spec = AttentionSpec(
         head_dim=80, head_dim_v=64, dtype="bfloat16", causal=True, scale=0.1,
@@ -495,7 +496,7 @@ def test_forced_tiles_match_the_reference_with_their_own_block_maps():
     """Launched under tiles other than the interpreter's defaults (each kernel's block
     map built for its own tile, ragged edges on both axes), out and every gradient,
     the atomically added learned bias included, match the torch reference path."""
-    from ioaware.codegen import reference
+    from ioaware.codegen.attention import reference
     from ioaware.codegen.cache import INTERPRET_DEVICE, load_kernel_module
 
     gen = torch.Generator().manual_seed(7)
@@ -554,7 +555,7 @@ def test_tuner_takes_the_fastest_config_once_per_size_class(monkeypatch):
     atomically is reset after them, and the block maps only losing trials built go."""
     import triton.testing
 
-    from ioaware.codegen.attention_fwd import TUNER
+    from ioaware.codegen.attention.forward import TUNER
 
     times = {(64, 64, 4, 2): 3.0, (128, 64, 8, 2): 1.0, (128, 128, 8, 3): 2.0}
     trials, resets = [], []

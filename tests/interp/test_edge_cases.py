@@ -65,7 +65,7 @@ def test_float64_is_left_to_eager_with_reason(interpret):
 def test_batches_beyond_the_grid_limit_launch_in_slices(interpret, monkeypatch):
     # CUDA limits grid axis 1 (batch·heads) to 65535; shrink the limit to exercise the
     # slicing with a small problem: 5 batches × 2 heads in slices of 1 batch.
-    from ioaware.codegen import ops
+    from ioaware.codegen.attention import op as ops
 
     monkeypatch.setattr(ops, "MAX_GRID_Y", 3)
     q, k, v = (torch.randn(5, 2, 20, 16, requires_grad=True) for _ in range(3))
@@ -143,7 +143,7 @@ def test_additive_min_mask_handed_in_as_a_tensor(interpret, dtype):
 def test_only_plain_loaded_summands_pay_the_overflow_check():
     # The kernels test each logit for the log2 overflow only where the score mod may add
     # a tensor's value as it is; ALiBi's slope times distance and soft-capping cannot.
-    from ioaware.codegen.attention_fwd import adds_loaded_values
+    from ioaware.codegen.attention.forward import adds_loaded_values
     from ioaware.spec import AttentionSpec, TensorInput
 
     def spec(mod, *inputs):
@@ -172,7 +172,7 @@ def test_sdpa_min_mask_tensor_rows_as_the_backend_gives_them(interpret, monkeypa
     # l times too large (its lse m + log l rounds to m, so P recomputes as 1 per key).
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from ioaware.passes import attention
+    from ioaware.passes.attention import match as attention
 
     if backend == "cuda":
         monkeypatch.setattr(attention, "_cuda_semantics", lambda node: True)

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sm90 import compile_sm90, has_ptx_backend, import_compiled
 
-from ioaware.codegen import scan_ops
+from ioaware.codegen.scan import op as scan_ops
 from ioaware.verify import TOLERANCE
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -356,7 +356,8 @@ def test_bench_scan_isolated_baseline_times_out():
 def test_scan_kernels_compile_for_sm90(tmp_path):
     """The compiled-only paths (inline PTX exp2/lg2, L2 prefetch, the tuned tiles) build
     for sm_90 here, no GPU needed: a break shows up in CI, not first on the device."""
-    from ioaware.codegen import scan_bwd, scan_fwd
+    from ioaware.codegen.scan import backward as scan_bwd
+    from ioaware.codegen.scan import forward as scan_fwd
     from ioaware.spec import ScanSpec
 
     spec = ScanSpec(kind="selective", dtype="bfloat16", d_state=16, delta_dtype="bfloat16",

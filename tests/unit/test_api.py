@@ -11,7 +11,7 @@ import torch
 from spellings import make
 
 import ioaware
-from ioaware.codegen import reference
+from ioaware.codegen.attention import reference
 
 
 def qkv(n=16, d=16):

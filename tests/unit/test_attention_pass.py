@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from spellings import SPELLINGS, make
 
 from ioaware import capture, hardware
-from ioaware.passes import attention
+from ioaware.passes.attention import match as attention
 
 aten = torch.ops.aten
 

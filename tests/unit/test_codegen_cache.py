@@ -11,7 +11,9 @@ import threading
 import pytest
 import triton
 
-from ioaware.codegen import attention_bwd, attention_fwd, cache
+from ioaware.codegen import cache
+from ioaware.codegen.attention import backward as attention_bwd
+from ioaware.codegen.attention import forward as attention_fwd
 from ioaware.config import config
 from ioaware.spec import AttentionSpec
 
@@ -157,7 +159,7 @@ def test_tuning_candidates_come_from_the_profiles_tiles(monkeypatch):
     device's profile (issue 5), the masked forward trying the measured 64 x 64 tile right
     after its default, and the scan forward keeping tiles.py's order under its layout rule."""
     from ioaware import hardware, tiles
-    from ioaware.codegen import scan_fwd
+    from ioaware.codegen.scan import forward as scan_fwd
     from ioaware.spec import ScanSpec
 
     monkeypatch.setattr(hardware, "get_profile", lambda name=None: hardware.PROFILES["h100"])

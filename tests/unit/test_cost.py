@@ -384,7 +384,7 @@ def test_sdpa_and_ioaware_ops_are_priced_as_the_fused_kernel():
     no_mask = flash_attention_cost(2, 4, 2, 64, 64, 16, 32, 4, causal=False).evaluate()
     assert c["read_bytes"] == no_mask["read_bytes"] + 64 * 64  # plus the bool mask once
 
-    import ioaware.codegen.ops  # noqa: F401  registers torch.ops.ioaware
+    import ioaware.codegen.attention.op  # noqa: F401  registers torch.ops.ioaware
 
     c = priced(lambda q, k, v: torch.ops.ioaware.flash_attention(q, k, v, 0.25, True),
                q, k, v, target=torch.ops.ioaware.flash_attention.default)
@@ -700,7 +700,7 @@ def test_unary_with_broadcast_and_type_promotion():
 
 
 def test_selective_and_linear_scan_ops_are_priced_as_their_kernels():
-    from ioaware.codegen import scan_ops  # noqa: F401  (registers the ops)
+    from ioaware.codegen.scan import op as scan_ops  # noqa: F401  (registers the ops)
 
     bt, dc, length, n, g = 2, 4, 8, 3, 2
     u, delta, z = (torch.randn(bt, dc, length) for _ in range(3))

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from ioaware.codegen import scan_reference
+from ioaware.codegen.scan import reference as scan_reference
 from ioaware.cost import (
     attention_unfused_cost,
     dram_bytes,

@@ -30,8 +30,9 @@ from spellings import (
 from torch import fx
 
 from ioaware import capture, cost, hardware
-from ioaware.codegen import reference
-from ioaware.passes import attention, masks
+from ioaware.codegen.attention import reference
+from ioaware.passes.attention import match as attention
+from ioaware.passes.attention import masks
 from ioaware.passes.views import hint
 from ioaware.spec import B_IDX, KV_IDX, Q_IDX, AttentionSpec
 

@@ -15,8 +15,8 @@ from torch._higher_order_ops.associative_scan import associative_scan, associati
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from ioaware import capture, hardware
-from ioaware.codegen import scan_ops  # noqa: F401  (registers torch.ops.ioaware)
-from ioaware.passes import scan
+from ioaware.codegen.scan import op as scan_ops  # noqa: F401  (registers torch.ops.ioaware)
+from ioaware.passes.scan import rewrite as scan
 from ioaware.verify import relative_error
 
 aten = torch.ops.aten

@@ -16,7 +16,7 @@ linear_scan: h_t = a_t · h_{t-1} + b_t along dim 1 of a, b: [R, L, F] (t from L
   to 0 when reverse), h_{-1} = h0 [R, F] or 0, fp32 accumulation;
   h: [R, L, F] contiguous in promote_types(a.dtype, b.dtype).
 
-Dispatch per call, as codegen/ops.py: CUDA -> compiled Triton; CPU with config.interpret
+Dispatch per call, as every family (codegen/runtime.py): CUDA -> compiled Triton; CPU with config.interpret
 -> the same kernels under Triton's interpreter; otherwise scan_reference.py (fp32 torch).
 """
 
@@ -27,18 +27,13 @@ from torch import Tensor
 
 from ioaware.spec import DTYPES, ScanSpec, dtype_name
 
-from . import scan_reference
-from .cache import INTERPRET_DEVICE, device_tag, load_kernel_module
-from .ops import _device_context, backend_name
+from ..cache import load_kernel_module
+from ..runtime import backend_name, device_context, kernel_device
+from . import reference as scan_reference
 
 __all__ = ["linear_scan", "selective_scan"]
 
 MAX_D_STATE = 256
-
-
-def _kernel_device(device: torch.device) -> str:
-    return device_tag(device) if device.type == "cuda" else INTERPRET_DEVICE
-
 
 FLOAT_DTYPES = tuple(DTYPES.values())
 # Parameters and states (A, D, delta_bias, h0) may also be float64: the kernels read them
@@ -144,8 +139,8 @@ def selective_scan_op(
                                                      delta_softplus, h0)
         return y.copy_(y_ref), h_last.copy_(h_ref)
     spec = _selective_spec(u, delta, A, B, D, z, delta_bias, delta_softplus, h0)
-    module = load_kernel_module("scan_fwd", spec, _kernel_device(u.device))
-    with _device_context(u.device):
+    module = load_kernel_module("scan_fwd", spec, kernel_device(u.device))
+    with device_context(u.device):
         module.forward(u, delta, A, B, C, D, z, delta_bias, h0, y, h_last)
     return y, h_last
 
@@ -183,8 +178,8 @@ def selective_scan_backward_op(
                 g.zero_()
         return grads
     spec = _selective_spec(u, delta, A, B, D, z, delta_bias, delta_softplus, h0)
-    module = load_kernel_module("scan_bwd", spec, _kernel_device(u.device))
-    with _device_context(u.device):
+    module = load_kernel_module("scan_bwd", spec, kernel_device(u.device))
+    with device_context(u.device):
         return tuple(module.backward(dy, dh_last, u, delta, A, B, C, D, z, delta_bias, h0,
                                      [g.dtype for g in grads]))
 
@@ -270,8 +265,8 @@ def linear_scan_op(a: Tensor, b: Tensor, h0: Tensor | None, reverse: bool) -> Te
     if backend_name(a.device) == "reference":
         return h.copy_(scan_reference.linear_scan(a, b, h0, reverse))
     module = load_kernel_module("scan_linear", _linear_spec(out_dtype, h0, reverse),
-                                _kernel_device(a.device))
-    with _device_context(a.device):
+                                kernel_device(a.device))
+    with device_context(a.device):
         module.forward(a, b, h0, h)
     return h
 

@@ -10,10 +10,10 @@ from typing import Any
 import torch
 from torch import fx
 
-from ioaware.passes.scan_readout import (
+from ioaware.passes.scan.readout import (
     _insert,
 )
-from ioaware.passes.scan_record import (
+from ioaware.passes.scan.record import (
     CAST_OPS,
     NoMatch,
     Readout,

@@ -49,20 +49,20 @@ from torch import fx
 
 from ioaware import cost, tiles
 from ioaware.explain import Fallback, Rewrite
-from ioaware.passes.scan_fusion import (
+from ioaware.passes.scan.fusion import (
     Epilogue,
     _axes,
     _softplus_nodes,
     match_epilogue,
     match_selective,
 )
-from ioaware.passes.scan_readout import (
+from ioaware.passes.scan.readout import (
     _POSITIONS,
     _position,
     match_full_readout,
     match_readout,
 )
-from ioaware.passes.scan_record import (
+from ioaware.passes.scan.record import (
     NoMatch,
     Readout,
     Recurrence,
@@ -73,7 +73,7 @@ from ioaware.passes.scan_record import (
     _val,
     aten,
 )
-from ioaware.passes.scan_spellings import (
+from ioaware.passes.scan.spellings import (
     HOP_TARGETS,
     MATMUL_OPS,
     _through_views,
@@ -177,7 +177,7 @@ def _state_rf(g: fx.Graph, h0: fx.Node, like_step: fx.Node, dim: int, rank: int)
 
 def apply_linear(gm: fx.GraphModule, rec: Recurrence) -> None:
     """Replace the states by views of one ioaware::linear_scan on a and b."""
-    from ioaware.codegen import scan_ops  # noqa: F401  (registers torch.ops.ioaware)
+    from ioaware.codegen.scan import op as scan_ops  # noqa: F401  (registers torch.ops.ioaware)
 
     g = gm.graph
     rank = _val(rec.b).dim()
@@ -264,7 +264,7 @@ def _frame_factor(g: fx.Graph, f: fx.Node, frame: tuple[int, ...], keep: list[in
 def apply_selective(gm: fx.GraphModule, rec: Recurrence, sel: Selective, ro: Readout,
                     epi: Epilogue) -> None:
     """Replace producers, recurrence, readout and epilogue by one ioaware::selective_scan."""
-    from ioaware.codegen import scan_ops  # noqa: F401
+    from ioaware.codegen.scan import op as scan_ops  # noqa: F401
 
     g = gm.graph
     frame, t = sel.frame, rec.dim

@@ -22,7 +22,7 @@ import string
 
 from ioaware.spec import ScanSpec
 
-from .scan_fwd import TUNE_MIN_STEPS, format_configs, primitives, spec_fields
+from .forward import TUNE_MIN_STEPS, format_configs, primitives, spec_fields
 
 INTERPRET_BLOCK_L = 8
 INTERPRET_BLOCK_F = 4

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import fx
 
-from ioaware.passes.scan_record import (
+from ioaware.passes.scan.record import (
     NoMatch,
     Recurrence,
     _call,

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import fx
 
-from ioaware.passes.scan_record import (
+from ioaware.passes.scan.record import (
     CAST_OPS,
     NoMatch,
     Readout,

@@ -24,7 +24,6 @@ torch.compile, and run as ordinary callables in fx graphs executed eagerly.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from collections.abc import Sequence
@@ -32,12 +31,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ioaware.config import config
 from ioaware.spec import DTYPES, INPUT_DTYPES, AttentionSpec, dtype_name
 
+from ..cache import load_kernel_module
+from ..runtime import backend_name, device_context, kernel_device
 from . import reference
-from .attention_fwd import is_plain
-from .cache import INTERPRET_DEVICE, device_tag, load_kernel_module
+from .forward import is_plain
 
 __all__ = ["attention", "backend_name", "dropout_keep_mask", "flash_attention"]
 
@@ -56,14 +55,6 @@ def _fits_one_grid(q: Tensor) -> bool:
     return q.shape[0] * q.shape[1] <= MAX_GRID_Y
 
 
-def backend_name(device: torch.device | str) -> str:
-    """How the ops run on `device` now: "triton", "triton-interpret" or "reference"."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return "triton"
-    if device.type == "cpu" and config.interpret:
-        return "triton-interpret"
-    return "reference"
 
 
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor, scale: float) -> None:
@@ -102,12 +93,6 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, scale: float) -> None:
         raise ValueError(f"scale={scale} must be a positive finite float")
 
 
-def _device_context(device: torch.device):
-    """torch.cuda.device(device) where it is not the current device already; else a null
-    context (entering and leaving one costs host time on every call)."""
-    if device.type != "cuda" or device.index in (None, torch.cuda.current_device()):
-        return contextlib.nullcontext()
-    return torch.cuda.device(device)
 
 
 def _plain_forward(module, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor) -> None:
@@ -131,9 +116,6 @@ def _plain_backward(module, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: 
                         None if dlse is None else dlse[b], dq[b], dk[b], dv[b])
 
 
-def _kernel_device(device: torch.device) -> str:
-    """Cache device tag for a tensor on `device` (callers have ruled out "reference")."""
-    return device_tag(device) if device.type == "cuda" else INTERPRET_DEVICE
 
 
 def _spec(q: Tensor, v: Tensor, scale: float, causal: bool) -> AttentionSpec:
@@ -167,8 +149,8 @@ def flash_attention_op(
     if backend_name(q.device) == "reference":
         return reference.attention_forward(q, k, v, scale, causal)
     module = load_kernel_module("attention_fwd", _spec(q, v, scale, causal),
-                                _kernel_device(q.device))
-    with _device_context(q.device):
+                                kernel_device(q.device))
+    with device_context(q.device):
         _plain_forward(module, q, k, v, out, lse)
     return out, lse
 
@@ -200,10 +182,10 @@ def flash_attention_backward_op(
     if backend_name(q.device) == "reference":
         return reference.attention_backward(dout, q, k, v, out, lse, scale, causal, dlse)
     module = load_kernel_module("attention_bwd", _spec(q, v, scale, causal),
-                                _kernel_device(q.device))
+                                kernel_device(q.device))
     lse = lse.contiguous()
     dlse = dlse.float().contiguous() if dlse is not None else None
-    with _device_context(q.device):
+    with device_context(q.device):
         _plain_backward(module, dout, q, k, v, out, lse, dlse, dq, dk, dv)
     return dq, dk, dv
 
@@ -333,8 +315,8 @@ def attention_op(q: Tensor, k: Tensor, v: Tensor, inputs: list[Tensor], spec: st
     if backend_name(q.device) == "reference":
         out_ref, lse_ref = reference.spec_forward(aspec, q, k, v, inputs, seed)
         return out_ref.contiguous(), lse_ref.contiguous()
-    module = load_kernel_module("attention_fwd", aspec, _kernel_device(q.device))
-    with _device_context(q.device):
+    module = load_kernel_module("attention_fwd", aspec, kernel_device(q.device))
+    with device_context(q.device):
         if is_plain(aspec):  # the FlashAttention module: the fast path, unchanged
             _plain_forward(module, q, k, v, out, lse)
         else:
@@ -364,7 +346,7 @@ def attention_backward_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Te
                                                         dlse)
         return dq.contiguous(), dk.contiguous(), dv.contiguous(), [
             d.contiguous() for d in dinputs]
-    module = load_kernel_module("attention_bwd", aspec, _kernel_device(q.device))
+    module = load_kernel_module("attention_bwd", aspec, kernel_device(q.device))
     # The kernels write every element: no memset (3 passes over HBM) beforehand.
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
@@ -372,7 +354,7 @@ def attention_backward_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Te
     dinputs32 = [_broadcast_grad_buffer(x) for x in grad_inputs]
     dlse = dlse.float().contiguous() if dlse is not None else None
     lse = lse.contiguous()
-    with _device_context(q.device):
+    with device_context(q.device):
         if is_plain(aspec):
             _plain_backward(module, dout, q, k, v, out, lse, dlse, dq, dk, dv)
         else:

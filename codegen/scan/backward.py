@@ -42,7 +42,7 @@ import string
 
 from ioaware.spec import ScanSpec
 
-from .scan_fwd import (
+from .forward import (
     MAX_TILE_PER_THREAD,
     MAX_TUNE_CONFIGS,
     fits_layout,

@@ -33,7 +33,7 @@ import sympy
 
 from ioaware.spec import B_IDX, H_IDX, AttentionSpec
 
-from .expr import IntervalPrinter, TritonPrinter, input_params, uses
+from ..expr import IntervalPrinter, TritonPrinter, input_params, uses
 
 
 def mask_uses_heads(spec: AttentionSpec) -> bool:

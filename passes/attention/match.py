@@ -45,7 +45,7 @@ from torch import fx
 
 from ioaware import cost, tiles
 from ioaware.explain import Fallback, Rewrite
-from ioaware.passes import masks
+from ioaware.passes.attention import masks
 from ioaware.passes.views import (
     LAYOUT_OPS,
     hinted_shape,
@@ -905,7 +905,7 @@ def _check_inputs_outside(m: AttentionMatch) -> None:
 def apply(gm: fx.GraphModule, m: AttentionMatch) -> None:
     """Replace the region by a call to ioaware::flash_attention, or ioaware::attention
     when it has a mask, score modification, extra inputs or dropout."""
-    from ioaware.codegen import ops  # noqa: F401  (registers torch.ops.ioaware)
+    from ioaware.codegen.attention import op as ops  # noqa: F401  (registers torch.ops.ioaware)
 
     g = gm.graph
     out = m.output
@@ -1025,7 +1025,7 @@ def run(
 
     hints: values for the graph's size symbols (dynamo's), to evaluate modelled costs.
     """
-    from ioaware.codegen import ops  # noqa: F401  (registers torch.ops.ioaware)
+    from ioaware.codegen.attention import op as ops  # noqa: F401  (registers torch.ops.ioaware)
 
     rewrites: list[Rewrite] = []
     fallbacks: list[Fallback] = []

@@ -1,0 +1,43 @@
+"""Where a kernel family's op runs, decided per call from the tensors' device.
+
+    CUDA tensor                     -> compiled Triton kernels ("triton")
+    CPU tensor, config.interpret    -> the same kernels under Triton's interpreter
+                                       ("triton-interpret")
+    anything else                   -> the family's torch reference ("reference")
+
+Every family's op asks the same three questions here, so a new family dispatches as the
+others do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from ioaware.config import config
+
+from .cache import INTERPRET_DEVICE, device_tag
+
+
+def backend_name(device: torch.device | str) -> str:
+    """How the ops run on `device` now: "triton", "triton-interpret" or "reference"."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "triton"
+    if device.type == "cpu" and config.interpret:
+        return "triton-interpret"
+    return "reference"
+
+
+def kernel_device(device: torch.device) -> str:
+    """Cache device tag for a tensor on `device` (callers have ruled out "reference")."""
+    return device_tag(device) if device.type == "cuda" else INTERPRET_DEVICE
+
+
+def device_context(device: torch.device):
+    """torch.cuda.device(device) where it is not the current device already; else a null
+    context (entering and leaving one costs host time on every call)."""
+    if device.type != "cuda" or device.index in (None, torch.cuda.current_device()):
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)

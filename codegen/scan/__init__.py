@@ -1,0 +1,19 @@
+"""The scan kernel family: first-order diagonal linear recurrences as fused Triton kernels,
+Mamba's selective scan (forward and backward) and the generic linear scan.
+
+    forward.py    the selective-scan forward template        backward.py  its backward
+    linear.py     the generic linear scan                    reference.py the torch reference
+    op.py         ioaware::selective_scan, ioaware::linear_scan (schema, fake, autograd)
+
+Importing the package registers the ops and their renderers.
+"""
+
+from ioaware import tiles
+from ioaware.codegen.cache import register_renderer
+from ioaware.codegen.scan import backward, forward, linear, op
+
+register_renderer("scan_fwd", forward.render_forward, tiles)
+register_renderer("scan_bwd", backward.render_backward, forward, tiles)
+register_renderer("scan_linear", linear.render_linear, forward)
+
+__all__ = ["op"]
