@@ -20,20 +20,36 @@ for name in base this; do
   python3 -m pip install -q --no-deps --no-build-isolation --no-index --target "/tmp/ioaware-$name" \
     "$src" >/dev/null || { echo "compare: installing $src failed" >&2; exit 1; }
 done
+# One case in one process: the CLI's bench with --json, or the scan bench without its
+# torch.compile baseline (minutes to compile, and not what is compared).
+runner=$(cat <<'PY'
+import dataclasses, json, sys
+if sys.argv[1:] == ["scan"]:
+    try:
+        from ioaware.bench.scan import bench_scan
+    except ImportError:
+        from ioaware.bench_scan import bench_scan
+    rows = bench_scan(skip_slow=True, compile_timeout_s=1)
+    print(json.dumps([dataclasses.asdict(r) for r in rows]))
+else:
+    from ioaware.cli import main
+    sys.exit(main([*sys.argv[1:], "--json"]))
+PY
+)
 size="--batch ${B:-4} --heads ${H:-16} --seqlen ${N:-4096}"
 masked="--batch 2 --heads 16 --seqlen 8192"
 for case in ${CASES:-dense sliding_window alibi document scan}; do
   case "$case" in
     dense) args="bench attention $size --vs sdpa --skip-slow" ;;
-    scan) args="bench scan --skip-slow" ;;
+    scan) args="scan" ;;
     *) args="bench attention --mask $case $masked --vs sdpa --skip-slow" ;;
   esac
   for name in base this; do
     echo "== $case, $name" >&2
     PYTHONPATH="/tmp/ioaware-$name" IOAWARE_CACHE_DIR="/tmp/ioaware-cache-$name" \
-      timeout "${CASE_TIMEOUT:-240}" python3 -c "import sys; from ioaware.cli import main; \
-sys.exit(main(sys.argv[1:]))" $args --json >"$out/$case-$name.json" 2>"$out/$case-$name.log" \
-      || { echo "compare: $case ($name) failed, see $out/$case-$name.log" >&2; tail -5 "$out/$case-$name.log" >&2; }
+      timeout "${CASE_TIMEOUT:-240}" python3 -c "$runner" $args >"$out/$case-$name.json" \
+      2>"$out/$case-$name.log" || { echo "compare: $case ($name) failed" >&2
+      tail -5 "$out/$case-$name.log" >&2; }
   done
 done
 python3 - "$out" <<'PY'
