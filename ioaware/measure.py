@@ -159,10 +159,10 @@ def _child_target_args(options: argparse.Namespace) -> list[str]:
 
 
 def _load_on_cuda(options: argparse.Namespace) -> tuple[Any, tuple, dict]:
-    from ioaware.cli import _on_device, _overrides, load_target
+    from ioaware.target import load_target, make_overrides, on_device
 
-    model, args, kwargs = load_target(options.target, _overrides(options), device="cuda")
-    return _on_device(model, args, kwargs, "cuda")
+    model, args, kwargs = load_target(options.target, make_overrides(options), device="cuda")
+    return on_device(model, args, kwargs, "cuda")
 
 
 def _compiled_forward(options: argparse.Namespace) -> Callable[[], Any]:
