@@ -204,7 +204,7 @@ def cmd_demo(options: argparse.Namespace) -> int:
 
 
 def _parse_vs(text: str) -> list[str]:
-    from ioaware.bench import BASELINES
+    from ioaware.bench.attention import BASELINES
 
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in BASELINES]
@@ -224,7 +224,7 @@ def render_bench(rows: Sequence[Any], title: str, reference: str | None = None) 
     from rich import box
     from rich.table import Table
 
-    from ioaware.bench import REFERENCE_VARIANT
+    from ioaware.bench.attention import REFERENCE_VARIANT
     from ioaware.tables import format_bytes, render
 
     reference = reference or REFERENCE_VARIANT  # the row the speeds compare to
@@ -265,7 +265,7 @@ def cmd_bench(options: argparse.Namespace) -> int:
         return EXIT_USAGE
     if options.mask != "none":
         return _cmd_bench_masked(options)
-    from ioaware.bench import bench_attention
+    from ioaware.bench.attention import bench_attention
 
     rows = bench_attention(
         options.batch, options.heads, options.seqlen, options.head_dim, options.dtype,
@@ -289,7 +289,7 @@ def _cmd_bench_masked(options: argparse.Namespace) -> int:
     """`bench attention --mask KIND`: ioaware vs FlexAttention vs a materialised mask."""
     import torch
 
-    from ioaware.bench_masks import bench_masked
+    from ioaware.bench.masks import bench_masked
 
     rows = bench_masked(
         options.mask, options.batch, options.heads, options.seqlen, options.head_dim,
@@ -313,7 +313,7 @@ def cmd_bench_scan(options: argparse.Namespace) -> int:
         print("ioaware bench: needs a CUDA GPU (torch.cuda.is_available() is False)",
               file=sys.stderr)
         return EXIT_USAGE
-    from ioaware.bench_scan import bench_scan, render_scan_bench
+    from ioaware.bench.scan import bench_scan, render_scan_bench
 
     rows = bench_scan(
         options.batch, options.channels, options.seqlen, options.d_state, options.groups,
