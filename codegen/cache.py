@@ -38,8 +38,8 @@ from typing import Protocol
 import torch
 import triton
 
-import ioaware
 from ioaware.config import config
+from ioaware.version import __version__
 
 INTERPRET_DEVICE = "interpret"
 
@@ -111,7 +111,7 @@ def cache_key(
     """Hex key of one kernel module: sha256 over kind, spec.key(), versions and device."""
     if versions is None:
         versions = {
-            "ioaware": ioaware.__version__,
+            "ioaware": __version__,
             "torch": torch.__version__,
             "triton": triton.__version__,
             "renderer": RENDERERS[kind].digest,

@@ -24,15 +24,14 @@ module), which is what Triton's per-call check of them guards against.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 from triton import knobs
 from triton.runtime import JITFunction, driver
 
-# IOAWARE_FAST_LAUNCH=0 takes `kernel[grid]` always (to compare, or to rule this out).
-_ENABLED = os.environ.get("IOAWARE_FAST_LAUNCH", "1") != "0"
+from ioaware.config import config
+
 _ATTR = "_ioaware_binaries"
 
 
@@ -51,7 +50,7 @@ def _arg_key(x: Any) -> Any:
 
 def launch(kernel: Any, grid: tuple[int, ...], *args: Any, **kw: Any) -> None:
     """Launch `kernel` (a JITFunction) on `grid` as `kernel[grid](*args, **kw)` would."""
-    if not _ENABLED or not isinstance(kernel, JITFunction):
+    if not config.fast_launch or not isinstance(kernel, JITFunction):
         # the interpreter's kernels, or an autotuner choosing constexprs
         kernel[grid](*args, **kw)
         return

@@ -10,7 +10,7 @@ from ioaware.backend import counters
 from ioaware.config import config
 from ioaware.explain import Explanation, Fallback, Rewrite
 from ioaware.verify import VerificationError
+from ioaware.version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["Explanation", "Fallback", "Rewrite", "VerificationError", "__version__", "compile",
            "config", "counters", "explain"]

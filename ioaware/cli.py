@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import importlib.util
-import inspect
 import json
 import sys
 import time
@@ -29,155 +27,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-# Bundled examples, by name: the repository's examples/, installed as ioaware.examples.
-EXAMPLES = {name: f"{name}.py" for name in ("gpt", "llama", "mamba", "hybrid", "sdpa_gqa")}
-EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"  # a wheel install
-if not EXAMPLES_DIR.is_dir():  # a source checkout (editable install): the top-level folder
-    EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+from ioaware.target import (
+    DTYPES,
+    EXAMPLES,
+    TargetError,
+    load_target,
+    make_overrides,
+    on_device,
+    one_line,
+)
+
 DEVICES = ("h100", "h200", "a100", "cpu")
-DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 # Exit status for bad input (a TARGET that cannot be loaded, no GPU for bench).
 EXIT_USAGE = 2
 
 
-class TargetError(Exception):
-    """TARGET could not be turned into (model, args, kwargs); the message names the cause."""
-
-
-# --- loading a TARGET -----------------------------------------------------------------------
-
-
-def resolve_target(target: str) -> tuple[Path, str]:
-    """`file.py:fn`, `file.py` (fn = make), `name` or `name:fn` of a bundled example."""
-    path_text, colon, function = target.rpartition(":")
-    if not colon:
-        path_text, function = target, "make"
-    if not function.isidentifier():
-        raise TargetError(f"TARGET {target!r}: {function!r} is not a function name")
-    if path_text in EXAMPLES:
-        path = EXAMPLES_DIR / EXAMPLES[path_text]
-        if not path.is_file():
-            raise TargetError(
-                f"TARGET {target!r}: bundled example {path_text!r} expected at {path}, not found"
-            )
-        return path, function
-    path = Path(path_text)
-    if not path_text.endswith(".py"):
-        raise TargetError(
-            f"TARGET {target!r}: expected path/to/file.py:make or a bundled example "
-            f"({', '.join(sorted(EXAMPLES))})"
-        )
-    if not path.is_file():
-        raise TargetError(f"TARGET {target!r}: no such file {path}")
-    return path, function
-
-
-def load_target(target: str, overrides: dict[str, Any] | None = None,
-                device: str | None = None) -> tuple[Any, tuple, dict]:
-    """Import TARGET's file, call its function and check it returned (model, args[, kwargs]).
-
-    overrides: keyword arguments for make() (batch, seq_len, dtype); a make() that does
-    not take one the user asked for is a bad TARGET. device: passed as make(device=...)
-    only if make() takes it (the report builds on "meta" this way).
-    """
-    path, function = resolve_target(target)
-    spec = importlib.util.spec_from_file_location(f"_ioaware_target_{path.stem}", path)
-    if spec is None or spec.loader is None:
-        raise TargetError(f"TARGET {target!r}: cannot import {path}")
-    module = importlib.util.module_from_spec(spec)
-    # Registered as an importable module, as `import` would: dynamo and pickling look
-    # classes up by their __module__.
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as error:  # noqa: BLE001 - whatever the user's file raises, TARGET is bad
-        sys.modules.pop(spec.name, None)
-        raise TargetError(f"TARGET {target!r}: importing {path} raised {_one_line(error)}")
-    make = getattr(module, function, None)
-    if not callable(make):
-        raise TargetError(f"TARGET {target!r}: {path} has no function {function!r}")
-    kwargs = _make_arguments(target, make, function, overrides or {}, device)
-    try:
-        made = make(**kwargs)
-    except Exception as error:  # noqa: BLE001 - likewise for the user's make()
-        raise TargetError(f"TARGET {target!r}: {function}() raised {_one_line(error)}")
-    return _check_made(target, function, made)
-
-
-def _accepts(make: Any, name: str) -> bool:
-    try:
-        parameters = inspect.signature(make).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in parameters or any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-
-
-def _make_arguments(target: str, make: Any, function: str, overrides: dict[str, Any],
-                    device: str | None) -> dict[str, Any]:
-    for name in overrides:
-        if not _accepts(make, name):
-            flag = "--" + name.replace("_", "-")
-            raise TargetError(
-                f"TARGET {target!r}: {flag} needs {function}() to take a {name!r} argument; "
-                f"it does not"
-            )
-    kwargs = dict(overrides)
-    if device is not None and _accepts(make, "device"):
-        kwargs["device"] = device
-    return kwargs
-
-
-def _check_made(target: str, function: str, made: Any) -> tuple[Any, tuple, dict]:
-    if not isinstance(made, tuple) or len(made) not in (2, 3):
-        raise TargetError(
-            f"TARGET {target!r}: {function}() returned {type(made).__name__}; expected "
-            "(model, args) or (model, args, kwargs)"
-        )
-    model, args, kwargs = made if len(made) == 3 else (*made, {})
-    if not callable(model):
-        raise TargetError(f"TARGET {target!r}: the model {type(model).__name__} is not callable")
-    if not isinstance(args, (tuple, list)):
-        raise TargetError(
-            f"TARGET {target!r}: args is {type(args).__name__}; expected a tuple, e.g. (x,)"
-        )
-    if not isinstance(kwargs, dict):
-        raise TargetError(f"TARGET {target!r}: kwargs is {type(kwargs).__name__}; expected dict")
-    return model, tuple(args), kwargs
-
-
-def _one_line(error: BaseException) -> str:
-    first = (str(error).strip().splitlines() or [""])[0]
-    return f"{type(error).__name__}: {first}" if first else type(error).__name__
-
-
 # --- report -----------------------------------------------------------------------------------
-
-
-def _on_device(model: Any, args: tuple, kwargs: dict,
-               device: str = "meta") -> tuple[Any, tuple, dict]:
-    """The same model and inputs on `device` (on "meta", running them computes nothing)."""
-    import torch
-
-    def move(value: Any) -> Any:
-        return value.to(device) if isinstance(value, torch.Tensor) else value
-
-    if isinstance(model, torch.nn.Module):
-        model = model.to(device)
-    return model, tuple(move(a) for a in args), {k: move(v) for k, v in kwargs.items()}
-
-
-def _overrides(options: argparse.Namespace) -> dict[str, Any]:
-    import torch
-
-    overrides: dict[str, Any] = {}
-    if options.batch is not None:
-        overrides["batch"] = options.batch
-    if options.seq_len is not None:
-        overrides["seq_len"] = options.seq_len
-    if options.dtype is not None:
-        overrides["dtype"] = getattr(torch, DTYPES[options.dtype])
-    return overrides
 
 
 def build_target_report(options: argparse.Namespace) -> Any:
@@ -188,22 +53,22 @@ def build_target_report(options: argparse.Namespace) -> Any:
     """
     from ioaware.report import build_report
 
-    overrides = _overrides(options)
+    overrides = make_overrides(options)
     dtype = DTYPES[options.dtype] if options.dtype else "float32"
     model, args, kwargs = load_target(options.target, overrides, device="meta")
     try:
-        model, args, kwargs = _on_device(model, args, kwargs)
+        model, args, kwargs = on_device(model, args, kwargs)
         return build_report(model, args, kwargs, device=options.device, dtype=dtype,
                             target=options.target, formulas=options.formulas)
     except Exception as error:  # noqa: BLE001 - not meta-friendly: run it for real below
-        on_meta = _one_line(error)
+        on_meta = one_line(error)
     model, args, kwargs = load_target(options.target, overrides)
     try:
         report = build_report(model, args, kwargs, device=options.device, dtype=dtype,
                               target=options.target, formulas=options.formulas)
     except Exception as error:  # noqa: BLE001 - the user's model failed: one line, no trace
         raise TargetError(f"TARGET {options.target!r}: running the model raised "
-                          f"{_one_line(_user_error(error))}") from None
+                          f"{one_line(_user_error(error))}") from None
     print(f"ioaware report: the model does not run on the meta device ({on_meta}); "
           "ran it on its own device", file=sys.stderr)
     return report
@@ -329,7 +194,7 @@ def cmd_demo(options: argparse.Namespace) -> int:
     print()
     from ioaware.report import build_report, render_terminal
 
-    print(render_terminal(build_report(*_on_device(model, args, {}), device=options.device,
+    print(render_terminal(build_report(*on_device(model, args, {}), device=options.device,
                                        target="gpt")), end="")
     print(f"demo took {time.perf_counter() - start:.1f} s")
     return 0 if forward_ok and backward_ok else 1
@@ -339,7 +204,7 @@ def cmd_demo(options: argparse.Namespace) -> int:
 
 
 def _parse_vs(text: str) -> list[str]:
-    from ioaware.bench import BASELINES
+    from ioaware.bench.attention import BASELINES
 
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in BASELINES]
@@ -359,7 +224,7 @@ def render_bench(rows: Sequence[Any], title: str, reference: str | None = None) 
     from rich import box
     from rich.table import Table
 
-    from ioaware.bench import REFERENCE_VARIANT
+    from ioaware.bench.attention import REFERENCE_VARIANT
     from ioaware.tables import format_bytes, render
 
     reference = reference or REFERENCE_VARIANT  # the row the speeds compare to
@@ -400,7 +265,7 @@ def cmd_bench(options: argparse.Namespace) -> int:
         return EXIT_USAGE
     if options.mask != "none":
         return _cmd_bench_masked(options)
-    from ioaware.bench import bench_attention
+    from ioaware.bench.attention import bench_attention
 
     rows = bench_attention(
         options.batch, options.heads, options.seqlen, options.head_dim, options.dtype,
@@ -424,7 +289,7 @@ def _cmd_bench_masked(options: argparse.Namespace) -> int:
     """`bench attention --mask KIND`: ioaware vs FlexAttention vs a materialised mask."""
     import torch
 
-    from ioaware.bench_masks import bench_masked
+    from ioaware.bench.masks import bench_masked
 
     rows = bench_masked(
         options.mask, options.batch, options.heads, options.seqlen, options.head_dim,
@@ -448,7 +313,7 @@ def cmd_bench_scan(options: argparse.Namespace) -> int:
         print("ioaware bench: needs a CUDA GPU (torch.cuda.is_available() is False)",
               file=sys.stderr)
         return EXIT_USAGE
-    from ioaware.bench_scan import bench_scan, render_scan_bench
+    from ioaware.bench.scan import bench_scan, render_scan_bench
 
     rows = bench_scan(
         options.batch, options.channels, options.seqlen, options.d_state, options.groups,

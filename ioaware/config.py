@@ -1,7 +1,14 @@
 """One config object for every knob ioaware has (no scattered environment switches).
 
-Environment variables are read once, at import, into `config`; tests and users change
-the attributes directly.
+Environment variables are read here and only here, once, at import, into `config`;
+the rest of the package reads `config.<field>`, and tests and users change the
+attributes directly.
+
+    IOAWARE_INTERPRET=1       interpret      generated kernels under Triton's interpreter
+    IOAWARE_CACHE_DIR=DIR     cache_dir      where compiled kernel sources live
+    IOAWARE_DEVICE=NAME       default_device the profile priced against without a GPU
+    IOAWARE_PROFILE_DIR=DIR   profile_dir    where `ioaware calibrate` saves profiles
+    IOAWARE_FAST_LAUNCH=0     fast_launch    launch through Triton's own path always
 """
 
 from __future__ import annotations
@@ -11,8 +18,17 @@ import os
 from pathlib import Path
 
 
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes", "on")
+def _env_flag(name: str, default: str = "0") -> bool:
+    return os.environ.get(name, default).strip().lower() in ("1", "true", "yes", "on")
+
+
+def _profile_dir() -> Path:
+    override = os.environ.get("IOAWARE_PROFILE_DIR")
+    if override:
+        return Path(override)
+    # The user's config dir, as the XDG base-directory spec names it.
+    config_home = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(config_home) / "ioaware" / "profiles"
 
 
 @dataclasses.dataclass
@@ -28,6 +44,14 @@ class Config:
     # Device profile the cost model prices against when no GPU is present.
     default_device: str = dataclasses.field(
         default_factory=lambda: os.environ.get("IOAWARE_DEVICE", "h100")
+    )
+    # Where saved device profiles live (what `ioaware calibrate` measured):
+    # $IOAWARE_PROFILE_DIR, else ioaware/profiles under $XDG_CONFIG_HOME (~/.config).
+    profile_dir: Path = dataclasses.field(default_factory=_profile_dir)
+    # Launch a cached kernel's binary directly once its key is known (codegen/launch.py);
+    # IOAWARE_FAST_LAUNCH=0 takes `kernel[grid]` always (to compare, or to rule it out).
+    fast_launch: bool = dataclasses.field(
+        default_factory=lambda: os.environ.get("IOAWARE_FAST_LAUNCH", "1") != "0"
     )
 
 

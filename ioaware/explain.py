@@ -1,13 +1,20 @@
 """What the compiler did and why: rewrites, fallbacks, and the bytes each one moves.
 
 `ioaware.explain(fn_or_module, *args, **kwargs)` compiles once (without running the
-rewritten graph) and returns an `Explanation`; `str()` of it is a table.
+rewritten graph) and returns an `Explanation`; `str()` of it is a table, rendered here
+with the units of `ioaware.tables` (which knows nothing of explanations).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
+
+from rich import box
+from rich.console import RenderableType
+from rich.table import Table
+
+from ioaware.tables import format_bytes, format_detail, format_flops, format_ratio, render
 
 
 @dataclasses.dataclass
@@ -63,6 +70,67 @@ class Explanation:
         return sum(r.hbm_bytes_after for r in self.rewrites)
 
     def __str__(self) -> str:
-        from ioaware.tables import render_explanation
-
         return render_explanation(self)
+
+
+def rewrites_table(expl: Explanation) -> Table:
+    table = Table(title="rewrites", box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("graph", justify="right")
+    table.add_column("kind")
+    table.add_column("detail")
+    table.add_column("HBM before → after", justify="right")
+    table.add_column("saving", justify="right")
+    table.add_column("FLOPs", justify="right")
+    table.add_column("backend")
+    for r in expl.rewrites:
+        table.add_row(
+            str(r.graph),
+            r.kind,
+            format_detail(r.detail),
+            f"{format_bytes(r.hbm_bytes_before)} → {format_bytes(r.hbm_bytes_after)}",
+            format_ratio(r.hbm_bytes_before, r.hbm_bytes_after),
+            format_flops(r.flops),
+            r.backend,
+        )
+    if len(expl.rewrites) > 1:
+        table.add_section()
+        before, after = expl.hbm_bytes_before, expl.hbm_bytes_after
+        table.add_row(
+            "", "total", "",
+            f"{format_bytes(before)} → {format_bytes(after)}",
+            format_ratio(before, after),
+            format_flops(sum(r.flops for r in expl.rewrites)),
+            "",
+        )
+    return table
+
+
+def fallbacks_table(expl: Explanation) -> Table:
+    table = Table(title="left as they were", box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("graph", justify="right")
+    table.add_column("kind")
+    table.add_column("reason", overflow="fold")
+    for f in expl.fallbacks:
+        table.add_row(str(f.graph), f.kind, f.reason)
+    return table
+
+
+def summary_line(expl: Explanation) -> str:
+    rewrote, left = len(expl.rewrites), len(expl.fallbacks)
+    found = rewrote + left
+    line = f"found {found} region{'' if found == 1 else 's'}: rewrote {rewrote}, left {left}"
+    if left:
+        line += " (reasons above)"
+    return line
+
+
+def render_explanation(expl: Explanation, *, width: int = 120,
+                       color: bool | None = None) -> str:
+    """The rewrites table, then the fallbacks table, then a one-line summary."""
+    parts: list[RenderableType] = []
+    if expl.rewrites:
+        parts.append(rewrites_table(expl))
+    if expl.fallbacks:
+        parts.append(fallbacks_table(expl))
+    parts.append(summary_line(expl))
+    return render(parts, width=width, color=color)

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ioaware.config import config
 
 KB = 1024
 MB = 1000**2  # L2 sizes are quoted by vendors and by PyTorch in decimal megabytes
@@ -269,13 +270,9 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 
 
 def profile_dir() -> Path:
-    """Where saved profiles live: $IOAWARE_PROFILE_DIR, else ioaware/profiles under the
-    user's config dir ($XDG_CONFIG_HOME, default ~/.config)."""
-    override = os.environ.get("IOAWARE_PROFILE_DIR")
-    if override:
-        return Path(override)
-    config_home = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
-    return Path(config_home) / "ioaware" / "profiles"
+    """Where saved profiles live: `config.profile_dir` ($IOAWARE_PROFILE_DIR, else
+    ioaware/profiles under the user's config dir, $XDG_CONFIG_HOME or ~/.config)."""
+    return config.profile_dir
 
 
 def _check_name(name: Any) -> str:
@@ -368,8 +365,6 @@ def get_profile(name: str | DeviceProfile | None = None) -> DeviceProfile:
         return name
     argument = "name"
     if name is None:
-        from ioaware.config import config
-
         name = _current_cuda_profile_name()
         if name is None:
             argument, name = "config.default_device", config.default_device

@@ -25,7 +25,6 @@ import csv
 import dataclasses
 import io
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -33,6 +32,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+
+from ioaware.config import config
 
 NVTX_RANGE = "ioaware_measure"
 METRICS = ("dram__bytes_read.sum", "dram__bytes_write.sum")
@@ -158,10 +159,10 @@ def _child_target_args(options: argparse.Namespace) -> list[str]:
 
 
 def _load_on_cuda(options: argparse.Namespace) -> tuple[Any, tuple, dict]:
-    from ioaware.cli import _on_device, _overrides, load_target
+    from ioaware.target import load_target, make_overrides, on_device
 
-    model, args, kwargs = load_target(options.target, _overrides(options), device="cuda")
-    return _on_device(model, args, kwargs, "cuda")
+    model, args, kwargs = load_target(options.target, make_overrides(options), device="cuda")
+    return on_device(model, args, kwargs, "cuda")
 
 
 def _compiled_forward(options: argparse.Namespace) -> Callable[[], Any]:
@@ -428,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cases", action="store_true",
                         help="print the acceptance table: attention, scan, matmul, softmax, "
                         "elementwise")
-    parser.add_argument("--device", default=os.environ.get("IOAWARE_DEVICE", "h100"),
+    parser.add_argument("--device", default=config.default_device,
                         help="profile the model prices against (default: %(default)s)")
     parser.add_argument("--no-counters", action="store_true", help="skip ncu")
     # Internal: what the ncu child runs.

@@ -1,7 +1,8 @@
-"""Plain-text tables for people: the explanation of a compile, in human units.
+"""Plain-text tables for people: human units, and rich tables rendered to a string.
 
 Everything renders to a string (so `str(explanation)` works in logs and notebooks);
-colour is used only when asked for, by default only when stdout is a terminal.
+colour is used only when asked for, by default only when stdout is a terminal. The
+explanation's own table lives beside it in explain.py; the IO report's tables are here.
 """
 
 from __future__ import annotations
@@ -9,14 +10,11 @@ from __future__ import annotations
 import io
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich import box
 from rich.console import Console, RenderableType
 from rich.table import Table
-
-if TYPE_CHECKING:
-    from ioaware.explain import Explanation
 
 # Decimal units, the ones bandwidths are quoted in (3.0 TB/s), so bytes / bandwidth reads
 # straight off the table.
@@ -79,69 +77,6 @@ def render(renderables: Sequence[RenderableType], *, width: int = 120,
         console.print(renderable)
     # Rich pads every line to the console width; logs and diffs read better without it.
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
-
-
-def rewrites_table(expl: Explanation) -> Table:
-    table = Table(title="rewrites", box=box.SIMPLE_HEAD, title_justify="left")
-    table.add_column("graph", justify="right")
-    table.add_column("kind")
-    table.add_column("detail")
-    table.add_column("HBM before → after", justify="right")
-    table.add_column("saving", justify="right")
-    table.add_column("FLOPs", justify="right")
-    table.add_column("backend")
-    for r in expl.rewrites:
-        table.add_row(
-            str(r.graph),
-            r.kind,
-            format_detail(r.detail),
-            f"{format_bytes(r.hbm_bytes_before)} → {format_bytes(r.hbm_bytes_after)}",
-            format_ratio(r.hbm_bytes_before, r.hbm_bytes_after),
-            format_flops(r.flops),
-            r.backend,
-        )
-    if len(expl.rewrites) > 1:
-        table.add_section()
-        before, after = expl.hbm_bytes_before, expl.hbm_bytes_after
-        table.add_row(
-            "", "total", "",
-            f"{format_bytes(before)} → {format_bytes(after)}",
-            format_ratio(before, after),
-            format_flops(sum(r.flops for r in expl.rewrites)),
-            "",
-        )
-    return table
-
-
-def fallbacks_table(expl: Explanation) -> Table:
-    table = Table(title="left as they were", box=box.SIMPLE_HEAD, title_justify="left")
-    table.add_column("graph", justify="right")
-    table.add_column("kind")
-    table.add_column("reason", overflow="fold")
-    for f in expl.fallbacks:
-        table.add_row(str(f.graph), f.kind, f.reason)
-    return table
-
-
-def summary_line(expl: Explanation) -> str:
-    rewrote, left = len(expl.rewrites), len(expl.fallbacks)
-    found = rewrote + left
-    line = f"found {found} region{'' if found == 1 else 's'}: rewrote {rewrote}, left {left}"
-    if left:
-        line += " (reasons above)"
-    return line
-
-
-def render_explanation(expl: Explanation, *, width: int = 120,
-                       color: bool | None = None) -> str:
-    """The rewrites table, then the fallbacks table, then a one-line summary."""
-    parts: list[RenderableType] = []
-    if expl.rewrites:
-        parts.append(rewrites_table(expl))
-    if expl.fallbacks:
-        parts.append(fallbacks_table(expl))
-    parts.append(summary_line(expl))
-    return render(parts, width=width, color=color)
 
 
 # --- the IO report (ioaware.report) -------------------------------------------------------

@@ -11,11 +11,11 @@ Needs a CUDA GPU. For each mask kind of `ioaware bench attention --mask KIND` (B
 H=16, N=8192, d=128, bf16, causal), the rendered forward and backward modules are
 launched under explicit configs (BLOCK_M, BLOCK_N, num_warps, num_stages), bypassing
 the autotuner, each checked once against SDPA's math backend in fp32 (relative norm
-error, bench.TOLERANCE), then timed with triton.testing.do_bench (median). Printed:
+error, ioaware.bench.attention.TOLERANCE), then timed with triton.testing.do_bench (median). Printed:
 config -> us, TFLOP/s over the visible (q, k) pairs (FlexAttention's convention:
 4·B·H·d·visible forward, 2.5x that backward), next to ioaware's op as shipped (its own
 tiles and autotuning, host path included) and torch.compile(flex_attention) with a
-block mask (bench_masks._flex). A config that does not compile or launch (out of
+block mask (ioaware.bench.masks._flex). A config that does not compile or launch (out of
 shared memory, registers) prints "n/a" and the sweep goes on. Kind i of n may run
 until start + budget·(i+1)/n; configs past that print "skipped" (the op and Flex rows
 always run). Default configs: each kernel's tuning candidates as rendered for this
@@ -87,8 +87,9 @@ class Sweep:
     """One mask kind: inputs, the fp32 reference, the rendered modules, the printing."""
 
     def __init__(self, kind: str, args: argparse.Namespace, deadline: float) -> None:
-        from ioaware.bench import DTYPES, TOLERANCE, AttentionProblem
-        from ioaware.bench_masks import _materialised, _spec, mask_extra, visible_fraction
+        from ioaware.bench.attention import TOLERANCE, AttentionProblem
+        from ioaware.bench.common import DTYPES
+        from ioaware.bench.masks import _materialised, _spec, mask_extra, visible_fraction
 
         self.kind, self.args, self.deadline = kind, args, deadline
         dtype = DTYPES[args.dtype]
@@ -265,7 +266,7 @@ class Sweep:
                  check_fwd_bwd, always=True)
 
     def flex(self) -> None:
-        from ioaware.bench_masks import _flex
+        from ioaware.bench.masks import _flex
 
         try:
             attention = _flex(self.kind, self.problem, self.extra)
@@ -309,8 +310,8 @@ def _per_call_us(fn, calls: int) -> float:
 def _mask_case(kind: str, batch: int, heads: int, n: int):
     """(spec, inputs) of `ioaware bench attention --mask kind` at these sizes (bf16,
     d=128, causal)."""
-    from ioaware.bench import AttentionProblem
-    from ioaware.bench_masks import _spec, mask_extra
+    from ioaware.bench.attention import AttentionProblem
+    from ioaware.bench.masks import _spec, mask_extra
 
     problem = AttentionProblem(batch, heads, n, 128, torch.bfloat16, causal=True)
     extra = mask_extra(kind, batch, heads, n, "cuda")
@@ -453,7 +454,7 @@ def _profile(name: str, fn, calls: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ioaware.bench_masks import MASK_KINDS
+    from ioaware.bench.masks import MASK_KINDS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kinds", default=",".join(MASK_KINDS),

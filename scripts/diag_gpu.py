@@ -131,8 +131,8 @@ def attention_diagnosis():
 
 
     import ioaware
-    from ioaware.bench import AttentionProblem
-    from ioaware.bench_masks import _spec, sliding_window_attention
+    from ioaware.bench.attention import AttentionProblem
+    from ioaware.bench.masks import _spec, sliding_window_attention
     from ioaware.codegen.attention import op as ops
 
     print("== sliding window 512, bf16 2x16x8192x128: direct kernel vs ioaware.compile ==")

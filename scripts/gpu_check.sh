@@ -43,7 +43,7 @@ for stage in ${STAGES:-tests}; do
           --heads 16 --seqlen 8192 --skip-slow --vs flex,sdpa 2>&1 | tee "$out/bench_$mask.log"
       done
       timeout "${BENCH_TIMEOUT:-170}" python3 - <<PY 2>&1 | tee "$out/bench_scan.log"
-from ioaware.bench_scan import bench_scan, render_scan_bench
+from ioaware.bench.scan import bench_scan, render_scan_bench
 rows = bench_scan(compile_timeout_s=${SCAN_COMPILE_S:-30}, skip_slow=True)
 print(render_scan_bench(rows, "selective scan B=4 D=1536 L=2048 N=16 bf16, silu(z) gate"))
 PY

@@ -8,7 +8,7 @@ delta_bias, softplus, silu(z) gate. For every config the forward (and backward) 
 through the generated module's launcher with that config forced (no autotuning), is
 checked against scan_reference in fp32 on fresh random inputs (poisoned outputs first),
 and timed with triton.testing.do_bench (median). Floors: bytes each pass must move (see
-ioaware/bench_scan.py) over the copy bandwidth measured here, and the MUFU floor of one
+ioaware/bench/scan.py) over the copy bandwidth measured here, and the MUFU floor of one
 exp2 per state element, Bt·Dc·L·N / (16 per clock per SM · SMs · clock).
 """
 
@@ -23,11 +23,11 @@ import torch
 import triton
 from triton.testing import do_bench
 
-from ioaware.bench_scan import TOLERANCE, ScanProblem
+from ioaware.bench.scan import TOLERANCE, ScanProblem
+from ioaware.codegen.cache import device_tag, load_kernel_module
 from ioaware.codegen.scan import backward as scan_bwd
 from ioaware.codegen.scan import forward as scan_fwd
 from ioaware.codegen.scan import reference as scan_reference
-from ioaware.codegen.cache import device_tag, load_kernel_module
 from ioaware.spec import ScanSpec
 
 PROBLEM = ScanProblem()  # the issue's shape
@@ -233,7 +233,7 @@ def main() -> int:
 
     op_overhead()
     if options.compiled_len:
-        from ioaware.bench_scan import _measure_isolated, _row_line
+        from ioaware.bench.scan import _measure_isolated, _row_line
 
         short = ScanProblem(seqlen=options.compiled_len)
         start = time.time()
@@ -241,7 +241,7 @@ def main() -> int:
                                 short.seqlen, options.compile_timeout, 25, 100, bandwidth)
         log(f"[compiled] {_row_line(row)} ({time.time() - start:.0f} s)")
     if not options.skip_bench:
-        from ioaware.bench_scan import bench_scan, render_scan_bench
+        from ioaware.bench.scan import bench_scan, render_scan_bench
 
         rows = bench_scan(compile_timeout_s=options.compile_timeout,
                           progress=lambda m: log(f"[bench] {m}"))

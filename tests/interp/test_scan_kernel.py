@@ -344,7 +344,7 @@ def test_bench_scan_command_parses():
 
 def test_bench_scan_isolated_baseline_times_out():
     """A baseline that gives no result in time is a row saying so, not a hung bench."""
-    from ioaware.bench_scan import ScanProblem, _measure_isolated
+    from ioaware.bench.scan import ScanProblem, _measure_isolated
 
     row = _measure_isolated("slow", ScanProblem(batch=1, channels=2, seqlen=4), 4,
                             timeout_s=0.05, warmup_ms=1, rep_ms=1, bandwidth=1e12)

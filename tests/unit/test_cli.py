@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ioaware.cli import EXIT_USAGE, main
+from ioaware.config import config
 
 SUBCOMMANDS = [[], ["report"], ["calibrate"], ["demo"], ["bench"], ["bench", "attention"]]
 
@@ -143,7 +144,7 @@ def test_report_on_a_saved_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
     from ioaware import hardware
 
-    monkeypatch.setenv("IOAWARE_PROFILE_DIR", str(tmp_path))
+    monkeypatch.setattr(config, "profile_dir", tmp_path)
     h100 = hardware.get_profile("h100")
     fast = dataclasses.replace(h100, measured_hbm_bandwidth=2 * h100.bandwidth)
     hardware.save_profile(fast, "h100-fast")
@@ -213,7 +214,7 @@ def test_calibrate_on_gpu_saves_a_profile_report_can_use(
         capsys: pytest.CaptureFixture[str]) -> None:
     from ioaware import hardware
 
-    monkeypatch.setenv("IOAWARE_PROFILE_DIR", str(tmp_path))
+    monkeypatch.setattr(config, "profile_dir", tmp_path)
     assert main(["calibrate", "--name", "this-gpu"]) == 0
     assert "use it with: ioaware report TARGET --device this-gpu" in capsys.readouterr().out
     profile = hardware.get_profile("this-gpu")

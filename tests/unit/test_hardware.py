@@ -23,7 +23,7 @@ from ioaware.hardware import (
 @pytest.fixture
 def profiles_in(tmp_path, monkeypatch):
     """Saved profiles go to a fresh directory, never the user's."""
-    monkeypatch.setenv("IOAWARE_PROFILE_DIR", str(tmp_path / "profiles"))
+    monkeypatch.setattr(config, "profile_dir", tmp_path / "profiles")
     return tmp_path / "profiles"
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ioaware.explain import Explanation, Fallback, Rewrite
-from ioaware.tables import format_bytes, format_flops, format_ratio, render_explanation
+from ioaware.explain import Explanation, Fallback, Rewrite, render_explanation
+from ioaware.tables import format_bytes, format_flops, format_ratio
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@ PyTorch and `associative_scan` under torch.compile.
 
 Every variant computes Mamba's selective scan (softplus(delta + delta_bias), D skip,
 silu(z) gate, B and C shared by a group of channels) on the same inputs. Each is first
-checked against the fp32 reference (codegen/scan_reference.py: y and every gradient),
+checked against the fp32 reference (codegen/scan/reference.py: y and every gradient),
 then timed with `triton.testing.do_bench` (median), forward alone and forward+backward,
 and reported as a fraction of its memory floor: the bytes the op must move at least
 (every input read once, every output written once) over the device's copy bandwidth.
@@ -21,7 +21,13 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ioaware.bench import DTYPES, BenchUnavailable, _short
+from ioaware.bench.common import (
+    DTYPES,
+    check_dtype,
+    relative_error,
+    require_cuda,
+    short_error,
+)
 
 # ‖got − want‖ / ‖want‖ allowed against the fp32 reference, per input dtype: the
 # rounding of y and of each gradient to that dtype, with room for long sums over L.
@@ -179,11 +185,6 @@ def _reference(leaves, dy) -> list[torch.Tensor]:
     return [y.float(), *(g for g in grads[:8] if g is not None)]
 
 
-def _relative_error(got, want) -> float:
-    return max(((g.float() - w.float()).norm() / w.float().norm().clamp_min(1e-30)).item()
-               for g, w in zip(got, want))
-
-
 def _time_row(row: ScanBenchRow, fn: ScanFn, leaves, dy, scale: float, problem: ScanProblem,
               bandwidth: float, warmup_ms: float, rep_ms: float, backward: bool) -> None:
     from triton.testing import do_bench
@@ -215,14 +216,12 @@ def bench_scan(batch: int = 4, channels: int = 1536, seqlen: int = 2048, d_state
     Each row is reported through `progress` as it finishes. The torch.compile baseline
     runs in a child process given compile_timeout_s seconds for compile, check and timing.
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} not understood; expected one of {sorted(DTYPES)}")
+    check_dtype(dtype)
     if eager_len < 1:
         raise ValueError(f"eager_len={eager_len} must be a positive integer")
     if not compile_timeout_s > 0:
         raise ValueError(f"compile_timeout_s={compile_timeout_s} must be positive (seconds)")
-    if not torch.cuda.is_available():
-        raise BenchUnavailable("ioaware bench needs a CUDA GPU; torch.cuda.is_available() is False")
+    require_cuda()
     from ioaware.hardware import get_profile
 
     problem = ScanProblem(batch, channels, seqlen, d_state, groups, DTYPES[dtype], gate)
@@ -269,18 +268,18 @@ def _measure(row: ScanBenchRow, build: Callable[[], ScanFn], problem: ScanProble
         leaves, dy, want = checked
         fn = build()
         # The checks warm up too: compilation and autotuning happen here, not in timing.
-        row.rel_err = _relative_error(_run(fn, leaves, dy, backward=False), want[:1])
+        row.rel_err = relative_error(_run(fn, leaves, dy, backward=False), want[:1])
         backward = True
         try:
-            row.rel_err = max(row.rel_err, _relative_error(_run(fn, leaves, dy), want))
+            row.rel_err = max(row.rel_err, relative_error(_run(fn, leaves, dy), want))
         except Exception as error:  # noqa: BLE001 - time the forward alone, say why
             backward = False
-            row.note = "; ".join(filter(None, [row.note, f"no backward: {_short(error)}"]))
+            row.note = "; ".join(filter(None, [row.note, f"no backward: {short_error(error)}"]))
         row.ok = row.rel_err <= TOLERANCE[problem.dtype]
         _time_row(row, fn, leaves, dy, seqlen / length, problem, bandwidth, warmup_ms,
                   rep_ms, backward)
     except Exception as error:  # noqa: BLE001 - any failure skips the row, saying why
-        row.note = "; ".join(filter(None, [row.note, f"skipped: {_short(error)}"]))
+        row.note = "; ".join(filter(None, [row.note, f"skipped: {short_error(error)}"]))
         torch.cuda.empty_cache()
 
 

@@ -25,19 +25,18 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from ioaware.bench import (
+from ioaware.bench.attention import (
     BASELINES,
-    DTYPES,
     TOLERANCE,
     AttentionProblem,
     BenchRow,
-    BenchUnavailable,
     _attach_speedups,
     _check,
     _forward_backward,
     _time,
     baselines,
 )
+from ioaware.bench.common import DTYPES, check_dtype, require_cuda
 
 MASK_KINDS = ("sliding_window", "alibi", "document")
 WINDOW = 512
@@ -168,11 +167,9 @@ def bench_masked(kind: str, batch: int = 2, heads: int = 16, seqlen: int = 8192,
     """Check then time every variant of one masked problem (see the module docstring)."""
     if kind not in MASK_KINDS:
         raise ValueError(f"mask={kind!r} not understood; expected one of {MASK_KINDS}")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} not understood; expected one of {sorted(DTYPES)}")
+    check_dtype(dtype)
     vs = baselines(vs)
-    if not torch.cuda.is_available():
-        raise BenchUnavailable("ioaware bench needs a CUDA GPU; torch.cuda.is_available() is False")
+    require_cuda()
     import ioaware
     from ioaware.codegen.attention import op as ops
 

@@ -15,9 +15,16 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
+from ioaware.bench.common import (
+    DTYPES,
+    check_dtype,
+    relative_error,
+    require_cuda,
+    short_error,
+)
+
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # Baseline families `--vs` may name; ioaware's own two variants always run.
 BASELINES = ("sdpa", "eager", "compile", "flex")
 SDPA_BACKENDS = ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
@@ -26,10 +33,6 @@ REFERENCE_VARIANT = "sdpa[FLASH_ATTENTION]"
 # Relative (Frobenius) error allowed against the fp32 math result: about what rounding the
 # inputs and probabilities to the dtype costs, with room for the gradients' longer sums.
 TOLERANCE = {torch.bfloat16: 3e-2, torch.float16: 1e-2, torch.float32: 1e-3}
-
-
-class BenchUnavailable(RuntimeError):
-    """The benchmark cannot run here (no CUDA device)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,13 +191,6 @@ def _forward_backward(attention: Attention, q: torch.Tensor, k: torch.Tensor,
     return out.detach(), q.grad, k.grad, v.grad
 
 
-def _relative_error(got: Iterable[torch.Tensor], want: Iterable[torch.Tensor]) -> float:
-    """Largest ‖got − want‖ / ‖want‖ over the tensors (output, dq, dk, dv)."""
-    return max(
-        ((g.float() - w).norm() / w.norm().clamp_min(1e-30)).item() for g, w in zip(got, want)
-    )
-
-
 def _peak_bytes(fn: Callable[[], object]) -> int:
     """Peak memory one call of fn allocates above what was live before it."""
     torch.cuda.synchronize()
@@ -205,17 +201,11 @@ def _peak_bytes(fn: Callable[[], object]) -> int:
     return torch.cuda.max_memory_allocated() - base
 
 
-def _short(error: BaseException) -> str:
-    first_line = (str(error).strip().splitlines() or [""])[0]
-    return f"{type(error).__name__}: {first_line[:160]}"
-
-
 def bench_problem(problem: AttentionProblem, vs: Iterable[str] = BASELINES, *,
                   skip_slow: bool = False, warmup_ms: float = 25, rep_ms: float = 100,
                   progress: Callable[[str], None] = lambda message: None) -> list[BenchRow]:
     """Check then time every variant on one problem; a variant that fails gets a note."""
-    if not torch.cuda.is_available():
-        raise BenchUnavailable("ioaware bench needs a CUDA GPU; torch.cuda.is_available() is False")
+    require_cuda()
     q, k, v, dout = _inputs(problem)
     # The reference: SDPA's math backend on fp32 copies of the same inputs.
     q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
@@ -243,10 +233,10 @@ def _check(row: BenchRow, build: Callable[[], Attention], tensors: tuple[torch.T
     happen here, not in timing."""
     try:
         attention = build()
-        row.rel_err = _relative_error(_forward_backward(attention, *tensors), want)
+        row.rel_err = relative_error(_forward_backward(attention, *tensors), want)
         row.ok = row.rel_err <= tolerance
     except Exception as error:  # noqa: BLE001 - any failure skips the row, saying why
-        row.note = f"skipped: {_short(error)}"
+        row.note = f"skipped: {short_error(error)}"
         progress(f"  {row.note}")
         torch.cuda.empty_cache()
         return None
@@ -277,7 +267,7 @@ def _time(row: BenchRow, attention: Attention, problem: AttentionProblem,
         row.fwd_bwd_ms = do_bench(forward_backward, warmup=warmup_ms, rep=rep_ms,
                                   grad_to_none=[q, k, v], return_mode="median")
     except Exception as error:  # noqa: BLE001 - e.g. out of memory at this size
-        row.note = f"timing failed: {_short(error)}"
+        row.note = f"timing failed: {short_error(error)}"
         progress(f"  {row.note}")
         torch.cuda.empty_cache()
     if row.fwd_ms:
@@ -304,10 +294,8 @@ def bench_attention(batch: int = 4, heads: int = 16, seqlen: int = 4096, head_di
                     warmup_ms: float = 25, rep_ms: float = 100,
                     progress: Callable[[str], None] = lambda message: None) -> list[BenchRow]:
     """Rows for every variant, for each causal setting asked for, in one process."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} not understood; expected one of {sorted(DTYPES)}")
-    if not torch.cuda.is_available():
-        raise BenchUnavailable("ioaware bench needs a CUDA GPU; torch.cuda.is_available() is False")
+    check_dtype(dtype)
+    require_cuda()
     rows: list[BenchRow] = []
     for is_causal in causal:
         problem = AttentionProblem(batch, heads, seqlen, head_dim, DTYPES[dtype], is_causal)
