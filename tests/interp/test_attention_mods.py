@@ -555,7 +555,7 @@ def test_tuner_takes_the_fastest_config_once_per_size_class(monkeypatch):
     atomically is reset after them, and the block maps only losing trials built go."""
     import triton.testing
 
-    from ioaware.codegen.attention.forward import TUNER
+    from ioaware.codegen.render import TUNER
 
     times = {(64, 64, 4, 2): 3.0, (128, 64, 8, 2): 1.0, (128, 128, 8, 3): 2.0}
     trials, resets = [], []

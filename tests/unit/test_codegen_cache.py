@@ -14,8 +14,10 @@ import triton
 from ioaware.codegen import cache
 from ioaware.codegen.attention import backward as attention_bwd
 from ioaware.codegen.attention import forward as attention_fwd
+from ioaware.codegen.attention.header import MAX_TUNE_CONFIGS
 from ioaware.config import config
 from ioaware.spec import AttentionSpec
+from ioaware.tiles import padded_head_dim
 
 SPEC = AttentionSpec(head_dim=64, head_dim_v=64, dtype="bfloat16", causal=True, scale=0.125)
 VERSIONS = {"ioaware": "0.1.0", "torch": "2.13.0", "triton": "3.9.0", "renderers": "abc"}
@@ -76,7 +78,7 @@ def test_rendered_source_is_python_and_differs_by_spec(render):
 
 
 def test_padded_head_dims():
-    assert [attention_fwd.padded_dim(d) for d in (1, 16, 17, 40, 64, 80, 128, 129, 256)] == [
+    assert [padded_head_dim(d) for d in (1, 16, 17, 40, 64, 80, 128, 129, 256)] == [
         16, 16, 32, 64, 64, 128, 128, 256, 256]
 
 
@@ -169,7 +171,7 @@ def test_tuning_candidates_come_from_the_profiles_tiles(monkeypatch):
     assert forward[0] == attention_fwd.default_forward_config(masked)
     assert forward[1] == (64, 64, 4, 3) == attention_fwd.MEASURED_FORWARD[0]
     assert all(c in fitting for c in forward[1:])
-    assert len(forward) == attention_fwd.MAX_TUNE_CONFIGS
+    assert len(forward) == MAX_TUNE_CONFIGS
 
     scan = ScanSpec(kind="selective", dtype="bfloat16", d_state=16, delta_dtype="bfloat16",
                     bc_dtype="bfloat16", has_D=True, has_z=True, has_delta_bias=True,
