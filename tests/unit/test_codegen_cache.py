@@ -182,3 +182,42 @@ def test_tuning_candidates_come_from_the_profiles_tiles(monkeypatch):
     assert configs == [(8, 16, 1), (4, 16, 1), (4, 32, 1), (16, 16, 2)]  # as measured
     assert [ranked.index(c) for c in configs] == sorted(ranked.index(c) for c in configs)
     assert scan_fwd.default_config(scan) == configs[0]
+
+
+def test_a_smaller_shared_memory_gives_smaller_configs():
+    """The configs a module is rendered with fit the tile budget of the profile it is
+    rendered for (render.shared_memory_budget), not a number in the template."""
+    from ioaware import hardware
+    from ioaware.codegen.render import shared_memory_budget
+
+    h100 = hardware.PROFILES["h100"]
+    small = dataclasses.replace(h100, name="small", sram_per_block=64 * 1024)
+    spec = dataclasses.replace(SPEC, head_dim=128, head_dim_v=128)
+    assert shared_memory_budget(h100) == 200 * 1024  # the H100's 227 KB less the headroom
+    for configs in (attention_fwd.forward_configs, attention_bwd.dq_configs,
+                    attention_bwd.dkdv_configs):
+        big, little = configs(spec, h100), configs(spec, small)
+        assert little != big and len(little) < len(big)
+    budget = shared_memory_budget(small)
+    fwd = attention_fwd.forward_configs(spec, small)
+    assert all(attention_fwd.forward_smem_bytes(spec, *c) <= budget for c in fwd)
+    # 2·(128·128 + 3·64·256) = 128 KB: the H100's first forward tile does not fit
+    assert (128, 64, 8, 3) in attention_fwd.forward_configs(spec, h100)
+    assert (128, 64, 8, 3) not in fwd
+    default = attention_fwd.default_forward_config(spec, small)
+    assert attention_fwd.forward_smem_bytes(spec, *default) <= budget // 2
+    assert default != attention_fwd.default_forward_config(spec, h100)
+    # ... and the rendered module carries them
+    src = attention_fwd.render_forward(spec, profile=small)
+    assert f"DEFAULT_CONFIG = {default!r}" in src
+    assert src != attention_fwd.render_forward(spec, profile=h100)
+
+
+def test_the_profile_is_in_the_key():
+    from ioaware import hardware
+
+    h100 = hardware.PROFILES["h100"]
+    small = dataclasses.replace(h100, sram_per_block=64 * 1024)
+    keys = {cache.cache_key("attention_fwd", SPEC, "NVIDIA H100 sm90", versions=VERSIONS,
+                            profile=p) for p in (None, h100, small)}
+    assert len(keys) == 3
