@@ -485,19 +485,7 @@ TUNE_DQ = ${tune_dq}
 TUNE_MIN_SCORES = ${tune_min_scores}
 
 
-${tuner}
-
-
-${primitives}
-
-
-${mod_functions}
-
-
-${logits}
-
-
-${block_map}
+${general_functions}
 
 
 @triton.jit

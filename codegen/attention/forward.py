@@ -293,19 +293,7 @@ TUNE_CONFIGS = ${tune_configs}
 TUNE_MIN_SCORES = ${tune_min_scores}
 
 
-${tuner}
-
-
-${primitives}
-
-
-${mod_functions}
-
-
-${logits}
-
-
-${block_map}
+${general_functions}
 
 
 @triton.jit

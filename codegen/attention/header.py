@@ -286,14 +286,14 @@ def _logits(s, b, h, q_i, kv_i, N_Q, N_K${inputs}, MASKED: tl.constexpr,
 def general_substitutions(spec: AttentionSpec, interpret: bool) -> dict[str, str]:
     """What the general forward and backward templates both substitute for `spec`."""
     inputs = input_params(spec)
+    functions = (TUNER, primitives(interpret), mod_functions(spec, interpret),
+                 string.Template(GENERAL_LOGITS).substitute(inputs=inputs),
+                 render_block_map(spec, interpret))
     return {
         **spec_constants(spec),
         **general_constants(spec),
-        "primitives": primitives(interpret),
-        "mod_functions": mod_functions(spec, interpret),
-        "logits": string.Template(GENERAL_LOGITS).substitute(inputs=inputs),
-        "block_map": render_block_map(spec, interpret),
-        "tuner": TUNER,
+        # the host tuner, then the device functions every general kernel calls
+        "general_functions": "\n\n\n".join(functions),
         "inputs": inputs,
         "interpret": str(interpret),
     }
