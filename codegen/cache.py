@@ -6,7 +6,8 @@ reads a kernel's source back through `inspect`, so it must live in a real file).
 key hashes everything that can change the text or what Triton makes of it:
 
     kind, spec.key(), ioaware / torch / triton versions, the kind's template sources,
-    and the device ("NVIDIA H100 80GB HBM3 sm90", or "interpret").
+    the device ("NVIDIA H100 80GB HBM3 sm90", or "interpret") and the device profile
+    the module's configs are sized for (its shared memory decides which tiles fit).
 
 Writes are atomic (temp file in the same directory, then `os.replace`), so a process
 that finds the file finds all of it, however many processes race to create it.
@@ -38,7 +39,9 @@ from typing import Protocol
 import torch
 import triton
 
+from ioaware import hardware
 from ioaware.config import config
+from ioaware.hardware import DeviceProfile
 from ioaware.version import __version__
 
 INTERPRET_DEVICE = "interpret"
@@ -52,8 +55,8 @@ class Spec(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class Renderer:
-    """How one kind of kernel module is made: `render(spec, interpret=...)` returns its
-    source; `sources` are the modules whose text decides that source (the templates and
+    """How one kind of kernel module is made: `render(spec, interpret=..., profile=...)`
+    returns its source, its configs sized for the DeviceProfile `profile`; `sources` are the modules whose text decides that source (the templates and
     what they print through), hashed into the cache key so that editing one invalidates
     the entries it made."""
 
@@ -107,8 +110,10 @@ def cache_key(
     device: str,
     *,
     versions: dict[str, str] | None = None,
+    profile: DeviceProfile | None = None,
 ) -> str:
-    """Hex key of one kernel module: sha256 over kind, spec.key(), versions and device."""
+    """Hex key of one kernel module: sha256 over kind, spec.key(), versions, device and
+    the profile rendered for (its fields: a recalibrated profile is another module)."""
     if versions is None:
         versions = {
             "ioaware": __version__,
@@ -116,10 +121,10 @@ def cache_key(
             "triton": triton.__version__,
             "renderer": RENDERERS[kind].digest,
         }
-    payload = json.dumps(
-        {"kind": kind, "spec": spec.key(), "device": device, "versions": versions},
-        sort_keys=True,
-    )
+    fields = {"kind": kind, "spec": spec.key(), "device": device, "versions": versions}
+    if profile is not None:
+        fields["profile"] = profile.to_json()
+    payload = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
@@ -188,8 +193,18 @@ def kernel_path(kind: str, key: str) -> Path:
     return Path(config.cache_dir) / "kernels" / f"{kind}-{key}.py"
 
 
-def load_kernel_module(kind: str, spec: Spec, device: str) -> ModuleType:
-    """The module of kernels `kind` for `spec` on `device` (a `device_tag`).
+def cached_module(kind: str, spec: Spec, device: str) -> ModuleType | None:
+    """The module `load_kernel_module` returned for (kind, spec, device) in this process,
+    or None: the per-call lookup, with nothing to render or hash."""
+    with _lock:
+        return _modules.get((kind, spec, device))
+
+
+def load_kernel_module(kind: str, spec: Spec, device: str,
+                       profile: DeviceProfile | None = None) -> ModuleType:
+    """The module of kernels `kind` for `spec` on `device` (a `device_tag`), its configs
+    sized for `profile` (the present device's for None; the ops pass the profile of
+    the device their tensors live on, `runtime.kernel_module`).
 
     Looked up in-process, then on disk; rendered and written atomically if absent.
     """
@@ -199,13 +214,15 @@ def load_kernel_module(kind: str, spec: Spec, device: str) -> ModuleType:
         module = _modules.get(memo)
         if module is not None:
             return module
-        key = cache_key(kind, spec, device)
+        profile = hardware.get_profile(profile)
+        key = cache_key(kind, spec, device, profile=profile)
         module = _modules.get(key)
         if module is None:
             interpret = device == INTERPRET_DEVICE
             path = kernel_path(kind, key)
             if not path.exists():
-                write_atomic(path, RENDERERS[kind].render(spec, interpret=interpret))
+                source = RENDERERS[kind].render(spec, interpret=interpret, profile=profile)
+                write_atomic(path, source)
             module = _import_file(f"ioaware_kernels_{kind}_{key}", path, interpret)
             _modules[key] = module
         _modules[memo] = module

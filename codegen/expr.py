@@ -37,6 +37,8 @@ from sympy.core.relational import Relational
 
 from ioaware.spec import B_IDX, H_IDX, KV_IDX, Q_IDX, SCORE, AttentionSpec, TensorInput
 
+from .render import reduction
+
 # kernel-side names of the index symbols
 INDEX_NAMES = {B_IDX: "b", H_IDX: "h", Q_IDX: "q_i", KV_IDX: "kv_i", SCORE: "score"}
 
@@ -495,8 +497,7 @@ def mod_functions(spec: AttentionSpec, interpret: bool) -> str:
     mod = spec.score_mod_expr()
     dscore, grads = score_mod_derivatives(spec)
     out = [HELPERS]
-    reduce_fn = ('tl.reduce(x, axis, tl.standard._sum_combine)' if interpret
-                 else 'tl.sum(x, axis)')
+    reduce_fn = reduction("sum", "x", "axis", interpret)
     out.append(f'''@triton.jit
 def _sum_axis(x, axis: tl.constexpr):
     return {reduce_fn}''')

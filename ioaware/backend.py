@@ -74,7 +74,10 @@ class IoawareBackend:
 
         from ioaware.codegen.runtime import backend_name
 
-        profile = hardware.get_profile(self.device)
+        # The profile named, or that of the device the inputs live on (the one the ops'
+        # kernels are rendered for).
+        profile = (hardware.get_profile(self.device) if self.device is not None
+                   else hardware.device_profile(device))
         ctx = PassContext(profile=profile, backend_name=backend_name(device),
                           hints=cost.size_hints(canon))
         try:

@@ -378,3 +378,16 @@ def get_profile(name: str | DeviceProfile | None = None) -> DeviceProfile:
         f"{argument}={name!r} is not a known device profile; "
         f"valid names: {sorted(PROFILES)}" + (f", saved: {saved}" if saved else "")
     )
+
+
+def device_profile(device: torch.device | str) -> DeviceProfile:
+    """The profile of the device tensors live on: a CUDA device's by its name (cuda:1
+    may differ from the current device), anything else as `get_profile(None)`. The
+    backend prices a graph on it and the codegen sizes its kernels' tiles for it."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        name = profile_name_for(torch.cuda.get_device_name(index))
+        if name is not None:
+            return get_profile(name)
+    return get_profile(None)

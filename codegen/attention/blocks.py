@@ -34,6 +34,7 @@ import sympy
 from ioaware.spec import B_IDX, H_IDX, AttentionSpec
 
 from ..expr import IntervalPrinter, TritonPrinter, input_params, uses
+from ..render import reduction
 
 
 def mask_uses_heads(spec: AttentionSpec) -> bool:
@@ -64,11 +65,7 @@ def _vector_summary(printer: TritonPrinter, vec, interpret: bool, indent: str, a
     if "float" in str(printer.inputs[printer.input_index(str(vec.load.base))].dtype):
         dtype = "tl.float32"
     big = "3.0e38" if dtype == "tl.float32" else "9223372036854775807"
-    if interpret:
-        red_min = f"tl.reduce({{}}, {axis}, tl.standard._elementwise_min)"
-        red_max = f"tl.reduce({{}}, {axis}, tl.standard._elementwise_max)"
-    else:
-        red_min, red_max = f"tl.min({{}}, {axis})", f"tl.max({{}}, {axis})"
+    red_min, red_max = (reduction(op, "{}", axis, interpret) for op in ("min", "max"))
     return "\n".join([
         # one name per vector: a loop-carried name must keep its shape
         f"{indent}{vec.lo}_v = tl.load({ptr}, mask={mask}, other=0).to({dtype})",

@@ -31,195 +31,75 @@ Causal halves the K/V reads: blocks above the diagonal are never loaded.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import string
 
+from ioaware import hardware
+from ioaware.hardware import DeviceProfile
 from ioaware.spec import AttentionSpec
+from ioaware.tiles import attention_tile_candidates
 
-# Tiles used under the Triton interpreter: small, so tests are fast and many blocks,
-# block boundaries and diagonal-band cases are exercised; BLOCK_M != BLOCK_N on
-# purpose, so loop bounds that silently assume square tiles fail the tests.
-INTERPRET_BLOCK_M = 32
-INTERPRET_BLOCK_N = 16
+from ..render import (
+    TRITON_IMPORTS,
+    format_configs,
+    launch_configs,
+    module_preamble,
+    shared_memory_budget,
+)
+from .header import (
+    GENERAL_IMPORTS,
+    INTERPRET_BLOCK_M,
+    INTERPRET_BLOCK_N,
+    TUNE_MIN_SCORES,
+    element_bytes,
+    general_substitutions,
+    is_plain,
+    padded_dims,
+    primitives,
+    spec_constants,
+    with_default,
+)
 
-# Autotune only where the launch is long enough for the choice to matter; below this
-# many score entries (Nq·Nk) a fixed config is used and no tuning time is spent.
-TUNE_MIN_SCORES = 1024 * 1024
-# Configs a general kernel is timed under at its first launch per size class (each one
-# compiles: a few seconds apiece).
-MAX_TUNE_CONFIGS = 6
-
-
-def padded_dim(d: int) -> int:
-    """Head dim rounded up to a power of two ≥ 16 (tl.arange and tl.dot need it)."""
-    return max(16, 1 << (d - 1).bit_length())
-
-
-def element_bytes(spec: AttentionSpec) -> int:
-    return 4 if spec.dtype == "float32" else 2
-
-
-def spec_constants(spec: AttentionSpec) -> dict[str, str]:
-    """Substitutions shared by the forward and backward templates."""
-    d_pad, dv_pad = padded_dim(spec.head_dim), padded_dim(spec.head_dim_v)
-    values = {
-        # one field per line: a mask expression can be long
-        "spec_fields": "".join(f"\n    {f.name}={getattr(spec, f.name)!r},"
-                               for f in dataclasses.fields(spec)),
-        "head_dim": str(spec.head_dim),
-        "head_dim_v": str(spec.head_dim_v),
-        "d_pad": str(d_pad),
-        "dv_pad": str(dv_pad),
-        "causal": str(spec.causal),
-        # repr() of a float round-trips exactly, so the baked scale is the Spec's scale.
-        "scale": repr(float(spec.scale)),
-        "qk_scale": repr(float(spec.scale) * math.log2(math.e)),
-        # fp32 products in IEEE fp32 (matches eager fp32); the option only applies to
-        # fp32 operands, 16-bit operands always run on tensor cores.
-        "precision": '"ieee"' if spec.dtype == "float32" else '"tf32"',
-    }
-    values["spec_header"] = _SPEC_HEADER.substitute(values)
-    return values
-
-
-# The Spec's constants as the forward and backward modules both declare them.
-_SPEC_HEADER = string.Template("""\
-# ---- the Spec, baked in: a different Spec is a different module --------------------
-HEAD_DIM = tl.constexpr(${head_dim})
-HEAD_DIM_V = tl.constexpr(${head_dim_v})
-D_PAD = tl.constexpr(${d_pad})  # power of two >= HEAD_DIM; padded lanes load as 0
-DV_PAD = tl.constexpr(${dv_pad})
-EVEN_D = tl.constexpr(${head_dim} == ${d_pad})  # no head-dim mask needed on loads
-EVEN_DV = tl.constexpr(${head_dim_v} == ${dv_pad})
-CAUSAL = tl.constexpr(${causal})
-SCALE = tl.constexpr(${scale})
-QK_SCALE = tl.constexpr(${qk_scale})  # scale * log2(e): scores in log2 units for exp2
-DOT_PRECISION = tl.constexpr(${precision})""")
-
-
-_PRIMITIVES_COMPILED = """\
-@triton.jit
-def _mm(a, b):
-    return tl.dot(a, b, input_precision=DOT_PRECISION)
-
-
-@triton.jit
-def _mma(a, b, acc):
-    return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
-
-
-@triton.jit
-def _row_max(x):
-    return tl.max(x, 1)
-
-
-@triton.jit
-def _row_sum(x):
-    return tl.sum(x, 1)"""
-
-# Under the interpreter, two workarounds, both exact:
-# - tl.dot on bf16 operands returns garbage in the interpreter (triton 3.9), so operands
-#   are widened to fp32 first. A 16-bit product is exact in fp32, which is what the
-#   tensor cores compute too.
-# - tl.max and tl.sum are themselves @triton.jit functions, made compiled-only when
-#   triton was imported without TRITON_INTERPRET, so an interpreted kernel cannot call
-#   them. The interpreter runs tl.reduce natively (numpy) when handed their combine
-#   functions, which is what tl.max / tl.sum reduce with when compiled.
-_PRIMITIVES_INTERPRETED = """\
-@triton.jit
-def _mm(a, b):
-    return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-
-
-@triton.jit
-def _mma(a, b, acc):
-    return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-
-
-@triton.jit
-def _row_max(x):
-    return tl.reduce(x, 1, tl.standard._elementwise_max)
-
-
-@triton.jit
-def _row_sum(x):
-    return tl.reduce(x, 1, tl.standard._sum_combine)"""
-
-
-# Shared by forward and backward: a tile load that masks only where it can overhang.
-_LOAD_ROWS = '''\
-@triton.jit
-def _load_rows(ptrs, rows, n_rows, cols, N_COLS: tl.constexpr, EVEN_COLS: tl.constexpr,
-               CHECK_ROWS: tl.constexpr):
-    """Load a [rows, cols] tile; masks only where the tile can overhang the tensor."""
-    if CHECK_ROWS:
-        if EVEN_COLS:
-            tile = tl.load(ptrs, mask=rows[:, None] < n_rows, other=0.0)
-        else:
-            tile = tl.load(ptrs, mask=(rows[:, None] < n_rows) & (cols[None, :] < N_COLS),
-                           other=0.0)
-    else:
-        if EVEN_COLS:
-            tile = tl.load(ptrs)
-        else:
-            tile = tl.load(ptrs, mask=cols[None, :] < N_COLS, other=0.0)
-    return tile'''
-
-
-def primitives(interpret: bool) -> str:
-    """Source of `_mm`, `_mma` (tile products, fp32 result), `_row_max`, `_row_sum` and
-    `_load_rows` (a masked tile load), shared by the forward and backward modules."""
-    body = _PRIMITIVES_INTERPRETED if interpret else _PRIMITIVES_COMPILED
-    return body + "\n\n\n" + _LOAD_ROWS
-
-
-def format_configs(configs: list[tuple[int, int, int, int]]) -> str:
-    """A list literal of config tuples, one per line (rendered modules stay ≤ 100 columns)."""
-    if not configs:
-        return "[]"
-    return "[\n" + "".join(f"    {c!r},\n" for c in configs) + "]"
+Config = tuple[int, int, int, int]  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
+INTERPRET_CONFIG: Config = (INTERPRET_BLOCK_M, INTERPRET_BLOCK_N, 4, 1)
 
 
 def forward_smem_bytes(spec: AttentionSpec, block_m: int, block_n: int, warps: int,
                        stages: int) -> int:
     """Shared memory of a forward config: the Q tile plus `stages` K and V tiles."""
-    d, dv = padded_dim(spec.head_dim), padded_dim(spec.head_dim_v)
+    d, dv = padded_dims(spec)
     return element_bytes(spec) * (block_m * d + stages * block_n * (d + dv))
 
 
-def forward_configs(spec: AttentionSpec) -> list[tuple[int, int, int, int]]:
+def forward_configs(spec: AttentionSpec, profile: DeviceProfile | None = None) -> list[Config]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) candidates for autotuning on a GPU.
 
     BLOCK_M=128 with 8 warps is the FA2 shape for d ≤ 128 on Hopper (each warpgroup
     owns 64 query rows for wgmma); 64-row tiles serve d = 256 and small Nq. Configs
-    whose shared memory (Q tile + num_stages K/V tiles) clearly exceeds the ~227 KB of
-    an H100 are dropped here; the autotuner skips any other that fails to fit.
+    whose shared memory (Q tile + num_stages K/V tiles) exceeds the tile budget of
+    `profile` (`render.shared_memory_budget`; the present device's for None) are dropped
+    here; the autotuner skips any other that fails to fit.
     """
+    budget = shared_memory_budget(hardware.get_profile(profile))
     candidates = [
         (128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2), (128, 64, 4, 3),
         (64, 64, 4, 3), (64, 128, 4, 2),
     ]
-    fits = [c for c in candidates if forward_smem_bytes(spec, *c) <= 200 * 1024]
-    return fits or [default_forward_config(spec)]
+    fits = [c for c in candidates if forward_smem_bytes(spec, *c) <= budget]
+    return fits or [default_forward_config(spec, profile)]
 
 
-def default_forward_config(spec: AttentionSpec) -> tuple[int, int, int, int]:
-    """A config that fits ~100 KB of shared memory for every head dim and dtype."""
+def default_forward_config(spec: AttentionSpec, profile: DeviceProfile | None = None) -> Config:
+    """A config that fits half the tile budget of `profile` (100 KB on an H100) for every
+    head dim and dtype: the launch of short, untuned calls."""
+    budget = shared_memory_budget(hardware.get_profile(profile)) // 2
     for config in ((128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)):
-        if forward_smem_bytes(spec, *config) <= 100 * 1024:
+        if forward_smem_bytes(spec, *config) <= budget:
             return config
     return 32, 32, 4, 1
 
 
 _FORWARD_TEMPLATE = string.Template('''\
-"""Generated by ioaware.codegen.attention_fwd. Do not edit.
-
-AttentionSpec(${spec_fields})
-"""
-
-import triton
-import triton.language as tl
+${preamble}
 
 ${spec_header}
 LN2 = tl.constexpr(0.6931471805599453)
@@ -372,22 +252,23 @@ def forward(q, k, v, out, lse):
 ''')
 
 
-def render_forward(spec: AttentionSpec, *, interpret: bool = False) -> str:
-    """Python source of the forward module for `spec`.
+def render_forward(spec: AttentionSpec, *, interpret: bool = False,
+                   profile: DeviceProfile | None = None) -> str:
+    """Python source of the forward module for `spec`, its configs sized for `profile`
+    (the present device's for None).
 
     interpret=True renders fixed small tiles (INTERPRET_BLOCK_M × INTERPRET_BLOCK_N)
     and no autotuner, for Triton's CPU interpreter. A Spec with masks, score mods,
     inputs or dropout renders the general template (`render_general_forward`).
     """
     if not is_plain(spec):
-        return render_general_forward(spec, interpret=interpret)
-    if interpret:
-        default = (INTERPRET_BLOCK_M, INTERPRET_BLOCK_N, 4, 1)
-        configs: list[tuple[int, int, int, int]] = []
-    else:
-        default, configs = default_forward_config(spec), forward_configs(spec)
+        return render_general_forward(spec, interpret=interpret, profile=profile)
+    default, configs = launch_configs(interpret, INTERPRET_CONFIG,
+                                      lambda: default_forward_config(spec, profile),
+                                      lambda: forward_configs(spec, profile))
     return _FORWARD_TEMPLATE.substitute(
         spec_constants(spec),
+        preamble=module_preamble("ioaware.codegen.attention_fwd", spec, TRITON_IMPORTS),
         primitives=primitives(interpret),
         interpret=str(interpret),
         default_config=repr(default),
@@ -398,207 +279,8 @@ def render_forward(spec: AttentionSpec, *, interpret: bool = False) -> str:
 
 # ---- the general Spec: masks, score mods, extra inputs, dropout (issue 3) ------------
 
-# A masked logit whose exp underflows to exactly 0 in fp32 next to any visible logit
-# can be dropped (the tile skipped, the element set to -inf), as eager's softmax makes
-# it 0 too. -inf does; so does a fill of -1e4 or below (finfo.min of every dtype) as
-# long as the visible logits stay above fill + 104.
-DROPPABLE_FILL = -1.0e4
-FLOAT32_MAX = 3.4028234663852886e38
-
-
-def is_plain(spec: AttentionSpec) -> bool:
-    """True when `spec` is what the FlashAttention template handles (no mask, no score
-    mod, no inputs, no dropout; causal under semantics that never fill a causal row)."""
-    return (spec.mask is None and spec.score_mod is None and not spec.inputs
-            and spec.dropout_p == 0.0
-            and (not spec.causal or drops_masked(spec)))
-
-
-def drops_masked(spec: AttentionSpec) -> bool:
-    """Masked logits contribute exactly 0 to rows that see any key (see DROPPABLE_FILL)."""
-    return spec.mask_semantics in ("neg_inf", "safe") or spec.mask_fill <= DROPPABLE_FILL
-
-
-def _lit(x: float) -> str:
-    """A float as Python source (inf included)."""
-    return repr(x) if math.isfinite(x) else f'float("{x}")'
-
-
-def adds_loaded_values(spec: AttentionSpec) -> bool:
-    """Whether the score mod may add a tensor's value as it is: some summand holds a load
-    that is not scaled by index arithmetic (`bias[b, h, q_idx, kv_idx]`, a learned
-    table's entry, a Piecewise of loads). Such a value may be finfo(fp32).min, which is
-    finite in natural units but overflows in log2 units. ALiBi's
-    `slopes[h]*(kv_idx - q_idx)` and soft-capping cannot reach it and skip the check."""
-    import sympy
-
-    from ioaware.spec import KV_IDX, Q_IDX
-
-    expr = spec.score_mod_expr()
-    if expr is None:
-        return False
-    for term in sympy.Add.make_args(expr):
-        if not term.atoms(sympy.Indexed):
-            continue
-        scaled = term.is_Mul and any(
-            not f.atoms(sympy.Indexed) and f.free_symbols & {Q_IDX, KV_IDX}
-            for f in term.args)
-        if not scaled:
-            return True
-    return False
-
-
-def general_constants(spec: AttentionSpec) -> dict[str, str]:
-    """The general Spec's switches, baked in as constexprs (both directions)."""
-    from .reference import dropout_threshold
-
-    masks = spec.causal or spec.mask is not None
-    drop = drops_masked(spec)
-    semantics = spec.mask_semantics
-    fill_z = max(spec.mask_fill * math.log2(math.e), -FLOAT32_MAX) if math.isfinite(
-        spec.mask_fill) else float("-inf")
-    p = spec.dropout_p
-    fix_empty = drop and spec.mask is not None and semantics in ("fill", "add")
-    empty_lse = spec.mask_fill / 2 if fix_empty else float("-inf")
-    uniform_empty = semantics == "fill" or spec.mask_fill * math.log2(math.e) <= -FLOAT32_MAX
-    data_bias = adds_loaded_values(spec)
-    lines = [
-        f"HAS_MASK = tl.constexpr({spec.mask is not None})",
-        f"HAS_MOD = tl.constexpr({spec.score_mod is not None})",
-        f"MASKS = tl.constexpr({masks})  # anything masked at all (causal or a mask)",
-        f"DROP_MASKED = tl.constexpr({drop})  # masked logits are dropped (-inf)",
-        # tiles from the runtime block map: masked Specs whose masked logits drop
-        f"USE_MAP = tl.constexpr({drop and spec.mask is not None})",
-        # rows with no visible key take a second, all-keys sweep (fill / add semantics)
-        f"FIX_EMPTY = tl.constexpr({fix_empty})",
-        f"SAFE = tl.constexpr({semantics == 'safe'})",
-        # masked logits of an empty row all equal (after the fp32 clamp): P is uniform
-        f"UNIFORM_EMPTY = tl.constexpr({uniform_empty})",
-        f"NEG_INF_ROWS = tl.constexpr({semantics == 'neg_inf'})",
-        # eager's NaN from a row with no visible key, spread as eager spreads it (bwd)
-        f"SPREAD_NAN = tl.constexpr({semantics == 'neg_inf' and masks})",
-        f"ADD_FILL = tl.constexpr({semantics == 'add'})  # gradient reaches masked scores",
-        f"FILL_Z = tl.constexpr({_lit(fill_z)})  # mask_fill · log2(e), clamped to fp32",
-        f"MASK_FILL = tl.constexpr({max(spec.mask_fill, -FLOAT32_MAX)!r})",
-        f"EMPTY_LSE = tl.constexpr({_lit(empty_lse)})  # lse below: no visible key",
-        f"DROPOUT = tl.constexpr({p > 0})",
-        f"DROP_THRESHOLD = tl.constexpr({dropout_threshold(p)})",
-        f"KEEP_SCALE = tl.constexpr({1.0 / (1.0 - p)!r})",
-        "LOG2E = tl.constexpr(1.4426950408889634)",
-        "MIN_Z = tl.constexpr(-3.4028234663852886e38)",
-        # A row whose largest logit is MIN_Z (an additive fp32-min bias on every visible
-        # key) ties there: P = 1/l, and m + log2 l would round to m. Its lse is kept as
-        # TIE_BASE + l·TIE_STEP (exact: one fp32 ulp per tie), below any real row's lse
-        # (≥ MIN_Z·ln 2); FIX_EMPTY rows use that range for their own encoding.
-        f"DATA_BIAS = tl.constexpr({data_bias})",
-        f"TIE_ROWS = tl.constexpr({data_bias and not fix_empty})",
-        "TIE_BASE = tl.constexpr(-3.4028234663852886e38)",
-        "TIE_STEP = tl.constexpr(2.028240960365167e31)  # 2**104, the ulp at TIE_BASE",
-        "TIE_MAX_COUNT = tl.constexpr(4194304.0)  # keeps the encoding below TIE_LSE",
-        "TIE_LSE = tl.constexpr(-2.45e38)  # an lse below this encodes a tie row",
-    ]
-    return {"general_header": "\n".join(lines)}
-
-
-# Shared by the general forward and backward modules: the host side of a launch.
-# The general kernels build their block map for the tile they run with, so their tiles
-# are tuned here rather than by triton.autotune (which picks tiles after the launcher
-# has built the map). A choice is timed once per (kernel, device, size class) with
-# do_bench, then every launch of that class is a dict lookup.
-TUNER = '''\
-def _cdiv(a, b):
-    return -(-a // b)  # triton.cdiv costs microseconds per call on the host
-
-
-_CHOSEN = {}  # (kernel, device, Nq bucket, Nk bucket) -> config
-
-
-def choose_config(kernel, configs, default, device, n_q, n_k, trial, reset=None):
-    """The config to launch `kernel` with: `default` under the interpreter, without
-    candidates or below TUNE_MIN_SCORES; else the fastest of `configs` by do_bench of
-    trial(config), once per power-of-two size class of (Nq, Nk). reset(): zeroes what the
-    trials accumulated atomically (triton.autotune's reset_to_zero), after the trials."""
-    if INTERPRET or not configs or n_q * n_k < TUNE_MIN_SCORES:
-        return default
-    key = (kernel, device, 1 << (n_q - 1).bit_length(), 1 << (n_k - 1).bit_length())
-    config = _CHOSEN.get(key)
-    if config is None:
-        from triton.testing import do_bench
-
-        maps = globals().get("_STATIC_MAPS", {})
-        before = set(maps)
-        best_ms = float("inf")
-        for candidate in configs:
-            try:
-                ms = do_bench(lambda: trial(candidate), warmup=5, rep=20,
-                              return_mode="median")
-            except Exception:  # out of shared memory or registers on this device
-                continue
-            if ms < best_ms:
-                config, best_ms = candidate, ms
-        # Nothing ran: the default's own launch reports why.
-        config = _CHOSEN[key] = config or default
-        # Static block maps the losing tiles' trials built are not kept (at long N they
-        # are tens of MB); maps from before the trials may be read by captured graphs.
-        for map_key in set(maps) - before:
-            if map_key[4:6] != config[:2]:
-                del maps[map_key]
-        if reset is not None:
-            reset()
-    return config'''
-
-
-# Shared by the general forward and backward: z = logit·log2(e) of one tile.
-GENERAL_LOGITS = '''\
-@triton.jit
-def _logits(s, b, h, q_i, kv_i, N_Q, N_K${inputs}, MASKED: tl.constexpr,
-            EMPTY_ROWS: tl.constexpr):
-    """(z, visible) of a [rows, cols] tile: z = logit · log2(e) with masked entries as
-    mask_semantics says (-inf when they drop); visible: the mask (and causal, and the
-    key bound) holds. EMPTY_ROWS: the all-keys sweep for rows with no visible key,
-    where every in-bounds entry takes its masked value."""
-    if HAS_MOD:
-        nat = _score_mod(s * SCALE, b, h, q_i, kv_i, N_Q, N_K${inputs})
-        z = nat * LOG2E
-        if DATA_BIAS:
-            # an additive bias of finfo(fp32).min (a padding mask handed in as a tensor)
-            # is finite in eager's natural units but overflows here: keep it finite, so
-            # a row of nothing else stays eager's uniform average instead of NaN
-            z = tl.where((z == float("-inf")) & (nat != float("-inf")), MIN_Z, z)
-    else:
-        nat = s * SCALE
-        z = s * QK_SCALE
-    in_bounds = kv_i < N_K
-    visible = in_bounds
-    if MASKED:
-        if CAUSAL:
-            visible = visible & (kv_i <= q_i)
-        if HAS_MASK:
-            visible = visible & _visible(b, h, q_i, kv_i, N_Q, N_K${inputs})
-        if ADD_FILL:
-            z_masked = tl.maximum((nat + MASK_FILL) * LOG2E, MIN_Z)
-        else:
-            z_masked = FILL_Z + z * 0.0
-        if EMPTY_ROWS:
-            z = tl.where(in_bounds, z_masked, float("-inf"))
-        elif DROP_MASKED:
-            z = tl.where(visible, z, float("-inf"))
-        else:
-            z = tl.where(visible, z, tl.where(in_bounds, z_masked, float("-inf")))
-    return z, visible, nat'''
-
-
 _GENERAL_FORWARD_TEMPLATE = string.Template('''\
-"""Generated by ioaware.codegen.attention.forward (general Spec). Do not edit.
-
-AttentionSpec(${spec_fields})
-"""
-
-import torch
-import triton
-import triton.language as tl
-
-from ioaware.codegen.launch import launch
+${preamble}
 
 ${spec_header}
 ${general_header}
@@ -611,19 +293,7 @@ TUNE_CONFIGS = ${tune_configs}
 TUNE_MIN_SCORES = ${tune_min_scores}
 
 
-${tuner}
-
-
-${primitives}
-
-
-${mod_functions}
-
-
-${logits}
-
-
-${block_map}
+${general_functions}
 
 
 @triton.jit
@@ -809,25 +479,6 @@ def forward(q, k, v, out, lse, inputs=(), seed=None, config=None):
 ''')
 
 
-def general_substitutions(spec: AttentionSpec, interpret: bool) -> dict[str, str]:
-    """What the general forward and backward templates both substitute for `spec`."""
-    from .blocks import render_block_map
-    from ..expr import input_params, mod_functions
-
-    inputs = input_params(spec)
-    return {
-        **spec_constants(spec),
-        **general_constants(spec),
-        "primitives": primitives(interpret),
-        "mod_functions": mod_functions(spec, interpret),
-        "logits": string.Template(GENERAL_LOGITS).substitute(inputs=inputs),
-        "block_map": render_block_map(spec, interpret),
-        "tuner": TUNER,
-        "inputs": inputs,
-        "interpret": str(interpret),
-    }
-
-
 # Forward tiles measured fastest for masked / modified Specs, tried right after the
 # default when the SRAM budget admits them: on an H100 (scripts/attn_sweep.py,
 # 2026-11-22; bf16, d = 128, B=2, H=16, N=8192) 64 x 64 on 4 warps, 3 stages beat every
@@ -838,41 +489,29 @@ def general_substitutions(spec: AttentionSpec, interpret: bool) -> dict[str, str
 MEASURED_FORWARD = [(64, 64, 4, 3)]
 
 
-def general_forward_configs(spec: AttentionSpec) -> list[tuple[int, int, int, int]]:
+def general_forward_configs(spec: AttentionSpec, profile: DeviceProfile | None = None
+                            ) -> list[Config]:
     """Forward configs a general Spec autotunes among: the default, then the candidates
-    `ioaware.tiles` takes from the SRAM budget of the present device's profile (the
-    default profile without a GPU), best modelled first; MAX_TUNE_CONFIGS in all."""
-    from ioaware.hardware import get_profile
-    from ioaware.tiles import attention_tile_candidates
-
-    candidates = attention_tile_candidates(get_profile(None), spec.head_dim,
-                                           spec.head_dim_v, element_bytes(spec), limit=None)
+    `ioaware.tiles` takes from the SRAM budget of `profile` (the present device's for
+    None), best modelled first; MAX_TUNE_CONFIGS in all."""
+    profile = hardware.get_profile(profile)
+    candidates = attention_tile_candidates(profile, spec.head_dim, spec.head_dim_v,
+                                           element_bytes(spec), limit=None)
     measured = [c for c in MEASURED_FORWARD if c in candidates]
-    return with_default(default_forward_config(spec), measured + candidates)
+    return with_default(default_forward_config(spec, profile), measured + candidates)
 
 
-
-def with_default(default: tuple[int, int, int, int],
-                 candidates: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
-    """`default` first (tuning never ends worse than the untuned launch), then the
-    candidates the general kernels support (16 to 128 rows per tile, 4 or 8 warps),
-    MAX_TUNE_CONFIGS in all."""
-    supported = [c for c in candidates if c != default and 16 <= c[0] <= 128
-                 and 16 <= c[1] <= 128 and c[2] in (4, 8)]
-    return [default, *supported][:MAX_TUNE_CONFIGS]
-
-
-def render_general_forward(spec: AttentionSpec, *, interpret: bool = False) -> str:
+def render_general_forward(spec: AttentionSpec, *, interpret: bool = False,
+                           profile: DeviceProfile | None = None) -> str:
     """Python source of the forward module of a general (non-plain) `spec`."""
-    if interpret:
-        default = (INTERPRET_BLOCK_M, INTERPRET_BLOCK_N, 4, 1)
-        tune: list[tuple[int, int, int, int]] = []
-    else:
-        default = default_forward_config(spec)
-        tune = general_forward_configs(spec)
+    default, tune = launch_configs(interpret, INTERPRET_CONFIG,
+                                   lambda: default_forward_config(spec, profile),
+                                   lambda: general_forward_configs(spec, profile))
     return _GENERAL_FORWARD_TEMPLATE.substitute(
         general_substitutions(spec, interpret),
+        preamble=module_preamble("ioaware.codegen.attention.forward (general Spec)", spec,
+                                 GENERAL_IMPORTS),
         default_config=repr(default),
-        tune_configs=format_configs(tune),  # type: ignore[arg-type]
+        tune_configs=format_configs(tune),
         tune_min_scores=str(TUNE_MIN_SCORES),
     )

@@ -33,10 +33,9 @@ from torch import Tensor
 
 from ioaware.spec import DTYPES, INPUT_DTYPES, AttentionSpec, dtype_name
 
-from ..cache import load_kernel_module
-from ..runtime import backend_name, device_context, kernel_device
+from ..runtime import backend_name, device_context, kernel_module
 from . import reference
-from .forward import is_plain
+from .header import is_plain
 
 __all__ = ["attention", "backend_name", "dropout_keep_mask", "flash_attention"]
 
@@ -116,6 +115,39 @@ def _plain_backward(module, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: 
                         None if dlse is None else dlse[b], dq[b], dk[b], dv[b])
 
 
+def _kernel_forward(spec: AttentionSpec, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
+                    lse: Tensor, inputs: list[Tensor], seed: Tensor | None
+                    ) -> tuple[Tensor, Tensor]:
+    """Both forward ops on the kernel paths: writes out, lse (Nq, Nk >= 1). A plain Spec
+    runs the FlashAttention module, the general one the general module."""
+    module = kernel_module("attention_fwd", spec, q.device)
+    with device_context(q.device):
+        if is_plain(spec):
+            _plain_forward(module, q, k, v, out, lse)
+        else:
+            module.forward(q, k, v, out, lse, inputs, seed)
+    return out, lse
+
+
+def _kernel_backward(spec: AttentionSpec, dout: Tensor, q: Tensor, k: Tensor, v: Tensor,
+                     out: Tensor, lse: Tensor, dlse: Tensor | None, inputs: list[Tensor],
+                     dinputs: list[Tensor], seed: Tensor | None
+                     ) -> tuple[Tensor, Tensor, Tensor]:
+    """Both backward ops on the kernel paths: (dq, dk, dv); adds the requires-grad
+    inputs' gradients into the fp32 buffers `dinputs` (general Specs)."""
+    module = kernel_module("attention_bwd", spec, q.device)
+    # The kernels write every element: no memset (3 passes over HBM) beforehand.
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    dlse = dlse.float().contiguous() if dlse is not None else None
+    lse = lse.contiguous()
+    with device_context(q.device):
+        if is_plain(spec):
+            _plain_backward(module, dout, q, k, v, out, lse, dlse, dq, dk, dv)
+        else:
+            module.backward(dout, q, k, v, out, lse, dlse, dq, dk, dv, inputs, dinputs, seed)
+    return dq, dk, dv
 
 
 def _spec(q: Tensor, v: Tensor, scale: float, causal: bool) -> AttentionSpec:
@@ -148,11 +180,7 @@ def flash_attention_op(
         return out.zero_(), lse.fill_(float("-inf"))
     if backend_name(q.device) == "reference":
         return reference.attention_forward(q, k, v, scale, causal)
-    module = load_kernel_module("attention_fwd", _spec(q, v, scale, causal),
-                                kernel_device(q.device))
-    with device_context(q.device):
-        _plain_forward(module, q, k, v, out, lse)
-    return out, lse
+    return _kernel_forward(_spec(q, v, scale, causal), q, k, v, out, lse, [], None)
 
 
 @flash_attention_op.register_fake
@@ -175,19 +203,10 @@ def flash_attention_backward_op(
     """(dq, dk, dv), contiguous in the dtypes of q, k, v. dlse: gradient of lse, or None."""
     if q.numel() == 0 or k.numel() == 0:  # nothing flows: no query rows or no keys
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-    # The kernels write every element: no memset (3 passes over HBM) beforehand.
-    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     if backend_name(q.device) == "reference":
         return reference.attention_backward(dout, q, k, v, out, lse, scale, causal, dlse)
-    module = load_kernel_module("attention_bwd", _spec(q, v, scale, causal),
-                                kernel_device(q.device))
-    lse = lse.contiguous()
-    dlse = dlse.float().contiguous() if dlse is not None else None
-    with device_context(q.device):
-        _plain_backward(module, dout, q, k, v, out, lse, dlse, dq, dk, dv)
-    return dq, dk, dv
+    return _kernel_backward(_spec(q, v, scale, causal), dout, q, k, v, out, lse, dlse, [], [],
+                            None)
 
 
 @flash_attention_backward_op.register_fake
@@ -315,13 +334,7 @@ def attention_op(q: Tensor, k: Tensor, v: Tensor, inputs: list[Tensor], spec: st
     if backend_name(q.device) == "reference":
         out_ref, lse_ref = reference.spec_forward(aspec, q, k, v, inputs, seed)
         return out_ref.contiguous(), lse_ref.contiguous()
-    module = load_kernel_module("attention_fwd", aspec, kernel_device(q.device))
-    with device_context(q.device):
-        if is_plain(aspec):  # the FlashAttention module: the fast path, unchanged
-            _plain_forward(module, q, k, v, out, lse)
-        else:
-            module.forward(q, k, v, out, lse, inputs, seed)
-    return out, lse
+    return _kernel_forward(aspec, q, k, v, out, lse, inputs, seed)
 
 
 @attention_op.register_fake
@@ -346,20 +359,8 @@ def attention_backward_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Te
                                                         dlse)
         return dq.contiguous(), dk.contiguous(), dv.contiguous(), [
             d.contiguous() for d in dinputs]
-    module = load_kernel_module("attention_bwd", aspec, kernel_device(q.device))
-    # The kernels write every element: no memset (3 passes over HBM) beforehand.
-    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     dinputs32 = [_broadcast_grad_buffer(x) for x in grad_inputs]
-    dlse = dlse.float().contiguous() if dlse is not None else None
-    lse = lse.contiguous()
-    with device_context(q.device):
-        if is_plain(aspec):
-            _plain_backward(module, dout, q, k, v, out, lse, dlse, dq, dk, dv)
-        else:
-            module.backward(dout, q, k, v, out, lse, dlse, dq, dk, dv, inputs, dinputs32,
-                            seed)
+    dq, dk, dv = _kernel_backward(aspec, dout, q, k, v, out, lse, dlse, inputs, dinputs32, seed)
     return dq, dk, dv, [_spread_broadcast(d, x) for d, x in zip(dinputs32, grad_inputs)]
 
 

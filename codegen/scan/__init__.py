@@ -9,11 +9,12 @@ Importing the package registers the ops and their renderers.
 """
 
 from ioaware import tiles
+from ioaware.codegen import render
 from ioaware.codegen.cache import register_renderer
 from ioaware.codegen.scan import backward, forward, linear, op
 
-register_renderer("scan_fwd", forward.render_forward, tiles)
-register_renderer("scan_bwd", backward.render_backward, forward, tiles)
-register_renderer("scan_linear", linear.render_linear, forward)
+register_renderer("scan_fwd", forward.render_forward, tiles, render)
+register_renderer("scan_bwd", backward.render_backward, forward, tiles, render)
+register_renderer("scan_linear", linear.render_linear, forward, render)
 
 __all__ = ["op"]

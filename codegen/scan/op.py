@@ -27,8 +27,7 @@ from torch import Tensor
 
 from ioaware.spec import DTYPES, ScanSpec, dtype_name
 
-from ..cache import load_kernel_module
-from ..runtime import backend_name, device_context, kernel_device
+from ..runtime import backend_name, device_context, kernel_module
 from . import reference as scan_reference
 
 __all__ = ["linear_scan", "selective_scan"]
@@ -139,7 +138,7 @@ def selective_scan_op(
                                                      delta_softplus, h0)
         return y.copy_(y_ref), h_last.copy_(h_ref)
     spec = _selective_spec(u, delta, A, B, D, z, delta_bias, delta_softplus, h0)
-    module = load_kernel_module("scan_fwd", spec, kernel_device(u.device))
+    module = kernel_module("scan_fwd", spec, u.device)
     with device_context(u.device):
         module.forward(u, delta, A, B, C, D, z, delta_bias, h0, y, h_last)
     return y, h_last
@@ -178,7 +177,7 @@ def selective_scan_backward_op(
                 g.zero_()
         return grads
     spec = _selective_spec(u, delta, A, B, D, z, delta_bias, delta_softplus, h0)
-    module = load_kernel_module("scan_bwd", spec, kernel_device(u.device))
+    module = kernel_module("scan_bwd", spec, u.device)
     with device_context(u.device):
         return tuple(module.backward(dy, dh_last, u, delta, A, B, C, D, z, delta_bias, h0,
                                      [g.dtype for g in grads]))
@@ -264,8 +263,7 @@ def linear_scan_op(a: Tensor, b: Tensor, h0: Tensor | None, reverse: bool) -> Te
         return h
     if backend_name(a.device) == "reference":
         return h.copy_(scan_reference.linear_scan(a, b, h0, reverse))
-    module = load_kernel_module("scan_linear", _linear_spec(out_dtype, h0, reverse),
-                                kernel_device(a.device))
+    module = kernel_module("scan_linear", _linear_spec(out_dtype, h0, reverse), a.device)
     with device_context(a.device):
         module.forward(a, b, h0, h)
     return h

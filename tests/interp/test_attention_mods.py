@@ -448,6 +448,35 @@ def test_general_kernels_compile_for_hopper(tmp_path):
             compile_kernel(module._bwd_dq, {"BLOCK_M": bm, "BLOCK_N": bn})
 
 
+@pytest.mark.skipif(not has_ptx_backend(), reason="triton has no NVIDIA backend here")
+@pytest.mark.parametrize("causal", [False, True])
+def test_plain_kernels_compile_for_hopper(tmp_path, causal):
+    """The FlashAttention (plain Spec) kernels of both directions build for sm_90 at the
+    configs they launch with, as the general ones do above (docs/kernels.md, "One
+    template per direction?", compares the two on these builds)."""
+    from ioaware.codegen.attention import backward as attention_bwd
+    from ioaware.codegen.attention import forward as attention_fwd
+
+    spec = AttentionSpec(head_dim=64, head_dim_v=64, dtype="bfloat16", causal=causal,
+                         scale=0.125)
+    pointers = {"Lse": "*fp32", "Delta": "*fp32", "dLse": "*fp32"}
+
+    def compile_kernel(fn, config):
+        bm, bn, warps, _ = config
+        return compile_sm90(fn, {"BLOCK_M": bm, "BLOCK_N": bn}, lambda a: pointers.get(
+            a, "*bf16" if a in ("Q", "K", "V", "Out", "O", "dO", "dQ", "dK", "dV") else "i32"),
+            num_warps=warps)
+
+    fwd = import_compiled(attention_fwd.render_forward(spec), tmp_path / "plain_fwd.py")
+    bwd = import_compiled(attention_bwd.render_backward(spec), tmp_path / "plain_bwd.py")
+    assert fwd.TUNE_CONFIGS and bwd.TUNE_DKDV and bwd.TUNE_DQ  # the plain (autotuned) modules
+    compile_kernel(fwd._attn_fwd, fwd.DEFAULT_CONFIG)
+    compile_sm90(bwd._bwd_preprocess, {"HAS_DLSE": True, "BLOCK_M": bwd.PRE_BLOCK_M},
+                 lambda a: pointers.get(a, "*bf16" if a in ("O", "dO") else "i32"), num_warps=4)
+    compile_kernel(bwd._bwd_dkdv, bwd.DEFAULT_DKDV)
+    compile_kernel(bwd._bwd_dq, bwd.DEFAULT_DQ)
+
+
 def test_opcheck_schema_fake_and_autograd():
     """torch.library.opcheck on ioaware::attention and its backward: schema, fake
     tensors, autograd registration (a learned bias, dropout's seed), aot_dispatch."""
@@ -555,7 +584,7 @@ def test_tuner_takes_the_fastest_config_once_per_size_class(monkeypatch):
     atomically is reset after them, and the block maps only losing trials built go."""
     import triton.testing
 
-    from ioaware.codegen.attention.forward import TUNER
+    from ioaware.codegen.render import TUNER
 
     times = {(64, 64, 4, 2): 3.0, (128, 64, 8, 2): 1.0, (128, 128, 8, 3): 2.0}
     trials, resets = [], []

@@ -14,8 +14,10 @@ import triton
 from ioaware.codegen import cache
 from ioaware.codegen.attention import backward as attention_bwd
 from ioaware.codegen.attention import forward as attention_fwd
+from ioaware.codegen.attention.header import MAX_TUNE_CONFIGS
 from ioaware.config import config
 from ioaware.spec import AttentionSpec
+from ioaware.tiles import padded_head_dim
 
 SPEC = AttentionSpec(head_dim=64, head_dim_v=64, dtype="bfloat16", causal=True, scale=0.125)
 VERSIONS = {"ioaware": "0.1.0", "torch": "2.13.0", "triton": "3.9.0", "renderers": "abc"}
@@ -76,7 +78,7 @@ def test_rendered_source_is_python_and_differs_by_spec(render):
 
 
 def test_padded_head_dims():
-    assert [attention_fwd.padded_dim(d) for d in (1, 16, 17, 40, 64, 80, 128, 129, 256)] == [
+    assert [padded_head_dim(d) for d in (1, 16, 17, 40, 64, 80, 128, 129, 256)] == [
         16, 16, 32, 64, 64, 128, 128, 256, 256]
 
 
@@ -169,7 +171,7 @@ def test_tuning_candidates_come_from_the_profiles_tiles(monkeypatch):
     assert forward[0] == attention_fwd.default_forward_config(masked)
     assert forward[1] == (64, 64, 4, 3) == attention_fwd.MEASURED_FORWARD[0]
     assert all(c in fitting for c in forward[1:])
-    assert len(forward) == attention_fwd.MAX_TUNE_CONFIGS
+    assert len(forward) == MAX_TUNE_CONFIGS
 
     scan = ScanSpec(kind="selective", dtype="bfloat16", d_state=16, delta_dtype="bfloat16",
                     bc_dtype="bfloat16", has_D=True, has_z=True, has_delta_bias=True,
@@ -180,3 +182,42 @@ def test_tuning_candidates_come_from_the_profiles_tiles(monkeypatch):
     assert configs == [(8, 16, 1), (4, 16, 1), (4, 32, 1), (16, 16, 2)]  # as measured
     assert [ranked.index(c) for c in configs] == sorted(ranked.index(c) for c in configs)
     assert scan_fwd.default_config(scan) == configs[0]
+
+
+def test_a_smaller_shared_memory_gives_smaller_configs():
+    """The configs a module is rendered with fit the tile budget of the profile it is
+    rendered for (render.shared_memory_budget), not a number in the template."""
+    from ioaware import hardware
+    from ioaware.codegen.render import shared_memory_budget
+
+    h100 = hardware.PROFILES["h100"]
+    small = dataclasses.replace(h100, name="small", sram_per_block=64 * 1024)
+    spec = dataclasses.replace(SPEC, head_dim=128, head_dim_v=128)
+    assert shared_memory_budget(h100) == 200 * 1024  # the H100's 227 KB less the headroom
+    for configs in (attention_fwd.forward_configs, attention_bwd.dq_configs,
+                    attention_bwd.dkdv_configs):
+        big, little = configs(spec, h100), configs(spec, small)
+        assert little != big and len(little) < len(big)
+    budget = shared_memory_budget(small)
+    fwd = attention_fwd.forward_configs(spec, small)
+    assert all(attention_fwd.forward_smem_bytes(spec, *c) <= budget for c in fwd)
+    # 2·(128·128 + 3·64·256) = 128 KB: the H100's first forward tile does not fit
+    assert (128, 64, 8, 3) in attention_fwd.forward_configs(spec, h100)
+    assert (128, 64, 8, 3) not in fwd
+    default = attention_fwd.default_forward_config(spec, small)
+    assert attention_fwd.forward_smem_bytes(spec, *default) <= budget // 2
+    assert default != attention_fwd.default_forward_config(spec, h100)
+    # ... and the rendered module carries them
+    src = attention_fwd.render_forward(spec, profile=small)
+    assert f"DEFAULT_CONFIG = {default!r}" in src
+    assert src != attention_fwd.render_forward(spec, profile=h100)
+
+
+def test_the_profile_is_in_the_key():
+    from ioaware import hardware
+
+    h100 = hardware.PROFILES["h100"]
+    small = dataclasses.replace(h100, sram_per_block=64 * 1024)
+    keys = {cache.cache_key("attention_fwd", SPEC, "NVIDIA H100 sm90", versions=VERSIONS,
+                            profile=p) for p in (None, h100, small)}
+    assert len(keys) == 3

@@ -1,0 +1,156 @@
+"""One template per direction? The plain FlashAttention kernels beside the general
+template rendered for the same plain Spec (every option off), compiled for sm_90.
+
+Without a GPU (Triton ships ptxas): per kernel, registers, stack (spill) bytes, shared
+memory and the SASS instruction counts of the whole kernel and of each loop (HGMMA,
+MUFU, local-memory spill loads/stores), at one (BLOCK_M, BLOCK_N, warps, stages), the
+first autotuning candidate of each kernel. With --time on a CUDA device: the forward
+and the backward of both modules, timed with do_bench at one shape (median, ms).
+
+    python scripts/attention_templates_sm90.py            # counts, docs/kernels.md
+    python scripts/attention_templates_sm90.py --time     # on an H100: times
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from ioaware.codegen.attention import backward, forward
+from ioaware.codegen.cache import _import_file
+from ioaware.spec import AttentionSpec
+
+POINTERS = {"Lse": "*fp32", "Delta": "*fp32", "dLse": "*fp32", "Seed": "*i64",
+            "FullCnt": "*i32", "FullList": "*i32", "PartCnt": "*i32", "PartList": "*i32",
+            "EmptyHeads": "*i32"}
+TENSORS = ("Q", "K", "V", "Out", "O", "dO", "dQ", "dK", "dV")
+VARIANTS = {  # name -> (forward renderer, backward renderer)
+    "plain": (forward.render_forward, backward.render_backward),
+    "general": (forward.render_general_forward, backward.render_general_backward),
+}
+
+
+def modules(spec: AttentionSpec, folder: Path, interpret: bool = False) -> dict:
+    """variant -> (forward module, backward module), imported compiled."""
+    out = {}
+    for name, renders in VARIANTS.items():
+        pair = []
+        for direction, render in zip(("fwd", "bwd"), renders):
+            path = folder / f"{name}_{direction}_{spec.head_dim}_{int(spec.causal)}.py"
+            path.write_text(render(spec, interpret=interpret))
+            pair.append(_import_file(path.stem, path, interpret))
+        out[name] = tuple(pair)
+    return out
+
+
+def compile_sm90(fn, block_m: int, block_n: int, warps: int, stages: int):
+    signature = {a: "constexpr" if a in ("BLOCK_M", "BLOCK_N") else POINTERS.get(
+        a, "*bf16" if a in TENSORS else "i32") for a in fn.arg_names}
+    constexprs = {(fn.arg_names.index("BLOCK_M"),): block_m,
+                  (fn.arg_names.index("BLOCK_N"),): block_n}
+    return triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                          target=GPUTarget("cuda", 90, 32),
+                          options={"num_warps": warps, "num_stages": stages})
+
+
+def _counts(body: list[str]) -> dict[str, int]:
+    ops = [t.split()[1] if t.startswith("@") else t.split()[0] for t in body]
+    return {"n": len(ops), "mma": sum("MMA" in o for o in ops),
+            "mufu": sum(o.startswith("MUFU") for o in ops),
+            "spill": sum(o.startswith(("STL", "LDL")) for o in ops)}
+
+
+def sass_stats(kernel) -> dict:
+    """Registers, stack bytes, shared memory; instruction counts of the kernel and of
+    every loop (a branch back to an earlier label), in SASS order."""
+    bindir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([str(bindir / "cuobjdump"), "-res-usage", f.name],
+                               capture_output=True, text=True, check=True).stdout
+    order: list[str] = []
+    labels: dict[str, int] = {}
+    for line in kernel.asm["sass"].splitlines():
+        label = re.match(r"(LBB\d+):$", line.strip())
+        if label:
+            labels[label.group(1)] = len(order)
+        elif "\t" in line:
+            order.append(line.split("\t", 1)[1].strip().rstrip(";"))
+    loops = []
+    for i, text in enumerate(order):
+        target = re.search(r"\bBRA (LBB\d+)", text)
+        if target and labels.get(target.group(1), i + 1) <= i:
+            loops.append(_counts(order[labels[target.group(1)]: i + 1]))
+    return {"regs": int(re.search(r"REG:(\d+)", usage).group(1)),
+            "stack": int(re.search(r"STACK:(\d+)", usage).group(1)),
+            "smem": kernel.metadata.shared, "all": _counts(order), "loops": loops}
+
+
+def count(specs: list[AttentionSpec]) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        for spec in specs:
+            configs = {"fwd": forward.forward_configs(spec)[0],
+                       "dkdv": backward.dkdv_configs(spec)[0],
+                       "dq": backward.dq_configs(spec)[0]}
+            print(f"# {spec.dtype} d={spec.head_dim} causal={spec.causal}")
+            for name, (fwd, bwd) in modules(spec, Path(folder)).items():
+                for kernel, fn in (("fwd", fwd._attn_fwd), ("dkdv", bwd._bwd_dkdv),
+                                   ("dq", bwd._bwd_dq)):
+                    stats = sass_stats(compile_sm90(fn, *configs[kernel]))
+                    print(name, kernel, configs[kernel], stats, flush=True)
+
+
+def _medians_ms(fwd, bwd, q, k, v, do) -> tuple[float, float]:
+    """Median ms of one forward and one backward launch of the modules fwd, bwd."""
+    import torch
+    from triton.testing import do_bench
+
+    out = torch.empty_like(q)
+    lse = q.new_empty(q.shape[:3], dtype=torch.float32)
+    dq, dk, dv = (torch.empty_like(x) for x in (q, k, v))
+    return (do_bench(lambda: fwd.forward(q, k, v, out, lse), return_mode="median"),
+            do_bench(lambda: bwd.backward(do, q, k, v, out, lse, None, dq, dk, dv),
+                     return_mode="median"))
+
+
+def time(specs: list[AttentionSpec], batch: int, heads: int, n: int) -> None:
+    import torch
+
+    with tempfile.TemporaryDirectory() as folder:
+        for spec in specs:
+            q, k, v, do = (torch.randn(batch, heads, n, spec.head_dim, device="cuda",
+                                       dtype=torch.bfloat16) for _ in range(4))
+            for name, (fwd, bwd) in modules(spec, Path(folder)).items():
+                ms_fwd, ms_bwd = _medians_ms(fwd, bwd, q, k, v, do)
+                print(f"d={spec.head_dim} causal={spec.causal} {name}: forward {ms_fwd:.3f} ms, "
+                      f"backward {ms_bwd:.3f} ms ({torch.cuda.get_device_name()}, "
+                      f"B={batch} H={heads} N={n} bf16)", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--time", action="store_true", help="time on the CUDA device")
+    parser.add_argument("--shape", type=int, nargs=3, default=(4, 16, 4096),
+                        metavar=("B", "H", "N"))
+    args = parser.parse_args()
+    specs = [AttentionSpec(head_dim=d, head_dim_v=d, dtype="bfloat16", causal=causal,
+                           scale=d ** -0.5) for d in (64, 128) for causal in (False, True)]
+    if args.time:
+        time(specs, *args.shape)
+    else:
+        os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton's default, quietly
+        count(specs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
