@@ -72,8 +72,10 @@ class IoawareBackend:
         except Exception as e:  # noqa: BLE001 - never crash on a graph that runs eagerly
             return self._unchanged("capture", e, index, gm, example_inputs, device)
 
+        from ioaware.codegen import load_families
         from ioaware.codegen.runtime import backend_name
 
+        load_families()  # the passes price with the families' registered prices
         profile = hardware.get_profile(self.device)
         ctx = PassContext(profile=profile, backend_name=backend_name(device),
                           hints=cost.size_hints(canon))

@@ -5,17 +5,21 @@ AttentionSpec carries.
     forward.py    the forward templates and their tiles      backward.py  the backward's
     blocks.py     the runtime block map of a data mask       reference.py the torch reference
     op.py         ioaware::flash_attention, ioaware::attention (schema, fake, autograd)
+    tiles.py      the tiles that fit a device's SRAM        price.py     the kernels' cost
 
-Importing the package registers the ops and the renderers of both directions.
+Importing the package registers the ops, their prices and the renderers of both directions.
 """
 
-from ioaware import tiles
+from ioaware import tiles as sram_budget
 from ioaware.codegen import expr
-from ioaware.codegen.attention import backward, blocks, forward, op, reference
+from ioaware.codegen.attention import backward, blocks, forward, op, price, reference, tiles
 from ioaware.codegen.cache import register_renderer
 
-register_renderer("attention_fwd", forward.render_forward, blocks, expr, reference, tiles)
+# The tuned configs a module lists come from the family's tile candidates, which read the
+# SRAM budget every family shares: both decide the text.
+register_renderer("attention_fwd", forward.render_forward, blocks, expr, reference, tiles,
+                  sram_budget)
 register_renderer("attention_bwd", backward.render_backward, forward, blocks, expr, reference,
-                  tiles)
+                  tiles, sram_budget)
 
-__all__ = ["op"]
+__all__ = ["op", "price", "tiles"]

@@ -974,7 +974,8 @@ def general_backward_configs(spec: AttentionSpec) -> tuple[list[Config], list[Co
     the candidates `ioaware.tiles` takes from the SRAM budget of the present device's
     profile, best modelled first (`with_default`)."""
     from ioaware.hardware import get_profile
-    from ioaware.tiles import attention_dkdv_tile_candidates, attention_dq_tile_candidates
+
+    from .tiles import attention_dkdv_tile_candidates, attention_dq_tile_candidates
 
     sizes = (get_profile(None), spec.head_dim, spec.head_dim_v, element_bytes(spec))
     return (with_default(default_dkdv_config(spec),

@@ -843,7 +843,8 @@ def general_forward_configs(spec: AttentionSpec) -> list[tuple[int, int, int, in
     `ioaware.tiles` takes from the SRAM budget of the present device's profile (the
     default profile without a GPU), best modelled first; MAX_TUNE_CONFIGS in all."""
     from ioaware.hardware import get_profile
-    from ioaware.tiles import attention_tile_candidates
+
+    from .tiles import attention_tile_candidates
 
     candidates = attention_tile_candidates(get_profile(None), spec.head_dim,
                                            spec.head_dim_v, element_bytes(spec), limit=None)

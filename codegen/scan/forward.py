@@ -91,7 +91,8 @@ def tile_configs(spec: ScanSpec) -> list[tuple[int, int, int]]:
     """
     from ioaware.hardware import get_profile
     from ioaware.spec import DTYPES
-    from ioaware.tiles import scan_chunk_candidates
+
+    from .tiles import scan_chunk_candidates
 
     n_pad = padded_state(spec.d_state)
     itemsize = DTYPES[spec.dtype].itemsize
