@@ -72,8 +72,10 @@ class IoawareBackend:
         except Exception as e:  # noqa: BLE001 - never crash on a graph that runs eagerly
             return self._unchanged("capture", e, index, gm, example_inputs, device)
 
+        from ioaware.codegen import load_families
         from ioaware.codegen.runtime import backend_name
 
+        load_families()  # the passes price with the families' registered prices
         # The profile named, or that of the device the inputs live on (the one the ops'
         # kernels are rendered for).
         profile = (hardware.get_profile(self.device) if self.device is not None

@@ -126,6 +126,7 @@ def scan_efficiency(profile: hardware.DeviceProfile) -> float | None:
 
     try:
         from ioaware.codegen.scan import op as scan_ops  # noqa: F401  (registers the scan ops)
+        from ioaware.codegen.scan.price import selective_scan_cost
     except ImportError:
         return None
     bt, dc, length, n = SCAN_SHAPE
@@ -136,8 +137,8 @@ def scan_efficiency(profile: hardware.DeviceProfile) -> float | None:
             for _ in range(2))
     seconds = time_op(lambda: torch.ops.ioaware.selective_scan(
         u, delta, a, b, c, None, None, None, True, None))
-    priced = cost.selective_scan_cost(bt, dc, length, n, 2, has_D=False, has_z=False,
-                                      delta_softplus=True)
+    priced = selective_scan_cost(bt, dc, length, n, 2, has_D=False, has_z=False,
+                                 delta_softplus=True)
     plain = dataclasses.replace(profile, kernel_efficiency={})
     return cost.ceilings(priced, plain, "bfloat16")["compute"] / seconds
 

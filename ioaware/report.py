@@ -252,6 +252,9 @@ def price_graph(gm: fx.GraphModule, profile: hardware.DeviceProfile, hints: Mapp
                 default_dtype: str) -> _GraphTotals:
     """Every node priced; unknown ops counted by name. A rule that fails on a node is
     treated as unknown: the report must not crash on a graph that runs."""
+    from ioaware.codegen import load_families
+
+    load_families()  # the kernel families register the prices of their ops (and SDPA's)
     totals = _GraphTotals()
     for node in gm.graph.nodes:
         try:

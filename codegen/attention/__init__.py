@@ -6,18 +6,21 @@ AttentionSpec carries.
     header.py     what both directions declare: constexprs, primitives, the general switches
     blocks.py     the runtime block map of a data mask       reference.py the torch reference
     op.py         ioaware::flash_attention, ioaware::attention (schema, fake, autograd)
+    tiles.py      the tiles that fit a device's SRAM        price.py     the kernels' cost
 
-Importing the package registers the ops and the renderers of both directions.
+Importing the package registers the ops, their prices and the renderers of both directions.
 """
 
-from ioaware import tiles
+from ioaware import tiles as sram_budget
 from ioaware.codegen import expr, render
-from ioaware.codegen.attention import backward, blocks, forward, header, op, reference
+from ioaware.codegen.attention import backward, blocks, forward, header, op, price, reference, tiles
 from ioaware.codegen.cache import register_renderer
 
-# The sources each kind's text depends on: editing one invalidates the modules it made.
-SOURCES = (header, blocks, expr, reference, tiles, render)
+# The sources each kind's text depends on: editing one invalidates the modules it made. The
+# tuned configs a module lists come from the family's tile candidates, which read the SRAM
+# budget every family shares.
+SOURCES = (header, blocks, expr, reference, tiles, sram_budget, render)
 register_renderer("attention_fwd", forward.render_forward, *SOURCES)
 register_renderer("attention_bwd", backward.render_backward, *SOURCES)
 
-__all__ = ["op"]
+__all__ = ["op", "price", "tiles"]

@@ -41,11 +41,11 @@ import string
 from ioaware import hardware
 from ioaware.hardware import DeviceProfile
 from ioaware.spec import AttentionSpec
-from ioaware.tiles import attention_dkdv_tile_candidates, attention_dq_tile_candidates
 
 from ..expr import grad_params
 from ..render import TORCH_TRITON_IMPORTS, format_configs, module_preamble, shared_memory_budget
 from . import header
+from .tiles import attention_dkdv_tile_candidates, attention_dq_tile_candidates
 
 Config = tuple[int, int, int, int]  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
 # Transposed roles in dK/dV: BLOCK_N (kv, resident) = 32, BLOCK_M = 16.
@@ -949,7 +949,7 @@ def render_general_backward(spec: AttentionSpec, *, interpret: bool = False,
 def general_backward_configs(spec: AttentionSpec, profile: DeviceProfile | None = None
                              ) -> tuple[list[Config], list[Config]]:
     """(dK/dV, dQ) configs a general Spec autotunes among: each kernel's default, then
-    the candidates `ioaware.tiles` takes from the SRAM budget of `profile` (the present
+    the candidates `tiles.py` takes from the SRAM budget of `profile` (the present
     device's for None), best modelled first (`header.with_default`)."""
     profile = hardware.get_profile(profile)
     sizes = (profile, spec.head_dim, spec.head_dim_v, header.element_bytes(spec))

@@ -36,7 +36,6 @@ import string
 from ioaware import hardware
 from ioaware.hardware import DeviceProfile
 from ioaware.spec import AttentionSpec
-from ioaware.tiles import attention_tile_candidates
 
 from ..render import (
     TRITON_IMPORTS,
@@ -58,6 +57,7 @@ from .header import (
     spec_constants,
     with_default,
 )
+from .tiles import attention_tile_candidates
 
 Config = tuple[int, int, int, int]  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
 INTERPRET_CONFIG: Config = (INTERPRET_BLOCK_M, INTERPRET_BLOCK_N, 4, 1)
@@ -492,7 +492,7 @@ MEASURED_FORWARD = [(64, 64, 4, 3)]
 def general_forward_configs(spec: AttentionSpec, profile: DeviceProfile | None = None
                             ) -> list[Config]:
     """Forward configs a general Spec autotunes among: the default, then the candidates
-    `ioaware.tiles` takes from the SRAM budget of `profile` (the present device's for
+    `tiles.py` takes from the SRAM budget of `profile` (the present device's for
     None), best modelled first; MAX_TUNE_CONFIGS in all."""
     profile = hardware.get_profile(profile)
     candidates = attention_tile_candidates(profile, spec.head_dim, spec.head_dim_v,

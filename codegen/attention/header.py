@@ -16,11 +16,11 @@ import math
 import string
 
 from ioaware.spec import AttentionSpec
-from ioaware.tiles import padded_head_dim
 
 from ..expr import input_params, mod_functions
 from ..render import TORCH_TRITON_IMPORTS, TUNER, reduction
 from .blocks import render_block_map
+from .tiles import padded_head_dim
 
 # The general modules' imports: their launchers allocate and launch cached binaries.
 GENERAL_IMPORTS = (*TORCH_TRITON_IMPORTS, "", "from ioaware.codegen.launch import launch")

@@ -38,9 +38,9 @@ from collections.abc import Callable, Sequence
 from ioaware import hardware
 from ioaware.hardware import DeviceProfile
 from ioaware.spec import DTYPES, ScanSpec
-from ioaware.tiles import scan_chunk_candidates
 
 from ..render import TRITON_IMPORTS, format_configs, launch_configs, module_preamble, reduction
+from .tiles import scan_chunk_candidates
 
 # Tiles under the Triton interpreter: small, so chunk boundaries, partial channel
 # blocks and partial groups are all exercised by small tests.
@@ -83,7 +83,7 @@ MAX_TUNE_CONFIGS = 4
 def tile_configs(spec: ScanSpec, profile: DeviceProfile | None = None
                  ) -> list[tuple[int, int, int]]:
     """(BLOCK_D, BLOCK_L, num_warps) candidates for autotuning on a GPU: the tiles
-    `ioaware.tiles.scan_chunk_candidates` takes from the SRAM and register budget of
+    `tiles.scan_chunk_candidates` takes from the SRAM and register budget of
     `profile` (the present device's for None), in its order, that
     also pass the layout rule (`fits_layout`); MAX_TUNE_CONFIGS of them.
 

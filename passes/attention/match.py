@@ -43,7 +43,9 @@ import sympy
 import torch
 from torch import fx
 
-from ioaware import cost, tiles
+from ioaware import cost
+from ioaware.codegen.attention import tiles
+from ioaware.codegen.attention.price import flash_attention_cost
 from ioaware.explain import Fallback, Rewrite
 from ioaware.passes.attention import masks
 from ioaware.passes.views import (
@@ -836,7 +838,7 @@ def region_costs(m: AttentionMatch, profile: Any = None) -> tuple[cost.Cost, cos
     itemsize = m.dtype.itemsize
     density = _density(m, index_part=True)
     tile = priced_tile(m, profile)
-    after = cost.flash_attention_cost(
+    after = flash_attention_cost(
         d["B"], d["Hq"], d["Hkv"], d["Nq"], d["Nk"], d["D"], d["Dv"], itemsize,
         m.mods.causal, tile["block_m"], tile["block_n"], block_density=density or 1.0,
         num_stages=tile["num_stages"],

@@ -47,7 +47,9 @@ import numpy as np
 import torch
 from torch import fx
 
-from ioaware import cost, tiles
+from ioaware import cost
+from ioaware.codegen.scan import tiles
+from ioaware.codegen.scan.price import linear_scan_cost, selective_scan_cost
 from ioaware.explain import Fallback, Rewrite
 from ioaware.passes.scan.fusion import (
     Epilogue,
@@ -127,7 +129,7 @@ def _cost_key(n: fx.Node) -> Any:
     if n.op != "call_function":
         return n
     inputs = n.all_input_nodes
-    roots = [cost._storage_root(x) for x in inputs]
+    roots = [cost.storage_root(x) for x in inputs]
 
     def meta(x: fx.Node) -> Any:
         v = _val(x)
@@ -410,7 +412,7 @@ def _plan(rec: Recurrence, profile: Any = None
             grouped = ro.grouped or (dax in _axes(sel.B, sel.frame) and dc != 1)
             has_bias = sel.delta_bias is not None
             tile = None if profile is None else tiles.scan_tile(profile, n, u_dtype.itemsize)
-            after = cost.selective_scan_cost(
+            after = selective_scan_cost(
                 bt, dc, rec.length, n, u_dtype.itemsize, groups=dc if grouped else 1,
                 has_D=epi.D is not None, has_z=epi.z is not None,
                 has_delta_bias=has_bias, delta_softplus=sel.softplus,
@@ -435,8 +437,8 @@ def _plan(rec: Recurrence, profile: Any = None
         raise NoMatch(f"{rec.anchor.name}: the state is {state_dtype} but a, b promote to "
                       f"{b_dtype}")
     rows, feats = _rows_features(hinted_shape(rec.b), rec.dim)
-    after = cost.linear_scan_cost(rows, rec.length, feats, b_dtype.itemsize,
-                                  has_h0=rec.h0 is not None)
+    after = linear_scan_cost(rows, rec.length, feats, b_dtype.itemsize,
+                             has_h0=rec.h0 is not None)
     detail = _detail(rec, [], "linear_scan", b_dtype, 1)
     if why_not:
         detail["not_fused"] = why_not

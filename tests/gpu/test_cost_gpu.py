@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.fx.experimental.proxy_tensor import make_fx
 
+import ioaware.codegen.attention  # noqa: F401  registers the closed form SDPA is priced by
 from ioaware import hardware
 from ioaware.cost import bound, graph_cost, modelled_time
 

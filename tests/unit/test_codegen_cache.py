@@ -17,7 +17,7 @@ from ioaware.codegen.attention import forward as attention_fwd
 from ioaware.codegen.attention.header import MAX_TUNE_CONFIGS
 from ioaware.config import config
 from ioaware.spec import AttentionSpec
-from ioaware.tiles import padded_head_dim
+from ioaware.codegen.attention.tiles import padded_head_dim
 
 SPEC = AttentionSpec(head_dim=64, head_dim_v=64, dtype="bfloat16", causal=True, scale=0.125)
 VERSIONS = {"ioaware": "0.1.0", "torch": "2.13.0", "triton": "3.9.0", "renderers": "abc"}
@@ -157,17 +157,20 @@ def test_interpreted_and_compiled_kernels_coexist(cache_dir, monkeypatch):
 
 
 def test_tuning_candidates_come_from_the_profiles_tiles(monkeypatch):
-    """The compiled kernels autotune among ioaware.tiles' candidates for the present
+    """The compiled kernels autotune among their family's tile candidates for the present
     device's profile (issue 5), the masked forward trying the measured 64 x 64 tile right
     after its default, and the scan forward keeping tiles.py's order under its layout rule."""
-    from ioaware import hardware, tiles
+    from ioaware import hardware
+    from ioaware.codegen.attention import tiles as attention_tiles
     from ioaware.codegen.scan import forward as scan_fwd
+    from ioaware.codegen.scan import tiles as scan_tiles
     from ioaware.spec import ScanSpec
 
     monkeypatch.setattr(hardware, "get_profile", lambda name=None: hardware.PROFILES["h100"])
     masked = dataclasses.replace(SPEC, head_dim=128, head_dim_v=128, mask="q_idx - kv_idx < 512")
     forward = attention_fwd.general_forward_configs(masked)
-    fitting = tiles.attention_tile_candidates(hardware.PROFILES["h100"], 128, 128, 2, limit=None)
+    fitting = attention_tiles.attention_tile_candidates(hardware.PROFILES["h100"], 128, 128, 2,
+                                                        limit=None)
     assert forward[0] == attention_fwd.default_forward_config(masked)
     assert forward[1] == (64, 64, 4, 3) == attention_fwd.MEASURED_FORWARD[0]
     assert all(c in fitting for c in forward[1:])
@@ -176,8 +179,8 @@ def test_tuning_candidates_come_from_the_profiles_tiles(monkeypatch):
     scan = ScanSpec(kind="selective", dtype="bfloat16", d_state=16, delta_dtype="bfloat16",
                     bc_dtype="bfloat16", has_D=True, has_z=True, has_delta_bias=True,
                     delta_softplus=True)
-    ranked = [c[:3] for c in tiles.scan_chunk_candidates(hardware.PROFILES["h100"], 16, 2,
-                                                         limit=None)]
+    ranked = [c[:3] for c in scan_tiles.scan_chunk_candidates(hardware.PROFILES["h100"], 16, 2,
+                                                              limit=None)]
     configs = scan_fwd.tile_configs(scan)
     assert configs == [(8, 16, 1), (4, 16, 1), (4, 32, 1), (16, 16, 2)]  # as measured
     assert [ranked.index(c) for c in configs] == sorted(ranked.index(c) for c in configs)

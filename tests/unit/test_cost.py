@@ -8,6 +8,8 @@ Every expected number has its reasoning beside it. fp32 is 4 bytes, bf16 2, bool
 
 import dataclasses
 import math
+import subprocess
+import sys
 
 import pytest
 import sympy
@@ -19,42 +21,41 @@ from torch import fx
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from ioaware import hardware
-from ioaware.cost import (
-    FLOPS_PER_FMA,
-    NUM_SMS,
-    Cost,
+from ioaware.codegen.attention.price import (
     attention_unfused_cost,
-    bound,
     causal_backward_query_rows,
     causal_forward_blocks,
-    ceilings,
-    dram_bytes,
     flash_attention_backward_cost,
     flash_attention_cost,
-    graph_cost,
-    l2_hits,
-    linear_scan_cost,
-    matmul_l2_spill,
-    modelled_time,
-    node_cost,
-    programs_in_flight,
-    rewrite_pays,
-    selective_scan_cost,
-    size_hints,
-    softmax_row_waves,
-    sym,
 )
-from ioaware.hardware import PROFILES
-from ioaware.tiles import (
+from ioaware.codegen.attention.tiles import (
     attention_dkdv_tile_candidates,
     attention_dq_tile_candidates,
     attention_forward_sram_bytes,
     attention_tile,
     attention_tile_candidates,
-    scan_chunk_candidates,
-    scan_tile,
-    selective_scan_sram_bytes,
 )
+from ioaware.codegen.scan.price import linear_scan_cost, selective_scan_cost
+from ioaware.codegen.scan.tiles import scan_chunk_candidates, scan_tile, selective_scan_sram_bytes
+from ioaware.cost import (
+    FLOPS_PER_FMA,
+    NUM_SMS,
+    Cost,
+    bound,
+    ceilings,
+    dram_bytes,
+    graph_cost,
+    l2_hits,
+    matmul_l2_spill,
+    modelled_time,
+    node_cost,
+    programs_in_flight,
+    rewrite_pays,
+    size_hints,
+    softmax_row_waves,
+    sym,
+)
+from ioaware.hardware import PROFILES
 
 aten = torch.ops.aten
 DECOMPOSE = {
@@ -394,6 +395,30 @@ def test_sdpa_and_ioaware_ops_are_priced_as_the_fused_kernel():
         do, q, k, v, o, lse, 0.25, True), out, q, k, v, out, lse,
         target=torch.ops.ioaware.flash_attention_backward.default)
     assert c == flash_attention_backward_cost(2, 4, 2, 64, 64, 16, 32, 4, causal=True).evaluate()
+
+
+def test_the_cost_model_imports_no_kernel_and_families_register_their_prices():
+    """`ioaware.cost` alone imports no kernel family and no pass, and then leaves SDPA
+    unpriced; `load_families()` registers the attention family's closed form, and SDPA
+    is priced by it exactly as above."""
+    code = (
+        "import sys, torch\n"
+        "import torch.nn.functional as F\n"
+        "from torch.fx.experimental.proxy_tensor import make_fx\n"
+        "from ioaware import cost\n"
+        "loaded = [m for m in sys.modules if m.startswith(('ioaware.codegen', 'ioaware.passes'))]\n"
+        "assert not loaded, loaded\n"
+        "q = torch.randn(2, 4, 64, 16)\n"
+        "sdpa = lambda q: F.scaled_dot_product_attention(q, q, q, is_causal=True)\n"
+        "gm = make_fx(sdpa, pre_dispatch=True)(q)\n"
+        "sdpa = next(n for n in gm.graph.nodes if 'scaled_dot_product' in str(n.target))\n"
+        "assert cost.node_cost(sdpa) is None\n"
+        "from ioaware.codegen import load_families\n"
+        "load_families()\n"
+        "from ioaware.codegen.attention.price import flash_attention_cost\n"
+        "assert cost.node_cost(sdpa) == flash_attention_cost(2, 4, 4, 64, 64, 16, 16, 4, True)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
 
 
 def test_flash_backward_by_hand():

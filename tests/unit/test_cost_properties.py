@@ -16,23 +16,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from ioaware.codegen.scan import reference as scan_reference
-from ioaware.cost import (
+from ioaware.codegen.attention.price import (
     attention_unfused_cost,
-    dram_bytes,
     flash_attention_backward_cost,
     flash_attention_cost,
-    graph_cost,
-    l2_hits,
-    linear_scan_cost,
-    selective_scan_cost,
 )
-from ioaware.hardware import PROFILES
-from ioaware.tiles import (
+from ioaware.codegen.attention.tiles import (
     attention_forward_sram_bytes,
     attention_tile_candidates,
     largest_block_m,
 )
+from ioaware.codegen.scan import reference as scan_reference
+from ioaware.codegen.scan.price import linear_scan_cost, selective_scan_cost
+from ioaware.cost import dram_bytes, graph_cost, l2_hits
+from ioaware.hardware import PROFILES
 
 HEAD_DIMS = st.sampled_from([16, 32, 64, 80, 128, 256])
 PROFILE = st.sampled_from(["h100", "h200", "a100", "cpu"])

@@ -220,9 +220,10 @@ def test_rewrites_show_and_are_priced_at_the_profiles_tile(
         capsys: pytest.CaptureFixture[str]) -> None:
     # gpt: 4 heads, d = 16, fp32, causal, B = 2, N = 64. On the H100 the best forward
     # tile (tiles.attention_tile) is what the region's kernel is priced at and shows.
-    from ioaware.cost import flash_attention_cost
+    from ioaware.codegen.attention.price import flash_attention_cost
+    from ioaware.codegen.attention.tiles import attention_tile
+    from ioaware.codegen.scan.tiles import scan_tile
     from ioaware.hardware import PROFILES
-    from ioaware.tiles import attention_tile, scan_tile
 
     region = _gpt_region(capsys)
     tile = attention_tile(PROFILES["h100"], 16, 16, 4)
