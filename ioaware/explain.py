@@ -53,6 +53,8 @@ class Explanation:
     rewrites: list[Rewrite] = dataclasses.field(default_factory=list)
     fallbacks: list[Fallback] = dataclasses.field(default_factory=list)
     graphs: int = 0  # how many graphs dynamo captured
+    # wall-clock seconds each pass took (matching, pricing, rewriting), summed over graphs
+    pass_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def hbm_bytes_before(self) -> int:

@@ -141,7 +141,15 @@ def render_explanation(expl: Explanation, *, width: int = 120,
     if expl.fallbacks:
         parts.append(fallbacks_table(expl))
     parts.append(summary_line(expl))
+    if expl.pass_seconds:
+        parts.append(pass_time_line(expl))
     return render(parts, width=width, color=color)
+
+
+def pass_time_line(expl: Explanation) -> str:
+    """Compile time in the passes: "passes: attention 12.3 ms, scan 1.20 ms"."""
+    return "passes: " + ", ".join(f"{name} {format_seconds(s)}"
+                                  for name, s in expl.pass_seconds.items())
 
 
 # --- the IO report (ioaware.report) -------------------------------------------------------
