@@ -1,4 +1,4 @@
-"""The dynamo backend: capture → canonicalise → passes → execute.
+"""The dynamo backend: capture → canonicalise → passes (`compile_graph`) → execute.
 
 Registered under the name "ioaware" through the `torch_dynamo_backends` entry point, so
 `torch.compile(model, backend="ioaware")` works after `pip install` with no import.
@@ -11,6 +11,7 @@ the interpreter when `config.interpret` is set and a reference path otherwise.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,7 +20,8 @@ import torch
 from torch import fx
 
 from ioaware import capture, cost
-from ioaware.explain import Explanation, Fallback
+from ioaware.explain import Explanation, Fallback, Rewrite
+from ioaware.hardware import DeviceProfile
 from ioaware.verify import verified
 
 log = logging.getLogger("ioaware")
@@ -33,6 +35,81 @@ def _device_of(example_inputs: Sequence[Any]) -> torch.device:
         if isinstance(x, torch.Tensor):
             return x.device
     return torch.device("cpu")
+
+
+@dataclasses.dataclass
+class CompiledGraph:
+    """What `compile_graph` made of one dynamo graph.
+
+    graph: what runs: the canonical graph with its regions rewritten, or dynamo's graph
+        as it was when nothing was rewritten or a stage failed.
+    canonical: the canonical graph after the passes (None when capture failed).
+    rewrites / fallbacks: what the passes did, and a Fallback("graph", reason) for a
+        failed stage; each carries the graph's index.
+    seconds: wall-clock seconds per pass name. hints: values of the size symbols.
+    priced: what `price` returned for the canonical graph before the passes ran.
+    """
+
+    graph: fx.GraphModule
+    canonical: fx.GraphModule | None = None
+    rewrites: list[Rewrite] = dataclasses.field(default_factory=list)
+    fallbacks: list[Fallback] = dataclasses.field(default_factory=list)
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    hints: dict = dataclasses.field(default_factory=dict)
+    priced: Any = None
+
+
+def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], profile: DeviceProfile,
+                  backend_name: str, *, graph: int = 0, count: bool = True,
+                  price: Callable[[fx.GraphModule, dict], Any] | None = None) -> CompiledGraph:
+    """Capture → canonicalise → passes, never crashing on a graph that runs eagerly.
+
+    profile: the device the passes price against. backend_name: how rewritten kernels
+    run ("triton", "triton-interpret" or "reference"). graph: the index records carry.
+    count: add the rewrites and fallbacks to `counters` (False for an analysis that is
+    not a compile). price: called on the canonical graph before the passes rewrite it
+    in place (the report prices the whole graph before and after); its result is
+    `priced`. A stage that raises leaves dynamo's graph unchanged, with the reason as a
+    Fallback("graph", ...) and a warning.
+    """
+    from ioaware.codegen import load_families
+    from ioaware.passes import pipeline
+
+    load_families()  # the passes and the report price with the families' registered prices
+    try:
+        canon = capture.canonicalize(gm, example_inputs)
+    except Exception as e:  # noqa: BLE001 - never crash on a graph that runs eagerly
+        return _unchanged("capture", e, gm, CompiledGraph(gm), graph, count)
+    result = CompiledGraph(gm, canonical=canon, hints=cost.size_hints(canon))
+    if price is not None:
+        result.priced = price(canon, result.hints)
+    ctx = pipeline.PassContext(profile=profile, backend_name=backend_name, hints=result.hints)
+    try:
+        outcome = pipeline.run_pipeline(canon, ctx)
+    except Exception as e:  # noqa: BLE001 - a half-rewritten graph is never run
+        return _unchanged("rewrite", e, gm, result, graph, count)
+    for record in (*outcome.rewrites, *outcome.fallbacks):
+        record.graph = graph
+    if count:
+        for r in outcome.rewrites:
+            counters[r.kind] += 1
+        counters["fallbacks"] += len(outcome.fallbacks)
+    result.rewrites, result.fallbacks = outcome.rewrites, outcome.fallbacks
+    result.seconds = outcome.seconds
+    result.graph = canon if outcome.rewrites else gm
+    return result
+
+
+def _unchanged(stage: str, error: Exception, gm: fx.GraphModule, result: CompiledGraph,
+               graph: int, count: bool) -> CompiledGraph:
+    """A stage failed: record why and run dynamo's graph exactly as it was."""
+    reason = f"{stage} failed, graph left as it was: {type(error).__name__}: {error}"
+    result.graph = gm
+    result.fallbacks = [Fallback("graph", reason, graph=graph)]
+    if count:
+        counters["fallbacks"] += 1
+    log.warning("ioaware: %s", reason)
+    return result
 
 
 class IoawareBackend:
@@ -62,48 +139,22 @@ class IoawareBackend:
 
     def __call__(self, gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable:
         from ioaware import hardware
-        from ioaware.passes.pipeline import PassContext, run_pipeline
+        from ioaware.codegen.runtime import backend_name
 
         index = self.explanation.graphs
         self.explanation.graphs += 1
         device = _device_of(example_inputs)
-        try:
-            canon = capture.canonicalize(gm, example_inputs)
-        except Exception as e:  # noqa: BLE001 - never crash on a graph that runs eagerly
-            return self._unchanged("capture", e, index, gm, example_inputs, device)
-
-        from ioaware.codegen import load_families
-        from ioaware.codegen.runtime import backend_name
-
-        load_families()  # the passes price with the families' registered prices
         # The profile named, or that of the device the inputs live on (the one the ops'
         # kernels are rendered for).
         profile = (hardware.get_profile(self.device) if self.device is not None
                    else hardware.device_profile(device))
-        ctx = PassContext(profile=profile, backend_name=backend_name(device),
-                          hints=cost.size_hints(canon))
-        try:
-            rewrites, fallbacks = run_pipeline(canon, ctx)
-        except Exception as e:  # noqa: BLE001 - a half-rewritten graph is never run
-            return self._unchanged("rewrite", e, index, gm, example_inputs, device)
-        for r in rewrites:
-            r.graph = index
-            counters[r.kind] += 1
-        for f in fallbacks:
-            f.graph = index
-        counters["fallbacks"] += len(fallbacks)
-        self.explanation.rewrites += rewrites
-        self.explanation.fallbacks += fallbacks
-        return self._finish(gm, canon if rewrites else gm, example_inputs, device)
-
-    def _unchanged(self, stage: str, error: Exception, index: int, gm: fx.GraphModule,
-                   example_inputs: Sequence[Any], device: torch.device) -> Callable:
-        """A stage failed: record why and run dynamo's graph exactly as it was."""
-        reason = f"{stage} failed, graph left as it was: {type(error).__name__}: {error}"
-        self.explanation.fallbacks.append(Fallback("graph", reason, graph=index))
-        counters["fallbacks"] += 1
-        log.warning("ioaware: %s", reason)
-        return self._finish(gm, gm, example_inputs, device)
+        result = compile_graph(gm, example_inputs, profile, backend_name(device), graph=index)
+        self.explanation.rewrites += result.rewrites
+        self.explanation.fallbacks += result.fallbacks
+        for name, seconds in result.seconds.items():
+            self.explanation.pass_seconds[name] = \
+                self.explanation.pass_seconds.get(name, 0.0) + seconds
+        return self._finish(gm, result.graph, example_inputs, device)
 
     def _finish(self, eager: fx.GraphModule, gm: fx.GraphModule, example_inputs: Sequence[Any],
                 device: torch.device) -> Callable:

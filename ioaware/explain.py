@@ -14,7 +14,14 @@ from rich import box
 from rich.console import RenderableType
 from rich.table import Table
 
-from ioaware.tables import format_bytes, format_detail, format_flops, format_ratio, render
+from ioaware.tables import (
+    format_bytes,
+    format_detail,
+    format_flops,
+    format_ratio,
+    format_seconds,
+    render,
+)
 
 
 @dataclasses.dataclass
@@ -60,6 +67,8 @@ class Explanation:
     rewrites: list[Rewrite] = dataclasses.field(default_factory=list)
     fallbacks: list[Fallback] = dataclasses.field(default_factory=list)
     graphs: int = 0  # how many graphs dynamo captured
+    # wall-clock seconds each pass took (matching, pricing, rewriting), summed over graphs
+    pass_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def hbm_bytes_before(self) -> int:
@@ -133,4 +142,12 @@ def render_explanation(expl: Explanation, *, width: int = 120,
     if expl.fallbacks:
         parts.append(fallbacks_table(expl))
     parts.append(summary_line(expl))
+    if expl.pass_seconds:
+        parts.append(pass_time_line(expl))
     return render(parts, width=width, color=color)
+
+
+def pass_time_line(expl: Explanation) -> str:
+    """Compile time in the passes: "passes: attention 12.3 ms, scan 1.20 ms"."""
+    return "passes: " + ", ".join(f"{name} {format_seconds(s)}"
+                                  for name, s in expl.pass_seconds.items())

@@ -29,7 +29,7 @@ import sympy
 import torch
 from torch import fx
 
-from ioaware import capture, cost, hardware
+from ioaware import cost, hardware
 from ioaware.explain import Fallback, Rewrite
 
 log = logging.getLogger("ioaware")
@@ -298,54 +298,38 @@ class _Captured:
     hints: dict
 
 
-class ReportBackend:
-    """A dynamo backend that analyses like `IoawareBackend(execute=False)` and also prices
-    the whole canonical graph before and after the passes. Returns the eager graph."""
+def _kernel_backend(profile: hardware.DeviceProfile) -> str:
+    """How rewritten regions would run on the profiled device."""
+    if profile.name != "cpu":
+        return "triton"
+    from ioaware.codegen.runtime import backend_name
 
-    def __init__(self, profile: hardware.DeviceProfile, dtype: str) -> None:
-        self.profile = profile
-        self.dtype = dtype
-        self.captured: list[_Captured] = []
+    return backend_name("cpu")
 
-    def kernel_backend(self) -> str:
-        """How rewritten regions would run on the profiled device."""
-        if self.profile.name != "cpu":
-            return "triton"
-        from ioaware.codegen.runtime import backend_name
 
-        return backend_name("cpu")
+def _analyse(profile: hardware.DeviceProfile, dtype: str, captured: list[_Captured]
+             ) -> Callable:
+    """A dynamo backend that compiles as `IoawareBackend(execute=False)` does (one
+    `compile_graph`, not counted in `ioaware.counters`), prices the whole canonical graph
+    before and after the passes into `captured`, and returns the eager graph."""
+    from ioaware.backend import compile_graph
 
-    def __call__(self, gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable:
-        from ioaware.passes.pipeline import PassContext, run_pipeline
+    def price(gm: fx.GraphModule, hints: dict) -> _GraphTotals:
+        return price_graph(gm, profile, hints, dtype)
 
-        try:
-            canon = capture.canonicalize(gm, example_inputs)
-        except Exception as e:  # noqa: BLE001 - the graph still runs; say why it was not read
-            reason = f"capture failed, graph left as it was: {type(e).__name__}: {e}"
-            self._record([], [Fallback("graph", reason)], _GraphTotals(), _GraphTotals(), {})
-            return gm.forward
-        hints = cost.size_hints(canon)
-        before = price_graph(canon, self.profile, hints, self.dtype)
-        ctx = PassContext(profile=self.profile, backend_name=self.kernel_backend(), hints=hints)
-        try:
-            rewrites, fallbacks = run_pipeline(canon, ctx)
-        except Exception as e:  # noqa: BLE001 - as the backend does: the graph stays eager
-            reason = f"rewrite failed, graph left as it was: {type(e).__name__}: {e}"
-            self._record([], [Fallback("graph", reason)], before, before, hints)
-            return gm.forward
+    def backend(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable:
+        result = compile_graph(gm, example_inputs, profile, _kernel_backend(profile),
+                               graph=len(captured), count=False, price=price)
+        before = result.priced if result.priced is not None else _GraphTotals()
         after = before
-        if rewrites:
-            _fill_missing_vals(canon)
-            after = price_graph(canon, self.profile, hints, self.dtype)
-        self._record(rewrites, fallbacks, before, after, hints)
+        if result.rewrites:
+            _fill_missing_vals(result.canonical)
+            after = price(result.canonical, result.hints)
+        captured.append(_Captured(result.rewrites, result.fallbacks, before, after,
+                                  result.hints))
         return gm.forward
 
-    def _record(self, rewrites: list[Rewrite], fallbacks: list[Fallback],
-                before: _GraphTotals, after: _GraphTotals, hints: dict) -> None:
-        index = len(self.captured)
-        for record in (*rewrites, *fallbacks):
-            record.graph = index
-        self.captured.append(_Captured(rewrites, fallbacks, before, after, hints))
+    return backend
 
 
 def _fill_missing_vals(gm: fx.GraphModule) -> None:
@@ -436,12 +420,12 @@ def _capture(model: Callable, args: Sequence[Any], kwargs: Mapping[str, Any],
              profile: hardware.DeviceProfile, dtype: str) -> list[_Captured]:
     from ioaware.api import _fresh_dynamo_budget
 
-    backend = ReportBackend(profile, dtype)
+    captured: list[_Captured] = []
     if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
         model = model._orig_mod
     with _fresh_dynamo_budget():
-        torch.compile(model, backend=backend)(*args, **kwargs)
-    return backend.captured
+        torch.compile(model, backend=_analyse(profile, dtype, captured))(*args, **kwargs)
+    return captured
 
 
 def _same_numbers(a: Figures | None, b: Figures | None) -> bool:

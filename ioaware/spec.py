@@ -9,6 +9,7 @@ and the device, which codegen adds).
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import json
 
@@ -31,6 +32,15 @@ INPUT_DTYPES = {
 # `score` is the scaled logit `scale * q·k` of one (b, h, q_idx, kv_idx) element.
 B_IDX, H_IDX, Q_IDX, KV_IDX = sympy.symbols("b h q_idx kv_idx", integer=True)
 SCORE = sympy.Symbol("score", real=True)
+
+
+class TextEnum(str, enum.Enum):
+    """An enum whose members are their text: equal to it, hashed, printed and written to
+    JSON as it, so a Spec read back from JSON (plain text) equals the one a pass built,
+    and `spec.key()` is what it was when these fields were strings."""
+
+    def __str__(self) -> str:
+        return self.value
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -62,14 +72,24 @@ class TensorInput:
                              f"{sorted(INPUT_DTYPES)}")
 
 
-# How masked elements behave, which decides what a row with no visible key gives:
-#   "neg_inf": the masked logit is -inf (masked_fill(-inf), tril of -inf): such a row
-#              is NaN, as eager softmax gives.
-#   "safe":    as SDPA's bool attn_mask: such a row outputs 0 and passes no gradient.
-#   "fill":    the masked logit is replaced by `mask_fill` (masked_fill(finfo.min)).
-#   "add":     `mask_fill` is added to the masked logit (scores + where(m, 0, min));
-#              its gradient still reaches the score, as in eager.
-MASK_SEMANTICS = ("neg_inf", "safe", "fill", "add")
+class MaskSemantics(TextEnum):
+    """How masked elements behave, which decides what a row with no visible key gives.
+
+    NEG_INF: the masked logit is -inf (masked_fill(-inf), tril of -inf): such a row is
+        NaN, as eager softmax gives.
+    SAFE: as SDPA's bool attn_mask: such a row outputs 0 and passes no gradient.
+    FILL: the masked logit is replaced by `mask_fill` (masked_fill(finfo.min)).
+    ADD: `mask_fill` is added to the masked logit (scores + where(m, 0, min)); its
+        gradient still reaches the score, as in eager.
+    """
+
+    NEG_INF = "neg_inf"
+    SAFE = "safe"
+    FILL = "fill"
+    ADD = "add"
+
+
+MASK_SEMANTICS = tuple(s.value for s in MaskSemantics)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +131,7 @@ class AttentionSpec:
     mask: str | None = None
     score_mod: str | None = None
     inputs: tuple[TensorInput, ...] = ()
-    mask_semantics: str = "neg_inf"  # one of MASK_SEMANTICS
+    mask_semantics: MaskSemantics = MaskSemantics.NEG_INF
     mask_fill: float = float("-inf")
     dropout_p: float = 0.0
 
@@ -127,6 +147,8 @@ class AttentionSpec:
         if self.mask_semantics not in MASK_SEMANTICS:
             raise ValueError(f"mask_semantics={self.mask_semantics!r} must be one of "
                              f"{MASK_SEMANTICS}")
+        # text read back from JSON becomes the member (equal to it either way)
+        object.__setattr__(self, "mask_semantics", MaskSemantics(self.mask_semantics))
         if not 0.0 <= self.dropout_p < 1.0:
             raise ValueError(f"dropout_p={self.dropout_p} must be in [0, 1)")
         names = [t.name for t in self.inputs]
@@ -167,7 +189,14 @@ class AttentionSpec:
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:24]
 
 
-SCAN_KINDS = ("selective", "linear")
+class ScanKind(TextEnum):
+    """Which scan op a ScanSpec renders: `ioaware::selective_scan` or `ioaware::linear_scan`."""
+
+    SELECTIVE = "selective"
+    LINEAR = "linear"
+
+
+SCAN_KINDS = tuple(k.value for k in ScanKind)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,7 +219,7 @@ class ScanSpec:
     kernel reads, the state width, the direction and the dtypes.
     """
 
-    kind: str  # one of SCAN_KINDS
+    kind: ScanKind
     dtype: str  # u (selective) or the output h (linear); a key of DTYPES
     d_state: int = 1  # N; 1 for kind "linear"
     delta_dtype: str = "float32"  # selective only
@@ -205,6 +234,7 @@ class ScanSpec:
     def __post_init__(self) -> None:
         if self.kind not in SCAN_KINDS:
             raise ValueError(f"kind={self.kind!r} must be one of {SCAN_KINDS}")
+        object.__setattr__(self, "kind", ScanKind(self.kind))
         for name in ("dtype", "delta_dtype", "bc_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be one of "

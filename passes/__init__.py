@@ -1,1 +1,2 @@
-"""Graph rewrites, one file per family; `pipeline.py` is the ordered recipe."""
+"""Graph rewrites, one folder per family; `driver.py` runs them, `pipeline.py` is the
+ordered recipe."""

@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import dataclasses
 import functools
 import importlib
 import io
@@ -121,7 +122,8 @@ def instrument() -> None:
 
     capture.canonicalize = counted
     pipeline.PIPELINE[:] = [
-        pipeline.Pass(p.name, PHASES.wrap(f"pass:{p.name}", p.run), p.why)
+        dataclasses.replace(p, **{f: PHASES.wrap(f"pass:{p.name}", getattr(p, f))
+                                  for f in ("candidates", "match", "apply")})
         for p in pipeline.PIPELINE
     ]
     import torch._inductor.compile_fx as inductor

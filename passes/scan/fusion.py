@@ -10,23 +10,23 @@ from typing import Any
 import torch
 from torch import fx
 
+from ioaware.passes.driver import NoMatch
 from ioaware.passes.scan.readout import (
-    _insert,
+    insert_role,
 )
 from ioaware.passes.scan.record import (
     CAST_OPS,
-    NoMatch,
     Readout,
     Recurrence,
     Selective,
-    _call,
-    _dtype,
-    _is_add,
-    _is_mul,
-    _is_tensor,
-    _same,
-    _static,
     aten,
+    dtype_of,
+    is_add,
+    is_call,
+    is_mul,
+    is_static,
+    is_tensor,
+    same_structure,
 )
 from ioaware.passes.views import LAYOUT_OPS, hinted_shape
 from ioaware.spec import DTYPES
@@ -40,17 +40,17 @@ def _factors(node: Any, limit: int = 4) -> list[Any]:
     out, stack = [], [node]
     while stack:
         n = stack.pop()
-        if _is_mul(n) and (n is node or len(n.users) == 1) and len(out) + len(stack) < limit:
+        if is_mul(n) and (n is node or len(n.users) == 1) and len(out) + len(stack) < limit:
             stack.extend(n.args)
         else:
             out.append(n)
     return out
 
 
-def _axes(f: Any, frame: tuple[int, ...]) -> set[int] | None:
+def frame_axes(f: Any, frame: tuple[int, ...]) -> set[int] | None:
     """Frame axes on which factor f varies (its shape aligned right), None if it does not
     broadcast to the frame."""
-    if not _is_tensor(f):
+    if not is_tensor(f):
         return None
     s = hinted_shape(f)
     if len(s) > len(frame):
@@ -66,7 +66,7 @@ def match_selective(rec: Recurrence) -> Selective:
     if rec.a_const or rec.reverse:
         raise NoMatch("a is not exp(Δ·A)" if rec.a_const else "reverse scan")
     a, b = rec.a, rec.b
-    if not ((rec.a_is_log or _call(a, aten.exp.default)) and _static(a) and _static(b)):
+    if not ((rec.a_is_log or is_call(a, aten.exp.default)) and is_static(a) and is_static(b)):
         raise NoMatch(f"{getattr(a, 'name', a)}: a is not exp(Δ·A) with static sizes")
     exponent = a if rec.a_is_log else a.args[0]
     frame = hinted_shape(b)
@@ -80,24 +80,24 @@ def match_selective(rec: Recurrence) -> Selective:
     if len(fa) != 2 or len(fb) != 3:
         raise NoMatch(f"{a.name}: a = exp of {len(fa)} factors, b = {len(fb)} factors; "
                       "expected exp(Δ·A) and Δ·B·u")
-    axes_a = [_axes(f, frame) for f in fa]
-    axes_b = [_axes(f, frame) for f in fb]
+    axes_a = [frame_axes(f, frame) for f in fa]
+    axes_b = [frame_axes(f, frame) for f in fb]
     if None in axes_a or None in axes_b:
         raise NoMatch(f"{a.name}: a factor does not broadcast to the frame {frame}")
     delta = A = None
     for i in (0, 1):
         d_, A_ = fa[i], fa[1 - i]
-        if (any(_same(d_, f) for f in fb) and nax not in axes_a[i] and
+        if (any(same_structure(d_, f) for f in fb) and nax not in axes_a[i] and
                 not axes_a[1 - i] & {bax, t_ax}):
             delta, A = d_, A_
             break
     if delta is None:
         raise NoMatch(f"{a.name}: exp(x·y) where neither factor is a Δ shared with b "
                       "(varying over batch, channel, time) times an A (channel, state)")
-    rest = [f for f in fb if not _same(f, delta)]
+    rest = [f for f in fb if not same_structure(f, delta)]
     if len(rest) != 2:
         raise NoMatch(f"{b.name}: b is not Δ·B·u with the Δ of a")
-    axes = {f: _axes(f, frame) for f in rest}
+    axes = {f: frame_axes(f, frame) for f in rest}
     u = [f for f in rest if nax not in axes[f]]
     B = [f for f in rest if nax in axes[f]]
     if len(u) != 1 or len(B) != 1:
@@ -107,7 +107,7 @@ def match_selective(rec: Recurrence) -> Selective:
     nodes += [n for n in (exponent, b) for n in _mul_tree(n)]
     sel = Selective(delta=delta, A=A, B=B[0], u=u[0], frame=frame,
                     nodes=list(dict.fromkeys(nodes)))
-    _match_softplus(sel, _insert("bdn", t_ax))
+    _match_softplus(sel, insert_role("bdn", t_ax))
     return sel
 
 
@@ -115,25 +115,25 @@ def _match_softplus(sel: Selective, roles: str) -> None:
     """Δ = views(softplus(x + bias)): fuse the softplus, and the bias when it varies only
     along the channel axis (softplus with beta 1 and threshold 20, as the kernel's)."""
     chain, node = [], sel.delta
-    while _call(node, *LAYOUT_OPS):
+    while is_call(node, *LAYOUT_OPS):
         chain.append(node)
         node = node.args[0]
-    if not (_call(node, aten.softplus.default) and tuple(node.args[1:]) in ((), (1,), (1, 20))
+    if not (is_call(node, aten.softplus.default) and tuple(node.args[1:]) in ((), (1,), (1, 20))
             and not node.kwargs):
         return
     chain.reverse()
     pre = node.args[0]
-    if not _is_tensor(pre) or _dtype(pre) not in DTYPES.values():
+    if not is_tensor(pre) or dtype_of(pre) not in DTYPES.values():
         return
     sel.softplus, sel.delta_pre, sel.chain = True, pre, chain
-    if not _is_add(pre):
+    if not is_add(pre):
         return
     for x, bias in (pre.args, reversed(pre.args)):
-        if not (_is_tensor(x) and _is_tensor(bias) and hinted_shape(x) == hinted_shape(pre)):
+        if not (is_tensor(x) and is_tensor(bias) and hinted_shape(x) == hinted_shape(pre)):
             continue
         bs = hinted_shape(bias)
         bs = (1,) * (len(hinted_shape(pre)) - len(bs)) + bs
-        if len(bs) != len(hinted_shape(pre)) or _dtype(bias) not in DTYPES.values():
+        if len(bs) != len(hinted_shape(pre)) or dtype_of(bias) not in DTYPES.values():
             continue
         # the bias's strides through the same views: which frame axes it varies on
         out = torch.empty(bs, device="meta").expand(hinted_shape(pre))
@@ -151,7 +151,7 @@ def _match_softplus(sel: Selective, roles: str) -> None:
             return
 
 
-def _softplus_nodes(sel: Selective) -> list[fx.Node]:
+def softplus_nodes(sel: Selective) -> list[fx.Node]:
     """The softplus (and bias add) the kernel takes over, when nothing else reads them."""
     if not sel.softplus:
         return []
@@ -181,7 +181,7 @@ def _mul_tree(node: fx.Node) -> list[fx.Node]:
     out, stack = [], [node]
     while stack:
         n = stack.pop()
-        if _is_mul(n) and (n is node or len(n.users) == 1):
+        if is_mul(n) and (n is node or len(n.users) == 1):
             out.append(n)
             stack.extend(n.args)
     return out
@@ -211,11 +211,11 @@ def _index_map(node: Any) -> tuple[fx.Node, torch.Tensor] | None:
     from ioaware.passes.views import replay
 
     chain = []
-    while _call(node, *LAYOUT_OPS, *CAST_OPS, aten.select.int, aten.slice.Tensor):
+    while is_call(node, *LAYOUT_OPS, *CAST_OPS, aten.select.int, aten.slice.Tensor):
         if node.target not in CAST_OPS:
             chain.append(node)
         node = node.args[0]
-    if not _is_tensor(node):
+    if not is_tensor(node):
         return None
     out = replay(list(reversed(chain)), hinted_shape(node))
     return None if out is None else (node, out)
@@ -243,24 +243,24 @@ def _same_elements(x: fx.Node, x_roles: str, y: fx.Node, y_roles: str, roles: st
 
 def match_epilogue(rec: Recurrence, sel: Selective, ro: Readout) -> Epilogue:
     """The D·u skip and the silu(z) gate applied to the readout's output, when present."""
-    frame_roles = _insert("bdn", rec.dim)
+    frame_roles = insert_role("bdn", rec.dim)
     y, D, z, nodes = ro.output, None, None, []
     user = next(iter(y.users)) if len(y.users) == 1 else None
-    if _is_add(user):
+    if is_add(user):
         other = user.args[1] if user.args[0] is y else user.args[0]
-        if _is_mul(other) and len(other.users) == 1:
+        if is_mul(other) and len(other.users) == 1:
             for x, dv in (other.args, reversed(other.args)):
-                axes = _axes(dv, hinted_shape(y))
+                axes = frame_axes(dv, hinted_shape(y))
                 d_axis = ro.out_roles.index("d")
-                if (axes is not None and axes <= {d_axis} and _is_tensor(x)
+                if (axes is not None and axes <= {d_axis} and is_tensor(x)
                         and hinted_shape(x) == hinted_shape(y)
                         and _same_elements(x, ro.out_roles, sel.u, frame_roles, "bdt")):
                     D, nodes, y = dv, [user, other], user
                     break
     user = next(iter(y.users)) if len(y.users) == 1 else None
-    if _is_mul(user):
+    if is_mul(user):
         other = user.args[1] if user.args[0] is y else user.args[0]
-        if (_call(other, aten.silu.default) and _is_tensor(other.args[0])
+        if (is_call(other, aten.silu.default) and is_tensor(other.args[0])
                 and hinted_shape(other.args[0]) == hinted_shape(y)):
             z, nodes, y = other.args[0], [*nodes, user], user
     return Epilogue(D=D, z=z, output=y, nodes=nodes)

@@ -11,17 +11,18 @@ import numpy as np
 import torch
 from torch import fx
 
+from ioaware.passes.driver import NoMatch
+from ioaware.passes.scan.order import NodeOrder
 from ioaware.passes.scan.record import (
     CAST_OPS,
-    NoMatch,
     Readout,
     Recurrence,
-    _call,
-    _dtype,
-    _is_tensor,
-    _time_slice,
-    _val,
     aten,
+    dtype_of,
+    fake_value,
+    is_call,
+    is_tensor,
+    time_slice,
 )
 from ioaware.passes.views import LAYOUT_OPS, hinted_shape
 
@@ -50,7 +51,7 @@ def _step_closure(h: fx.Node, skip: set[fx.Node], stop: fx.Node | None
         for u in n.users:
             if u in skip or u in inside or u.op != "call_function":
                 continue
-            if _call(u, aten.stack.default):
+            if is_call(u, aten.stack.default):
                 collector = u
                 continue
             if stop is not None and u is stop:
@@ -63,10 +64,10 @@ def _step_closure(h: fx.Node, skip: set[fx.Node], stop: fx.Node | None
     return seen, collector
 
 
-def _reaching(nodes: list[fx.Node], target: fx.Node) -> list[fx.Node]:
+def _reaching(nodes: list[fx.Node], target: fx.Node, order: NodeOrder) -> list[fx.Node]:
     """The nodes of `nodes` from which `target` is reached through users in `nodes`."""
     inside, reach = set(nodes), set()
-    for n in sorted(nodes, key=_position, reverse=True):
+    for n in sorted(nodes, key=order, reverse=True):
         if any(u is target or u in reach for u in n.users if u is target or u in inside):
             reach.add(n)
     return [n for n in nodes if n in reach]
@@ -83,26 +84,26 @@ def _side_inputs(nodes: list[fx.Node], h: fx.Node, leaf: Any = None
         for x in n.all_input_nodes:
             if x in inside:
                 continue
-            if leaf is not None and not (_call(x, *LAYOUT_OPS, *CAST_OPS)
+            if leaf is not None and not (is_call(x, *LAYOUT_OPS, *CAST_OPS)
                                          and all(u in inside for u in x.users)):
                 leaves.append(x)
                 inside.add(x)
-            elif _time_slice(x) is not None and all(u in inside for u in x.users):
+            elif time_slice(x) is not None and all(u in inside for u in x.users):
                 leaves.append(x)
                 inside.add(x)
                 side.append(x)
-            elif _call(x, *LAYOUT_OPS, *CAST_OPS) and all(u in inside for u in x.users):
+            elif is_call(x, *LAYOUT_OPS, *CAST_OPS) and all(u in inside for u in x.users):
                 inside.add(x)
                 side.append(x)
                 frontier.append(x)
     return side, leaves
 
 
-def _signature(nodes: list[fx.Node], h: fx.Node, t: int) -> tuple:
+def _signature(nodes: list[fx.Node], h: fx.Node, t: int, order: NodeOrder) -> tuple:
     """The readout's structure with its state as "h", its own nodes by position and the
     time indices of its slices relative to step index t."""
-    order = sorted(nodes, key=_position)
-    local = {n: i for i, n in enumerate(order)}
+    ordered = sorted(nodes, key=order)
+    local = {n: i for i, n in enumerate(ordered)}
 
     def norm(x: Any) -> Any:
         if isinstance(x, fx.Node):
@@ -114,35 +115,28 @@ def _signature(nodes: list[fx.Node], h: fx.Node, t: int) -> tuple:
         return x
 
     sig = []
-    for n in order:
+    for n in ordered:
         args = list(n.args)
-        ts = _time_slice(n)
+        ts = time_slice(n)
         if ts is not None and ts[0] not in local:
             args = [ts[0], ts[1], ("t", ts[2] - t), ts[3]]
         sig.append((n.target, norm(args), norm(dict(n.kwargs))))
     return tuple(sig)
 
 
-_POSITIONS: dict[fx.Node, int] = {}
-
-
-def _position(n: fx.Node) -> int:
-    return _POSITIONS.get(n, 0)
-
-
-def match_readout(rec: Recurrence) -> Readout:
+def match_readout(rec: Recurrence, order: NodeOrder) -> Readout:
     """The per-step readout of a loop, the same at every step, collected by one stack."""
     states = rec.states
-    order = range(rec.length) if not rec.reverse else range(rec.length - 1, -1, -1)
+    steps = range(rec.length) if not rec.reverse else range(rec.length - 1, -1, -1)
     prev_sig, collector, outs, leaves_all, nodes_all = None, None, {}, [], []
     region = set(rec.region)
-    for t in order:
+    for t in steps:
         h = states[t]
         nodes, coll = _step_closure(h, region, None)
         if coll is None or (collector is not None and coll is not collector):
             raise NoMatch(f"{h.name}: the state of step {t} is not read out into one stack")
         collector = coll
-        nodes = _reaching(nodes, collector)  # other readers of h are not the readout
+        nodes = _reaching(nodes, collector, order)  # other readers of h are not the readout
         ends = [n for n in nodes if collector in n.users] or ([h] if h in collector.args[0] else [])
         if len(ends) != 1:
             raise NoMatch(f"{h.name}: step {t} contributes {len(ends)} tensors to {collector.name}")
@@ -151,7 +145,7 @@ def match_readout(rec: Recurrence) -> Readout:
             if any(u not in set(nodes) | {collector} for u in n.users):
                 raise NoMatch(f"{n.name}: an intermediate of step {t}'s readout is used "
                               "elsewhere")
-        sig = _signature(nodes + side, h, t)
+        sig = _signature(nodes + side, h, t, order)
         if prev_sig is not None and sig != prev_sig:
             raise NoMatch(f"{h.name}: the readout of step {t} differs from its neighbour's")
         prev_sig = sig
@@ -165,37 +159,38 @@ def match_readout(rec: Recurrence) -> Readout:
     if len(leaves) != 1:
         raise NoMatch(f"{states[0].name}: the readout reads {len(leaves)} per-step tensors, "
                       "expected one (C_t)")
-    c, c_dim, _, c_keep = _time_slice(leaves[0])
+    c, c_dim, _, c_keep = time_slice(leaves[0])
     if c_keep:
         raise NoMatch(f"{leaves[0].name}: C_t keeps its time axis")
     t0 = 0 if not rec.reverse else rec.length - 1
     h = states[t0]
-    if _val(h).dim() != 3:
+    if fake_value(h).dim() != 3:
         raise NoMatch(f"{h.name}: state of shape {hinted_shape(h)}, the fused scan wants [Bt, Dc, N]")
     sizes = dict(zip("bdn", hinted_shape(h)))
     # leaves_all[0] belongs to the first step visited, t0
-    c_roles, out_roles = _probe_readout(h, "bdn", leaves_all[0][0], outs[t0], sizes)
+    c_roles, out_roles = _probe_readout(h, "bdn", leaves_all[0][0], outs[t0], sizes,
+                                       order)
     stack_dim = collector.args[1] if len(collector.args) > 1 else collector.kwargs.get("dim", 0)
-    stack_dim %= _val(collector).dim()
-    return Readout(c=c, c_roles=_insert(c_roles, c_dim), output=collector,
-                   out_roles=_insert(out_roles, stack_dim), nodes=nodes_all)
+    stack_dim %= fake_value(collector).dim()
+    return Readout(c=c, c_roles=insert_role(c_roles, c_dim), output=collector,
+                   out_roles=insert_role(out_roles, stack_dim), nodes=nodes_all)
 
 
-def _insert(roles: str, at: int) -> str:
+def insert_role(roles: str, at: int) -> str:
     return roles[:at] + "t" + roles[at:]
 
 
-def match_full_readout(rec: Recurrence) -> Readout:
+def match_full_readout(rec: Recurrence, order: NodeOrder) -> Readout:
     """The readout of every state at once (associative_scan): from the states through a
     contraction with one C to the first node holding y, and the layout views after it."""
     H = rec.all_states
-    if _val(H).dim() != 4:
+    if fake_value(H).dim() != 4:
         raise NoMatch(f"{H.name}: states of shape {hinted_shape(H)}, expected [Bt, Dc, L, N]")
-    roles = _insert("bdn", rec.dim)
+    roles = insert_role("bdn", rec.dim)
     sizes = dict(zip(roles, hinted_shape(H)))
     nodes, node, y_numel = [], H, sizes["b"] * sizes["d"] * sizes["t"]
     # H[..., L-1, ...] (transformers' final state for its cache) is h_last, not readout
-    last = [u for u in H.users if (ts := _time_slice(u)) is not None and ts[0] is H
+    last = [u for u in H.users if (ts := time_slice(u)) is not None and ts[0] is H
             and ts[1] == rec.dim and ts[2] == rec.length - 1 and not ts[3]]
     while True:
         users = [u for u in node.users if u.op == "call_function" and u not in last]
@@ -205,7 +200,7 @@ def match_full_readout(rec: Recurrence) -> Readout:
                               "expected one readout")
             break
         u = users[0]
-        if nodes and _numel(nodes[-1]) == y_numel and not _call(u, *LAYOUT_OPS):
+        if nodes and _numel(nodes[-1]) == y_numel and not is_call(u, *LAYOUT_OPS):
             break
         nodes.append(u)
         node = u
@@ -218,17 +213,17 @@ def match_full_readout(rec: Recurrence) -> Readout:
     if len(leaves) != 1:
         raise NoMatch(f"{end.name}: the readout reads {len(leaves)} other tensors, expected "
                       "one (C)")
-    c_roles, out_roles = _probe_readout(H, roles, leaves[0], end, sizes)
+    c_roles, out_roles = _probe_readout(H, roles, leaves[0], end, sizes, order)
     return Readout(c=leaves[0], c_roles=c_roles, output=end, out_roles=out_roles,
                    nodes=nodes + side, last=last)
 
 
 def _numel(node: fx.Node) -> int:
-    return int(np.prod(hinted_shape(node))) if _is_tensor(node) else -1
+    return int(np.prod(hinted_shape(node))) if is_tensor(node) else -1
 
 
-def _probe_readout(h: fx.Node, h_roles: str, c: fx.Node, end: fx.Node, sizes: dict
-                   ) -> tuple[str, str]:
+def _probe_readout(h: fx.Node, h_roles: str, c: fx.Node, end: fx.Node, sizes: dict,
+                   order: NodeOrder) -> tuple[str, str]:
     """Evaluate the readout on random h and C: is it y = Σ_n C[.., n] h[.., n]?
 
     h_roles names h's axes (b batch, d channel, t time, n state). Tries every way C's
@@ -243,16 +238,16 @@ def _probe_readout(h: fx.Node, h_roles: str, c: fx.Node, end: fx.Node, sizes: di
     if not c_cands or not y_cands:
         raise NoMatch(f"{end.name}: readout shapes C {hinted_shape(c)} → y {hinted_shape(end)} do not fit "
                       f"states {hinted_shape(h)}")
-    step_nodes = sorted(_nodes_between(h, c, end), key=_position)
+    step_nodes = sorted(_nodes_between(h, c, end), key=order)
     key = _probe_key(h, h_roles, c, end, step_nodes)
     if key in _PROBED:
         return _PROBED[key]
     gen = torch.Generator().manual_seed(0)
-    device = _val(h).device  # the graph's own device: its ops may name it
+    device = fake_value(h).device  # the graph's own device: its ops may name it
     if device.type == "meta":  # a report priced on meta: probe values need real data
         device = torch.device("cpu")
-    hv = torch.randn(hinted_shape(h), generator=gen).to(device=device, dtype=_dtype(h))
-    cv = torch.randn(hinted_shape(c), generator=gen).to(device=device, dtype=_dtype(c))
+    hv = torch.randn(hinted_shape(h), generator=gen).to(device=device, dtype=dtype_of(h))
+    cv = torch.randn(hinted_shape(c), generator=gen).to(device=device, dtype=dtype_of(c))
     env = {h: hv, c: cv}
     try:
         for node in step_nodes:
@@ -292,9 +287,9 @@ def _probe_key(h: fx.Node, h_roles: str, c: fx.Node, end: fx.Node, steps: list[f
         return ("node", local[x])
 
     def meta(x: fx.Node) -> Any:
-        return (hinted_shape(x), _dtype(x)) if _is_tensor(x) else repr(_val(x))
+        return (hinted_shape(x), dtype_of(x)) if is_tensor(x) else repr(fake_value(x))
 
-    return (h_roles, meta(h), meta(c), _val(h).device.type, local[end], *(
+    return (h_roles, meta(h), meta(c), fake_value(h).device.type, local[end], *(
         (str(n.target), meta(n), repr(torch.fx.node.map_arg(n.args, name)),
          repr(torch.fx.node.map_arg(n.kwargs, name)))
         for n in steps))

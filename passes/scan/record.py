@@ -2,7 +2,7 @@
 
 A `Recurrence` is what a matcher found (h_t = a_t ⊙ h_{t-1} + b_t along one axis, its
 spelling and the nodes it covers); `Readout` and `Selective` are what the readout and
-producer matchers add to it. See passes/scan.py for the pass itself.
+producer matchers add to it. See passes/scan/__init__.py for the pass itself.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 from torch import fx
 
 from ioaware.passes.views import hinted_shape
+from ioaware.spec import TextEnum
 
 aten = torch.ops.aten
 
@@ -21,12 +22,17 @@ CAST_OPS = {aten._to_copy.default}
 ZERO_FACTORIES = {aten.zeros.default, aten.zeros_like.default, aten.new_zeros.default}
 
 
-class NoMatch(Exception):
-    """A candidate recurrence that is not rewritten; the message is the reason."""
-
-
 # ---------------------------------------------------------------------------------------
 # the match record
+
+
+class ScanForm(TextEnum):
+    """How the recurrence was spelled: an unrolled Python loop, `associative_scan` (the
+    higher-order op or the odd-even tree dynamo inlines), or the closed form with cumsum."""
+
+    LOOP = "loop"
+    ASSOCIATIVE_SCAN = "associative_scan"
+    CUMSUM = "cumsum"
 
 
 @dataclasses.dataclass
@@ -39,7 +45,7 @@ class Recurrence:
     (`all_states`, associative_scan). region: the nodes the rewrite replaces.
     """
 
-    form: str  # "loop" | "associative_scan" | "cumsum"
+    form: ScanForm
     a: Any
     b: fx.Node
     dim: int
@@ -101,41 +107,41 @@ class Selective:
 # small guards
 
 
-def _val(node: Any) -> Any:
+def fake_value(node: Any) -> Any:
     return node.meta.get("val") if isinstance(node, fx.Node) else None
 
 
-def _is_tensor(node: Any) -> bool:
-    return isinstance(_val(node), torch.Tensor)
+def is_tensor(node: Any) -> bool:
+    return isinstance(fake_value(node), torch.Tensor)
 
 
-def _static(node: fx.Node) -> bool:
-    return all(isinstance(s, int) for s in _val(node).shape)
+def is_static(node: fx.Node) -> bool:
+    return all(isinstance(s, int) for s in fake_value(node).shape)
 
 
-def _call(node: Any, *targets: Any) -> bool:
+def is_call(node: Any, *targets: Any) -> bool:
     return isinstance(node, fx.Node) and node.op == "call_function" and node.target in targets
 
 
-def _is_add(node: Any) -> bool:
-    return _call(node, aten.add.Tensor) and node.kwargs.get("alpha", 1) == 1 and len(node.args) == 2
+def is_add(node: Any) -> bool:
+    return is_call(node, aten.add.Tensor) and node.kwargs.get("alpha", 1) == 1 and len(node.args) == 2
 
 
-def _is_mul(node: Any) -> bool:
-    return _call(node, aten.mul.Tensor) and len(node.args) == 2
+def is_mul(node: Any) -> bool:
+    return is_call(node, aten.mul.Tensor) and len(node.args) == 2
 
 
-def _time_slice(node: Any) -> tuple[fx.Node, int, int, bool] | None:
+def time_slice(node: Any) -> tuple[fx.Node, int, int, bool] | None:
     """(X, dim, index, keepdim) when `node` is X[..., index, ...] along `dim`."""
-    if _call(node, aten.select.int):
+    if is_call(node, aten.select.int):
         x, dim, index = node.args
-        rank = _val(x).dim()
+        rank = fake_value(x).dim()
         size = hinted_shape(x)[dim % rank]
         if isinstance(index, int):
             return x, dim % rank, index % size if size else index, False
-    if _call(node, aten.slice.Tensor):
+    if is_call(node, aten.slice.Tensor):
         x, dim, start, end, step = (*node.args, *(0, None, None, 1)[len(node.args) - 1:])
-        rank = _val(x).dim()
+        rank = fake_value(x).dim()
         size = hinted_shape(x)[dim % rank]
         if step == 1 and isinstance(start, int) and isinstance(end, int):
             start = start + size if start < 0 else start
@@ -145,15 +151,15 @@ def _time_slice(node: Any) -> tuple[fx.Node, int, int, bool] | None:
     return None
 
 
-def _is_zero(node: Any) -> bool:
-    if _call(node, *ZERO_FACTORIES):
+def is_zero(node: Any) -> bool:
+    if is_call(node, *ZERO_FACTORIES):
         return True
-    if _call(node, aten.full.default, aten.full_like.default, aten.new_full.default):
+    if is_call(node, aten.full.default, aten.full_like.default, aten.new_full.default):
         return node.args[-1] == 0 if node.target is not aten.new_full.default else node.args[2] == 0
     return False
 
 
-def _same(x: Any, y: Any, depth: int = 8) -> bool:
+def same_structure(x: Any, y: Any, depth: int = 8) -> bool:
     """x and y compute the same value: the same node, or the same op on the same
     arguments (as two `dt[..., None]` spellings of one Δ do)."""
     if x is y:
@@ -164,11 +170,11 @@ def _same(x: Any, y: Any, depth: int = 8) -> bool:
         return False
     if x.target is not y.target or len(x.args) != len(y.args) or x.kwargs != y.kwargs:
         return False
-    return all(_same(a, b, depth - 1) if isinstance(a, fx.Node) else a == b
+    return all(same_structure(a, b, depth - 1) if isinstance(a, fx.Node) else a == b
                for a, b in zip(x.args, y.args))
 
 
-def _dtype(node: fx.Node) -> torch.dtype:
-    return _val(node).dtype
+def dtype_of(node: fx.Node) -> torch.dtype:
+    return fake_value(node).dtype
 
 

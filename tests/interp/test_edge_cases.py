@@ -172,10 +172,10 @@ def test_sdpa_min_mask_tensor_rows_as_the_backend_gives_them(interpret, monkeypa
     # l times too large (its lse m + log l rounds to m, so P recomputes as 1 per key).
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from ioaware.passes.attention import match as attention
+    from ioaware.passes.attention import sdpa
 
     if backend == "cuda":
-        monkeypatch.setattr(attention, "_cuda_semantics", lambda node: True)
+        monkeypatch.setattr(sdpa, "_cuda_semantics", lambda node: True)
     torch._dynamo.reset()
     n = 40
     i = torch.arange(n)

@@ -145,3 +145,12 @@ def test_explain_on_prices_against_the_named_device():
     assert len(explain_on("a100", fn, q, k, v).rewrites) == 1
     with pytest.raises(ValueError, match="device='no-such-gpu'.*h100"):
         explain_on("no-such-gpu", fn, q, k, v)
+
+
+def test_explain_shows_the_seconds_each_pass_took():
+    fn = make("matmul_masked_fill", True, 0.25)
+    q, k, v = qkv()
+    expl = ioaware.explain(fn, q, k, v)
+    assert set(expl.pass_seconds) == {"attention", "scan"}
+    assert all(s >= 0 for s in expl.pass_seconds.values())
+    assert "passes: attention" in str(expl)

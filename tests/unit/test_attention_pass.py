@@ -14,7 +14,9 @@ import torch.nn.functional as F
 from spellings import SPELLINGS, make
 
 from ioaware import capture, hardware
-from ioaware.passes.attention import match as attention
+from ioaware.passes.attention import ATTENTION
+from ioaware.passes.driver import PassContext
+from ioaware.passes.driver import run_pass as drive
 
 aten = torch.ops.aten
 
@@ -31,7 +33,8 @@ def canonical(fn, *args):
 
 
 def run_pass(gm):
-    return attention.run(gm, hardware.get_profile("h100"), "reference", {})
+    out = drive(ATTENTION, gm, PassContext(hardware.get_profile("h100"), "reference", {}))
+    return out.rewrites, out.fallbacks
 
 
 def targets(gm):

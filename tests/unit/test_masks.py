@@ -31,8 +31,8 @@ from torch import fx
 
 from ioaware import capture, cost, hardware
 from ioaware.codegen.attention import reference
-from ioaware.passes.attention import match as attention
-from ioaware.passes.attention import masks
+from ioaware.passes.attention import ATTENTION, masks
+from ioaware.passes.driver import PassContext, run_pass
 from ioaware.passes.views import hint
 from ioaware.spec import B_IDX, KV_IDX, Q_IDX, AttentionSpec
 
@@ -67,11 +67,18 @@ class _Calls(fx.Interpreter):
         return super().call_function(target, args, kwargs)
 
 
+def run_attention(gm, hints=None):
+    """(rewrites, fallbacks) of the attention pass on `gm`, priced on an H100."""
+    ctx = PassContext(hardware.get_profile("h100"), "reference", hints or {})
+    out = run_pass(ATTENTION, gm, ctx)
+    return out.rewrites, out.fallbacks
+
+
 def rewrite(fn, *args):
     """(rewrites, fallbacks, [(spec, q, k, inputs)]) of fn(*args) after the pass."""
     flat = []
     gm = canonical(fn, *args, inputs=flat)
-    rewrites, fallbacks = attention.run(gm, hardware.get_profile("h100"), "reference", {})
+    rewrites, fallbacks = run_attention(gm)
     runner = _Calls(gm)
     runner.run(*flat)
     specs = []
@@ -310,7 +317,7 @@ def test_inexpressible_stays_eager_naming_the_node(fn):
     pad = torch.ones(B, NK, dtype=torch.long)
     gm = canonical(fn, q, k, v, pad)
     before = [n.target for n in gm.graph.nodes]
-    rewrites, fallbacks = attention.run(gm, hardware.get_profile("h100"), "reference", {})
+    rewrites, fallbacks = run_attention(gm)
     node, why = FALLBACKS[fn]
     assert not rewrites and len(fallbacks) == 1
     assert why in fallbacks[0].reason and node in fallbacks[0].reason, fallbacks
@@ -334,8 +341,7 @@ def test_mask_offset_by_a_runtime_size_reads_the_sizes():
 
     torch.compile(fn, backend=backend, dynamic=True)(*qk())
     gm = box["gm"]
-    rewrites, fallbacks = attention.run(gm, hardware.get_profile("h100"), "reference",
-                                        cost.size_hints(gm))
+    rewrites, fallbacks = run_attention(gm, cost.size_hints(gm))
     assert rewrites and not fallbacks, fallbacks
     assert rewrites[0].detail["mask"] == "index(runtime sizes)"
     runner = _Calls(gm)
@@ -388,7 +394,7 @@ def test_block_sparse_masks_cost_less():
     runs = {}
     for window in (64, None):
         gm = canonical(attend(window), q, k, v)
-        runs[window] = attention.run(gm, hardware.get_profile("h100"), "reference", {})[0][0]
+        runs[window] = run_attention(gm)[0][0]
     sparse, causal = runs[64], runs[None]
     assert causal.detail["mask"] == "causal" and "block_density" not in causal.detail
     density = sparse.detail["block_density"]

@@ -16,7 +16,9 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from ioaware import capture, hardware
 from ioaware.codegen.scan import op as scan_ops  # noqa: F401  (registers torch.ops.ioaware)
-from ioaware.passes.scan import rewrite as scan
+from ioaware.passes.driver import PassContext
+from ioaware.passes.driver import run_pass as drive
+from ioaware.passes.scan import SCAN, pricing
 from ioaware.verify import relative_error
 
 aten = torch.ops.aten
@@ -46,7 +48,8 @@ def canonical(fn, *args):
 
 
 def run_pass(gm):
-    return scan.run(gm, hardware.get_profile("h100"), "reference", {})
+    out = drive(SCAN, gm, PassContext(hardware.get_profile("h100"), "reference", {}))
+    return out.rewrites, out.fallbacks
 
 
 def calls(gm, op):
@@ -122,10 +125,10 @@ def test_region_cost_prices_repeated_steps_once_and_counts_them():
 
     gm = canonical(mamba_loop("matmul"), *mamba_inputs(length=9))
     nodes = [n for n in gm.graph.nodes if n.op == "call_function"]
-    keys = {scan._cost_key(n) for n in nodes}
+    keys = {pricing._cost_key(n) for n in nodes}
     assert len(keys) < len(nodes) / 3  # 9 steps share their keys
     plain = sum((c for n in nodes if (c := cost.node_cost(n)) is not None), cost.Cost.zero())
-    grouped = scan.region_cost(nodes)
+    grouped = pricing.region_cost(nodes)
     for field in ("read_bytes", "write_bytes", "flops", "transcendentals", "tensor_flops",
                   "l2_spill_bytes", "sram_bytes", "l2_working_set"):
         diff = getattr(grouped, field) - getattr(plain, field)

@@ -1,0 +1,63 @@
+"""What `explain` and the report say about an attention rewrite: its `Rewrite.detail`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sympy
+
+from ioaware.passes.attention import masks
+from ioaware.passes.attention.pricing import mask_density
+from ioaware.passes.attention.record import AttentionMatch
+from ioaware.spec import H_IDX, KV_IDX, Q_IDX, SCORE, dtype_name
+
+
+def detail_of(m: AttentionMatch) -> dict[str, Any]:
+    """Plain data (text, numbers, lists): what was inferred, by name."""
+    mods = m.mods
+    detail: dict[str, Any] = {"mask": m.mask, "source": m.source.value,
+                              "scale": round(m.scale, 6), "dtype": dtype_name(m.dtype),
+                              "layout": m.layout.value}
+    if mods.score_mod is not None:
+        detail["score_mod"] = _describe_score_mod(mods.score_mod)
+    if m.dims["Hq"] != m.dims["Hkv"]:
+        detail["gqa_groups"] = m.dims["Hq"] // m.dims["Hkv"]
+    if mods.mask is not None:
+        density = mask_density(m)
+        detail["block_density"] = "runtime" if density is None else round(density, 4)
+        detail["mask_semantics"] = mods.semantics.value
+    if mods.dropout_p:
+        detail["dropout_p"] = mods.dropout_p
+    return detail
+
+
+def _describe_score_mod(expr: sympy.Basic) -> list[str]:
+    """Names of the parts of a score_mod: softcap, alibi, relative_bias, bias, index_bias."""
+    names = ["softcap"] if expr.atoms(sympy.tanh) else []
+    plain = {*masks.INDEX_SYMBOLS, sympy.Integer(0)}
+    for term in sympy.Add.make_args(expr):
+        if SCORE in term.free_symbols or term.is_number:
+            continue
+        lds = masks.loads(term)
+        if not lds:
+            names.append("index_bias")
+        elif any(i not in plain and i.free_symbols & {Q_IDX, KV_IDX}
+                 for ld in lds for i in ld.indices):
+            names.append("relative_bias")  # a table read at a computed position index
+        else:
+            names.append("alibi" if _is_alibi(term) else "bias")
+    return list(dict.fromkeys(names))
+
+
+def _is_alibi(term: sympy.Basic) -> bool:
+    """slope[h] · (affine in kv_idx, q_idx): a per-head slope times a distance."""
+    lds = masks.loads(term)
+    if len(lds) != 1:
+        return False
+    ld = next(iter(lds))
+    if not set(ld.indices) <= {H_IDX, sympy.Integer(0)}:
+        return False
+    rest = sympy.simplify(term / ld)
+    syms = rest.free_symbols
+    return bool(syms) and syms <= {Q_IDX, KV_IDX} and rest.is_polynomial(*syms) and \
+        sympy.Poly(rest, *syms).total_degree() == 1

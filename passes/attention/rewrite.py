@@ -1,0 +1,121 @@
+"""Rewriting an attention region: its Spec, and the graph edit that calls the kernel.
+
+The region becomes one call to `ioaware::flash_attention`, or `ioaware::attention` when
+it has a mask, score modification, extra inputs or dropout (the Spec as JSON).
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import sympy
+import torch
+from torch import fx
+
+from ioaware.passes.attention.record import AttentionMatch, Layout, aten, fake_value
+from ioaware.passes.attention.score_chain import size_source
+from ioaware.passes.driver import NoMatch
+from ioaware.spec import AttentionSpec, dtype_name
+
+
+def _exact(expr: sympy.Basic) -> sympy.Basic:
+    """Floats at 17 digits, so `str()` round-trips every bit of the double (finfo.min
+    included; sympy's default 15 digits would round it past the fp32 range)."""
+    return expr.xreplace({f: sympy.Float(repr(float(f)), 17)
+                          for f in expr.atoms(sympy.Float)})
+
+
+def spec_of(m: AttentionMatch) -> AttentionSpec:
+    mods = m.mods
+    return AttentionSpec(
+        head_dim=m.dims["D"], head_dim_v=m.dims["Dv"], dtype=dtype_name(m.dtype),
+        causal=mods.causal, scale=m.scale,
+        mask=None if mods.mask is None else str(_exact(mods.mask)),
+        score_mod=None if mods.score_mod is None else str(_exact(mods.score_mod)),
+        inputs=tuple(mods.data.all_inputs()), mask_semantics=mods.semantics,
+        mask_fill=mods.fill,
+        dropout_p=mods.dropout_p,
+    )
+
+
+def check_inputs_outside(m: AttentionMatch) -> None:
+    """Every tensor the kernel reads must be computed without the region's own nodes."""
+    region = set(m.region)
+    for leaf in m.mods.data.nodes:
+        stack, seen = [leaf], set()
+        while stack:
+            n = stack.pop()
+            if n in region:
+                raise NoMatch(f"{leaf.name}: a mask or bias computed from the scores")
+            if n in seen or len(seen) > 10_000:
+                continue
+            seen.add(n)
+            stack += [a for a in n.all_input_nodes]
+
+
+def apply(gm: fx.GraphModule, m: AttentionMatch) -> None:
+    """Replace the region by a call to ioaware::flash_attention, or ioaware::attention
+    when it has a mask, score modification, extra inputs or dropout."""
+    from ioaware.codegen.attention import op as ops  # noqa: F401  (registers torch.ops.ioaware)
+
+    g = gm.graph
+    out = m.output
+
+    def build(x: Any) -> fx.Node:
+        return x if isinstance(x, fx.Node) else x(g)
+
+    with g.inserting_before(out):
+        # q and k are nodes, or builders that replay their layout chain without a
+        # folded scale (see fold_operand_scale) or transpose Kᵀ back.
+        q, k, v = build(m.q), build(m.k), build(m.v)
+        if m.layout is Layout.ZKD:
+            q = g.call_function(aten.unsqueeze.default, (q, 0))
+            k = g.call_function(aten.unsqueeze.default, (k, 0))
+            k = g.call_function(aten.transpose.int, (k, -2, -1))
+            v = g.call_function(aten.unsqueeze.default, (v, 0))
+        if m.mods.general:
+            res = _general_call(g, m, q, k, v)
+        else:
+            res = g.call_function(torch.ops.ioaware.flash_attention.default,
+                                  (q, k, v, m.scale, m.mods.causal))
+        o = g.call_function(operator.getitem, (res, 0))
+        if m.layout is Layout.ZKD:
+            o = g.call_function(aten.squeeze.dim, (o, 0))
+        elif m.layout is Layout.BHND:
+            o = g.call_function(aten.flatten.using_ints, (o, 0, 1))
+    out.replace_all_uses_with(o)
+    # The region's nodes go explicitly: DCE keeps ops it deems impure (SDPA is
+    # nondeterministic-seeded because of its dropout argument).
+    for n in reversed(m.region):
+        if not n.users:
+            g.erase_node(n)
+    g.eliminate_dead_code()
+    gm.recompile()
+
+
+def _general_call(g: fx.Graph, m: AttentionMatch, q: fx.Node, k: fx.Node, v: fx.Node
+                  ) -> fx.Node:
+    inputs = []
+    for n in m.mods.data.nodes:
+        if fake_value(n).dim() == 0:  # read as a 1-element vector
+            n = g.call_function(aten.reshape.default, (n, [1]))
+        inputs.append(n)
+    if m.mods.data.sizes:  # the runtime sizes the expressions read, as int64 [n]
+        device = fake_value(m.output).device
+        scalars = []
+        for sym in m.mods.data.sizes:
+            src, dim = size_source(g, sym)
+            size = src if dim is None else g.call_function(aten.sym_size.int, (src, dim))
+            scalars.append(g.call_function(aten.scalar_tensor.default, (size,),
+                                           {"dtype": torch.int64, "device": device}))
+        inputs.append(g.call_function(aten.stack.default, (scalars,)))
+    seed = None
+    if m.mods.dropout_p > 0:
+        # Drawn from torch's generator in the graph, so every call differs as in eager
+        # and torch.manual_seed makes a run reproducible.
+        device = fake_value(m.output).device
+        seed = g.call_function(aten.randint.low, (0, 2**31 - 1, [2]),
+                               {"dtype": torch.int64, "device": device})
+    return g.call_function(torch.ops.ioaware.attention.default,
+                           (q, k, v, inputs, spec_of(m).to_json(), seed))
