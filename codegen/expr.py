@@ -1,6 +1,6 @@
 """Print an AttentionSpec's mask and score expressions as Triton code.
 
-Two printers over the grammar of `ioaware.spec.AttentionSpec` (relationals, And/Or/Not,
+Two printers over the grammar of `codegen/attention/spec.py:AttentionSpec` (relationals, And/Or/Not,
 Piecewise, Min/Max, Abs, floor, Mod, exp, log, tanh, + − × ÷, integer powers, loads
 `name[i0, ...]`):
 
@@ -35,7 +35,8 @@ import sympy
 import torch
 from sympy.core.relational import Relational
 
-from ioaware.spec import B_IDX, H_IDX, KV_IDX, Q_IDX, SCORE, AttentionSpec, TensorInput
+from ioaware.codegen.attention.spec import AttentionSpec
+from ioaware.spec import B_IDX, H_IDX, KV_IDX, Q_IDX, SCORE, TensorInput
 
 from .render import reduction
 

@@ -21,7 +21,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from ioaware.hardware import DeviceProfile
-from ioaware.tiles import SRAM_HEADROOM
+from ioaware.tiles import tile_budget
 
 # The import block of a module that only defines and launches kernels.
 TRITON_IMPORTS = ("import triton", "import triton.language as tl")
@@ -83,7 +83,7 @@ def shared_memory_budget(profile: DeviceProfile) -> int:
     per-block limit less what Triton's layout conversions and reductions take beside the
     tiles (`ioaware.tiles.SRAM_HEADROOM`; 200 KB of an H100's 227 KB), the budget the
     cost model's tiles are chosen under too."""
-    return int(profile.sram_per_block * SRAM_HEADROOM)
+    return tile_budget(profile)
 
 
 # The host side of a launch whose tile is chosen by timing, for kernels that build

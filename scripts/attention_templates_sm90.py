@@ -26,8 +26,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from ioaware.codegen.attention import backward, forward
+from ioaware.codegen.attention.spec import AttentionSpec
 from ioaware.codegen.cache import _import_file
-from ioaware.spec import AttentionSpec
 
 POINTERS = {"Lse": "*fp32", "Delta": "*fp32", "dLse": "*fp32", "Seed": "*i64",
             "FullCnt": "*i32", "FullList": "*i32", "PartCnt": "*i32", "PartList": "*i32",

@@ -28,7 +28,7 @@ from ioaware.codegen.cache import device_tag, load_kernel_module
 from ioaware.codegen.scan import backward as scan_bwd
 from ioaware.codegen.scan import forward as scan_fwd
 from ioaware.codegen.scan import reference as scan_reference
-from ioaware.spec import ScanSpec
+from ioaware.codegen.scan.spec import ScanSpec
 
 PROBLEM = ScanProblem()  # the shape
 SPEC = ScanSpec(kind="selective", dtype="bfloat16", d_state=16, delta_dtype="bfloat16",

@@ -39,8 +39,8 @@ from __future__ import annotations
 import string
 
 from ioaware import hardware
+from ioaware.codegen.attention.spec import AttentionSpec
 from ioaware.hardware import DeviceProfile
-from ioaware.spec import AttentionSpec
 
 from ..expr import grad_params
 from ..render import TORCH_TRITON_IMPORTS, format_configs, module_preamble, shared_memory_budget

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import sympy
 
-from ioaware.spec import B_IDX, H_IDX, AttentionSpec
+from ioaware.codegen.attention.spec import AttentionSpec
+from ioaware.spec import B_IDX, H_IDX
 
 from ..expr import IntervalPrinter, TritonPrinter, input_params, uses
 from ..render import reduction

@@ -34,8 +34,8 @@ from __future__ import annotations
 import string
 
 from ioaware import hardware
+from ioaware.codegen.attention.spec import AttentionSpec
 from ioaware.hardware import DeviceProfile
-from ioaware.spec import AttentionSpec
 
 from ..render import (
     TRITON_IMPORTS,

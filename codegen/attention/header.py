@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import string
 
-from ioaware.spec import AttentionSpec
+from ioaware.codegen.attention.spec import AttentionSpec
 
 from ..expr import input_params, mod_functions
 from ..render import TORCH_TRITON_IMPORTS, TUNER, reduction

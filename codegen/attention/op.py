@@ -31,7 +31,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ioaware.spec import DTYPES, INPUT_DTYPES, AttentionSpec, dtype_name
+from ioaware.codegen.attention.spec import AttentionSpec
+from ioaware.spec import DTYPES, INPUT_DTYPES, dtype_name
 
 from ..runtime import backend_name, device_context, kernel_module
 from . import reference

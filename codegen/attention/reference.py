@@ -20,7 +20,8 @@ from collections.abc import Sequence
 import sympy
 import torch
 
-from ioaware.spec import B_IDX, H_IDX, KV_IDX, Q_IDX, SCORE, AttentionSpec
+from ioaware.codegen.attention.spec import AttentionSpec
+from ioaware.spec import B_IDX, H_IDX, KV_IDX, Q_IDX, SCORE
 
 
 def _expand_kv(x: torch.Tensor, group: int) -> torch.Tensor:

@@ -40,8 +40,8 @@ from __future__ import annotations
 
 import string
 
+from ioaware.codegen.scan.spec import ScanSpec
 from ioaware.hardware import DeviceProfile
-from ioaware.spec import ScanSpec
 
 from ..render import TORCH_TRITON_IMPORTS
 from .forward import (

@@ -36,8 +36,9 @@ import string
 from collections.abc import Callable, Sequence
 
 from ioaware import hardware
+from ioaware.codegen.scan.spec import ScanSpec
 from ioaware.hardware import DeviceProfile
-from ioaware.spec import DTYPES, ScanSpec
+from ioaware.spec import DTYPES
 
 from ..render import TRITON_IMPORTS, format_configs, launch_configs, module_preamble, reduction
 from .tiles import scan_chunk_candidates

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import string
 
+from ioaware.codegen.scan.spec import ScanSpec
 from ioaware.hardware import DeviceProfile
-from ioaware.spec import ScanSpec
 
 from ..render import TRITON_IMPORTS, format_configs, launch_configs, module_preamble
 from .forward import TUNE_MIN_STEPS, primitives

@@ -25,7 +25,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ioaware.spec import DTYPES, ScanSpec, dtype_name
+from ioaware.codegen.scan.spec import ScanSpec
+from ioaware.spec import DTYPES, dtype_name
 
 from ..runtime import backend_name, device_context, kernel_module
 from . import reference as scan_reference

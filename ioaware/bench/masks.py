@@ -114,7 +114,8 @@ def _materialised(kind: str, problem: AttentionProblem, extra: torch.Tensor,
 
 
 def _spec(kind: str, problem: AttentionProblem):
-    from ioaware.spec import AttentionSpec, TensorInput, dtype_name
+    from ioaware.codegen.attention.spec import AttentionSpec
+    from ioaware.spec import TensorInput, dtype_name
 
     common = {"head_dim": problem.head_dim, "head_dim_v": problem.head_dim,
               "dtype": dtype_name(problem.dtype), "causal": True,

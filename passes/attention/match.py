@@ -188,7 +188,8 @@ def match_softmax(sm: fx.Node) -> AttentionMatch:
     dtype = fake_value(q3).dtype
     for name, t in (("q", q3), ("k", kt3), ("v", v3), ("probabilities", p3)):
         if fake_value(t).dtype != dtype:
-            raise NoMatch(f"{pv.name}: {name} is {fake_value(t).dtype}, q is {dtype} (mixed dtypes)")
+            raise NoMatch(f"{pv.name}: {name} is {fake_value(t).dtype}, q is {dtype} "
+                          "(mixed dtypes)")
     if dtype not in DTYPES.values():
         raise NoMatch(f"{qk.name}: dtype {dtype} is not fp16/bf16/fp32")
 

@@ -17,8 +17,9 @@ import sympy
 import torch
 from torch import fx
 
+from ioaware.codegen.attention.spec import MaskSemantics
 from ioaware.passes.attention import masks
-from ioaware.spec import MaskSemantics, TextEnum
+from ioaware.spec import TextEnum
 
 aten = torch.ops.aten
 

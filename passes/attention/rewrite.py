@@ -13,10 +13,11 @@ import sympy
 import torch
 from torch import fx
 
+from ioaware.codegen.attention.spec import AttentionSpec
 from ioaware.passes.attention.record import AttentionMatch, Layout, aten, fake_value
 from ioaware.passes.attention.score_chain import size_source
 from ioaware.passes.driver import NoMatch
-from ioaware.spec import AttentionSpec, dtype_name
+from ioaware.spec import dtype_name
 
 
 def _exact(expr: sympy.Basic) -> sympy.Basic:

@@ -20,6 +20,7 @@ import sympy
 import torch
 from torch import fx
 
+from ioaware.codegen.attention.spec import MaskSemantics
 from ioaware.passes.attention import masks
 from ioaware.passes.attention.record import (
     ADD_OPS,
@@ -35,7 +36,7 @@ from ioaware.passes.attention.record import (
 )
 from ioaware.passes.driver import NoMatch
 from ioaware.passes.views import LAYOUT_OPS, shape_of
-from ioaware.spec import SCORE, MaskSemantics
+from ioaware.spec import SCORE
 
 # The raw product q·k (before any scale) while the score chain is interpreted.
 RAW = sympy.Symbol("raw", real=True)

@@ -11,6 +11,7 @@ import sympy
 import torch
 from torch import fx
 
+from ioaware.codegen.attention.spec import MaskSemantics
 from ioaware.passes.attention import masks
 from ioaware.passes.attention.operands import kv_source
 from ioaware.passes.attention.record import (
@@ -29,7 +30,7 @@ from ioaware.passes.attention.score_chain import (
 )
 from ioaware.passes.driver import NoMatch
 from ioaware.passes.views import hinted_shape
-from ioaware.spec import DTYPES, SCORE, MaskSemantics
+from ioaware.spec import DTYPES, SCORE
 
 _SDPA_DEFAULTS = {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None,
                   "enable_gqa": False}

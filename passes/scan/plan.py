@@ -19,6 +19,7 @@ from torch import fx
 from ioaware import cost
 from ioaware.codegen.scan import tiles
 from ioaware.codegen.scan.price import linear_scan_cost, selective_scan_cost
+from ioaware.codegen.scan.spec import ScanKind, ScanSpec
 from ioaware.passes.driver import NoMatch
 from ioaware.passes.scan.fusion import (
     Epilogue,
@@ -31,7 +32,7 @@ from ioaware.passes.scan.order import NodeOrder
 from ioaware.passes.scan.readout import match_full_readout, match_readout
 from ioaware.passes.scan.record import Readout, Recurrence, Selective, dtype_of, is_tensor
 from ioaware.passes.views import hinted_shape
-from ioaware.spec import DTYPES, ScanKind, ScanSpec, dtype_name
+from ioaware.spec import DTYPES, dtype_name
 
 
 @dataclasses.dataclass(frozen=True)

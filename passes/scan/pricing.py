@@ -45,7 +45,7 @@ def _cost_key(n: fx.Node) -> Any:
     if n.op != "call_function":
         return n
     inputs = n.all_input_nodes
-    roots = [cost._storage_root(x) for x in inputs]
+    roots = [cost.storage_root(x) for x in inputs]
 
     def meta(x: fx.Node) -> Any:
         v = fake_value(x)

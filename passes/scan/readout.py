@@ -165,7 +165,8 @@ def match_readout(rec: Recurrence, order: NodeOrder) -> Readout:
     t0 = 0 if not rec.reverse else rec.length - 1
     h = states[t0]
     if fake_value(h).dim() != 3:
-        raise NoMatch(f"{h.name}: state of shape {hinted_shape(h)}, the fused scan wants [Bt, Dc, N]")
+        raise NoMatch(f"{h.name}: state of shape {hinted_shape(h)}, the fused scan wants "
+                      "[Bt, Dc, N]")
     sizes = dict(zip("bdn", hinted_shape(h)))
     # leaves_all[0] belongs to the first step visited, t0
     c_roles, out_roles = _probe_readout(h, "bdn", leaves_all[0][0], outs[t0], sizes,
@@ -208,7 +209,8 @@ def match_full_readout(rec: Recurrence, order: NodeOrder) -> Readout:
             raise NoMatch(f"{H.name}: no readout to [Bt, Dc, L] within 16 nodes")
     end = nodes[-1] if nodes else H
     if _numel(end) != y_numel:
-        raise NoMatch(f"{end.name}: the states are read out into {hinted_shape(end)}, not [Bt, Dc, L]")
+        raise NoMatch(f"{end.name}: the states are read out into {hinted_shape(end)}, "
+                      "not [Bt, Dc, L]")
     side, leaves = _side_inputs(nodes, H, leaf=lambda x: True)
     if len(leaves) != 1:
         raise NoMatch(f"{end.name}: the readout reads {len(leaves)} other tensors, expected "
@@ -236,7 +238,8 @@ def _probe_readout(h: fx.Node, h_roles: str, c: fx.Node, end: fx.Node, sizes: di
     c_cands = [r for rs in c_sets for r in _perms(rs) if _fits(r, c, sizes)]
     y_cands = [r for r in _perms(y_roles) if _fits(r, end, sizes)]
     if not c_cands or not y_cands:
-        raise NoMatch(f"{end.name}: readout shapes C {hinted_shape(c)} → y {hinted_shape(end)} do not fit "
+        raise NoMatch(f"{end.name}: readout shapes C {hinted_shape(c)} → "
+                      f"y {hinted_shape(end)} do not fit "
                       f"states {hinted_shape(h)}")
     step_nodes = sorted(_nodes_between(h, c, end), key=order)
     key = _probe_key(h, h_roles, c, end, step_nodes)

@@ -124,7 +124,8 @@ def is_call(node: Any, *targets: Any) -> bool:
 
 
 def is_add(node: Any) -> bool:
-    return is_call(node, aten.add.Tensor) and node.kwargs.get("alpha", 1) == 1 and len(node.args) == 2
+    return (is_call(node, aten.add.Tensor) and node.kwargs.get("alpha", 1) == 1
+            and len(node.args) == 2)
 
 
 def is_mul(node: Any) -> bool:

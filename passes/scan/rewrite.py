@@ -9,12 +9,12 @@ import operator
 import torch
 from torch import fx
 
+from ioaware.codegen.scan.spec import ScanKind
 from ioaware.passes.scan.fusion import Epilogue, frame_axes
 from ioaware.passes.scan.order import NodeOrder
 from ioaware.passes.scan.plan import ScanPlan
 from ioaware.passes.scan.record import Readout, Recurrence, Selective, aten, dtype_of, fake_value
 from ioaware.passes.views import hinted_shape
-from ioaware.spec import ScanKind
 
 
 def apply(gm: fx.GraphModule, plan: ScanPlan) -> None:

@@ -163,7 +163,8 @@ def match_loop(chain: list[fx.Node]) -> Recurrence:
               and (n in (s, m) or time_slice(n))]
     a_full = a0 if a_const else a_slice0[0]
     return Recurrence(form=ScanForm.LOOP, a=a_full, b=b_src, dim=dim, length=length,
-                      reverse=reverse, h0=h0, anchor=chain[0], region=region, states=states, a_const=a_const,
+                      reverse=reverse, h0=h0, anchor=chain[0], region=region, states=states,
+                      a_const=a_const,
                       keepdim=keepdim)
 
 
@@ -260,7 +261,8 @@ def match_hop(gm: fx.GraphModule, node: fx.Node) -> Recurrence:
     # reads it (captures on CUDA keep the getitem alive) gets that instead.
     products = [u for u in outs if u.args[1] == 0 and u.users]
     return Recurrence(form=ScanForm.ASSOCIATIVE_SCAN, a=a, b=b, dim=0,
-                      length=hinted_shape(b)[0], reverse=False, h0=None, anchor=node, region=[node, *outs],
+                      length=hinted_shape(b)[0], reverse=False, h0=None, anchor=node,
+                      region=[node, *outs],
                       all_states=states[0], products=products[0] if products else None)
 
 
@@ -370,7 +372,8 @@ def tree_candidates(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node]]:
         sx, sy = _odd_even(x), _odd_even(y)
         if sx and sy and sx[1] != sy[1]:
             a, b = (sx[0], sy[0]) if sx[1] == 1 else (sy[0], sx[0])
-            if (a is not b and is_tensor(a) and hinted_shape(a) == hinted_shape(b) and (a, b) not in pairs
+            if (a is not b and is_tensor(a) and hinted_shape(a) == hinted_shape(b)
+                    and (a, b) not in pairs
                     and not _combined(a) and not _combined(b)):
                 pairs.append((a, b))
     return pairs
@@ -423,7 +426,8 @@ def match_tree(gm: fx.GraphModule, a: fx.Node, b: fx.Node) -> Recurrence:
                       "step is missing)")
     keep = _ancestors(found, set(region))
     return Recurrence(form=ScanForm.ASSOCIATIVE_SCAN, a=a, b=b, dim=0, length=length,
-                      reverse=reverse, h0=None, anchor=found, region=[n for n in region if n in keep],
+                      reverse=reverse, h0=None, anchor=found,
+                      region=[n for n in region if n in keep],
                       all_states=found)
 
 
@@ -513,23 +517,26 @@ def match_closed_form(node: fx.Node) -> Recurrence:
             continue
         prod = _cumulative_product(p)
         inner = s.args[0]
-        if prod is None or not is_call(inner, aten.div.Tensor) or not same_structure(inner.args[1], p):
+        if (prod is None or not is_call(inner, aten.div.Tensor)
+                or not same_structure(inner.args[1], p)):
             continue
         a, dim, is_log = prod
         b = inner.args[0]
         if s.args[1] % fake_value(s).dim() != dim or not is_tensor(b) or not is_tensor(a):
             raise NoMatch(f"{node.name}: the cumulative product and sum run along different "
                           "axes")
-        if fake_value(b).dim() != fake_value(node).dim() or fake_value(a).dim() != fake_value(node).dim():
-            raise NoMatch(f"{node.name}: a and b of ranks {fake_value(a).dim()}, {fake_value(b).dim()} "
-                          "broadcast into the state")
+        rank = fake_value(node).dim()
+        if fake_value(b).dim() != rank or fake_value(a).dim() != rank:
+            raise NoMatch(f"{node.name}: a and b of ranks {fake_value(a).dim()}, "
+                          f"{fake_value(b).dim()} broadcast into the state")
         region = [node, s, inner, p, *([p.args[0]] if is_call(p, aten.exp.default) else [])]
         if is_call(p, aten.exp.default) and is_call(p.args[0].args[0], aten.log.default):
             region.append(p.args[0].args[0])
         if inner.args[1] is not p:
             region += [inner.args[1], inner.args[1].args[0]]
         return Recurrence(form=ScanForm.CUMSUM, a=a, b=b, dim=dim,
-                          length=hinted_shape(node)[dim], reverse=False, h0=None, anchor=node, region=region,
+                          length=hinted_shape(node)[dim], reverse=False, h0=None, anchor=node,
+                          region=region,
                           all_states=node, a_is_log=is_log)
     raise NoMatch(f"{node.name}: a product with a cumsum that is not P·cumsum(b / P) with "
                   "P = exp(cumsum(log a)) or cumprod(a) on the same axis")

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from ioaware.codegen.attention import op as ops
-from ioaware.spec import AttentionSpec, TensorInput
+from ioaware.codegen.attention.spec import AttentionSpec
+from ioaware.spec import TensorInput
 from ioaware.verify import relative_error
 
 pytestmark = [

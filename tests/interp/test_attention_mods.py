@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 from sm90 import compile_sm90, has_ptx_backend, import_compiled
 
 from ioaware.codegen.attention import op as ops
+from ioaware.codegen.attention.spec import AttentionSpec
 from ioaware.config import config
-from ioaware.spec import AttentionSpec, TensorInput
+from ioaware.spec import TensorInput
 from ioaware.verify import relative_error
 
 # ‖a − b‖ / ‖b‖ per dtype: a few units of rounding (the kernels accumulate in fp32).

@@ -143,8 +143,9 @@ def test_additive_min_mask_handed_in_as_a_tensor(interpret, dtype):
 def test_only_plain_loaded_summands_pay_the_overflow_check():
     # The kernels test each logit for the log2 overflow only where the score mod may add
     # a tensor's value as it is; ALiBi's slope times distance and soft-capping cannot.
-    from ioaware.codegen.attention.forward import adds_loaded_values
-    from ioaware.spec import AttentionSpec, TensorInput
+    from ioaware.codegen.attention.header import adds_loaded_values
+    from ioaware.codegen.attention.spec import AttentionSpec
+    from ioaware.spec import TensorInput
 
     def spec(mod, *inputs):
         return AttentionSpec(head_dim=16, head_dim_v=16, dtype="float32", causal=True,

@@ -321,7 +321,7 @@ def test_opcheck(optional):
 
 
 def test_scan_spec_validates_and_keys():
-    from ioaware.spec import ScanSpec
+    from ioaware.codegen.scan.spec import ScanSpec
 
     spec = ScanSpec(kind="selective", dtype="bfloat16", d_state=16, has_z=True)
     assert spec.key() == ScanSpec(kind="selective", dtype="bfloat16", d_state=16,
@@ -358,7 +358,7 @@ def test_scan_kernels_compile_for_sm90(tmp_path):
     for sm_90 here, no GPU needed: a break shows up in CI, not first on the device."""
     from ioaware.codegen.scan import backward as scan_bwd
     from ioaware.codegen.scan import forward as scan_fwd
-    from ioaware.spec import ScanSpec
+    from ioaware.codegen.scan.spec import ScanSpec
 
     spec = ScanSpec(kind="selective", dtype="bfloat16", d_state=16, delta_dtype="bfloat16",
                     bc_dtype="bfloat16", has_D=True, has_z=True, has_delta_bias=True,

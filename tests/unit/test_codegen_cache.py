@@ -15,9 +15,9 @@ from ioaware.codegen import cache
 from ioaware.codegen.attention import backward as attention_bwd
 from ioaware.codegen.attention import forward as attention_fwd
 from ioaware.codegen.attention.header import MAX_TUNE_CONFIGS
-from ioaware.config import config
-from ioaware.spec import AttentionSpec
+from ioaware.codegen.attention.spec import AttentionSpec
 from ioaware.codegen.attention.tiles import padded_head_dim
+from ioaware.config import config
 
 SPEC = AttentionSpec(head_dim=64, head_dim_v=64, dtype="bfloat16", causal=True, scale=0.125)
 VERSIONS = {"ioaware": "0.1.0", "torch": "2.13.0", "triton": "3.9.0", "renderers": "abc"}
@@ -164,7 +164,7 @@ def test_tuning_candidates_come_from_the_profiles_tiles(monkeypatch):
     from ioaware.codegen.attention import tiles as attention_tiles
     from ioaware.codegen.scan import forward as scan_fwd
     from ioaware.codegen.scan import tiles as scan_tiles
-    from ioaware.spec import ScanSpec
+    from ioaware.codegen.scan.spec import ScanSpec
 
     monkeypatch.setattr(hardware, "get_profile", lambda name=None: hardware.PROFILES["h100"])
     masked = dataclasses.replace(SPEC, head_dim=128, head_dim_v=128, mask="q_idx - kv_idx < 512")

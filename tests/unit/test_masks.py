@@ -31,10 +31,11 @@ from torch import fx
 
 from ioaware import capture, cost, hardware
 from ioaware.codegen.attention import reference
+from ioaware.codegen.attention.spec import AttentionSpec
 from ioaware.passes.attention import ATTENTION, masks
 from ioaware.passes.driver import PassContext, run_pass
 from ioaware.passes.views import hint
-from ioaware.spec import B_IDX, KV_IDX, Q_IDX, AttentionSpec
+from ioaware.spec import B_IDX, KV_IDX, Q_IDX
 
 B, H, NQ, NK, D = 2, 3, 6, 9, 8
 
