@@ -44,6 +44,9 @@ class TextEnum(str, enum.Enum):
     def __str__(self) -> str:
         return self.value
 
+    def __repr__(self) -> str:  # a rendered module's docstring prints Spec fields by repr
+        return repr(self.value)
+
 
 def dtype_name(dtype: torch.dtype) -> str:
     for name, dt in DTYPES.items():

@@ -77,6 +77,17 @@ def test_rendered_source_is_python_and_differs_by_spec(render):
     assert repr(SPEC.scale) in sources[True, False]
 
 
+def test_rendered_docstring_prints_text_enums_as_their_text():
+    # MaskSemantics is a TextEnum: the Spec a module documents reads as it did when the
+    # field was a plain string, so the rendered text (and Triton's binary) is unchanged.
+    spec = AttentionSpec(head_dim=64, head_dim_v=64, dtype="bfloat16", causal=False,
+                         scale=0.125, mask="kv_idx <= q_idx", mask_semantics="fill",
+                         mask_fill=-1e4)
+    assert repr(spec.mask_semantics) == "'fill'"
+    for render in (attention_fwd.render_forward, attention_bwd.render_backward):
+        assert "    mask_semantics='fill',\n" in render(spec, interpret=True)
+
+
 def test_padded_head_dims():
     assert [padded_head_dim(d) for d in (1, 16, 17, 40, 64, 80, 128, 129, 256)] == [
         16, 16, 32, 64, 64, 128, 128, 256, 256]
