@@ -56,9 +56,10 @@ class Spec(Protocol):
 @dataclasses.dataclass(frozen=True)
 class Renderer:
     """How one kind of kernel module is made: `render(spec, interpret=..., profile=...)`
-    returns its source, its configs sized for the DeviceProfile `profile`; `sources` are the modules whose text decides that source (the templates and
-    what they print through), hashed into the cache key so that editing one invalidates
-    the entries it made."""
+    returns its source, its configs sized for the DeviceProfile `profile`; `sources` are
+    the modules whose text decides that source (the templates and what they print
+    through), hashed into the cache key so that editing one invalidates the entries it
+    made."""
 
     render: Callable[..., str]
     sources: tuple[ModuleType, ...]

@@ -16,8 +16,9 @@ linear_scan: h_t = a_t · h_{t-1} + b_t along dim 1 of a, b: [R, L, F] (t from L
   to 0 when reverse), h_{-1} = h0 [R, F] or 0, fp32 accumulation;
   h: [R, L, F] contiguous in promote_types(a.dtype, b.dtype).
 
-Dispatch per call, as every family (codegen/runtime.py): CUDA -> compiled Triton; CPU with config.interpret
--> the same kernels under Triton's interpreter; otherwise scan_reference.py (fp32 torch).
+Dispatch per call, as every family (codegen/runtime.py): CUDA -> compiled Triton; CPU
+with config.interpret -> the same kernels under Triton's interpreter; otherwise
+reference.py (fp32 torch).
 """
 
 from __future__ import annotations
