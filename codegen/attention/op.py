@@ -55,8 +55,6 @@ def _fits_one_grid(q: Tensor) -> bool:
     return q.shape[0] * q.shape[1] <= MAX_GRID_Y
 
 
-
-
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor, scale: float) -> None:
     """Raise ValueError naming the offending argument; see the module docstring."""
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -91,8 +89,6 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, scale: float) -> None:
             raise ValueError(f"head dim {name}={d} must be between 1 and 256")
     if not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale={scale} must be a positive finite float")
-
-
 
 
 def _plain_forward(module, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor) -> None:

@@ -90,7 +90,6 @@ def kv_source(x: Any) -> tuple[Any, int]:
     return x, 1
 
 
-
 def split_heads(chain: list[fx.Node], z: int, nq: int, nk: int) -> tuple[int, int] | None:
     """(B, H) when the score chain views [Z, Nq, Nk] as [B, H, Nq, Nk] with static sizes."""
     for n in chain:
