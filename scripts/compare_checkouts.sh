@@ -11,8 +11,8 @@
 # cache, so neither reads the other's modules. CASES picks cases (default: all five).
 set -uo pipefail
 base=${BASE:?BASE must name the checkout to compare against}
-out=${OUT:-out}
-mkdir -p "$out"
+out=$(mkdir -p "${OUT:-out}" && cd "${OUT:-out}" && pwd)
+base=$(cd "$base" && pwd)
 export PYTHONUNBUFFERED=1
 for name in base this; do
   src=$([ "$name" = base ] && echo "$base" || echo .)
@@ -46,9 +46,10 @@ for case in ${CASES:-dense sliding_window alibi document scan}; do
   esac
   for name in base this; do
     echo "== $case, $name" >&2
-    PYTHONPATH="/tmp/ioaware-$name" IOAWARE_CACHE_DIR="/tmp/ioaware-cache-$name" \
+    # from /tmp: run from the repository root, `-c` would import its ioaware/ instead
+    (cd /tmp && PYTHONPATH="/tmp/ioaware-$name" IOAWARE_CACHE_DIR="/tmp/ioaware-cache-$name" \
       timeout "${CASE_TIMEOUT:-240}" python3 -c "$runner" $args >"$out/$case-$name.json" \
-      2>"$out/$case-$name.log" || { echo "compare: $case ($name) failed" >&2
+      2>"$out/$case-$name.log") || { echo "compare: $case ($name) failed" >&2
       tail -5 "$out/$case-$name.log" >&2; }
   done
 done
