@@ -347,10 +347,11 @@ def profile_name_for(device_name: str) -> str | None:
     return None
 
 
-def _current_cuda_profile_name() -> str | None:
+def _cuda_profile_name(index: int | None = None) -> str | None:
+    """The built-in profile of CUDA device `index` (the current one for None), if any."""
     if not torch.cuda.is_available():
         return None
-    return profile_name_for(torch.cuda.get_device_name())
+    return profile_name_for(torch.cuda.get_device_name(index))
 
 
 def get_profile(name: str | DeviceProfile | None = None) -> DeviceProfile:
@@ -365,7 +366,7 @@ def get_profile(name: str | DeviceProfile | None = None) -> DeviceProfile:
         return name
     argument = "name"
     if name is None:
-        name = _current_cuda_profile_name()
+        name = _cuda_profile_name()
         if name is None:
             argument, name = "config.default_device", config.default_device
     key = str(name).strip().lower()
@@ -385,9 +386,5 @@ def device_profile(device: torch.device | str) -> DeviceProfile:
     may differ from the current device), anything else as `get_profile(None)`. The
     backend prices a graph on it and the codegen sizes its kernels' tiles for it."""
     device = torch.device(device)
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        name = profile_name_for(torch.cuda.get_device_name(index))
-        if name is not None:
-            return get_profile(name)
-    return get_profile(None)
+    name = _cuda_profile_name(device.index) if device.type == "cuda" else None
+    return get_profile(name)

@@ -19,12 +19,18 @@ from ioaware.cost import (
     Cost,
     Size,
     ceil_div,
-    register_kernel_price,
     register_price,
     reread_working_set,
     sym,
 )
-from ioaware.cost.nodes import heads_and_batch, meta_val, numel, schema_arg
+from ioaware.cost.nodes import (
+    distinct_numel,
+    heads_and_batch,
+    meta_val,
+    numel,
+    schema_arg,
+    storage_root,
+)
 
 # Default FlashAttention tiles when an op does not say which it uses (FA2's forward tile
 # for head_dim 128 on A100/H100: 128 query rows x 64 key rows).
@@ -172,7 +178,6 @@ def _block_density(block_density: float | sympy.Expr) -> sympy.Expr:
     return density
 
 
-@register_kernel_price("flash_attention")  # what SDPA is priced as (ioaware/cost/aten.py)
 def flash_attention_cost(
     B: Size, Hq: Size, Hkv: Size, Nq: Size, Nk: Size, D: Size, Dv: Size, itemsize: int,
     causal: bool, block_m: int = DEFAULT_BLOCK_M, block_n: int = DEFAULT_BLOCK_N,
@@ -334,4 +339,31 @@ def _ioaware_flash_attention_backward(node: fx.Node) -> Cost:
     dlse = schema_arg(node, "dlse")
     if isinstance(dlse, fx.Node) and isinstance(meta_val(dlse), torch.Tensor):
         cost += Cost(read_bytes=numel(meta_val(dlse)) * LSE_ITEMSIZE)
+    return cost
+
+
+# PyTorch's fused SDPA runs FlashAttention: it costs what the kernel's closed form says.
+@register_price(
+    "scaled_dot_product_attention", "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+    "_scaled_dot_product_flash_attention_for_cpu",
+)
+def _sdpa(node: fx.Node) -> Cost | None:
+    """The fused kernel's traffic (flash_attention_cost with the default tiles), plus one
+    read of attn_mask/attn_bias at its own (broadcast) size when there is one. Registered
+    by this family, so SDPA is unpriced until the family is imported."""
+    q, k, v = (meta_val(node.args[i]) for i in range(3))
+    batch, hq = heads_and_batch(q)
+    _, hkv = heads_and_batch(k)
+    causal = bool(schema_arg(node, "is_causal", False))
+    cost = flash_attention_cost(
+        batch, hq, hkv, q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1],
+        q.dtype.itemsize, causal,
+    )
+    mask = schema_arg(node, "attn_mask")
+    if mask is None:
+        mask = schema_arg(node, "attn_bias")
+    if isinstance(mask, fx.Node) and isinstance(meta_val(mask), torch.Tensor):
+        m = meta_val(storage_root(mask))
+        cost += Cost(read_bytes=distinct_numel(m) * m.dtype.itemsize)
     return cost

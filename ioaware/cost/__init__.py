@@ -67,9 +67,7 @@ from ioaware.cost.rules import (
     GraphCost,
     Rule,
     graph_cost,
-    kernel_price,
     node_cost,
-    register_kernel_price,
     register_price,
     size_hints,
 )
@@ -78,8 +76,8 @@ from ioaware.cost.working_set import reread_working_set
 __all__ = [
     "FLOPS_PER_FMA", "L2_USABLE_FRACTION", "MATMUL_TILE", "NUM_SMS", "PROGRAMS_IN_FLIGHT",
     "REGISTERS_PER_PROGRAM", "Cost", "GraphCost", "Hints", "Rule", "Size", "bound",
-    "ceil_div", "ceilings", "dram_bytes", "graph_cost", "kernel_price", "l2_hits",
+    "ceil_div", "ceilings", "dram_bytes", "graph_cost", "l2_hits",
     "matmul_l2_spill", "modelled_time", "node_cost", "programs_in_flight",
-    "register_kernel_price", "register_price", "reread_working_set", "rewrite_pays",
+    "register_price", "reread_working_set", "rewrite_pays",
     "size_hints", "softmax_row_waves", "softmax_threads", "storage_root", "sym",
 ]

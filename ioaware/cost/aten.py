@@ -3,7 +3,8 @@
 Each rule reads its node's example values (ioaware/cost/nodes.py) and returns the op's
 HBM bytes, FLOPs and transcendentals under the conventions of ioaware/cost/__init__.py;
 an op with no rule is unpriced. Library kernels' behaviour past the IO model (a GEMM's
-L2 spill, a softmax's exposed round trips) comes from ioaware/cost/library.py.
+L2 spill, a softmax's exposed round trips) comes from ioaware/cost/library.py. SDPA,
+which runs FlashAttention, is priced by the attention family (codegen/attention/price.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from ioaware.cost.library import matmul_l2_spill, softmax_row_waves
 from ioaware.cost.nodes import (
     MAYBE_VIEWS,
     distinct_numel,
-    heads_and_batch,
     is_alias,
     meta_val,
     nbytes,
@@ -31,7 +31,7 @@ from ioaware.cost.nodes import (
     schema_arg,
     storage_root,
 )
-from ioaware.cost.rules import kernel_price, register_price
+from ioaware.cost.rules import register_price
 
 
 def _free(node: fx.Node) -> Cost:
@@ -410,38 +410,3 @@ def _matmul(node: fx.Node) -> Cost:
         batch, M = out_elements / (sym(out.shape[-2]) * N), sym(out.shape[-2])
     spill, working_set = matmul_l2_spill(M, N, K, a.dtype.itemsize, b.dtype.itemsize)
     return cost + Cost(l2_spill_bytes=batch * spill, l2_working_set=working_set)
-
-
-# --------------------------------------------------------------------------------------
-# Attention: priced as the fused, IO-aware kernel.
-
-
-@register_price(
-    "scaled_dot_product_attention", "_scaled_dot_product_flash_attention",
-    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
-    "_scaled_dot_product_flash_attention_for_cpu",
-)
-def _sdpa(node: fx.Node) -> Cost | None:
-    """The fused kernel's traffic (flash_attention_cost with the default tiles), plus one
-    read of attn_mask/attn_bias at its own (broadcast) size when there is one.
-
-    flash_attention_cost is the attention family's closed form, registered by it
-    (`register_kernel_price`): SDPA is unpriced until that family is imported."""
-    flash_attention_cost = kernel_price("flash_attention")
-    if flash_attention_cost is None:
-        return None
-    q, k, v = (meta_val(node.args[i]) for i in range(3))
-    batch, hq = heads_and_batch(q)
-    _, hkv = heads_and_batch(k)
-    causal = bool(schema_arg(node, "is_causal", False))
-    cost = flash_attention_cost(
-        batch, hq, hkv, q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1],
-        q.dtype.itemsize, causal,
-    )
-    mask = schema_arg(node, "attn_mask")
-    if mask is None:
-        mask = schema_arg(node, "attn_bias")
-    if isinstance(mask, fx.Node) and isinstance(meta_val(mask), torch.Tensor):
-        m = meta_val(storage_root(mask))
-        cost += Cost(read_bytes=distinct_numel(m) * m.dtype.itemsize)
-    return cost

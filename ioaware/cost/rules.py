@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import sympy
 import torch
@@ -35,28 +35,6 @@ def register_price(*names: str, namespace: str = "aten") -> Callable[[Rule], Rul
         return rule
 
     return register
-
-
-# Closed forms of a family's kernel that library ops are priced by: PyTorch's fused SDPA
-# runs FlashAttention, so it costs what the attention family's closed form says. The
-# family registers the closed form, so the ATen rule finds it without importing a kernel.
-KernelPrice = TypeVar("KernelPrice", bound=Callable[..., Cost])
-_KERNEL_PRICES: dict[str, Callable[..., Cost]] = {}
-
-
-def register_kernel_price(kernel: str) -> Callable[[KernelPrice], KernelPrice]:
-    """Decorator: the closed form that prices the fused kernel `kernel` ("flash_attention")."""
-
-    def register(price: KernelPrice) -> KernelPrice:
-        _KERNEL_PRICES[kernel] = price
-        return price
-
-    return register
-
-
-def kernel_price(kernel: str) -> Callable[..., Cost] | None:
-    """The closed form registered for `kernel`; None while no family has registered it."""
-    return _KERNEL_PRICES.get(kernel)
 
 
 # Python-level calls make_fx leaves for size arithmetic (s0 * s1, s0 // 2, ...).
