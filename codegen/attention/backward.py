@@ -427,7 +427,7 @@ def render_backward(spec: AttentionSpec, *, interpret: bool = False,
         spec, interpret, profile, lambda: (dkdv_configs(spec, profile), dq_configs(spec, profile)))
     return _BACKWARD_TEMPLATE.substitute(
         header.spec_constants(spec),
-        preamble=module_preamble("ioaware.codegen.attention_bwd", spec, TORCH_TRITON_IMPORTS),
+        preamble=module_preamble(__name__, spec, TORCH_TRITON_IMPORTS),
         primitives=header.primitives(interpret),
         interpret=str(interpret),
         **_launch_constants(interpret, dkdv, dq, tune_dkdv, tune_dq),
@@ -939,7 +939,7 @@ def render_general_backward(spec: AttentionSpec, *, interpret: bool = False,
         spec, interpret, profile, lambda: general_backward_configs(spec, profile))
     return _GENERAL_BACKWARD_TEMPLATE.substitute(
         header.general_substitutions(spec, interpret),
-        preamble=module_preamble("ioaware.codegen.attention.backward (general Spec)", spec,
+        preamble=module_preamble(f"{__name__} (general Spec)", spec,
                                  header.GENERAL_IMPORTS),
         grads=grad_params(spec),
         **_launch_constants(interpret, dkdv, dq, tune_dkdv, tune_dq),

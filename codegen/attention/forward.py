@@ -268,7 +268,7 @@ def render_forward(spec: AttentionSpec, *, interpret: bool = False,
                                       lambda: forward_configs(spec, profile))
     return _FORWARD_TEMPLATE.substitute(
         spec_constants(spec),
-        preamble=module_preamble("ioaware.codegen.attention_fwd", spec, TRITON_IMPORTS),
+        preamble=module_preamble(__name__, spec, TRITON_IMPORTS),
         primitives=primitives(interpret),
         interpret=str(interpret),
         default_config=repr(default),
@@ -509,7 +509,7 @@ def render_general_forward(spec: AttentionSpec, *, interpret: bool = False,
                                    lambda: general_forward_configs(spec, profile))
     return _GENERAL_FORWARD_TEMPLATE.substitute(
         general_substitutions(spec, interpret),
-        preamble=module_preamble("ioaware.codegen.attention.forward (general Spec)", spec,
+        preamble=module_preamble(f"{__name__} (general Spec)", spec,
                                  GENERAL_IMPORTS),
         default_config=repr(default),
         tune_configs=format_configs(tune),

@@ -434,5 +434,5 @@ def render_backward(spec: ScanSpec, *, interpret: bool = False,
 
     interpret=True renders fixed small tiles and no autotuner (Triton's interpreter).
     """
-    return render_selective(_BACKWARD_TEMPLATE, "scan_bwd", TORCH_TRITON_IMPORTS, spec,
+    return render_selective(_BACKWARD_TEMPLATE, __name__, TORCH_TRITON_IMPORTS, spec,
                             interpret, profile, default_backward_config, backward_configs)

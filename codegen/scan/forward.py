@@ -489,12 +489,12 @@ def render_forward(spec: ScanSpec, *, interpret: bool = False,
 
     interpret=True renders fixed small tiles and no autotuner (Triton's interpreter).
     """
-    return render_selective(_FORWARD_TEMPLATE, "scan_fwd", TRITON_IMPORTS, spec, interpret,
+    return render_selective(_FORWARD_TEMPLATE, __name__, TRITON_IMPORTS, spec, interpret,
                             profile, default_config, tile_configs)
 
 
 def render_selective(
-    template: string.Template, module: str, imports: Sequence[str], spec: ScanSpec,
+    template: string.Template, origin: str, imports: Sequence[str], spec: ScanSpec,
     interpret: bool, profile: DeviceProfile | None,
     default_for: Callable[[ScanSpec, DeviceProfile | None], tuple[int, int, int]],
     configs_for: Callable[[ScanSpec, DeviceProfile | None], list[tuple[int, int, int]]],
@@ -504,13 +504,13 @@ def render_selective(
     configs `default_for` / `configs_for` give for `profile` (fixed small tiles and no
     autotuner under the interpreter)."""
     if spec.kind != "selective":
-        raise ValueError(f"spec.kind={spec.kind!r}: {module} renders kind 'selective'")
+        raise ValueError(f"spec.kind={spec.kind!r}: {origin} renders kind 'selective'")
     default, configs = launch_configs(interpret, (INTERPRET_BLOCK_D, INTERPRET_BLOCK_L, 4),
                                       lambda: default_for(spec, profile),
                                       lambda: configs_for(spec, profile))
     return template.substitute(
         spec_constants(spec),
-        preamble=module_preamble(f"ioaware.codegen.{module}", spec, imports),
+        preamble=module_preamble(origin, spec, imports),
         primitives=primitives(interpret),
         interpret=str(interpret),
         default_config=repr(default),

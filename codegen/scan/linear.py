@@ -149,7 +149,7 @@ def render_linear(spec: ScanSpec, *, interpret: bool = False,
     default, configs = launch_configs(interpret, (INTERPRET_BLOCK_L, INTERPRET_BLOCK_F, 4),
                                       lambda: DEFAULT_CONFIG, lambda: TUNE_CONFIGS)
     return _LINEAR_TEMPLATE.substitute(
-        preamble=module_preamble("ioaware.codegen.scan_linear", spec, TRITON_IMPORTS),
+        preamble=module_preamble(__name__, spec, TRITON_IMPORTS),
         has_h0=str(spec.has_h0),
         reverse=str(spec.reverse),
         interpret=str(interpret),
