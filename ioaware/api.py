@@ -11,6 +11,7 @@ import torch
 
 from ioaware.backend import IoawareBackend
 from ioaware.explain import Explanation
+from ioaware.inductor_options import inductor_patches
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -18,24 +19,32 @@ F = TypeVar("F", bound=Callable[..., Any])
 def compile(
     fn: F | None = None,
     *,
-    verify: bool = False,
+    mode: str | None = None,
+    options: dict[str, Any] | None = None,
     dynamic: bool | None = None,
     fullgraph: bool = False,
+    verify: bool = False,
 ) -> F | Callable[[F], F]:
     """Compile a function or nn.Module with ioaware; usable as `@ioaware.compile` too.
 
     Attention regions written in plain PyTorch become generated FlashAttention kernels;
     everything else runs as before (Inductor on CUDA, plain fx on the CPU).
 
+    mode, options: as torch.compile's, passed to Inductor the way torch.compile passes
+        them ("reduce-overhead" runs the graph under CUDA graphs, "max-autotune" tunes
+        Inductor's kernels; options are `torch._inductor.config` names). Checked now: a
+        bad one raises torch.compile's RuntimeError, the argument named.
+    dynamic, fullgraph: passed to `torch.compile`.
     verify: run eager beside the compiled code once per new input shape and raise
         `ioaware.VerificationError` if any output differs beyond the dtype's tolerance.
-    dynamic, fullgraph: passed to `torch.compile`.
     """
     if fn is None:
-        return lambda f: compile(f, verify=verify, dynamic=dynamic, fullgraph=fullgraph)
+        inductor_patches(mode, options, dynamic)  # a bad mode fails here, not when applied
+        return lambda f: compile(f, mode=mode, options=options, dynamic=dynamic,
+                                 fullgraph=fullgraph, verify=verify)
     if not callable(fn):
         raise TypeError(f"ioaware.compile: fn must be a function or nn.Module, got {type(fn)}")
-    backend = IoawareBackend(verify=verify)
+    backend = IoawareBackend(verify=verify, mode=mode, options=options, dynamic=dynamic)
     compiled = torch.compile(fn, backend=backend, dynamic=dynamic, fullgraph=fullgraph)
     if isinstance(fn, torch.nn.Module):
         return compiled

@@ -120,12 +120,18 @@ class IoawareBackend:
     execute: False for `explain`: analyse and rewrite, but return the eager graph.
     device: the profile the passes price against ("h100", ...); None for the GPU present,
         else `config.default_device` (see `hardware.get_profile`).
+    mode, options, dynamic: torch.compile's, turned into Inductor's config patches as
+        torch.compile turns them (`inductor_options.inductor_patches`; checked here).
     """
 
     def __init__(self, *, verify: bool = False, execute: bool = True,
-                 device: str | None = None) -> None:
+                 device: str | None = None, mode: str | None = None,
+                 options: dict[str, Any] | None = None, dynamic: bool | None = None) -> None:
+        from ioaware.inductor_options import inductor_patches
+
         self.verify = verify
         self.execute = execute
+        self.inductor_patches = inductor_patches(mode, options, dynamic)
         if device is not None:
             from ioaware import hardware
 
@@ -160,24 +166,30 @@ class IoawareBackend:
                 device: torch.device) -> Callable:
         if not self.execute:
             return eager.forward
-        if device.type == "cuda":
-            from torch._inductor.compile_fx import compile_fx
-
-            try:
-                compiled = compile_fx(gm, list(example_inputs))
-            except Exception as e:  # noqa: BLE001 - the fx graph still runs, just unfused
-                log.warning("ioaware: Inductor failed on this graph (%s); running it as fx", e)
-                self.explanation.fallbacks.append(Fallback(
-                    "graph", f"Inductor failed, rest of graph runs unfused: {type(e).__name__}",
-                    graph=self.explanation.graphs - 1))
-                compiled = gm.forward
-        else:
-            compiled = gm.forward
+        compiled = self._inductor(gm, example_inputs) if device.type == "cuda" else gm.forward
         if self.verify:
             return verified(compiled, eager)
         return compiled
 
+    def _inductor(self, gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable:
+        """Inductor on the rewritten graph with the mode's and options' config patches
+        (the ioaware ops stay opaque to it); the fx graph itself if Inductor fails."""
+        from torch._inductor.compile_fx import compile_fx
 
-# The instance the entry point registers: torch.compile(model, backend="ioaware").
-def ioaware_backend(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable:
-    return IoawareBackend()(gm, example_inputs)
+        try:
+            return compile_fx(gm, list(example_inputs),
+                              config_patches=dict(self.inductor_patches))
+        except Exception as e:  # noqa: BLE001 - the fx graph still runs, just unfused
+            log.warning("ioaware: Inductor failed on this graph (%s); running it as fx", e)
+            self.explanation.fallbacks.append(Fallback(
+                "graph", f"Inductor failed, rest of graph runs unfused: {type(e).__name__}",
+                graph=self.explanation.graphs - 1))
+            return gm.forward
+
+
+# What the entry point registers: torch.compile(model, backend="ioaware"). torch.compile
+# passes a named backend its mode and options as keywords (`_TorchCompileWrapper`).
+def ioaware_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], *,
+                    mode: str | None = None, options: dict[str, Any] | None = None
+                    ) -> Callable:
+    return IoawareBackend(mode=mode, options=options)(gm, example_inputs)

@@ -1,0 +1,80 @@
+"""torch.compile's mode and options, through ioaware.compile and backend="ioaware"."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ioaware
+from ioaware.backend import IoawareBackend
+from ioaware.inductor_options import inductor_patches
+
+
+def attn(q, k, v):
+    return (q @ k.transpose(-2, -1) * 0.25).softmax(-1) @ v
+
+
+def qkv():
+    return [torch.randn(1, 2, 8, 16) for _ in range(3)]
+
+
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead", "max-autotune",
+                                  "max-autotune-no-cudagraphs"])
+def test_modes_give_torch_compiles_patches(mode):
+    # The patches torch.compile's Inductor wrapper builds for the same arguments.
+    expected = torch._TorchCompileInductorWrapper(mode, None, None).config
+    assert IoawareBackend(mode=mode).inductor_patches == expected
+    if mode != "default":
+        assert expected  # a real mode patches something
+
+
+def test_reduce_overhead_turns_on_cudagraphs():
+    assert inductor_patches("reduce-overhead", None) == {"triton.cudagraphs": True}
+    assert inductor_patches(None, {"triton.cudagraphs": True}) == {"triton.cudagraphs": True}
+    assert inductor_patches(None, {"max-autotune": True}) == {"max_autotune": True}
+
+
+@pytest.mark.parametrize("mode, options, match", [
+    ("fast", None, r"mode='fast': Unrecognized mode=fast"),
+    (None, {"no_such_option": 1}, r"options: Unexpected optimization option no_such_option"),
+    (None, {"max_autotune": "yes"}, r"options: Unexpected type of attr max_autotune"),
+    ("reduce-overhead", {"max_autotune": True}, "Either mode or options"),
+])
+def test_bad_mode_or_option_names_the_argument(mode, options, match):
+    with pytest.raises(RuntimeError, match=match):
+        ioaware.compile(attn, mode=mode, options=options)
+    with pytest.raises(RuntimeError, match=match):
+        ioaware.compile(mode=mode, options=options)  # the decorator form fails at once
+
+
+def test_options_reach_inductors_config():
+    # A post-grad pass given as an option runs inside Inductor only if the option reached
+    # its config; it stops the compile (fast), and the backend runs the graph as fx.
+    seen = []
+
+    def stop(graph):
+        seen.append(graph)
+        raise RuntimeError("stop here")
+
+    backend = IoawareBackend(options={"post_grad_custom_pre_pass": stop})
+    gm = torch.fx.symbolic_trace(lambda q, k, v: (attn(q, k, v),))  # dynamo returns tuples
+    args = qkv()
+    compiled = backend._inductor(gm, args)
+    assert len(seen) == 1
+    assert "Inductor failed" in backend.explanation.fallbacks[-1].reason
+    torch.testing.assert_close(compiled(*args)[0], attn(*args))
+
+
+@pytest.mark.parametrize("kwargs", [{"mode": "reduce-overhead"},
+                                    {"options": {"triton.cudagraphs": True}}])
+def test_backend_by_name_takes_mode_and_options(kwargs):
+    torch._dynamo.reset()
+    q, k, v = qkv()
+    out = torch.compile(attn, backend="ioaware", **kwargs)(q, k, v)
+    torch.testing.assert_close(out, attn(q, k, v))
+
+
+def test_ioaware_compile_with_mode_runs():
+    q, k, v = qkv()
+    torch.testing.assert_close(ioaware.compile(attn, mode="reduce-overhead")(q, k, v),
+                               attn(q, k, v))
