@@ -27,6 +27,8 @@ from ioaware.tiles import tile_budget
 TRITON_IMPORTS = ("import triton", "import triton.language as tl")
 # ... of one whose launcher also allocates (scratch, gradients): torch first.
 TORCH_TRITON_IMPORTS = ("import torch", *TRITON_IMPORTS)
+# ... of one that launches through cached binaries (`codegen/launch.py`) with the TUNER.
+LAUNCH_IMPORTS = (*TORCH_TRITON_IMPORTS, "", "from ioaware.codegen.launch import launch")
 
 
 def spec_fields(spec: object) -> str:
@@ -86,49 +88,46 @@ def shared_memory_budget(profile: DeviceProfile) -> int:
     return tile_budget(profile)
 
 
-# The host side of a launch whose tile is chosen by timing, for kernels that build
-# something for the tile they run with (attention's block map) before they launch, so
-# triton.autotune (which picks the tile after the launcher's work) cannot choose it. A
-# choice is timed once per (kernel, device, size class) with do_bench, then every launch
-# of that class is a dict lookup. The module defines INTERPRET and TUNE_MIN_SCORES.
+# The host side of a launch whose tile is chosen by timing (`codegen/tuning.py`): a choice
+# is timed once per (kernel, device, size class), then every launch of that class is a
+# dict lookup. The module defines INTERPRET, and TUNE_MIN_SCORES where it calls
+# choose_config (attention); kernels keyed otherwise call tuned_config directly.
 TUNER = '''\
+from ioaware.codegen.tuning import tuned_config as _tuned_config
+
+
 def _cdiv(a, b):
     return -(-a // b)  # triton.cdiv costs microseconds per call on the host
 
 
-_CHOSEN = {}  # (kernel, device, Nq bucket, Nk bucket) -> config
+_CHOSEN = {}  # (kernel, size class...) -> config
+
+
+def tuned_config(kernel, configs, default, key, trial, reset=None):
+    """The config to launch `kernel` with for the size class `key`: `default` under the
+    interpreter or without candidates; else the fastest of `configs` by timing
+    trial(config), once per class. reset(): zeroes what the trials accumulated."""
+    if INTERPRET or not configs:
+        return default
+    config = _CHOSEN.get((kernel, *key))
+    if config is not None:
+        return config
+    maps = globals().get("_STATIC_MAPS", {})
+    before = set(maps)
+    config = _tuned_config(_CHOSEN, f"{__name__.split('-')[0]}.{kernel}", configs, default,
+                           (kernel, *key), trial, reset)
+    # Static block maps the losing tiles' trials built are not kept (at long N they are
+    # tens of MB); maps from before the trials may be read by captured graphs.
+    for map_key in set(maps) - before:
+        if map_key[4:6] != config[:2]:
+            del maps[map_key]
+    return config
 
 
 def choose_config(kernel, configs, default, device, n_q, n_k, trial, reset=None):
-    """The config to launch `kernel` with: `default` under the interpreter, without
-    candidates or below TUNE_MIN_SCORES; else the fastest of `configs` by do_bench of
-    trial(config), once per power-of-two size class of (Nq, Nk). reset(): zeroes what the
-    trials accumulated atomically (triton.autotune's reset_to_zero), after the trials."""
-    if INTERPRET or not configs or n_q * n_k < TUNE_MIN_SCORES:
+    """tuned_config keyed by the power-of-two size class of (Nq, Nk); `default` below
+    TUNE_MIN_SCORES scores."""
+    if n_q * n_k < TUNE_MIN_SCORES:
         return default
-    key = (kernel, device, 1 << (n_q - 1).bit_length(), 1 << (n_k - 1).bit_length())
-    config = _CHOSEN.get(key)
-    if config is None:
-        from triton.testing import do_bench
-
-        maps = globals().get("_STATIC_MAPS", {})
-        before = set(maps)
-        best_ms = float("inf")
-        for candidate in configs:
-            try:
-                ms = do_bench(lambda: trial(candidate), warmup=5, rep=20,
-                              return_mode="median")
-            except Exception:  # out of shared memory or registers on this device
-                continue
-            if ms < best_ms:
-                config, best_ms = candidate, ms
-        # Nothing ran: the default's own launch reports why.
-        config = _CHOSEN[key] = config or default
-        # Static block maps the losing tiles' trials built are not kept (at long N they
-        # are tens of MB); maps from before the trials may be read by captured graphs.
-        for map_key in set(maps) - before:
-            if map_key[4:6] != config[:2]:
-                del maps[map_key]
-        if reset is not None:
-            reset()
-    return config'''
+    key = (device, 1 << (n_q - 1).bit_length(), 1 << (n_k - 1).bit_length())
+    return tuned_config(kernel, configs, default, key, trial, reset)'''

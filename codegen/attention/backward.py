@@ -43,7 +43,13 @@ from ioaware.codegen.attention.spec import AttentionSpec
 from ioaware.hardware import DeviceProfile
 
 from ..expr import grad_params
-from ..render import TORCH_TRITON_IMPORTS, format_configs, module_preamble, shared_memory_budget
+from ..render import (
+    LAUNCH_IMPORTS,
+    TUNER,
+    format_configs,
+    module_preamble,
+    shared_memory_budget,
+)
 from . import header
 from .tiles import attention_dkdv_tile_candidates, attention_dq_tile_candidates
 
@@ -363,54 +369,44 @@ def _bwd_dq(Q, K, V, dO, dQ, Lse, Delta,
                  mask=(offs_m[:, None] < N_Q) & (offs_d[None, :] < HEAD_DIM))
 
 
-def _autotuned(kernel, configs):
-    if INTERPRET or not configs:
-        return None
-    return triton.autotune(
-        configs=[triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-                 for bm, bn, w, s in configs],
-        key=["N_Q_BUCKET", "N_K_BUCKET"],
-    )(kernel)
+${tuner}
 
 
-_bwd_dkdv_tuned = _autotuned(_bwd_dkdv, TUNE_DKDV)
-_bwd_dq_tuned = _autotuned(_bwd_dq, TUNE_DQ)
+def _launch(kernel, config, grid_rows, grid_heads, args):
+    bm, bn, warps, stages = config
+    launch(kernel, (_cdiv(grid_rows, bm if kernel is _bwd_dq else bn), grid_heads), *args,
+           BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
 
 
-def _launch(kernel, tuned, default, grid, args):
-    if tuned is not None:
-        tuned[grid](*args)
-    else:
-        bm, bn, warps, stages = default
-        kernel[grid](*args, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
-
-
-def backward(do, q, k, v, out, lse, dlse, dq, dk, dv):
+def backward(do, q, k, v, out, lse, dlse, dq, dk, dv, dkdv_config=None, dq_config=None):
     """Launch the three kernels. do/q/k/v/out/dq/dk/dv: any strides; lse and dlse
-    (or None): [B, Hq, Nq] fp32 contiguous. Nq, Nk >= 1. Writes dq, dk, dv."""
+    (or None): [B, Hq, Nq] fp32 contiguous. Nq, Nk >= 1. Writes dq, dk, dv. Each
+    kernel's config is chosen by timing once per size class unless given."""
     batch, h_q, n_q, _ = q.shape
     h_kv, n_k = k.shape[1], k.shape[2]
     group = h_q // h_kv
     delta = torch.empty((batch * h_q, n_q), device=q.device, dtype=torch.float32)
-    _bwd_preprocess[(-(-n_q // PRE_BLOCK_M), batch * h_q)](
-        out, do, dlse if dlse is not None else lse, delta, *out.stride(), *do.stride(),
-        h_q, n_q, HAS_DLSE=dlse is not None, BLOCK_M=PRE_BLOCK_M)
+    launch(_bwd_preprocess, (_cdiv(n_q, PRE_BLOCK_M), batch * h_q),
+           out, do, dlse if dlse is not None else lse, delta, *out.stride(), *do.stride(),
+           h_q, n_q, HAS_DLSE=dlse is not None, BLOCK_M=PRE_BLOCK_M)
 
     # Plain int arithmetic: triton.cdiv / next_power_of_2 cost microseconds per call.
-    tune = n_q * n_k >= TUNE_MIN_SCORES
     buckets = (1 << (n_q - 1).bit_length(), 1 << (n_k - 1).bit_length())
-    _launch(
-        _bwd_dkdv, _bwd_dkdv_tuned if tune else None, DEFAULT_DKDV,
-        lambda meta: (-(-n_k // meta["BLOCK_N"]), batch * h_kv),
-        (q, k, v, do, dk, dv, lse, delta, *q.stride(), *k.stride(), *v.stride(),
-         *do.stride(), *dk.stride(), *dv.stride(), h_q, h_kv, group, n_q, n_k, *buckets),
-    )
-    _launch(
-        _bwd_dq, _bwd_dq_tuned if tune else None, DEFAULT_DQ,
-        lambda meta: (-(-n_q // meta["BLOCK_M"]), batch * h_q),
-        (q, k, v, do, dq, lse, delta, *q.stride(), *k.stride(), *v.stride(),
-         *do.stride(), *dq.stride(), h_q, group, n_q, n_k, *buckets),
-    )
+    dkdv_args = (q, k, v, do, dk, dv, lse, delta, *q.stride(), *k.stride(), *v.stride(),
+                 *do.stride(), *dk.stride(), *dv.stride(), h_q, h_kv, group, n_q, n_k,
+                 *buckets)
+    dq_args = (q, k, v, do, dq, lse, delta, *q.stride(), *k.stride(), *v.stride(),
+               *do.stride(), *dq.stride(), h_q, group, n_q, n_k, *buckets)
+    if dkdv_config is None:
+        dkdv_config = choose_config(
+            "dkdv", TUNE_DKDV, DEFAULT_DKDV, q.device, n_q, n_k,
+            lambda c: _launch(_bwd_dkdv, c, n_k, batch * h_kv, dkdv_args))
+    _launch(_bwd_dkdv, dkdv_config, n_k, batch * h_kv, dkdv_args)
+    if dq_config is None:
+        dq_config = choose_config(
+            "dq", TUNE_DQ, DEFAULT_DQ, q.device, n_q, n_k,
+            lambda c: _launch(_bwd_dq, c, n_q, batch * h_q, dq_args))
+    _launch(_bwd_dq, dq_config, n_q, batch * h_q, dq_args)
 ''')
 
 
@@ -427,8 +423,9 @@ def render_backward(spec: AttentionSpec, *, interpret: bool = False,
         spec, interpret, profile, lambda: (dkdv_configs(spec, profile), dq_configs(spec, profile)))
     return _BACKWARD_TEMPLATE.substitute(
         header.spec_constants(spec),
-        preamble=module_preamble(__name__, spec, TORCH_TRITON_IMPORTS),
+        preamble=module_preamble(__name__, spec, LAUNCH_IMPORTS),
         primitives=header.primitives(interpret),
+        tuner=TUNER,
         interpret=str(interpret),
         **_launch_constants(interpret, dkdv, dq, tune_dkdv, tune_dq),
     )

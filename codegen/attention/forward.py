@@ -38,7 +38,8 @@ from ioaware.codegen.attention.spec import AttentionSpec
 from ioaware.hardware import DeviceProfile
 
 from ..render import (
-    TRITON_IMPORTS,
+    LAUNCH_IMPORTS,
+    TUNER,
     format_configs,
     launch_configs,
     module_preamble,
@@ -220,35 +221,30 @@ def _attn_fwd(Q, K, V, Out, Lse,
     tl.store(Lse + pid_bh.to(tl.int64) * N_Q + offs_m, lse, mask=row_ok)
 
 
-if INTERPRET or not TUNE_CONFIGS:
-    _attn_fwd_tuned = None
-else:
-    # Keyed on the power-of-two buckets of Nq and Nk: one tuning per size class.
-    _attn_fwd_tuned = triton.autotune(
-        configs=[triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-                 for bm, bn, w, s in TUNE_CONFIGS],
-        key=["N_Q_BUCKET", "N_K_BUCKET"],
-    )(_attn_fwd)
+${tuner}
 
 
-def forward(q, k, v, out, lse):
-    """Launch: q [B,Hq,Nq,d], k [B,Hkv,Nk,d], v [B,Hkv,Nk,dv] (any strides) ->
-    out [B,Hq,Nq,dv] (any strides), lse [B,Hq,Nq] fp32 contiguous. Nq, Nk >= 1."""
+def _launch(config, q, k, v, out, lse):
+    bm, bn, warps, stages = config
     batch, h_q, n_q, _ = q.shape
     h_kv, n_k = k.shape[1], k.shape[2]
     # Plain int arithmetic: triton.cdiv / next_power_of_2 cost microseconds per call.
-    args = (q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-            h_q, h_q // h_kv, n_q, n_k, 1 << (n_q - 1).bit_length(),
-            1 << (n_k - 1).bit_length())
+    launch(_attn_fwd, (_cdiv(n_q, bm), batch * h_q),
+           q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+           h_q, h_q // h_kv, n_q, n_k, 1 << (n_q - 1).bit_length(),
+           1 << (n_k - 1).bit_length(),
+           BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
 
-    def grid(meta):
-        return (-(-n_q // meta["BLOCK_M"]), batch * h_q)
 
-    if _attn_fwd_tuned is not None and n_q * n_k >= TUNE_MIN_SCORES:
-        _attn_fwd_tuned[grid](*args)
-    else:
-        bm, bn, warps, stages = DEFAULT_CONFIG
-        _attn_fwd[grid](*args, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+def forward(q, k, v, out, lse, config=None):
+    """Launch: q [B,Hq,Nq,d], k [B,Hkv,Nk,d], v [B,Hkv,Nk,dv] (any strides) ->
+    out [B,Hq,Nq,dv] (any strides), lse [B,Hq,Nq] fp32 contiguous. Nq, Nk >= 1.
+    config: (BLOCK_M, BLOCK_N, num_warps, num_stages), else chosen by timing once per
+    size class (`choose_config`)."""
+    if config is None:
+        config = choose_config("forward", TUNE_CONFIGS, DEFAULT_CONFIG, q.device, q.shape[2],
+                               k.shape[2], lambda c: _launch(c, q, k, v, out, lse))
+    _launch(config, q, k, v, out, lse)
 ''')
 
 
@@ -268,8 +264,9 @@ def render_forward(spec: AttentionSpec, *, interpret: bool = False,
                                       lambda: forward_configs(spec, profile))
     return _FORWARD_TEMPLATE.substitute(
         spec_constants(spec),
-        preamble=module_preamble(__name__, spec, TRITON_IMPORTS),
+        preamble=module_preamble(__name__, spec, LAUNCH_IMPORTS),
         primitives=primitives(interpret),
+        tuner=TUNER,
         interpret=str(interpret),
         default_config=repr(default),
         tune_configs=format_configs(configs),

@@ -43,7 +43,7 @@ import string
 from ioaware.codegen.scan.spec import ScanSpec
 from ioaware.hardware import DeviceProfile
 
-from ..render import TORCH_TRITON_IMPORTS
+from ..render import LAUNCH_IMPORTS
 from .forward import (
     MAX_TILE_PER_THREAD,
     MAX_TUNE_CONFIGS,
@@ -350,28 +350,49 @@ def _selective_scan_bwd(
                       sem="relaxed")
 
 
-if INTERPRET or not TUNE_CONFIGS:
-    _selective_scan_bwd_tuned = None
-else:
-    # Benchmark runs add into the atomic outputs: zero them before each run.
-    _selective_scan_bwd_tuned = triton.autotune(
-        configs=[triton.Config({"BLOCK_D": bd, "BLOCK_L": bl, "PREFETCH": PREFETCH},
-                               num_warps=w)
-                 for bd, bl, w in TUNE_CONFIGS],
-        key=["DC", "L_BUCKET", "CPG"],
-        reset_to_zero=["DA", "DB", "DC_", "DD", "DDeltaBias"],
-    )(_selective_scan_bwd)
+${tuner}
 
 
-def backward(dout, dh_last, u, delta, A, B, C, D, z, delta_bias, h0, dtypes):
+def _launch(config, dout, dh_last, u, delta, A, B, C, D, z, delta_bias, h0, grads, h_chunk):
+    """One launch per slice of at most MAX_GRID_Y batch rows; grads = (du, ddelta, dz,
+    da, db, dc, dd, ddb, dh0) as allocated by backward()."""
+    bd, bl, warps = config
+    batch, channels, length = u.shape
+    groups = B.shape[1]
+    du, ddelta, dz, da, db, dc, dd, ddb, dh0 = grads
+    z_ = z if z is not None else u
+    h0_ = h0 if h0 is not None else dh_last
+    strides = (*dout.stride(), *u.stride(), *delta.stride(), *A.stride(), *B.stride(),
+               *C.stride(), *z_.stride(), *h0_.stride())
+    sizes = (channels, length, 1 << (length - 1).bit_length(), h_chunk.shape[2], groups,
+             channels // groups)
+    for lo in range(0, batch, MAX_GRID_Y):
+        hi = min(lo + MAX_GRID_Y, batch)
+        sl = slice(lo, hi)
+        if lo == 0 and hi == batch:  # the usual case: no per-slice views to make
+            sliced = (dout, dh_last, u, delta, B, C, z_, h0_, h_chunk, du, ddelta, dz, db,
+                      dc, dh0)
+        else:
+            sliced = tuple(t[sl] for t in (dout, dh_last, u, delta, B, C, z_, h0_, h_chunk,
+                                           du, ddelta, dz, db, dc, dh0))
+        (dout_, dh_last_, u_, delta_, B_, C_, z__, h0__, h_chunk_, du_, ddelta_, dz_, db_,
+         dc_, dh0_) = sliced
+        launch(_selective_scan_bwd, (_cdiv(channels, bd), hi - lo),
+               dout_, dh_last_, u_, delta_, A, B_, C_, D if D is not None else A, z__,
+               delta_bias if delta_bias is not None else A, h0__, h_chunk_,
+               du_, ddelta_, dz_, da, db_, dc_, dd, ddb, dh0_, *strides, *sizes,
+               BLOCK_D=bd, BLOCK_L=bl, PREFETCH=PREFETCH, num_warps=warps)
+
+
+def backward(dout, dh_last, u, delta, A, B, C, D, z, delta_bias, h0, dtypes, config=None):
     """Launch; returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dh0) in `dtypes`
-    (one per input; absent inputs get empty [0] tensors). L >= 1."""
+    (one per input; absent inputs get empty [0] tensors). L >= 1. config: (BLOCK_D,
+    BLOCK_L, num_warps), else chosen by timing once per (Dc, L bucket, channels per
+    group) (`tuned_config`; the trials' atomic adds are zeroed after them)."""
     batch, channels, length = u.shape
     groups = B.shape[1]
     cpg = channels // groups
     dev = u.device
-    block_l = DEFAULT_CONFIG[1]
-    n_chunks = triton.cdiv(length, block_l)
     f32 = torch.float32
     du = torch.empty(u.shape, dtype=dtypes[0], device=dev)
     ddelta = torch.empty(u.shape, dtype=dtypes[1], device=dev)
@@ -387,29 +408,23 @@ def backward(dout, dh_last, u, delta, A, B, C, D, z, delta_bias, h0, dtypes):
     if dh_last is None:
         dh_last = torch.zeros((batch, channels, D_STATE), dtype=f32, device=dev)
     dh_last = dh_last.to(f32).contiguous()
-    h_chunk = torch.empty((batch, channels, n_chunks, N_PAD), dtype=f32, device=dev)
-    z_ = z if z is not None else u
-    h0_ = h0 if h0 is not None else dh_last
-    for lo in range(0, batch, MAX_GRID_Y):
-        hi = min(lo + MAX_GRID_Y, batch)
-        sl = slice(lo, hi)
-        args = (dout[sl], dh_last[sl], u[sl], delta[sl], A, B[sl], C[sl],
-                D if D is not None else A, z_[sl],
-                delta_bias if delta_bias is not None else A, h0_[sl], h_chunk[sl],
-                du[sl], ddelta[sl], dz[sl], da, db[sl], dc[sl], dd, ddb, dh0[sl],
-                *dout.stride(), *u.stride(), *delta.stride(), *A.stride(), *B.stride(),
-                *C.stride(), *z_.stride(), *h0_.stride(),
-                channels, length, triton.next_power_of_2(length), n_chunks, groups, cpg)
+    grads = (du, ddelta, dz, da, db, dc, dd, ddb, dh0)
+    args = (dout, dh_last, u, delta, A, B, C, D, z, delta_bias, h0, grads)
 
-        def grid(meta, n=hi - lo):
-            return (triton.cdiv(channels, meta["BLOCK_D"]), n)
+    def chunks(config):  # the chunk states' scratch, sized for config's BLOCK_L
+        n_chunks = _cdiv(length, config[1])
+        return torch.empty((batch, channels, n_chunks, N_PAD), dtype=f32, device=dev)
 
-        if _selective_scan_bwd_tuned is not None and batch * channels * length >= TUNE_MIN_STEPS:
-            _selective_scan_bwd_tuned[grid](*args)
-        else:
-            bd, bl, warps = DEFAULT_CONFIG
-            _selective_scan_bwd[grid](*args, BLOCK_D=bd, BLOCK_L=bl, PREFETCH=PREFETCH,
-                                      num_warps=warps)
+    def reset():  # what the trials added atomically
+        for t in (da, dd, ddb) if cpg == 1 else (da, db, dc, dd, ddb):
+            t.zero_()
+
+    if config is None:
+        big = batch * channels * length >= TUNE_MIN_STEPS
+        key = (dev, channels, 1 << (length - 1).bit_length(), cpg)
+        config = tuned_config("backward", TUNE_CONFIGS if big else (), DEFAULT_CONFIG, key,
+                              lambda c: _launch(c, *args, chunks(c)), reset)
+    _launch(config, *args, chunks(config))
 
     def empty():  # a fresh placeholder each: outputs of a custom op may not alias
         return u.new_empty((0,))
@@ -434,5 +449,5 @@ def render_backward(spec: ScanSpec, *, interpret: bool = False,
 
     interpret=True renders fixed small tiles and no autotuner (Triton's interpreter).
     """
-    return render_selective(_BACKWARD_TEMPLATE, __name__, TORCH_TRITON_IMPORTS, spec,
+    return render_selective(_BACKWARD_TEMPLATE, __name__, LAUNCH_IMPORTS, spec,
                             interpret, profile, default_backward_config, backward_configs)

@@ -40,7 +40,14 @@ from ioaware.codegen.scan.spec import ScanSpec
 from ioaware.hardware import DeviceProfile
 from ioaware.spec import DTYPES
 
-from ..render import TRITON_IMPORTS, format_configs, launch_configs, module_preamble, reduction
+from ..render import (
+    LAUNCH_IMPORTS,
+    TUNER,
+    format_configs,
+    launch_configs,
+    module_preamble,
+    reduction,
+)
 from .tiles import scan_chunk_candidates
 
 # Tiles under the Triton interpreter: small, so chunk boundaries, partial channel
@@ -441,44 +448,45 @@ def _selective_scan_fwd(
              mask=nd_ok)
 
 
-if INTERPRET or not TUNE_CONFIGS:
-    _selective_scan_fwd_tuned = None
-else:
-    _selective_scan_fwd_tuned = triton.autotune(
-        configs=[triton.Config({"BLOCK_D": bd, "BLOCK_L": bl, "PREFETCH": PREFETCH},
-                               num_warps=w)
-                 for bd, bl, w in TUNE_CONFIGS],
-        key=["DC", "L_BUCKET", "CPG"],
-    )(_selective_scan_fwd)
+${tuner}
 
 
-def forward(u, delta, A, B, C, D, z, delta_bias, h0, y, h_last):
-    """Launch. u, delta (z): [Bt, Dc, L], A: [Dc, N], B, C: [Bt, G, L, N], any strides;
-    y: [Bt, Dc, L] and h_last: [Bt, Dc, N] fp32 contiguous. L >= 1. Absent optional
-    inputs are None."""
+def _launch(config, u, delta, A, B, C, D, z, delta_bias, h0, y, h_last):
+    bd, bl, warps = config
     batch, channels, length = u.shape
     cpg = channels // B.shape[1]
     z_ = z if z is not None else u
     h0_ = h0 if h0 is not None else h_last
+    strides = (*u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(),
+               *z_.stride(), *h0_.stride())
     for lo in range(0, batch, MAX_GRID_Y):
         hi = min(lo + MAX_GRID_Y, batch)
-        args = (u[lo:hi], delta[lo:hi], A, B[lo:hi], C[lo:hi],
-                D if D is not None else A, z_[lo:hi],
-                delta_bias if delta_bias is not None else A, h0_[lo:hi], y[lo:hi],
-                h_last[lo:hi],
-                *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(),
-                *z_.stride(), *h0_.stride(),
-                channels, length, triton.next_power_of_2(length), cpg)
-
-        def grid(meta, n=hi - lo):
-            return (triton.cdiv(channels, meta["BLOCK_D"]), n)
-
-        if _selective_scan_fwd_tuned is not None and batch * channels * length >= TUNE_MIN_STEPS:
-            _selective_scan_fwd_tuned[grid](*args)
+        if lo == 0 and hi == batch:  # the usual case: no per-slice views to make
+            tensors = (u, delta, A, B, C, D if D is not None else A, z_,
+                       delta_bias if delta_bias is not None else A, h0_, y, h_last)
         else:
-            bd, bl, warps = DEFAULT_CONFIG
-            _selective_scan_fwd[grid](*args, BLOCK_D=bd, BLOCK_L=bl, PREFETCH=PREFETCH,
-                                      num_warps=warps)
+            tensors = (u[lo:hi], delta[lo:hi], A, B[lo:hi], C[lo:hi],
+                       D if D is not None else A, z_[lo:hi],
+                       delta_bias if delta_bias is not None else A, h0_[lo:hi], y[lo:hi],
+                       h_last[lo:hi])
+        launch(_selective_scan_fwd, (_cdiv(channels, bd), hi - lo), *tensors, *strides,
+               channels, length, 1 << (length - 1).bit_length(), cpg,
+               BLOCK_D=bd, BLOCK_L=bl, PREFETCH=PREFETCH, num_warps=warps)
+
+
+def forward(u, delta, A, B, C, D, z, delta_bias, h0, y, h_last, config=None):
+    """Launch. u, delta (z): [Bt, Dc, L], A: [Dc, N], B, C: [Bt, G, L, N], any strides;
+    y: [Bt, Dc, L] and h_last: [Bt, Dc, N] fp32 contiguous. L >= 1. Absent optional
+    inputs are None. config: (BLOCK_D, BLOCK_L, num_warps), else chosen by timing once
+    per (Dc, L bucket, channels per group) (`tuned_config`)."""
+    if config is None:
+        batch, channels, length = u.shape
+        big = batch * channels * length >= TUNE_MIN_STEPS
+        key = (u.device, channels, 1 << (length - 1).bit_length(), channels // B.shape[1])
+        config = tuned_config(
+            "forward", TUNE_CONFIGS if big else (), DEFAULT_CONFIG, key,
+            lambda c: _launch(c, u, delta, A, B, C, D, z, delta_bias, h0, y, h_last))
+    _launch(config, u, delta, A, B, C, D, z, delta_bias, h0, y, h_last)
 ''')
 
 
@@ -489,7 +497,7 @@ def render_forward(spec: ScanSpec, *, interpret: bool = False,
 
     interpret=True renders fixed small tiles and no autotuner (Triton's interpreter).
     """
-    return render_selective(_FORWARD_TEMPLATE, __name__, TRITON_IMPORTS, spec, interpret,
+    return render_selective(_FORWARD_TEMPLATE, __name__, LAUNCH_IMPORTS, spec, interpret,
                             profile, default_config, tile_configs)
 
 
@@ -512,6 +520,7 @@ def render_selective(
         spec_constants(spec),
         preamble=module_preamble(origin, spec, imports),
         primitives=primitives(interpret),
+        tuner=TUNER,
         interpret=str(interpret),
         default_config=repr(default),
         tune_configs=format_configs(configs),

@@ -23,7 +23,7 @@ import string
 from ioaware.codegen.scan.spec import ScanSpec
 from ioaware.hardware import DeviceProfile
 
-from ..render import TRITON_IMPORTS, format_configs, launch_configs, module_preamble
+from ..render import LAUNCH_IMPORTS, TUNER, format_configs, launch_configs, module_preamble
 from .forward import TUNE_MIN_STEPS, primitives
 
 INTERPRET_BLOCK_L = 8
@@ -106,34 +106,37 @@ def _linear_scan(
             h = _sum(tl.where(offs_c[:, None] == BLOCK_L - 1, hs, 0.0), 0)
 
 
-if INTERPRET or not TUNE_CONFIGS:
-    _linear_scan_tuned = None
-else:
-    _linear_scan_tuned = triton.autotune(
-        configs=[triton.Config({"BLOCK_L": bl, "BLOCK_F": bf}, num_warps=w)
-                 for bl, bf, w in TUNE_CONFIGS],
-        key=["F", "L_BUCKET"],
-    )(_linear_scan)
+${tuner}
 
 
-def forward(a, b, h0, h):
-    """Launch. a, b: [R, L, F] any strides; h0: [R, F] or None; h: [R, L, F]
-    contiguous. L, R, F >= 1."""
+def _launch(config, a, b, h0, h):
+    bl, bf, warps = config
     rows, length, features = a.shape
     h0_ = h0 if h0 is not None else h[:, 0]
+    strides = (*a.stride(), *b.stride(), *h0_.stride())
     for lo in range(0, rows, MAX_GRID_Y):
         hi = min(lo + MAX_GRID_Y, rows)
-        args = (a[lo:hi], b[lo:hi], h0_[lo:hi], h[lo:hi], *a.stride(), *b.stride(),
-                *h0_.stride(), length, features, triton.next_power_of_2(length))
-
-        def grid(meta, n=hi - lo):
-            return (triton.cdiv(features, meta["BLOCK_F"]), n)
-
-        if _linear_scan_tuned is not None and rows * length * features >= TUNE_MIN_STEPS:
-            _linear_scan_tuned[grid](*args)
+        if lo == 0 and hi == rows:  # the usual case: no per-slice views to make
+            tensors = (a, b, h0_, h)
         else:
-            bl, bf, warps = NARROW_CONFIG if features <= 32 and not INTERPRET else DEFAULT_CONFIG
-            _linear_scan[grid](*args, BLOCK_L=bl, BLOCK_F=bf, num_warps=warps)
+            tensors = (a[lo:hi], b[lo:hi], h0_[lo:hi], h[lo:hi])
+        launch(_linear_scan, (_cdiv(features, bf), hi - lo), *tensors, *strides, length,
+               features, 1 << (length - 1).bit_length(),
+               BLOCK_L=bl, BLOCK_F=bf, num_warps=warps)
+
+
+def forward(a, b, h0, h, config=None):
+    """Launch. a, b: [R, L, F] any strides; h0: [R, F] or None; h: [R, L, F]
+    contiguous. L, R, F >= 1. config: (BLOCK_L, BLOCK_F, num_warps), else chosen by
+    timing once per (F, L bucket) (`tuned_config`)."""
+    if config is None:
+        rows, length, features = a.shape
+        default = NARROW_CONFIG if features <= 32 and not INTERPRET else DEFAULT_CONFIG
+        big = rows * length * features >= TUNE_MIN_STEPS
+        config = tuned_config("forward", TUNE_CONFIGS if big else (), default,
+                              (a.device, features, 1 << (length - 1).bit_length()),
+                              lambda c: _launch(c, a, b, h0, h))
+    _launch(config, a, b, h0, h)
 ''')
 
 
@@ -149,7 +152,8 @@ def render_linear(spec: ScanSpec, *, interpret: bool = False,
     default, configs = launch_configs(interpret, (INTERPRET_BLOCK_L, INTERPRET_BLOCK_F, 4),
                                       lambda: DEFAULT_CONFIG, lambda: TUNE_CONFIGS)
     return _LINEAR_TEMPLATE.substitute(
-        preamble=module_preamble(__name__, spec, TRITON_IMPORTS),
+        preamble=module_preamble(__name__, spec, LAUNCH_IMPORTS),
+        tuner=TUNER,
         has_h0=str(spec.has_h0),
         reverse=str(spec.reverse),
         interpret=str(interpret),
