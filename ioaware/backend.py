@@ -166,7 +166,14 @@ class IoawareBackend:
                 device: torch.device) -> Callable:
         if not self.execute:
             return eager.forward
-        compiled = self._inductor(gm, example_inputs) if device.type == "cuda" else gm.forward
+        if device.type == "cuda":
+            compiled = self._inductor(gm, example_inputs)
+        else:
+            # Run as fx: the ops' calls go to their host functions (codegen/host.py).
+            from ioaware.codegen.host import use_host_path
+
+            use_host_path(gm)
+            compiled = gm.forward
         if self.verify:
             return verified(compiled, eager)
         return compiled

@@ -13,7 +13,17 @@ Importing the package registers the ops, their prices and the renderers of both 
 
 from ioaware import tiles as sram_budget
 from ioaware.codegen import expr, render
-from ioaware.codegen.attention import backward, blocks, forward, header, op, price, reference, tiles
+from ioaware.codegen.attention import (
+    backward,
+    blocks,
+    forward,
+    header,
+    host,
+    op,
+    price,
+    reference,
+    tiles,
+)
 from ioaware.codegen.cache import register_renderer
 
 # The sources each kind's text depends on: editing one invalidates the modules it made. The
@@ -23,4 +33,4 @@ SOURCES = (header, blocks, expr, reference, tiles, sram_budget, render)
 register_renderer("attention_fwd", forward.render_forward, *SOURCES)
 register_renderer("attention_bwd", backward.render_backward, *SOURCES)
 
-__all__ = ["op", "price", "tiles"]
+__all__ = ["host", "op", "price", "tiles"]

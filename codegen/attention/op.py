@@ -233,11 +233,13 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.causal = causal
 
 
-def _backward(ctx, dout: Tensor, dlse: Tensor | None):
+def _backward(ctx, dout: Tensor, dlse: Tensor | None, *, run=None):
+    """run: what computes the gradients, the backward op unless the host path
+    (codegen/host.py) gives its body."""
     q, k, v, out, lse = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(out)
-    dq, dk, dv = torch.ops.ioaware.flash_attention_backward(
+    dq, dk, dv = (run or torch.ops.ioaware.flash_attention_backward)(
         dout, q, k, v, out, lse, ctx.scale, ctx.causal, dlse
     )
     return dq, dk, dv, None, None
@@ -398,11 +400,12 @@ def _attention_setup_context(ctx, inputs, output) -> None:
     ctx.set_materialize_grads(False)
 
 
-def _attention_backward(ctx, dout: Tensor | None, dlse: Tensor | None):
+def _attention_backward(ctx, dout: Tensor | None, dlse: Tensor | None, *, run=None):
+    """run: as `_backward`'s."""
     q, k, v, out, lse, seed, *extra = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(out)
-    dq, dk, dv, dgrads = torch.ops.ioaware.attention_backward(
+    dq, dk, dv, dgrads = (run or torch.ops.ioaware.attention_backward)(
         dout, q, k, v, out, lse, list(extra), ctx.spec, seed, dlse)
     aspec = _parse_spec(ctx.spec)
     it = iter(dgrads)

@@ -12,7 +12,7 @@ Importing the package registers the ops, their prices and their renderers.
 from ioaware import tiles as sram_budget
 from ioaware.codegen import render
 from ioaware.codegen.cache import register_renderer
-from ioaware.codegen.scan import backward, forward, linear, op, price, tiles
+from ioaware.codegen.scan import backward, forward, host, linear, op, price, tiles
 
 # The tuned configs a module lists come from the family's tile candidates, which read the
 # SRAM budget every family shares: both decide the text.
@@ -20,4 +20,4 @@ register_renderer("scan_fwd", forward.render_forward, tiles, sram_budget, render
 register_renderer("scan_bwd", backward.render_backward, forward, tiles, sram_budget, render)
 register_renderer("scan_linear", linear.render_linear, forward, render)
 
-__all__ = ["op", "price", "tiles"]
+__all__ = ["host", "op", "price", "tiles"]

@@ -205,11 +205,13 @@ def _selective_setup_context(ctx, inputs, output) -> None:
     ctx.delta_softplus = delta_softplus
 
 
-def _selective_backward(ctx, dy: Tensor | None, dh_last: Tensor | None):
+def _selective_backward(ctx, dy: Tensor | None, dh_last: Tensor | None, *, run=None):
+    """run: what computes the gradients, the backward op unless the host path
+    (codegen/host.py) gives its body."""
     u, delta, A, B, C, D, z, delta_bias, h0 = ctx.saved_tensors
     if dy is None:
         dy = torch.zeros(u.shape, dtype=u.dtype, device=u.device)
-    grads = torch.ops.ioaware.selective_scan_backward(
+    grads = (run or torch.ops.ioaware.selective_scan_backward)(
         dy, dh_last, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, h0)
     present = (u, delta, A, B, C, D, z, delta_bias, h0)
     du, ddelta, dA, dB, dC, dD, dz, ddb, dh0 = (

@@ -1,0 +1,68 @@
+"""The host path: how a rewritten region's kernels are called with the least host time.
+
+A region calls a family's `torch.library` custom op (`ioaware::attention`, ...). The op
+is what tracing, fake tensors, AOTAutograd and Inductor see, and it stays: on CUDA,
+Inductor's compiled forward and backward call the op and its backward op directly,
+under AOTAutograd's own autograd node. A graph that runs as fx (the CPU paths, or any
+graph Inductor does not take) would pay for the op's machinery on every call instead:
+the dispatcher, the custom op's Python autograd wrapper, its redispatch to the backend
+kernel, and a second trip through the dispatcher for the backward op. There each op
+call is swapped for the family's *host function*: one thin `torch.autograd.Function`
+that calls the op's own body (the checks, the kernel module lookup, the launches of
+cached binaries with their chosen configs) with no dispatch on the way, forward and
+backward.
+
+A family joins in one place, its `host.py`:
+
+    register_host_path(torch.ops.ioaware.attention.default, attention_host)
+
+where `attention_host` takes the op's arguments (same order, same defaults) and returns
+what the op returns; `undecorated(custom_op)` gives the Python function behind a
+custom op (the body to call directly). `use_host_path(gm)` swaps the registered ops of a
+graph (its subgraphs too: a checkpointed body runs as fx as well).
+
+Every kernel path is CUDA-graph capturable: the launchers read sizes from tensors'
+shapes (no `.item()`, `.cpu()`, `.tolist()`, `nonzero`), allocate through torch's
+allocator only, and never tune inside a capture (`codegen/tuning.py`);
+tests/unit/test_host_path.py checks the source of every launcher for host syncs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import fx
+
+# op overload -> the callable that replaces it in a graph run as fx
+HOST_PATHS: dict[Any, Callable[..., Any]] = {}
+
+
+def register_host_path(op: Any, function: Callable[..., Any]) -> None:
+    """Call `function` instead of `op` (an OpOverload) in graphs run as fx."""
+    HOST_PATHS[op] = function
+
+
+def undecorated(op: Any) -> Callable[..., Any]:
+    """The Python function a `torch.library.custom_op` was made from (its body, called
+    without the dispatcher); the op itself where torch keeps no such function."""
+    return getattr(op, "_init_fn", op)
+
+
+def use_host_path(gm: fx.GraphModule) -> int:
+    """Swap each call of a registered op in `gm` and its submodules for its host
+    function; returns how many calls were swapped."""
+    swapped = 0
+    for module in gm.modules():
+        if not isinstance(module, fx.GraphModule):
+            continue
+        changed = False
+        for node in module.graph.nodes:
+            if node.op == "call_function" and node.target in HOST_PATHS:
+                node.target = HOST_PATHS[node.target]
+                changed = True
+                swapped += 1
+        if changed:
+            module.recompile()
+    return swapped
+
