@@ -14,7 +14,7 @@ import torch
 
 import ioaware
 from ioaware.backend import IoawareBackend
-from ioaware.codegen import cache, host, load_families, launch, tuning
+from ioaware.codegen import cache, host, launch, load_families, tuning
 from ioaware.codegen.attention import host as attention_host
 from ioaware.codegen.attention import op as attention_op
 from ioaware.codegen.attention.spec import AttentionSpec
