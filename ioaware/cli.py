@@ -9,6 +9,10 @@
                             [--causal | --no-causal] [--vs sdpa,eager,compile,flex] [--skip-slow]
     ioaware bench scan [--dtype bf16] [--batch 4 --channels 1536 --seqlen 2048 --d-state 16]
                        [--groups 1] [--no-gate] [--eager-len 128] [--skip-slow]
+    ioaware bench model NAME [--train | --infer] [--batch 2 --seq-len 2048 --layers 4]
+                             [--hidden H --heads N --kv-heads K --vocab V --window W]
+                             [--variants eager,sdpa,compile,...] [--dtype bf16] [--json]
+    ioaware --version
 
 TARGET is `path/to/file.py:make` (`:make` may be left out) or the name of a bundled example
 (`gpt`, `llama`, `mamba`, `hybrid`, `sdpa_gqa`). `make()` returns (model, args) or
@@ -330,6 +334,30 @@ def cmd_bench_scan(options: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_model(options: argparse.Namespace) -> int:
+    """`bench model NAME`: a whole transformers model, a step per variant."""
+    from ioaware.bench.model import SizeError, Sizes, bench_model, render_model_bench
+
+    variants = [v.strip() for v in options.variants.split(",") if v.strip()]
+    sizes = Sizes(batch=options.batch, seq_len=options.seq_len, layers=options.layers,
+                  hidden=options.hidden, heads=options.heads, kv_heads=options.kv_heads,
+                  vocab=options.vocab, window=options.window)
+    try:
+        rows = bench_model(options.name, sizes, variants, train=options.train,
+                           dtype=options.dtype, steps=options.steps, warmup=options.warmup,
+                           progress=_bench_progress)
+    except (SizeError, ValueError) as e:
+        print(f"ioaware bench model: {str(e).splitlines()[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    if options.json:
+        return _print_json(rows)
+    title = (f"{options.name}, {'training' if options.train else 'inference'} step, "
+             f"{options.dtype}, B={options.batch}, L={options.seq_len}, "
+             f"{options.layers} layers")
+    print(render_model_bench(rows, title), end="")
+    return 1 if any(r.note for r in rows) else 0
+
+
 # --- argument parsing -------------------------------------------------------------------------
 
 
@@ -340,12 +368,28 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _version() -> str:
+    """`ioaware X (torch Y, triton Z)`: what a bug report needs first."""
+    import importlib.metadata
+
+    from ioaware.version import __version__
+
+    def of(dist: str) -> str:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    return f"ioaware {__version__} (torch {of('torch')}, triton {of('triton')})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ioaware.config import config
 
     parser = argparse.ArgumentParser(
         prog="ioaware", description="IO-aware graph compiler for PyTorch."
     )
+    parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     report = commands.add_parser(
@@ -460,7 +504,43 @@ def build_parser() -> argparse.ArgumentParser:
                       help="do_bench repetition time in ms (default: %(default)s)")
     scan.add_argument("--json", action="store_true", help="print JSON rows")
     scan.set_defaults(run=cmd_bench_scan)
+    _add_model_bench(benches)
     return parser
+
+
+def _add_model_bench(benches: Any) -> None:
+    from ioaware.bench.model import MODELS, VARIANTS
+
+    model = benches.add_parser(
+        "model", help="a whole transformers model: eager, SDPA, torch.compile, ioaware",
+        description="A training (or inference) step of a transformers model built from its "
+        "config with random weights, per variant: median ms a step, first-call seconds, "
+        "peak memory (CUDA), regions rewritten, relative error against the first variant. "
+        "Variants: " + ", ".join(VARIANTS) + ". Runs on the CPU too (tiny sizes).",
+    )
+
+    def one_line_error(message: str) -> None:  # bad input: exit 2, one line
+        print(f"ioaware bench model: {message}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+    model.error = one_line_error  # type: ignore[method-assign]
+    model.add_argument("name", metavar="NAME", help="one of " + ", ".join(MODELS))
+    phase = model.add_mutually_exclusive_group()
+    phase.add_argument("--train", dest="train", action="store_true", default=True,
+                       help="forward and backward (default)")
+    phase.add_argument("--infer", dest="train", action="store_false", help="forward only")
+    for flag, default in (("--batch", 2), ("--seq-len", 2048), ("--layers", 4),
+                          ("--vocab", 32000), ("--window", 1024), ("--steps", 10),
+                          ("--warmup", 3)):
+        model.add_argument(flag, type=int, default=default, help="default: %(default)s")
+    for flag in ("--hidden", "--heads", "--kv-heads"):
+        model.add_argument(flag, type=int, default=None, help="default: the model's")
+    model.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16",
+                       help="default: %(default)s")
+    model.add_argument("--variants", default=",".join(VARIANTS),
+                       help="comma-separated (default: %(default)s)")
+    model.add_argument("--json", action="store_true", help="print JSON rows")
+    model.set_defaults(run=cmd_bench_model)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
