@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from ioaware import capture, cost
+from ioaware import capture, cost, logs
 from ioaware.explain import Explanation, Fallback, Rewrite
 from ioaware.hardware import DeviceProfile
 from ioaware.verify import verified
@@ -155,6 +155,7 @@ class IoawareBackend:
         profile = (hardware.get_profile(self.device) if self.device is not None
                    else hardware.device_profile(device))
         result = compile_graph(gm, example_inputs, profile, backend_name(device), graph=index)
+        logs.report_graph(index, result.rewrites, result.fallbacks, result.seconds)
         self.explanation.rewrites += result.rewrites
         self.explanation.fallbacks += result.fallbacks
         for name, seconds in result.seconds.items():
