@@ -104,6 +104,10 @@ def build(name: str, sizes: Sizes, attention: str) -> torch.nn.Module:
     import transformers as tf
 
     h, heads, kv, n = sizes.hidden, sizes.heads, sizes.kv_heads, sizes.layers
+    # The configs' default use_cache=True is kept: without a cache transformers adds a
+    # packed-sequence mask from position_ids under compile (never eagerly), so every
+    # compiled variant would pay a data mask eager does not; the cache costs one cat of
+    # each layer's K and V, the same in every variant.
     common = {"vocab_size": sizes.vocab, "bos_token_id": 0, "eos_token_id": 0,
               "pad_token_id": 0, "attn_implementation": attention}
     if name in ("llama", "mistral"):
