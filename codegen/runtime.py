@@ -25,7 +25,8 @@ from .cache import INTERPRET_DEVICE, Spec, cached_module, device_tag, load_kerne
 
 def backend_name(device: torch.device | str) -> str:
     """How the ops run on `device` now: "triton", "triton-interpret" or "reference"."""
-    device = torch.device(device)
+    if not isinstance(device, torch.device):  # a tensor's .device is one already
+        device = torch.device(device)
     if device.type == "cuda":
         return "triton"
     if device.type == "cpu" and config.interpret:

@@ -148,13 +148,15 @@ def _kernel_backward(spec: AttentionSpec, dout: Tensor, q: Tensor, k: Tensor, v:
 
 
 def _spec(q: Tensor, v: Tensor, scale: float, causal: bool) -> AttentionSpec:
-    return AttentionSpec(
-        head_dim=q.shape[-1],
-        head_dim_v=v.shape[-1],
-        dtype=dtype_name(q.dtype),
-        causal=causal,
-        scale=scale,
-    )
+    return _plain_spec(q.shape[-1], v.shape[-1], q.dtype, causal, scale)
+
+
+@functools.lru_cache(maxsize=256)
+def _plain_spec(head_dim: int, head_dim_v: int, dtype: torch.dtype, causal: bool,
+                scale: float) -> AttentionSpec:
+    """One frozen Spec per signature: built and validated once, not on every call."""
+    return AttentionSpec(head_dim=head_dim, head_dim_v=head_dim_v, dtype=dtype_name(dtype),
+                         causal=causal, scale=scale)
 
 
 def _empty_outputs(q: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:

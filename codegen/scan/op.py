@@ -23,6 +23,8 @@ reference.py (fp32 torch).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -100,18 +102,19 @@ def _check_selective(u, delta, A, B, C, D, z, delta_bias, h0) -> None:
 
 
 def _selective_spec(u, delta, A, B, D, z, delta_bias, delta_softplus, h0) -> ScanSpec:
-    return ScanSpec(
-        kind="selective",
-        dtype=dtype_name(u.dtype),
-        d_state=A.shape[1],
-        delta_dtype=dtype_name(delta.dtype),
-        bc_dtype=dtype_name(B.dtype),
-        has_D=D is not None,
-        has_z=z is not None,
-        has_delta_bias=delta_bias is not None,
-        delta_softplus=bool(delta_softplus),
-        has_h0=h0 is not None,
-    )
+    return _selective_spec_of(u.dtype, A.shape[1], delta.dtype, B.dtype, D is not None,
+                              z is not None, delta_bias is not None, bool(delta_softplus),
+                              h0 is not None)
+
+
+@functools.lru_cache(maxsize=256)
+def _selective_spec_of(dtype, d_state, delta_dtype, bc_dtype, has_D, has_z, has_delta_bias,
+                       delta_softplus, has_h0) -> ScanSpec:
+    """One frozen Spec per signature: built and validated once, not on every call."""
+    return ScanSpec(kind="selective", dtype=dtype_name(dtype), d_state=d_state,
+                    delta_dtype=dtype_name(delta_dtype), bc_dtype=dtype_name(bc_dtype),
+                    has_D=has_D, has_z=has_z, has_delta_bias=has_delta_bias,
+                    delta_softplus=delta_softplus, has_h0=has_h0)
 
 
 def _selective_outputs(u: Tensor, A: Tensor) -> tuple[Tensor, Tensor]:
@@ -253,8 +256,13 @@ def _check_linear(a, b, h0) -> None:
 
 
 def _linear_spec(out_dtype: torch.dtype, h0: Tensor | None, reverse: bool) -> ScanSpec:
-    return ScanSpec(kind="linear", dtype=dtype_name(out_dtype), has_h0=h0 is not None,
-                    reverse=bool(reverse))
+    return _linear_spec_of(out_dtype, h0 is not None, bool(reverse))
+
+
+@functools.lru_cache(maxsize=64)
+def _linear_spec_of(out_dtype: torch.dtype, has_h0: bool, reverse: bool) -> ScanSpec:
+    return ScanSpec(kind="linear", dtype=dtype_name(out_dtype), has_h0=has_h0,
+                    reverse=reverse)
 
 
 @torch.library.custom_op("ioaware::linear_scan", mutates_args=())
