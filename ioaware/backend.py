@@ -184,9 +184,20 @@ class IoawareBackend:
         (the ioaware ops stay opaque to it); the fx graph itself if Inductor fails."""
         from torch._inductor.compile_fx import compile_fx
 
+        from ioaware.inductor_options import cudagraph_skips, uses_cudagraphs
+
         try:
-            return compile_fx(gm, list(example_inputs),
-                              config_patches=dict(self.inductor_patches))
+            if not uses_cudagraphs(self.inductor_patches):
+                return compile_fx(gm, list(example_inputs),
+                                  config_patches=dict(self.inductor_patches))
+            with cudagraph_skips() as skipped:
+                compiled = compile_fx(gm, list(example_inputs),
+                                      config_patches=dict(self.inductor_patches))
+            for reason in skipped:  # it runs, without CUDA graphs: say why
+                self.explanation.fallbacks.append(Fallback(
+                    "cudagraphs", f"runs without CUDA graphs: {reason}",
+                    graph=self.explanation.graphs - 1))
+            return compiled
         except Exception as e:  # noqa: BLE001 - the fx graph still runs, just unfused
             log.warning("ioaware: Inductor failed on this graph (%s); running it as fx", e)
             self.explanation.fallbacks.append(Fallback(

@@ -16,6 +16,9 @@ the same way and have nothing to act on.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -60,3 +63,34 @@ def uses_cudagraphs(patches: dict[str, Any]) -> bool:
     from torch._inductor import config
 
     return bool(config.triton.cudagraphs)
+
+
+def _skip_logger() -> logging.Logger:
+    """Where Inductor says why it leaves a graph out of CUDA graphs ("skipping cudagraphs
+    due to cpu device (arg3_1)", ...): its `cudagraphs` artifact logger, at WARNING."""
+    from torch._inductor import cudagraph_utils
+
+    return getattr(cudagraph_utils, "cudagraphs_log",
+                   logging.getLogger("torch._inductor.cudagraph_utils.__cudagraphs"))
+
+
+@contextlib.contextmanager
+def cudagraph_skips() -> Iterator[list[str]]:
+    """The reasons Inductor gives, while the block runs, for compiling a graph without
+    CUDA graphs (the graph then runs as compiled, just not captured). Reasons found
+    when the backward compiles (at the first backward) are Inductor's own log's only."""
+    reasons: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            message = record.getMessage()
+            if "cudagraph" in message:
+                reasons.append(message)
+
+    logger = _skip_logger()
+    handler = Collect(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield reasons
+    finally:
+        logger.removeHandler(handler)

@@ -7,7 +7,7 @@ import torch
 
 import ioaware
 from ioaware.backend import IoawareBackend
-from ioaware.inductor_options import inductor_patches
+from ioaware.inductor_options import cudagraph_skips, inductor_patches
 
 
 def attn(q, k, v):
@@ -78,3 +78,13 @@ def test_ioaware_compile_with_mode_runs():
     q, k, v = qkv()
     torch.testing.assert_close(ioaware.compile(attn, mode="reduce-overhead")(q, k, v),
                                attn(q, k, v))
+
+
+def test_cudagraph_skip_reasons_are_collected():
+    # Inductor's own reporting function, as it calls it when a graph cannot be captured.
+    from torch._inductor.cudagraph_utils import log_cudagraph_skip_and_bump_counter
+
+    with cudagraph_skips() as reasons:
+        log_cudagraph_skip_and_bump_counter("skipping cudagraphs due to cpu device (arg3_1)")
+    log_cudagraph_skip_and_bump_counter("after the block: not collected")
+    assert reasons == ["skipping cudagraphs due to cpu device (arg3_1)"]
