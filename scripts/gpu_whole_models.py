@@ -180,18 +180,25 @@ def main() -> None:
     args = parser.parse_args()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, "
           f"ioaware {ioaware.__version__}")
+    started = time.perf_counter()
+
+    def elapsed() -> str:
+        return f"[{time.perf_counter() - started:.0f} s]"
 
     print("\n1. host µs per call (tiny sizes; wall time of back-to-back calls)")
     print(f"   {'call':40s} {'fwd µs':>9s} {'fwd+bwd µs':>11s}")
     for name, fwd, both in host_rows(args.calls):
         print(f"   {name:40s} {fwd:9.1f} {both:11.1f}")
 
+    print(elapsed())
     print("\n2. launches under torch.cuda.set_sync_debug_mode('error')")
     for name, verdict in sync_check():
         print(f"   {name:20s} {verdict}")
 
+    print(elapsed())
     print("\n3. CUDA graphs")
     print("   " + cudagraph_check())
+    print(elapsed())
 
     if args.skip_table:
         return
@@ -206,6 +213,7 @@ def main() -> None:
     print(render_model_bench(rows, f"llama, {args.layers} layers, hidden {args.hidden}, "
                                    f"16 heads / 4 KV, B={args.batch}, S={args.seq_len}, bf16, "
                                    "training step"))
+    print(elapsed())
 
 
 if __name__ == "__main__":

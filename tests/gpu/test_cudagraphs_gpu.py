@@ -176,6 +176,7 @@ def test_reduce_overhead_matches_eager(train):
     tol = TOLERANCE[DTYPE]
     for step in range(4):  # warm-up, recording, then replays
         x = rand(2, 128, 256, grad=False)
+        torch.compiler.cudagraph_mark_step_begin()  # a new iteration, as a training loop says
         with torch.set_grad_enabled(train):
             out = compiled(x)
             if train:
