@@ -170,6 +170,9 @@ class IoawareBackend:
         if device.type == "cuda":
             compiled = self._inductor(gm, example_inputs)
         else:
+            if self.inductor_patches:
+                log.info("graph on %s runs as fx: Inductor's mode/options (%s) do not apply",
+                         device, ", ".join(self.inductor_patches))
             # Run as fx: the ops' calls go to their host functions (codegen/host.py).
             from ioaware.codegen.host import use_host_path
 
