@@ -12,6 +12,7 @@
     ioaware bench model NAME [--train | --infer] [--batch 2 --seq-len 2048 --layers 4]
                              [--hidden H --heads N --kv-heads K --vocab V --window W]
                              [--variants eager,sdpa,compile,...] [--dtype bf16] [--json]
+                             [--timeout S]
     ioaware --version
 
 TARGET is `path/to/file.py:make` (`:make` may be left out) or the name of a bundled example
@@ -345,7 +346,7 @@ def cmd_bench_model(options: argparse.Namespace) -> int:
     try:
         rows = bench_model(options.name, sizes, variants, train=options.train,
                            dtype=options.dtype, steps=options.steps, warmup=options.warmup,
-                           progress=_bench_progress)
+                           timeout=options.timeout, progress=_bench_progress)
     except (SizeError, ValueError) as e:
         print(f"ioaware bench model: {str(e).splitlines()[0]}", file=sys.stderr)
         return EXIT_USAGE
@@ -537,6 +538,9 @@ def _add_model_bench(benches: Any) -> None:
         model.add_argument(flag, type=int, default=None, help="default: the model's")
     model.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16",
                        help="default: %(default)s")
+    model.add_argument("--timeout", type=float, default=0,
+                       help="seconds a variant may take, compile included; one past it is "
+                       "a row saying so (default: no limit)")
     model.add_argument("--variants", default=",".join(VARIANTS),
                        help="comma-separated (default: %(default)s)")
     model.add_argument("--json", action="store_true", help="print JSON rows")

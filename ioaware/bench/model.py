@@ -24,9 +24,12 @@ IOAWARE_INTERPRET=1), which is what CI runs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
+import signal
 import statistics
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -174,9 +177,10 @@ def variants_for(name: str, asked: Sequence[str]) -> list[str]:
 
 def bench_model(name: str, sizes: Sizes, variants: Sequence[str], *, train: bool = True,
                 dtype: str = "bf16", device: str | None = None, steps: int = 10,
-                warmup: int = 3, progress: Callable[[str], None] = lambda _: None
-                ) -> list[ModelRow]:
-    """One row per variant (see the module docstring)."""
+                warmup: int = 3, timeout: float = 0,
+                progress: Callable[[str], None] = lambda _: None) -> list[ModelRow]:
+    """One row per variant (see the module docstring). timeout: seconds a variant may
+    take, compilation included (0: no limit); one past it is a row saying so."""
     sizes = resolve(name, sizes)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -189,8 +193,9 @@ def bench_model(name: str, sizes: Sizes, variants: Sequence[str], *, train: bool
                  f"({'train' if train else 'infer'}, B={sizes.batch}, L={sizes.seq_len})")
         row = ModelRow(name, variant, train)
         try:
-            out = _run_variant(row, name, sizes, variant, train, DTYPES[dtype], dev, steps,
-                               warmup)
+            with _time_limit(timeout):
+                out = _run_variant(row, name, sizes, variant, train, DTYPES[dtype], dev,
+                                   steps, warmup)
             if reference is None:
                 reference = out
             else:
@@ -264,6 +269,32 @@ def _run_variant(row: ModelRow, name: str, sizes: Sizes, variant: str, train: bo
     if backend is not None:
         row.regions = len(backend.explanation.rewrites)
     return first
+
+
+class VariantTimeout(Exception):
+    """A variant ran past --timeout (a compile that does not finish, say)."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float):
+    """Raise VariantTimeout in the block after `seconds` (SIGALRM: the main thread on a
+    POSIX system; elsewhere, or for 0, no limit)."""
+    usable = (seconds > 0 and hasattr(signal, "setitimer")
+              and threading.current_thread() is threading.main_thread())
+    if not usable:
+        yield
+        return
+
+    def expire(signum, frame):
+        raise VariantTimeout(f"did not finish within --timeout={seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _sync(dev: torch.device) -> None:

@@ -54,3 +54,12 @@ def test_version(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("ioaware ") and "torch " in out and "triton " in out
+
+
+def test_a_variant_past_its_timeout_is_a_row_saying_so():
+    from ioaware.bench.model import Sizes, bench_model
+
+    sizes = Sizes(batch=1, seq_len=16, layers=1, hidden=32, heads=2, kv_heads=1, vocab=64)
+    rows = bench_model("llama", sizes, ["eager"], steps=1000, warmup=0, timeout=0.05,
+                       dtype="fp32", device="cpu")
+    assert rows[0].ms is None and "did not finish within --timeout=0.05 s" in rows[0].note
