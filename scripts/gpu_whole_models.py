@@ -177,6 +177,8 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=2048)
+    parser.add_argument("--timeout", type=float, default=180,
+                        help="seconds a table variant may take, compile included")
     args = parser.parse_args()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, "
           f"ioaware {ioaware.__version__}")
@@ -208,7 +210,7 @@ def main() -> None:
     sizes = Sizes(batch=args.batch, seq_len=args.seq_len, layers=args.layers,
                   hidden=args.hidden, heads=16, kv_heads=4)
     rows = bench_model("llama", sizes, args.variants.split(","), train=True, steps=10,
-                       warmup=3, progress=lambda m: print(f"   [{time.strftime('%X')}] {m}",
+                       warmup=3, timeout=args.timeout, progress=lambda m: print(f"   [{time.strftime('%X')}] {m}",
                                                           flush=True))
     print(render_model_bench(rows, f"llama, {args.layers} layers, hidden {args.hidden}, "
                                    f"16 heads / 4 KV, B={args.batch}, S={args.seq_len}, bf16, "
