@@ -12,6 +12,7 @@ compiled to, under a key at least as fine as what Triton specialises on:
     tensor  -> (dtype, data_ptr % 16 == 0)          pointer type and 16-byte alignment
     int     -> (== 1, % 16 == 0, i32, below 2**63)  Triton's constant 1, divisibility, width
     bool, None -> the value;  float -> the type    (floats are not specialised)
+    a constexpr parameter given by position -> its value
     kw      -> the constexpr and launch-option values (BLOCK_M, num_warps, ...)
 
 plus the current device (a binary is loaded per device). Two calls with equal keys get
@@ -33,6 +34,7 @@ from triton.runtime import JITFunction, driver
 from ioaware.config import config
 
 _ATTR = "_ioaware_binaries"
+_CONSTEXPRS = "_ioaware_constexpr_positions"
 
 
 def _arg_key(x: Any) -> Any:
@@ -58,7 +60,7 @@ def launch(kernel: Any, grid: tuple[int, ...], *args: Any, **kw: Any) -> None:
         kernel[grid](*args, **kw)  # a profiler listens: it gets Triton's own path
         return
     try:
-        key = (tuple(map(_arg_key, args)), tuple(kw.items()))
+        key = _launch_key(kernel, args, kw)
     except TypeError:  # an argument kind the key does not cover
         kernel[grid](*args, **kw)
         return
@@ -77,6 +79,18 @@ def launch(kernel: Any, grid: tuple[int, ...], *args: Any, **kw: Any) -> None:
     g0, g1, g2 = (tuple(grid) + (1, 1))[:3]
     compiled.run(g0, g1, g2, stream, compiled.function, compiled.packed_metadata, None,
                  None, None, *args, *(kw[name] for name in tail))
+
+
+def _launch_key(kernel: Any, args: tuple, kw: dict[str, Any]) -> tuple:
+    """What decides the binary: each argument's `_arg_key`, the values of the constexpr
+    parameters given by position (each value is its own binary: CPG = 2 and 4 compile
+    apart though both are even), and the keywords."""
+    positions = kernel.__dict__.get(_CONSTEXPRS)
+    if positions is None:
+        positions = kernel.__dict__[_CONSTEXPRS] = tuple(
+            i for i, p in enumerate(kernel.params) if p.is_constexpr)
+    return (tuple(map(_arg_key, args)), tuple(args[i] for i in positions if i < len(args)),
+            tuple(kw.items()))
 
 
 def _hooked(hook: Any) -> bool:

@@ -44,3 +44,30 @@ def test_hooks_count_only_when_something_listens():
     assert not launch._hooked(Chain([]))
     assert launch._hooked(Chain([print]))
     assert launch._hooked(print)
+
+
+KERNEL_SOURCE = '''
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def kernel(X, n, CPG: tl.constexpr, BLOCK: tl.constexpr):
+    pass
+'''
+
+
+def test_constexprs_given_by_position_are_keyed_by_value(tmp_path, monkeypatch):
+    # A constexpr passed positionally (the scan kernels' channels per group) compiles a
+    # binary per value: 2 and 4 must not share one, though _arg_key cannot tell them.
+    (tmp_path / "kernel_with_constexpr.py").write_text(KERNEL_SOURCE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    from kernel_with_constexpr import kernel
+
+    x = torch.zeros(16)
+    assert launch._arg_key(2) == launch._arg_key(4)
+    two = launch._launch_key(kernel, (x, 8, 2), {"BLOCK": 16})
+    four = launch._launch_key(kernel, (x, 8, 4), {"BLOCK": 16})
+    assert two != four
+    assert two == launch._launch_key(kernel, (x, 24, 2), {"BLOCK": 16})  # n: not constexpr
