@@ -114,8 +114,9 @@ def tuned_config(kernel, configs, default, key, trial, reset=None):
         return config
     maps = globals().get("_STATIC_MAPS", {})
     before = set(maps)
-    config = _tuned_config(_CHOSEN, f"{__name__.split('-')[0]}.{kernel}", configs, default,
-                           (kernel, *key), trial, reset)
+    name = __name__.removeprefix("ioaware_kernels_").rsplit("_", 1)[0]  # the kind
+    config = _tuned_config(_CHOSEN, f"{name}.{kernel}", configs, default, (kernel, *key),
+                           trial, reset)
     # Static block maps the losing tiles' trials built are not kept (at long N they are
     # tens of MB); maps from before the trials may be read by captured graphs.
     for map_key in set(maps) - before:
