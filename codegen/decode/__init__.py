@@ -10,8 +10,11 @@ Importing the package registers the ops, their prices and the renderer.
 """
 
 from ioaware import tiles as sram_budget
-from ioaware.codegen import attention  # noqa: F401  (first: expr imports its Spec)
-from ioaware.codegen import expr, render
+from ioaware.codegen import (
+    attention,  # noqa: F401  (first: expr imports its Spec)
+    expr,
+    render,
+)
 from ioaware.codegen.attention import blocks, header
 from ioaware.codegen.attention import reference as attention_reference
 from ioaware.codegen.cache import register_renderer

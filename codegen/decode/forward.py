@@ -7,7 +7,8 @@ launcher `forward(q, k, v, out, lse, inputs, splits, block_table=None, n_k=None)
                    read KV head g (all query heads of the GQA group, packed into one
                    tile: K/V read once per group) and folds keys [s·C, (s+1)·C) into
                    (acc, l, m) by the online softmax (FlashAttention-2, Algorithm 1),
-                   writing the partial o_s = acc / l and lse_s = m + log2 l (fp32, log2)
+                   writing the partial o_s = acc / l and lse_s = m + log2 l (fp32, log2);
+                   with one split it writes out and lse itself (no merge launch)
     _decode_merge  grid (B·Hkv,): out = Σ_s 2^(lse_s − lse) o_s, lse = log2 Σ_s 2^lse_s
                    (the log-sum-exp merge of FlashDecoding), then the mask semantics of
                    rows that saw no visible key, as the prefill kernels give them
@@ -76,16 +77,55 @@ def _load_kv(X, BT, b, h_kv, cols, offs, stride_xb, stride_xh, stride_xn, stride
 
 
 @triton.jit
-def _decode_split(Q, K, V, BT, OPart, LPart${inputs},
+def _finish(out, lse, empty, Out, Lse, V, BT, b, h_kv, rows, offs_dv,
+            stride_ob, stride_oh, stride_om, stride_od,
+            stride_vb, stride_vh, stride_vn, stride_vd, stride_btb, stride_btn,
+            H_Q, GROUP, N_Q, N_K, PAGE, N_PAGES, BLOCK_N: tl.constexpr):
+    """Store out [B, Hq, Nq, dv] and lse [B, Hq, Nq] (natural log) of the packed rows,
+    rows with no visible key (`empty`) as the prefill kernels give them."""
+    if FIX_EMPTY:
+        # fill / add semantics (UNIFORM_EMPTY): eager's softmax over every key's equal
+        # masked logit is the mean of V; its lse is mask_fill + ln Nk (prefill's form)
+        if _any(empty):
+            offs_n = tl.arange(0, BLOCK_N)
+            mean = tl.full([DV_PAD], 0.0, dtype=tl.float32)
+            for start_n in range(0, N_K, BLOCK_N):
+                v = _load_kv(V, BT, b, h_kv, start_n + offs_n, offs_dv, stride_vb,
+                             stride_vh, stride_vn, stride_vd, stride_btb, stride_btn,
+                             PAGE, N_PAGES, N_K, HEAD_DIM_V, EVEN_DV)
+                mean += _sum_axis(v.to(tl.float32), 0)
+            mean = mean / N_K
+            out = tl.where(empty[:, None], mean[None, :], out)
+            lse = tl.where(empty, tl.math.log2(N_K * 1.0) * LN2 + MASK_FILL, lse)
+    elif SAFE:
+        out = tl.where(empty[:, None], 0.0, out)  # SDPA: a row with no visible key is 0
+    else:
+        out = tl.where(empty[:, None], float("nan"), out)  # eager softmax: 0/0
+    n_rows = GROUP * N_Q
+    r = tl.minimum(rows, n_rows - 1)
+    h = h_kv * GROUP + r // N_Q
+    q_i = r % N_Q
+    row_ok = rows < n_rows
+    o_ptrs = (Out + b * stride_ob + h[:, None] * stride_oh + q_i[:, None] * stride_om
+              + offs_dv[None, :] * stride_od)
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty),
+             mask=row_ok[:, None] & (offs_dv[None, :] < HEAD_DIM_V))
+    tl.store(Lse + (b * H_Q + h) * N_Q + q_i, lse, mask=row_ok)
+
+
+@triton.jit
+def _decode_split(Q, K, V, BT, OPart, LPart, Out, Lse${inputs},
                   stride_qb, stride_qh, stride_qm, stride_qd,
                   stride_kb, stride_kh, stride_kn, stride_kd,
                   stride_vb, stride_vh, stride_vn, stride_vd,
+                  stride_ob, stride_oh, stride_om, stride_od,
                   stride_btb, stride_btn,
                   H_Q, H_KV, GROUP, N_Q, N_K, PAGE, N_PAGES, SPLIT_LEN, N_SPLITS,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FINAL: tl.constexpr):
     """Program (s, b·Hkv + g): keys [s·SPLIT_LEN, (s+1)·SPLIT_LEN) against the packed
     rows of KV head g. OPart [B·Hkv, S, BLOCK_M, DV_PAD], LPart [B·Hkv, S, BLOCK_M] fp32.
-    Packed row r is query head g·GROUP + r // Nq, query row r % Nq."""
+    Packed row r is query head g·GROUP + r // Nq, query row r % Nq. FINAL (one split):
+    write out and lse directly, no merge launch."""
     split = tl.program_id(0)
     pid = tl.program_id(1)
     b = (pid // H_KV).to(tl.int64)
@@ -142,9 +182,15 @@ def _decode_split(Q, K, V, BT, OPart, LPart${inputs},
     o = acc / tl.where(seen_any, l_i, 1.0)[:, None]
     lse2 = tl.where(seen_any, m_i + tl.math.log2(tl.where(seen_any, l_i, 1.0)),
                     float("-inf"))
-    part = pid.to(tl.int64) * N_SPLITS + split
-    tl.store(OPart + (part * BLOCK_M + rows[:, None]) * DV_PAD + offs_dv[None, :], o)
-    tl.store(LPart + part * BLOCK_M + rows, lse2)
+    if FINAL:
+        _finish(o, lse2 * LN2, lse2 == float("-inf"), Out, Lse, V, BT, b, h_kv, rows,
+                offs_dv, stride_ob, stride_oh, stride_om, stride_od, stride_vb, stride_vh,
+                stride_vn, stride_vd, stride_btb, stride_btn, H_Q, GROUP, N_Q, N_K, PAGE,
+                N_PAGES, BLOCK_N)
+    else:
+        part = pid.to(tl.int64) * N_SPLITS + split
+        tl.store(OPart + (part * BLOCK_M + rows[:, None]) * DV_PAD + offs_dv[None, :], o)
+        tl.store(LPart + part * BLOCK_M + rows, lse2)
 
 
 @triton.jit
@@ -177,34 +223,9 @@ def _decode_merge(OPart, LPart, Out, Lse, V, BT,
         total += w
     out = acc / tl.where(empty, 1.0, total)[:, None]
     lse = (m + tl.math.log2(tl.where(empty, 1.0, total))) * LN2
-    if FIX_EMPTY:
-        # fill / add semantics (UNIFORM_EMPTY): eager's softmax over every key's equal
-        # masked logit is the mean of V; its lse is mask_fill + ln Nk (prefill's form)
-        if _any(empty):
-            offs_n = tl.arange(0, BLOCK_N)
-            mean = tl.full([DV_PAD], 0.0, dtype=tl.float32)
-            for start_n in range(0, N_K, BLOCK_N):
-                v = _load_kv(V, BT, b, h_kv, start_n + offs_n, offs_dv, stride_vb,
-                             stride_vh, stride_vn, stride_vd, stride_btb, stride_btn,
-                             PAGE, N_PAGES, N_K, HEAD_DIM_V, EVEN_DV)
-                mean += _sum_axis(v.to(tl.float32), 0)
-            mean = mean / N_K
-            out = tl.where(empty[:, None], mean[None, :], out)
-            lse = tl.where(empty, tl.math.log2(N_K * 1.0) * LN2 + MASK_FILL, lse)
-    elif SAFE:
-        out = tl.where(empty[:, None], 0.0, out)  # SDPA: a row with no visible key is 0
-    else:
-        out = tl.where(empty[:, None], float("nan"), out)  # eager softmax: 0/0
-    n_rows = GROUP * N_Q
-    r = tl.minimum(rows, n_rows - 1)
-    h = h_kv * GROUP + r // N_Q
-    q_i = r % N_Q
-    row_ok = rows < n_rows
-    o_ptrs = (Out + b * stride_ob + h[:, None] * stride_oh + q_i[:, None] * stride_om
-              + offs_dv[None, :] * stride_od)
-    tl.store(o_ptrs, out.to(Out.dtype.element_ty),
-             mask=row_ok[:, None] & (offs_dv[None, :] < HEAD_DIM_V))
-    tl.store(Lse + (b * H_Q + h) * N_Q + q_i, lse, mask=row_ok)
+    _finish(out, lse, empty, Out, Lse, V, BT, b, h_kv, rows, offs_dv, stride_ob,
+            stride_oh, stride_om, stride_od, stride_vb, stride_vh, stride_vn, stride_vd,
+            stride_btb, stride_btn, H_Q, GROUP, N_Q, N_K, PAGE, N_PAGES, BLOCK_N)
 
 
 def forward(q, k, v, out, lse, inputs, splits, config, block_table=None, n_k=None):
@@ -227,14 +248,21 @@ def forward(q, k, v, out, lse, inputs, splits, config, block_table=None, n_k=Non
     group = h_q // h_kv
     split_len = _cdiv(_cdiv(n_k, splits), bn) * bn
     splits = _cdiv(n_k, split_len)
-    o_part = torch.empty((batch * h_kv, splits, bm, DV_PAD), dtype=torch.float32,
-                         device=q.device)
-    l_part = torch.empty((batch * h_kv, splits, bm), dtype=torch.float32, device=q.device)
+    final = splits == 1
+    if final:  # one split writes out and lse itself
+        o_part = l_part = lse
+    else:
+        o_part = torch.empty((batch * h_kv, splits, bm, DV_PAD), dtype=torch.float32,
+                             device=q.device)
+        l_part = torch.empty((batch * h_kv, splits, bm), dtype=torch.float32,
+                             device=q.device)
     extra = [s for x in inputs for s in (x, *x.stride())]
     launch(_decode_split, (splits, batch * h_kv),
-           q, k, v, bt, o_part, l_part, *extra, *q.stride(), *ks, *vs, *bts,
-           h_q, h_kv, group, n_q, n_k, page, n_pages, split_len, splits,
-           BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+           q, k, v, bt, o_part, l_part, out, lse, *extra, *q.stride(), *ks, *vs,
+           *out.stride(), *bts, h_q, h_kv, group, n_q, n_k, page, n_pages, split_len, splits,
+           BLOCK_M=bm, BLOCK_N=bn, FINAL=final, num_warps=warps, num_stages=stages)
+    if final:
+        return
     launch(_decode_merge, (batch * h_kv,),
            o_part, l_part, out, lse, v, bt, *out.stride(), *vs, *bts,
            h_q, h_kv, group, n_q, n_k, page, n_pages, splits,

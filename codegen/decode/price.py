@@ -46,6 +46,20 @@ def _bandwidth(profile: DeviceProfile) -> float:
     return profile.measured_hbm_bandwidth or profile.hbm_bandwidth
 
 
+def _split_time(profile: DeviceProfile, pairs: int, n_k: int, rows: int, width: int,
+                itemsize: int, splits: int) -> float:
+    """Modelled seconds of the split and merge kernels with `splits` (choose_splits)."""
+    bandwidth = _bandwidth(profile)
+    slots = profile.num_sms * PROGRAMS_PER_SM
+    chunk = -(-n_k // splits)
+    waves = -(-pairs * splits // slots)
+    t = waves * chunk * width * itemsize * slots / bandwidth
+    if splits > 1:
+        t += 2 * pairs * splits * rows * (width / 2 + 1) * PARTIAL_ITEMSIZE / bandwidth
+        t += LAUNCH_SECONDS
+    return t
+
+
 @functools.lru_cache(maxsize=4096)
 def choose_splits(profile: DeviceProfile, pairs: int, n_k: int, rows: int, width: int,
                   itemsize: int, block_n: int) -> int:
@@ -56,23 +70,35 @@ def choose_splits(profile: DeviceProfile, pairs: int, n_k: int, rows: int, width
              + LAUNCH_SECONDS · [S > 1]                                  the merge launch
 
     with slots = num_sms·PROGRAMS_PER_SM programs in flight, waves(S) =
-    ⌈pairs·S / slots⌉, width = d + dv; S ranges over 1 … min(⌈Nk/block_n⌉, MAX_SPLITS).
-    A wave of fewer programs than slots still takes a full program's time: that is
-    why one program per (batch, KV head) leaves most of an H100 idle at small batch.
+    ⌈pairs·S / slots⌉, width = d + dv, pairs = B·Hkv; S ranges over
+    1 … min(⌈Nk/block_n⌉, MAX_SPLITS). A wave of fewer programs than slots still takes
+    a full program's time: that is why one program per (batch, KV head) leaves most of
+    an H100 idle at small batch (B=1, Hkv=8: 8 of 264 slots busy).
     """
-    bandwidth = _bandwidth(profile)
-    slots = profile.num_sms * PROGRAMS_PER_SM
     best, best_t = 1, math.inf
     for splits in range(1, min(-(-n_k // block_n), MAX_SPLITS) + 1):
-        chunk = -(-n_k // splits)
-        waves = -(-pairs * splits // slots)
-        t = waves * chunk * width * itemsize * slots / bandwidth
-        if splits > 1:
-            t += 2 * pairs * splits * rows * (width / 2 + 1) * PARTIAL_ITEMSIZE / bandwidth
-            t += LAUNCH_SECONDS
+        t = _split_time(profile, pairs, n_k, rows, width, itemsize, splits)
         if t < best_t * (1 - 1e-9):
             best, best_t = splits, t
     return best
+
+
+def decode_time(profile: DeviceProfile, B: int, Hq: int, Hkv: int, Nq: int, Nk: int,
+                D: int, Dv: int, itemsize: int, block_n: int = 64) -> tuple[float, int]:
+    """(modelled seconds, split count) of the decode kernels at these sizes."""
+    rows = packed_rows(Hq // Hkv, Nq)
+    splits = choose_splits(profile, B * Hkv, Nk, rows, D + Dv, itemsize, block_n)
+    return _split_time(profile, B * Hkv, Nk, rows, D + Dv, itemsize, splits), splits
+
+
+def prefill_time(profile: DeviceProfile, B: int, Hq: int, Hkv: int, Nq: int, Nk: int,
+                 D: int, Dv: int, itemsize: int, block_m: int = 128) -> float:
+    """Modelled seconds of the prefill kernel on a decode shape, by the same waves
+    model: B·Hq·⌈Nq/block_m⌉ programs, each streaming all Nk keys of its head."""
+    programs = B * Hq * -(-Nq // block_m)
+    slots = profile.num_sms * PROGRAMS_PER_SM
+    waves = -(-programs // slots)
+    return waves * Nk * (D + Dv) * itemsize * slots / _bandwidth(profile)
 
 
 def decode_cost(B: Size, Hq: Size, Hkv: Size, Nq: Size, Nk: Size, D: int, Dv: int,
