@@ -35,13 +35,13 @@ class DecodeSpec:
 
     def __post_init__(self) -> None:
         if not isinstance(self.attention, AttentionSpec):
-            raise ValueError(f"attention must be an AttentionSpec; got "
+            raise TypeError(f"attention must be an AttentionSpec; got "
                              f"{type(self.attention).__name__}")
         if self.attention.dropout_p != 0.0:
             raise ValueError(f"attention.dropout_p={self.attention.dropout_p}: the decode "
                              "kernels do not drop out (inference); use the prefill kernels")
         if not isinstance(self.paged, bool):
-            raise ValueError(f"paged={self.paged!r} must be a bool")
+            raise TypeError(f"paged={self.paged!r} must be a bool")
 
     def to_json(self) -> str:
         """Every field as JSON; `from_json` inverts it (the custom ops' spec argument)."""

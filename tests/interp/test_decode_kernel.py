@@ -100,19 +100,19 @@ def problems(draw):
     dtype = draw(st.sampled_from([torch.float32, torch.bfloat16]))
     group = draw(st.sampled_from([1, 2, 4]))
     h_kv = draw(st.integers(1, 2))
-    return dict(
-        batch=draw(st.integers(1, 2)), h_kv=h_kv, h_q=group * h_kv,
-        n_q=draw(st.sampled_from([1, 1, 2, 3, 5, 16])),
-        n_k=draw(st.integers(17, 300)), d=draw(st.sampled_from([16, 24, 32])),
-        dtype=dtype, splits=draw(st.sampled_from([0, 1, 2, 3, 7])),
-        mask=draw(st.sampled_from(["none", "offset", "cache_position", "window",
+    return {
+        "batch": draw(st.integers(1, 2)), "h_kv": h_kv, "h_q": group * h_kv,
+        "n_q": draw(st.sampled_from([1, 1, 2, 3, 5, 16])),
+        "n_k": draw(st.integers(17, 300)), "d": draw(st.sampled_from([16, 24, 32])),
+        "dtype": dtype, "splits": draw(st.sampled_from([0, 1, 2, 3, 7])),
+        "mask": draw(st.sampled_from(["none", "offset", "cache_position", "window",
                                    "padding"])),
-        mod=draw(st.sampled_from(["none", "none", "alibi", "softcap"])),
-        semantics=draw(st.sampled_from(["neg_inf", "safe", "add"])),
-        causal=draw(st.sampled_from([False, False, False, True])),
-        paged=draw(st.booleans()), page=draw(st.sampled_from([1, 3, 16, 32])),
-        seed=draw(st.integers(0, 2**16)),
-    )
+        "mod": draw(st.sampled_from(["none", "none", "alibi", "softcap"])),
+        "semantics": draw(st.sampled_from(["neg_inf", "safe", "add"])),
+        "causal": draw(st.sampled_from([False, False, False, True])),
+        "paged": draw(st.booleans()), "page": draw(st.sampled_from([1, 3, 16, 32])),
+        "seed": draw(st.integers(0, 2**16)),
+    }
 
 
 def _pool(k: torch.Tensor, v: torch.Tensor, page: int, gen: torch.Generator):
