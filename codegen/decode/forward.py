@@ -7,10 +7,11 @@ launcher `forward(q, k, v, out, lse, inputs, splits, block_table=None, n_k=None)
                    read KV head g (all query heads of the GQA group, packed into one
                    tile: K/V read once per group) and folds keys [s·C, (s+1)·C) into
                    (acc, l, m) by the online softmax (FlashAttention-2, Algorithm 1),
-                   writing the partial o_s = acc / l and lse_s = m + log2 l (fp32, log2);
+                   writing the partial o_s = acc / l with its m_s and l_s (fp32, log2);
                    with one split it writes out and lse itself (no merge launch)
-    _decode_merge  grid (B·Hkv,): out = Σ_s 2^(lse_s − lse) o_s, lse = log2 Σ_s 2^lse_s
-                   (the log-sum-exp merge of FlashDecoding), then the mask semantics of
+    _decode_merge  grid (B·Hkv,): with m = max_s m_s, w_s = 2^(m_s − m)·l_s:
+                   out = Σ_s w_s o_s / Σ_s w_s, lse = (m + log2 Σ_s w_s)·ln 2 (the
+                   log-sum-exp merge of FlashDecoding), then the mask semantics of
                    rows that saw no visible key, as the prefill kernels give them
 
 Masks and score modifications are the attention family's: the AttentionSpec's
@@ -77,12 +78,18 @@ def _load_kv(X, BT, b, h_kv, cols, offs, stride_xb, stride_xh, stride_xn, stride
 
 
 @triton.jit
-def _finish(out, lse, empty, Out, Lse, V, BT, b, h_kv, rows, offs_dv,
+def _finish(out, m, l, Out, Lse, V, BT, b, h_kv, rows, offs_dv,
             stride_ob, stride_oh, stride_om, stride_od,
             stride_vb, stride_vh, stride_vn, stride_vd, stride_btb, stride_btn,
             H_Q, GROUP, N_Q, N_K, PAGE, N_PAGES, BLOCK_N: tl.constexpr):
-    """Store out [B, Hq, Nq, dv] and lse [B, Hq, Nq] (natural log) of the packed rows,
-    rows with no visible key (`empty`) as the prefill kernels give them."""
+    """Store out [B, Hq, Nq, dv] and lse [B, Hq, Nq] = (m + log2 l)·ln 2 of the packed
+    rows, rows with no visible key (l = 0) and tie rows as the prefill kernels give them."""
+    empty = l == 0.0
+    lse = (m + tl.math.log2(tl.where(empty, 1.0, l))) * LN2
+    lse = tl.where(empty, float("-inf"), lse)
+    if TIE_ROWS:
+        lse = tl.where((m == MIN_Z) & (l > 0.0), TIE_BASE + tl.minimum(l, TIE_MAX_COUNT) * TIE_STEP,
+                       lse)
     if FIX_EMPTY:
         # fill / add semantics (UNIFORM_EMPTY): eager's softmax over every key's equal
         # masked logit is the mean of V; its lse is mask_fill + ln Nk (prefill's form)
@@ -114,7 +121,7 @@ def _finish(out, lse, empty, Out, Lse, V, BT, b, h_kv, rows, offs_dv,
 
 
 @triton.jit
-def _decode_split(Q, K, V, BT, OPart, LPart, Out, Lse${inputs},
+def _decode_split(Q, K, V, BT, OPart, MPart, LPart, Out, Lse${inputs},
                   stride_qb, stride_qh, stride_qm, stride_qd,
                   stride_kb, stride_kh, stride_kn, stride_kd,
                   stride_vb, stride_vh, stride_vn, stride_vd,
@@ -123,7 +130,8 @@ def _decode_split(Q, K, V, BT, OPart, LPart, Out, Lse${inputs},
                   H_Q, H_KV, GROUP, N_Q, N_K, PAGE, N_PAGES, SPLIT_LEN, N_SPLITS,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FINAL: tl.constexpr):
     """Program (s, b·Hkv + g): keys [s·SPLIT_LEN, (s+1)·SPLIT_LEN) against the packed
-    rows of KV head g. OPart [B·Hkv, S, BLOCK_M, DV_PAD], LPart [B·Hkv, S, BLOCK_M] fp32.
+    rows of KV head g. OPart [B·Hkv, S, BLOCK_M, DV_PAD] (o = acc / l), MPart, LPart
+    [B·Hkv, S, BLOCK_M] (the running max m, log2 units, and the sum l), fp32.
     Packed row r is query head g·GROUP + r // Nq, query row r % Nq. FINAL (one split):
     write out and lse directly, no merge launch."""
     split = tl.program_id(0)
@@ -178,29 +186,28 @@ def _decode_split(Q, K, V, BT, OPart, LPart, Out, Lse${inputs},
                          EVEN_DV)
             acc = _mma(p.to(v.dtype), v, acc * alpha[:, None])
             m_i = m_new
-    seen_any = l_i > 0.0
-    o = acc / tl.where(seen_any, l_i, 1.0)[:, None]
-    lse2 = tl.where(seen_any, m_i + tl.math.log2(tl.where(seen_any, l_i, 1.0)),
-                    float("-inf"))
+    o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     if FINAL:
-        _finish(o, lse2 * LN2, lse2 == float("-inf"), Out, Lse, V, BT, b, h_kv, rows,
+        _finish(o, m_i, l_i, Out, Lse, V, BT, b, h_kv, rows,
                 offs_dv, stride_ob, stride_oh, stride_om, stride_od, stride_vb, stride_vh,
                 stride_vn, stride_vd, stride_btb, stride_btn, H_Q, GROUP, N_Q, N_K, PAGE,
                 N_PAGES, BLOCK_N)
     else:
         part = pid.to(tl.int64) * N_SPLITS + split
         tl.store(OPart + (part * BLOCK_M + rows[:, None]) * DV_PAD + offs_dv[None, :], o)
-        tl.store(LPart + part * BLOCK_M + rows, lse2)
+        tl.store(MPart + part * BLOCK_M + rows, m_i)
+        tl.store(LPart + part * BLOCK_M + rows, l_i)
 
 
 @triton.jit
-def _decode_merge(OPart, LPart, Out, Lse, V, BT,
+def _decode_merge(OPart, MPart, LPart, Out, Lse, V, BT,
                   stride_ob, stride_oh, stride_om, stride_od,
                   stride_vb, stride_vh, stride_vn, stride_vd,
                   stride_btb, stride_btn,
                   H_Q, H_KV, GROUP, N_Q, N_K, PAGE, N_PAGES, N_SPLITS,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Program b·Hkv + g: merge its S partials by log-sum-exp (fp32) and write out
+    """Program b·Hkv + g: merge its S partials (FlashDecoding's log-sum-exp merge, kept
+    as (m, l) pairs so ties at fp32's minimum keep their counts) and write out
     [B, Hq, Nq, dv] and lse [B, Hq, Nq] (natural log), as the prefill kernel writes
     them, empty rows included."""
     pid = tl.program_id(0)
@@ -211,19 +218,18 @@ def _decode_merge(OPart, LPart, Out, Lse, V, BT,
     base = pid.to(tl.int64) * N_SPLITS
     m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     for s in range(0, N_SPLITS):
-        m = tl.maximum(m, tl.load(LPart + (base + s) * BLOCK_M + rows))
-    empty = m == float("-inf")  # no split saw a visible key
-    m_use = tl.where(empty, 0.0, m)
+        m = tl.maximum(m, tl.load(MPart + (base + s) * BLOCK_M + rows))
+    m_use = tl.where(m == float("-inf"), 0.0, m)
     total = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
     acc = tl.full([BLOCK_M, DV_PAD], 0.0, dtype=tl.float32)
     for s in range(0, N_SPLITS):
-        w = tl.math.exp2(tl.load(LPart + (base + s) * BLOCK_M + rows) - m_use)
+        w = tl.math.exp2(tl.load(MPart + (base + s) * BLOCK_M + rows) - m_use)
+        w = w * tl.load(LPart + (base + s) * BLOCK_M + rows)  # 2^(m_s - m)·l_s
         o = tl.load(OPart + ((base + s) * BLOCK_M + rows[:, None]) * DV_PAD + offs_dv[None, :])
         acc += w[:, None] * o
         total += w
-    out = acc / tl.where(empty, 1.0, total)[:, None]
-    lse = (m + tl.math.log2(tl.where(empty, 1.0, total))) * LN2
-    _finish(out, lse, empty, Out, Lse, V, BT, b, h_kv, rows, offs_dv, stride_ob,
+    out = acc / tl.where(total > 0.0, total, 1.0)[:, None]
+    _finish(out, m, total, Out, Lse, V, BT, b, h_kv, rows, offs_dv, stride_ob,
             stride_oh, stride_om, stride_od, stride_vb, stride_vh, stride_vn, stride_vd,
             stride_btb, stride_btn, H_Q, GROUP, N_Q, N_K, PAGE, N_PAGES, BLOCK_N)
 
@@ -250,21 +256,21 @@ def forward(q, k, v, out, lse, inputs, splits, config, block_table=None, n_k=Non
     splits = _cdiv(n_k, split_len)
     final = splits == 1
     if final:  # one split writes out and lse itself
-        o_part = l_part = lse
+        o_part = m_part = l_part = lse
     else:
         o_part = torch.empty((batch * h_kv, splits, bm, DV_PAD), dtype=torch.float32,
                              device=q.device)
-        l_part = torch.empty((batch * h_kv, splits, bm), dtype=torch.float32,
-                             device=q.device)
+        m_part, l_part = torch.empty((2, batch * h_kv, splits, bm), dtype=torch.float32,
+                                     device=q.device)
     extra = [s for x in inputs for s in (x, *x.stride())]
     launch(_decode_split, (splits, batch * h_kv),
-           q, k, v, bt, o_part, l_part, out, lse, *extra, *q.stride(), *ks, *vs,
+           q, k, v, bt, o_part, m_part, l_part, out, lse, *extra, *q.stride(), *ks, *vs,
            *out.stride(), *bts, h_q, h_kv, group, n_q, n_k, page, n_pages, split_len, splits,
            BLOCK_M=bm, BLOCK_N=bn, FINAL=final, num_warps=warps, num_stages=stages)
     if final:
         return
     launch(_decode_merge, (batch * h_kv,),
-           o_part, l_part, out, lse, v, bt, *out.stride(), *vs, *bts,
+           o_part, m_part, l_part, out, lse, v, bt, *out.stride(), *vs, *bts,
            h_q, h_kv, group, n_q, n_k, page, n_pages, splits,
            BLOCK_M=bm, BLOCK_N=bn, num_warps=4, num_stages=1)
 ''')

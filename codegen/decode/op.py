@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ioaware.codegen.attention import op as attention_op  # noqa: F401  (registers its ops)
-from ioaware.codegen.attention.header import FLOAT32_MAX, adds_loaded_values, drops_masked
+from ioaware.codegen.attention.header import FLOAT32_MAX, drops_masked
 from ioaware.codegen.attention.spec import AttentionSpec
 from ioaware.hardware import device_profile
 from ioaware.spec import dtype_name
@@ -55,8 +55,6 @@ def decode_supports(spec: AttentionSpec) -> str | None:
     if fix_empty and not uniform_empty:
         return ("rows with no visible key take a non-uniform softmax of masked logits "
                 "(a mild additive fill): prefill kernels")
-    if adds_loaded_values(spec) and not fix_empty:
-        return "a data bias that may tie every logit at fp32's minimum: prefill kernels"
     return None
 
 
