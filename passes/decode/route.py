@@ -26,11 +26,13 @@ import sympy
 import torch
 from torch import fx
 
+from ioaware.codegen.attention.price import flash_attention_cost
 from ioaware.codegen.attention.spec import AttentionSpec
 from ioaware.codegen.decode.op import decode_supports
 from ioaware.codegen.decode.price import decode_cost, decode_time, prefill_time
 from ioaware.codegen.decode.tiles import MAX_ROWS
 from ioaware.cost import Cost, node_cost
+from ioaware.passes.decode.paged import gather_nodes
 from ioaware.passes.driver import NoMatch, PassContext
 from ioaware.spec import dtype_name
 
@@ -133,7 +135,12 @@ def price(plan: DecodePlan, ctx: PassContext) -> tuple[Cost, Cost, dict[str, Any
     if t_decode > t_prefill:
         raise NoMatch(f"{plan.node.name}: decode kernels modelled {t_decode * 1e6:.3g} µs, "
                       f"slower than the prefill kernel's {t_prefill * 1e6:.3g} µs")
-    before = node_cost(plan.node) or Cost.zero()
+    # before: the prefill kernel this call would run (and, paged, the gathered copies)
+    before = flash_attention_cost(s["B"], s["Hq"], s["Hkv"], s["Nq"], s["Nk"], spec.head_dim,
+                                  spec.head_dim_v, itemsize, spec.causal)
+    if plan.paged is not None:
+        for n in gather_nodes(plan.k) + gather_nodes(plan.v):
+            before = before + (node_cost(n) or Cost.zero())
     page = None if plan.paged is None else plan.paged.page_size
     after = decode_cost(s["B"], s["Hq"], s["Hkv"], s["Nq"], s["Nk"], spec.head_dim,
                         spec.head_dim_v, itemsize, splits=splits, page_size=page)
