@@ -127,15 +127,16 @@ def make(batch: int = 4, context: int = 1000, block_size: int = 16, gather: str 
     model = PagedDecoderStep(d_model, n_heads, n_kv_heads, gather).to(device, dtype)
     head_dim = d_model // n_heads
     max_blocks = -(-context // block_size)
+    # filled on the CPU (the allocator reads the table), then moved (the report's meta)
     cache = PagedKVCache(batch, batch * max_blocks + 4, block_size, n_kv_heads, head_dim,
-                         max_blocks, dtype, device)
+                         max_blocks, dtype)
     lengths = [context - 7 * b for b in range(batch)]
     for t in range(max(lengths)):
-        k, v = (torch.randn(batch, n_kv_heads, head_dim, dtype=dtype, device=device)
-                for _ in range(2))
+        k, v = (torch.randn(batch, n_kv_heads, head_dim, dtype=dtype) for _ in range(2))
         cache.append(k, v, rows=[b for b in range(batch) if t < lengths[b]])
     x = torch.randn(batch, 1, d_model, dtype=dtype, device=device)
-    return model, (x, cache.k_pages, cache.v_pages, cache.block_table, cache.seq_lens())
+    tensors = (cache.k_pages, cache.v_pages, cache.block_table, cache.seq_lens())
+    return model, (x, *(t.to(device) for t in tensors))
 
 
 if __name__ == "__main__":
