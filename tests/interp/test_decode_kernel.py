@@ -17,6 +17,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sm90 import compile_sm90, has_ptx_backend, import_compiled
 
 from ioaware.codegen.attention.spec import AttentionSpec
 from ioaware.codegen.decode import op as decode_op
@@ -240,3 +241,36 @@ def test_paged_example_compiles_to_the_paged_kernel(gather):
         model(x, k_pages, v_pages, bad, lens)  # eager's own error
     with pytest.raises(ValueError, match="block_table entries"):
         compiled(x, k_pages, v_pages, bad, lens)
+
+
+@pytest.mark.skipif(not has_ptx_backend(), reason="triton has no NVIDIA backend here")
+def test_decode_kernels_compile_for_hopper(tmp_path):
+    """The interpreter forgives what compiled Triton rejects (a block-level `if` in a
+    loop, loop-carried shapes): build the split kernel (one split and many) and the
+    merge for sm_90 at the H100 tile, paged, for a masked and modified Spec (the plain
+    Spec's kernels are the same code with those switches off)."""
+    from ioaware.codegen.decode.forward import render_decode
+    from ioaware.codegen.decode.spec import DecodeSpec
+    from ioaware.codegen.decode.tiles import decode_tile
+    from ioaware.hardware import get_profile
+
+    masked = AttentionSpec(
+        head_dim=128, head_dim_v=128, dtype="bfloat16", causal=False, scale=0.088,
+        mask="(kv_idx <= q_idx + sizes[0]) & Ne(pad[b, kv_idx], 0)",
+        score_mod="score + slopes[h]*(kv_idx - q_idx)",
+        inputs=(TensorInput("sizes", 1, "int64"), TensorInput("pad", 2, "bool"),
+                TensorInput("slopes", 1, "float32")),
+        mask_semantics="add", mask_fill=FINFO_MIN)
+    pointers = {"OPart": "*fp32", "MPart": "*fp32", "LPart": "*fp32", "Lse": "*fp32",
+                "BT": "*i32", "In0": "*i64", "In1": "*i1", "In2": "*fp32"}
+    bm, bn, warps, _ = decode_tile(get_profile("h100"), 128, 128, 2, 16)
+    module = import_compiled(render_decode(DecodeSpec(masked, paged=True)),
+                             tmp_path / "decode_paged.py")
+
+    def types(a):
+        return pointers.get(a, "*bf16" if a in ("Q", "K", "V", "Out") else "i32")
+
+    for final in (False, True):
+        compile_sm90(module._decode_split, {"BLOCK_M": bm, "BLOCK_N": bn, "FINAL": final},
+                     types, num_warps=warps)
+    compile_sm90(module._decode_merge, {"BLOCK_M": bm, "BLOCK_N": bn}, types, num_warps=4)
