@@ -2,8 +2,10 @@
 split-KV decode kernels (codegen/decode/), dense or read page by page.
 
 Runs after the attention pass, on its output: each `ioaware::flash_attention` /
-`ioaware::attention` call is a candidate (route.py decides whether it is decode-shaped
-and whether the decode kernels are modelled faster); a call whose K and V are gathered
+`ioaware::attention` call of a decode shape is a candidate (a few query rows against a
+longer cache, at the hints; prefill calls are not candidates, so explain lists no
+fallback for them), and route.py decides whether the decode kernels take it (their
+semantics, the packed rows, the modelled time); a call whose K and V are gathered
 from a paged cache through a block table reads the pages in-kernel instead (paged.py).
 """
 
@@ -16,7 +18,8 @@ from ioaware.passes.driver import Match, Pass, PassContext
 
 
 def _candidates(gm: fx.GraphModule, ctx: PassContext) -> list[fx.Node]:
-    return [n for n in gm.graph.nodes if route.is_attention_call(n)]
+    return [n for n in gm.graph.nodes
+            if route.is_attention_call(n) and route.decode_shaped(n, ctx)]
 
 
 def _match(gm: fx.GraphModule, node: fx.Node, ctx: PassContext) -> Match:

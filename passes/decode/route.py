@@ -61,6 +61,17 @@ def is_attention_call(node: fx.Node) -> bool:
         for name in ATTENTION_OPS)
 
 
+def decode_shaped(node: fx.Node, ctx: PassContext) -> bool:
+    """The cheap first test: at the hints, 1 ≤ Nq ≤ MAX_QUERY_ROWS and Nq < Nk. Calls
+    that fail it are prefill and never become candidates (nor fallbacks in explain)."""
+    q, k = (a.meta.get("val") if isinstance(a, fx.Node) else None for a in node.args[:2])
+    if not isinstance(q, torch.Tensor) or not isinstance(k, torch.Tensor) or q.dim() != 4 \
+            or k.dim() != 4:
+        return False
+    n_q, n_k = hint(q.shape[2], ctx), hint(k.shape[2], ctx)
+    return 1 <= n_q <= MAX_QUERY_ROWS and n_q < n_k
+
+
 def spec_of_call(node: fx.Node) -> AttentionSpec:
     """The AttentionSpec a flash_attention / attention call computes."""
     if node.target is torch.ops.ioaware.flash_attention.default:
