@@ -349,6 +349,12 @@ def cmd_bench_decode(options: argparse.Namespace) -> int:
              f"Hq={options.heads} Hkv={options.kv_heads} d={options.head_dim} {options.dtype}, "
              "one query row")
     print(render_decode_bench(rows, title), end="")
+    if options.generate:
+        from ioaware.bench.decode import bench_generate, render_generate_bench
+
+        print(render_generate_bench(bench_generate(progress=_bench_progress),
+                                    "generate(), 4-layer Llama-style (hidden 2048, GQA 16/4), "
+                                    "bf16, StaticCache, 128 + 128 tokens"), end="")
     return 0
 
 
@@ -500,6 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="do_bench warmup in ms (default: %(default)s)")
     decode.add_argument("--rep", type=float, default=100,
                         help="do_bench repetition time in ms (default: %(default)s)")
+    decode.add_argument("--generate", action="store_true",
+                        help="also tokens/s of generate() on a 4-layer Llama-style model")
     decode.add_argument("--json", action="store_true", help="print JSON rows")
     decode.set_defaults(run=cmd_bench_decode)
     return parser

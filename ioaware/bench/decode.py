@@ -166,3 +166,81 @@ def render_decode_bench(rows: list[DecodeRow], title: str) -> str:
                       "-" if r.floor_fraction is None else f"{r.floor_fraction:.0%}", speed)
     notes = [f"{r.variant} (N={r.context}): {r.note}" for r in rows if r.note]
     return render([table, *notes], width=160)
+
+
+@dataclasses.dataclass
+class GenerateRow:
+    variant: str
+    tokens_per_s: float | None
+    same_tokens: bool | None  # greedy tokens equal eager's (bf16 may drift; informative)
+    note: str = ""
+
+
+def bench_generate(layers: int = 4, hidden: int = 2048, heads: int = 16, kv_heads: int = 4,
+                   batch: int = 1, prompt: int = 128, new_tokens: int = 128,
+                   progress: Callable[[str], None] | None = None) -> list[GenerateRow]:
+    """Tokens/s of greedy generate() with a StaticCache on a Llama-style model with random
+    weights (bf16): eager, torch.compile (reduce-overhead: CUDA graphs) and ioaware.compile,
+    each timed on its second run (the first compiles)."""
+    require_cuda()
+    import time
+    import warnings
+
+    import transformers
+
+    import ioaware
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = transformers.LlamaConfig(
+            num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
+            num_key_value_heads=kv_heads, intermediate_size=4 * hidden, vocab_size=32000,
+            bos_token_id=0, eos_token_id=None, pad_token_id=0)
+        model = transformers.LlamaForCausalLM(config).to("cuda", torch.bfloat16).eval()
+    ids = torch.randint(1, 32000, (batch, prompt), device="cuda")
+    eager_forward = model.forward
+    variants = {
+        "eager": lambda: eager_forward,
+        "torch.compile(reduce-overhead)": lambda: torch.compile(eager_forward,
+                                                                mode="reduce-overhead"),
+        "ioaware.compile": lambda: ioaware.compile(eager_forward),
+    }
+    rows, reference = [], None
+    for name, build in variants.items():
+        if progress:
+            progress(f"generate {name}")
+        try:
+            torch._dynamo.reset()
+            model.forward = build()
+            with torch.no_grad():
+                kwargs = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens,
+                              "do_sample": False, "cache_implementation": "static"}
+                model.generate(ids, **kwargs)  # compiles
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                out = model.generate(ids, **kwargs)
+                torch.cuda.synchronize()
+                seconds = time.perf_counter() - start
+            reference = out if reference is None else reference
+            rows.append(GenerateRow(name, batch * new_tokens / seconds,
+                                    bool(torch.equal(out, reference))))
+        except Exception as error:  # noqa: BLE001  (a variant that fails is a row, not a crash)
+            rows.append(GenerateRow(name, None, None, short_error(error)))
+        finally:
+            model.forward = eager_forward
+    return rows
+
+
+def render_generate_bench(rows: list[GenerateRow], title: str) -> str:
+    from rich import box
+    from rich.table import Table
+
+    from ioaware.tables import render
+
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    for header in ("variant", "tokens/s", "tokens = eager's"):
+        table.add_column(header, justify="left" if header == "variant" else "right")
+    for r in rows:
+        table.add_row(r.variant, "-" if r.tokens_per_s is None else f"{r.tokens_per_s:.1f}",
+                      "-" if r.same_tokens is None else str(r.same_tokens))
+    return render([table, *[f"{r.variant}: {r.note}" for r in rows if r.note]], width=160)
