@@ -10,11 +10,11 @@ from ioaware.passes.driver import Pass, PassContext, PassOutcome, run_passes
 from ioaware.passes.scan import SCAN
 
 PIPELINE: list[Pass] = [
+    # Decode steps (few query rows, long cache), first: split the keys over the device,
+    # read K/V once per GQA group, read paged caches in place.
+    DECODE,
     # Exact attention: the N×N scores and probabilities never reach HBM.
     ATTENTION,
-    # Decode steps (few query rows, long cache): split the keys over the device, read K/V
-    # once per GQA group, read paged caches in place.
-    DECODE,
     # Linear recurrences: the (B, D, L, N) states and their producers never reach HBM.
     SCAN,
 ]

@@ -45,6 +45,7 @@ class PagedSource:
     table: fx.Node  # [B, M] int
     page_size: int
     n_k: object  # int, or the SymInt of k's length (= table.size(1) · page_size)
+    removed: list  # the gathers and view chains that become dead (priced as the before)
 
     def call(self, g: fx.Graph, plan) -> fx.Node:
         n_k = self.n_k
@@ -80,7 +81,7 @@ def _walk_chain(node: fx.Node) -> tuple[fx.Node, list[fx.Node]]:
     return node, chain[::-1]
 
 
-def gather_nodes(node: fx.Node) -> list[fx.Node]:
+def _gather_nodes(node: fx.Node) -> list[fx.Node]:
     """The gather and the view chain feeding attention from `node` up (what the paged
     rewrite removes), for pricing the region before it."""
     gather, chain = _walk_chain(node)
@@ -155,17 +156,19 @@ def _source(node: fx.Node) -> tuple[fx.Node, fx.Node] | None:
     return pool, table
 
 
-def find(plan, ctx: PassContext) -> PagedSource | None:
-    """The paged source of a decode plan's K and V (the same table, page size and
-    length for both), or None: K/V are dense (or gathered in a way not recognised,
+def find(k: fx.Node, v: fx.Node, ctx: PassContext) -> PagedSource | None:
+    """The paged source of K and V as attention reads them (the same table, page size
+    and length for both), or None: K/V are dense (or gathered in a way not recognised,
     which then stays a gather feeding the dense decode kernels)."""
-    k_src, v_src = _source(plan.k), _source(plan.v)
+    if not isinstance(v, fx.Node):
+        return None
+    k_src, v_src = _source(k), _source(v)
     if k_src is None or v_src is None or k_src[1] is not v_src[1]:
         return None
     page = views.hinted_shape(k_src[0])[1]
     if views.hinted_shape(v_src[0])[1] != page:
         return None
-    n_k = _val(plan.k).shape[2]
+    n_k = _val(k).shape[2]
     if isinstance(n_k, torch.SymInt):
         width = _val(k_src[1]).shape[1]
         same = isinstance(width, torch.SymInt) and (n_k.node.expr - width.node.expr * page) == 0
@@ -174,4 +177,4 @@ def find(plan, ctx: PassContext) -> PagedSource | None:
     else:
         n_k = int(n_k)
     return PagedSource(k_cache=k_src[0], v_cache=v_src[0], table=k_src[1], page_size=page,
-                       n_k=n_k)
+                       n_k=n_k, removed=_gather_nodes(k) + _gather_nodes(v))

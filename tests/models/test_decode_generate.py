@@ -53,23 +53,27 @@ def test_generate_matches_eager_and_decodes(build, impl, cache):
     model = quietly(build, impl).eval()
     ids = torch.randint(1, 128, (1, 6))
     kwargs = {"cache_implementation": cache} if cache else {}
-    ref, got, counted = _generate(model, ids, 5, **kwargs)
+    ref, got, counted = _generate(model, ids, 3, **kwargs)
     assert got.tolist() == ref.tolist()
-    # every attention site of every decode graph rewritten to the decode kernels; the
-    # prefill graph's LAYERS sites keep the prefill kernels (Nq = Nk), except with a
-    # StaticCache, whose prompt is a few rows against the whole cache (chunked prefill)
-    prefill_sites = 0 if cache == "static" else LAYERS
-    assert counted["decode"] > 0
-    assert counted["decode"] == counted["attention"] - prefill_sites, counted
+    # every attention site of every decode graph rewritten to the decode kernels, and
+    # nothing left as it was; the prefill graph's LAYERS sites keep the prefill kernels
+    # (Nq = Nk), except with a StaticCache, whose prompt is a few rows against the whole
+    # cache (a chunked prefill, decode-shaped)
+    assert counted["fallbacks"] == 0, counted
+    assert counted["attention"] == (0 if cache == "static" else LAYERS), counted
+    assert counted["decode"] >= LAYERS and counted["decode"] % LAYERS == 0, counted
 
 
-def test_compiles_of_a_long_generation():
+def test_compiles_of_a_long_generation(monkeypatch):
     """64 new tokens with a DynamicCache: 3 graphs (prefill, the first decode step, the
-    decode step with the cache length dynamic), every decode-step attention decoded."""
+    decode step with the cache length dynamic), every decode-step attention decoded.
+    Counting compiles needs no kernel: the ops run their torch reference here."""
+    from ioaware.config import config
+
+    monkeypatch.setattr(config, "interpret", False)
     torch.manual_seed(0)
     model = quietly(llama_gqa, "sdpa").eval()
     ids = torch.randint(1, 128, (1, 5))
     ref, got, counted = _generate(model, ids, 64)
     assert got.tolist() == ref.tolist()
-    assert counted["attention"] == 3 * LAYERS
-    assert counted["decode"] == 2 * LAYERS
+    assert counted["attention"] == LAYERS and counted["decode"] == 2 * LAYERS, counted

@@ -82,15 +82,16 @@ def test_pass_routes_decode_and_not_prefill():
         return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
 
     decode = _explain(attend, q1, k, v)
-    assert [r.kind for r in decode.rewrites] == ["attention", "decode"]
-    assert decode.rewrites[1].detail["rows"] == "4x1"
+    assert [r.kind for r in decode.rewrites] == ["decode"]  # one region, one record
+    assert decode.rewrites[0].detail["rows"] == "4x1"
+    assert decode.rewrites[0].detail["kernel"] == "split-KV decode"
     prefill = _explain(attend, q_long, k, v)
     assert [r.kind for r in prefill.rewrites] == ["attention"]
     assert not prefill.fallbacks  # prefill calls are not decode candidates at all
     # dropout keeps the prefill kernels
     dropped = _explain(lambda q, k, v: F.scaled_dot_product_attention(
         q, k, v, dropout_p=0.5, enable_gqa=True), q1, k, v)
-    assert not any(r.kind == "decode" for r in dropped.rewrites)
+    assert [r.kind for r in dropped.rewrites] == ["attention"]
     assert any("dropout" in f.reason for f in dropped.fallbacks if f.kind == "decode")
 
 
@@ -103,9 +104,8 @@ def test_paged_report_reads_the_pages_once(gather):
     _, k_pages, _, table, _ = args
     _, page, h_kv, d = k_pages.shape
     pages_once = table.numel() * page * h_kv * 2 * d * k_pages.element_size()
-    assert [r.kind for r in report.regions if r.status == "rewritten"] == [
-        "attention", "decode"]
-    assert report.regions[1].detail["kernel"] == "paged split-KV decode"
+    assert [r.kind for r in report.regions if r.status == "rewritten"] == ["decode"]
+    assert report.regions[0].detail["kernel"] == "paged split-KV decode"
     after = report.totals.after.hbm_bytes
     assert after <= 1.5 * pages_once, (after, pages_once)
     assert report.totals.before.hbm_bytes >= 2 * pages_once  # the gather's copy and reads
