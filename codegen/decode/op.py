@@ -27,7 +27,7 @@ import math
 import torch
 from torch import Tensor
 
-from ioaware.codegen.attention import op as attention_op  # noqa: F401  (registers its ops)
+from ioaware.codegen.attention import op as attention_op  # (imported: registers its ops)
 from ioaware.codegen.attention.header import FLOAT32_MAX, drops_masked
 from ioaware.codegen.attention.spec import AttentionSpec
 from ioaware.hardware import device_profile
@@ -94,7 +94,9 @@ def _launch(dspec: DecodeSpec, q: Tensor, k: Tensor, v: Tensor, inputs: list[Ten
     return out, lse
 
 
-def _check(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec) -> None:
+def _check_paged(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec) -> None:
+    """The paged op's operands: caches [num_pages, page, Hkv, d] (their own layout, so
+    not the prefill op's checks), dtypes, devices and head dims as the Spec says."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dim() != 4:
             raise ValueError(f"{name} must be 4-D; got {name}.shape={tuple(t.shape)}")
@@ -114,7 +116,8 @@ def decode_attention_op(q: Tensor, k: Tensor, v: Tensor, inputs: list[Tensor], s
                         num_splits: int = 0) -> tuple[Tensor, Tensor]:
     """(out, lse) of AttentionSpec `spec` (JSON) on a dense cache; see the module doc."""
     aspec = _parse(spec)
-    _check(q, k, v, aspec)
+    # the prefill op's checks: ranks, dtypes, devices, GQA, head dims, the Spec's inputs
+    attention_op._check_spec_inputs(q, k, v, inputs, aspec, None)
     h_kv, n_k = k.shape[1], k.shape[2]
     usable = (backend_name(q.device) != "reference" and decode_supports(aspec) is None
               and _rows_fit(q, h_kv) and q.numel() > 0 and n_k > 0
@@ -188,7 +191,7 @@ def paged_decode_attention_op(q: Tensor, k_cache: Tensor, v_cache: Tensor,
     """(out, lse) of AttentionSpec `spec` over the first n_k keys a block table
     addresses in paged caches; see the module doc."""
     aspec = _parse(spec)
-    _check(q, k_cache, v_cache, aspec)
+    _check_paged(q, k_cache, v_cache, aspec)
     if k_cache.shape[:3] != v_cache.shape[:3]:
         raise ValueError(f"k_cache {tuple(k_cache.shape)} and v_cache "
                          f"{tuple(v_cache.shape)} must agree on pages, page size and heads")
