@@ -274,3 +274,17 @@ def test_decode_kernels_compile_for_hopper(tmp_path):
         compile_sm90(module._decode_split, {"BLOCK_M": bm, "BLOCK_N": bn, "FINAL": final},
                      types, num_warps=warps)
     compile_sm90(module._decode_merge, {"BLOCK_M": bm, "BLOCK_N": bn}, types, num_warps=4)
+
+
+def test_opcheck_schema_fake_and_autograd():
+    """torch.library.opcheck: schemas, fakes (what Inductor and dynamo trace with) and
+    the autograd registration of both decode ops agree with what they compute."""
+    gen = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(1, h, n, 16, generator=gen).requires_grad_()
+               for h, n in ((4, 1), (2, 37), (2, 37)))
+    spec = _plain(16).to_json()
+    torch.library.opcheck(torch.ops.ioaware.decode_attention.default, (q, k, v, [], spec, 3))
+    cache = torch.randn(5, 8, 2, 16, generator=gen)
+    table = torch.tensor([[3, 0, 4, 1, 2]], dtype=torch.int32)
+    torch.library.opcheck(torch.ops.ioaware.paged_decode_attention.default,
+                          (q.detach(), cache, cache, table, 37, [], spec, 0))
