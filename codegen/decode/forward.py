@@ -88,8 +88,8 @@ def _finish(out, m, l, Out, Lse, V, BT, b, h_kv, rows, offs_dv,
     lse = (m + tl.math.log2(tl.where(empty, 1.0, l))) * LN2
     lse = tl.where(empty, float("-inf"), lse)
     if TIE_ROWS:
-        lse = tl.where((m == MIN_Z) & (l > 0.0), TIE_BASE + tl.minimum(l, TIE_MAX_COUNT) * TIE_STEP,
-                       lse)
+        tie = (m == MIN_Z) & (l > 0.0)  # every visible logit at fp32's minimum: count kept
+        lse = tl.where(tie, TIE_BASE + tl.minimum(l, TIE_MAX_COUNT) * TIE_STEP, lse)
     if FIX_EMPTY:
         # fill / add semantics (UNIFORM_EMPTY): eager's softmax over every key's equal
         # masked logit is the mean of V; its lse is mask_fill + ln Nk (prefill's form)
@@ -290,7 +290,9 @@ def render_decode(spec: DecodeSpec, *, interpret: bool = False,
     one module serves every size; `profile` is accepted as every renderer's is."""
     return _DECODE_TEMPLATE.substitute(
         general_substitutions(spec.attention, interpret),
-        preamble=module_preamble(__name__, spec, GENERAL_IMPORTS),
+        # the attention Spec's fields one per line (the DecodeSpec adds only PAGED below)
+        preamble=module_preamble(f"{__name__} (DecodeSpec, paged={spec.paged})",
+                                 spec.attention, GENERAL_IMPORTS),
         paged=str(spec.paged),
         skip_tiles=str(skips_tiles(spec)),
     )
