@@ -91,11 +91,26 @@ def _variants(q, k, v, scale, page, generator) -> dict[str, Callable[[], torch.T
     }
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    expanded = []  # K/V repeated per query head, made once for the backends without GQA
+
     for name in SDPA_BACKENDS:
-        def run(name=name):
-            with sdpa_kernel(getattr(SDPBackend, name)):
+        backend = getattr(SDPBackend, name)
+
+        def gqa(backend=backend):
+            with sdpa_kernel(backend):
                 return sdpa_gqa(q, k, v)
-        out[f"sdpa[{name}]"] = run
+
+        def repeated(backend=backend):
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(q, *expanded, scale=scale)
+
+        try:  # decided once, outside the timing: enable_gqa, else K/V expanded beforehand
+            gqa()
+            out[f"sdpa[{name}]"] = gqa
+        except RuntimeError:
+            if not expanded:
+                expanded.extend(x.repeat_interleave(group, 1) for x in (k, v))
+            out[f"sdpa[{name}] (K/V expanded)"] = repeated
     try:
         from torch.nn.attention.flex_attention import flex_attention
 
