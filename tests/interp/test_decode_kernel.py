@@ -40,7 +40,7 @@ def _mask(kind: str, batch: int, n_q: int, n_k: int, gen: torch.Generator):
         sizes = torch.tensor([off], dtype=torch.int64)
         return "kv_idx <= q_idx + sizes[0]", {"sizes": sizes}, lambda b, h, i, j: j <= i + off
     if kind == "cache_position":  # a StaticCache longer than what is filled
-        used = int(torch.randint(n_q, n_k + 1, (1,), generator=gen))
+        used = int(torch.randint(min(n_q, n_k), n_k + 1, (1,), generator=gen))
         pos = torch.arange(used - n_q, used, dtype=torch.int64)
         return ("kv_idx <= cp[q_idx]", {"cp": pos},
                 lambda b, h, i, j: j <= pos[i.clamp(max=n_q - 1)])
@@ -104,10 +104,12 @@ def problems(draw):
     return {
         "batch": draw(st.integers(1, 2)), "h_kv": h_kv, "h_q": group * h_kv,
         "n_q": draw(st.sampled_from([1, 1, 2, 3, 5, 16])),
-        "n_k": draw(st.integers(17, 300)), "d": draw(st.sampled_from([16, 24, 32])),
+        # a context shorter than a key tile, or up to a few hundred (not powers of two)
+        "n_k": draw(st.one_of(st.integers(1, 16), st.integers(17, 300))),
+        "d": draw(st.sampled_from([16, 24, 32])),
         "dtype": dtype, "splits": draw(st.sampled_from([0, 1, 2, 3, 7])),
         "mask": draw(st.sampled_from(["none", "offset", "cache_position", "window",
-                                   "padding"])),
+                                      "padding"])),
         "mod": draw(st.sampled_from(["none", "none", "alibi", "softcap"])),
         "semantics": draw(st.sampled_from(["neg_inf", "safe", "add"])),
         "causal": draw(st.sampled_from([False, False, False, True])),
@@ -135,6 +137,18 @@ def _pool(k: torch.Tensor, v: torch.Tensor, page: int, gen: torch.Generator):
 @settings(max_examples=24, deadline=None, suppress_health_check=list(HealthCheck))
 @given(problems())
 def test_decode_matches_eager(p):
+    _check_against_eager(p)
+
+
+def test_a_few_thousand_keys_paged():
+    """One long context (2345 keys, many splits and pages) through the paged kernels."""
+    _check_against_eager({"batch": 1, "h_kv": 1, "h_q": 4, "n_q": 2, "n_k": 2345, "d": 16,
+                          "dtype": torch.float32, "splits": 0, "mask": "window",
+                          "mod": "alibi", "semantics": "add", "causal": False,
+                          "paged": True, "page": 16, "seed": 7})
+
+
+def _check_against_eager(p):
     gen = torch.Generator().manual_seed(p["seed"])
     batch, h_q, h_kv, n_q, n_k, d = (p[x] for x in ("batch", "h_q", "h_kv", "n_q", "n_k", "d"))
     q, k, v = (torch.randn(batch, h, n, d, generator=gen).to(p["dtype"])
