@@ -54,7 +54,13 @@ def _match(gm: fx.GraphModule, node: fx.Node, ctx: PassContext) -> Match:
     # paged cache's gathered copies.
     return Match(plan=DecodeRegion(m, source), anchor=region.anchor,
                  before=region.before + extra_before, after=after, dtype=region.dtype,
-                 detail={**region.detail, **detail}, always_pays=True)
+                 detail={**_region_detail(region.detail), **detail}, always_pays=True)
+
+
+def _region_detail(detail: dict) -> dict:
+    """What the attention match inferred (mask, source, layout, ...), less the prefill
+    tile it priced: the decode kernels' own shape is in the decode detail."""
+    return {k: v for k, v in detail.items() if k != "tiles"}
 
 
 def _apply(gm: fx.GraphModule, region: DecodeRegion) -> None:

@@ -77,3 +77,18 @@ def test_compiles_of_a_long_generation(monkeypatch):
     ref, got, counted = _generate(model, ids, 64)
     assert got.tolist() == ref.tolist()
     assert counted["attention"] == LAYERS and counted["decode"] == 2 * LAYERS, counted
+
+
+def test_compiles_of_a_static_cache_generation(monkeypatch):
+    """40 new tokens with a StaticCache (SDPA): 2 graphs, prefill and one decode step
+    whose shapes never change again (the cache's length is fixed)."""
+    from ioaware.config import config
+
+    monkeypatch.setattr(config, "interpret", False)
+    torch.manual_seed(0)
+    model = quietly(llama_gqa, "sdpa").eval()
+    ids = torch.randint(1, 128, (1, 5))
+    ref, got, counted = _generate(model, ids, 40, cache_implementation="static")
+    assert got.tolist() == ref.tolist()
+    assert counted["attention"] + counted["decode"] == 2 * LAYERS, counted
+    assert counted["decode"] >= LAYERS, counted
