@@ -29,16 +29,13 @@ from ioaware.cost.nodes import meta_val
 from ioaware.hardware import DeviceProfile
 from ioaware.tiles import plain_int
 
-from .tiles import packed_rows
+from .tiles import PROGRAMS_PER_SM, packed_rows
 
 PARTIAL_ITEMSIZE = 4  # split partials and lse rows are fp32
 TABLE_ITEMSIZE = 8  # block-table entries as the kernel reads them (int32 or int64)
 # Host-to-device time of one more kernel launch (the merge), seconds: what a split count
 # above 1 must win back. A launch costs 2-5 µs on an H100 through the cached binaries.
 LAUNCH_SECONDS = 3e-6
-# Programs of a decode tile one SM keeps in flight (SRAM: Q tile + 3-4 K/V stages of
-# 64 keys at d = 128 is ~100 KB; two fit the 227 KB of an H100 SM).
-PROGRAMS_PER_SM = 2
 MAX_SPLITS = 128
 
 

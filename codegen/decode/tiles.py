@@ -23,6 +23,11 @@ INTERPRET_BLOCK_N = 16
 
 DecodeTile = tuple[int, int, int, int]  # (block_m, block_n, num_warps, num_stages)
 
+# Programs of a decode tile each SM keeps in flight: the split count's waves model
+# (price.py) counts num_sms·PROGRAMS_PER_SM slots, and the tile is sized so that many
+# fit an SM's shared memory (two 102 KB programs on an H100's 228 KB).
+PROGRAMS_PER_SM = 2
+
 
 def packed_rows(group: int, n_q: int) -> int:
     """The rows a program holds: GROUP·Nq, padded to a power of two ≥ MIN_ROWS."""
@@ -36,13 +41,14 @@ def decode_tile(profile: DeviceProfile, head_dim: int, head_dim_v: int, itemsize
 
     Decode is bound by reading K and V, so the key tile is as wide as the budget allows
     with 3-4 stages in flight (hiding HBM latency), within
-        SRAM       it·(block_m·d + stages·block_n·(d + dv)) <= tile budget
+        SRAM       it·(block_m·d + stages·block_n·(d + dv))
+                   <= min(tile budget, sram_per_sm / PROGRAMS_PER_SM − 1 KB)
         registers  block_m·(dv + block_n) / (32·warps) <= ACCUMULATOR_REGISTERS
     4 warps: the packed tile is short (16-128 rows), more warps would only split keys.
     """
     check_positive_ints(head_dim=head_dim, head_dim_v=head_dim_v, itemsize=itemsize,
                         block_m=block_m)
-    budget = tile_budget(profile)
+    budget = min(tile_budget(profile), profile.sram_per_sm // PROGRAMS_PER_SM - 1024)
     d, dv = int(padded_head_dim(head_dim)), int(padded_head_dim(head_dim_v))
     for block_n in (64, 32, 16):
         for stages in (4, 3, 2):
