@@ -148,7 +148,9 @@ def test_a_few_thousand_keys_paged():
                           "paged": True, "page": 16, "seed": 7})
 
 
-def _check_against_eager(p):
+def _check_against_eager(p, device="cpu"):
+    """Run problem `p` (see `problems`) through the decode ops on `device` and compare
+    out and lse with eager math in float64 on the CPU."""
     gen = torch.Generator().manual_seed(p["seed"])
     batch, h_q, h_kv, n_q, n_k, d = (p[x] for x in ("batch", "h_q", "h_kv", "n_q", "n_k", "d"))
     q, k, v = (torch.randn(batch, h, n, d, generator=gen).to(p["dtype"])
@@ -161,14 +163,18 @@ def _check_against_eager(p):
     spec = AttentionSpec(head_dim=d, head_dim_v=d, dtype=str(p["dtype"]).split(".")[1],
                          causal=p["causal"], scale=scale, mask=mask, score_mod=mod,
                          inputs=spec_inputs, mask_semantics=p["semantics"], mask_fill=fill)
+    def on(*xs):
+        return [x.to(device) for x in xs]
+
     if p["paged"]:
         k_cache, v_cache, table = _pool(k, v, p["page"], gen)
         assert torch.equal(gather_pages(k_cache, table, n_k), k)
         out, lse = torch.ops.ioaware.paged_decode_attention(
-            q, k_cache, v_cache, table, n_k, tensors, spec.to_json(), p["splits"])
+            *on(q, k_cache, v_cache, table), n_k, on(*tensors), spec.to_json(), p["splits"])
     else:
-        out, lse = torch.ops.ioaware.decode_attention(q, k, v, tensors, spec.to_json(),
-                                                      p["splits"])
+        out, lse = torch.ops.ioaware.decode_attention(*on(q, k, v), on(*tensors),
+                                                      spec.to_json(), p["splits"])
+    out, lse = out.cpu(), lse.cpu()
     ref, ref_lse = _eager(q, k, v, scale, p["causal"], visible, mod_fn, p["semantics"])
     # rows with no visible key: NaN under neg_inf (eager softmax), else compared as values
     assert decode_op.decode_supports(spec) is None  # the decode kernels ran, not prefill
