@@ -31,7 +31,6 @@ from ioaware.codegen.attention import op as attention_op  # (imported: registers
 from ioaware.codegen.attention.header import FLOAT32_MAX, drops_masked
 from ioaware.codegen.attention.spec import AttentionSpec
 from ioaware.hardware import device_profile
-from ioaware.spec import dtype_name
 
 from ..runtime import backend_name, device_context, kernel_module
 from . import reference
@@ -94,21 +93,22 @@ def _launch(dspec: DecodeSpec, q: Tensor, k: Tensor, v: Tensor, inputs: list[Ten
     return out, lse
 
 
-def _check_paged(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec) -> None:
-    """The paged op's operands: caches [num_pages, page, Hkv, d] (their own layout, so
-    not the prefill op's checks), dtypes, devices and head dims as the Spec says."""
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.dim() != 4:
-            raise ValueError(f"{name} must be 4-D; got {name}.shape={tuple(t.shape)}")
-        if t.dtype != q.dtype or t.device != q.device:
-            raise ValueError(f"{name} is {t.dtype} on {t.device}; q is {q.dtype} on "
-                             f"{q.device}")
-    if dtype_name(q.dtype) != spec.dtype:
-        raise ValueError(f"q.dtype={q.dtype} differs from spec.dtype={spec.dtype!r}")
-    if q.shape[-1] != spec.head_dim or v.shape[-1] != spec.head_dim_v:
-        raise ValueError(f"head dims q.shape[-1]={q.shape[-1]}, v.shape[-1]={v.shape[-1]} "
-                         f"differ from spec head_dim={spec.head_dim}, "
-                         f"head_dim_v={spec.head_dim_v}")
+def _check_paged(q: Tensor, k_cache: Tensor, v_cache: Tensor, inputs: list[Tensor],
+                 spec: AttentionSpec) -> None:
+    """The paged op's operands, by the prefill op's checks on a dense-shaped view of one
+    page per batch row ([B, Hkv, page, d], free): ranks, dtypes, devices, GQA, head
+    dims, the Spec's inputs; then that the two pools agree."""
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if t.dim() != 4 or t.shape[0] == 0:
+            raise ValueError(f"{name} must be [num_pages >= 1, page, Hkv, d]; got "
+                             f"{tuple(t.shape)}")
+    batch = q.shape[0] if q.dim() == 4 else 1
+    attention_op._check_spec_inputs(
+        q, *(t[:1].permute(0, 2, 1, 3).expand(batch, -1, -1, -1) for t in (k_cache, v_cache)),
+        inputs, spec, None)
+    if k_cache.shape[:3] != v_cache.shape[:3]:
+        raise ValueError(f"k_cache {tuple(k_cache.shape)} and v_cache "
+                         f"{tuple(v_cache.shape)} must agree on pages, page size and heads")
 
 
 @torch.library.custom_op("ioaware::decode_attention", mutates_args=())
@@ -191,10 +191,7 @@ def paged_decode_attention_op(q: Tensor, k_cache: Tensor, v_cache: Tensor,
     """(out, lse) of AttentionSpec `spec` over the first n_k keys a block table
     addresses in paged caches; see the module doc."""
     aspec = _parse(spec)
-    _check_paged(q, k_cache, v_cache, aspec)
-    if k_cache.shape[:3] != v_cache.shape[:3]:
-        raise ValueError(f"k_cache {tuple(k_cache.shape)} and v_cache "
-                         f"{tuple(v_cache.shape)} must agree on pages, page size and heads")
+    _check_paged(q, k_cache, v_cache, inputs, aspec)
     n_pages, page, h_kv = k_cache.shape[:3]
     check_block_table(block_table, n_pages, page, n_k, q.shape[0])
     usable = (backend_name(q.device) != "reference" and decode_supports(aspec) is None
