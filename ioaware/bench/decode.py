@@ -80,13 +80,24 @@ def _variants(q, k, v, scale, page, generator) -> dict[str, Callable[[], torch.T
     def sdpa_gqa(q, k, v):
         return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True)
 
+    def paged_gather(q, k_cache, v_cache, table):
+        """examples/paged_decode.py's spelling: pages gathered through the table, then SDPA."""
+        b, m = table.shape
+        k, v = (x[table].view(b, m * page, *x.shape[2:]).transpose(1, 2)[:, :, :n]
+                for x in (k_cache, v_cache))
+        return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True)
+
     compiled_ioaware = ioaware.compile(sdpa_gqa)
+    compiled_paged = ioaware.compile(paged_gather)
     compiled_eager = torch.compile(eager)
     out = {
         "ioaware decode": lambda: decode_op.decode_attention(q, k, v, spec),
         f"ioaware paged (page {page})": lambda: decode_op.paged_decode_attention(
             q, k_cache, v_cache, table, n, spec),
         "ioaware.compile(sdpa)": lambda: compiled_ioaware(q, k, v),
+        "ioaware.compile(paged gather + sdpa)": lambda: compiled_paged(q, k_cache, v_cache,
+                                                                        table),
+        "eager paged gather + sdpa": lambda: paged_gather(q, k_cache, v_cache, table),
         "torch.compile(eager)": lambda: compiled_eager(q, k, v),
     }
     from torch.nn.attention import SDPBackend, sdpa_kernel
