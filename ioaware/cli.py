@@ -7,6 +7,7 @@
     ioaware demo
     ioaware bench attention [--dtype bf16] [--batch 4 --heads 16 --seqlen 4096 --head-dim 128]
                             [--causal | --no-causal] [--vs sdpa,eager,compile,flex] [--skip-slow]
+    ioaware bench decode [--batch 8 --heads 32 --kv-heads 8 --context 4096 32768 --page 16]
     ioaware bench scan [--dtype bf16] [--batch 4 --channels 1536 --seqlen 2048 --d-state 16]
                        [--groups 1] [--no-gate] [--eager-len 128] [--skip-slow]
     ioaware bench model NAME [--train | --infer] [--batch 2 --seq-len 2048 --layers 4]
@@ -359,6 +360,33 @@ def cmd_bench_model(options: argparse.Namespace) -> int:
     return 1 if any(r.note for r in rows) else 0
 
 
+def cmd_bench_decode(options: argparse.Namespace) -> int:
+    import torch
+
+    if not torch.cuda.is_available():
+        print("ioaware bench: needs a CUDA GPU (torch.cuda.is_available() is False)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    from ioaware.bench.decode import bench_decode, render_decode_bench
+
+    rows = bench_decode(options.batch, options.heads, options.kv_heads, options.context,
+                        options.head_dim, options.dtype, options.page, options.warmup,
+                        options.rep, progress=_bench_progress)
+    if options.json:
+        return _print_json(rows)
+    title = (f"decode attention on {torch.cuda.get_device_name()}: B={options.batch} "
+             f"Hq={options.heads} Hkv={options.kv_heads} d={options.head_dim} {options.dtype}, "
+             "one query row")
+    print(render_decode_bench(rows, title), end="")
+    if options.generate:
+        from ioaware.bench.decode import bench_generate, render_generate_bench
+
+        print(render_generate_bench(bench_generate(progress=_bench_progress),
+                                    "generate(), 4-layer Llama-style (hidden 2048, GQA 16/4), "
+                                    "bf16, StaticCache, 128 + 128 tokens"), end="")
+    return 0
+
+
 # --- argument parsing -------------------------------------------------------------------------
 
 
@@ -506,6 +534,28 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--json", action="store_true", help="print JSON rows")
     scan.set_defaults(run=cmd_bench_scan)
     _add_model_bench(benches)
+    decode = benches.add_parser(
+        "decode", help="decode attention: ioaware split-KV (dense, paged) vs SDPA, Flex",
+        description="Time one query row per head against a long KV cache: ioaware's "
+        "split-KV kernels dense and paged, SDPA's backends, FlexAttention and "
+        "torch.compile of the eager spelling, as fractions of reading K and V once.",
+    )
+    decode.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16",
+                        help="default: %(default)s")
+    for flag, default in (("--batch", 8), ("--heads", 32), ("--kv-heads", 8),
+                          ("--head-dim", 128), ("--page", 16)):
+        decode.add_argument(flag, type=_positive_int, default=default,
+                            help="default: %(default)s")
+    decode.add_argument("--context", type=_positive_int, nargs="+", default=[4096, 32768],
+                        help="KV lengths (default: %(default)s)")
+    decode.add_argument("--warmup", type=float, default=25,
+                        help="do_bench warmup in ms (default: %(default)s)")
+    decode.add_argument("--rep", type=float, default=100,
+                        help="do_bench repetition time in ms (default: %(default)s)")
+    decode.add_argument("--generate", action="store_true",
+                        help="also tokens/s of generate() on a 4-layer Llama-style model")
+    decode.add_argument("--json", action="store_true", help="print JSON rows")
+    decode.set_defaults(run=cmd_bench_decode)
     return parser
 
 

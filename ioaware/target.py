@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 # Bundled examples, by name: the repository's examples/, installed as ioaware.examples.
-EXAMPLES = {name: f"{name}.py" for name in ("gpt", "llama", "mamba", "hybrid", "sdpa_gqa")}
+EXAMPLES = {name: f"{name}.py" for name in ("gpt", "llama", "mamba", "hybrid", "sdpa_gqa",
+                                            "paged_decode")}
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"  # a wheel install
 if not EXAMPLES_DIR.is_dir():  # a source checkout (editable install): the top-level folder
     EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"

@@ -5,10 +5,14 @@ from __future__ import annotations
 from torch import fx
 
 from ioaware.passes.attention import ATTENTION
+from ioaware.passes.decode import DECODE
 from ioaware.passes.driver import Pass, PassContext, PassOutcome, run_passes
 from ioaware.passes.scan import SCAN
 
 PIPELINE: list[Pass] = [
+    # Decode steps (few query rows, long cache), first: split the keys over the device,
+    # read K/V once per GQA group, read paged caches in place.
+    DECODE,
     # Exact attention: the N×N scores and probabilities never reach HBM.
     ATTENTION,
     # Linear recurrences: the (B, D, L, N) states and their producers never reach HBM.

@@ -16,7 +16,8 @@ from ioaware.cli import EXAMPLES, main
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # The regions each example is built to show (rewritten, or left with a reason).
 EXPECTED_KINDS = {"gpt": {"attention"}, "llama": {"attention"}, "sdpa_gqa": {"attention"},
-                  "mamba": {"scan"}, "hybrid": {"attention", "scan"}}
+                  "mamba": {"scan"}, "hybrid": {"attention", "scan"},
+                  "paged_decode": {"decode"}}
 
 
 class _Text(HTMLParser):

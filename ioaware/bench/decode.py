@@ -1,0 +1,272 @@
+"""Decode attention side by side on this GPU: one query row per head against a long
+KV cache, ioaware's split-KV kernels (dense and paged) against SDPA's backends,
+FlexAttention (its decoding path) and torch.compile of the eager spelling.
+
+Every variant computes softmax(q kᵀ / sqrt(d)) v for q [B, Hq, 1, d] against K/V
+[B, Hkv, N, d] (GQA: query head h reads KV head h // (Hq/Hkv)), checked first against
+fp32 math on the same inputs, then timed with `triton.testing.do_bench` (median). The
+floor is reading K and V once: B·Hkv·N·2d·itemsize bytes at the device's HBM bandwidth;
+each row reports its time and that floor's fraction of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ioaware.bench.common import DTYPES, check_dtype, relative_error, require_cuda, short_error
+
+TOLERANCE = {torch.bfloat16: 2e-2, torch.float16: 1e-2, torch.float32: 1e-4}
+SDPA_BACKENDS = ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION")
+
+
+@dataclasses.dataclass
+class DecodeRow:
+    variant: str
+    context: int
+    ok: bool | None
+    rel_err: float | None
+    us: float | None
+    floor_fraction: float | None  # floor time / measured time
+    note: str = ""
+
+
+def _bandwidth() -> float:
+    from ioaware.hardware import device_profile
+
+    profile = device_profile(torch.device("cuda"))
+    return profile.measured_hbm_bandwidth or profile.hbm_bandwidth
+
+
+def paged(k: torch.Tensor, v: torch.Tensor, page: int, generator: torch.Generator):
+    """K/V [B, Hkv, N, d] scattered into pages [num_pages, page, Hkv, d] in a shuffled
+    order: (k_cache, v_cache, block_table int32 [B, ⌈N/page⌉])."""
+    batch, h_kv, n, d = k.shape
+    per_row = -(-n // page)
+    order = torch.randperm(batch * per_row, generator=generator).to(k.device)
+    table = order.view(batch, per_row).to(torch.int32)
+    pad = per_row * page - n
+
+    def pool(x):
+        x = F.pad(x, (0, 0, 0, pad)).view(batch, h_kv, per_row, page, d)
+        x = x.permute(0, 2, 3, 1, 4).reshape(batch * per_row, page, h_kv, d)
+        out = torch.empty_like(x)
+        out[order] = x
+        return out
+
+    return pool(k), pool(v), table
+
+
+def _variants(q, k, v, scale, page, generator) -> dict[str, Callable[[], torch.Tensor]]:
+    import ioaware
+    from ioaware.codegen.attention.spec import AttentionSpec
+    from ioaware.codegen.decode import op as decode_op
+
+    group = q.shape[1] // k.shape[1]
+    spec = AttentionSpec(head_dim=q.shape[-1], head_dim_v=v.shape[-1],
+                         dtype=str(q.dtype).split(".")[1], causal=False, scale=scale)
+    k_cache, v_cache, table = paged(k, v, page, generator)
+    n = k.shape[2]
+
+    def eager(q, k, v):
+        k = k.repeat_interleave(group, 1)
+        v = v.repeat_interleave(group, 1)
+        return torch.softmax((q @ k.transpose(-1, -2)).float() * scale, -1).to(q.dtype) @ v
+
+    def sdpa_gqa(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True)
+
+    def paged_gather(q, k_cache, v_cache, table):
+        """examples/paged_decode.py's spelling: pages gathered through the table, then SDPA."""
+        b, m = table.shape
+        k, v = (x[table].view(b, m * page, *x.shape[2:]).transpose(1, 2)[:, :, :n]
+                for x in (k_cache, v_cache))
+        return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True)
+
+    compiled_ioaware = ioaware.compile(sdpa_gqa)
+    compiled_paged = ioaware.compile(paged_gather)
+    compiled_eager = torch.compile(eager)
+    out = {
+        "ioaware decode": lambda: decode_op.decode_attention(q, k, v, spec),
+        f"ioaware paged (page {page})": lambda: decode_op.paged_decode_attention(
+            q, k_cache, v_cache, table, n, spec),
+        "ioaware.compile(sdpa)": lambda: compiled_ioaware(q, k, v),
+        "ioaware.compile(paged gather + sdpa)": lambda: compiled_paged(q, k_cache, v_cache,
+                                                                        table),
+        "eager paged gather + sdpa": lambda: paged_gather(q, k_cache, v_cache, table),
+        "torch.compile(eager)": lambda: compiled_eager(q, k, v),
+    }
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    expanded = []  # K/V repeated per query head, made once for the backends without GQA
+
+    for name in SDPA_BACKENDS:
+        backend = getattr(SDPBackend, name)
+
+        def gqa(backend=backend):
+            with sdpa_kernel(backend):
+                return sdpa_gqa(q, k, v)
+
+        def repeated(backend=backend):
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(q, *expanded, scale=scale)
+
+        try:  # decided once, outside the timing: enable_gqa, else K/V expanded beforehand
+            gqa()
+            out[f"sdpa[{name}]"] = gqa
+        except RuntimeError:
+            if not expanded:
+                expanded.extend(x.repeat_interleave(group, 1) for x in (k, v))
+            out[f"sdpa[{name}] (K/V expanded)"] = repeated
+    try:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        flex = torch.compile(flex_attention)
+        out["flex (decoding)"] = lambda: flex(q, k, v, scale=scale, enable_gqa=True)
+    except ImportError:
+        pass
+    return out
+
+
+def bench_decode(batch: int, heads: int, kv_heads: int, contexts: list[int], head_dim: int,
+                 dtype: str = "bf16", page: int = 16, warmup_ms: float = 25,
+                 rep_ms: float = 100, progress: Callable[[str], None] | None = None
+                 ) -> list[DecodeRow]:
+    """One row per (context, variant); see the module docstring."""
+    require_cuda()
+    check_dtype(dtype)
+    if heads % kv_heads:
+        raise ValueError(f"heads={heads} must be a multiple of kv_heads={kv_heads}")
+    from triton.testing import do_bench
+
+    torch_dtype = DTYPES[dtype]
+    bandwidth = _bandwidth()
+    scale = 1 / math.sqrt(head_dim)
+    rows = []
+    for n in contexts:
+        gen = torch.Generator().manual_seed(n)
+        q = torch.randn(batch, heads, 1, head_dim, generator=gen).to("cuda", torch_dtype)
+        k, v = (torch.randn(batch, kv_heads, n, head_dim, generator=gen).to("cuda", torch_dtype)
+                for _ in range(2))
+        group = heads // kv_heads
+        want = F.scaled_dot_product_attention(
+            q.float(), k.float().repeat_interleave(group, 1),
+            v.float().repeat_interleave(group, 1), scale=scale)
+        floor_s = batch * kv_heads * n * 2 * head_dim * q.element_size() / bandwidth
+        for name, fn in _variants(q, k, v, scale, page, gen).items():
+            if progress:
+                progress(f"N={n} {name}")
+            try:
+                err = relative_error([fn()], [want])
+                ms = do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")
+                rows.append(DecodeRow(name, n, err < TOLERANCE[torch_dtype], err, ms * 1e3,
+                                      floor_s / (ms * 1e-3)))
+            except Exception as error:  # noqa: BLE001  (a backend that does not take this shape)
+                rows.append(DecodeRow(name, n, None, None, None, None, short_error(error)))
+        del q, k, v
+        torch.cuda.empty_cache()
+    return rows
+
+
+def render_decode_bench(rows: list[DecodeRow], title: str) -> str:
+    from rich import box
+    from rich.table import Table
+
+    from ioaware.tables import render
+
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    for header in ("context", "variant", "check", "µs", "HBM floor fraction",
+                   "vs fastest SDPA"):
+        table.add_column(header, justify="left" if header == "variant" else "right")
+    for r in rows:
+        sdpa = [x.us for x in rows if x.context == r.context and x.variant.startswith("sdpa[")
+                and x.us is not None and x.ok]
+        check = "-" if r.ok is None else f"{r.rel_err:.1e} {'ok' if r.ok else 'FAIL'}"
+        speed = "-" if r.us is None or not sdpa else f"{min(sdpa) / r.us:.2f}x"
+        table.add_row(str(r.context), r.variant, check,
+                      "-" if r.us is None else f"{r.us:.1f}",
+                      "-" if r.floor_fraction is None else f"{r.floor_fraction:.0%}", speed)
+    notes = [f"{r.variant} (N={r.context}): {r.note}" for r in rows if r.note]
+    return render([table, *notes], width=160)
+
+
+@dataclasses.dataclass
+class GenerateRow:
+    variant: str
+    tokens_per_s: float | None
+    same_tokens: bool | None  # greedy tokens equal eager's (bf16 may drift; informative)
+    note: str = ""
+
+
+def bench_generate(layers: int = 4, hidden: int = 2048, heads: int = 16, kv_heads: int = 4,
+                   batch: int = 1, prompt: int = 128, new_tokens: int = 128,
+                   progress: Callable[[str], None] | None = None) -> list[GenerateRow]:
+    """Tokens/s of greedy generate() with a StaticCache on a Llama-style model with random
+    weights (bf16): eager, torch.compile (reduce-overhead: CUDA graphs) and ioaware.compile,
+    each timed on its second run (the first compiles)."""
+    require_cuda()
+    import time
+    import warnings
+
+    import transformers
+
+    import ioaware
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = transformers.LlamaConfig(
+            num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
+            num_key_value_heads=kv_heads, intermediate_size=4 * hidden, vocab_size=32000,
+            bos_token_id=0, eos_token_id=None, pad_token_id=0)
+        model = transformers.LlamaForCausalLM(config).to("cuda", torch.bfloat16).eval()
+    ids = torch.randint(1, 32000, (batch, prompt), device="cuda")
+    eager_forward = model.forward
+    variants = {
+        "eager": lambda: eager_forward,
+        "torch.compile(reduce-overhead)": lambda: torch.compile(eager_forward,
+                                                                mode="reduce-overhead"),
+        "ioaware.compile": lambda: ioaware.compile(eager_forward),
+    }
+    rows, reference = [], None
+    for name, build in variants.items():
+        if progress:
+            progress(f"generate {name}")
+        try:
+            torch._dynamo.reset()
+            model.forward = build()
+            with torch.no_grad():
+                kwargs = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens,
+                              "do_sample": False, "cache_implementation": "static"}
+                model.generate(ids, **kwargs)  # compiles
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                out = model.generate(ids, **kwargs)
+                torch.cuda.synchronize()
+                seconds = time.perf_counter() - start
+            reference = out if reference is None else reference
+            rows.append(GenerateRow(name, batch * new_tokens / seconds,
+                                    bool(torch.equal(out, reference))))
+        except Exception as error:  # noqa: BLE001  (a variant that fails is a row, not a crash)
+            rows.append(GenerateRow(name, None, None, short_error(error)))
+        finally:
+            model.forward = eager_forward
+    return rows
+
+
+def render_generate_bench(rows: list[GenerateRow], title: str) -> str:
+    from rich import box
+    from rich.table import Table
+
+    from ioaware.tables import render
+
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    for header in ("variant", "tokens/s", "tokens = eager's"):
+        table.add_column(header, justify="left" if header == "variant" else "right")
+    for r in rows:
+        table.add_row(r.variant, "-" if r.tokens_per_s is None else f"{r.tokens_per_s:.1f}",
+                      "-" if r.same_tokens is None else str(r.same_tokens))
+    return render([table, *[f"{r.variant}: {r.note}" for r in rows if r.note]], width=160)
