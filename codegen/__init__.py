@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 
-FAMILIES = ("attention", "scan")
+FAMILIES = ("attention", "scan", "ssd")
 
 
 def load_families() -> None:
