@@ -7,10 +7,14 @@ from torch import fx
 from ioaware.passes.attention import ATTENTION
 from ioaware.passes.driver import Pass, PassContext, PassOutcome, run_passes
 from ioaware.passes.scan import SCAN
+from ioaware.passes.ssd import SSD
 
 PIPELINE: list[Pass] = [
     # Exact attention: the N×N scores and probabilities never reach HBM.
     ATTENTION,
+    # Mamba-2's chunked SSD: the (chunk x chunk) decay matrices and the chunk states never
+    # reach HBM. Before SCAN, whose cumsum closed forms would otherwise see its cumsum.
+    SSD,
     # Linear recurrences: the (B, D, L, N) states and their producers never reach HBM.
     SCAN,
 ]
