@@ -56,7 +56,8 @@ def _ssd_bwd(
     sb_b, sb_l, sb_g, sb_n, sc_b, sc_l, sc_g, sc_n, sg_b, sg_h, sg_p, sg_n,
     BLOCK_P: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
-    HAS_DHL: tl.constexpr,
+    HAS_DHL: tl.constexpr, HAS_DT_LIMIT: tl.constexpr, DT_MIN: tl.constexpr,
+    DT_MAX: tl.constexpr,
 ):
     pid_p = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -94,7 +95,8 @@ def _ssd_bwd(
         t_mask = t < L
         tp_mask = t_mask[:, None] & p_mask[None, :]
         tn_mask = t_mask[:, None] & n_mask[None, :]
-        dt = _chunk_dt(dt_base, dtb_ptr, h, t, t_mask, sdt_l, HAS_DT_BIAS, DT_SOFTPLUS)
+        dt = _chunk_dt(dt_base, dtb_ptr, h, t, t_mask, sdt_l, HAS_DT_BIAS, DT_SOFTPLUS,
+                       HAS_DT_LIMIT, DT_MIN, DT_MAX)
         cs = tl.associative_scan(dt * A, 0, _add)
         total = tl.reduce(dt * A, 0, _add)
         x = tl.load(x_base + t[:, None] * sx_l + offs_p[None, :] * sx_p, mask=tp_mask,
@@ -192,6 +194,7 @@ def backward(dy, dh_last, x, dt, A, B, C, D, dt_bias, h0):
         *x.stride(), *dx.stride(), *dy.stride(), *dt.stride(), *B.stride(), *C.stride(), *dhl_strides,
         BLOCK_P=BWD_BLOCK_P, CHUNK=CHUNK, BLOCK_N=BLOCK_N, HAS_D=HAS_D,
         HAS_DT_BIAS=HAS_DT_BIAS, DT_SOFTPLUS=DT_SOFTPLUS, HAS_DHL=dh_last is not None,
+        HAS_DT_LIMIT=HAS_DT_LIMIT, DT_MIN=DT_MIN, DT_MAX=DT_MAX,
     )
     per_group = (n_p, batch, length, groups, heads // groups, d_state)
     dB = dB_part.view(per_group).sum((0, 4)).to(B.dtype)
@@ -200,6 +203,9 @@ def backward(dy, dh_last, x, dt, A, B, C, D, dt_bias, h0):
     raw = dt.float() + (dt_bias.float() if dt_bias is not None else 0.0)
     dt_v = torch.nn.functional.softplus(raw) if DT_SOFTPLUS else raw
     ddt_v = ddt_part.sum(0) + ddA * A.float()
+    if HAS_DT_LIMIT:  # torch.clamp's gradient: 1 inside [min, max], 0 outside
+        ddt_v = ddt_v * ((dt_v >= DT_MIN) & (dt_v <= DT_MAX))
+        dt_v = torch.clamp(dt_v, DT_MIN, DT_MAX)
     dA = (ddA * dt_v).sum((0, 1)).to(A.dtype)
     if DT_SOFTPLUS:  # d softplus(u)/du = sigmoid(u) below the threshold 20, 1 above
         ddt_v = ddt_v * torch.where(raw <= 20.0, torch.sigmoid(raw), 1.0)

@@ -25,6 +25,7 @@ group), write y: the floor is 2·Bt·L·H·P·it bytes. Tensor-core FLOPs: tiles
 
 from __future__ import annotations
 
+import math
 import string
 
 from ioaware.codegen.ssd.spec import SSDSpec
@@ -59,6 +60,9 @@ def spec_constants(spec: SSDSpec, *, interpret: bool, profile: DeviceProfile | N
         "has_dt_bias": str(spec.has_dt_bias),
         "dt_softplus": str(spec.dt_softplus),
         "has_h0": str(spec.has_h0),
+        "has_dt_limit": str((spec.dt_min, spec.dt_max) != (-math.inf, math.inf)),
+        "dt_min": repr(float(spec.dt_min)) if math.isfinite(spec.dt_min) else '-float("inf")',
+        "dt_max": repr(float(spec.dt_max)) if math.isfinite(spec.dt_max) else 'float("inf")',
         "op_dtype": TL_DTYPES[spec.dtype],
         # the interpreter mishandles bf16 dots: operands (already rounded to the op dtype)
         # are multiplied in fp32 there
@@ -77,6 +81,9 @@ HAS_D = $has_d
 HAS_DT_BIAS = $has_dt_bias
 DT_SOFTPLUS = $dt_softplus
 HAS_H0 = $has_h0
+HAS_DT_LIMIT = $has_dt_limit
+DT_MIN = $dt_min
+DT_MAX = $dt_max
 
 
 def _cdiv(a, b):
@@ -110,14 +117,18 @@ def _dot(a, b):
 
 @triton.jit
 def _chunk_dt(dt_ptr, dtb_ptr, h, offs_t, t_mask, stride_dt_l,
-              HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr):
-    """dt of one chunk in fp32, softplus(dt + bias) when fused, 0 past L."""
+              HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
+              HAS_DT_LIMIT: tl.constexpr, DT_MIN: tl.constexpr, DT_MAX: tl.constexpr):
+    """dt of one chunk in fp32: clamp(softplus(dt + bias), DT_MIN, DT_MAX) as fused,
+    0 past L."""
     dt = tl.load(dt_ptr + offs_t * stride_dt_l, mask=t_mask, other=0.0).to(tl.float32)
     if HAS_DT_BIAS:
         dt += tl.load(dtb_ptr + h).to(tl.float32)
     if DT_SOFTPLUS:
         # F.softplus, threshold 20; log(1 + e^x), with e^x ≤ e^20 never overflowing
         dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(tl.minimum(dt, 20.0))), dt)
+    if HAS_DT_LIMIT:  # as torch.clamp, NaN stays NaN
+        dt = tl.where(dt != dt, dt, tl.minimum(tl.maximum(dt, DT_MIN), DT_MAX))
     return tl.where(t_mask, dt, 0.0)
 '''
 
@@ -131,6 +142,7 @@ def _ssd_fwd(
     BLOCK_P: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, WRITE_Y: tl.constexpr, STORE_STATES: tl.constexpr,
+    HAS_DT_LIMIT: tl.constexpr, DT_MIN: tl.constexpr, DT_MAX: tl.constexpr,
 ):
     pid_p = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -162,7 +174,8 @@ def _ssd_fwd(
     for c in range(0, n_chunks):
         t = c * CHUNK + offs_t
         t_mask = t < L
-        dt = _chunk_dt(dt_base, dtb_ptr, h, t, t_mask, sdt_l, HAS_DT_BIAS, DT_SOFTPLUS)
+        dt = _chunk_dt(dt_base, dtb_ptr, h, t, t_mask, sdt_l, HAS_DT_BIAS, DT_SOFTPLUS,
+                       HAS_DT_LIMIT, DT_MIN, DT_MAX)
         cs = tl.associative_scan(dt * A, 0, _add)  # [Q] inclusive cumsum of dt·A
         total = tl.reduce(dt * A, 0, _add)  # cs at the chunk's last step
         x = tl.load(x_base + t[:, None] * sx_l + offs_p[None, :] * sx_p,
@@ -213,7 +226,7 @@ def forward(x, dt, A, B, C, D, dt_bias, h0, y, h_last, states=None):
     )
     flags = dict(CHUNK=CHUNK, BLOCK_N=BLOCK_N, HAS_D=HAS_D, HAS_DT_BIAS=HAS_DT_BIAS,
                  DT_SOFTPLUS=DT_SOFTPLUS, HAS_H0=HAS_H0, WRITE_Y=not store,
-                 STORE_STATES=store)
+                 STORE_STATES=store, HAS_DT_LIMIT=HAS_DT_LIMIT, DT_MIN=DT_MIN, DT_MAX=DT_MAX)
 
     def grid(meta):
         return (_cdiv(head_dim, meta["BLOCK_P"]), batch * heads)

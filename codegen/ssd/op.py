@@ -1,11 +1,12 @@
 """The chunked SSD (Mamba-2) as a torch custom op with its own autograd.
 
-    ioaware::ssd(x, dt, A, B, C, D, dt_bias, dt_softplus, h0) -> (y, h_last)
-    ioaware::ssd_backward(dy, dh_last, x, dt, A, B, C, D, dt_bias, dt_softplus, h0)
-        -> (dx, ddt, dA, dB, dC, dD, ddt_bias, dh0)
+    ioaware::ssd(x, dt, A, B, C, D, dt_bias, dt_softplus, h0, dt_min, dt_max) -> (y, h_last)
+    ioaware::ssd_backward(dy, dh_last, x, dt, A, B, C, D, dt_bias, dt_softplus, h0,
+                          dt_min, dt_max) -> (dx, ddt, dA, dB, dC, dD, ddt_bias, dh0)
 
 Per batch b and head h (spec.py), state in fp32:
-    dt_t = softplus?(dt_t + dt_bias[h])            (softplus with threshold 20, as F.softplus)
+    dt_t = clamp(softplus?(dt_t + dt_bias[h]), dt_min, dt_max)
+                                                   (softplus with threshold 20, as F.softplus)
     S_t  = exp(dt_t · A[h]) · S_{t-1} + dt_t · x_t B_tᵀ,   S_{-1} = h0 or 0
     y_t  = S_t C_t + D[h] · x_t
   x: [Bt, L, H, P]; dt: [Bt, L, H]; A, D, dt_bias: [H]; B, C: [Bt, L, G, N] with G | H
@@ -18,6 +19,8 @@ reference.py (fp32 torch, its backward autograd through it).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -87,12 +90,14 @@ def check_ssd(x, dt, A, B, C, D, dt_bias, h0) -> None:
                          f"[{batch}, {heads}, {head_dim}, {d_state}]")
 
 
-def ssd_spec(x, dt, B, D, dt_bias, dt_softplus, h0) -> SSDSpec:
+def ssd_spec(x, dt, B, D, dt_bias, dt_softplus, h0, dt_min=-math.inf, dt_max=math.inf
+             ) -> SSDSpec:
     return SSDSpec(
         dtype=dtype_name(x.dtype), head_dim=x.shape[3], d_state=B.shape[3],
         dt_dtype=dtype_name(dt.dtype), bc_dtype=dtype_name(B.dtype),
         has_D=D is not None, has_dt_bias=dt_bias is not None,
-        dt_softplus=bool(dt_softplus), has_h0=h0 is not None,
+        dt_softplus=bool(dt_softplus), has_h0=h0 is not None, dt_min=float(dt_min),
+        dt_max=float(dt_max),
     )
 
 
@@ -106,8 +111,8 @@ def _outputs(x: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
 
 @torch.library.custom_op("ioaware::ssd", mutates_args=())
 def ssd_op(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-           dt_bias: Tensor | None, dt_softplus: bool, h0: Tensor | None
-           ) -> tuple[Tensor, Tensor]:
+           dt_bias: Tensor | None, dt_softplus: bool, h0: Tensor | None, dt_min: float,
+           dt_max: float) -> tuple[Tensor, Tensor]:
     """(y, h_last) of the SSD recurrence; see the module docstring."""
     check_ssd(x, dt, A, B, C, D, dt_bias, h0)
     y, h_last = _outputs(x, B)
@@ -115,17 +120,18 @@ def ssd_op(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | N
         h_last.copy_(h0) if h0 is not None else h_last.zero_()
         return y, h_last
     if backend_name(x.device) == "reference":
-        y_ref, h_ref = ssd_reference.ssd_chunked(x, dt, A, B, C, D, dt_bias, dt_softplus, h0)
+        y_ref, h_ref = ssd_reference.ssd_chunked(x, dt, A, B, C, D, dt_bias, dt_softplus, h0,
+                                                 dt_limit=(dt_min, dt_max))
         return y.copy_(y_ref), h_last.copy_(h_ref)
-    module = kernel_module("ssd_fwd", ssd_spec(x, dt, B, D, dt_bias, dt_softplus, h0),
-                           x.device)
+    spec = ssd_spec(x, dt, B, D, dt_bias, dt_softplus, h0, dt_min, dt_max)
+    module = kernel_module("ssd_fwd", spec, x.device)
     with device_context(x.device):
         module.forward(x, dt, A, B, C, D, dt_bias, h0, y, h_last)
     return y, h_last
 
 
 @ssd_op.register_fake
-def _(x, dt, A, B, C, D, dt_bias, dt_softplus, h0):
+def _(x, dt, A, B, C, D, dt_bias, dt_softplus, h0, dt_min, dt_max):
     return _outputs(x, B)
 
 
@@ -141,14 +147,15 @@ def _empty_grads(x, dt, A, B, C, D, dt_bias, h0) -> tuple[Tensor, ...]:
     return tuple(like(t) for t in (x, dt, A, B, C, D, dt_bias, h0))
 
 
-def _reference_backward(dy, dh_last, x, dt, A, B, C, D, dt_bias, dt_softplus, h0):
+def _reference_backward(dy, dh_last, x, dt, A, B, C, D, dt_bias, dt_softplus, h0, dt_limit):
     """The gradients by autograd through the fp32 torch reference."""
     present = [t for t in (x, dt, A, B, C, D, dt_bias, h0) if t is not None]
     with torch.enable_grad():
         leaves = [t.detach().requires_grad_(True) for t in present]
         it = iter(leaves)
         args = [next(it) if t is not None else None for t in (x, dt, A, B, C, D, dt_bias, h0)]
-        y, h_last = ssd_reference.ssd_chunked(*args[:7], dt_softplus, args[7])
+        y, h_last = ssd_reference.ssd_chunked(*args[:7], dt_softplus, args[7],
+                                              dt_limit=dt_limit)
         outs, grads_out = [y], [dy.float()]
         if dh_last is not None:
             outs.append(h_last)
@@ -162,7 +169,7 @@ def _reference_backward(dy, dh_last, x, dt, A, B, C, D, dt_bias, dt_softplus, h0
 def ssd_backward_op(
     dy: Tensor, dh_last: Tensor | None, x: Tensor, dt: Tensor, A: Tensor, B: Tensor,
     C: Tensor, D: Tensor | None, dt_bias: Tensor | None, dt_softplus: bool,
-    h0: Tensor | None,
+    h0: Tensor | None, dt_min: float, dt_max: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, ddt, dA, dB, dC, dD, ddt_bias, dh0), each in its input's shape and dtype; an
     absent optional input gets an empty [0] placeholder."""
@@ -174,10 +181,11 @@ def ssd_backward_op(
             grads[7].copy_(dh_last)
         return grads
     if backend_name(x.device) == "reference":
-        ref = _reference_backward(dy, dh_last, x, dt, A, B, C, D, dt_bias, dt_softplus, h0)
+        ref = _reference_backward(dy, dh_last, x, dt, A, B, C, D, dt_bias, dt_softplus, h0,
+                                  (dt_min, dt_max))
     else:
-        module = kernel_module("ssd_bwd", ssd_spec(x, dt, B, D, dt_bias, dt_softplus, h0),
-                               x.device)
+        spec = ssd_spec(x, dt, B, D, dt_bias, dt_softplus, h0, dt_min, dt_max)
+        module = kernel_module("ssd_bwd", spec, x.device)
         with device_context(x.device):
             ref = module.backward(dy, dh_last, x, dt, A, B, C, D, dt_bias, h0)
     for g, r in zip(grads, ref):
@@ -189,14 +197,15 @@ def ssd_backward_op(
 
 
 @ssd_backward_op.register_fake
-def _(dy, dh_last, x, dt, A, B, C, D, dt_bias, dt_softplus, h0):
+def _(dy, dh_last, x, dt, A, B, C, D, dt_bias, dt_softplus, h0, dt_min, dt_max):
     return _empty_grads(x, dt, A, B, C, D, dt_bias, h0)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, dt, A, B, C, D, dt_bias, dt_softplus, h0 = inputs
+    x, dt, A, B, C, D, dt_bias, dt_softplus, h0, dt_min, dt_max = inputs
     ctx.save_for_backward(x, dt, A, B, C, D, dt_bias, h0)
     ctx.dt_softplus = dt_softplus
+    ctx.dt_limit = (dt_min, dt_max)
 
 
 def _backward(ctx, dy: Tensor | None, dh_last: Tensor | None):
@@ -204,23 +213,27 @@ def _backward(ctx, dy: Tensor | None, dh_last: Tensor | None):
     if dy is None:
         dy = torch.zeros(x.shape, dtype=x.dtype, device=x.device)
     grads = torch.ops.ioaware.ssd_backward(dy, dh_last, x, dt, A, B, C, D, dt_bias,
-                                           ctx.dt_softplus, h0)
+                                           ctx.dt_softplus, h0, *ctx.dt_limit)
     present = (x, dt, A, B, C, D, dt_bias, h0)
     dx, ddt, dA, dB, dC, dD, ddtb, dh0 = (
         g if t is not None else None for g, t in zip(grads, present))
-    return dx, ddt, dA, dB, dC, dD, ddtb, None, dh0
+    return dx, ddt, dA, dB, dC, dD, ddtb, None, dh0, None, None
 
 
 ssd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def ssd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
-        dt_bias: Tensor | None = None, dt_softplus: bool = False, h0: Tensor | None = None
-        ) -> tuple[Tensor, Tensor]:
+        dt_bias: Tensor | None = None, dt_softplus: bool = False, h0: Tensor | None = None,
+        dt_limit: tuple[float, float] = (-math.inf, math.inf)) -> tuple[Tensor, Tensor]:
     """Mamba-2's SSD, chunked on tensor cores: (y [Bt, L, H, P] in x.dtype, h_last
     [Bt, H, P, N] fp32). See the module docstring for the recurrence and shapes; the
     [P, N] states never reach HBM in the forward. Raises ValueError on bad shapes,
     dtypes or devices, naming the argument."""
     # Checked here too: with meta inputs dispatch picks the fake, which never checks.
     check_ssd(x, dt, A, B, C, D, dt_bias, h0)
-    return torch.ops.ioaware.ssd(x, dt, A, B, C, D, dt_bias, bool(dt_softplus), h0)
+    dt_min, dt_max = (float(v) for v in dt_limit)
+    if not dt_min <= dt_max:
+        raise ValueError(f"dt_limit={dt_limit} must be (min, max) with min <= max")
+    return torch.ops.ioaware.ssd(x, dt, A, B, C, D, dt_bias, bool(dt_softplus), h0,
+                                 dt_min, dt_max)

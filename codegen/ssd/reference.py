@@ -13,17 +13,27 @@ op's reference path is autograd through `ssd_chunked`.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+NO_LIMIT = (-math.inf, math.inf)  # dt_limit that clamps nothing
 
-def discretised_dt(dt: Tensor, dt_bias: Tensor | None, dt_softplus: bool) -> Tensor:
-    """softplus?(dt + dt_bias) in fp32 (softplus with threshold 20, as F.softplus)."""
+
+def discretised_dt(dt: Tensor, dt_bias: Tensor | None, dt_softplus: bool,
+                   dt_limit: tuple[float, float] = NO_LIMIT) -> Tensor:
+    """clamp(softplus?(dt + dt_bias), *dt_limit) in fp32 (softplus with threshold 20, as
+    F.softplus)."""
     dt = dt.float()
     if dt_bias is not None:
         dt = dt + dt_bias.float()
-    return F.softplus(dt) if dt_softplus else dt
+    if dt_softplus:
+        dt = F.softplus(dt)
+    if tuple(dt_limit) != NO_LIMIT:
+        dt = torch.clamp(dt, min=dt_limit[0], max=dt_limit[1])
+    return dt
 
 
 def _heads(t: Tensor, heads: int) -> Tensor:
@@ -33,11 +43,11 @@ def _heads(t: Tensor, heads: int) -> Tensor:
 
 def ssd_recurrent(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
                   D: Tensor | None = None, dt_bias: Tensor | None = None,
-                  dt_softplus: bool = False, h0: Tensor | None = None
-                  ) -> tuple[Tensor, Tensor]:
+                  dt_softplus: bool = False, h0: Tensor | None = None,
+                  dt_limit: tuple[float, float] = NO_LIMIT) -> tuple[Tensor, Tensor]:
     """S_t = exp(dt_t A) S_{t-1} + dt_t x_t B_tᵀ, y_t = S_t C_t + D x_t, step by step."""
     batch, length, heads, head_dim = x.shape
-    dt = discretised_dt(dt, dt_bias, dt_softplus)
+    dt = discretised_dt(dt, dt_bias, dt_softplus, dt_limit)
     Bh, Ch, xf = _heads(B, heads), _heads(C, heads), x.float()
     state = (h0.float().clone() if h0 is not None
              else x.new_zeros(batch, heads, head_dim, B.shape[-1], dtype=torch.float32))
@@ -55,13 +65,13 @@ def ssd_recurrent(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
 
 def ssd_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
                 D: Tensor | None = None, dt_bias: Tensor | None = None,
-                dt_softplus: bool = False, h0: Tensor | None = None, chunk: int = 64
-                ) -> tuple[Tensor, Tensor]:
+                dt_softplus: bool = False, h0: Tensor | None = None, chunk: int = 64,
+                dt_limit: tuple[float, float] = NO_LIMIT) -> tuple[Tensor, Tensor]:
     """The same map in chunks of `chunk` steps; L is padded with dt = 0 steps (decay 1,
     no input), which leave the state as it was."""
     batch, length, heads, head_dim = x.shape
     d_state = B.shape[-1]
-    dt = discretised_dt(dt, dt_bias, dt_softplus)
+    dt = discretised_dt(dt, dt_bias, dt_softplus, dt_limit)
     Bh, Ch, xf = _heads(B, heads), _heads(C, heads), x.float()
     pad = (-length) % chunk
     if pad:

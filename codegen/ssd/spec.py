@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 
 from ioaware.spec import DTYPES
 
@@ -22,7 +23,7 @@ class SSDSpec:
 
     Per batch b and head h, with g = h // (H / G) the group of B and C:
 
-        dt_t  = softplus?(dt_raw_t + dt_bias[h])                         scalar
+        dt_t  = clamp(softplus?(dt_raw_t + dt_bias[h]), dt_min, dt_max)   scalar
         S_t   = exp(dt_t · A[h]) · S_{t-1} + dt_t · x_t B_tᵀ            [P, N] fp32
         y_t   = S_t C_t + D[h] · x_t                                     [P]
 
@@ -41,6 +42,8 @@ class SSDSpec:
     has_dt_bias: bool = False
     dt_softplus: bool = False
     has_h0: bool = False
+    dt_min: float = -math.inf  # dt clamped to [dt_min, dt_max] after softplus
+    dt_max: float = math.inf
 
     def __post_init__(self) -> None:
         for name in ("dtype", "dt_dtype", "bc_dtype"):
@@ -49,6 +52,8 @@ class SSDSpec:
                                  f"{sorted(DTYPES)}")
         if not 1 <= self.head_dim <= MAX_HEAD_DIM:
             raise ValueError(f"head_dim={self.head_dim} must be between 1 and {MAX_HEAD_DIM}")
+        if not self.dt_min <= self.dt_max:
+            raise ValueError(f"dt_min={self.dt_min} must not exceed dt_max={self.dt_max}")
         if not 1 <= self.d_state <= MAX_D_STATE:
             raise ValueError(f"d_state={self.d_state} must be between 1 and {MAX_D_STATE}")
 

@@ -6,14 +6,15 @@
                 the anchor (cumsum of dt·A in chunks) and the region's operands
     probe.py    the region evaluated on random operands against the SSD reference
 
-Fused into the op where present: dt's bias and softplus (and the clamp to (0, inf),
-the identity on softplus's range), the D skip, the initial state h0 and the final
-state. What stays eager, with the reason in `explain`: other dt clamps, a region whose
-intermediates are read elsewhere, one that does not compute the SSD on random operands.
+Fused into the op where present: dt's bias, softplus and clamp (time_step_limit), the D
+skip, the initial state h0 and the final state. What stays eager, with the reason in
+`explain`: a region whose intermediates are read elsewhere, one that does not compute
+the SSD on random operands, sizes the kernels do not take.
 """
 
 from __future__ import annotations
 
+import math
 import operator
 
 import torch
@@ -55,7 +56,7 @@ def _match(gm: fx.GraphModule, anchor: fx.Node, ctx: PassContext) -> Match:
     groups, d_state = B.shape[2], B.shape[3]
     # the Spec the op will build: validates head_dim and d_state (ValueError -> fallback)
     ssd_ops.ssd_spec(x, chunked.val(region.dt), B, region.D, region.dt_bias,
-                     region.dt_softplus, region.h0)
+                     region.dt_softplus, region.h0, *region.dt_limit)
     chunk = choose_chunk(ctx.profile, head_dim, d_state, x.dtype.itemsize,
                          max(1, heads // groups))
     before = sum((c for c in map(cost.node_cost, region.nodes) if c is not None),
@@ -64,6 +65,7 @@ def _match(gm: fx.GraphModule, anchor: fx.Node, ctx: PassContext) -> Match:
                      chunk=chunk, has_h0=region.h0 is not None)
     fused = [name for name, present in (("dt_bias", region.dt_bias is not None),
                                         ("softplus", region.dt_softplus),
+                                        ("dt_clamp", region.dt_limit != (-math.inf, math.inf)),
                                         ("D", region.D is not None),
                                         ("h0", region.h0 is not None),
                                         ("final_state", region.final is not None))
@@ -82,7 +84,7 @@ def _apply(gm: fx.GraphModule, region: chunked.ChunkedSSD) -> None:
     with g.inserting_after(last):
         call = g.call_function(torch.ops.ioaware.ssd.default, (
             region.x, region.dt, region.A, region.B, region.C, region.D, region.dt_bias,
-            region.dt_softplus, region.h0))
+            region.dt_softplus, region.h0, *region.dt_limit))
     with g.inserting_after(call):
         y = g.call_function(operator.getitem, (call, 0))
     with g.inserting_after(y):

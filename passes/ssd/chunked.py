@@ -56,6 +56,7 @@ class ChunkedSSD:
     D: fx.Node | None
     dt_bias: fx.Node | None
     dt_softplus: bool
+    dt_limit: tuple[float, float]  # the clamp after softplus; (-inf, inf): none
     h0: fx.Node | None
     y: fx.Node  # the region's output [Bt, L, H, P]
     final: fx.Node | None  # the final state [Bt, H, P, N], when the region returns it
@@ -98,18 +99,19 @@ def candidates(gm: fx.GraphModule) -> list[fx.Node]:
     return out
 
 
-def _dt_producers(dt: fx.Node) -> tuple[fx.Node, fx.Node | None, bool, fx.Node]:
-    """(raw dt, dt_bias or None, softplus?, the node x is multiplied by) from dt' =
-    clamp(softplus(dt + dt_bias), 0, inf): the clamp with those bounds is the identity
-    on softplus's range, so it is dropped; other bounds are not fused."""
+def _dt_producers(dt: fx.Node
+                  ) -> tuple[fx.Node, fx.Node | None, bool, tuple[float, float], fx.Node]:
+    """(raw dt, dt_bias or None, softplus?, (dt_min, dt_max), the node x is multiplied
+    by) from dt' = clamp(softplus(dt + dt_bias), dt_min, dt_max), each part optional."""
     used = dt
     node = strip(dt)
+    limit = (-math.inf, math.inf)
     if is_call(node, aten.clamp.default):
         lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min")
         hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max")
-        if lo not in (0, 0.0, None) or (hi is not None and hi != math.inf):
-            raise NoMatch(f"{node.name}: dt clamped to ({lo}, {hi}); only (0, inf), the "
-                          f"identity after softplus, is fused")
+        if any(v is not None and not isinstance(v, (int, float)) for v in (lo, hi)):
+            raise NoMatch(f"{node.name}: dt clamped to tensor bounds; only numbers are fused")
+        limit = (-math.inf if lo is None else float(lo), math.inf if hi is None else float(hi))
         node = strip(node.args[0])
     softplus = False
     if is_call(node, aten.softplus.default):
@@ -127,7 +129,7 @@ def _dt_producers(dt: fx.Node) -> tuple[fx.Node, fx.Node | None, bool, fx.Node]:
             bias, node = strip(b), a
         elif len(shape(a) or ()) == 1 and len(shape(b) or ()) == 3:
             bias, node = strip(a), b
-    return node, bias, softplus, used
+    return node, bias, softplus, limit, used
 
 
 def match(gm: fx.GraphModule, anchor: fx.Node) -> ChunkedSSD:
@@ -136,7 +138,7 @@ def match(gm: fx.GraphModule, anchor: fx.Node) -> ChunkedSSD:
     a0, a1 = dA.args[:2]
     A, dt_used = (a0, a1) if len(shape(a0)) == 1 else (a1, a0)
     A = strip(A)
-    dt, dt_bias, softplus, dt_used = _dt_producers(dt_used)
+    dt, dt_bias, softplus, dt_limit, dt_used = _dt_producers(dt_used)
     batch, length, heads = shape(dt_used)
     if shape(A) != (heads,):
         raise NoMatch(f"{dA.name}: the decay {A.name} has shape {shape(A)}, not one "
@@ -155,8 +157,8 @@ def match(gm: fx.GraphModule, anchor: fx.Node) -> ChunkedSSD:
         s = shape(n)
         if s is None or len(s) != 4 or s[:2] != (batch, length) or heads % s[2]:
             raise NoMatch(f"{n.name}: shape {s} is not [Bt, L, G, N] with G | H for B/C")
-    return ChunkedSSD(anchor, x, dt, A, bc[0], bc[1], D, dt_bias, softplus, h0, y, final,
-                      chunk, nodes)
+    return ChunkedSSD(anchor, x, dt, A, bc[0], bc[1], D, dt_bias, softplus, dt_limit, h0,
+                      y, final, chunk, nodes)
 
 
 def _x_of(dt_used: fx.Node, dA: fx.Node, batch: int, length: int, heads: int) -> fx.Node:

@@ -64,7 +64,8 @@ def verify(region: ChunkedSSD) -> ChunkedSSD:
             y, final = module(*(args[k] for k in OPERANDS if k in args))
             y_ref, final_ref = reference.ssd_chunked(
                 args["x"], args["dt"], args["A"], b_val, c_val, args.get("D"),
-                args.get("dt_bias"), region.dt_softplus, args.get("h0"))
+                args.get("dt_bias"), region.dt_softplus, args.get("h0"),
+                dt_limit=region.dt_limit)
         err = relative_error(y.float(), y_ref)
         if region.final is not None:
             err = max(err, relative_error(final.float(), final_ref))

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("interpreted_kernels")
 NAMES = ("x", "dt", "A", "B", "C", "D", "dt_bias", "h0")
 
 
-def eager_ssd(x, dt, A, B, C, D, dt_bias, softplus, h0):
+def eager_ssd(x, dt, A, B, C, D, dt_bias, softplus, h0, dt_limit=None):
     """S_t = exp(dt_t A) S_{t-1} + dt_t x_t B_tᵀ, y_t = S_t C_t + D x_t, one step at a
     time in the inputs' dtype; head h reads group h // (H / G)."""
     batch, length, heads, head_dim = x.shape
@@ -34,6 +34,8 @@ def eager_ssd(x, dt, A, B, C, D, dt_bias, softplus, h0):
         dt = dt + dt_bias
     if softplus:
         dt = F.softplus(dt)
+    if dt_limit is not None:
+        dt = torch.clamp(dt, *dt_limit)
     S = h0 if h0 is not None else x.new_zeros(batch, heads, head_dim, B.shape[3])
     ys = []
     for t in range(length):
@@ -68,6 +70,10 @@ def make_inputs(seed, batch, length, heads, groups, head_dim, d_state, dtype, pa
     return x, dt, A, B, C, D, dt_bias, "softplus" in parts, h0
 
 
+# a clamp that binds on both sides for the dt drawn above (time_step_limit)
+CLAMP = (0.05, 0.6)
+
+
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     actual, expected = actual.double(), expected.double()
     assert torch.isfinite(actual).all(), "non-finite value in kernel result"
@@ -80,14 +86,15 @@ def assert_close(name, actual, expected, dtype) -> None:
     assert err <= TOLERANCE[dtype], f"{name}: relative error {err:.3g} > {TOLERANCE[dtype]}"
 
 
-def check(inputs, seed: int) -> None:
+def check(inputs, seed: int, dt_limit=None) -> None:
     x, dt, A, B, C, D, dt_bias, softplus, h0 = inputs
+    limit = {} if dt_limit is None else {"dt_limit": dt_limit}
     tensors = [x, dt, A, B, C, D, dt_bias, h0]
     leaves = [None if t is None else t.detach().requires_grad_() for t in tensors]
-    y, h_last = ssd_ops.ssd(*leaves[:7], dt_softplus=softplus, h0=leaves[7])
+    y, h_last = ssd_ops.ssd(*leaves[:7], dt_softplus=softplus, h0=leaves[7], **limit)
     assert y.dtype == x.dtype and y.is_contiguous() and h_last.dtype == torch.float32
     ref = [None if t is None else t.detach().double().requires_grad_() for t in tensors]
-    y_ref, h_ref = eager_ssd(*ref[:7], softplus, ref[7])
+    y_ref, h_ref = eager_ssd(*ref[:7], softplus, ref[7], dt_limit)
     assert_close("y", y, y_ref, x.dtype)
     # the state is fp32, but the products that feed it take tensor-core operands rounded
     # to x's dtype: x's tolerance
@@ -107,7 +114,7 @@ def check(inputs, seed: int) -> None:
         assert_close(f"d{NAMES[i]}", gk, gr, x.dtype)
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 2**31 - 1),
     length=st.sampled_from([0, 1, 2, 15, 16, 17, 40]),
@@ -115,20 +122,20 @@ def check(inputs, seed: int) -> None:
     head_dim=st.sampled_from([1, 4, 16]),
     d_state=st.sampled_from([1, 3, 16]),
     dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
-    parts=st.sets(st.sampled_from(["D", "dt_bias", "softplus", "h0"])),
+    parts=st.sets(st.sampled_from(["D", "dt_bias", "softplus", "h0", "clamp"])),
     layout=st.sampled_from(["contiguous", "transposed"]),
 )
 def test_ssd_matches_eager_loop(seed, length, heads_groups, head_dim, d_state, dtype,
                                 parts, layout):
     heads, groups = heads_groups
     check(make_inputs(seed, 1, length, heads, groups, head_dim, d_state, dtype, parts,
-                      layout), seed)
+                      layout), seed, CLAMP if "clamp" in parts else None)
 
 
 def test_ssd_hundreds_of_steps():
     """L = 300: 19 chunks of 16, the last one partial, state carried both ways."""
     check(make_inputs(3, 1, 300, 2, 1, 4, 3, torch.float32,
-                      {"D", "dt_bias", "softplus", "h0"}), 3)
+                      {"D", "dt_bias", "softplus", "h0"}), 3, CLAMP)
 
 
 def test_ssd_reference_spellings_agree():
