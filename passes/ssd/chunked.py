@@ -146,7 +146,7 @@ def match(gm: fx.GraphModule, anchor: fx.Node) -> ChunkedSSD:
     chunk = shape(anchor)[-1]
     x = _x_of(dt_used, dA, batch, length, heads)
     y, D = _output(gm, anchor, x)
-    final, h0 = _final_state(anchor, x)
+    final, h0 = _final_state(gm, anchor, y)
     known = {x, dt, A} | {n for n in (D, dt_bias, h0) if n is not None}
     nodes, leaves = _region(gm, [n for n in (y, final) if n is not None], known)
     bc = [n for n in leaves if n not in known]
@@ -233,21 +233,23 @@ def _residual_D(term: object, x: fx.Node) -> fx.Node | None:
     return None
 
 
-def _final_state(anchor: fx.Node, x: fx.Node) -> tuple[fx.Node | None, fx.Node | None]:
-    """(the final state node, h0): the `cat([h0[:, None] or zeros, chunk states], 1)`
-    after the anchor gives h0; `select(·, 1, -1)` of the recurrence's result, the final
-    state."""
-    h0 = final = None
-    for n in _forward(anchor):
-        if is_call(n, aten.cat.default) and len(n.args[0]) == 2 and n.args[1] in (1, -4):
-            first = strip(n.args[0][0])
-            if is_call(first, aten.unsqueeze.default):
-                h0 = strip(first.args[0])
-            for m in _forward(n):
-                if (is_call(m, aten.select.int) and m.args[1:] == (1, -1)
-                        and len(shape(m) or ()) == 4):
-                    final = m
-    return final, h0
+def _final_state(gm: fx.GraphModule, anchor: fx.Node, y: fx.Node
+                 ) -> tuple[fx.Node | None, fx.Node | None]:
+    """(the final state node, h0): the first `cat([h0[:, None] or zeros, chunk states],
+    1)` after the anchor gives h0; the first `select(·, 1, -1)` of what follows it, before
+    y, the final state (later ones belong to the next layer's region)."""
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    cats = sorted((n for n in _forward(anchor) if is_call(n, aten.cat.default)
+                   and len(n.args[0]) == 2 and n.args[1] in (1, -4)), key=order.get)
+    if not cats or order[cats[0]] > order[y]:
+        raise NoMatch(f"{anchor.name}: no cat of the initial and the chunk states follows")
+    cat = cats[0]
+    first = strip(cat.args[0][0])
+    h0 = strip(first.args[0]) if is_call(first, aten.unsqueeze.default) else None
+    selects = sorted((m for m in _forward(cat) if is_call(m, aten.select.int)
+                      and m.args[1:] == (1, -1) and len(shape(m) or ()) == 4
+                      and order[m] < order[y]), key=order.get)
+    return (selects[0] if selects else None), h0
 
 
 def _region(gm: fx.GraphModule, outputs: list[fx.Node], known: set[fx.Node]

@@ -114,7 +114,7 @@ def check(inputs, seed: int, dt_limit=None) -> None:
         assert_close(f"d{NAMES[i]}", gk, gr, x.dtype)
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 2**31 - 1),
     length=st.sampled_from([0, 1, 2, 15, 16, 17, 40]),
