@@ -35,13 +35,24 @@ def _candidates(gm: fx.GraphModule, ctx: PassContext) -> list[fx.Node]:
     return chunked.candidates(gm)
 
 
+def _live(node: fx.Node, memo: dict[fx.Node, bool]) -> bool:
+    """Whether the node's value reaches the graph's output or a side effect (what dead
+    code, e.g. an output nobody reads, does not)."""
+    if node not in memo:
+        memo[node] = True  # cycles cannot occur; this only guards re-entry
+        memo[node] = (node.op == "output" or node.is_impure()
+                      or any(_live(u, memo) for u in node.users))
+    return memo[node]
+
+
 def _check_private(region: chunked.ChunkedSSD) -> None:
-    """Every intermediate is read only inside the region (the outputs aside)."""
-    inside = set(region.nodes)
+    """Every intermediate is read only inside the region (the outputs aside), dead
+    readers aside."""
+    inside, memo = set(region.nodes), {}
     for n in region.nodes:
         if n in (region.y, region.final):
             continue
-        outside = [u for u in n.users if u not in inside]
+        outside = [u for u in n.users if u not in inside and _live(u, memo)]
         if outside:
             raise NoMatch(f"{n.name}: an intermediate of the SSD region is also read by "
                           f"{outside[0].name}")
@@ -81,18 +92,21 @@ def _apply(gm: fx.GraphModule, region: chunked.ChunkedSSD) -> None:
     g = gm.graph
     order = {n: i for i, n in enumerate(g.nodes)}
     last = max((n for n in (region.y, region.final) if n is not None), key=order.get)
+    anchor = last
     with g.inserting_after(last):
         call = g.call_function(torch.ops.ioaware.ssd.default, (
             region.x, region.dt, region.A, region.B, region.C, region.D, region.dt_bias,
             region.dt_softplus, region.h0, *region.dt_limit))
-    with g.inserting_after(call):
-        y = g.call_function(operator.getitem, (call, 0))
-    with g.inserting_after(y):
-        y_cast = g.call_function(aten._to_copy.default, (y,),
-                                 {"dtype": chunked.val(region.y).dtype})
-    region.y.replace_all_uses_with(y_cast)
+    anchor = call
+    if region.y is not None:
+        with g.inserting_after(call):
+            y = g.call_function(operator.getitem, (call, 0))
+        with g.inserting_after(y):
+            anchor = g.call_function(aten._to_copy.default, (y,),
+                                     {"dtype": chunked.val(region.y).dtype})
+        region.y.replace_all_uses_with(anchor)
     if region.final is not None:
-        with g.inserting_after(y_cast):
+        with g.inserting_after(anchor):
             final = g.call_function(operator.getitem, (call, 1))
         with g.inserting_after(final):
             final_cast = g.call_function(aten._to_copy.default, (final,),

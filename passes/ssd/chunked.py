@@ -58,7 +58,7 @@ class ChunkedSSD:
     dt_softplus: bool
     dt_limit: tuple[float, float]  # the clamp after softplus; (-inf, inf): none
     h0: fx.Node | None
-    y: fx.Node  # the region's output [Bt, L, H, P]
+    y: fx.Node | None  # the region's output [Bt, L, H, P]; None when unused
     final: fx.Node | None  # the final state [Bt, H, P, N], when the region returns it
     chunk: int
     nodes: list[fx.Node]  # every node of the region, in graph order
@@ -147,9 +147,13 @@ def match(gm: fx.GraphModule, anchor: fx.Node) -> ChunkedSSD:
     x = _x_of(dt_used, dA, batch, length, heads)
     y, D = _output(gm, anchor, x)
     final, h0 = _final_state(gm, anchor, y)
+    if y is None and final is None:
+        raise NoMatch(f"{anchor.name}: neither the output nor the final state is used")
     known = {x, dt, A} | {n for n in (D, dt_bias, h0) if n is not None}
     nodes, leaves = _region(gm, [n for n in (y, final) if n is not None], known)
     bc = [n for n in leaves if n not in known]
+    if y is None and len(bc) == 1:  # only the final state: C is never read; any will do
+        bc = bc * 2
     if len(bc) != 2:
         raise NoMatch(f"{anchor.name}: the region reads {[n.name for n in bc]} besides "
                       f"x, dt, A, D, dt_bias, h0; expected B and C only")
@@ -188,7 +192,8 @@ def _forward(node: fx.Node) -> set[fx.Node]:
     return seen
 
 
-def _output(gm: fx.GraphModule, anchor: fx.Node, x: fx.Node) -> tuple[fx.Node, fx.Node | None]:
+def _output(gm: fx.GraphModule, anchor: fx.Node, x: fx.Node
+            ) -> tuple[fx.Node | None, fx.Node | None]:
     """(y, D): the first node after the anchor shaped like x, past the D residual add
     (D[..., None] · x, padded or not) and a slice back to L."""
     x_shape = shape(x)
@@ -215,6 +220,8 @@ def _output(gm: fx.GraphModule, anchor: fx.Node, x: fx.Node) -> tuple[fx.Node, f
             y = user
         else:
             break
+    if shape(y) != x_shape and not y.users:
+        return None, D  # y unused (only the final state is): dead code, left out
     if shape(y) != x_shape:
         raise NoMatch(f"{y.name}: the output has shape {shape(y)}, not x's {x_shape}")
     return y, D
@@ -239,16 +246,17 @@ def _final_state(gm: fx.GraphModule, anchor: fx.Node, y: fx.Node
     1)` after the anchor gives h0; the first `select(·, 1, -1)` of what follows it, before
     y, the final state (later ones belong to the next layer's region)."""
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    end = order[y] if y is not None else len(order)
     cats = sorted((n for n in _forward(anchor) if is_call(n, aten.cat.default)
                    and len(n.args[0]) == 2 and n.args[1] in (1, -4)), key=order.get)
-    if not cats or order[cats[0]] > order[y]:
+    if not cats or order[cats[0]] > end:
         raise NoMatch(f"{anchor.name}: no cat of the initial and the chunk states follows")
     cat = cats[0]
     first = strip(cat.args[0][0])
     h0 = strip(first.args[0]) if is_call(first, aten.unsqueeze.default) else None
     selects = sorted((m for m in _forward(cat) if is_call(m, aten.select.int)
                       and m.args[1:] == (1, -1) and len(shape(m) or ()) == 4
-                      and order[m] < order[y]), key=order.get)
+                      and order[m] < end), key=order.get)
     return (selects[0] if selects else None), h0
 
 
