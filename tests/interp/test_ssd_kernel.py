@@ -102,8 +102,8 @@ def check(inputs, seed: int, dt_limit=None) -> None:
     if x.numel() == 0:
         return
     g = torch.Generator().manual_seed(seed + 1)
-    dy = torch.randn(y.shape, generator=g).to(y.dtype)
-    dh = torch.randn(h_last.shape, generator=g)
+    dy = torch.randn(y.shape, generator=g).to(device=y.device, dtype=y.dtype)
+    dh = torch.randn(h_last.shape, generator=g).to(y.device)
     present = [i for i, t in enumerate(leaves) if t is not None]
     grads = torch.autograd.grad([y, h_last], [leaves[i] for i in present], [dy, dh])
     ref_grads = torch.autograd.grad([y_ref, h_ref], [ref[i] for i in present],
