@@ -19,7 +19,7 @@ pytestmark = [
 ]
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "interp"))
-from test_ssd_kernel import CLAMP, check, make_inputs  # noqa: E402
+from test_ssd_kernel import CLAMP, check, make_inputs
 
 
 def on_cuda(inputs):
