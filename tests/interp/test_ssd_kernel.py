@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sm90 import compile_sm90, has_ptx_backend, import_compiled
 
 from ioaware.codegen.ssd import op as ssd_ops
 from ioaware.codegen.ssd import reference
@@ -114,7 +115,7 @@ def check(inputs, seed: int, dt_limit=None) -> None:
         assert_close(f"d{NAMES[i]}", gk, gr, x.dtype)
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 2**31 - 1),
     length=st.sampled_from([0, 1, 2, 15, 16, 17, 40]),
@@ -176,3 +177,38 @@ def test_ssd_bad_input_names_the_argument(bad, message):
     args.update(bad)
     with pytest.raises(ValueError, match=message):
         ssd_ops.ssd(**args)
+
+
+@pytest.mark.skipif(not has_ptx_backend(), reason="triton has no NVIDIA backend here")
+def test_ssd_kernels_compile_for_sm90(tmp_path):
+    """The compiled forward and backward build for sm_90 at the issue's tile (P = 64,
+    N = 128, the H100's chunk), no GPU needed: a break shows up in CI, not first on the
+    device. The products are tensor-core mma (wgmma or mma.sync) in the PTX."""
+    from ioaware import hardware
+    from ioaware.codegen.ssd import backward, forward
+    from ioaware.codegen.ssd.spec import SSDSpec
+
+    spec = SSDSpec(dtype="bfloat16", head_dim=64, d_state=128, bc_dtype="bfloat16",
+                   has_D=True, has_dt_bias=True, dt_softplus=True, dt_min=0.0)
+    profile = hardware.get_profile("h100")
+    low = {"x_ptr", "B_ptr", "C_ptr", "y_ptr", "dy_ptr", "dx_ptr"}
+
+    def arg_type(name: str) -> str:
+        if name.endswith("_ptr"):
+            return "*bf16" if name in low else "*fp32"
+        return "i32"
+
+    for kind, render, name in (("fwd", forward.render_forward, "_ssd_fwd"),
+                               ("bwd", backward.render_backward, "_ssd_bwd")):
+        module = import_compiled(render(spec, interpret=False, profile=profile),
+                                 tmp_path / f"ssd_sm90_{kind}.py")
+        const = {"CHUNK": module.CHUNK, "BLOCK_N": module.BLOCK_N, "HAS_D": True,
+                 "HAS_DT_BIAS": True, "DT_SOFTPLUS": True, "HAS_DT_LIMIT": True,
+                 "DT_MIN": 0.0, "DT_MAX": float("inf")}
+        if kind == "fwd":
+            const.update(BLOCK_P=64, HAS_H0=False, WRITE_Y=True, STORE_STATES=False)
+        else:
+            const.update(BLOCK_P=module.BWD_BLOCK_P, HAS_DHL=True)
+        kernel = compile_sm90(getattr(module, name), const, arg_type, num_warps=8)
+        ptx = kernel.asm["ptx"]
+        assert "wgmma" in ptx or "mma.sync" in ptx, f"{kind}: no tensor-core product"
