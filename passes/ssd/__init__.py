@@ -5,6 +5,7 @@
                 shared by Mamba-2, Bamba, Zamba2, Falcon-H1, Nemotron-H, Granite 4):
                 the anchor (cumsum of dt·A in chunks) and the region's operands
     probe.py    the region evaluated on random operands against the SSD reference
+    decode.py   the L = 1 decode step, recognised so that explain names it (left eager)
 
 Fused into the op where present: dt's bias, softplus and clamp (time_step_limit), the D
 skip, the initial state h0 and the final state. What stays eager, with the reason in
@@ -25,14 +26,14 @@ from ioaware.codegen.ssd import op as ssd_ops
 from ioaware.codegen.ssd.price import ssd_cost
 from ioaware.codegen.ssd.tiles import choose_chunk
 from ioaware.passes.driver import Match, NoMatch, Pass, PassContext
-from ioaware.passes.ssd import chunked, probe
+from ioaware.passes.ssd import chunked, decode, probe
 from ioaware.spec import dtype_name
 
 aten = torch.ops.aten
 
 
 def _candidates(gm: fx.GraphModule, ctx: PassContext) -> list[fx.Node]:
-    return chunked.candidates(gm)
+    return chunked.candidates(gm) + decode.candidates(gm)
 
 
 def _live(node: fx.Node, memo: dict[fx.Node, bool]) -> bool:
@@ -59,6 +60,8 @@ def _check_private(region: chunked.ChunkedSSD) -> None:
 
 
 def _match(gm: fx.GraphModule, anchor: fx.Node, ctx: PassContext) -> Match:
+    if not chunked.is_call(anchor, aten.cumsum.default):
+        decode.match(gm, anchor)  # a decode step: raises NoMatch with the reason
     region = chunked.match(gm, anchor)
     _check_private(region)
     region = probe.verify(region)
