@@ -59,17 +59,8 @@ def _ssd_bwd(
     HAS_DHL: tl.constexpr, HAS_DT_LIMIT: tl.constexpr, DT_MIN: tl.constexpr,
     DT_MAX: tl.constexpr,
 ):
-    pid_p = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    g = h // heads_per_group
-    offs_t = tl.arange(0, CHUNK)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_n = tl.arange(0, BLOCK_N)
-    p_mask = offs_p < P
-    n_mask = offs_n < N
-    pn_mask = p_mask[:, None] & n_mask[None, :]
+    pid_p, pid_bh, b, h, g, offs_t, offs_p, offs_n, p_mask, n_mask, pn_mask = _program(
+        H, P, N, heads_per_group, BLOCK_P, CHUNK, BLOCK_N)
     A = tl.load(A_ptr + h).to(tl.float32)
     x_base = x_ptr + b * sx_b + h * sx_h
     dy_base = dy_ptr + b * sdy_b + h * sdy_h

@@ -116,6 +116,22 @@ def _dot(a, b):
 
 
 @triton.jit
+def _program(H, P, N, heads_per_group, BLOCK_P: tl.constexpr, CHUNK: tl.constexpr,
+             BLOCK_N: tl.constexpr):
+    """This program's batch, head and group, its step, head_dim and state offsets and
+    their masks (grid: head_dim blocks × batch·heads)."""
+    pid_p = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    h = pid_bh % H
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_n = tl.arange(0, BLOCK_N)
+    p_mask = offs_p < P
+    n_mask = offs_n < N
+    return (pid_p, pid_bh, pid_bh // H, h, h // heads_per_group, tl.arange(0, CHUNK),
+            offs_p, offs_n, p_mask, n_mask, p_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
 def _chunk_dt(dt_ptr, dtb_ptr, h, offs_t, t_mask, stride_dt_l,
               HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
               HAS_DT_LIMIT: tl.constexpr, DT_MIN: tl.constexpr, DT_MAX: tl.constexpr):
@@ -144,17 +160,8 @@ def _ssd_fwd(
     HAS_H0: tl.constexpr, WRITE_Y: tl.constexpr, STORE_STATES: tl.constexpr,
     HAS_DT_LIMIT: tl.constexpr, DT_MIN: tl.constexpr, DT_MAX: tl.constexpr,
 ):
-    pid_p = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    g = h // heads_per_group
-    offs_t = tl.arange(0, CHUNK)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_n = tl.arange(0, BLOCK_N)
-    p_mask = offs_p < P
-    n_mask = offs_n < N
-    pn_mask = p_mask[:, None] & n_mask[None, :]
+    pid_p, pid_bh, b, h, g, offs_t, offs_p, offs_n, p_mask, n_mask, pn_mask = _program(
+        H, P, N, heads_per_group, BLOCK_P, CHUNK, BLOCK_N)
     A = tl.load(A_ptr + h).to(tl.float32)
     x_base = x_ptr + b * sx_b + h * sx_h
     dt_base = dt_ptr + b * sdt_b + h * sdt_h

@@ -95,26 +95,19 @@ def _apply(gm: fx.GraphModule, region: chunked.ChunkedSSD) -> None:
     g = gm.graph
     order = {n: i for i, n in enumerate(g.nodes)}
     last = max((n for n in (region.y, region.final) if n is not None), key=order.get)
-    anchor = last
     with g.inserting_after(last):
         call = g.call_function(torch.ops.ioaware.ssd.default, (
             region.x, region.dt, region.A, region.B, region.C, region.D, region.dt_bias,
             region.dt_softplus, region.h0, *region.dt_limit))
-    anchor = call
-    if region.y is not None:
-        with g.inserting_after(call):
-            y = g.call_function(operator.getitem, (call, 0))
-        with g.inserting_after(y):
-            anchor = g.call_function(aten._to_copy.default, (y,),
-                                     {"dtype": chunked.val(region.y).dtype})
-        region.y.replace_all_uses_with(anchor)
-    if region.final is not None:
-        with g.inserting_after(anchor):
-            final = g.call_function(operator.getitem, (call, 1))
-        with g.inserting_after(final):
-            final_cast = g.call_function(aten._to_copy.default, (final,),
-                                         {"dtype": chunked.val(region.final).dtype})
-        region.final.replace_all_uses_with(final_cast)
+    after = call
+    for index, old in enumerate((region.y, region.final)):
+        if old is not None:  # output `index` of the op, in the dtype the region gave
+            with g.inserting_after(after):
+                item = g.call_function(operator.getitem, (call, index))
+            with g.inserting_after(item):
+                after = g.call_function(aten._to_copy.default, (item,),
+                                        {"dtype": chunked.val(old).dtype})
+            old.replace_all_uses_with(after)
     for n in reversed(region.nodes):
         if not n.users:
             g.erase_node(n)
