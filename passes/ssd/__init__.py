@@ -6,6 +6,7 @@
                 the anchor (cumsum of dt·A in chunks) and the region's operands
     probe.py    the region evaluated on random operands against the SSD reference
     decode.py   the L = 1 decode step, recognised so that explain names it (left eager)
+    recurrent.py  loops of S_t = a_t·S_(t-1) + k_t v_tᵀ (GLA, retention), named (left eager)
 
 Fused into the op where present: dt's bias, softplus and clamp (time_step_limit), the D
 skip, the initial state h0 and the final state. What stays eager, with the reason in
@@ -26,14 +27,14 @@ from ioaware.codegen.ssd import op as ssd_ops
 from ioaware.codegen.ssd.price import ssd_cost
 from ioaware.codegen.ssd.tiles import choose_chunk
 from ioaware.passes.driver import Match, NoMatch, Pass, PassContext
-from ioaware.passes.ssd import chunked, decode, probe
+from ioaware.passes.ssd import chunked, decode, probe, recurrent
 from ioaware.spec import dtype_name
 
 aten = torch.ops.aten
 
 
 def _candidates(gm: fx.GraphModule, ctx: PassContext) -> list[fx.Node]:
-    return chunked.candidates(gm) + decode.candidates(gm)
+    return chunked.candidates(gm) + decode.candidates(gm) + recurrent.candidates(gm)
 
 
 def _live(node: fx.Node, memo: dict[fx.Node, bool]) -> bool:
@@ -60,8 +61,10 @@ def _check_private(region: chunked.ChunkedSSD) -> None:
 
 
 def _match(gm: fx.GraphModule, anchor: fx.Node, ctx: PassContext) -> Match:
-    if not chunked.is_call(anchor, aten.cumsum.default):
-        decode.match(gm, anchor)  # a decode step: raises NoMatch with the reason
+    if chunked.is_call(anchor, aten.add.Tensor):  # raise NoMatch with the reason
+        if recurrent._step(anchor) is not None:
+            recurrent.match(gm, anchor)
+        decode.match(gm, anchor)
     region = chunked.match(gm, anchor)
     _check_private(region)
     region = probe.verify(region)

@@ -144,3 +144,22 @@ def test_decode_step_is_named_with_its_reason():
     assert not out.rewrites
     reasons = [f.reason for f in out.fallbacks if f.kind == "ssd"]
     assert len(reasons) == 1 and "decode step" in reasons[0], out.fallbacks
+
+
+@pytest.mark.parametrize("decay_shape, kind", [((2, 6, 1, 1), "scalar decay"),
+                                               ((2, 6, 4, 1), "not a scalar decay")])
+def test_matrix_state_loop_is_named_with_its_reason(decay_shape, kind):
+    """S_t = a_t·S_(t-1) + k_t v_tᵀ as a Python loop (gated linear attention, retention):
+    named in explain with its decay's structure, left as written."""
+    def loop(S, a, k, v, q):
+        ys = []
+        for t in range(k.shape[1]):
+            S = a[:, t] * S + k[:, t, :, None] * v[:, t, None, :]
+            ys.append((S * q[:, t, :, None]).sum(1))
+        return torch.stack(ys, 1)
+
+    args = (torch.randn(2, 4, 3), torch.rand(*decay_shape), torch.randn(2, 6, 4),
+            torch.randn(2, 6, 3), torch.randn(2, 6, 4))
+    _, out = rewrite(loop, *args)
+    reasons = [f.reason for f in out.fallbacks if f.kind == "ssd"]
+    assert len(reasons) == 1 and "loop of 6 steps" in reasons[0] and kind in reasons[0], reasons
