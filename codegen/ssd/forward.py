@@ -121,7 +121,7 @@ def _program(H, P, N, heads_per_group, BLOCK_P: tl.constexpr, CHUNK: tl.constexp
     """This program's batch, head and group, its step, head_dim and state offsets and
     their masks (grid: head_dim blocks × batch·heads)."""
     pid_p = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(1).to(tl.int64)  # offsets reach past 2^31 at B·L·H·N scale
     h = pid_bh % H
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
