@@ -166,18 +166,23 @@ def match(gm: fx.GraphModule, anchor: fx.Node) -> ChunkedSSD:
 
 
 def _x_of(dt_used: fx.Node, dA: fx.Node, batch: int, length: int, heads: int) -> fx.Node:
-    """x from x·dt'[..., None] (the other use of dt')."""
-    for user in dt_used.users:
-        if user is dA:
-            continue
-        for mul in ([user] if is_call(user, aten.mul.Tensor) else list(user.users)):
-            if not is_call(mul, aten.mul.Tensor):
+    """x from x·dt'[..., None] (the other use of dt', through casts and unsqueezes)."""
+    base = strip(dt_used)
+    todo, seen = [base], set()
+    while todo:
+        node = todo.pop()
+        for user in node.users:
+            if user is dA or user in seen:
                 continue
-            for operand in mul.args[:2]:
-                s = shape(operand)
-                if (operand is not user and s is not None and len(s) == 4
-                        and s[:3] == (batch, length, heads)):
-                    return strip(operand)
+            seen.add(user)
+            if is_call(user, *_CASTS, aten.unsqueeze.default):
+                todo.append(user)
+            elif is_call(user, aten.mul.Tensor):
+                for operand in user.args[:2]:
+                    s = shape(operand)
+                    if (operand is not node and s is not None and len(s) == 4
+                            and s[:3] == (batch, length, heads)):
+                        return strip(operand)
     raise NoMatch(f"{dt_used.name}: no x·dt[..., None] of shape [Bt, L, H, P] uses dt")
 
 

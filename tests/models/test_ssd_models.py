@@ -31,18 +31,22 @@ def test_every_mixer_rewritten_logits_and_gradients_match(interpret, name):
     assert ioaware.counters["ssd"] - before == MIXERS[name][1]
 
 
-def test_explain_names_every_mixer_and_what_it_fused():
+def test_bf16_mamba2_explained_rewritten_and_as_eager(interpret):
+    """bf16 weights: the region casts to fp32 inside (transformers' spelling) and computes
+    dt's softplus in bf16; explain names both mixers and what each fused."""
     torch._dynamo.reset()
     torch.manual_seed(0)
-    model = build("mamba2")
-    expl = ioaware.explain(model, torch.randint(0, 128, (1, 12)))
+    model = build("mamba2").to(torch.bfloat16)
+    ids = torch.randint(0, 128, (1, 12))
+    expl = ioaware.explain(model, ids)
     ssd = [r for r in expl.rewrites if r.kind == "ssd"]
     assert len(ssd) == 2 and not [f for f in expl.fallbacks if f.kind == "ssd"], expl
     for r in ssd:
         assert r.detail["fused"] == ["dt_bias", "softplus", "dt_clamp", "D"], r.detail
         assert (r.detail["heads"], r.detail["groups"], r.detail["head_dim"],
-                r.detail["d_state"]) == (4, 2, 16, 8)
+                r.detail["d_state"], r.detail["dtype"]) == (4, 2, 16, 8, "bfloat16")
         assert r.hbm_bytes_after < r.hbm_bytes_before
+    assert_compiled_matches_eager(model, ids, TOLERANCE[torch.bfloat16])
 
 
 @pytest.mark.parametrize("name", ["mamba2"])
