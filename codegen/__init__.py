@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 
-FAMILIES = ("attention", "scan", "decode")
+FAMILIES = ("attention", "scan", "decode", "ssd")
 
 
 def load_families() -> None:

@@ -10,6 +10,7 @@
     ioaware bench decode [--batch 8 --heads 32 --kv-heads 8 --context 4096 32768 --page 16]
     ioaware bench scan [--dtype bf16] [--batch 4 --channels 1536 --seqlen 2048 --d-state 16]
                        [--groups 1] [--no-gate] [--eager-len 128] [--skip-slow]
+    ioaware bench scan --ssd [--heads 64 --head-dim 64 --d-state 128 --seqlen 4096]
     ioaware bench model NAME [--train | --infer] [--batch 2 --seq-len 2048 --layers 4]
                              [--hidden H --heads N --kv-heads K --vocab V --window W]
                              [--variants eager,sdpa,compile,...] [--dtype bf16] [--json]
@@ -319,8 +320,12 @@ def cmd_bench_scan(options: argparse.Namespace) -> int:
         print("ioaware bench: needs a CUDA GPU (torch.cuda.is_available() is False)",
               file=sys.stderr)
         return EXIT_USAGE
+    if options.ssd:
+        return _bench_ssd(options)
     from ioaware.bench.scan import bench_scan, render_scan_bench
 
+    options.seqlen = options.seqlen or 2048
+    options.d_state = options.d_state or 16
     rows = bench_scan(
         options.batch, options.channels, options.seqlen, options.d_state, options.groups,
         options.dtype, options.gate, eager_len=options.eager_len, skip_slow=options.skip_slow,
@@ -333,6 +338,27 @@ def cmd_bench_scan(options: argparse.Namespace) -> int:
              f"D={options.channels} L={options.seqlen} N={options.d_state} G={options.groups} "
              f"{options.dtype}{', silu(z) gate' if options.gate else ''}")
     print(render_scan_bench(rows, title), end="")
+    return 0
+
+
+def _bench_ssd(options: argparse.Namespace) -> int:
+    """`ioaware bench scan --ssd`: Mamba-2's SSD, ioaware vs transformers' torch_forward."""
+    import torch
+
+    from ioaware.bench.ssd import bench_ssd, render_ssd_bench
+
+    seqlen, d_state = options.seqlen or 4096, options.d_state or 128
+    rows, info = bench_ssd(
+        options.batch, options.heads, options.head_dim, d_state, options.groups, seqlen,
+        options.dtype, loop_len=options.eager_len, skip_slow=options.skip_slow,
+        compile_timeout_s=options.compile_timeout, warmup_ms=options.warmup,
+        rep_ms=options.rep, progress=_bench_progress)
+    if options.json:
+        return _print_json(rows)
+    title = (f"SSD (Mamba-2) on {torch.cuda.get_device_name()}: B={options.batch} "
+             f"H={options.heads} P={options.head_dim} N={d_state} G={options.groups} "
+             f"L={seqlen} {options.dtype}")
+    print(render_ssd_bench(rows, info, title), end="")
     return 0
 
 
@@ -518,10 +544,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scan.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16",
                       help="default: %(default)s")
-    for flag, default in (("--batch", 4), ("--channels", 1536), ("--seqlen", 2048),
-                          ("--d-state", 16), ("--groups", 1)):
+    for flag, default in (("--batch", 4), ("--channels", 1536), ("--groups", 1),
+                          ("--heads", 64), ("--head-dim", 64)):
         scan.add_argument(flag, type=_positive_int, default=default,
-                          help="default: %(default)s")
+                          help="default: %(default)s (--heads, --head-dim: with --ssd)")
+    scan.add_argument("--seqlen", type=_positive_int, default=None,
+                      help="default: 2048, with --ssd 4096")
+    scan.add_argument("--d-state", type=_positive_int, default=None,
+                      help="default: 16, with --ssd 128")
+    scan.add_argument("--ssd", action="store_true",
+                      help="Mamba-2's SSD instead: ioaware's chunked kernels vs transformers' "
+                      "torch_forward (eager, torch.compile) and the plain recurrent loop")
+    scan.add_argument("--compile-timeout", type=float, default=150,
+                      help="seconds torch.compile's baseline may take, in a child process "
+                      "(--ssd; default: %(default)s)")
     scan.add_argument("--no-gate", dest="gate", action="store_false",
                       help="no silu(z) gate (default: gated, as Mamba)")
     scan.add_argument("--eager-len", type=_positive_int, default=128,

@@ -17,8 +17,10 @@ from ioaware.backend import IoawareBackend
 from ioaware.codegen import cache, host, launch, load_families, tuning
 from ioaware.codegen.attention import host as attention_host
 from ioaware.codegen.attention.spec import AttentionSpec
+from ioaware.codegen.decode.spec import DecodeSpec
 from ioaware.codegen.scan import host as scan_host
 from ioaware.codegen.scan.spec import ScanSpec
+from ioaware.codegen.ssd.spec import SSDSpec
 
 load_families()
 
@@ -158,6 +160,14 @@ SPECS = {
     "scan_linear": [ScanSpec(kind="linear", dtype="float32")],
 }
 SPECS["attention_bwd"] = SPECS["attention_fwd"]
+SPECS["decode"] = [DecodeSpec(attention=dataclasses.replace(ATTENTION, causal=False)),
+                   DecodeSpec(attention=dataclasses.replace(ATTENTION, causal=False,
+                                                            mask="q_idx - kv_idx < 64"),
+                              paged=True)]
+SPECS["ssd_fwd"] = [SSDSpec(dtype="bfloat16", head_dim=64, d_state=128, dt_dtype="bfloat16",
+                            bc_dtype="bfloat16", has_D=True, has_dt_bias=True,
+                            dt_softplus=True, has_h0=True, dt_min=0.0)]
+SPECS["ssd_bwd"] = SPECS["ssd_fwd"]
 SPECS["scan_bwd"] = SPECS["scan_fwd"]
 
 

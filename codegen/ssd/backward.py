@@ -1,0 +1,222 @@
+"""Render the chunked SSD backward for an SSDSpec.
+
+`render_backward(spec)` returns a module with the forward kernel (forward.py, for the
+recompute) and a launcher `backward(dy, dh_last, x, dt, A, B, C, D, dt_bias, h0)` ->
+[dx, ddt, dA, dB, dC, dD, ddt_bias, dh0] (None for an absent input).
+
+Two launches and a few small reductions:
+
+1. The forward kernel again, storing the state S_in entering every chunk
+   ([Bt, chunks, H, P, N] fp32) instead of y: states are recomputed, not saved, so
+   inference pays nothing for training.
+2. One program per (head_dim block, batch·head) walks the chunks backwards carrying
+   dS = ∂loss/∂S_out [BLOCK_P, N] in fp32 (dh_last at the end). Per chunk, with
+   M = (C Bᵀ) ⊙ exp(cs_t - cs_s)[s ≤ t] and w_s = exp(cs_Q - cs_s)·dt_s:
+
+     dx̄    = Mᵀ dy + exp(cs_Q - cs_s) · B dSᵀ             dx = dt · dx̄ + D · dy
+     W     = (dy xᵀ) ⊙ exp(cs_t - cs_s)[s ≤ t] ⊙ dt_s
+     dC    = W B + exp(cs_t) · dy S_in                   dB = Wᵀ C + w · x dS
+     ∂cs_t = Σ_s V[t,s] - Σ_s V[s,t] + exp(cs_t) C_t·(dy S_in)_t - w_t B_t·(x dS)_t,
+             V = W ⊙ C Bᵀ;  ∂cs_Q += Σ_t w_t B_t·(x dS)_t + exp(cs_Q) Σ dS ⊙ S_in
+     ∂(dt·A)_r = Σ_{t ≥ r} ∂cs_t                        (a reverse cumsum)
+     dS   ← exp(cs_Q) · dS + (exp(cs) ⊙ dy)ᵀ C
+
+   dt's own factor gives ∂dt_s = Σ_p x_s · dx̄_s. dB, dC, ∂dt, ∂(dt·A) are written per
+   (head_dim block, head) in fp32 and summed by torch over the blocks and the heads
+   of a group; dA, dD, ddt_bias and the softplus derivative are reductions of [Bt, L, H]
+   tensors, done in torch.
+
+The per-head dB, dC partials cost 2·2·Bt·L·H·N·4 bytes (written and read back): at
+H / G = 64 heads per group they are the largest HBM term of the backward
+(tiles.ssd_step_bytes); summing them in the kernel is the next step.
+"""
+
+from __future__ import annotations
+
+import string
+
+from ioaware.codegen.ssd.spec import SSDSpec
+from ioaware.hardware import DeviceProfile
+
+from ..render import TORCH_TRITON_IMPORTS, format_configs, module_preamble
+from .forward import CHUNK_HELPERS, FORWARD_KERNEL, spec_constants
+from .tiles import choose_block_p, padded
+
+BACKWARD_KERNEL = '''
+BWD_BLOCK_P = $bwd_block_p
+BWD_CONFIGS = $bwd_configs  # (num_warps, num_stages), autotuned on a GPU
+
+
+@triton.jit
+def _ssd_bwd(
+    dy_ptr, dhl_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dtb_ptr, st_ptr,
+    dx_ptr, dB_ptr, dC_ptr, ddt_ptr, ddA_ptr, dD_ptr, dh0_ptr,
+    batch, L, H, P, N, heads_per_group,
+    sx_b, sx_l, sx_h, sx_p, sdx_b, sdx_l, sdx_h, sdx_p, sdy_b, sdy_l, sdy_h, sdy_p, sdt_b, sdt_l, sdt_h,
+    sb_b, sb_l, sb_g, sb_n, sc_b, sc_l, sc_g, sc_n, sg_b, sg_h, sg_p, sg_n,
+    BLOCK_P: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
+    HAS_DHL: tl.constexpr, HAS_DT_LIMIT: tl.constexpr, DT_MIN: tl.constexpr,
+    DT_MAX: tl.constexpr,
+):
+    pid_p, pid_bh, b, h, g, offs_t, offs_p, offs_n, p_mask, n_mask, pn_mask = _program(
+        H, P, N, heads_per_group, BLOCK_P, CHUNK, BLOCK_N)
+    A = tl.load(A_ptr + h).to(tl.float32)
+    x_base = x_ptr + b * sx_b + h * sx_h
+    dy_base = dy_ptr + b * sdy_b + h * sdy_h
+    dx_base = dx_ptr + b * sdx_b + h * sdx_h
+    dt_base = dt_ptr + b * sdt_b + h * sdt_h
+    b_base = B_ptr + b * sb_b + g * sb_g
+    c_base = C_ptr + b * sc_b + g * sc_g
+    state_pn = offs_p[:, None] * N + offs_n[None, :]
+    if HAS_DHL:
+        dS = tl.load(dhl_ptr + b * sg_b + h * sg_h + offs_p[:, None] * sg_p
+                     + offs_n[None, :] * sg_n, mask=pn_mask, other=0.0).to(tl.float32)
+    else:
+        dS = tl.full((BLOCK_P, BLOCK_N), 0.0, tl.float32)
+    if HAS_D:
+        D = tl.load(D_ptr + h).to(tl.float32)
+    dD_acc = tl.full((BLOCK_P,), 0.0, tl.float32)
+    causal = offs_t[:, None] >= offs_t[None, :]
+    last = offs_t == CHUNK - 1
+    n_chunks = (L + CHUNK - 1) // CHUNK
+    for i in range(0, n_chunks):
+        c = n_chunks - 1 - i
+        t = c * CHUNK + offs_t
+        t_mask = t < L
+        tp_mask = t_mask[:, None] & p_mask[None, :]
+        tn_mask = t_mask[:, None] & n_mask[None, :]
+        dt = _chunk_dt(dt_base, dtb_ptr, h, t, t_mask, sdt_l, HAS_DT_BIAS, DT_SOFTPLUS,
+                       HAS_DT_LIMIT, DT_MIN, DT_MAX)
+        cs = tl.associative_scan(dt * A, 0, _add)
+        total = tl.reduce(dt * A, 0, _add)
+        x = tl.load(x_base + t[:, None] * sx_l + offs_p[None, :] * sx_p, mask=tp_mask,
+                    other=0.0)
+        dy = tl.load(dy_base + t[:, None] * sdy_l + offs_p[None, :] * sdy_p, mask=tp_mask,
+                     other=0.0)
+        xo = x.to($op_dtype)
+        dyo = dy.to($op_dtype)
+        Bc = tl.load(b_base + t[:, None] * sb_l + offs_n[None, :] * sb_n, mask=tn_mask,
+                     other=0.0).to($op_dtype)
+        Cc = tl.load(c_base + t[:, None] * sc_l + offs_n[None, :] * sc_n, mask=tn_mask,
+                     other=0.0).to($op_dtype)
+        s_in = tl.load(st_ptr + ((b * n_chunks + c) * H + h) * P * N + state_pn,
+                       mask=pn_mask, other=0.0)
+        scores = _dot(Cc, tl.trans(Bc))  # C_t · B_s
+        decay = tl.exp(tl.where(causal, cs[:, None] - cs[None, :], float("-inf")))
+        m = scores * decay
+        to_end = tl.exp(total - cs)
+        dS_o = dS.to($op_dtype)
+        # dx
+        dxbar = _dot(tl.trans(m).to($op_dtype), dyo)
+        dxbar += to_end[:, None] * _dot(Bc, tl.trans(dS_o))
+        dx = dxbar * dt[:, None]
+        if HAS_D:
+            dx += D * dy.to(tl.float32)
+            dD_acc += tl.reduce(dy.to(tl.float32) * x.to(tl.float32), 0, _add)
+        tl.store(dx_base + t[:, None] * sdx_l + offs_p[None, :] * sdx_p,
+                 dx.to(dx_ptr.dtype.element_ty), mask=tp_mask)
+        part = ((pid_p * batch + b) * L + t) * H + h  # [Q] rows of the partials
+        ddt = tl.reduce(x.to(tl.float32) * dxbar, 1, _add)
+        tl.store(ddt_ptr + part, ddt, mask=t_mask)
+        # dB, dC
+        w_mat = tl.where(causal, _dot(dyo, tl.trans(xo)) * decay * dt[None, :], 0.0)
+        y_in = _dot(dyo, s_in.to($op_dtype))  # dy S_in
+        x_ds = _dot(xo, dS_o)  # x dS
+        w = to_end * dt
+        dC = _dot(w_mat.to($op_dtype), Bc)
+        dC += tl.exp(cs)[:, None] * y_in
+        dB = _dot(tl.trans(w_mat).to($op_dtype), Cc)
+        dB += w[:, None] * x_ds
+        tn_offs = part[:, None] * N + offs_n[None, :]
+        tl.store(dB_ptr + tn_offs, dB, mask=tn_mask)
+        tl.store(dC_ptr + tn_offs, dC, mask=tn_mask)
+        # the decay's cumsum: intra-chunk, output from S_in, the chunk's state, the carry
+        v = w_mat * scores
+        dcs = tl.reduce(v, 1, _add) - tl.reduce(v, 0, _add)
+        dcs += tl.exp(cs) * tl.reduce(y_in * Cc.to(tl.float32), 1, _add)
+        to_state = w * tl.reduce(x_ds * Bc.to(tl.float32), 1, _add)
+        dcs -= to_state
+        carry = tl.reduce(tl.reduce(dS * s_in, 1, _add), 0, _add)
+        dtotal = tl.reduce(to_state, 0, _add) + tl.exp(total) * carry
+        dcs += tl.where(last, dtotal, 0.0)
+        # ∂(dt·A)_r = Σ_{t ≥ r} ∂cs_t
+        dda = tl.reduce(dcs, 0, _add) - tl.associative_scan(dcs, 0, _add) + dcs
+        tl.store(ddA_ptr + part, dda, mask=t_mask)
+        dy_in = (dy.to(tl.float32) * tl.exp(cs)[:, None]).to($op_dtype)
+        dS = tl.exp(total) * dS + _dot(tl.trans(dy_in), Cc)
+    tl.store(dh0_ptr + b * H * P * N + h * P * N + state_pn, dS, mask=pn_mask)
+    if HAS_D:
+        tl.store(dD_ptr + pid_p * batch * H + pid_bh, tl.reduce(dD_acc, 0, _add))
+
+
+def _bwd_autotuned(kernel):
+    if INTERPRET or not BWD_CONFIGS:
+        return kernel
+    configs = [triton.Config({}, num_warps=w, num_stages=s) for w, s in BWD_CONFIGS]
+    return triton.autotune(configs, key=["L", "H", "P", "N"])(kernel)
+
+
+_ssd_bwd_tuned = _bwd_autotuned(_ssd_bwd)
+
+
+def backward(dy, dh_last, x, dt, A, B, C, D, dt_bias, h0):
+    """[dx, ddt, dA, dB, dC, dD, ddt_bias, dh0]: the gradients, None for absent inputs."""
+    batch, length, heads, head_dim = x.shape
+    groups, d_state = B.shape[2], B.shape[3]
+    n_chunks = _cdiv(length, CHUNK)
+    f32 = dict(dtype=torch.float32, device=x.device)
+    states = torch.empty((batch, n_chunks, heads, head_dim, d_state), **f32)
+    h_last = torch.empty((batch, heads, head_dim, d_state), **f32)
+    forward(x, dt, A, B, C, D, dt_bias, h0, None, h_last, states)
+    n_p = _cdiv(head_dim, BWD_BLOCK_P)
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    dB_part = torch.empty((n_p, batch, length, heads, d_state), **f32)
+    dC_part = torch.empty((n_p, batch, length, heads, d_state), **f32)
+    ddt_part = torch.empty((n_p, batch, length, heads), **f32)
+    ddA_part = torch.empty((n_p, batch, length, heads), **f32)
+    dD_part = torch.empty((n_p, batch, heads), **f32)
+    dh0 = torch.empty((batch, heads, head_dim, d_state), **f32)
+    dhl_strides = dh_last.stride() if dh_last is not None else (0, 0, 0, 0)
+    _ssd_bwd_tuned[(n_p, batch * heads)](
+        dy, dh_last, x, dt, A, B, C, D, dt_bias, states,
+        dx, dB_part, dC_part, ddt_part, ddA_part, dD_part, dh0,
+        batch, length, heads, head_dim, d_state, heads // groups,
+        *x.stride(), *dx.stride(), *dy.stride(), *dt.stride(), *B.stride(), *C.stride(), *dhl_strides,
+        BLOCK_P=BWD_BLOCK_P, CHUNK=CHUNK, BLOCK_N=BLOCK_N, HAS_D=HAS_D,
+        HAS_DT_BIAS=HAS_DT_BIAS, DT_SOFTPLUS=DT_SOFTPLUS, HAS_DHL=dh_last is not None,
+        HAS_DT_LIMIT=HAS_DT_LIMIT, DT_MIN=DT_MIN, DT_MAX=DT_MAX,
+    )
+    per_group = (n_p, batch, length, groups, heads // groups, d_state)
+    dB = dB_part.view(per_group).sum((0, 4)).to(B.dtype)
+    dC = dC_part.view(per_group).sum((0, 4)).to(C.dtype)
+    ddA = ddA_part.sum(0)
+    raw = dt.float() + (dt_bias.float() if dt_bias is not None else 0.0)
+    dt_v = torch.nn.functional.softplus(raw) if DT_SOFTPLUS else raw
+    ddt_v = ddt_part.sum(0) + ddA * A.float()
+    if HAS_DT_LIMIT:  # torch.clamp's gradient: 1 inside [min, max], 0 outside
+        ddt_v = ddt_v * ((dt_v >= DT_MIN) & (dt_v <= DT_MAX))
+        dt_v = torch.clamp(dt_v, DT_MIN, DT_MAX)
+    dA = (ddA * dt_v).sum((0, 1)).to(A.dtype)
+    if DT_SOFTPLUS:  # d softplus(u)/du = sigmoid(u) below the threshold 20, 1 above
+        ddt_v = ddt_v * torch.where(raw <= 20.0, torch.sigmoid(raw), 1.0)
+    ddt = ddt_v.to(dt.dtype)
+    dD = dD_part.sum((0, 1)).to(D.dtype) if D is not None else None
+    ddt_bias = ddt_v.sum((0, 1)).to(dt_bias.dtype) if dt_bias is not None else None
+    dh0_out = dh0.to(h0.dtype) if h0 is not None else None
+    return [dx, ddt, dA, dB, dC, dD, ddt_bias, dh0_out]
+'''
+
+
+def render_backward(spec: SSDSpec, *, interpret: bool = False,
+                    profile: DeviceProfile | None = None) -> str:
+    """The backward module's source for `spec`: the forward kernel (the recompute) and
+    the backward kernel, tiled for `profile`."""
+    values = spec_constants(spec, interpret=interpret, profile=profile)
+    values["bwd_block_p"] = str(padded(spec.head_dim) if interpret
+                                else choose_block_p(spec.head_dim))
+    values["bwd_configs"] = format_configs(
+        [] if interpret else [(w, s) for w in (4, 8) for s in (1, 2)])
+    body = string.Template(CHUNK_HELPERS + FORWARD_KERNEL + BACKWARD_KERNEL).substitute(values)
+    return module_preamble("ioaware.codegen.ssd.backward.render_backward", spec,
+                           TORCH_TRITON_IMPORTS) + "\n" + body
