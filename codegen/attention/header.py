@@ -159,7 +159,8 @@ def is_plain(spec: AttentionSpec) -> bool:
 
 def drops_masked(spec: AttentionSpec) -> bool:
     """Masked logits contribute exactly 0 to rows that see any key (see DROPPABLE_FILL)."""
-    return spec.mask_semantics in ("neg_inf", "safe") or spec.mask_fill <= DROPPABLE_FILL
+    return (spec.mask_semantics in ("neg_inf", "neg_inf_add", "safe")
+            or spec.mask_fill <= DROPPABLE_FILL)
 
 
 def _lit(x: float) -> str:
@@ -217,9 +218,12 @@ def general_constants(spec: AttentionSpec) -> dict[str, str]:
         f"SAFE = tl.constexpr({semantics == 'safe'})",
         # masked logits of an empty row all equal (after the fp32 clamp): P is uniform
         f"UNIFORM_EMPTY = tl.constexpr({uniform_empty})",
-        f"NEG_INF_ROWS = tl.constexpr({semantics == 'neg_inf'})",
-        # eager's NaN from a row with no visible key, spread as eager spreads it (bwd)
-        f"SPREAD_NAN = tl.constexpr({semantics == 'neg_inf' and masks})",
+        f"NEG_INF_ROWS = tl.constexpr({semantics in ('neg_inf', 'neg_inf_add')})",
+        # eager's NaN from a row with no visible key, spread as eager spreads it (bwd):
+        # into dV always, into dQ and dK only when the -inf was added (a fill's
+        # backward zeroes the gradient of what it masks)
+        f"SPREAD_NAN = tl.constexpr({semantics in ('neg_inf', 'neg_inf_add') and masks})",
+        f"SPREAD_NAN_QK = tl.constexpr({semantics == 'neg_inf_add' and masks})",
         f"ADD_FILL = tl.constexpr({semantics == 'add'})  # gradient reaches masked scores",
         f"FILL_Z = tl.constexpr({_lit(fill_z)})  # mask_fill · log2(e), clamped to fp32",
         f"MASK_FILL = tl.constexpr({max(spec.mask_fill, -FLOAT32_MAX)!r})",

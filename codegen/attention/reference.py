@@ -239,6 +239,8 @@ def spec_logits(spec: AttentionSpec, q: torch.Tensor, k: torch.Tensor,
     visible = visible.expand(s.shape)
     if spec.mask_semantics in ("neg_inf", "safe"):
         logit = logit.masked_fill(~visible, _NEG_INF)
+    elif spec.mask_semantics == "neg_inf_add":  # the NaN of an empty row reaches q and k
+        logit = logit + torch.where(visible, 0.0, _NEG_INF)
     elif spec.mask_semantics == "fill":
         logit = logit.masked_fill(~visible, spec.mask_fill)
     else:  # "add": the fill is added, so the score's gradient still flows

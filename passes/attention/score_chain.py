@@ -236,8 +236,10 @@ def score_function(qk: fx.Node, chain: list[fx.Node], layout: Layout,
             if values is not None:
                 allowed, fill, x = values
                 sem, fill = fill_semantics(fill, fake_value(node).dtype)
-                # a finite fill added is ADD: the score still reaches softmax
-                added = MaskSemantics.ADD if sem is MaskSemantics.FILL else sem
+                # a finite fill added is ADD: the score still reaches softmax; -inf
+                # added lets an empty row's NaN reach the score's gradient
+                added = {MaskSemantics.FILL: MaskSemantics.ADD,
+                         MaskSemantics.NEG_INF: MaskSemantics.NEG_INF_ADD}[sem]
                 terms.append(MaskTerm(allowed, added, fill, node))
                 if x == 0:
                     continue
@@ -279,7 +281,8 @@ def _combine_masks(terms: list[MaskTerm], mods: Modifications) -> None:
     kinds = {t.semantics for t in terms}
     if len(kinds) > 1:
         names = ", ".join(f"{t.node.name} ({t.semantics})" for t in terms)
-        raise NoMatch(f"masks {names} mix -inf and finite fills; one Spec holds one kind")
+        raise NoMatch(f"masks {names} mix kinds (-inf or finite, filled or added: they "
+                      "differ in a row with no visible key); one Spec holds one kind")
     kind = kinds.pop()
     if kind is MaskSemantics.ADD and len(terms) > 1:
         raise NoMatch(f"{terms[1].node.name}: a second additive mask (masked elements would "
@@ -302,7 +305,8 @@ def set_mask(mods: Modifications, allowed: sympy.Basic, semantics: MaskSemantics
     rest = []
     # A finite fill (masked_fill(-1.0), an additive -1e4) still takes part in softmax:
     # only a fill that exp() turns into exactly 0 lets the causal kernel drop those keys.
-    drops = semantics in (MaskSemantics.NEG_INF, MaskSemantics.SAFE) or fill <= HUGE_FILL
+    drops = semantics in (MaskSemantics.NEG_INF, MaskSemantics.NEG_INF_ADD,
+                          MaskSemantics.SAFE) or fill <= HUGE_FILL
     for c in masks.conjuncts(allowed):
         if drops and masks.describe(c) == "causal":
             mods.causal = True

@@ -1,0 +1,74 @@
+"""Run a function compiled by ioaware and eagerly on the same inputs and compare
+outputs and gradients, NaN and inf patterns included (shared by the reproducers and
+the generated programs)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+import ioaware
+from ioaware.verify import TOLERANCE, relative_error
+
+# RMS magnitude below which an expected gradient counts as that small (see
+# ioaware.verify.relative_error): a gradient that is zero by cancellation (a row that
+# sees one key) would otherwise turn rounding noise into a relative error of 1. The
+# same values as tests/interp/test_attention_mods.py's FLOOR.
+GRAD_FLOOR = {torch.float32: 1e-2, torch.float16: 1.0, torch.bfloat16: 1.0}
+
+
+def _leaves(args: Sequence) -> list[torch.Tensor]:
+    return [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+
+
+def run(fn: Callable, args: Sequence, weight_seed: int = 0) -> tuple[list, list]:
+    """(outputs, gradients) of fn(*args) and loss Σ out·w (w fixed by weight_seed): the
+    loss's gradient is w whatever the outputs hold, NaN rows included."""
+    for a in _leaves(args):
+        a.grad = None
+    out = fn(*args)
+    outs = list(out) if isinstance(out, (tuple, list)) else [out]
+    grads = []
+    leaves = _leaves(args)
+    if leaves:
+        gen = torch.Generator().manual_seed(weight_seed)
+        loss = sum((o.float() * torch.randn(o.shape, generator=gen)).sum()
+                   for o in outs if o.requires_grad)
+        if isinstance(loss, torch.Tensor):
+            loss.backward()
+            grads = [a.grad.clone() if a.grad is not None else None for a in leaves]
+    return [o.detach() for o in outs], grads
+
+
+def compare(fn: Callable, args: Sequence, dtype: torch.dtype, compiled: Callable | None = None
+            ) -> list[str]:
+    """What differs between ioaware.compile(fn) and fn on `args` (empty when nothing):
+    each output within TOLERANCE[dtype] of eager and each gradient within it (floor
+    GRAD_FLOOR), with NaN and ±inf at the same places; or the same error raised."""
+    compiled = compiled or ioaware.compile(fn)
+    try:
+        want = run(fn, args)
+    except Exception as e:  # noqa: BLE001 - the program's own error must come back
+        try:
+            run(compiled, args)
+        except type(e):
+            return []
+        except Exception as got:  # noqa: BLE001
+            return [f"eager raised {type(e).__name__}, ioaware {type(got).__name__}: {got}"]
+        return [f"eager raised {type(e).__name__}: {e}; ioaware ran"]
+    got = run(compiled, args)
+    problems = []
+    tol = TOLERANCE[dtype]
+    for i, (a, e) in enumerate(zip(got[0], want[0])):
+        if a.shape != e.shape or a.dtype != e.dtype:
+            problems.append(f"output {i}: {a.shape} {a.dtype}, eager {e.shape} {e.dtype}")
+        elif (err := relative_error(a, e)) > tol:
+            problems.append(f"output {i}: relative error {err:.3g} > {tol}")
+    for i, (a, e) in enumerate(zip(got[1], want[1])):
+        if (a is None) != (e is None):
+            problems.append(f"gradient {i}: {'none' if a is None else 'one'}, eager "
+                            f"{'none' if e is None else 'one'}")
+        elif a is not None and (err := relative_error(a, e, floor=GRAD_FLOOR[dtype])) > tol:
+            problems.append(f"gradient {i}: relative error {err:.3g} > {tol}")
+    return problems
