@@ -57,6 +57,8 @@ class Modifications:
     fill: float = float("-inf")
     data: masks.DataInputs = dataclasses.field(default_factory=masks.DataInputs)
     dropout_p: float = 0.0
+    # a bias or tanh applied to 16-bit scores: eager rounds the logit to that dtype
+    rounded: bool = False
 
     @property
     def general(self) -> bool:

@@ -37,6 +37,7 @@ def spec_of(m: AttentionMatch) -> AttentionSpec:
         inputs=tuple(mods.data.all_inputs()), mask_semantics=mods.semantics,
         mask_fill=mods.fill,
         dropout_p=mods.dropout_p,
+        round_logits=mods.rounded and m.dtype in (torch.float16, torch.bfloat16),
     )
 
 

@@ -43,6 +43,7 @@ RAW = sympy.Symbol("raw", real=True)
 # A fill at or below this is "huge": bias + fill rounds to the fill in fp32, and SDPA's
 # CUDA backends (efficient, cuDNN) treat keys carrying it as masked (H100, torch 2.11).
 HUGE_FILL = -1e30
+HALF = (torch.float16, torch.bfloat16)
 
 
 @dataclasses.dataclass
@@ -241,12 +242,14 @@ def score_function(qk: fx.Node, chain: list[fx.Node], layout: Layout,
                 added = {MaskSemantics.FILL: MaskSemantics.ADD,
                          MaskSemantics.NEG_INF: MaskSemantics.NEG_INF_ADD}[sem]
                 terms.append(MaskTerm(allowed, added, fill, node))
+                mods.rounded |= fake_value(node).dtype in HALF
                 if x == 0:
                     continue
             if any(t.semantics is MaskSemantics.FILL for t in terms):
                 raise NoMatch(f"{node.name}: a bias added after a masked_fill with a finite "
                               "value (the Spec cannot order them)")
             expr = expr + x
+            mods.rounded |= fake_value(node).dtype in HALF
             continue
         if node.target in MASKED_FILL_OPS:
             m = masks.as_bool(index_term(node.args[1], rank, layout, data, node, heads))
@@ -265,6 +268,7 @@ def score_function(qk: fx.Node, chain: list[fx.Node], layout: Layout,
             if terms:
                 raise NoMatch(f"{node.name}: tanh of masked scores (a masked -inf becomes -1)")
             expr = sympy.tanh(expr)
+            mods.rounded |= fake_value(node).dtype in HALF
             continue
         raise NoMatch(f"{node.name}: {node.target} on the scores is not handled")
     _combine_masks(terms, mods)

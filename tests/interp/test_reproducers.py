@@ -138,3 +138,31 @@ def test_rows_with_no_visible_key(interpret, fn):
     q, k, v = _qkv(torch.float32)
     _rewritten(fn, q, k, v, PAD)
     assert compare(fn, (q, k, v, PAD), torch.float32) == []
+
+
+# Found by the generated programs: in fp16, s + finfo.min rounds in steps of 32 (or to
+# -inf), which decides a row that sees no key; ioaware rounds as eager's 16-bit add.
+def window_times_min(q, k, v):
+    i, j = torch.arange(q.shape[-2])[:, None], torch.arange(k.shape[-2])[None, :]
+    s = (q @ k.transpose(-2, -1)) / 4.0
+    s = s + (1.0 - ((i - j).abs() < 2).to(s.dtype)) * torch.finfo(s.dtype).min
+    return torch.softmax(s.float(), dim=-1).to(v.dtype) @ v
+
+
+def window_where_min(q, k, v):
+    i, j = torch.arange(q.shape[-2])[:, None], torch.arange(k.shape[-2])[None, :]
+    s = (q @ k.transpose(-2, -1)) / 4.0
+    s = s + torch.where((i - j).abs() < 2, 0.0, torch.finfo(s.dtype).min)
+    return torch.softmax(s.float(), dim=-1).to(v.dtype) @ v
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("fn", [window_times_min, window_where_min], ids=lambda f: f.__name__)
+def test_16bit_min_mask_rows_with_no_visible_key(interpret, fn, dtype):
+    gen = torch.Generator().manual_seed(0)
+    q, k = ((torch.randn(1, 2, 16, 12, generator=gen) * 3).to(dtype).requires_grad_()
+            for _ in range(2))
+    k = k.detach()[:, :, :8].requires_grad_()
+    v = torch.randn(1, 2, 8, 12, generator=gen).to(dtype).requires_grad_()
+    _rewritten(fn, q, k, v)
+    assert compare(fn, (q, k, v), dtype) == []
