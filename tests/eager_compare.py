@@ -46,7 +46,7 @@ def compare(fn: Callable, args: Sequence, dtype: torch.dtype, compiled: Callable
     """What differs between ioaware.compile(fn) and fn on `args` (empty when nothing):
     each output within TOLERANCE[dtype] of eager and each gradient within it (floor
     GRAD_FLOOR), with NaN and ±inf at the same places; or the same error raised."""
-    compiled = compiled or ioaware.compile(fn)
+    compiled = compiled if compiled is not None else ioaware.compile(fn)
     try:
         want = run(fn, args)
     except Exception as e:  # noqa: BLE001 - the program's own error must come back
