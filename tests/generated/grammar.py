@@ -71,7 +71,7 @@ class Program:
         exec(compile(self.source, f"<program {self.seed}>", "exec"), _namespace(), ns)  # noqa: S102
         return ns["program"]
 
-    def make_inputs(self) -> list[torch.Tensor]:
+    def make_inputs(self, device: str = "cpu") -> list[torch.Tensor]:
         gen = torch.Generator().manual_seed(self.seed)
         dtype = DTYPES[self.dtype]
         out = []
@@ -82,6 +82,7 @@ class Program:
                 t = (0.5 + 0.5 * torch.rand(x.shape, generator=gen)).to(dtype)
             else:
                 t = (torch.randn(x.shape, generator=gen) * x.scale).to(dtype)
+            t = t.to(device)
             out.append(t.requires_grad_(x.grad) if t.is_floating_point() else t)
         return out
 
@@ -179,13 +180,13 @@ MASK_ATOMS = ("causal", "window", "padding", "from_q", "prefix", "causal_bottom_
 def _mask_lines(rng: random.Random, dims: dict) -> tuple[list[str], list[Input]]:
     """Lines defining `allowed` (bool, broadcastable to [B, H, NQ, NK]) and its inputs."""
     atoms = rng.sample(MASK_ATOMS, rng.choice((1, 1, 2)))
-    lines = ["i = torch.arange(q.shape[-2])[:, None]",
-             "j = torch.arange(k.shape[-2])[None, :]"]
+    lines = ["i = torch.arange(q.shape[-2], device=q.device)[:, None]",
+             "j = torch.arange(k.shape[-2], device=q.device)[None, :]"]
     terms, inputs = [], []
     for a in atoms:
         if a == "causal":
             terms.append(rng.choice(["(j <= i)", ("torch.ones(q.shape[-2], k.shape[-2], "
-                                     "dtype=torch.bool).tril()")]))
+                                     "dtype=torch.bool, device=q.device).tril()")]))
         elif a == "causal_bottom_right":
             terms.append("(j <= i + (k.shape[-2] - q.shape[-2]))")
         elif a == "window":
@@ -260,8 +261,10 @@ def _attention(rng: random.Random, seed: int, dtype: str) -> Program:
             inputs.append(Input("bias_bk", (dims["B"], 1, 1, dims["NK"]), "randn"))
             body.append("s = s + bias_bk")
         else:
-            body += ["slopes = torch.tensor([2.0 ** -(h + 1) for h in range(q.shape[1])], dtype=q.dtype)",
-                     "rel = torch.arange(k.shape[-2])[None, :] - torch.arange(q.shape[-2])[:, None]",
+            body += [("slopes = torch.tensor([2.0 ** -(h + 1) for h in range(q.shape[1])], "
+                     "dtype=q.dtype, device=q.device)"),
+                     ("rel = (torch.arange(k.shape[-2], device=q.device)[None, :]"
+                     " - torch.arange(q.shape[-2], device=q.device)[:, None])"),
                      "s = s + slopes[:, None, None] * rel"]
     if rng.random() < 0.15:
         body.append("s = torch.tanh(s / 5.0) * 5.0")
@@ -339,7 +342,7 @@ NEAR_MISSES = {
     # tanh after the mask: the masked -inf becomes -1
     "tanh_after_mask": ["s = q @ k.transpose(-2, -1) * 0.25",
                         ("s = s.masked_fill(torch.ones(q.shape[-2], k.shape[-2], "
-                        "dtype=torch.bool).triu(1), float('-inf'))"),
+                        "dtype=torch.bool, device=q.device).triu(1), float('-inf'))"),
                         "return torch.softmax(torch.tanh(s), -1) @ v"],
     # scores squared: not a product of q and k alone
     "squared_scores": ["s = (q @ k.transpose(-2, -1)) ** 2 * 0.1",

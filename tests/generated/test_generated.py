@@ -43,14 +43,14 @@ SHARDS = 8
 
 
 def _cases(program: grammar.Program, compiled, fn, rng: random.Random, budget: int,
-           mode: str) -> tuple[int, list[str]]:
+           mode: str, device: str) -> tuple[int, list[str]]:
     done, failures = 0, []
     for case in range(budget):
         p = program if case == 0 else program.resized(rng, program.seed + case)
-        inputs = p.make_inputs()
+        inputs = p.make_inputs(device)
         if case == 0:
             try:
-                fn(*p.make_inputs())
+                fn(*p.make_inputs(device))
             except Exception:  # noqa: BLE001 - eager rejects it: ioaware must too
                 budget = min(budget, CASES_REJECTED)
         if case >= budget:
@@ -65,15 +65,16 @@ def _cases(program: grammar.Program, compiled, fn, rng: random.Random, budget: i
     return done, failures
 
 
-def run_programs(seed: int, cases: int, *, interpret_every: int = INTERPRET_EVERY
-                 ) -> tuple[int, list[str]]:
-    """(cases compared, failure reports) of `cases` cases drawn from `seed`."""
+def run_programs(seed: int, cases: int, *, interpret_every: int = INTERPRET_EVERY,
+                 device: str = "cpu") -> tuple[int, list[str]]:
+    """(cases compared, failure reports) of `cases` cases drawn from `seed` on `device`
+    (on CUDA every program runs compiled kernels)."""
     rng = random.Random(seed)
     done, failures = 0, []
     index = 0
     while done < cases:
         program = grammar.draw(rng, seed * 1_000_003 + index)
-        interpret = interpret_every > 0 and index % interpret_every == 0
+        interpret = device == "cpu" and interpret_every > 0 and index % interpret_every == 0
         index += 1
         torch._dynamo.reset()
         old = config.interpret
@@ -81,8 +82,10 @@ def run_programs(seed: int, cases: int, *, interpret_every: int = INTERPRET_EVER
         try:
             fn = program.function()
             budget = min(CASES_INTERPRETED if interpret else CASES_PER_PROGRAM, cases - done)
+            mode = ("compiled kernels" if device != "cpu" else
+                    "interpreted kernels" if interpret else "reference path")
             n, found = _cases(program, ioaware.compile(fn, dynamic=True), fn, rng, budget,
-                              "interpreted kernels" if interpret else "reference path")
+                              mode, device)
         finally:
             config.interpret = old
         done += n
