@@ -35,10 +35,10 @@ RUN_SEED = int(os.environ.get("IOAWARE_GENERATED_SEED", str(SEED)))
 # Cases per program: one compile, then inputs of other sizes and values (cheap: the
 # compiled graph is reused). Interpreted programs run fewer: each call interprets the
 # kernels. A program that eager rejects is tried on two inputs (each retraces).
-CASES_PER_PROGRAM = 32
-CASES_INTERPRETED = 4
+CASES_PER_PROGRAM = 48
+CASES_INTERPRETED = 3
 CASES_REJECTED = 2
-INTERPRET_EVERY = 12
+INTERPRET_EVERY = 16
 SHARDS = 8
 
 
