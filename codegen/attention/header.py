@@ -207,6 +207,7 @@ def general_constants(spec: AttentionSpec) -> dict[str, str]:
     uniform_empty = semantics == "fill" or spec.mask_fill * math.log2(math.e) <= -FLOAT32_MAX
     data_bias = adds_loaded_values(spec)
     rounds = spec.round_logits and spec.dtype != "float32"
+    rounds_fill = spec.round_fill and spec.dtype != "float32"
     lines = [
         f"HAS_MASK = tl.constexpr({spec.mask is not None})",
         f"HAS_MOD = tl.constexpr({spec.score_mod is not None})",
@@ -228,7 +229,7 @@ def general_constants(spec: AttentionSpec) -> dict[str, str]:
         f"ADD_FILL = tl.constexpr({semantics == 'add'})  # gradient reaches masked scores",
         # eager adds the fill in the scores' 16-bit dtype: a row with no visible key
         # sees the rounded sums (fp16: steps of 32 near finfo.min, -inf past it)
-        f"ADD_ROUND = tl.constexpr({semantics == 'add' and rounds})",
+        f"ADD_ROUND = tl.constexpr({semantics == 'add' and rounds_fill})",
         f"SCORE_DTYPE = tl.constexpr(tl.{spec.dtype})",
         f"ROUND_LOGITS = tl.constexpr({rounds})",
         f"FILL_Z = tl.constexpr({_lit(fill_z)})  # mask_fill · log2(e), clamped to fp32",

@@ -247,7 +247,7 @@ def spec_logits(spec: AttentionSpec, q: torch.Tensor, k: torch.Tensor,
     elif spec.mask_semantics == "fill":
         logit = logit.masked_fill(~visible, spec.mask_fill)
     else:  # "add": the fill is added, so the score's gradient still flows
-        if spec.round_logits and spec.torch_dtype != torch.float32:
+        if spec.round_fill and spec.torch_dtype != torch.float32:
             # eager adds in the scores' 16-bit dtype: masked logits are the rounded sums
             # (the rounding's gradient is the identity, as autograd takes it in eager)
             rounded = (logit.to(spec.torch_dtype) + spec.mask_fill).float()

@@ -93,10 +93,12 @@ class AttentionSpec:
     mask_semantics: MaskSemantics = MaskSemantics.NEG_INF
     mask_fill: float = float("-inf")
     dropout_p: float = 0.0
-    # a bias, tanh or additive mask ran in the 16-bit `dtype` in eager: the logit is
-    # rounded to it (s + finfo.min in fp16 moves in steps of 32, or to -inf), which
-    # decides what a row with no visible key gives
+    # a bias or tanh ran in the 16-bit `dtype` in eager: the logit is rounded to it
+    # (s + finfo.min in fp16 moves in steps of 32, or to -inf), which decides what a
+    # row with no visible key gives; round_fill: the same for an additive mask's sum
+    # (an `add` mask added in 16 bits, not through an fp32 tensor of fills)
     round_logits: bool = False
+    round_fill: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

@@ -38,6 +38,7 @@ def spec_of(m: AttentionMatch) -> AttentionSpec:
         mask_fill=mods.fill,
         dropout_p=mods.dropout_p,
         round_logits=mods.rounded and m.dtype in (torch.float16, torch.bfloat16),
+        round_fill=mods.fill_rounded and m.dtype in (torch.float16, torch.bfloat16),
     )
 
 

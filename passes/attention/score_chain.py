@@ -242,7 +242,7 @@ def score_function(qk: fx.Node, chain: list[fx.Node], layout: Layout,
                 added = {MaskSemantics.FILL: MaskSemantics.ADD,
                          MaskSemantics.NEG_INF: MaskSemantics.NEG_INF_ADD}[sem]
                 terms.append(MaskTerm(allowed, added, fill, node))
-                mods.rounded |= fake_value(node).dtype in HALF
+                mods.fill_rounded |= fake_value(node).dtype in HALF
                 if x == 0:
                     continue
             if any(t.semantics is MaskSemantics.FILL for t in terms):
