@@ -10,7 +10,13 @@ key hashes everything that can change the text or what Triton makes of it:
     the module's configs are sized for (its shared memory decides which tiles fit).
 
 Writes are atomic (temp file in the same directory, then `os.replace`), so a process
-that finds the file finds all of it, however many processes race to create it.
+that finds the file finds all of it, however many processes race to create it. Each
+file starts with a header line naming the versions it was rendered under and the
+sha256 of the text below it; an entry whose header does not check out (truncated or
+corrupted on disk, or written by another torch / triton / ioaware) is never imported:
+it is rendered again and replaced. A cache directory that cannot be written leaves
+the modules in memory (imported from their text, registered with `linecache` so that
+Triton and `inspect` read their source back), with one warning per process.
 
 Interpreted kernels: Triton decides at `@triton.jit` decoration time whether a
 function is compiled or interpreted (`triton.knobs.runtime.interpret`, which reads the
@@ -27,6 +33,8 @@ import functools
 import hashlib
 import importlib.util
 import json
+import linecache
+import logging
 import os
 import sys
 import tempfile
@@ -45,6 +53,8 @@ from ioaware.hardware import DeviceProfile
 from ioaware.version import __version__
 
 INTERPRET_DEVICE = "interpret"
+HEADER = "# ioaware kernel module"
+log = logging.getLogger("ioaware.cache")
 
 
 class Spec(Protocol):
@@ -105,6 +115,11 @@ def _cuda_tag(index: int) -> str:
     return f"{torch.cuda.get_device_name(index)} sm{major}{minor}"
 
 
+def _versions(kind: str) -> dict[str, str]:
+    return {"ioaware": __version__, "torch": torch.__version__, "triton": triton.__version__,
+            "renderer": RENDERERS[kind].digest}
+
+
 def cache_key(
     kind: str,
     spec: Spec,
@@ -116,12 +131,7 @@ def cache_key(
     """Hex key of one kernel module: sha256 over kind, spec.key(), versions, device and
     the profile rendered for (its fields: a recalibrated profile is another module)."""
     if versions is None:
-        versions = {
-            "ioaware": __version__,
-            "torch": torch.__version__,
-            "triton": triton.__version__,
-            "renderer": RENDERERS[kind].digest,
-        }
+        versions = _versions(kind)
     fields = {"kind": kind, "spec": spec.key(), "device": device, "versions": versions}
     if profile is not None:
         fields["profile"] = profile.to_json()
@@ -190,6 +200,63 @@ def _import_file(name: str, path: Path, interpret: bool) -> ModuleType:
     return module
 
 
+def _import_text(name: str, text: str, interpret: bool) -> ModuleType:
+    """A module from `text` with no file: its lines go to `linecache` under a name no
+    file has, where `inspect` (and so Triton) reads a function's source back."""
+    filename = f"<{name}>"
+    linecache.cache[filename] = (len(text), None, text.splitlines(keepends=True), filename)
+    module = ModuleType(name)
+    module.__file__ = filename
+    sys.modules[name] = module
+    try:
+        with triton_interpret(interpret):
+            exec(compile(text, filename, "exec"), module.__dict__)  # noqa: S102
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def with_header(text: str, versions: dict[str, str]) -> str:
+    """`text` under the header line that `checked` verifies."""
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return f"{HEADER} {json.dumps(versions, sort_keys=True)} sha256={digest}\n{text}"
+
+
+def checked(path: Path, versions: dict[str, str]) -> str | None:
+    """The text of a cache entry if it is whole and was written under `versions`, else
+    None (missing, truncated, corrupted, or another version's)."""
+    try:
+        data = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    head, sep, body = data.partition("\n")
+    want = f"{HEADER} {json.dumps(versions, sort_keys=True)} sha256="
+    if not sep or not head.startswith(want):
+        return None
+    if head[len(want):] != hashlib.sha256(body.encode()).hexdigest():
+        return None
+    return data
+
+
+_warned_unwritable = False
+
+
+def _store(path: Path, text: str) -> bool:
+    """Write an entry atomically; False (one warning per process) when the cache
+    directory cannot be written."""
+    global _warned_unwritable
+    try:
+        write_atomic(path, text)
+        return True
+    except OSError as e:
+        if not _warned_unwritable:
+            _warned_unwritable = True
+            log.warning("ioaware: kernel cache %s is not writable (%s); kernels stay in "
+                        "memory for this process", path.parent, e)
+        return False
+
+
 def kernel_path(kind: str, key: str) -> Path:
     return Path(config.cache_dir) / "kernels" / f"{kind}-{key}.py"
 
@@ -221,10 +288,21 @@ def load_kernel_module(kind: str, spec: Spec, device: str,
         if module is None:
             interpret = device == INTERPRET_DEVICE
             path = kernel_path(kind, key)
-            if not path.exists():
-                source = RENDERERS[kind].render(spec, interpret=interpret, profile=profile)
-                write_atomic(path, source)
-            module = _import_file(f"ioaware_kernels_{kind}_{key}", path, interpret)
+            versions = _versions(kind)
+            name = f"ioaware_kernels_{kind}_{key}"
+            if checked(path, versions) is not None:
+                module = _import_file(name, path, interpret)
+            else:  # absent, or not to be trusted: rendered again (and replaced)
+                if path.exists():
+                    log.warning("ioaware: kernel cache entry %s is damaged or from another "
+                                "version; rebuilding it", path.name)
+                text = with_header(
+                    RENDERERS[kind].render(spec, interpret=interpret, profile=profile),
+                    versions)
+                if _store(path, text) and checked(path, versions) == text:
+                    module = _import_file(name, path, interpret)
+                else:  # unwritable, or replaced meanwhile by a damaged copy: from memory
+                    module = _import_text(name, text, interpret)
             _modules[key] = module
         _modules[memo] = module
         return module

@@ -40,6 +40,9 @@ from ioaware.spec import B_IDX, H_IDX, KV_IDX, Q_IDX, SCORE, TensorInput
 
 from .render import reduction
 
+# dtypes of inputs the printer widens to fp32 on load (see TritonPrinter.load)
+HALF_DTYPES = ("bfloat16", "float16")
+
 # kernel-side names of the index symbols
 INDEX_NAMES = {B_IDX: "b", H_IDX: "h", Q_IDX: "q_i", KV_IDX: "kv_i", SCORE: "score"}
 
@@ -155,10 +158,18 @@ class TritonPrinter:
         return f"In{i} + " + " + ".join(terms), (" & ".join(bounds) or None)
 
     def load(self, load: sympy.Indexed) -> str:
-        """The name bound to `load` (see `statements`)."""
+        """The name bound to `load` (see `statements`).
+
+        A load of a 16-bit float input is widened to fp32 as it is read: every printed
+        operation then runs in fp32, as the kernels' score does. Arithmetic on a 16-bit
+        value with a Python number is where compiled Triton and its interpreter part
+        ways (the interpreter's numpy gives `3.0 * bf16(1.0)` = -3.7e19, triton 3.9), and
+        eager's own 16-bit result differs from the fp32 one by at most its rounding."""
         if load not in self.names:
             ptr, mask = self.load_address(load)
             text = f"tl.load({ptr})" if mask is None else f"tl.load({ptr}, mask={mask}, other=0)"
+            if self.inputs[self.input_index(str(load.base))].dtype in HALF_DTYPES:
+                text += ".to(tl.float32)"
             self.names[load] = f"ld{len(self.bindings)}"
             self.bindings.append((self.names[load], text))
         return self.names[load]
@@ -250,11 +261,11 @@ class TritonPrinter:
         if not (isinstance(load, sympy.Indexed) and number.is_Number):
             return None
         dtype = self.inputs[self.input_index(str(load.base))].dtype
-        if dtype not in ("bfloat16", "float16"):
+        if dtype not in HALF_DTYPES:
             return None
         x = torch.tensor(float(number), dtype=getattr(torch, dtype)).item()
         literal = f"({x!r})" if math.isfinite(x) else f'float("{x}")'
-        sides = (f"{self.load(load)}.to(tl.float32)", literal)
+        sides = (self.load(load), literal)  # the load is fp32 already (see `load`)
         return sides if load is lhs else sides[::-1]
 
     def float_code(self, e: sympy.Basic) -> str:

@@ -28,7 +28,9 @@ forward under no_grad); `ioaware.autograd_function` keeps each one whole first.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import logging
 import operator
 from collections.abc import Sequence
@@ -171,6 +173,32 @@ def _unname_vanilla_checkpoint_policy(*gms: fx.GraphModule) -> None:
                     del body.meta[_CONTEXT_FN]
 
 
+def _allow_data_dependent(fakes: Sequence[Any]) -> contextlib.ExitStack:
+    """Let the re-trace through dynamo's FakeTensorMode keep data-dependent ops.
+
+    dynamo puts `.item()` (`_local_scalar_dense`) in a graph when it reads a Python
+    float it saw take several values (RMSNorm's eps across two models) or a scalar it
+    was told to capture, and `nonzero` / boolean indexing when told to keep ops whose
+    output size depends on the data (MoE routing). It traces them with unbacked
+    symbols; the fake mode it hands over refuses both by default, which failed the
+    whole capture. Allowed here (for the re-trace only), they stay in the canonical
+    graph as the ops they are, run as they run eagerly, and the regions around them
+    are still matched. Returns the stack that restores the mode's flags on close."""
+    stack = contextlib.ExitStack()
+    # make_fx traces under a fake mode of its own that shares dynamo's ShapeEnv: the
+    # flags are set on the ShapeEnv, which both read
+    envs = {id(e): e for e in (getattr(getattr(x, "fake_mode", None), "shape_env", None)
+                               for x in fakes) if e is not None}
+    flags = {"allow_scalar_outputs": True, "allow_dynamic_output_shape_ops": True}
+    for env in envs.values():
+        settings = getattr(env, "settings", None)
+        if dataclasses.is_dataclass(settings) and all(hasattr(settings, f) for f in flags):
+            # torch 2.11 / 2.13: read-only properties over a frozen settings record
+            env.settings = dataclasses.replace(settings, **flags)
+            stack.callback(setattr, env, "settings", settings)
+    return stack
+
+
 def canonicalize(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> fx.GraphModule:
     """Re-trace `gm` into canonical pre-autograd ATen with FakeTensor `meta["val"]`."""
     fakes = fake_inputs(gm, example_inputs)
@@ -190,6 +218,7 @@ def canonicalize(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> fx.GraphM
     wrap_log = logging.getLogger("torch._higher_order_ops.wrap")
     level = wrap_log.level
     wrap_log.setLevel(logging.ERROR)
+    data_dependent = _allow_data_dependent(fakes)
     try:
         traced = make_fx(
             gm,
@@ -199,6 +228,7 @@ def canonicalize(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> fx.GraphM
             _allow_non_fake_inputs=True,
         )(*fakes)
     finally:
+        data_dependent.close()
         wrap_log.setLevel(level)
         _unname_vanilla_checkpoint_policy(gm)
     _unname_vanilla_checkpoint_policy(traced)

@@ -698,9 +698,10 @@ def _bwd_dkdv(Q, K, V, dO, dK, dV, Lse, Delta, Seed, EmptyHeads, FullCnt, FullLi
                               N_Q, FullList, b, h, H_Q, N_Q, N_K, seed,
                               seed_offset${inputs}, BLOCK_M, True, False, True)
 
-    if SPREAD_NAN:  # eager: a row with no visible key makes its kv head's dK, dV NaN
+    if SPREAD_NAN:  # eager: a row with no visible key makes its kv head's dV NaN
         nan_head = tl.load(EmptyHeads + b * H_KV + h_kv) != 0
-        dk = tl.where(nan_head, float("nan"), dk)
+        if SPREAD_NAN_QK:  # and dK too, when the -inf was added (not filled)
+            dk = tl.where(nan_head, float("nan"), dk)
         dv = tl.where(nan_head, float("nan"), dv)
     row_ok = offs_n[:, None] < N_K
     dk_ptrs = (dK + b * stride_dkb + h_kv * stride_dkh
@@ -841,7 +842,7 @@ def _bwd_dq(Q, K, V, dO, dQ, Lse, Delta, Seed, FullCnt, FullList, PartCnt,
                            h, H_Q, N_Q, N_K, seed, seed_offset${inputs}${grads}, BLOCK_N,
                            True, False, True)
 
-    if SPREAD_NAN:  # eager: a row with no visible key has a NaN dQ row
+    if SPREAD_NAN_QK:  # eager: a row with no visible key, -inf added: a NaN dQ row
         dq = tl.where((lse == float("-inf"))[:, None], float("nan"), dq)
     dq_ptrs = (dQ + b * stride_dqb + h * stride_dqh
                + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd)

@@ -67,11 +67,18 @@ def _vector_summary(printer: TritonPrinter, vec, interpret: bool, indent: str, a
         dtype = "tl.float32"
     big = "3.0e38" if dtype == "tl.float32" else "9223372036854775807"
     red_min, red_max = (reduction(op, "{}", axis, interpret) for op in ("min", "max"))
+    # The outer tile's bounds are scalars; they are spread over the chunk's [MAP_CHUNK]
+    # inner tiles, so that every comparison printed on them is a vector like the inner
+    # tiles' flags. Triton's interpreter gives a comparison of two scalars the operands'
+    # dtype (fp32) instead of int1, and `&` with a vector then fails (triton 3.9).
+    spread = f"tl.full([MAP_CHUNK], 0, dtype={dtype}) + " if axis == 0 else ""
     return "\n".join([
         # one name per vector: a loop-carried name must keep its shape
         f"{indent}{vec.lo}_v = tl.load({ptr}, mask={mask}, other=0).to({dtype})",
-        f"{indent}{vec.lo} = " + red_min.format(f"tl.where({mask}, {vec.lo}_v, {big})"),
-        f"{indent}{vec.hi} = " + red_max.format(f"tl.where({mask}, {vec.lo}_v, -{big})"),
+        f"{indent}{vec.lo} = {spread}"
+        + red_min.format(f"tl.where({mask}, {vec.lo}_v, {big})"),
+        f"{indent}{vec.hi} = {spread}"
+        + red_max.format(f"tl.where({mask}, {vec.lo}_v, -{big})"),
     ])
 
 

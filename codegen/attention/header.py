@@ -159,7 +159,8 @@ def is_plain(spec: AttentionSpec) -> bool:
 
 def drops_masked(spec: AttentionSpec) -> bool:
     """Masked logits contribute exactly 0 to rows that see any key (see DROPPABLE_FILL)."""
-    return spec.mask_semantics in ("neg_inf", "safe") or spec.mask_fill <= DROPPABLE_FILL
+    return (spec.mask_semantics in ("neg_inf", "neg_inf_add", "safe")
+            or spec.mask_fill <= DROPPABLE_FILL)
 
 
 def _lit(x: float) -> str:
@@ -205,6 +206,8 @@ def general_constants(spec: AttentionSpec) -> dict[str, str]:
     empty_lse = spec.mask_fill / 2 if fix_empty else float("-inf")
     uniform_empty = semantics == "fill" or spec.mask_fill * math.log2(math.e) <= -FLOAT32_MAX
     data_bias = adds_loaded_values(spec)
+    rounds = spec.round_logits and spec.dtype != "float32"
+    rounds_fill = spec.round_fill and spec.dtype != "float32"
     lines = [
         f"HAS_MASK = tl.constexpr({spec.mask is not None})",
         f"HAS_MOD = tl.constexpr({spec.score_mod is not None})",
@@ -217,10 +220,18 @@ def general_constants(spec: AttentionSpec) -> dict[str, str]:
         f"SAFE = tl.constexpr({semantics == 'safe'})",
         # masked logits of an empty row all equal (after the fp32 clamp): P is uniform
         f"UNIFORM_EMPTY = tl.constexpr({uniform_empty})",
-        f"NEG_INF_ROWS = tl.constexpr({semantics == 'neg_inf'})",
-        # eager's NaN from a row with no visible key, spread as eager spreads it (bwd)
-        f"SPREAD_NAN = tl.constexpr({semantics == 'neg_inf' and masks})",
+        f"NEG_INF_ROWS = tl.constexpr({semantics in ('neg_inf', 'neg_inf_add')})",
+        # eager's NaN from a row with no visible key, spread as eager spreads it (bwd):
+        # into dV always, into dQ and dK only when the -inf was added (a fill's
+        # backward zeroes the gradient of what it masks)
+        f"SPREAD_NAN = tl.constexpr({semantics in ('neg_inf', 'neg_inf_add') and masks})",
+        f"SPREAD_NAN_QK = tl.constexpr({semantics == 'neg_inf_add' and masks})",
         f"ADD_FILL = tl.constexpr({semantics == 'add'})  # gradient reaches masked scores",
+        # eager adds the fill in the scores' 16-bit dtype: a row with no visible key
+        # sees the rounded sums (fp16: steps of 32 near finfo.min, -inf past it)
+        f"ADD_ROUND = tl.constexpr({semantics == 'add' and rounds_fill})",
+        f"SCORE_DTYPE = tl.constexpr(tl.{spec.dtype})",
+        f"ROUND_LOGITS = tl.constexpr({rounds})",
         f"FILL_Z = tl.constexpr({_lit(fill_z)})  # mask_fill · log2(e), clamped to fp32",
         f"MASK_FILL = tl.constexpr({max(spec.mask_fill, -FLOAT32_MAX)!r})",
         f"EMPTY_LSE = tl.constexpr({_lit(empty_lse)})  # lse below: no visible key",
@@ -254,6 +265,8 @@ def _logits(s, b, h, q_i, kv_i, N_Q, N_K${inputs}, MASKED: tl.constexpr,
     where every in-bounds entry takes its masked value."""
     if HAS_MOD:
         nat = _score_mod(s * SCALE, b, h, q_i, kv_i, N_Q, N_K${inputs})
+        if ROUND_LOGITS:  # as eager's 16-bit add rounded it (gradient: the identity)
+            nat = nat.to(SCORE_DTYPE).to(tl.float32)
         z = nat * LOG2E
         if DATA_BIAS:
             # an additive bias of finfo(fp32).min (a padding mask handed in as a tensor)
@@ -271,7 +284,11 @@ def _logits(s, b, h, q_i, kv_i, N_Q, N_K${inputs}, MASKED: tl.constexpr,
         if HAS_MASK:
             visible = visible & _visible(b, h, q_i, kv_i, N_Q, N_K${inputs})
         if ADD_FILL:
-            z_masked = tl.maximum((nat + MASK_FILL) * LOG2E, MIN_Z)
+            if ADD_ROUND:
+                summed = (nat.to(SCORE_DTYPE).to(tl.float32) + MASK_FILL).to(SCORE_DTYPE)
+                z_masked = tl.maximum(summed.to(tl.float32) * LOG2E, MIN_Z)
+            else:
+                z_masked = tl.maximum((nat + MASK_FILL) * LOG2E, MIN_Z)
         else:
             z_masked = FILL_Z + z * 0.0
         if EMPTY_ROWS:

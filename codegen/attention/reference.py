@@ -236,13 +236,25 @@ def spec_logits(spec: AttentionSpec, q: torch.Tensor, k: torch.Tensor,
     if score_mod is not None:
         logit = torch.as_tensor(evaluate(score_mod, {**env, SCORE: s}, loads)).float()
         logit = logit.expand(s.shape)
+        if spec.round_logits and spec.torch_dtype != torch.float32:
+            # eager's 16-bit add rounded the logit; its gradient is the identity
+            logit = logit + (logit.to(spec.torch_dtype).float() - logit).detach()
     visible = visible.expand(s.shape)
     if spec.mask_semantics in ("neg_inf", "safe"):
         logit = logit.masked_fill(~visible, _NEG_INF)
+    elif spec.mask_semantics == "neg_inf_add":  # the NaN of an empty row reaches q and k
+        logit = logit + torch.where(visible, 0.0, _NEG_INF)
     elif spec.mask_semantics == "fill":
         logit = logit.masked_fill(~visible, spec.mask_fill)
     else:  # "add": the fill is added, so the score's gradient still flows
-        logit = logit + torch.where(visible, 0.0, spec.mask_fill)
+        if spec.round_fill and spec.torch_dtype != torch.float32:
+            # eager adds in the scores' 16-bit dtype: masked logits are the rounded sums
+            # (the rounding's gradient is the identity, as autograd takes it in eager)
+            rounded = (logit.to(spec.torch_dtype) + spec.mask_fill).float()
+            fill = (rounded - logit).detach()
+        else:
+            fill = spec.mask_fill
+        logit = logit + torch.where(visible, 0.0, fill)
     return logit, visible
 
 

@@ -28,8 +28,13 @@ from ioaware.spec import (
 class MaskSemantics(TextEnum):
     """How masked elements behave, which decides what a row with no visible key gives.
 
-    NEG_INF: the masked logit is -inf (masked_fill(-inf), tril of -inf): such a row is
-        NaN, as eager softmax gives.
+    NEG_INF: the masked logit is set to -inf (masked_fill(-inf), where(m, s, -inf)): such
+        a row is NaN, as eager softmax gives; its v gradient is NaN, but the gradient of
+        the masked scores is 0 (the fill's backward zeroes it), so q and k get none
+        from it, as in eager.
+    NEG_INF_ADD: -inf is added to the masked logit (scores + where(m, 0, -inf)): the row
+        is NaN and, as in eager, the NaN reaches the q, k and v gradients (dQ's row,
+        the dK and dV of every kv head the row reads).
     SAFE: as SDPA's bool attn_mask: such a row outputs 0 and passes no gradient.
     FILL: the masked logit is replaced by `mask_fill` (masked_fill(finfo.min)).
     ADD: `mask_fill` is added to the masked logit (scores + where(m, 0, min)); its
@@ -37,6 +42,7 @@ class MaskSemantics(TextEnum):
     """
 
     NEG_INF = "neg_inf"
+    NEG_INF_ADD = "neg_inf_add"
     SAFE = "safe"
     FILL = "fill"
     ADD = "add"
@@ -87,6 +93,12 @@ class AttentionSpec:
     mask_semantics: MaskSemantics = MaskSemantics.NEG_INF
     mask_fill: float = float("-inf")
     dropout_p: float = 0.0
+    # a bias or tanh ran in the 16-bit `dtype` in eager: the logit is rounded to it
+    # (s + finfo.min in fp16 moves in steps of 32, or to -inf), which decides what a
+    # row with no visible key gives; round_fill: the same for an additive mask's sum
+    # (an `add` mask added in 16 bits, not through an fp32 tensor of fills)
+    round_logits: bool = False
+    round_fill: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

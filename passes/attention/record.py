@@ -57,6 +57,10 @@ class Modifications:
     fill: float = float("-inf")
     data: masks.DataInputs = dataclasses.field(default_factory=masks.DataInputs)
     dropout_p: float = 0.0
+    # a bias or tanh applied to 16-bit scores: eager rounds the logit to that dtype
+    rounded: bool = False
+    # an additive mask added in a 16-bit dtype: eager rounds the masked sum to it
+    fill_rounded: bool = False
 
     @property
     def general(self) -> bool:

@@ -37,6 +37,8 @@ def spec_of(m: AttentionMatch) -> AttentionSpec:
         inputs=tuple(mods.data.all_inputs()), mask_semantics=mods.semantics,
         mask_fill=mods.fill,
         dropout_p=mods.dropout_p,
+        round_logits=mods.rounded and m.dtype in (torch.float16, torch.bfloat16),
+        round_fill=mods.fill_rounded and m.dtype in (torch.float16, torch.bfloat16),
     )
 
 
@@ -85,6 +87,11 @@ def apply(gm: fx.GraphModule, m: AttentionMatch) -> None:
             o = g.call_function(aten.squeeze.dim, (o, 0))
         elif m.layout is Layout.BHND:
             o = g.call_function(aten.flatten.using_ints, (o, 0, 1))
+        if _edited_in_place(out):
+            # The op saves its output for the backward; an in-place edit of it (or of a
+            # view of it) would fail the backward's version check. The edit gets a
+            # private copy instead: one write of the output, only in such graphs.
+            o = g.call_function(aten.clone.default, (o,))
     out.replace_all_uses_with(o)
     # The region's nodes go explicitly: DCE keeps ops it deems impure (SDPA is
     # nondeterministic-seeded because of its dropout argument).
@@ -93,6 +100,43 @@ def apply(gm: fx.GraphModule, m: AttentionMatch) -> None:
             g.erase_node(n)
     g.eliminate_dead_code()
     gm.recompile()
+
+
+def _writes_arg0(target: Any) -> bool:
+    """An ATen op that writes its first argument in place (`mul_`, `copy_`, out=...)."""
+    schema = getattr(target, "_schema", None)
+    if schema is None or not schema.arguments:
+        return False
+    alias = schema.arguments[0].alias_info
+    return alias is not None and alias.is_write
+
+
+def _aliases_arg0(target: Any) -> bool:
+    """An ATen view: its result shares the first argument's storage."""
+    schema = getattr(target, "_schema", None)
+    if schema is None or not schema.returns or not schema.arguments:
+        return False
+    ret, arg = schema.returns[0].alias_info, schema.arguments[0].alias_info
+    return ret is not None and arg is not None and not ret.is_write
+
+
+def _edited_in_place(node: fx.Node) -> bool:
+    """True when `node`, or a view of it, is the first argument of an in-place op."""
+    stack, seen = [node], set()
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        for user in n.users:
+            if user.args and user.args[0] is n:
+                if _writes_arg0(user.target):
+                    return True
+                if _aliases_arg0(user.target):
+                    stack.append(user)
+            elif user.target is operator.getitem:
+                stack.append(user)
+    return False
 
 
 def _general_call(g: fx.Graph, m: AttentionMatch, q: fx.Node, k: fx.Node, v: fx.Node

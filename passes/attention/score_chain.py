@@ -43,6 +43,7 @@ RAW = sympy.Symbol("raw", real=True)
 # A fill at or below this is "huge": bias + fill rounds to the fill in fp32, and SDPA's
 # CUDA backends (efficient, cuDNN) treat keys carrying it as masked (H100, torch 2.11).
 HUGE_FILL = -1e30
+HALF = (torch.float16, torch.bfloat16)
 
 
 @dataclasses.dataclass
@@ -236,15 +237,19 @@ def score_function(qk: fx.Node, chain: list[fx.Node], layout: Layout,
             if values is not None:
                 allowed, fill, x = values
                 sem, fill = fill_semantics(fill, fake_value(node).dtype)
-                # a finite fill added is ADD: the score still reaches softmax
-                added = MaskSemantics.ADD if sem is MaskSemantics.FILL else sem
+                # a finite fill added is ADD: the score still reaches softmax; -inf
+                # added lets an empty row's NaN reach the score's gradient
+                added = {MaskSemantics.FILL: MaskSemantics.ADD,
+                         MaskSemantics.NEG_INF: MaskSemantics.NEG_INF_ADD}[sem]
                 terms.append(MaskTerm(allowed, added, fill, node))
+                mods.fill_rounded |= fake_value(node).dtype in HALF
                 if x == 0:
                     continue
             if any(t.semantics is MaskSemantics.FILL for t in terms):
                 raise NoMatch(f"{node.name}: a bias added after a masked_fill with a finite "
                               "value (the Spec cannot order them)")
             expr = expr + x
+            mods.rounded |= fake_value(node).dtype in HALF
             continue
         if node.target in MASKED_FILL_OPS:
             m = masks.as_bool(index_term(node.args[1], rank, layout, data, node, heads))
@@ -263,6 +268,7 @@ def score_function(qk: fx.Node, chain: list[fx.Node], layout: Layout,
             if terms:
                 raise NoMatch(f"{node.name}: tanh of masked scores (a masked -inf becomes -1)")
             expr = sympy.tanh(expr)
+            mods.rounded |= fake_value(node).dtype in HALF
             continue
         raise NoMatch(f"{node.name}: {node.target} on the scores is not handled")
     _combine_masks(terms, mods)
@@ -279,7 +285,8 @@ def _combine_masks(terms: list[MaskTerm], mods: Modifications) -> None:
     kinds = {t.semantics for t in terms}
     if len(kinds) > 1:
         names = ", ".join(f"{t.node.name} ({t.semantics})" for t in terms)
-        raise NoMatch(f"masks {names} mix -inf and finite fills; one Spec holds one kind")
+        raise NoMatch(f"masks {names} mix kinds (-inf or finite, filled or added: they "
+                      "differ in a row with no visible key); one Spec holds one kind")
     kind = kinds.pop()
     if kind is MaskSemantics.ADD and len(terms) > 1:
         raise NoMatch(f"{terms[1].node.name}: a second additive mask (masked elements would "
@@ -302,7 +309,8 @@ def set_mask(mods: Modifications, allowed: sympy.Basic, semantics: MaskSemantics
     rest = []
     # A finite fill (masked_fill(-1.0), an additive -1e4) still takes part in softmax:
     # only a fill that exp() turns into exactly 0 lets the causal kernel drop those keys.
-    drops = semantics in (MaskSemantics.NEG_INF, MaskSemantics.SAFE) or fill <= HUGE_FILL
+    drops = semantics in (MaskSemantics.NEG_INF, MaskSemantics.NEG_INF_ADD,
+                          MaskSemantics.SAFE) or fill <= HUGE_FILL
     for c in masks.conjuncts(allowed):
         if drops and masks.describe(c) == "causal":
             mods.causal = True

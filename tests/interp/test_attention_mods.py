@@ -624,9 +624,10 @@ def test_tuner_takes_the_fastest_config_once_per_size_class(monkeypatch):
 
 
 def test_rows_with_no_visible_key_spread_nan_like_eager():
-    """neg_inf semantics: a row that sees no key is NaN, and so is its dQ row and the
+    """neg_inf_add semantics: a row that sees no key is NaN, and so is its dQ row and the
     whole dK, dV of the kv head it reads, as eager gives with an additive -inf mask
-    (masked_fill's backward zeroes the masked scores' gradient instead: dQ 0, dK finite);
+    (masked_fill's backward zeroes the masked scores' gradient instead: dQ 0, dK finite,
+    the neg_inf semantics, tests/interp/test_reproducers.py);
     the kernels flag those heads themselves (no host sync). Other heads match."""
     gen = torch.Generator().manual_seed(11)
     batch, h_q, h_kv, n, d = 2, 4, 2, 40, 16
@@ -634,7 +635,7 @@ def test_rows_with_no_visible_key_spread_nan_like_eager():
     pad[0, :5] = 0  # batch 0: rows 0-4 see no key, except in heads >= 2
     spec = AttentionSpec(head_dim=d, head_dim_v=d, dtype="float32", causal=True,
                          scale=0.25, mask="Ne(pad[b, kv_idx], 0) | (h >= 2)",
-                         inputs=(TensorInput("pad", 2, "int64"),))
+                         inputs=(TensorInput("pad", 2, "int64"),), mask_semantics="neg_inf_add")
     q = torch.randn(batch, h_q, n, d, generator=gen, requires_grad=True)
     k, v = (torch.randn(batch, h_kv, n, d, generator=gen, requires_grad=True)
             for _ in range(2))

@@ -154,7 +154,7 @@ def test_mask_spellings_give_eager_logits(name, spelling):
     spec, q_, k_, inputs = specs[0]
     want = masked_scores(q @ k.transpose(-2, -1) * 0.25, MASKS[name](q, k, pad, doc), spelling)
     assert_same_logits(spec_logits(spec, q_, k_, inputs), want, causal_only=spec.mask is None)
-    semantics = {"masked_fill": "neg_inf", "where": "neg_inf", "additive_inf": "neg_inf",
+    semantics = {"masked_fill": "neg_inf", "where": "neg_inf", "additive_inf": "neg_inf_add",
                  "additive_min": "add"}[spelling]
     if spec.mask is not None:
         assert spec.mask_semantics == semantics
@@ -306,7 +306,7 @@ def _two_additive_masks(q, k, v, pad):
 
 
 FALLBACKS = {
-    _mixed_fills: ("add", "mix -inf and finite fills"),
+    _mixed_fills: ("add", "mix kinds"),
     _bias_after_finite_fill: ("add", "bias added after a masked_fill"),
     _tanh_of_masked: ("tanh", "tanh of masked scores"),
 }
