@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "interp"))
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+sys.path[:0] = [str(TESTS / "interp"), str(TESTS)]  # test_ssd_kernel imports tests/sm90.py
 
 
 def check_kernels() -> None:
