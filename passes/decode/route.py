@@ -100,11 +100,20 @@ def is_attention_call(node: fx.Node) -> bool:
         for name in ATTENTION_OPS)
 
 
+def fake_value(node: fx.Node) -> Any:
+    """node.meta["val"], computed from its inputs' for a node a rewrite just inserted
+    without one (the views the attention rewrite adds around a 3-D bmm spelling)."""
+    if "val" not in node.meta:
+        args, kwargs = fx.node.map_arg((node.args, node.kwargs), fake_value)
+        node.meta["val"] = node.target(*args, **kwargs)
+    return node.meta["val"]
+
+
 def spec_of_call(node: fx.Node) -> AttentionSpec:
     """The AttentionSpec a flash_attention / attention call computes."""
     if node.target is torch.ops.ioaware.flash_attention.default:
         q, _, v, scale, causal = node.args[:5]
-        qv, vv = q.meta["val"], v.meta["val"]
+        qv, vv = fake_value(q), fake_value(v)
         return AttentionSpec(head_dim=int(qv.shape[-1]), head_dim_v=int(vv.shape[-1]),
                              dtype=dtype_name(qv.dtype), causal=bool(causal),
                              scale=float(scale))

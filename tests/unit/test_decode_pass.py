@@ -95,6 +95,18 @@ def test_pass_routes_decode_and_not_prefill():
     assert any("dropout" in f.reason for f in dropped.fallbacks if f.kind == "decode")
 
 
+def test_a_3d_bmm_spelling_is_routed():
+    """The attention rewrite of a 3-D bmm spelling inserts views with no meta; the route
+    computes their fake values (CI found `KeyError: 'val'` at Nq=1, Nk=2)."""
+    def bmm_attention(q, k, v):
+        s = torch.bmm(q.reshape(1, 1, 16), k.reshape(1, -1, 16).transpose(1, 2)) * 0.25
+        return torch.bmm(torch.softmax(s, -1), v.reshape(1, -1, 16)).view(1, 1, 1, -1)
+
+    q, k, v = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 2, 16), torch.randn(1, 1, 2, 16)
+    expl = _explain(bmm_attention, q, k, v)
+    assert [r.kind for r in expl.rewrites] == ["decode"] and not expl.fallbacks, expl
+
+
 @pytest.mark.parametrize("gather", sorted(paged_decode.GATHERS))
 def test_paged_report_reads_the_pages_once(gather):
     """`ioaware report` of the paged example: the whole graph's modelled HBM bytes within
