@@ -12,6 +12,7 @@
    speed against the fastest SDPA backend. Under 4 minutes on an H100.
 3. With --generate: tokens/s of generate() on a 4-layer Llama-style model (hidden 2048,
    GQA 16/4, StaticCache): eager, torch.compile(mode="reduce-overhead"), ioaware.compile
+   (default and mode="reduce-overhead")
    (adds a few minutes of compiling).
 """
 

@@ -229,8 +229,8 @@ def bench_generate(layers: int = 4, hidden: int = 2048, heads: int = 16, kv_head
                    batch: int = 1, prompt: int = 128, new_tokens: int = 128,
                    progress: Callable[[str], None] | None = None) -> list[GenerateRow]:
     """Tokens/s of greedy generate() with a StaticCache on a Llama-style model with random
-    weights (bf16): eager, torch.compile (reduce-overhead: CUDA graphs) and ioaware.compile,
-    each timed on its second run (the first compiles)."""
+    weights (bf16): eager, torch.compile (reduce-overhead: CUDA graphs) and ioaware.compile
+    (default and reduce-overhead), each timed on its second run (the first compiles)."""
     require_cuda()
     import time
     import warnings
@@ -253,6 +253,8 @@ def bench_generate(layers: int = 4, hidden: int = 2048, heads: int = 16, kv_head
         "torch.compile(reduce-overhead)": lambda: torch.compile(eager_forward,
                                                                 mode="reduce-overhead"),
         "ioaware.compile": lambda: ioaware.compile(eager_forward),
+        "ioaware.compile(reduce-overhead)": lambda: ioaware.compile(eager_forward,
+                                                                    mode="reduce-overhead"),
     }
     rows, reference = [], None
     for name, build in variants.items():
