@@ -105,3 +105,19 @@ def _constexpr_tail(kernel: Any, n_args: int, kw: dict[str, Any]) -> tuple[str, 
     included, in order); None when it does not (a default would be needed)."""
     names = tuple(kernel.arg_names)[n_args:]
     return None if any(name not in kw for name in names) else names
+
+
+def _scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
+    """Global scratch for a kernel (in-kernel TMA descriptors), on the current device."""
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def ensure_scratch_allocator() -> None:
+    """Install a torch allocator as Triton's scratch allocator unless one is set: a
+    kernel that builds tensor descriptors in-kernel asks it for 128 bytes per
+    descriptor at launch. Triton keeps it in a ContextVar, so this runs per launch
+    (a lookup) and covers threads that start with the default (autograd's)."""
+    from triton.runtime import _allocation
+
+    if _allocation._allocator.get() is _allocation._NULL_ALLOCATOR:
+        _allocation.set_allocator(_scratch)
