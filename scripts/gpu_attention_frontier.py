@@ -72,14 +72,14 @@ def _flex(n: int, causal: bool):
     return lambda q, k, v: compiled(q, k, v, block_mask=mask)
 
 
-def _ioaware(spec, config, tune: bool):
+def _ioaware(spec, config, tune: bool, device: str):
     """flash_attention with the forward module pinned to `config` (None with tune:
     both directions tuned as in a real call)."""
     from ioaware.codegen.attention import op as ops
     from ioaware.codegen.runtime import kernel_module
 
-    fwd = kernel_module("attention_fwd", spec, torch.device("cuda"))
-    bwd = kernel_module("attention_bwd", spec, torch.device("cuda"))
+    fwd = kernel_module("attention_fwd", spec, torch.device(device))
+    bwd = kernel_module("attention_bwd", spec, torch.device(device))
     saved = {m: dict(vars(m)) for m in (fwd, bwd)}
 
     def pin():
@@ -111,10 +111,12 @@ def forward_rows(spec, full: bool) -> list[tuple]:
 
 
 def run_row(build, tensors, want, timeout_s):
-    """(rel_err, ok, fwd_ms, fwd_bwd_ms, note) of one row."""
+    """(rel_err, ok, fwd_ms, fwd_bwd_ms, note) of one row: the check, then the times
+    (a failure of either becomes the note, the check's result kept)."""
     from triton.testing import do_bench
 
     q, k, v, dout, sl = tensors
+    err = ok = ms_fwd = ms_all = None
     try:
         attention = build()
         for t in (q, k, v):
@@ -123,6 +125,7 @@ def run_row(build, tensors, want, timeout_s):
         out.backward(dout)
         got = (out[sl], q.grad[sl], k.grad[sl], v.grad[sl])
         err = max(((g.float() - w).norm() / w.norm()).item() for g, w in zip(got, want))
+        ok = err <= TOLERANCE
         start = time.perf_counter()
 
         def fwd():
@@ -130,15 +133,15 @@ def run_row(build, tensors, want, timeout_s):
                 attention(q, k, v)
 
         ms_fwd = do_bench(fwd, warmup=10, rep=40, return_mode="median")
-        ms_all = None
         if time.perf_counter() - start < timeout_s:
             ms_all = do_bench(lambda: attention(q, k, v).backward(dout), warmup=10, rep=40,
                               grad_to_none=[q, k, v], return_mode="median")
-        return err, err <= TOLERANCE, ms_fwd, ms_all, ""
+        return err, ok, ms_fwd, ms_all, ""
     except Exception as error:  # noqa: BLE001 - a row that cannot run says why
-        torch.cuda.empty_cache()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         line = (str(error).strip().splitlines() or [""])[0][:100]
-        return None, None, None, None, f"{type(error).__name__}: {line}"
+        return err, ok, ms_fwd, ms_all, f"{type(error).__name__}: {line}"
 
 
 def run_case(case, args, table, deadline):
@@ -147,8 +150,8 @@ def run_case(case, args, table, deadline):
     batch, heads, n, d, causal = case
     label = f"B={batch} H={heads} N={n} d={d} {'causal' if causal else 'full'}"
     print(f"\n== {label}", flush=True)
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v, dout = (torch.randn(batch, heads, n, d, device="cuda", dtype=torch.bfloat16,
+    gen = torch.Generator(device=args.device).manual_seed(0)
+    q, k, v, dout = (torch.randn(batch, heads, n, d, device=args.device, dtype=torch.bfloat16,
                                  generator=gen) for _ in range(4))
     for t in (q, k, v):
         t.requires_grad_()
@@ -161,18 +164,21 @@ def run_case(case, args, table, deadline):
     fl = flops(*case)
     # the Spec flash_attention builds for these tensors (same scale: the same module)
     spec = ops._plain_spec(d, d, torch.bfloat16, causal, 1.0 / math.sqrt(d))
-    rows = [(f"ioaware {c}", lambda c=c: _ioaware(spec, c, False))
+    rows = [(f"ioaware {c}", lambda c=c: _ioaware(spec, c, False, args.device))
             for c in forward_rows(spec, args.full or (n == 4096 and d == 128))]
     if args.tune:
-        rows.append(("ioaware tuned", lambda: _ioaware(spec, None, True)))
+        rows.append(("ioaware tuned", lambda: _ioaware(spec, None, True, args.device)))
     peers = {"cudnn": ("sdpa cuDNN", lambda: _sdpa("CUDNN_ATTENTION", causal)),
              "flash": ("sdpa FLASH (FA2)", lambda: _sdpa("FLASH_ATTENTION", causal)),
              "flex": ("flex_attention", lambda: _flex(n, causal))}
-    rows = [peers[p] for p in args.peers] + rows  # peers first: cuDNN is the yardstick
+    # cuDNN first (the yardstick), FLASH, ioaware, then Flex (its compile is the slowest:
+    # a case out of time loses Flex's row, not ours)
+    rows = ([peers[p] for p in args.peers if p != "flex"] + rows
+            + [peers[p] for p in args.peers if p == "flex"])
     cudnn_ms = [None, None]
     for name, build in rows:
         if time.perf_counter() > deadline:
-            print(f"  {name:34s} skipped: the case's time budget is spent", flush=True)
+            print(f"  {name:38s} skipped: the case's time budget is spent", flush=True)
             table.append((label, name, None, None, None, None, None, "skipped: budget"))
             continue
         err, ok, ms_fwd, ms_all, note = run_row(build, (q, k, v, dout, sl), want,
@@ -183,7 +189,7 @@ def run_case(case, args, table, deadline):
         tf_all = 3.5 * fl / ms_all / 1e9 if ms_all else None
         ratio = [c / m if c and m else None for c, m in zip(cudnn_ms, (ms_fwd, ms_all))]
         table.append((label, name, err, ok, tf_fwd, tf_all, ratio, note))
-        print(f"  {name:34s} {_fmt(err, '.1e'):>8} {'ok' if ok else 'FAIL' if ok is False else '-':4}"
+        print(f"  {name:38s} {_fmt(err, '.1e'):>8} {'ok' if ok else 'FAIL' if ok is False else '-':4}"
               f" fwd {_fmt(tf_fwd, '.0f'):>5} TF/s ({_fmt(ratio[0], '.2f')}x cuDNN)"
               f"  fwd+bwd {_fmt(tf_all, '.0f'):>5} TF/s ({_fmt(ratio[1], '.2f')}x) {note}",
               flush=True)
@@ -203,24 +209,40 @@ def main() -> int:
     parser.add_argument("--full", action="store_true", help="every config of the tuning space")
     parser.add_argument("--tune", action="store_true", help="add a row tuned as a real call")
     parser.add_argument("--peers", nargs="*", default=list(PEERS), choices=PEERS)
+    parser.add_argument("--shape", type=int, nargs=4, metavar=("B", "H", "N", "D"),
+                        help="one shape, causal and not, instead of CASES")
+    parser.add_argument("--device", default="cuda",
+                        help="cpu: the kernels under the interpreter, checks only (a smoke "
+                             "run of this script; timing needs CUDA)")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
+    if args.device == "cpu":
+        from ioaware.config import config
+
+        config.interpret = True
+    elif not torch.cuda.is_available():
         print("needs a CUDA device", file=sys.stderr)
         return 2
     import triton
 
-    print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}  triton "
+    cases = [CASES[i] for i in args.cases]
+    if args.shape:
+        cases = [(*args.shape, False), (*args.shape, True)]
+
+    name = torch.cuda.get_device_name() if args.device != "cpu" else "cpu (interpreter)"
+    print(f"{name}  torch {torch.__version__}  triton "
           f"{triton.__version__}  bf16; TF/s = TFLOP/s; budget {args.budget:.0f} s", flush=True)
     start = time.perf_counter()
     table: list[tuple] = []
-    for i, index in enumerate(args.cases):
+    # the headline cases (N=4096, d=128: every variant) get twice the others' share
+    weights = [2 if case[2] == 4096 and case[3] == 128 else 1 for case in cases]
+    for i, case in enumerate(cases):
         left = args.budget - (time.perf_counter() - start)
-        share = left / (len(args.cases) - i)
-        run_case(CASES[index], args, table, time.perf_counter() + share)
-    print(f"\n{'case':30s} {'row':34s} {'err':>8} {'fwd':>5} {'x':>5} {'f+b':>5} {'x':>5}")
+        share = left * weights[i] / sum(weights[i:])
+        run_case(case, args, table, time.perf_counter() + share)
+    print(f"\n{'case':30s} {'row':38s} {'err':>8} {'fwd':>5} {'x':>5} {'f+b':>5} {'x':>5}")
     for label, name, err, ok, tf_fwd, tf_all, ratio, note in table:
         ratio = ratio or (None, None)
-        print(f"{label:30s} {name:34s} {_fmt(err, '.1e'):>8} {_fmt(tf_fwd, '.0f'):>5} "
+        print(f"{label:30s} {name:38s} {_fmt(err, '.1e'):>8} {_fmt(tf_fwd, '.0f'):>5} "
               f"{_fmt(ratio[0], '.2f'):>5} {_fmt(tf_all, '.0f'):>5} {_fmt(ratio[1], '.2f'):>5}"
               f"{'' if ok is not False else '  FAIL'} {note}")
     print(f"total {time.perf_counter() - start:.0f} s", flush=True)
