@@ -121,3 +121,15 @@ def ensure_scratch_allocator() -> None:
 
     if _allocation._allocator.get() is _allocation._NULL_ALLOCATOR:
         _allocation.set_allocator(_scratch)
+
+
+def tma_addressable(*tensors: torch.Tensor) -> bool:
+    """Whether an in-kernel TMA descriptor can address each [B, H, N, d] tensor as one
+    [N, d] matrix per (b, h): unit stride on d, a 16-byte aligned base and every other
+    stride a multiple of 16 bytes (the tensor-map rules)."""
+    for t in tensors:
+        size = t.element_size()
+        if t.stride(3) != 1 or t.data_ptr() % 16 or any(
+                (t.stride(i) * size) % 16 for i in range(3)):
+            return False
+    return True

@@ -57,8 +57,8 @@ def compile_sm90(fn, block_m: int, block_n: int, warps: int, stages: int, varian
     """Compile `fn` for sm_90 at one config; `variant` sets the plain forward's sm_90
     switches (forward.VARIANTS: "tma" -> TMA=True, "ws" -> WARP_SPEC, "lazy" -> LAZY)."""
     values = {"BLOCK_M": block_m, "BLOCK_N": block_n}
-    if "TMA" in fn.arg_names:
-        values.update(TMA="tma" in variant, WARP_SPEC="ws" in variant, LAZY="lazy" in variant)
+    switches = {"TMA": "tma" in variant, "WARP_SPEC": "ws" in variant, "LAZY": "lazy" in variant}
+    values.update({name: on for name, on in switches.items() if name in fn.arg_names})
     signature = {a: "constexpr" if a in values else POINTERS.get(
         a, "*bf16" if a in TENSORS else "i32") for a in fn.arg_names}
     constexprs = {(fn.arg_names.index(name),): value for name, value in values.items()}
@@ -117,25 +117,28 @@ def count(specs: list[AttentionSpec]) -> None:
 
 def count_variants(specs: list[AttentionSpec]) -> None:
     """The plain forward at every variant config of its tuning space (and each variant
-    at the first plain config): compiled for sm_90 with the Triton imported, or the
-    error that stopped it."""
+    at the first plain config), the plain dK/dV at its pointer default and its TMA
+    configs: compiled for sm_90 with the Triton imported, or the error that stopped it."""
     with tempfile.TemporaryDirectory() as folder:
         for spec in specs:
-            fwd = modules(spec, Path(folder))["plain"][0]
+            fwd, bwd = modules(spec, Path(folder))["plain"]
             configs = [c for c in forward.forward_configs(spec) if len(c) > 4]
             configs += [(*forward.forward_configs(spec)[0][:4], v)
                         for v in ("", "ws", "tma+ws", "tma+ws+lazy")]
             print(f"# triton {triton.__version__} {spec.dtype} d={spec.head_dim} "
                   f"causal={spec.causal}", flush=True)
-            for config in configs:
+            dkdv = [backward.default_dkdv_config(spec)] + [
+                c for c in backward.dkdv_configs(spec) if len(c) > 4]
+            for kernel, fn, config in ([("fwd", fwd._attn_fwd, c) for c in configs]
+                                       + [("dkdv", bwd._bwd_dkdv, c) for c in dkdv]):
                 try:
-                    stats = sass_stats(compile_sm90(fwd._attn_fwd, *config))
+                    stats = sass_stats(compile_sm90(fn, *config))
                 except Exception as error:  # noqa: BLE001 - the report is the point
-                    print("fwd", config, "FAILED:", str(error).strip().splitlines()[-1][:200],
-                          flush=True)
+                    print(kernel, config, "FAILED:",
+                          str(error).strip().splitlines()[-1][:200], flush=True)
                     continue
                 loops = [(lp["n"], lp["mma"], lp["spill"]) for lp in stats["loops"]]
-                print("fwd", config, f"regs={stats['regs']} stack={stats['stack']} "
+                print(kernel, config, f"regs={stats['regs']} stack={stats['stack']} "
                       f"smem={stats['smem']} sass={stats['all']['n']} "
                       f"hgmma={stats['all']['mma']} spill_ops={stats['all']['spill']} "
                       f"loops(n,mma,spill)={loops}", flush=True)

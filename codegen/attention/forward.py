@@ -38,7 +38,6 @@ from ioaware.codegen.attention.spec import AttentionSpec
 from ioaware.hardware import DeviceProfile
 
 from ..render import (
-    LAUNCH_IMPORTS,
     TUNER,
     format_configs,
     launch_configs,
@@ -50,6 +49,7 @@ from .header import (
     GENERAL_IMPORTS,
     INTERPRET_BLOCK_M,
     INTERPRET_BLOCK_N,
+    TMA_LAUNCH_IMPORTS,
     TUNE_MIN_SCORES,
     element_bytes,
     general_substitutions,
@@ -129,10 +129,6 @@ def default_forward_config(spec: AttentionSpec, profile: DeviceProfile | None = 
             return config
     return 32, 32, 4, 1
 
-
-# The plain forward's launcher may also install Triton's scratch allocator (TMA).
-_FORWARD_IMPORTS = (*LAUNCH_IMPORTS[:-1],
-                    "from ioaware.codegen.launch import ensure_scratch_allocator, launch")
 
 _FORWARD_TEMPLATE = string.Template('''\
 ${preamble}
@@ -321,21 +317,10 @@ def _attn_fwd(Q, K, V, Out, Lse,
 ${tuner}
 
 
-def _tma_ready(*tensors):
-    """Whether a TMA descriptor can address each [B, H, N, d] tensor: unit stride on d,
-    16-byte aligned base and other strides (the tensor-map rules)."""
-    for t in tensors:
-        size = t.element_size()
-        if t.stride(3) != 1 or t.data_ptr() % 16 or any(
-                (t.stride(i) * size) % 16 for i in range(3)):
-            return False
-    return True
-
-
 def _launch(config, q, k, v, out, lse):
     bm, bn, warps, stages = config[:4]
     variant = config[4] if len(config) > 4 else ""
-    tma = "tma" in variant and _tma_ready(q, k, v, out)
+    tma = "tma" in variant and tma_addressable(q, k, v, out)
     if tma:
         ensure_scratch_allocator()  # in-kernel descriptors live in global scratch
     batch, h_q, n_q, _ = q.shape
@@ -377,7 +362,7 @@ def render_forward(spec: AttentionSpec, *, interpret: bool = False,
                                       lambda: forward_configs(spec, profile))
     return _FORWARD_TEMPLATE.substitute(
         spec_constants(spec),
-        preamble=module_preamble(__name__, spec, _FORWARD_IMPORTS),
+        preamble=module_preamble(__name__, spec, TMA_LAUNCH_IMPORTS),
         primitives=primitives(interpret),
         any_max=reduction("max", "x.to(tl.int32)", 0, interpret),
         rescale_threshold=repr(RESCALE_THRESHOLD),

@@ -1,6 +1,6 @@
 """The plain forward's sm_90 variants (TMA descriptors, warp specialisation, lazy
-rescale; `forward.VARIANTS`), each run by Triton's interpreter through the op, against
-eager math in float64: outputs, lse and the gradients the backward forms from them.
+rescale; `forward.VARIANTS`) and the dK/dV kernel's TMA variant, each run by Triton's
+interpreter through the op, against eager math in float64: outputs, lse and gradients.
 
 The variant is forced by making it the module's untuned config (the interpreter never
 tunes), so the op, its autograd and the backward run as in a real call.
@@ -19,8 +19,10 @@ from test_attention_kernel import (
     make_input,
 )
 
+from ioaware.codegen.attention import backward as bwd_render
 from ioaware.codegen.attention import forward as fwd_render
 from ioaware.codegen.attention import op as ops
+from ioaware.codegen.launch import tma_addressable
 from ioaware.codegen.runtime import kernel_module
 
 pytestmark = pytest.mark.usefixtures("interpreted_kernels")
@@ -50,8 +52,12 @@ def test_variant_matches_eager(variant, dtype, d, d_v, n_q, n_k, causal, scale, 
     _, k = make_input((2, 1, n_k, d), dtype, layout, gen)
     _, v = make_input((2, 1, n_k, d_v), dtype, layout, gen)
     module = _forward_module(d, d_v, dtype, causal, scale)
-    assert module._tma_ready(q, k, v) == (layout != "d_major")
+    assert tma_addressable(q, k, v) == (layout != "d_major")
     monkeypatch.setattr(module, "DEFAULT_CONFIG", (*fwd_render.INTERPRET_CONFIG, variant))
+    if "tma" in variant:  # the dK/dV kernel's TMA variant too
+        backward = kernel_module("attention_bwd", ops._plain_spec(d, d_v, dtype, causal, scale),
+                                 torch.device("cpu"))
+        monkeypatch.setattr(backward, "DEFAULT_DKDV", (*bwd_render.INTERPRET_DKDV, "tma"))
 
     out, lse = torch.ops.ioaware.flash_attention(q, k, v, scale, causal)
     q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
