@@ -11,8 +11,9 @@ a peer -- the script
      TFLOP/s (4·B·H·N²·d forward, halved for causal; ×3.5 forward+backward) and the
      ratio to cuDNN.
 The ioaware rows pin the forward config (no tuning); the backward runs its untuned
-default config (DEFAULT_DKDV / DEFAULT_DQ), the same for every row of a case, so the
-forward+backward column compares forwards; `--tune` adds a row that tunes both.
+default configs (DEFAULT_DKDV / DEFAULT_DQ), the same for those rows of a case, so their
+forward+backward column compares forwards; rows marked "dkdv (..., 'tma')" pin the
+dK/dV kernel's TMA variant instead; `--tune` adds a row that tunes both directions.
 Lines print as they are measured (flushed); one table at the end. A time budget
 (--budget, seconds) is shared out over the cases; a case past its share skips its
 remaining rows, saying so.
@@ -72,9 +73,10 @@ def _flex(n: int, causal: bool):
     return lambda q, k, v: compiled(q, k, v, block_mask=mask)
 
 
-def _ioaware(spec, config, tune: bool, device: str):
-    """flash_attention with the forward module pinned to `config` (None with tune:
-    both directions tuned as in a real call)."""
+def _ioaware(spec, config, tune: bool, device: str, dkdv=None):
+    """flash_attention with the forward module pinned to `config` and the backward's
+    dK/dV to `dkdv` (None: its default) (tune: both directions tuned as in a real
+    call)."""
     from ioaware.codegen.attention import op as ops
     from ioaware.codegen.runtime import kernel_module
 
@@ -84,12 +86,15 @@ def _ioaware(spec, config, tune: bool, device: str):
 
     def pin():
         for m in (fwd, bwd):  # each row sets what it needs: a module is shared by rows
-            for name in ("TUNE_CONFIGS", "DEFAULT_CONFIG", "TUNE_DKDV", "TUNE_DQ"):
+            for name in ("TUNE_CONFIGS", "DEFAULT_CONFIG", "TUNE_DKDV", "TUNE_DQ",
+                         "DEFAULT_DKDV"):
                 if name in saved[m]:
                     setattr(m, name, saved[m][name])
         if not tune:
             fwd.TUNE_CONFIGS, fwd.DEFAULT_CONFIG = [], config
             bwd.TUNE_DKDV, bwd.TUNE_DQ = [], []
+            if dkdv is not None:
+                bwd.DEFAULT_DKDV = dkdv
 
     def attention(q, k, v):
         pin()
@@ -97,17 +102,22 @@ def _ioaware(spec, config, tune: bool, device: str):
     return attention
 
 
-def forward_rows(spec, full: bool) -> list[tuple]:
-    """The forward configs to run: today's first (the fallback), then the variant
-    configs in the tuning space (all with --full or at the headline d=128, N=4096
-    cases; else the first three), then the pointer configs again with --full."""
-    from ioaware.codegen.attention import forward
+def ioaware_rows(spec, full: bool) -> list[tuple]:
+    """(forward config, dK/dV config or None) pairs to run: today's forward first (the
+    fallback), then the forward variant configs of the tuning space (all with --full or
+    at the headline d=128, N=4096 cases; else the first three); then the dK/dV TMA
+    configs beside the first forward TMA config (all, or the first); then the other
+    pointer forward configs with --full."""
+    from ioaware.codegen.attention import backward, forward
 
     configs = forward.forward_configs(spec, "h100")
     plain = [c for c in configs if len(c) == 4]
     variants = [c for c in configs if len(c) > 4]
-    rows = plain[:1] + (variants if full else variants[:3])
-    return rows + (plain[1:] if full else [])
+    rows = [(c, None) for c in plain[:1] + (variants if full else variants[:3])]
+    tma_fwd = next((c for c in variants if "tma" in c[4]), plain[0])
+    dkdv = [c for c in backward.dkdv_configs(spec, "h100") if len(c) > 4]
+    rows += [(tma_fwd, c) for c in (dkdv if full else dkdv[:1])]
+    return (rows + [(c, None) for c in plain[1:]]) if full else rows
 
 
 def run_row(build, tensors, want, timeout_s):
@@ -164,8 +174,9 @@ def run_case(case, args, table, deadline):
     fl = flops(*case)
     # the Spec flash_attention builds for these tensors (same scale: the same module)
     spec = ops._plain_spec(d, d, torch.bfloat16, causal, 1.0 / math.sqrt(d))
-    rows = [(f"ioaware {c}", lambda c=c: _ioaware(spec, c, False, args.device))
-            for c in forward_rows(spec, args.full or (n == 4096 and d == 128))]
+    rows = [(f"ioaware {c}" + (f" dkdv {b}" if b else ""),
+             lambda c=c, b=b: _ioaware(spec, c, False, args.device, b))
+            for c, b in ioaware_rows(spec, args.full or (n == 4096 and d == 128))]
     if args.tune:
         rows.append(("ioaware tuned", lambda: _ioaware(spec, None, True, args.device)))
     peers = {"cudnn": ("sdpa cuDNN", lambda: _sdpa("CUDNN_ATTENTION", causal)),
@@ -178,7 +189,7 @@ def run_case(case, args, table, deadline):
     cudnn_ms = [None, None]
     for name, build in rows:
         if time.perf_counter() > deadline:
-            print(f"  {name:38s} skipped: the case's time budget is spent", flush=True)
+            print(f"  {name:58s} skipped: the case's time budget is spent", flush=True)
             table.append((label, name, None, None, None, None, None, "skipped: budget"))
             continue
         err, ok, ms_fwd, ms_all, note = run_row(build, (q, k, v, dout, sl), want,
@@ -189,7 +200,7 @@ def run_case(case, args, table, deadline):
         tf_all = 3.5 * fl / ms_all / 1e9 if ms_all else None
         ratio = [c / m if c and m else None for c, m in zip(cudnn_ms, (ms_fwd, ms_all))]
         table.append((label, name, err, ok, tf_fwd, tf_all, ratio, note))
-        print(f"  {name:38s} {_fmt(err, '.1e'):>8} {'ok' if ok else 'FAIL' if ok is False else '-':4}"
+        print(f"  {name:58s} {_fmt(err, '.1e'):>8} {'ok' if ok else 'FAIL' if ok is False else '-':4}"
               f" fwd {_fmt(tf_fwd, '.0f'):>5} TF/s ({_fmt(ratio[0], '.2f')}x cuDNN)"
               f"  fwd+bwd {_fmt(tf_all, '.0f'):>5} TF/s ({_fmt(ratio[1], '.2f')}x) {note}",
               flush=True)
@@ -239,10 +250,10 @@ def main() -> int:
         left = args.budget - (time.perf_counter() - start)
         share = left * weights[i] / sum(weights[i:])
         run_case(case, args, table, time.perf_counter() + share)
-    print(f"\n{'case':30s} {'row':38s} {'err':>8} {'fwd':>5} {'x':>5} {'f+b':>5} {'x':>5}")
+    print(f"\n{'case':30s} {'row':58s} {'err':>8} {'fwd':>5} {'x':>5} {'f+b':>5} {'x':>5}")
     for label, name, err, ok, tf_fwd, tf_all, ratio, note in table:
         ratio = ratio or (None, None)
-        print(f"{label:30s} {name:38s} {_fmt(err, '.1e'):>8} {_fmt(tf_fwd, '.0f'):>5} "
+        print(f"{label:30s} {name:58s} {_fmt(err, '.1e'):>8} {_fmt(tf_fwd, '.0f'):>5} "
               f"{_fmt(ratio[0], '.2f'):>5} {_fmt(tf_all, '.0f'):>5} {_fmt(ratio[1], '.2f'):>5}"
               f"{'' if ok is not False else '  FAIL'} {note}")
     print(f"total {time.perf_counter() - start:.0f} s", flush=True)
