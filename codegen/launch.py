@@ -105,3 +105,31 @@ def _constexpr_tail(kernel: Any, n_args: int, kw: dict[str, Any]) -> tuple[str, 
     included, in order); None when it does not (a default would be needed)."""
     names = tuple(kernel.arg_names)[n_args:]
     return None if any(name not in kw for name in names) else names
+
+
+def _scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
+    """Global scratch for a kernel (in-kernel TMA descriptors), on the current device."""
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def ensure_scratch_allocator() -> None:
+    """Install a torch allocator as Triton's scratch allocator unless one is set: a
+    kernel that builds tensor descriptors in-kernel asks it for 128 bytes per
+    descriptor at launch. Triton keeps it in a ContextVar, so this runs per launch
+    (a lookup) and covers threads that start with the default (autograd's)."""
+    from triton.runtime import _allocation
+
+    if _allocation._allocator.get() is _allocation._NULL_ALLOCATOR:
+        _allocation.set_allocator(_scratch)
+
+
+def tma_addressable(*tensors: torch.Tensor) -> bool:
+    """Whether an in-kernel TMA descriptor can address each [B, H, N, d] tensor as one
+    [N, d] matrix per (b, h): unit stride on d, a 16-byte aligned base and every other
+    stride a multiple of 16 bytes (the tensor-map rules)."""
+    for t in tensors:
+        size = t.element_size()
+        if t.stride(3) != 1 or t.data_ptr() % 16 or any(
+                (t.stride(i) * size) % 16 for i in range(3)):
+            return False
+    return True

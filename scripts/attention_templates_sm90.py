@@ -9,6 +9,7 @@ and the backward of both modules, timed with do_bench at one shape (median, ms).
 
     python scripts/attention_templates_sm90.py            # counts, docs/kernels.md
     python scripts/attention_templates_sm90.py --time     # on an H100: times
+    python scripts/attention_templates_sm90.py --variants # forward sm_90 variants, counts
 """
 
 from __future__ import annotations
@@ -52,11 +53,15 @@ def modules(spec: AttentionSpec, folder: Path, interpret: bool = False) -> dict:
     return out
 
 
-def compile_sm90(fn, block_m: int, block_n: int, warps: int, stages: int):
-    signature = {a: "constexpr" if a in ("BLOCK_M", "BLOCK_N") else POINTERS.get(
+def compile_sm90(fn, block_m: int, block_n: int, warps: int, stages: int, variant: str = ""):
+    """Compile `fn` for sm_90 at one config; `variant` sets the plain forward's sm_90
+    switches (forward.VARIANTS: "tma" -> TMA=True, "ws" -> WARP_SPEC, "lazy" -> LAZY)."""
+    values = {"BLOCK_M": block_m, "BLOCK_N": block_n}
+    switches = {"TMA": "tma" in variant, "WARP_SPEC": "ws" in variant, "LAZY": "lazy" in variant}
+    values.update({name: on for name, on in switches.items() if name in fn.arg_names})
+    signature = {a: "constexpr" if a in values else POINTERS.get(
         a, "*bf16" if a in TENSORS else "i32") for a in fn.arg_names}
-    constexprs = {(fn.arg_names.index("BLOCK_M"),): block_m,
-                  (fn.arg_names.index("BLOCK_N"),): block_n}
+    constexprs = {(fn.arg_names.index(name),): value for name, value in values.items()}
     return triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
                           target=GPUTarget("cuda", 90, 32),
                           options={"num_warps": warps, "num_stages": stages})
@@ -110,6 +115,35 @@ def count(specs: list[AttentionSpec]) -> None:
                     print(name, kernel, configs[kernel], stats, flush=True)
 
 
+def count_variants(specs: list[AttentionSpec]) -> None:
+    """The plain forward at every variant config of its tuning space (and each variant
+    at the first plain config), the plain dK/dV at its pointer default and its TMA
+    configs: compiled for sm_90 with the Triton imported, or the error that stopped it."""
+    with tempfile.TemporaryDirectory() as folder:
+        for spec in specs:
+            fwd, bwd = modules(spec, Path(folder))["plain"]
+            configs = [c for c in forward.forward_configs(spec) if len(c) > 4]
+            configs += [(*forward.forward_configs(spec)[0][:4], v)
+                        for v in ("", "ws", "tma+ws", "tma+ws+lazy")]
+            print(f"# triton {triton.__version__} {spec.dtype} d={spec.head_dim} "
+                  f"causal={spec.causal}", flush=True)
+            dkdv = [backward.default_dkdv_config(spec)] + [
+                c for c in backward.dkdv_configs(spec) if len(c) > 4]
+            for kernel, fn, config in ([("fwd", fwd._attn_fwd, c) for c in configs]
+                                       + [("dkdv", bwd._bwd_dkdv, c) for c in dkdv]):
+                try:
+                    stats = sass_stats(compile_sm90(fn, *config))
+                except Exception as error:  # noqa: BLE001 - the report is the point
+                    print(kernel, config, "FAILED:",
+                          str(error).strip().splitlines()[-1][:200], flush=True)
+                    continue
+                loops = [(lp["n"], lp["mma"], lp["spill"]) for lp in stats["loops"]]
+                print(kernel, config, f"regs={stats['regs']} stack={stats['stack']} "
+                      f"smem={stats['smem']} sass={stats['all']['n']} "
+                      f"hgmma={stats['all']['mma']} spill_ops={stats['all']['spill']} "
+                      f"loops(n,mma,spill)={loops}", flush=True)
+
+
 def _medians_ms(fwd, bwd, q, k, v, do) -> tuple[float, float]:
     """Median ms of one forward and one backward launch of the modules fwd, bwd."""
     import torch
@@ -140,6 +174,8 @@ def time(specs: list[AttentionSpec], batch: int, heads: int, n: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--time", action="store_true", help="time on the CUDA device")
+    parser.add_argument("--variants", action="store_true",
+                        help="compile the forward's sm_90 variant configs (no GPU)")
     parser.add_argument("--shape", type=int, nargs=3, default=(4, 16, 4096),
                         metavar=("B", "H", "N"))
     args = parser.parse_args()
@@ -147,6 +183,11 @@ def main() -> None:
                            scale=d ** -0.5) for d in (64, 128) for causal in (False, True)]
     if args.time:
         time(specs, *args.shape)
+    elif args.variants:
+        os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+        specs += [AttentionSpec(head_dim=256, head_dim_v=256, dtype="bfloat16", causal=causal,
+                                scale=256 ** -0.5) for causal in (False, True)]
+        count_variants(specs)
     else:
         os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton's default, quietly
         count(specs)

@@ -40,12 +40,15 @@ def import_compiled(source: str, path: Path) -> ModuleType:
 
 def compile_sm90(fn: Any, constexprs: dict[str, Any], arg_type: Callable[[str], str],
                  num_warps: int) -> Any:
-    """triton.compile `fn` for sm_90: the named constexprs fixed, every other argument
-    typed by arg_type(name) ("*bf16", "i32", ...). Returns the CompiledKernel."""
+    """triton.compile `fn` for sm_90: the named constexprs fixed, a constexpr parameter
+    left unnamed at its default (as a launch that omits it), every other argument typed
+    by arg_type(name) ("*bf16", "i32", ...). Returns the CompiledKernel."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    constexprs = {**{p.name: p.default for p in fn.params
+                     if p.is_constexpr and p.has_default}, **constexprs}
     signature = {a: "constexpr" if a in constexprs else arg_type(a) for a in fn.arg_names}
     source = ASTSource(fn=fn, signature=signature, constexprs={
         (fn.arg_names.index(k),): v for k, v in constexprs.items()})

@@ -44,7 +44,6 @@ from ioaware.hardware import DeviceProfile
 
 from ..expr import grad_params
 from ..render import (
-    LAUNCH_IMPORTS,
     TUNER,
     format_configs,
     module_preamble,
@@ -53,7 +52,11 @@ from ..render import (
 from . import header
 from .tiles import attention_dkdv_tile_candidates, attention_dq_tile_candidates
 
-Config = tuple[int, int, int, int]  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
+# (BLOCK_M, BLOCK_N, num_warps, num_stages); a dK/dV config may add "tma" last: K, V, Q
+# and dO through in-kernel TMA descriptors (sm_90), where the tensors allow it
+Config = tuple
+DKDV_VARIANT_CANDIDATES: list[Config] = [(32, 128, 8, 2, "tma"), (64, 128, 8, 2, "tma"),
+                                         (16, 128, 8, 2, "tma")]
 # Transposed roles in dK/dV: BLOCK_N (kv, resident) = 32, BLOCK_M = 16.
 INTERPRET_DKDV: Config = (header.INTERPRET_BLOCK_N, header.INTERPRET_BLOCK_M, 4, 1)
 INTERPRET_DQ: Config = (header.INTERPRET_BLOCK_M, header.INTERPRET_BLOCK_N, 4, 1)
@@ -79,7 +82,7 @@ def dkdv_configs(spec: AttentionSpec, profile: DeviceProfile | None = None) -> l
     16 rows, ~100 at 32, ~460 at 64). The autotuner weighs that against wgmma width.
     """
     candidates = [(16, 128, 8, 2), (16, 128, 8, 3), (32, 128, 8, 2), (32, 128, 8, 3),
-                  (32, 64, 8, 3), (64, 128, 8, 2)]
+                  (32, 64, 8, 3), (64, 128, 8, 2), *DKDV_VARIANT_CANDIDATES]
     budget = _budget(profile)
     fits = [c for c in candidates if _smem_bytes(spec, c[1], c[0], c[3]) <= budget]
     return fits or [default_dkdv_config(spec, profile)]
@@ -157,21 +160,26 @@ def _bwd_preprocess(O, dO, dLse, Delta,
 
 
 @triton.jit
-def _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, stride_qm, stride_dom,
-             offs_m, offs_n, offs_d, offs_dv, lo, hi, N_Q,
-             BLOCK_M: tl.constexpr, MASKED: tl.constexpr):
+def _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, q_desc, do_desc, lse_ptr, delta_ptr, stride_qm,
+             stride_dom, offs_m, offs_n, offs_d, offs_dv, lo, hi, N_Q,
+             BLOCK_M: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr):
     """FA2 Algorithm 2, lines 8-20, for query blocks [lo, hi) against one kv block.
 
     Transposed layout ([kv rows, query rows]) so that dV and dK come out of the dots
     already in kv-row order. MASKED=False: whole, fully visible query blocks.
     Per block: read BLOCK_M·(d + dv) elements + 2 fp32 rows; 4 dots of
     2·BLOCK_M·BLOCK_N·d FLOPs each (S, dV, dP, dK).
+    TMA: Q and dO tiles through tensor descriptors (zero past Nq and the head dim).
     """
-    q_ptrs += lo * stride_qm
-    do_ptrs += lo * stride_dom
+    if not TMA:
+        q_ptrs += lo * stride_qm
+        do_ptrs += lo * stride_dom
     for start_m in range(lo, hi, BLOCK_M):
         rows = start_m + offs_m
-        q = _load_rows(q_ptrs, rows, N_Q, offs_d, HEAD_DIM, EVEN_D, MASKED)
+        if TMA:
+            q = q_desc.load([start_m, 0])
+        else:
+            q = _load_rows(q_ptrs, rows, N_Q, offs_d, HEAD_DIM, EVEN_D, MASKED)
         if MASKED:
             lse = tl.load(lse_ptr + rows, mask=rows < N_Q, other=0.0)
             delta = tl.load(delta_ptr + rows, mask=rows < N_Q, other=0.0)
@@ -187,13 +195,17 @@ def _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, stride_qm, strid
                 visible = visible & (rows[None, :] >= offs_n[:, None])
             z_t = tl.where(visible, z_t, float("-inf"))
         p_t = tl.math.exp2(z_t)
-        do = _load_rows(do_ptrs, rows, N_Q, offs_dv, HEAD_DIM_V, EVEN_DV, MASKED)
+        if TMA:
+            do = do_desc.load([start_m, 0])
+        else:
+            do = _load_rows(do_ptrs, rows, N_Q, offs_dv, HEAD_DIM_V, EVEN_DV, MASKED)
         dv = _mma(p_t.to(do.dtype), do, dv)
         dp_t = _mm(v, tl.trans(do))
         ds_t = p_t * (dp_t - delta[None, :])
         dk = _mma(ds_t.to(q.dtype), q, dk)
-        q_ptrs += BLOCK_M * stride_qm
-        do_ptrs += BLOCK_M * stride_dom
+        if not TMA:
+            q_ptrs += BLOCK_M * stride_qm
+            do_ptrs += BLOCK_M * stride_dom
     return dk, dv
 
 
@@ -206,9 +218,10 @@ def _bwd_dkdv(Q, K, V, dO, dK, dV, Lse, Delta,
               stride_dkb, stride_dkh, stride_dkn, stride_dkd,
               stride_dvb, stride_dvh, stride_dvn, stride_dvd,
               H_Q, H_KV, GROUP, N_Q, N_K, N_Q_BUCKET, N_K_BUCKET,
-              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr = False):
     """One program per (kv block, batch·kv head): dK, dV of BLOCK_N rows, summed over
-    the GROUP query heads that read this kv head (GQA)."""
+    the GROUP query heads that read this kv head (GQA). TMA: K, V, Q and dO tiles
+    through in-kernel tensor descriptors (the launcher checks the tensors allow it)."""
     pid_n = tl.program_id(0)
     pid_bkv = tl.program_id(1)
     b = (pid_bkv // H_KV).to(tl.int64)
@@ -220,12 +233,20 @@ def _bwd_dkdv(Q, K, V, dO, dK, dV, Lse, Delta,
     offs_dv = tl.arange(0, DV_PAD)
 
     # K_j, V_j read once and kept on chip for the whole sweep (FA2 Alg. 2, l. 6).
-    k = _load_rows(K + b * stride_kb + h_kv * stride_kh
-                   + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                   offs_n, N_K, offs_d, HEAD_DIM, EVEN_D, True)
-    v = _load_rows(V + b * stride_vb + h_kv * stride_vh
-                   + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
-                   offs_n, N_K, offs_dv, HEAD_DIM_V, EVEN_DV, True)
+    if TMA:
+        k = tl.make_tensor_descriptor(K + b * stride_kb + h_kv * stride_kh,
+                                      shape=[N_K, HEAD_DIM], strides=[stride_kn, 1],
+                                      block_shape=[BLOCK_N, D_PAD]).load([start_n, 0])
+        v = tl.make_tensor_descriptor(V + b * stride_vb + h_kv * stride_vh,
+                                      shape=[N_K, HEAD_DIM_V], strides=[stride_vn, 1],
+                                      block_shape=[BLOCK_N, DV_PAD]).load([start_n, 0])
+    else:
+        k = _load_rows(K + b * stride_kb + h_kv * stride_kh
+                       + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                       offs_n, N_K, offs_d, HEAD_DIM, EVEN_D, True)
+        v = _load_rows(V + b * stride_vb + h_kv * stride_vh
+                       + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+                       offs_n, N_K, offs_dv, HEAD_DIM_V, EVEN_DV, True)
     dk = tl.full([BLOCK_N, D_PAD], 0.0, dtype=tl.float32)
     dv = tl.full([BLOCK_N, DV_PAD], 0.0, dtype=tl.float32)
 
@@ -250,16 +271,27 @@ def _bwd_dkdv(Q, K, V, dO, dK, dV, Lse, Delta,
                   + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd)
         do_ptrs = (dO + b * stride_dob + h * stride_doh
                    + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod)
+        if TMA:
+            q_desc = tl.make_tensor_descriptor(Q + b * stride_qb + h * stride_qh,
+                                               shape=[N_Q, HEAD_DIM], strides=[stride_qm, 1],
+                                               block_shape=[BLOCK_M, D_PAD])
+            do_desc = tl.make_tensor_descriptor(dO + b * stride_dob + h * stride_doh,
+                                                shape=[N_Q, HEAD_DIM_V],
+                                                strides=[stride_dom, 1],
+                                                block_shape=[BLOCK_M, DV_PAD])
+        else:
+            q_desc = Q  # unused placeholders: the pointer tiles serve
+            do_desc = dO
         row0 = (b * H_Q + h) * N_Q
-        dk, dv = _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, Lse + row0, Delta + row0,
-                          stride_qm, stride_dom, offs_m, offs_n, offs_d, offs_dv,
-                          m_lo, band_hi, N_Q, BLOCK_M, True)
-        dk, dv = _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, Lse + row0, Delta + row0,
-                          stride_qm, stride_dom, offs_m, offs_n, offs_d, offs_dv,
-                          m_full, n_q_whole, N_Q, BLOCK_M, False)
-        dk, dv = _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, Lse + row0, Delta + row0,
-                          stride_qm, stride_dom, offs_m, offs_n, offs_d, offs_dv,
-                          tail_lo, N_Q, N_Q, BLOCK_M, True)
+        dk, dv = _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, q_desc, do_desc, Lse + row0,
+                          Delta + row0, stride_qm, stride_dom, offs_m, offs_n, offs_d,
+                          offs_dv, m_lo, band_hi, N_Q, BLOCK_M, True, TMA)
+        dk, dv = _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, q_desc, do_desc, Lse + row0,
+                          Delta + row0, stride_qm, stride_dom, offs_m, offs_n, offs_d,
+                          offs_dv, m_full, n_q_whole, N_Q, BLOCK_M, False, TMA)
+        dk, dv = _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, q_desc, do_desc, Lse + row0,
+                          Delta + row0, stride_qm, stride_dom, offs_m, offs_n, offs_d,
+                          offs_dv, tail_lo, N_Q, N_Q, BLOCK_M, True, TMA)
 
     row_ok = offs_n[:, None] < N_K
     dk_ptrs = (dK + b * stride_dkb + h_kv * stride_dkh
@@ -373,9 +405,17 @@ ${tuner}
 
 
 def _launch(kernel, config, grid_rows, grid_heads, args):
-    bm, bn, warps, stages = config
-    launch(kernel, (_cdiv(grid_rows, bm if kernel is _bwd_dq else bn), grid_heads), *args,
-           BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+    bm, bn, warps, stages = config[:4]
+    if kernel is _bwd_dq:
+        launch(kernel, (_cdiv(grid_rows, bm), grid_heads), *args,
+               BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+        return
+    # dK/dV: (..., "tma") reads K, V, Q, dO through descriptors where they allow it
+    tma = len(config) > 4 and "tma" in config[4] and tma_addressable(*args[:4])
+    if tma:
+        ensure_scratch_allocator()
+    launch(kernel, (_cdiv(grid_rows, bn), grid_heads), *args,
+           BLOCK_M=bm, BLOCK_N=bn, TMA=tma, num_warps=warps, num_stages=stages)
 
 
 def backward(do, q, k, v, out, lse, dlse, dq, dk, dv, dkdv_config=None, dq_config=None):
@@ -423,7 +463,7 @@ def render_backward(spec: AttentionSpec, *, interpret: bool = False,
         spec, interpret, profile, lambda: (dkdv_configs(spec, profile), dq_configs(spec, profile)))
     return _BACKWARD_TEMPLATE.substitute(
         header.spec_constants(spec),
-        preamble=module_preamble(__name__, spec, LAUNCH_IMPORTS),
+        preamble=module_preamble(__name__, spec, header.TMA_LAUNCH_IMPORTS),
         primitives=header.primitives(interpret),
         tuner=TUNER,
         interpret=str(interpret),

@@ -38,17 +38,18 @@ from ioaware.codegen.attention.spec import AttentionSpec
 from ioaware.hardware import DeviceProfile
 
 from ..render import (
-    LAUNCH_IMPORTS,
     TUNER,
     format_configs,
     launch_configs,
     module_preamble,
+    reduction,
     shared_memory_budget,
 )
 from .header import (
     GENERAL_IMPORTS,
     INTERPRET_BLOCK_M,
     INTERPRET_BLOCK_N,
+    TMA_LAUNCH_IMPORTS,
     TUNE_MIN_SCORES,
     element_bytes,
     general_substitutions,
@@ -60,13 +61,40 @@ from .header import (
 )
 from .tiles import attention_tile_candidates
 
-Config = tuple[int, int, int, int]  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) or the same with a variant (below) last
+Config = tuple
 INTERPRET_CONFIG: Config = (INTERPRET_BLOCK_M, INTERPRET_BLOCK_N, 4, 1)
+
+# The sm_90 switches of the plain forward a config may name, "+"-joined, as its fifth
+# entry; a 4-tuple is today's kernel (pointer loads, no warp specialisation, a rescale
+# every block), the fallback everywhere:
+#   tma   Q, K, V loads and the O store through in-kernel TMA tensor descriptors
+#         (needs triton.set_allocator: `launch.ensure_scratch_allocator`); a call whose
+#         tensors a descriptor cannot address runs the pointer loads instead
+#   ws    tl.range(..., warp_specialize=True) on the unmasked K/V loop (producer warps
+#         issue the loads, consumer warpgroups the wgmma); not on the causal diagonal
+#         loop, whose two-loop shape crashed Triton 3.4
+#   lazy  FA4's conditional rescale: the reference max moves only when a row max grows
+#         past 2^RESCALE_THRESHOLD, and acc·alpha is skipped when no row's moved
+VARIANTS = ("tma", "ws", "lazy")
+RESCALE_THRESHOLD = 8.0
+
+# The variant configs timed beside today's candidates on a GPU, best guess first: each
+# compiles for sm_90 with Triton 3.6 and 3.9 (scripts/attention_templates_sm90.py
+# --variants). The 64-row tiles serve d = 256, where no 128-row pointer tile fits.
+VARIANT_CANDIDATES: list[Config] = [
+    (128, 64, 8, 3, "tma"), (128, 128, 8, 2, "tma"), (128, 64, 8, 3, "tma+lazy"),
+    (128, 64, 8, 3, "lazy"), (128, 64, 8, 2, "tma"), (64, 64, 4, 2, "tma"),
+    (64, 32, 4, 2, "tma"),
+]
+# Each candidate compiles at the first tuned call (seconds apiece): at most this many.
+MAX_FORWARD_CONFIGS = 10
 
 
 def forward_smem_bytes(spec: AttentionSpec, block_m: int, block_n: int, warps: int,
-                       stages: int) -> int:
-    """Shared memory of a forward config: the Q tile plus `stages` K and V tiles."""
+                       stages: int, variant: str = "") -> int:
+    """Shared memory of a forward config: the Q tile plus `stages` K and V tiles (the
+    TMA variant's barriers and descriptors add bytes, not tiles)."""
     d, dv = padded_dims(spec)
     return element_bytes(spec) * (block_m * d + stages * block_n * (d + dv))
 
@@ -78,15 +106,18 @@ def forward_configs(spec: AttentionSpec, profile: DeviceProfile | None = None) -
     owns 64 query rows for wgmma); 64-row tiles serve d = 256 and small Nq. Configs
     whose shared memory (Q tile + num_stages K/V tiles) exceeds the tile budget of
     `profile` (`render.shared_memory_budget`; the present device's for None) are dropped
-    here; the autotuner skips any other that fails to fit.
+    here; the autotuner skips any other that fails to fit. Today's pointer configs come
+    first, then the sm_90 variants (`VARIANT_CANDIDATES`), the untuned default always
+    among them; MAX_FORWARD_CONFIGS in all.
     """
     budget = shared_memory_budget(hardware.get_profile(profile))
     candidates = [
         (128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2), (128, 64, 4, 3),
-        (64, 64, 4, 3), (64, 128, 4, 2),
+        (64, 64, 4, 3), (64, 128, 4, 2), *VARIANT_CANDIDATES,
     ]
     fits = [c for c in candidates if forward_smem_bytes(spec, *c) <= budget]
-    return fits or [default_forward_config(spec, profile)]
+    default = default_forward_config(spec, profile)  # tuning never ends worse than it
+    return ([] if default in fits else [default]) + fits[:MAX_FORWARD_CONFIGS - 1]
 
 
 def default_forward_config(spec: AttentionSpec, profile: DeviceProfile | None = None) -> Config:
@@ -104,9 +135,13 @@ ${preamble}
 
 ${spec_header}
 LN2 = tl.constexpr(0.6931471805599453)
+# LAZY variant: rescale only when a row max grows past 2^8 (P stays <= 256 in between)
+RESCALE_THRESHOLD = tl.constexpr(${rescale_threshold})
 
 INTERPRET = ${interpret}
-DEFAULT_CONFIG = ${default_config}  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
+# (BLOCK_M, BLOCK_N, num_warps, num_stages[, variant]); variant: "+"-joined sm_90
+# switches of `VARIANTS` ("tma", "ws", "lazy"); none is today's pointer kernel
+DEFAULT_CONFIG = ${default_config}
 TUNE_CONFIGS = ${tune_configs}
 TUNE_MIN_SCORES = ${tune_min_scores}
 
@@ -115,19 +150,35 @@ ${primitives}
 
 
 @triton.jit
-def _kv_sweep(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, offs_n,
-              offs_d, offs_dv, lo, hi, N_K, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+def _any(x):
+    """Whether any entry of a boolean vector holds (a scalar: uniform control flow)."""
+    return ${any_max} > 0
+
+
+@triton.jit
+def _kv_sweep(acc, l_i, m_i, q, k_ptrs, v_ptrs, k_desc, v_desc, stride_kn, stride_vn, offs_m,
+              offs_n, offs_d, offs_dv, lo, hi, N_K, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+              TMA: tl.constexpr, WARP_SPEC: tl.constexpr, LAZY: tl.constexpr):
     """FA2 Algorithm 1, lines 6-10: fold key/value blocks [lo, hi) into (acc, l, m).
 
     MASKED=False is the steady state: whole blocks, fully visible, no masks at all.
     MASKED=True covers the causal diagonal band and the ragged last block of Nk.
     Per block: read BLOCK_N·(d + dv) elements; 2·BLOCK_M·BLOCK_N·(d + dv) FLOPs.
+    TMA: K and V tiles come through tensor descriptors (k_desc, v_desc; rows past Nk and
+    lanes past the head dim load as 0), else through the pointer tiles k_ptrs, v_ptrs.
+    WARP_SPEC: Triton splits the loop into producer (loads) and consumer (wgmma) warps.
+    LAZY: the reference max m moves only when a row's max grows by more than
+    RESCALE_THRESHOLD (log2 units), and acc·alpha runs only when some row's m moved.
     """
-    k_ptrs += lo * stride_kn
-    v_ptrs += lo * stride_vn
-    for start_n in range(lo, hi, BLOCK_N):
+    if not TMA:
+        k_ptrs += lo * stride_kn
+        v_ptrs += lo * stride_vn
+    for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPEC):
         cols = start_n + offs_n
-        k = _load_rows(k_ptrs, cols, N_K, offs_d, HEAD_DIM, EVEN_D, MASKED)
+        if TMA:
+            k = k_desc.load([start_n, 0])
+        else:
+            k = _load_rows(k_ptrs, cols, N_K, offs_d, HEAD_DIM, EVEN_D, MASKED)
         s = _mm(q, tl.trans(k))  # [BLOCK_M, BLOCK_N]
         if MASKED:
             visible = cols[None, :] < N_K
@@ -136,16 +187,31 @@ def _kv_sweep(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, of
             s = tl.where(visible, s, float("-inf"))
         # Online softmax (FA2 §3.1): every row has seen key 0 by now (the first block
         # folded in always holds it), so m_new is finite and no NaN can arise.
-        m_new = tl.maximum(m_i, _row_max(s) * QK_SCALE)
+        m_tile = _row_max(s) * QK_SCALE
+        if LAZY:
+            # FA4's threshold: keep a stale reference max while P = exp2(z - m) stays
+            # below 2^RESCALE_THRESHOLD; the epilogue divides by l under the same m,
+            # so the result is exact. m_i = -inf (first block) always moves.
+            m_new = tl.where(m_tile - m_i > RESCALE_THRESHOLD, tl.maximum(m_i, m_tile), m_i)
+        else:
+            m_new = tl.maximum(m_i, m_tile)
         p = tl.math.exp2(s * QK_SCALE - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + _row_sum(p)
-        v = _load_rows(v_ptrs, cols, N_K, offs_dv, HEAD_DIM_V, EVEN_DV, MASKED)
-        acc = acc * alpha[:, None]
+        if TMA:
+            v = v_desc.load([start_n, 0])
+        else:
+            v = _load_rows(v_ptrs, cols, N_K, offs_dv, HEAD_DIM_V, EVEN_DV, MASKED)
+        if LAZY:
+            if _any(m_new > m_i):  # one branch for the whole tile: uniform control flow
+                acc = acc * alpha[:, None]
+        else:
+            acc = acc * alpha[:, None]
         acc = _mma(p.to(v.dtype), v, acc)
         m_i = m_new
-        k_ptrs += BLOCK_N * stride_kn
-        v_ptrs += BLOCK_N * stride_vn
+        if not TMA:
+            k_ptrs += BLOCK_N * stride_kn
+            v_ptrs += BLOCK_N * stride_vn
     return acc, l_i, m_i
 
 
@@ -156,11 +222,14 @@ def _attn_fwd(Q, K, V, Out, Lse,
               stride_vb, stride_vh, stride_vn, stride_vd,
               stride_ob, stride_oh, stride_om, stride_od,
               H_Q, GROUP, N_Q, N_K, N_Q_BUCKET, N_K_BUCKET,
-              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr = False,
+              WARP_SPEC: tl.constexpr = False, LAZY: tl.constexpr = False):
     """One program per (query block, batch·head). Out: [B, Hq, Nq, dv]; Lse: [B·Hq, Nq].
 
     IO of one program: read BLOCK_M·d of Q once, then every visible K/V block once;
     write BLOCK_M·dv of O and BLOCK_M fp32 of lse. S and P never leave registers.
+    TMA, WARP_SPEC, LAZY: the sm_90 variants (`_kv_sweep`); TMA needs unit stride on
+    the head dim and 16-byte aligned bases and strides (the launcher checks).
     """
     pid_m = tl.program_id(0)
     if CAUSAL:
@@ -185,8 +254,24 @@ def _attn_fwd(Q, K, V, Out, Lse,
     v_ptrs = (V + b * stride_vb + h_kv * stride_vh
               + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd)
 
-    # FA2 Algorithm 1, line 4: Q_i read from HBM once, held in registers throughout.
-    q = _load_rows(q_ptrs, offs_m, N_Q, offs_d, HEAD_DIM, EVEN_D, True)
+    if TMA:
+        # One descriptor per (batch, head) matrix: the TMA unit clips at [N, HEAD_DIM],
+        # zero-filling loads and dropping stores past it, so no masks are built.
+        q_desc = tl.make_tensor_descriptor(Q + b * stride_qb + h * stride_qh,
+                                           shape=[N_Q, HEAD_DIM], strides=[stride_qm, 1],
+                                           block_shape=[BLOCK_M, D_PAD])
+        k_desc = tl.make_tensor_descriptor(K + b * stride_kb + h_kv * stride_kh,
+                                           shape=[N_K, HEAD_DIM], strides=[stride_kn, 1],
+                                           block_shape=[BLOCK_N, D_PAD])
+        v_desc = tl.make_tensor_descriptor(V + b * stride_vb + h_kv * stride_vh,
+                                           shape=[N_K, HEAD_DIM_V], strides=[stride_vn, 1],
+                                           block_shape=[BLOCK_N, DV_PAD])
+        q = q_desc.load([start_m, 0])
+    else:
+        k_desc = K  # unused placeholders: the pointer tiles serve
+        v_desc = V
+        # FA2 Algorithm 1, line 4: Q_i read from HBM once, held in registers throughout.
+        q = _load_rows(q_ptrs, offs_m, N_Q, offs_d, HEAD_DIM, EVEN_D, True)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
@@ -202,22 +287,30 @@ def _attn_fwd(Q, K, V, Out, Lse,
     else:
         hi = N_K
         lo = (N_K // BLOCK_N) * BLOCK_N
-    acc, l_i, m_i = _kv_sweep(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
-                              offs_m, offs_n, offs_d, offs_dv, 0, lo, N_K, BLOCK_N, False)
-    acc, l_i, m_i = _kv_sweep(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
-                              offs_m, offs_n, offs_d, offs_dv, lo, hi, N_K, BLOCK_N, True)
+    acc, l_i, m_i = _kv_sweep(acc, l_i, m_i, q, k_ptrs, v_ptrs, k_desc, v_desc, stride_kn,
+                              stride_vn, offs_m, offs_n, offs_d, offs_dv, 0, lo, N_K, BLOCK_N,
+                              False, TMA, WARP_SPEC, LAZY)
+    acc, l_i, m_i = _kv_sweep(acc, l_i, m_i, q, k_ptrs, v_ptrs, k_desc, v_desc, stride_kn,
+                              stride_vn, offs_m, offs_n, offs_d, offs_dv, lo, hi, N_K, BLOCK_N,
+                              True, TMA, WARP_SPEC and not CAUSAL, LAZY)
 
     # Epilogue (FA2 Algorithm 1, lines 12-15): one division per row, natural-log lse.
     out = acc * (1.0 / l_i)[:, None]
     lse = (m_i + tl.math.log2(l_i)) * LN2
-    o_ptrs = (Out + b * stride_ob + h * stride_oh
-              + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od)
     row_ok = offs_m < N_Q
-    if EVEN_DV:
-        tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
+    if TMA:
+        o_desc = tl.make_tensor_descriptor(Out + b * stride_ob + h * stride_oh,
+                                           shape=[N_Q, HEAD_DIM_V], strides=[stride_om, 1],
+                                           block_shape=[BLOCK_M, DV_PAD])
+        o_desc.store([start_m, 0], out.to(Out.dtype.element_ty))
     else:
-        tl.store(o_ptrs, out.to(Out.dtype.element_ty),
-                 mask=row_ok[:, None] & (offs_dv[None, :] < HEAD_DIM_V))
+        o_ptrs = (Out + b * stride_ob + h * stride_oh
+                  + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od)
+        if EVEN_DV:
+            tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
+        else:
+            tl.store(o_ptrs, out.to(Out.dtype.element_ty),
+                     mask=row_ok[:, None] & (offs_dv[None, :] < HEAD_DIM_V))
     tl.store(Lse + pid_bh.to(tl.int64) * N_Q + offs_m, lse, mask=row_ok)
 
 
@@ -225,7 +318,11 @@ ${tuner}
 
 
 def _launch(config, q, k, v, out, lse):
-    bm, bn, warps, stages = config
+    bm, bn, warps, stages = config[:4]
+    variant = config[4] if len(config) > 4 else ""
+    tma = "tma" in variant and tma_addressable(q, k, v, out)
+    if tma:
+        ensure_scratch_allocator()  # in-kernel descriptors live in global scratch
     batch, h_q, n_q, _ = q.shape
     h_kv, n_k = k.shape[1], k.shape[2]
     # Plain int arithmetic: triton.cdiv / next_power_of_2 cost microseconds per call.
@@ -233,14 +330,15 @@ def _launch(config, q, k, v, out, lse):
            q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
            h_q, h_q // h_kv, n_q, n_k, 1 << (n_q - 1).bit_length(),
            1 << (n_k - 1).bit_length(),
-           BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+           BLOCK_M=bm, BLOCK_N=bn, TMA=tma, WARP_SPEC="ws" in variant,
+           LAZY="lazy" in variant, num_warps=warps, num_stages=stages)
 
 
 def forward(q, k, v, out, lse, config=None):
     """Launch: q [B,Hq,Nq,d], k [B,Hkv,Nk,d], v [B,Hkv,Nk,dv] (any strides) ->
     out [B,Hq,Nq,dv] (any strides), lse [B,Hq,Nq] fp32 contiguous. Nq, Nk >= 1.
-    config: (BLOCK_M, BLOCK_N, num_warps, num_stages), else chosen by timing once per
-    size class (`choose_config`)."""
+    config: (BLOCK_M, BLOCK_N, num_warps, num_stages[, variant]), else chosen by timing
+    once per size class (`choose_config`)."""
     if config is None:
         config = choose_config("forward", TUNE_CONFIGS, DEFAULT_CONFIG, q.device, q.shape[2],
                                k.shape[2], lambda c: _launch(c, q, k, v, out, lse))
@@ -264,8 +362,10 @@ def render_forward(spec: AttentionSpec, *, interpret: bool = False,
                                       lambda: forward_configs(spec, profile))
     return _FORWARD_TEMPLATE.substitute(
         spec_constants(spec),
-        preamble=module_preamble(__name__, spec, LAUNCH_IMPORTS),
+        preamble=module_preamble(__name__, spec, TMA_LAUNCH_IMPORTS),
         primitives=primitives(interpret),
+        any_max=reduction("max", "x.to(tl.int32)", 0, interpret),
+        rescale_threshold=repr(RESCALE_THRESHOLD),
         tuner=TUNER,
         interpret=str(interpret),
         default_config=repr(default),

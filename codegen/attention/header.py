@@ -24,6 +24,11 @@ from .tiles import padded_head_dim
 
 # The general modules' imports: their launchers allocate and launch cached binaries.
 GENERAL_IMPORTS = (*TORCH_TRITON_IMPORTS, "", "from ioaware.codegen.launch import launch")
+# The plain modules' imports: their TMA variants (forward.VARIANTS) also check the
+# tensors and install Triton's scratch allocator.
+TMA_LAUNCH_IMPORTS = (*TORCH_TRITON_IMPORTS, "", "from ioaware.codegen.launch import (",
+                      "    ensure_scratch_allocator,", "    launch,", "    tma_addressable,",
+                      ")")
 
 # Tiles used under the Triton interpreter: small, so tests are fast and many blocks,
 # block boundaries and diagonal-band cases are exercised; BLOCK_M != BLOCK_N on

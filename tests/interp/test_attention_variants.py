@@ -1,0 +1,128 @@
+"""The plain forward's sm_90 variants (TMA descriptors, warp specialisation, lazy
+rescale; `forward.VARIANTS`) and the dK/dV kernel's TMA variant, each run by Triton's
+interpreter through the op, against eager math in float64: outputs, lse and gradients.
+
+The variant is forced by making it the module's untuned config (the interpreter never
+tunes), so the op, its autograd and the backward run as in a real call.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sm90 import compile_sm90, has_ptx_backend, import_compiled
+from test_attention_kernel import (
+    TOLERANCE,
+    assert_close_rel,
+    delta_rounding_bound,
+    eager_attention,
+    make_input,
+)
+
+from ioaware.codegen.attention import backward as bwd_render
+from ioaware.codegen.attention import forward as fwd_render
+from ioaware.codegen.attention import op as ops
+from ioaware.codegen.launch import tma_addressable
+from ioaware.codegen.runtime import kernel_module
+
+pytestmark = pytest.mark.usefixtures("interpreted_kernels")
+
+VARIANTS = ["tma", "ws", "lazy", "tma+ws+lazy"]
+
+
+def _forward_module(d: int, d_v: int, dtype: torch.dtype, causal: bool, scale: float):
+    spec = ops._plain_spec(d, d_v, dtype, causal, scale)
+    return kernel_module("attention_fwd", spec, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize(("dtype", "d", "d_v", "n_q", "n_k", "causal", "scale", "layout"), [
+    # ragged Nq, Nk against the 32 × 16 interpreter tiles; scale 2: maxima jump by far
+    # more than the lazy threshold (rescales), 0.05: they barely move (skipped rescales)
+    (torch.float32, 24, 24, 45, 37, False, 2.0, "contiguous"),
+    (torch.bfloat16, 40, 24, 50, 50, True, 0.05, "contiguous"),
+    (torch.float16, 64, 64, 33, 70, True, 2.0, "bnhd"),
+    # head dim not unit-stride: no descriptor can address it, the pointer loads serve
+    (torch.float32, 16, 16, 20, 29, True, 0.5, "d_major"),
+])
+def test_variant_matches_eager(variant, dtype, d, d_v, n_q, n_k, causal, scale, layout,
+                               monkeypatch):
+    gen = torch.Generator().manual_seed(hash((variant, d, n_q)) % 2**31)
+    _, q = make_input((2, 2, n_q, d), dtype, layout, gen)
+    _, k = make_input((2, 1, n_k, d), dtype, layout, gen)
+    _, v = make_input((2, 1, n_k, d_v), dtype, layout, gen)
+    module = _forward_module(d, d_v, dtype, causal, scale)
+    assert tma_addressable(q, k, v) == (layout != "d_major")
+    monkeypatch.setattr(module, "DEFAULT_CONFIG", (*fwd_render.INTERPRET_CONFIG, variant))
+    if "tma" in variant:  # the dK/dV kernel's TMA variant too
+        backward = kernel_module("attention_bwd", ops._plain_spec(d, d_v, dtype, causal, scale),
+                                 torch.device("cpu"))
+        monkeypatch.setattr(backward, "DEFAULT_DKDV", (*bwd_render.INTERPRET_DKDV, "tma"))
+
+    out, lse = torch.ops.ioaware.flash_attention(q, k, v, scale, causal)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    out64, lse64 = eager_attention(q64, k64, v64, scale, causal)
+    tol = TOLERANCE[dtype]
+    assert_close_rel("out", out, out64, tol)
+    assert_close_rel("lse", lse, lse64, tol)
+
+    dout = torch.randn(out.shape, generator=gen).to(dtype)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    expected = torch.autograd.grad(out64, (q64, k64, v64), dout.double())
+    bound = delta_rounding_bound(q, k, v, dout, scale, causal)
+    for name, g, g64 in zip(("dq", "dk", "dv"), grads, expected):
+        assert_close_rel(name, g, g64, tol, bound[name])
+
+
+def test_lazy_rescale_skips_and_still_matches():
+    """Keys whose logits grow by less than the threshold block after block: the lazy
+    kernel keeps its first max (no acc rescale after block 0) and stays exact; a jump
+    past the threshold in the last block forces one rescale."""
+    n, d = 64, 16
+    q = torch.zeros(1, 1, 32, d)
+    q[..., 0] = 1.0
+    k = torch.zeros(1, 1, n, d)
+    k[..., 0] = torch.linspace(0.0, 3.0, n)  # logits rise by 3 in all: under 2^8
+    k[..., -8:, 0] = 12.0  # then a jump of ~13 log2 units in the last block
+    v = torch.randn(1, 1, n, d, generator=torch.Generator().manual_seed(1))
+    module = _forward_module(d, d, torch.float32, False, 1.0)
+    expected, expected_lse = eager_attention(q.double(), k.double(), v.double(), 1.0, False)
+    for variant in ("", "lazy"):
+        out, lse = torch.empty(1, 1, 32, d), torch.empty(1, 1, 32)
+        module.forward(q, k, v, out, lse, config=(*fwd_render.INTERPRET_CONFIG, variant))
+        assert_close_rel(f"out[{variant}]", out, expected, TOLERANCE[torch.float32])
+        assert_close_rel(f"lse[{variant}]", lse, expected_lse, TOLERANCE[torch.float32])
+
+
+def test_variant_configs_are_tuning_candidates():
+    """The sm_90 variant configs are in the forward's tuning space on an H100, beside
+    the untuned pointer config (the fallback), for d = 64, 128 and 256."""
+    from ioaware.hardware import get_profile
+
+    h100 = get_profile("h100")
+    for d in (64, 128, 256):
+        spec = ops._plain_spec(d, d, torch.bfloat16, True, d**-0.5)
+        configs = fwd_render.forward_configs(spec, h100)
+        assert fwd_render.default_forward_config(spec, h100) in configs
+        assert len(configs) <= fwd_render.MAX_FORWARD_CONFIGS
+        variants = [c for c in configs if len(c) > 4]
+        assert any("tma" in c[4] for c in variants)
+        assert all(set(c[4].split("+")) <= set(fwd_render.VARIANTS) for c in variants)
+
+
+@pytest.mark.skipif(not has_ptx_backend(), reason="this triton has no NVIDIA backend")
+@pytest.mark.parametrize("variant", ["lazy", "tma+ws+lazy"])
+def test_variants_compile_for_sm90(variant, tmp_path):
+    """The compiled (not interpreted) variant kernels build for Hopper: the causal
+    two-loop forward, every switch of the variant on."""
+    from ioaware.codegen.attention.spec import AttentionSpec
+
+    spec = AttentionSpec(head_dim=64, head_dim_v=64, dtype="bfloat16", causal=True,
+                         scale=0.125)
+    module = import_compiled(fwd_render.render_forward(spec), tmp_path / "variant_fwd.py")
+    kernel = compile_sm90(module._attn_fwd, {
+        "BLOCK_M": 128, "BLOCK_N": 64, "TMA": "tma" in variant, "WARP_SPEC": "ws" in variant,
+        "LAZY": "lazy" in variant},
+        lambda a: {"Lse": "*fp32"}.get(a, "*bf16" if a in ("Q", "K", "V", "Out") else "i32"),
+        num_warps=8)
+    assert kernel.asm["sass" if "sass" in kernel.asm else "ptx"]
