@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from ioaware.passes.attention import match, pricing, rewrite, sdpa
+from ioaware.passes.attention import choice, match, pricing, rewrite, sdpa
 from ioaware.passes.attention.describe import detail_of
 from ioaware.passes.attention.record import AttentionMatch, Source
 from ioaware.passes.driver import Match, NoMatch, Pass, PassContext
@@ -27,7 +27,9 @@ def _candidates(gm: fx.GraphModule, ctx: PassContext) -> list[fx.Node]:
     return match.candidates(gm)
 
 
-def _match(gm: fx.GraphModule, node: fx.Node, ctx: PassContext) -> Match:
+def match_region(gm: fx.GraphModule, node: fx.Node, ctx: PassContext) -> Match:
+    """The region at `node` matched and priced, to run as the generated kernels (the
+    decode pass matches with this too)."""
     if node.target is torch.ops.aten._softmax.default:
         m = match.match_softmax(node)
     else:
@@ -46,6 +48,16 @@ def _match(gm: fx.GraphModule, node: fx.Node, ctx: PassContext) -> Match:
     )
 
 
+def _match(gm: fx.GraphModule, node: fx.Node, ctx: PassContext) -> Match:
+    """match_region, then the implementation it runs as: an SDPA backend where one is
+    exact and measured faster on this device (choice.py), else the generated kernels."""
+    region = match_region(gm, node, ctx)
+    decided = choice.decide(gm, region.plan, ctx)
+    region.plan.implementation = decided.chosen
+    region.detail["implementation"] = decided.describe()
+    return region
+
+
 ATTENTION = Pass(
     name="attention",
     why="QKᵀ → scale → mask → softmax → PV becomes one FlashAttention kernel",
@@ -54,4 +66,4 @@ ATTENTION = Pass(
     apply=rewrite.apply,
 )
 
-__all__ = ["ATTENTION", "AttentionMatch"]
+__all__ = ["ATTENTION", "AttentionMatch", "match_region"]
