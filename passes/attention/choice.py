@@ -5,8 +5,10 @@ SDPA computes a region exactly when it is plain attention (no mask, score modifi
 extra input or dropout) or causal with Nq == Nk (SDPA's backends align the diagonal
 top-left only there), with as many K/V heads as query heads, at static sizes (the
 measurement is of one size class, and the graph keeps its choice). Everything else runs
-the generated kernels, and `explain` says why. The measuring is
-`codegen/attention/choice.py`'s; this module decides what may be measured and records
+the generated kernels, and `explain` says why. Where the generated
+kernels cannot run a region at all (`generated_cannot`: a head dim above 256, shared
+memory no tile fits), SDPA's backends are the only candidates, and with none the region
+stays eager. The measuring is `codegen/attention/choice.py`'s; this module decides what may be measured and records
 the outcome in the match (`AttentionMatch.implementation`), which the rewrite reads.
 
 Not chosen yet, though SDPA may compute them: bool and additive masks (the efficient and
@@ -20,9 +22,15 @@ import torch
 from torch import fx
 
 from ioaware.codegen.attention import choice as measured
+from ioaware.codegen.attention import tiles
+from ioaware.hardware import DeviceProfile
 from ioaware.passes.attention.record import AttentionMatch, fake_value
+from ioaware.passes.attention.rewrite import spec_of
 from ioaware.passes.driver import PassContext
 from ioaware.spec import dtype_name
+from ioaware.tiles import tile_budget
+
+GENERATED = measured.GENERATED
 
 
 def not_exact(m: AttentionMatch) -> str | None:
@@ -58,8 +66,32 @@ def _differentiated(gm: fx.GraphModule) -> bool:
         n.meta.get("requires_grad", False) for n in gm.graph.nodes if n.op == "placeholder")
 
 
-def decide(gm: fx.GraphModule, m: AttentionMatch, ctx: PassContext) -> measured.Choice:
-    """The implementation region `m` runs as, and what was measured (for explain)."""
+def generated_cannot(m: AttentionMatch, profile: DeviceProfile) -> str | None:
+    """Why the generated kernels cannot run region `m` on `profile`'s device (a head
+    dim or dtype their Spec refuses; shared memory that no forward or backward tile
+    fits), or None when they can."""
+    try:
+        spec_of(m)
+    except ValueError as e:
+        return str(e)
+    d, dv, itemsize = m.dims["D"], m.dims["Dv"], m.dtype.itemsize
+    if not all(isinstance(x, int) for x in (d, dv)):
+        return None  # symbolic head dims: the kernels check them per call
+    for what, candidates in (("forward", tiles.attention_tile_candidates),
+                             ("backward dK/dV", tiles.attention_dkdv_tile_candidates),
+                             ("backward dQ", tiles.attention_dq_tile_candidates)):
+        if not candidates(profile, d, dv, itemsize, limit=1):
+            return (f"no {what} tile fits the {tile_budget(profile)} bytes of shared "
+                    f"memory on {profile.name} at head_dim={d}, head_dim_v={dv}, "
+                    f"{dtype_name(m.dtype)}")
+    return None
+
+
+def decide(gm: fx.GraphModule, m: AttentionMatch, ctx: PassContext,
+           without_generated: str | None = None) -> measured.Choice:
+    """The implementation region `m` runs as, and what was measured (for explain).
+    without_generated: why the generated kernels cannot run it (`generated_cannot`):
+    only SDPA's backends are candidates, and GENERATED means none was chosen."""
     reason = not_exact(m)
     if reason is not None:
         return measured.Choice(measured.GENERATED, why=f"SDPA is not exact here: {reason}")
@@ -72,4 +104,5 @@ def decide(gm: fx.GraphModule, m: AttentionMatch, ctx: PassContext) -> measured.
         batch=d["B"], heads=d["Hq"], n_q=d["Nq"], n_k=d["Nk"], head_dim=d["D"],
         head_dim_v=d["Dv"], dtype=dtype_name(m.dtype), causal=m.mods.causal,
         scale=m.scale, grad=_differentiated(gm))
-    return measured.choose(problem, fake_value(m.output).device)
+    return measured.choose(problem, fake_value(m.output).device,
+                           without_generated=without_generated)

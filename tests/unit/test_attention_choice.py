@@ -205,3 +205,58 @@ def test_off_cuda_nothing_is_measured_and_explain_says_so():
     assert rewrite.detail["implementation"] == (
         "generated (not measured: SDPA backends are timed on CUDA, the kernels run as "
         "triton-interpret here)")
+
+
+# ---- what the generated kernels cannot run: the next implementation, or eager ----------
+
+def plain(q, k, v):
+    return torch.softmax(q @ k.transpose(-1, -2) * 0.05, -1) @ v
+
+
+def wide(d, dtype=torch.float32):
+    return tuple(torch.randn(1, 2, 8, d, dtype=dtype) for _ in range(3))
+
+
+def test_a_head_dim_above_256_runs_as_an_sdpa_backend_that_can(monkeypatch):
+    ctx = on_cuda(monkeypatch, {"generated": 0.1, "cudnn": RuntimeError("head dim 320"),
+                                "flash": RuntimeError("head dim 320"), "efficient": 2.0})
+    gm = canonical(plain, *wide(320))
+    out = run_pass(ATTENTION, gm, ctx)
+    [rewrite] = out.rewrites
+    text = rewrite.detail["implementation"]
+    assert text.startswith("efficient 2.000 ms → efficient; not candidates: generated: "
+                           "head_dim=320 must be between 1 and 256; cudnn: "), text
+    [call] = [n for n in gm.graph.nodes
+              if n.target is aten._scaled_dot_product_efficient_attention.default]
+    assert call.args[3:] == (None, True, 0.0, False) and call.kwargs["scale"] == 0.05
+
+
+def test_a_head_dim_above_256_with_no_backend_stays_eager(monkeypatch):
+    ctx = on_cuda(monkeypatch, {"cudnn": RuntimeError("no plan"), "flash": RuntimeError("d"),
+                                "efficient": RuntimeError("d")})
+    gm = canonical(plain, *wide(512))
+    out = run_pass(ATTENTION, gm, ctx)
+    assert not out.rewrites and aten._softmax.default in [n.target for n in gm.graph.nodes]
+    [fallback] = out.fallbacks
+    assert "the generated kernels cannot run it (head_dim=512 must be between 1 and 256)" \
+        in fallback.reason and "no candidate could be timed" in fallback.reason
+    assert "cudnn: RuntimeError: no plan" in fallback.reason and "left to eager" in fallback.reason
+
+
+def test_shared_memory_no_tile_fits_leaves_the_region_to_eager():
+    import dataclasses
+
+    small = dataclasses.replace(hardware.get_profile("h100"), name="tiny", sram_per_block=8192)
+    gm = canonical(plain, *wide(256))
+    out = run_pass(ATTENTION, gm, PassContext(small, "triton-interpret", {}))
+    assert not out.rewrites
+    reason = out.fallbacks[0].reason
+    assert "no forward tile fits" in reason and "on tiny at head_dim=256" in reason, reason
+
+
+def test_config_without_sdpa_keeps_a_wide_region_eager(monkeypatch):
+    ctx = on_cuda(monkeypatch, {"efficient": 1.0})
+    monkeypatch.setattr(config, "implementations", ("generated",))
+    out = run_pass(ATTENTION, canonical(plain, *wide(320)), ctx)
+    assert not out.rewrites
+    assert "config.implementations allows no SDPA backend" in out.fallbacks[0].reason
