@@ -11,6 +11,8 @@ copy.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import fx
 
@@ -75,6 +77,8 @@ def _match(gm: fx.GraphModule, node: fx.Node, ctx: PassContext) -> Match:
     region = _priced(m, None if unfit else ctx.profile)
     m.implementation = decided.chosen
     region.detail["implementation"] = decided.describe()
+    if decided.chosen != choice.GENERATED:
+        region = dataclasses.replace(region, backend=f"sdpa-{decided.chosen}")
     return region
 
 

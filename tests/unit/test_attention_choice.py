@@ -160,6 +160,7 @@ def test_a_faster_sdpa_backend_replaces_the_kernel_call(monkeypatch):
     [rewrite] = out.rewrites
     assert rewrite.detail["implementation"] == \
         "cudnn 0.800 ms, flash 0.900 ms, generated 1.000 ms → cudnn"
+    assert rewrite.backend == "sdpa-cudnn"  # explain's backend column
     [call] = [n for n in gm.graph.nodes if n.target is aten._scaled_dot_product_cudnn_attention.default]
     # q, k, v, attn_bias=None, compute_log_sumexp, dropout_p, is_causal, return_debug_mask
     assert call.args[3:] == (None, True, 0.0, True, False)
@@ -173,6 +174,7 @@ def test_the_kernel_stays_where_it_is_fastest(monkeypatch):
     gm = canonical(lambda q, k, v: F.scaled_dot_product_attention(q, k, v), *qkv())
     [rewrite] = run_pass(ATTENTION, gm, ctx).rewrites
     assert rewrite.detail["implementation"].endswith("→ generated")
+    assert rewrite.backend == "triton"
     assert torch.ops.ioaware.flash_attention.default in [n.target for n in gm.graph.nodes]
 
 
