@@ -262,3 +262,33 @@ def test_config_without_sdpa_keeps_a_wide_region_eager(monkeypatch):
     out = run_pass(ATTENTION, canonical(plain, *wide(320)), ctx)
     assert not out.rewrites
     assert "config.implementations allows no SDPA backend" in out.fallbacks[0].reason
+
+
+def test_the_real_candidates_run_forward_and_backward(monkeypatch, interpret):
+    """real_candidates on the CPU: the generated kernel (interpreted) runs forward and
+    backward under the timer; SDPA's CUDA backends cannot run here and say why. The
+    device timer is replaced by one call (do_bench needs CUDA)."""
+    calls = []
+
+    def once(fn):
+        calls.append(fn())
+        return 1.0
+    monkeypatch.setattr(choice, "bench_ms", once)
+    problem = dataclasses_replace(PROBLEM, batch=1, heads=2, n_q=16, n_k=16, head_dim=16,
+                                  head_dim_v=16, dtype="float32", scale=0.25)
+    timers_ = choice.real_candidates(problem, torch.device("cpu"), choice.IMPLEMENTATIONS)
+    assert list(timers_) == list(choice.IMPLEMENTATIONS)
+    assert timers_["generated"]() == 1.0 and len(calls) == 1
+    for name in choice.SDPA_BACKENDS:
+        with pytest.raises((RuntimeError, NotImplementedError)):
+            timers_[name]()
+    c = choice.choose(problem, torch.device("cpu"), timers_)
+    assert c.chosen == "generated" and set(c.excluded) == set(choice.SDPA_BACKENDS)
+
+
+def test_the_reference_head_is_attention_of_head_0():
+    q, k, v = (torch.randn(2, 3, 8, 4, dtype=torch.float64) for _ in range(3))
+    for causal in (False, True):
+        want = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=0.3)[0, 0]
+        got = choice._reference_head(q, k, v, causal, 0.3)
+        assert torch.allclose(got.double(), want, atol=1e-6)
