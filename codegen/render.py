@@ -90,8 +90,9 @@ def shared_memory_budget(profile: DeviceProfile) -> int:
 
 # The host side of a launch whose tile is chosen by timing (`codegen/tuning.py`): a choice
 # is timed once per (kernel, device, size class) and kept on disk beside the kernel, then
-# every launch of that class is a dict lookup. The module defines INTERPRET, and TUNE_MIN_SCORES where it calls
-# choose_config (attention); kernels keyed otherwise call tuned_config directly.
+# every launch of that class is a dict lookup. The module defines INTERPRET, and
+# TUNE_MIN_SCORES where it calls choose_config (attention); kernels keyed otherwise call
+# tuned_config directly.
 TUNER = '''\
 from ioaware.codegen.tuning import tuned_config as _tuned_config
 

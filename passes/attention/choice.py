@@ -5,11 +5,12 @@ SDPA computes a region exactly when it is plain attention (no mask, score modifi
 extra input or dropout) or causal with Nq == Nk (SDPA's backends align the diagonal
 top-left only there), with as many K/V heads as query heads, at static sizes (the
 measurement is of one size class, and the graph keeps its choice). Everything else runs
-the generated kernels, and `explain` says why. Where the generated
-kernels cannot run a region at all (`generated_cannot`: a head dim above 256, shared
-memory no tile fits), SDPA's backends are the only candidates, and with none the region
-stays eager. The measuring is `codegen/attention/choice.py`'s; this module decides what may be measured and records
-the outcome in the match (`AttentionMatch.implementation`), which the rewrite reads.
+the generated kernels, and `explain` says why. Where the generated kernels cannot run a
+region at all (`generated_cannot`: a head dim above 256, shared memory no tile fits),
+SDPA's backends are the only candidates, and with none the region stays eager. The
+measuring is `codegen/attention/choice.py`'s; this module decides what may be measured
+and records the outcome in the match (`AttentionMatch.implementation`), which the
+rewrite reads.
 
 Not chosen yet, though SDPA may compute them: bool and additive masks (the efficient and
 cuDNN backends' bias needs an aligned copy), GQA through `enable_gqa`, dropout (SDPA's

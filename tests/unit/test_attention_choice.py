@@ -161,7 +161,8 @@ def test_a_faster_sdpa_backend_replaces_the_kernel_call(monkeypatch):
     assert rewrite.detail["implementation"] == \
         "cudnn 0.800 ms, flash 0.900 ms, generated 1.000 ms → cudnn"
     assert rewrite.backend == "sdpa-cudnn"  # explain's backend column
-    [call] = [n for n in gm.graph.nodes if n.target is aten._scaled_dot_product_cudnn_attention.default]
+    [call] = [n for n in gm.graph.nodes
+              if n.target is aten._scaled_dot_product_cudnn_attention.default]
     # q, k, v, attn_bias=None, compute_log_sumexp, dropout_p, is_causal, return_debug_mask
     assert call.args[3:] == (None, True, 0.0, True, False)
     assert call.kwargs["scale"] == pytest.approx(16 ** -0.5)
