@@ -66,6 +66,8 @@ def test_the_chosen_implementation_matches_eager(spelling, causal, implementatio
     if len(implementations) == 1 and implementations != ("generated",):
         # the forced backend ran, unless it cannot run this problem (then said so)
         assert text.startswith(f"{implementations[0]} ") or "no candidate" in text, text
+        if text.startswith(f"{implementations[0]} "):
+            assert rewrite.backend == f"sdpa-{implementations[0]}"
     print(spelling, causal, dtype, "->", text)
 
 
