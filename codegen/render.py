@@ -89,9 +89,10 @@ def shared_memory_budget(profile: DeviceProfile) -> int:
 
 
 # The host side of a launch whose tile is chosen by timing (`codegen/tuning.py`): a choice
-# is timed once per (kernel, device, size class), then every launch of that class is a
-# dict lookup. The module defines INTERPRET, and TUNE_MIN_SCORES where it calls
-# choose_config (attention); kernels keyed otherwise call tuned_config directly.
+# is timed once per (kernel, device, size class) and kept on disk beside the kernel, then
+# every launch of that class is a dict lookup. The module defines INTERPRET, and
+# TUNE_MIN_SCORES where it calls choose_config (attention); kernels keyed otherwise call
+# tuned_config directly.
 TUNER = '''\
 from ioaware.codegen.tuning import tuned_config as _tuned_config
 
@@ -115,8 +116,9 @@ def tuned_config(kernel, configs, default, key, trial, reset=None):
     maps = globals().get("_STATIC_MAPS", {})
     before = set(maps)
     name = __name__.removeprefix("ioaware_kernels_").rsplit("_", 1)[0]  # the kind
+    # stored on disk under this module's name, which carries its cache key
     config = _tuned_config(_CHOSEN, f"{name}.{kernel}", configs, default, (kernel, *key),
-                           trial, reset)
+                           trial, reset, store=__name__)
     # Static block maps the losing tiles' trials built are not kept (at long N they are
     # tens of MB); maps from before the trials may be read by captured graphs.
     for map_key in set(maps) - before:

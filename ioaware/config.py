@@ -9,6 +9,8 @@ attributes directly.
     IOAWARE_DEVICE=NAME       default_device the profile priced against without a GPU
     IOAWARE_PROFILE_DIR=DIR   profile_dir    where `ioaware calibrate` saves profiles
     IOAWARE_FAST_LAUNCH=0     fast_launch    launch through Triton's own path always
+    IOAWARE_IMPLEMENTATIONS=generated,cudnn
+                              implementations what an attention region may run as
 """
 
 from __future__ import annotations
@@ -20,6 +22,13 @@ from pathlib import Path
 
 def _env_flag(name: str, default: str = "0") -> bool:
     return os.environ.get(name, default).strip().lower() in ("1", "true", "yes", "on")
+
+
+def _implementations() -> tuple[str, ...]:
+    names = os.environ.get("IOAWARE_IMPLEMENTATIONS")
+    if not names:
+        return ("generated", "cudnn", "flash", "efficient")
+    return tuple(n.strip() for n in names.split(",") if n.strip())
 
 
 def _profile_dir() -> Path:
@@ -53,6 +62,11 @@ class Config:
     fast_launch: bool = dataclasses.field(
         default_factory=lambda: os.environ.get("IOAWARE_FAST_LAUNCH", "1") != "0"
     )
+    # What an attention region that SDPA computes exactly may run as, chosen by measuring
+    # them on the device (codegen/attention/choice.py): "generated" (ioaware's kernels)
+    # and SDPA's "cudnn", "flash", "efficient" backends. ("generated",) keeps the
+    # generated kernels always; a region SDPA cannot compute exactly runs them anyway.
+    implementations: tuple[str, ...] = dataclasses.field(default_factory=_implementations)
 
 
 config = Config()

@@ -36,7 +36,9 @@ class Rewrite:
     flops: modelled FLOPs of the generated kernel (a fused multiply-add counts 2).
     flops_before: modelled FLOPs of the eager region (a causal eager region also
         computes the masked half of QKᵀ and PV, so this is larger than `flops`).
-    backend: how the kernel runs here: "triton" (GPU), "triton-interpret" or "reference".
+    backend: how the kernel runs here: "triton" (GPU), "triton-interpret" or "reference";
+        "sdpa-cudnn" / "sdpa-flash" / "sdpa-efficient" where the attention pass measured
+        that SDPA backend faster (detail["implementation"] has the times).
     cost_before / cost_after: the symbolic `cost.Cost` of the region and of its kernel,
         which the numbers above evaluate (the report prints their formulas and splits).
     """

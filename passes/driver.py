@@ -55,6 +55,8 @@ class Match:
     always_pays: rewrite even where the model says it does not pay (an SDPA call is
         already one fused kernel, priced the same before and after: the rewrite never
         loses, and it pays in the backward and in explainability).
+    backend: how the rewritten region runs, where not as the pass context's kernels
+        (an SDPA backend the attention pass measured faster: "sdpa-cudnn"); None: theirs.
     """
 
     plan: Any
@@ -64,6 +66,7 @@ class Match:
     dtype: str
     detail: dict[str, Any]
     always_pays: bool = False
+    backend: str | None = None
 
 
 def _in_graph(gm: fx.GraphModule, candidate: Any) -> bool:
@@ -150,7 +153,7 @@ def run_pass(p: Pass, gm: fx.GraphModule, ctx: PassContext) -> PassOutcome:
             hbm_bytes_before=int(ev_before["hbm_bytes"]),
             hbm_bytes_after=int(ev_after["hbm_bytes"]),
             flops=int(ev_after["flops"]), flops_before=int(ev_before["flops"]),
-            backend=ctx.backend_name, cost_before=m.before, cost_after=m.after,
+            backend=m.backend or ctx.backend_name, cost_before=m.before, cost_after=m.after,
         ))
         log.debug("rewrote %s: %s", m.anchor, m.detail)
     out.seconds[p.name] = time.perf_counter() - start

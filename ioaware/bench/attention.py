@@ -25,7 +25,7 @@ from ioaware.bench.common import (
 
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
-# Baseline families `--vs` may name; ioaware's own two variants always run.
+# Baseline families `--vs` may name; ioaware's own variants always run.
 BASELINES = ("sdpa", "eager", "compile", "flex")
 SDPA_BACKENDS = ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
 # The row every other row's speed is compared with.
@@ -130,10 +130,26 @@ def _ioaware_kernel_variant(causal: bool) -> Attention:
     return lambda q, k, v: flash_attention(q, k, v, causal=causal)
 
 
-def _ioaware_compile_variant(causal: bool) -> Attention:
+def _ioaware_compile_variant(causal: bool, choose: bool = False) -> Attention:
+    """ioaware.compile of the eager spelling, compiled (at its first call) with the
+    implementations it may choose among: the generated kernels alone, so the row
+    measures them through the compiler; or, with `choose`, every one
+    (`codegen/attention/choice.py`), for the measured choice's row."""
     import ioaware
+    from ioaware.codegen.attention.choice import GENERATED, IMPLEMENTATIONS
+    from ioaware.config import config
 
-    return ioaware.compile(lambda q, k, v: eager_attention(q, k, v, causal))
+    implementations = IMPLEMENTATIONS if choose else (GENERATED,)
+    compiled = ioaware.compile(lambda q, k, v: eager_attention(q, k, v, causal))
+
+    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        old = config.implementations
+        config.implementations = implementations
+        try:
+            return compiled(q, k, v)
+        finally:
+            config.implementations = old
+    return attention
 
 
 def baselines(vs: Iterable[str]) -> set[str]:
@@ -153,6 +169,9 @@ def variants(problem: AttentionProblem, vs: Iterable[str] = BASELINES,
     out: list[tuple[str, Callable[[], Attention]]] = [
         ("ioaware kernel", lambda: _ioaware_kernel_variant(causal)),
         ("ioaware.compile(eager)", lambda: _ioaware_compile_variant(causal)),
+        # the compiler's measured choice among the kernels and SDPA's backends
+        ("ioaware.compile(eager) choice",
+         lambda: _ioaware_compile_variant(causal, choose=True)),
     ]
     if "sdpa" in vs:
         for name in SDPA_BACKENDS:

@@ -85,6 +85,9 @@ class AttentionMatch:
     dims: dict[str, int]  # hinted B, Hq, Hkv, Nq, Nk, D, Dv
     dtype: torch.dtype
     mods: Modifications = dataclasses.field(default_factory=Modifications)
+    # what runs: "generated" (the kernels) or an SDPA backend the attention pass measured
+    # faster ("cudnn", "flash", "efficient"; passes/attention/choice.py)
+    implementation: str = "generated"
 
 
 def fake_value(node: fx.Node) -> Any:

@@ -77,7 +77,9 @@ def apply(gm: fx.GraphModule, m: AttentionMatch) -> None:
             k = g.call_function(aten.unsqueeze.default, (k, 0))
             k = g.call_function(aten.transpose.int, (k, -2, -1))
             v = g.call_function(aten.unsqueeze.default, (v, 0))
-        if m.mods.general:
+        if m.implementation != "generated":
+            res = _sdpa_call(g, m, q, k, v)
+        elif m.mods.general:
             res = _general_call(g, m, q, k, v)
         else:
             res = g.call_function(torch.ops.ioaware.flash_attention.default,
@@ -137,6 +139,32 @@ def _edited_in_place(node: fx.Node) -> bool:
             elif user.target is operator.getitem:
                 stack.append(user)
     return False
+
+
+# SDPA's backends as aten ops (each differentiable by its own formula); the arguments
+# after q, k, v: (attn_bias, compute_log_sumexp,) dropout_p, is_causal(, return_debug_mask)
+_SDPA_OPS = {
+    "cudnn": (aten._scaled_dot_product_cudnn_attention.default, (None, True), (False,)),
+    "flash": (aten._scaled_dot_product_flash_attention.default, (), (False,)),
+    "efficient": (aten._scaled_dot_product_efficient_attention.default, (None, True), ()),
+}
+
+
+def _sdpa_call(g: fx.Graph, m: AttentionMatch, q: fx.Node, k: fx.Node, v: fx.Node
+               ) -> fx.Node:
+    """The SDPA backend `m.implementation` on q, k, v [B, H, N, d] (the choice was made
+    only for plain or causal regions, passes/attention/choice.py). The backends need the
+    head dim contiguous: where q, k or v may not have it, `contiguous` (a no-op when
+    they do)."""
+    op, before, after = _SDPA_OPS[m.implementation]
+    qkv = []
+    for x in (q, k, v):
+        val = fake_value(x)
+        if not (isinstance(val, torch.Tensor) and val.stride(-1) == 1):
+            x = g.call_function(aten.contiguous.default, (x,))
+        qkv.append(x)
+    return g.call_function(op, (*qkv, *before, 0.0, m.mods.causal, *after),
+                           {"scale": m.scale})
 
 
 def _general_call(g: fx.Graph, m: AttentionMatch, q: fx.Node, k: fx.Node, v: fx.Node

@@ -18,8 +18,8 @@ import dataclasses
 
 from torch import fx
 
-from ioaware.passes.attention import ATTENTION
 from ioaware.passes.attention import match as attention_match
+from ioaware.passes.attention import match_region
 from ioaware.passes.attention import rewrite as attention_rewrite
 from ioaware.passes.decode import paged, route
 from ioaware.passes.driver import Match, NoMatch, Pass, PassContext
@@ -40,7 +40,7 @@ def _candidates(gm: fx.GraphModule, ctx: PassContext) -> list[fx.Node]:
 
 
 def _match(gm: fx.GraphModule, node: fx.Node, ctx: PassContext) -> Match:
-    region = ATTENTION.match(gm, node, ctx)
+    region = match_region(gm, node, ctx)  # the generated kernels, never an SDPA choice
     m = region.plan
     spec = attention_rewrite.spec_of(m)
     why = route.unsupported(spec)

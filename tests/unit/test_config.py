@@ -15,6 +15,7 @@ SWITCHES = [
     ("IOAWARE_DEVICE", "a100", "default_device", "a100"),
     ("IOAWARE_PROFILE_DIR", "/somewhere/profiles", "profile_dir", Path("/somewhere/profiles")),
     ("IOAWARE_FAST_LAUNCH", "0", "fast_launch", False),
+    ("IOAWARE_IMPLEMENTATIONS", "generated, cudnn", "implementations", ("generated", "cudnn")),
 ]
 
 
@@ -34,4 +35,5 @@ def test_defaults_without_the_variables(monkeypatch: pytest.MonkeyPatch,
     config = Config()
     assert config.interpret is False and config.fast_launch is True
     assert config.default_device == "h100"
+    assert config.implementations == ("generated", "cudnn", "flash", "efficient")
     assert config.profile_dir == tmp_path / "ioaware" / "profiles"
