@@ -59,7 +59,7 @@ def _qkv(d, dtype, n=512):
 def test_the_chosen_implementation_matches_eager(spelling, causal, implementations,
                                                   monkeypatch, tmp_path, dtype=torch.bfloat16):
     q, k, v = _qkv(128, dtype)
-    expl = _check(make(spelling, causal, None), q, k, v, dtype, implementations,
+    expl = _check(make(spelling, causal, q.shape[-1] ** -0.5), q, k, v, dtype, implementations,
                   monkeypatch, tmp_path)
     [rewrite] = expl.rewrites
     text = rewrite.detail["implementation"]
@@ -74,8 +74,8 @@ def test_the_chosen_implementation_matches_eager(spelling, causal, implementatio
 @pytest.mark.parametrize("causal", [False, True], ids=["none", "causal"])
 def test_fp16_measured_choice_matches_eager(causal, monkeypatch, tmp_path):
     q, k, v = _qkv(64, torch.float16)
-    _check(make("matmul_masked_fill", causal, None), q, k, v, torch.float16, CHOICES[-1],
-           monkeypatch, tmp_path)
+    _check(make("matmul_masked_fill", causal, q.shape[-1] ** -0.5), q, k, v, torch.float16,
+           CHOICES[-1], monkeypatch, tmp_path)
 
 
 @pytest.mark.parametrize("implementations", CHOICES[-1:], ids="+".join)
@@ -88,7 +88,7 @@ def test_a_bool_mask_runs_the_generated_kernels(implementations, monkeypatch, tm
 
 def test_a_head_dim_of_320_runs_sdpa_or_eager(monkeypatch, tmp_path):
     q, k, v = _qkv(320, torch.bfloat16, n=256)
-    expl = _check(make("matmul_masked_fill", True, None), q, k, v, torch.bfloat16,
+    expl = _check(make("matmul_masked_fill", True, q.shape[-1] ** -0.5), q, k, v, torch.bfloat16,
                   CHOICES[-1], monkeypatch, tmp_path)
     if expl.rewrites:
         text = expl.rewrites[0].detail["implementation"]
