@@ -18,7 +18,8 @@ A family joins in one place, its `host.py`:
 
 where `attention_host` takes the op's arguments (same order, same defaults) and returns
 what the op returns; `undecorated(custom_op)` gives the Python function behind a
-custom op (the body to call directly). `use_host_path(gm)` swaps the registered ops of a
+custom op (the body to call directly), and `apply_of(Function)` the Function's apply
+less its Python layer (below). `use_host_path(gm)` swaps the registered ops of a
 graph (its subgraphs too: a checkpointed body runs as fx as well).
 
 Every kernel path is CUDA-graph capturable: the launchers read sizes from tensors'
@@ -32,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import fx
 
 # op overload -> the callable that replaces it in a graph run as fx
@@ -47,6 +49,29 @@ def undecorated(op: Any) -> Callable[..., Any]:
     """The Python function a `torch.library.custom_op` was made from (its body, called
     without the dispatcher); the op itself where torch keeps no such function."""
     return getattr(op, "_init_fn", op)
+
+
+def apply_of(function: type[torch.autograd.Function]) -> Callable[..., Any]:
+    """`function.apply` without its Python layer, for callers that pass every argument.
+
+    `Function.apply` binds the arguments to forward's signature with `inspect` on every
+    call when the Function has its own setup_context (as the host functions do, to reuse
+    the ops'): ~40 µs a call on a slow CPU, more than the rest of an attention forward's
+    host path. Autograd's C `apply` (which calls forward, then setup_context, and records
+    the node) is called directly instead, unless a torch.func transform is active: that
+    needs Function.apply's own route (`custom_function_call`).
+    """
+    raw = torch._C._FunctionBase.__dict__.get("apply")
+    if raw is None:  # a torch that moved it: the documented route
+        return function.apply
+    c_apply = raw.__get__(None, function)
+    python_apply = function.apply
+    transforms_active = torch._C._are_functorch_transforms_active
+
+    def apply(*args: Any) -> Any:
+        return python_apply(*args) if transforms_active() else c_apply(*args)
+
+    return apply
 
 
 def use_host_path(gm: fx.GraphModule) -> int:

@@ -17,7 +17,15 @@ compiled to, under a key at least as fine as what Triton specialises on:
 
 plus the current device (a binary is loaded per device). Two calls with equal keys get
 the same binary from Triton, so a hit launches it directly, with no launch metadata and
-no hooks (Triton's hook chains are empty then). A miss, an argument of another type,
+no hooks (Triton's hook chains are empty then).
+
+That key costs a Python call per argument. A call site passes the same sizes and
+strides call after call, so in front of it sits an exact key, built in one
+pass: each argument's type, and its value (a tensor: its dtype and 16-byte alignment,
+checked every call). Equal exact keys imply equal specialisation keys; a
+miss computes the specialisation key, finds or compiles the binary as above and files
+it under the exact key too (at most EXACT_ENTRIES per kernel: sizes that change every
+call would otherwise grow it without end). A miss, an argument of another type,
 the interpreter or a listening profiler (a launch hook set) take `kernel[grid]`
 unchanged. The module constants are never reassigned after import (a Spec is a
 module), which is what Triton's per-call check of them guards against.
@@ -25,6 +33,7 @@ module), which is what Triton's per-call check of them guards against.
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
@@ -34,7 +43,9 @@ from triton.runtime import JITFunction, driver
 from ioaware.config import config
 
 _ATTR = "_ioaware_binaries"
+_EXACT = "_ioaware_exact_binaries"
 _CONSTEXPRS = "_ioaware_constexpr_positions"
+EXACT_ENTRIES = 4096
 
 
 def _arg_key(x: Any) -> Any:
@@ -59,26 +70,82 @@ def launch(kernel: Any, grid: tuple[int, ...], *args: Any, **kw: Any) -> None:
     if _hooked(knobs.runtime.launch_enter_hook) or _hooked(knobs.runtime.launch_exit_hook):
         kernel[grid](*args, **kw)  # a profiler listens: it gets Triton's own path
         return
-    try:
-        key = _launch_key(kernel, args, kw)
-    except TypeError:  # an argument kind the key does not cover
-        kernel[grid](*args, **kw)
-        return
     device = driver.active.get_current_device()
-    binaries = kernel.__dict__.setdefault(_ATTR, {})
-    found = binaries.get((device, key))
+    exact_key = _exact_key(device, args, kw)
+    exact = kernel.__dict__.get(_EXACT)
+    if exact is None:
+        exact = kernel.__dict__[_EXACT] = {}
+    try:
+        found = exact.get(exact_key)
+    except TypeError:  # an unhashable argument
+        found, exact_key = None, None
     if found is None:
-        compiled = kernel[grid](*args, **kw)
-        compiled = compiled.result() if hasattr(compiled, "result") else compiled
-        tail = _constexpr_tail(kernel, len(args), kw)
-        if tail is not None and hasattr(compiled, "packed_metadata"):
-            binaries[(device, key)] = (compiled, tail)
-        return
+        found = _binary(kernel, grid, device, args, kw)
+        if found is None:  # launched through Triton's own path
+            return
+        if exact_key is not None:
+            if len(exact) >= EXACT_ENTRIES:
+                exact.clear()
+            exact[exact_key] = found
     compiled, tail = found
     stream = driver.active.get_current_stream(device)
     g0, g1, g2 = (tuple(grid) + (1, 1))[:3]
     compiled.run(g0, g1, g2, stream, compiled.function, compiled.packed_metadata, None,
                  None, None, *args, *(kw[name] for name in tail))
+
+
+def _exact_key(device: int, args: tuple, kw: dict[str, Any]) -> tuple:
+    """The call's exact key (see the module doc): equal keys, equal `_launch_key`s.
+
+    The arguments' types say where the tensors are; per tuple of types, two C-level
+    getters split a call's arguments into its tensors and the rest, so the only Python
+    loop is over the few tensors (dtype and alignment)."""
+    types = tuple(map(type, args))
+    split = _SPLITS.get(types)
+    if split is None:
+        split = _SPLITS[types] = _splitter(types)
+    tensors, others = split
+    return (device, types, others(args),
+            tuple([(t.dtype, t.data_ptr() & 15 == 0) for t in tensors(args)]),
+            tuple(kw.items()))
+
+
+# tuple of argument types -> (getter of the tensors, getter of the other arguments)
+_SPLITS: dict[tuple[type, ...], tuple[Any, Any]] = {}
+
+
+def _splitter(types: tuple[type, ...]) -> tuple[Any, Any]:
+    def getter(positions: list[int]) -> Any:
+        if len(positions) == 1:
+            (i,) = positions
+            return lambda args: (args[i],)
+        return operator.itemgetter(*positions) if positions else (lambda args: ())
+
+    tensor = [i for i, t in enumerate(types) if issubclass(t, torch.Tensor)]
+    other = [i for i, t in enumerate(types) if not issubclass(t, torch.Tensor)]
+    return getter(tensor), getter(other)
+
+
+def _binary(kernel: Any, grid: tuple[int, ...], device: int, args: tuple,
+            kw: dict[str, Any]) -> tuple[Any, tuple[str, ...]] | None:
+    """(binary, keyword tail) for this call's specialisation key, or None after
+    launching the call through `kernel[grid]` (a first call compiles there; an argument
+    kind the key does not cover always goes there)."""
+    try:
+        key = _launch_key(kernel, args, kw)
+    except TypeError:
+        kernel[grid](*args, **kw)
+        return None
+    binaries = kernel.__dict__.setdefault(_ATTR, {})
+    found = binaries.get((device, key))
+    if found is not None:
+        return found
+    compiled = kernel[grid](*args, **kw)
+    compiled = compiled.result() if hasattr(compiled, "result") else compiled
+    tail = _constexpr_tail(kernel, len(args), kw)
+    if tail is not None and hasattr(compiled, "packed_metadata"):
+        binaries[(device, key)] = (compiled, tail)
+    return None
 
 
 def _launch_key(kernel: Any, args: tuple, kw: dict[str, Any]) -> tuple:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..host import register_host_path, undecorated
+from ..host import apply_of, register_host_path, undecorated
 from . import op
 
 
@@ -50,14 +50,17 @@ _attention = undecorated(op.attention_op)
 _attention_backward = undecorated(op.attention_backward_op)
 
 
+_flash_apply, _attention_apply = apply_of(FlashAttention), apply_of(Attention)
+
+
 # What a graph calls: module-level functions (fx names a call's target by its module and
 # name, which `Function.apply` does not give).
 def flash_attention_host(q, k, v, scale, causal):
-    return FlashAttention.apply(q, k, v, scale, causal)
+    return _flash_apply(q, k, v, scale, causal)
 
 
 def attention_host(q, k, v, inputs, spec, seed=None):
-    return Attention.apply(q, k, v, spec, seed, *inputs)
+    return _attention_apply(q, k, v, spec, seed, *inputs)
 
 
 register_host_path(torch.ops.ioaware.flash_attention.default, flash_attention_host)

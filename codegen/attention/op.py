@@ -233,6 +233,9 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(q, k, v, out, lse)
     ctx.scale = scale
     ctx.causal = causal
+    # An unused lse gets None, not a zeros tensor (a memset launch) the backward would
+    # convert and read for nothing.
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, dout: Tensor, dlse: Tensor | None, *, run=None):

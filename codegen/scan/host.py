@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..host import register_host_path, undecorated
+from ..host import apply_of, register_host_path, undecorated
 from . import op
 
 
@@ -33,14 +33,17 @@ class LinearScan(torch.autograd.Function):
     backward = staticmethod(op._linear_backward)
 
 
+_selective_apply, _linear_apply = apply_of(SelectiveScan), apply_of(LinearScan)
+
+
 # What a graph calls: module-level functions (fx names a call's target by its module and
 # name, which `Function.apply` does not give).
 def selective_scan_host(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0):
-    return SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
+    return _selective_apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
 
 
 def linear_scan_host(a, b, h0, reverse):
-    return LinearScan.apply(a, b, h0, reverse)
+    return _linear_apply(a, b, h0, reverse)
 
 
 register_host_path(torch.ops.ioaware.selective_scan.default, selective_scan_host)

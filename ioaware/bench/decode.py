@@ -49,8 +49,9 @@ def _bandwidth() -> float:
 
 
 def paged(k: torch.Tensor, v: torch.Tensor, page: int, generator: torch.Generator):
-    """K/V [B, Hkv, N, d] scattered into pages [num_pages, page, Hkv, d] in a shuffled
-    order: (k_cache, v_cache, block_table int32 [B, ⌈N/page⌉])."""
+    """K/V [B, Hkv, N, d] scattered into pages [num_pages, page, Hkv, d] (contiguous, as
+    a serving engine's pool) in a shuffled order: (k_cache, v_cache, block_table int32
+    [B, ⌈N/page⌉])."""
     batch, h_kv, n, d = k.shape
     per_row = -(-n // page)
     order = torch.randperm(batch * per_row, generator=generator).to(k.device)
@@ -60,7 +61,9 @@ def paged(k: torch.Tensor, v: torch.Tensor, page: int, generator: torch.Generato
     def pool(x):
         x = F.pad(x, (0, 0, 0, pad)).view(batch, h_kv, per_row, page, d)
         x = x.permute(0, 2, 3, 1, 4).reshape(batch * per_row, page, h_kv, d)
-        out = torch.empty_like(x)
+        # Not empty_like: at B = 1 the reshape above is a view with x's permuted strides,
+        # which empty_like would keep (the eager gather's .view then failed at B=1, 128k).
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         out[order] = x
         return out
 

@@ -177,10 +177,13 @@ def variants_for(name: str, asked: Sequence[str]) -> list[str]:
 
 def bench_model(name: str, sizes: Sizes, variants: Sequence[str], *, train: bool = True,
                 dtype: str = "bf16", device: str | None = None, steps: int = 10,
-                warmup: int = 3, timeout: float = 0,
+                warmup: int = 3, timeout: float = 0, deadline: float | None = None,
                 progress: Callable[[str], None] = lambda _: None) -> list[ModelRow]:
     """One row per variant (see the module docstring). timeout: seconds a variant may
-    take, compilation included (0: no limit); one past it is a row saying so."""
+    take, compilation included (0: no limit); one past it is a row saying so.
+    deadline: a `time.monotonic()` by which the whole call ends: each variant's limit is
+    cut to what is left, and a variant with under MIN_VARIANT_S left is a row saying
+    it did not run."""
     sizes = resolve(name, sizes)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -189,11 +192,21 @@ def bench_model(name: str, sizes: Sizes, variants: Sequence[str], *, train: bool
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     rows, reference = [], None
     for variant in variants_for(name, variants):
+        row = ModelRow(name, variant, train)
+        limit = timeout
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left < MIN_VARIANT_S:
+                row.note = "not run: the time given to this table was spent"
+                progress(f"{name} {variant}: {row.note}")
+                rows.append(row)
+                continue
+            limit = min(limit, left) if limit > 0 else left
         progress(f"{name} {variant}: building and compiling "
                  f"({'train' if train else 'infer'}, B={sizes.batch}, L={sizes.seq_len})")
-        row = ModelRow(name, variant, train)
         try:
-            with _time_limit(timeout):
+            with _time_limit(limit, f"--timeout={limit:g} s" if limit == timeout
+                             else f"the {limit:.0f} s left to this table"):
                 out = _run_variant(row, name, sizes, variant, train, DTYPES[dtype], dev,
                                    steps, warmup)
             if reference is None:
@@ -271,14 +284,18 @@ def _run_variant(row: ModelRow, name: str, sizes: Sizes, variant: str, train: bo
     return first
 
 
+# Seconds a variant needs at the least to be worth starting under a deadline.
+MIN_VARIANT_S = 10.0
+
+
 class VariantTimeout(Exception):
     """A variant ran past --timeout (a compile that does not finish, say)."""
 
 
 @contextlib.contextmanager
-def _time_limit(seconds: float):
+def _time_limit(seconds: float, what: str):
     """Raise VariantTimeout in the block after `seconds` (SIGALRM: the main thread on a
-    POSIX system; elsewhere, or for 0, no limit)."""
+    POSIX system; elsewhere, or for 0, no limit); `what` names the limit."""
     usable = (seconds > 0 and hasattr(signal, "setitimer")
               and threading.current_thread() is threading.main_thread())
     if not usable:
@@ -286,7 +303,7 @@ def _time_limit(seconds: float):
         return
 
     def expire(signum, frame):
-        raise VariantTimeout(f"did not finish within --timeout={seconds:g} s")
+        raise VariantTimeout(f"did not finish within {what}")
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)

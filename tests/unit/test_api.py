@@ -66,6 +66,30 @@ def test_backend_registered_by_name_without_import():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
 
 
+def test_ops_exist_after_import_ioaware():
+    """`import ioaware` registers every family's ops, so a user (or a graph that names
+    them) can call torch.ops.ioaware.* directly: the scan family too, which nothing else
+    imports first here (the GPU tier once failed with "'_OpNamespace' 'ioaware' object
+    has no attribute 'linear_scan'")."""
+    code = (
+        "import torch, ioaware\n"
+        "a, b = torch.rand(2, 5, 3), torch.randn(2, 5, 3)\n"
+        "h = torch.ops.ioaware.linear_scan(a, b, None, False)\n"
+        "want, state = torch.zeros(2, 3), []\n"
+        "for t in range(5):\n"
+        "    state.append(want := a[:, t] * want + b[:, t])\n"
+        "torch.testing.assert_close(h, torch.stack(state, 1))\n"
+        "u = torch.randn(1, 4, 6)\n"
+        "A, B = -torch.rand(4, 2), torch.randn(1, 1, 6, 2)\n"
+        "y, _ = torch.ops.ioaware.selective_scan(u, u.abs(), A, B, B, None, None, None,"
+        " False, None)\n"
+        "assert y.shape == u.shape and y.isfinite().all()\n"
+        "for name in ('attention', 'flash_attention', 'decode_attention', 'ssd'):\n"
+        "    getattr(torch.ops.ioaware, name)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
 def test_explain_reports_rewrites_and_fallbacks():
     def two_regions(q, k, v):
         a = (q @ k.transpose(-2, -1)).softmax(-1) @ v

@@ -63,3 +63,15 @@ def test_a_variant_past_its_timeout_is_a_row_saying_so():
     rows = bench_model("llama", sizes, ["eager"], steps=1000, warmup=0, timeout=0.05,
                        dtype="fp32", device="cpu")
     assert rows[0].ms is None and "did not finish within --timeout=0.05 s" in rows[0].note
+
+
+def test_a_spent_deadline_leaves_the_rest_as_rows_saying_so():
+    import time
+
+    from ioaware.bench.model import Sizes, bench_model
+
+    sizes = Sizes(batch=1, seq_len=16, layers=1, hidden=32, heads=2, kv_heads=1, vocab=64)
+    rows = bench_model("llama", sizes, ["eager", "sdpa"], steps=1, warmup=0, dtype="fp32",
+                       device="cpu", deadline=time.monotonic() + 1)
+    assert [r.variant for r in rows] == ["eager", "sdpa"]
+    assert all(r.ms is None and "not run: the time given" in r.note for r in rows)

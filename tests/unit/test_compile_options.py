@@ -88,3 +88,27 @@ def test_cudagraph_skip_reasons_are_collected():
         log_cudagraph_skip_and_bump_counter("skipping cudagraphs due to cpu device (arg3_1)")
     log_cudagraph_skip_and_bump_counter("after the block: not collected")
     assert reasons == ["skipping cudagraphs due to cpu device (arg3_1)"]
+
+
+def test_backend_records_why_a_graph_runs_without_cudagraphs():
+    """What Inductor reports while it compiles a graph under CUDA graphs becomes a
+    `cudagraphs` fallback of that graph. On a CPU graph Inductor never reports a skip
+    (it only counts one), so a post-grad pass inside the real compile reports one
+    through Inductor's own function, as Inductor does for a CUDA graph with a CPU node
+    when graph partitioning is off (tests/gpu/test_cudagraphs_gpu.py runs that case)."""
+    from torch._inductor.cudagraph_utils import log_cudagraph_skip_and_bump_counter
+
+    def report(graph):
+        log_cudagraph_skip_and_bump_counter("skipping cudagraphs due to cpu device (arg3_1)")
+
+    backend = IoawareBackend(options={"triton.cudagraphs": True,
+                                      "post_grad_custom_pre_pass": report})
+    backend.explanation.graphs = 1  # the graph being compiled is graph 0
+    gm = torch.fx.symbolic_trace(lambda q, k, v: (attn(q, k, v),))
+    args = qkv()
+    compiled = backend._inductor(gm, args)
+    said = [f for f in backend.explanation.fallbacks if f.kind == "cudagraphs"]
+    assert len(said) == 1 and said[0].graph == 0, backend.explanation.fallbacks
+    assert said[0].reason == ("runs without CUDA graphs: skipping cudagraphs due to cpu "
+                              "device (arg3_1)")
+    torch.testing.assert_close(compiled(*args)[0], attn(*args))

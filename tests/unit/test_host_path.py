@@ -52,6 +52,20 @@ def test_flash_attention_host_equals_op():
                 lambda: attention_host.flash_attention_host(q, k, v, 0.25, True), (q, k, v))
 
 
+def test_host_function_under_a_torch_func_transform_takes_functions_own_route(monkeypatch):
+    """The host functions call autograd's C apply directly (codegen/host.py apply_of),
+    except under a torch.func transform, which needs Function.apply's route (the
+    reference path: Triton's interpreter cannot read torch.func's wrapped tensors)."""
+    monkeypatch.setattr(ioaware.config, "interpret", False)
+    q, k, v = leaf(1, 2, 8, 16), leaf(1, 2, 8, 16), leaf(1, 2, 8, 16)
+
+    def loss(q):
+        return attention_host.flash_attention_host(q, k, v, 0.25, True)[0].square().sum()
+
+    want = torch.autograd.grad(loss(q), q)[0]
+    torch.testing.assert_close(torch.func.grad(loss)(q), want, rtol=0, atol=0)
+
+
 def test_general_attention_host_equals_op_with_a_bias_gradient():
     q, k, v = leaf(2, 2, 8, 16), leaf(2, 2, 8, 16), leaf(2, 2, 8, 16)
     bias = leaf(8, 8)
