@@ -1,0 +1,205 @@
+"""Attention of one shard pair: queries [q0, q0+Nq) against keys [k0, k0+Nk) of the
+global sequence, with the mask and score mod evaluated at global positions.
+
+    global_spec(spec)       the Spec whose kernels read the offsets at run time
+    pair_may_see(...)       False when the mask empties the whole pair (skip it)
+    shard_forward(...)      (out, lse) of the pair: natural-log lse, -inf for empty rows
+    shard_backward(...)     (dq, dk, dv, d_inputs) of the pair from the *merged* out, lse
+
+How the positions become global. `global_spec` substitutes
+
+    q_idx  -> q_idx  + cp_q0[0]        kv_idx -> kv_idx + cp_k0[0]
+
+in the mask and the score mod (and adds `kv_idx <= q_idx` to the mask for causal), and
+appends the two one-element int64 tensors cp_q0, cp_k0 to the Spec's inputs. The
+existing attention kernels then evaluate causal, window, document, padding, ALiBi and
+bias terms at the global positions: the offsets are runtime values, so one compiled
+kernel serves every pair, and no existing Spec (or its cache key) changes. Per-token
+vectors and bias tables are the *global* tensors, read at the shifted positions.
+
+Masked logits drop (SAFE semantics): a row with no visible key in this pair gives
+lse = -inf and out = 0, which the log-sum-exp merge treats as "no contribution". The
+backward of a pair with the merged lse is exact: P = exp(s - lse_global) is this pair's
+slice of the global softmax, and delta = rowsum(dO·O) uses the global O.
+
+What cannot be sharded this way, refused with a ValueError naming `spec`: dropout (the
+kernels draw the keep mask from local positions), and mask semantics whose masked
+logits do not drop (a mild fill mixes every masked key into each row's softmax).
+
+Block skipping. Inside a pair the kernels' block map skips empty tiles (an index-only
+mask such as causal gets exact bounds from the scalar offsets). Across pairs,
+`pair_may_see` decides on the host by interval reasoning over the two ranges: a pair
+it proves empty is neither computed nor, in the ring, sent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import sympy
+import torch
+from torch import Tensor
+
+from ioaware.codegen.attention.header import drops_masked
+from ioaware.codegen.attention.spec import AttentionSpec, MaskSemantics
+from ioaware.spec import KV_IDX, Q_IDX, TensorInput
+
+Q_OFFSET, K_OFFSET = "cp_q0", "cp_k0"  # names of the offset inputs
+
+
+def check_shardable(spec: AttentionSpec) -> None:
+    """Raise ValueError naming `spec` if its attention cannot be split by key ranges."""
+    if not isinstance(spec, AttentionSpec):
+        raise TypeError(f"spec must be an AttentionSpec; got {type(spec).__name__}")
+    if spec.dropout_p > 0:
+        raise ValueError(f"spec.dropout_p={spec.dropout_p}: dropout cannot be sharded (the "
+                         "kernels draw the keep mask from local positions)")
+    if (spec.causal or spec.mask is not None) and not drops_masked(spec):
+        raise ValueError(f"spec.mask_semantics={str(spec.mask_semantics)!r} with "
+                         f"mask_fill={spec.mask_fill}: masked keys still carry weight, so "
+                         "the mask cannot be evaluated shard by shard")
+    taken = {t.name for t in spec.inputs} & {Q_OFFSET, K_OFFSET}
+    if taken:
+        raise ValueError(f"spec.inputs may not use the names {sorted(taken)} (the shard "
+                         "offsets)")
+
+
+def global_mask(spec: AttentionSpec) -> sympy.Basic | None:
+    """The visibility predicate over global positions (causal folded in), or None."""
+    mask = spec.mask_expr()
+    if spec.causal:
+        causal = sympy.Le(KV_IDX, Q_IDX)
+        mask = causal if mask is None else sympy.And(mask, causal)
+    return mask
+
+
+@functools.lru_cache(maxsize=256)
+def global_spec(spec: AttentionSpec) -> AttentionSpec:
+    """`spec` with positions shifted by the runtime offsets cp_q0[0], cp_k0[0] (see the
+    module docstring). Raises ValueError as `check_shardable`."""
+    check_shardable(spec)
+    shift = {Q_IDX: Q_IDX + sympy.IndexedBase(Q_OFFSET)[0],
+             KV_IDX: KV_IDX + sympy.IndexedBase(K_OFFSET)[0]}
+    mask = global_mask(spec)
+    mod = spec.score_mod_expr()
+    return dataclasses.replace(
+        spec, causal=False,
+        mask=None if mask is None else str(mask.xreplace(shift)),
+        score_mod=None if mod is None else str(mod.xreplace(shift)),
+        inputs=(*spec.inputs, TensorInput(Q_OFFSET, 1, "int64"),
+                TensorInput(K_OFFSET, 1, "int64")),
+        mask_semantics=MaskSemantics.SAFE, mask_fill=float("-inf"))
+
+
+# ---- host-side skipping: interval reasoning over a pair of ranges -----------------
+
+def _linear_range(e: sympy.Basic, box: dict) -> tuple[int, int] | None:
+    """[min, max] of an expression affine in q_idx, kv_idx over `box`, else None."""
+    if not e.free_symbols <= set(box) or e.atoms(sympy.Indexed):
+        return None
+    try:
+        poly = sympy.Poly(sympy.expand(e), *box)
+    except sympy.PolynomialError:
+        return None
+    if poly.total_degree() > 1:
+        return None
+    lo = hi = poly.coeff_monomial(1)
+    for sym, (a, b) in box.items():
+        c = poly.coeff_monomial(sym)
+        lo, hi = lo + min(c * a, c * b), hi + max(c * a, c * b)
+    return lo, hi
+
+
+def _may(e: sympy.Basic, box: dict) -> bool:
+    """False only when `e` surely holds nowhere in the box (True: maybe)."""
+    return _truth(e, box)[1]
+
+
+def _truth(e: sympy.Basic, box: dict) -> tuple[bool, bool]:
+    """(must, may) of a predicate over the box; unknown parts give (False, True)."""
+    if e is sympy.true:
+        return True, True
+    if e is sympy.false:
+        return False, False
+    if isinstance(e, sympy.And):
+        parts = [_truth(a, box) for a in e.args]
+        return all(p[0] for p in parts), all(p[1] for p in parts)
+    if isinstance(e, sympy.Or):
+        parts = [_truth(a, box) for a in e.args]
+        return any(p[0] for p in parts), any(p[1] for p in parts)
+    if isinstance(e, sympy.Not):
+        must, may = _truth(e.args[0], box)
+        return not may, not must
+    if isinstance(e, sympy.core.relational.Relational):
+        r = _linear_range(e.lhs - e.rhs, box)
+        if r is None:
+            return False, True
+        lo, hi = r
+        op = e.rel_op
+        if op == "<":
+            return bool(hi < 0), bool(lo < 0)
+        if op == "<=":
+            return bool(hi <= 0), bool(lo <= 0)
+        if op == ">":
+            return bool(lo > 0), bool(hi > 0)
+        if op == ">=":
+            return bool(lo >= 0), bool(hi >= 0)
+        zero_in = bool(lo <= 0 <= hi)
+        only_zero = bool(lo == 0 == hi)
+        return (only_zero, zero_in) if op == "==" else (not zero_in, not only_zero)
+    return False, True
+
+
+def pair_may_see(spec: AttentionSpec, q_range: tuple[int, int],
+                 k_range: tuple[int, int]) -> bool:
+    """Whether any query in [q0, q0+nq) may see any key in [k0, k0+nk) (global
+    positions). False is a proof (index-only parts of the mask); True may be a maybe."""
+    (q0, nq), (k0, nk) = q_range, k_range
+    if nq == 0 or nk == 0:
+        return False
+    mask = global_mask(spec)
+    if mask is None:
+        return True
+    return _may(mask, {Q_IDX: (q0, q0 + nq - 1), KV_IDX: (k0, k0 + nk - 1)})
+
+
+# ---- the pair's kernels ------------------------------------------------------------
+
+def _offset(value: int, device: torch.device) -> Tensor:
+    return torch.full((1,), value, dtype=torch.int64, device=device)
+
+
+def shard_forward(spec: AttentionSpec, q: Tensor, k: Tensor, v: Tensor,
+                  inputs: list[Tensor], q0: int, k0: int) -> tuple[Tensor, Tensor]:
+    """(out [B,Hq,Nq,dv] in q.dtype, lse [B,Hq,Nq] fp32) of queries at global positions
+    q0.. against keys at k0..; inputs: the global tensors `spec.inputs` names."""
+    gspec = global_spec(spec)
+    extra = [*inputs, _offset(q0, q.device), _offset(k0, q.device)]
+    with torch.no_grad():
+        return torch.ops.ioaware.attention(q, k, v, extra, gspec.to_json(), None)
+
+
+def shard_backward(spec: AttentionSpec, dout: Tensor, q: Tensor, k: Tensor, v: Tensor,
+                   out: Tensor, lse: Tensor, dlse: Tensor | None, inputs: list[Tensor],
+                   q0: int, k0: int) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+    """(dq, dk, dv, gradients of the requires-grad inputs) of one pair, given the merged
+    (global) out and lse of these query rows."""
+    gspec = global_spec(spec)
+    extra = [*inputs, _offset(q0, q.device), _offset(k0, q.device)]
+    with torch.no_grad():
+        return torch.ops.ioaware.attention_backward(dout, q, k, v, out, lse, extra,
+                                                    gspec.to_json(), None, dlse)
+
+
+def merge_partial(out_acc: Tensor, lse_acc: Tensor, out: Tensor, lse: Tensor) -> None:
+    """Fold a partial (out, lse) into the fp32 accumulators, in place:
+
+        lse' = log(e^lse_acc + e^lse),   out' = out_acc·e^(lse_acc - lse') + out·e^(lse - lse')
+
+    A row empty in both (-inf, -inf) stays (0, -inf)."""
+    new = torch.logaddexp(lse_acc, lse)
+    base = torch.where(new == float("-inf"), 0.0, new)
+    out_acc.mul_(torch.exp(lse_acc - base).unsqueeze(-1))
+    out_acc.add_(out.float() * torch.exp(lse - base).unsqueeze(-1))
+    lse_acc.copy_(new)
