@@ -14,7 +14,8 @@ from ioaware.parallel.layout import (
     document_row_work,
     zigzag_layout,
 )
+from ioaware.parallel.context import ContextParallel
 from ioaware.parallel.shard import global_spec, merge_partial, pair_may_see
 
-__all__ = ["ShardLayout", "balanced_layout", "contiguous_layout", "document_row_work",
+__all__ = ["ContextParallel", "ShardLayout", "balanced_layout", "contiguous_layout", "document_row_work",
            "global_spec", "merge_partial", "pair_may_see", "zigzag_layout"]

@@ -1,0 +1,166 @@
+"""`ioaware.compile(model, context_parallel=cp)`: a compiled model over a sharded sequence.
+
+    cp = ContextParallel(group, balance="zigzag")
+    model = ioaware.compile(model, context_parallel=cp)
+    ids = cp.shard(input_ids, dim=1)                # this rank's rows; sets cp.layout
+    out = model(ids, position_ids=cp.position_ids())
+
+Each rank runs the whole model on its rows of the sequence: everything but attention is
+row-wise (embeddings, norms, MLPs, RoPE at the global positions it is given), so it
+needs no communication; every attention region ioaware rewrote becomes a ring over the
+group (`ring.py`), with its mask and score mod evaluated at the global positions of
+`cp.layout`. Losses and gradients are each rank's share: sum the loss over the group
+and all-reduce the parameters' gradients (DDP or FSDP over the same group do it).
+
+What the graph may not do under context parallel (a ValueError when it is compiled, the
+same on every rank, so none is left in a collective): an attention region whose mask or
+score mod reads a per-token tensor (a padding mask, document ids), since in a sharded
+graph that tensor holds this rank's rows only, not the global positions the ring
+evaluates at; pass such masks to `ring_attention` directly with the global tensor.
+The rewritten graph runs as fx, on every device: the ring's P2P calls are Python the
+compiled graph calls, not an op Inductor can hold (docs/context-parallel.md).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import sympy
+import torch
+import torch.distributed as dist
+from torch import Tensor, fx
+
+from ioaware.codegen.attention.spec import AttentionSpec
+from ioaware.parallel.layout import ShardLayout, contiguous_layout, zigzag_layout
+from ioaware.parallel.ring import RingAttention
+from ioaware.spec import KV_IDX, Q_IDX, dtype_name
+
+BALANCES = {"zigzag": zigzag_layout, "contiguous": contiguous_layout}
+
+
+class ContextParallel:
+    """The group a sequence is sharded over and how (`balance`), and the layout of the
+    sequence now being run (set by `shard`, or `use` for a layout of one's own)."""
+
+    def __init__(self, group: dist.ProcessGroup | None = None, balance: str = "zigzag"):
+        if balance not in BALANCES:
+            raise ValueError(f"balance={balance!r} must be one of {sorted(BALANCES)}")
+        self.group = group
+        self.balance = balance
+        self.layout: ShardLayout | None = None
+
+    @property
+    def rank(self) -> int:
+        return dist.get_rank(self.group)
+
+    @property
+    def world(self) -> int:
+        return dist.get_world_size(self.group)
+
+    def use(self, layout: ShardLayout) -> ShardLayout:
+        """Run the next calls over `layout` (one of `layout.py`'s, e.g. balanced by work)."""
+        if layout.world != self.world:
+            raise ValueError(f"layout has {layout.world} ranks; the group has "
+                             f"world={self.world}")
+        self.layout = layout
+        return layout
+
+    def shard(self, x: Tensor, dim: int = 1) -> Tensor:
+        """This rank's rows of the global `x` (sequence along `dim`), by `balance`; the
+        layout is kept for the model's attention until the next `shard` or `use`."""
+        n = x.shape[dim]
+        if self.layout is None or self.layout.seq_len != n:
+            self.use(BALANCES[self.balance](n, self.world))
+        return self.layout.shard(x, self.rank, dim)
+
+    def position_ids(self, batch: int = 1, device: torch.device | str = "cpu") -> Tensor:
+        """int64 [batch, n_r]: the global positions of this rank's rows (for RoPE)."""
+        if self.layout is None:
+            raise RuntimeError("ContextParallel.position_ids: call shard() or use() first")
+        return self.layout.positions(self.rank).to(device).expand(batch, -1)
+
+
+# Graphs name the ContextParallel they run under by a number (an fx argument must print).
+_ACTIVE: dict[int, ContextParallel] = {}
+_ids = itertools.count()
+
+
+def _ring(cp_id: int, q, k, v, spec: AttentionSpec, inputs):
+    cp = _ACTIVE[cp_id]
+    if cp.layout is None:
+        raise RuntimeError("context_parallel: no layout; shard the inputs with "
+                           "cp.shard(...) (or cp.use(layout)) before calling the model")
+    return RingAttention.apply(q, k, v, spec, cp.layout, cp.group, cp.rank, cp.world,
+                               *inputs)
+
+
+def ring_flash_attention(q, k, v, scale, causal, cp_id):
+    """ioaware::flash_attention's arguments, over the ring: (out, lse)."""
+    spec = AttentionSpec(head_dim=q.shape[-1], head_dim_v=v.shape[-1],
+                         dtype=dtype_name(q.dtype), causal=causal,
+                         scale=scale)
+    return _ring(cp_id, q, k, v, spec, [])
+
+
+def ring_spec_attention(q, k, v, inputs, spec, seed, cp_id):
+    """ioaware::attention's arguments, over the ring: (out, lse)."""
+    return _ring(cp_id, q, k, v, AttentionSpec.from_json(spec), list(inputs))
+
+
+def _check_global(spec: AttentionSpec) -> None:
+    """Refuse masks and score mods that read per-token tensors (see module docstring)."""
+    for expr in (spec.mask_expr(), spec.score_mod_expr()):
+        if expr is None:
+            continue
+        for load in expr.atoms(sympy.Indexed):
+            if any(i.free_symbols & {Q_IDX, KV_IDX} for i in load.indices):
+                raise ValueError(
+                    f"context_parallel: an attention region reads {load} per token; in a "
+                    "sharded graph that tensor holds this rank's rows, not the global "
+                    "positions the ring evaluates at (call ring_attention with the "
+                    "global tensor instead)")
+
+
+_FLASH_ARGS = ("q", "k", "v", "scale", "causal")
+_SPEC_ARGS = ("q", "k", "v", "inputs", "spec", "seed")
+
+
+def _positional(node: fx.Node, names: tuple[str, ...]) -> list:
+    """The op call's arguments in schema order (keywords and defaults filled in)."""
+    args = list(node.args)
+    return args + [node.kwargs.get(name) for name in names[len(args):]]
+
+
+def route_to_ring(gm: fx.GraphModule, cp: ContextParallel) -> int:
+    """Swap every attention op call of `gm` (and its submodules) for the ring over `cp`;
+    returns how many. Raises ValueError for a region the ring cannot take."""
+    from ioaware.parallel.shard import check_shardable
+
+    cp_id = next(_ids)
+    _ACTIVE[cp_id] = cp
+    swapped = 0
+    for module in gm.modules():
+        if not isinstance(module, fx.GraphModule):
+            continue
+        changed = False
+        for node in module.graph.nodes:
+            if node.op != "call_function":
+                continue
+            if node.target is torch.ops.ioaware.flash_attention.default:
+                node.target = ring_flash_attention
+                node.args = (*_positional(node, _FLASH_ARGS), cp_id)
+            elif node.target is torch.ops.ioaware.attention.default:
+                args = _positional(node, _SPEC_ARGS)
+                spec = AttentionSpec.from_json(args[4])
+                check_shardable(spec)
+                _check_global(spec)
+                node.target = ring_spec_attention
+                node.args = (*args, cp_id)
+            else:
+                continue
+            node.kwargs = {}
+            changed = True
+            swapped += 1
+        if changed:
+            module.recompile()
+    return swapped
