@@ -26,6 +26,10 @@ What cannot be sharded this way, refused with a ValueError naming `spec`: dropou
 kernels draw the keep mask from local positions), and mask semantics whose masked
 logits do not drop (a mild fill mixes every masked key into each row's softmax).
 
+Pairs of a causal-only Spec that are whole (every key before every query) or diagonal
+(the same range for both) run the FlashAttention kernels (`plain_pair`), which need no
+offsets and no block map: on zigzag shards that is every pair a causal ring computes.
+
 Block skipping. Inside a pair the kernels' block map skips empty tiles (an index-only
 mask such as causal gets exact bounds from the scalar offsets). Across pairs,
 `pair_may_see` decides on the host by interval reasoning over the two ranges: a pair
@@ -166,6 +170,31 @@ def pair_may_see(spec: AttentionSpec, q_range: tuple[int, int],
 
 # ---- the pair's kernels ------------------------------------------------------------
 
+def plain_pair(spec: AttentionSpec, q_range: tuple[int, int],
+               k_range: tuple[int, int]) -> bool | None:
+    """Whether the pair can run the FlashAttention kernels instead of the general ones:
+    False (no mask: every key visible), True (causal, a diagonal pair: the same global
+    range for queries and keys, so local causal is global causal), None (general).
+
+    Only for Specs with nothing but `causal`: a causal ring on zigzag shards then never
+    runs the general kernels (its pairs are empty, whole, or diagonal)."""
+    if spec.mask is not None or spec.score_mod is not None or spec.inputs:
+        return None
+    if not spec.causal:
+        return False
+    (q0, nq), (k0, nk) = q_range, k_range
+    if k0 + nk - 1 <= q0:  # every key at or before every query
+        return False
+    if (q0, nq) == (k0, nk):
+        return True
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _global_json(spec: AttentionSpec) -> str:
+    return global_spec(spec).to_json()
+
+
 def _offset(value: int, device: torch.device) -> Tensor:
     return torch.full((1,), value, dtype=torch.int64, device=device)
 
@@ -174,10 +203,12 @@ def shard_forward(spec: AttentionSpec, q: Tensor, k: Tensor, v: Tensor,
                   inputs: list[Tensor], q0: int, k0: int) -> tuple[Tensor, Tensor]:
     """(out [B,Hq,Nq,dv] in q.dtype, lse [B,Hq,Nq] fp32) of queries at global positions
     q0.. against keys at k0..; inputs: the global tensors `spec.inputs` names."""
-    gspec = global_spec(spec)
-    extra = [*inputs, _offset(q0, q.device), _offset(k0, q.device)]
+    plain = plain_pair(spec, (q0, q.shape[2]), (k0, k.shape[2]))
     with torch.no_grad():
-        return torch.ops.ioaware.attention(q, k, v, extra, gspec.to_json(), None)
+        if plain is not None:
+            return torch.ops.ioaware.flash_attention(q, k, v, spec.scale, plain)
+        extra = [*inputs, _offset(q0, q.device), _offset(k0, q.device)]
+        return torch.ops.ioaware.attention(q, k, v, extra, _global_json(spec), None)
 
 
 def shard_backward(spec: AttentionSpec, dout: Tensor, q: Tensor, k: Tensor, v: Tensor,
@@ -185,11 +216,15 @@ def shard_backward(spec: AttentionSpec, dout: Tensor, q: Tensor, k: Tensor, v: T
                    q0: int, k0: int) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
     """(dq, dk, dv, gradients of the requires-grad inputs) of one pair, given the merged
     (global) out and lse of these query rows."""
-    gspec = global_spec(spec)
-    extra = [*inputs, _offset(q0, q.device), _offset(k0, q.device)]
+    plain = plain_pair(spec, (q0, q.shape[2]), (k0, k.shape[2]))
     with torch.no_grad():
+        if plain is not None:
+            dq, dk, dv = torch.ops.ioaware.flash_attention_backward(
+                dout, q, k, v, out, lse, spec.scale, plain, dlse)
+            return dq, dk, dv, []
+        extra = [*inputs, _offset(q0, q.device), _offset(k0, q.device)]
         return torch.ops.ioaware.attention_backward(dout, q, k, v, out, lse, extra,
-                                                    gspec.to_json(), None, dlse)
+                                                    _global_json(spec), None, dlse)
 
 
 def merge_partial(out_acc: Tensor, lse_acc: Tensor, out: Tensor, lse: Tensor) -> None:
