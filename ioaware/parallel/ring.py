@@ -10,15 +10,15 @@ Forward, on rank r of W (Liu et al. 2023, "Ring Attention"; Brandon et al. 2023)
 
     acc, lse = 0, -inf                                 (fp32)
     for step s = 0 .. W-1:                             holding K_src, V_src, src = r - s
-        post isend(K_src, V_src -> r+1), irecv(K, V <- r-1)     if the chain goes on
+        start batch: send(K_src, V_src -> r+1), recv(K, V <- r-1)   if the chain goes on
         for each (query chunk of r, key chunk of src) the mask does not empty:
             (o, l) = shard_forward(...)                masks at global positions
             acc, lse = merge(acc, lse, o, l)           log-sum-exp, fp32
         wait for the receive
     out = acc (in q.dtype)
 
-The send of the next K/V shard is posted before the local compute, so communication
-overlaps it. Backward: the same ring with the merged (out, lse) saved; each step adds
+Each step's sends and receives are one `batch_isend_irecv` (`_Batch`), started before
+the local compute, so communication overlaps it. Backward: the same ring with the merged (out, lse) saved; each step adds
 the pair's dQ locally and its dK, dV into an accumulator that travels with K_src, V_src
 and ends at its owner, so each rank gets the gradient of its own K/V rows.
 
@@ -63,12 +63,8 @@ from ioaware.parallel.shard import (
     shard_forward,
 )
 
-# Tags keep the messages between one pair of ranks apart (gloo and NCCL match by tag).
+# The kinds of message, in the order every batch issues them (see `_Batch`).
 _K, _V, _DK, _DV, _HOME_DK, _HOME_DV = range(1, 7)
-
-
-def _tag(kind: int, step: int) -> int:
-    return kind * 4096 + step
 
 
 @functools.lru_cache(maxsize=128)
@@ -131,32 +127,48 @@ def _check_shapes(q: Tensor, k: Tensor, v: Tensor, layout: ShardLayout, group) -
                                  f"0's {tuple(ref)} outside the sequence axis")
 
 
-class _Ring:
-    """The P2P traffic of one pass over the ring: posts, and the handles to wait on."""
+class _Batch:
+    """The P2P messages of one step of the ring, issued together by
+    `dist.batch_isend_irecv` (one NCCL group: its sends and receives progress at once,
+    so no rank's send waits in a stream behind a receive its peer has not reached).
+
+    Every message is sent and received in the batch of the same index on both ranks,
+    and within a batch the ops are issued in the order of their kind (K, V, dK, dV, then
+    the home-bound dK, dV), the same on both sides: NCCL matches a pair's messages in
+    issue order, gloo by the tags, which are the kinds."""
 
     def __init__(self, group, rank: int, world: int):
         self.group, self.rank, self.world = group, rank, world
-        self.sends: list = []
+        self.ops: list[tuple[int, dist.P2POp]] = []
 
-    def send(self, tensor: Tensor, to: int, tag: int) -> None:
-        self.sends.append(dist.isend(tensor.contiguous(), self.peer_abs(to), self.group,
-                                     tag=tag))
-
-    def recv(self, like: Tensor, shape, frm: int, tag: int, dtype=None
-             ) -> tuple[Tensor, object]:
-        buf = like.new_empty(shape, dtype=dtype or like.dtype)
-        return buf, dist.irecv(buf, self.peer_abs(frm), self.group, tag=tag)
-
-    def peer_abs(self, group_rank: int) -> int:
+    def _peer(self, group_rank: int) -> int:
         """The global rank P2P calls take, of a rank of this group."""
         if self.group is None or self.group is dist.group.WORLD:
-            return group_rank
-        return dist.get_global_rank(self.group, group_rank)
+            return group_rank % self.world
+        return dist.get_global_rank(self.group, group_rank % self.world)
 
-    def finish(self) -> None:
-        for work in self.sends:
-            work.wait()
-        self.sends.clear()
+    def send(self, kind: int, tensor: Tensor, to: int) -> None:
+        self.ops.append((kind, dist.P2POp(dist.isend, tensor.contiguous(), self._peer(to),
+                                          self.group, kind)))
+
+    def recv(self, kind: int, shape, dtype: torch.dtype, device: torch.device,
+             frm: int) -> Tensor:
+        buf = torch.empty(shape, dtype=dtype, device=device)
+        self.ops.append((kind, dist.P2POp(dist.irecv, buf, self._peer(frm), self.group,
+                                          kind)))
+        return buf
+
+    def start(self) -> list:
+        """Issue the batch; the handles to wait on (none for an empty batch)."""
+        if not self.ops:
+            return []
+        ops = [op for _, op in sorted(self.ops, key=lambda t: t[0])]
+        return dist.batch_isend_irecv(ops)
+
+
+def _wait(works: list) -> None:
+    for work in works:
+        work.wait()
 
 
 def _shape(t: Tensor, n: int) -> tuple[int, ...]:
@@ -165,69 +177,78 @@ def _shape(t: Tensor, n: int) -> tuple[int, ...]:
 
 def _ring_forward(spec, q, k, v, inputs, layout, group, rank, world):
     pairs, last_hop = ring_plan(spec, layout)
-    ring = _Ring(group, rank, world)
-    out_acc = torch.zeros(_shape(q, q.shape[2])[:3] + (v.shape[3],), dtype=torch.float32,
-                          device=q.device)
+    out_acc = torch.zeros(q.shape[:3] + (v.shape[3],), dtype=torch.float32, device=q.device)
     lse_acc = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32, device=q.device)
     k_cur, v_cur = k.contiguous(), v.contiguous()
     for step in range(world):
         src = (rank - step) % world
         nxt = (rank - step - 1) % world  # the shard arriving for the next step
+        batch = _Batch(group, rank, world)
         if step < last_hop[src]:
-            ring.send(k_cur, (rank + 1) % world, _tag(_K, step))
-            ring.send(v_cur, (rank + 1) % world, _tag(_V, step))
-        pending = []
-        if step + 1 < world and step + 1 <= last_hop[nxt]:
+            batch.send(_K, k_cur, rank + 1)
+            batch.send(_V, v_cur, rank + 1)
+        receives = step + 1 < world and step + 1 <= last_hop[nxt]
+        if receives:
             n = layout.length(nxt)
-            k_next, wk = ring.recv(k, _shape(k, n), (rank - 1) % world, _tag(_K, step))
-            v_next, wv = ring.recv(v, _shape(v, n), (rank - 1) % world, _tag(_V, step))
-            pending = [wk, wv]
+            k_next = batch.recv(_K, _shape(k, n), k.dtype, k.device, rank - 1)
+            v_next = batch.recv(_V, _shape(v, n), v.dtype, v.device, rank - 1)
+        works = batch.start()  # the transfer runs under this step's compute
         if step <= last_hop[src]:
             for ql, qg, nq, kl, kg, nk in pairs[rank][src]:
                 o, lse = shard_forward(spec, q[:, :, ql:ql + nq], k_cur[:, :, kl:kl + nk],
                                        v_cur[:, :, kl:kl + nk], inputs, qg, kg)
                 merge_partial(out_acc[:, :, ql:ql + nq], lse_acc[:, :, ql:ql + nq], o, lse)
-        for work in pending:
-            work.wait()
-        if pending:
+        _wait(works)
+        if receives:
             k_cur, v_cur = k_next, v_next
-    ring.finish()
     return out_acc.to(q.dtype), lse_acc
 
 
 def _ring_backward(spec, dout, dlse, q, k, v, out, lse, inputs, layout, group, rank,
                    world):
+    """Batch s carries K/V for step s+1 and the dK/dV accumulators finished at step s-1:
+    shard src's accumulator leaves the rank that held it at step s-1 in batch s and
+    arrives, in the same batch, at the rank holding src at step s, which adds its own
+    share computed meanwhile. The last holder sends it home in the next batch (W+1
+    batches in all)."""
     pairs, last_hop = ring_plan(spec, layout)
-    ring = _Ring(group, rank, world)
     f32 = torch.float32
     dq = torch.zeros(q.shape, dtype=f32, device=q.device)
     grad_inputs = [x for t, x in zip(spec.inputs, inputs) if t.requires_grad]
     dinputs = [torch.zeros(x.shape, dtype=f32, device=x.device) for x in grad_inputs]
     k_cur, v_cur = k.contiguous(), v.contiguous()
+    outgoing: list[tuple[int, Tensor, int]] = []  # finished accumulators, for this batch
     home = None
-    for step in range(world):
+    for step in range(world + 1):
+        batch = _Batch(group, rank, world)
+        for kind, tensor, to in outgoing:
+            batch.send(kind, tensor, to)
+        outgoing = []
+        if last_hop[rank] > 0 and step == last_hop[rank] + 1:  # this rank's own dK, dV
+            frm = rank + last_hop[rank]
+            home = (batch.recv(_HOME_DK, k.shape, f32, k.device, frm),
+                    batch.recv(_HOME_DV, v.shape, f32, v.device, frm))
+        if step == world:
+            _wait(batch.start())
+            break
         src = (rank - step) % world
         nxt = (rank - step - 1) % world
         holds = step <= last_hop[src]
         if step < last_hop[src]:
-            ring.send(k_cur, (rank + 1) % world, _tag(_K, step))
-            ring.send(v_cur, (rank + 1) % world, _tag(_V, step))
-        kv_wait = []
-        if step + 1 < world and step + 1 <= last_hop[nxt]:
+            batch.send(_K, k_cur, rank + 1)
+            batch.send(_V, v_cur, rank + 1)
+        receives = step + 1 < world and step + 1 <= last_hop[nxt]
+        if receives:
             n = layout.length(nxt)
-            k_next, wk = ring.recv(k, _shape(k, n), (rank - 1) % world, _tag(_K, step))
-            v_next, wv = ring.recv(v, _shape(v, n), (rank - 1) % world, _tag(_V, step))
-            kv_wait = [wk, wv]
+            k_next = batch.recv(_K, _shape(k, n), k.dtype, k.device, rank - 1)
+            v_next = batch.recv(_V, _shape(v, n), v.dtype, v.device, rank - 1)
+        if holds and step > 0:
+            # dK, dV of shard src from the ranks before this one on its chain (fp32 on
+            # the wire: 16-bit partial sums would round at every hop)
+            dk_in = batch.recv(_DK, k_cur.shape, f32, k.device, rank - 1)
+            dv_in = batch.recv(_DV, v_cur.shape, f32, v.device, rank - 1)
+        works = batch.start()
         if holds:
-            # dK, dV of shard src accumulated by the ranks before this one on its chain
-            # (fp32 on the wire: 16-bit partial sums would round at every hop)
-            dacc_wait = []
-            if step > 0:
-                dk_in, w1 = ring.recv(k_cur, k_cur.shape, (rank - 1) % world,
-                                      _tag(_DK, step - 1), f32)
-                dv_in, w2 = ring.recv(v_cur, v_cur.shape, (rank - 1) % world,
-                                      _tag(_DV, step - 1), f32)
-                dacc_wait = [w1, w2]
             dk_acc = torch.zeros(k_cur.shape, dtype=f32, device=k.device)
             dv_acc = torch.zeros(v_cur.shape, dtype=f32, device=v.device)
             for ql, qg, nq, kl, kg, nk in pairs[rank][src]:
@@ -240,32 +261,20 @@ def _ring_backward(spec, dout, dlse, q, k, v, out, lse, inputs, layout, group, r
                 dv_acc[:, :, cols] += g[2].float()
                 for acc, d in zip(dinputs, g[3]):
                     acc += d.float()
-            for work in dacc_wait:
-                work.wait()
-            if dacc_wait:
+        _wait(works)
+        if holds:
+            if step > 0:
                 dk_acc += dk_in
                 dv_acc += dv_in
             if step < last_hop[src]:
-                ring.send(dk_acc, (rank + 1) % world, _tag(_DK, step))
-                ring.send(dv_acc, (rank + 1) % world, _tag(_DV, step))
+                outgoing = [(_DK, dk_acc, rank + 1), (_DV, dv_acc, rank + 1)]
             elif step > 0:  # the last rank that needs shard src: its gradient goes home
-                ring.send(dk_acc, src, _tag(_HOME_DK, 0))
-                ring.send(dv_acc, src, _tag(_HOME_DV, 0))
+                outgoing = [(_HOME_DK, dk_acc, src), (_HOME_DV, dv_acc, src)]
             else:
                 home = (dk_acc, dv_acc)
-        for work in kv_wait:
-            work.wait()
-        if kv_wait:
+        if receives:
             k_cur, v_cur = k_next, v_next
-    if last_hop[rank] > 0:
-        frm = (rank + last_hop[rank]) % world
-        dk, w1 = ring.recv(dq, k.shape, frm, _tag(_HOME_DK, 0))
-        dv, w2 = ring.recv(dq, v.shape, frm, _tag(_HOME_DV, 0))
-        w1.wait()
-        w2.wait()
-    else:
-        dk, dv = home
-    ring.finish()
+    dk, dv = home
     return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype),
             [d.to(x.dtype) for d, x in zip(dinputs, grad_inputs)])
 
