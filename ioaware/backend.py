@@ -176,6 +176,10 @@ class IoawareBackend:
         for name, seconds in result.seconds.items():
             self.explanation.pass_seconds[name] = \
                 self.explanation.pass_seconds.get(name, 0.0) + seconds
+        if self.context_parallel is not None and self.execute:
+            from ioaware.parallel.context import refuse_local_attention
+
+            refuse_local_attention(result.graph, result.fallbacks)
         return self._finish(gm, result.graph, example_inputs, device)
 
     def _finish(self, eager: fx.GraphModule, gm: fx.GraphModule, example_inputs: Sequence[Any],

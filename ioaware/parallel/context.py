@@ -131,6 +131,31 @@ def _positional(node: fx.Node, names: tuple[str, ...]) -> list:
     return args + [node.kwargs.get(name) for name in names[len(args):]]
 
 
+# Attention the ring cannot take: left in a graph, it would attend to this rank's keys only.
+_LOCAL_ATTENTION = ("scaled_dot_product", "flex_attention", "decode_attention")
+# Fallback kinds that may leave an attention region as it was (the whole graph, for one).
+_UNROUTED_KINDS = ("attention", "graph")
+
+
+def refuse_local_attention(gm: fx.GraphModule, fallbacks: list) -> None:
+    """Raise ValueError if `gm` would still compute attention over this rank's rows alone:
+    an attention-family fallback (a region ioaware left as written), an SDPA or flex call,
+    or a decode op. Conservative: a softmax that is not attention but was a candidate of
+    the attention pass is refused too; a wrong answer is not an option."""
+    reasons = [f"{f.kind}: {f.reason}" for f in fallbacks if f.kind in _UNROUTED_KINDS]
+    for module in gm.modules():
+        if not isinstance(module, fx.GraphModule):
+            continue
+        for node in module.graph.nodes:
+            name = str(getattr(node.target, "__name__", node.target))
+            if node.op == "call_function" and any(a in name for a in _LOCAL_ATTENTION):
+                reasons.append(f"{node.name}: {name} is not rewritten")
+    if reasons:
+        raise ValueError("context_parallel: this graph would attend to this rank's rows "
+                         "only where ioaware did not rewrite attention: "
+                         + "; ".join(reasons[:4]))
+
+
 def route_to_ring(gm: fx.GraphModule, cp: ContextParallel) -> int:
     """Swap every attention op call of `gm` (and its submodules) for the ring over `cp`;
     returns how many. Raises ValueError for a region the ring cannot take."""
