@@ -123,8 +123,7 @@ class IoawareBackend:
     mode, options, dynamic: torch.compile's, turned into Inductor's config patches as
         torch.compile turns them (`inductor_options.inductor_patches`; checked here).
     context_parallel: an `ioaware.parallel.ContextParallel`: the rewritten attention
-        regions run as rings over its group (`parallel/context.py`); such graphs run
-        as fx on every device.
+        regions run as rings over its group (`parallel/context.py`).
     """
 
     def __init__(self, *, verify: bool = False, execute: bool = True,
@@ -190,7 +189,7 @@ class IoawareBackend:
             from ioaware.parallel.context import route_to_ring
 
             counters["context_parallel"] += route_to_ring(gm, self.context_parallel)
-        if device.type == "cuda" and self.context_parallel is None:
+        if device.type == "cuda":
             compiled = self._inductor(gm, example_inputs)
         else:
             if self.inductor_patches:

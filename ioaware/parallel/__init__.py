@@ -3,6 +3,7 @@
     layout.py   which global positions each rank holds (contiguous, zigzag, by work)
     shard.py    one shard pair's kernels, masks at global positions; the LSE merge
     ring.py     ring attention: K/V around the group, merged by log-sum-exp, autograd
+    op.py       ioaware::ring_attention, the ring as a custom op a compiled graph holds
     context.py  ioaware.compile(model, context_parallel=cp): compiled models over a ring
 
 See docs/context-parallel.md.

@@ -17,8 +17,9 @@ same on every rank, so none is left in a collective): an attention region whose 
 score mod reads a per-token tensor (a padding mask, document ids), since in a sharded
 graph that tensor holds this rank's rows only, not the global positions the ring
 evaluates at; pass such masks to `ring_attention` directly with the global tensor.
-The rewritten graph runs as fx, on every device: the ring's P2P calls are Python the
-compiled graph calls, not an op Inductor can hold (docs/context-parallel.md).
+Each region becomes a call of the custom op `ioaware::ring_attention` (`op.py`), opaque
+to Inductor like the attention ops it replaces, so on CUDA the rest of the graph still
+compiles.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from torch import Tensor, fx
 
 from ioaware.codegen.attention.spec import AttentionSpec
 from ioaware.parallel.layout import ShardLayout, contiguous_layout, zigzag_layout
-from ioaware.parallel.ring import RingAttention
-from ioaware.spec import KV_IDX, Q_IDX, dtype_name
+from ioaware.parallel.op import ACTIVE, plain_spec_json
+from ioaware.spec import KV_IDX, Q_IDX
 
 BALANCES = {"zigzag": zigzag_layout, "contiguous": contiguous_layout}
 
@@ -78,33 +79,6 @@ class ContextParallel:
         if self.layout is None:
             raise RuntimeError("ContextParallel.position_ids: call shard() or use() first")
         return self.layout.positions(self.rank).to(device).expand(batch, -1)
-
-
-# Graphs name the ContextParallel they run under by a number (an fx argument must print).
-_ACTIVE: dict[int, ContextParallel] = {}
-_ids = itertools.count()
-
-
-def _ring(cp_id: int, q, k, v, spec: AttentionSpec, inputs):
-    cp = _ACTIVE[cp_id]
-    if cp.layout is None:
-        raise RuntimeError("context_parallel: no layout; shard the inputs with "
-                           "cp.shard(...) (or cp.use(layout)) before calling the model")
-    return RingAttention.apply(q, k, v, spec, cp.layout, cp.group, cp.rank, cp.world,
-                               *inputs)
-
-
-def ring_flash_attention(q, k, v, scale, causal, cp_id):
-    """ioaware::flash_attention's arguments, over the ring: (out, lse)."""
-    spec = AttentionSpec(head_dim=q.shape[-1], head_dim_v=v.shape[-1],
-                         dtype=dtype_name(q.dtype), causal=causal,
-                         scale=scale)
-    return _ring(cp_id, q, k, v, spec, [])
-
-
-def ring_spec_attention(q, k, v, inputs, spec, seed, cp_id):
-    """ioaware::attention's arguments, over the ring: (out, lse)."""
-    return _ring(cp_id, q, k, v, AttentionSpec.from_json(spec), list(inputs))
 
 
 def _check_global(spec: AttentionSpec) -> None:
@@ -156,13 +130,17 @@ def refuse_local_attention(gm: fx.GraphModule, fallbacks: list) -> None:
                          + "; ".join(reasons[:4]))
 
 
+_ids = itertools.count()  # graphs name their ContextParallel by a number (printable)
+
+
 def route_to_ring(gm: fx.GraphModule, cp: ContextParallel) -> int:
-    """Swap every attention op call of `gm` (and its submodules) for the ring over `cp`;
-    returns how many. Raises ValueError for a region the ring cannot take."""
+    """Swap every attention op call of `gm` (and its submodules) for
+    `ioaware::ring_attention` over `cp`; returns how many. Raises ValueError for a
+    region the ring cannot take."""
     from ioaware.parallel.shard import check_shardable
 
     cp_id = next(_ids)
-    _ACTIVE[cp_id] = cp
+    ACTIVE[cp_id] = cp
     swapped = 0
     for module in gm.modules():
         if not isinstance(module, fx.GraphModule):
@@ -172,17 +150,20 @@ def route_to_ring(gm: fx.GraphModule, cp: ContextParallel) -> int:
             if node.op != "call_function":
                 continue
             if node.target is torch.ops.ioaware.flash_attention.default:
-                node.target = ring_flash_attention
-                node.args = (*_positional(node, _FLASH_ARGS), cp_id)
+                q, k, v, scale, causal = _positional(node, _FLASH_ARGS)
+                if not isinstance(scale, float) or not isinstance(causal, bool):
+                    raise ValueError(f"context_parallel: {node.name} has a scale or causal "
+                                     "flag computed at run time; the ring needs constants")
+                node.args = (q, k, v, [], plain_spec_json(scale, causal), cp_id)
             elif node.target is torch.ops.ioaware.attention.default:
-                args = _positional(node, _SPEC_ARGS)
-                spec = AttentionSpec.from_json(args[4])
-                check_shardable(spec)
-                _check_global(spec)
-                node.target = ring_spec_attention
-                node.args = (*args, cp_id)
+                q, k, v, inputs, spec, _seed = _positional(node, _SPEC_ARGS)
+                aspec = AttentionSpec.from_json(spec)
+                check_shardable(aspec)
+                _check_global(aspec)
+                node.args = (q, k, v, inputs, spec, cp_id)
             else:
                 continue
+            node.target = torch.ops.ioaware.ring_attention.default
             node.kwargs = {}
             changed = True
             swapped += 1
