@@ -14,8 +14,9 @@ in the mask and the score mod (and adds `kv_idx <= q_idx` to the mask for causal
 appends the two one-element int64 tensors cp_q0, cp_k0 to the Spec's inputs. The
 existing attention kernels then evaluate causal, window, document, padding, ALiBi and
 bias terms at the global positions: the offsets are runtime values, so one compiled
-kernel serves every pair, and no existing Spec (or its cache key) changes. Per-token
-vectors and bias tables are the *global* tensors, read at the shifted positions.
+kernel serves every pair, and no existing Spec (or its cache key) changes. Bias tables
+are the *global* tensors, read at the shifted positions; per-token vectors are read
+from the pair's slices of them (`global_plan`), which keeps their loads plain.
 
 Masked logits drop (SAFE semantics): a row with no visible key in this pair gives
 lse = -inf and out = 0, which the log-sum-exp merge treats as "no contribution". The
@@ -31,7 +32,8 @@ Pairs of a causal-only Spec that are whole (every key before every query) or dia
 offsets and no block map: on zigzag shards that is every pair a causal ring computes.
 
 Block skipping. Inside a pair the kernels' block map skips empty tiles (an index-only
-mask such as causal gets exact bounds from the scalar offsets). Across pairs,
+mask such as causal gets exact bounds from the scalar offsets, a document or padding
+mask from its per-tile min and max). Across pairs,
 `pair_may_see` decides on the host by interval reasoning over the two ranges: a pair
 it proves empty is neither computed nor, in the ring, sent.
 """
@@ -78,22 +80,82 @@ def global_mask(spec: AttentionSpec) -> sympy.Basic | None:
     return mask
 
 
+@dataclasses.dataclass(frozen=True)
+class VectorSlice:
+    """A derived input: `spec.inputs[source]` narrowed along `axis` to the pair's query
+    rows (along="q") or key columns (along="kv")."""
+
+    name: str
+    source: int
+    axis: int
+    along: str
+
+
+def _sliced_load(load: sympy.Indexed, spec: AttentionSpec, slices: dict) -> sympy.Basic:
+    """`name[.., q_idx + cp_q0[0], ..]` of a per-token input (no gradient; the other
+    indices free of q_idx and kv_idx) -> `name_q[.., q_idx, ..]` of its slice, recorded
+    in `slices`; any other load unchanged."""
+    names = [t.name for t in spec.inputs]
+    if str(load.base) not in names:
+        return load
+    source = names.index(str(load.base))
+    if spec.inputs[source].requires_grad:
+        return load
+    q_at = Q_IDX + sympy.IndexedBase(Q_OFFSET)[0]
+    kv_at = KV_IDX + sympy.IndexedBase(K_OFFSET)[0]
+    hits = [(i, "q" if idx == q_at else "kv") for i, idx in enumerate(load.indices)
+            if idx in (q_at, kv_at)]
+    rest = [idx for i, idx in enumerate(load.indices) if i not in dict(hits)]
+    if len(hits) != 1 or any(idx.free_symbols & {Q_IDX, KV_IDX} for idx in rest):
+        return load
+    axis, along = hits[0]
+    key = (source, axis, along)
+    if key not in slices:
+        name = f"{load.base}_{along}{axis}"
+        while name in names or any(v.name == name for v in slices.values()):
+            name += "_"
+        slices[key] = VectorSlice(name, source, axis, along)
+    indices = list(load.indices)
+    indices[axis] = Q_IDX if along == "q" else KV_IDX
+    return sympy.IndexedBase(slices[key].name)[tuple(indices)]
+
+
 @functools.lru_cache(maxsize=256)
-def global_spec(spec: AttentionSpec) -> AttentionSpec:
-    """`spec` with positions shifted by the runtime offsets cp_q0[0], cp_k0[0] (see the
-    module docstring). Raises ValueError as `check_shardable`."""
+def global_plan(spec: AttentionSpec) -> tuple[AttentionSpec, tuple[VectorSlice, ...]]:
+    """(`global_spec(spec)`, the per-token inputs it reads as per-pair slices).
+
+    A per-token vector read at the shifted position, `doc[b, q_idx + cp_q0[0]]`, is read
+    instead from the pair's slice of it, `doc_q1[b, q_idx]`: a plain per-token load, so
+    the kernels' block map bounds it per tile (min/max) and skips the tiles a document
+    or padding mask empties inside a pair. Other loads (bias tables, learned inputs)
+    read the global tensor at the shifted positions."""
     check_shardable(spec)
     shift = {Q_IDX: Q_IDX + sympy.IndexedBase(Q_OFFSET)[0],
              KV_IDX: KV_IDX + sympy.IndexedBase(K_OFFSET)[0]}
-    mask = global_mask(spec)
-    mod = spec.score_mod_expr()
-    return dataclasses.replace(
-        spec, causal=False,
-        mask=None if mask is None else str(mask.xreplace(shift)),
-        score_mod=None if mod is None else str(mod.xreplace(shift)),
-        inputs=(*spec.inputs, TensorInput(Q_OFFSET, 1, "int64"),
-                TensorInput(K_OFFSET, 1, "int64")),
-        mask_semantics=MaskSemantics.SAFE, mask_fill=float("-inf"))
+    slices: dict = {}
+
+    def globalise(expr):
+        if expr is None:
+            return None
+        shifted = expr.xreplace(shift)
+        loads = {load: _sliced_load(load, spec, slices)
+                 for load in shifted.atoms(sympy.Indexed)}
+        return str(shifted.xreplace(loads))
+
+    mask, mod = globalise(global_mask(spec)), globalise(spec.score_mod_expr())
+    derived = tuple(slices.values())
+    inputs = (*spec.inputs,
+              *(dataclasses.replace(spec.inputs[v.source], name=v.name) for v in derived),
+              TensorInput(Q_OFFSET, 1, "int64"), TensorInput(K_OFFSET, 1, "int64"))
+    gspec = dataclasses.replace(spec, causal=False, mask=mask, score_mod=mod, inputs=inputs,
+                                mask_semantics=MaskSemantics.SAFE, mask_fill=float("-inf"))
+    return gspec, derived
+
+
+def global_spec(spec: AttentionSpec) -> AttentionSpec:
+    """`spec` with positions shifted by the runtime offsets cp_q0[0], cp_k0[0] (see the
+    module docstring). Raises ValueError as `check_shardable`."""
+    return global_plan(spec)[0]
 
 
 # ---- host-side skipping: interval reasoning over a pair of ranges -----------------
@@ -195,8 +257,15 @@ def _global_json(spec: AttentionSpec) -> str:
     return global_spec(spec).to_json()
 
 
-def _offset(value: int, device: torch.device) -> Tensor:
-    return torch.full((1,), value, dtype=torch.int64, device=device)
+def _pair_inputs(spec: AttentionSpec, inputs: list[Tensor], q_range: tuple[int, int],
+                 k_range: tuple[int, int], device: torch.device) -> list[Tensor]:
+    """The general kernels' inputs for a pair: the global tensors, their per-pair slices
+    (views), the two offsets."""
+    slices = [inputs[v.source].narrow(v.axis, *(q_range if v.along == "q" else k_range))
+              for v in global_plan(spec)[1]]
+    offsets = [torch.full((1,), start, dtype=torch.int64, device=device)
+               for start in (q_range[0], k_range[0])]
+    return [*inputs, *slices, *offsets]
 
 
 def shard_forward(spec: AttentionSpec, q: Tensor, k: Tensor, v: Tensor,
@@ -207,7 +276,7 @@ def shard_forward(spec: AttentionSpec, q: Tensor, k: Tensor, v: Tensor,
     with torch.no_grad():
         if plain is not None:
             return torch.ops.ioaware.flash_attention(q, k, v, spec.scale, plain)
-        extra = [*inputs, _offset(q0, q.device), _offset(k0, q.device)]
+        extra = _pair_inputs(spec, inputs, (q0, q.shape[2]), (k0, k.shape[2]), q.device)
         return torch.ops.ioaware.attention(q, k, v, extra, _global_json(spec), None)
 
 
@@ -222,7 +291,7 @@ def shard_backward(spec: AttentionSpec, dout: Tensor, q: Tensor, k: Tensor, v: T
             dq, dk, dv = torch.ops.ioaware.flash_attention_backward(
                 dout, q, k, v, out, lse, spec.scale, plain, dlse)
             return dq, dk, dv, []
-        extra = [*inputs, _offset(q0, q.device), _offset(k0, q.device)]
+        extra = _pair_inputs(spec, inputs, (q0, q.shape[2]), (k0, k.shape[2]), q.device)
         return torch.ops.ioaware.attention_backward(dout, q, k, v, out, lse, extra,
                                                     _global_json(spec), None, dlse)
 

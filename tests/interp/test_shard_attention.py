@@ -92,3 +92,22 @@ def test_unshardable_specs_are_refused_naming_the_spec():
         global_spec(AttentionSpec(causal=True, dropout_p=0.1, **base))
     with pytest.raises(ValueError, match="mask_semantics"):
         global_spec(AttentionSpec(causal=True, mask_semantics="fill", mask_fill=-5.0, **base))
+
+
+def test_document_tiles_a_pair_empties_are_skipped_inside_it():
+    """The document vector reaches the kernels as the pair's slices (plain per-token
+    loads), so the block map bounds it per tile: queries 20..51 (document 1) against
+    keys 0..31 visit the key tile 16..31 only, not 0..15 (document 0)."""
+    from ioaware.codegen.runtime import kernel_module
+    from ioaware.parallel.shard import _pair_inputs
+
+    spec = next(c for c in cases(SEQ) if c.name == "document").spec
+    gspec = global_spec(spec)
+    assert "doc_q1[b, q_idx]" in gspec.mask and "doc_kv1[b, kv_idx]" in gspec.mask
+    doc = (torch.arange(64) >= 16).long().view(1, 64)
+    inputs = _pair_inputs(spec, [doc], (20, 32), (0, 32), torch.device("cpu"))
+    module = kernel_module("attention_fwd", gspec, torch.device("cpu"))
+    full_cnt, _, part_cnt, part_list, _, _ = module.block_map(
+        inputs, 1, 2, 32, 32, 32, 16, False, torch.device("cpu"))
+    assert full_cnt.tolist() == [[0]] and part_cnt.tolist() == [[1]]
+    assert part_list[0, 0, 0].item() == 1  # the key tile 16..31
