@@ -5,6 +5,7 @@ SDPA (cuDNN and flash backends) and beside ioaware's single-GPU kernel at S/worl
 
     torchrun --nproc-per-node=8 scripts/gpu_context_parallel.py [--seq 32768]
     torchrun --nproc-per-node=2 scripts/gpu_context_parallel.py --smoke   # CPU, gloo
+    torchrun --nproc-per-node=8 scripts/gpu_context_parallel.py --seq 131072 --llama-steps 3
 
 Prints, on rank 0, one check line per mask and a table: ms per forward+backward, the
 attention TFLOP/s per GPU (causal counts half the S² entries; backward = 2.5× forward),
@@ -159,6 +160,48 @@ def single_step(spec, args, world, device, dtype):
     return step
 
 
+def train_llama(args, rank, world, device, dtype) -> None:
+    """A 4-layer Llama-style model (transformers, random weights) compiled with
+    context_parallel, trained a few SGD steps at --seq: prints each step's loss and time."""
+    import transformers
+
+    import ioaware
+    from ioaware.parallel import ContextParallel
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        num_hidden_layers=4, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+        hidden_size=args.heads * args.dim, intermediate_size=4 * args.heads * args.dim,
+        vocab_size=1024, max_position_embeddings=args.seq, attn_implementation="sdpa")
+    model = transformers.LlamaForCausalLM(cfg).to(device=device, dtype=dtype)
+    cp = ContextParallel(balance="zigzag")
+    compiled = ioaware.compile(model, context_parallel=cp)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, cfg.vocab_size, (1, args.seq), generator=gen).to(device)
+    labels = torch.full_like(ids, -100)
+    labels[:, :-1] = ids[:, 1:]
+    for step in range(args.llama_steps):
+        start = time.perf_counter()
+        logits = compiled(cp.shard(ids, dim=1), position_ids=cp.position_ids(
+            device=device)).logits
+        loss = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1).float(), cp.shard(labels, dim=1).flatten(),
+            ignore_index=-100, reduction="sum") / (args.seq - 1)
+        loss.backward()
+        for p in model.parameters():
+            dist.all_reduce(p.grad)
+        opt.step()
+        opt.zero_grad()
+        total = loss.detach().clone()
+        dist.all_reduce(total)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if rank == 0:
+            print(f"llama 4 layers S={args.seq} W={world}: step {step} loss "
+                  f"{total.item():.4f} ({time.perf_counter() - start:.2f} s)", flush=True)
+
+
 def tflops_per_gpu(args, seq, world, seconds, causal=True):
     fwd = 4 * args.batch * args.heads * seq * seq * args.dim * (0.5 if causal else 1.0)
     return fwd * 3.5 / world / seconds / 1e12
@@ -173,6 +216,9 @@ def main() -> int:
     parser.add_argument("--kv-heads", type=int, default=16)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--llama-steps", type=int, default=0,
+                        help="also train a 4-layer Llama with context_parallel this many "
+                        "steps at --seq (the issue's S=128k run: --seq 131072 --llama-steps 3)")
     parser.add_argument("--smoke", action="store_true",
                         help="CPU, gloo, kernels under the interpreter, tiny sizes")
     args = parser.parse_args()
@@ -181,6 +227,7 @@ def main() -> int:
 
         config.interpret = True
         args.seq, args.check_seq, args.heads, args.kv_heads, args.dim = 64, 40, 2, 1, 16
+        args.llama_steps = min(args.llama_steps, 2)
         args.repeat = 1
         dist.init_process_group("gloo")
         device, dtype = torch.device("cpu"), torch.float32
@@ -193,6 +240,8 @@ def main() -> int:
         torch.cuda.set_device(device)
         dtype = torch.bfloat16
     rank, world = dist.get_rank(), dist.get_world_size()
+    if args.llama_steps:
+        train_llama(args, rank, world, device, dtype)
     dname = "float32" if dtype == torch.float32 else "bfloat16"
     for name, (spec, tensors) in specs(args.dim, dname, args.check_seq).items():
         check(name, spec, tensors, args, rank, world, device, dtype)
