@@ -18,9 +18,10 @@ Forward, on rank r of W (Liu et al. 2023, "Ring Attention"; Brandon et al. 2023)
     out = acc (in q.dtype)
 
 Each step's sends and receives are one `batch_isend_irecv` (`_Batch`), started before
-the local compute, so communication overlaps it. Backward: the same ring with the merged (out, lse) saved; each step adds
-the pair's dQ locally and its dK, dV into an accumulator that travels with K_src, V_src
-and ends at its owner, so each rank gets the gradient of its own K/V rows.
+the local compute, so communication overlaps it. Backward: the same ring with the merged
+(out, lse) saved; each step adds the pair's dQ locally and its dK, dV into an fp32
+accumulator that follows K_src, V_src around and ends at its owner, so each rank gets
+the gradient of its own K/V rows.
 
 Chains, not full circles. Which ranks need K/V shard `src` is known on every rank from
 the layout and the mask's index-only part (`shard.pair_may_see`). Shard src travels
@@ -29,12 +30,9 @@ contiguous causal layout the shard of rank r is never sent past rank W-1, so blo
 mask empties are never sent. Its dK/dV accumulator returns from that last rank
 straight to src.
 
-Communication per rank and step, elements: K/V: B·Hkv·n·(d + dv); backward adds dK/dV
-(the same again, fp32 accumulators kept in the input dtype on the wire). Per forward
-over the whole ring: (W-1)·B·Hkv·n·(d + dv) per rank at most, against
-2·B·Hq·n·(S)·(d + dv) FLOPs of attention per rank: compute hides the transfer while
-2·Hq·S·(d+dv)/peak >= Hkv·n·(d+dv)·bytes/link, i.e. while n ≥ W·bytes·peak/(2·G·link)
-for GQA group G (see docs/context-parallel.md).
+Communication per rank, elements, n = S/W rows: forward (W-1)·B·Hkv·n·(d + dv) at
+most; backward that again plus W·B·Hkv·n·(d + dv) fp32 accumulators. Compute hides a
+step's transfer while n ≥ peak·bytes / (2·G·link), G = Hq/Hkv (docs/context-parallel.md).
 
 Bad input raises ValueError on every rank before any K/V moves: arguments that are the
 same everywhere (the layout, the group's size, the Spec) are checked locally; the
@@ -288,7 +286,6 @@ class RingAttention(torch.autograd.Function):
         ctx.save_for_backward(q, k, v, out, lse, *inputs)
         ctx.args = (spec, layout, group, rank, world)
         ctx.set_materialize_grads(False)
-        ctx.mark_non_differentiable(lse)
         return out, lse
 
     @staticmethod
