@@ -151,10 +151,10 @@ def route_to_ring(gm: fx.GraphModule, cp: ContextParallel) -> int:
                 continue
             if node.target is torch.ops.ioaware.flash_attention.default:
                 q, k, v, scale, causal = _positional(node, _FLASH_ARGS)
-                if not isinstance(scale, float) or not isinstance(causal, bool):
+                if not isinstance(scale, (int, float)) or not isinstance(causal, bool):
                     raise ValueError(f"context_parallel: {node.name} has a scale or causal "
                                      "flag computed at run time; the ring needs constants")
-                node.args = (q, k, v, [], plain_spec_json(scale, causal), cp_id)
+                node.args = (q, k, v, [], plain_spec_json(float(scale), causal), cp_id)
             elif node.target is torch.ops.ioaware.attention.default:
                 q, k, v, inputs, spec, _seed = _positional(node, _SPEC_ARGS)
                 aspec = AttentionSpec.from_json(spec)
