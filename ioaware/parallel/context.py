@@ -12,11 +12,12 @@ group (`ring.py`), with its mask and score mod evaluated at the global positions
 `cp.layout`. Losses and gradients are each rank's share: sum the loss over the group
 and all-reduce the parameters' gradients (DDP or FSDP over the same group do it).
 
-What the graph may not do under context parallel (a ValueError when it is compiled, the
-same on every rank, so none is left in a collective): an attention region whose mask or
-score mod reads a per-token tensor (a padding mask, document ids), since in a sharded
-graph that tensor holds this rank's rows only, not the global positions the ring
-evaluates at; pass such masks to `ring_attention` directly with the global tensor.
+Per-token inputs of the model that an attention mask reads (an attention_mask shard,
+given to the model like input_ids) are all-gathered into the global tensor in the ring
+op. What the graph may not do (a ValueError when it is compiled, the same on every
+rank, so none is left in a collective): read a per-token tensor the sharded graph
+computed itself (it may hold local positions: an arange), or a table over both
+positions; call `ring_attention` directly with the global tensor for those.
 Each region becomes a call of the custom op `ioaware::ring_attention` (`op.py`), opaque
 to Inductor like the attention ops it replaces, so on CUDA the rest of the graph still
 compiles.
@@ -81,18 +82,35 @@ class ContextParallel:
         return self.layout.positions(self.rank).to(device).expand(batch, -1)
 
 
-def _check_global(spec: AttentionSpec) -> None:
-    """Refuse masks and score mods that read per-token tensors (see module docstring)."""
-    for expr in (spec.mask_expr(), spec.score_mod_expr()):
-        if expr is None:
-            continue
-        for load in expr.atoms(sympy.Indexed):
-            if any(i.free_symbols & {Q_IDX, KV_IDX} for i in load.indices):
-                raise ValueError(
-                    f"context_parallel: an attention region reads {load} per token; in a "
-                    "sharded graph that tensor holds this rank's rows, not the global "
-                    "positions the ring evaluates at (call ring_attention with the "
-                    "global tensor instead)")
+def gather_plan(spec: AttentionSpec, inputs: list) -> list[int]:
+    """[input index, sequence axis, ...] of the inputs read per token (`x[.., q_idx, ..]`
+    or `x[.., kv_idx, ..]`), which the ring all-gathers into global tensors. Such an
+    input must be a graph input (a model's attention_mask, sharded by the caller like
+    input_ids): anything the sharded graph computed per token may depend on local
+    positions (an arange), so it is refused, as is any other position-indexed load."""
+    plan = []
+    exprs = [e for e in (spec.mask_expr(), spec.score_mod_expr()) if e is not None]
+    for i, (t, node) in enumerate(zip(spec.inputs, inputs)):
+        loads = [ld for e in exprs for ld in e.atoms(sympy.Indexed) if str(ld.base) == t.name]
+        axes = set()
+        for load in loads:
+            hits = [a for a, idx in enumerate(load.indices) if idx in (Q_IDX, KV_IDX)]
+            positional = [idx for idx in load.indices if idx.free_symbols & {Q_IDX, KV_IDX}]
+            if len(positional) != len(hits) or len(hits) > 1:
+                raise ValueError(f"context_parallel: an attention region reads {load}, a "
+                                 "table over positions the sharded graph holds only in "
+                                 "part (call ring_attention with the global tensor)")
+            axes.update(hits)
+        if not axes:
+            continue  # per head, per batch or a constant: the same on every rank
+        is_input = isinstance(node, fx.Node) and node.op == "placeholder"
+        if len(axes) > 1 or t.requires_grad or not is_input:
+            raise ValueError(
+                f"context_parallel: an attention region reads {t.name} per token, and it "
+                "is not a graph input this rank holds rows of (computed in the sharded "
+                "graph it may hold local positions); pass it to ring_attention globally")
+        plan += [i, axes.pop()]
+    return plan
 
 
 _FLASH_ARGS = ("q", "k", "v", "scale", "causal")
@@ -154,13 +172,12 @@ def route_to_ring(gm: fx.GraphModule, cp: ContextParallel) -> int:
                 if not isinstance(scale, (int, float)) or not isinstance(causal, bool):
                     raise ValueError(f"context_parallel: {node.name} has a scale or causal "
                                      "flag computed at run time; the ring needs constants")
-                node.args = (q, k, v, [], plain_spec_json(float(scale), causal), cp_id)
+                node.args = (q, k, v, [], plain_spec_json(float(scale), causal), cp_id, [])
             elif node.target is torch.ops.ioaware.attention.default:
                 q, k, v, inputs, spec, _seed = _positional(node, _SPEC_ARGS)
                 aspec = AttentionSpec.from_json(spec)
                 check_shardable(aspec)
-                _check_global(aspec)
-                node.args = (q, k, v, inputs, spec, cp_id)
+                node.args = (q, k, v, inputs, spec, cp_id, gather_plan(aspec, inputs))
             else:
                 continue
             node.target = torch.ops.ioaware.ring_attention.default

@@ -125,6 +125,21 @@ def _check_shapes(q: Tensor, k: Tensor, v: Tensor, layout: ShardLayout, group) -
                                  f"0's {tuple(ref)} outside the sequence axis")
 
 
+def gather_rows(x: Tensor, axis: int, layout: ShardLayout, group) -> Tensor:
+    """The global tensor of which every rank holds its rows `x` along `axis` (as
+    `layout.shard` cut them): one all_gather, shards padded to the longest."""
+    n_max = max(layout.length(r) for r in range(layout.world))
+    wire = x.to(torch.uint8) if x.dtype == torch.bool else x  # gloo sends no bool
+    shape = list(x.shape)
+    shape[axis] = n_max
+    buf = wire.new_zeros(shape)
+    buf.narrow(axis, 0, x.shape[axis]).copy_(wire)
+    parts = [torch.empty_like(buf) for _ in range(layout.world)]
+    dist.all_gather(parts, buf, group=group)
+    rows = [p.narrow(axis, 0, layout.length(r)) for r, p in enumerate(parts)]
+    return layout.unshard(rows, dim=axis).to(x.dtype)
+
+
 class _Batch:
     """The P2P messages of one step of the ring, issued together by
     `dist.batch_isend_irecv` (one NCCL group: its sends and receives progress at once,

@@ -4,7 +4,7 @@ the interpreter):
 - context parallel: a tiny transformers Llama compiled with
   `ioaware.compile(..., context_parallel=cp)` runs on each rank's zigzag shard of the
   sequence; its losses over 3 SGD steps equal single-process eager's on the whole
-  sequence.
+  sequence, and so do its logits on a padded batch (attention_mask sharded too).
 - DDP and FSDP2 (`fully_shard`): the same model compiled by ioaware trains 10 steps
   with the same losses as without ioaware (its regions on the CPU's reference path).
 
@@ -75,6 +75,18 @@ def _context_parallel_llama(rank: int, world: int) -> None:
         opt.zero_grad()
     # the attention regions were rewritten, and run as rings (2 layers)
     assert ioaware.counters["context_parallel"] - rings >= 2
+
+    # a padded batch: the attention_mask shard is all-gathered inside the ring op
+    ids, _ = _data(7, batch=2)
+    mask = torch.ones_like(ids)
+    mask[1, SEQ - 4:] = 0  # the second sequence ends 4 tokens early
+    with torch.no_grad():
+        want = ref(ids, attention_mask=mask).logits
+        got = compiled(cp.shard(ids, dim=1), attention_mask=cp.shard(mask, dim=1),
+                       position_ids=cp.position_ids(batch=2)).logits
+    keep = cp.shard(mask, dim=1).bool()  # padded positions' logits are not compared
+    err = relative_error(got[keep], cp.shard(want, dim=1)[keep])
+    assert err <= TOLERANCE, f"padded batch: relative error {err}"
 
 
 def _train(model: torch.nn.Module, wrapped, rank: int, steps: int) -> list[float]:

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from torch import fx
 
 from ioaware.codegen.attention.spec import AttentionSpec
 from ioaware.parallel import (
@@ -16,7 +17,7 @@ from ioaware.parallel import (
     document_row_work,
     zigzag_layout,
 )
-from ioaware.parallel.context import _check_global
+from ioaware.parallel.context import gather_plan
 from ioaware.parallel.ring import ring_plan
 from ioaware.parallel.shard import plain_pair
 from ioaware.spec import TensorInput
@@ -95,13 +96,22 @@ def test_plain_pairs_of_a_causal_ring():
     assert plain_pair(alibi, (10, 5), (0, 10)) is None
 
 
-def test_compiled_graphs_refuse_per_token_masks_under_context_parallel():
+def test_per_token_inputs_are_gathered_only_when_they_are_graph_inputs():
     padding = AttentionSpec(head_dim=16, head_dim_v=16, dtype="float32", causal=True,
                             scale=0.25, mask="Ne(pad[b, kv_idx], 0)",
                             inputs=(TensorInput("pad", 2, "bool"),))
-    with pytest.raises(ValueError, match="per token"):
-        _check_global(padding)
+    graph = fx.Graph()
+    given = graph.placeholder("attention_mask")
+    computed = graph.call_function(torch.ne, (given, 0))
+    assert gather_plan(padding, [given]) == [0, 1]  # all-gather input 0 along axis 1
+    with pytest.raises(ValueError, match="reads pad per token"):
+        gather_plan(padding, [computed])  # computed in the sharded graph: refused
     alibi = AttentionSpec(head_dim=16, head_dim_v=16, dtype="float32", causal=True,
                           scale=0.25, score_mod="score + s[h]*(kv_idx - q_idx)",
                           inputs=(TensorInput("s", 1, "float32"),))
-    _check_global(alibi)  # a per-head table is the same on every rank
+    assert gather_plan(alibi, [computed]) == []  # per head: the same on every rank
+    relative = AttentionSpec(head_dim=16, head_dim_v=16, dtype="float32", causal=True,
+                             scale=0.25, score_mod="score + t[h, q_idx - kv_idx + 40]",
+                             inputs=(TensorInput("t", 2, "float32"),))
+    with pytest.raises(ValueError, match="table over positions"):
+        gather_plan(relative, [given])
