@@ -40,7 +40,8 @@ def compile(
         `ioaware.VerificationError` if any output differs beyond the dtype's tolerance.
     context_parallel: an `ioaware.parallel.ContextParallel(group, balance)`: the model
         runs on this rank's rows of the sequence (`cp.shard(...)`) and every attention
-        region ioaware rewrites becomes ring attention over the group
+        region ioaware rewrites becomes ring attention over the group; implies
+        fullgraph=True, since code left to eager would attend locally
         (docs/context-parallel.md).
     """
     if fn is None:
@@ -52,6 +53,10 @@ def compile(
         raise TypeError(f"ioaware.compile: fn must be a function or nn.Module, got {type(fn)}")
     backend = IoawareBackend(verify=verify, mode=mode, options=options, dynamic=dynamic,
                              context_parallel=context_parallel)
+    if context_parallel is not None:
+        # Code dynamo leaves to eager (a graph break) would attend to this rank's rows
+        # only: under context parallel the whole forward must be one graph.
+        fullgraph = True
     compiled = torch.compile(fn, backend=backend, dynamic=dynamic, fullgraph=fullgraph)
     if isinstance(fn, torch.nn.Module):
         return compiled
@@ -61,6 +66,8 @@ def compile(
         try:
             return compiled(*args, **kwargs)
         except torch._dynamo.exc.TorchRuntimeError:
+            if context_parallel is not None:  # eager would be this rank's rows alone
+                raise
             # The function itself fails on these inputs (dynamo hit the error while
             # tracing): run it eagerly so the caller sees the function's own error.
             return fn(*args, **kwargs)
