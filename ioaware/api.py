@@ -24,6 +24,7 @@ def compile(
     dynamic: bool | None = None,
     fullgraph: bool = False,
     verify: bool = False,
+    context_parallel: Any = None,
 ) -> F | Callable[[F], F]:
     """Compile a function or nn.Module with ioaware; usable as `@ioaware.compile` too.
 
@@ -37,14 +38,25 @@ def compile(
     dynamic, fullgraph: passed to `torch.compile`.
     verify: run eager beside the compiled code once per new input shape and raise
         `ioaware.VerificationError` if any output differs beyond the dtype's tolerance.
+    context_parallel: an `ioaware.parallel.ContextParallel(group, balance)`: the model
+        runs on this rank's rows of the sequence (`cp.shard(...)`) and every attention
+        region ioaware rewrites becomes ring attention over the group; implies
+        fullgraph=True, since code left to eager would attend locally
+        (docs/context-parallel.md).
     """
     if fn is None:
         inductor_patches(mode, options, dynamic)  # a bad mode fails here, not when applied
         return lambda f: compile(f, mode=mode, options=options, dynamic=dynamic,
-                                 fullgraph=fullgraph, verify=verify)
+                                 fullgraph=fullgraph, verify=verify,
+                                 context_parallel=context_parallel)
     if not callable(fn):
         raise TypeError(f"ioaware.compile: fn must be a function or nn.Module, got {type(fn)}")
-    backend = IoawareBackend(verify=verify, mode=mode, options=options, dynamic=dynamic)
+    backend = IoawareBackend(verify=verify, mode=mode, options=options, dynamic=dynamic,
+                             context_parallel=context_parallel)
+    if context_parallel is not None:
+        # Code dynamo leaves to eager (a graph break) would attend to this rank's rows
+        # only: under context parallel the whole forward must be one graph.
+        fullgraph = True
     compiled = torch.compile(fn, backend=backend, dynamic=dynamic, fullgraph=fullgraph)
     if isinstance(fn, torch.nn.Module):
         return compiled
@@ -54,6 +66,8 @@ def compile(
         try:
             return compiled(*args, **kwargs)
         except torch._dynamo.exc.TorchRuntimeError:
+            if context_parallel is not None:  # eager would be this rank's rows alone
+                raise
             # The function itself fails on these inputs (dynamo hit the error while
             # tracing): run it eagerly so the caller sees the function's own error.
             return fn(*args, **kwargs)

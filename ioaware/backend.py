@@ -122,13 +122,27 @@ class IoawareBackend:
         else `config.default_device` (see `hardware.get_profile`).
     mode, options, dynamic: torch.compile's, turned into Inductor's config patches as
         torch.compile turns them (`inductor_options.inductor_patches`; checked here).
+    context_parallel: an `ioaware.parallel.ContextParallel`: the rewritten attention
+        regions run as rings over its group (`parallel/context.py`).
     """
 
     def __init__(self, *, verify: bool = False, execute: bool = True,
                  device: str | None = None, mode: str | None = None,
-                 options: dict[str, Any] | None = None, dynamic: bool | None = None) -> None:
+                 options: dict[str, Any] | None = None, dynamic: bool | None = None,
+                 context_parallel: Any = None) -> None:
         from ioaware.inductor_options import inductor_patches
 
+        if context_parallel is not None:
+            from ioaware.parallel.context import ContextParallel
+
+            if not isinstance(context_parallel, ContextParallel):
+                raise TypeError("context_parallel must be an ioaware.parallel."
+                                f"ContextParallel; got {type(context_parallel).__name__}")
+            if verify:
+                raise ValueError("verify=True compares with eager on this rank's rows, "
+                                 "which is not the sharded model's answer; it cannot be "
+                                 "combined with context_parallel")
+        self.context_parallel = context_parallel
         self.verify = verify
         self.execute = execute
         self.inductor_patches = inductor_patches(mode, options, dynamic)
@@ -161,12 +175,20 @@ class IoawareBackend:
         for name, seconds in result.seconds.items():
             self.explanation.pass_seconds[name] = \
                 self.explanation.pass_seconds.get(name, 0.0) + seconds
+        if self.context_parallel is not None and self.execute:
+            from ioaware.parallel.context import refuse_local_attention
+
+            refuse_local_attention(result.graph, result.fallbacks)
         return self._finish(gm, result.graph, example_inputs, device)
 
     def _finish(self, eager: fx.GraphModule, gm: fx.GraphModule, example_inputs: Sequence[Any],
                 device: torch.device) -> Callable:
         if not self.execute:
             return eager.forward
+        if self.context_parallel is not None:
+            from ioaware.parallel.context import route_to_ring
+
+            counters["context_parallel"] += route_to_ring(gm, self.context_parallel)
         if device.type == "cuda":
             compiled = self._inductor(gm, example_inputs)
         else:

@@ -1,0 +1,24 @@
+"""Context parallelism: attention over a sequence sharded across a process group.
+
+    layout.py   which global positions each rank holds (contiguous, zigzag, by work)
+    shard.py    one shard pair's kernels, masks at global positions; the LSE merge
+    ring.py     ring attention: K/V around the group, merged by log-sum-exp, autograd
+    op.py       ioaware::ring_attention, the ring as a custom op a compiled graph holds
+    context.py  ioaware.compile(model, context_parallel=cp): compiled models over a ring
+
+See docs/context-parallel.md.
+"""
+
+from ioaware.parallel.context import ContextParallel
+from ioaware.parallel.layout import (
+    ShardLayout,
+    balanced_layout,
+    contiguous_layout,
+    document_row_work,
+    zigzag_layout,
+)
+from ioaware.parallel.shard import global_spec, merge_partial, pair_may_see
+
+__all__ = ["ContextParallel", "ShardLayout", "balanced_layout", "contiguous_layout",
+           "document_row_work", "global_spec", "merge_partial", "pair_may_see",
+           "zigzag_layout"]
