@@ -7,6 +7,13 @@ first) under `torch.profiler` for a few steps, beside cuDNN's SDPA, and prints p
 each CUDA kernel's time and launch count, the kernels' sum, and the wall time of the step
 measured with events. A step whose wall time exceeds its kernels' sum is waiting on
 something else (host work the GPU cannot run ahead of, a sync, an allocation).
+
+    python scripts/profile_attention_step.py --window [--batch 2 --seqlen 8192]
+
+profiles instead the sliding window (512) as the bench runs it: the kernel called with
+the bench's Spec, and ioaware.compile of the plain masked_fill spelling (the compiled
+forward+backward measured 1.37x the kernel's on 2026-12-07; this shows which kernels
+differ).
 """
 
 from __future__ import annotations
@@ -49,7 +56,11 @@ def main() -> None:
     parser.add_argument("--seqlen", type=int, default=4096)
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--window", action="store_true",
+                        help="the sliding window: the kernel vs ioaware.compile")
     args = parser.parse_args()
+    if args.window:
+        return window(args)
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from ioaware.codegen.attention.op import flash_attention
@@ -76,6 +87,34 @@ def main() -> None:
         step_table(f"ioaware forward, causal={causal}", ours_forward, args.steps)
         step_table(f"ioaware forward+backward, causal={causal}", ours, args.steps)
         step_table(f"cuDNN forward+backward, causal={causal}", cudnn, args.steps)
+
+
+def window(args: argparse.Namespace) -> None:
+    import ioaware
+    from ioaware.bench.attention import AttentionProblem
+    from ioaware.bench.masks import _spec, sliding_window_attention
+    from ioaware.codegen.attention import op as ops
+
+    shape = (args.batch, args.heads, args.seqlen, args.head_dim)
+    q, k, v = (torch.randn(shape, device="cuda", dtype=torch.bfloat16).requires_grad_()
+               for _ in range(3))
+    dout = torch.randn(shape, device="cuda", dtype=torch.bfloat16)
+    problem = AttentionProblem(*shape, torch.bfloat16, True)
+    spec = _spec("sliding_window", problem)
+    compiled = ioaware.compile(sliding_window_attention)
+    print(f"{torch.cuda.get_device_name()}  B,H,N,d={shape}  bf16, sliding window")
+
+    def kernel():
+        ops.attention(q, k, v, spec, []).backward(dout)
+        q.grad = k.grad = v.grad = None
+
+    def through_compile():
+        compiled(q, k, v).backward(dout)
+        q.grad = k.grad = v.grad = None
+
+    step_table("kernel forward+backward", kernel, args.steps)
+    step_table("ioaware.compile forward+backward", through_compile, args.steps)
+    print(compiled._ioaware_backend.explanation)
 
 
 if __name__ == "__main__":
