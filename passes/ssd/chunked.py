@@ -85,6 +85,16 @@ def strip(node: fx.Node, ops=_CASTS) -> fx.Node:
     return node
 
 
+def live(node: fx.Node, memo: dict[fx.Node, bool]) -> bool:
+    """Whether the node's value reaches the graph's output or a side effect (what dead
+    code, e.g. an output nobody reads, does not)."""
+    if node not in memo:
+        memo[node] = True  # cycles cannot occur; this only guards re-entry
+        memo[node] = (node.op == "output" or node.is_impure()
+                      or any(live(u, memo) for u in node.users))
+    return memo[node]
+
+
 def candidates(gm: fx.GraphModule) -> list[fx.Node]:
     """cumsum nodes over the last axis whose input, under layout ops, is a product of a
     3-D tensor and a 1-D one (dt·A): where a chunked SSD may be."""
@@ -99,7 +109,7 @@ def candidates(gm: fx.GraphModule) -> list[fx.Node]:
     return out
 
 
-def _dt_producers(dt: fx.Node
+def dt_producers(dt: fx.Node
                   ) -> tuple[fx.Node, fx.Node | None, bool, tuple[float, float], fx.Node]:
     """(raw dt, dt_bias or None, softplus?, (dt_min, dt_max), the node x is multiplied
     by) from dt' = clamp(softplus(dt + dt_bias), dt_min, dt_max), each part optional."""
@@ -125,9 +135,12 @@ def _dt_producers(dt: fx.Node
     bias = None
     if is_call(node, aten.add.Tensor) and len(node.args) == 2:
         a, b = node.args
-        if len(shape(b) or ()) == 1 and len(shape(a) or ()) == 3:
+        # the bias has one axis fewer than dt: [H] + [Bt, L, H] here, [H, P] + [Bt, H, P]
+        # in the decode step (decode.py)
+        rank = len(shape(node) or ())
+        if len(shape(b) or ()) == rank - 1 and len(shape(a) or ()) == rank:
             bias, node = strip(b), a
-        elif len(shape(a) or ()) == 1 and len(shape(b) or ()) == 3:
+        elif len(shape(a) or ()) == rank - 1 and len(shape(b) or ()) == rank:
             bias, node = strip(a), b
     return node, bias, softplus, limit, used
 
@@ -138,7 +151,7 @@ def match(gm: fx.GraphModule, anchor: fx.Node) -> ChunkedSSD:
     a0, a1 = dA.args[:2]
     A, dt_used = (a0, a1) if len(shape(a0)) == 1 else (a1, a0)
     A = strip(A)
-    dt, dt_bias, softplus, dt_limit, dt_used = _dt_producers(dt_used)
+    dt, dt_bias, softplus, dt_limit, dt_used = dt_producers(dt_used)
     batch, length, heads = shape(dt_used)
     if shape(A) != (heads,):
         raise NoMatch(f"{dA.name}: the decay {A.name} has shape {shape(A)}, not one "
