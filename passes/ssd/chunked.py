@@ -135,12 +135,12 @@ def dt_producers(dt: fx.Node
     bias = None
     if is_call(node, aten.add.Tensor) and len(node.args) == 2:
         a, b = node.args
-        # the bias has one axis fewer than dt: [H] + [Bt, L, H] here, [H, P] + [Bt, H, P]
+        # the bias has fewer axes than dt: [H] + [Bt, L, H] here, [H, P] + [Bt, H, P]
         # in the decode step (decode.py)
         rank = len(shape(node) or ())
-        if len(shape(b) or ()) == rank - 1 and len(shape(a) or ()) == rank:
+        if 0 < len(shape(b) or ()) < rank == len(shape(a) or ()):
             bias, node = strip(b), a
-        elif len(shape(a) or ()) == rank - 1 and len(shape(b) or ()) == rank:
+        elif 0 < len(shape(a) or ()) < rank == len(shape(b) or ()):
             bias, node = strip(a), b
     return node, bias, softplus, limit, used
 

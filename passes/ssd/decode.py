@@ -39,6 +39,7 @@ from ioaware import cost
 from ioaware.codegen.ssd import reference
 from ioaware.codegen.ssd.price import ssd_step_cost
 from ioaware.codegen.ssd.step_op import check_ssd_step
+from ioaware.passes.attention.masks import needs_grad
 from ioaware.passes.driver import Match, NoMatch, Pass, PassContext
 from ioaware.spec import dtype_name
 from ioaware.verify import TOLERANCE, relative_error
@@ -228,7 +229,8 @@ def match_step(gm: fx.GraphModule, anchor: fx.Node) -> DecodeStep:
         raise NoMatch(f"{x4[0].name}: x is not a [Bt, H, P] tensor unsqueezed")
     B = _group_source(b4[0], batch, heads, d_state)
     y, C, D = _output(anchor, copy, x, batch, heads, head_dim, d_state)
-    if val(anchor).requires_grad or val(y).requires_grad:
+    # (grad mode as the user runs the graph: generate() runs without it)
+    if torch.is_grad_enabled() and (needs_grad(anchor) or needs_grad(y)):
         raise NoMatch(f"{anchor.name}: the decode step needs gradients here; the fused "
                       f"step updates its state in place and has no backward")
     operands = {"state": S, "x": x, "dt": dt, "dt_bias": dt_bias, "A": A, "D": D,
