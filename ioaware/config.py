@@ -53,6 +53,10 @@ class Config:
     fast_launch: bool = dataclasses.field(
         default_factory=lambda: os.environ.get("IOAWARE_FAST_LAUNCH", "1") != "0"
     )
+    # The SSD backward sums dB and dC over the heads of a group by fp32 atomic adds in the
+    # kernel (True) instead of per-head partials that torch sums (False: deterministic,
+    # but 2·2·Bt·L·H·N·4 bytes of HBM traffic). Off until measured faster on a GPU.
+    ssd_bc_atomic: bool = False
 
 
 config = Config()

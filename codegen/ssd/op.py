@@ -20,12 +20,14 @@ reference.py (fp32 torch, its backward autograd through it).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 from torch import Tensor
 
 from ioaware.codegen.ssd.spec import MAX_D_STATE, MAX_HEAD_DIM, SSDSpec
+from ioaware.config import config
 from ioaware.spec import DTYPES, dtype_name
 
 from ..runtime import backend_name, device_context, kernel_module
@@ -184,7 +186,9 @@ def ssd_backward_op(
         ref = _reference_backward(dy, dh_last, x, dt, A, B, C, D, dt_bias, dt_softplus, h0,
                                   (dt_min, dt_max))
     else:
-        spec = ssd_spec(x, dt, B, D, dt_bias, dt_softplus, h0, dt_min, dt_max)
+        spec = dataclasses.replace(
+            ssd_spec(x, dt, B, D, dt_bias, dt_softplus, h0, dt_min, dt_max),
+            bc_atomic=config.ssd_bc_atomic)
         module = kernel_module("ssd_bwd", spec, x.device)
         with device_context(x.device):
             ref = module.backward(dy, dh_last, x, dt, A, B, C, D, dt_bias, h0)

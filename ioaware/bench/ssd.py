@@ -3,6 +3,9 @@
 mamba_ssm), eager and under torch.compile, against mamba_ssm's fused kernels where that
 package is installed, and against the plain recurrent loop.
 
+ioaware's backward runs twice: with dB, dC summed over a group's heads from per-head
+partials (the default) and by atomic adds in the kernel (config.ssd_bc_atomic).
+
 Every variant computes the same map (dt = softplus(dt + dt_bias), D skip, B and C shared
 by a group of heads, chunks of `torch_chunk` for transformers' spelling as its configs
 use, the chunk the cost model picks for ioaware). Each is checked against the fp32 torch
@@ -233,12 +236,20 @@ def bench_ssd(batch: int = 4, heads: int = 64, head_dim: int = 64, d_state: int 
     leaves, dy = _inputs(problem, seqlen)
     checked = (leaves, dy, _reference(leaves, dy))
     rows = []
-    for name, fn in (("ioaware ssd", _ioaware()),
-                     (f"torch_forward eager (chunk {torch_chunk})",
-                      _torch_forward(torch_chunk, False))):
+    from ioaware.config import config
+
+    for name, fn, atomic in (
+            ("ioaware ssd", _ioaware(), False),
+            ("ioaware ssd, dB/dC by atomic adds", _ioaware(), True),
+            (f"torch_forward eager (chunk {torch_chunk})", _torch_forward(torch_chunk, False),
+             False)):
         progress(name)
         row = ScanBenchRow(variant=name, seqlen=seqlen)
-        _measure(row, fn, problem, checked, floors, warmup_ms, rep_ms)
+        saved, config.ssd_bc_atomic = config.ssd_bc_atomic, atomic  # read by the backward
+        try:
+            _measure(row, fn, problem, checked, floors, warmup_ms, rep_ms)
+        finally:
+            config.ssd_bc_atomic = saved
         rows.append(row)
         progress(f"  {_row_line(row)}")
     progress(f"mamba_ssm (chunk {torch_chunk})")
