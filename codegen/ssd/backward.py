@@ -30,7 +30,7 @@ The per-head dB, dC partials cost 2·2·Bt·L·H·N·4 bytes (written and read b
 H / G = 64 heads per group they are the largest HBM term of the backward
 (tiles.ssd_step_bytes). With `spec.bc_atomic` (config.ssd_bc_atomic) the kernel instead
 adds each program's dB, dC tiles into fp32 [Bt, L, G, N] buffers with relaxed atomic
-adds: HBM sees 2·Bt·L·G·N·4 zeroed, accumulated in L2 and read once (H / G times less),
+adds: HBM sees 2·2·Bt·L·G·N·4 zeroed, accumulated in L2 and read once (H / G times less),
 at the price of H / G · n_p atomic adds per element and a summation order that varies
 from run to run. Which is faster is for the GPU to say (scripts/gpu_ssd.py times both).
 """
