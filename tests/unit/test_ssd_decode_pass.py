@@ -97,6 +97,23 @@ def test_step_becomes_one_in_place_op_as_eager(fn):
     assert steps[0].hbm_bytes_after < steps[0].hbm_bytes_before / 3
 
 
+def test_bf16_state_and_inputs():
+    """A bf16 cache state and bf16 x, B, C (a bf16 model's cache): the update is cast to
+    the state's dtype before its copy, y computed from it in C's dtype; the op takes both
+    casts and gives eager's values within bf16 tolerance."""
+    args = [a.to(torch.bfloat16) if i in (0, 1, 4, 5) else a
+            for i, a in enumerate(operands(5))]
+    _, out, run = rewrite(cloned, args)
+    assert [r.kind for r in out.rewrites] == ["ssd_decode"] and not out.fallbacks, out
+    assert out.rewrites[0].detail["state_dtype"] == "bfloat16"
+    state = args[0].clone()
+    want_y = cloned(state, *args[1:])
+    got_y, got_state = run()
+    assert got_y.dtype == want_y.dtype and got_state.dtype == torch.bfloat16
+    assert relative_error(got_y.float(), want_y.float()) <= 0.03
+    assert relative_error(got_state.float(), state.float()) <= 0.03
+
+
 def test_step_bytes_are_the_state_read_and_written_once():
     c = ssd_step_cost(4, 48, 64, 128, 8, 2, 4).evaluate()
     state = 4 * 48 * 64 * 128 * 4  # fp32 state, read and written in place
