@@ -22,43 +22,30 @@ from torch import Tensor
 
 from ..runtime import backend_name, device_context, kernel_module
 from . import reference as ssd_reference
-from .op import FLOAT_DTYPES, PARAM_DTYPES, ssd_spec
+from .op import check_tensors, shape_of, ssd_spec
 from .spec import MAX_D_STATE, MAX_HEAD_DIM
 
 __all__ = ["ssd_step"]
 
 
-def _shape(t: object) -> tuple[int, ...]:
-    return tuple(getattr(t, "shape", ()))
-
-
 def check_ssd_step(state, x, dt, A, B, C, D, dt_bias) -> None:
     """Raise ValueError (TypeError for a non-tensor) naming the offending argument."""
-    for name, t in (("state", state), ("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C),
-                    ("D", D), ("dt_bias", dt_bias)):
-        if t is None and name in ("D", "dt_bias"):
-            continue
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a Tensor; got {type(t).__name__}")
-        allowed = PARAM_DTYPES if name in ("state", "A", "D", "dt_bias") else FLOAT_DTYPES
-        if t.dtype not in allowed:
-            raise ValueError(f"{name}.dtype={t.dtype} is not supported; expected one of "
-                             f"{[str(d) for d in allowed]}")
-        if t.device != x.device:
-            raise ValueError(f"{name}.device={t.device} must equal x.device={x.device}")
+    named = (("state", state), ("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C),
+             ("D", D), ("dt_bias", dt_bias))
+    check_tensors(named, x, ("D", "dt_bias"), ("state", "A", "D", "dt_bias"))
     if x.dim() != 3:
-        raise ValueError(f"x must be 3-D [Bt, H, P] (one step); got shape {_shape(x)}")
+        raise ValueError(f"x must be 3-D [Bt, H, P] (one step); got shape {shape_of(x)}")
     batch, heads, head_dim = x.shape
     if not 1 <= head_dim <= MAX_HEAD_DIM:
         raise ValueError(f"x.shape[2]=P={head_dim} (head_dim) must be between 1 and "
                          f"{MAX_HEAD_DIM}")
-    if _shape(dt) != (batch, heads):
-        raise ValueError(f"dt.shape={_shape(dt)} must be [Bt, H] = [{batch}, {heads}]")
+    if shape_of(dt) != (batch, heads):
+        raise ValueError(f"dt.shape={shape_of(dt)} must be [Bt, H] = [{batch}, {heads}]")
     for name, t in (("A", A), ("D", D), ("dt_bias", dt_bias)):
-        if t is not None and _shape(t) != (heads,):
-            raise ValueError(f"{name}.shape={_shape(t)} must be [H] = [{heads}]")
-    if B.dim() != 3 or B.shape[0] != batch or _shape(B) != _shape(C):
-        raise ValueError(f"B.shape={_shape(B)} and C.shape={_shape(C)} must both be "
+        if t is not None and shape_of(t) != (heads,):
+            raise ValueError(f"{name}.shape={shape_of(t)} must be [H] = [{heads}]")
+    if B.dim() != 3 or B.shape[0] != batch or shape_of(B) != shape_of(C):
+        raise ValueError(f"B.shape={shape_of(B)} and C.shape={shape_of(C)} must both be "
                          f"[Bt, G, N] = [{batch}, G, N]")
     groups, d_state = B.shape[1], B.shape[2]
     if groups == 0 or heads % groups:
@@ -66,8 +53,8 @@ def check_ssd_step(state, x, dt, A, B, C, D, dt_bias) -> None:
     if not 1 <= d_state <= MAX_D_STATE:
         raise ValueError(f"B.shape[2]=N={d_state} (d_state) must be between 1 and "
                          f"{MAX_D_STATE}")
-    if _shape(state) != (batch, heads, head_dim, d_state):
-        raise ValueError(f"state.shape={_shape(state)} must be [Bt, H, P, N] = "
+    if shape_of(state) != (batch, heads, head_dim, d_state):
+        raise ValueError(f"state.shape={shape_of(state)} must be [Bt, H, P, N] = "
                          f"[{batch}, {heads}, {head_dim}, {d_state}]")
 
 
