@@ -5,17 +5,18 @@
 2. prefill tables (forward and forward+backward, µs and % of the floor): ioaware's
    chunked kernels beside transformers' torch_forward eager, mamba_ssm where installed,
    torch.compile (first table only, capped) and the plain loop (first table only), at
-   Mamba-2 sizes B=4, L=2048, H=48, P=64, N=128, bf16, ngroups 1 and 8, then at the
-   issue's acceptance shape (H=64, L=4096, G=1);
+   Mamba-2 sizes B=4, L=2048, H=48, P=64, N=128, bf16, ngroups 1 and 8 (with
+   --issue-shape also at the acceptance shape H=64, L=4096, G=1); ioaware's backward
+   both with per-head dB/dC partials and with atomic adds (config.ssd_bc_atomic);
 3. decode step tables (µs per token per layer, % of the floor = the state read and
    written once): the step kernel, ioaware.compile of transformers' step (rewritten in
    place), that step eager and under torch.compile, mamba_ssm where installed; B=4, H=48,
    P=64, N=128, bf16 x, fp32 state, ngroups 1 and 8;
-4. a Mamba-2 model (4 layers of H=48, P=64, N=128) on the GPU: generate() under
-   ioaware.compile gives eager's tokens (fp32) with every decode step rewritten, and the
-   time per generated token (bf16) eager vs ioaware.compile.
+4. a Mamba-2 model (4 layers of H=48, P=64, N=128, fp32) on the GPU: generate() under
+   ioaware.compile gives eager's tokens with every decode step rewritten, and the time
+   per generated token, eager vs ioaware.compile.
 
-    python scripts/gpu_ssd.py [--compile-timeout 60] [--skip PART ...]
+    python scripts/gpu_ssd.py [--compile-timeout 60] [--skip PART ...] [--issue-shape]
 """
 
 from __future__ import annotations
@@ -81,13 +82,14 @@ def check_step() -> None:
             raise SystemExit(1)
 
 
-def prefill_tables(compile_timeout: float) -> bool:
+def prefill_tables(compile_timeout: float, issue_shape: bool) -> bool:
     from ioaware.bench.ssd import bench_ssd, render_ssd_bench
 
     ok = True
     shapes = [  # B, H, G, L, torch.compile row, plain loop row
-        (4, 48, 1, 2048, True, True), (4, 48, 8, 2048, False, False),
-        (4, 64, 1, 4096, False, False)]
+        (4, 48, 1, 2048, True, True), (4, 48, 8, 2048, False, False)]
+    if issue_shape:
+        shapes.append((4, 64, 1, 4096, False, False))
     for batch, heads, groups, length, compiled, loop in shapes:
         rows, info = bench_ssd(batch, heads, 64, 128, groups, length, "bf16",
                                compile_timeout_s=compile_timeout if compiled else 0,
@@ -126,7 +128,8 @@ def step_tables() -> bool:
 
 
 def model_decode() -> bool:
-    """generate() of a 4-layer Mamba-2 on the GPU: tokens (fp32) and time per token (bf16)."""
+    """generate() of a 4-layer Mamba-2 on the GPU (fp32, TF32 off): eager's tokens, and
+    the time per generated token, eager vs ioaware.compile."""
     import transformers
 
     import ioaware
@@ -150,7 +153,6 @@ def model_decode() -> bool:
     same = got.tolist() == want.tolist()
     print(f"model generate (fp32, B=4, 64 + 8 tokens): tokens {'equal' if same else 'DIFFER'} "
           f"to eager; rewrites {dict(counted)}", flush=True)
-    model.to(torch.bfloat16)
     compiled_forward = model.forward
     times = {}
     for name, forward in (("eager", eager_forward), ("ioaware.compile", compiled_forward)):
@@ -165,7 +167,7 @@ def model_decode() -> bool:
                 times[name, new] = time.perf_counter() - start
     for name in ("eager", "ioaware.compile"):
         per_token = (times[name, 36] - times[name, 4]) / 32
-        print(f"model decode (bf16, B=4, 4 layers): {name}: {per_token * 1e3:.2f} ms per "
+        print(f"model decode (fp32, B=4, 4 layers): {name}: {per_token * 1e3:.2f} ms per "
               f"token (host and device, generate() overhead included)")
     return same and counted["ssd_decode"] >= 4
 
@@ -176,6 +178,8 @@ def main() -> int:
                         help="seconds for torch.compile(torch_forward), in a child process")
     parser.add_argument("--skip", nargs="*", default=[], choices=PARTS,
                         help="parts not to run")
+    parser.add_argument("--issue-shape", action="store_true",
+                        help="also the prefill table at H=64, L=4096 (the acceptance shape)")
     options = parser.parse_args()
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
@@ -185,7 +189,7 @@ def main() -> int:
         check_kernels()
         check_step()
     if "prefill" not in options.skip:
-        ok &= prefill_tables(options.compile_timeout)
+        ok &= prefill_tables(options.compile_timeout, options.issue_shape)
     if "step" not in options.skip:
         ok &= step_tables()
     if "model" not in options.skip:
