@@ -7,7 +7,9 @@
     probe.py    the region evaluated on random operands against the SSD reference
     decode.py   the L = 1 decode step (a cache holds the state) -> `ioaware::ssd_step`,
                 in place on the cache's state: its own pass, SSD_DECODE
-    recurrent.py  loops of S_t = a_t·S_(t-1) + k_t v_tᵀ (GLA, retention), named (left eager)
+    loop.py     Mamba-2 as a loop over steps (unrolled by dynamo), re-rolled into the same op
+    recurrent.py  loops of S_t = a_t·S_(t-1) + k_t v_tᵀ (GLA, retention) that are not,
+                named with their decay's structure (left eager)
 
 Fused into the op where present: dt's bias, softplus and clamp (time_step_limit), the D
 skip, the initial state h0 and the final state. What stays eager, with the reason in
@@ -28,7 +30,7 @@ from ioaware.codegen.ssd import op as ssd_ops
 from ioaware.codegen.ssd.price import ssd_cost
 from ioaware.codegen.ssd.tiles import choose_chunk
 from ioaware.passes.driver import Match, NoMatch, Pass, PassContext
-from ioaware.passes.ssd import chunked, decode, probe, recurrent
+from ioaware.passes.ssd import chunked, decode, loop, probe, recurrent
 from ioaware.spec import dtype_name
 
 aten = torch.ops.aten
@@ -53,9 +55,13 @@ def _check_private(region: chunked.ChunkedSSD) -> None:
 
 
 def _match(gm: fx.GraphModule, anchor: fx.Node, ctx: PassContext) -> Match:
-    if chunked.is_call(anchor, aten.add.Tensor):  # a loop: NoMatch with the reason
-        recurrent.match(gm, anchor)
-    region = chunked.match(gm, anchor)
+    if chunked.is_call(anchor, aten.add.Tensor):  # a loop: re-rolled, or why not
+        try:
+            region = loop.match(gm, anchor)
+        except NoMatch as e:
+            recurrent.match(gm, anchor, str(e))  # raises, with both reasons
+    else:
+        region = chunked.match(gm, anchor)
     _check_private(region)
     region = probe.verify(region)
     x, B = chunked.val(region.x), chunked.val(region.B)
@@ -77,7 +83,7 @@ def _match(gm: fx.GraphModule, anchor: fx.Node, ctx: PassContext) -> Match:
                                         ("h0", region.h0 is not None),
                                         ("final_state", region.final is not None))
              if present]
-    detail = {"spelling": "chunked (segment_sum, einsum chain)", "source_chunk": region.chunk,
+    detail = {"spelling": region.spelling, "source_chunk": region.chunk,
               "chunk": chunk, "heads": heads, "groups": groups, "head_dim": head_dim,
               "d_state": d_state, "fused": fused, "dtype": dtype_name(x.dtype)}
     return Match(plan=region, anchor=anchor.name, before=before, after=after,

@@ -62,6 +62,7 @@ class ChunkedSSD:
     final: fx.Node | None  # the final state [Bt, H, P, N], when the region returns it
     chunk: int
     nodes: list[fx.Node]  # every node of the region, in graph order
+    spelling: str = "chunked (segment_sum, einsum chain)"  # for explain
 
 
 def val(node: object) -> torch.Tensor | None:
