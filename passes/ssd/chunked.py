@@ -164,7 +164,7 @@ def match(gm: fx.GraphModule, anchor: fx.Node) -> ChunkedSSD:
     if y is None and final is None:
         raise NoMatch(f"{anchor.name}: neither the output nor the final state is used")
     known = {x, dt, A} | {n for n in (D, dt_bias, h0) if n is not None}
-    nodes, leaves = _region(gm, [n for n in (y, final) if n is not None], known)
+    nodes, leaves = region(gm, [n for n in (y, final) if n is not None], known)
     bc = [n for n in leaves if n not in known]
     if y is None and len(bc) == 1:  # only the final state: C is never read; any will do
         bc = bc * 2
@@ -279,17 +279,18 @@ def _final_state(gm: fx.GraphModule, anchor: fx.Node, y: fx.Node
     return (selects[0] if selects else None), h0
 
 
-def _region(gm: fx.GraphModule, outputs: list[fx.Node], known: set[fx.Node]
-            ) -> tuple[list[fx.Node], list[fx.Node]]:
+def region(gm: fx.GraphModule, outputs: list[fx.Node], known: set[fx.Node],
+           inputs_are_leaves: bool = False) -> tuple[list[fx.Node], list[fx.Node]]:
     """The nodes the outputs are computed from, back to the known operands and the
     inputs of `repeat_interleave` (B and C before their expansion to heads); and the
-    leaves (operands) reached."""
+    leaves (operands) reached. Another graph input is a leaf where `inputs_are_leaves`,
+    else NoMatch."""
     nodes, leaves, todo = set(), [], list(outputs)
     while todo:
         n = todo.pop()
         if n in nodes or n in leaves:
             continue
-        if n in known:
+        if n in known or (inputs_are_leaves and n.op != "call_function"):
             leaves.append(n)
             continue
         if n.op != "call_function":

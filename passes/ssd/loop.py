@@ -31,10 +31,10 @@ from .chunked import (
     _CASTS,
     _CONSTANT,
     ChunkedSSD,
-    _chain,
     _output,
     dt_producers,
     is_call,
+    region,
     shape,
     strip,
 )
@@ -103,7 +103,8 @@ def match(gm: fx.GraphModule, first: fx.Node) -> ChunkedSSD:
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     h0 = None if is_call(strip(prev), *_ZEROS) else strip(prev)
     known = {x, dt, A} | {n for n in (D, dt_bias, h0) if n is not None}
-    nodes, leaves = _region([y] if y is not None else [final], known, order)
+    nodes, leaves = region(gm, [y] if y is not None else [final], known,
+                           inputs_are_leaves=True)
     outside = [u for u in final.users if u not in nodes]
     if y is not None and outside:  # the final state is an output too
         early = [u for u in outside if order[u] < order[y]]
@@ -153,28 +154,3 @@ def recurrent_decayed(step: fx.Node) -> fx.Node:
         if is_call(a, aten.mul.Tensor) and prev in a.args[:2] and decay in a.args[:2]:
             return a
     raise NoMatch(f"{step.name}: no decayed state among its operands")
-
-
-def _region(outputs: list[fx.Node], known: set[fx.Node], order: dict[fx.Node, int]
-            ) -> tuple[list[fx.Node], list[fx.Node]]:
-    """The nodes the outputs are computed from, back to the known operands, the inputs
-    of `repeat_interleave` and any other graph input; and the leaves reached."""
-    nodes, leaves, todo = set(), [], list(outputs)
-    while todo:
-        n = todo.pop()
-        if n in nodes or n in leaves:
-            continue
-        if n in known or n.op != "call_function":
-            leaves.append(n)
-            continue
-        nodes.add(n)
-        if is_call(n, aten.repeat_interleave.self_int):
-            leaf = strip(n.args[0])
-            nodes.update(_chain(n.args[0], leaf))
-            if leaf not in leaves:
-                leaves.append(leaf)
-            continue
-        if is_call(n, *_CONSTANT):
-            continue
-        todo.extend(n.all_input_nodes)
-    return sorted(nodes, key=order.get), sorted(dict.fromkeys(leaves), key=order.get)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_scan_pass import canonical
 
-from ioaware import capture, hardware
+from ioaware import hardware
 from ioaware.codegen.ssd.price import ssd_step_cost
 from ioaware.passes.driver import PassContext
 from ioaware.passes.pipeline import run_pipeline
@@ -52,19 +52,10 @@ def cloned(state, *rest):
 def rewrite(fn, args):
     """(the rewritten graph, the outcome, run: the graph on fresh copies of args ->
     (y, the state after))."""
-    box = {}
-
-    def backend(gm, example_inputs):
-        box["gm"] = capture.canonicalize(gm, example_inputs)
-        box["inputs"] = list(example_inputs)
-        return gm.forward
-
     traced = [a.clone() for a in args]
-    torch._dynamo.reset()
-    torch.compile(fn, backend=backend, fullgraph=True)(*traced)
-    gm = box["gm"]
+    gm = canonical(fn, *traced)
     # dynamo orders the graph's inputs by first use: which of fn's arguments each is
-    index = [next(i for i, t in enumerate(traced) if t is e) for e in box["inputs"]]
+    index = [next(i for i, t in enumerate(traced) if t is e) for e in gm.inputs]
     out = run_pipeline(gm, PassContext(hardware.get_profile("h100"), "reference", {}))
     gm.recompile()
 

@@ -8,23 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from test_ssd_pass import G, H, operands, rewrite
 
-from ioaware import capture, hardware
 from ioaware.codegen.ssd import reference
-from ioaware.passes.driver import PassContext
-from ioaware.passes.pipeline import run_pipeline
 from ioaware.verify import relative_error
 
 SSD_OP = torch.ops.ioaware.ssd.default
-Bt, L, H, P, G, N = 2, 5, 4, 3, 2, 6
-
-
-def operands(seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(Bt, L, H, P, generator=g), torch.randn(Bt, L, H, generator=g),
-            -torch.rand(H, generator=g) - 0.1, torch.randn(Bt, L, G, N, generator=g),
-            torch.randn(Bt, L, G, N, generator=g), torch.randn(H, generator=g),
-            torch.randn(H, generator=g), torch.randn(Bt, H, P, N, generator=g))
 
 
 def definition(x, dt, A, B, C, D, dt_bias, h0):
@@ -45,21 +34,10 @@ def per_step(x, dt, A, B, C, D, dt_bias, h0):
     return torch.stack(ys, 1), S
 
 
-def rewrite(fn, args):
-    """(the pipeline's outcome, the rewritten graph's outputs on args)."""
-    box = {}
-
-    def backend(gm, example_inputs):
-        box["gm"] = capture.canonicalize(gm, example_inputs)
-        box["inputs"] = list(example_inputs)
-        return gm.forward
-
-    torch._dynamo.reset()
-    torch.compile(fn, backend=backend, fullgraph=True)(*args)
-    gm = box["gm"]
-    out = run_pipeline(gm, PassContext(hardware.get_profile("h100"), "reference", {}))
-    gm.recompile()
-    return gm, out, gm(*box["inputs"])
+def run(fn, args):
+    """(the rewritten graph, the pipeline's outcome, the graph's outputs on args)."""
+    gm, out = rewrite(fn, *args)
+    return gm, out, gm(*gm.inputs)
 
 
 @pytest.mark.parametrize("fn, fused", [
@@ -68,7 +46,7 @@ def rewrite(fn, args):
 ], ids=["definition", "per_step"])
 def test_mamba2_loop_rerolled_into_one_ssd_as_eager(fn, fused):
     args = operands()
-    gm, out, (y, state) = rewrite(fn, args)
+    gm, out, (y, state) = run(fn, args)
     ssd = [r for r in out.rewrites if r.kind == "ssd"]
     assert len(ssd) == 1 and not out.fallbacks, out
     assert ssd[0].detail["spelling"] == "a loop over steps, re-rolled"
@@ -93,9 +71,9 @@ def test_loop_with_a_decay_per_step_and_head_stays_eager():
             ys.append((S * C[:, t, :1][:, :, None, :]).sum(-1))
         return torch.stack(ys, 1)
 
-    _, out, got = rewrite(varying, args)
+    _, out, got = run(varying, args)
     assert not out.rewrites
     reasons = [f.reason for f in out.fallbacks if f.kind == "ssd"]
-    assert len(reasons) == 1 and "loop of 5 steps" in reasons[0], out.fallbacks
+    assert len(reasons) == 1 and "loop of 10 steps" in reasons[0], out.fallbacks
     assert "one A per head" in reasons[0]
     assert torch.equal(got[0] if isinstance(got, (tuple, list)) else got, varying(*args))
