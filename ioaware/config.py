@@ -67,6 +67,10 @@ class Config:
     # and SDPA's "cudnn", "flash", "efficient" backends. ("generated",) keeps the
     # generated kernels always; a region SDPA cannot compute exactly runs them anyway.
     implementations: tuple[str, ...] = dataclasses.field(default_factory=_implementations)
+    # The SSD backward sums dB and dC over the heads of a group by fp32 atomic adds in the
+    # kernel (True) instead of per-head partials that torch sums (False: deterministic,
+    # but 2·2·Bt·L·H·N·4 bytes of HBM traffic). Off until measured faster on a GPU.
+    ssd_bc_atomic: bool = False
 
 
 config = Config()

@@ -28,7 +28,11 @@ Two launches and a few small reductions:
 
 The per-head dB, dC partials cost 2·2·Bt·L·H·N·4 bytes (written and read back): at
 H / G = 64 heads per group they are the largest HBM term of the backward
-(tiles.ssd_step_bytes); summing them in the kernel is the next step.
+(tiles.ssd_step_bytes). With `spec.bc_atomic` (config.ssd_bc_atomic) the kernel instead
+adds each program's dB, dC tiles into fp32 [Bt, L, G, N] buffers with relaxed atomic
+adds: HBM sees 2·2·Bt·L·G·N·4 zeroed, accumulated in L2 and read once (H / G times less),
+at the price of H / G · n_p atomic adds per element and a summation order that varies
+from run to run. Which is faster is for the GPU to say (scripts/gpu_ssd.py times both).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from .tiles import choose_block_p, padded
 BACKWARD_KERNEL = '''
 BWD_BLOCK_P = $bwd_block_p
 BWD_CONFIGS = $bwd_configs  # (num_warps, num_stages), autotuned on a GPU
+BC_ATOMIC = $bc_atomic
 
 
 @triton.jit
@@ -57,7 +62,7 @@ def _ssd_bwd(
     BLOCK_P: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
     HAS_DHL: tl.constexpr, HAS_DT_LIMIT: tl.constexpr, DT_MIN: tl.constexpr,
-    DT_MAX: tl.constexpr,
+    DT_MAX: tl.constexpr, BC_ATOMIC: tl.constexpr,
 ):
     pid_p, pid_bh, b, h, g, offs_t, offs_p, offs_n, p_mask, n_mask, pn_mask = _program(
         H, P, N, heads_per_group, BLOCK_P, CHUNK, BLOCK_N)
@@ -128,9 +133,15 @@ def _ssd_bwd(
         dC += tl.exp(cs)[:, None] * y_in
         dB = _dot(tl.trans(w_mat).to($op_dtype), Cc)
         dB += w[:, None] * x_ds
-        tn_offs = part[:, None] * N + offs_n[None, :]
-        tl.store(dB_ptr + tn_offs, dB, mask=tn_mask)
-        tl.store(dC_ptr + tn_offs, dC, mask=tn_mask)
+        if BC_ATOMIC:  # summed over the group's heads and head_dim blocks here
+            grp = (b * L + t) * (H // heads_per_group) + g  # [Q] rows of [Bt, L, G, N]
+            tn_offs = grp[:, None] * N + offs_n[None, :]
+            tl.atomic_add(dB_ptr + tn_offs, dB, mask=tn_mask, sem="relaxed")
+            tl.atomic_add(dC_ptr + tn_offs, dC, mask=tn_mask, sem="relaxed")
+        else:  # per (head_dim block, head): summed by torch after the kernel
+            tn_offs = part[:, None] * N + offs_n[None, :]
+            tl.store(dB_ptr + tn_offs, dB, mask=tn_mask)
+            tl.store(dC_ptr + tn_offs, dC, mask=tn_mask)
         # the decay's cumsum: intra-chunk, output from S_in, the chunk's state, the carry
         v = w_mat * scores
         dcs = tl.reduce(v, 1, _add) - tl.reduce(v, 0, _add)
@@ -171,8 +182,11 @@ def backward(dy, dh_last, x, dt, A, B, C, D, dt_bias, h0):
     forward(x, dt, A, B, C, D, dt_bias, h0, None, h_last, states)
     n_p = _cdiv(head_dim, BWD_BLOCK_P)
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    dB_part = torch.empty((n_p, batch, length, heads, d_state), **f32)
-    dC_part = torch.empty((n_p, batch, length, heads, d_state), **f32)
+    if BC_ATOMIC:  # accumulated in place by the kernel's atomic adds
+        dB_part, dC_part = torch.zeros((2, batch, length, groups, d_state), **f32)
+    else:
+        dB_part = torch.empty((n_p, batch, length, heads, d_state), **f32)
+        dC_part = torch.empty((n_p, batch, length, heads, d_state), **f32)
     ddt_part = torch.empty((n_p, batch, length, heads), **f32)
     ddA_part = torch.empty((n_p, batch, length, heads), **f32)
     dD_part = torch.empty((n_p, batch, heads), **f32)
@@ -185,11 +199,14 @@ def backward(dy, dh_last, x, dt, A, B, C, D, dt_bias, h0):
         *x.stride(), *dx.stride(), *dy.stride(), *dt.stride(), *B.stride(), *C.stride(), *dhl_strides,
         BLOCK_P=BWD_BLOCK_P, CHUNK=CHUNK, BLOCK_N=BLOCK_N, HAS_D=HAS_D,
         HAS_DT_BIAS=HAS_DT_BIAS, DT_SOFTPLUS=DT_SOFTPLUS, HAS_DHL=dh_last is not None,
-        HAS_DT_LIMIT=HAS_DT_LIMIT, DT_MIN=DT_MIN, DT_MAX=DT_MAX,
+        HAS_DT_LIMIT=HAS_DT_LIMIT, DT_MIN=DT_MIN, DT_MAX=DT_MAX, BC_ATOMIC=BC_ATOMIC,
     )
-    per_group = (n_p, batch, length, groups, heads // groups, d_state)
-    dB = dB_part.view(per_group).sum((0, 4)).to(B.dtype)
-    dC = dC_part.view(per_group).sum((0, 4)).to(C.dtype)
+    if BC_ATOMIC:
+        dB, dC = dB_part.to(B.dtype), dC_part.to(C.dtype)
+    else:
+        per_group = (n_p, batch, length, groups, heads // groups, d_state)
+        dB = dB_part.view(per_group).sum((0, 4)).to(B.dtype)
+        dC = dC_part.view(per_group).sum((0, 4)).to(C.dtype)
     ddA = ddA_part.sum(0)
     raw = dt.float() + (dt_bias.float() if dt_bias is not None else 0.0)
     dt_v = torch.nn.functional.softplus(raw) if DT_SOFTPLUS else raw
@@ -215,6 +232,7 @@ def render_backward(spec: SSDSpec, *, interpret: bool = False,
     values = spec_constants(spec, interpret=interpret, profile=profile)
     values["bwd_block_p"] = str(padded(spec.head_dim) if interpret
                                 else choose_block_p(spec.head_dim))
+    values["bc_atomic"] = str(spec.bc_atomic)
     values["bwd_configs"] = format_configs(
         [] if interpret else [(w, s) for w in (4, 8) for s in (1, 2)])
     body = string.Template(CHUNK_HELPERS + FORWARD_KERNEL + BACKWARD_KERNEL).substitute(values)

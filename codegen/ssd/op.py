@@ -20,12 +20,14 @@ reference.py (fp32 torch, its backward autograd through it).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 from torch import Tensor
 
 from ioaware.codegen.ssd.spec import MAX_D_STATE, MAX_HEAD_DIM, SSDSpec
+from ioaware.config import config
 from ioaware.spec import DTYPES, dtype_name
 
 from ..runtime import backend_name, device_context, kernel_module
@@ -39,43 +41,50 @@ PARAMS = ("A", "D", "dt_bias", "h0")
 PARAM_DTYPES = (*FLOAT_DTYPES, torch.float64)
 
 
-def _shape(t: Tensor | None) -> tuple[int, ...]:
+def shape_of(t: Tensor | None) -> tuple[int, ...]:
     return tuple(getattr(t, "shape", ()))
+
+
+def check_tensors(named: tuple, x: Tensor, optional: tuple[str, ...],
+                  params: tuple[str, ...]) -> None:
+    """Each (name, tensor) a Tensor (None allowed for `optional` names) of a float dtype
+    (float64 too for `params`) on x's device; else TypeError / ValueError naming it."""
+    for name, t in named:
+        if t is None and name in optional:
+            continue
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a Tensor; got {type(t).__name__}")
+        allowed = PARAM_DTYPES if name in params else FLOAT_DTYPES
+        if t.dtype not in allowed:
+            raise ValueError(f"{name}.dtype={t.dtype} is not supported; expected one of "
+                             f"{[str(d) for d in allowed]}")
+        if t.device != x.device:
+            raise ValueError(f"{name}.device={t.device} must equal x.device={x.device}")
 
 
 def check_ssd(x, dt, A, B, C, D, dt_bias, h0) -> None:
     """Raise ValueError (TypeError for a non-tensor) naming the offending argument."""
     named = (("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C), ("D", D),
              ("dt_bias", dt_bias), ("h0", h0))
-    for name, t in named:
-        if t is None and name in ("D", "dt_bias", "h0"):
-            continue
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a Tensor; got {type(t).__name__}")
-        allowed = PARAM_DTYPES if name in PARAMS else FLOAT_DTYPES
-        if t.dtype not in allowed:
-            raise ValueError(f"{name}.dtype={t.dtype} is not supported; expected one of "
-                             f"{[str(d) for d in allowed]}")
-        if t.device != x.device:
-            raise ValueError(f"{name}.device={t.device} must equal x.device={x.device}")
+    check_tensors(named, x, ("D", "dt_bias", "h0"), PARAMS)
     if x.dim() != 4:
-        raise ValueError(f"x must be 4-D [Bt, L, H, P]; got shape {_shape(x)}")
+        raise ValueError(f"x must be 4-D [Bt, L, H, P]; got shape {shape_of(x)}")
     batch, length, heads, head_dim = x.shape
     if not 1 <= head_dim <= MAX_HEAD_DIM:
         raise ValueError(f"x.shape[3]=P={head_dim} (head_dim) must be between 1 and "
                          f"{MAX_HEAD_DIM}")
-    if _shape(dt) != (batch, length, heads):
-        raise ValueError(f"dt.shape={_shape(dt)} must be [Bt, L, H] = "
+    if shape_of(dt) != (batch, length, heads):
+        raise ValueError(f"dt.shape={shape_of(dt)} must be [Bt, L, H] = "
                          f"[{batch}, {length}, {heads}]")
-    if _shape(A) != (heads,):
-        raise ValueError(f"A.shape={_shape(A)} must be [H] = [{heads}] (a scalar decay "
+    if shape_of(A) != (heads,):
+        raise ValueError(f"A.shape={shape_of(A)} must be [H] = [{heads}] (a scalar decay "
                          f"per head)")
     for name, t in (("B", B), ("C", C)):
         if t.dim() != 4 or t.shape[:2] != (batch, length):
-            raise ValueError(f"{name}.shape={_shape(t)} must be [Bt, L, G, N] = "
+            raise ValueError(f"{name}.shape={shape_of(t)} must be [Bt, L, G, N] = "
                              f"[{batch}, {length}, G, N]")
-    if _shape(B) != _shape(C):
-        raise ValueError(f"B.shape={_shape(B)} and C.shape={_shape(C)} must be equal")
+    if shape_of(B) != shape_of(C):
+        raise ValueError(f"B.shape={shape_of(B)} and C.shape={shape_of(C)} must be equal")
     groups, d_state = B.shape[2], B.shape[3]
     if groups == 0 or heads % groups:
         raise ValueError(f"groups G=B.shape[2]={groups} must divide heads H={heads}")
@@ -83,10 +92,10 @@ def check_ssd(x, dt, A, B, C, D, dt_bias, h0) -> None:
         raise ValueError(f"B.shape[3]=N={d_state} (d_state) must be between 1 and "
                          f"{MAX_D_STATE}")
     for name, t in (("D", D), ("dt_bias", dt_bias)):
-        if t is not None and _shape(t) != (heads,):
-            raise ValueError(f"{name}.shape={_shape(t)} must be [H] = [{heads}]")
-    if h0 is not None and _shape(h0) != (batch, heads, head_dim, d_state):
-        raise ValueError(f"h0.shape={_shape(h0)} must be [Bt, H, P, N] = "
+        if t is not None and shape_of(t) != (heads,):
+            raise ValueError(f"{name}.shape={shape_of(t)} must be [H] = [{heads}]")
+    if h0 is not None and shape_of(h0) != (batch, heads, head_dim, d_state):
+        raise ValueError(f"h0.shape={shape_of(h0)} must be [Bt, H, P, N] = "
                          f"[{batch}, {heads}, {head_dim}, {d_state}]")
 
 
@@ -184,7 +193,9 @@ def ssd_backward_op(
         ref = _reference_backward(dy, dh_last, x, dt, A, B, C, D, dt_bias, dt_softplus, h0,
                                   (dt_min, dt_max))
     else:
-        spec = ssd_spec(x, dt, B, D, dt_bias, dt_softplus, h0, dt_min, dt_max)
+        spec = dataclasses.replace(
+            ssd_spec(x, dt, B, D, dt_bias, dt_softplus, h0, dt_min, dt_max),
+            bc_atomic=config.ssd_bc_atomic)
         module = kernel_module("ssd_bwd", spec, x.device)
         with device_context(x.device):
             ref = module.backward(dy, dh_last, x, dt, A, B, C, D, dt_bias, h0)

@@ -78,3 +78,30 @@ def _ioaware_ssd(node: fx.Node) -> Cost | None:
                     x.dtype.itemsize, has_h0=tensor_arg(node, "h0") is not None,
                     backward=op_name(node.target) == "ssd_backward",
                     dt_itemsize=dt.dtype.itemsize)
+
+
+def ssd_step_cost(batch: Size, heads: Size, head_dim: int, d_state: int, groups: Size,
+                  itemsize: int, state_itemsize: int) -> Cost:
+    """One decode step (step.py): the state [Bt, H, P, N] read and written in place;
+    x read and y written [Bt, H, P] it; B, C [Bt, G, N] it and dt read. FLOPs: the
+    decay and the update (3 per state element), the contraction with C (2)."""
+    Bt, H, G = (sym(v) for v in (batch, heads, groups))
+    P, N = sympy.Integer(head_dim), sympy.Integer(d_state)
+    state = Bt * H * P * N * state_itemsize
+    small = 2 * Bt * G * N * itemsize + Bt * H * PARAM_ITEMSIZE
+    return Cost(read_bytes=state + Bt * H * P * itemsize + small,
+                write_bytes=state + Bt * H * P * itemsize, flops=5 * Bt * H * P * N,
+                transcendentals=Bt * H, kernel="ssd_step")
+
+
+@register_price("ssd_step", namespace="ioaware")
+def _ioaware_ssd_step(node: fx.Node) -> Cost | None:
+    """ioaware.ssd_step(state, x, dt, A, B, C, ...) -> y: `ssd_step_cost` at its shapes."""
+    state, x, b = (tensor_arg(node, n) for n in ("state", "x", "B"))
+    if state is None or x is None or b is None or x.dim() != 3 or b.dim() != 3:
+        return None
+    head_dim, d_state = x.shape[2], b.shape[2]
+    if not isinstance(head_dim, int) or not isinstance(d_state, int):
+        return None
+    return ssd_step_cost(x.shape[0], x.shape[1], head_dim, d_state, b.shape[1],
+                         x.dtype.itemsize, state.dtype.itemsize)

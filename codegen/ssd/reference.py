@@ -1,14 +1,16 @@
 """The SSD recurrence in torch, fp32: the CPU path without the interpreter and the
-tests' yardstick. Two spellings of the same map (spec.py has the recurrence):
+tests' yardstick. Two spellings of the same map (spec.py has the recurrence), and its
+single step:
 
     ssd_recurrent   the recurrence step by step (O(L) Python steps; the definition)
     ssd_chunked     the state-space dual in chunks of `chunk` steps (Dao & Gu 2024, §6):
                     within a chunk y = (L ⊙ C Bᵀ)(dt·x) with L[t, s] = exp(cs_t - cs_s)
                     for s ≤ t, across chunks the [P, N] states carried by the chunk's
                     total decay exp(cs_last)
+    ssd_step        one step from a given state (the decode step), y and the new state
 
-Both return (y [Bt, L, H, P] fp32, final state [Bt, H, P, N] fp32). The backward of the
-op's reference path is autograd through `ssd_chunked`.
+The first two return (y [Bt, L, H, P] fp32, final state [Bt, H, P, N] fp32). The
+backward of the op's reference path is autograd through `ssd_chunked`.
 """
 
 from __future__ import annotations
@@ -109,3 +111,26 @@ def ssd_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
     if D is not None:
         y = y + D.float()[:, None] * x.float()
     return y, state
+
+
+def ssd_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+             D: Tensor | None = None, dt_bias: Tensor | None = None,
+             dt_softplus: bool = False, dt_limit: tuple[float, float] = NO_LIMIT
+             ) -> tuple[Tensor, Tensor]:
+    """One step of the recurrence (L = 1, generation), in fp32, state not modified:
+
+        S' = exp(dt·A)·S + dt·x Bᵀ,   y = S' C + D·x
+
+    state [Bt, H, P, N]; x [Bt, H, P]; dt [Bt, H]; A, D, dt_bias [H]; B, C [Bt, G, N].
+    Returns (y [Bt, H, P] fp32, S' [Bt, H, P, N] fp32)."""
+    heads = x.shape[1]
+    dt = discretised_dt(dt, dt_bias, dt_softplus, dt_limit)  # [Bt, H]
+    Bh = B.float().repeat_interleave(heads // B.shape[1], dim=1)  # [Bt, H, N]
+    Ch = C.float().repeat_interleave(heads // C.shape[1], dim=1)
+    xf = x.float()
+    decay = torch.exp(dt * A.float())[..., None, None]
+    new = decay * state.float() + (dt[..., None] * xf)[..., None] * Bh[:, :, None, :]
+    y = torch.einsum("bhpn,bhn->bhp", new, Ch)
+    if D is not None:
+        y = y + D.float()[:, None] * xf
+    return y, new

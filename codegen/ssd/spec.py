@@ -44,6 +44,7 @@ class SSDSpec:
     has_h0: bool = False
     dt_min: float = -math.inf  # dt clamped to [dt_min, dt_max] after softplus
     dt_max: float = math.inf
+    bc_atomic: bool = False  # backward: dB, dC summed over a group's heads by atomic adds
 
     def __post_init__(self) -> None:
         for name in ("dtype", "dt_dtype", "bc_dtype"):

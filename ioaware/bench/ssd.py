@@ -1,6 +1,10 @@
 """Mamba-2's SSD side by side on this GPU: ioaware's chunked kernels against transformers'
 `mamba2_chunk_scan` (the PyTorch `torch_forward` spelling every Mamba-2 mixer runs without
-mamba_ssm), eager and under torch.compile, and against the plain recurrent loop.
+mamba_ssm), eager and under torch.compile, against mamba_ssm's fused kernels where that
+package is installed, and against the plain recurrent loop.
+
+ioaware's backward runs twice: with dB, dC summed over a group's heads from per-head
+partials (the default) and by atomic adds in the kernel (config.ssd_bc_atomic).
 
 Every variant computes the same map (dt = softplus(dt + dt_bias), D skip, B and C shared
 by a group of heads, chunks of `torch_chunk` for transformers' spelling as its configs
@@ -103,6 +107,15 @@ def _torch_forward(chunk: int, compiled: bool) -> Callable:
         return mamba2_chunk_scan(x, dt, A, B, C, chunk_size=chunk, D=D, dt_bias=dt_bias,
                                  dt_softplus=True)
     return torch.compile(run) if compiled else run
+
+
+def _mamba_ssm(chunk: int) -> Callable:
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+    def run(x, dt, A, B, C, D, dt_bias):
+        return mamba_chunk_scan_combined(x, dt, A, B, C, chunk, D=D, dt_bias=dt_bias,
+                                         dt_softplus=True)
+    return run
 
 
 def _plain_loop() -> Callable:
@@ -223,20 +236,40 @@ def bench_ssd(batch: int = 4, heads: int = 64, head_dim: int = 64, d_state: int 
     leaves, dy = _inputs(problem, seqlen)
     checked = (leaves, dy, _reference(leaves, dy))
     rows = []
-    for name, fn in (("ioaware ssd", _ioaware()),
-                     (f"torch_forward eager (chunk {torch_chunk})",
-                      _torch_forward(torch_chunk, False))):
+    from ioaware.config import config
+
+    for name, fn, atomic in (
+            ("ioaware ssd", _ioaware(), False),
+            ("ioaware ssd, dB/dC by atomic adds", _ioaware(), True),
+            (f"torch_forward eager (chunk {torch_chunk})", _torch_forward(torch_chunk, False),
+             False)):
         progress(name)
         row = ScanBenchRow(variant=name, seqlen=seqlen)
-        _measure(row, fn, problem, checked, floors, warmup_ms, rep_ms)
+        saved, config.ssd_bc_atomic = config.ssd_bc_atomic, atomic  # read by the backward
+        try:
+            _measure(row, fn, problem, checked, floors, warmup_ms, rep_ms)
+        finally:
+            config.ssd_bc_atomic = saved
         rows.append(row)
         progress(f"  {_row_line(row)}")
+    progress(f"mamba_ssm (chunk {torch_chunk})")
+    row = ScanBenchRow(variant=f"mamba_ssm mamba_chunk_scan_combined (chunk {torch_chunk})",
+                       seqlen=seqlen)
+    try:
+        fn = _mamba_ssm(torch_chunk)
+    except ImportError as error:
+        row.note = f"skipped: {short_error(error)}"
+    else:
+        _measure(row, fn, problem, checked, floors, warmup_ms, rep_ms)
+    rows.append(row)
+    progress(f"  {_row_line(row)}")
     del checked, leaves, dy
     torch.cuda.empty_cache()
-    progress("torch.compile(torch_forward)")
-    rows.append(_compiled_isolated(problem, torch_chunk, floors, compile_timeout_s,
-                                   warmup_ms, rep_ms))
-    progress(f"  {_row_line(rows[-1])}")
+    if compile_timeout_s > 0:  # 0: no torch.compile row
+        progress("torch.compile(torch_forward)")
+        rows.append(_compiled_isolated(problem, torch_chunk, floors, compile_timeout_s,
+                                       warmup_ms, rep_ms))
+        progress(f"  {_row_line(rows[-1])}")
     if not skip_slow:
         short = min(seqlen, loop_len)
         progress("plain recurrent loop")

@@ -5,8 +5,11 @@
                 shared by Mamba-2, Bamba, Zamba2, Falcon-H1, Nemotron-H, Granite 4):
                 the anchor (cumsum of dt·A in chunks) and the region's operands
     probe.py    the region evaluated on random operands against the SSD reference
-    decode.py   the L = 1 decode step, recognised so that explain names it (left eager)
-    recurrent.py  loops of S_t = a_t·S_(t-1) + k_t v_tᵀ (GLA, retention), named (left eager)
+    decode.py   the L = 1 decode step (a cache holds the state) -> `ioaware::ssd_step`,
+                in place on the cache's state: its own pass, SSD_DECODE
+    loop.py     Mamba-2 as a loop over steps (unrolled by dynamo), re-rolled into the same op
+    recurrent.py  loops of S_t = a_t·S_(t-1) + k_t v_tᵀ (GLA, retention) that are not,
+                named with their decay's structure (left eager)
 
 Fused into the op where present: dt's bias, softplus and clamp (time_step_limit), the D
 skip, the initial state h0 and the final state. What stays eager, with the reason in
@@ -27,24 +30,15 @@ from ioaware.codegen.ssd import op as ssd_ops
 from ioaware.codegen.ssd.price import ssd_cost
 from ioaware.codegen.ssd.tiles import choose_chunk
 from ioaware.passes.driver import Match, NoMatch, Pass, PassContext
-from ioaware.passes.ssd import chunked, decode, probe, recurrent
+from ioaware.passes.ssd import chunked, decode, loop, probe, recurrent
 from ioaware.spec import dtype_name
 
 aten = torch.ops.aten
 
 
 def _candidates(gm: fx.GraphModule, ctx: PassContext) -> list[fx.Node]:
-    return chunked.candidates(gm) + decode.candidates(gm) + recurrent.candidates(gm)
-
-
-def _live(node: fx.Node, memo: dict[fx.Node, bool]) -> bool:
-    """Whether the node's value reaches the graph's output or a side effect (what dead
-    code, e.g. an output nobody reads, does not)."""
-    if node not in memo:
-        memo[node] = True  # cycles cannot occur; this only guards re-entry
-        memo[node] = (node.op == "output" or node.is_impure()
-                      or any(_live(u, memo) for u in node.users))
-    return memo[node]
+    steps = set(decode.candidates(gm))  # decode steps are SSD_DECODE's, rewritten or not
+    return chunked.candidates(gm) + [n for n in recurrent.candidates(gm) if n not in steps]
 
 
 def _check_private(region: chunked.ChunkedSSD) -> None:
@@ -54,18 +48,20 @@ def _check_private(region: chunked.ChunkedSSD) -> None:
     for n in region.nodes:
         if n in (region.y, region.final):
             continue
-        outside = [u for u in n.users if u not in inside and _live(u, memo)]
+        outside = [u for u in n.users if u not in inside and chunked.live(u, memo)]
         if outside:
             raise NoMatch(f"{n.name}: an intermediate of the SSD region is also read by "
                           f"{outside[0].name}")
 
 
 def _match(gm: fx.GraphModule, anchor: fx.Node, ctx: PassContext) -> Match:
-    if chunked.is_call(anchor, aten.add.Tensor):  # raise NoMatch with the reason
-        if recurrent._step(anchor) is not None:
-            recurrent.match(gm, anchor)
-        decode.match(gm, anchor)
-    region = chunked.match(gm, anchor)
+    if chunked.is_call(anchor, aten.add.Tensor):  # a loop: re-rolled, or why not
+        try:
+            region = loop.match(gm, anchor)
+        except NoMatch as e:
+            recurrent.match(gm, anchor, str(e))  # raises, with both reasons
+    else:
+        region = chunked.match(gm, anchor)
     _check_private(region)
     region = probe.verify(region)
     x, B = chunked.val(region.x), chunked.val(region.B)
@@ -87,7 +83,7 @@ def _match(gm: fx.GraphModule, anchor: fx.Node, ctx: PassContext) -> Match:
                                         ("h0", region.h0 is not None),
                                         ("final_state", region.final is not None))
              if present]
-    detail = {"spelling": "chunked (segment_sum, einsum chain)", "source_chunk": region.chunk,
+    detail = {"spelling": region.spelling, "source_chunk": region.chunk,
               "chunk": chunk, "heads": heads, "groups": groups, "head_dim": head_dim,
               "d_state": d_state, "fused": fused, "dtype": dtype_name(x.dtype)}
     return Match(plan=region, anchor=anchor.name, before=before, after=after,
@@ -125,4 +121,6 @@ SSD = Pass(
     apply=_apply,
 )
 
-__all__ = ["SSD"]
+SSD_DECODE = decode.SSD_DECODE
+
+__all__ = ["SSD", "SSD_DECODE"]

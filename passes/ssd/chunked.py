@@ -62,6 +62,7 @@ class ChunkedSSD:
     final: fx.Node | None  # the final state [Bt, H, P, N], when the region returns it
     chunk: int
     nodes: list[fx.Node]  # every node of the region, in graph order
+    spelling: str = "chunked (segment_sum, einsum chain)"  # for explain
 
 
 def val(node: object) -> torch.Tensor | None:
@@ -85,6 +86,16 @@ def strip(node: fx.Node, ops=_CASTS) -> fx.Node:
     return node
 
 
+def live(node: fx.Node, memo: dict[fx.Node, bool]) -> bool:
+    """Whether the node's value reaches the graph's output or a side effect (what dead
+    code, e.g. an output nobody reads, does not)."""
+    if node not in memo:
+        memo[node] = True  # cycles cannot occur; this only guards re-entry
+        memo[node] = (node.op == "output" or node.is_impure()
+                      or any(live(u, memo) for u in node.users))
+    return memo[node]
+
+
 def candidates(gm: fx.GraphModule) -> list[fx.Node]:
     """cumsum nodes over the last axis whose input, under layout ops, is a product of a
     3-D tensor and a 1-D one (dt·A): where a chunked SSD may be."""
@@ -99,7 +110,7 @@ def candidates(gm: fx.GraphModule) -> list[fx.Node]:
     return out
 
 
-def _dt_producers(dt: fx.Node
+def dt_producers(dt: fx.Node
                   ) -> tuple[fx.Node, fx.Node | None, bool, tuple[float, float], fx.Node]:
     """(raw dt, dt_bias or None, softplus?, (dt_min, dt_max), the node x is multiplied
     by) from dt' = clamp(softplus(dt + dt_bias), dt_min, dt_max), each part optional."""
@@ -125,9 +136,12 @@ def _dt_producers(dt: fx.Node
     bias = None
     if is_call(node, aten.add.Tensor) and len(node.args) == 2:
         a, b = node.args
-        if len(shape(b) or ()) == 1 and len(shape(a) or ()) == 3:
+        # the bias has fewer axes than dt: [H] + [Bt, L, H] here, [H, P] + [Bt, H, P]
+        # in the decode step (decode.py)
+        rank = len(shape(node) or ())
+        if 0 < len(shape(b) or ()) < rank == len(shape(a) or ()):
             bias, node = strip(b), a
-        elif len(shape(a) or ()) == 1 and len(shape(b) or ()) == 3:
+        elif 0 < len(shape(a) or ()) < rank == len(shape(b) or ()):
             bias, node = strip(a), b
     return node, bias, softplus, limit, used
 
@@ -138,7 +152,7 @@ def match(gm: fx.GraphModule, anchor: fx.Node) -> ChunkedSSD:
     a0, a1 = dA.args[:2]
     A, dt_used = (a0, a1) if len(shape(a0)) == 1 else (a1, a0)
     A = strip(A)
-    dt, dt_bias, softplus, dt_limit, dt_used = _dt_producers(dt_used)
+    dt, dt_bias, softplus, dt_limit, dt_used = dt_producers(dt_used)
     batch, length, heads = shape(dt_used)
     if shape(A) != (heads,):
         raise NoMatch(f"{dA.name}: the decay {A.name} has shape {shape(A)}, not one "
@@ -150,7 +164,7 @@ def match(gm: fx.GraphModule, anchor: fx.Node) -> ChunkedSSD:
     if y is None and final is None:
         raise NoMatch(f"{anchor.name}: neither the output nor the final state is used")
     known = {x, dt, A} | {n for n in (D, dt_bias, h0) if n is not None}
-    nodes, leaves = _region(gm, [n for n in (y, final) if n is not None], known)
+    nodes, leaves = region(gm, [n for n in (y, final) if n is not None], known)
     bc = [n for n in leaves if n not in known]
     if y is None and len(bc) == 1:  # only the final state: C is never read; any will do
         bc = bc * 2
@@ -265,17 +279,18 @@ def _final_state(gm: fx.GraphModule, anchor: fx.Node, y: fx.Node
     return (selects[0] if selects else None), h0
 
 
-def _region(gm: fx.GraphModule, outputs: list[fx.Node], known: set[fx.Node]
-            ) -> tuple[list[fx.Node], list[fx.Node]]:
+def region(gm: fx.GraphModule, outputs: list[fx.Node], known: set[fx.Node],
+           inputs_are_leaves: bool = False) -> tuple[list[fx.Node], list[fx.Node]]:
     """The nodes the outputs are computed from, back to the known operands and the
     inputs of `repeat_interleave` (B and C before their expansion to heads); and the
-    leaves (operands) reached."""
+    leaves (operands) reached. Another graph input is a leaf where `inputs_are_leaves`,
+    else NoMatch."""
     nodes, leaves, todo = set(), [], list(outputs)
     while todo:
         n = todo.pop()
         if n in nodes or n in leaves:
             continue
-        if n in known:
+        if n in known or (inputs_are_leaves and n.op != "call_function"):
             leaves.append(n)
             continue
         if n.op != "call_function":

@@ -4,10 +4,10 @@ loop over steps that dynamo unrolled), so that `explain` names it:
     S_t = a_t · S_{t-1} + k_t v_tᵀ        add(mul(a_t, S_{t-1}), mul(k_t[..., :, None], v_t[..., None, :]))
 
 Gated linear attention, RetNet's retention and Mamba-2 written as a loop all take this
-form; with a scalar decay per (batch, head) it is the SSD (dt = 1, A = log a_t would need a
-per-step A, x = v, B = k). Re-rolling such a loop into `ioaware::ssd` is not built yet: the
-loop is left as written and the first step of each chain says so, with the decay's kind
-(scalar per head, or per state row: the latter is not the SSD).
+form. Mamba-2's own (a_t = exp(dt_t·A), the update dt_t·x_t B_tᵀ) is re-rolled into
+`ioaware::ssd` by loop.py; any other is left as written and the first step of each chain
+says so, with the decay's kind (scalar per head, or per state row: the latter is not the
+SSD) and why loop.py did not take it.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def candidates(gm: fx.GraphModule) -> list[fx.Node]:
     return [n for n in gm.graph.nodes if (s := _step(n)) is not None and _step(s[1]) is None]
 
 
-def match(gm: fx.GraphModule, first: fx.Node):
+def match(gm: fx.GraphModule, first: fx.Node, why_not_ssd: str = ""):
     steps, node = 1, first
     while True:
         nexts = [w for u in node.users for w in u.users  # state -> a·state -> step
@@ -64,4 +64,6 @@ def match(gm: fx.GraphModule, first: fx.Node):
                  f"not the SSD")
     raise NoMatch(f"{first.name}: a loop of {steps} steps of a matrix-state linear "
                   f"recurrence S_t = a_t·S_(t-1) + k_t v_tᵀ ({kind}) left as written: "
-                  f"re-rolling the loop into ioaware::ssd is not built yet")
+                  f"only Mamba-2's form (a_t = exp(dt_t·A), k_t v_tᵀ = dt_t·x_t B_tᵀ) is "
+                  f"re-rolled into ioaware::ssd" + (f"; here {why_not_ssd}" if why_not_ssd
+                                                    else ""))

@@ -139,6 +139,16 @@ def test_ssd_hundreds_of_steps():
                       {"D", "dt_bias", "softplus", "h0"}), 3, CLAMP)
 
 
+def test_ssd_backward_atomic_group_sums(monkeypatch):
+    """config.ssd_bc_atomic: dB and dC summed over a group's heads by atomic adds in the
+    backward kernel give the same gradients as the per-head partials."""
+    from ioaware.config import config
+
+    monkeypatch.setattr(config, "ssd_bc_atomic", True)
+    check(make_inputs(9, 2, 20, 4, 2, 5, 3, torch.float32,
+                      {"D", "dt_bias", "softplus", "h0"}), 9, CLAMP)
+
+
 def test_ssd_reference_spellings_agree():
     """The chunked torch reference equals the step-by-step one (any chunk, any L)."""
     x, dt, A, B, C, D, dt_bias, softplus, h0 = make_inputs(
@@ -208,7 +218,7 @@ def test_ssd_kernels_compile_for_sm90(tmp_path):
         if kind == "fwd":
             const.update(BLOCK_P=64, HAS_H0=False, WRITE_Y=True, STORE_STATES=False)
         else:
-            const.update(BLOCK_P=module.BWD_BLOCK_P, HAS_DHL=True)
+            const.update(BLOCK_P=module.BWD_BLOCK_P, HAS_DHL=True, BC_ATOMIC=False)
         kernel = compile_sm90(getattr(module, name), const, arg_type, num_warps=8)
         ptx = kernel.asm["ptx"]
         assert "wgmma" in ptx or "mma.sync" in ptx, f"{kind}: no tensor-core product"

@@ -175,6 +175,6 @@ def test_explain_shows_the_seconds_each_pass_took():
     fn = make("matmul_masked_fill", True, 0.25)
     q, k, v = qkv()
     expl = ioaware.explain(fn, q, k, v)
-    assert set(expl.pass_seconds) == {"attention", "decode", "ssd", "scan"}
+    assert set(expl.pass_seconds) == {"attention", "decode", "ssd_decode", "ssd", "scan"}
     assert all(s >= 0 for s in expl.pass_seconds.values())
     assert "passes: " in str(expl) and "attention " in str(expl).split("passes: ")[1]

@@ -182,6 +182,7 @@ SPECS["ssd_fwd"] = [SSDSpec(dtype="bfloat16", head_dim=64, d_state=128, dt_dtype
                             bc_dtype="bfloat16", has_D=True, has_dt_bias=True,
                             dt_softplus=True, has_h0=True, dt_min=0.0)]
 SPECS["ssd_bwd"] = SPECS["ssd_fwd"]
+SPECS["ssd_step"] = SPECS["ssd_fwd"]
 SPECS["scan_bwd"] = SPECS["scan_fwd"]
 
 
@@ -205,7 +206,7 @@ def family_modules():
     from ioaware.codegen import FAMILIES
 
     for family in FAMILIES:
-        for name in ("op", "host"):
+        for name in ("op", "step_op", "host"):
             try:
                 yield importlib.import_module(f"ioaware.codegen.{family}.{name}")
             except ModuleNotFoundError:

@@ -44,6 +44,7 @@ def canonical(fn, *args):
         return out[0] if isinstance(out, (tuple, list)) else out
 
     gm.run = run
+    gm.inputs = inputs  # in the graph's order
     return gm
 
 

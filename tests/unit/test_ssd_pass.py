@@ -126,26 +126,6 @@ def test_chunk_from_the_cost_model():
     assert q in (32, 64, 128, 256)
 
 
-def test_decode_step_is_named_with_its_reason():
-    """transformers' L = 1 state update (the decode step) stays as written, and says so."""
-    g = torch.Generator().manual_seed(3)
-    state = torch.randn(Bt, H, P, N, generator=g)
-    x, dt = torch.randn(Bt, H, P, generator=g), torch.randn(Bt, H, generator=g)
-    A, D, dt_bias = -torch.rand(H, generator=g), torch.randn(H, generator=g), torch.randn(H)
-    B, C = torch.randn(Bt, G, N, generator=g), torch.randn(Bt, G, N, generator=g)
-
-    def step(state, x, dt, A, B, C, D, dt_bias):
-        return mamba2.mamba2_selective_state_update(
-            state, x, dt[..., None].expand(-1, -1, P), A[:, None, None].expand(-1, P, N), B,
-            C, D[:, None].expand(-1, P), dt_bias=dt_bias[:, None].expand(-1, P),
-            dt_softplus=True)
-
-    _, out = rewrite(step, state.clone(), x, dt, A, B, C, D, dt_bias)
-    assert not out.rewrites
-    reasons = [f.reason for f in out.fallbacks if f.kind == "ssd"]
-    assert len(reasons) == 1 and "decode step" in reasons[0], out.fallbacks
-
-
 @pytest.mark.parametrize("decay_shape, kind", [((2, 6, 1, 1), "scalar decay"),
                                                ((2, 6, 4, 1), "not a scalar decay")])
 def test_matrix_state_loop_is_named_with_its_reason(decay_shape, kind):
