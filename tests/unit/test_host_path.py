@@ -21,6 +21,7 @@ from ioaware.codegen.decode.spec import DecodeSpec
 from ioaware.codegen.scan import host as scan_host
 from ioaware.codegen.scan.spec import ScanSpec
 from ioaware.codegen.ssd.spec import SSDSpec
+from ioaware.verify import TOLERANCE, relative_error
 
 load_families()
 
@@ -122,11 +123,14 @@ def test_compiled_graph_calls_host_functions_and_matches_eager():
     x, w = leaf(2, 8, 16), (torch.randn(16, 48) * 0.25).requires_grad_()  # softmax not saturated
     out = torch.compile(attn, backend=backend)(x, w)
     expected = attn(x, w)
-    torch.testing.assert_close(out, expected)
+    # the project's fp32 tolerance: assert_close's default (rtol 1.3e-6) is tighter than a
+    # kernel's reordered fp32 sums, and failed once in a whole-file run
+    tol = TOLERANCE[torch.float32]
+    assert relative_error(out, expected) <= tol
     g = torch.autograd.grad(out.square().sum(), (x, w))
     g_ref = torch.autograd.grad(expected.square().sum(), (x, w))
     for a, b in zip(g, g_ref):
-        torch.testing.assert_close(a, b)
+        assert relative_error(a, b) <= tol
     targets = [n.target for gm in graphs for n in gm.graph.nodes if n.op == "call_function"]
     assert any(t in host.HOST_PATHS.values() for t in targets)
     assert not any(t in host.HOST_PATHS for t in targets)  # no op call left
