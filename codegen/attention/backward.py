@@ -57,12 +57,14 @@ from .tiles import attention_dkdv_tile_candidates, attention_dq_tile_candidates
 # tensors allow it; "atomic" also computes dQ, by fp32 atomics (the one-kernel backward;
 # no dQ pass). Any variant is reachable when pinned; these are in the tuning space.
 Config = tuple
+# (64, 128, 8, 2, "tma") won the old space at d = 128 on the H100; 64 kv rows with 8
+# warps compile without spills there (Triton 3.6, sm_90; docs/kernels.md has the counts).
 DKDV_VARIANT_CANDIDATES: list[Config] = [
     (64, 128, 8, 2, "tma"), (64, 128, 8, 2, "tma+atomic"), (64, 64, 8, 2, "tma+atomic"),
-    (32, 128, 8, 2, "tma")]
+    (64, 64, 8, 2, "tma")]
 # d > 128: only 32-row query tiles against 64 kv rows keep the spills to hundreds of
-# bytes (Triton 3.6, sm_90: 304 B of stack with atomics against 2.6 KB for the pointer
-# (32, 64, 8, 3) that won the old space; docs/kernels.md).
+# bytes (304 B of stack with TMA, with or without atomics, against 2.6 KB for the
+# pointer (32, 64, 8, 3) that won the old space).
 WIDE_DKDV_CANDIDATES: list[Config] = [
     (32, 64, 8, 2, "tma+atomic"), (32, 64, 8, 2, "tma"), (32, 64, 8, 3)]
 # Configs timed per kernel at the first tuned call (a compile of a second or so each):
