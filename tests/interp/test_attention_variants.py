@@ -176,6 +176,28 @@ def test_variants_compile_for_sm90(variant, tmp_path):
     assert kernel.asm["sass" if "sass" in kernel.asm else "ptx"]
 
 
+@pytest.mark.skipif(not has_ptx_backend(), reason="this triton has no NVIDIA backend")
+def test_one_kernel_backward_compiles_for_sm90(tmp_path):
+    """The compiled atomic dK/dV kernel (causal: the band, whole and tail sweeps, each
+    with its atomic adds) and the dQ conversion build for Hopper."""
+    from ioaware.codegen.attention.spec import AttentionSpec
+
+    spec = AttentionSpec(head_dim=64, head_dim_v=64, dtype="bfloat16", causal=True,
+                         scale=0.125)
+    module = import_compiled(bwd_render.render_backward(spec), tmp_path / "atomic_bwd.py")
+    pointers = {"Lse": "*fp32", "Delta": "*fp32", "DqAcc": "*fp32"}
+
+    def arg_type(a):
+        return pointers.get(a, "*bf16" if a in ("Q", "K", "V", "dO", "dK", "dV", "dQ")
+                            else "i32")
+    dkdv = compile_sm90(module._bwd_dkdv, {"BLOCK_M": 64, "BLOCK_N": 64, "TMA": True,
+                                           "ATOMIC": True}, arg_type, num_warps=8)
+    convert = compile_sm90(module._bwd_dq_convert, {"BLOCK_M": 64}, arg_type, num_warps=4)
+    for kernel in (dkdv, convert):
+        assert kernel.asm["sass" if "sass" in kernel.asm else "ptx"]
+    assert "red.global" in dkdv.asm["ptx"] or "atom.global" in dkdv.asm["ptx"]
+
+
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_one_kernel_backward_is_a_tuning_decision(deterministic, monkeypatch):
     """The dK/dV tuning times each candidate with the dQ work it implies: the dQ pass
