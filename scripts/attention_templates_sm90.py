@@ -9,7 +9,7 @@ and the backward of both modules, timed with do_bench at one shape (median, ms).
 
     python scripts/attention_templates_sm90.py            # counts, docs/kernels.md
     python scripts/attention_templates_sm90.py --time     # on an H100: times
-    python scripts/attention_templates_sm90.py --variants # forward sm_90 variants, counts
+    python scripts/attention_templates_sm90.py --variants # sm_90 variants (fwd, dK/dV), counts
 """
 
 from __future__ import annotations
@@ -119,8 +119,8 @@ def count(specs: list[AttentionSpec]) -> None:
 
 def count_variants(specs: list[AttentionSpec]) -> None:
     """The plain forward at every variant config of its tuning space (and each variant
-    at the first plain config), the plain dK/dV at its pointer default and its TMA
-    configs: compiled for sm_90 with the Triton imported, or the error that stopped it."""
+    at the first plain config), the plain dK/dV at its pointer default and its variant
+    configs (tma, atomic): compiled for sm_90 with the Triton imported, or the error that stopped it."""
     with tempfile.TemporaryDirectory() as folder:
         for spec in specs:
             fwd, bwd = modules(spec, Path(folder))["plain"]
