@@ -478,28 +478,29 @@ def _launch(kernel, config, grid_rows, grid_heads, args):
                BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
         return
     # dK/dV: (..., "tma") reads K, V, Q, dO through descriptors where they allow it;
-    # (..., "atomic") adds dQ into args[8], the fp32 accumulator, zeroed here
+    # (..., "atomic") adds dQ into args[8], a zeroed fp32 accumulator
     variant = config[4] if len(config) > 4 else ""
     tma = "tma" in variant and tma_addressable(*args[:4])
     if tma:
         ensure_scratch_allocator()
-    if "atomic" in variant:
-        args[8].zero_()
     launch(kernel, (_cdiv(grid_rows, bn), grid_heads), *args,
            BLOCK_M=bm, BLOCK_N=bn, TMA=tma, ATOMIC="atomic" in variant, num_warps=warps,
            num_stages=stages)
 
 
-def _rest_of_backward(dkdv_config, dq_config, n_q, n_k, heads_q, heads_kv, dkdv_args,
-                      dq_args, convert_args):
+def _rest_of_backward(dkdv_config, dq_config, dq, dkdv_args, dq_args, shape):
     """dK/dV, then dQ: by its own pass, or (an atomic dK/dV config) by the conversion
-    of the fp32 accumulator the dK/dV kernel added into."""
-    _launch(_bwd_dkdv, dkdv_config, n_k, heads_kv, dkdv_args)
-    if is_atomic(dkdv_config):
-        launch(_bwd_dq_convert, (_cdiv(n_q, PRE_BLOCK_M), heads_q), *convert_args,
-               BLOCK_M=PRE_BLOCK_M)
-    else:
-        _launch(_bwd_dq, dq_config, n_q, heads_q, dq_args)
+    of the fp32 accumulator [B·Hq, Nq, D_PAD] the dK/dV kernel added into (allocated
+    here, so the two-kernel backward holds no such buffer). shape: (B, Hq, Hkv, Nq, Nk)."""
+    batch, h_q, h_kv, n_q, n_k = shape
+    if not is_atomic(dkdv_config):
+        _launch(_bwd_dkdv, dkdv_config, n_k, batch * h_kv, dkdv_args)
+        _launch(_bwd_dq, dq_config, n_q, batch * h_q, dq_args)
+        return
+    acc = torch.zeros((batch * h_q, n_q, D_PAD), device=dq.device, dtype=torch.float32)
+    _launch(_bwd_dkdv, dkdv_config, n_k, batch * h_kv, (*dkdv_args[:8], acc, *dkdv_args[9:]))
+    launch(_bwd_dq_convert, (_cdiv(n_q, PRE_BLOCK_M), batch * h_q), acc, dq, *dq.stride(),
+           h_q, n_q, BLOCK_M=PRE_BLOCK_M)
 
 
 def backward(do, q, k, v, out, lse, dlse, dq, dk, dv, dkdv_config=None, dq_config=None):
@@ -522,17 +523,13 @@ def backward(do, q, k, v, out, lse, dlse, dq, dk, dv, dkdv_config=None, dq_confi
     tune_dkdv = TUNE_DKDV
     if torch.are_deterministic_algorithms_enabled():  # atomics add in any order
         tune_dkdv = [c for c in tune_dkdv if not is_atomic(c)]
-    atomic = any(is_atomic(c) for c in
-                 ([dkdv_config] if dkdv_config is not None else [*tune_dkdv, DEFAULT_DKDV]))
-    # the atomic configs' dQ accumulator, fp32 [B·Hq, Nq, D_PAD] (a dummy otherwise)
-    dq_acc = (torch.empty((batch * h_q, n_q, D_PAD), device=q.device, dtype=torch.float32)
-              if atomic else delta)
-    dkdv_args = (q, k, v, do, dk, dv, lse, delta, dq_acc, *q.stride(), *k.stride(),
+    # args[8], the atomic configs' dQ accumulator, is set by _rest_of_backward
+    dkdv_args = (q, k, v, do, dk, dv, lse, delta, delta, *q.stride(), *k.stride(),
                  *v.stride(), *do.stride(), *dk.stride(), *dv.stride(), h_q, h_kv, group,
                  n_q, n_k, *buckets)
     dq_args = (q, k, v, do, dq, lse, delta, *q.stride(), *k.stride(), *v.stride(),
                *do.stride(), *dq.stride(), h_q, group, n_q, n_k, *buckets)
-    convert_args = (dq_acc, dq, *dq.stride(), h_q, n_q)
+    shape = (batch, h_q, h_kv, n_q, n_k)
     if dq_config is None and not (dkdv_config is not None and is_atomic(dkdv_config)):
         dq_config = choose_config(
             "dq", TUNE_DQ, DEFAULT_DQ, q.device, n_q, n_k,
@@ -542,10 +539,8 @@ def backward(do, q, k, v, out, lse, dlse, dq, dk, dv, dkdv_config=None, dq_confi
         # and conversion of the atomic accumulator): the choice of one kernel or two.
         dkdv_config = choose_config(
             "dkdv", tune_dkdv, DEFAULT_DKDV, q.device, n_q, n_k,
-            lambda c: _rest_of_backward(c, dq_config, n_q, n_k, batch * h_q, batch * h_kv,
-                                        dkdv_args, dq_args, convert_args))
-    _rest_of_backward(dkdv_config, dq_config, n_q, n_k, batch * h_q, batch * h_kv,
-                      dkdv_args, dq_args, convert_args)
+            lambda c: _rest_of_backward(c, dq_config, dq, dkdv_args, dq_args, shape))
+    _rest_of_backward(dkdv_config, dq_config, dq, dkdv_args, dq_args, shape)
 ''')
 
 
