@@ -56,10 +56,10 @@ def modules(spec: AttentionSpec, folder: Path, interpret: bool = False) -> dict:
 def compile_sm90(fn, block_m: int, block_n: int, warps: int, stages: int, variant: str = ""):
     """Compile `fn` for sm_90 at one config; `variant` sets the plain kernels' sm_90
     switches (forward.VARIANTS: "tma" -> TMA=True, "ws" -> WARP_SPEC, "lazy" -> LAZY;
-    dK/dV: "atomic" -> ATOMIC, dQ by atomics)."""
+    dK/dV: "atomic" -> ATOMIC, dQ by atomics; "bulk" -> BULK, by TMA reduce-adds)."""
     values = {"BLOCK_M": block_m, "BLOCK_N": block_n}
     switches = {"TMA": "tma" in variant, "WARP_SPEC": "ws" in variant, "LAZY": "lazy" in variant,
-                "ATOMIC": "atomic" in variant}
+                "ATOMIC": "atomic" in variant, "BULK": "bulk" in variant}
     values.update({name: on for name, on in switches.items() if name in fn.arg_names})
     signature = {a: "constexpr" if a in values else POINTERS.get(
         a, "*bf16" if a in TENSORS else "i32") for a in fn.arg_names}

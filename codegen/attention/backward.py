@@ -55,18 +55,21 @@ from .tiles import attention_dkdv_tile_candidates, attention_dq_tile_candidates
 # (BLOCK_M, BLOCK_N, num_warps, num_stages); a dK/dV config may add a "+"-joined variant
 # last: "tma" reads K, V, Q and dO through in-kernel TMA descriptors (sm_90), where the
 # tensors allow it; "atomic" also computes dQ, by fp32 atomics (the one-kernel backward;
-# no dQ pass). Any variant is reachable when pinned; these are in the tuning space.
+# no dQ pass); "bulk" with it: by TMA reduce-adds of whole tiles. Any variant is reachable when pinned; these are in the tuning space.
 Config = tuple
-# (64, 128, 8, 2, "tma") won the old space at d = 128 on the H100; 64 kv rows with 8
-# warps compile without spills there (Triton 3.6, sm_90; docs/kernels.md has the counts).
+# "atomic+bulk": the dQ tiles added by TMA reduce-adds (FA3's way) rather than per
+# element. (64, 128, 8, 2, "tma") won the old space at d = 128 on the H100; 64 kv rows
+# with 8 warps compile with no or few spills there, with or without the TMA reduce
+# (Triton 3.6, sm_90; docs/kernels.md has the counts).
 DKDV_VARIANT_CANDIDATES: list[Config] = [
-    (64, 128, 8, 2, "tma"), (64, 128, 8, 2, "tma+atomic"), (64, 64, 8, 2, "tma+atomic"),
-    (64, 64, 8, 2, "tma")]
+    (64, 128, 8, 2, "tma"), (64, 64, 8, 2, "tma+atomic+bulk"), (64, 64, 8, 2, "tma"),
+    (64, 64, 8, 2, "tma+atomic")]
 # d > 128: only 32-row query tiles against 64 kv rows keep the spills to hundreds of
-# bytes (304 B of stack with TMA, with or without atomics, against 2.6 KB for the
+# bytes (~300 B of stack with TMA, with or without atomics, against 2.6 KB for the
 # pointer (32, 64, 8, 3) that won the old space).
 WIDE_DKDV_CANDIDATES: list[Config] = [
-    (32, 64, 8, 2, "tma+atomic"), (32, 64, 8, 2, "tma"), (32, 64, 8, 3)]
+    (32, 64, 8, 2, "tma+atomic+bulk"), (32, 64, 8, 2, "tma"), (32, 64, 8, 2, "tma+atomic"),
+    (32, 64, 8, 3)]
 # Configs timed per kernel at the first tuned call (a compile of a second or so each):
 # dK/dV and dQ together at most six (issue 15's pruning, from the H100 sweep).
 MAX_DKDV_CONFIGS = 4
@@ -190,9 +193,9 @@ def _bwd_preprocess(O, dO, dLse, Delta,
 
 @triton.jit
 def _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, q_desc, do_desc, lse_ptr, delta_ptr, dq_ptrs,
-             stride_qm, stride_dom, offs_m, offs_n, offs_d, offs_dv, lo, hi, N_Q,
+             dq_desc, stride_qm, stride_dom, offs_m, offs_n, offs_d, offs_dv, lo, hi, N_Q,
              BLOCK_M: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr,
-             ATOMIC: tl.constexpr):
+             ATOMIC: tl.constexpr, BULK: tl.constexpr):
     """FA2 Algorithm 2, lines 8-20, for query blocks [lo, hi) against one kv block.
 
     Transposed layout ([kv rows, query rows]) so that dV and dK come out of the dots
@@ -201,7 +204,8 @@ def _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, q_desc, do_desc, lse_ptr, delta_ptr,
     2·BLOCK_M·BLOCK_N·d FLOPs each (S, dV, dP, dK).
     TMA: Q and dO tiles through tensor descriptors (zero past Nq and the head dim).
     ATOMIC: a fifth dot, dQ_i += dS_ij K_j (FA2 Alg. 2, l. 15 as written), added with
-    relaxed fp32 atomics into the [Nq, D_PAD] accumulator at dq_ptrs (unscaled).
+    relaxed fp32 atomics into the [Nq, D_PAD] accumulator at dq_ptrs (unscaled); BULK:
+    the tile added at once by a TMA reduction through dq_desc (rows past Nq dropped).
     """
     if not TMA:
         q_ptrs += lo * stride_qm
@@ -237,7 +241,9 @@ def _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, q_desc, do_desc, lse_ptr, delta_ptr,
         dk = _mma(ds_t.to(q.dtype), q, dk)
         if ATOMIC:
             dq = _mm(tl.trans(ds_t.to(k.dtype)), k)  # [BLOCK_M, D_PAD]
-            if MASKED:
+            if BULK:
+                dq_desc.atomic_add([start_m, 0], dq)
+            elif MASKED:
                 tl.atomic_add(dq_ptrs + start_m * D_PAD, dq, mask=rows[:, None] < N_Q,
                               sem="relaxed")
             else:
@@ -258,12 +264,13 @@ def _bwd_dkdv(Q, K, V, dO, dK, dV, Lse, Delta, DqAcc,
               stride_dvb, stride_dvh, stride_dvn, stride_dvd,
               H_Q, H_KV, GROUP, N_Q, N_K, N_Q_BUCKET, N_K_BUCKET,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr = False,
-              ATOMIC: tl.constexpr = False):
+              ATOMIC: tl.constexpr = False, BULK: tl.constexpr = False):
     """One program per (kv block, batch·kv head): dK, dV of BLOCK_N rows, summed over
     the GROUP query heads that read this kv head (GQA). TMA: K, V, Q and dO tiles
     through in-kernel tensor descriptors (the launcher checks the tensors allow it).
     ATOMIC: also dQ, added into DqAcc [B·Hq, Nq, D_PAD] fp32 (zeroed by the launcher,
-    scaled and converted by `_bwd_dq_convert`): the one-kernel backward."""
+    scaled and converted by `_bwd_dq_convert`): the one-kernel backward. BULK: each dQ
+    tile added by one TMA reduce-add (sm_90; FA3's way) instead of per-element atomics."""
     pid_n = tl.program_id(0)
     pid_bkv = tl.program_id(1)
     b = (pid_bkv // H_KV).to(tl.int64)
@@ -326,16 +333,22 @@ def _bwd_dkdv(Q, K, V, dO, dK, dV, Lse, Delta, DqAcc,
             do_desc = dO
         row0 = (b * H_Q + h) * N_Q
         dq_ptrs = DqAcc + row0 * D_PAD + offs_m[:, None] * D_PAD + offs_d[None, :]
+        if BULK:
+            dq_desc = tl.make_tensor_descriptor(DqAcc + row0 * D_PAD, shape=[N_Q, D_PAD],
+                                                strides=[D_PAD, 1],
+                                                block_shape=[BLOCK_M, D_PAD])
+        else:
+            dq_desc = DqAcc  # unused placeholder
         dk, dv = _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, q_desc, do_desc, Lse + row0,
-                          Delta + row0, dq_ptrs, stride_qm, stride_dom, offs_m, offs_n,
-                          offs_d, offs_dv, m_lo, band_hi, N_Q, BLOCK_M, True, TMA, ATOMIC)
+                          Delta + row0, dq_ptrs, dq_desc, stride_qm, stride_dom, offs_m, offs_n,
+                          offs_d, offs_dv, m_lo, band_hi, N_Q, BLOCK_M, True, TMA, ATOMIC, BULK)
         dk, dv = _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, q_desc, do_desc, Lse + row0,
-                          Delta + row0, dq_ptrs, stride_qm, stride_dom, offs_m, offs_n,
+                          Delta + row0, dq_ptrs, dq_desc, stride_qm, stride_dom, offs_m, offs_n,
                           offs_d, offs_dv, m_full, n_q_whole, N_Q, BLOCK_M, False, TMA,
-                          ATOMIC)
+                          ATOMIC, BULK)
         dk, dv = _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, q_desc, do_desc, Lse + row0,
-                          Delta + row0, dq_ptrs, stride_qm, stride_dom, offs_m, offs_n,
-                          offs_d, offs_dv, tail_lo, N_Q, N_Q, BLOCK_M, True, TMA, ATOMIC)
+                          Delta + row0, dq_ptrs, dq_desc, stride_qm, stride_dom, offs_m, offs_n,
+                          offs_d, offs_dv, tail_lo, N_Q, N_Q, BLOCK_M, True, TMA, ATOMIC, BULK)
 
     row_ok = offs_n[:, None] < N_K
     dk_ptrs = (dK + b * stride_dkb + h_kv * stride_dkh
@@ -481,11 +494,14 @@ def _launch(kernel, config, grid_rows, grid_heads, args):
     # (..., "atomic") adds dQ into args[8], a zeroed fp32 accumulator
     variant = config[4] if len(config) > 4 else ""
     tma = "tma" in variant and tma_addressable(*args[:4])
-    if tma:
+    # (..., "atomic+bulk"): TMA reduce-adds (compiled only: Triton's interpreter has no
+    # descriptor reductions, so it runs the per-element atomics there)
+    bulk = "bulk" in variant and not INTERPRET
+    if tma or bulk:
         ensure_scratch_allocator()
     launch(kernel, (_cdiv(grid_rows, bn), grid_heads), *args,
-           BLOCK_M=bm, BLOCK_N=bn, TMA=tma, ATOMIC="atomic" in variant, num_warps=warps,
-           num_stages=stages)
+           BLOCK_M=bm, BLOCK_N=bn, TMA=tma, ATOMIC="atomic" in variant, BULK=bulk,
+           num_warps=warps, num_stages=stages)
 
 
 def _rest_of_backward(dkdv_config, dq_config, dq, dkdv_args, dq_args, shape):

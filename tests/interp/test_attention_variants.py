@@ -28,8 +28,10 @@ from ioaware.codegen.runtime import kernel_module
 pytestmark = pytest.mark.usefixtures("interpreted_kernels")
 
 VARIANTS = ["tma", "ws", "lazy", "tma+ws+lazy"]
-# dK/dV variants: "atomic" adds dQ inside the dK/dV kernel (no dQ pass)
-DKDV_VARIANTS = ["atomic", "tma+atomic"]
+# dK/dV variants: "atomic" adds dQ inside the dK/dV kernel (no dQ pass); "bulk" by TMA
+# reduce-adds when compiled (the interpreter has no descriptor reductions: its launcher
+# runs the per-element atomics, so only the launch path is interpreted)
+DKDV_VARIANTS = ["atomic", "tma+atomic", "tma+atomic+bulk"]
 
 
 def _forward_module(d: int, d_v: int, dtype: torch.dtype, causal: bool, scale: float):
@@ -155,7 +157,7 @@ def test_backward_spaces_are_pruned_and_hold_the_one_kernel_backward():
         assert any(not bwd_render.is_atomic(c) for c in dkdv)
         assert all(bwd_render.dkdv_smem_bytes(spec, c) <= shared_memory_budget(h100)
                    for c in dkdv)
-        assert all(set(c[4].split("+")) <= {"tma", "atomic"} for c in dkdv if len(c) > 4)
+        assert all(set(c[4].split("+")) <= {"tma", "atomic", "bulk"} for c in dkdv if len(c) > 4)
 
 
 @pytest.mark.skipif(not has_ptx_backend(), reason="this triton has no NVIDIA backend")
@@ -179,7 +181,8 @@ def test_variants_compile_for_sm90(variant, tmp_path):
 @pytest.mark.skipif(not has_ptx_backend(), reason="this triton has no NVIDIA backend")
 def test_one_kernel_backward_compiles_for_sm90(tmp_path):
     """The compiled atomic dK/dV kernel (causal: the band, whole and tail sweeps, each
-    with its atomic adds) and the dQ conversion build for Hopper."""
+    with its atomic adds), per element and by TMA reduce-adds, and the dQ conversion
+    build for Hopper."""
     from ioaware.codegen.attention.spec import AttentionSpec
 
     spec = AttentionSpec(head_dim=64, head_dim_v=64, dtype="bfloat16", causal=True,
@@ -192,10 +195,14 @@ def test_one_kernel_backward_compiles_for_sm90(tmp_path):
                             else "i32")
     dkdv = compile_sm90(module._bwd_dkdv, {"BLOCK_M": 64, "BLOCK_N": 64, "TMA": True,
                                            "ATOMIC": True}, arg_type, num_warps=8)
+    bulk = compile_sm90(module._bwd_dkdv, {"BLOCK_M": 64, "BLOCK_N": 64, "TMA": True,
+                                           "ATOMIC": True, "BULK": True}, arg_type,
+                        num_warps=8)
     convert = compile_sm90(module._bwd_dq_convert, {"BLOCK_M": 64}, arg_type, num_warps=4)
-    for kernel in (dkdv, convert):
+    for kernel in (dkdv, bulk, convert):
         assert kernel.asm["sass" if "sass" in kernel.asm else "ptx"]
-    assert "red.global" in dkdv.asm["ptx"] or "atom.global" in dkdv.asm["ptx"]
+    assert "atom.global" in dkdv.asm["ptx"] or "red.global" in dkdv.asm["ptx"]
+    assert "cp.reduce.async.bulk" in bulk.asm["ptx"]
 
 
 @pytest.mark.parametrize("deterministic", [False, True])
