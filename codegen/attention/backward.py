@@ -55,10 +55,10 @@ from .tiles import attention_dkdv_tile_candidates, attention_dq_tile_candidates
 # (BLOCK_M, BLOCK_N, num_warps, num_stages); a dK/dV config may add a "+"-joined variant
 # last: "tma" reads K, V, Q and dO through in-kernel TMA descriptors (sm_90), where the
 # tensors allow it; "atomic" also computes dQ, by fp32 atomics (the one-kernel backward;
-# no dQ pass); "bulk" with it: by TMA reduce-adds of whole tiles. Any variant is reachable when pinned; these are in the tuning space.
+# no dQ pass); "bulk" with it: by TMA reduce-adds of whole tiles (FA3's way) rather than
+# per element. Any variant runs when pinned; these are the tuning space.
 Config = tuple
-# "atomic+bulk": the dQ tiles added by TMA reduce-adds (FA3's way) rather than per
-# element. (64, 128, 8, 2, "tma") won the old space at d = 128 on the H100; 64 kv rows
+# (64, 128, 8, 2, "tma") won the old space at d = 128 on the H100; 64 kv rows
 # with 8 warps compile with no or few spills there, with or without the TMA reduce
 # (Triton 3.6, sm_90; docs/kernels.md has the counts).
 DKDV_VARIANT_CANDIDATES: list[Config] = [
