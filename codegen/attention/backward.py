@@ -11,10 +11,15 @@
        dK += dSᵀ Q · scale
 3. `_bwd_dq`: one program per query block, streaming key/value blocks:
        dQ += dS K · scale
-   Splitting dQ out costs one more recomputation of S and dP but needs no atomics
-   (the FA2 paper accumulates dQ with atomic adds; nondeterministic and slow on fp32
-   HBM traffic). Both kernels skip blocks above the causal diagonal by loop bounds and
-   mask only the diagonal band and the ragged sequence ends.
+   Splitting dQ out costs one more recomputation of S and dP (7 matmuls, not 5) but
+   needs no atomics. Both kernels skip blocks above the causal diagonal by loop bounds
+   and mask only the diagonal band and the ragged sequence ends.
+   Or, for an "atomic" dK/dV config (the one-kernel backward, FA2 Algorithm 2 as the
+   paper writes it): `_bwd_dkdv` also adds dQ_i += dS_ij K_j into a zeroed fp32
+   accumulator, per element (relaxed atomics) or per tile ("bulk": TMA reduce-adds), and
+   `_bwd_dq_convert` scales it into dQ; no dQ pass. Nondeterministic (addition order),
+   so never tuned under torch.use_deterministic_algorithms; which of the two runs is
+   decided by timing (`backward`).
 
 The lse gradient: with lse_i = log Σ_j exp(S_ij), ∂lse_i/∂S_ij = P_ij, so an incoming
 dlse adds P ∘ dlse to dS, which is the same as subtracting dlse from delta.
@@ -32,6 +37,8 @@ T_m = ceil(Nq / BLOCK_M):
     dK/dV       read K, V once: Nk·(d+dv)      read Q, dO, lse, delta T_n times
                 write dK, dV: Nk·(d+dv)
     dQ          read Q, dO, lse, delta once    read K, V T_m times    write dQ: Nq·d
+    atomic      dK/dV's, plus T_n fp32 reductions of Nq·D_PAD into the accumulator (L2),
+                its zeroing (4·Nq·D_PAD bytes), its conversion (read it, write dQ: Nq·d)
 """
 
 from __future__ import annotations
