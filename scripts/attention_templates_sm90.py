@@ -9,7 +9,7 @@ and the backward of both modules, timed with do_bench at one shape (median, ms).
 
     python scripts/attention_templates_sm90.py            # counts, docs/kernels.md
     python scripts/attention_templates_sm90.py --time     # on an H100: times
-    python scripts/attention_templates_sm90.py --variants # forward sm_90 variants, counts
+    python scripts/attention_templates_sm90.py --variants # sm_90 variants (fwd, dK/dV), counts
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from ioaware.codegen.cache import _import_file
 
 POINTERS = {"Lse": "*fp32", "Delta": "*fp32", "dLse": "*fp32", "Seed": "*i64",
             "FullCnt": "*i32", "FullList": "*i32", "PartCnt": "*i32", "PartList": "*i32",
-            "EmptyHeads": "*i32"}
+            "EmptyHeads": "*i32", "DqAcc": "*fp32"}
 TENSORS = ("Q", "K", "V", "Out", "O", "dO", "dQ", "dK", "dV")
 VARIANTS = {  # name -> (forward renderer, backward renderer)
     "plain": (forward.render_forward, backward.render_backward),
@@ -54,10 +54,12 @@ def modules(spec: AttentionSpec, folder: Path, interpret: bool = False) -> dict:
 
 
 def compile_sm90(fn, block_m: int, block_n: int, warps: int, stages: int, variant: str = ""):
-    """Compile `fn` for sm_90 at one config; `variant` sets the plain forward's sm_90
-    switches (forward.VARIANTS: "tma" -> TMA=True, "ws" -> WARP_SPEC, "lazy" -> LAZY)."""
+    """Compile `fn` for sm_90 at one config; `variant` sets the plain kernels' sm_90
+    switches (forward.VARIANTS: "tma" -> TMA=True, "ws" -> WARP_SPEC, "lazy" -> LAZY;
+    dK/dV: "atomic" -> ATOMIC, dQ by atomics; "bulk" -> BULK, by TMA reduce-adds)."""
     values = {"BLOCK_M": block_m, "BLOCK_N": block_n}
-    switches = {"TMA": "tma" in variant, "WARP_SPEC": "ws" in variant, "LAZY": "lazy" in variant}
+    switches = {"TMA": "tma" in variant, "WARP_SPEC": "ws" in variant, "LAZY": "lazy" in variant,
+                "ATOMIC": "atomic" in variant, "BULK": "bulk" in variant}
     values.update({name: on for name, on in switches.items() if name in fn.arg_names})
     signature = {a: "constexpr" if a in values else POINTERS.get(
         a, "*bf16" if a in TENSORS else "i32") for a in fn.arg_names}
@@ -117,8 +119,8 @@ def count(specs: list[AttentionSpec]) -> None:
 
 def count_variants(specs: list[AttentionSpec]) -> None:
     """The plain forward at every variant config of its tuning space (and each variant
-    at the first plain config), the plain dK/dV at its pointer default and its TMA
-    configs: compiled for sm_90 with the Triton imported, or the error that stopped it."""
+    at the first plain config), the plain dK/dV at its pointer default and its variant
+    configs (tma, atomic): compiled for sm_90 with the Triton imported, or the error that stopped it."""
     with tempfile.TemporaryDirectory() as folder:
         for spec in specs:
             fwd, bwd = modules(spec, Path(folder))["plain"]

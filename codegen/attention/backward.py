@@ -11,10 +11,15 @@
        dK += dSᵀ Q · scale
 3. `_bwd_dq`: one program per query block, streaming key/value blocks:
        dQ += dS K · scale
-   Splitting dQ out costs one more recomputation of S and dP but needs no atomics
-   (the FA2 paper accumulates dQ with atomic adds; nondeterministic and slow on fp32
-   HBM traffic). Both kernels skip blocks above the causal diagonal by loop bounds and
-   mask only the diagonal band and the ragged sequence ends.
+   Splitting dQ out costs one more recomputation of S and dP (7 matmuls, not 5) but
+   needs no atomics. Both kernels skip blocks above the causal diagonal by loop bounds
+   and mask only the diagonal band and the ragged sequence ends.
+   Or, for an "atomic" dK/dV config (the one-kernel backward, FA2 Algorithm 2 as the
+   paper writes it): `_bwd_dkdv` also adds dQ_i += dS_ij K_j into a zeroed fp32
+   accumulator, per element (relaxed atomics) or per tile ("bulk": TMA reduce-adds), and
+   `_bwd_dq_convert` scales it into dQ; no dQ pass. Nondeterministic (addition order),
+   so never tuned under torch.use_deterministic_algorithms; which of the two runs is
+   decided by timing (`backward`).
 
 The lse gradient: with lse_i = log Σ_j exp(S_ij), ∂lse_i/∂S_ij = P_ij, so an incoming
 dlse adds P ∘ dlse to dS, which is the same as subtracting dlse from delta.
@@ -32,6 +37,8 @@ T_m = ceil(Nq / BLOCK_M):
     dK/dV       read K, V once: Nk·(d+dv)      read Q, dO, lse, delta T_n times
                 write dK, dV: Nk·(d+dv)
     dQ          read Q, dO, lse, delta once    read K, V T_m times    write dQ: Nq·d
+    atomic      dK/dV's, plus T_n fp32 reductions of Nq·D_PAD into the accumulator (L2),
+                its zeroing (4·Nq·D_PAD bytes), its conversion (read it, write dQ: Nq·d)
 """
 
 from __future__ import annotations
@@ -52,11 +59,28 @@ from ..render import (
 from . import header
 from .tiles import attention_dkdv_tile_candidates, attention_dq_tile_candidates
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages); a dK/dV config may add "tma" last: K, V, Q
-# and dO through in-kernel TMA descriptors (sm_90), where the tensors allow it
+# (BLOCK_M, BLOCK_N, num_warps, num_stages); a dK/dV config may add a "+"-joined variant
+# last: "tma" reads K, V, Q and dO through in-kernel TMA descriptors (sm_90), where the
+# tensors allow it; "atomic" also computes dQ, by fp32 atomics (the one-kernel backward;
+# no dQ pass); "bulk" with it: by TMA reduce-adds of whole tiles (FA3's way) rather than
+# per element. Any variant runs when pinned; these are the tuning space.
 Config = tuple
-DKDV_VARIANT_CANDIDATES: list[Config] = [(32, 128, 8, 2, "tma"), (64, 128, 8, 2, "tma"),
-                                         (16, 128, 8, 2, "tma")]
+# (64, 128, 8, 2, "tma") won the old space at d = 128 on the H100; 64 kv rows
+# with 8 warps compile with no or few spills there, with or without the TMA reduce
+# (Triton 3.6, sm_90; docs/kernels.md has the counts).
+DKDV_VARIANT_CANDIDATES: list[Config] = [
+    (64, 128, 8, 2, "tma"), (64, 64, 8, 2, "tma+atomic+bulk"), (64, 64, 8, 2, "tma"),
+    (64, 64, 8, 2, "tma+atomic")]
+# d > 128: only 32-row query tiles against 64 kv rows keep the spills to hundreds of
+# bytes (~300 B of stack with TMA, with or without atomics, against 2.6 KB for the
+# pointer (32, 64, 8, 3) that won the old space).
+WIDE_DKDV_CANDIDATES: list[Config] = [
+    (32, 64, 8, 2, "tma+atomic+bulk"), (32, 64, 8, 2, "tma"), (32, 64, 8, 2, "tma+atomic"),
+    (32, 64, 8, 3)]
+# Configs timed per kernel at the first tuned call (a compile of a second or so each):
+# dK/dV and dQ together at most six (issue 15's pruning, from the H100 sweep).
+MAX_DKDV_CONFIGS = 4
+MAX_DQ_CONFIGS = 2
 # Transposed roles in dK/dV: BLOCK_N (kv, resident) = 32, BLOCK_M = 16.
 INTERPRET_DKDV: Config = (header.INTERPRET_BLOCK_N, header.INTERPRET_BLOCK_M, 4, 1)
 INTERPRET_DQ: Config = (header.INTERPRET_BLOCK_M, header.INTERPRET_BLOCK_N, 4, 1)
@@ -68,34 +92,49 @@ def _smem_bytes(spec: AttentionSpec, resident_rows: int, streamed_rows: int, sta
     return header.element_bytes(spec) * width * (resident_rows + stages * streamed_rows)
 
 
+def dkdv_smem_bytes(spec: AttentionSpec, config: Config) -> int:
+    """Shared memory of a dK/dV config; an atomic one also stages its fp32 dQ tile
+    (BLOCK_M × D_PAD) for the atomic adds (what ptxas reports for sm_90, to a KB)."""
+    block_m, block_n, _, stages = config[:4]
+    atomic = 4 * block_m * header.padded_dims(spec)[0] if is_atomic(config) else 0
+    return _smem_bytes(spec, block_n, block_m, stages) + atomic
+
+
+def is_atomic(config: Config) -> bool:
+    """Whether a dK/dV config computes dQ too, by atomics (no dQ pass then)."""
+    return len(config) > 4 and "atomic" in config[4]
+
+
 def _budget(profile: DeviceProfile | None) -> int:
     return shared_memory_budget(hardware.get_profile(profile))
 
 
 def dkdv_configs(spec: AttentionSpec, profile: DeviceProfile | None = None) -> list[Config]:
     """Candidates for the dK/dV kernel: BLOCK_N kv rows resident, BLOCK_M query rows
-    streamed.
+    streamed; those over the tile budget of `profile` dropped, MAX_DKDV_CONFIGS kept.
 
-    Narrow query tiles (16, 32) on purpose: K_j and V_j (the A operands of the S and dP
-    products) stay in registers next to the two fp32 accumulators of BLOCK_N × d, so at
-    d = 128 a 64-row query tile spills (ptxas for sm_90, 8 warps: 0 bytes of stack at
-    16 rows, ~100 at 32, ~460 at 64). The autotuner weighs that against wgmma width.
+    K_j and V_j (the A operands of the S and dP products) stay in registers next to the
+    two fp32 accumulators of BLOCK_N × d, so every config at d = 128 spills some
+    (docs/kernels.md has the counts); the TMA loads spill least. Pruned by the H100
+    sweep of 2026-12-07: 16-row query tiles and the pointer tiles never won at d <= 128;
+    (32, 64, 8, 3) stays for d = 256, where it was the best of the old space. The
+    atomic configs make the one-kernel backward a tuning decision (`backward()`).
     """
-    candidates = [(16, 128, 8, 2), (16, 128, 8, 3), (32, 128, 8, 2), (32, 128, 8, 3),
-                  (32, 64, 8, 3), (64, 128, 8, 2), *DKDV_VARIANT_CANDIDATES]
+    wide = header.padded_dims(spec)[0] > 128
+    candidates = WIDE_DKDV_CANDIDATES if wide else DKDV_VARIANT_CANDIDATES
     budget = _budget(profile)
-    fits = [c for c in candidates if _smem_bytes(spec, c[1], c[0], c[3]) <= budget]
-    return fits or [default_dkdv_config(spec, profile)]
+    fits = [c for c in candidates if dkdv_smem_bytes(spec, c) <= budget]
+    return fits[:MAX_DKDV_CONFIGS] or [default_dkdv_config(spec, profile)]
 
 
 def dq_configs(spec: AttentionSpec, profile: DeviceProfile | None = None) -> list[Config]:
     """Candidates for the dQ kernel: BLOCK_M query rows resident, BLOCK_N kv streamed;
-    those over the tile budget of `profile` dropped, as `dkdv_configs`."""
-    candidates = [(128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 4, 3),
-                  (64, 32, 4, 2)]
+    those over the tile budget of `profile` dropped, MAX_DQ_CONFIGS kept:
+    (128, 64, 8, 3) won at d = 128 on the H100, (64, 32, 4, 2) is all d = 256 fits."""
+    candidates = [(128, 64, 8, 3), (64, 32, 4, 2), (64, 64, 4, 3)]
     budget = _budget(profile)
     fits = [c for c in candidates if _smem_bytes(spec, c[0], c[1], c[3]) <= budget]
-    return fits or [default_dq_config(spec, profile)]
+    return fits[:MAX_DQ_CONFIGS] or [default_dq_config(spec, profile)]
 
 
 def default_dkdv_config(spec: AttentionSpec, profile: DeviceProfile | None = None) -> Config:
@@ -160,9 +199,10 @@ def _bwd_preprocess(O, dO, dLse, Delta,
 
 
 @triton.jit
-def _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, q_desc, do_desc, lse_ptr, delta_ptr, stride_qm,
-             stride_dom, offs_m, offs_n, offs_d, offs_dv, lo, hi, N_Q,
-             BLOCK_M: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr):
+def _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, q_desc, do_desc, lse_ptr, delta_ptr, dq_ptrs,
+             dq_desc, stride_qm, stride_dom, offs_m, offs_n, offs_d, offs_dv, lo, hi, N_Q,
+             BLOCK_M: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr,
+             ATOMIC: tl.constexpr, BULK: tl.constexpr):
     """FA2 Algorithm 2, lines 8-20, for query blocks [lo, hi) against one kv block.
 
     Transposed layout ([kv rows, query rows]) so that dV and dK come out of the dots
@@ -170,6 +210,9 @@ def _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, q_desc, do_desc, lse_ptr, delta_ptr,
     Per block: read BLOCK_M·(d + dv) elements + 2 fp32 rows; 4 dots of
     2·BLOCK_M·BLOCK_N·d FLOPs each (S, dV, dP, dK).
     TMA: Q and dO tiles through tensor descriptors (zero past Nq and the head dim).
+    ATOMIC: a fifth dot, dQ_i += dS_ij K_j (FA2 Alg. 2, l. 15 as written), added with
+    relaxed fp32 atomics into the [Nq, D_PAD] accumulator at dq_ptrs (unscaled); BULK:
+    the tile added at once by a TMA reduction through dq_desc (rows past Nq dropped).
     """
     if not TMA:
         q_ptrs += lo * stride_qm
@@ -203,6 +246,15 @@ def _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, q_desc, do_desc, lse_ptr, delta_ptr,
         dp_t = _mm(v, tl.trans(do))
         ds_t = p_t * (dp_t - delta[None, :])
         dk = _mma(ds_t.to(q.dtype), q, dk)
+        if ATOMIC:
+            dq = _mm(tl.trans(ds_t.to(k.dtype)), k)  # [BLOCK_M, D_PAD]
+            if BULK:
+                dq_desc.atomic_add([start_m, 0], dq)
+            elif MASKED:
+                tl.atomic_add(dq_ptrs + start_m * D_PAD, dq, mask=rows[:, None] < N_Q,
+                              sem="relaxed")
+            else:
+                tl.atomic_add(dq_ptrs + start_m * D_PAD, dq, sem="relaxed")
         if not TMA:
             q_ptrs += BLOCK_M * stride_qm
             do_ptrs += BLOCK_M * stride_dom
@@ -210,7 +262,7 @@ def _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, q_desc, do_desc, lse_ptr, delta_ptr,
 
 
 @triton.jit
-def _bwd_dkdv(Q, K, V, dO, dK, dV, Lse, Delta,
+def _bwd_dkdv(Q, K, V, dO, dK, dV, Lse, Delta, DqAcc,
               stride_qb, stride_qh, stride_qm, stride_qd,
               stride_kb, stride_kh, stride_kn, stride_kd,
               stride_vb, stride_vh, stride_vn, stride_vd,
@@ -218,10 +270,14 @@ def _bwd_dkdv(Q, K, V, dO, dK, dV, Lse, Delta,
               stride_dkb, stride_dkh, stride_dkn, stride_dkd,
               stride_dvb, stride_dvh, stride_dvn, stride_dvd,
               H_Q, H_KV, GROUP, N_Q, N_K, N_Q_BUCKET, N_K_BUCKET,
-              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr = False):
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr = False,
+              ATOMIC: tl.constexpr = False, BULK: tl.constexpr = False):
     """One program per (kv block, batch·kv head): dK, dV of BLOCK_N rows, summed over
     the GROUP query heads that read this kv head (GQA). TMA: K, V, Q and dO tiles
-    through in-kernel tensor descriptors (the launcher checks the tensors allow it)."""
+    through in-kernel tensor descriptors (the launcher checks the tensors allow it).
+    ATOMIC: also dQ, added into DqAcc [B·Hq, Nq, D_PAD] fp32 (zeroed by the launcher,
+    scaled and converted by `_bwd_dq_convert`): the one-kernel backward. BULK: each dQ
+    tile added by one TMA reduce-add (sm_90; FA3's way) instead of per-element atomics."""
     pid_n = tl.program_id(0)
     pid_bkv = tl.program_id(1)
     b = (pid_bkv // H_KV).to(tl.int64)
@@ -283,15 +339,23 @@ def _bwd_dkdv(Q, K, V, dO, dK, dV, Lse, Delta,
             q_desc = Q  # unused placeholders: the pointer tiles serve
             do_desc = dO
         row0 = (b * H_Q + h) * N_Q
+        dq_ptrs = DqAcc + row0 * D_PAD + offs_m[:, None] * D_PAD + offs_d[None, :]
+        if BULK:
+            dq_desc = tl.make_tensor_descriptor(DqAcc + row0 * D_PAD, shape=[N_Q, D_PAD],
+                                                strides=[D_PAD, 1],
+                                                block_shape=[BLOCK_M, D_PAD])
+        else:
+            dq_desc = DqAcc  # unused placeholder
         dk, dv = _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, q_desc, do_desc, Lse + row0,
-                          Delta + row0, stride_qm, stride_dom, offs_m, offs_n, offs_d,
-                          offs_dv, m_lo, band_hi, N_Q, BLOCK_M, True, TMA)
+                          Delta + row0, dq_ptrs, dq_desc, stride_qm, stride_dom, offs_m, offs_n,
+                          offs_d, offs_dv, m_lo, band_hi, N_Q, BLOCK_M, True, TMA, ATOMIC, BULK)
         dk, dv = _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, q_desc, do_desc, Lse + row0,
-                          Delta + row0, stride_qm, stride_dom, offs_m, offs_n, offs_d,
-                          offs_dv, m_full, n_q_whole, N_Q, BLOCK_M, False, TMA)
+                          Delta + row0, dq_ptrs, dq_desc, stride_qm, stride_dom, offs_m, offs_n,
+                          offs_d, offs_dv, m_full, n_q_whole, N_Q, BLOCK_M, False, TMA,
+                          ATOMIC, BULK)
         dk, dv = _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, q_desc, do_desc, Lse + row0,
-                          Delta + row0, stride_qm, stride_dom, offs_m, offs_n, offs_d,
-                          offs_dv, tail_lo, N_Q, N_Q, BLOCK_M, True, TMA)
+                          Delta + row0, dq_ptrs, dq_desc, stride_qm, stride_dom, offs_m, offs_n,
+                          offs_d, offs_dv, tail_lo, N_Q, N_Q, BLOCK_M, True, TMA, ATOMIC, BULK)
 
     row_ok = offs_n[:, None] < N_K
     dk_ptrs = (dK + b * stride_dkb + h_kv * stride_dkh
@@ -401,7 +465,30 @@ def _bwd_dq(Q, K, V, dO, dQ, Lse, Delta,
                  mask=(offs_m[:, None] < N_Q) & (offs_d[None, :] < HEAD_DIM))
 
 
+@triton.jit
+def _bwd_dq_convert(DqAcc, dQ, stride_dqb, stride_dqh, stride_dqm, stride_dqd, H_Q, N_Q,
+                    BLOCK_M: tl.constexpr):
+    """dQ = scale · DqAcc in dQ's dtype and strides, after the atomic dK/dV kernel.
+    Reads BLOCK_M·D_PAD fp32, writes BLOCK_M·d."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H_Q).to(tl.int64)
+    h = (pid_bh % H_Q).to(tl.int64)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D_PAD)
+    acc = tl.load(DqAcc + (pid_bh.to(tl.int64) * N_Q + rows[:, None]) * D_PAD
+                  + offs_d[None, :], mask=rows[:, None] < N_Q, other=0.0)
+    tl.store(dQ + b * stride_dqb + h * stride_dqh + rows[:, None] * stride_dqm
+             + offs_d[None, :] * stride_dqd, (acc * SCALE).to(dQ.dtype.element_ty),
+             mask=(rows[:, None] < N_Q) & (offs_d[None, :] < HEAD_DIM))
+
+
 ${tuner}
+
+
+def is_atomic(config):
+    """Whether a dK/dV config also computes dQ (by atomics): no dQ pass then."""
+    return len(config) > 4 and "atomic" in config[4]
 
 
 def _launch(kernel, config, grid_rows, grid_heads, args):
@@ -410,18 +497,42 @@ def _launch(kernel, config, grid_rows, grid_heads, args):
         launch(kernel, (_cdiv(grid_rows, bm), grid_heads), *args,
                BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
         return
-    # dK/dV: (..., "tma") reads K, V, Q, dO through descriptors where they allow it
-    tma = len(config) > 4 and "tma" in config[4] and tma_addressable(*args[:4])
-    if tma:
+    # dK/dV: (..., "tma") reads K, V, Q, dO through descriptors where they allow it;
+    # (..., "atomic") adds dQ into args[8], a zeroed fp32 accumulator
+    variant = config[4] if len(config) > 4 else ""
+    tma = "tma" in variant and tma_addressable(*args[:4])
+    # (..., "atomic+bulk"): TMA reduce-adds (compiled only: Triton's interpreter has no
+    # descriptor reductions, so it runs the per-element atomics there)
+    bulk = "bulk" in variant and not INTERPRET
+    if tma or bulk:
         ensure_scratch_allocator()
     launch(kernel, (_cdiv(grid_rows, bn), grid_heads), *args,
-           BLOCK_M=bm, BLOCK_N=bn, TMA=tma, num_warps=warps, num_stages=stages)
+           BLOCK_M=bm, BLOCK_N=bn, TMA=tma, ATOMIC="atomic" in variant, BULK=bulk,
+           num_warps=warps, num_stages=stages)
+
+
+def _rest_of_backward(dkdv_config, dq_config, dq, dkdv_args, dq_args, shape):
+    """dK/dV, then dQ: by its own pass, or (an atomic dK/dV config) by the conversion
+    of the fp32 accumulator [B·Hq, Nq, D_PAD] the dK/dV kernel added into (allocated
+    here, so the two-kernel backward holds no such buffer). shape: (B, Hq, Hkv, Nq, Nk)."""
+    batch, h_q, h_kv, n_q, n_k = shape
+    if not is_atomic(dkdv_config):
+        _launch(_bwd_dkdv, dkdv_config, n_k, batch * h_kv, dkdv_args)
+        _launch(_bwd_dq, dq_config, n_q, batch * h_q, dq_args)
+        return
+    acc = torch.zeros((batch * h_q, n_q, D_PAD), device=dq.device, dtype=torch.float32)
+    _launch(_bwd_dkdv, dkdv_config, n_k, batch * h_kv, (*dkdv_args[:8], acc, *dkdv_args[9:]))
+    launch(_bwd_dq_convert, (_cdiv(n_q, PRE_BLOCK_M), batch * h_q), acc, dq, *dq.stride(),
+           h_q, n_q, BLOCK_M=PRE_BLOCK_M)
 
 
 def backward(do, q, k, v, out, lse, dlse, dq, dk, dv, dkdv_config=None, dq_config=None):
     """Launch the three kernels. do/q/k/v/out/dq/dk/dv: any strides; lse and dlse
     (or None): [B, Hq, Nq] fp32 contiguous. Nq, Nk >= 1. Writes dq, dk, dv. Each
-    kernel's config is chosen by timing once per size class unless given."""
+    kernel's config is chosen by timing once per size class unless given: dQ's first,
+    then dK/dV's, each dK/dV candidate timed with the dQ work it implies, so that an
+    atomic config (dQ inside the dK/dV kernel, `is_atomic`; never under
+    torch.use_deterministic_algorithms) wins only where one kernel beats two."""
     batch, h_q, n_q, _ = q.shape
     h_kv, n_k = k.shape[1], k.shape[2]
     group = h_q // h_kv
@@ -432,21 +543,27 @@ def backward(do, q, k, v, out, lse, dlse, dq, dk, dv, dkdv_config=None, dq_confi
 
     # Plain int arithmetic: triton.cdiv / next_power_of_2 cost microseconds per call.
     buckets = (1 << (n_q - 1).bit_length(), 1 << (n_k - 1).bit_length())
-    dkdv_args = (q, k, v, do, dk, dv, lse, delta, *q.stride(), *k.stride(), *v.stride(),
-                 *do.stride(), *dk.stride(), *dv.stride(), h_q, h_kv, group, n_q, n_k,
-                 *buckets)
+    tune_dkdv = TUNE_DKDV
+    if torch.are_deterministic_algorithms_enabled():  # atomics add in any order
+        tune_dkdv = [c for c in tune_dkdv if not is_atomic(c)]
+    # args[8], the atomic configs' dQ accumulator, is set by _rest_of_backward
+    dkdv_args = (q, k, v, do, dk, dv, lse, delta, delta, *q.stride(), *k.stride(),
+                 *v.stride(), *do.stride(), *dk.stride(), *dv.stride(), h_q, h_kv, group,
+                 n_q, n_k, *buckets)
     dq_args = (q, k, v, do, dq, lse, delta, *q.stride(), *k.stride(), *v.stride(),
                *do.stride(), *dq.stride(), h_q, group, n_q, n_k, *buckets)
-    if dkdv_config is None:
-        dkdv_config = choose_config(
-            "dkdv", TUNE_DKDV, DEFAULT_DKDV, q.device, n_q, n_k,
-            lambda c: _launch(_bwd_dkdv, c, n_k, batch * h_kv, dkdv_args))
-    _launch(_bwd_dkdv, dkdv_config, n_k, batch * h_kv, dkdv_args)
-    if dq_config is None:
+    shape = (batch, h_q, h_kv, n_q, n_k)
+    if dq_config is None and not (dkdv_config is not None and is_atomic(dkdv_config)):
         dq_config = choose_config(
             "dq", TUNE_DQ, DEFAULT_DQ, q.device, n_q, n_k,
             lambda c: _launch(_bwd_dq, c, n_q, batch * h_q, dq_args))
-    _launch(_bwd_dq, dq_config, n_q, batch * h_q, dq_args)
+    if dkdv_config is None:
+        # Timed with the dQ work each config implies (the tuned dQ pass, or the zeroing
+        # and conversion of the atomic accumulator): the choice of one kernel or two.
+        dkdv_config = choose_config(
+            "dkdv", tune_dkdv, DEFAULT_DKDV, q.device, n_q, n_k,
+            lambda c: _rest_of_backward(c, dq_config, dq, dkdv_args, dq_args, shape))
+    _rest_of_backward(dkdv_config, dq_config, dq, dkdv_args, dq_args, shape)
 ''')
 
 

@@ -82,13 +82,15 @@ RESCALE_THRESHOLD = 8.0
 # The variant configs timed beside today's candidates on a GPU, best guess first: each
 # compiles for sm_90 with Triton 3.6 and 3.9 (scripts/attention_templates_sm90.py
 # --variants). The 64-row tiles serve d = 256, where no 128-row pointer tile fits.
+# Pruned by the H100 sweep of 2026-12-07: "lazy" and "tma+lazy" never won (reachable
+# when pinned, not tuned among).
 VARIANT_CANDIDATES: list[Config] = [
-    (128, 64, 8, 3, "tma"), (128, 128, 8, 2, "tma"), (128, 64, 8, 3, "tma+lazy"),
-    (128, 64, 8, 3, "lazy"), (128, 64, 8, 2, "tma"), (64, 64, 4, 2, "tma"),
-    (64, 32, 4, 2, "tma"),
+    (128, 64, 8, 3, "tma"), (128, 128, 8, 2, "tma"), (128, 64, 8, 2, "tma"),
+    (64, 64, 4, 2, "tma"), (64, 32, 4, 2, "tma"),
 ]
-# Each candidate compiles at the first tuned call (seconds apiece): at most this many.
-MAX_FORWARD_CONFIGS = 10
+# Each candidate compiles at the first tuned call (a second or so apiece): at most this
+# many.
+MAX_FORWARD_CONFIGS = 6
 
 
 def forward_smem_bytes(spec: AttentionSpec, block_m: int, block_n: int, warps: int,
@@ -108,13 +110,14 @@ def forward_configs(spec: AttentionSpec, profile: DeviceProfile | None = None) -
     `profile` (`render.shared_memory_budget`; the present device's for None) are dropped
     here; the autotuner skips any other that fails to fit. Today's pointer configs come
     first, then the sm_90 variants (`VARIANT_CANDIDATES`), the untuned default always
-    among them; MAX_FORWARD_CONFIGS in all.
+    among them; MAX_FORWARD_CONFIGS in all. Pruned by the H100 sweep of 2026-12-07:
+    (128, 64, 8, 4), (128, 128, 8, 2) never won; (128, 64, 4, 3) and (64, 128, 4, 2) ran
+    at 0.2-0.4× cuDNN. (128, 64, 8, 3) wins at d <= 128, N = 4096; tma at N = 16384 and
+    at d = 256.
     """
     budget = shared_memory_budget(hardware.get_profile(profile))
-    candidates = [
-        (128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2), (128, 64, 4, 3),
-        (64, 64, 4, 3), (64, 128, 4, 2), *VARIANT_CANDIDATES,
-    ]
+    candidates = [(128, 64, 8, 3), VARIANT_CANDIDATES[0], VARIANT_CANDIDATES[1],
+                  (64, 64, 4, 3), *VARIANT_CANDIDATES[2:]]
     fits = [c for c in candidates if forward_smem_bytes(spec, *c) <= budget]
     default = default_forward_config(spec, profile)  # tuning never ends worse than it
     return ([] if default in fits else [default]) + fits[:MAX_FORWARD_CONFIGS - 1]

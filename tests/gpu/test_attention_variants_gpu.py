@@ -1,7 +1,8 @@
 """The sm_90 variant configs of the plain forward and of dK/dV (`forward.VARIANTS`,
-`backward.DKDV_VARIANT_CANDIDATES`), compiled on a CUDA GPU, against eager math in
-float64: every config of the two tuning spaces that names a variant, pinned, at ragged
-sizes, GQA, causal and not; outputs and gradients.
+`backward.DKDV_VARIANT_CANDIDATES`, `WIDE_DKDV_CANDIDATES`: tma, and the one-kernel
+backward's atomic and TMA-reduce "bulk" dQ), compiled on a CUDA GPU, against eager math
+in float64: every config of the two tuning spaces that names a variant, pinned, at
+ragged sizes, GQA, causal and not; outputs and gradients.
 """
 
 from __future__ import annotations

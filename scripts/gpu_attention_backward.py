@@ -1,0 +1,174 @@
+"""Attention backward at the Hopper frontier (issue 15, phase 2), as a user gets it.
+
+For each acceptance case (bf16; B, H, N, d; causal or not) on one GPU:
+  1. ioaware tuned as in a real call (the first call's wall time, compiles and tuning
+     included, is printed), cuDNN and SDPA's FLASH backend (FA2): out, dq, dk, dv checked
+     against SDPA's fp32 math backend on a slice (batch 0, heads 0-1), forward and
+     forward+backward timed (do_bench median), TFLOP/s and the ratio to cuDNN;
+  2. the configs the tuner chose, forward, dK/dV (an "atomic" one is the one-kernel
+     backward: dQ by atomics, no dQ pass) and dQ;
+  3. every dK/dV config of the tuning space pinned, the backward alone (preprocess,
+     dK/dV, then the dQ pass or the dQ conversion), checked on the slice and timed: the
+     one-kernel against the two-kernel backward;
+  4. the GPU kernels of one forward+backward step, ours beside cuDNN (torch.profiler).
+
+    python scripts/gpu_attention_backward.py            # 5 cases, ~3 min on an H100
+    python scripts/gpu_attention_backward.py --cases 0  # B=4 H=16 N=4096 d=128 full
+
+Floors (H100 SXM, bf16 dense 989 TFLOP/s peak): the backward is 5 matmuls of 2·N²·d per
+(batch, head) (S, dP, dV, dK, dQ; the two-kernel backward recomputes S and dP: 7), at
+d=128, B=4, H=16, N=4096 1.37 TFLOP = 1.39 ms at peak; its exp2 (one per score, two with
+the two kernels) 1.07 G at 3.7e12/s = 0.29 ms. The atomic dQ adds N/BLOCK_N fp32 adds
+per dQ element: 4.3 GB of L2 reductions at BLOCK_N = 128 (8.6 at 64).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gpu_attention_frontier as frontier
+from profile_attention_step import step_table
+
+CASES = [  # (batch, heads, seqlen, head_dim, causal)
+    (4, 16, 4096, 128, False), (4, 16, 4096, 128, True),
+    (4, 16, 4096, 256, False), (4, 16, 4096, 256, True),
+    (4, 32, 4096, 64, False),
+]
+
+
+def _slice_error(got, want) -> float:
+    return max(((g.float() - w).norm() / w.norm()).item() for g, w in zip(got, want))
+
+
+def _chosen(module, kernel: str):
+    return [c for key, c in module._CHOSEN.items() if key[0] == kernel]
+
+
+def dkdv_space(spec, tensors, want, device) -> None:
+    """Each dK/dV config of the tuning space pinned: the backward alone, checked, timed."""
+    from triton.testing import do_bench
+
+    from ioaware.codegen.runtime import kernel_module
+
+    q, k, v, dout, sl = (t.detach() if isinstance(t, torch.Tensor) else t for t in tensors)
+    fwd = kernel_module("attention_fwd", spec, torch.device(device))
+    bwd = kernel_module("attention_bwd", spec, torch.device(device))
+    out = torch.empty_like(q)
+    lse = q.new_empty(q.shape[:3], dtype=torch.float32)
+    fwd.forward(q, k, v, out, lse)
+    dq, dk, dv = (torch.empty_like(x) for x in (q, k, v))
+    dq_config = (_chosen(bwd, "dq") or [bwd.DEFAULT_DQ])[0]
+    batch, heads, n, d = q.shape
+    bwd_flops = 2.5 * frontier.flops(batch, heads, n, d, spec.causal)
+    print(f"  dK/dV space (dQ pass {dq_config} where not atomic); backward alone:")
+    for config in bwd.TUNE_DKDV or [bwd.DEFAULT_DKDV]:
+        try:
+            bwd.backward(dout, q, k, v, out, lse, None, dq, dk, dv, dkdv_config=config,
+                         dq_config=dq_config)
+            err = _slice_error((dq[sl], dk[sl], dv[sl]), want[1:])
+            ms = do_bench(lambda c=config: bwd.backward(
+                dout, q, k, v, out, lse, None, dq, dk, dv, dkdv_config=c, dq_config=dq_config),
+                warmup=10, rep=40, return_mode="median")
+        except Exception as error:  # noqa: BLE001 - a config that cannot run says why
+            print(f"    {config!s:32s} failed: {str(error).strip()[:100]}", flush=True)
+            continue
+        verdict = "ok" if err <= frontier.TOLERANCE else "FAIL"
+        print(f"    {config!s:32s} err {err:.1e} {verdict:4s} {ms:7.3f} ms "
+              f"{bwd_flops / ms / 1e9:5.0f} TF/s", flush=True)
+
+
+def run_case(case, args) -> bool:
+    from ioaware.codegen.attention import op as ops
+    from ioaware.codegen.runtime import kernel_module
+
+    batch, heads, n, d, causal = case
+    label = f"B={batch} H={heads} N={n} d={d} {'causal' if causal else 'full'}"
+    print(f"\n== {label}", flush=True)
+    gen = torch.Generator(device=args.device).manual_seed(0)
+    q, k, v, dout = (torch.randn(batch, heads, n, d, device=args.device, dtype=torch.bfloat16,
+                                 generator=gen) for _ in range(4))
+    for t in (q, k, v):
+        t.requires_grad_()
+    sl = (slice(0, 1), slice(0, 2))
+    q32, k32, v32 = (t.detach()[sl].float().requires_grad_() for t in (q, k, v))
+    out32 = frontier._sdpa("MATH", causal)(q32, k32, v32)
+    out32.backward(dout[sl].float())
+    want = (out32.detach(), q32.grad, k32.grad, v32.grad)
+    del q32, k32, v32, out32
+    spec = ops._plain_spec(d, d, torch.bfloat16, causal, 1.0 / math.sqrt(d))
+
+    def ours():
+        return lambda q, k, v: ops.flash_attention(q, k, v, causal=causal)
+
+    start = time.perf_counter()  # the first call: compiles and tunes both directions
+    ours()(q, k, v).backward(dout)
+    torch.cuda.synchronize()
+    first_s = time.perf_counter() - start
+    fwd = kernel_module("attention_fwd", spec, q.device)
+    bwd = kernel_module("attention_bwd", spec, q.device)
+    print(f"  first call {first_s:.1f} s (compiles + tuning); chosen: forward "
+          f"{_chosen(fwd, 'forward')}, dK/dV {_chosen(bwd, 'dkdv')}, dQ {_chosen(bwd, 'dq')}",
+          flush=True)
+    rows = [("sdpa cuDNN", lambda: frontier._sdpa("CUDNN_ATTENTION", causal)),
+            ("sdpa FLASH (FA2)", lambda: frontier._sdpa("FLASH_ATTENTION", causal)),
+            ("ioaware tuned", ours)]
+    fl = frontier.flops(*case)
+    cudnn_ms = [None, None]
+    all_ok = True
+    for name, build in rows:
+        err, ok, ms_fwd, ms_all, note = frontier.run_row(build, (q, k, v, dout, sl), want, 60)
+        all_ok &= ok is not False
+        if name == "sdpa cuDNN":
+            cudnn_ms = [ms_fwd, ms_all]
+        ratio = [c / m if c and m else None for c, m in zip(cudnn_ms, (ms_fwd, ms_all))]
+        fmt = frontier._fmt
+        verdict = "-" if ok is None else "ok" if ok else "FAIL"
+        print(f"  {name:18s} err {fmt(err, '.1e')} {verdict}"
+              f"  fwd {fmt(ms_fwd, '.3f')} ms {fmt(fl / ms_fwd / 1e9 if ms_fwd else None, '.0f')}"
+              f" TF/s ({fmt(ratio[0], '.2f')}x cuDNN)  fwd+bwd {fmt(ms_all, '.3f')} ms "
+              f"{fmt(3.5 * fl / ms_all / 1e9 if ms_all else None, '.0f')} TF/s "
+              f"({fmt(ratio[1], '.2f')}x) {note}", flush=True)
+    dkdv_space(spec, (q, k, v, dout, sl), want, args.device)
+
+    def step(attention):
+        def run():
+            attention(q, k, v).backward(dout)
+            q.grad = k.grad = v.grad = None
+        return run
+
+    if not args.no_profile:
+        step_table("  ioaware forward+backward", step(ours()), 3)
+        step_table("  cuDNN forward+backward",
+                   step(frontier._sdpa("CUDNN_ATTENTION", causal)), 3)
+    return all_ok  # the case's tensors go with the frame
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", type=int, nargs="*", default=list(range(len(CASES))),
+                        help=f"indices into CASES: {CASES}")
+    parser.add_argument("--no-profile", action="store_true", help="skip the kernel tables")
+    parser.add_argument("--device", default="cuda")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("needs a CUDA device", file=sys.stderr)
+        return 2
+    import triton
+
+    print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}  triton "
+          f"{triton.__version__}  bf16", flush=True)
+    start = time.perf_counter()
+    results = [run_case(CASES[i], args) for i in args.cases]  # every case, even after a FAIL
+    print(f"\ntotal {time.perf_counter() - start:.0f} s", flush=True)
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
