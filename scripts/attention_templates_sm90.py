@@ -130,7 +130,8 @@ def count_variants(specs: list[AttentionSpec]) -> None:
             print(f"# triton {triton.__version__} {spec.dtype} d={spec.head_dim} "
                   f"causal={spec.causal}", flush=True)
             dkdv = [backward.default_dkdv_config(spec)] + [
-                c for c in backward.dkdv_configs(spec) if len(c) > 4]
+                c for c in backward.dkdv_configs(spec) + backward.atomic_dkdv_configs(spec)
+                if len(c) > 4]
             for kernel, fn, config in ([("fwd", fwd._attn_fwd, c) for c in configs]
                                        + [("dkdv", bwd._bwd_dkdv, c) for c in dkdv]):
                 try:

@@ -68,7 +68,10 @@ def dkdv_space(spec, tensors, want, device) -> None:
     batch, heads, n, d = q.shape
     bwd_flops = 2.5 * frontier.flops(batch, heads, n, d, spec.causal)
     print(f"  dK/dV space (dQ pass {dq_config} where not atomic); backward alone:")
-    for config in bwd.TUNE_DKDV or [bwd.DEFAULT_DKDV]:
+    from ioaware.codegen.attention.backward import atomic_dkdv_configs
+
+    # the space, then the one-kernel backward's atomic configs (out of the space, measured)
+    for config in (bwd.TUNE_DKDV or [bwd.DEFAULT_DKDV]) + atomic_dkdv_configs(spec):
         try:
             bwd.backward(dout, q, k, v, out, lse, None, dq, dk, dv, dkdv_config=config,
                          dq_config=dq_config)

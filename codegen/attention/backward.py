@@ -66,17 +66,22 @@ from .tiles import attention_dkdv_tile_candidates, attention_dq_tile_candidates
 # per element. Any variant runs when pinned; these are the tuning space.
 Config = tuple
 # (64, 128, 8, 2, "tma") won the old space at d = 128 on the H100; 64 kv rows
-# with 8 warps compile with no or few spills there, with or without the TMA reduce
-# (Triton 3.6, sm_90; docs/kernels.md has the counts).
-DKDV_VARIANT_CANDIDATES: list[Config] = [
-    (64, 128, 8, 2, "tma"), (64, 64, 8, 2, "tma+atomic+bulk"), (64, 64, 8, 2, "tma"),
-    (64, 64, 8, 2, "tma+atomic")]
+# with 8 warps compile with no or few spills there (Triton 3.6, sm_90; docs/kernels.md
+# has the counts).
+DKDV_VARIANT_CANDIDATES: list[Config] = [(64, 128, 8, 2, "tma"), (64, 64, 8, 2, "tma")]
 # d > 128: only 32-row query tiles against 64 kv rows keep the spills to hundreds of
-# bytes (~300 B of stack with TMA, with or without atomics, against 2.6 KB for the
-# pointer (32, 64, 8, 3) that won the old space).
-WIDE_DKDV_CANDIDATES: list[Config] = [
-    (32, 64, 8, 2, "tma+atomic+bulk"), (32, 64, 8, 2, "tma"), (32, 64, 8, 2, "tma+atomic"),
-    (32, 64, 8, 3)]
+# bytes (~300 B of stack with TMA against 2.6 KB for the pointer (32, 64, 8, 3) that
+# won the old space).
+WIDE_DKDV_CANDIDATES: list[Config] = [(32, 64, 8, 2, "tma"), (32, 64, 8, 3)]
+# The one-kernel backward (dQ by atomics, per element or by TMA reduce-adds) measured
+# slower than the two kernels on the H100 (triton 3.6, 2026-12-07, backward alone, B=4
+# N=4096): 2.0x at d = 128, 1.8x at d = 64, 1.1x at d = 256 (docs/performance.md). Out
+# of the tuning space, so a first call does not compile and time it; pinned, or added
+# to a module's TUNE_DKDV, it runs and is tested.
+ATOMIC_DKDV_CANDIDATES: list[Config] = [
+    (64, 64, 8, 2, "tma+atomic+bulk"), (64, 64, 8, 2, "tma+atomic")]
+WIDE_ATOMIC_DKDV_CANDIDATES: list[Config] = [
+    (32, 64, 8, 2, "tma+atomic+bulk"), (32, 64, 8, 2, "tma+atomic")]
 # Configs timed per kernel at the first tuned call (a compile of a second or so each):
 # dK/dV and dQ together at most six (issue 15's pruning, from the H100 sweep).
 MAX_DKDV_CONFIGS = 4
@@ -118,13 +123,22 @@ def dkdv_configs(spec: AttentionSpec, profile: DeviceProfile | None = None) -> l
     (docs/kernels.md has the counts); the TMA loads spill least. Pruned by the H100
     sweep of 2026-12-07: 16-row query tiles and the pointer tiles never won at d <= 128;
     (32, 64, 8, 3) stays for d = 256, where it was the best of the old space. The
-    atomic configs make the one-kernel backward a tuning decision (`backward()`).
+    atomic configs (`atomic_dkdv_configs`) are a tuning decision when a module's space
+    holds them (`backward()`); measured slower, they are not in this one.
     """
     wide = header.padded_dims(spec)[0] > 128
     candidates = WIDE_DKDV_CANDIDATES if wide else DKDV_VARIANT_CANDIDATES
     budget = _budget(profile)
     fits = [c for c in candidates if dkdv_smem_bytes(spec, c) <= budget]
     return fits[:MAX_DKDV_CONFIGS] or [default_dkdv_config(spec, profile)]
+
+
+def atomic_dkdv_configs(spec: AttentionSpec, profile: DeviceProfile | None = None
+                        ) -> list[Config]:
+    """The one-kernel backward's dK/dV configs (dQ by atomics) that fit `profile`."""
+    wide = header.padded_dims(spec)[0] > 128
+    candidates = WIDE_ATOMIC_DKDV_CANDIDATES if wide else ATOMIC_DKDV_CANDIDATES
+    return [c for c in candidates if dkdv_smem_bytes(spec, c) <= _budget(profile)]
 
 
 def dq_configs(spec: AttentionSpec, profile: DeviceProfile | None = None) -> list[Config]:

@@ -1,7 +1,8 @@
 """The sm_90 variant configs of the plain forward and of dK/dV (`forward.VARIANTS`,
-`backward.DKDV_VARIANT_CANDIDATES`, `WIDE_DKDV_CANDIDATES`: tma, and the one-kernel
-backward's atomic and TMA-reduce "bulk" dQ), compiled on a CUDA GPU, against eager math
-in float64: every config of the two tuning spaces that names a variant, pinned, at
+`backward.DKDV_VARIANT_CANDIDATES`, `WIDE_DKDV_CANDIDATES`: tma; and the one-kernel
+backward's atomic and TMA-reduce "bulk" dQ, `atomic_dkdv_configs`, out of the space),
+compiled on a CUDA GPU, against eager math in float64: every config of the two tuning
+spaces that names a variant, and the atomic ones, pinned, at
 ragged sizes, GQA, causal and not; outputs and gradients.
 """
 
@@ -32,7 +33,8 @@ def _variant_configs(spec) -> list[tuple[tuple, tuple | None]]:
     """(forward config, dK/dV config or None) for each variant config of the spaces."""
     fwd = [(c, None) for c in fwd_render.forward_configs(spec) if len(c) > 4]
     first = fwd[0][0] if fwd else fwd_render.default_forward_config(spec)
-    return fwd + [(first, c) for c in bwd_render.dkdv_configs(spec) if len(c) > 4]
+    dkdv = bwd_render.dkdv_configs(spec) + bwd_render.atomic_dkdv_configs(spec)
+    return fwd + [(first, c) for c in dkdv if len(c) > 4]
 
 
 @pytest.mark.parametrize("d", [64, 128, 256])
