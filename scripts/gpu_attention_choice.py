@@ -65,6 +65,12 @@ def choice_line(problem: AttentionProblem, spelling) -> str:
 
 
 def main() -> int:
+    if {"-h", "--help"} & set(sys.argv):
+        print(__doc__)
+        return 0
+    if not torch.cuda.is_available():
+        print("needs a CUDA GPU (it times SDPA's CUDA backends)", file=sys.stderr)
+        return 2
     quick = "--quick" in sys.argv
     timing = {"warmup_ms": 10, "rep_ms": 30} if quick else {"warmup_ms": 25, "rep_ms": 100}
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
