@@ -31,6 +31,7 @@ from torch import Tensor
 from ioaware.codegen.scan.spec import ScanSpec
 from ioaware.spec import DTYPES, dtype_name
 
+from ..grads import empty_grads, zero_length_grads
 from ..runtime import backend_name, device_context, kernel_module
 from . import reference as scan_reference
 
@@ -154,7 +155,6 @@ def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0):
     return _selective_outputs(u, A)
 
 
-_NO_GRAD = (0,)  # shape of the placeholder returned for an absent optional input
 
 
 @torch.library.custom_op("ioaware::selective_scan_backward", mutates_args=())
@@ -165,13 +165,9 @@ def selective_scan_backward_op(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dh0), each in its input's shape and
     dtype; an absent optional input gets an empty [0] placeholder."""
-    grads = _empty_grads(u, delta, A, B, C, D, z, delta_bias, h0)
+    grads = empty_grads(u, delta, A, B, C, D, z, delta_bias, h0)
     if u.numel() == 0:
-        for g in grads:
-            g.zero_()
-        if h0 is not None and dh_last is not None:
-            grads[8].copy_(dh_last)
-        return grads
+        return zero_length_grads(grads, dh_last, h0)
     if backend_name(u.device) == "reference":
         ref = scan_reference.selective_scan_backward(dy, dh_last, u, delta, A, B, C, D, z,
                                                      delta_bias, delta_softplus, h0)
@@ -188,18 +184,10 @@ def selective_scan_backward_op(
                                      [g.dtype for g in grads]))
 
 
-def _empty_grads(u, delta, A, B, C, D, z, delta_bias, h0) -> tuple[Tensor, ...]:
-    def like(t: Tensor | None) -> Tensor:
-        if t is None:
-            return u.new_empty(_NO_GRAD)
-        return torch.empty(t.shape, dtype=t.dtype, device=t.device)
-
-    return tuple(like(t) for t in (u, delta, A, B, C, D, z, delta_bias, h0))
-
 
 @selective_scan_backward_op.register_fake
 def _(dy, dh_last, u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0):
-    return _empty_grads(u, delta, A, B, C, D, z, delta_bias, h0)
+    return empty_grads(u, delta, A, B, C, D, z, delta_bias, h0)
 
 
 def _selective_setup_context(ctx, inputs, output) -> None:

@@ -30,6 +30,7 @@ from ioaware.codegen.ssd.spec import MAX_D_STATE, MAX_HEAD_DIM, SSDSpec
 from ioaware.config import config
 from ioaware.spec import DTYPES, dtype_name
 
+from ..grads import empty_grads, zero_length_grads
 from ..runtime import backend_name, device_context, kernel_module
 from . import reference as ssd_reference
 
@@ -144,16 +145,7 @@ def _(x, dt, A, B, C, D, dt_bias, dt_softplus, h0, dt_min, dt_max):
     return _outputs(x, B)
 
 
-_NO_GRAD = (0,)  # shape of the placeholder returned for an absent optional input
 
-
-def _empty_grads(x, dt, A, B, C, D, dt_bias, h0) -> tuple[Tensor, ...]:
-    def like(t: Tensor | None) -> Tensor:
-        if t is None:
-            return x.new_empty(_NO_GRAD)
-        return torch.empty(t.shape, dtype=t.dtype, device=t.device)
-
-    return tuple(like(t) for t in (x, dt, A, B, C, D, dt_bias, h0))
 
 
 def _reference_backward(dy, dh_last, x, dt, A, B, C, D, dt_bias, dt_softplus, h0, dt_limit):
@@ -182,13 +174,9 @@ def ssd_backward_op(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, ddt, dA, dB, dC, dD, ddt_bias, dh0), each in its input's shape and dtype; an
     absent optional input gets an empty [0] placeholder."""
-    grads = _empty_grads(x, dt, A, B, C, D, dt_bias, h0)
+    grads = empty_grads(x, dt, A, B, C, D, dt_bias, h0)
     if x.numel() == 0:
-        for g in grads:
-            g.zero_()
-        if h0 is not None and dh_last is not None:
-            grads[7].copy_(dh_last)
-        return grads
+        return zero_length_grads(grads, dh_last, h0)
     if backend_name(x.device) == "reference":
         ref = _reference_backward(dy, dh_last, x, dt, A, B, C, D, dt_bias, dt_softplus, h0,
                                   (dt_min, dt_max))
@@ -209,7 +197,7 @@ def ssd_backward_op(
 
 @ssd_backward_op.register_fake
 def _(dy, dh_last, x, dt, A, B, C, D, dt_bias, dt_softplus, h0, dt_min, dt_max):
-    return _empty_grads(x, dt, A, B, C, D, dt_bias, h0)
+    return empty_grads(x, dt, A, B, C, D, dt_bias, h0)
 
 
 def _setup_context(ctx, inputs, output) -> None:

@@ -17,7 +17,9 @@ import torch.nn.functional as F
 
 from ioaware.bench.common import (
     DTYPES,
+    TOLERANCE,
     check_dtype,
+    check_positive,
     relative_error,
     require_cuda,
     short_error,
@@ -30,9 +32,6 @@ BASELINES = ("sdpa", "eager", "compile", "flex")
 SDPA_BACKENDS = ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
 # The row every other row's speed is compared with.
 REFERENCE_VARIANT = "sdpa[FLASH_ATTENTION]"
-# Relative (Frobenius) error allowed against the fp32 math result: about what rounding the
-# inputs and probabilities to the dtype costs, with room for the gradients' longer sums.
-TOLERANCE = {torch.bfloat16: 3e-2, torch.float16: 1e-2, torch.float32: 1e-3}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,9 +46,7 @@ class AttentionProblem:
     causal: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("batch", "heads", "seqlen", "head_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
+        check_positive(self, ("batch", "heads", "seqlen", "head_dim"))
 
     @property
     def fwd_flops(self) -> float:

@@ -8,6 +8,10 @@ from collections.abc import Iterable
 import torch
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# Relative (Frobenius) error allowed against the fp32 reference, per input dtype: the
+# rounding of the output and of each gradient to the dtype, with room for long sums
+# (attention's rows, a scan's L). The decode and SSD-step benches keep tighter fp32 ones.
+TOLERANCE = {torch.bfloat16: 3e-2, torch.float16: 1e-2, torch.float32: 1e-3}
 
 
 class BenchUnavailable(RuntimeError):
@@ -18,6 +22,13 @@ def check_dtype(dtype: str) -> None:
     """ValueError unless `dtype` is one of the names in DTYPES."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} not understood; expected one of {sorted(DTYPES)}")
+
+
+def check_positive(problem: object, names: Iterable[str]) -> None:
+    """ValueError naming the first of `names` whose value on `problem` is below 1."""
+    for name in names:
+        if getattr(problem, name) < 1:
+            raise ValueError(f"{name}={getattr(problem, name)} must be a positive integer")
 
 
 def require_cuda() -> None:

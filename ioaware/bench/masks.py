@@ -27,7 +27,6 @@ import torch.nn.functional as F
 
 from ioaware.bench.attention import (
     BASELINES,
-    TOLERANCE,
     AttentionProblem,
     BenchRow,
     _attach_speedups,
@@ -36,7 +35,7 @@ from ioaware.bench.attention import (
     _time,
     baselines,
 )
-from ioaware.bench.common import DTYPES, check_dtype, require_cuda
+from ioaware.bench.common import DTYPES, TOLERANCE, check_dtype, require_cuda
 
 MASK_KINDS = ("sliding_window", "alibi", "document")
 WINDOW = 512

@@ -23,15 +23,13 @@ import torch.nn.functional as F
 
 from ioaware.bench.common import (
     DTYPES,
+    TOLERANCE,
     check_dtype,
+    check_positive,
     relative_error,
     require_cuda,
     short_error,
 )
-
-# ‖got − want‖ / ‖want‖ allowed against the fp32 reference, per input dtype: the
-# rounding of y and of each gradient to that dtype, with room for long sums over L.
-TOLERANCE = {torch.bfloat16: 3e-2, torch.float16: 1e-2, torch.float32: 1e-3}
 
 ScanFn = Callable[..., torch.Tensor]
 _DEVICE = "cuda"  # inputs live here; a CPU smoke test may point it elsewhere
@@ -51,9 +49,7 @@ class ScanProblem:
     gate: bool = True  # z present
 
     def __post_init__(self) -> None:
-        for name in ("batch", "channels", "seqlen", "d_state", "groups"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
+        check_positive(self, ("batch", "channels", "seqlen", "d_state", "groups"))
         if self.channels % self.groups:
             raise ValueError(f"groups={self.groups} must divide channels={self.channels}")
 

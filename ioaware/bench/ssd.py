@@ -28,10 +28,17 @@ from collections.abc import Callable
 
 import torch
 
-from ioaware.bench.common import DTYPES, check_dtype, relative_error, require_cuda, short_error
+from ioaware.bench.common import (
+    DTYPES,
+    TOLERANCE,
+    check_dtype,
+    check_positive,
+    relative_error,
+    require_cuda,
+    short_error,
+)
 from ioaware.bench.scan import ScanBenchRow, _row_line, render_scan_bench
 
-TOLERANCE = {torch.bfloat16: 3e-2, torch.float16: 1e-2, torch.float32: 1e-3}
 _DEVICE = "cuda"
 
 
@@ -48,9 +55,7 @@ class SSDProblem:
     dtype: torch.dtype = torch.bfloat16
 
     def __post_init__(self) -> None:
-        for name in ("batch", "heads", "head_dim", "d_state", "groups", "seqlen"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
+        check_positive(self, ("batch", "heads", "head_dim", "d_state", "groups", "seqlen"))
         if self.heads % self.groups:
             raise ValueError(f"groups={self.groups} must divide heads={self.heads}")
 
