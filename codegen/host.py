@@ -74,20 +74,30 @@ def apply_of(function: type[torch.autograd.Function]) -> Callable[..., Any]:
     return apply
 
 
-def use_host_path(gm: fx.GraphModule) -> int:
-    """Swap each call of a registered op in `gm` and its submodules for its host
-    function; returns how many calls were swapped."""
-    swapped = 0
+def rewrite_calls(gm: fx.GraphModule, rewrite: Callable[[fx.Node], bool]) -> int:
+    """Offer every call_function node of `gm` and of its submodules to `rewrite`, which
+    edits the node in place and says whether it did; recompiles the modules it changed
+    and returns how many nodes changed."""
+    changed_total = 0
     for module in gm.modules():
         if not isinstance(module, fx.GraphModule):
             continue
-        changed = False
-        for node in module.graph.nodes:
-            if node.op == "call_function" and node.target in HOST_PATHS:
-                node.target = HOST_PATHS[node.target]
-                changed = True
-                swapped += 1
+        changed = sum(bool(rewrite(node)) for node in list(module.graph.nodes)
+                      if node.op == "call_function")
         if changed:
             module.recompile()
-    return swapped
+        changed_total += changed
+    return changed_total
+
+
+def use_host_path(gm: fx.GraphModule) -> int:
+    """Swap each call of a registered op in `gm` and its submodules for its host
+    function; returns how many calls were swapped."""
+    def swap(node: fx.Node) -> bool:
+        if node.target not in HOST_PATHS:
+            return False
+        node.target = HOST_PATHS[node.target]
+        return True
+
+    return rewrite_calls(gm, swap)
 

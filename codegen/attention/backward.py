@@ -498,11 +498,8 @@ def _bwd_dq_convert(DqAcc, dQ, stride_dqb, stride_dqh, stride_dqm, stride_dqd, H
 
 
 ${tuner}
-
-
-def is_atomic(config):
-    """Whether a dK/dV config also computes dQ (by atomics): no dQ pass then."""
-    return len(config) > 4 and "atomic" in config[4]
+# whether a dK/dV config also computes dQ (by atomics): the tuning space's own rule
+from ioaware.codegen.attention.backward import is_atomic  # noqa: E402
 
 
 def _launch(kernel, config, grid_rows, grid_heads, args):

@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch import Tensor, fx
 
 from ioaware.codegen.attention.spec import AttentionSpec
+from ioaware.codegen.host import rewrite_calls
 from ioaware.parallel.layout import ShardLayout, contiguous_layout, zigzag_layout
 from ioaware.parallel.op import ACTIVE, plain_spec_json
 from ioaware.spec import KV_IDX, Q_IDX
@@ -159,31 +160,23 @@ def route_to_ring(gm: fx.GraphModule, cp: ContextParallel) -> int:
 
     cp_id = next(_ids)
     ACTIVE[cp_id] = cp
-    swapped = 0
-    for module in gm.modules():
-        if not isinstance(module, fx.GraphModule):
-            continue
-        changed = False
-        for node in module.graph.nodes:
-            if node.op != "call_function":
-                continue
-            if node.target is torch.ops.ioaware.flash_attention.default:
-                q, k, v, scale, causal = _positional(node, _FLASH_ARGS)
-                if not isinstance(scale, (int, float)) or not isinstance(causal, bool):
-                    raise ValueError(f"context_parallel: {node.name} has a scale or causal "
-                                     "flag computed at run time; the ring needs constants")
-                node.args = (q, k, v, [], plain_spec_json(float(scale), causal), cp_id, [])
-            elif node.target is torch.ops.ioaware.attention.default:
-                q, k, v, inputs, spec, _seed = _positional(node, _SPEC_ARGS)
-                aspec = AttentionSpec.from_json(spec)
-                check_shardable(aspec)
-                node.args = (q, k, v, inputs, spec, cp_id, gather_plan(aspec, inputs))
-            else:
-                continue
-            node.target = torch.ops.ioaware.ring_attention.default
-            node.kwargs = {}
-            changed = True
-            swapped += 1
-        if changed:
-            module.recompile()
-    return swapped
+
+    def to_ring(node: fx.Node) -> bool:
+        if node.target is torch.ops.ioaware.flash_attention.default:
+            q, k, v, scale, causal = _positional(node, _FLASH_ARGS)
+            if not isinstance(scale, (int, float)) or not isinstance(causal, bool):
+                raise ValueError(f"context_parallel: {node.name} has a scale or causal "
+                                 "flag computed at run time; the ring needs constants")
+            node.args = (q, k, v, [], plain_spec_json(float(scale), causal), cp_id, [])
+        elif node.target is torch.ops.ioaware.attention.default:
+            q, k, v, inputs, spec, _seed = _positional(node, _SPEC_ARGS)
+            aspec = AttentionSpec.from_json(spec)
+            check_shardable(aspec)
+            node.args = (q, k, v, inputs, spec, cp_id, gather_plan(aspec, inputs))
+        else:
+            return False
+        node.target = torch.ops.ioaware.ring_attention.default
+        node.kwargs = {}
+        return True
+
+    return rewrite_calls(gm, to_ring)

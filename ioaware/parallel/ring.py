@@ -188,6 +188,22 @@ def _shape(t: Tensor, n: int) -> tuple[int, ...]:
     return (t.shape[0], t.shape[1], n, t.shape[3])
 
 
+def _pass_kv(batch, step, rank, world, layout, last_hop, k, v, k_cur, v_cur):
+    """Step `step`'s K/V hand-off, added to `batch`: the shard held now goes on to the
+    next rank while its chain continues (`last_hop`), and the shard the next step
+    computes with arrives from the previous one. Returns the (k, v) buffers being
+    received, or None when nothing arrives."""
+    if step < last_hop[(rank - step) % world]:
+        batch.send(_K, k_cur, rank + 1)
+        batch.send(_V, v_cur, rank + 1)
+    nxt = (rank - step - 1) % world  # the shard arriving for the next step
+    if not (step + 1 < world and step + 1 <= last_hop[nxt]):
+        return None
+    n = layout.length(nxt)
+    return (batch.recv(_K, _shape(k, n), k.dtype, k.device, rank - 1),
+            batch.recv(_V, _shape(v, n), v.dtype, v.device, rank - 1))
+
+
 def _ring_forward(spec, q, k, v, inputs, layout, group, rank, world):
     pairs, last_hop = ring_plan(spec, layout)
     out_acc = torch.zeros(q.shape[:3] + (v.shape[3],), dtype=torch.float32, device=q.device)
@@ -195,16 +211,8 @@ def _ring_forward(spec, q, k, v, inputs, layout, group, rank, world):
     k_cur, v_cur = k.contiguous(), v.contiguous()
     for step in range(world):
         src = (rank - step) % world
-        nxt = (rank - step - 1) % world  # the shard arriving for the next step
         batch = _Batch(group, rank, world)
-        if step < last_hop[src]:
-            batch.send(_K, k_cur, rank + 1)
-            batch.send(_V, v_cur, rank + 1)
-        receives = step + 1 < world and step + 1 <= last_hop[nxt]
-        if receives:
-            n = layout.length(nxt)
-            k_next = batch.recv(_K, _shape(k, n), k.dtype, k.device, rank - 1)
-            v_next = batch.recv(_V, _shape(v, n), v.dtype, v.device, rank - 1)
+        kv_next = _pass_kv(batch, step, rank, world, layout, last_hop, k, v, k_cur, v_cur)
         works = batch.start()  # the transfer runs under this step's compute
         if step <= last_hop[src]:
             for ql, qg, nq, kl, kg, nk in pairs[rank][src]:
@@ -212,8 +220,8 @@ def _ring_forward(spec, q, k, v, inputs, layout, group, rank, world):
                                        v_cur[:, :, kl:kl + nk], inputs, qg, kg)
                 merge_partial(out_acc[:, :, ql:ql + nq], lse_acc[:, :, ql:ql + nq], o, lse)
         _wait(works)
-        if receives:
-            k_cur, v_cur = k_next, v_next
+        if kv_next is not None:
+            k_cur, v_cur = kv_next
     return out_acc.to(q.dtype), lse_acc
 
 
@@ -245,16 +253,8 @@ def _ring_backward(spec, dout, dlse, q, k, v, out, lse, inputs, layout, group, r
             _wait(batch.start())
             break
         src = (rank - step) % world
-        nxt = (rank - step - 1) % world
         holds = step <= last_hop[src]
-        if step < last_hop[src]:
-            batch.send(_K, k_cur, rank + 1)
-            batch.send(_V, v_cur, rank + 1)
-        receives = step + 1 < world and step + 1 <= last_hop[nxt]
-        if receives:
-            n = layout.length(nxt)
-            k_next = batch.recv(_K, _shape(k, n), k.dtype, k.device, rank - 1)
-            v_next = batch.recv(_V, _shape(v, n), v.dtype, v.device, rank - 1)
+        kv_next = _pass_kv(batch, step, rank, world, layout, last_hop, k, v, k_cur, v_cur)
         if holds and step > 0:
             # dK, dV of shard src from the ranks before this one on its chain (fp32 on
             # the wire: 16-bit partial sums would round at every hop)
@@ -285,8 +285,8 @@ def _ring_backward(spec, dout, dlse, q, k, v, out, lse, inputs, layout, group, r
                 outgoing = [(_HOME_DK, dk_acc, src), (_HOME_DV, dv_acc, src)]
             else:
                 home = (dk_acc, dv_acc)
-        if receives:
-            k_cur, v_cur = k_next, v_next
+        if kv_next is not None:
+            k_cur, v_cur = kv_next
     dk, dv = home
     return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype),
             [d.to(x.dtype) for d, x in zip(dinputs, grad_inputs)])
