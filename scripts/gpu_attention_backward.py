@@ -94,17 +94,7 @@ def run_case(case, args) -> bool:
     batch, heads, n, d, causal = case
     label = f"B={batch} H={heads} N={n} d={d} {'causal' if causal else 'full'}"
     print(f"\n== {label}", flush=True)
-    gen = torch.Generator(device=args.device).manual_seed(0)
-    q, k, v, dout = (torch.randn(batch, heads, n, d, device=args.device, dtype=torch.bfloat16,
-                                 generator=gen) for _ in range(4))
-    for t in (q, k, v):
-        t.requires_grad_()
-    sl = (slice(0, 1), slice(0, 2))
-    q32, k32, v32 = (t.detach()[sl].float().requires_grad_() for t in (q, k, v))
-    out32 = frontier._sdpa("MATH", causal)(q32, k32, v32)
-    out32.backward(dout[sl].float())
-    want = (out32.detach(), q32.grad, k32.grad, v32.grad)
-    del q32, k32, v32, out32
+    q, k, v, dout, sl, want = frontier.case_inputs(case, args.device)
     spec = ops._plain_spec(d, d, torch.bfloat16, causal, 1.0 / math.sqrt(d))
 
     def ours():

@@ -154,14 +154,12 @@ def run_row(build, tensors, want, timeout_s):
         return err, ok, ms_fwd, ms_all, f"{type(error).__name__}: {line}"
 
 
-def run_case(case, args, table, deadline):
-    from ioaware.codegen.attention import op as ops
-
+def case_inputs(case, device):
+    """q, k, v (requiring grad), dout in bf16, seeded; the slice the check compares (batch
+    0, heads 0-1) and SDPA math's fp32 output and q, k, v gradients on it."""
     batch, heads, n, d, causal = case
-    label = f"B={batch} H={heads} N={n} d={d} {'causal' if causal else 'full'}"
-    print(f"\n== {label}", flush=True)
-    gen = torch.Generator(device=args.device).manual_seed(0)
-    q, k, v, dout = (torch.randn(batch, heads, n, d, device=args.device, dtype=torch.bfloat16,
+    gen = torch.Generator(device=device).manual_seed(0)
+    q, k, v, dout = (torch.randn(batch, heads, n, d, device=device, dtype=torch.bfloat16,
                                  generator=gen) for _ in range(4))
     for t in (q, k, v):
         t.requires_grad_()
@@ -169,8 +167,16 @@ def run_case(case, args, table, deadline):
     q32, k32, v32 = (t.detach()[sl].float().requires_grad_() for t in (q, k, v))
     out32 = _sdpa("MATH", causal)(q32, k32, v32)
     out32.backward(dout[sl].float())
-    want = (out32.detach(), q32.grad, k32.grad, v32.grad)
-    del q32, k32, v32, out32
+    return q, k, v, dout, sl, (out32.detach(), q32.grad, k32.grad, v32.grad)
+
+
+def run_case(case, args, table, deadline):
+    from ioaware.codegen.attention import op as ops
+
+    batch, heads, n, d, causal = case
+    label = f"B={batch} H={heads} N={n} d={d} {'causal' if causal else 'full'}"
+    print(f"\n== {label}", flush=True)
+    q, k, v, dout, sl, want = case_inputs(case, args.device)
     fl = flops(*case)
     # the Spec flash_attention builds for these tensors (same scale: the same module)
     spec = ops._plain_spec(d, d, torch.bfloat16, causal, 1.0 / math.sqrt(d))
