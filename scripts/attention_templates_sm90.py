@@ -56,10 +56,12 @@ def modules(spec: AttentionSpec, folder: Path, interpret: bool = False) -> dict:
 def compile_sm90(fn, block_m: int, block_n: int, warps: int, stages: int, variant: str = ""):
     """Compile `fn` for sm_90 at one config; `variant` sets the plain kernels' sm_90
     switches (forward.VARIANTS: "tma" -> TMA=True, "ws" -> WARP_SPEC, "lazy" -> LAZY;
-    dK/dV: "atomic" -> ATOMIC, dQ by atomics; "bulk" -> BULK, by TMA reduce-adds)."""
+    dK/dV: "atomic" -> ATOMIC, dQ by atomics; "bulk" -> BULK, by TMA reduce-adds;
+    "dpfirst" -> DP_FIRST, dPᵀ issued before P's exp2; dQ: "tma" -> TMA)."""
     values = {"BLOCK_M": block_m, "BLOCK_N": block_n}
     switches = {"TMA": "tma" in variant, "WARP_SPEC": "ws" in variant, "LAZY": "lazy" in variant,
-                "ATOMIC": "atomic" in variant, "BULK": "bulk" in variant}
+                "ATOMIC": "atomic" in variant, "BULK": "bulk" in variant,
+                "DP_FIRST": "dpfirst" in variant}
     values.update({name: on for name, on in switches.items() if name in fn.arg_names})
     signature = {a: "constexpr" if a in values else POINTERS.get(
         a, "*bf16" if a in TENSORS else "i32") for a in fn.arg_names}
@@ -73,12 +75,18 @@ def _counts(body: list[str]) -> dict[str, int]:
     ops = [t.split()[1] if t.startswith("@") else t.split()[0] for t in body]
     return {"n": len(ops), "mma": sum("MMA" in o for o in ops),
             "mufu": sum(o.startswith("MUFU") for o in ops),
-            "spill": sum(o.startswith(("STL", "LDL")) for o in ops)}
+            "spill": sum(o.startswith(("STL", "LDL")) for o in ops),
+            # shared-memory round trips, shuffles and barriers: layout conversions
+            "smem": sum(o.startswith(("LDS", "STS", "LDSM", "STSM")) for o in ops),
+            "shfl": sum(o.startswith("SHFL") for o in ops),
+            "bar": sum(o.startswith(("BAR", "SYNCS")) for o in ops),
+            "cvt": sum(o.startswith(("F2F", "F2FP")) for o in ops)}
 
 
 def sass_stats(kernel) -> dict:
     """Registers, stack bytes, shared memory; instruction counts of the kernel and of
-    every loop (a branch back to an earlier label), in SASS order."""
+    every innermost loop (a branch back to an earlier label, holding no other loop;
+    one iteration per streamed tile), in SASS order."""
     bindir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(kernel.asm["cubin"])
@@ -93,11 +101,14 @@ def sass_stats(kernel) -> dict:
             labels[label.group(1)] = len(order)
         elif "\t" in line:
             order.append(line.split("\t", 1)[1].strip().rstrip(";"))
-    loops = []
+    spans = []
     for i, text in enumerate(order):
         target = re.search(r"\bBRA (LBB\d+)", text)
         if target and labels.get(target.group(1), i + 1) <= i:
-            loops.append(_counts(order[labels[target.group(1)]: i + 1]))
+            spans.append((labels[target.group(1)], i + 1))
+    # the innermost loops (no loop inside): one iteration is one streamed tile
+    loops = [_counts(order[a:b]) for a, b in spans
+             if not any(a <= a2 and b2 <= b and (a2, b2) != (a, b) for a2, b2 in spans)]
     return {"regs": int(re.search(r"REG:(\d+)", usage).group(1)),
             "stack": int(re.search(r"STACK:(\d+)", usage).group(1)),
             "smem": kernel.metadata.shared, "all": _counts(order), "loops": loops}

@@ -216,7 +216,7 @@ def _bwd_preprocess(O, dO, dLse, Delta,
 def _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, q_desc, do_desc, lse_ptr, delta_ptr, dq_ptrs,
              dq_desc, stride_qm, stride_dom, offs_m, offs_n, offs_d, offs_dv, lo, hi, N_Q,
              BLOCK_M: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr,
-             ATOMIC: tl.constexpr, BULK: tl.constexpr):
+             ATOMIC: tl.constexpr, BULK: tl.constexpr, DP_FIRST: tl.constexpr):
     """FA2 Algorithm 2, lines 8-20, for query blocks [lo, hi) against one kv block.
 
     Transposed layout ([kv rows, query rows]) so that dV and dK come out of the dots
@@ -227,6 +227,9 @@ def _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, q_desc, do_desc, lse_ptr, delta_ptr,
     ATOMIC: a fifth dot, dQ_i += dS_ij K_j (FA2 Alg. 2, l. 15 as written), added with
     relaxed fp32 atomics into the [Nq, D_PAD] accumulator at dq_ptrs (unscaled); BULK:
     the tile added at once by a TMA reduction through dq_desc (rows past Nq dropped).
+    DP_FIRST: dPᵀ = V dOᵀ is issued right after Sᵀ, before the exp2 of P, so that the
+    tensor cores work on it while the warps compute P (the wgmma is asynchronous); the
+    cost is Sᵀ and dPᵀ live at once (2·BLOCK_N·BLOCK_M fp32).
     """
     if not TMA:
         q_ptrs += lo * stride_qm
@@ -244,6 +247,12 @@ def _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, q_desc, do_desc, lse_ptr, delta_ptr,
             lse = tl.load(lse_ptr + rows)
             delta = tl.load(delta_ptr + rows)
         s_t = _mm(k, tl.trans(q))  # [BLOCK_N, BLOCK_M]
+        if DP_FIRST:
+            if TMA:
+                do = do_desc.load([start_m, 0])
+            else:
+                do = _load_rows(do_ptrs, rows, N_Q, offs_dv, HEAD_DIM_V, EVEN_DV, MASKED)
+            dp_t = _mm(v, tl.trans(do))
         # Recompute P from the stored lse: exact softmax, no running max needed.
         z_t = s_t * QK_SCALE - (lse * LOG2E)[None, :]
         if MASKED:  # masked before exp2: hidden entries may be huge, never inf
@@ -252,12 +261,14 @@ def _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, q_desc, do_desc, lse_ptr, delta_ptr,
                 visible = visible & (rows[None, :] >= offs_n[:, None])
             z_t = tl.where(visible, z_t, float("-inf"))
         p_t = tl.math.exp2(z_t)
-        if TMA:
-            do = do_desc.load([start_m, 0])
-        else:
-            do = _load_rows(do_ptrs, rows, N_Q, offs_dv, HEAD_DIM_V, EVEN_DV, MASKED)
+        if not DP_FIRST:
+            if TMA:
+                do = do_desc.load([start_m, 0])
+            else:
+                do = _load_rows(do_ptrs, rows, N_Q, offs_dv, HEAD_DIM_V, EVEN_DV, MASKED)
         dv = _mma(p_t.to(do.dtype), do, dv)
-        dp_t = _mm(v, tl.trans(do))
+        if not DP_FIRST:
+            dp_t = _mm(v, tl.trans(do))
         ds_t = p_t * (dp_t - delta[None, :])
         dk = _mma(ds_t.to(q.dtype), q, dk)
         if ATOMIC:
@@ -285,13 +296,15 @@ def _bwd_dkdv(Q, K, V, dO, dK, dV, Lse, Delta, DqAcc,
               stride_dvb, stride_dvh, stride_dvn, stride_dvd,
               H_Q, H_KV, GROUP, N_Q, N_K, N_Q_BUCKET, N_K_BUCKET,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr = False,
-              ATOMIC: tl.constexpr = False, BULK: tl.constexpr = False):
+              ATOMIC: tl.constexpr = False, BULK: tl.constexpr = False,
+              DP_FIRST: tl.constexpr = False):
     """One program per (kv block, batch·kv head): dK, dV of BLOCK_N rows, summed over
     the GROUP query heads that read this kv head (GQA). TMA: K, V, Q and dO tiles
     through in-kernel tensor descriptors (the launcher checks the tensors allow it).
     ATOMIC: also dQ, added into DqAcc [B·Hq, Nq, D_PAD] fp32 (zeroed by the launcher,
     scaled and converted by `_bwd_dq_convert`): the one-kernel backward. BULK: each dQ
-    tile added by one TMA reduce-add (sm_90; FA3's way) instead of per-element atomics."""
+    tile added by one TMA reduce-add (sm_90; FA3's way) instead of per-element atomics.
+    DP_FIRST: the matmul order of `_q_sweep` (dPᵀ issued before P's exp2)."""
     pid_n = tl.program_id(0)
     pid_bkv = tl.program_id(1)
     b = (pid_bkv // H_KV).to(tl.int64)
@@ -362,14 +375,16 @@ def _bwd_dkdv(Q, K, V, dO, dK, dV, Lse, Delta, DqAcc,
             dq_desc = DqAcc  # unused placeholder
         dk, dv = _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, q_desc, do_desc, Lse + row0,
                           Delta + row0, dq_ptrs, dq_desc, stride_qm, stride_dom, offs_m, offs_n,
-                          offs_d, offs_dv, m_lo, band_hi, N_Q, BLOCK_M, True, TMA, ATOMIC, BULK)
+                          offs_d, offs_dv, m_lo, band_hi, N_Q, BLOCK_M, True, TMA, ATOMIC,
+                          BULK, DP_FIRST)
         dk, dv = _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, q_desc, do_desc, Lse + row0,
                           Delta + row0, dq_ptrs, dq_desc, stride_qm, stride_dom, offs_m, offs_n,
                           offs_d, offs_dv, m_full, n_q_whole, N_Q, BLOCK_M, False, TMA,
-                          ATOMIC, BULK)
+                          ATOMIC, BULK, DP_FIRST)
         dk, dv = _q_sweep(dk, dv, k, v, q_ptrs, do_ptrs, q_desc, do_desc, Lse + row0,
                           Delta + row0, dq_ptrs, dq_desc, stride_qm, stride_dom, offs_m, offs_n,
-                          offs_d, offs_dv, tail_lo, N_Q, N_Q, BLOCK_M, True, TMA, ATOMIC, BULK)
+                          offs_d, offs_dv, tail_lo, N_Q, N_Q, BLOCK_M, True, TMA, ATOMIC,
+                          BULK, DP_FIRST)
 
     row_ok = offs_n[:, None] < N_K
     dk_ptrs = (dK + b * stride_dkb + h_kv * stride_dkh
@@ -389,19 +404,26 @@ def _bwd_dkdv(Q, K, V, dO, dK, dV, Lse, Delta, DqAcc,
 
 
 @triton.jit
-def _kv_sweep(dq, q, do, lse2, delta, k_ptrs, v_ptrs, stride_kn, stride_vn,
+def _kv_sweep(dq, q, do, lse2, delta, k_ptrs, v_ptrs, k_desc, v_desc, stride_kn, stride_vn,
               offs_m, offs_n, offs_d, offs_dv, lo, hi, N_K,
-              BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+              BLOCK_N: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr):
     """dQ_i += dS_ij K_j over key/value blocks [lo, hi) (FA2 Alg. 2, l. 15, as a loop).
 
     Per block: read BLOCK_N·(d + dv) elements; 3 dots (S, dP, dQ).
+    TMA: K and V tiles through tensor descriptors (zero past Nk and the head dim), so
+    no [BLOCK_N, D_PAD] pointer tiles (64-bit each) occupy registers across the loop.
     """
-    k_ptrs += lo * stride_kn
-    v_ptrs += lo * stride_vn
+    if not TMA:
+        k_ptrs += lo * stride_kn
+        v_ptrs += lo * stride_vn
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
-        k = _load_rows(k_ptrs, cols, N_K, offs_d, HEAD_DIM, EVEN_D, MASKED)
-        v = _load_rows(v_ptrs, cols, N_K, offs_dv, HEAD_DIM_V, EVEN_DV, MASKED)
+        if TMA:
+            k = k_desc.load([start_n, 0])
+            v = v_desc.load([start_n, 0])
+        else:
+            k = _load_rows(k_ptrs, cols, N_K, offs_d, HEAD_DIM, EVEN_D, MASKED)
+            v = _load_rows(v_ptrs, cols, N_K, offs_dv, HEAD_DIM_V, EVEN_DV, MASKED)
         s = _mm(q, tl.trans(k))
         z = s * QK_SCALE - lse2[:, None]
         if MASKED:
@@ -413,8 +435,9 @@ def _kv_sweep(dq, q, do, lse2, delta, k_ptrs, v_ptrs, stride_kn, stride_vn,
         dp = _mm(do, tl.trans(v))
         ds = p * (dp - delta[:, None])
         dq = _mma(ds.to(k.dtype), k, dq)
-        k_ptrs += BLOCK_N * stride_kn
-        v_ptrs += BLOCK_N * stride_vn
+        if not TMA:
+            k_ptrs += BLOCK_N * stride_kn
+            v_ptrs += BLOCK_N * stride_vn
     return dq
 
 
@@ -426,8 +449,9 @@ def _bwd_dq(Q, K, V, dO, dQ, Lse, Delta,
             stride_dob, stride_doh, stride_dom, stride_dod,
             stride_dqb, stride_dqh, stride_dqm, stride_dqd,
             H_Q, GROUP, N_Q, N_K, N_Q_BUCKET, N_K_BUCKET,
-            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """One program per (query block, batch·head): dQ of BLOCK_M rows."""
+            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr = False):
+    """One program per (query block, batch·head): dQ of BLOCK_M rows. TMA: Q, dO, K and
+    V tiles through in-kernel tensor descriptors (the launcher checks the tensors)."""
     pid_m = tl.program_id(0)
     if CAUSAL:
         pid_m = tl.num_programs(0) - 1 - pid_m  # heavy blocks first
@@ -442,12 +466,20 @@ def _bwd_dq(Q, K, V, dO, dQ, Lse, Delta,
     offs_d = tl.arange(0, D_PAD)
     offs_dv = tl.arange(0, DV_PAD)
 
-    q = _load_rows(Q + b * stride_qb + h * stride_qh
-                   + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                   offs_m, N_Q, offs_d, HEAD_DIM, EVEN_D, True)
-    do = _load_rows(dO + b * stride_dob + h * stride_doh
-                    + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
-                    offs_m, N_Q, offs_dv, HEAD_DIM_V, EVEN_DV, True)
+    if TMA:
+        q = tl.make_tensor_descriptor(Q + b * stride_qb + h * stride_qh,
+                                      shape=[N_Q, HEAD_DIM], strides=[stride_qm, 1],
+                                      block_shape=[BLOCK_M, D_PAD]).load([start_m, 0])
+        do = tl.make_tensor_descriptor(dO + b * stride_dob + h * stride_doh,
+                                       shape=[N_Q, HEAD_DIM_V], strides=[stride_dom, 1],
+                                       block_shape=[BLOCK_M, DV_PAD]).load([start_m, 0])
+    else:
+        q = _load_rows(Q + b * stride_qb + h * stride_qh
+                       + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                       offs_m, N_Q, offs_d, HEAD_DIM, EVEN_D, True)
+        do = _load_rows(dO + b * stride_dob + h * stride_doh
+                        + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
+                        offs_m, N_Q, offs_dv, HEAD_DIM_V, EVEN_DV, True)
     row_ptr = pid_bh.to(tl.int64) * N_Q + offs_m
     lse2 = tl.load(Lse + row_ptr, mask=offs_m < N_Q, other=0.0) * LOG2E
     delta = tl.load(Delta + row_ptr, mask=offs_m < N_Q, other=0.0)
@@ -464,10 +496,20 @@ def _bwd_dq(Q, K, V, dO, dQ, Lse, Delta,
     else:
         hi = N_K
         lo = (N_K // BLOCK_N) * BLOCK_N
-    dq = _kv_sweep(dq, q, do, lse2, delta, k_ptrs, v_ptrs, stride_kn, stride_vn,
-                   offs_m, offs_n, offs_d, offs_dv, 0, lo, N_K, BLOCK_N, False)
-    dq = _kv_sweep(dq, q, do, lse2, delta, k_ptrs, v_ptrs, stride_kn, stride_vn,
-                   offs_m, offs_n, offs_d, offs_dv, lo, hi, N_K, BLOCK_N, True)
+    if TMA:
+        k_desc = tl.make_tensor_descriptor(K + b * stride_kb + h_kv * stride_kh,
+                                           shape=[N_K, HEAD_DIM], strides=[stride_kn, 1],
+                                           block_shape=[BLOCK_N, D_PAD])
+        v_desc = tl.make_tensor_descriptor(V + b * stride_vb + h_kv * stride_vh,
+                                           shape=[N_K, HEAD_DIM_V], strides=[stride_vn, 1],
+                                           block_shape=[BLOCK_N, DV_PAD])
+    else:
+        k_desc = K  # unused placeholders: the pointer tiles serve
+        v_desc = V
+    dq = _kv_sweep(dq, q, do, lse2, delta, k_ptrs, v_ptrs, k_desc, v_desc, stride_kn,
+                   stride_vn, offs_m, offs_n, offs_d, offs_dv, 0, lo, N_K, BLOCK_N, False, TMA)
+    dq = _kv_sweep(dq, q, do, lse2, delta, k_ptrs, v_ptrs, k_desc, v_desc, stride_kn,
+                   stride_vn, offs_m, offs_n, offs_d, offs_dv, lo, hi, N_K, BLOCK_N, True, TMA)
 
     dq_ptrs = (dQ + b * stride_dqb + h * stride_dqh
                + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd)
@@ -504,14 +546,16 @@ from ioaware.codegen.attention.backward import is_atomic  # noqa: E402
 
 def _launch(kernel, config, grid_rows, grid_heads, args):
     bm, bn, warps, stages = config[:4]
-    if kernel is _bwd_dq:
-        launch(kernel, (_cdiv(grid_rows, bm), grid_heads), *args,
-               BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
-        return
-    # dK/dV: (..., "tma") reads K, V, Q, dO through descriptors where they allow it;
-    # (..., "atomic") adds dQ into args[8], a zeroed fp32 accumulator
+    # (..., "tma") reads the streamed tiles through descriptors where the tensors allow it
     variant = config[4] if len(config) > 4 else ""
     tma = "tma" in variant and tma_addressable(*args[:4])
+    if kernel is _bwd_dq:
+        if tma:
+            ensure_scratch_allocator()
+        launch(kernel, (_cdiv(grid_rows, bm), grid_heads), *args,
+               BLOCK_M=bm, BLOCK_N=bn, TMA=tma, num_warps=warps, num_stages=stages)
+        return
+    # dK/dV: (..., "atomic") adds dQ into args[8], a zeroed fp32 accumulator
     # (..., "atomic+bulk"): TMA reduce-adds (compiled only: Triton's interpreter has no
     # descriptor reductions, so it runs the per-element atomics there)
     bulk = "bulk" in variant and not INTERPRET
@@ -519,7 +563,7 @@ def _launch(kernel, config, grid_rows, grid_heads, args):
         ensure_scratch_allocator()
     launch(kernel, (_cdiv(grid_rows, bn), grid_heads), *args,
            BLOCK_M=bm, BLOCK_N=bn, TMA=tma, ATOMIC="atomic" in variant, BULK=bulk,
-           num_warps=warps, num_stages=stages)
+           DP_FIRST="dpfirst" in variant, num_warps=warps, num_stages=stages)
 
 
 def _rest_of_backward(dkdv_config, dq_config, dq, dkdv_args, dq_args, shape):
