@@ -71,24 +71,47 @@ def test_atomic_dq_matches_eager(dkdv_variant, dtype, d, d_v, n_q, n_k, causal, 
                    monkeypatch)
 
 
+# The backward's study candidates (`backward.CANDIDATE_DKDV`, `CANDIDATE_DQ`: pinnable, not
+# tuned), each (dK/dV variant, dQ variant) on a ragged bf16 GQA case with a causal band, a
+# padded head dim and d_v != d; both together also on a bnhd layout and on a head dim that
+# is not unit-stride (no descriptor can address it: the pointer loads serve)
+_RAGGED = (torch.bfloat16, 40, 24, 50, 37, True, 0.3, "contiguous")
+
+
+@pytest.mark.parametrize(("dkdv_variant", "dq_variant", "case"), [
+    ("dpfirst", None, _RAGGED),
+    (None, "tma", _RAGGED),
+    ("tma+dpfirst", "tma", _RAGGED),
+    ("tma+dpfirst", "tma", (torch.float32, 24, 24, 45, 37, False, 0.5, "bnhd")),
+    ("tma+dpfirst", "tma", (torch.float32, 16, 16, 20, 29, True, 0.5, "d_major")),
+])
+def test_backward_candidates_match_eager(dkdv_variant, dq_variant, case, monkeypatch):
+    """The backward's study candidates: dPᵀ issued before P's exp2 in dK/dV ("dpfirst"),
+    and the dQ kernel reading Q, dO, K, V through TMA descriptors ("tma")."""
+    _check_variant("", dkdv_variant, *case, monkeypatch, dq_variant)
+
+
 def _check_variant(variant, dkdv_variant, dtype, d, d_v, n_q, n_k, causal, scale, layout,
-                   monkeypatch):
-    """Forward config `variant` and dK/dV variant `dkdv_variant` (None: the default) made
-    the modules' untuned configs; outputs, lse and gradients against float64 eager."""
-    gen = torch.Generator().manual_seed(hash((variant, dkdv_variant, d, n_q)) % 2**31)
+                   monkeypatch, dq_variant=None):
+    """Forward config `variant`, dK/dV variant `dkdv_variant` and dQ variant `dq_variant`
+    (None: the default) made the modules' untuned configs; outputs, lse and gradients
+    against float64 eager."""
+    gen = torch.Generator().manual_seed(hash((variant, dkdv_variant, dq_variant, d, n_q)) % 2**31)
     _, q = make_input((2, 2, n_q, d), dtype, layout, gen)
     _, k = make_input((2, 1, n_k, d), dtype, layout, gen)
     _, v = make_input((2, 1, n_k, d_v), dtype, layout, gen)
     module = _forward_module(d, d_v, dtype, causal, scale)
     assert tma_addressable(q, k, v) == (layout != "d_major")
     monkeypatch.setattr(module, "DEFAULT_CONFIG", (*fwd_render.INTERPRET_CONFIG, variant))
+    backward = kernel_module("attention_bwd", ops._plain_spec(d, d_v, dtype, causal, scale),
+                             torch.device("cpu"))
     if dkdv_variant is not None:
-        backward = kernel_module("attention_bwd", ops._plain_spec(d, d_v, dtype, causal, scale),
-                                 torch.device("cpu"))
         monkeypatch.setattr(backward, "DEFAULT_DKDV",
                             (*bwd_render.INTERPRET_DKDV, dkdv_variant))
         if "atomic" in dkdv_variant:  # dQ comes from the dK/dV kernel alone
             monkeypatch.setattr(backward, "_bwd_dq", None)
+    if dq_variant is not None:
+        monkeypatch.setattr(backward, "DEFAULT_DQ", (*bwd_render.INTERPRET_DQ, dq_variant))
 
     out, lse = torch.ops.ioaware.flash_attention(q, k, v, scale, causal)
     q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
