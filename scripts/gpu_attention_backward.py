@@ -14,6 +14,13 @@ For each acceptance case (bf16; B, H, N, d; causal or not) on one GPU:
 
     python scripts/gpu_attention_backward.py            # 5 cases, ~3 min on an H100
     python scripts/gpu_attention_backward.py --cases 0  # B=4 H=16 N=4096 d=128 full
+    python scripts/gpu_attention_backward.py --candidates  # the study candidates, ~3 min
+
+--candidates: at d = 64, 128, 256, causal and not, the backward alone (preprocess, dK/dV,
+dQ) with the configs the tuner chose, then each study candidate pinned in its kernel's
+place (`backward.candidate_configs`: dK/dV "dpfirst", dQ "tma", d = 256 tiles), the other
+kernel kept at its tuned config, then the fastest of each together; every row checked
+against SDPA's fp32 math on a slice before it is timed.
 
 Floors (H100 SXM, bf16 dense 989 TFLOP/s peak): the backward is 5 matmuls of 2·N²·d per
 (batch, head) (S, dP, dV, dK, dQ; the two-kernel backward recomputes S and dP: 7), at
@@ -87,6 +94,82 @@ def dkdv_space(spec, tensors, want, device) -> None:
               f"{bwd_flops / ms / 1e9:5.0f} TF/s", flush=True)
 
 
+CANDIDATE_CASES = [  # (batch, heads, seqlen, head_dim, causal)
+    (4, 32, 4096, 64, False), (4, 32, 4096, 64, True),
+    (4, 16, 4096, 128, False), (4, 16, 4096, 128, True),
+    (4, 16, 4096, 256, False), (4, 16, 4096, 256, True),
+]
+
+
+def candidates_case(case, device) -> bool:
+    """The tuned backward against each study candidate pinned (see the docstring)."""
+    from triton.testing import do_bench
+
+    from ioaware.codegen.attention import op as ops
+    from ioaware.codegen.attention.backward import candidate_configs
+    from ioaware.codegen.runtime import kernel_module
+
+    batch, heads, n, d, causal = case
+    print(f"\n== B={batch} H={heads} N={n} d={d} {'causal' if causal else 'full'}",
+          flush=True)
+    q, k, v, dout, sl, want = frontier.case_inputs(case, device)
+    q, k, v = (t.detach() for t in (q, k, v))
+    spec = ops._plain_spec(d, d, torch.bfloat16, causal, 1.0 / math.sqrt(d))
+    fwd = kernel_module("attention_fwd", spec, torch.device(device))
+    bwd = kernel_module("attention_bwd", spec, torch.device(device))
+    out = torch.empty_like(q)
+    lse = q.new_empty(q.shape[:3], dtype=torch.float32)
+    fwd.forward(q, k, v, out, lse, config=fwd.DEFAULT_CONFIG)  # the forward is not studied
+    dq, dk, dv = (torch.empty_like(x) for x in (q, k, v))
+    start = time.perf_counter()
+    bwd.backward(dout, q, k, v, out, lse, None, dq, dk, dv)  # tunes both kernels once
+    torch.cuda.synchronize()
+    tuned = ((_chosen(bwd, "dkdv") or [bwd.DEFAULT_DKDV])[0],
+             (_chosen(bwd, "dq") or [bwd.DEFAULT_DQ])[0])
+    print(f"  tuned in {time.perf_counter() - start:.1f} s: dK/dV {tuned[0]}, dQ {tuned[1]}",
+          flush=True)
+    bwd_flops = 2.5 * frontier.flops(*case)
+
+    def row(label, dkdv_config, dq_config, base_ms=None):
+        def run():
+            bwd.backward(dout, q, k, v, out, lse, None, dq, dk, dv,
+                         dkdv_config=dkdv_config, dq_config=dq_config)
+        try:
+            for x in (dq, dk, dv):
+                x.fill_(float("nan"))  # a kernel that writes nothing cannot pass
+            run()
+            err = _slice_error((dq[sl], dk[sl], dv[sl]), want[1:])
+            ms = do_bench(run, warmup=10, rep=40, return_mode="median")
+        except Exception as error:  # noqa: BLE001 - a config that cannot run says why
+            print(f"    {label:8s} {dkdv_config!s:30s} {dq_config!s:26s} failed: "
+                  f"{str(error).strip().splitlines()[-1][:90]}", flush=True)
+            return None, False
+        ok = err <= frontier.TOLERANCE
+        speed = f" {base_ms / ms:5.2f}x tuned" if base_ms else ""
+        print(f"    {label:8s} {dkdv_config!s:30s} {dq_config!s:26s} err {err:.1e} "
+              f"{'ok' if ok else 'FAIL':4s} {ms:7.3f} ms {bwd_flops / ms / 1e9:4.0f} TF/s"
+              f"{speed}", flush=True)
+        return (ms if ok else None), ok
+
+    print(f"    {'row':8s} {'dK/dV config':30s} {'dQ config':26s} backward alone "
+          "(preprocess, dK/dV, dQ)", flush=True)
+    base_ms, all_ok = row("tuned", *tuned)
+    dkdv_candidates, dq_candidates = candidate_configs(spec)
+    best = list(tuned)
+    for slot, configs in ((0, dkdv_candidates), (1, dq_candidates)):
+        best_ms = base_ms
+        for config in configs:
+            pinned = list(tuned)
+            pinned[slot] = config
+            ms, ok = row(("dK/dV", "dQ")[slot], *pinned, base_ms=base_ms)
+            all_ok &= ok
+            if ms is not None and (best_ms is None or ms < best_ms):
+                best_ms, best[slot] = ms, config
+    if best[0] != tuned[0] and best[1] != tuned[1]:  # both kernels gained: together
+        all_ok &= row("both", *best, base_ms=base_ms)[1]
+    return all_ok
+
+
 def run_case(case, args) -> bool:
     from ioaware.codegen.attention import op as ops
     from ioaware.codegen.runtime import kernel_module
@@ -149,6 +232,8 @@ def main() -> int:
                         help=f"indices into CASES: {CASES}")
     parser.add_argument("--no-profile", action="store_true", help="skip the kernel tables")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--candidates", action="store_true",
+                        help="time the backward's study candidates against the tuned configs")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("needs a CUDA device", file=sys.stderr)
@@ -158,7 +243,10 @@ def main() -> int:
     print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}  triton "
           f"{triton.__version__}  bf16", flush=True)
     start = time.perf_counter()
-    results = [run_case(CASES[i], args) for i in args.cases]  # every case, even after a FAIL
+    if args.candidates:
+        results = [candidates_case(case, args.device) for case in CANDIDATE_CASES]
+    else:  # every case, even after a FAIL
+        results = [run_case(CASES[i], args) for i in args.cases]
     print(f"\ntotal {time.perf_counter() - start:.0f} s", flush=True)
     return 0 if all(results) else 1
 

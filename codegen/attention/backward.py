@@ -59,11 +59,12 @@ from ..render import (
 from . import header
 from .tiles import attention_dkdv_tile_candidates, attention_dq_tile_candidates
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages); a dK/dV config may add a "+"-joined variant
-# last: "tma" reads K, V, Q and dO through in-kernel TMA descriptors (sm_90), where the
-# tensors allow it; "atomic" also computes dQ, by fp32 atomics (the one-kernel backward;
-# no dQ pass); "bulk" with it: by TMA reduce-adds of whole tiles (FA3's way) rather than
-# per element. Any variant runs when pinned; these are the tuning space.
+# (BLOCK_M, BLOCK_N, num_warps, num_stages); a config may add a "+"-joined variant last:
+# "tma" reads K, V, Q and dO through in-kernel TMA descriptors (sm_90), where the tensors
+# allow it (dK/dV and dQ); for dK/dV, "atomic" also computes dQ, by fp32 atomics (the
+# one-kernel backward; no dQ pass); "bulk" with it: by TMA reduce-adds of whole tiles
+# (FA3's way) rather than per element; "dpfirst" issues dPᵀ before P's exp2. Any
+# variant runs when pinned; these are the tuning space.
 Config = tuple
 # (64, 128, 8, 2, "tma") won the old space at d = 128 on the H100; 64 kv rows
 # with 8 warps compile with no or few spills there (Triton 3.6, sm_90; docs/kernels.md
@@ -82,6 +83,22 @@ ATOMIC_DKDV_CANDIDATES: list[Config] = [
     (64, 64, 8, 2, "tma+atomic+bulk"), (64, 64, 8, 2, "tma+atomic")]
 WIDE_ATOMIC_DKDV_CANDIDATES: list[Config] = [
     (32, 64, 8, 2, "tma+atomic+bulk"), (32, 64, 8, 2, "tma+atomic")]
+# Study candidates (issue 15; pinnable through `backward(..., dkdv_config=, dq_config=)`,
+# never tuned): what the sm_90 compile study (Triton 3.6, ptxas, no GPU; docs/kernels.md,
+# "The backward's candidates") predicts faster, for `scripts/gpu_attention_backward.py
+# --candidates` to time against the tuned configs. "dpfirst": dPᵀ issued before P's exp2,
+# so the exp2 runs under the dPᵀ wgmma and dS under dV's (the SASS interleaves them; the
+# tuned order waits on each). dQ "tma": Q, dO, K, V through descriptors; the pointer
+# tiles were what spilled (d = 128: 360 B of stack and 888 instructions a tile, 0 and
+# 286 with TMA; d = 256: 2.2 KB of stack, 0 at (64, 64, 8, 2)).
+CANDIDATE_DKDV: list[Config] = [(64, 128, 8, 2, "tma+dpfirst"), (64, 64, 8, 2, "tma+dpfirst")]
+# d > 128: 64 query rows a tile do twice the work per wgmma instruction of 32 (72 against
+# 68 HGMMA a tile) for ~10 spill operations a tile
+WIDE_CANDIDATE_DKDV: list[Config] = [
+    (64, 64, 8, 2, "tma"), (64, 64, 8, 2, "tma+dpfirst"), (32, 64, 8, 2, "tma+dpfirst")]
+CANDIDATE_DQ: list[Config] = [(128, 64, 8, 3, "tma"), (128, 128, 8, 2, "tma")]
+WIDE_CANDIDATE_DQ: list[Config] = [
+    (64, 32, 4, 2, "tma"), (64, 64, 8, 2, "tma"), (64, 32, 8, 3, "tma")]
 # Configs timed per kernel at the first tuned call (a compile of a second or so each):
 # dK/dV and dQ together at most six (issue 15's pruning, from the H100 sweep).
 MAX_DKDV_CONFIGS = 4
@@ -139,6 +156,18 @@ def atomic_dkdv_configs(spec: AttentionSpec, profile: DeviceProfile | None = Non
     wide = header.padded_dims(spec)[0] > 128
     candidates = WIDE_ATOMIC_DKDV_CANDIDATES if wide else ATOMIC_DKDV_CANDIDATES
     return [c for c in candidates if dkdv_smem_bytes(spec, c) <= _budget(profile)]
+
+
+def candidate_configs(spec: AttentionSpec, profile: DeviceProfile | None = None
+                      ) -> tuple[list[Config], list[Config]]:
+    """(dK/dV, dQ) study candidates (`CANDIDATE_DKDV`, `CANDIDATE_DQ`) that fit the tile
+    budget of `profile`: pinnable, out of the tuning spaces until measured."""
+    wide = header.padded_dims(spec)[0] > 128
+    budget = _budget(profile)
+    dkdv = WIDE_CANDIDATE_DKDV if wide else CANDIDATE_DKDV
+    dq = WIDE_CANDIDATE_DQ if wide else CANDIDATE_DQ
+    return ([c for c in dkdv if dkdv_smem_bytes(spec, c) <= budget],
+            [c for c in dq if _smem_bytes(spec, c[0], c[1], c[3]) <= budget])
 
 
 def dq_configs(spec: AttentionSpec, profile: DeviceProfile | None = None) -> list[Config]:
