@@ -10,6 +10,7 @@ and the backward of both modules, timed with do_bench at one shape (median, ms).
     python scripts/attention_templates_sm90.py            # counts, docs/kernels.md
     python scripts/attention_templates_sm90.py --time     # on an H100: times
     python scripts/attention_templates_sm90.py --variants # sm_90 variants (fwd, dK/dV), counts
+    python scripts/attention_templates_sm90.py --candidates  # backward: tuned and candidates
 """
 
 from __future__ import annotations
@@ -71,16 +72,32 @@ def compile_sm90(fn, block_m: int, block_n: int, warps: int, stages: int, varian
                           options={"num_warps": warps, "num_stages": stages})
 
 
-def _counts(body: list[str]) -> dict[str, int]:
-    ops = [t.split()[1] if t.startswith("@") else t.split()[0] for t in body]
+def _counts(body: list[tuple[str, str]]) -> dict[str, int]:
+    """Counts over (control code, instruction) pairs of SASS."""
+    ops = [t.split()[1] if t.startswith("@") else t.split()[0] for _, t in body]
+    in_flight = False  # between a wgmma group's issue (ARRIVE) and its wait (DEPBAR)
+    under_mma = 0
+    for op in ops:
+        if op.startswith("WARPGROUP.ARRIVE"):
+            in_flight = True
+        elif op.startswith("WARPGROUP.DEPBAR"):
+            in_flight = False
+        under_mma += in_flight and op.startswith("MUFU")
     return {"n": len(ops), "mma": sum("MMA" in o for o in ops),
             "mufu": sum(o.startswith("MUFU") for o in ops),
+            # exp2 issued while a wgmma group runs: softmax work hidden under the matmuls
+            "mufu_under_mma": under_mma,
             "spill": sum(o.startswith(("STL", "LDL")) for o in ops),
             # shared-memory round trips, shuffles and barriers: layout conversions
             "smem": sum(o.startswith(("LDS", "STS", "LDSM", "STSM")) for o in ops),
             "shfl": sum(o.startswith("SHFL") for o in ops),
             "bar": sum(o.startswith(("BAR", "SYNCS")) for o in ops),
-            "cvt": sum(o.startswith(("F2F", "F2FP")) for o in ops)}
+            "cvt": sum(o.startswith(("F2F", "F2FP")) for o in ops),
+            # the stall counts of the control codes (last field, hex): issue cycles of
+            # one warp through the body, waits on scoreboards not counted
+            "stall": sum(int(c.rsplit(":", 1)[-1], 16) for c, _ in body
+                         if re.fullmatch(r"[0-9a-f]+", c.rsplit(":", 1)[-1])),
+            }
 
 
 def sass_stats(kernel) -> dict:
@@ -93,16 +110,17 @@ def sass_stats(kernel) -> dict:
         f.flush()
         usage = subprocess.run([str(bindir / "cuobjdump"), "-res-usage", f.name],
                                capture_output=True, text=True, check=True).stdout
-    order: list[str] = []
+    order: list[tuple[str, str]] = []  # (control code, instruction)
     labels: dict[str, int] = {}
     for line in kernel.asm["sass"].splitlines():
         label = re.match(r"(LBB\d+):$", line.strip())
         if label:
             labels[label.group(1)] = len(order)
         elif "\t" in line:
-            order.append(line.split("\t", 1)[1].strip().rstrip(";"))
+            control, text = line.split("\t", 1)
+            order.append((control.strip(), text.strip().rstrip(";")))
     spans = []
-    for i, text in enumerate(order):
+    for i, (_, text) in enumerate(order):
         target = re.search(r"\bBRA (LBB\d+)", text)
         if target and labels.get(target.group(1), i + 1) <= i:
             spans.append((labels[target.group(1)], i + 1))
@@ -158,6 +176,36 @@ def count_variants(specs: list[AttentionSpec]) -> None:
                       f"loops(n,mma,spill)={loops}", flush=True)
 
 
+def count_candidates(specs: list[AttentionSpec]) -> None:
+    """The plain backward's tuned spaces beside its study candidates (issue 15;
+    `backward.candidate_configs`), compiled for sm_90: per kernel and config, registers,
+    stack bytes, shared memory, and per innermost loop with wgmma (one streamed tile an
+    iteration): instructions / HGMMA / exp2 (MUFU) / exp2 issued while a wgmma group runs /
+    spill operations / shared-memory loads and stores / static issue cycles of one warp."""
+    print("kernel config                          regs stack smem_KB  loops "
+          "(n/hgmma/mufu/mufu_under_mma/spill/lds_sts/stall)")
+    with tempfile.TemporaryDirectory() as folder:
+        for spec in specs:
+            bwd = modules(spec, Path(folder))["plain"][1]
+            dkdv, dq = backward.candidate_configs(spec)
+            print(f"# triton {triton.__version__} {spec.dtype} d={spec.head_dim} "
+                  f"causal={spec.causal}", flush=True)
+            rows = ([("dkdv", bwd._bwd_dkdv, c) for c in backward.dkdv_configs(spec) + dkdv]
+                    + [("dq", bwd._bwd_dq, c) for c in backward.dq_configs(spec) + dq])
+            for kernel, fn, config in rows:
+                try:
+                    stats = sass_stats(compile_sm90(fn, *config))
+                except Exception as error:  # noqa: BLE001 - the report is the point
+                    print(kernel, config, "FAILED:",
+                          str(error).strip().splitlines()[-1][:200], flush=True)
+                    continue
+                loops = " | ".join(
+                    f"{lp['n']}/{lp['mma']}/{lp['mufu']}/{lp['mufu_under_mma']}/{lp['spill']}"
+                    f"/{lp['smem']}/{lp['stall']}" for lp in stats["loops"] if lp["mma"])
+                print(f"{kernel:6s} {config!s:32s} {stats['regs']:4d} {stats['stack']:5d} "
+                      f"{stats['smem'] / 1024:7.0f}  {loops}", flush=True)
+
+
 def _medians_ms(fwd, bwd, q, k, v, do) -> tuple[float, float]:
     """Median ms of one forward and one backward launch of the modules fwd, bwd."""
     import torch
@@ -190,20 +238,24 @@ def main() -> None:
     parser.add_argument("--time", action="store_true", help="time on the CUDA device")
     parser.add_argument("--variants", action="store_true",
                         help="compile the forward's sm_90 variant configs (no GPU)")
+    parser.add_argument("--candidates", action="store_true",
+                        help="compile the backward's tuned configs and study candidates "
+                             "(no GPU)")
     parser.add_argument("--shape", type=int, nargs=3, default=(4, 16, 4096),
                         metavar=("B", "H", "N"))
     args = parser.parse_args()
     specs = [AttentionSpec(head_dim=d, head_dim_v=d, dtype="bfloat16", causal=causal,
                            scale=d ** -0.5) for d in (64, 128) for causal in (False, True)]
+    wide = [AttentionSpec(head_dim=256, head_dim_v=256, dtype="bfloat16", causal=causal,
+                          scale=256 ** -0.5) for causal in (False, True)]
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton's default, quietly
     if args.time:
         time(specs, *args.shape)
+    elif args.candidates:
+        count_candidates(specs + wide)
     elif args.variants:
-        os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-        specs += [AttentionSpec(head_dim=256, head_dim_v=256, dtype="bfloat16", causal=causal,
-                                scale=256 ** -0.5) for causal in (False, True)]
-        count_variants(specs)
+        count_variants(specs + wide)
     else:
-        os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton's default, quietly
         count(specs)
 
 
