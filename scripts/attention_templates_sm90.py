@@ -127,9 +127,12 @@ def sass_stats(kernel) -> dict:
     # the innermost loops (no loop inside): one iteration is one streamed tile
     loops = [_counts(order[a:b]) for a, b in spans
              if not any(a <= a2 and b2 <= b and (a2, b2) != (a, b) for a2, b2 in spans)]
+    # Triton's SASS extraction (triton/tools/disasm.py) stops at offset 0xffff: kernels
+    # past 4096 instructions come back cut, their later loops missing
     return {"regs": int(re.search(r"REG:(\d+)", usage).group(1)),
             "stack": int(re.search(r"STACK:(\d+)", usage).group(1)),
-            "smem": kernel.metadata.shared, "all": _counts(order), "loops": loops}
+            "smem": kernel.metadata.shared, "all": _counts(order), "loops": loops,
+            "truncated": len(order) >= 4096}
 
 
 def count(specs: list[AttentionSpec]) -> None:
@@ -202,6 +205,8 @@ def count_candidates(specs: list[AttentionSpec]) -> None:
                 loops = " | ".join(
                     f"{lp['n']}/{lp['mma']}/{lp['mufu']}/{lp['mufu_under_mma']}/{lp['spill']}"
                     f"/{lp['smem']}/{lp['stall']}" for lp in stats["loops"] if lp["mma"])
+                if stats["truncated"]:
+                    loops += " (SASS cut at 4096 instructions)"
                 print(f"{kernel:6s} {config!s:32s} {stats['regs']:4d} {stats['stack']:5d} "
                       f"{stats['smem'] / 1024:7.0f}  {loops}", flush=True)
 

@@ -186,6 +186,27 @@ def test_backward_spaces_are_pruned_and_leave_the_one_kernel_backward_out():
                    for c in dkdv + atomic if len(c) > 4)
 
 
+def test_backward_candidates_fit_and_stay_out_of_the_spaces():
+    """The study candidates fit an H100's tile budget at d = 64, 128 and 256, name known
+    variants only, and none is in a tuning space (they are timed by the GPU script, not
+    by a user's first call)."""
+    from ioaware.codegen.render import shared_memory_budget
+    from ioaware.hardware import get_profile
+
+    h100 = get_profile("h100")
+    budget = shared_memory_budget(h100)
+    for d in (64, 128, 256):
+        spec = ops._plain_spec(d, d, torch.bfloat16, True, d**-0.5)
+        dkdv, dq = bwd_render.candidate_configs(spec, h100)
+        assert dkdv and dq
+        assert not set(dkdv) & set(bwd_render.dkdv_configs(spec, h100))
+        assert not set(dq) & set(bwd_render.dq_configs(spec, h100))
+        assert all(bwd_render.dkdv_smem_bytes(spec, c) <= budget for c in dkdv)
+        assert all(set(c[4].split("+")) <= {"tma", "dpfirst"} for c in dkdv)
+        assert all(c[4] == "tma" for c in dq)
+        assert not any(bwd_render.is_atomic(c) for c in dkdv)
+
+
 @pytest.mark.skipif(not has_ptx_backend(), reason="this triton has no NVIDIA backend")
 @pytest.mark.parametrize("variant", ["lazy", "tma+ws+lazy"])
 def test_variants_compile_for_sm90(variant, tmp_path):
