@@ -15,6 +15,7 @@ For each acceptance case (bf16; B, H, N, d; causal or not) on one GPU:
     python scripts/gpu_attention_backward.py            # 5 cases, ~3 min on an H100
     python scripts/gpu_attention_backward.py --cases 0  # B=4 H=16 N=4096 d=128 full
     python scripts/gpu_attention_backward.py --candidates  # the study candidates, ~3 min
+    python scripts/gpu_attention_backward.py --candidates --cases 2 4  # d=128, d=256 only
 
 --candidates: at d = 64, 128, 256, causal and not, the backward alone (preprocess, dK/dV,
 dQ) with the configs the tuner chose, then each study candidate pinned in its kernel's
@@ -228,8 +229,9 @@ def run_case(case, args) -> bool:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, nargs="*", default=list(range(len(CASES))),
-                        help=f"indices into CASES: {CASES}")
+    parser.add_argument("--cases", type=int, nargs="*",
+                        help=f"indices into CASES: {CASES} (all by default); with "
+                             f"--candidates into CANDIDATE_CASES: {CANDIDATE_CASES}")
     parser.add_argument("--no-profile", action="store_true", help="skip the kernel tables")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--candidates", action="store_true",
@@ -243,10 +245,12 @@ def main() -> int:
     print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}  triton "
           f"{triton.__version__}  bf16", flush=True)
     start = time.perf_counter()
+    cases = CANDIDATE_CASES if args.candidates else CASES
+    picked = [cases[i] for i in (range(len(cases)) if args.cases is None else args.cases)]
     if args.candidates:
-        results = [candidates_case(case, args.device) for case in CANDIDATE_CASES]
+        results = [candidates_case(case, args.device) for case in picked]
     else:  # every case, even after a FAIL
-        results = [run_case(CASES[i], args) for i in args.cases]
+        results = [run_case(case, args) for case in picked]
     print(f"\ntotal {time.perf_counter() - start:.0f} s", flush=True)
     return 0 if all(results) else 1
 
