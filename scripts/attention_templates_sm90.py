@@ -172,7 +172,7 @@ def count_variants(specs: list[AttentionSpec]) -> None:
                     print(kernel, config, "FAILED:",
                           str(error).strip().splitlines()[-1][:200], flush=True)
                     continue
-                loops = [(lp["n"], lp["mma"], lp["spill"]) for lp in stats["loops"]]
+                loops = [(lp["n"], lp["mma"], lp["spill"]) for lp in stats["loops"] if lp["mma"]]
                 print(kernel, config, f"regs={stats['regs']} stack={stats['stack']} "
                       f"smem={stats['smem']} sass={stats['all']['n']} "
                       f"hgmma={stats['all']['mma']} spill_ops={stats['all']['spill']} "
