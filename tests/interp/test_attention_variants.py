@@ -252,6 +252,28 @@ def test_one_kernel_backward_compiles_for_sm90(tmp_path):
     assert "cp.reduce.async.bulk" in bulk.asm["ptx"]
 
 
+@pytest.mark.skipif(not has_ptx_backend(), reason="this triton has no NVIDIA backend")
+def test_backward_candidates_compile_for_sm90(tmp_path):
+    """The study candidates build for Hopper (causal: band, whole and tail sweeps): dK/dV
+    with dPᵀ issued before P's exp2 through TMA, and dQ reading its tiles through TMA
+    descriptors (bulk tensor copies in the PTX of both)."""
+    from ioaware.codegen.attention.spec import AttentionSpec
+
+    spec = AttentionSpec(head_dim=64, head_dim_v=64, dtype="bfloat16", causal=True,
+                         scale=0.125)
+    module = import_compiled(bwd_render.render_backward(spec), tmp_path / "candidate_bwd.py")
+
+    def arg_type(a):
+        return {"Lse": "*fp32", "Delta": "*fp32", "DqAcc": "*fp32"}.get(
+            a, "*bf16" if a in ("Q", "K", "V", "dO", "dK", "dV", "dQ") else "i32")
+    dkdv = compile_sm90(module._bwd_dkdv, {"BLOCK_M": 64, "BLOCK_N": 64, "TMA": True,
+                                           "DP_FIRST": True}, arg_type, num_warps=8)
+    dq = compile_sm90(module._bwd_dq, {"BLOCK_M": 64, "BLOCK_N": 64, "TMA": True},
+                      arg_type, num_warps=4)
+    for kernel in (dkdv, dq):
+        assert "cp.async.bulk.tensor" in kernel.asm["ptx"]
+
+
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_one_kernel_backward_is_a_tuning_decision(deterministic, monkeypatch):
     """The dK/dV tuning times each candidate with the dQ work it implies: the dQ pass
