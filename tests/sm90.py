@@ -39,10 +39,11 @@ def import_compiled(source: str, path: Path) -> ModuleType:
 
 
 def compile_sm90(fn: Any, constexprs: dict[str, Any], arg_type: Callable[[str], str],
-                 num_warps: int) -> Any:
+                 num_warps: int, num_stages: int | None = None) -> Any:
     """triton.compile `fn` for sm_90: the named constexprs fixed, a constexpr parameter
     left unnamed at its default (as a launch that omits it), every other argument typed
-    by arg_type(name) ("*bf16", "i32", ...). Returns the CompiledKernel."""
+    by arg_type(name) ("*bf16", "i32", ...); num_stages as given, else Triton's default.
+    Returns the CompiledKernel."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -53,4 +54,5 @@ def compile_sm90(fn: Any, constexprs: dict[str, Any], arg_type: Callable[[str], 
     source = ASTSource(fn=fn, signature=signature, constexprs={
         (fn.arg_names.index(k),): v for k, v in constexprs.items()})
     return triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": num_warps})
+                          options={"num_warps": num_warps,
+                                   **({} if num_stages is None else {"num_stages": num_stages})})

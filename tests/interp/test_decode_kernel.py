@@ -271,7 +271,7 @@ def test_decode_kernels_compile_for_hopper(tmp_path):
     Spec's kernels are the same code with those switches off)."""
     from ioaware.codegen.decode.forward import render_decode
     from ioaware.codegen.decode.spec import DecodeSpec
-    from ioaware.codegen.decode.tiles import decode_tile
+    from ioaware.codegen.decode.tiles import decode_tile, paged_stages
     from ioaware.hardware import get_profile
 
     masked = AttentionSpec(
@@ -282,8 +282,9 @@ def test_decode_kernels_compile_for_hopper(tmp_path):
                 TensorInput("slopes", 1, "float32")),
         mask_semantics="add", mask_fill=FINFO_MIN)
     pointers = {"OPart": "*fp32", "MPart": "*fp32", "LPart": "*fp32", "Lse": "*fp32",
-                "BT": "*i32", "In0": "*i64", "In1": "*i1", "In2": "*fp32"}
-    bm, bn, warps, _ = decode_tile(get_profile("h100"), 128, 128, 2, 16)
+                "BT": "*i32", "Bad": "*i32", "Ok": "*i32", "In0": "*i64", "In1": "*i1",
+                "In2": "*fp32"}
+    bm, bn, warps, stages = decode_tile(get_profile("h100"), 128, 128, 2, 16)
     module = import_compiled(render_decode(DecodeSpec(masked, paged=True)),
                              tmp_path / "decode_paged.py")
 
@@ -291,9 +292,12 @@ def test_decode_kernels_compile_for_hopper(tmp_path):
         return pointers.get(a, "*bf16" if a in ("Q", "K", "V", "Out") else "i32")
 
     for final in (False, True):
-        compile_sm90(module._decode_split, {"BLOCK_M": bm, "BLOCK_N": bn, "FINAL": final},
-                     types, num_warps=warps)
-    compile_sm90(module._decode_merge, {"BLOCK_M": bm, "BLOCK_N": bn}, types, num_warps=4)
+        compile_sm90(module._decode_split, {"BLOCK_M": bm, "BLOCK_N": bn, "PAGE": 16,
+                                            "FINAL": final},
+                     types, num_warps=warps, num_stages=paged_stages(stages))
+    compile_sm90(module._decode_merge, {"BLOCK_M": bm, "BLOCK_N": bn, "PAGE": 16}, types,
+                 num_warps=4)
+    compile_sm90(module._pool_check_kernel, {"CHECK_BLOCK": 1024}, types, num_warps=4)
 
 
 def test_opcheck_schema_fake_and_autograd():
