@@ -70,8 +70,8 @@ def _pages(BT, b, cols, stride_btb, stride_btn, PAGE: tl.constexpr, N_PAGES, N_K
         inside = (page >= 0) & (page < N_PAGES)
         bad = ok & ~inside
         ok = ok & inside
-        return tl.where(ok, page, 0), (cols % PAGE).to(tl.int64), ok, bad
-    return b + 0 * cols.to(tl.int64), cols.to(tl.int64), ok, cols < 0
+        return tl.where(ok, page, 0), cols % PAGE, ok, bad
+    return b + 0 * cols.to(tl.int64), cols, ok, cols < 0
 
 
 @triton.jit
@@ -80,7 +80,10 @@ def _load_kv(X, page, slot, ok, h_kv, offs, stride_xb, stride_xh, stride_xn, str
     """Key (or value) rows at (page, slot) of KV head h_kv: [len(page), len(offs)], zeros
     where not ok. Dense: X [B, Hkv, Nk, d] (strides b, h, n, d). Paged: X [num_pages,
     PAGE, Hkv, d] (strides page, h, slot, d)."""
-    row = page * stride_xb + slot * stride_xn
+    if PAGED:  # slot < PAGE: its offset stays in int32, only the page's is int64
+        row = page * stride_xb + slot * stride_xn
+    else:
+        row = page * stride_xb + slot.to(tl.int64) * stride_xn
     ptrs = X + row[:, None] + h_kv * stride_xh + offs[None, :] * stride_xd
     if EVEN_COLS:
         return tl.load(ptrs, mask=ok[:, None], other=0.0)

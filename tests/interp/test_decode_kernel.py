@@ -222,6 +222,33 @@ def test_paged_bad_block_table_is_an_error_not_a_read():
     assert relative_error(out, ref) < 1e-5
 
 
+@pytest.mark.parametrize("splits", [1, 3])
+def test_paged_kernel_flags_entries_outside_the_pool(splits):
+    """On the GPU the entries are checked by the kernels that read them: the launcher
+    returns 1 when every entry read named a page of the pool, 0 when one did not (that
+    page read as masked zeros, never dereferenced), with one split and with a merge."""
+    from ioaware.codegen.decode.spec import DecodeSpec
+    from ioaware.codegen.runtime import kernel_module
+
+    module = kernel_module("decode", DecodeSpec(_plain(16), paged=True), torch.device("cpu"))
+    q = torch.randn(2, 4, 1, 16)
+    cache = torch.randn(6, 8, 2, 16)
+    table = torch.tensor([[0, 1, 2], [3, 4, 5]], dtype=torch.int32)
+    for entry, want in ((4, 1), (6, 0), (-1, 0)):
+        bad = table.clone()
+        bad[1, 1] = entry
+        out = q.new_empty(q.shape)
+        lse = q.new_empty(q.shape[:3])
+        in_pool = module.forward(q, cache, cache, out, lse, [], splits, (16, 16, 4, 1),
+                                 bad, 20)
+        assert in_pool.shape == (1,) and int(in_pool) == want, (entry, splits)
+    # entries past n_k's pages are not read, so not flagged: 16 keys use pages 0, 1
+    bad = table.clone()
+    bad[:, 2] = 99
+    in_pool = module.forward(q, cache, cache, out, lse, [], splits, (16, 16, 4, 1), bad, 16)
+    assert int(in_pool) == 1
+
+
 def test_decode_gradients_are_the_prefill_backward():
     """A decode region under autograd: gradients of q, k, v equal eager's."""
     gen = torch.Generator().manual_seed(1)
