@@ -21,3 +21,29 @@ def test_paged_pools_are_contiguous_and_gather_back_to_kv(batch):
         assert pool.shape == (batch * pages, 16, 2, 8) and pool.is_contiguous()
         got = pool[table].view(batch, pages * 16, 2, 8).transpose(1, 2)[:, :, :37]
         assert torch.equal(got, want)
+
+
+def test_cli_parses_the_generate_and_variant_options():
+    from ioaware.cli import build_parser
+
+    options = build_parser().parse_args(
+        ["bench", "decode", "--variants", "ioaware paged", "sdpa", "--generate-only",
+         "--generate-budget", "60"])
+    assert options.variants == ["ioaware paged", "sdpa"]
+    assert options.generate_only and options.generate_budget == 60
+    options = build_parser().parse_args(["bench", "decode"])
+    assert options.variants is None and not options.generate and not options.generate_only
+
+
+def test_generate_bench_turns_transformers_own_compile_off():
+    """generate() with a StaticCache on CUDA wraps the forward in torch.compile
+    (reduce-overhead) unless told not to: every row would time that. The flag the bench
+    passes is one this transformers' GenerationConfig takes."""
+    import transformers
+
+    from ioaware.bench.decode import generate_kwargs
+
+    config = transformers.GenerationConfig(**generate_kwargs(8))
+    config.validate(strict=True)
+    assert config.disable_compile is True and config.cache_implementation == "static"
+    assert config.max_new_tokens == config.min_new_tokens == 8 and not config.do_sample
