@@ -47,3 +47,14 @@ def test_generate_bench_turns_transformers_own_compile_off():
     config.validate(strict=True)
     assert config.disable_compile is True and config.cache_implementation == "static"
     assert config.max_new_tokens == config.min_new_tokens == 8 and not config.do_sample
+
+
+def test_paged_over_dense_is_printed_per_context():
+    from ioaware.bench.decode import DecodeRow, paged_over_dense, render_decode_bench
+
+    rows = [DecodeRow("ioaware decode", 4096, True, 1e-3, 150.0, 0.3, graph_us=50.0),
+            DecodeRow("ioaware paged (page 16)", 4096, True, 1e-3, 160.0, 0.3, graph_us=54.0),
+            DecodeRow("ioaware decode", 32768, True, 1e-3, 400.0, 0.9, graph_us=380.0)]
+    assert paged_over_dense(rows) == [
+        "N=4096: paged / dense under CUDA graphs = 1.080 (54.0 / 50.0 µs; the bar is 1.10)"]
+    assert "paged / dense" in render_decode_bench(rows, "t")
