@@ -314,9 +314,10 @@ def forward(q, k, v, out, lse, inputs, splits, config, block_table=None, n_k=Non
         m_part, l_part = torch.empty((2, pairs, splits, bm), dtype=torch.float32,
                                      device=q.device)
     bad = ok = lse
-    if PAGED:
-        bad = torch.empty(pairs * splits + 1, dtype=torch.int32, device=q.device)
-        ok = bad[-1:]
+    if PAGED:  # two allocations, not one sliced: Ok's pointer stays 16-byte aligned, as
+        # the binary was specialised (a misaligned one would compile another)
+        bad = torch.empty(pairs * splits, dtype=torch.int32, device=q.device)
+        ok = torch.empty(1, dtype=torch.int32, device=q.device)
     extra = [s for x in inputs for s in (x, *x.stride())]
     launch(_decode_split, (splits, pairs),
            q, k, v, bt, o_part, m_part, l_part, out, lse, bad, *extra, *q.stride(), *ks,
