@@ -1,7 +1,8 @@
 """Render the split-KV decode kernels (FlashDecoding) for a DecodeSpec.
 
-`render_decode(spec)` returns the text of a module with two `@triton.jit` kernels and a
-launcher `forward(q, k, v, out, lse, inputs, splits, block_table=None, n_k=None)`:
+`render_decode(spec)` returns the text of a module with the `@triton.jit` kernels below
+and a launcher `forward(q, k, v, out, lse, inputs, splits, config, block_table=None,
+n_k=None)`:
 
     _decode_split  grid (S, B·Hkv): program (s, b, g) holds the GROUP·Nq query rows that
                    read KV head g (all query heads of the GQA group, packed into one
@@ -12,7 +13,9 @@ launcher `forward(q, k, v, out, lse, inputs, splits, block_table=None, n_k=None)
     _decode_merge  grid (B·Hkv,): with m = max_s m_s, w_s = 2^(m_s − m)·l_s:
                    out = Σ_s w_s o_s / Σ_s w_s, lse = (m + log2 Σ_s w_s)·ln 2 (the
                    log-sum-exp merge of FlashDecoding), then the mask semantics of
-                   rows that saw no visible key, as the prefill kernels give them
+                   rows that saw no visible key, as the prefill kernels give them;
+                   paged, one more program reduces the split programs' out-of-pool
+                   flags to one scalar (_pool_check; `_pool_check_kernel` when S = 1)
 
 Masks and score modifications are the attention family's: the AttentionSpec's
 predicate and score expressions printed by codegen/expr.py, evaluated per element
@@ -20,7 +23,8 @@ with h and q_idx the packed row's own. Where the Spec masks anything, a key tile
 visible element is skipped before K or V is loaded (sliding windows, padding and the
 unused pages of a paged cache cost no traffic). Paged: key n of batch b is read at
 slot n % PAGE of page block_table[b, n // PAGE]; a table entry outside [0, num_pages)
-is never dereferenced (the key reads as masked-out zeros, and the op reports it).
+is never dereferenced (the key reads as masked-out zeros, the launcher returns the
+flag, and the op asserts it).
 
 IO per (batch, KV head): K and V once, Nk·(d + dv) elements; Q and out once; fp32
 partials S·R·(dv + 1) each way (price.py). The floor is reading K and V once.
@@ -58,9 +62,10 @@ ${general_functions}
 
 @triton.jit
 def _pages(BT, b, cols, stride_btb, stride_btn, PAGE: tl.constexpr, N_PAGES, N_K):
-    """(page, slot, ok, bad) of key rows `cols` of batch b: row n is slot `slot` of page
-    `page` ([len(cols)] int64); ok: read it (n < N_K and, paged, its page in the pool);
-    bad: n < N_K but its table entry is outside [0, N_PAGES) (never dereferenced).
+    """(page, slot, ok, bad) of key rows `cols` of batch b: row n is slot `slot` (int32)
+    of page `page` (int64), each [len(cols)]; ok: read it (n < N_K and, paged, its page
+    in the pool); bad: n < N_K but its table entry is outside [0, N_PAGES) (never
+    dereferenced).
     Dense: page b, slot n. Paged: page block_table[b, n // PAGE], slot n % PAGE, with
     PAGE a constexpr (a shift and a mask for powers of two, not a division per row)."""
     ok = cols < N_K
