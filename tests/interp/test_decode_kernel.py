@@ -327,6 +327,46 @@ def test_decode_kernels_compile_for_hopper(tmp_path):
     compile_sm90(module._pool_check_kernel, {"CHECK_BLOCK": 1024}, types, num_warps=4)
 
 
+@pytest.mark.skipif(not has_ptx_backend(), reason="triton has no NVIDIA backend here")
+def test_paged_split_keeps_the_dense_pipeline_depth_on_hopper(tmp_path):
+    """The page ids address K and V, and Triton's pipeliner splits num_stages across
+    that chain: at the dense tile's 3 stages the paged kernel kept one K/V tile in
+    flight (39 KB of shared memory against 72 KB, sm_90, 16 x 64 bf16 tile). With
+    tiles.paged_stages it keeps the dense kernel's buffers: at least its shared memory."""
+    from ioaware.codegen.decode.forward import render_decode
+    from ioaware.codegen.decode.spec import DecodeSpec
+    from ioaware.codegen.decode.tiles import decode_tile, paged_stages
+    from ioaware.hardware import get_profile
+
+    plain = AttentionSpec(head_dim=128, head_dim_v=128, dtype="bfloat16", causal=False,
+                          scale=0.088)
+    bm, bn, warps, stages = decode_tile(get_profile("h100"), 128, 128, 2, 16)
+    pointers = {"OPart": "*fp32", "MPart": "*fp32", "LPart": "*fp32", "Lse": "*fp32",
+                "BT": "*i32", "Bad": "*i32"}
+
+    def types(a):
+        return pointers.get(a, "*bf16" if a in ("Q", "K", "V", "Out") else "i32")
+
+    def aligned(a):  # tensors and every stride but the unit ones and the table's
+        return a in pointers or a in ("Q", "K", "V", "Out") or (
+            a.startswith("stride_") and not a.startswith("stride_bt"))
+
+    shared = {}
+    for paged in (False, True):
+        module = import_compiled(render_decode(DecodeSpec(plain, paged=paged)),
+                                 tmp_path / f"decode_{int(paged)}.py")
+        fn = module._decode_split
+        unit = {a: 1 for a in fn.arg_names if a.startswith("stride_") and a.endswith("d")}
+        kernel = compile_sm90(fn, {"BLOCK_M": bm, "BLOCK_N": bn, "PAGE": 16 if paged else 1,
+                                   "FINAL": False, **unit}, types, num_warps=warps,
+                              num_stages=paged_stages(stages) if paged else stages,
+                              aligned=aligned)
+        shared[paged] = kernel.metadata.shared
+    # dense: stages - 1 K/V tiles in flight (bf16, d = dv = 128); paged: as many
+    assert shared[False] >= (stages - 1) * bn * (128 + 128) * 2, shared
+    assert shared[True] >= shared[False], shared
+
+
 def test_opcheck_schema_fake_and_autograd():
     """torch.library.opcheck: schemas, fakes (what Inductor and dynamo trace with) and
     the autograd registration of both decode ops agree with what they compute."""
