@@ -174,6 +174,9 @@ def check_block_table(block_table: Tensor, n_pages: int, page: int, n_k: int,
     index gives, with no host sync). The decode kernels check them as they read them
     (one flag per program, reduced by the merge launch; _launch asserts it): on the GPU
     they are not checked here, six small launches fewer under CUDA graphs."""
+    if n_k < 0:
+        raise ValueError(f"n_k={n_k}: the number of keys the block table addresses must be "
+                         ">= 0")
     if block_table.dim() != 2 or block_table.shape[0] != batch:
         raise ValueError(f"block_table must be [B={batch}, max_pages]; got "
                          f"{tuple(block_table.shape)}")

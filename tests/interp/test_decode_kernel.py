@@ -215,6 +215,8 @@ def test_paged_bad_block_table_is_an_error_not_a_read():
         torch.ops.ioaware.paged_decode_attention(q, k_cache, k_cache, -table, 20, [], spec)
     with pytest.raises(ValueError, match="block_table addresses 3 pages"):
         torch.ops.ioaware.paged_decode_attention(q, k_cache, k_cache, table, 25, [], spec)
+    with pytest.raises(ValueError, match="n_k=-1"):
+        torch.ops.ioaware.paged_decode_attention(q, k_cache, k_cache, table, -1, [], spec)
     # the unused tail of the table is not read: 16 keys need pages 0 and 1 only
     out, _ = torch.ops.ioaware.paged_decode_attention(q, k_cache, k_cache, table, 16, [], spec)
     dense = gather_pages(k_cache, table[:, :2], 16)
