@@ -8,6 +8,7 @@
     ioaware bench attention [--dtype bf16] [--batch 4 --heads 16 --seqlen 4096 --head-dim 128]
                             [--causal | --no-causal] [--vs sdpa,eager,compile,flex] [--skip-slow]
     ioaware bench decode [--batch 8 --heads 32 --kv-heads 8 --context 4096 32768 --page 16]
+                         [--variants PREFIX ...] [--generate | --generate-only]
     ioaware bench scan [--dtype bf16] [--batch 4 --channels 1536 --seqlen 2048 --d-state 16]
                        [--groups 1] [--no-gate] [--eager-len 128] [--skip-slow]
     ioaware bench scan --ssd [--heads 64 --head-dim 64 --d-state 128 --seqlen 4096]
@@ -395,21 +396,25 @@ def cmd_bench_decode(options: argparse.Namespace) -> int:
         return EXIT_USAGE
     from ioaware.bench.decode import bench_decode, render_decode_bench
 
-    rows = bench_decode(options.batch, options.heads, options.kv_heads, options.context,
-                        options.head_dim, options.dtype, options.page, options.warmup,
-                        options.rep, progress=_bench_progress)
-    if options.json:
-        return _print_json(rows)
-    title = (f"decode attention on {torch.cuda.get_device_name()}: B={options.batch} "
-             f"Hq={options.heads} Hkv={options.kv_heads} d={options.head_dim} {options.dtype}, "
-             "one query row")
-    print(render_decode_bench(rows, title), end="")
-    if options.generate:
+    if not options.generate_only:
+        rows = bench_decode(options.batch, options.heads, options.kv_heads, options.context,
+                            options.head_dim, options.dtype, options.page, options.warmup,
+                            options.rep, progress=_bench_progress, only=options.variants)
+        if options.json:
+            return _print_json(rows)
+        title = (f"decode attention on {torch.cuda.get_device_name()}: B={options.batch} "
+                 f"Hq={options.heads} Hkv={options.kv_heads} d={options.head_dim} "
+                 f"{options.dtype}, one query row")
+        print(render_decode_bench(rows, title), end="")
+    if options.generate or options.generate_only:
         from ioaware.bench.decode import bench_generate, render_generate_bench
 
-        print(render_generate_bench(bench_generate(progress=_bench_progress),
-                                    "generate(), 4-layer Llama-style (hidden 2048, GQA 16/4), "
-                                    "bf16, StaticCache, 128 + 128 tokens"), end="")
+        rows = bench_generate(budget_s=options.generate_budget, progress=_bench_progress)
+        if options.json:
+            return _print_json(rows)
+        print(render_generate_bench(rows, "generate(), 4-layer Llama-style (hidden 2048, "
+                                    "GQA 16/4), bf16, StaticCache, 128 + 128 tokens, on "
+                                    f"{torch.cuda.get_device_name()}"), end="")
     return 0
 
 
@@ -588,8 +593,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="do_bench warmup in ms (default: %(default)s)")
     decode.add_argument("--rep", type=float, default=100,
                         help="do_bench repetition time in ms (default: %(default)s)")
+    decode.add_argument("--variants", nargs="+", metavar="PREFIX",
+                        help="only the variants whose name starts with one of these "
+                        "(e.g. 'ioaware decode' 'ioaware paged' sdpa; default: all)")
     decode.add_argument("--generate", action="store_true",
-                        help="also tokens/s of generate() on a 4-layer Llama-style model")
+                        help="also tokens/s of generate() on a 4-layer Llama-style model: "
+                        "eager, torch.compile and ioaware.compile, default and "
+                        "reduce-overhead")
+    decode.add_argument("--generate-only", action="store_true",
+                        help="only the generate() table")
+    decode.add_argument("--generate-budget", type=float, default=170,
+                        help="seconds the generate() variants may take; those not "
+                        "started by then are rows saying so (default: %(default)s)")
     decode.add_argument("--json", action="store_true", help="print JSON rows")
     decode.set_defaults(run=cmd_bench_decode)
     return parser

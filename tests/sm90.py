@@ -39,10 +39,14 @@ def import_compiled(source: str, path: Path) -> ModuleType:
 
 
 def compile_sm90(fn: Any, constexprs: dict[str, Any], arg_type: Callable[[str], str],
-                 num_warps: int) -> Any:
+                 num_warps: int, num_stages: int | None = None,
+                 aligned: Callable[[str], bool] = lambda name: False) -> Any:
     """triton.compile `fn` for sm_90: the named constexprs fixed, a constexpr parameter
     left unnamed at its default (as a launch that omits it), every other argument typed
-    by arg_type(name) ("*bf16", "i32", ...). Returns the CompiledKernel."""
+    by arg_type(name) ("*bf16", "i32", ...); num_stages as given, else Triton's default;
+    the arguments `aligned` names specialised as divisible by 16 (what a launch with
+    aligned tensors and strides gives: what lets loads become 16-byte copies).
+    Returns the CompiledKernel."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -50,7 +54,10 @@ def compile_sm90(fn: Any, constexprs: dict[str, Any], arg_type: Callable[[str], 
     constexprs = {**{p.name: p.default for p in fn.params
                      if p.is_constexpr and p.has_default}, **constexprs}
     signature = {a: "constexpr" if a in constexprs else arg_type(a) for a in fn.arg_names}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names)
+             if a not in constexprs and aligned(a)}
     source = ASTSource(fn=fn, signature=signature, constexprs={
-        (fn.arg_names.index(k),): v for k, v in constexprs.items()})
+        (fn.arg_names.index(k),): v for k, v in constexprs.items()}, attrs=attrs)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": num_warps})
+                          options={"num_warps": num_warps,
+                                   **({} if num_stages is None else {"num_stages": num_stages})})

@@ -36,7 +36,7 @@ from ..runtime import backend_name, device_context, kernel_module
 from . import reference
 from .price import choose_splits
 from .spec import DecodeSpec
-from .tiles import INTERPRET_BLOCK_N, MAX_ROWS, decode_tile, packed_rows
+from .tiles import INTERPRET_BLOCK_N, MAX_ROWS, decode_tile, packed_rows, paged_stages
 
 __all__ = ["decode_attention", "decode_supports", "paged_decode_attention"]
 
@@ -61,12 +61,14 @@ def _rows_fit(q: Tensor, h_kv: int) -> bool:
     return h_kv > 0 and (q.shape[1] // h_kv) * q.shape[2] <= MAX_ROWS
 
 
-def _config(spec: AttentionSpec, q: Tensor, h_kv: int) -> tuple[int, int, int, int]:
+def _config(spec: AttentionSpec, q: Tensor, h_kv: int, paged: bool
+            ) -> tuple[int, int, int, int]:
     block_m = packed_rows(q.shape[1] // h_kv, q.shape[2])
     if backend_name(q.device) == "triton-interpret":
         return block_m, INTERPRET_BLOCK_N, 4, 1
-    return _gpu_tile(device_profile(q.device), spec.head_dim, spec.head_dim_v,
-                     q.dtype.itemsize, block_m)
+    block_m, block_n, warps, stages = _gpu_tile(
+        device_profile(q.device), spec.head_dim, spec.head_dim_v, q.dtype.itemsize, block_m)
+    return block_m, block_n, warps, paged_stages(stages) if paged else stages
 
 
 _gpu_tile = functools.lru_cache(maxsize=256)(decode_tile)
@@ -85,11 +87,17 @@ def _launch(dspec: DecodeSpec, q: Tensor, k: Tensor, v: Tensor, inputs: list[Ten
             ) -> tuple[Tensor, Tensor]:
     out = q.new_empty((*q.shape[:3], v.shape[-1]))
     lse = q.new_empty(q.shape[:3], dtype=torch.float32)
-    config = _config(dspec.attention, q, h_kv)
+    config = _config(dspec.attention, q, h_kv, dspec.paged)
     splits = _splits(q, v.shape[-1], h_kv, n_k, config, num_splits)
     module = kernel_module("decode", dspec, q.device)
     with device_context(q.device):
-        module.forward(q, k, v, out, lse, inputs, splits, config, block_table, n_k)
+        in_pool = module.forward(q, k, v, out, lse, inputs, splits, config, block_table,
+                                 n_k)
+        if in_pool is not None and q.device.type == "cuda":
+            # the kernel met a block_table entry outside the pool (and read it as masked
+            # zeros): a device-side assert, as eager's out-of-range index gives, with no
+            # host sync (the CPU path raised ValueError before launching)
+            torch._assert_async(in_pool, "block_table entries must be in [0, num_pages)")
     return out, lse
 
 
@@ -159,10 +167,16 @@ decode_attention_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def check_block_table(block_table: Tensor, n_pages: int, page: int, n_k: int,
-                      batch: int) -> None:
+                      batch: int, entries: bool = True) -> None:
     """Raise ValueError naming `block_table` when it cannot address n_k keys of every
-    batch row inside the cache (on the GPU an asynchronous device assert, as eager's
-    out-of-range index gives, with no host sync)."""
+    batch row inside the cache. `entries`: also check the entries it uses are in
+    [0, n_pages) (on the GPU an asynchronous device assert, as eager's out-of-range
+    index gives, with no host sync). The decode kernels check them as they read them
+    (one flag per program, reduced by the merge launch; _launch asserts it): on the GPU
+    they are not checked here, six small launches fewer under CUDA graphs."""
+    if n_k < 0:
+        raise ValueError(f"n_k={n_k}: the number of keys the block table addresses must be "
+                         ">= 0")
     if block_table.dim() != 2 or block_table.shape[0] != batch:
         raise ValueError(f"block_table must be [B={batch}, max_pages]; got "
                          f"{tuple(block_table.shape)}")
@@ -172,7 +186,7 @@ def check_block_table(block_table: Tensor, n_pages: int, page: int, n_k: int,
         raise ValueError(f"block_table addresses {block_table.shape[1]} pages of {page} "
                          f"keys = {block_table.shape[1] * page}, fewer than n_k={n_k}")
     used = block_table[:, :-(-n_k // page)]
-    if used.numel() == 0:
+    if used.numel() == 0 or not entries:
         return
     if block_table.device.type == "cuda":
         ok = (used >= 0).all() & (used < n_pages).all()
@@ -193,10 +207,13 @@ def paged_decode_attention_op(q: Tensor, k_cache: Tensor, v_cache: Tensor,
     aspec = _parse(spec)
     _check_paged(q, k_cache, v_cache, inputs, aspec)
     n_pages, page, h_kv = k_cache.shape[:3]
-    check_block_table(block_table, n_pages, page, n_k, q.shape[0])
     usable = (backend_name(q.device) != "reference" and decode_supports(aspec) is None
               and _rows_fit(q, h_kv) and q.numel() > 0 and n_k > 0
               and q.shape[1] % h_kv == 0)
+    # the kernels check the entries they read on the GPU; elsewhere, and before a
+    # gather (where a negative entry would wrap around), they are checked here
+    check_block_table(block_table, n_pages, page, n_k, q.shape[0],
+                      entries=not usable or q.device.type != "cuda")
     if not usable:
         k = reference.gather_pages(k_cache, block_table, n_k)
         v = reference.gather_pages(v_cache, block_table, n_k)

@@ -58,3 +58,19 @@ def decode_tile(profile: DeviceProfile, head_dim: int, head_dim_v: int, itemsize
             if sram <= budget and registers <= ACCUMULATOR_REGISTERS:
                 return block_m, block_n, warps, stages
     return block_m, 16, 4, 1
+
+
+def paged_stages(stages: int) -> int:
+    """num_stages for a paged launch of a tile whose dense form runs `stages`.
+
+    A paged key tile is a chain of two loads: its page ids, then K and V at the
+    addresses they give. Triton's software pipeliner (3.x, AssignLatencies) gives each
+    load of an indirection chain of depth L a latency of (num_stages − 1) // (L + 1)
+    iterations, so the dense kernel's `stages` would leave a paged one one K/V tile in
+    flight (compiled for sm_90 with triton 3.6 at the H100 tile's 3 stages: one 64×128
+    K and V buffer, 39 KB of shared memory against dense's 72 KB, and a wait for every
+    copy at the top of each iteration). With
+    2·(stages − 1) + 1 each level gets stages − 1, the dense kernel's K/V buffers
+    (the page-id buffers add BLOCK_N·4 bytes each), so the SRAM budget is unchanged.
+    """
+    return 2 * (stages - 1) + 1

@@ -215,11 +215,40 @@ def test_paged_bad_block_table_is_an_error_not_a_read():
         torch.ops.ioaware.paged_decode_attention(q, k_cache, k_cache, -table, 20, [], spec)
     with pytest.raises(ValueError, match="block_table addresses 3 pages"):
         torch.ops.ioaware.paged_decode_attention(q, k_cache, k_cache, table, 25, [], spec)
+    with pytest.raises(ValueError, match="n_k=-1"):
+        torch.ops.ioaware.paged_decode_attention(q, k_cache, k_cache, table, -1, [], spec)
     # the unused tail of the table is not read: 16 keys need pages 0 and 1 only
     out, _ = torch.ops.ioaware.paged_decode_attention(q, k_cache, k_cache, table, 16, [], spec)
     dense = gather_pages(k_cache, table[:, :2], 16)
     ref = torch.softmax(q @ dense.transpose(-1, -2) / 4, -1) @ dense
     assert relative_error(out, ref) < 1e-5
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+def test_paged_kernel_flags_entries_outside_the_pool(splits):
+    """On the GPU the entries are checked by the kernels that read them: the launcher
+    returns 1 when every entry read named a page of the pool, 0 when one did not (that
+    page read as masked zeros, never dereferenced), with one split and with a merge."""
+    from ioaware.codegen.decode.spec import DecodeSpec
+    from ioaware.codegen.runtime import kernel_module
+
+    module = kernel_module("decode", DecodeSpec(_plain(16), paged=True), torch.device("cpu"))
+    q = torch.randn(2, 4, 1, 16)
+    cache = torch.randn(6, 8, 2, 16)
+    table = torch.tensor([[0, 1, 2], [3, 4, 5]], dtype=torch.int32)
+    for entry, want in ((4, 1), (6, 0), (-1, 0)):
+        bad = table.clone()
+        bad[1, 1] = entry
+        out = q.new_empty(q.shape)
+        lse = q.new_empty(q.shape[:3])
+        in_pool = module.forward(q, cache, cache, out, lse, [], splits, (16, 16, 4, 1),
+                                 bad, 20)
+        assert in_pool.shape == (1,) and int(in_pool) == want, (entry, splits)
+    # entries past n_k's pages are not read, so not flagged: 16 keys use pages 0, 1
+    bad = table.clone()
+    bad[:, 2] = 99
+    in_pool = module.forward(q, cache, cache, out, lse, [], splits, (16, 16, 4, 1), bad, 16)
+    assert int(in_pool) == 1
 
 
 def test_decode_gradients_are_the_prefill_backward():
@@ -271,7 +300,7 @@ def test_decode_kernels_compile_for_hopper(tmp_path):
     Spec's kernels are the same code with those switches off)."""
     from ioaware.codegen.decode.forward import render_decode
     from ioaware.codegen.decode.spec import DecodeSpec
-    from ioaware.codegen.decode.tiles import decode_tile
+    from ioaware.codegen.decode.tiles import decode_tile, paged_stages
     from ioaware.hardware import get_profile
 
     masked = AttentionSpec(
@@ -282,8 +311,9 @@ def test_decode_kernels_compile_for_hopper(tmp_path):
                 TensorInput("slopes", 1, "float32")),
         mask_semantics="add", mask_fill=FINFO_MIN)
     pointers = {"OPart": "*fp32", "MPart": "*fp32", "LPart": "*fp32", "Lse": "*fp32",
-                "BT": "*i32", "In0": "*i64", "In1": "*i1", "In2": "*fp32"}
-    bm, bn, warps, _ = decode_tile(get_profile("h100"), 128, 128, 2, 16)
+                "BT": "*i32", "Bad": "*i32", "Ok": "*i32", "In0": "*i64", "In1": "*i1",
+                "In2": "*fp32"}
+    bm, bn, warps, stages = decode_tile(get_profile("h100"), 128, 128, 2, 16)
     module = import_compiled(render_decode(DecodeSpec(masked, paged=True)),
                              tmp_path / "decode_paged.py")
 
@@ -291,9 +321,52 @@ def test_decode_kernels_compile_for_hopper(tmp_path):
         return pointers.get(a, "*bf16" if a in ("Q", "K", "V", "Out") else "i32")
 
     for final in (False, True):
-        compile_sm90(module._decode_split, {"BLOCK_M": bm, "BLOCK_N": bn, "FINAL": final},
-                     types, num_warps=warps)
-    compile_sm90(module._decode_merge, {"BLOCK_M": bm, "BLOCK_N": bn}, types, num_warps=4)
+        compile_sm90(module._decode_split, {"BLOCK_M": bm, "BLOCK_N": bn, "PAGE": 16,
+                                            "FINAL": final},
+                     types, num_warps=warps, num_stages=paged_stages(stages))
+    compile_sm90(module._decode_merge, {"BLOCK_M": bm, "BLOCK_N": bn, "PAGE": 16}, types,
+                 num_warps=4)
+    compile_sm90(module._pool_check_kernel, {"CHECK_BLOCK": 1024}, types, num_warps=4)
+
+
+@pytest.mark.skipif(not has_ptx_backend(), reason="triton has no NVIDIA backend here")
+def test_paged_split_keeps_the_dense_pipeline_depth_on_hopper(tmp_path):
+    """The page ids address K and V, and Triton's pipeliner splits num_stages across
+    that chain: at the dense tile's 3 stages the paged kernel kept one K/V tile in
+    flight (39 KB of shared memory against 72 KB, sm_90, 16 x 64 bf16 tile). With
+    tiles.paged_stages it keeps the dense kernel's buffers: at least its shared memory."""
+    from ioaware.codegen.decode.forward import render_decode
+    from ioaware.codegen.decode.spec import DecodeSpec
+    from ioaware.codegen.decode.tiles import decode_tile, paged_stages
+    from ioaware.hardware import get_profile
+
+    plain = AttentionSpec(head_dim=128, head_dim_v=128, dtype="bfloat16", causal=False,
+                          scale=0.088)
+    bm, bn, warps, stages = decode_tile(get_profile("h100"), 128, 128, 2, 16)
+    pointers = {"OPart": "*fp32", "MPart": "*fp32", "LPart": "*fp32", "Lse": "*fp32",
+                "BT": "*i32", "Bad": "*i32"}
+
+    def types(a):
+        return pointers.get(a, "*bf16" if a in ("Q", "K", "V", "Out") else "i32")
+
+    def aligned(a):  # tensors and every stride but the unit ones and the table's
+        return a in pointers or a in ("Q", "K", "V", "Out") or (
+            a.startswith("stride_") and not a.startswith("stride_bt"))
+
+    shared = {}
+    for paged in (False, True):
+        module = import_compiled(render_decode(DecodeSpec(plain, paged=paged)),
+                                 tmp_path / f"decode_{int(paged)}.py")
+        fn = module._decode_split
+        unit = {a: 1 for a in fn.arg_names if a.startswith("stride_") and a.endswith("d")}
+        kernel = compile_sm90(fn, {"BLOCK_M": bm, "BLOCK_N": bn, "PAGE": 16 if paged else 1,
+                                   "FINAL": False, **unit}, types, num_warps=warps,
+                              num_stages=paged_stages(stages) if paged else stages,
+                              aligned=aligned)
+        shared[paged] = kernel.metadata.shared
+    # dense: stages - 1 K/V tiles in flight (bf16, d = dv = 128); paged: as many
+    assert shared[False] >= (stages - 1) * bn * (128 + 128) * 2, shared
+    assert shared[True] >= shared[False], shared
 
 
 def test_opcheck_schema_fake_and_autograd():

@@ -92,3 +92,34 @@ def test_compiles_of_a_static_cache_generation(monkeypatch):
     assert got.tolist() == ref.tolist()
     assert counted["attention"] + counted["decode"] == 2 * LAYERS, counted
     assert counted["decode"] >= LAYERS, counted
+
+
+def test_static_cache_bad_positions_fail_as_eager():
+    """A StaticCache too short for the query, and a cache_position past the cache's end:
+    the compiled step raises eager's error (the cache update's IndexError, before any
+    attention runs) or, where eager raises nothing, returns eager's logits; nothing is
+    read out of bounds."""
+    import transformers
+
+    torch.manual_seed(0)
+    model = quietly(llama_gqa, "eager").eval()
+    compiled = ioaware.compile(model.forward)
+    ids = torch.randint(1, 128, (1, 4))
+
+    def step(forward, ids, cache_len, positions):
+        cache = transformers.StaticCache(config=model.config, max_cache_len=cache_len)
+        with torch.no_grad():
+            return forward(input_ids=ids, past_key_values=cache, cache_position=positions,
+                           use_cache=True).logits
+
+    errors = []
+    for forward in (model.forward, compiled):  # a 4-token query, a 3-slot cache
+        with pytest.raises(IndexError, match="out of bounds") as error:
+            step(forward, ids, 3, torch.arange(4))
+        errors.append(str(error.value))
+    assert errors[0] == errors[1]
+    # one token written at position 9 of an 8-slot cache: eager (transformers' update)
+    # raises nothing here, so the compiled step must give the same logits
+    want = step(model.forward, ids[:, :1], 8, torch.tensor([9]))
+    got = step(compiled, ids[:, :1], 8, torch.tensor([9]))
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)
