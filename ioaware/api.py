@@ -58,13 +58,29 @@ def compile(
         # only: under context parallel the whole forward must be one graph.
         fullgraph = True
     compiled = torch.compile(fn, backend=backend, dynamic=dynamic, fullgraph=fullgraph)
+    call = compiled
+    if context_parallel is None:
+        # Inside torch's context_parallel(mesh, buffers=...) the rewritten attention must
+        # run as a ring over its mesh: a second compilation, made on first use there.
+        from ioaware.parallel.torch_cp import Dispatch
+
+        def make_ring(cp: Any) -> Callable:
+            ring = torch.compile(fn, backend=IoawareBackend(
+                mode=mode, options=options, dynamic=dynamic, context_parallel=cp),
+                dynamic=dynamic, fullgraph=True)
+            return ring.forward if isinstance(fn, torch.nn.Module) else ring
+
+        if isinstance(fn, torch.nn.Module):
+            compiled.forward = Dispatch(compiled.forward, make_ring)
+        else:
+            call = Dispatch(compiled, make_ring)
     if isinstance(fn, torch.nn.Module):
         return compiled
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
-            return compiled(*args, **kwargs)
+            return call(*args, **kwargs)
         except torch._dynamo.exc.TorchRuntimeError:
             if context_parallel is not None:  # eager would be this rank's rows alone
                 raise

@@ -76,6 +76,13 @@ class ContextParallel:
             self.use(BALANCES[self.balance](n, self.world))
         return self.layout.shard(x, self.rank, dim)
 
+    def layout_for(self, q: Tensor) -> ShardLayout:
+        """The layout of the sequence an attention call with local queries `q` runs on."""
+        if self.layout is None:
+            raise RuntimeError("context_parallel: no layout; shard the inputs with "
+                               "cp.shard(...) (or cp.use(layout)) before calling the model")
+        return self.layout
+
     def position_ids(self, batch: int = 1, device: torch.device | str = "cpu") -> Tensor:
         """int64 [batch, n_r]: the global positions of this rank's rows (for RoPE)."""
         if self.layout is None:
