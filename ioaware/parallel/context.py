@@ -159,11 +159,13 @@ def refuse_local_attention(gm: fx.GraphModule, fallbacks: list) -> None:
 _ids = itertools.count()  # graphs name their ContextParallel by a number (printable)
 
 
-def route_to_ring(gm: fx.GraphModule, cp: ContextParallel) -> int:
+def route_to_ring(gm: fx.GraphModule, cp: ContextParallel,
+                  gathered: list[str] | None = None) -> int:
     """Swap every attention op call of `gm` (and its submodules) for
-    `ioaware::ring_attention` over `cp`; returns how many. Raises ValueError for a
-    region the ring cannot take."""
-    from ioaware.parallel.shard import check_shardable
+    `ioaware::ring_attention` over `cp`; returns how many. A region the ring cannot
+    split by key ranges runs the op's all-gather route (`gather.py`): its reason is
+    appended to `gathered`. Raises ValueError for a region neither route can take."""
+    from ioaware.parallel.shard import check_context_parallel, ring_refusal
 
     cp_id = next(_ids)
     ACTIVE[cp_id] = cp
@@ -178,7 +180,10 @@ def route_to_ring(gm: fx.GraphModule, cp: ContextParallel) -> int:
         elif node.target is torch.ops.ioaware.attention.default:
             q, k, v, inputs, spec, _seed = _positional(node, _SPEC_ARGS)
             aspec = AttentionSpec.from_json(spec)
-            check_shardable(aspec)
+            check_context_parallel(aspec)
+            reason = ring_refusal(aspec)
+            if reason is not None and gathered is not None:
+                gathered.append(f"{node.name}: all-gathers K/V instead of the ring: {reason}")
             node.args = (q, k, v, inputs, spec, cp_id, gather_plan(aspec, inputs))
         else:
             return False

@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 from ioaware.codegen.attention.spec import AttentionSpec
-from ioaware.parallel.ring import _check_shapes, _ring_backward, _ring_forward, gather_rows
+from ioaware.parallel.gather import gather_rows
+from ioaware.parallel.ring import _check_shapes, routes
 from ioaware.spec import dtype_name
 
 # cp_id -> ContextParallel, filled by context.route_to_ring
@@ -64,7 +65,7 @@ def ring_attention_op(q: Tensor, k: Tensor, v: Tensor, inputs: list[Tensor], spe
     cp, layout = _context(cp_id, q)
     _check_shapes(q, k, v, layout, cp.group)
     aspec = _spec(spec, q.shape[-1], v.shape[-1], q.dtype)
-    return _ring_forward(aspec, q, k, v, _global_inputs(inputs, gather, layout, cp.group),
+    return routes(aspec)[0](aspec, q, k, v, _global_inputs(inputs, gather, layout, cp.group),
                          layout, cp.group, cp.rank, cp.world)
 
 
@@ -82,7 +83,7 @@ def ring_attention_backward_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, ou
     """(dq, dk, dv, gradients of the requires-grad inputs: this rank's share)."""
     cp, layout = _context(cp_id, q)
     aspec = _spec(spec, q.shape[-1], v.shape[-1], q.dtype)
-    return _ring_backward(aspec, dout, dlse, q, k, v, out, lse,
+    return routes(aspec)[1](aspec, dout, dlse, q, k, v, out, lse,
                           _global_inputs(inputs, gather, layout, cp.group), layout, cp.group,
                           cp.rank, cp.world)
 
