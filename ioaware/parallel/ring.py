@@ -99,14 +99,18 @@ def _check_static(spec: AttentionSpec, layout: ShardLayout, group) -> tuple[int,
     return rank, world
 
 
+def wire_device(t: Tensor, group) -> torch.device:
+    """Where a small collective's tensors live: the CPU under gloo, else `t`'s device."""
+    return torch.device("cpu") if dist.get_backend(group) == "gloo" else t.device
+
+
 def _check_shapes(q: Tensor, k: Tensor, v: Tensor, layout: ShardLayout, group) -> None:
     """All-gather every rank's sizes, then raise the same error everywhere if any rank's
     tensors disagree with the layout or with the others (see the module docstring)."""
     dims = [t.dim() for t in (q, k, v)]
     sizes = [list(t.shape) if t.dim() == 4 else [-1] * 4 for t in (q, k, v)]
     mine = torch.tensor([*dims, *(n for shape in sizes for n in shape)], dtype=torch.int64)
-    backend = dist.get_backend(group)
-    device = q.device if backend != "gloo" else torch.device("cpu")
+    device = wire_device(q, group)
     everyone = [torch.empty_like(mine, device=device) for _ in range(layout.world)]
     dist.all_gather(everyone, mine.to(device), group=group)
     for r, row in enumerate(t.cpu().tolist() for t in everyone):

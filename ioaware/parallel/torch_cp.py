@@ -25,8 +25,8 @@ ioaware's ring (`context.route_to_ring` with a `TorchContextParallel`), with the
 original SDPA put back in `F` for the duration of the call, so dynamo traces the model
 as outside (its guard on `F.scaled_dot_product_attention` holds). The ring reads the
 group from torch's mesh and the layout torch cut the buffers with: `zigzag_layout`,
-which equals head-tail sharding, or the `torch.chunk` pieces (their lengths gathered
-once per call). Masks and score mods are evaluated at global positions as under
+which equals head-tail sharding, or the `torch.chunk` pieces (every rank's row count
+is gathered once per call to tell which). Masks and score mods are evaluated at global positions as under
 `ioaware.compile(..., context_parallel=cp)`; per-token inputs of the graph (an
 attention_mask passed as a buffer) are all-gathered inside the ring op. The backward
 may run inside or after the context: the binding of the last call is kept.
@@ -50,6 +50,7 @@ from torch import Tensor
 
 from ioaware.parallel.context import ContextParallel
 from ioaware.parallel.layout import ShardLayout, zigzag_layout
+from ioaware.parallel.ring import wire_device
 
 # Where torch keeps its context-parallel state, newest first.
 _MODULES = ("torch.distributed.tensor.experimental._context_parallel._attention",
@@ -137,18 +138,20 @@ class TorchContextParallel(ContextParallel):
         self.group, self.head_tail = state.group, state.head_tail
 
     def layout_for(self, q: Tensor) -> ShardLayout:
-        n, world = q.shape[_SEQ_DIM], self.world
-        if self.head_tail:  # every rank holds n rows: 2 chunks of n/2
-            return zigzag_layout(n * world, world)
-        # torch.chunk pieces: lengths may differ (the last ranks shorter, even empty)
-        mine = torch.tensor([n], dtype=torch.int64)
-        lengths = [torch.zeros_like(mine) for _ in range(world)]
-        dist.all_gather(lengths, mine, group=self.group)
-        starts, chunks = 0, []
-        for length in (int(t) for t in lengths):
-            chunks.append(((starts, length),))
-            starts += length
-        return ShardLayout(starts, tuple(chunks))
+        """The layout torch cut this call's sequence with, from every rank's row count
+        (one all_gather of an int): head-tail when load balancing is on and the shards
+        are equal and even (torch balances only when 2W divides S; before 2.13 the flag
+        stays on when it did not), else the torch.chunk pieces in rank order."""
+        world = self.world
+        mine = torch.tensor([q.shape[_SEQ_DIM]], dtype=torch.int64,
+                            device=wire_device(q, self.group))
+        counts = [torch.zeros_like(mine) for _ in range(world)]
+        dist.all_gather(counts, mine, group=self.group)
+        lengths = [int(t) for t in counts]
+        if self.head_tail and len(set(lengths)) == 1 and lengths[0] % 2 == 0:
+            return zigzag_layout(lengths[0] * world, world)
+        starts = [sum(lengths[:r]) for r in range(world)]
+        return ShardLayout(sum(lengths), tuple(((s, n),) for s, n in zip(starts, lengths)))
 
 
 @contextlib.contextmanager
