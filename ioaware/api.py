@@ -42,7 +42,9 @@ def compile(
         runs on this rank's rows of the sequence (`cp.shard(...)`) and every attention
         region ioaware rewrites becomes ring attention over the group; implies
         fullgraph=True, since code left to eager would attend locally
-        (docs/context-parallel.md).
+        (docs/context-parallel.md). Without it, calls made inside PyTorch's
+        `context_parallel(mesh, buffers=...)` run the rewritten attention as ioaware's
+        ring over that mesh (`parallel/torch_cp.py`).
     """
     if fn is None:
         inductor_patches(mode, options, dynamic)  # a bad mode fails here, not when applied
