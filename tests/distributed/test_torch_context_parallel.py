@@ -4,8 +4,8 @@ interpreter), outputs and gradients against single-process float64 eager:
 
 - torch's context_parallel: an SDPA causal region at S=16 (torch cuts the buffers
   head-tail: ioaware's zigzag layout) and a hand-written sliding-window region at S=13
-  (no 2W divides it: torch.chunk pieces of 7 and 6 rows) run as ioaware's ring; the same
-  compiled function outside the context is plain attention again.
+  (no 2W divides it: torch.chunk pieces of 7 and 6 rows) run as ioaware's ring; the
+  causal one, called outside the context, is plain attention again.
 - all-gather: a window filled with a mild value (`masked_fill(~keep, -2.0)`: masked keys
   keep weight, so the LSE merge cannot split it) through `ring_attention` directly and
   through `ioaware.compile(..., context_parallel=cp)`, whose explanation says why.
@@ -99,8 +99,8 @@ def _under_torch_context_parallel(rank: int, world: int) -> None:
         rows = functools.partial(_torch_rows, rank=rank, world=world)
         try:
             _check(name, rows, out, local, want)
-            # outside the context the same compiled function attends over what it is given
-            assert_close(f"{name} outside", compiled(q, k, v), want["out"])
+            if name == "causal":  # outside the context: plain attention over what it is given
+                assert_close(f"{name} outside", compiled(q, k, v), want["out"])
         except AssertionError as e:
             raise AssertionError(f"torch context_parallel, rank {rank}: {e}") from None
     torch._dynamo.reset()
