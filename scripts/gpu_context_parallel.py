@@ -163,10 +163,10 @@ def ioaware_in_torch_cp_step(args, rank, world, device, dtype, check_only=False)
 
     import ioaware
 
-    b, h, hkv, d = args.batch, args.heads, args.kv_heads, args.dim
+    b, h, d = args.batch, args.heads, args.dim
     s = args.check_seq if check_only else args.seq
     mesh = init_device_mesh(device.type, (world,))
-    q, k, v, dout = make(b, h, hkv, s, d, dtype, device, seed=4)
+    q, k, v, dout = make(b, h, h, s, d, dtype, device, seed=4)  # as torch's row: no GQA
     compiled = ioaware.compile(_sdpa_causal)
 
     def step():
@@ -181,8 +181,7 @@ def ioaware_in_torch_cp_step(args, rank, world, device, dtype, check_only=False)
         return step
     out, local = step()
     leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
-    group = h // hkv  # SDPA's math reference on the whole sequence, GQA expanded
-    ref = _sdpa_causal(leaves[0], *(x.repeat_interleave(group, 1) for x in leaves[1:]))
+    ref = _sdpa_causal(*leaves)  # SDPA on the whole sequence, one device
     ref.backward(dout)
     layout = zigzag_layout(s, world)  # torch's head-tail cut (2W divides --check-seq)
     errs = [relative_error(out, layout.shard(ref, rank, dim=2))]
