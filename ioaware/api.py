@@ -42,7 +42,9 @@ def compile(
         runs on this rank's rows of the sequence (`cp.shard(...)`) and every attention
         region ioaware rewrites becomes ring attention over the group; implies
         fullgraph=True, since code left to eager would attend locally
-        (docs/context-parallel.md).
+        (docs/context-parallel.md). Without it, calls made inside PyTorch's
+        `context_parallel(mesh, buffers=...)` run the rewritten attention as ioaware's
+        ring over that mesh (`parallel/torch_cp.py`).
     """
     if fn is None:
         inductor_patches(mode, options, dynamic)  # a bad mode fails here, not when applied
@@ -58,13 +60,29 @@ def compile(
         # only: under context parallel the whole forward must be one graph.
         fullgraph = True
     compiled = torch.compile(fn, backend=backend, dynamic=dynamic, fullgraph=fullgraph)
+    call = compiled
+    if context_parallel is None:
+        # Inside torch's context_parallel(mesh, buffers=...) the rewritten attention must
+        # run as a ring over its mesh: a second compilation, made on first use there.
+        from ioaware.parallel.torch_cp import Dispatch
+
+        def make_ring(cp: Any) -> Callable:
+            ring = torch.compile(fn, backend=IoawareBackend(
+                mode=mode, options=options, dynamic=dynamic, context_parallel=cp),
+                dynamic=dynamic, fullgraph=True)
+            return ring.forward if isinstance(fn, torch.nn.Module) else ring
+
+        if isinstance(fn, torch.nn.Module):
+            compiled.forward = Dispatch(compiled.forward, make_ring)
+        else:
+            call = Dispatch(compiled, make_ring)
     if isinstance(fn, torch.nn.Module):
         return compiled
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
-            return compiled(*args, **kwargs)
+            return call(*args, **kwargs)
         except torch._dynamo.exc.TorchRuntimeError:
             if context_parallel is not None:  # eager would be this rank's rows alone
                 raise

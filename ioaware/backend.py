@@ -188,7 +188,12 @@ class IoawareBackend:
         if self.context_parallel is not None:
             from ioaware.parallel.context import route_to_ring
 
-            counters["context_parallel"] += route_to_ring(gm, self.context_parallel)
+            gathered: list[str] = []
+            counters["context_parallel"] += route_to_ring(gm, self.context_parallel, gathered)
+            for reason in gathered:  # it runs, exactly, but without the ring: say why
+                log.warning("ioaware: %s", reason)
+                self.explanation.fallbacks.append(Fallback(
+                    "context_parallel", reason, graph=self.explanation.graphs - 1))
         if device.type == "cuda":
             compiled = self._inductor(gm, example_inputs)
         else:

@@ -1,7 +1,9 @@
 """Ring attention (ioaware.parallel) on several GPUs, in under 4 minutes: check it against
 single-GPU attention on the whole sequence (out and dq, dk, dv; causal, window,
 document, ALiBi), then time forward + backward beside PyTorch's `context_parallel` with
-SDPA (cuDNN and flash backends) and beside ioaware's single-GPU kernel at S/world.
+SDPA (cuDNN and flash backends) and beside ioaware's single-GPU kernel at S/world; and
+an ioaware-compiled SDPA causal call inside PyTorch's own context_parallel (checked, timed:
+the row "ioaware in torch CP").
 
     torchrun --nproc-per-node=8 scripts/gpu_context_parallel.py [--seq 32768]
     torchrun --nproc-per-node=2 scripts/gpu_context_parallel.py --smoke   # CPU, gloo
@@ -148,6 +150,53 @@ def torch_cp_step(backend, args, world, device, dtype):
     return step
 
 
+def _sdpa_causal(q, k, v):
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def ioaware_in_torch_cp_step(args, rank, world, device, dtype, check_only=False):
+    """An ioaware-compiled SDPA causal call inside PyTorch's context_parallel (ioaware's
+    ring over torch's mesh and head-tail layout). check_only: compare out and dq, dk, dv
+    with SDPA on the whole sequence at --check-seq and print one line on rank 0."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.experimental import context_parallel
+
+    import ioaware
+
+    b, h, d = args.batch, args.heads, args.dim
+    s = args.check_seq if check_only else args.seq
+    mesh = init_device_mesh(device.type, (world,))
+    q, k, v, dout = make(b, h, h, s, d, dtype, device, seed=4)  # as torch's row: no GQA
+    compiled = ioaware.compile(_sdpa_causal)
+
+    def step():
+        qq, kk, vv, dd = (x.clone() for x in (q, k, v, dout))
+        with context_parallel(mesh, buffers=[qq, kk, vv, dd], buffer_seq_dims=[2] * 4,
+                              no_restore_buffers={qq, kk, vv, dd}):
+            local = [x.requires_grad_(True) for x in (qq, kk, vv)]
+            out = compiled(*local)
+            out.backward(dd)
+        return out, local
+    if not check_only:
+        return step
+    out, local = step()
+    leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+    ref = _sdpa_causal(*leaves)  # SDPA on the whole sequence, one device
+    ref.backward(dout)
+    layout = zigzag_layout(s, world)  # torch's head-tail cut (2W divides --check-seq)
+    errs = [relative_error(out, layout.shard(ref, rank, dim=2))]
+    errs += [relative_error(x.grad, layout.shard(y.grad, rank, dim=2))
+             for x, y in zip(local, leaves)]
+    worst = torch.tensor(max(errs), device=device)
+    dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    if rank == 0:
+        verdict = "ok" if worst.item() <= tol else "FAILED"
+        print(f"check {verdict}: ioaware inside torch context_parallel, causal S={s} "
+              f"W={world} max relative error {worst.item():.2e} (tol {tol})", flush=True)
+    return None
+
+
 def single_step(spec, args, world, device, dtype):
     """ioaware's one-GPU kernel on S/world rows (the yardstick for per-GPU throughput)."""
     b, h, hkv, d = args.batch, args.heads, args.kv_heads, args.dim
@@ -245,6 +294,7 @@ def main() -> int:
     dname = "float32" if dtype == torch.float32 else "bfloat16"
     for name, (spec, tensors) in specs(args.dim, dname, args.check_seq).items():
         check(name, spec, tensors, args, rank, world, device, dtype)
+    ioaware_in_torch_cp_step(args, rank, world, device, dtype, check_only=True)
 
     rows = []
     timed_specs = specs(args.dim, dname, args.seq)
@@ -256,6 +306,9 @@ def main() -> int:
         t = timed(ring_step(spec, tensors, args, rank, world, device, dtype), device,
                   args.repeat)
         rows.append(("ioaware ring", name, t, tflops_per_gpu(args, args.seq, world, t)))
+    t = timed(ioaware_in_torch_cp_step(args, rank, world, device, dtype), device,
+              args.repeat)
+    rows.append(("ioaware in torch CP", "causal", t, tflops_per_gpu(args, args.seq, world, t)))
     if device.type == "cuda":
         for backend in ("cudnn", "flash"):
             try:
@@ -277,7 +330,7 @@ def main() -> int:
                 print(f"{method:24} {mask:9} {'-':>9} {'-':>12}  {rate}")
                 continue
             notes = []
-            if method == "ioaware ring":
+            if method.startswith("ioaware") and "1 GPU" not in method:
                 notes.append(f"{rate / single:.0%} of 1 GPU at S/W")
                 if mask == "causal" and torch_best:
                     notes.append(f"{torch_best / t:.2f}x torch CP")

@@ -76,6 +76,13 @@ class ContextParallel:
             self.use(BALANCES[self.balance](n, self.world))
         return self.layout.shard(x, self.rank, dim)
 
+    def layout_for(self, q: Tensor) -> ShardLayout:
+        """The layout of the sequence an attention call with local queries `q` runs on."""
+        if self.layout is None:
+            raise RuntimeError("context_parallel: no layout; shard the inputs with "
+                               "cp.shard(...) (or cp.use(layout)) before calling the model")
+        return self.layout
+
     def position_ids(self, batch: int = 1, device: torch.device | str = "cpu") -> Tensor:
         """int64 [batch, n_r]: the global positions of this rank's rows (for RoPE)."""
         if self.layout is None:
@@ -152,11 +159,13 @@ def refuse_local_attention(gm: fx.GraphModule, fallbacks: list) -> None:
 _ids = itertools.count()  # graphs name their ContextParallel by a number (printable)
 
 
-def route_to_ring(gm: fx.GraphModule, cp: ContextParallel) -> int:
+def route_to_ring(gm: fx.GraphModule, cp: ContextParallel,
+                  gathered: list[str] | None = None) -> int:
     """Swap every attention op call of `gm` (and its submodules) for
-    `ioaware::ring_attention` over `cp`; returns how many. Raises ValueError for a
-    region the ring cannot take."""
-    from ioaware.parallel.shard import check_shardable
+    `ioaware::ring_attention` over `cp`; returns how many. A region the ring cannot
+    split by key ranges runs the op's all-gather route (`gather.py`): its reason is
+    appended to `gathered`. Raises ValueError for a region neither route can take."""
+    from ioaware.parallel.shard import check_context_parallel, ring_refusal
 
     cp_id = next(_ids)
     ACTIVE[cp_id] = cp
@@ -171,7 +180,10 @@ def route_to_ring(gm: fx.GraphModule, cp: ContextParallel) -> int:
         elif node.target is torch.ops.ioaware.attention.default:
             q, k, v, inputs, spec, _seed = _positional(node, _SPEC_ARGS)
             aspec = AttentionSpec.from_json(spec)
-            check_shardable(aspec)
+            check_context_parallel(aspec)
+            reason = ring_refusal(aspec)
+            if reason is not None and gathered is not None:
+                gathered.append(f"{node.name}: all-gathers K/V instead of the ring: {reason}")
             node.args = (q, k, v, inputs, spec, cp_id, gather_plan(aspec, inputs))
         else:
             return False

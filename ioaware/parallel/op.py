@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 from ioaware.codegen.attention.spec import AttentionSpec
-from ioaware.parallel.ring import _check_shapes, _ring_backward, _ring_forward, gather_rows
+from ioaware.parallel.gather import gather_rows
+from ioaware.parallel.ring import _check_shapes, routes
 from ioaware.spec import dtype_name
 
 # cp_id -> ContextParallel, filled by context.route_to_ring
@@ -44,18 +45,16 @@ def _spec(text: str, head_dim: int, head_dim_v: int, dtype: torch.dtype) -> Atte
     return AttentionSpec.from_json(text)
 
 
-def _context(cp_id: int):
+def _context(cp_id: int, q: Tensor):
+    """(the ContextParallel, the layout of this call's sequence)."""
     cp = ACTIVE[cp_id]
-    if cp.layout is None:
-        raise RuntimeError("context_parallel: no layout; shard the inputs with "
-                           "cp.shard(...) (or cp.use(layout)) before calling the model")
-    return cp
+    return cp, cp.layout_for(q)
 
 
-def _global_inputs(inputs: list[Tensor], gather: list[int], cp) -> list[Tensor]:
+def _global_inputs(inputs: list[Tensor], gather: list[int], layout, group) -> list[Tensor]:
     inputs = list(inputs)
     for i, axis in zip(gather[::2], gather[1::2]):
-        inputs[i] = gather_rows(inputs[i], axis, cp.layout, cp.group)
+        inputs[i] = gather_rows(inputs[i], axis, layout, group)
     return inputs
 
 
@@ -63,11 +62,11 @@ def _global_inputs(inputs: list[Tensor], gather: list[int], cp) -> list[Tensor]:
 def ring_attention_op(q: Tensor, k: Tensor, v: Tensor, inputs: list[Tensor], spec: str,
                       cp_id: int, gather: list[int]) -> tuple[Tensor, Tensor]:
     """(out, lse) of this rank's rows, over the ring of ContextParallel `cp_id`."""
-    cp = _context(cp_id)
-    _check_shapes(q, k, v, cp.layout, cp.group)
+    cp, layout = _context(cp_id, q)
+    _check_shapes(q, k, v, layout, cp.group)
     aspec = _spec(spec, q.shape[-1], v.shape[-1], q.dtype)
-    return _ring_forward(aspec, q, k, v, _global_inputs(inputs, gather, cp), cp.layout,
-                         cp.group, cp.rank, cp.world)
+    return routes(aspec)[0](aspec, q, k, v, _global_inputs(inputs, gather, layout, cp.group),
+                         layout, cp.group, cp.rank, cp.world)
 
 
 @ring_attention_op.register_fake
@@ -82,11 +81,11 @@ def ring_attention_backward_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, ou
                                gather: list[int], dlse: Tensor | None = None
                                ) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
     """(dq, dk, dv, gradients of the requires-grad inputs: this rank's share)."""
-    cp = _context(cp_id)
+    cp, layout = _context(cp_id, q)
     aspec = _spec(spec, q.shape[-1], v.shape[-1], q.dtype)
-    return _ring_backward(aspec, dout, dlse, q, k, v, out, lse,
-                          _global_inputs(inputs, gather, cp), cp.layout, cp.group, cp.rank,
-                          cp.world)
+    return routes(aspec)[1](aspec, dout, dlse, q, k, v, out, lse,
+                          _global_inputs(inputs, gather, layout, cp.group), layout, cp.group,
+                          cp.rank, cp.world)
 
 
 @ring_attention_backward_op.register_fake

@@ -52,11 +52,13 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ioaware.codegen.attention.spec import AttentionSpec
+from ioaware.parallel.gather import gather_backward, gather_forward
 from ioaware.parallel.layout import ShardLayout
 from ioaware.parallel.shard import (
-    check_shardable,
+    check_context_parallel,
     merge_partial,
     pair_may_see,
+    ring_refusal,
     shard_backward,
     shard_forward,
 )
@@ -90,11 +92,16 @@ def _check_static(spec: AttentionSpec, layout: ShardLayout, group) -> tuple[int,
     """Checks of arguments every rank shares; (rank, world). No collective."""
     if not isinstance(layout, ShardLayout):
         raise TypeError(f"layout must be a ShardLayout; got {type(layout).__name__}")
-    check_shardable(spec)
+    check_context_parallel(spec)
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     if layout.world != world:
         raise ValueError(f"layout has {layout.world} ranks; the group has world={world}")
     return rank, world
+
+
+def wire_device(t: Tensor, group) -> torch.device:
+    """Where a small collective's tensors live: the CPU under gloo, else `t`'s device."""
+    return torch.device("cpu") if dist.get_backend(group) == "gloo" else t.device
 
 
 def _check_shapes(q: Tensor, k: Tensor, v: Tensor, layout: ShardLayout, group) -> None:
@@ -103,8 +110,7 @@ def _check_shapes(q: Tensor, k: Tensor, v: Tensor, layout: ShardLayout, group) -
     dims = [t.dim() for t in (q, k, v)]
     sizes = [list(t.shape) if t.dim() == 4 else [-1] * 4 for t in (q, k, v)]
     mine = torch.tensor([*dims, *(n for shape in sizes for n in shape)], dtype=torch.int64)
-    backend = dist.get_backend(group)
-    device = q.device if backend != "gloo" else torch.device("cpu")
+    device = wire_device(q, group)
     everyone = [torch.empty_like(mine, device=device) for _ in range(layout.world)]
     dist.all_gather(everyone, mine.to(device), group=group)
     for r, row in enumerate(t.cpu().tolist() for t in everyone):
@@ -123,21 +129,6 @@ def _check_shapes(q: Tensor, k: Tensor, v: Tensor, layout: ShardLayout, group) -
             if shape[:2] + shape[3:] != ref[:2] + ref[3:]:
                 raise ValueError(f"{name}.shape={tuple(shape)} on rank {r} differs from rank "
                                  f"0's {tuple(ref)} outside the sequence axis")
-
-
-def gather_rows(x: Tensor, axis: int, layout: ShardLayout, group) -> Tensor:
-    """The global tensor of which every rank holds its rows `x` along `axis` (as
-    `layout.shard` cut them): one all_gather, shards padded to the longest."""
-    n_max = max(layout.length(r) for r in range(layout.world))
-    wire = x.to(torch.uint8) if x.dtype == torch.bool else x  # gloo sends no bool
-    shape = list(x.shape)
-    shape[axis] = n_max
-    buf = wire.new_zeros(shape)
-    buf.narrow(axis, 0, x.shape[axis]).copy_(wire)
-    parts = [torch.empty_like(buf) for _ in range(layout.world)]
-    dist.all_gather(parts, buf, group=group)
-    rows = [p.narrow(axis, 0, layout.length(r)) for r, p in enumerate(parts)]
-    return layout.unshard(rows, dim=axis).to(x.dtype)
 
 
 class _Batch:
@@ -292,12 +283,20 @@ def _ring_backward(spec, dout, dlse, q, k, v, out, lse, inputs, layout, group, r
             [d.to(x.dtype) for d, x in zip(dinputs, grad_inputs)])
 
 
+def routes(spec: AttentionSpec):
+    """(forward, backward) of the route `spec` takes: the ring, or all-gather when the
+    ring cannot split it (`shard.ring_refusal`, `gather.py`)."""
+    if ring_refusal(spec) is None:
+        return _ring_forward, _ring_backward
+    return gather_forward, gather_backward
+
+
 class RingAttention(torch.autograd.Function):
     """(out, lse) of ring attention; see the module docstring."""
 
     @staticmethod
     def forward(ctx, q, k, v, spec, layout, group, rank, world, *inputs):
-        out, lse = _ring_forward(spec, q, k, v, list(inputs), layout, group, rank, world)
+        out, lse = routes(spec)[0](spec, q, k, v, list(inputs), layout, group, rank, world)
         ctx.save_for_backward(q, k, v, out, lse, *inputs)
         ctx.args = (spec, layout, group, rank, world)
         ctx.set_materialize_grads(False)
@@ -309,8 +308,8 @@ class RingAttention(torch.autograd.Function):
         spec, layout, group, rank, world = ctx.args
         if dout is None:
             dout = torch.zeros_like(out)
-        dq, dk, dv, dgrads = _ring_backward(spec, dout, dlse, q, k, v, out, lse, inputs,
-                                            layout, group, rank, world)
+        dq, dk, dv, dgrads = routes(spec)[1](spec, dout, dlse, q, k, v, out, lse, inputs,
+                                             layout, group, rank, world)
         it = iter(dgrads)
         dextra = [next(it) if t.requires_grad else None for t in spec.inputs]
         return (dq, dk, dv, None, None, None, None, None, *dextra)

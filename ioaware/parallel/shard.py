@@ -54,21 +54,36 @@ from ioaware.spec import KV_IDX, Q_IDX, TensorInput
 Q_OFFSET, K_OFFSET = "cp_q0", "cp_k0"  # names of the offset inputs
 
 
-def check_shardable(spec: AttentionSpec) -> None:
-    """Raise ValueError naming `spec` if its attention cannot be split by key ranges."""
+def check_context_parallel(spec: AttentionSpec) -> None:
+    """Raise ValueError naming `spec` if no context-parallel route (ring or all-gather)
+    can take its attention."""
     if not isinstance(spec, AttentionSpec):
         raise TypeError(f"spec must be an AttentionSpec; got {type(spec).__name__}")
     if spec.dropout_p > 0:
         raise ValueError(f"spec.dropout_p={spec.dropout_p}: dropout cannot be sharded (the "
                          "kernels draw the keep mask from local positions)")
-    if (spec.causal or spec.mask is not None) and not drops_masked(spec):
-        raise ValueError(f"spec.mask_semantics={str(spec.mask_semantics)!r} with "
-                         f"mask_fill={spec.mask_fill}: masked keys still carry weight, so "
-                         "the mask cannot be evaluated shard by shard")
     taken = {t.name for t in spec.inputs} & {Q_OFFSET, K_OFFSET}
     if taken:
         raise ValueError(f"spec.inputs may not use the names {sorted(taken)} (the shard "
                          "offsets)")
+
+
+def ring_refusal(spec: AttentionSpec) -> str | None:
+    """Why the ring cannot split `spec`'s attention by key ranges (the all-gather route
+    of `gather.py` takes it then), or None."""
+    if (spec.causal or spec.mask is not None) and not drops_masked(spec):
+        return (f"spec.mask_semantics={str(spec.mask_semantics)!r} with "
+                f"mask_fill={spec.mask_fill}: masked keys still carry weight, so the mask "
+                "cannot be evaluated shard by shard")
+    return None
+
+
+def check_shardable(spec: AttentionSpec) -> None:
+    """Raise ValueError naming `spec` if its attention cannot be split by key ranges."""
+    check_context_parallel(spec)
+    reason = ring_refusal(spec)
+    if reason is not None:
+        raise ValueError(reason)
 
 
 def global_mask(spec: AttentionSpec) -> sympy.Basic | None:
