@@ -1,0 +1,113 @@
+"""The masked bench's five variants (`ioaware bench attention --mask all`), on the CPU.
+
+What the GPU bench times must be right before it is timed: each plain spelling goes
+through `ioaware.compile` as one rewritten region (so the compiled row measures the
+generated kernels, not an eager fallback), and both that row and the kernel row with
+the hand-written Spec give the bench's own eager reference (outputs, the q, k, v
+gradients and the learned table's) at the bench's tolerance; Flex's mask_mod /
+score_mod say the same as the spelling; and the FLOP convention's counts are exact.
+Kernels run under Triton's interpreter at tiny sizes (the sliding window shrunk to fit).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ioaware
+from ioaware.bench import masks
+from ioaware.bench.common import TOLERANCE, relative_error
+from ioaware.codegen.attention import op as ops
+
+pytestmark = pytest.mark.usefixtures("interpreted_kernels")
+
+B, H, N, D = 2, 1, 48, 16  # N: one and a half interpreter query tiles (32 rows)
+DTYPE = torch.bfloat16
+
+
+def _problem(kind):
+    return masks.masked_problem(kind, B, H, N, D, "bf16")
+
+
+def _inputs():
+    gen = torch.Generator().manual_seed(0)
+    q, k, v, dout = (torch.randn(B, H, N, D, generator=gen).to(DTYPE) for _ in range(4))
+    return q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), dout
+
+
+def _run(attention, q, k, v, dout, leaves):
+    for t in (q, k, v, *leaves):
+        t.grad = None
+    out = attention(q, k, v)
+    out.backward(dout)
+    return out.detach(), q.grad, k.grad, v.grad, *(t.grad for t in leaves)
+
+
+@pytest.mark.parametrize("kind", masks.MASK_KINDS)
+def test_compiled_and_kernel_rows_match_eager(kind, monkeypatch):
+    monkeypatch.setattr(masks, "WINDOW", 20)  # 512 would not bite at N = 48
+    torch._dynamo.reset()
+    extra = masks.mask_extra(kind, B, H, N, "cpu")
+    leaves = (extra,) if kind == "bias" else ()
+    q, k, v, dout = _inputs()
+    # one head per run here: the chunked reference must equal the whole one
+    want = masks.eager_reference(kind, q, k, v, dout, extra, heads_per_run=1)
+    whole = masks.eager_reference(kind, q, k, v, dout, extra, heads_per_run=H)
+    assert len(want) == 4 + len(leaves)
+    assert relative_error(want, whole) <= 1e-6
+
+    compiled = ioaware.compile(masks.SPELLINGS[kind])
+    got = _run(lambda q_, k_, v_: compiled(q_, k_, v_, extra), q, k, v, dout, leaves)
+    expl = compiled._ioaware_backend.explanation
+    assert len(expl.rewrites) == 1 and not expl.fallbacks, expl
+    assert relative_error(got, want) <= TOLERANCE[DTYPE]
+
+    spec = masks._spec(kind, _problem(kind))
+    inputs = [] if extra is None else [extra]
+    got = _run(lambda q_, k_, v_: ops.attention(q_, k_, v_, spec, inputs), q, k, v, dout,
+               leaves)
+    assert relative_error(got, want) <= TOLERANCE[DTYPE]
+
+
+@pytest.mark.parametrize("kind", masks.MASK_KINDS)
+def test_flex_mods_say_what_the_spelling_says(kind, monkeypatch):
+    monkeypatch.setattr(masks, "WINDOW", 20)
+    problem = _problem(kind)
+    extra = masks.mask_extra(kind, B, H, N, "cpu")
+    mask_mod, score_mod, batch = masks.flex_mods(kind, problem, extra)
+    b, h, i, j = (torch.arange(n).view(shape) for n, shape in (
+        (B, (B, 1, 1, 1)), (H, (1, H, 1, 1)), (N, (1, 1, N, 1)), (N, (1, 1, 1, N))))
+    keep = masks.visible_mask(kind, problem, extra, "cpu")
+    assert torch.equal(mask_mod(b, h, i, j).expand(B, H, N, N), keep.expand(B, H, N, N))
+    assert batch == (B if kind in ("document", "padding") else None)
+    if score_mod is None:
+        return
+    # the bias the plain spelling adds ([H, N, N]), written as the spelling writes it
+    rows = torch.arange(N)
+    with torch.no_grad():
+        if kind == "alibi":
+            want = extra[:, None, None] * (rows[None, :] - rows[:, None])
+        else:
+            want = extra[rows[None, :] - rows[:, None] + N - 1].permute(2, 0, 1)
+        got = score_mod(torch.zeros(B, H, N, N), b, h, i, j)
+    torch.testing.assert_close(got, want.expand(B, H, N, N))
+
+
+def test_mask_density_counts_pairs_and_tiles_exactly():
+    problem = masks.masked_problem("padding", 2, 1, 256, 16, "bf16")
+    keep = masks.padding_keep(2, 256, "cpu")
+    assert keep.sum().item() == 2 * (256 - 77)  # round(0.3 · 256) keys padded per row
+    density = masks.mask_density("padding", problem, keep, block=128, device="cpu")
+    # keys 179..255 are padding: key block 0 is whole, key block 1 partial, none empty
+    assert density == masks.MaskDensity(visible=179 / 256, tiles=1.0, partial=0.5)
+    causal = masks.mask_density("bias", masks.masked_problem("bias", 1, 1, 256, 16, "bf16"),
+                                None, block=128, device="cpu")
+    # 2 × 2 tiles: the upper one empty, the two diagonal ones partial
+    assert causal == masks.MaskDensity(visible=(256 * 257 / 2) / 256**2, tiles=0.75,
+                                       partial=2 / 3)
+
+
+def test_the_cli_offers_every_kind():
+    from ioaware.cli import MASK_KIND_NAMES
+
+    assert MASK_KIND_NAMES == masks.MASK_KINDS
