@@ -57,6 +57,8 @@ FLEX_BLOCK = 128  # FlexAttention's block: the tile `mask_density` counts in
 # Heads of the fp32 eager reference run at once: every kind's heads are independent, so
 # only this many heads' fp32 scores are live (at B=2, N=8192: 2.1 GB per tensor).
 REFERENCE_HEADS = 4
+# Where the bench runs (a GPU; the CPU tests point it at the interpreter's device)
+DEVICE = "cuda"
 
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -199,10 +201,10 @@ def eager_reference(kind: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 
 
 def visible_mask(kind: str, problem: AttentionProblem, extra: torch.Tensor | None,
-                 device: torch.device | str = "cuda") -> torch.Tensor:
+                 device: torch.device | str | None = None) -> torch.Tensor:
     """Bool [B|1, 1, N|1, N]: the (q, k) pairs `kind` keeps (the same for every head)."""
     n = problem.seqlen
-    i = torch.arange(n, device=device)
+    i = torch.arange(n, device=device or DEVICE)
     causal = (i[None, :] <= i[:, None])[None, None]
     if kind == "sliding_window":
         return causal & (i[:, None] - i[None, :] < WINDOW)
@@ -221,7 +223,7 @@ def _materialised(kind: str, problem: AttentionProblem, extra: torch.Tensor | No
     if kind not in ("alibi", "bias"):
         return keep
     n = problem.seqlen
-    i = torch.arange(n, device="cuda")
+    i = torch.arange(n, device=DEVICE)
     if kind == "alibi":
         bias = extra[:, None, None] * (i[None, :] - i[:, None]).float()
     else:
@@ -289,7 +291,7 @@ def _flex(kind: str, problem: AttentionProblem, extra: torch.Tensor | None) -> A
     flex = torch.compile(flex_attention)
     mask_mod, score_mod, batch = flex_mods(kind, problem, extra)
     n = problem.seqlen
-    block_mask = create_block_mask(mask_mod, batch, None, n, n, device="cuda")
+    block_mask = create_block_mask(mask_mod, batch, None, n, n, device=DEVICE)
     return lambda q, k, v: flex(q, k, v, score_mod=score_mod, block_mask=block_mask)
 
 
@@ -309,7 +311,8 @@ class MaskDensity:
 
 
 def mask_density(kind: str, problem: AttentionProblem, extra: torch.Tensor | None,
-                 block: int = FLEX_BLOCK, device: torch.device | str = "cuda") -> MaskDensity:
+                 block: int = FLEX_BLOCK, device: torch.device | str | None = None
+                 ) -> MaskDensity:
     """`kind`'s MaskDensity at tiles of `block` (a ragged last tile counts as partial)."""
     n = problem.seqlen
     keep = visible_mask(kind, problem, extra, device)
@@ -352,7 +355,7 @@ def bench_masked(kind: str, batch: int = 2, heads: int = 16, seqlen: int = 8192,
     import ioaware
     from ioaware.codegen.attention import op as ops
 
-    extra = mask_extra(kind, batch, heads, seqlen, "cuda")
+    extra = mask_extra(kind, batch, heads, seqlen, DEVICE)
     leaves = (extra,) if kind == "bias" else ()  # the learned table's gradient is checked
     spelling = SPELLINGS[kind]
     spec = _spec(kind, problem)
@@ -360,9 +363,9 @@ def bench_masked(kind: str, batch: int = 2, heads: int = 16, seqlen: int = 8192,
     pairs = visible_fraction(kind, problem, extra) * seqlen * seqlen
     fwd_flops = 4.0 * batch * heads * head_dim * pairs  # QKᵀ and PV over the visible pairs
 
-    gen = torch.Generator(device="cuda").manual_seed(0)
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
     shape = (batch, heads, seqlen, head_dim)
-    q, k, v, dout = (torch.randn(shape, device="cuda", dtype=problem.dtype, generator=gen)
+    q, k, v, dout = (torch.randn(shape, device=DEVICE, dtype=problem.dtype, generator=gen)
                      for _ in range(4))
     for t in (q, k, v):
         t.requires_grad_()
@@ -370,6 +373,15 @@ def bench_masked(kind: str, batch: int = 2, heads: int = 16, seqlen: int = 8192,
     torch.cuda.empty_cache()
 
     def sdpa_materialised() -> Attention:
+        if kind == "bias":  # gathered from the table at every call, so its gradient flows
+            i = torch.arange(seqlen, device=DEVICE)
+            rel, hidden = i[None, :] - i[:, None] + seqlen - 1, i[None, :] > i[:, None]
+
+            def bias() -> torch.Tensor:
+                b = extra[rel].permute(2, 0, 1).masked_fill(hidden, float("-inf"))
+                return b.to(problem.dtype)[None]
+            return lambda q_, k_, v_: F.scaled_dot_product_attention(q_, k_, v_,
+                                                                     attn_mask=bias())
         attn_mask = _materialised(kind, problem, extra, problem.dtype)
         return lambda q_, k_, v_: F.scaled_dot_product_attention(q_, k_, v_, attn_mask=attn_mask)
 

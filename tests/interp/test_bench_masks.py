@@ -121,3 +121,18 @@ def test_the_cli_offers_every_kind():
     from ioaware.cli import MASK_KIND_NAMES
 
     assert MASK_KIND_NAMES == masks.MASK_KINDS
+
+
+def test_the_bench_checks_every_row_it_would_time(monkeypatch):
+    # The bench itself on the CPU (timing stubbed out: do_bench needs CUDA), on the kind
+    # with a learned input: every row passes the check, the table's gradient included.
+    kind = "bias"
+    monkeypatch.setattr(masks, "DEVICE", "cpu")
+    monkeypatch.setattr(masks, "require_cuda", lambda: None)
+    timed = []
+    monkeypatch.setattr(masks, "_time", lambda row, *args: timed.append(row.variant))
+    rows = masks.bench_masked(kind, B, H, N, D, "bf16", vs=("sdpa", "eager"))
+    assert [r.variant for r in rows] == ["ioaware kernel", "ioaware.compile(eager)",
+                                         "sdpa[materialised mask]", "eager"]
+    assert all(r.ok for r in rows), [(r.variant, r.rel_err, r.note) for r in rows]
+    assert timed == [r.variant for r in rows]
