@@ -232,7 +232,10 @@ def _materialised(kind: str, problem: AttentionProblem, extra: torch.Tensor | No
 
 
 def _spec(kind: str, problem: AttentionProblem):
-    """The AttentionSpec the kernel row calls, written by hand."""
+    """The AttentionSpec the kernel row calls: the one the attention pass builds from the
+    plain spelling, written out (its text and input names as the pass prints them; a
+    test holds the two equal), so both ioaware rows launch one module, tuned once, and
+    their difference is the compiled path's own cost."""
     from ioaware.codegen.attention.spec import AttentionSpec
     from ioaware.spec import TensorInput, dtype_name
 
@@ -240,19 +243,20 @@ def _spec(kind: str, problem: AttentionProblem):
               "dtype": dtype_name(problem.dtype), "causal": kind in CAUSAL_KINDS,
               "scale": 1.0 / math.sqrt(problem.head_dim)}
     if kind == "sliding_window":
-        return AttentionSpec(**common, mask=f"q_idx - kv_idx < {WINDOW}")
-    if kind == "document":
-        return AttentionSpec(**common, mask="Eq(doc[b, q_idx], doc[b, kv_idx])",
-                             inputs=(TensorInput("doc", 2, "int64"),))
-    if kind == "padding":
-        return AttentionSpec(**common, mask="Ne(keep[b, kv_idx], 0)",
-                             inputs=(TensorInput("keep", 2, "bool"),))
-    if kind == "bias":
+        return AttentionSpec(**common, mask=f"-kv_idx + q_idx < {WINDOW}")
+    if kind == "document":  # in0: the document ids [B, N]
+        return AttentionSpec(**common, mask="Eq(in0[b, q_idx], in0[b, kv_idx])",
+                             inputs=(TensorInput("in0", 2, "int64"),))
+    if kind == "padding":  # in0: the keep mask [B, N]
+        return AttentionSpec(**common, mask="Ne(in0[b, kv_idx], 0)",
+                             inputs=(TensorInput("in0", 2, "bool"),))
+    if kind == "bias":  # in0: the table [2N - 1, H], learned
         return AttentionSpec(**common,
-                             score_mod=f"score + table[kv_idx - q_idx + {problem.seqlen - 1}, h]",
-                             inputs=(TensorInput("table", 2, "float32", requires_grad=True),))
-    return AttentionSpec(**common, score_mod="score + slopes[h]*(kv_idx - q_idx)",
-                         inputs=(TensorInput("slopes", 1, "float32"),))
+                             score_mod=f"1.0*score + in0[kv_idx - q_idx + {problem.seqlen - 1}, h]",
+                             inputs=(TensorInput("in0", 2, "float32", requires_grad=True),))
+    # alibi, in0: the slopes [H]
+    return AttentionSpec(**common, score_mod="kv_idx*in0[h] - q_idx*in0[h] + 1.0*score",
+                         inputs=(TensorInput("in0", 1, "float32"),))
 
 
 def flex_mods(kind: str, problem: AttentionProblem, extra: torch.Tensor | None):

@@ -500,3 +500,17 @@ def test_shifted_relative_positions_need_no_wrap():
     i = torch.arange(NK)
     want = q @ k.transpose(-2, -1) + table[i[None, :] - i[:, None] + NK - 1].permute(2, 0, 1)
     assert_same_logits(spec_logits(spec, q_, k_, inputs), want)
+
+
+@pytest.mark.parametrize("kind", ["sliding_window", "alibi", "document", "padding", "bias"])
+def test_the_bench_kernel_row_calls_the_spec_the_pass_builds(kind, monkeypatch):
+    # `ioaware bench attention --mask` times the kernel with a written-out Spec beside
+    # ioaware.compile of the plain spelling: the same Spec, so one module, tuned once.
+    from ioaware.bench import masks as bench
+
+    monkeypatch.setattr(bench, "WINDOW", 4)
+    q, k, v = (x.to(torch.bfloat16) for x in qk(nq=NK))
+    extra = bench.mask_extra(kind, B, H, NK, "cpu")
+    rewrites, fallbacks, specs = rewrite(bench.SPELLINGS[kind], q, k, v, extra)
+    assert rewrites and not fallbacks, fallbacks
+    assert specs[0][0] == bench._spec(kind, bench.masked_problem(kind, B, H, NK, D, "bf16"))
