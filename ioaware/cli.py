@@ -330,8 +330,10 @@ def _cmd_bench_masked(options: argparse.Namespace) -> int:
                  f"(TFLOP/s over them), {100 * density.tiles:.1f}% of 128x128 tiles "
                  f"visited, {100 * density.partial:.1f}% of those partial")
         print(render_bench(rows, title, reference="flex_attention"), end="")
-    if options.json:
-        return _print_json([r for rows in results.values() for r in rows])
+    if options.json:  # {kind: [row, ...]}
+        print(json.dumps({kind: [dataclasses.asdict(r) for r in rows]
+                          for kind, rows in results.items()}, indent=2))
+        return 0
     if len(kinds) > 1:
         print(render_masked_summary(results), end="")
     return 0
