@@ -136,3 +136,22 @@ def test_the_bench_checks_every_row_it_would_time(monkeypatch):
                                          "sdpa[materialised mask]", "eager"]
     assert all(r.ok for r in rows), [(r.variant, r.rel_err, r.note) for r in rows]
     assert timed == [r.variant for r in rows]
+
+
+def test_the_summary_gives_each_kind_its_speedups_over_flex():
+    from ioaware.bench.attention import BenchRow
+    from ioaware.cli import render_masked_summary
+
+    def rows(compiled, kernel):
+        return [BenchRow("ioaware kernel", True, speedup_fwd=kernel[0], speedup_fwd_bwd=kernel[1]),
+                BenchRow("ioaware.compile(eager)", True, speedup_fwd=compiled[0],
+                         speedup_fwd_bwd=compiled[1]),
+                BenchRow("flex_attention", True, speedup_fwd=1.0, speedup_fwd_bwd=1.0)]
+
+    text = render_masked_summary({"padding": rows((1.3, 0.97), (1.31, 1.02)),
+                                  "bias": rows((None, None), (1.1, 0.9))})
+    lines = text.splitlines()
+    assert any("padding" in line and "1.30 / 0.97" in line and "1.31 / 1.02" in line
+               for line in lines), text
+    assert any("bias" in line and "- / -" in line and "1.10 / 0.90" in line
+               for line in lines), text
