@@ -123,6 +123,9 @@ class TritonPrinter:
     # expressions stay short and read each element once
     bindings: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     names: dict = dataclasses.field(default_factory=dict)
+    # the name of a constexpr that, when true, says every kv_i of the tile is below N_K
+    # (a whole key block): the loads' key bound then folds away at compile time
+    kv_whole: str | None = None
 
     def statements(self, indent: str = "    ") -> str:
         """The `name = tl.load(...)` lines of the loads printed so far, in order."""
@@ -167,6 +170,8 @@ class TritonPrinter:
         eager's own 16-bit result differs from the fp32 one by at most its rounding."""
         if load not in self.names:
             ptr, mask = self.load_address(load)
+            if mask is not None and self.kv_whole is not None:
+                mask = mask.replace("(kv_i < N_K)", f"((kv_i < N_K) | {self.kv_whole})")
             text = f"tl.load({ptr})" if mask is None else f"tl.load({ptr}, mask={mask}, other=0)"
             if self.inputs[self.input_index(str(load.base))].dtype in HALF_DTYPES:
                 text += ".to(tl.float32)"
@@ -492,9 +497,10 @@ def jit_def(name: str, params: str, doc: str, body: str) -> str:
 
 
 def _function(name: str, params: str, doc: str, spec: AttentionSpec,
-              value: Callable[[TritonPrinter], str]) -> str:
-    """A function returning one printed expression, its loads bound first."""
-    printer = TritonPrinter(spec.inputs)
+              value: Callable[[TritonPrinter], str], kv_whole: str | None = None) -> str:
+    """A function returning one printed expression, its loads bound first (their key
+    bound dropped at compile time when the constexpr `kv_whole` is true)."""
+    printer = TritonPrinter(spec.inputs, kv_whole=kv_whole)
     ret = value(printer)
     body = "\n".join(x for x in (printer.statements(), f"    return {ret}") if x)
     return jit_def(name, params, doc, body)
@@ -517,11 +523,16 @@ def _sum_axis(x, axis: tl.constexpr):
 def _any(flags):
     """True (a scalar) when any of the [M] flags is set."""
     return _sum_axis(flags.to(tl.int32), 0) > 0''')
-    out.append(_function("_visible", params, "The Spec's mask predicate on a tile (bool).",
-                         spec, lambda pr: pr.code(mask) if mask is not None else "True"))
+    # KV_WHOLE: the caller knows the tile's keys are all below N_K (a whole key block)
+    whole = ", KV_WHOLE: tl.constexpr = False"
+    out.append(_function("_visible", params + whole,
+                         "The Spec's mask predicate on a tile (bool).", spec,
+                         lambda pr: pr.code(mask) if mask is not None else "True", "KV_WHOLE"))
     out.append(_function(
-        "_score_mod", "score, " + params, "logit = score_mod(score), natural units, fp32.",
-        spec, lambda pr: f"({pr.code(mod) if mod is not None else 'score'}).to(tl.float32)"))
+        "_score_mod", "score, " + params + whole,
+        "logit = score_mod(score), natural units, fp32.", spec,
+        lambda pr: f"({pr.code(mod) if mod is not None else 'score'}).to(tl.float32)",
+        "KV_WHOLE"))
     out.append(_function(
         "_dscore", "score, " + params, "∂ score_mod / ∂ score.", spec,
         lambda pr: f"({pr.code(dscore) if dscore is not None else '1.0'}) + score * 0.0"))

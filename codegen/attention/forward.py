@@ -412,8 +412,10 @@ def _kv_sweep(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, of
         cols = start_n + offs_n
         k = _load_rows(k_ptrs + start_n * stride_kn, cols, N_K, offs_d, HEAD_DIM, EVEN_D, MASKED)
         s = _mm(q, tl.trans(k))  # [BLOCK_M, BLOCK_N]
+        # an unmasked tile is a whole key block: from the block map's full list (whole
+        # tiles only), or below lo = a multiple of BLOCK_N no larger than N_K
         z, visible, nat = _logits(s, b, h, q_i, cols[None, :], N_Q, N_K${inputs},
-                                  MASKED, EMPTY_ROWS)
+                                  MASKED, EMPTY_ROWS, not MASKED)
         # Online softmax; a row that has seen only masked keys so far has m = -inf,
         # and exp2(-inf - 0) = 0 keeps it clean (no -inf - -inf).
         m_new = tl.maximum(m_i, _row_max(z))

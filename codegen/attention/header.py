@@ -263,13 +263,15 @@ def general_constants(spec: AttentionSpec) -> dict[str, str]:
 GENERAL_LOGITS = '''\
 @triton.jit
 def _logits(s, b, h, q_i, kv_i, N_Q, N_K${inputs}, MASKED: tl.constexpr,
-            EMPTY_ROWS: tl.constexpr):
+            EMPTY_ROWS: tl.constexpr, KV_WHOLE: tl.constexpr = False):
     """(z, visible) of a [rows, cols] tile: z = logit · log2(e) with masked entries as
     mask_semantics says (-inf when they drop); visible: the mask (and causal, and the
     key bound) holds. EMPTY_ROWS: the all-keys sweep for rows with no visible key,
-    where every in-bounds entry takes its masked value."""
+    where every in-bounds entry takes its masked value. KV_WHOLE: every key of the tile
+    is below N_K, so loads of the Spec's inputs skip the key bound (one compare and one
+    AND per score fewer where a load reads per (q, kv), as a relative bias does)."""
     if HAS_MOD:
-        nat = _score_mod(s * SCALE, b, h, q_i, kv_i, N_Q, N_K${inputs})
+        nat = _score_mod(s * SCALE, b, h, q_i, kv_i, N_Q, N_K${inputs}, KV_WHOLE)
         if ROUND_LOGITS:  # as eager's 16-bit add rounded it (gradient: the identity)
             nat = nat.to(SCORE_DTYPE).to(tl.float32)
         z = nat * LOG2E
@@ -287,7 +289,7 @@ def _logits(s, b, h, q_i, kv_i, N_Q, N_K${inputs}, MASKED: tl.constexpr,
         if CAUSAL:
             visible = visible & (kv_i <= q_i)
         if HAS_MASK:
-            visible = visible & _visible(b, h, q_i, kv_i, N_Q, N_K${inputs})
+            visible = visible & _visible(b, h, q_i, kv_i, N_Q, N_K${inputs}, KV_WHOLE)
         if ADD_FILL:
             if ADD_ROUND:
                 summed = (nat.to(SCORE_DTYPE).to(tl.float32) + MASK_FILL).to(SCORE_DTYPE)

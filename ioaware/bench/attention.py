@@ -199,12 +199,15 @@ def _inputs(problem: AttentionProblem) -> tuple[torch.Tensor, ...]:
 
 
 def _forward_backward(attention: Attention, q: torch.Tensor, k: torch.Tensor,
-                      v: torch.Tensor, dout: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    for t in (q, k, v):
+                      v: torch.Tensor, dout: torch.Tensor,
+                      *leaves: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(out, dq, dk, dv, then the gradient of each of `leaves`: tensors the variant reads
+    besides q, k, v, such as a learned bias table)."""
+    for t in (q, k, v, *leaves):
         t.grad = None
     out = attention(q, k, v)
     out.backward(dout)
-    return out.detach(), q.grad, k.grad, v.grad
+    return out.detach(), q.grad, k.grad, v.grad, *(t.grad for t in leaves)
 
 
 def _peak_bytes(fn: Callable[[], object]) -> int:
@@ -243,13 +246,14 @@ def bench_problem(problem: AttentionProblem, vs: Iterable[str] = BASELINES, *,
 
 def _check(row: BenchRow, build: Callable[[], Attention], tensors: tuple[torch.Tensor, ...],
            want: tuple[torch.Tensor, ...], tolerance: float,
-           progress: Callable[[str], None]) -> Attention | None:
-    """Build the variant and fill the row's check against `want`; None when it fails (the
-    failure becomes the row's note). The check also warms up: compilation and autotuning
-    happen here, not in timing."""
+           progress: Callable[[str], None],
+           leaves: tuple[torch.Tensor, ...] = ()) -> Attention | None:
+    """Build the variant and fill the row's check against `want` (out, dq, dk, dv and the
+    gradients of `leaves`); None when it fails (the failure becomes the row's note). The
+    check also warms up: compilation and autotuning happen here, not in timing."""
     try:
         attention = build()
-        row.rel_err = relative_error(_forward_backward(attention, *tensors), want)
+        row.rel_err = relative_error(_forward_backward(attention, *tensors, *leaves), want)
         row.ok = row.rel_err <= tolerance
     except Exception as error:  # noqa: BLE001 - any failure skips the row, saying why
         row.note = f"skipped: {short_error(error)}"
@@ -261,8 +265,10 @@ def _check(row: BenchRow, build: Callable[[], Attention], tensors: tuple[torch.T
 
 def _time(row: BenchRow, attention: Attention, problem: AttentionProblem,
           tensors: tuple[torch.Tensor, ...], warmup_ms: float, rep_ms: float,
-          progress: Callable[[str], None]) -> None:
-    """Fill the row's times, throughputs and peak memory; a failure becomes its note."""
+          progress: Callable[[str], None], leaves: tuple[torch.Tensor, ...] = ()) -> None:
+    """Fill the row's times, throughputs and peak memory; a failure becomes its note.
+    leaves: tensors besides q, k, v whose gradients the backward computes (reset to None
+    between repetitions, as q's, k's and v's are)."""
     from triton.testing import do_bench
 
     q, k, v, dout = tensors
@@ -277,11 +283,11 @@ def _time(row: BenchRow, attention: Attention, problem: AttentionProblem,
     try:
         row.fwd_peak_bytes = _peak_bytes(forward)
         row.fwd_ms = do_bench(forward, warmup=warmup_ms, rep=rep_ms, return_mode="median")
-        for t in (q, k, v):
+        for t in (q, k, v, *leaves):
             t.grad = None  # so every variant's peak includes allocating the gradients
         row.fwd_bwd_peak_bytes = _peak_bytes(forward_backward)
         row.fwd_bwd_ms = do_bench(forward_backward, warmup=warmup_ms, rep=rep_ms,
-                                  grad_to_none=[q, k, v], return_mode="median")
+                                  grad_to_none=[q, k, v, *leaves], return_mode="median")
     except Exception as error:  # noqa: BLE001 - e.g. out of memory at this size
         row.note = f"timing failed: {short_error(error)}"
         progress(f"  {row.note}")

@@ -397,10 +397,33 @@ def _gather(node: fx.Node, x: IndexTensor, indices: list[IndexTensor | None],
     repl = {}
     for d, i in enumerate(indices):
         e = _shift_axes(as_num(i), 0, rest)
-        if wrap and not e.is_nonnegative:
+        if wrap and not (e.is_nonnegative or _least_index(node.args[1][d], as_num(i)) >= 0):
             e = sympy.Piecewise((e + _size(shape[d]), e < 0), (e, True))
         repl[axis(x.rank - 1 - d)] = e
     return x.expr.xreplace(repl)
+
+
+def _least_index(index: fx.Node, e: sympy.Basic) -> int | float:
+    """The least value of `e`, the index tensor `index` as an expression in its own axes,
+    over that tensor's elements: exact when `e` is linear in the axes with integer
+    coefficients and the sizes are static (a relative position `j - i + N - 1` is never
+    negative, so it needs no wrap-around select per score); -inf otherwise."""
+    shape = index.meta["val"].shape
+    sizes = {axis(len(shape) - 1 - d): s for d, s in enumerate(shape)}
+    if not e.free_symbols <= set(sizes) or not all(isinstance(s, int) for s in sizes.values()):
+        return -math.inf
+    if not e.free_symbols:
+        return int(e) if e.is_Integer else -math.inf
+    try:
+        poly = sympy.Poly(e, *sizes)
+    except sympy.PolynomialError:
+        return -math.inf
+    if poly.total_degree() > 1 or not all(c.is_Integer for c in poly.coeffs()):
+        return -math.inf
+    # a linear form is least at a corner: each axis at 0 or at its last index
+    least = e.xreplace({a: 0 if poly.coeff_monomial(a) >= 0 else size - 1
+                        for a, size in sizes.items()})
+    return int(least)
 
 
 def _regroup(node: fx.Node, x: IndexTensor, rank: int) -> sympy.Basic:

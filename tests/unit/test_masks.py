@@ -480,3 +480,37 @@ def test_negative_gather_indices_wrap_as_in_python():
     i = torch.arange(NK)
     assert_same_logits(spec_logits(spec, q_, k_, inputs),
                        q @ k.transpose(-2, -1) + table[i[None, :] - i[:, None]])
+
+
+def test_shifted_relative_positions_need_no_wrap():
+    # table[kv_idx - q_idx + N - 1] is never negative (least at q = N - 1, kv = 0): the
+    # Spec reads the table directly, without a wrap-around select on every score.
+    q, k, v = qk(nq=NK)
+    table = torch.randn(2 * NK - 1, H)
+
+    def fn(q, k, v, table):
+        i = torch.arange(NK)
+        bias = table[i[None, :] - i[:, None] + (NK - 1)].permute(2, 0, 1)
+        return ((q @ k.transpose(-2, -1)) + bias).softmax(-1) @ v
+
+    rewrites, fallbacks, specs = rewrite(fn, q, k, v, table)
+    assert rewrites and not fallbacks, fallbacks
+    spec, q_, k_, inputs = specs[0]
+    assert not spec.score_mod_expr().atoms(sympy.Piecewise), spec.score_mod
+    i = torch.arange(NK)
+    want = q @ k.transpose(-2, -1) + table[i[None, :] - i[:, None] + NK - 1].permute(2, 0, 1)
+    assert_same_logits(spec_logits(spec, q_, k_, inputs), want)
+
+
+@pytest.mark.parametrize("kind", ["sliding_window", "alibi", "document", "padding", "bias"])
+def test_the_bench_kernel_row_calls_the_spec_the_pass_builds(kind, monkeypatch):
+    # `ioaware bench attention --mask` times the kernel with a written-out Spec beside
+    # ioaware.compile of the plain spelling: the same Spec, so one module, tuned once.
+    from ioaware.bench import masks as bench
+
+    monkeypatch.setattr(bench, "WINDOW", 4)
+    q, k, v = (x.to(torch.bfloat16) for x in qk(nq=NK))
+    extra = bench.mask_extra(kind, B, H, NK, "cpu")
+    rewrites, fallbacks, specs = rewrite(bench.SPELLINGS[kind], q, k, v, extra)
+    assert rewrites and not fallbacks, fallbacks
+    assert specs[0][0] == bench._spec(kind, bench.masked_problem(kind, B, H, NK, D, "bf16"))
