@@ -1,0 +1,305 @@
+"""Launch plans: an op body's work at one call signature, recorded once, replayed per call.
+
+An op body (the attention forward, its backward, the scan's...) does the same thing on
+every call with the same signature: it checks its arguments, finds its Spec and kernel
+module, picks each kernel's config (a tuning lookup), allocates its outputs and
+scratch, builds each launch's arguments (strides, sizes, buckets, constexprs) and
+finds each launch's binary by key. All of it follows from the signature
+
+    each tensor argument's (shape, strides, dtype, device index, 16-byte alignment),
+    each other argument's value (lists of tensors flattened), the current device and
+    whether deterministic algorithms are on
+
+so `planned(body)` records what the body did once per signature and replays it:
+
+    key -> plan -> the allocations (torch.empty / zeros / new_empty ..., as the body
+    made them) -> each binary's launcher with its grid and arguments, in order
+
+with no checks, no Spec or module lookups, no config lookups and no per-launch key.
+The plan is built from one ordinary call of the body, watched by a TorchFunctionMode
+and by `launch.recording`. It is kept only when that call's whole effect on tensors was
+
+    allocations by a factory (`ALLOCATORS`), launches of cached binaries, and calls
+    that return an argument or an allocation unchanged (`lse.contiguous()`)
+
+and every launched tensor is an argument, an allocation, or a tensor made before the
+call (a module's kept block map: a constant). Anything else (a torch op computing a
+value, a view, an in-place fill, a launch through Triton's own path) leaves the body
+unplanned at that signature: `NEVER`, the body runs as written, forever. A call that
+compiled a kernel or timed configs (the first of a size class) or ran inside a CUDA-
+graph capture records nothing and is retried at the next call (at most `ATTEMPTS`).
+
+Replays skip what a config change would change only where it cannot change: a config is
+chosen once per size class and kept; a launch hook set later (a profiler listening), or
+`config.fast_launch` off, sends calls back to the body. Replays allocate through torch's
+allocator and query the stream per call, so they are CUDA-graph capturable.
+
+Floor: a replay's host time is its key (a few tuple builds), one dict lookup, the
+allocations (~2 µs each on CUDA) and one launcher call per kernel (Triton's launcher,
+~5 µs): about 15 µs for the attention forward (two allocations, one kernel).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.overrides import TorchFunctionMode
+
+from ioaware.config import config
+
+from . import launch, tuning
+
+NEVER = "never"  # a signature the body runs unplanned at
+ATTEMPTS = 3  # calls at one signature that may try to record before it is NEVER
+PLAN_ENTRIES = 1024  # plans kept per body; sizes that change every call would grow it
+
+# Factories whose result a replay makes again by the same call.
+ALLOCATORS = frozenset({torch.empty, torch.zeros, torch.empty_like, torch.zeros_like,
+                        torch.empty_strided, Tensor.new_empty, Tensor.new_zeros})
+
+
+class _Refused(Exception):
+    """Recording found something a replay cannot redo; `transient` when a later call at
+    the same signature may record (a compile, a tuning, a capture)."""
+
+    def __init__(self, why: str, transient: bool = False) -> None:
+        super().__init__(why)
+        self.transient = transient
+
+
+def _tensor_key(t: Tensor) -> tuple:
+    return t.shape, t.stride(), t.dtype, t.get_device(), t.data_ptr() & 15 == 0
+
+
+def _current_cuda_device() -> int:
+    # torch.cuda.current_device less its lazy-init check (a CUDA tensor exists already)
+    return torch._C._cuda_getDevice()
+
+
+def signature(args: tuple) -> tuple:
+    """The call's plan key (see the module docstring)."""
+    first = args[0]
+    device = _current_cuda_device() if isinstance(first, Tensor) and first.is_cuda else -1
+    key: list[Any] = [device, torch.are_deterministic_algorithms_enabled()]
+    for a in args:
+        if isinstance(a, Tensor):
+            key.append(_tensor_key(a))
+        elif isinstance(a, (list, tuple)):
+            key.append(tuple(_tensor_key(x) if isinstance(x, Tensor) else x for x in a))
+        else:
+            key.append(a)
+    return tuple(key)
+
+
+def _flat_tensors(args: tuple) -> list[Tensor]:
+    out: list[Tensor] = []
+    for a in args:
+        if isinstance(a, Tensor):
+            out.append(a)
+        elif isinstance(a, (list, tuple)):
+            out.extend(x for x in a if isinstance(x, Tensor))
+    return out
+
+
+class Plan:
+    """What one call of a body did: allocations, launches, the returned structure.
+
+    Values are numbered slots: the call's tensor arguments first (flattened, in order),
+    then each allocation's result. An allocation is (factory, args, kwargs, fills); a
+    launch (run, grid, function, metadata, args, fills, stream device); `fills` lists
+    (position, slot) pairs that put this call's tensors into a copy of the arguments."""
+
+    __slots__ = ("allocations", "constants", "launches", "result")
+
+    def __init__(self, allocations: list, launches: list, result: Any,
+                 constants: list[Tensor]) -> None:
+        self.allocations, self.launches, self.result = allocations, launches, result
+        self.constants = constants
+
+    def same_constants(self, other: Plan) -> bool:
+        """Whether both recordings launched the very same constant tensors: a tensor
+        made anew per call (one the watch did not see made) differs between them."""
+        return len(self.constants) == len(other.constants) and all(
+            a is b for a, b in zip(self.constants, other.constants))
+
+    def replay(self, args: tuple) -> Any:
+        values = _flat_tensors(args)
+        for factory, f_args, f_kwargs, fills in self.allocations:
+            if fills:
+                f_args = list(f_args)
+                for pos, slot in fills:
+                    f_args[pos] = values[slot]
+            values.append(factory(*f_args, **f_kwargs))
+        stream = None
+        for run, g0, g1, g2, function, metadata, l_args, fills, device in self.launches:
+            l_args = list(l_args)
+            for pos, slot in fills:
+                l_args[pos] = values[slot]
+            if stream is None:
+                stream = launch.current_stream(device)
+            run(g0, g1, g2, stream, function, metadata, None, None, None, *l_args)
+        return _build(self.result, values)
+
+
+def _build(template: Any, values: list) -> Any:
+    kind, content = template
+    if kind == "slot":
+        return values[content]
+    if kind == "const":
+        return content
+    items = [_build(t, values) for t in content]
+    return tuple(items) if kind == "tuple" else items
+
+
+class _Recorder(TorchFunctionMode):
+    """Watches a body's torch calls: allocations become slots; anything that makes or
+    changes tensor data otherwise refuses the plan."""
+
+    def __init__(self, args: tuple) -> None:
+        super().__init__()
+        self.slots: dict[int, int] = {}
+        self.keep: list[Tensor] = []  # holds every slotted tensor: ids stay unique
+        for t in _flat_tensors(args):
+            self._slot(t)
+        self.allocations: list = []
+        self.refused: _Refused | None = None
+
+    def _slot(self, t: Tensor) -> int:
+        slot = self.slots.get(id(t))
+        if slot is None:
+            slot = self.slots[id(t)] = len(self.keep)
+            self.keep.append(t)
+        return slot
+
+    def _refuse(self, why: str) -> None:
+        if self.refused is None:
+            self.refused = _Refused(why)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        name = getattr(func, "__name__", "")
+        if func in ALLOCATORS:
+            if any(isinstance(v, Tensor) for v in kwargs.values()):
+                self._refuse(f"{name} with a tensor keyword")
+                return result
+            fills = []
+            for pos, a in enumerate(args):
+                if isinstance(a, Tensor):
+                    if id(a) not in self.slots:
+                        self._refuse(f"{name} of a tensor the call did not get or make")
+                        return result
+                    fills.append((pos, self.slots[id(a)]))
+            self.allocations.append((func, tuple(args), dict(kwargs), tuple(fills)))
+            self._slot(result)
+            return result
+        if name == "__setitem__" or (name.endswith("_") and not name.startswith("_")):
+            self._refuse(f"in-place {name}")
+        elif isinstance(result, Tensor) and id(result) not in self.slots:
+            self._refuse(f"{name} made a tensor")
+        elif isinstance(result, (tuple, list)) and any(
+                isinstance(r, Tensor) and id(r) not in self.slots for r in result):
+            self._refuse(f"{name} made tensors")
+        return result
+
+    def plan(self, launches: list, result: Any) -> Plan:
+        recorded = []
+        constants = []
+        for entry in launches:
+            if not isinstance(entry, tuple):  # True: a first compile; False: interpreter
+                raise _Refused("a launch through Triton's own path", transient=entry)
+            run, grid, function, metadata, l_args, device = entry
+            fills = []
+            for pos, a in enumerate(l_args):
+                if isinstance(a, Tensor):
+                    slot = self.slots.get(id(a))
+                    if slot is None:  # made before the call, if the next call agrees
+                        constants.append(a)
+                    else:
+                        fills.append((pos, slot))
+            g0, g1, g2 = (tuple(grid) + (1, 1))[:3]
+            recorded.append((run, g0, g1, g2, function, metadata, tuple(l_args),
+                             tuple(fills), device))
+        return Plan(self.allocations, recorded, self._template(result), constants)
+
+    def _template(self, value: Any) -> tuple:
+        if isinstance(value, Tensor):
+            slot = self.slots.get(id(value))
+            if slot is None:
+                raise _Refused("returns a tensor it did not get or allocate")
+            return ("slot", slot)
+        if isinstance(value, (tuple, list)):
+            kind = "tuple" if isinstance(value, tuple) else "list"
+            return (kind, [self._template(v) for v in value])
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return ("const", value)
+        raise _Refused(f"returns a {type(value).__name__}")
+
+
+def _record(body: Callable[..., Any], args: tuple) -> tuple[Any, Plan | _Refused]:
+    """Call the body once, watched; (its result, the plan or why there is none)."""
+    if tuning.capturing():
+        return body(*args), _Refused("inside a CUDA-graph capture", transient=True)
+    timings = tuning.timings
+    recorder = _Recorder(args)
+    with launch.recording() as launches, recorder:
+        result = body(*args)
+    if recorder.refused is not None:
+        return result, recorder.refused
+    if tuning.timings != timings:
+        return result, _Refused("configs were timed", transient=True)
+    try:
+        return result, recorder.plan(launches, result)
+    except _Refused as why:
+        return result, why
+
+
+class _Candidate:
+    """A recorded plan with constants, waiting for the next call to confirm them."""
+
+    __slots__ = ("plan",)
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+
+
+def planned(body: Callable[..., Any]) -> Callable[..., Any]:
+    """`body` (an op's function, before torch.library.custom_op) behind a plan per call
+    signature (see the module docstring). The plans are kept on the wrapper (`.plans`)."""
+    plans: dict[tuple, Plan | _Candidate | str | int] = {}
+
+    @functools.wraps(body)
+    def run(*args: Any) -> Any:
+        if not config.fast_launch:
+            return body(*args)
+        try:
+            key = signature(args)
+            plan = plans.get(key)
+        except (TypeError, RuntimeError):  # unhashable; a tensor with no storage (torch.func)
+            return body(*args)
+        if plan.__class__ is Plan:
+            if launch.hooks_set():  # a profiler listens: Triton's own path
+                return body(*args)
+            return plan.replay(args)
+        if plan == NEVER:
+            return body(*args)
+        previous = plan
+        result, plan = _record(body, args)
+        if len(plans) >= PLAN_ENTRIES:
+            plans.clear()
+        if isinstance(plan, Plan):
+            # A plan with constants is kept once a second recording launched the same.
+            confirmed = not plan.constants or (
+                isinstance(previous, _Candidate) and previous.plan.same_constants(plan))
+            plans[key] = plan if confirmed else _Candidate(plan)
+        else:
+            tries = (previous if isinstance(previous, int) else 0) + 1
+            plans[key] = tries if plan.transient and tries < ATTEMPTS else NEVER
+        return result
+
+    run.plans = plans
+    return run
