@@ -16,18 +16,20 @@ so `planned(body)` records what the body did once per signature and replays it:
     made them) -> each binary's launcher with its grid and arguments, in order
 
 with no checks, no Spec or module lookups, no config lookups and no per-launch key.
-The plan is built from one ordinary call of the body, watched by a TorchFunctionMode
-and by `launch.recording`. It is kept only when that call's whole effect on tensors was
+A plan is recorded from an ordinary call of the body, watched by a TorchFunctionMode
+and by `launch.recording`, and kept once two calls in a row recorded the same work
+(the first call of a signature often does what later ones skip: a block map built and
+kept, a binary compiled). It is kept only when each call's whole effect on tensors was
 
     allocations by a factory (`ALLOCATORS`), launches of cached binaries, and calls
     that return an argument or an allocation unchanged (`lse.contiguous()`)
 
 and every launched tensor is an argument, an allocation, or a tensor made before the
-call (a module's kept block map: a constant). Anything else (a torch op computing a
-value, a view, an in-place fill, a launch through Triton's own path) leaves the body
-unplanned at that signature: `NEVER`, the body runs as written, forever. A call that
-compiled a kernel or timed configs (the first of a size class) or ran inside a CUDA-
-graph capture records nothing and is retried at the next call (at most `ATTEMPTS`).
+call (a module's kept block map: a constant, the same object in both recordings).
+Anything else (a torch op computing a value, a view, an in-place fill, the interpreter)
+leaves the body unplanned at that signature: `NEVER`, the body runs as written. A call
+that compiled a kernel or timed configs records nothing and counts as a try (at most
+`ATTEMPTS`); a call inside a CUDA-graph capture runs the body and is not a try.
 
 Replays skip what a config change would change only where it cannot change: a config is
 chosen once per size class and kept; a launch hook set later (a profiler listening), or
@@ -42,6 +44,7 @@ allocations (~2 µs each on CUDA) and one launcher call per kernel (Triton's lau
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -53,8 +56,11 @@ from ioaware.config import config
 
 from . import launch, tuning
 
+# False: every body runs as written (scripts/profile_host_path.py's "before" column).
+enabled = True
+
 NEVER = "never"  # a signature the body runs unplanned at
-ATTEMPTS = 3  # calls at one signature that may try to record before it is NEVER
+ATTEMPTS = 4  # calls at one signature that may try to record before it is NEVER
 PLAN_ENTRIES = 1024  # plans kept per body; sizes that change every call would grow it
 
 # Factories whose result a replay makes again by the same call.
@@ -71,38 +77,45 @@ class _Refused(Exception):
         self.transient = transient
 
 
-def _tensor_key(t: Tensor) -> tuple:
-    return t.shape, t.stride(), t.dtype, t.get_device(), t.data_ptr() & 15 == 0
-
-
 def _current_cuda_device() -> int:
     # torch.cuda.current_device less its lazy-init check (a CUDA tensor exists already)
     return torch._C._cuda_getDevice()
 
 
 def signature(args: tuple) -> tuple:
-    """The call's plan key (see the module docstring)."""
+    """The call's plan key (see the module docstring). Built inline: a Python call per
+    tensor would be most of a replay's time."""
     first = args[0]
-    device = _current_cuda_device() if isinstance(first, Tensor) and first.is_cuda else -1
-    key: list[Any] = [device, torch.are_deterministic_algorithms_enabled()]
+    key: list[Any] = [_current_cuda_device() if first.__class__ is not list and first.is_cuda
+                      else -1, torch.are_deterministic_algorithms_enabled()]
+    append = key.append
     for a in args:
         if isinstance(a, Tensor):
-            key.append(_tensor_key(a))
-        elif isinstance(a, (list, tuple)):
-            key.append(tuple(_tensor_key(x) if isinstance(x, Tensor) else x for x in a))
+            append((a.shape, a.stride(), a.dtype, a.get_device(), a.data_ptr() & 15))
+        elif a.__class__ is list or a.__class__ is tuple:
+            append(tuple((x.shape, x.stride(), x.dtype, x.get_device(), x.data_ptr() & 15)
+                         if isinstance(x, Tensor) else x for x in a))
         else:
-            key.append(a)
+            append(a)
     return tuple(key)
 
 
 def _flat_tensors(args: tuple) -> list[Tensor]:
+    """The call's tensors in order, those inside list arguments included: slots 0...."""
     out: list[Tensor] = []
     for a in args:
         if isinstance(a, Tensor):
             out.append(a)
-        elif isinstance(a, (list, tuple)):
+        elif a.__class__ is list or a.__class__ is tuple:
             out.extend(x for x in a if isinstance(x, Tensor))
     return out
+
+
+def _distinct(tensors: list[Tensor]) -> bool:
+    """No tensor is passed twice (attention(x, x, x)): a recording maps each launched
+    tensor to one argument position, which a repeated object leaves ambiguous. (A
+    replay may get one object twice: each position still gets what it was given.)"""
+    return len(set(map(id, tensors))) == len(tensors)
 
 
 class Plan:
@@ -117,17 +130,19 @@ class Plan:
 
     def __init__(self, allocations: list, launches: list, result: Any,
                  constants: list[Tensor]) -> None:
-        self.allocations, self.launches, self.result = allocations, launches, result
-        self.constants = constants
+        self.allocations, self.launches, self.constants = allocations, launches, constants
+        self.result = _builder(result)
 
-    def same_constants(self, other: Plan) -> bool:
-        """Whether both recordings launched the very same constant tensors: a tensor
-        made anew per call (one the watch did not see made) differs between them."""
-        return len(self.constants) == len(other.constants) and all(
-            a is b for a, b in zip(self.constants, other.constants))
+    def same_work(self, other: Plan) -> bool:
+        """Whether two recordings did the same: as many allocations, the same binaries
+        in the same order, and the very same constant tensors."""
+        return (len(self.allocations) == len(other.allocations)
+                and [entry[0] for entry in self.launches] == [entry[0] for entry in other.launches]
+                and len(self.constants) == len(other.constants)
+                and all(a is b for a, b in zip(self.constants, other.constants)))
 
-    def replay(self, args: tuple) -> Any:
-        values = _flat_tensors(args)
+    def replay(self, values: list[Tensor]) -> Any:
+        """Run the plan on the call's tensors (`_flat_tensors`)."""
         for factory, f_args, f_kwargs, fills in self.allocations:
             if fills:
                 f_args = list(f_args)
@@ -142,17 +157,22 @@ class Plan:
             if stream is None:
                 stream = launch.current_stream(device)
             run(g0, g1, g2, stream, function, metadata, None, None, None, *l_args)
-        return _build(self.result, values)
+        return self.result(values)
 
 
-def _build(template: Any, values: list) -> Any:
+def _builder(template: tuple) -> Callable[[list], Any]:
+    """A function of the slots' values that returns what the body returned."""
     kind, content = template
     if kind == "slot":
-        return values[content]
+        return operator.itemgetter(content)
     if kind == "const":
-        return content
-    items = [_build(t, values) for t in content]
-    return tuple(items) if kind == "tuple" else items
+        return lambda values: content
+    if kind == "tuple" and len(content) > 1 and all(k == "slot" for k, _ in content):
+        return operator.itemgetter(*(slot for _, slot in content))  # a tuple already
+    parts = [_builder(t) for t in content]
+    if kind == "tuple":
+        return lambda values: tuple([part(values) for part in parts])
+    return lambda values: [part(values) for part in parts]
 
 
 class _Recorder(TorchFunctionMode):
@@ -242,8 +262,8 @@ class _Recorder(TorchFunctionMode):
 
 def _record(body: Callable[..., Any], args: tuple) -> tuple[Any, Plan | _Refused]:
     """Call the body once, watched; (its result, the plan or why there is none)."""
-    if tuning.capturing():
-        return body(*args), _Refused("inside a CUDA-graph capture", transient=True)
+    if not _distinct(_flat_tensors(args)):
+        return body(*args), _Refused("a tensor passed twice", transient=True)
     timings = tuning.timings
     recorder = _Recorder(args)
     with launch.recording() as launches, recorder:
@@ -258,23 +278,28 @@ def _record(body: Callable[..., Any], args: tuple) -> tuple[Any, Plan | _Refused
         return result, why
 
 
-class _Candidate:
-    """A recorded plan with constants, waiting for the next call to confirm them."""
+class _Pending:
+    """A signature not planned yet: how many calls tried, and the last plan recorded."""
 
-    __slots__ = ("plan",)
+    __slots__ = ("candidate", "tries")
 
-    def __init__(self, plan: Plan) -> None:
-        self.plan = plan
+    def __init__(self, tries: int, candidate: Plan | None) -> None:
+        self.tries, self.candidate = tries, candidate
 
 
 def planned(body: Callable[..., Any]) -> Callable[..., Any]:
     """`body` (an op's function, before torch.library.custom_op) behind a plan per call
-    signature (see the module docstring). The plans are kept on the wrapper (`.plans`)."""
-    plans: dict[tuple, Plan | _Candidate | str | int] = {}
+    signature (see the module docstring). The plans are kept on the wrapper (`.plans`).
+
+    A plan is kept once two calls in a row recorded the same one (`Plan.same_work`):
+    the first call of a signature often does work later calls skip (a block map built
+    and kept, a binary compiled), and a tensor made per call that the watch did not
+    see made would be a different constant the second time."""
+    plans: dict[tuple, Plan | _Pending | str] = {}
 
     @functools.wraps(body)
     def run(*args: Any) -> Any:
-        if not config.fast_launch:
+        if not (enabled and config.fast_launch):
             return body(*args)
         try:
             key = signature(args)
@@ -282,23 +307,22 @@ def planned(body: Callable[..., Any]) -> Callable[..., Any]:
         except (TypeError, RuntimeError):  # unhashable; a tensor with no storage (torch.func)
             return body(*args)
         if plan.__class__ is Plan:
-            if launch.hooks_set():  # a profiler listens: Triton's own path
+            if launch.hooks_set():  # a profiler listens to Triton's launches
                 return body(*args)
-            return plan.replay(args)
-        if plan == NEVER:
+            return plan.replay(_flat_tensors(args))
+        if plan == NEVER or tuning.capturing():  # a capture may not record: not a try
             return body(*args)
-        previous = plan
+        pending = plan or _Pending(0, None)
         result, plan = _record(body, args)
         if len(plans) >= PLAN_ENTRIES:
             plans.clear()
-        if isinstance(plan, Plan):
-            # A plan with constants is kept once a second recording launched the same.
-            confirmed = not plan.constants or (
-                isinstance(previous, _Candidate) and previous.plan.same_constants(plan))
-            plans[key] = plan if confirmed else _Candidate(plan)
+        if isinstance(plan, Plan) and pending.candidate is not None and \
+                pending.candidate.same_work(plan):
+            plans[key] = plan
+        elif pending.tries + 1 >= ATTEMPTS or not (isinstance(plan, Plan) or plan.transient):
+            plans[key] = NEVER
         else:
-            tries = (previous if isinstance(previous, int) else 0) + 1
-            plans[key] = tries if plan.transient and tries < ATTEMPTS else NEVER
+            plans[key] = _Pending(pending.tries + 1, plan if isinstance(plan, Plan) else None)
         return result
 
     run.plans = plans
