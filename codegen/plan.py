@@ -60,6 +60,7 @@ from . import launch, tuning
 enabled = True
 
 NEVER = "never"  # a signature the body runs unplanned at
+PLANNED: list[Callable[..., Any]] = []  # every planned body, for `forget`
 ATTEMPTS = 4  # calls at one signature that may try to record before it is NEVER
 PLAN_ENTRIES = 1024  # plans kept per body; sizes that change every call would grow it
 
@@ -326,4 +327,12 @@ def planned(body: Callable[..., Any]) -> Callable[..., Any]:
         return result
 
     run.plans = plans
+    PLANNED.append(run)
     return run
+
+
+def forget() -> None:
+    """Drop every plan (they are recorded again): for tests and measurements that
+    change what a launch does."""
+    for run in PLANNED:
+        run.plans.clear()
