@@ -7,11 +7,17 @@ to the binary's launcher runs as on the GPU (checks, Spec lookups, output alloca
 tuning lookups, argument keys, autograd), so the µs here are the host path's own less
 the C launcher and the CUDA allocator's share (a few µs a call on an H100 host).
 
-    python scripts/profile_host_path.py [--calls 3000] [--profile attention-fwd]
+    python scripts/profile_host_path.py [--calls 500] [--rounds 5]
+        [--profile "attention-fwd+bwd/host function" [--no-plans]]
 
-Prints µs per call for each layer (op through the dispatcher, host function, op body,
-kernel module launcher, launch alone), forward and forward+backward, for the plain
-attention op and the selective scan; `--profile NAME` adds a cProfile (top 25, own time).
+Prints µs per call of each layer, with launch plans (codegen/plan.py) off and on, the
+two interleaved and the least of `rounds` rounds kept (the machine may be shared): the
+op through the dispatcher (grad on, and grad off as Inductor's compiled code calls it),
+the host function, the op body, the kernel module's launcher, a launch alone; the
+backward op's body alone; forward+backward through torch.autograd.grad, beside the
+autograd floor (an identity autograd.Function: what autograd.grad itself costs). For
+the plain causal attention, the sliding window (a general Spec) and the selective scan.
+`--profile GROUP/ROW` prints a cProfile of that row instead (top 25, own time).
 This patches the process it runs in: a measurement, never a test.
 """
 
@@ -118,6 +124,13 @@ def grad_of(fn, inputs, dout):
     return step
 
 
+def no_grad(fn):
+    def call():
+        with torch.no_grad():
+            return fn()
+    return call
+
+
 class Identity(torch.autograd.Function):
     """The least an autograd Function costs: the floor under every host function."""
 
@@ -164,6 +177,7 @@ def attention_layers():
     return {
         "attention-fwd": {
             "op (dispatcher)": lambda: op(q, k, v, scale, True),
+            "op, grad off (as Inductor calls it)": no_grad(lambda: op(q, k, v, scale, True)),
             "host function": lambda: host_fn(q, k, v, scale, True),
             "op body": lambda: body(q, k, v, scale, True),
             "module.forward": lambda: fwd_module.forward(q, k, v, out, lse),
@@ -215,6 +229,7 @@ def scan_layers():
     return {
         "scan-fwd": {
             "op (dispatcher)": lambda: op(*args),
+            "op, grad off (as Inductor calls it)": no_grad(lambda: op(*args)),
             "host function": lambda: scan_host.selective_scan_host(*args),
             "op body": lambda: body(*args),
         },
@@ -255,11 +270,11 @@ def main() -> None:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
         return
     print(f"µs per call, least of {args.rounds} interleaved rounds of {args.calls} calls")
-    print(f"  {'call':<38} {'plans off':>9} {'plans on':>9}")
+    print(f"  {'call':<52} {'plans off':>9} {'plans on':>9}")
     for group, rows in groups.items():
         for name, fn in rows.items():
             off, on = before_after(fn, args.calls, args.rounds)
-            print(f"  {group + ': ' + name:<38} {off:9.1f} {on:9.1f}", flush=True)
+            print(f"  {group + ': ' + name:<52} {off:9.1f} {on:9.1f}", flush=True)
 
 
 if __name__ == "__main__":
