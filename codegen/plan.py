@@ -127,12 +127,16 @@ class Plan:
     launch (run, grid, function, metadata, args, fills, stream device); `fills` lists
     (position, slot) pairs that put this call's tensors into a copy of the arguments."""
 
-    __slots__ = ("allocations", "constants", "launches", "result")
+    __slots__ = ("allocations", "constants", "launches", "result", "scratch")
 
     def __init__(self, allocations: list, launches: list, result: Any,
                  constants: list[Tensor]) -> None:
         self.allocations, self.launches, self.constants = allocations, launches, constants
         self.result = _builder(result)
+        # A binary with in-kernel TMA descriptors asks Triton's scratch allocator for
+        # memory; the launcher that installed it is skipped, and a replay may run on
+        # another thread (autograd's device thread) where it is not set yet.
+        self.scratch = any(getattr(entry[0], "global_scratch_size", 1) for entry in launches)
 
     def same_work(self, other: Plan) -> bool:
         """Whether two recordings did the same: as many allocations, the same binaries
@@ -144,6 +148,8 @@ class Plan:
 
     def replay(self, values: list[Tensor]) -> Any:
         """Run the plan on the call's tensors (`_flat_tensors`)."""
+        if self.scratch:
+            launch.ensure_scratch_allocator()
         for factory, f_args, f_kwargs, fills in self.allocations:
             if fills:
                 f_args = list(f_args)
