@@ -69,6 +69,23 @@ ALLOCATORS = frozenset({torch.empty, torch.zeros, torch.empty_like, torch.zeros_
                         torch.empty_strided, Tensor.new_empty, Tensor.new_zeros})
 
 
+# Calls that may return their tensor unchanged (a no-op conversion): any other call that
+# returns a tensor of the call might have changed it.
+SAME_TENSOR = frozenset({"contiguous", "float", "to", "type_as", "half", "bfloat16",
+                         "double", "int", "long", "cuda"})
+# Calls that read a tensor's values into Python: what the body decides from them would
+# be frozen into the plan.
+DATA_READS = frozenset({"item", "tolist", "numpy", "__bool__", "__int__", "__float__",
+                        "__index__", "__complex__", "equal", "allclose", "is_nonzero"})
+
+
+def _writes(name: str) -> bool:
+    """An in-place call by its name: `zero_`, `_foreach_add_`, `__iadd__`, `__setitem__`
+    (and, erring toward refusing, every other `__i...__`: `__iter__`, `__int__`)."""
+    return ((name.endswith("_") and not name.endswith("__")) or name == "__setitem__"
+            or (name.startswith("__i") and name.endswith("__") and name != "__index__"))
+
+
 class _Refused(Exception):
     """Recording found something a replay cannot redo; `transient` when a later call at
     the same signature may record (a compile, a tuning, a capture)."""
@@ -87,7 +104,7 @@ def signature(args: tuple) -> tuple:
     """The call's plan key (see the module docstring). Built inline: a Python call per
     tensor would be most of a replay's time."""
     first = args[0]
-    key: list[Any] = [_current_cuda_device() if first.__class__ is not list and first.is_cuda
+    key: list[Any] = [_current_cuda_device() if isinstance(first, Tensor) and first.is_cuda
                       else -1, torch.are_deterministic_algorithms_enabled()]
     append = key.append
     for a in args:
@@ -224,13 +241,18 @@ class _Recorder(TorchFunctionMode):
             self.allocations.append((func, tuple(args), dict(kwargs), tuple(fills)))
             self._slot(result)
             return result
-        if name == "__setitem__" or (name.endswith("_") and not name.startswith("_")):
-            self._refuse(f"in-place {name}")
-        elif isinstance(result, Tensor) and id(result) not in self.slots:
-            self._refuse(f"{name} made a tensor")
-        elif isinstance(result, (tuple, list)) and any(
-                isinstance(r, Tensor) and id(r) not in self.slots for r in result):
-            self._refuse(f"{name} made tensors")
+        if _writes(name) or kwargs.get("out") is not None:
+            self._refuse(f"{name} writes a tensor")
+        elif name in DATA_READS:
+            self._refuse(f"{name} reads a tensor's values")
+        results = result if isinstance(result, (tuple, list)) else (result,)
+        for r in results:
+            if not isinstance(r, Tensor):
+                continue
+            if id(r) not in self.slots:
+                self._refuse(f"{name} made a tensor")
+            elif name not in SAME_TENSOR:
+                self._refuse(f"{name} returned a tensor of the call")
         return result
 
     def plan(self, launches: list, result: Any) -> Plan:

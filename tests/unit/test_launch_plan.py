@@ -187,3 +187,24 @@ def test_plans_off_run_the_body(cuda_path, monkeypatch):
     monkeypatch.setattr(plan, "enabled", True)
     forward(q, k, v, 0.125, True)
     assert replays == [1]
+
+
+@pytest.mark.parametrize("work, planned", [
+    (lambda x, out: out, True),                       # allocations only
+    (lambda x, out: (x.contiguous(), out)[1], True),   # a no-op conversion
+    (lambda x, out: x, True),                         # an argument, returned as it came
+    (lambda x, out: out.zero_(), False),               # in place
+    (lambda x, out: out.__iadd__(1), False),
+    (lambda x, out: torch.add(x, 1, out=out), False),  # out=
+    (lambda x, out: (x.tolist(), out)[1], False),     # reads values
+    (lambda x, out: x * 2, False),                    # computes
+    (lambda x, out: x[0], False),                     # a view
+    (lambda x, out: x.abs_(), False),                 # changes an argument in place
+])
+def test_the_recorder_keeps_only_allocations_and_launches(work, planned):
+    def body(x):
+        out = torch.empty(x.shape, dtype=x.dtype)
+        return work(x, out)
+
+    _, recorded = plan._record(body, (torch.randn(4, 4).abs() + 1,))
+    assert isinstance(recorded, plan.Plan) is planned, recorded
