@@ -16,10 +16,10 @@ so `planned(body)` records what the body did once per signature and replays it:
     made them) -> each binary's launcher with its grid and arguments, in order
 
 with no checks, no Spec or module lookups, no config lookups and no per-launch key.
-A plan is recorded from an ordinary call of the body, watched by a TorchFunctionMode
-and by `launch.recording`, and kept once two calls in a row recorded the same work
-(the first call of a signature often does what later ones skip: a block map built and
-kept, a binary compiled). It is kept only when each call's whole effect on tensors was
+From the second call at a signature, a plan is recorded from an ordinary call of the
+body, watched by a TorchFunctionMode and by `launch.recording`, and kept once two calls
+in a row recorded the same work (an early call often does what later ones skip: a
+block map built and kept, a binary compiled); the fourth call replays. It is kept only when each call's whole effect on tensors was
 
     allocations by a factory (`ALLOCATORS`), launches of cached binaries, and calls
     that return an argument or an allocation unchanged (`lse.contiguous()`)
@@ -320,10 +320,12 @@ def planned(body: Callable[..., Any]) -> Callable[..., Any]:
     """`body` (an op's function, before torch.library.custom_op) behind a plan per call
     signature (see the module docstring). The plans are kept on the wrapper (`.plans`).
 
-    A plan is kept once two calls in a row recorded the same one (`Plan.same_work`):
-    the first call of a signature often does work later calls skip (a block map built
-    and kept, a binary compiled), and a tensor made per call that the watch did not
-    see made would be a different constant the second time."""
+    The first call at a signature only runs the body (sizes that change every call,
+    a decode's growing cache read through this op, never pay for recording); the next
+    ones record, and a plan is kept once two in a row recorded the same
+    (`Plan.same_work`): an early call often does work later calls skip (a block map
+    built and kept, a binary compiled), and a tensor made per call that the watch did
+    not see made would be a different constant the second time."""
     plans: dict[tuple, Plan | _Pending | str] = {}
 
     @functools.wraps(body)
@@ -341,7 +343,12 @@ def planned(body: Callable[..., Any]) -> Callable[..., Any]:
             return plan.replay(_flat_tensors(args))
         if plan == NEVER or tuning.capturing():  # a capture may not record: not a try
             return body(*args)
-        pending = plan or _Pending(0, None)
+        if plan is None:  # a first sighting: a size seen once is never recorded
+            if len(plans) >= PLAN_ENTRIES:
+                plans.clear()
+            plans[key] = _Pending(0, None)
+            return body(*args)
+        pending = plan
         result, plan = _record(body, args)
         if len(plans) >= PLAN_ENTRIES:
             plans.clear()

@@ -1,7 +1,7 @@
 """GPU tier: launch plans (codegen/plan.py) give eager's answers, call after call.
 
 Each op runs forward and backward several times at one signature on fresh random inputs:
-the first two calls record, the rest replay. Every call's outputs and gradients are
+the first call runs the body, the next two record, the rest replay. Every call's outputs and gradients are
 checked against eager fp32 math (tolerances by dtype), through the op (what Inductor
 calls) and through the host function (what a graph run as fx calls), and the plans are
 checked to exist (the replays ran)."""
@@ -25,7 +25,7 @@ from ioaware.verify import TOLERANCE, relative_error
 pytestmark = pytest.mark.gpu
 
 DTYPE = torch.bfloat16
-CALLS = 5  # two recordings, then replays
+CALLS = 6  # a first call, two recordings, then replays
 
 
 def rand(*shape, dtype=DTYPE, scale=1.0, shift=0.0):

@@ -109,30 +109,33 @@ def same_launch(a: tuple, b: tuple, inputs: tuple) -> bool:
     return True
 
 
-def test_a_plan_is_kept_after_two_agreeing_calls_and_replays_the_bodys_launches(cuda_path):
+def test_a_plan_is_kept_after_two_agreeing_recordings_and_replays_the_bodys_launches(
+        cuda_path):
     q, k, v = qkv()
     unplanned, _ = calls(lambda: forward.__wrapped__(q, k, v, 0.125, True), 1)
-    per_call, (out, lse) = calls(lambda: forward(q, k, v, 0.125, True), 4)
+    per_call, (out, lse) = calls(lambda: forward(q, k, v, 0.125, True), 5)
     (entry,) = forward.plans.values()
     assert isinstance(entry, plan.Plan)
-    for launches in per_call:  # two recorded calls (the body), then replays
+    for launches in per_call:  # the body (seen, recorded, recorded), then replays
         assert len(launches) == 1 and same_launch(launches[0], unplanned[0][0], (q, k, v))
     assert out.shape == (1, 2, 64, 32) and lse.dtype == torch.float32
-    assert per_call[3][0][3] is out and per_call[3][0][4] is lse  # the outputs it returned
+    assert per_call[4][0][3] is out and per_call[4][0][4] is lse  # the outputs it returned
 
     dout = torch.randn_like(q)
     args = (dout, q, k, v, out, lse, 0.125, True, None)
     unplanned, _ = calls(lambda: backward.__wrapped__(*args), 1)
-    per_call, grads = calls(lambda: backward(*args), 3)
+    per_call, grads = calls(lambda: backward(*args), 4)
+    assert isinstance(next(iter(backward.plans.values())), plan.Plan)
     assert len(unplanned[0]) == 3  # preprocess, dK/dV, dQ
-    assert all(same_launch(a, b, args[:6]) for a, b in zip(per_call[2], unplanned[0]))
+    assert all(same_launch(a, b, args[:6]) for a, b in zip(per_call[3], unplanned[0]))
     assert [g.shape for g in grads] == [q.shape, k.shape, v.shape]
 
 
 def test_the_plan_key_replans_on_a_new_shape_or_stride_and_reuses_otherwise(cuda_path):
     q, k, v = qkv()
-    calls(lambda: forward(q, k, v, 0.125, True), 2)
-    assert len(forward.plans) == 1
+    calls(lambda: forward(q, k, v, 0.125, True), 3)
+    assert len(forward.plans) == 1 and isinstance(forward.plans[plan.signature(
+        (q, k, v, 0.125, True))], plan.Plan)
 
     q2, k2, v2 = qkv()  # new tensors, same signature: the same plan, their pointers
     per_call, _ = calls(lambda: forward(q2, k2, v2, 0.125, True), 1)
@@ -145,18 +148,28 @@ def test_the_plan_key_replans_on_a_new_shape_or_stride_and_reuses_otherwise(cuda
         forward.plans[plan.signature((*longer, 0.125, True))], plan.Plan)
 
     strided = tuple(t.transpose(1, 2).contiguous().transpose(1, 2) for t in qkv())
-    per_call, _ = calls(lambda: forward(*strided, 0.125, True), 3)
+    per_call, _ = calls(lambda: forward(*strided, 0.125, True), 4)
     assert len(forward.plans) == 3
-    assert per_call[2][0][5:9] == strided[0].stride()  # q's strides, as the body passes them
+    assert per_call[3][0][5:9] == strided[0].stride()  # q's strides, as the body passes them
 
     calls(lambda: forward(q, k, v, 0.25, True), 1)  # a scalar argument is in the key too
     calls(lambda: forward(q, k, v, 0.125, False), 1)
     assert len(forward.plans) == 5
 
 
+def test_a_size_seen_once_is_never_recorded(cuda_path, monkeypatch):
+    """A cache read through the op grows every call: no recording cost per call."""
+    recordings = []
+    record = plan._record
+    monkeypatch.setattr(plan, "_record", lambda *a: recordings.append(1) or record(*a))
+    for n in range(40, 48):
+        forward(*qkv(n=n), 0.125, True)
+    assert not recordings and len(forward.plans) == 8
+
+
 def test_a_tensor_passed_twice_is_not_recorded_but_replays(cuda_path):
     q, k, v = qkv()
-    calls(lambda: forward(q, q, q, 0.125, True), 2)
+    calls(lambda: forward(q, q, q, 0.125, True), 2)  # seen, then not recorded
     assert not isinstance(next(iter(forward.plans.values())), plan.Plan)
     calls(lambda: forward(q, k, v, 0.125, True), 2)  # the same key: now recorded
     assert isinstance(next(iter(forward.plans.values())), plan.Plan)
@@ -171,6 +184,7 @@ def test_a_body_that_computes_with_torch_is_never_planned(monkeypatch):
     plan.forget()
     q, k, v = qkv(dtype=torch.float32)
     first = forward(q, k, v, 0.125, True)[0]
+    forward(q, k, v, 0.125, True)  # the first call only runs it; the second records
     assert list(forward.plans.values()) == [plan.NEVER]
     torch.testing.assert_close(forward(q, k, v, 0.125, True)[0], first, rtol=0, atol=0)
     plan.forget()
@@ -178,7 +192,7 @@ def test_a_body_that_computes_with_torch_is_never_planned(monkeypatch):
 
 def test_plans_off_run_the_body(cuda_path, monkeypatch):
     q, k, v = qkv()
-    calls(lambda: forward(q, k, v, 0.125, True), 2)
+    calls(lambda: forward(q, k, v, 0.125, True), 3)
     replays = []
     monkeypatch.setattr(plan.Plan, "replay", lambda self, values: replays.append(1))
     monkeypatch.setattr(plan, "enabled", False)
