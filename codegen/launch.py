@@ -86,9 +86,16 @@ def hooks_set() -> bool:
     return _hooked(knobs.runtime.launch_enter_hook) or _hooked(knobs.runtime.launch_exit_hook)
 
 
+# torch's C query of a device's current stream (what Triton's CUDA driver calls too);
+# None in a CPU-only build, where Triton's driver answers (tests patch it)
+_RAW_STREAM = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
 def current_stream(device: int) -> int:
-    """The raw handle of `device`'s current stream (`torch._C._cuda_getCurrentRawStream`
-    through Triton's driver: the cheapest query)."""
+    """The raw handle of `device`'s current stream: torch's C query directly, without
+    the attribute lookups through Triton's lazy driver proxy."""
+    if _RAW_STREAM is not None:
+        return _RAW_STREAM(device)
     return driver.active.get_current_stream(device)
 
 
@@ -125,7 +132,7 @@ def launch(kernel: Any, grid: tuple[int, ...], *args: Any, **kw: Any) -> None:
                 exact.clear()
             exact[exact_key] = found
     compiled, tail = found
-    stream = driver.active.get_current_stream(device)
+    stream = current_stream(device)
     g0, g1, g2 = (tuple(grid) + (1, 1))[:3]
     tail_values = tuple(kw[name] for name in tail)
     if _recorded is not None:
