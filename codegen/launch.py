@@ -33,7 +33,9 @@ module), which is what Triton's per-call check of them guards against.
 
 from __future__ import annotations
 
+import contextlib
 import operator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -61,13 +63,53 @@ def _arg_key(x: Any) -> Any:
     raise TypeError(type(x).__name__)
 
 
+# The launches of the call `codegen/plan.py` records, else None: per launch, (binary's
+# run, grid, function, metadata, arguments with the keyword tail, device); True for a
+# launch through Triton's own path that a later call may not take (a first compile, a
+# listening profiler), False for one every call takes (the interpreter, fast_launch off).
+_recorded: list | None = None
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list]:
+    """Collect the launches made inside the block (see `_recorded`)."""
+    global _recorded
+    outer, _recorded = _recorded, []
+    try:
+        yield _recorded
+    finally:
+        _recorded = outer
+
+
+def hooks_set() -> bool:
+    """Whether a launch hook is set (a profiler listening to Triton's launches)."""
+    return _hooked(knobs.runtime.launch_enter_hook) or _hooked(knobs.runtime.launch_exit_hook)
+
+
+# torch's C query of a device's current stream (what Triton's CUDA driver calls too);
+# None in a CPU-only build, where Triton's driver answers (tests patch it)
+_RAW_STREAM = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
+def current_stream(device: int) -> int:
+    """The raw handle of `device`'s current stream: torch's C query directly, without
+    the attribute lookups through Triton's lazy driver proxy."""
+    if _RAW_STREAM is not None:
+        return _RAW_STREAM(device)
+    return driver.active.get_current_stream(device)
+
+
 def launch(kernel: Any, grid: tuple[int, ...], *args: Any, **kw: Any) -> None:
     """Launch `kernel` (a JITFunction) on `grid` as `kernel[grid](*args, **kw)` would."""
     if not config.fast_launch or not isinstance(kernel, JITFunction):
         # the interpreter's kernels, or an autotuner choosing constexprs
+        if _recorded is not None:
+            _recorded.append(False)
         kernel[grid](*args, **kw)
         return
-    if _hooked(knobs.runtime.launch_enter_hook) or _hooked(knobs.runtime.launch_exit_hook):
+    if hooks_set():
+        if _recorded is not None:
+            _recorded.append(True)
         kernel[grid](*args, **kw)  # a profiler listens: it gets Triton's own path
         return
     device = driver.active.get_current_device()
@@ -82,16 +124,22 @@ def launch(kernel: Any, grid: tuple[int, ...], *args: Any, **kw: Any) -> None:
     if found is None:
         found = _binary(kernel, grid, device, args, kw)
         if found is None:  # launched through Triton's own path
+            if _recorded is not None:
+                _recorded.append(True)
             return
         if exact_key is not None:
             if len(exact) >= EXACT_ENTRIES:
                 exact.clear()
             exact[exact_key] = found
     compiled, tail = found
-    stream = driver.active.get_current_stream(device)
+    stream = current_stream(device)
     g0, g1, g2 = (tuple(grid) + (1, 1))[:3]
+    tail_values = tuple(kw[name] for name in tail)
+    if _recorded is not None:
+        _recorded.append((compiled.run, grid, compiled.function, compiled.packed_metadata,
+                          (*args, *tail_values), device))
     compiled.run(g0, g1, g2, stream, compiled.function, compiled.packed_metadata, None,
-                 None, None, *args, *(kw[name] for name in tail))
+                 None, None, *args, *tail_values)
 
 
 def _exact_key(device: int, args: tuple, kw: dict[str, Any]) -> tuple:

@@ -50,6 +50,10 @@ log = logging.getLogger("ioaware.tuning")
 # Seconds of tuning after which progress is shown.
 PROGRESS_AFTER_S = 1.0
 
+# How many tunings (timings of candidates) this process has run: a launch plan
+# (`codegen/plan.py`) is not recorded from a call that timed configs.
+timings = 0
+
 
 def capturing() -> bool:
     """Whether the current CUDA stream is capturing a graph (False without CUDA)."""
@@ -87,6 +91,8 @@ def tuned_config(chosen: dict, name: str, configs: Sequence[Any], default: Any,
     if capturing():
         return default
 
+    global timings
+    timings += 1
     start = time.perf_counter()
     progress = _Progress(name, key, len(configs))
     best_ms = float("inf")

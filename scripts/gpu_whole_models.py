@@ -1,7 +1,7 @@
 """Issue 19 on one GPU: host time per op and the whole-model acceptance tables.
 
-    PYTHONUNBUFFERED=1 python scripts/gpu_whole_models.py            (about 6 minutes)
-        [--parts host,sync,graphs,llama,mistral,mamba] [--budget 330]
+    PYTHONUNBUFFERED=1 python scripts/gpu_whole_models.py            (about 8 minutes)
+        [--parts host,sync,graphs,llama,llama-infer,mistral,mamba] [--budget 420]
         [--variant-timeout 100] [--calls 1000] [--parts llama --variants eager,ioaware]
 
 Parts (printed as they run, each line with the seconds since the start):
@@ -11,7 +11,11 @@ Parts (printed as they run, each line with the seconds since the start):
   exceeds the kernels'. Rows: the op through the dispatcher (what Inductor's compiled
   code calls), the host function (codegen/host.py: what a graph run as fx calls), SDPA's
   own, and a whole compiled function: ioaware.compile of the eager spelling against
-  torch.compile of SDPA. Forward, and forward+backward (torch.autograd.grad). Targets
+  torch.compile of SDPA. Forward, and forward+backward (torch.autograd.grad), each with
+  launch plans off and on (codegen/plan.py; off is the path before them); then, plans
+  on, torch.profiler's CPU time per call of the call's own forward events (the op, the
+  host function's autograd Function, SDPA's aten op) and of its backward nodes (the
+  autograd engine's evaluate_function events), so ours and SDPA's read alike. Targets
   (issue 19): ≤ 15 µs forward, ≤ 40 µs forward+backward; the scan the same.
 - sync: every op forward+backward under torch.cuda.set_sync_debug_mode("error").
 - graphs: ioaware.compile(mode="reduce-overhead") of a GQA block, training steps,
@@ -22,14 +26,16 @@ Parts (printed as they run, each line with the seconds since the start):
   reduce-overhead of both spellings while time is left (`ioaware bench model llama`'s
   columns: median ms, against the best torch.compile row, first call, peak memory,
   regions, error against eager).
+- llama-infer: the issue's inference forward, the same model at B=1, S=8192, the same
+  variants (grad off).
 - mistral: the same sizes, sliding window 1024, S=4096: eager, ioaware, torch.compile
   of both spellings.
 - mamba: 4 layers, hidden 768, L=2048: eager and ioaware only (eager steps take
   seconds: 2 timed steps).
 
 A variant may take `--variant-timeout` seconds, compile included, and each table ends by
-its share of `--budget` (llama 150 s, mistral 70 s, mamba 70 s, plus what earlier parts
-left): a variant past either is a row saying so, and the run goes on.
+its share of `--budget` (llama 150 s, llama-infer 90 s, mistral 70 s, mamba 70 s, plus
+what earlier parts left): a variant past either is a row saying so, and the run goes on.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "gpu"))
 
 import ioaware
 from ioaware.bench.model import Sizes, bench_model, render_model_bench
+from ioaware.codegen import plan
 from ioaware.codegen.attention import host as attention_host
 from ioaware.codegen.attention.spec import AttentionSpec
 from ioaware.codegen.scan import host as scan_host
@@ -119,12 +126,42 @@ def host_rows(calls: int) -> list[tuple[str, float, float]]:
         "selective scan host function": lambda: scan_host.selective_scan_host(*scan_args)[0],
     }
     rows = []
-    for name, fn in cases.items():
-        rows.append((name, wall_us(fn, calls), wall_us(fwd_bwd(fn, (q, k, v), dout), calls)))
-    for name, fn in scans.items():
-        rows.append((name, wall_us(fn, calls),
-                     wall_us(fwd_bwd(fn, (u, delta, A, B, C, D, z), dy), calls)))
+    for group, inputs, grad in ((cases, (q, k, v), dout),
+                                (scans, (u, delta, A, B, C, D, z), dy)):
+        for name, fn in group.items():
+            both = fwd_bwd(fn, inputs, grad)
+            plan.enabled = False  # the "before": every op body runs as written
+            before = wall_us(fn, calls), wall_us(both, calls)
+            plan.enabled = True
+            rows.append((name, *before, wall_us(fn, calls), wall_us(both, calls),
+                         *profiled_us(both, max(calls // 5, 50))))
     return rows
+
+
+def profiled_us(fn, calls: int) -> tuple[float, float]:
+    """(forward, backward) µs per call of CPU time, as torch.profiler reports it: the
+    forward is the call's top-level events on the calling thread (the op, or SDPA's
+    aten op, or a host function's autograd Function), the backward the autograd
+    engine's `evaluate_function` events (each node's own work, on the device thread)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(10):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    forward = backward = 0.0
+    for event in prof.events():
+        if event.cpu_parent is not None:
+            continue
+        if event.name.startswith("autograd::engine::evaluate_function"):
+            backward += event.cpu_time_total
+        elif not event.name.startswith(("autograd::", "cudaDeviceSynchronize",
+                                        "ProfilerStep")):
+            forward += event.cpu_time_total
+    return forward / calls, backward / calls
 
 
 def sync_check() -> list[tuple[str, str]]:
@@ -188,6 +225,7 @@ class Table(NamedTuple):
     steps: int  # timed
     warmup: int
     share_s: float  # of the run's --budget (what a part leaves unused goes to the next)
+    train: bool = True  # a training step; False: an inference forward
 
 
 TABLES = {
@@ -198,6 +236,12 @@ TABLES = {
                             "compile-sdpa-ro,compile-ro",
                    Sizes(batch=2, seq_len=2048, layers=4, hidden=2048, heads=16, kv_heads=4),
                    10, 3, 150),
+    # the issue's inference row: a forward at S = 8192, B = 1 (eager attention holds
+    # 16 × 8192² bf16 scores per layer: 2 GB)
+    "llama-infer": Table("llama", "eager,sdpa,ioaware,compile-sdpa,compile,ioaware-ro,"
+                                  "compile-sdpa-ro,compile-ro",
+                         Sizes(batch=1, seq_len=8192, layers=4, hidden=2048, heads=16,
+                               kv_heads=4), 10, 3, 90, train=False),
     "mistral": Table("mistral", "eager,ioaware,compile-sdpa,compile",
                      Sizes(batch=2, seq_len=4096, layers=4, hidden=2048, heads=16, kv_heads=4,
                            window=1024), 5, 2, 70),
@@ -211,15 +255,16 @@ DEFAULT_PARTS = ("host", *TABLES)  # sync and graphs: tests/gpu/test_cudagraphs_
 
 def run_table(part: str, variants: str | None, deadline: float, variant_timeout: float,
               log) -> None:
-    name, default_variants, sizes, steps, warmup, _ = TABLES[part]
-    rows = bench_model(name, sizes, (variants or default_variants).split(","), train=True,
+    name, default_variants, sizes, steps, warmup, _, train = TABLES[part]
+    rows = bench_model(name, sizes, (variants or default_variants).split(","), train=train,
                        steps=steps, warmup=warmup, timeout=variant_timeout,
                        deadline=deadline, progress=log)
     window = f", window {sizes.window}" if name == "mistral" else ""
     heads = f", {sizes.heads} heads / {sizes.kv_heads} KV" if sizes.heads else ""
     print(render_model_bench(rows, f"{name}, {sizes.layers} layers, hidden {sizes.hidden}"
                                    f"{heads}{window}, B={sizes.batch}, S={sizes.seq_len}, "
-                                   f"bf16, training step (median of {steps})"), flush=True)
+                                   f"bf16, {'training step' if train else 'inference forward'} "
+                                   f"(median of {steps})"), flush=True)
 
 
 def main() -> None:
@@ -229,9 +274,10 @@ def main() -> None:
                              f"(default: {','.join(DEFAULT_PARTS)})")
     parser.add_argument("--calls", type=int, default=1000,
                         help="calls per host-time row")
-    parser.add_argument("--budget", type=float, default=330,
+    parser.add_argument("--budget", type=float, default=420,
                         help="seconds for the whole run: each table gets its share "
-                             "(llama 150, mistral 70, mamba 70) plus what earlier parts "
+                             "(llama 150, llama-infer 90, mistral 70, mamba 70) plus "
+                             "what earlier parts "
                              "left; variants past it are rows saying they did not run")
     parser.add_argument("--variant-timeout", type=float, default=100,
                         help="seconds one table variant may take, compile included")
@@ -254,10 +300,14 @@ def main() -> None:
         print(f"   [{time.monotonic() - started:5.0f} s] {message}", flush=True)
 
     if "host" in parts:
-        print(f"\nhost µs per call (tiny sizes; wall time of {args.calls} back-to-back calls)")
-        print(f"   {'call':40s} {'fwd µs':>9s} {'fwd+bwd µs':>11s}", flush=True)
-        for name, fwd, both in host_rows(args.calls):
-            print(f"   {name:40s} {fwd:9.1f} {both:11.1f}", flush=True)
+        print(f"\nhost µs per call (tiny sizes; wall: {args.calls} back-to-back calls, "
+              "launch plans off / on; profiler: CPU time of the call's own forward "
+              "events and its backward nodes, plans on)")
+        print(f"   {'call':36s} {'wall fwd':>15s} {'wall fwd+bwd':>15s} "
+              f"{'prof fwd':>9s} {'prof bwd':>9s}", flush=True)
+        for name, fwd0, both0, fwd, both, pf, pb in host_rows(args.calls):
+            print(f"   {name:36s} {fwd0:6.1f} / {fwd:6.1f} {both0:6.1f} / {both:6.1f} "
+                  f"{pf:9.1f} {pb:9.1f}", flush=True)
         log("host rows done")
     if "sync" in parts:
         print("\nlaunches under torch.cuda.set_sync_debug_mode('error')")

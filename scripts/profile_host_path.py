@@ -7,11 +7,17 @@ to the binary's launcher runs as on the GPU (checks, Spec lookups, output alloca
 tuning lookups, argument keys, autograd), so the µs here are the host path's own less
 the C launcher and the CUDA allocator's share (a few µs a call on an H100 host).
 
-    python scripts/profile_host_path.py [--calls 3000] [--profile attention-fwd]
+    python scripts/profile_host_path.py [--calls 500] [--rounds 5]
+        [--profile "attention-fwd+bwd/host function" [--no-plans]]
 
-Prints µs per call for each layer (op through the dispatcher, host function, op body,
-kernel module launcher, launch alone), forward and forward+backward, for the plain
-attention op and the selective scan; `--profile NAME` adds a cProfile (top 25, own time).
+Prints µs per call of each layer, with launch plans (codegen/plan.py) off and on, the
+two interleaved and the least of `rounds` rounds kept (the machine may be shared): the
+op through the dispatcher (grad on, and grad off as Inductor's compiled code calls it),
+the host function, the op body, the kernel module's launcher, a launch alone; the
+backward op's body alone; forward+backward through torch.autograd.grad, beside the
+autograd floor (an identity autograd.Function: what autograd.grad itself costs). For
+the plain causal attention, the sliding window (a general Spec) and the selective scan.
+`--profile GROUP/ROW` prints a cProfile of that row instead (top 25, own time).
 This patches the process it runs in: a measurement, never a test.
 """
 
@@ -26,13 +32,21 @@ import torch
 
 import ioaware  # noqa: F401  (registers the ops)
 from ioaware import hardware
-from ioaware.codegen import cache, launch, runtime
+from ioaware.codegen import cache, launch, plan, runtime
 from ioaware.codegen.attention import host as attention_host
 from ioaware.codegen.attention import op as attention_op
+from ioaware.codegen.attention.spec import AttentionSpec
 from ioaware.codegen.scan import host as scan_host
 from ioaware.codegen.scan import op as scan_op
 
 TAG = "profile-h100"  # a device tag no real device has: its own cache entries
+
+
+def _run(*args):
+    return None
+
+
+_run.global_scratch_size = 0  # as a real launcher of a kernel without TMA descriptors
 
 
 class _Binary:
@@ -40,10 +54,7 @@ class _Binary:
 
     function = None
     packed_metadata = None
-
-    @staticmethod
-    def run(*args):
-        return None
+    run = staticmethod(_run)
 
 
 class _Binaries(dict):
@@ -89,12 +100,55 @@ def patch_to_cuda_path() -> None:
 
 
 def us_per_call(fn, calls: int) -> float:
-    for _ in range(50):
-        fn()
     start = time.perf_counter()
     for _ in range(calls):
         fn()
     return (time.perf_counter() - start) / calls * 1e6
+
+
+def before_after(fn, calls: int, rounds: int) -> tuple[float, float]:
+    """(µs per call with launch plans off, with them on): the least of `rounds`
+    interleaved rounds each (the least is the host's cost; a busy machine only adds)."""
+    best = {False: float("inf"), True: float("inf")}
+    for on in (False, True):  # warm-up: first calls record plans, compile nothing
+        plan.enabled = on
+        for _ in range(20):
+            fn()
+    for _ in range(rounds):
+        for on in (False, True):
+            plan.enabled = on
+            best[on] = min(best[on], us_per_call(fn, calls))
+    plan.enabled = True
+    return best[False], best[True]
+
+
+def grad_of(fn, inputs, dout):
+    def step():
+        return torch.autograd.grad(fn()[0], inputs, dout)
+    return step
+
+
+def no_grad(fn):
+    def call():
+        with torch.no_grad():
+            return fn()
+    return call
+
+
+class Identity(torch.autograd.Function):
+    """The least an autograd Function costs: the floor under every host function."""
+
+    @staticmethod
+    def forward(x):
+        return x.view_as(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
 
 
 def attention_layers():
@@ -104,15 +158,17 @@ def attention_layers():
     scale = 0.125
     spec = attention_op._spec(q, v, scale, True)
     fwd_module = runtime.kernel_module("attention_fwd", spec, q.device)
+    bwd_module = runtime.kernel_module("attention_bwd", spec, q.device)
     out, lse = attention_op._empty_outputs(q, v)
     body = attention_host.undecorated(attention_op.flash_attention_op)
+    bwd_body = attention_host.undecorated(attention_op.flash_attention_backward_op)
+    dq, dk, dv = (torch.empty_like(t) for t in (q, k, v))
     kernel = fwd_module._attn_fwd
-
-    def grad(fn):
-        def step():
-            o = fn()[0]
-            return torch.autograd.grad(o, (q, k, v), dout)
-        return step
+    window = AttentionSpec(head_dim=64, head_dim_v=64, dtype="bfloat16", causal=True,
+                           scale=scale, mask="q_idx - kv_idx < 64").to_json()
+    general = attention_host.undecorated(attention_op.attention_op)
+    general_bwd = attention_host.undecorated(attention_op.attention_backward_op)
+    g_out, g_lse = general(q, k, v, [], window)
 
     def launch_only():
         launch.launch(kernel, (1, 2), q, k, v, out, lse, *q.stride(), *k.stride(),
@@ -120,20 +176,42 @@ def attention_layers():
                       BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
 
     op = torch.ops.ioaware.flash_attention
+    host_fn = attention_host.flash_attention_host
+    x = torch.randn(4, requires_grad=True)
     return {
         "attention-fwd": {
             "op (dispatcher)": lambda: op(q, k, v, scale, True),
-            "host function": lambda: attention_host.flash_attention_host(q, k, v, scale,
-                                                                        True),
+            "op, grad off (as Inductor calls it)": no_grad(lambda: op(q, k, v, scale, True)),
+            "host function": lambda: host_fn(q, k, v, scale, True),
             "op body": lambda: body(q, k, v, scale, True),
             "module.forward": lambda: fwd_module.forward(q, k, v, out, lse),
             "launch only": launch_only,
             "torch.empty x2": lambda: attention_op._empty_outputs(q, v),
         },
+        "attention-bwd": {
+            "op body": lambda: bwd_body(dout, q, k, v, out, lse, scale, True, None),
+            "module.backward": lambda: bwd_module.backward(dout, q, k, v, out, lse, None,
+                                                           dq, dk, dv),
+        },
         "attention-fwd+bwd": {
-            "op (dispatcher)": grad(lambda: op(q, k, v, scale, True)),
-            "host function": grad(lambda: attention_host.flash_attention_host(
-                q, k, v, scale, True)),
+            "op (dispatcher)": grad_of(lambda: op(q, k, v, scale, True), (q, k, v), dout),
+            "host function": grad_of(lambda: host_fn(q, k, v, scale, True), (q, k, v),
+                                     dout),
+            "autograd floor": grad_of(lambda: (Identity.apply(x),), (x,), x.detach()),
+        },
+        "window-fwd": {
+            "op (dispatcher)": lambda: torch.ops.ioaware.attention(q, k, v, [], window),
+            "host function": lambda: attention_host.attention_host(q, k, v, [], window),
+            "op body": lambda: general(q, k, v, [], window),
+        },
+        "window-bwd": {
+            "op body": lambda: general_bwd(dout, q, k, v, g_out, g_lse, [], window),
+        },
+        "window-fwd+bwd": {
+            "op (dispatcher)": grad_of(lambda: torch.ops.ioaware.attention(
+                q, k, v, [], window), (q, k, v), dout),
+            "host function": grad_of(lambda: attention_host.attention_host(
+                q, k, v, [], window), (q, k, v), dout),
         },
     }
 
@@ -144,46 +222,48 @@ def scan_layers():
     A = -torch.rand(dc, n)
     B, C = torch.randn(bt, 1, length, n), torch.randn(bt, 1, length, n)
     D, z = torch.randn(dc), torch.randn(bt, dc, length)
-    for t in (u, delta, A, B, C, D, z):
+    inputs = (u, delta, A, B, C, D, z)
+    for t in inputs:
         t.requires_grad_()
     args = (u, delta, A, B, C, D, z, None, True, None)
     dy = torch.randn(bt, dc, length)
     op = torch.ops.ioaware.selective_scan
     body = scan_host.undecorated(scan_op.selective_scan_op)
-
-    def grad(fn):
-        def step():
-            y = fn()[0]
-            return torch.autograd.grad(y, (u, delta, A, B, C, D, z), dy)
-        return step
-
+    bwd_body = scan_host.undecorated(scan_op.selective_scan_backward_op)
     return {
         "scan-fwd": {
             "op (dispatcher)": lambda: op(*args),
+            "op, grad off (as Inductor calls it)": no_grad(lambda: op(*args)),
             "host function": lambda: scan_host.selective_scan_host(*args),
             "op body": lambda: body(*args),
         },
+        "scan-bwd": {
+            "op body": lambda: bwd_body(dy, None, u, delta, A, B, C, D, z, None, True, None),
+        },
         "scan-fwd+bwd": {
-            "op (dispatcher)": grad(lambda: op(*args)),
-            "host function": grad(lambda: scan_host.selective_scan_host(*args)),
+            "op (dispatcher)": grad_of(lambda: op(*args), inputs, dy),
+            "host function": grad_of(lambda: scan_host.selective_scan_host(*args), inputs,
+                                     dy),
         },
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--calls", type=int, default=500, help="calls per round")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="interleaved rounds per row (the least is kept)")
     parser.add_argument("--profile", default=None,
-                        help="cProfile this group's host function (attention-fwd, ...)")
+                        help="cProfile one row, GROUP/ROW (attention-fwd+bwd/host function)")
+    parser.add_argument("--no-plans", action="store_true",
+                        help="with --profile: launch plans off (the 'before' path)")
     args = parser.parse_args()
     patch_to_cuda_path()
     groups = {**attention_layers(), **scan_layers()}
-    for group, rows in groups.items():
-        print(f"{group}:")
-        for name, fn in rows.items():
-            print(f"  {name:<18} {us_per_call(fn, args.calls):7.1f} us")
     if args.profile:
-        fn = groups[args.profile]["host function"]
+        group, _, row = args.profile.partition("/")
+        fn = groups[group][row or "host function"]
+        plan.enabled = not args.no_plans
         for _ in range(50):
             fn()
         profiler = cProfile.Profile()
@@ -192,6 +272,13 @@ def main() -> None:
             fn()
         profiler.disable()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+        return
+    print(f"µs per call, least of {args.rounds} interleaved rounds of {args.calls} calls")
+    print(f"  {'call':<52} {'plans off':>9} {'plans on':>9}")
+    for group, rows in groups.items():
+        for name, fn in rows.items():
+            off, on = before_after(fn, args.calls, args.rounds)
+            print(f"  {group + ': ' + name:<52} {off:9.1f} {on:9.1f}", flush=True)
 
 
 if __name__ == "__main__":

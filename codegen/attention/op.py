@@ -34,6 +34,7 @@ from torch import Tensor
 from ioaware.codegen.attention.spec import AttentionSpec
 from ioaware.spec import DTYPES, INPUT_DTYPES, dtype_name
 
+from ..plan import planned
 from ..runtime import backend_name, device_context, kernel_module
 from . import reference
 from .header import is_plain
@@ -167,6 +168,7 @@ def _empty_outputs(q: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @torch.library.custom_op("ioaware::flash_attention", mutates_args=())
+@planned
 def flash_attention_op(
     q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool
 ) -> tuple[Tensor, Tensor]:
@@ -188,6 +190,7 @@ def _(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> tuple[Tens
 
 
 @torch.library.custom_op("ioaware::flash_attention_backward", mutates_args=())
+@planned
 def flash_attention_backward_op(
     dout: Tensor,
     q: Tensor,
@@ -325,6 +328,7 @@ def _no_grad_inputs(spec: AttentionSpec, inputs: list[Tensor]) -> list[Tensor]:
 
 
 @torch.library.custom_op("ioaware::attention", mutates_args=())
+@planned
 def attention_op(q: Tensor, k: Tensor, v: Tensor, inputs: list[Tensor], spec: str,
                  seed: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(out, lse) of the general AttentionSpec `spec` (JSON); see the block comment."""
@@ -348,6 +352,7 @@ def _(q: Tensor, k: Tensor, v: Tensor, inputs: list[Tensor], spec: str,
 
 
 @torch.library.custom_op("ioaware::attention_backward", mutates_args=())
+@planned
 def attention_backward_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
                           lse: Tensor, inputs: list[Tensor], spec: str,
                           seed: Tensor | None = None, dlse: Tensor | None = None

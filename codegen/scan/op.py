@@ -32,6 +32,7 @@ from ioaware.codegen.scan.spec import ScanSpec
 from ioaware.spec import DTYPES, dtype_name
 
 from ..grads import empty_grads, zero_length_grads
+from ..plan import planned
 from ..runtime import backend_name, device_context, kernel_module
 from . import reference as scan_reference
 
@@ -126,6 +127,7 @@ def _selective_outputs(u: Tensor, A: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @torch.library.custom_op("ioaware::selective_scan", mutates_args=())
+@planned
 def selective_scan_op(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
     z: Tensor | None, delta_bias: Tensor | None, delta_softplus: bool, h0: Tensor | None,
@@ -158,6 +160,7 @@ def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0):
 
 
 @torch.library.custom_op("ioaware::selective_scan_backward", mutates_args=())
+@planned
 def selective_scan_backward_op(
     dy: Tensor, dh_last: Tensor | None, u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
     C: Tensor, D: Tensor | None, z: Tensor | None, delta_bias: Tensor | None,
@@ -254,6 +257,7 @@ def _linear_spec_of(out_dtype: torch.dtype, has_h0: bool, reverse: bool) -> Scan
 
 
 @torch.library.custom_op("ioaware::linear_scan", mutates_args=())
+@planned
 def linear_scan_op(a: Tensor, b: Tensor, h0: Tensor | None, reverse: bool) -> Tensor:
     """h_t = a_t · h_{t∓1} + b_t along dim 1; see the module docstring."""
     _check_linear(a, b, h0)

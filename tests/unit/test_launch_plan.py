@@ -1,0 +1,224 @@
+"""Launch plans (codegen/plan.py): keyed by the call's signature, replaying the body's
+launches exactly, and never planning what a replay could not redo.
+
+No GPU here, so the ops take their CUDA path on CPU tensors: kernel modules rendered for
+an H100, and every compiled-binary lookup finds a binary whose launcher records its
+arguments instead of running (a binary cannot run without a GPU). What is checked is
+the host side: which launches, with which arguments, from the body and from a replay.
+Replays against eager on a device: tests/gpu/test_launch_plan_gpu.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ioaware import hardware
+from ioaware.codegen import cache, launch, plan, runtime
+from ioaware.codegen.attention import op as attention_op
+from ioaware.codegen.host import undecorated
+from ioaware.config import config
+
+TAG = "plan-test-h100"  # a device tag no real device has: its own modules
+LAUNCHED: list[tuple] = []
+
+
+class _Binary:
+    function = None
+    packed_metadata = None
+
+    @staticmethod
+    def run(*args):
+        LAUNCHED.append(args[9:])  # the kernel's arguments (after grid, stream, ...)
+
+
+class _Binaries(dict):
+    def get(self, key, default=None):
+        return (_Binary, ())
+
+
+class _Driver:
+    class active:
+        @staticmethod
+        def get_current_device():
+            return 0
+
+        @staticmethod
+        def get_current_stream(device):
+            return 0
+
+
+@pytest.fixture
+def cuda_path(monkeypatch):
+    """The attention ops' CUDA path on CPU tensors, launches recorded in LAUNCHED."""
+    profile = hardware.get_profile("h100")
+
+    def kernel_module(kind, spec, device):
+        module = cache.cached_module(kind, spec, TAG)
+        if module is None:
+            module = cache.load_kernel_module(kind, spec, TAG, profile)
+            for value in vars(module).values():
+                if isinstance(value, launch.JITFunction):
+                    value.__dict__["_ioaware_binaries"] = _Binaries()
+        return module
+
+    for module in (runtime, attention_op):
+        if hasattr(module, "kernel_module"):
+            monkeypatch.setattr(module, "kernel_module", kernel_module)
+        monkeypatch.setattr(module, "backend_name", lambda device: "triton")
+    monkeypatch.setattr(launch, "driver", _Driver)
+    monkeypatch.setattr(config, "fast_launch", True)
+    plan.forget()
+    LAUNCHED.clear()
+    yield
+    plan.forget()
+
+
+forward = undecorated(attention_op.flash_attention_op)
+backward = undecorated(attention_op.flash_attention_backward_op)
+
+
+def qkv(n=64, d=32, dtype=torch.bfloat16):
+    return tuple(torch.randn(1, 2, n, d, dtype=dtype) for _ in range(3))
+
+
+def calls(fn, times):
+    """The launches of each of `times` calls of fn, and its last result."""
+    per_call = []
+    for _ in range(times):
+        LAUNCHED.clear()
+        result = fn()
+        per_call.append(list(LAUNCHED))
+    return per_call, result
+
+
+def same_launch(a: tuple, b: tuple, inputs: tuple) -> bool:
+    """Equal scalars; the inputs by identity; other tensors alike in layout."""
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if isinstance(x, torch.Tensor):
+            if not isinstance(y, torch.Tensor):
+                return False
+            if any(x is t for t in inputs) or any(y is t for t in inputs):
+                if x is not y:
+                    return False
+            elif (x.shape, x.stride(), x.dtype) != (y.shape, y.stride(), y.dtype):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+def test_a_plan_is_kept_after_two_agreeing_recordings_and_replays_the_bodys_launches(
+        cuda_path):
+    q, k, v = qkv()
+    unplanned, _ = calls(lambda: forward.__wrapped__(q, k, v, 0.125, True), 1)
+    per_call, (out, lse) = calls(lambda: forward(q, k, v, 0.125, True), 5)
+    (entry,) = forward.plans.values()
+    assert isinstance(entry, plan.Plan)
+    for launches in per_call:  # the body (seen, recorded, recorded), then replays
+        assert len(launches) == 1 and same_launch(launches[0], unplanned[0][0], (q, k, v))
+    assert out.shape == (1, 2, 64, 32) and lse.dtype == torch.float32
+    assert per_call[4][0][3] is out and per_call[4][0][4] is lse  # the outputs it returned
+
+    dout = torch.randn_like(q)
+    args = (dout, q, k, v, out, lse, 0.125, True, None)
+    unplanned, _ = calls(lambda: backward.__wrapped__(*args), 1)
+    per_call, grads = calls(lambda: backward(*args), 4)
+    assert isinstance(next(iter(backward.plans.values())), plan.Plan)
+    assert len(unplanned[0]) == 3  # preprocess, dK/dV, dQ
+    assert all(same_launch(a, b, args[:6]) for a, b in zip(per_call[3], unplanned[0]))
+    assert [g.shape for g in grads] == [q.shape, k.shape, v.shape]
+
+
+def test_the_plan_key_replans_on_a_new_shape_or_stride_and_reuses_otherwise(cuda_path):
+    q, k, v = qkv()
+    calls(lambda: forward(q, k, v, 0.125, True), 3)
+    assert len(forward.plans) == 1 and isinstance(forward.plans[plan.signature(
+        (q, k, v, 0.125, True))], plan.Plan)
+
+    q2, k2, v2 = qkv()  # new tensors, same signature: the same plan, their pointers
+    per_call, _ = calls(lambda: forward(q2, k2, v2, 0.125, True), 1)
+    assert len(forward.plans) == 1
+    assert all(a is b for a, b in zip(per_call[0][0][:3], (q2, k2, v2)))
+
+    longer = qkv(n=96)
+    calls(lambda: forward(*longer, 0.125, True), 1)
+    assert len(forward.plans) == 2 and not isinstance(
+        forward.plans[plan.signature((*longer, 0.125, True))], plan.Plan)
+
+    strided = tuple(t.transpose(1, 2).contiguous().transpose(1, 2) for t in qkv())
+    per_call, _ = calls(lambda: forward(*strided, 0.125, True), 4)
+    assert len(forward.plans) == 3
+    assert per_call[3][0][5:9] == strided[0].stride()  # q's strides, as the body passes them
+
+    calls(lambda: forward(q, k, v, 0.25, True), 1)  # a scalar argument is in the key too
+    calls(lambda: forward(q, k, v, 0.125, False), 1)
+    assert len(forward.plans) == 5
+
+
+def test_a_size_seen_once_is_never_recorded(cuda_path, monkeypatch):
+    """A cache read through the op grows every call: no recording cost per call."""
+    recordings = []
+    record = plan._record
+    monkeypatch.setattr(plan, "_record", lambda *a: recordings.append(1) or record(*a))
+    for n in range(40, 48):
+        forward(*qkv(n=n), 0.125, True)
+    assert not recordings and len(forward.plans) == 8
+
+
+def test_a_tensor_passed_twice_is_not_recorded_but_replays(cuda_path):
+    q, k, v = qkv()
+    calls(lambda: forward(q, q, q, 0.125, True), 2)  # seen, then not recorded
+    assert not isinstance(next(iter(forward.plans.values())), plan.Plan)
+    calls(lambda: forward(q, k, v, 0.125, True), 2)  # the same key: now recorded
+    assert isinstance(next(iter(forward.plans.values())), plan.Plan)
+    per_call, _ = calls(lambda: forward(q, q, q, 0.125, True), 1)
+    assert all(t is q for t in per_call[0][0][:3])  # each position gets what it was given
+
+
+def test_a_body_that_computes_with_torch_is_never_planned(monkeypatch):
+    """The reference path (plain torch math on the CPU) makes tensors by computing: the
+    signature is NEVER and every call runs the body."""
+    monkeypatch.setattr(config, "interpret", False)
+    plan.forget()
+    q, k, v = qkv(dtype=torch.float32)
+    first = forward(q, k, v, 0.125, True)[0]
+    forward(q, k, v, 0.125, True)  # the first call only runs it; the second records
+    assert list(forward.plans.values()) == [plan.NEVER]
+    torch.testing.assert_close(forward(q, k, v, 0.125, True)[0], first, rtol=0, atol=0)
+    plan.forget()
+
+
+def test_plans_off_run_the_body(cuda_path, monkeypatch):
+    q, k, v = qkv()
+    calls(lambda: forward(q, k, v, 0.125, True), 3)
+    replays = []
+    monkeypatch.setattr(plan.Plan, "replay", lambda self, values: replays.append(1))
+    monkeypatch.setattr(plan, "enabled", False)
+    per_call, _ = calls(lambda: forward(q, k, v, 0.125, True), 1)
+    assert not replays and len(per_call[0]) == 1
+    monkeypatch.setattr(plan, "enabled", True)
+    forward(q, k, v, 0.125, True)
+    assert replays == [1]
+
+
+@pytest.mark.parametrize("work, planned", [
+    (lambda x, out: out, True),                       # allocations only
+    (lambda x, out: (x.contiguous(), out)[1], True),   # a no-op conversion
+    (lambda x, out: x, True),                         # an argument, returned as it came
+    (lambda x, out: out.zero_(), False),               # in place
+    (lambda x, out: out.__iadd__(1), False),
+    (lambda x, out: torch.add(x, 1, out=out), False),  # out=
+    (lambda x, out: (x.tolist(), out)[1], False),     # reads values
+    (lambda x, out: x * 2, False),                    # computes
+    (lambda x, out: x[0], False),                     # a view
+    (lambda x, out: x.abs_(), False),                 # changes an argument in place
+])
+def test_the_recorder_keeps_only_allocations_and_launches(work, planned):
+    def body(x):
+        out = torch.empty(x.shape, dtype=x.dtype)
+        return work(x, out)
+
+    _, recorded = plan._record(body, (torch.randn(4, 4).abs() + 1,))
+    assert isinstance(recorded, plan.Plan) is planned, recorded
