@@ -105,6 +105,7 @@ TUNE_MIN_STEPS = ${tune_min_steps}
 MAX_GRID_Y = 65535
 # Chunks ahead (sweep 1) or behind (sweep 2) whose bytes each chunk asks L2 for.
 PREFETCH = 0 if INTERPRET else ${prefetch}
+POLY_EVERY = ${poly_every}  # one step in POLY_EVERY takes exp2 on the FMA pipe (0: none)
 
 
 ${primitives}
@@ -181,6 +182,7 @@ def _selective_scan_bwd(
     stride_hb, stride_hd, stride_hn,
     DC, L, L_BUCKET, N_CHUNKS, G, CPG: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, PREFETCH: tl.constexpr,
+    POLY_EVERY: tl.constexpr = 0,
 ):
     """One program per (channel block, batch). du, ddelta, dz: [Bt, Dc, L], dB, dC:
     [Bt, G, L, N] fp32, dA: [Dc, N] fp32, dD, ddelta_bias: [Dc] fp32, dh0: [Bt, Dc, N]
@@ -242,9 +244,9 @@ def _selective_scan_bwd(
             U, Delta, DeltaBias, B, C, Z, (k + 1) * BLOCK_L, L, offs_c, offs_d, d_ok, offs_n,
             n_ok, stride_ud, stride_ul, stride_dd, stride_dl, stride_bg, stride_bl, stride_bn,
             stride_cg, stride_cl, stride_cn, stride_zd, stride_zl, CPG, BLOCK_D)
-        u = u_raw.to(tl.float32)
+        u = _to_f32(u_raw)
         b_tile = _bc_tile(b_raw, CPG, BLOCK_D)
-        decay = _exp2(dt[:, None, :] * a_log2[None, :, :])
+        decay = _decay(dt[:, None, :] * a_log2[None, :, :], offs_c, POLY_EVERY)
         x = (dt * u)[:, None, :] * b_tile
         x = tl.where(offs_c[:, None, None] == 0, x + decay * h[None, :, :], x)
         _, hs = tl.associative_scan((decay, x), 0, _combine)
@@ -285,20 +287,20 @@ def _selective_scan_bwd(
             n_ok, stride_ud, stride_ul, stride_dd, stride_dl, stride_bg, stride_bl, stride_bn,
             stride_cg, stride_cl, stride_cn, stride_od, stride_ol, stride_zd, stride_zl, CPG,
             BLOCK_D, BLOCK_L)
-        u = u_raw.to(tl.float32)
+        u = _to_f32(u_raw)
         b_tile = _bc_tile(b_raw, CPG, BLOCK_D)
         c_tile = _bc_tile(c_raw, CPG, BLOCK_D)
-        dy = dy_raw.to(tl.float32)
+        dy = _to_f32(dy_raw)
 
         # Recompute the chunk's states from its start state (folded into the first step).
-        decay = _exp2(dt[:, None, :] * a_log2[None, :, :])
+        decay = _decay(dt[:, None, :] * a_log2[None, :, :], offs_c, POLY_EVERY)
         x = (dt * u)[:, None, :] * b_tile
         _, hs = tl.associative_scan(
             (decay, tl.where(offs_c[:, None, None] == 0, x + decay * h_start[None, :, :], x)),
             0, _combine)
 
         if HAS_Z:
-            zz = z_raw.to(tl.float32)
+            zz = _to_f32(z_raw)
             y = _sum(hs * c_tile, 1)
             if HAS_D:
                 y += d_skip[None, :] * u
@@ -381,7 +383,8 @@ def _launch(config, dout, dh_last, u, delta, A, B, C, D, z, delta_bias, h0, grad
                dout_, dh_last_, u_, delta_, A, B_, C_, D if D is not None else A, z__,
                delta_bias if delta_bias is not None else A, h0__, h_chunk_,
                du_, ddelta_, dz_, da, db_, dc_, dd, ddb, dh0_, *strides, *sizes,
-               BLOCK_D=bd, BLOCK_L=bl, PREFETCH=PREFETCH, num_warps=warps)
+               BLOCK_D=bd, BLOCK_L=bl, PREFETCH=PREFETCH, POLY_EVERY=POLY_EVERY,
+               num_warps=warps)
 
 
 def backward(dout, dh_last, u, delta, A, B, C, D, z, delta_bias, h0, dtypes, config=None):
