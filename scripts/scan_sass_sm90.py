@@ -141,21 +141,24 @@ def main() -> int:
     parser.add_argument("--poly", type=int, nargs="*", default=[0, 16, 8, 4, 2, 1],
                         help="POLY_EVERY values (0: all exp2 on MUFU)")
     parser.add_argument("--only", choices=("fwd", "bwd"))
+    parser.add_argument("--all-configs", action="store_true",
+                        help="every autotuning candidate, not only the first")
     options = parser.parse_args()
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton's default, quietly
     with tempfile.TemporaryDirectory() as folder:
-        for kind, render, name, config in (
+        for kind, render, name, configs in (
                 ("fwd", scan_fwd.render_forward, "_selective_scan_fwd",
-                 scan_fwd.tile_configs(SPEC, "h100")[0]),
+                 scan_fwd.tile_configs(SPEC, "h100")),
                 ("bwd", scan_bwd.render_backward, "_selective_scan_bwd",
-                 scan_bwd.backward_configs(SPEC, "h100")[0])):
+                 scan_bwd.backward_configs(SPEC, "h100"))):
             if options.only not in (None, kind):
                 continue
             path = Path(folder) / f"scan_sm90_{kind}.py"
             path.write_text(render(SPEC, interpret=False, profile="h100"))
             module = _import_file(path.stem, path, False)
-            for poly in options.poly:
-                report(kind, getattr(module, name), config, poly)
+            for config in configs if options.all_configs else configs[:1]:
+                for poly in options.poly:
+                    report(kind, getattr(module, name), config, poly)
     return 0
 
 
