@@ -404,18 +404,49 @@ def _probe_exp2_poly(X, Y, SIZE: tl.constexpr):
 '''
 
 
-def _selective_module(kind: str, spec, poly_every: int):
-    """The interpreted forward or backward module of `spec` (rendered here, not from the
-    op's cache), its exp2 on the FMA pipe in one step of every `poly_every`."""
+def _selective_module(kind: str, spec, poly_every: int, interpret: bool = True):
+    """The forward or backward module of `spec` (rendered here, not from the op's
+    cache), its exp2 on the FMA pipe in one step of every `poly_every`."""
     from ioaware.codegen.cache import _import_text
     from ioaware.codegen.scan import backward as scan_bwd
     from ioaware.codegen.scan import forward as scan_fwd
 
     render = scan_fwd.render_forward if kind == "fwd" else scan_bwd.render_backward
-    text = render(spec, interpret=True) + (_PROBE if kind == "fwd" else "")
-    module = _import_text(f"scan_poly_{kind}_{poly_every}_{spec.key()}", text, True)
+    text = render(spec, interpret=interpret) + (_PROBE if kind == "fwd" else "")
+    module = _import_text(f"scan_poly_{kind}_{poly_every}_{int(interpret)}_{spec.key()}",
+                          text, interpret)
     module.POLY_EVERY = poly_every
     return module
+
+
+def check_poly_scan(inputs, spec, poly_every: int, interpret: bool, dtype) -> None:
+    """Forward and backward modules of `spec` at `poly_every` on `inputs`
+    (make_selective's, softplus on, no h0 or with it per `spec`) against the float64 loop:
+    y and h_last, and every gradient, within TOLERANCE[dtype]."""
+    u, delta, A, B, C, D, z, delta_bias, _, h0 = inputs
+    fwd = _selective_module("fwd", spec, poly_every, interpret)
+    bwd = _selective_module("bwd", spec, poly_every, interpret)
+    y = torch.full_like(u, float("nan"))
+    h_last = torch.full((*u.shape[:2], A.shape[1]), float("nan"), device=u.device)
+    fwd.forward(u, delta, A, B, C, D, z, delta_bias, h0, y, h_last)
+
+    tensors = [u, delta, A, B, C, D, z, delta_bias, h0]
+    present = [i for i, t in enumerate(tensors) if t is not None]
+    ref = [None if t is None else t.detach().double().requires_grad_() for t in tensors]
+    y_ref, h_ref = eager_selective_scan(*ref[:8], True, ref[8])
+    assert_close("y", y, y_ref, dtype)
+    assert_close("h_last", h_last, h_ref, torch.float32)
+
+    g = torch.Generator().manual_seed(12)
+    dy = torch.randn(y.shape, generator=g).to(device=u.device, dtype=u.dtype)
+    dh = torch.randn(h_last.shape, generator=g).to(u.device)
+    grads = bwd.backward(dy, dh, u, delta, A, B, C, D, z, delta_bias, h0,
+                         [t.dtype if t is not None else torch.float32 for t in tensors])
+    ref_grads = torch.autograd.grad([y_ref, h_ref], [ref[i] for i in present],
+                                    [dy.double(), dh.double()])
+    names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0"]
+    for i, want in zip(present, ref_grads):
+        assert_close(f"d{names[i]}", grads[i], want, tensors[i].dtype)
 
 
 def test_exp2_poly_matches_exp2_over_the_decay_range():
@@ -464,26 +495,6 @@ def test_selective_scan_with_poly_exp2_matches_eager_loop(poly_every):
 
     inputs = make_selective(11, 1, 3, 1, 40, 4, torch.float32, True,
                             {"D", "z", "delta_bias", "softplus", "h0"}, "contiguous")
-    u, delta, A, B, C, D, z, delta_bias, _, h0 = inputs
     spec = ScanSpec(kind="selective", dtype="float32", d_state=4, has_D=True, has_z=True,
                     has_delta_bias=True, delta_softplus=True, has_h0=True)
-    fwd = _selective_module("fwd", spec, poly_every)
-    bwd = _selective_module("bwd", spec, poly_every)
-    y = torch.full_like(u, float("nan"))
-    h_last = torch.full((1, 3, 4), float("nan"))
-    fwd.forward(u, delta, A, B, C, D, z, delta_bias, h0, y, h_last)
-
-    tensors = [u, delta, A, B, C, D, z, delta_bias, h0]
-    ref = [t.detach().double().requires_grad_() for t in tensors]
-    y_ref, h_ref = eager_selective_scan(*ref[:8], True, ref[8])
-    assert_close("y", y, y_ref, torch.float32)
-    assert_close("h_last", h_last, h_ref, torch.float32)
-
-    g = torch.Generator().manual_seed(12)
-    dy, dh = torch.randn(y.shape, generator=g), torch.randn(h_last.shape, generator=g)
-    grads = bwd.backward(dy, dh, u, delta, A, B, C, D, z, delta_bias, h0,
-                         [torch.float32] * 9)
-    ref_grads = torch.autograd.grad([y_ref, h_ref], ref, [dy.double(), dh.double()])
-    names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0"]
-    for name, got, want in zip(names, grads, ref_grads):
-        assert_close(f"d{name}", got, want, torch.float32)
+    check_poly_scan(inputs, spec, poly_every, True, torch.float32)
