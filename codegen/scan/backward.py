@@ -141,7 +141,7 @@ def _add_bc_grad(Ptr, grad, offs_d, d_ok, offs_n, n_ok, offs_l, l_ok, stride_g,
                  mask=ln_ok[:, :, None] & d_ok[None, None, :])
     elif CPG % BLOCK_D == 0:
         g = (tl.program_id(0) * BLOCK_D // CPG).to(tl.int64)
-        tl.atomic_add(Ptr + g * stride_g + ln, _sum(grad, 2), mask=ln_ok, sem="relaxed")
+        tl.atomic_add(Ptr + g * stride_g + ln, _sum_channels(grad), mask=ln_ok, sem="relaxed")
     else:
         g = (offs_d // CPG).to(tl.int64)
         tl.atomic_add(Ptr + ln[:, :, None] + g[None, None, :] * stride_g, grad,
@@ -301,7 +301,7 @@ def _selective_scan_bwd(
 
         if HAS_Z:
             zz = _to_f32(z_raw)
-            y = _sum(hs * c_tile, 1)
+            y = _sum_state(hs * c_tile)
             if HAS_D:
                 y += d_skip[None, :] * u
             sig = _sigmoid(zz)
@@ -324,14 +324,14 @@ def _selective_scan_bwd(
 
         _add_bc_grad(DB, g * (dt * u)[:, None, :], offs_d, d_ok, offs_n, n_ok, offs_l, l_ok,
                      L * D_STATE, CPG, BLOCK_D)
-        gb = _sum(g * b_tile, 1)
+        gb = _sum_state(g * b_tile)
         # g_t · a_t · h_{t-1}, with a_t · h_{t-1} = h_t - x_t except at the chunk's first
         # step, where it is the exact product: from h_start = 0 (no h0, L = 1) dA is 0,
         # not the rounding of h_t - x_t under FMA contraction (seen on H100: 2e-8 where the
         # float64 loop has 0).
         h_carried = tl.where(offs_c[:, None, None] == 0, decay * h_start[None, :, :], hs - x)
         g_prev = g * h_carried
-        ddt = u * gb + _sum(g_prev * a_raw[None, :, :], 1)
+        ddt = u * gb + _sum_state(g_prev * a_raw[None, :, :])
         da_acc += _sum(g_prev * dt[:, None, :], 0)
         du += dt * gb
         if DELTA_SOFTPLUS:
