@@ -105,6 +105,7 @@ TUNE_MIN_STEPS = ${tune_min_steps}
 MAX_GRID_Y = 65535
 # Chunks ahead (sweep 1) or behind (sweep 2) whose bytes each chunk asks L2 for.
 PREFETCH = 0 if INTERPRET else ${prefetch}
+POLY_EVERY = ${poly_every}  # one step in POLY_EVERY takes exp2 on the FMA pipe (0: none)
 
 
 ${primitives}
@@ -140,7 +141,7 @@ def _add_bc_grad(Ptr, grad, offs_d, d_ok, offs_n, n_ok, offs_l, l_ok, stride_g,
                  mask=ln_ok[:, :, None] & d_ok[None, None, :])
     elif CPG % BLOCK_D == 0:
         g = (tl.program_id(0) * BLOCK_D // CPG).to(tl.int64)
-        tl.atomic_add(Ptr + g * stride_g + ln, _sum(grad, 2), mask=ln_ok, sem="relaxed")
+        tl.atomic_add(Ptr + g * stride_g + ln, _sum_channels(grad), mask=ln_ok, sem="relaxed")
     else:
         g = (offs_d // CPG).to(tl.int64)
         tl.atomic_add(Ptr + ln[:, :, None] + g[None, None, :] * stride_g, grad,
@@ -181,6 +182,7 @@ def _selective_scan_bwd(
     stride_hb, stride_hd, stride_hn,
     DC, L, L_BUCKET, N_CHUNKS, G, CPG: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, PREFETCH: tl.constexpr,
+    POLY_EVERY: tl.constexpr = 0,
 ):
     """One program per (channel block, batch). du, ddelta, dz: [Bt, Dc, L], dB, dC:
     [Bt, G, L, N] fp32, dA: [Dc, N] fp32, dD, ddelta_bias: [Dc] fp32, dh0: [Bt, Dc, N]
@@ -242,9 +244,9 @@ def _selective_scan_bwd(
             U, Delta, DeltaBias, B, C, Z, (k + 1) * BLOCK_L, L, offs_c, offs_d, d_ok, offs_n,
             n_ok, stride_ud, stride_ul, stride_dd, stride_dl, stride_bg, stride_bl, stride_bn,
             stride_cg, stride_cl, stride_cn, stride_zd, stride_zl, CPG, BLOCK_D)
-        u = u_raw.to(tl.float32)
+        u = _to_f32(u_raw)
         b_tile = _bc_tile(b_raw, CPG, BLOCK_D)
-        decay = _exp2(dt[:, None, :] * a_log2[None, :, :])
+        decay = _decay(dt[:, None, :] * a_log2[None, :, :], offs_c, POLY_EVERY)
         x = (dt * u)[:, None, :] * b_tile
         x = tl.where(offs_c[:, None, None] == 0, x + decay * h[None, :, :], x)
         _, hs = tl.associative_scan((decay, x), 0, _combine)
@@ -285,21 +287,21 @@ def _selective_scan_bwd(
             n_ok, stride_ud, stride_ul, stride_dd, stride_dl, stride_bg, stride_bl, stride_bn,
             stride_cg, stride_cl, stride_cn, stride_od, stride_ol, stride_zd, stride_zl, CPG,
             BLOCK_D, BLOCK_L)
-        u = u_raw.to(tl.float32)
+        u = _to_f32(u_raw)
         b_tile = _bc_tile(b_raw, CPG, BLOCK_D)
         c_tile = _bc_tile(c_raw, CPG, BLOCK_D)
-        dy = dy_raw.to(tl.float32)
+        dy = _to_f32(dy_raw)
 
         # Recompute the chunk's states from its start state (folded into the first step).
-        decay = _exp2(dt[:, None, :] * a_log2[None, :, :])
+        decay = _decay(dt[:, None, :] * a_log2[None, :, :], offs_c, POLY_EVERY)
         x = (dt * u)[:, None, :] * b_tile
         _, hs = tl.associative_scan(
             (decay, tl.where(offs_c[:, None, None] == 0, x + decay * h_start[None, :, :], x)),
             0, _combine)
 
         if HAS_Z:
-            zz = z_raw.to(tl.float32)
-            y = _sum(hs * c_tile, 1)
+            zz = _to_f32(z_raw)
+            y = _sum_state(hs * c_tile)
             if HAS_D:
                 y += d_skip[None, :] * u
             sig = _sigmoid(zz)
@@ -322,14 +324,14 @@ def _selective_scan_bwd(
 
         _add_bc_grad(DB, g * (dt * u)[:, None, :], offs_d, d_ok, offs_n, n_ok, offs_l, l_ok,
                      L * D_STATE, CPG, BLOCK_D)
-        gb = _sum(g * b_tile, 1)
+        gb = _sum_state(g * b_tile)
         # g_t · a_t · h_{t-1}, with a_t · h_{t-1} = h_t - x_t except at the chunk's first
         # step, where it is the exact product: from h_start = 0 (no h0, L = 1) dA is 0,
         # not the rounding of h_t - x_t under FMA contraction (seen on H100: 2e-8 where the
         # float64 loop has 0).
         h_carried = tl.where(offs_c[:, None, None] == 0, decay * h_start[None, :, :], hs - x)
         g_prev = g * h_carried
-        ddt = u * gb + _sum(g_prev * a_raw[None, :, :], 1)
+        ddt = u * gb + _sum_state(g_prev * a_raw[None, :, :])
         da_acc += _sum(g_prev * dt[:, None, :], 0)
         du += dt * gb
         if DELTA_SOFTPLUS:
@@ -381,7 +383,8 @@ def _launch(config, dout, dh_last, u, delta, A, B, C, D, z, delta_bias, h0, grad
                dout_, dh_last_, u_, delta_, A, B_, C_, D if D is not None else A, z__,
                delta_bias if delta_bias is not None else A, h0__, h_chunk_,
                du_, ddelta_, dz_, da, db_, dc_, dd, ddb, dh0_, *strides, *sizes,
-               BLOCK_D=bd, BLOCK_L=bl, PREFETCH=PREFETCH, num_warps=warps)
+               BLOCK_D=bd, BLOCK_L=bl, PREFETCH=PREFETCH, POLY_EVERY=POLY_EVERY,
+               num_warps=warps)
 
 
 def backward(dout, dh_last, u, delta, A, B, C, D, z, delta_bias, h0, dtypes, config=None):

@@ -64,6 +64,12 @@ MAX_TILE_PER_THREAD = 64
 # (4, 32, 1) from 250 to 232-237 µs; the backward from 1634 to 1566-1569 µs.
 PREFETCH_CHUNKS = 4
 
+# One step in every POLY_EVERY of a chunk takes its decays' exp2 on the FMA pipe as a
+# polynomial (`_exp2_poly`), the rest on MUFU; 0: all on MUFU. A tuning knob: sm_90
+# SASS predicts no gain while the loop issues more than 8 instructions per MUFU exp2
+# (docs/kernels.md, "Polynomial exp2"); scripts/gpu_scan_poly.py measures the shares.
+POLY_EVERY = 0
+
 # Autotune only where a launch is long enough for the choice to matter.
 TUNE_MIN_STEPS = 256 * 1024  # Bt·Dc·L
 
@@ -155,7 +161,16 @@ HAS_DELTA_BIAS = tl.constexpr(${has_delta_bias})
 DELTA_SOFTPLUS = tl.constexpr(${delta_softplus})
 HAS_H0 = tl.constexpr(${has_h0})
 LOG2E = tl.constexpr(1.4426950408889634)
-LN2 = tl.constexpr(0.6931471805599453)""")
+LN2 = tl.constexpr(0.6931471805599453)
+# 2^f on f in [-1/2, 1/2] as 1 + f·(C1 + f·(C2 + f·(C3 + f·(C4 + f·C5)))): relative
+# minimax coefficients (scripts/exp2_poly_coefficients.py), error 9.1e-8 exact, 1.9e-7
+# in fp32 Horner: MUFU ex2.approx's own class (2^-22), so no tolerance changes.
+EXP2_C1 = tl.constexpr(0.6931470036506653)
+EXP2_C2 = tl.constexpr(0.24022242426872253)
+EXP2_C3 = tl.constexpr(0.05550733581185341)
+EXP2_C4 = tl.constexpr(0.009671512991189957)
+EXP2_C5 = tl.constexpr(0.001326472731307149)
+ROUND_MAGIC = tl.constexpr(12582912.0)  # 1.5·2^23: x + it rounds x to an integer""")
 
 
 _SUM_COMPILED = """\
@@ -184,6 +199,26 @@ def _log2(x):
 
 
 @triton.jit
+def _rcp(x):
+    \"\"\"1 / x as one MUFU.RCP (rcp.approx.ftz: relative error ~2^-23).\"\"\"
+    return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [x],
+                                     dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _to_f32(x):
+    \"\"\"x in fp32. bf16 pairs as they sit in one 32-bit register: the low one shifted up
+    16 bits, the high one masked (one instruction each; cvt.f32.bf16 of the high half
+    compiles to PRMT + SHF, two: 1.3 instructions per state element of the forward).\"\"\"
+    if x.dtype == tl.bfloat16:
+        return tl.inline_asm_elementwise(
+            "{ shl.b32 $0, $2, 16; and.b32 $1, $2, 0xffff0000; }", "=r,=r,r", [x],
+            dtype=tl.float32, is_pure=True, pack=2)
+    else:
+        return x.to(tl.float32)
+
+
+@triton.jit
 def _prefetch(ptrs, mask):
     \"\"\"prefetch.global.L2 of each address where mask holds: a hint, no value, no wait.\"\"\"
     tl.inline_asm_elementwise(
@@ -208,6 +243,16 @@ def _log2(x):
 
 
 @triton.jit
+def _rcp(x):
+    return 1.0 / x
+
+
+@triton.jit
+def _to_f32(x):
+    return x.to(tl.float32)
+
+
+@triton.jit
 def _prefetch(ptrs, mask):
     pass"""
 
@@ -221,6 +266,40 @@ def _combine(a1, x1, a2, x2):
 
 
 @triton.jit
+def _exp2_poly(x):
+    """2^x on the FMA pipe, no MUFU (FlashAttention-4's split): x = n + f, n = round(x)
+    by adding 1.5·2^23 (n lands in the low mantissa bits of t, exact for |x| < 2^22),
+    2^f by the degree-5 polynomial above, and 2^n by adding n to the exponent field:
+    bits(2^x) = bits(2^f) + (bits(t) << 23) (the shift drops t's own exponent and
+    leading mantissa bits, leaving n << 23 in two's complement).
+
+    x is clamped to [-126, 128] with NaN kept: x = 128 gives bits 0x7F800000 = inf,
+    x <= -126 gives 2^-126 where exp2 is below it (absolute error < 2^-126 ≈ 1.2e-38;
+    the MUFU path flushes those to 0), a NaN stays NaN. x = 0 gives exactly 1 (the
+    padded steps' decay). ~11 FP32/INT instructions per element against one MUFU."""
+    x = tl.maximum(x, -126.0, propagate_nan=tl.PropagateNan.ALL)
+    x = tl.minimum(x, 128.0, propagate_nan=tl.PropagateNan.ALL)
+    t = x + ROUND_MAGIC
+    f = x - (t - ROUND_MAGIC)
+    p = f * (EXP2_C1 + f * (EXP2_C2 + f * (EXP2_C3 + f * (EXP2_C4 + f * EXP2_C5)))) + 1.0
+    bits = p.to(tl.int32, bitcast=True) + (t.to(tl.int32, bitcast=True) << 23)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _decay(arg, offs_c, POLY_EVERY: tl.constexpr):
+    """exp2 of a [BLOCK_L, N, BLOCK_D] tile of decay exponents: step j of the chunk by
+    `_exp2_poly` where j % POLY_EVERY == POLY_EVERY - 1, by MUFU elsewhere. Each thread
+    holds whole runs of L (fits_layout), so the select is fixed per register at compile
+    time and the unused form of each element is dead code."""
+    if POLY_EVERY == 0:
+        return _exp2(arg)
+    else:
+        on_fma = (offs_c % POLY_EVERY == POLY_EVERY - 1)[:, None, None]
+        return tl.where(on_fma, _exp2_poly(arg), _exp2(arg))
+
+
+@triton.jit
 def _softplus(x):
     """F.softplus with threshold 20; log1p(e) as e - e²/2 where log(1 + e) loses e.
     ln(1 + e) = ln 2 · log2(1 + e), e = 2^(x log2 e): two MUFU instructions."""
@@ -231,7 +310,10 @@ def _softplus(x):
 
 @triton.jit
 def _sigmoid(x):
-    return 1.0 / (1.0 + _exp2(-x * LOG2E))
+    """1 / (1 + 2^(-x log2 e)) as MUFU ex2 and rcp: `1.0 / d` is the IEEE-safe division
+    (a range test, two scalings and a select around the MUFU.RCP: ~6 instructions per
+    (step, channel), 0.4 per state element of the forward). x -> -inf gives 1 / inf = 0."""
+    return _rcp(1.0 + _exp2(x * -LOG2E))
 
 
 @triton.jit
@@ -278,9 +360,9 @@ def _load_bc_raw(Ptr, offs_d, d_ok, offs_n, offs_l, l_ok, n_ok, stride_g, stride
 def _bc_tile(raw, CPG: tl.constexpr, BLOCK_D: tl.constexpr):
     """fp32 [BLOCK_L, N, 1] (broadcast over the block's channels) or [BLOCK_L, N, BLOCK_D]."""
     if CPG % BLOCK_D == 0:
-        return raw.to(tl.float32)[:, :, None]
+        return _to_f32(raw)[:, :, None]
     else:
-        return raw.to(tl.float32)
+        return _to_f32(raw)
 
 
 @triton.jit
@@ -297,6 +379,59 @@ def _prefetch_bc(Ptr, offs_c, start, L, stride_g, stride_l, CPG: tl.constexpr,
     the block's first channel (the one group every channel reads, when CPG % BLOCK_D == 0)."""
     g = (tl.program_id(0) * BLOCK_D // CPG).to(tl.int64)
     _prefetch(Ptr + g * stride_g + (start + offs_c) * stride_l, start + offs_c < L)
+
+
+@triton.jit
+def _fold(x, W: tl.constexpr):
+    """[P, Q, W] -> [P, Q, W / 2]: the pairs of the last axis added. tl.split wants each
+    pair in one thread, and Triton moves it there through shared memory."""
+    a, b = tl.split(tl.reshape(x, [x.shape[0], x.shape[1], W // 2, 2]))
+    return a + b
+
+
+@triton.jit
+def _sum_lanes(x, W: tl.constexpr):
+    """Σ over the last axis (W <= 32, a power of two) of a [P, Q, W] tile whose last axis
+    lies across lanes, as log2(W) `_fold`s. A tl.sum there is a butterfly: log2(W)
+    shuffles and adds for every value of every lane, each lane ending with the same
+    sums. The folds move the partial sums once through shared memory instead, and add
+    them in-thread: sm_90, the forward's sum over N at (8, 16, 1), 64 SHFL + 64 FADD per
+    64 state elements became 28 FADD and no SHFL (10.56 -> 9.73 per element)."""
+    if W >= 32:
+        x = _fold(x, 32)
+    if W >= 16:
+        x = _fold(x, 16)
+    if W >= 8:
+        x = _fold(x, 8)
+    if W >= 4:
+        x = _fold(x, 4)
+    if W >= 2:
+        x = _fold(x, 2)
+    return tl.reshape(x, [x.shape[0], x.shape[1]])
+
+
+@triton.jit
+def _sum_state(x):
+    """Σ_n of a [BLOCK_L, N, BLOCK_D] tile, [BLOCK_L, BLOCK_D]. The layout (fits_layout)
+    spreads BLOCK_D (up to 32) over lanes first and N over the remaining LANES; n =
+    LANES·k + lane, so the sum over k is in-thread and the one over lanes `_sum_lanes`.
+    (Any other layout still sums right, only slower.)"""
+    BLOCK_L: tl.constexpr = x.shape[0]
+    BLOCK_D: tl.constexpr = x.shape[2]
+    LANES: tl.constexpr = min(N_PAD, max(1, 32 // BLOCK_D))
+    part = _sum(tl.reshape(x, [BLOCK_L, N_PAD // LANES, LANES, BLOCK_D]), 1)
+    return _sum_lanes(tl.permute(part, (0, 2, 1)), LANES)
+
+
+@triton.jit
+def _sum_channels(x):
+    """Σ_d of a [BLOCK_L, N, BLOCK_D] tile, [BLOCK_L, N]: d = LANES·k + lane with BLOCK_D
+    over min(BLOCK_D, 32) lanes (fits_layout); in-thread over k, then `_sum_lanes`."""
+    BLOCK_L: tl.constexpr = x.shape[0]
+    BLOCK_D: tl.constexpr = x.shape[2]
+    LANES: tl.constexpr = min(BLOCK_D, 32)
+    part = _sum(tl.reshape(x, [BLOCK_L, N_PAD, BLOCK_D // LANES, LANES]), 2)
+    return _sum_lanes(part, LANES)
 
 
 @triton.jit
@@ -349,6 +484,7 @@ TUNE_MIN_STEPS = ${tune_min_steps}
 MAX_GRID_Y = 65535
 # Chunks ahead whose bytes each chunk asks L2 for (0: none; the interpreter has no PTX).
 PREFETCH = 0 if INTERPRET else ${prefetch}
+POLY_EVERY = ${poly_every}  # one step in POLY_EVERY takes exp2 on the FMA pipe (0: none)
 
 
 ${primitives}
@@ -366,6 +502,7 @@ def _selective_scan_fwd(
     stride_hb, stride_hd, stride_hn,
     DC, L, L_BUCKET, CPG: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, PREFETCH: tl.constexpr,
+    POLY_EVERY: tl.constexpr = 0,
 ):
     """One program per (channel block, batch). y: [Bt, Dc, L] and h_last: [Bt, Dc, N]
     contiguous. IO of one program: read BLOCK_D·L of u, delta (z), N·L of B and C;
@@ -423,20 +560,22 @@ def _selective_scan_fwd(
             _prefetch_bc(B, offs_c, ahead, L, stride_bg, stride_bl, CPG, BLOCK_D)
             _prefetch_bc(C, offs_c, ahead, L, stride_cg, stride_cl, CPG, BLOCK_D)
         dt = dt_n
-        u, zz = u_n.to(tl.float32), z_n.to(tl.float32)
-        b_tile, c_tile = _bc_tile(b_n, CPG, BLOCK_D), _bc_tile(c_n, CPG, BLOCK_D)
+        u, zz = _to_f32(u_n), _to_f32(z_n)
+        b_raw, c_raw = b_n, c_n
         u_n, _pre, dt_n, b_n, c_n, z_n = _chunk_inputs(
             U, Delta, DeltaBias, B, C, Z, start + BLOCK_L, L, offs_c, offs_d, d_ok, offs_n,
             n_ok, stride_ud, stride_ul, stride_dd, stride_dl, stride_bg, stride_bl, stride_bn,
             stride_cg, stride_cl, stride_cn, stride_zd, stride_zl, CPG, BLOCK_D)
-        # Discretise in registers (zero-order hold on A, Euler on B, as Mamba does).
-        decay = _exp2(dt[:, None, :] * a_log2[None, :, :])  # [BLOCK_L, N, BLOCK_D]
-        x = (dt * u)[:, None, :] * b_tile
+        # Discretise in registers (zero-order hold on A, Euler on B, as Mamba does);
+        # decay, x: [BLOCK_L, N, BLOCK_D].
+        decay = _decay(dt[:, None, :] * a_log2[None, :, :], offs_c, POLY_EVERY)
+        x = (dt * u)[:, None, :] * _bc_tile(b_raw, CPG, BLOCK_D)
         # The carried state enters as part of the first step (h_0 = a_0 h + x_0), so the
         # scan's second component is the state itself and its products go unused.
         x = tl.where(offs_c[:, None, None] == 0, x + decay * h[None, :, :], x)
         _, hs = tl.associative_scan((decay, x), 0, _combine)
-        y = _sum(hs * c_tile, 1)  # [BLOCK_L, BLOCK_D]
+        # C converted here, not with B: its fp32 tile lives through the y sum only.
+        y = _sum_state(hs * _bc_tile(c_raw, CPG, BLOCK_D))  # [BLOCK_L, BLOCK_D]
         h = _step(hs, offs_c, BLOCK_L - 1)
         if HAS_D:
             y += d_skip[None, :] * u
@@ -471,7 +610,8 @@ def _launch(config, u, delta, A, B, C, D, z, delta_bias, h0, y, h_last):
                        h_last[lo:hi])
         launch(_selective_scan_fwd, (_cdiv(channels, bd), hi - lo), *tensors, *strides,
                channels, length, 1 << (length - 1).bit_length(), cpg,
-               BLOCK_D=bd, BLOCK_L=bl, PREFETCH=PREFETCH, num_warps=warps)
+               BLOCK_D=bd, BLOCK_L=bl, PREFETCH=PREFETCH, POLY_EVERY=POLY_EVERY,
+               num_warps=warps)
 
 
 def forward(u, delta, A, B, C, D, z, delta_bias, h0, y, h_last, config=None):
@@ -526,4 +666,5 @@ def render_selective(
         tune_configs=format_configs(configs),
         tune_min_steps=str(TUNE_MIN_STEPS),
         prefetch=str(PREFETCH_CHUNKS),
+        poly_every=str(POLY_EVERY),
     )

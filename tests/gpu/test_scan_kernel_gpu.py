@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "interp"))
 from test_scan_kernel import (
     DTYPES,
     assert_close,
+    check_poly_scan,
     check_selective,
     eager_linear_scan,
     make_selective,
@@ -79,6 +80,22 @@ def test_selective_scan_gpu_issue_shape_forward():
                                                  softplus, h0)
     assert_close("y", y, y_ref.float(), torch.bfloat16)
     assert_close("h_last", h_last, h_ref, torch.float32)
+
+
+@pytest.mark.parametrize("poly_every", [1, 4])
+def test_selective_scan_gpu_poly_exp2(poly_every):
+    """The compiled forward and backward with the decays' exp2 on the FMA pipe in every
+    step (1) or one step in four (4), bf16 inputs with the inline-PTX upcast, against the
+    float64 loop (issue 17)."""
+    from ioaware.codegen.scan.spec import ScanSpec
+
+    inputs = make_selective(5, 2, 64, 1, 1000, 16, torch.bfloat16, False,
+                            {"D", "z", "delta_bias", "softplus"}, "contiguous")
+    spec = ScanSpec(kind="selective", dtype="bfloat16", d_state=16, delta_dtype="bfloat16",
+                    bc_dtype="bfloat16", has_D=True, has_z=True, has_delta_bias=True,
+                    delta_softplus=True)
+    check_poly_scan(tuple(to_cuda(t) for t in inputs), spec, poly_every, False,
+                    torch.bfloat16)
 
 
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])

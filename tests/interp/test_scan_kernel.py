@@ -378,8 +378,123 @@ def test_scan_kernels_compile_for_sm90(tmp_path):
         kernel = compile_sm90(getattr(module, name), const, arg_type, num_warps=warps)
         ptx = kernel.asm["ptx"]
         assert "ex2.approx.ftz.f32" in ptx and "prefetch.global.L2" in ptx
+        assert "0xffff0000;" in ptx  # bf16 pairs upcast in place (`_to_f32`)
+        if kind == "fwd":
+            # One step in four on the FMA pipe: the select is resolved per register, so
+            # a quarter of the decays' MUFU ex2 are gone (not computed both ways).
+            poly = compile_sm90(getattr(module, name), {**const, "POLY_EVERY": 4}, arg_type,
+                                num_warps=warps).asm["ptx"]
+            decays = block_l * 16 * block_d // (32 * warps)  # per thread per chunk
+            assert ptx.count("ex2.approx.ftz") - poly.count("ex2.approx.ftz") == decays // 4
         if kind == "bwd":
             # The dB/dC/dA/dD sums are fire-and-forget reductions: an acquire-release
             # atomic fences the whole GPU's memory before every chunk's adds.
             assert "red.global.gpu.relaxed.add" in ptx
             assert ".acq" not in ptx and "fence" not in ptx and "membar" not in ptx
+
+
+# ---- the polynomial exp2 (issue 17): the primitive over the decays' range, then the kernels
+
+_PROBE = '''
+
+@triton.jit
+def _probe_exp2_poly(X, Y, SIZE: tl.constexpr):
+    offs = tl.arange(0, SIZE)
+    tl.store(Y + offs, _exp2_poly(tl.load(X + offs)))
+'''
+
+
+def _selective_module(kind: str, spec, poly_every: int, interpret: bool = True):
+    """The forward or backward module of `spec` (rendered here, not from the op's
+    cache), its exp2 on the FMA pipe in one step of every `poly_every`."""
+    from ioaware.codegen.cache import _import_text
+    from ioaware.codegen.scan import backward as scan_bwd
+    from ioaware.codegen.scan import forward as scan_fwd
+
+    render = scan_fwd.render_forward if kind == "fwd" else scan_bwd.render_backward
+    text = render(spec, interpret=interpret) + (_PROBE if kind == "fwd" else "")
+    module = _import_text(f"scan_poly_{kind}_{poly_every}_{int(interpret)}_{spec.key()}",
+                          text, interpret)
+    module.POLY_EVERY = poly_every
+    return module
+
+
+def check_poly_scan(inputs, spec, poly_every: int, interpret: bool, dtype) -> None:
+    """Forward and backward modules of `spec` at `poly_every` on `inputs`
+    (make_selective's, softplus on, no h0 or with it per `spec`) against the float64 loop:
+    y and h_last, and every gradient, within TOLERANCE[dtype]."""
+    u, delta, A, B, C, D, z, delta_bias, _, h0 = inputs
+    fwd = _selective_module("fwd", spec, poly_every, interpret)
+    bwd = _selective_module("bwd", spec, poly_every, interpret)
+    y = torch.full_like(u, float("nan"))
+    h_last = torch.full((*u.shape[:2], A.shape[1]), float("nan"), device=u.device)
+    fwd.forward(u, delta, A, B, C, D, z, delta_bias, h0, y, h_last)
+
+    tensors = [u, delta, A, B, C, D, z, delta_bias, h0]
+    present = [i for i, t in enumerate(tensors) if t is not None]
+    ref = [None if t is None else t.detach().double().requires_grad_() for t in tensors]
+    y_ref, h_ref = eager_selective_scan(*ref[:8], True, ref[8])
+    assert_close("y", y, y_ref, dtype)
+    assert_close("h_last", h_last, h_ref, torch.float32)
+
+    g = torch.Generator().manual_seed(12)
+    dy = torch.randn(y.shape, generator=g).to(device=u.device, dtype=u.dtype)
+    dh = torch.randn(h_last.shape, generator=g).to(u.device)
+    grads = bwd.backward(dy, dh, u, delta, A, B, C, D, z, delta_bias, h0,
+                         [t.dtype if t is not None else torch.float32 for t in tensors])
+    ref_grads = torch.autograd.grad([y_ref, h_ref], [ref[i] for i in present],
+                                    [dy.double(), dh.double()])
+    names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0"]
+    for i, want in zip(present, ref_grads):
+        assert_close(f"d{names[i]}", grads[i], want, tensors[i].dtype)
+
+
+def test_exp2_poly_matches_exp2_over_the_decay_range():
+    """`_exp2_poly` against exp2 in float64 over every exponent a decay can have
+    (dt·A·log2 e <= 0 down to past the underflow), plus the ends. Error analysis
+    (codegen/scan/forward.py, docs/kernels.md): the degree-5 minimax is 9.1e-8 relative
+    on [-1/2, 1/2], fp32 Horner adds a few ulp, 2^n is exact: <= 2.4e-7 (2^-22, MUFU
+    ex2.approx's own bound) for x >= -126; below, 2^-126 where exp2 < 2^-126."""
+    from ioaware.codegen.scan.spec import ScanSpec
+
+    module = _selective_module("fwd", ScanSpec(kind="selective", dtype="float32"), 0)
+    size = 1 << 17
+    g = torch.Generator().manual_seed(0)
+    # Every binade of the decay range; the integers -130..0 among them.
+    dense = torch.linspace(-130.0, 0.0, size // 2)
+    wide = -torch.rand(size // 4, generator=g) * 1e4  # dt·|A| far past the underflow
+    tiny = -torch.rand(size // 4 - 512, generator=g) * 2.0 ** -20  # decays near 1
+    ends = torch.tensor([0.0, -0.0, -0.5, 0.5, -125.5, -126.0, -126.0 + 2.0 ** -16,
+                         -126.0 - 2.0 ** -16, -149.0, -150.0, 127.0, 127.5, 128.0, 200.0,
+                         float("inf"), float("-inf"), float("nan")])
+    ints = torch.arange(-140.0, 140.0)
+    x = torch.cat([dense, wide, tiny, ends, ints])
+    x = torch.cat([x, torch.zeros(size - len(x))]).float()
+    y = torch.empty_like(x)
+    module._probe_exp2_poly[(1,)](x, y, SIZE=size)
+    want = torch.exp2(x.double())
+    normal = x >= -126.0
+    rel = ((y.double() - want).abs() / want)[normal & torch.isfinite(want) & (x < 128)]
+    assert rel.max().item() <= 2.0 ** -22, f"relative error {rel.max().item():.3g}"
+    under = x < -126.0
+    assert (y[under] >= 0).all() and ((y[under].double() - want[under]).abs()
+                                      <= 2.0 ** -126).all()
+    # Integers are exact (0 -> 1: padded steps leave the state unchanged), 128 and up
+    # overflow as exp2 does, a NaN stays NaN.
+    exact = x[normal & (x == x.round()) & (x < 128)]
+    assert torch.equal(y[normal & (x == x.round()) & (x < 128)], torch.exp2(exact))
+    assert torch.isinf(y[x >= 128]).all() and torch.isnan(y[x.isnan()]).all()
+
+
+@pytest.mark.parametrize("poly_every", [1, 3])
+def test_selective_scan_with_poly_exp2_matches_eager_loop(poly_every):
+    """Forward and backward with every step's (1) or every third step's (3) decays on
+    the FMA pipe, fp32 so the check is tight: outputs and every gradient against the
+    float64 loop. L = 40 spans three interpreted chunks with a ragged end."""
+    from ioaware.codegen.scan.spec import ScanSpec
+
+    inputs = make_selective(11, 1, 3, 1, 40, 4, torch.float32, True,
+                            {"D", "z", "delta_bias", "softplus", "h0"}, "contiguous")
+    spec = ScanSpec(kind="selective", dtype="float32", d_state=4, has_D=True, has_z=True,
+                    has_delta_bias=True, delta_softplus=True, has_h0=True)
+    check_poly_scan(inputs, spec, poly_every, True, torch.float32)
