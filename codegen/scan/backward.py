@@ -28,12 +28,13 @@ The [Bt, Dc, L, N] tensors never exist in HBM.
 Reductions: dA, dD and ddelta_bias sum over batch and time; each program sums its
 own steps in registers and adds once with an atomic. dB and dC sum over the channels
 of a group: with one channel per group they are stored directly; when a channel block
-lies inside one group (G = 1, HF Mamba) the block is summed in registers first and
-added with one atomic per (step, n), so the atomics are Dc / BLOCK_D per element rather
-than Dc, and no [Bt, Dc, L, N] partial buffer is written and read back; otherwise each
-channel adds its own share. The atomics are relaxed (`red.global`, no fence before
-each): they only accumulate, and the kernel's end orders them for whoever reads the
-sums; the default acq_rel put a GPU-wide MEMBAR before every chunk's dB and dC adds.
+lies inside one group (G = 1, HF Mamba) the block is summed on chip first
+(`_sum_channels`) and added with one atomic per (step, n), so the atomics are
+Dc / BLOCK_D per element rather than Dc, and no [Bt, Dc, L, N] partial buffer is
+written and read back; otherwise each channel adds its own share. The atomics are
+relaxed (`red.global`, no fence before each): they only accumulate, and the kernel's
+end orders them for whoever reads the sums; the default acq_rel put a GPU-wide MEMBAR
+before every chunk's dB and dC adds.
 """
 
 from __future__ import annotations
