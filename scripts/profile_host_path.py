@@ -31,11 +31,13 @@ import time
 import torch
 
 import ioaware  # noqa: F401  (registers the ops)
+from ioaware.spec import TensorInput
 from ioaware import hardware
 from ioaware.codegen import cache, launch, plan, runtime
 from ioaware.codegen.attention import host as attention_host
 from ioaware.codegen.attention import op as attention_op
 from ioaware.codegen.attention.spec import AttentionSpec
+from ioaware.codegen.decode import op as decode_op
 from ioaware.codegen.scan import host as scan_host
 from ioaware.codegen.scan import op as scan_op
 
@@ -92,10 +94,11 @@ def patch_to_cuda_path() -> None:
     def backend_name(device):
         return "triton"
 
-    for module in (runtime, attention_op, scan_op):
+    for module in (runtime, attention_op, scan_op, decode_op):
         if hasattr(module, "kernel_module"):
             module.kernel_module = kernel_module
         module.backend_name = backend_name
+    decode_op.device_profile = lambda device: profile  # its tiles and splits, as on an H100
     launch.driver = _Driver
 
 
@@ -248,6 +251,26 @@ def scan_layers():
     }
 
 
+def decode_layers():
+    """One decode step's attention as generate() with a StaticCache calls it (the bench's
+    Llama: Hq 16, Hkv 4, d 128, a 256-slot cache, its bool mask [1, 1, 1, 256])."""
+    q = torch.randn(1, 16, 1, 128, dtype=torch.bfloat16)
+    k, v = (torch.randn(1, 4, 256, 128, dtype=torch.bfloat16) for _ in range(2))
+    mask = torch.ones(1, 1, 1, 256, dtype=torch.bool)
+    spec = AttentionSpec(head_dim=128, head_dim_v=128, dtype="bfloat16", causal=False,
+                         scale=128 ** -0.5, mask="Ne(in0[0, 0, 0, kv_idx], 0)",
+                         mask_semantics="safe",
+                         inputs=(TensorInput("in0", 4, "bool"),)).to_json()
+    op = torch.ops.ioaware.decode_attention
+    body = attention_host.undecorated(decode_op.decode_attention_op)
+    return {
+        "decode-fwd": {
+            "op, grad off (as Inductor calls it)": no_grad(lambda: op(q, k, v, [mask], spec)),
+            "op body": lambda: body(q, k, v, [mask], spec),
+        },
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=500, help="calls per round")
@@ -257,9 +280,12 @@ def main() -> None:
                         help="cProfile one row, GROUP/ROW (attention-fwd+bwd/host function)")
     parser.add_argument("--no-plans", action="store_true",
                         help="with --profile: launch plans off (the 'before' path)")
+    parser.add_argument("--only", default=None, help="the groups whose name starts so")
     args = parser.parse_args()
     patch_to_cuda_path()
-    groups = {**attention_layers(), **scan_layers()}
+    groups = {**decode_layers(), **attention_layers(), **scan_layers()}
+    if args.only:
+        groups = {k: v for k, v in groups.items() if k.startswith(args.only)}
     if args.profile:
         group, _, row = args.profile.partition("/")
         fn = groups[group][row or "host function"]

@@ -316,8 +316,10 @@ def forward(q, k, v, out, lse, inputs, splits, config, block_table=None, n_k=Non
     else:
         o_part = torch.empty((pairs, splits, bm, DV_PAD), dtype=torch.float32,
                              device=q.device)
-        m_part, l_part = torch.empty((2, pairs, splits, bm), dtype=torch.float32,
-                                     device=q.device)
+        # two allocations, not one unbound: a launch plan (codegen/plan.py) replays
+        # allocations, never views of them
+        m_part = torch.empty((pairs, splits, bm), dtype=torch.float32, device=q.device)
+        l_part = torch.empty((pairs, splits, bm), dtype=torch.float32, device=q.device)
     bad = ok = lse
     if PAGED:  # two allocations, not one sliced: Ok's pointer stays 16-byte aligned, as
         # the binary was specialised (a misaligned one would compile another)

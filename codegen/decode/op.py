@@ -32,6 +32,7 @@ from ioaware.codegen.attention.header import FLOAT32_MAX, drops_masked
 from ioaware.codegen.attention.spec import AttentionSpec
 from ioaware.hardware import device_profile
 
+from ..plan import planned
 from ..runtime import backend_name, device_context, kernel_module
 from . import reference
 from .price import choose_splits
@@ -120,6 +121,7 @@ def _check_paged(q: Tensor, k_cache: Tensor, v_cache: Tensor, inputs: list[Tenso
 
 
 @torch.library.custom_op("ioaware::decode_attention", mutates_args=())
+@planned
 def decode_attention_op(q: Tensor, k: Tensor, v: Tensor, inputs: list[Tensor], spec: str,
                         num_splits: int = 0) -> tuple[Tensor, Tensor]:
     """(out, lse) of AttentionSpec `spec` (JSON) on a dense cache; see the module doc."""
