@@ -31,7 +31,6 @@ import time
 import torch
 
 import ioaware  # noqa: F401  (registers the ops)
-from ioaware.spec import TensorInput
 from ioaware import hardware
 from ioaware.codegen import cache, launch, plan, runtime
 from ioaware.codegen.attention import host as attention_host
@@ -40,6 +39,7 @@ from ioaware.codegen.attention.spec import AttentionSpec
 from ioaware.codegen.decode import op as decode_op
 from ioaware.codegen.scan import host as scan_host
 from ioaware.codegen.scan import op as scan_op
+from ioaware.spec import TensorInput
 
 TAG = "profile-h100"  # a device tag no real device has: its own cache entries
 

@@ -15,6 +15,7 @@ of it that each time reaches.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
@@ -242,6 +243,39 @@ class GenerateRow:
     tokens_per_s: float | None
     same_tokens: bool | None  # greedy tokens equal eager's (bf16 may drift; informative)
     note: str = ""
+    graphs: int | None = None  # graphs dynamo compiled over both generate() calls
+    breaks: int | None = None  # graph breaks over both calls
+
+
+def graph_steps(forward: Callable) -> Callable:
+    """`forward` as a generate() loop must call a model compiled with CUDA graphs
+    (mode="reduce-overhead"), as transformers does for its own compiled StaticCache path:
+    each call starts a new step of cudagraph trees (`cudagraph_mark_step_begin`: the
+    previous step's outputs may be overwritten now), and the tensors it returns are
+    cloned out of the graph's memory, since generate() reads them after the next replay
+    has begun (its logits, in the stopping and token bookkeeping). Without both, the
+    second step fails with "accessing tensor output of CUDAGraphs that has been
+    overwritten by a subsequent run"."""
+
+    def step(*args, **kwargs):
+        torch.compiler.cudagraph_mark_step_begin()
+        out = forward(*args, **kwargs)
+        for name, value in list(out.items()):
+            if isinstance(value, torch.Tensor):
+                out[name] = value.clone()
+        return out
+
+    return step
+
+
+def compile_counts() -> tuple[int, int]:
+    """(graphs compiled, graph breaks) that dynamo counted since its counters were last
+    cleared: a generate() that recompiles per step, or breaks its step into pieces,
+    shows here."""
+    from torch._dynamo.utils import counters
+
+    return (counters["stats"].get("unique_graphs", 0),
+            sum(counters["graph_break"].values()))
 
 
 def generate_kwargs(new_tokens: int) -> dict:
@@ -258,7 +292,10 @@ def bench_generate(layers: int = 4, hidden: int = 2048, heads: int = 16, kv_head
     """Tokens/s of greedy generate() with a StaticCache on a Llama-style model with random
     weights (bf16): eager, torch.compile and ioaware.compile, each by default and with
     mode="reduce-overhead" (CUDA graphs), each timed on its second generate() (the first
-    compiles and records the graphs), its tokens compared with eager's.
+    compiles and records the graphs), its tokens compared with eager's. The
+    reduce-overhead rows call the forward through `graph_steps`; every row counts the
+    graphs dynamo compiled and its graph breaks (two graphs, prefill and the decode step,
+    is what a StaticCache needs), and the ioaware rows say what fell back.
 
     transformers' own compile is off (`disable_compile`): with a StaticCache on CUDA,
     generate() otherwise wraps the forward in torch.compile(mode="reduce-overhead")
@@ -305,7 +342,11 @@ def bench_generate(layers: int = 4, hidden: int = 2048, heads: int = 16, kv_head
             progress(f"generate {name}")
         try:
             torch._dynamo.reset()
-            model.forward = build()
+            from torch._dynamo.utils import counters
+
+            counters.clear()
+            compiled = build()
+            model.forward = graph_steps(compiled) if "reduce-overhead" in name else compiled
             with torch.no_grad():
                 model.generate(ids, **kwargs)  # compiles, records the CUDA graphs
                 torch.cuda.synchronize()
@@ -314,14 +355,27 @@ def bench_generate(layers: int = 4, hidden: int = 2048, heads: int = 16, kv_head
                 torch.cuda.synchronize()
                 seconds = time.perf_counter() - start
             reference = out if reference is None else reference
+            graphs, breaks = compile_counts()
             rows.append(GenerateRow(name, batch * new_tokens / seconds,
-                                    bool(torch.equal(out, reference))))
+                                    bool(torch.equal(out, reference)),
+                                    _fallbacks(compiled), graphs, breaks))
         except Exception as error:  # noqa: BLE001  (a variant that fails is a row, not a crash)
             rows.append(GenerateRow(name, None, None, short_error(error)))
         finally:
             model.forward = eager_forward
             slowest = max(slowest, time.perf_counter() - started)
     return rows
+
+
+def _fallbacks(compiled: Callable) -> str:
+    """What ioaware left as it was in a row's graphs, from the backend `ioaware.compile`
+    returned (an Inductor failure runs a graph unfused: about eager's speed); "" for the
+    other rows or when nothing fell back."""
+    backend = getattr(compiled, "_ioaware_backend", None)
+    if backend is None:
+        return ""
+    reasons = collections.Counter(f"{f.kind}: {f.reason}" for f in backend.explanation.fallbacks)
+    return "; ".join(f"{why} (x{n})" if n > 1 else why for why, n in reasons.items())
 
 
 def render_generate_bench(rows: list[GenerateRow], title: str) -> str:
@@ -331,9 +385,10 @@ def render_generate_bench(rows: list[GenerateRow], title: str) -> str:
     from ioaware.tables import render
 
     table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
-    for header in ("variant", "tokens/s", "tokens = eager's"):
+    for header in ("variant", "tokens/s", "tokens = eager's", "graphs", "breaks"):
         table.add_column(header, justify="left" if header == "variant" else "right")
     for r in rows:
         table.add_row(r.variant, "-" if r.tokens_per_s is None else f"{r.tokens_per_s:.1f}",
-                      "-" if r.same_tokens is None else str(r.same_tokens))
+                      "-" if r.same_tokens is None else str(r.same_tokens),
+                      *("-" if x is None else str(x) for x in (r.graphs, r.breaks)))
     return render([table, *[f"{r.variant}: {r.note}" for r in rows if r.note]], width=160)

@@ -58,3 +58,54 @@ def test_paged_over_dense_is_printed_per_context():
     assert paged_over_dense(rows) == [
         "N=4096: paged / dense under CUDA graphs = 1.080 (54.0 / 50.0 µs; the bar is 1.10)"]
     assert "paged / dense" in render_decode_bench(rows, "t")
+
+
+def test_graph_steps_mark_a_step_and_clone_what_generate_keeps(monkeypatch):
+    """Under reduce-overhead, generate() reads a step's logits after the next replay has
+    begun: each call must start a cudagraph-trees step and hand back clones."""
+    import transformers
+
+    from ioaware.bench.decode import graph_steps
+
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    kept = torch.randn(1, 1, 8)  # stands for the graph's output memory
+
+    def forward(input_ids, past_key_values=None):
+        return transformers.modeling_outputs.CausalLMOutputWithPast(
+            logits=kept, past_key_values=past_key_values)
+
+    cache = object()
+    out = graph_steps(forward)(torch.zeros(1, 1, dtype=torch.long), past_key_values=cache)
+    assert marks == [1]
+    assert torch.equal(out.logits, kept) and out.logits.data_ptr() != kept.data_ptr()
+    assert out["logits"] is out.logits and out.past_key_values is cache
+
+
+def test_generate_rows_show_graphs_breaks_and_fallbacks():
+    from ioaware.bench.decode import GenerateRow, compile_counts, render_generate_bench
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+
+    def f(x):
+        x = x + 1
+        torch._dynamo.graph_break()
+        return x * 2
+
+    torch.compile(f, backend="eager")(torch.ones(2))
+    assert compile_counts() == (2, 1)
+    text = render_generate_bench(
+        [GenerateRow("ioaware.compile", 400.0, True, "graph: Inductor failed", 2, 0)], "t")
+    assert "graphs" in text and "breaks" in text and "Inductor failed" in text
+
+
+def test_fallbacks_of_an_ioaware_row_are_counted():
+    import ioaware
+    from ioaware.bench.decode import _fallbacks
+    from ioaware.explain import Fallback
+
+    compiled = ioaware.compile(lambda x: x + 1)
+    assert _fallbacks(compiled) == "" and _fallbacks(lambda x: x) == ""
+    compiled._ioaware_backend.explanation.fallbacks += [Fallback("graph", "Inductor failed")] * 2
+    assert _fallbacks(compiled) == "graph: Inductor failed (x2)"

@@ -15,8 +15,11 @@ import torch
 from ioaware import hardware
 from ioaware.codegen import cache, launch, plan, runtime
 from ioaware.codegen.attention import op as attention_op
+from ioaware.codegen.attention.spec import AttentionSpec
+from ioaware.codegen.decode import op as decode_op
 from ioaware.codegen.host import undecorated
 from ioaware.config import config
+from ioaware.spec import TensorInput
 
 TAG = "plan-test-h100"  # a device tag no real device has: its own modules
 LAUNCHED: list[tuple] = []
@@ -61,10 +64,11 @@ def cuda_path(monkeypatch):
                     value.__dict__["_ioaware_binaries"] = _Binaries()
         return module
 
-    for module in (runtime, attention_op):
+    for module in (runtime, attention_op, decode_op):
         if hasattr(module, "kernel_module"):
             monkeypatch.setattr(module, "kernel_module", kernel_module)
         monkeypatch.setattr(module, "backend_name", lambda device: "triton")
+    monkeypatch.setattr(decode_op, "device_profile", lambda device: profile)
     monkeypatch.setattr(launch, "driver", _Driver)
     monkeypatch.setattr(config, "fast_launch", True)
     plan.forget()
@@ -129,6 +133,30 @@ def test_a_plan_is_kept_after_two_agreeing_recordings_and_replays_the_bodys_laun
     assert len(unplanned[0]) == 3  # preprocess, dK/dV, dQ
     assert all(same_launch(a, b, args[:6]) for a, b in zip(per_call[3], unplanned[0]))
     assert [g.shape for g in grads] == [q.shape, k.shape, v.shape]
+
+
+def test_the_decode_op_is_planned_at_a_static_caches_signature(cuda_path):
+    """A decode step of generate() with a StaticCache calls the decode op at one
+    signature every step (the cache's full length, its mask): from the fourth call a
+    replay makes the body's split and merge launches, with no argument checks, Spec,
+    module, tile or split lookups."""
+    decode = undecorated(decode_op.decode_attention_op)
+    q = torch.randn(1, 4, 1, 32, dtype=torch.bfloat16)
+    k, v = (torch.randn(1, 2, 4096, 32, dtype=torch.bfloat16) for _ in range(2))
+    mask = torch.ones(1, 1, 1, 4096, dtype=torch.bool)
+    spec = AttentionSpec(head_dim=32, head_dim_v=32, dtype="bfloat16", causal=False,
+                         scale=32 ** -0.5, mask="Ne(in0[0, 0, 0, kv_idx], 0)",
+                         mask_semantics="safe", inputs=(TensorInput("in0", 4, "bool"),))
+    args = (q, k, v, [mask], spec.to_json())
+    unplanned, _ = calls(lambda: decode.__wrapped__(*args), 1)
+    per_call, (out, lse) = calls(lambda: decode(*args), 5)
+    assert isinstance(next(iter(decode.plans.values())), plan.Plan)
+    assert len(unplanned[0]) == 2  # the split programs, then the merge
+    for launches in per_call:
+        assert all(same_launch(a, b, (q, k, v, mask)) for a, b in zip(launches, unplanned[0]))
+        assert len(launches) == 2
+    assert out.shape == q.shape and lse.shape == (1, 4, 1) and lse.dtype == torch.float32
+    assert per_call[4][1][3] is out and per_call[4][1][4] is lse  # the merge writes them
 
 
 def test_the_plan_key_replans_on_a_new_shape_or_stride_and_reuses_otherwise(cuda_path):
