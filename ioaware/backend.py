@@ -31,10 +31,16 @@ counters: collections.Counter = collections.Counter()
 
 
 def _device_of(example_inputs: Sequence[Any]) -> torch.device:
+    """The device a graph runs on: its first CUDA input's, else its first tensor's. A
+    graph on the GPU may also take CPU tensors (a step counter, a scalar), and one of
+    them may come first: that graph still belongs to Inductor, not to the fx path."""
+    first = None
     for x in example_inputs:
         if isinstance(x, torch.Tensor):
-            return x.device
-    return torch.device("cpu")
+            if x.device.type == "cuda":
+                return x.device
+            first = first or x.device
+    return first or torch.device("cpu")
 
 
 @dataclasses.dataclass

@@ -285,6 +285,23 @@ def generate_kwargs(new_tokens: int) -> dict:
             "cache_implementation": "static", "disable_compile": True}
 
 
+def generate_model(layers: int = 4, hidden: int = 2048, heads: int = 16, kv_heads: int = 4,
+                   device: str = "cuda", dtype: torch.dtype = torch.bfloat16):
+    """The whole-model rows' Llama-style model (random weights, SDPA attention, no EOS:
+    every generation runs its full length)."""
+    import warnings
+
+    import transformers
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = transformers.LlamaConfig(
+            num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
+            num_key_value_heads=kv_heads, intermediate_size=4 * hidden, vocab_size=32000,
+            bos_token_id=0, eos_token_id=None, pad_token_id=0)
+        return transformers.LlamaForCausalLM(config).to(device, dtype).eval()
+
+
 def bench_generate(layers: int = 4, hidden: int = 2048, heads: int = 16, kv_heads: int = 4,
                    batch: int = 1, prompt: int = 128, new_tokens: int = 128,
                    budget_s: float = 170.0,
@@ -306,19 +323,10 @@ def bench_generate(layers: int = 4, hidden: int = 2048, heads: int = 16, kv_head
     """
     require_cuda()
     import time
-    import warnings
-
-    import transformers
 
     import ioaware
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        config = transformers.LlamaConfig(
-            num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
-            num_key_value_heads=kv_heads, intermediate_size=4 * hidden, vocab_size=32000,
-            bos_token_id=0, eos_token_id=None, pad_token_id=0)
-        model = transformers.LlamaForCausalLM(config).to("cuda", torch.bfloat16).eval()
+    model = generate_model(layers, hidden, heads, kv_heads)
     ids = torch.randint(1, 32000, (batch, prompt), device="cuda")
     eager_forward = model.forward
     variants = {

@@ -112,3 +112,18 @@ def test_backend_records_why_a_graph_runs_without_cudagraphs():
     assert said[0].reason == ("runs without CUDA graphs: skipping cudagraphs due to cpu "
                               "device (arg3_1)")
     torch.testing.assert_close(compiled(*args)[0], attn(*args))
+
+
+def test_a_graph_with_any_cuda_input_is_a_cuda_graph():
+    """generate()'s step takes CPU scalars beside its CUDA tensors; whichever comes
+    first, the graph goes to Inductor (the fx path would run it unfused)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from ioaware.backend import _device_of
+
+    with FakeTensorMode():
+        on_gpu = torch.empty(2, device="cuda")
+    step = torch.tensor(3)
+    assert _device_of([7, step, on_gpu]).type == "cuda"
+    assert _device_of([step, 1.0]) == torch.device("cpu")
+    assert _device_of([]) == torch.device("cpu")

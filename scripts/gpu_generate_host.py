@@ -1,0 +1,125 @@
+"""Where a generate() decode step spends its host time, ioaware.compile beside
+torch.compile (issue 16: ioaware.compile was 0.53x torch.compile's tokens/s on an H100).
+
+The model and generation are `ioaware bench decode --generate-only`'s (4-layer
+Llama-style, hidden 2048, GQA 16/4, StaticCache, bf16, 128 prompt tokens, transformers'
+own compile off). At batch 1 the step is host-bound: its weights (~0.67 GB) read once
+take ~0.2 ms at 3.35 TB/s, against 2.4 ms a token for torch.compile, so the tokens/s
+are the host path's. Per variant (default mode, then reduce-overhead through
+`graph_steps`), after one generate() that compiles:
+
+  - ms per token of a generate() of NEW tokens, the graphs dynamo compiled and its
+    graph breaks (2 graphs, no breaks, is what a StaticCache needs), what ioaware left
+    as it was (an Inductor failure runs a graph unfused, at about eager's speed);
+  - per token, from torch.profiler: kernel launches, host syncs (stream/device
+    synchronize, device-to-host copies, `aten::_local_scalar_dense`), calls of the
+    ioaware ops, and the top CPU ops by self time;
+  - with --cprofile, the top Python functions by own time over one generate().
+
+    PYTHONUNBUFFERED=1 python scripts/gpu_generate_host.py [--new 64] [--cprofile]
+
+About 2 minutes on an H100. A measurement, never a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+
+import torch
+
+SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize",
+         "aten::_local_scalar_dense")
+
+
+def _per_token(events, new: int) -> dict[str, float]:
+    counts: dict[str, float] = {}
+    for e in events:
+        name = e.key
+        if "LaunchKernel" in name or name in SYNCS or name.startswith("ioaware::") or \
+                ("Memcpy" in name and "DtoH" in name) or name == "cudaMemcpyAsync":
+            counts[name] = counts.get(name, 0) + e.count / new
+    return counts
+
+
+def run_variant(name: str, build, model, ids, new: int, use_cprofile: bool) -> None:
+    from torch._dynamo.utils import counters
+    from torch.profiler import ProfilerActivity, profile
+
+    from ioaware.bench.decode import _fallbacks, compile_counts, generate_kwargs, graph_steps
+
+    torch._dynamo.reset()
+    counters.clear()
+    eager_forward = model.forward
+    compiled = build(eager_forward)
+    model.forward = graph_steps(compiled) if "reduce-overhead" in name else compiled
+    kwargs = generate_kwargs(new)
+    try:
+        with torch.no_grad():
+            model.generate(ids, **kwargs)  # compiles
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            model.generate(ids, **kwargs)
+            torch.cuda.synchronize()
+            ms = (time.perf_counter() - start) * 1e3 / new
+            graphs, breaks = compile_counts()
+            print(f"\n== {name}: {ms:.2f} ms/token ({1e3 / ms:.0f} tokens/s), "
+                  f"{graphs} graphs, {breaks} breaks")
+            fell_back = _fallbacks(compiled)
+            if fell_back:
+                print(f"   ioaware fallbacks: {fell_back}")
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                model.generate(ids, **kwargs)
+                torch.cuda.synchronize()
+            events = prof.key_averages()
+            counts = _per_token(events, new)
+            print("   per token: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(counts.items())))
+            top = sorted((e for e in events if e.self_cpu_time_total > 0),
+                         key=lambda e: -e.self_cpu_time_total)[:12]
+            print("   top CPU ops by self time, µs per token:")
+            for e in top:
+                print(f"     {e.self_cpu_time_total / new:8.1f}  {e.count / new:5.1f}x  {e.key}")
+            if use_cprofile:
+                profiler = cProfile.Profile()
+                profiler.enable()
+                model.generate(ids, **kwargs)
+                torch.cuda.synchronize()
+                profiler.disable()
+                pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+    except Exception as error:  # noqa: BLE001  (a variant that fails is a line, not a crash)
+        print(f"\n== {name}: failed: {type(error).__name__}: {str(error)[:300]}")
+    finally:
+        model.forward = eager_forward
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--new", type=int, default=64, help="new tokens per generate()")
+    parser.add_argument("--prompt", type=int, default=128)
+    parser.add_argument("--cprofile", action="store_true",
+                        help="also the top Python functions of one generate()")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("needs a CUDA GPU")
+    import ioaware
+    from ioaware.bench.decode import generate_model
+
+    model = generate_model()
+    ids = torch.randint(1, 32000, (1, args.prompt), device="cuda")
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
+    variants = {
+        "eager": lambda f: f,
+        "torch.compile": torch.compile,
+        "ioaware.compile": ioaware.compile,
+        "torch.compile(reduce-overhead)": lambda f: torch.compile(f, mode="reduce-overhead"),
+        "ioaware.compile(reduce-overhead)": lambda f: ioaware.compile(
+            f, mode="reduce-overhead"),
+    }
+    for name, build in variants.items():
+        run_variant(name, build, model, ids, args.new, args.cprofile)
+
+
+if __name__ == "__main__":
+    main()
