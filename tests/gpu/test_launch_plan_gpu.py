@@ -103,3 +103,25 @@ def test_selective_scan_replays_match_eager(path):
                                                None)[0], reference, make)
     assert any(isinstance(p, plan.Plan)
                for p in undecorated(scan_op.selective_scan_op).plans.values())
+
+
+def test_decode_replays_match_eager():
+    """The dense decode op as a StaticCache's decode step calls it (one query row, a
+    cache longer than its filled part, the bool mask of the filled part), forward only:
+    fresh inputs each call, replays from the fourth, split and merge kernels."""
+    from ioaware.codegen.decode import op as decode_op
+    from ioaware.spec import TensorInput
+
+    plan.forget()
+    spec = AttentionSpec(head_dim=64, head_dim_v=64, dtype="bfloat16", causal=False,
+                         scale=0.125, mask="Ne(in0[0, 0, 0, kv_idx], 0)",
+                         mask_semantics="safe", inputs=(TensorInput("in0", 4, "bool"),))
+    mask = torch.arange(4096, device="cuda").view(1, 1, 1, -1) < 3000
+    with torch.no_grad():
+        for _ in range(CALLS):
+            q, k, v = rand(1, 8, 1, 64), rand(1, 2, 4096, 64), rand(1, 2, 4096, 64)
+            out, _ = torch.ops.ioaware.decode_attention(q, k, v, [mask], spec.to_json())
+            want = gqa(q.float(), k.float(), v.float(), mask=mask)
+            assert relative_error(out, want) < TOLERANCE[DTYPE]
+    assert any(isinstance(p, plan.Plan)
+               for p in undecorated(decode_op.decode_attention_op).plans.values())
