@@ -118,3 +118,38 @@ def test_paged_example_materialises_no_gather(gather):
     assert eager_peak >= gathered, (eager_peak, gathered)  # the measure sees a gather
     assert ioaware_peak < gathered / 4, (ioaware_peak, gathered)
     assert (got.float() - want.float()).norm() / want.float().norm() < 2e-2
+
+
+@pytest.mark.parametrize("mode", [None, "reduce-overhead"])
+def test_static_cache_generate_compiles_twice_and_decodes(mode):
+    """generate() with a StaticCache as `ioaware bench decode --generate-only` runs it
+    (a tiny fp32 model here): greedy tokens equal eager's, two graphs (prefill, the
+    decode step), no graph break, no cudagraph skip, and the decode step's attention on
+    the decode kernels. Under reduce-overhead through the bench's `graph_steps`."""
+    import ioaware
+    from ioaware import backend
+    from ioaware.bench.decode import (
+        compile_counts,
+        generate_kwargs,
+        generate_model,
+        graph_steps,
+    )
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    torch.manual_seed(0)
+    model = generate_model(2, 128, 4, 2, dtype=torch.float32)
+    ids = torch.randint(1, 32000, (1, 24), device="cuda")
+    kwargs = generate_kwargs(24)
+    with torch.no_grad():
+        want = model.generate(ids, **kwargs)
+        before = backend.counters["decode"]
+        compiled = ioaware.compile(model.forward, mode=mode)
+        model.forward = graph_steps(compiled) if mode else compiled
+        for _ in range(2):  # compiles (and records the graphs), then replays
+            got = model.generate(ids, **kwargs)
+            assert got.tolist() == want.tolist()
+    assert compile_counts() == (2, 0)
+    assert backend.counters["decode"] - before >= 2
+    assert not compiled._ioaware_backend.explanation.fallbacks
+    assert torch._dynamo.utils.counters["inductor"]["cudagraph_skips"] == 0
