@@ -159,6 +159,22 @@ def test_the_decode_op_is_planned_at_a_static_caches_signature(cuda_path):
     assert per_call[4][1][3] is out and per_call[4][1][4] is lse  # the merge writes them
 
 
+def test_a_decode_call_sent_to_the_prefill_op_replays_its_launches(cuda_path):
+    """Rows too many for a decode tile (a query of 128 rows through a decode op, as a
+    graph with symbolic Nq may call it): the body calls the prefill op, itself planned.
+    Whatever the decode op's plan becomes, each call still makes the prefill's launch."""
+    decode = undecorated(decode_op.decode_attention_op)
+    _, k, v = qkv(n=128)
+    q = torch.randn(1, 4, 128, 32, dtype=torch.bfloat16)  # 2·128 packed rows
+    spec = AttentionSpec(head_dim=32, head_dim_v=32, dtype="bfloat16", causal=True,
+                         scale=0.125).to_json()
+    per_call, (out, _) = calls(lambda: decode(q, k, v, [], spec), 6)
+    assert all(len(launches) == 1 for launches in per_call), [len(x) for x in per_call]
+    assert all(same_launch(a[0], per_call[0][0], (q, k, v)) for a in per_call)
+    assert out.shape == q.shape
+    assert not any(isinstance(p, plan.Plan) for p in decode.plans.values())  # a nested op
+
+
 def test_the_plan_key_replans_on_a_new_shape_or_stride_and_reuses_otherwise(cuda_path):
     q, k, v = qkv()
     calls(lambda: forward(q, k, v, 0.125, True), 3)
