@@ -324,6 +324,8 @@ def bench_generate(layers: int = 4, hidden: int = 2048, heads: int = 16, kv_head
     require_cuda()
     import time
 
+    from torch._dynamo.utils import counters
+
     import ioaware
 
     model = generate_model(layers, hidden, heads, kv_heads)
@@ -350,8 +352,6 @@ def bench_generate(layers: int = 4, hidden: int = 2048, heads: int = 16, kv_head
             progress(f"generate {name}")
         try:
             torch._dynamo.reset()
-            from torch._dynamo.utils import counters
-
             counters.clear()
             compiled = build()
             model.forward = graph_steps(compiled) if "reduce-overhead" in name else compiled
@@ -364,9 +364,11 @@ def bench_generate(layers: int = 4, hidden: int = 2048, heads: int = 16, kv_head
                 seconds = time.perf_counter() - start
             reference = out if reference is None else reference
             graphs, breaks = compile_counts()
+            skips = counters["inductor"].get("cudagraph_skips", 0)
+            note = "; ".join(x for x in (_fallbacks(compiled), f"{skips} graphs ran without "
+                                         "CUDA graphs" if skips else "") if x)
             rows.append(GenerateRow(name, batch * new_tokens / seconds,
-                                    bool(torch.equal(out, reference)),
-                                    _fallbacks(compiled), graphs, breaks))
+                                    bool(torch.equal(out, reference)), note, graphs, breaks))
         except Exception as error:  # noqa: BLE001  (a variant that fails is a row, not a crash)
             rows.append(GenerateRow(name, None, None, short_error(error)))
         finally:
