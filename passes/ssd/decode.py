@@ -41,6 +41,7 @@ from ioaware.codegen.ssd.price import ssd_step_cost
 from ioaware.codegen.ssd.step_op import check_ssd_step
 from ioaware.passes.attention.masks import needs_grad
 from ioaware.passes.driver import Match, NoMatch, Pass, PassContext
+from ioaware.passes.views import hint
 from ioaware.spec import dtype_name
 from ioaware.verify import TOLERANCE, relative_error
 
@@ -175,11 +176,18 @@ def _output(anchor: fx.Node, copy: fx.Node, x: fx.Node, batch: int, heads: int,
     return y, C, D
 
 
+def _is_size(node: fx.Node) -> bool:
+    """A graph input that is a symbolic size (dynamo's SymInt placeholders): what a
+    graph recompiled with automatic dynamic shapes reads for, e.g., the group count."""
+    return node.op == "placeholder" and isinstance(node.meta.get("val"), torch.SymInt)
+
+
 def _region(outputs: list[fx.Node], leaves: set[fx.Node]) -> list[fx.Node]:
+    """The nodes from `leaves` (and symbolic sizes) to `outputs`."""
     nodes, todo = set(), list(outputs)
     while todo:
         n = todo.pop()
-        if n in nodes or n in leaves:
+        if n in nodes or n in leaves or _is_size(n):
             continue
         if n.op != "call_function":
             raise NoMatch(f"{n.name}: the step reads {n.op} {n.target}, not one of its "
@@ -286,19 +294,34 @@ def _in_place_target(S: fx.Node, copy: fx.Node, nodes: list[fx.Node],
 
 
 def probe(step: DecodeStep) -> None:
-    """NoMatch unless the region, run on random operands, gives the reference step."""
+    """NoMatch unless the region, run on random operands, gives the reference step.
+
+    Symbolic sizes (a graph dynamo recompiled with automatic dynamic shapes, e.g. after
+    a call at another group count) are probed at dynamo's example values; the region's
+    ops are the same at every value, so a spelling that is the step there is the step
+    at the others, except where the example hides the grouping (one head per group:
+    head h → group h // (H/G) and h % G agree), which is refused."""
+    batch, heads = (hint(s) for s in shape(step.operands["x"])[:2])
+    groups = shape(step.operands["B"])[1]
+    if isinstance(groups, torch.SymInt) and heads == hint(groups):
+        raise NoMatch(f"{step.operands['B'].name}: the group count is symbolic and equals "
+                      f"the heads ({heads}) in the example; probing there cannot tell "
+                      f"which group each head reads")
     g = fx.Graph()
     env = {}
     names = [k for k in OPERANDS if step.operands[k] is not None]
     for k in names:
         env[step.operands[k]] = g.placeholder(k)
     for n in step.nodes:
+        for a in n.all_input_nodes:
+            if _is_size(a):
+                env[a] = hint(a.meta["val"])
         env[n] = g.node_copy(n, lambda a: env[a])
     g.output((env[step.anchor], env[step.y]))
     module = fx.GraphModule(torch.nn.Module(), g)
     gen = torch.Generator().manual_seed(0)
-    args = {k: _random(step.operands[k], "dt" if k == "dt_bias" else k, gen) for k in names}
-    batch, heads = shape(step.operands["x"])[:2]
+    args = {k: _random(step.operands[k], "dt" if k == "dt_bias" else k, gen, hinted=True)
+            for k in names}
     with torch.no_grad():
         # the region may update its state in place (a copy_ inside it): a fresh copy
         new, y = module(*(args[k].clone() for k in names))

@@ -14,6 +14,7 @@ from torch import fx
 
 from ioaware.codegen.ssd import reference
 from ioaware.passes.driver import NoMatch
+from ioaware.passes.views import hint
 from ioaware.verify import TOLERANCE, relative_error
 
 from .chunked import ChunkedSSD, val
@@ -36,11 +37,14 @@ def region_module(region: ChunkedSSD, operands: dict[str, fx.Node]) -> fx.GraphM
     return fx.GraphModule(torch.nn.Module(), g)
 
 
-def _random(node: fx.Node, name: str, gen: torch.Generator) -> torch.Tensor:
+def _random(node: fx.Node, name: str, gen: torch.Generator, *,
+            hinted: bool = False) -> torch.Tensor:
+    """Random values for operand `name` at the node's shape; `hinted`: at the example
+    sizes dynamo traced with where the shape is symbolic (else that is a NoMatch)."""
     v = val(node)
-    if v is None or not all(isinstance(s, int) for s in v.shape):
+    if v is None or not (hinted or all(isinstance(s, int) for s in v.shape)):
         raise NoMatch(f"{node.name}: {name} has no static shape to probe the region with")
-    t = torch.randn(tuple(v.shape), generator=gen, dtype=torch.float32)
+    t = torch.randn(tuple(hint(s) for s in v.shape), generator=gen, dtype=torch.float32)
     if name == "A":  # decays in (0, 1): A < 0
         t = -(t.abs() + 0.1)
     elif name == "dt":
