@@ -262,7 +262,7 @@ def _check_private(nodes: list[fx.Node], allowed: dict[fx.Node, set | None]) -> 
     inside, memo = set(nodes), {}
     for n in nodes:
         extra = allowed.get(n, set())
-        if extra is None:
+        if extra is None or val(n) is None:  # (size arithmetic may be shared: it stays)
             continue
         outside = [u for u in n.users if u not in inside and u not in extra
                    and live(u, memo)]
@@ -366,11 +366,14 @@ def _match(gm: fx.GraphModule, anchor: fx.Node, ctx: PassContext) -> Match:
                  dtype=dtype_name(x.dtype), detail=detail)
 
 
-def _reshaped(g: fx.Graph, node: fx.Node | None, size: list[int]) -> fx.Node | None:
-    if node is None or list(shape(node)) == size:
+def _squeezed(g: fx.Graph, node: fx.Node | None, ndim: int) -> fx.Node | None:
+    """`node` without its trailing size-1 axes past the first `ndim` (what _per_head
+    found under the broadcast): a squeeze, so no size, symbolic or not, is spelt."""
+    if node is None or val(node).dim() == ndim:
         return node
-    out = g.call_function(aten.reshape.default, (node, size))
-    out.meta["val"] = val(node).reshape(size)
+    dims = list(range(ndim, val(node).dim()))
+    out = g.call_function(aten.squeeze.dims, (node, dims))
+    out.meta["val"] = val(node).squeeze(dims)
     return out
 
 
@@ -379,11 +382,9 @@ def _apply(gm: fx.GraphModule, step: DecodeStep) -> None:
     order = {n: i for i, n in enumerate(g.nodes)}
     ops = step.operands
     last = max([n for n in ops.values() if n is not None] + [step.target], key=order.get)
-    batch, heads = shape(ops["x"])[:2]
     with g.inserting_before(last.next):  # (inserting_after would reverse their order)
-        per_head = [_reshaped(g, ops[k], [heads]) for k in ("A", "D", "dt_bias")]
-        dt = _reshaped(g, ops["dt"], [batch, heads])
-        A, D, dt_bias = per_head
+        A, D, dt_bias = (_squeezed(g, ops[k], 1) for k in ("A", "D", "dt_bias"))
+        dt = _squeezed(g, ops["dt"], 2)
         call = g.call_function(torch.ops.ioaware.ssd_step.default, (
             step.target, ops["x"], dt, A, ops["B"], ops["C"], D, dt_bias,
             step.dt_softplus, *step.dt_limit))
