@@ -302,8 +302,9 @@ def probe(step: DecodeStep) -> None:
     at the others, except where the example hides the grouping (one head per group:
     head h → group h // (H/G) and h % G agree), which is refused."""
     batch, heads = (hint(s) for s in shape(step.operands["x"])[:2])
-    groups = shape(step.operands["B"])[1]
-    if isinstance(groups, torch.SymInt) and heads == hint(groups):
+    heads_size, groups = shape(step.operands["x"])[1], shape(step.operands["B"])[1]
+    same = isinstance(heads_size, torch.SymInt) and heads_size.node.expr == groups.node.expr
+    if isinstance(groups, torch.SymInt) and heads == hint(groups) and not same:
         raise NoMatch(f"{step.operands['B'].name}: the group count is symbolic and equals "
                       f"the heads ({heads}) in the example; probing there cannot tell "
                       f"which group each head reads")

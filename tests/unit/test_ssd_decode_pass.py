@@ -9,7 +9,8 @@ import pytest
 import torch
 from test_scan_pass import canonical
 
-from ioaware import hardware
+import ioaware
+from ioaware import backend, hardware
 from ioaware.codegen.ssd.price import ssd_step_cost
 from ioaware.passes.driver import PassContext
 from ioaware.passes.pipeline import run_pipeline
@@ -21,12 +22,13 @@ STEP_OP = torch.ops.ioaware.ssd_step.default
 Bt, H, P, G, N = 2, 4, 3, 2, 5
 
 
-def operands(seed: int = 3):
+def operands(seed: int = 3, batch: int = Bt, heads: int = H, groups: int = G):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(Bt, H, P, N, generator=g), torch.randn(Bt, H, P, generator=g),
-            torch.randn(Bt, H, generator=g), -torch.rand(H, generator=g) - 0.1,
-            torch.randn(Bt, G, N, generator=g), torch.randn(Bt, G, N, generator=g),
-            torch.randn(H, generator=g), torch.randn(H, generator=g))
+    b, h = batch, heads
+    return (torch.randn(b, h, P, N, generator=g), torch.randn(b, h, P, generator=g),
+            torch.randn(b, h, generator=g), -torch.rand(h, generator=g) - 0.1,
+            torch.randn(b, groups, N, generator=g), torch.randn(b, groups, N, generator=g),
+            torch.randn(h, generator=g), torch.randn(h, generator=g))
 
 
 def update(state, x, dt, A, B, C, D, dt_bias):
@@ -164,3 +166,28 @@ def test_step_needing_gradients_stays_eager():
     out = run_pipeline(gm, PassContext(hardware.get_profile("h100"), "reference", {}))
     assert not out.rewrites
     assert any("needs gradients" in f.reason for f in out.fallbacks), out.fallbacks
+
+
+def test_step_with_symbolic_sizes_after_a_recompile():
+    """A call at another group count, then at another batch, makes dynamo recompile with
+    that size symbolic (automatic dynamic shapes): G enters the graph as a size input,
+    `H // G` as arithmetic on it, the batch in the views. The step is still rewritten
+    (probed at dynamo's example sizes) and gives eager's y and state at every size."""
+    step = ioaware.compile(cloned)
+    sizes = [{"groups": 2}, {"groups": 4}, {"groups": 4, "batch": 3},
+             {"groups": 2, "batch": 5}]  # (the last may reuse the third graph)
+    counts = []
+    for i, size in enumerate(sizes):
+        args = operands(7 + i, heads=8, **size)
+        before = backend.counters["ssd_decode"]
+        want_state = args[0].clone()
+        want_y = cloned(want_state, *args[1:])
+        got_state = args[0].clone()
+        with torch.no_grad():
+            got_y = step(got_state, *args[1:])
+        assert relative_error(got_y, want_y) <= 1e-5, size
+        assert relative_error(got_state, want_state) <= 1e-5, size
+        counts.append(backend.counters["ssd_decode"] - before)
+    explanation = step._ioaware_backend.explanation
+    assert counts[:3] == [1, 1, 1] and not explanation.fallbacks, explanation
+    assert isinstance(explanation.rewrites[1].detail["groups"], torch.SymInt)
