@@ -390,8 +390,10 @@ def _apply(gm: fx.GraphModule, step: DecodeStep) -> None:
             step.target, ops["x"], dt, A, ops["B"], ops["C"], D, dt_bias,
             step.dt_softplus, *step.dt_limit))
         call.meta["val"] = val(ops["x"])
-        y = g.call_function(aten._to_copy.default, (call,), {"dtype": val(step.y).dtype})
-        y.meta["val"] = val(step.y)
+        y = call
+        if val(step.y).dtype != val(ops["x"]).dtype:  # (the same dtype: no copy)
+            y = g.call_function(aten._to_copy.default, (call,), {"dtype": val(step.y).dtype})
+            y.meta["val"] = val(step.y)
     step.y.replace_all_uses_with(y)
     for c in reversed(step.copies):  # eager's copies: the state is updated in place now
         c.replace_all_uses_with(step.target)

@@ -5,6 +5,8 @@ the fused step cannot take stays eager with its reason."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from test_scan_pass import canonical
@@ -191,3 +193,28 @@ def test_step_with_symbolic_sizes_after_a_recompile():
     explanation = step._ioaware_backend.explanation
     assert counts[:3] == [1, 1, 1] and not explanation.fallbacks, explanation
     assert isinstance(explanation.rewrites[1].detail["groups"], torch.SymInt)
+
+
+@pytest.mark.parametrize("fn", [in_place, cloned], ids=["in_place", "cloned"])
+def test_inductor_keeps_the_step_in_place(fn):
+    """Under Inductor (the CUDA path), functionalisation turns the op's `mutates_args`
+    into auto_functionalized (a new state) plus a copy_ back into the input; Inductor
+    re-inplaces it: the generated code calls the op once, on the input state itself,
+    with no clone and no copy of the state (nor of y), and the caller's state is updated."""
+    from torch._inductor.compile_fx import compile_fx
+    from torch._inductor.utils import run_and_get_code
+
+    gm, out, _ = rewrite(fn, operands())
+    assert [r.kind for r in out.rewrites] == ["ssd_decode"]
+    inputs = [t.clone() for t in gm.inputs]
+    want_inputs = [t.clone() for t in inputs]
+    want = gm(*want_inputs)
+    got, (code,) = run_and_get_code(lambda: compile_fx(gm, [t.clone() for t in inputs])(
+        *inputs))
+    body = code[code.index("def call("):]
+    calls = re.findall(r"torch\.ops\.ioaware\.ssd_step\.default\((\w+),", body)
+    state = next(i for i, t in enumerate(inputs) if t.dim() == 4)
+    assert calls == [f"arg{state}_1"], body  # the input itself, not a buffer
+    assert "copy" not in body and "clone" not in body, body
+    assert torch.equal(got[0], want[0])
+    assert torch.equal(inputs[state], want_inputs[state])
