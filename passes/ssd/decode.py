@@ -45,7 +45,7 @@ from ioaware.passes.views import hint
 from ioaware.spec import dtype_name
 from ioaware.verify import TOLERANCE, relative_error
 
-from .chunked import _CASTS, dt_producers, is_call, live, shape, strip, val
+from .chunked import _CASTS, dt_producers, is_call, is_size, live, shape, strip, val
 from .probe import _random
 
 aten = torch.ops.aten
@@ -176,18 +176,12 @@ def _output(anchor: fx.Node, copy: fx.Node, x: fx.Node, batch: int, heads: int,
     return y, C, D
 
 
-def _is_size(node: fx.Node) -> bool:
-    """A graph input that is a symbolic size (dynamo's SymInt placeholders): what a
-    graph recompiled with automatic dynamic shapes reads for, e.g., the group count."""
-    return node.op == "placeholder" and isinstance(node.meta.get("val"), torch.SymInt)
-
-
 def _region(outputs: list[fx.Node], leaves: set[fx.Node]) -> list[fx.Node]:
     """The nodes from `leaves` (and symbolic sizes) to `outputs`."""
     nodes, todo = set(), list(outputs)
     while todo:
         n = todo.pop()
-        if n in nodes or n in leaves or _is_size(n):
+        if n in nodes or n in leaves or is_size(n):
             continue
         if n.op != "call_function":
             raise NoMatch(f"{n.name}: the step reads {n.op} {n.target}, not one of its "
@@ -315,7 +309,7 @@ def probe(step: DecodeStep) -> None:
         env[step.operands[k]] = g.placeholder(k)
     for n in step.nodes:
         for a in n.all_input_nodes:
-            if _is_size(a):
+            if is_size(a):
                 env[a] = hint(a.meta["val"])
         env[n] = g.node_copy(n, lambda a: env[a])
     g.output((env[step.anchor], env[step.y]))

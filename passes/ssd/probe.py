@@ -17,7 +17,7 @@ from ioaware.passes.driver import NoMatch
 from ioaware.passes.views import hint
 from ioaware.verify import TOLERANCE, relative_error
 
-from .chunked import ChunkedSSD, val
+from .chunked import ChunkedSSD, is_size, val
 
 OPERANDS = ("x", "dt", "A", "B", "C", "D", "dt_bias", "h0")
 
@@ -31,6 +31,9 @@ def region_module(region: ChunkedSSD, operands: dict[str, fx.Node]) -> fx.GraphM
         if operands.get(name) is not None:
             env[operands[name]] = g.placeholder(name)
     for n in region.nodes:
+        for a in n.all_input_nodes:
+            if is_size(a):  # a symbolic size: its example value (see verify)
+                env[a] = hint(a.meta["val"])
         env[n] = g.node_copy(n, lambda a: env[a])
     outs = [env[n] if n is not None else None for n in (region.y, region.final)]
     g.output(tuple(outs))
@@ -53,12 +56,22 @@ def _random(node: fx.Node, name: str, gen: torch.Generator, *,
 
 
 def verify(region: ChunkedSSD) -> ChunkedSSD:
-    """The region with B and C in their roles, or NoMatch when it is not the SSD."""
+    """The region with B and C in their roles, or NoMatch when it is not the SSD.
+
+    A symbolic batch (dynamo recompiled at a second batch size) is probed at its example
+    value: batch rows never mix. Any other symbolic size (the length: how many chunks,
+    the padding) is refused: one example length cannot stand for the others."""
+    symbolic = [name for name, s in zip(("batch", "length", "heads", "head_dim"),
+                                        val(region.x).shape) if isinstance(s, torch.SymInt)]
+    if [name for name in symbolic if name != "batch"]:
+        raise NoMatch(f"{region.x.name}: x's {', '.join(symbolic)} symbolic; the region is "
+                      f"probed at one example size, which stands only for the batch")
     gen = torch.Generator().manual_seed(0)
     base = {"x": region.x, "dt": region.dt, "A": region.A, "D": region.D,
             "dt_bias": region.dt_bias, "h0": region.h0}
-    values = {k: _random(n, k, gen) for k, n in base.items() if n is not None}
-    first, second = _random(region.B, "B", gen), _random(region.C, "C", gen)
+    values = {k: _random(n, k, gen, hinted=True) for k, n in base.items() if n is not None}
+    first = _random(region.B, "B", gen, hinted=True)
+    second = _random(region.C, "C", gen, hinted=True)
     if region.B is region.C:  # only the final state is used: C is a stand-in for B
         second = first
     # the region rounds where its inputs' dtype does (dt's softplus in bf16, ...): that
