@@ -46,7 +46,7 @@ def _check_private(region: chunked.ChunkedSSD) -> None:
     readers aside."""
     inside, memo = set(region.nodes), {}
     for n in region.nodes:
-        if n in (region.y, region.final):
+        if n in (region.y, region.final) or chunked.val(n) is None:  # (size arithmetic)
             continue
         outside = [u for u in n.users if u not in inside and chunked.live(u, memo)]
         if outside:

@@ -86,6 +86,12 @@ def strip(node: fx.Node, ops=_CASTS) -> fx.Node:
     return node
 
 
+def is_size(node: fx.Node) -> bool:
+    """A graph input that is a symbolic size (dynamo's SymInt placeholders): what a
+    graph recompiled with automatic dynamic shapes reads for, e.g., the batch."""
+    return node.op == "placeholder" and isinstance(node.meta.get("val"), torch.SymInt)
+
+
 def live(node: fx.Node, memo: dict[fx.Node, bool]) -> bool:
     """Whether the node's value reaches the graph's output or a side effect (what dead
     code, e.g. an output nobody reads, does not)."""
@@ -288,7 +294,7 @@ def region(gm: fx.GraphModule, outputs: list[fx.Node], known: set[fx.Node],
     nodes, leaves, todo = set(), [], list(outputs)
     while todo:
         n = todo.pop()
-        if n in nodes or n in leaves:
+        if n in nodes or n in leaves or is_size(n):
             continue
         if n in known or (inputs_are_leaves and n.op != "call_function"):
             leaves.append(n)

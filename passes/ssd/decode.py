@@ -41,10 +41,11 @@ from ioaware.codegen.ssd.price import ssd_step_cost
 from ioaware.codegen.ssd.step_op import check_ssd_step
 from ioaware.passes.attention.masks import needs_grad
 from ioaware.passes.driver import Match, NoMatch, Pass, PassContext
+from ioaware.passes.views import hint
 from ioaware.spec import dtype_name
 from ioaware.verify import TOLERANCE, relative_error
 
-from .chunked import _CASTS, dt_producers, is_call, live, shape, strip, val
+from .chunked import _CASTS, dt_producers, is_call, is_size, live, shape, strip, val
 from .probe import _random
 
 aten = torch.ops.aten
@@ -176,10 +177,11 @@ def _output(anchor: fx.Node, copy: fx.Node, x: fx.Node, batch: int, heads: int,
 
 
 def _region(outputs: list[fx.Node], leaves: set[fx.Node]) -> list[fx.Node]:
+    """The nodes from `leaves` (and symbolic sizes) to `outputs`."""
     nodes, todo = set(), list(outputs)
     while todo:
         n = todo.pop()
-        if n in nodes or n in leaves:
+        if n in nodes or n in leaves or is_size(n):
             continue
         if n.op != "call_function":
             raise NoMatch(f"{n.name}: the step reads {n.op} {n.target}, not one of its "
@@ -254,7 +256,7 @@ def _check_private(nodes: list[fx.Node], allowed: dict[fx.Node, set | None]) -> 
     inside, memo = set(nodes), {}
     for n in nodes:
         extra = allowed.get(n, set())
-        if extra is None:
+        if extra is None or val(n) is None:  # (size arithmetic may be shared: it stays)
             continue
         outside = [u for u in n.users if u not in inside and u not in extra
                    and live(u, memo)]
@@ -286,19 +288,35 @@ def _in_place_target(S: fx.Node, copy: fx.Node, nodes: list[fx.Node],
 
 
 def probe(step: DecodeStep) -> None:
-    """NoMatch unless the region, run on random operands, gives the reference step."""
+    """NoMatch unless the region, run on random operands, gives the reference step.
+
+    Symbolic sizes (a graph dynamo recompiled with automatic dynamic shapes, e.g. after
+    a call at another group count) are probed at dynamo's example values; the region's
+    ops are the same at every value, so a spelling that is the step there is the step
+    at the others, except where the example hides the grouping (one head per group:
+    head h → group h // (H/G) and h % G agree), which is refused."""
+    batch, heads = (hint(s) for s in shape(step.operands["x"])[:2])
+    heads_size, groups = shape(step.operands["x"])[1], shape(step.operands["B"])[1]
+    same = isinstance(heads_size, torch.SymInt) and heads_size.node.expr == groups.node.expr
+    if isinstance(groups, torch.SymInt) and heads == hint(groups) and not same:
+        raise NoMatch(f"{step.operands['B'].name}: the group count is symbolic and equals "
+                      f"the heads ({heads}) in the example; probing there cannot tell "
+                      f"which group each head reads")
     g = fx.Graph()
     env = {}
     names = [k for k in OPERANDS if step.operands[k] is not None]
     for k in names:
         env[step.operands[k]] = g.placeholder(k)
     for n in step.nodes:
+        for a in n.all_input_nodes:
+            if is_size(a):
+                env[a] = hint(a.meta["val"])
         env[n] = g.node_copy(n, lambda a: env[a])
     g.output((env[step.anchor], env[step.y]))
     module = fx.GraphModule(torch.nn.Module(), g)
     gen = torch.Generator().manual_seed(0)
-    args = {k: _random(step.operands[k], "dt" if k == "dt_bias" else k, gen) for k in names}
-    batch, heads = shape(step.operands["x"])[:2]
+    args = {k: _random(step.operands[k], "dt" if k == "dt_bias" else k, gen, hinted=True)
+            for k in names}
     with torch.no_grad():
         # the region may update its state in place (a copy_ inside it): a fresh copy
         new, y = module(*(args[k].clone() for k in names))
@@ -343,11 +361,14 @@ def _match(gm: fx.GraphModule, anchor: fx.Node, ctx: PassContext) -> Match:
                  dtype=dtype_name(x.dtype), detail=detail)
 
 
-def _reshaped(g: fx.Graph, node: fx.Node | None, size: list[int]) -> fx.Node | None:
-    if node is None or list(shape(node)) == size:
+def _squeezed(g: fx.Graph, node: fx.Node | None, ndim: int) -> fx.Node | None:
+    """`node` without its trailing size-1 axes past the first `ndim` (what _per_head
+    found under the broadcast): a squeeze, so no size, symbolic or not, is spelt."""
+    if node is None or val(node).dim() == ndim:
         return node
-    out = g.call_function(aten.reshape.default, (node, size))
-    out.meta["val"] = val(node).reshape(size)
+    dims = list(range(ndim, val(node).dim()))
+    out = g.call_function(aten.squeeze.dims, (node, dims))
+    out.meta["val"] = val(node).squeeze(dims)
     return out
 
 
@@ -356,17 +377,17 @@ def _apply(gm: fx.GraphModule, step: DecodeStep) -> None:
     order = {n: i for i, n in enumerate(g.nodes)}
     ops = step.operands
     last = max([n for n in ops.values() if n is not None] + [step.target], key=order.get)
-    batch, heads = shape(ops["x"])[:2]
     with g.inserting_before(last.next):  # (inserting_after would reverse their order)
-        per_head = [_reshaped(g, ops[k], [heads]) for k in ("A", "D", "dt_bias")]
-        dt = _reshaped(g, ops["dt"], [batch, heads])
-        A, D, dt_bias = per_head
+        A, D, dt_bias = (_squeezed(g, ops[k], 1) for k in ("A", "D", "dt_bias"))
+        dt = _squeezed(g, ops["dt"], 2)
         call = g.call_function(torch.ops.ioaware.ssd_step.default, (
             step.target, ops["x"], dt, A, ops["B"], ops["C"], D, dt_bias,
             step.dt_softplus, *step.dt_limit))
         call.meta["val"] = val(ops["x"])
-        y = g.call_function(aten._to_copy.default, (call,), {"dtype": val(step.y).dtype})
-        y.meta["val"] = val(step.y)
+        y = call
+        if val(step.y).dtype != val(ops["x"]).dtype:  # (the same dtype: no copy)
+            y = g.call_function(aten._to_copy.default, (call,), {"dtype": val(step.y).dtype})
+            y.meta["val"] = val(step.y)
     step.y.replace_all_uses_with(y)
     for c in reversed(step.copies):  # eager's copies: the state is updated in place now
         c.replace_all_uses_with(step.target)

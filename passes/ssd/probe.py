@@ -14,9 +14,10 @@ from torch import fx
 
 from ioaware.codegen.ssd import reference
 from ioaware.passes.driver import NoMatch
+from ioaware.passes.views import hint
 from ioaware.verify import TOLERANCE, relative_error
 
-from .chunked import ChunkedSSD, val
+from .chunked import ChunkedSSD, is_size, val
 
 OPERANDS = ("x", "dt", "A", "B", "C", "D", "dt_bias", "h0")
 
@@ -30,17 +31,23 @@ def region_module(region: ChunkedSSD, operands: dict[str, fx.Node]) -> fx.GraphM
         if operands.get(name) is not None:
             env[operands[name]] = g.placeholder(name)
     for n in region.nodes:
+        for a in n.all_input_nodes:
+            if is_size(a):  # a symbolic size: its example value (see verify)
+                env[a] = hint(a.meta["val"])
         env[n] = g.node_copy(n, lambda a: env[a])
     outs = [env[n] if n is not None else None for n in (region.y, region.final)]
     g.output(tuple(outs))
     return fx.GraphModule(torch.nn.Module(), g)
 
 
-def _random(node: fx.Node, name: str, gen: torch.Generator) -> torch.Tensor:
+def _random(node: fx.Node, name: str, gen: torch.Generator, *,
+            hinted: bool = False) -> torch.Tensor:
+    """Random values for operand `name` at the node's shape; `hinted`: at the example
+    sizes dynamo traced with where the shape is symbolic (else that is a NoMatch)."""
     v = val(node)
-    if v is None or not all(isinstance(s, int) for s in v.shape):
+    if v is None or not (hinted or all(isinstance(s, int) for s in v.shape)):
         raise NoMatch(f"{node.name}: {name} has no static shape to probe the region with")
-    t = torch.randn(tuple(v.shape), generator=gen, dtype=torch.float32)
+    t = torch.randn(tuple(hint(s) for s in v.shape), generator=gen, dtype=torch.float32)
     if name == "A":  # decays in (0, 1): A < 0
         t = -(t.abs() + 0.1)
     elif name == "dt":
@@ -49,12 +56,22 @@ def _random(node: fx.Node, name: str, gen: torch.Generator) -> torch.Tensor:
 
 
 def verify(region: ChunkedSSD) -> ChunkedSSD:
-    """The region with B and C in their roles, or NoMatch when it is not the SSD."""
+    """The region with B and C in their roles, or NoMatch when it is not the SSD.
+
+    A symbolic batch (dynamo recompiled at a second batch size) is probed at its example
+    value: batch rows never mix. Any other symbolic size (the length: how many chunks,
+    the padding) is refused: one example length cannot stand for the others."""
+    symbolic = [name for name, s in zip(("batch", "length", "heads", "head_dim"),
+                                        val(region.x).shape) if isinstance(s, torch.SymInt)]
+    if [name for name in symbolic if name != "batch"]:
+        raise NoMatch(f"{region.x.name}: x's {', '.join(symbolic)} symbolic; the region is "
+                      f"probed at one example size, which stands only for the batch")
     gen = torch.Generator().manual_seed(0)
     base = {"x": region.x, "dt": region.dt, "A": region.A, "D": region.D,
             "dt_bias": region.dt_bias, "h0": region.h0}
-    values = {k: _random(n, k, gen) for k, n in base.items() if n is not None}
-    first, second = _random(region.B, "B", gen), _random(region.C, "C", gen)
+    values = {k: _random(n, k, gen, hinted=True) for k, n in base.items() if n is not None}
+    first = _random(region.B, "B", gen, hinted=True)
+    second = _random(region.C, "C", gen, hinted=True)
     if region.B is region.C:  # only the final state is used: C is a stand-in for B
         second = first
     # the region rounds where its inputs' dtype does (dt's softplus in bf16, ...): that

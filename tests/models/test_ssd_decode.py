@@ -83,3 +83,26 @@ def test_bf16_decode_steps_within_bf16_tolerance():
     assert backend.counters["ssd_decode"] - before == MIXERS["mamba2"][1]  # one graph
     for g, w in zip(got + got_states, want + want_states, strict=True):
         assert relative_error(g.float(), w.float()) <= TOLERANCE[torch.bfloat16]
+
+
+def test_decode_at_a_second_batch_size_rewrites_every_step():
+    """Decode steps at batch 1, then at batch 2, through the same compiled forward (from
+    eager prefills): dynamo recompiles the decode graph with the batch symbolic
+    (automatic dynamic shapes) and every mixer's step is still rewritten (n_groups = 2);
+    logits and the cache's states as eager's."""
+    torch.manual_seed(0)
+    model = build("mamba2", use_cache=True).eval()
+    compiled = ioaware.compile(model.forward)
+    mixers = MIXERS["mamba2"][1]
+    for batch in (1, 2):
+        ids, step = torch.randint(1, 128, (batch, 5)), torch.randint(1, 128, (batch, 1))
+        with torch.no_grad():
+            prefill = model(ids, use_cache=True).cache
+            results, before = [], backend.counters["ssd_decode"]
+            for forward in (model.forward, compiled):
+                cache = copy.deepcopy(prefill)
+                logits = forward(step, use_cache=True, cache=cache).logits
+                results.append([logits] + [cache.get_recurrent_state(i) for i in range(2)])
+        assert backend.counters["ssd_decode"] - before == mixers, batch  # a new graph each
+        for g, w in zip(results[1], results[0], strict=True):
+            assert relative_error(g, w) <= TOLERANCE[torch.float32]

@@ -5,11 +5,14 @@ the fused step cannot take stays eager with its reason."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from test_scan_pass import canonical
 
-from ioaware import hardware
+import ioaware
+from ioaware import backend, hardware
 from ioaware.codegen.ssd.price import ssd_step_cost
 from ioaware.passes.driver import PassContext
 from ioaware.passes.pipeline import run_pipeline
@@ -21,12 +24,13 @@ STEP_OP = torch.ops.ioaware.ssd_step.default
 Bt, H, P, G, N = 2, 4, 3, 2, 5
 
 
-def operands(seed: int = 3):
+def operands(seed: int = 3, batch: int = Bt, heads: int = H, groups: int = G):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(Bt, H, P, N, generator=g), torch.randn(Bt, H, P, generator=g),
-            torch.randn(Bt, H, generator=g), -torch.rand(H, generator=g) - 0.1,
-            torch.randn(Bt, G, N, generator=g), torch.randn(Bt, G, N, generator=g),
-            torch.randn(H, generator=g), torch.randn(H, generator=g))
+    b, h = batch, heads
+    return (torch.randn(b, h, P, N, generator=g), torch.randn(b, h, P, generator=g),
+            torch.randn(b, h, generator=g), -torch.rand(h, generator=g) - 0.1,
+            torch.randn(b, groups, N, generator=g), torch.randn(b, groups, N, generator=g),
+            torch.randn(h, generator=g), torch.randn(h, generator=g))
 
 
 def update(state, x, dt, A, B, C, D, dt_bias):
@@ -164,3 +168,53 @@ def test_step_needing_gradients_stays_eager():
     out = run_pipeline(gm, PassContext(hardware.get_profile("h100"), "reference", {}))
     assert not out.rewrites
     assert any("needs gradients" in f.reason for f in out.fallbacks), out.fallbacks
+
+
+def test_step_with_symbolic_sizes_after_a_recompile():
+    """A call at another group count, then at another batch, makes dynamo recompile with
+    that size symbolic (automatic dynamic shapes): G enters the graph as a size input,
+    `H // G` as arithmetic on it, the batch in the views. The step is still rewritten
+    (probed at dynamo's example sizes) and gives eager's y and state at every size."""
+    step = ioaware.compile(cloned)
+    sizes = [{"groups": 2}, {"groups": 4}, {"groups": 4, "batch": 3},
+             {"groups": 2, "batch": 5}]  # (the last may reuse the third graph)
+    counts = []
+    for i, size in enumerate(sizes):
+        args = operands(7 + i, heads=8, **size)
+        before = backend.counters["ssd_decode"]
+        want_state = args[0].clone()
+        want_y = cloned(want_state, *args[1:])
+        got_state = args[0].clone()
+        with torch.no_grad():
+            got_y = step(got_state, *args[1:])
+        assert relative_error(got_y, want_y) <= 1e-5, size
+        assert relative_error(got_state, want_state) <= 1e-5, size
+        counts.append(backend.counters["ssd_decode"] - before)
+    explanation = step._ioaware_backend.explanation
+    assert counts[:3] == [1, 1, 1] and not explanation.fallbacks, explanation
+    assert isinstance(explanation.rewrites[1].detail["groups"], torch.SymInt)
+
+
+@pytest.mark.parametrize("fn", [in_place, cloned], ids=["in_place", "cloned"])
+def test_inductor_keeps_the_step_in_place(fn):
+    """Under Inductor (the CUDA path), functionalisation turns the op's `mutates_args`
+    into auto_functionalized (a new state) plus a copy_ back into the input; Inductor
+    re-inplaces it: the generated code calls the op once, on the input state itself,
+    with no clone and no copy of the state (nor of y), and the caller's state is updated."""
+    from torch._inductor.compile_fx import compile_fx
+    from torch._inductor.utils import run_and_get_code
+
+    gm, out, _ = rewrite(fn, operands())
+    assert [r.kind for r in out.rewrites] == ["ssd_decode"]
+    inputs = [t.clone() for t in gm.inputs]
+    want_inputs = [t.clone() for t in inputs]
+    want = gm(*want_inputs)
+    got, (code,) = run_and_get_code(lambda: compile_fx(gm, [t.clone() for t in inputs])(
+        *inputs))
+    body = code[code.index("def call("):]
+    calls = re.findall(r"torch\.ops\.ioaware\.ssd_step\.default\((\w+),", body)
+    state = next(i for i, t in enumerate(inputs) if t.dim() == 4)
+    assert calls == [f"arg{state}_1"], body  # the input itself, not a buffer
+    assert "copy" not in body and "clone" not in body, body
+    assert torch.equal(got[0], want[0])
+    assert torch.equal(inputs[state], want_inputs[state])

@@ -10,7 +10,8 @@ import pytest
 import torch
 from test_scan_pass import canonical
 
-from ioaware import hardware
+import ioaware
+from ioaware import backend, hardware
 from ioaware.codegen.ssd.price import ssd_cost
 from ioaware.codegen.ssd.spec import SSDSpec
 from ioaware.codegen.ssd.tiles import choose_chunk
@@ -24,12 +25,13 @@ SSD_OP = torch.ops.ioaware.ssd.default
 Bt, L, H, P, G, N = 2, 10, 4, 3, 2, 5
 
 
-def operands(seed: int = 0):
+def operands(seed: int = 0, batch: int = Bt, length: int = L):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(Bt, L, H, P, generator=g), torch.randn(Bt, L, H, generator=g),
-            -torch.rand(H, generator=g) - 0.1, torch.randn(Bt, L, G, N, generator=g),
-            torch.randn(Bt, L, G, N, generator=g), torch.randn(H, generator=g),
-            torch.randn(H, generator=g), torch.randn(Bt, H, P, N, generator=g))
+    b, n = batch, length
+    return (torch.randn(b, n, H, P, generator=g), torch.randn(b, n, H, generator=g),
+            -torch.rand(H, generator=g) - 0.1, torch.randn(b, n, G, N, generator=g),
+            torch.randn(b, n, G, N, generator=g), torch.randn(H, generator=g),
+            torch.randn(H, generator=g), torch.randn(b, H, P, N, generator=g))
 
 
 def chunk_scan(x, dt, A, B, C, D, dt_bias, h0):
@@ -57,6 +59,26 @@ def test_chunked_spelling_becomes_one_ssd_and_runs_as_eager():
     assert not [n for n in gm.graph.nodes if n.target in (torch.ops.aten.cumsum.default,
                                                           torch.ops.aten.bmm.default)]
     assert relative_error(gm.run(), chunk_scan(*args)[0]) <= 1e-5
+
+
+def test_symbolic_sizes_stay_eager_with_their_reason():
+    """Called at a second length, dynamo recompiles with the length symbolic (the chunk
+    count, the padding): one example length cannot stand for the others in the probe,
+    so the region stays eager and says so. (A symbolic batch alone passes the probe, but
+    this spelling's y is then also read by a size query, which the matcher refuses.)"""
+    ssd = ioaware.compile(chunk_scan)
+    outcomes = []
+    for i, size in enumerate([{}, {"length": 6}]):
+        args = operands(i, **size)
+        before = backend.counters["ssd"]
+        with torch.no_grad():
+            got = ssd(*args)
+        want = chunk_scan(*args)
+        assert all(relative_error(g, w) <= 1e-5 for g, w in zip(got, want)), size
+        outcomes.append(backend.counters["ssd"] - before)
+    assert outcomes == [1, 0]
+    (reason,) = {f.reason for f in ssd._ioaware_backend.explanation.fallbacks}
+    assert "length symbolic; the region is probed at one example size" in reason, reason
 
 
 def test_final_state_alone_runs_as_eager():
