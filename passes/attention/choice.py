@@ -100,10 +100,13 @@ def decide(gm: fx.GraphModule, m: AttentionMatch, ctx: PassContext,
         return measured.Choice(measured.GENERATED,
                                why=f"not measured: SDPA backends are timed on CUDA, "
                                    f"the kernels run as {ctx.backend_name} here")
+    device = fake_value(m.output).device
+    if device.type == "meta":  # `ioaware report`/`demo`: nothing here can be timed
+        return measured.Choice(measured.GENERATED,
+                               why="not measured: the graph is priced on meta tensors")
     d = m.dims
     problem = measured.Problem(
         batch=d["B"], heads=d["Hq"], n_q=d["Nq"], n_k=d["Nk"], head_dim=d["D"],
         head_dim_v=d["Dv"], dtype=dtype_name(m.dtype), causal=m.mods.causal,
         scale=m.scale, grad=_differentiated(gm))
-    return measured.choose(problem, fake_value(m.output).device,
-                           without_generated=without_generated)
+    return measured.choose(problem, device, without_generated=without_generated)
