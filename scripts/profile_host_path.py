@@ -26,13 +26,14 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 import ioaware  # noqa: F401  (registers the ops)
-from ioaware import hardware
-from ioaware.codegen import cache, launch, plan, runtime
+from ioaware.codegen import launch, plan, runtime
 from ioaware.codegen.attention import host as attention_host
 from ioaware.codegen.attention import op as attention_op
 from ioaware.codegen.attention.spec import AttentionSpec
@@ -40,6 +41,9 @@ from ioaware.codegen.decode import op as decode_op
 from ioaware.codegen.scan import host as scan_host
 from ioaware.codegen.scan import op as scan_op
 from ioaware.spec import TensorInput
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import cuda_path
 
 TAG = "profile-h100"  # a device tag no real device has: its own cache entries
 
@@ -51,55 +55,9 @@ def _run(*args):
 _run.global_scratch_size = 0  # as a real launcher of a kernel without TMA descriptors
 
 
-class _Binary:
-    """What `launch` calls for a cached binary: run(...) does nothing."""
-
-    function = None
-    packed_metadata = None
-    run = staticmethod(_run)
-
-
-class _Binaries(dict):
-    """Every key has the no-op binary (and no keyword tail: the real launch's tail is
-    two to four names, well under a µs)."""
-
-    def get(self, key, default=None):
-        return (_Binary, ())
-
-
-class _Driver:
-    class active:
-        @staticmethod
-        def get_current_device():
-            return 0
-
-        @staticmethod
-        def get_current_stream(device):
-            return 0
-
-
 def patch_to_cuda_path() -> None:
     """Make the ops take their CUDA path on CPU tensors, launches doing nothing."""
-    profile = hardware.get_profile("h100")
-
-    def kernel_module(kind, spec, device):
-        module = cache.cached_module(kind, spec, TAG)
-        if module is None:
-            module = cache.load_kernel_module(kind, spec, TAG, profile)
-            for value in vars(module).values():  # every binary key finds a no-op binary
-                if isinstance(value, launch.JITFunction):
-                    value.__dict__["_ioaware_binaries"] = _Binaries()
-        return module
-
-    def backend_name(device):
-        return "triton"
-
-    for module in (runtime, attention_op, scan_op, decode_op):
-        if hasattr(module, "kernel_module"):
-            module.kernel_module = kernel_module
-        module.backend_name = backend_name
-    decode_op.device_profile = lambda device: profile  # its tiles and splits, as on an H100
-    launch.driver = _Driver
+    cuda_path.patch_to_cuda_path(setattr, TAG, _run)
 
 
 def us_per_call(fn, calls: int) -> float:

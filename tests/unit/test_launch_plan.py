@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cuda_path import patch_to_cuda_path
 
-from ioaware import hardware
-from ioaware.codegen import cache, launch, plan, runtime
+from ioaware.codegen import plan
 from ioaware.codegen.attention import op as attention_op
 from ioaware.codegen.attention.spec import AttentionSpec
 from ioaware.codegen.decode import op as decode_op
@@ -25,51 +25,15 @@ TAG = "plan-test-h100"  # a device tag no real device has: its own modules
 LAUNCHED: list[tuple] = []
 
 
-class _Binary:
-    function = None
-    packed_metadata = None
-
-    @staticmethod
-    def run(*args):
-        LAUNCHED.append(args[9:])  # the kernel's arguments (after grid, stream, ...)
-
-
-class _Binaries(dict):
-    def get(self, key, default=None):
-        return (_Binary, ())
-
-
-class _Driver:
-    class active:
-        @staticmethod
-        def get_current_device():
-            return 0
-
-        @staticmethod
-        def get_current_stream(device):
-            return 0
+def _record(*args):
+    LAUNCHED.append(args[9:])  # the kernel's arguments (after grid, stream, ...)
 
 
 @pytest.fixture
 def cuda_path(monkeypatch):
-    """The attention ops' CUDA path on CPU tensors, launches recorded in LAUNCHED."""
-    profile = hardware.get_profile("h100")
-
-    def kernel_module(kind, spec, device):
-        module = cache.cached_module(kind, spec, TAG)
-        if module is None:
-            module = cache.load_kernel_module(kind, spec, TAG, profile)
-            for value in vars(module).values():
-                if isinstance(value, launch.JITFunction):
-                    value.__dict__["_ioaware_binaries"] = _Binaries()
-        return module
-
-    for module in (runtime, attention_op, decode_op):
-        if hasattr(module, "kernel_module"):
-            monkeypatch.setattr(module, "kernel_module", kernel_module)
-        monkeypatch.setattr(module, "backend_name", lambda device: "triton")
-    monkeypatch.setattr(decode_op, "device_profile", lambda device: profile)
-    monkeypatch.setattr(launch, "driver", _Driver)
+    """The ops' CUDA path on CPU tensors (tests/cuda_path.py), launches recorded in
+    LAUNCHED."""
+    patch_to_cuda_path(monkeypatch.setattr, TAG, _record)
     monkeypatch.setattr(config, "fast_launch", True)
     plan.forget()
     LAUNCHED.clear()
