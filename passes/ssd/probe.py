@@ -114,15 +114,21 @@ def probe_sizes(region: ChunkedSSD) -> list[Sizes | None]:
         return (all(b.lower <= n <= b.upper for b in bounds)
                 and all(_holds(g, at(n)) for g in guards))
 
-    # dynamo's guards often pin the chunk count or whether there is padding: one length
-    # of each (chunks, padded) class the guards admit, up to four with the example; a
-    # class is tried at its ends (one past a chunk boundary, one short of the next)
-    chosen, classes = [example], {(-(-example // c), example % c == 0)}
+    # dynamo's guards often pin the chunk count and whether there is padding: beside the
+    # example, one length of each other (chunks, padded) class the guards admit and one
+    # more of the example's own, up to four; a padded class is tried at its ends (one
+    # past a chunk boundary, one short of the next)
+    def kind(n: int) -> tuple[int, bool]:
+        return -(-n // c), n % c != 0
+
+    chosen = [example]
     for k in range(1, 5):
-        for n, padded in ((k * c, False), ((k - 1) * c + 1, True), (k * c - 1, True)):
-            if len(chosen) < 4 and n >= 1 and (k, padded) not in classes and admitted(n):
+        for n in (k * c, (k - 1) * c + 1, k * c - 1):
+            taken = sum(kind(m) == kind(n) for m in chosen)
+            room = 2 if kind(n) == kind(example) else 1
+            if len(chosen) < 4 and n >= 1 and n not in chosen and taken < room \
+                    and admitted(n):
                 chosen.append(n)
-                classes.add((k, padded))
     return [at(n) for n in chosen]
 
 
