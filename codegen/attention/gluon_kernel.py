@@ -1,0 +1,325 @@
+"""The FlashAttention-3 forward schedule in Gluon, for sm_90 (Hopper): dense or causal,
+fp16/bf16, head dims 64, 128 and 256 (d = dv). Imported only when `gluon_forward.gate`
+finds a Triton whose Gluon has the API written against (Triton 3.6's).
+
+One program owns 2·BLOCK_M query rows of one (batch, head) and runs three partitions
+(Shah et al. 2024, FlashAttention-3, §3.1-3.2):
+
+    loader     1 warp, 24 registers: TMA loads of the two Q tiles, then of K_j and V_j
+               into a STAGES-deep shared-memory ring, each slot guarded by mbarriers
+               (k_ready, v_ready: the bytes landed; kv_empty: both consumers are done)
+    consumer 0 the default partition (4 warps, one warpgroup): query rows [0, BLOCK_M)
+    consumer 1 a worker partition (4 warps, 240 registers): rows [BLOCK_M, 2·BLOCK_M)
+
+Each consumer overlaps within its warpgroup (FA3 §3.2, "intra-warpgroup pipelining"):
+
+    S_0 = Q K_0ᵀ; P_0, m, l = softmax(S_0)
+    for j = 1 ..:  issue S_j = Q K_jᵀ and O += P_{j-1} V_{j-1} (both async wgmma)
+                   wait S_j; P_j, m', l = softmax(S_j)   <- exp2 under the PV wgmma
+                   wait O; free slot j-1; O ·= exp2(m - m')
+    O += P_last V_last;  O /= l;  lse = (m + log2 l)·ln 2
+
+and, with PINGPONG, the two consumers take turns issuing their wgmma pairs (two
+mbarriers `turn`), so one warpgroup's softmax runs while the other's matmuls hold the
+tensor cores (FA3 §3.1, "pingpong scheduling").
+
+Layout: q, k, v, out are [B, H, N, d] with any strides whose last is 1 (16-byte aligned:
+the tensor-map rules); every tile moves through an in-kernel TMA descriptor over one
+(batch, head)'s [N, d] matrix, which zero-fills rows past N and drops them on store.
+lse is [B·Hq, Nq] fp32, natural log, as the Triton forward writes it.
+
+Floor (H100 SXM, 132 SMs at 1.83 GHz boost: 989 TFLOP/s dense bf16; 790 sustained
+is the project's floor): per KV block of one consumer, 4·BLOCK_M·BLOCK_N·d FLOPs on the
+tensor cores (2 wgmma of 64×BLOCK_N×d) and BLOCK_M·BLOCK_N exp2 on the MUFU (16 per
+cycle per SM quadrant, 64 per SM). At d = 128, BLOCK_N = 128: the two wgmma take
+2·64·128·128·2 / 4096 FLOP/cycle = 1024 cycles per warpgroup-block at the dense peak
+(an SM does 1024 bf16 FMA = 2048 FLOP... per cycle, i.e. 4096 FLOP/cycle counting both
+the dense mma rate 989e12 / (132·1.83e9)); the exp2 take 64·128 / 16 = 512 cycles of
+one quadrant's MUFU spread over 4 quadrants = 128 cycles per SM. docs/kernels.md
+("Gluon forward") has the prediction in TFLOP/s.
+"""
+
+from __future__ import annotations
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+
+LN2: gl.constexpr = gl.constexpr(0.6931471805599453)
+
+
+@gluon.jit
+def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready,
+                    kv_empty, start_m, n_blocks, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                    STAGES: gl.constexpr):
+    """One warp: both Q tiles once, then K_j and V_j into ring slot j % STAGES as soon as
+    both consumers have freed it (a fresh mbarrier passes a wait on parity 1, so the
+    first STAGES waits return at once)."""
+    mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(q_desc, [start_m, 0], q_bar, q_smem.index(0))
+    tma.async_copy_global_to_shared(q_desc, [start_m + BLOCK_M, 0], q_bar, q_smem.index(1))
+    for j in range(n_blocks):
+        slot = j % STAGES
+        mbarrier.wait(kv_empty.index(slot), ((j // STAGES) & 1) ^ 1)
+        # K and V on their own barriers: S_j can start before V_j has landed
+        mbarrier.expect(k_ready.index(slot), k_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(k_desc, [j * BLOCK_N, 0], k_ready.index(slot),
+                                        k_smem.index(slot))
+        mbarrier.expect(v_ready.index(slot), v_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(v_desc, [j * BLOCK_N, 0], v_ready.index(slot),
+                                        v_smem.index(slot))
+
+
+@gluon.jit
+def _wait_turn(turn, k, FIRST: gl.constexpr, PINGPONG: gl.constexpr):
+    """Wait for this warpgroup's k-th turn at the tensor cores. The first warpgroup's
+    turn k needs the other's turn k-1 (its turn 0 passes: parity 1 of a fresh barrier);
+    the second's turn k needs the first's turn k."""
+    if PINGPONG:
+        if FIRST:
+            mbarrier.wait(turn, (k & 1) ^ 1)
+        else:
+            mbarrier.wait(turn, k & 1)
+
+
+@gluon.jit
+def _pass_turn(turn, PINGPONG: gl.constexpr):
+    if PINGPONG:
+        mbarrier.arrive(turn, count=1)
+
+
+@gluon.jit
+def _online_softmax(s, m_i, l_i, qk_scale):
+    """FA2 Algorithm 1, lines 8-10, in log2 units (qk_scale = scale·log2 e): the new row
+    max m', P = exp2(S·qk_scale - m'), l' = l·exp2(m - m') + rowsum P, and the
+    accumulator's factor alpha = exp2(m - m'). Every row has seen key 0 in the first
+    block (blocks run in ascending order), so m' is finite and alpha(-inf) = 0."""
+    m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
+    p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
+    alpha = gl.exp2(m_i - m_new)
+    l_i = l_i * alpha + gl.sum(p, axis=1)
+    return p, m_new, l_i, alpha
+
+
+@gluon.jit
+def _mask_scores(s, start_n, row0, N_K, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                 CAUSAL: gl.constexpr, s_layout: gl.constexpr):
+    """-inf where key start_n + c is past N_K or (causal) after query row0 + r."""
+    cols = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+    visible = gl.expand_dims(cols < N_K, 0)
+    if CAUSAL:
+        rows = row0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, s_layout))
+        visible = visible & (gl.expand_dims(cols, 0) <= gl.expand_dims(rows, 1))
+    return gl.where(visible, s, float("-inf"))
+
+
+@gluon.jit
+def _kv_steps(acc, m_i, l_i, p, alpha, q_smem, k_smem, v_smem, k_ready, v_ready, kv_empty,
+              turn_mine, turn_other, s_zero, row0, N_K, lo, hi, qk_scale,
+              BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+              CAUSAL: gl.constexpr, FIRST: gl.constexpr, PINGPONG: gl.constexpr,
+              MASKED: gl.constexpr, s_layout: gl.constexpr, p_layout: gl.constexpr,
+              row_o: gl.constexpr):
+    """KV blocks j in [lo, hi), j >= 1: issue S_j and P_{j-1} V_{j-1}, softmax S_j under
+    the PV wgmma, then rescale O. MASKED=False: whole, fully visible blocks. No branch
+    may sit between a wgmma's issue and its wait: ptxas then waits for every group at
+    the join, and the softmax no longer overlaps the PV product (hence two loops, not
+    a mask under `if`)."""
+    for j in range(lo, hi):
+        slot = j % STAGES
+        prev = (j - 1) % STAGES
+        mbarrier.wait(k_ready.index(slot), (j // STAGES) & 1)
+        _wait_turn(turn_mine, j, FIRST, PINGPONG)
+        s_tok = warpgroup_mma(q_smem, k_smem.index(slot).permute((1, 0)), s_zero,
+                              use_acc=False, is_async=True)
+        # O ·= exp2(m_{j-2} - m_{j-1}) while S_j runs (FA3 orders it so: nothing reads O
+        # between the PV wait and the next issue)
+        acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+        mbarrier.wait(v_ready.index(prev), ((j - 1) // STAGES) & 1)
+        p_op = gl.convert_layout(p.to(q_smem.dtype), p_layout)
+        o_tok = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
+        _pass_turn(turn_other, PINGPONG)
+        # S_j done (the PV product may still run): its softmax overlaps that wgmma
+        s = warpgroup_mma_wait(1, deps=(s_tok,))
+        if MASKED:
+            s = _mask_scores(s, j * BLOCK_N, row0, N_K, BLOCK_M, BLOCK_N, CAUSAL, s_layout)
+        p, m_i, l_i, alpha = _online_softmax(s, m_i, l_i, qk_scale)
+        acc, p_op = warpgroup_mma_wait(0, deps=(o_tok, p_op))
+        mbarrier.arrive(kv_empty.index(prev), count=1)  # K_{j-1} and V_{j-1} are read
+    return acc, m_i, l_i, p, alpha
+
+
+@gluon.jit
+def _consume(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn_mine,
+             turn_other, o_desc, lse_ptr, row0, N_Q, N_K, n_blocks, qk_scale,
+             BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+             STAGES: gl.constexpr, CAUSAL: gl.constexpr, FIRST: gl.constexpr,
+             PINGPONG: gl.constexpr):
+    """One consumer warpgroup: BLOCK_M query rows starting at row0 (its Q tile in q_smem)
+    against every KV block [0, n_blocks), then its O tile (through q_smem and TMA) and
+    its lse rows (lse_ptr: this (batch, head)'s row 0). Reads per block one K and one V
+    tile from shared memory; 2 wgmma of 2·BLOCK_M·BLOCK_N·d FLOPs each."""
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HEAD_DIM, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    dtype: gl.constexpr = q_smem.dtype
+
+    s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
+    acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, layout=o_layout)
+    m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=row_s)
+    l_i = gl.zeros([BLOCK_M], gl.float32, layout=row_s)
+    mbarrier.wait(q_bar, 0)
+
+    # Block 0: S_0 alone (nothing to multiply V by yet).
+    mbarrier.wait(k_ready.index(0), 0)
+    _wait_turn(turn_mine, 0, FIRST, PINGPONG)
+    s_tok = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False,
+                          is_async=True)
+    _pass_turn(turn_other, PINGPONG)
+    s = warpgroup_mma_wait(0, deps=(s_tok,))
+    if (BLOCK_N > N_K) | (CAUSAL and BLOCK_N - 1 > row0):  # no wgmma in flight here
+        s = _mask_scores(s, 0, row0, N_K, BLOCK_M, BLOCK_N, CAUSAL, s_layout)
+    p, m_i, l_i, alpha = _online_softmax(s, m_i, l_i, qk_scale)
+
+    # Blocks 1 .. n_blocks-1: whole blocks first, then the ragged end / causal diagonal.
+    # A block is whole for every row of this warpgroup when it ends at or before Nk and
+    # (causal) at or before the warpgroup's first row.
+    if CAUSAL:
+        n_whole = gl.minimum(N_K // BLOCK_N, (row0 + 1) // BLOCK_N)
+    else:
+        n_whole = N_K // BLOCK_N
+    mid = gl.maximum(gl.minimum(n_whole, n_blocks), 1)
+    acc, m_i, l_i, p, alpha = _kv_steps(acc, m_i, l_i, p, alpha, q_smem, k_smem, v_smem, k_ready, v_ready,
+                                 kv_empty, turn_mine, turn_other, s_zero, row0, N_K, 1, mid,
+                                 qk_scale, BLOCK_M, BLOCK_N, STAGES, CAUSAL, FIRST, PINGPONG,
+                                 False, s_layout, p_layout, row_o)
+    acc, m_i, l_i, p, alpha = _kv_steps(acc, m_i, l_i, p, alpha, q_smem, k_smem, v_smem, k_ready, v_ready,
+                                 kv_empty, turn_mine, turn_other, s_zero, row0, N_K, mid,
+                                 n_blocks, qk_scale, BLOCK_M, BLOCK_N, STAGES, CAUSAL, FIRST,
+                                 PINGPONG, True, s_layout, p_layout, row_o)
+
+    last = (n_blocks - 1) % STAGES
+    mbarrier.wait(v_ready.index(last), ((n_blocks - 1) // STAGES) & 1)
+    _wait_turn(turn_mine, n_blocks, FIRST, PINGPONG)
+    acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+    p_op = gl.convert_layout(p.to(dtype), p_layout)
+    o_tok = warpgroup_mma(p_op, v_smem.index(last), acc, is_async=True)
+    _pass_turn(turn_other, PINGPONG)
+    acc, p_op = warpgroup_mma_wait(0, deps=(o_tok, p_op))
+    mbarrier.arrive(kv_empty.index(last), count=1)
+
+    # Epilogue (FA2 Algorithm 1, lines 12-15): Q's tile is no longer read, so it holds O.
+    l_o = gl.convert_layout(l_i, row_o)
+    out = acc * gl.expand_dims(1.0 / l_o, 1)
+    q_smem.store(out.to(dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(o_desc, [row0, 0], q_smem)
+    rows = row0 + gl.arange(0, BLOCK_M, layout=row_s)
+    gl.store(lse_ptr + rows, (m_i + gl.log2(l_i)) * LN2, mask=rows < N_Q)
+    tma.store_wait(0)
+
+
+@gluon.jit
+def _consume_second(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn,
+                    o_desc, lse_ptr, row0, N_Q, N_K, n_blocks, qk_scale,
+                    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                    STAGES: gl.constexpr, CAUSAL: gl.constexpr, PINGPONG: gl.constexpr):
+    """The worker partition: the second warpgroup's rows, second in each turn."""
+    _consume(q_smem.index(1), k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn.index(1),
+             turn.index(0), o_desc, lse_ptr, row0, N_Q, N_K, n_blocks, qk_scale, BLOCK_M,
+             BLOCK_N, HEAD_DIM, STAGES, CAUSAL, False, PINGPONG)
+
+
+@gluon.jit
+def _consume_first(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn,
+                   o_desc, lse_ptr, row0, N_Q, N_K, n_blocks, qk_scale,
+                   BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                   STAGES: gl.constexpr, CAUSAL: gl.constexpr, PINGPONG: gl.constexpr):
+    """The default partition: the first warpgroup's rows, first in each turn."""
+    _consume(q_smem.index(0), k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn.index(0),
+             turn.index(1), o_desc, lse_ptr, row0, N_Q, N_K, n_blocks, qk_scale, BLOCK_M,
+             BLOCK_N, HEAD_DIM, STAGES, CAUSAL, True, PINGPONG)
+
+
+@gluon.jit
+def attention_fwd_ws(Q, K, V, Out, Lse,
+                     stride_qb, stride_qh, stride_qm,
+                     stride_kb, stride_kh, stride_kn,
+                     stride_vb, stride_vh, stride_vn,
+                     stride_ob, stride_oh, stride_om,
+                     H_Q, GROUP, N_Q, N_K, qk_scale,
+                     HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                     STAGES: gl.constexpr, CAUSAL: gl.constexpr, PINGPONG: gl.constexpr):
+    """Grid (cdiv(Nq, 2·BLOCK_M), B·Hq); launched with num_warps=4 (the first consumer).
+    Strides of the head dim are 1 (not passed). qk_scale = scale·log2(e).
+
+    Shared memory: 2·BLOCK_M·d (Q, later O) + STAGES·BLOCK_N·2d (the K/V ring), in the
+    input dtype, plus 3·STAGES + 3 mbarriers. HBM traffic as the Triton forward's
+    (forward.py), with K/V read once per 2·BLOCK_M query rows."""
+    dtype: gl.constexpr = Q.dtype.element_ty
+    tile_layout: gl.constexpr = gl.NVMMASharedLayout(
+        swizzle_byte_width=128, element_bitwidth=16, rank=2)
+
+    pid_m = gl.program_id(0)
+    if CAUSAL:
+        pid_m = gl.num_programs(0) - 1 - pid_m  # heavy (late) query blocks first
+    pid_bh = gl.program_id(1)
+    b = (pid_bh // H_Q).to(gl.int64)
+    h = pid_bh % H_Q
+    h_kv = (h // GROUP).to(gl.int64)  # GQA: query head h reads kv head h // (Hq / Hkv)
+    h = h.to(gl.int64)
+    start_m = pid_m * (2 * BLOCK_M)
+
+    q_desc = tma.make_tensor_descriptor(Q + b * stride_qb + h * stride_qh, [N_Q, HEAD_DIM],
+                                        [stride_qm, 1], [BLOCK_M, HEAD_DIM], tile_layout)
+    k_desc = tma.make_tensor_descriptor(K + b * stride_kb + h_kv * stride_kh, [N_K, HEAD_DIM],
+                                        [stride_kn, 1], [BLOCK_N, HEAD_DIM], tile_layout)
+    v_desc = tma.make_tensor_descriptor(V + b * stride_vb + h_kv * stride_vh, [N_K, HEAD_DIM],
+                                        [stride_vn, 1], [BLOCK_N, HEAD_DIM], tile_layout)
+    o_desc = tma.make_tensor_descriptor(Out + b * stride_ob + h * stride_oh, [N_Q, HEAD_DIM],
+                                        [stride_om, 1], [BLOCK_M, HEAD_DIM], tile_layout)
+
+    # Causal: keys past the program's last row are never loaded (block skipping).
+    if CAUSAL:
+        hi = gl.minimum(start_m + 2 * BLOCK_M, N_K)
+    else:
+        hi = N_K
+    n_blocks = gl.cdiv(hi, BLOCK_N)
+
+    q_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_M, HEAD_DIM], tile_layout)
+    k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], tile_layout)
+    v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], tile_layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    kv_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(v_ready.index(i), count=1)
+        mbarrier.init(kv_empty.index(i), count=2)  # one arrival per consumer
+    for i in gl.static_range(2):
+        mbarrier.init(turn.index(i), count=1)
+
+    lse_ptr = Lse + pid_bh.to(gl.int64) * N_Q
+    gl.warp_specialize([
+        (_consume_first, (q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn,
+                          o_desc, lse_ptr, start_m, N_Q, N_K, n_blocks, qk_scale, BLOCK_M,
+                          BLOCK_N, HEAD_DIM, STAGES, CAUSAL, PINGPONG)),
+        (_consume_second, (q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn,
+                           o_desc, lse_ptr, start_m + BLOCK_M, N_Q, N_K, n_blocks, qk_scale,
+                           BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, PINGPONG)),
+        (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready,
+                           v_ready, kv_empty, start_m, n_blocks, BLOCK_M, BLOCK_N, STAGES)),
+    ], [4, 1], [240, 24])
