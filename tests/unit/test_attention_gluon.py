@@ -1,0 +1,111 @@
+"""The Gluon forward (codegen/attention/gluon_kernel.py): its gate, its pinnable configs,
+and, where the installed Triton is one it is written for (3.6), its sm_90 build.
+
+Gluon has no interpreter, so the CPU check of the kernel itself is that it compiles to
+sm_90 SASS with the schedule it was written for; its numbers are checked on a GPU
+(scripts/gpu_gluon_forward.py)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ioaware.codegen.attention import forward as fwd_render
+from ioaware.codegen.attention import gluon_forward
+from ioaware.codegen.attention.spec import AttentionSpec
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sm90 import compile_gluon_sm90, has_ptx_backend
+
+
+def _spec(d=128, causal=False, dtype="bfloat16", **extra) -> AttentionSpec:
+    return AttentionSpec(head_dim=d, head_dim_v=extra.pop("dv", d), dtype=dtype,
+                         causal=causal, scale=d ** -0.5, **extra)
+
+
+@pytest.mark.parametrize("d", [64, 128, 256])
+@pytest.mark.parametrize("causal", [False, True])
+def test_plain_specs_pass_the_spec_gate(d, causal):
+    assert gluon_forward.spec_reason(_spec(d, causal)) is None
+    assert gluon_forward.spec_reason(_spec(d, causal, "float16")) is None
+
+
+@pytest.mark.parametrize(("spec", "words"), [
+    (_spec(mask="q_idx >= kv_idx"), "only dense and causal"),
+    (_spec(dropout_p=0.1), "only dense and causal"),
+    (_spec(dtype="float32"), "dtype float32"),
+    (_spec(d=96), "head dims 96/96"),
+    (_spec(d=64, dv=128), "head dims 64/128"),
+])
+def test_the_gate_names_what_it_refuses(spec, words):
+    reason = gluon_forward.spec_reason(spec)
+    assert reason is not None and words in reason
+    assert gluon_forward.unavailable_reason(spec) == reason  # the Spec is checked first
+    assert gluon_forward.candidate_configs(spec) == []
+
+
+def test_the_environment_gate(monkeypatch):
+    """Another Triton than 3.6 is refused by version; 3.6 without a CUDA device, by
+    device; an sm_80 device, by architecture."""
+    monkeypatch.setattr(gluon_forward, "triton_version", lambda: (3, 9))
+    assert "written for 3.6" in gluon_forward.environment_reason(torch.device("cuda", 0))
+    monkeypatch.setattr(gluon_forward, "triton_version", lambda: (3, 6))
+    monkeypatch.setattr(gluon_forward, "_gluon_importable", lambda: None)
+    assert gluon_forward.environment_reason(None) == "no CUDA device"
+    assert gluon_forward.environment_reason(torch.device("cpu")) == "no CUDA device"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert "sm_80" in gluon_forward.environment_reason(torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert gluon_forward.environment_reason(torch.device("cuda", 0)) is None
+
+
+def test_candidates_are_pinnable_and_out_of_the_tuning_space():
+    """Each head dim has Gluon candidates that fit an H100's tile budget; none is in the
+    forward's tuning space, and the rendered module names why a Spec is refused."""
+    from ioaware.codegen.render import shared_memory_budget
+    from ioaware.hardware import get_profile
+
+    h100 = get_profile("h100")
+    for d in (64, 128, 256):
+        spec = _spec(d, causal=True)
+        candidates = fwd_render.candidate_configs(spec, h100)
+        assert candidates and all(gluon_forward.is_gluon(c) for c in candidates)
+        assert not set(candidates) & set(fwd_render.forward_configs(spec, h100))
+        assert all(fwd_render.forward_smem_bytes(spec, *c) <= shared_memory_budget(h100)
+                   for c in candidates)
+        assert all(c[0] == 2 * gluon_forward.ROWS_PER_WARPGROUP for c in candidates)
+    assert "GLUON_REFUSED = None" in fwd_render.render_forward(_spec(), interpret=True)
+    refused = fwd_render.render_forward(_spec(d=96), interpret=True)
+    assert "GLUON_REFUSED = 'head dims 96/96" in refused
+
+
+@pytest.mark.skipif(not has_ptx_backend(), reason="this triton has no NVIDIA backend")
+@pytest.mark.skipif(gluon_forward.triton_version() not in gluon_forward.TRITON_VERSIONS,
+                    reason="the Gluon kernel is written for Triton 3.6's Gluon API")
+@pytest.mark.parametrize(("d", "causal"), [(128, True), (64, False)])
+def test_the_gluon_forward_compiles_for_sm90(d, causal):
+    """The kernel builds for Hopper at a causal and a dense candidate: no spills in its
+    loops, two wgmma products per KV block for each of the two consumer warpgroups, and
+    the three partitions' register split (240 / 240 / 24)."""
+    from ioaware.codegen.attention.gluon_kernel import attention_fwd_ws
+
+    rows, block_n, _, stages, variant = gluon_forward.CANDIDATES[d][0]
+    kernel = compile_gluon_sm90(attention_fwd_ws, {
+        "HEAD_DIM": d, "BLOCK_M": rows // 2, "BLOCK_N": block_n, "STAGES": stages,
+        "CAUSAL": causal, "PINGPONG": "pingpong" in variant},
+        lambda a: {"Lse": "*fp32", "qk_scale": "fp32"}.get(
+            a, "*bf16" if a in ("Q", "K", "V", "Out") else "i32"), num_warps=4)
+    ptx = kernel.asm["ptx"]
+    assert re.search(r"setmaxnreg\.inc\.sync\.aligned\.u32\s+240;", ptx)
+    assert re.search(r"setmaxnreg\.dec\.sync\.aligned\.u32\s+24;", ptx)
+    # per consumer: S_0, S_j and P_{j-1} V_{j-1} in each of two loops, the last P V; one
+    # wgmma instruction per 16 of the reduced dim (d for S, BLOCK_N for P V)
+    assert ptx.count("wgmma.mma_async") == 2 * 3 * (d // 16 + block_n // 16)
+    # at most the few local-memory operations of the causal d = 128 epilogue (ptxas:
+    # 8 bytes of stack), none in the loops
+    sass = kernel.asm["sass"]
+    assert sass.count("STL") + sass.count("LDL") <= 8
