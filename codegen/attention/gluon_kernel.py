@@ -55,12 +55,21 @@ LN2: gl.constexpr = gl.constexpr(0.6931471805599453)
 
 
 @gluon.jit
-def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready,
-                    kv_empty, start_m, n_blocks, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                    STAGES: gl.constexpr):
+def _load_partition(q_base, k_base, v_base, stride_qm, stride_kn, stride_vn, N_Q, N_K,
+                    q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, start_m,
+                    n_blocks, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                    HEAD_DIM: gl.constexpr, STAGES: gl.constexpr):
     """One warp: both Q tiles once, then K_j and V_j into ring slot j % STAGES as soon as
     both consumers have freed it (a fresh mbarrier passes a wait on parity 1, so the
-    first STAGES waits return at once)."""
+    first STAGES waits return at once). The descriptors are built here, by the warp
+    that issues the copies (its tensormap acquire fence orders its own TMA reads)."""
+    layout: gl.constexpr = q_smem.type.layout
+    q_desc = tma.make_tensor_descriptor(q_base, [N_Q, HEAD_DIM], [stride_qm, 1],
+                                        [BLOCK_M, HEAD_DIM], layout)
+    k_desc = tma.make_tensor_descriptor(k_base, [N_K, HEAD_DIM], [stride_kn, 1],
+                                        [BLOCK_N, HEAD_DIM], layout)
+    v_desc = tma.make_tensor_descriptor(v_base, [N_K, HEAD_DIM], [stride_vn, 1],
+                                        [BLOCK_N, HEAD_DIM], layout)
     mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
     tma.async_copy_global_to_shared(q_desc, [start_m, 0], q_bar, q_smem.index(0))
     tma.async_copy_global_to_shared(q_desc, [start_m + BLOCK_M, 0], q_bar, q_smem.index(1))
@@ -157,7 +166,7 @@ def _kv_steps(acc, m_i, l_i, p, alpha, q_smem, k_smem, v_smem, k_ready, v_ready,
 
 @gluon.jit
 def _consume(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn_mine,
-             turn_other, o_desc, lse_ptr, row0, N_Q, N_K, n_blocks, qk_scale,
+             turn_other, o_base, stride_om, lse_ptr, row0, N_Q, N_K, n_blocks, qk_scale,
              BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
              STAGES: gl.constexpr, CAUSAL: gl.constexpr, FIRST: gl.constexpr,
              PINGPONG: gl.constexpr):
@@ -173,6 +182,8 @@ def _consume(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn_min
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     dtype: gl.constexpr = q_smem.dtype
+    o_desc = tma.make_tensor_descriptor(o_base, [N_Q, HEAD_DIM], [stride_om, 1],
+                                        [BLOCK_M, HEAD_DIM], q_smem.type.layout)
 
     s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
     acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, layout=o_layout)
@@ -231,23 +242,23 @@ def _consume(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn_min
 
 @gluon.jit
 def _consume_second(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn,
-                    o_desc, lse_ptr, row0, N_Q, N_K, n_blocks, qk_scale,
+                    o_base, stride_om, lse_ptr, row0, N_Q, N_K, n_blocks, qk_scale,
                     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                     STAGES: gl.constexpr, CAUSAL: gl.constexpr, PINGPONG: gl.constexpr):
     """The worker partition: the second warpgroup's rows, second in each turn."""
     _consume(q_smem.index(1), k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn.index(1),
-             turn.index(0), o_desc, lse_ptr, row0, N_Q, N_K, n_blocks, qk_scale, BLOCK_M,
+             turn.index(0), o_base, stride_om, lse_ptr, row0, N_Q, N_K, n_blocks, qk_scale, BLOCK_M,
              BLOCK_N, HEAD_DIM, STAGES, CAUSAL, False, PINGPONG)
 
 
 @gluon.jit
 def _consume_first(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn,
-                   o_desc, lse_ptr, row0, N_Q, N_K, n_blocks, qk_scale,
+                   o_base, stride_om, lse_ptr, row0, N_Q, N_K, n_blocks, qk_scale,
                    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                    STAGES: gl.constexpr, CAUSAL: gl.constexpr, PINGPONG: gl.constexpr):
     """The default partition: the first warpgroup's rows, first in each turn."""
     _consume(q_smem.index(0), k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn.index(0),
-             turn.index(1), o_desc, lse_ptr, row0, N_Q, N_K, n_blocks, qk_scale, BLOCK_M,
+             turn.index(1), o_base, stride_om, lse_ptr, row0, N_Q, N_K, n_blocks, qk_scale, BLOCK_M,
              BLOCK_N, HEAD_DIM, STAGES, CAUSAL, True, PINGPONG)
 
 
@@ -280,14 +291,10 @@ def attention_fwd_ws(Q, K, V, Out, Lse,
     h = h.to(gl.int64)
     start_m = pid_m * (2 * BLOCK_M)
 
-    q_desc = tma.make_tensor_descriptor(Q + b * stride_qb + h * stride_qh, [N_Q, HEAD_DIM],
-                                        [stride_qm, 1], [BLOCK_M, HEAD_DIM], tile_layout)
-    k_desc = tma.make_tensor_descriptor(K + b * stride_kb + h_kv * stride_kh, [N_K, HEAD_DIM],
-                                        [stride_kn, 1], [BLOCK_N, HEAD_DIM], tile_layout)
-    v_desc = tma.make_tensor_descriptor(V + b * stride_vb + h_kv * stride_vh, [N_K, HEAD_DIM],
-                                        [stride_vn, 1], [BLOCK_N, HEAD_DIM], tile_layout)
-    o_desc = tma.make_tensor_descriptor(Out + b * stride_ob + h * stride_oh, [N_Q, HEAD_DIM],
-                                        [stride_om, 1], [BLOCK_M, HEAD_DIM], tile_layout)
+    q_base = Q + b * stride_qb + h * stride_qh  # this (batch, head)'s [N, d] matrices
+    k_base = K + b * stride_kb + h_kv * stride_kh
+    v_base = V + b * stride_vb + h_kv * stride_vh
+    o_base = Out + b * stride_ob + h * stride_oh
 
     # Causal: keys past the program's last row are never loaded (block skipping).
     if CAUSAL:
@@ -315,11 +322,12 @@ def attention_fwd_ws(Q, K, V, Out, Lse,
     lse_ptr = Lse + pid_bh.to(gl.int64) * N_Q
     gl.warp_specialize([
         (_consume_first, (q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn,
-                          o_desc, lse_ptr, start_m, N_Q, N_K, n_blocks, qk_scale, BLOCK_M,
+                          o_base, stride_om, lse_ptr, start_m, N_Q, N_K, n_blocks, qk_scale, BLOCK_M,
                           BLOCK_N, HEAD_DIM, STAGES, CAUSAL, PINGPONG)),
         (_consume_second, (q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn,
-                           o_desc, lse_ptr, start_m + BLOCK_M, N_Q, N_K, n_blocks, qk_scale,
+                           o_base, stride_om, lse_ptr, start_m + BLOCK_M, N_Q, N_K, n_blocks, qk_scale,
                            BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, PINGPONG)),
-        (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready,
-                           v_ready, kv_empty, start_m, n_blocks, BLOCK_M, BLOCK_N, STAGES)),
+        (_load_partition, (q_base, k_base, v_base, stride_qm, stride_kn, stride_vn, N_Q, N_K,
+                           q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, start_m,
+                           n_blocks, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES)),
     ], [4, 1], [240, 24])
