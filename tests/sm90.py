@@ -62,17 +62,3 @@ def compile_sm90(fn: Any, constexprs: dict[str, Any], arg_type: Callable[[str], 
                           options={"num_warps": num_warps,
                                    **({} if num_stages is None else {"num_stages": num_stages})})
 
-
-def compile_gluon_sm90(fn: Any, constexprs: dict[str, Any], arg_type: Callable[[str], str],
-                       num_warps: int) -> Any:
-    """triton.compile a @gluon.jit `fn` for sm_90 (its layouts and partitions are
-    explicit: no num_stages), typed as `compile_sm90` types a Triton kernel."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
-
-    signature = {a: "constexpr" if a in constexprs else arg_type(a) for a in fn.arg_names}
-    source = GluonASTSource(fn=fn, signature=signature, constexprs={
-        (fn.arg_names.index(k),): v for k, v in constexprs.items()})
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": num_warps})

@@ -129,13 +129,13 @@ def forward_configs(spec: AttentionSpec, profile: DeviceProfile | None = None) -
 
 def candidate_configs(spec: AttentionSpec, profile: DeviceProfile | None = None
                       ) -> list[Config]:
-    """The forward's study candidates that fit the tile budget of `profile`: the Gluon
-    kernel's configs (`gluon_forward.CANDIDATES`, none for a Spec it refuses), pinnable,
-    out of the tuning space until a GPU has measured them. Its shared memory is the
-    pointer kernel's formula at BLOCK_M = 2·64 (the two warpgroups' Q tiles)."""
-    budget = shared_memory_budget(hardware.get_profile(profile))
+    """The forward's study candidates that fit the shared memory of `profile`'s device
+    (the present one's for None): the Gluon kernel's configs (`gluon_forward.CANDIDATES`,
+    none for a Spec it refuses), pinnable, out of the tuning space until a GPU has
+    measured them."""
+    limit = hardware.get_profile(profile).sram_per_block
     return [c for c in gluon_forward.candidate_configs(spec)
-            if forward_smem_bytes(spec, *c) <= budget]
+            if gluon_forward.smem_bytes(spec, c) <= limit]
 
 
 def default_forward_config(spec: AttentionSpec, profile: DeviceProfile | None = None) -> Config:

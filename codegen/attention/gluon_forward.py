@@ -37,14 +37,27 @@ ROWS_PER_WARPGROUP = 64  # one wgmma M per consumer warpgroup
 # gets the rest of the kernel's 168 × 12 warps: 240).
 CONSUMER_REGISTERS, LOADER_REGISTERS = 240, 24
 
-# Pinnable configs per head dim, best guess first (shared memory: 2·64·d for Q/O plus
-# STAGES·BLOCK_N·2d for the ring, ≤ 227 KB): d = 64 and 128 take 128-key tiles, d = 256
-# 64-key tiles (its fp32 O accumulator is 128 registers a thread).
+# Pinnable configs per head dim, best guess first (`smem_bytes`: 145, 193 and 209 KB of
+# an H100's 227): d = 64 and 128 take 128-key tiles, d = 256 64-key tiles (its fp32 O
+# accumulator is 128 registers a thread).
 CANDIDATES: dict[int, list[tuple]] = {
     64: [(128, 128, 8, 3, "gluon+pingpong"), (128, 128, 8, 3, "gluon")],
     128: [(128, 128, 8, 2, "gluon+pingpong"), (128, 128, 8, 2, "gluon")],
     256: [(128, 64, 8, 2, "gluon+pingpong"), (128, 64, 8, 2, "gluon")],
 }
+
+
+def smem_bytes(spec: AttentionSpec, config: tuple) -> int:
+    """Shared memory of the kernel at `config` (what ptxas reports, to 1 KB): per
+    consumer its Q tile (later O) and its P tile, the K and V rings, the mbarriers:
+        it·(2·64·d + 2·64·BLOCK_N + STAGES·BLOCK_N·2d) + 8·(4·STAGES + 3).
+    All of it is the kernel's own (Gluon adds no layout-conversion scratch), so it is
+    held to the device's per-block limit, not to the Triton tiles' budget."""
+    _, block_n, _, stages = config[:4]
+    d, it = spec.head_dim, spec.torch_dtype.itemsize
+    rows = ROWS_PER_WARPGROUP
+    return it * (2 * rows * d + 2 * rows * block_n + stages * block_n * 2 * d) + 8 * (
+        4 * stages + 3)
 
 
 def is_gluon(config: tuple) -> bool:
@@ -94,7 +107,7 @@ def environment_reason(device: torch.device | None) -> str | None:
     reason = _gluon_importable()
     if reason:
         return reason
-    if device is None or device.type != "cuda":
+    if device is None or device.type != "cuda" or not torch.cuda.is_available():
         return "no CUDA device"
     if torch.cuda.get_device_capability(device) != (9, 0):
         major, minor = torch.cuda.get_device_capability(device)
@@ -137,6 +150,30 @@ def note_fallback(reason: str) -> None:
 def candidate_configs(spec: AttentionSpec) -> list[tuple]:
     """The Gluon configs a GPU run may pin for `spec` (none where the Spec is refused)."""
     return [] if spec_reason(spec) else list(CANDIDATES[spec.head_dim])
+
+
+def compile_sm90(config: tuple, head_dim: int, causal: bool, dtype: str = "bfloat16"):
+    """The kernel at `config` built for sm_90 without a GPU (Triton ships ptxas): the
+    CompiledKernel, its "ptx" and "sass" in `.asm`. For the build test and the SASS
+    counts of scripts/attention_templates_sm90.py --gluon."""
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from .gluon_kernel import attention_fwd_ws
+
+    fn = attention_fwd_ws
+    rows, block_n, _, stages, variant = config
+    constexprs = {"HEAD_DIM": head_dim, "BLOCK_M": rows // 2, "BLOCK_N": block_n,
+                  "STAGES": stages, "CAUSAL": causal,
+                  "PINGPONG": "pingpong" in variant.split("+")}
+    element = {"bfloat16": "*bf16", "float16": "*fp16"}[dtype]
+    types = {"Q": element, "K": element, "V": element, "Out": element, "Lse": "*fp32",
+             "qk_scale": "fp32"}
+    signature = {a: "constexpr" if a in constexprs else types.get(a, "i32")
+                 for a in fn.arg_names}
+    source = GluonASTSource(fn=fn, signature=signature, constexprs={
+        (fn.arg_names.index(k),): v for k, v in constexprs.items()})
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
 
 
 def launch(config: tuple, q, k, v, out, lse, scale: float, causal: bool) -> None:

@@ -19,7 +19,7 @@ from ioaware.codegen.attention import gluon_forward
 from ioaware.codegen.attention.spec import AttentionSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sm90 import compile_gluon_sm90, has_ptx_backend
+from sm90 import has_ptx_backend
 
 
 def _spec(d=128, causal=False, dtype="bfloat16", **extra) -> AttentionSpec:
@@ -57,6 +57,7 @@ def test_the_environment_gate(monkeypatch):
     monkeypatch.setattr(gluon_forward, "_gluon_importable", lambda: None)
     assert gluon_forward.environment_reason(None) == "no CUDA device"
     assert gluon_forward.environment_reason(torch.device("cpu")) == "no CUDA device"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     assert "sm_80" in gluon_forward.environment_reason(torch.device("cuda", 0))
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
@@ -64,9 +65,8 @@ def test_the_environment_gate(monkeypatch):
 
 
 def test_candidates_are_pinnable_and_out_of_the_tuning_space():
-    """Each head dim has Gluon candidates that fit an H100's tile budget; none is in the
+    """Each head dim has Gluon candidates that fit an H100's shared memory; none is in the
     forward's tuning space, and the rendered module names why a Spec is refused."""
-    from ioaware.codegen.render import shared_memory_budget
     from ioaware.hardware import get_profile
 
     h100 = get_profile("h100")
@@ -75,7 +75,7 @@ def test_candidates_are_pinnable_and_out_of_the_tuning_space():
         candidates = fwd_render.candidate_configs(spec, h100)
         assert candidates and all(gluon_forward.is_gluon(c) for c in candidates)
         assert not set(candidates) & set(fwd_render.forward_configs(spec, h100))
-        assert all(fwd_render.forward_smem_bytes(spec, *c) <= shared_memory_budget(h100)
+        assert all(gluon_forward.smem_bytes(spec, c) <= h100.sram_per_block
                    for c in candidates)
         assert all(c[0] == 2 * gluon_forward.ROWS_PER_WARPGROUP for c in candidates)
     assert "GLUON_REFUSED = None" in fwd_render.render_forward(_spec(), interpret=True)
@@ -88,24 +88,21 @@ def test_candidates_are_pinnable_and_out_of_the_tuning_space():
                     reason="the Gluon kernel is written for Triton 3.6's Gluon API")
 @pytest.mark.parametrize(("d", "causal"), [(128, True), (64, False)])
 def test_the_gluon_forward_compiles_for_sm90(d, causal):
-    """The kernel builds for Hopper at a causal and a dense candidate: no spills in its
-    loops, two wgmma products per KV block for each of the two consumer warpgroups, and
-    the three partitions' register split (240 / 240 / 24)."""
-    from ioaware.codegen.attention.gluon_kernel import attention_fwd_ws
-
-    rows, block_n, _, stages, variant = gluon_forward.CANDIDATES[d][0]
-    kernel = compile_gluon_sm90(attention_fwd_ws, {
-        "HEAD_DIM": d, "BLOCK_M": rows // 2, "BLOCK_N": block_n, "STAGES": stages,
-        "CAUSAL": causal, "PINGPONG": "pingpong" in variant},
-        lambda a: {"Lse": "*fp32", "qk_scale": "fp32"}.get(
-            a, "*bf16" if a in ("Q", "K", "V", "Out") else "i32"), num_warps=4)
+    """The kernel builds for Hopper at a causal and a dense candidate: the partitions'
+    register split (240 for each consumer warpgroup, 24 for the loaders), two wgmma
+    products per KV block for each consumer, no local memory, and no serialized wgmma
+    (ptxas then waits after every one: `WARPGROUP.DEPBAR` as often as HGMMA groups)."""
+    config = gluon_forward.CANDIDATES[d][0]
+    block_n = config[1]
+    kernel = gluon_forward.compile_sm90(config, d, causal)
     ptx = kernel.asm["ptx"]
     assert re.search(r"setmaxnreg\.inc\.sync\.aligned\.u32\s+240;", ptx)
     assert re.search(r"setmaxnreg\.dec\.sync\.aligned\.u32\s+24;", ptx)
     # per consumer: S_0, S_j and P_{j-1} V_{j-1} in each of two loops, the last P V; one
     # wgmma instruction per 16 of the reduced dim (d for S, BLOCK_N for P V)
     assert ptx.count("wgmma.mma_async") == 2 * 3 * (d // 16 + block_n // 16)
-    # at most the few local-memory operations of the causal d = 128 epilogue (ptxas:
-    # 8 bytes of stack), none in the loops
+    assert abs(kernel.metadata.shared - gluon_forward.smem_bytes(_spec(d, causal), config)) < 1024
     sass = kernel.asm["sass"]
-    assert sass.count("STL") + sass.count("LDL") <= 8
+    assert "STL" not in sass and "LDL" not in sass
+    # serialized, each of the 8 instructions of a wgmma would end its own group (gsb0)
+    assert sass.count("gsb0;") < sass.count("HGMMA") / 2
