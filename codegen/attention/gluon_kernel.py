@@ -150,8 +150,9 @@ def _kv_steps(acc, p_smem, m_i, l_i, p, alpha, q_smem, k_smem, v_smem, k_ready, 
     """KV blocks j in [lo, hi), j >= 1. On entry P_{j-2} V_{j-2} may be in flight (acc is
     its token) and P_{j-1} is in registers; per block:
 
-        wait for P_{j-2} V_{j-2} (free V_{j-2});  P_{j-1} -> p_smem;  issue S_j
-        O ·= alpha_{j-1};  issue P_{j-1} V_{j-1};  wait for S_j (free K_j)
+        wait for P_{j-2} V_{j-2} (free V_{j-2});  P_{j-1} -> p_smem
+        [turn]  issue S_j;  O ·= alpha_{j-1};  issue P_{j-1} V_{j-1}  [pass the turn]
+        wait for S_j (free K_j)
         softmax S_j -> P_j, alpha_j          <- every exp2 under the P_{j-1} V_{j-1} wgmma
 
     Two ptxas rules shape this (Triton 3.6's ptxas, checked on the SASS):
@@ -166,18 +167,21 @@ def _kv_steps(acc, p_smem, m_i, l_i, p, alpha, q_smem, k_smem, v_smem, k_ready, 
         slot = j % STAGES
         prev = (j - 1) % STAGES
         mbarrier.wait(k_ready.index(slot), (j // STAGES) & 1)
-        _wait_turn(turn_mine, j, FIRST, PINGPONG)
-        # P_{j-2} V_{j-2} done (it ran under the last softmax). Waiting for every group,
+        # P_{j-2} V_{j-2} done (it ran under the last softmax). Waiting for every group
         # before S_j is issued: ptxas serializes all wgmma when O's registers are read
         # while it cannot tell that their group is done
         acc = warpgroup_mma_wait(0, deps=(acc,))
-        mbarrier.arrive(v_empty.index((j - 2) % STAGES), count=1, pred=j >= 2)
+        # (+STAGES: Triton's % keeps the sign of j - 2; the index must stay in range
+        # where the predicate is off)
+        mbarrier.arrive(v_empty.index((j + STAGES - 2) % STAGES), count=1, pred=j >= 2)
         p_smem.store(p.to(q_smem.dtype))
         fence_async_shared()
+        mbarrier.wait(v_ready.index(prev), ((j - 1) // STAGES) & 1)
+        # the turn covers the issue of both products (and O's rescale, under S_j)
+        _wait_turn(turn_mine, j, FIRST, PINGPONG)
         s_tok = warpgroup_mma(q_smem, k_smem.index(slot).permute((1, 0)), s_zero,
                               use_acc=False, is_async=True)
         acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
-        mbarrier.wait(v_ready.index(prev), ((j - 1) // STAGES) & 1)
         acc = warpgroup_mma(p_smem, v_smem.index(prev), acc, is_async=True)
         _pass_turn(turn_other, PINGPONG)
         s = warpgroup_mma_wait(1, deps=(s_tok,))  # S_j done; P_{j-1} V_{j-1} runs on
@@ -245,13 +249,14 @@ def _consume(q_smem, p_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v
 
     # The last block's P V, after the one before it.
     acc = warpgroup_mma_wait(0, deps=(acc,))
-    mbarrier.arrive(v_empty.index((n_blocks - 2) % STAGES), count=1, pred=n_blocks >= 2)
+    mbarrier.arrive(v_empty.index((n_blocks + STAGES - 2) % STAGES), count=1,
+                    pred=n_blocks >= 2)
     last = (n_blocks - 1) % STAGES
     acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
-    mbarrier.wait(v_ready.index(last), ((n_blocks - 1) // STAGES) & 1)
-    _wait_turn(turn_mine, n_blocks, FIRST, PINGPONG)
     p_smem.store(p.to(dtype))
     fence_async_shared()
+    mbarrier.wait(v_ready.index(last), ((n_blocks - 1) // STAGES) & 1)
+    _wait_turn(turn_mine, n_blocks, FIRST, PINGPONG)
     acc = warpgroup_mma(p_smem, v_smem.index(last), acc, is_async=True)
     _pass_turn(turn_other, PINGPONG)
     acc = warpgroup_mma_wait(0, deps=(acc,))
