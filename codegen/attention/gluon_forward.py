@@ -181,6 +181,7 @@ def launch(config: tuple, q, k, v, out, lse, scale: float, causal: bool) -> None
     k, v [B,Hkv,Nk,d], out [B,Hq,Nq,d], lse [B,Hq,Nq] fp32 contiguous. The caller has
     checked `unavailable_reason` and `tensors_reason`."""
     from ..launch import ensure_scratch_allocator
+    from ..launch import launch as launch_binary
     from .gluon_kernel import attention_fwd_ws
 
     rows, block_n, _, stages = config[:4]
@@ -189,8 +190,10 @@ def launch(config: tuple, q, k, v, out, lse, scale: float, causal: bool) -> None
     ensure_scratch_allocator()  # the in-kernel TMA descriptors live in global scratch
     batch, h_q, n_q, d = q.shape
     h_kv, n_k = k.shape[1], k.shape[2]
-    grid = (triton.cdiv(n_q, rows), batch * h_q)
-    attention_fwd_ws[grid](
+    # through the cached binary, as every launch of the family: the op's launch plan
+    # (codegen/plan.py) records and replays only launches made there
+    launch_binary(
+        attention_fwd_ws, (-(-n_q // rows), batch * h_q),
         q, k, v, out, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         *out.stride()[:3], h_q, h_q // h_kv, n_q, n_k, scale * math.log2(math.e),
         HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, CAUSAL=causal,
