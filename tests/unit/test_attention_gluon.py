@@ -106,3 +106,26 @@ def test_the_gluon_forward_compiles_for_sm90(d, causal):
     assert "STL" not in sass and "LDL" not in sass
     # serialized, each of the 8 instructions of a wgmma would end its own group (gsb0)
     assert sass.count("gsb0;") < sass.count("HGMMA") / 2
+
+
+def test_explain_says_why_the_gluon_forward_cannot_run(monkeypatch):
+    """Where the kernels run on a GPU, an attention rewrite's detail says whether a
+    Gluon config could be pinned, or why not; on the CPU it says nothing of it."""
+    import ioaware
+    from ioaware.codegen import runtime
+
+    def fn(q, k, v):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 16, 64, generator=gen, dtype=torch.bfloat16)
+               for _ in range(3))
+    assert "gluon_forward" not in ioaware.explain(fn, q, k, v).rewrites[0].detail
+    monkeypatch.setattr(runtime, "backend_name", lambda device: "triton")
+    detail = ioaware.explain(fn, q, k, v).rewrites[0].detail
+    # the Spec is one it serves: the reason is this machine's (no CUDA device, perhaps
+    # another Triton than 3.6)
+    assert gluon_forward.spec_reason(_spec(64, True)) is None
+    assert detail["gluon_forward"].startswith("not available: ")
+    detail = ioaware.explain(fn, q.float(), k.float(), v.float()).rewrites[0].detail
+    assert detail["gluon_forward"].startswith("not available: dtype float32")
