@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import sympy
-import torch
 
 from ioaware.codegen.attention import gluon_forward
 from ioaware.passes.attention import masks
 from ioaware.passes.attention.pricing import mask_density
-from ioaware.passes.attention.record import AttentionMatch
+from ioaware.passes.attention.record import AttentionMatch, fake_value
 from ioaware.passes.attention.rewrite import spec_of
 from ioaware.spec import H_IDX, KV_IDX, Q_IDX, SCORE, dtype_name
 
@@ -35,17 +34,19 @@ def detail_of(m: AttentionMatch) -> dict[str, Any]:
 
 
 def gluon_forward_status(m: AttentionMatch, backend_name: str) -> str | None:
-    """Where the kernels run on a GPU: "pinnable" when the Gluon forward
-    (codegen/attention/gluon_forward.py) could run this region here, else why not (a
-    pinned Gluon config then runs the Triton forward). None elsewhere: the interpreter
-    and the reference never run it."""
-    if backend_name != "triton":
+    """Where the region's kernels run on a CUDA device: "pinnable" when the Gluon forward
+    (codegen/attention/gluon_forward.py) could run it there, else why not (a pinned
+    Gluon config then runs the Triton forward). None elsewhere (the interpreter, the
+    reference, a report priced on meta tensors): nothing could pin it there."""
+    value = fake_value(m.output)
+    device = getattr(value, "device", None)
+    if backend_name != "triton" or device is None or device.type != "cuda":
         return None
     try:
         spec = spec_of(m)
     except (TypeError, ValueError):  # symbolic head dims: no plain Spec to judge yet
         return None
-    reason = gluon_forward.unavailable_reason(spec, torch.device("cuda"))
+    reason = gluon_forward.unavailable_reason(spec, device)
     return "pinnable" if reason is None else f"not available: {reason}"
 
 

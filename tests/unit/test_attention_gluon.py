@@ -109,10 +109,12 @@ def test_the_gluon_forward_compiles_for_sm90(d, causal):
 
 
 def test_explain_says_why_the_gluon_forward_cannot_run(monkeypatch):
-    """Where the kernels run on a GPU, an attention rewrite's detail says whether a
-    Gluon config could be pinned, or why not; on the CPU it says nothing of it."""
+    """Where a region's kernels run on a CUDA device, its rewrite's detail says whether a
+    Gluon config could be pinned there, or why not; on the CPU, nothing of it."""
+    import types
+
     import ioaware
-    from ioaware.codegen import runtime
+    from ioaware.passes.attention import describe
 
     def fn(q, k, v):
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -121,11 +123,16 @@ def test_explain_says_why_the_gluon_forward_cannot_run(monkeypatch):
     q, k, v = (torch.randn(1, 2, 16, 64, generator=gen, dtype=torch.bfloat16)
                for _ in range(3))
     assert "gluon_forward" not in ioaware.explain(fn, q, k, v).rewrites[0].detail
-    monkeypatch.setattr(runtime, "backend_name", lambda device: "triton")
-    detail = ioaware.explain(fn, q, k, v).rewrites[0].detail
-    # the Spec is one it serves: the reason is this machine's (no CUDA device, perhaps
-    # another Triton than 3.6)
-    assert gluon_forward.spec_reason(_spec(64, True)) is None
-    assert detail["gluon_forward"].startswith("not available: ")
-    detail = ioaware.explain(fn, q.float(), k.float(), v.float()).rewrites[0].detail
-    assert detail["gluon_forward"].startswith("not available: dtype float32")
+
+    # a region whose output lives on a CUDA device, judged on this machine
+    on_cuda = types.SimpleNamespace(device=torch.device("cuda", 0))
+    monkeypatch.setattr(describe, "fake_value", lambda node: on_cuda)
+    region = types.SimpleNamespace(output=None)
+    monkeypatch.setattr(describe, "spec_of", lambda m: _spec(64, True, "float32"))
+    assert describe.gluon_forward_status(region, "triton").startswith(
+        "not available: dtype float32")
+    assert describe.gluon_forward_status(region, "triton-interpret") is None
+    monkeypatch.setattr(describe, "spec_of", lambda m: _spec(64, True))
+    reason = gluon_forward.environment_reason(torch.device("cuda", 0))
+    assert describe.gluon_forward_status(region, "triton") == (
+        "pinnable" if reason is None else f"not available: {reason}")
