@@ -9,7 +9,7 @@ shows it in the attention rewrite's detail, "gluon_forward").
 A config that names the "gluon" variant (forward.VARIANTS) is
     (2·BLOCK_M, BLOCK_N, 8, STAGES, "gluon[+pingpong]")
 2·BLOCK_M query rows per program (two consumer warpgroups of BLOCK_M = 64 rows each),
-8 consumer warps (plus the loader warp), a STAGES-deep K/V ring. It is a pinnable
+8 consumer warps (plus two loader warps), K and V rings STAGES deep. It is a pinnable
 candidate (`candidate_configs`), out of the tuning space until a GPU has measured it.
 """
 
@@ -22,6 +22,8 @@ import math
 import torch
 import triton
 
+from ..launch import ensure_scratch_allocator, tma_addressable
+from ..launch import launch as launch_binary
 from .header import is_plain
 from .spec import AttentionSpec
 
@@ -33,9 +35,6 @@ TRITON_VERSIONS = ((3, 6),)
 HEAD_DIMS = (64, 128, 256)
 DTYPES = ("float16", "bfloat16")
 ROWS_PER_WARPGROUP = 64  # one wgmma M per consumer warpgroup
-# Registers per thread of the consumer worker and of the loader (the default partition
-# gets the rest of the kernel's 168 × 12 warps: 240).
-CONSUMER_REGISTERS, LOADER_REGISTERS = 240, 24
 
 # Pinnable configs per head dim, best guess first (`smem_bytes`: 145, 193 and 209 KB of
 # an H100's 227): d = 64 and 128 take 128-key tiles, d = 256 64-key tiles (its fp32 O
@@ -117,8 +116,6 @@ def environment_reason(device: torch.device | None) -> str | None:
 
 def tensors_reason(q, k, v, out) -> str | None:
     """Why the call's tensors cannot go through TMA descriptors (None: they can)."""
-    from ..launch import tma_addressable
-
     if not tma_addressable(q, k, v, out):
         return ("a tensor a TMA descriptor cannot address (head dim stride 1, 16-byte "
                 "aligned base and strides)")
@@ -180,9 +177,7 @@ def launch(config: tuple, q, k, v, out, lse, scale: float, causal: bool) -> None
     """Run the Gluon forward at `config` (see the module docstring): q [B,Hq,Nq,d],
     k, v [B,Hkv,Nk,d], out [B,Hq,Nq,d], lse [B,Hq,Nq] fp32 contiguous. The caller has
     checked `unavailable_reason` and `tensors_reason`."""
-    from ..launch import ensure_scratch_allocator
-    from ..launch import launch as launch_binary
-    from .gluon_kernel import attention_fwd_ws
+    from .gluon_kernel import attention_fwd_ws  # Gluon: imported only past the gate
 
     rows, block_n, _, stages = config[:4]
     block_m = rows // 2
