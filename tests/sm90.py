@@ -61,4 +61,3 @@ def compile_sm90(fn: Any, constexprs: dict[str, Any], arg_type: Callable[[str], 
     return triton.compile(source, target=GPUTarget("cuda", 90, 32),
                           options={"num_warps": num_warps,
                                    **({} if num_stages is None else {"num_stages": num_stages})})
-
