@@ -18,7 +18,7 @@
 #   masked     ioaware bench attention --mask all beside Flex and compile (400)
 #   backward   scripts/gpu_attention_backward.py --candidates (200)
 #   ssd        scripts/gpu_ssd.py --issue-shape (200)
-#   gluon      scripts/gpu_gluon_forward.py, then its GPU tests (240)
+#   gluon      scripts/gpu_gluon_forward.py, then its GPU tests (240; GLUON_TESTS=0 skips them)
 # A step past its limit leaves what it printed and the word TIMEOUT in its file.
 set -uo pipefail
 out=${OUT:-out}
@@ -69,6 +69,7 @@ for s in ${STEPS:-tests}; do
               --heads 16 --seqlen 8192 --skip-slow --vs flex,compile ;;
     backward) step backward 200 python3 scripts/gpu_attention_backward.py --candidates ;;
     gluon) step gluon 180 python3 scripts/gpu_gluon_forward.py
+           [ "${GLUON_TESTS:-1}" = 0 ] ||
            step gluontests 100 python3 -m pytest -q -rfE --tb=short -m gpu -W ignore \
              -p no:cacheprovider tests/gpu/test_attention_gluon_gpu.py ;;
     ssd) step ssd 200 python3 scripts/gpu_ssd.py --issue-shape ;;
