@@ -5,7 +5,8 @@
 #   STEPS="tests scanpoly host" bash scripts/gpu_runbook.sh
 #
 # Steps (seconds are the limits, not the expected times):
-#   tests      pytest -m gpu on the launch-plan, scan, SSD and CUDA-graph tiers (240)
+#   tests      pytest -m gpu on the launch-plan, scan, SSD and CUDA-graph tiers (240;
+#              TEST_FILES names others, TESTS_LIMIT another limit)
 #   scanpoly   scripts/gpu_scan_poly.py against the kernels in out/scanbase (180)
 #   host       host time per op, plans off and on (90)
 #   infer      whole model: Llama-4L inference forward at S=8192 (150)
@@ -50,9 +51,9 @@ python3 -c "import xdist" 2>/dev/null && workers="-n 6"
 for s in ${STEPS:-tests}; do
   case "$s" in
     tests) step tests ${TESTS_LIMIT:-240} python3 -m pytest -q -rfE --tb=short -m gpu $workers \
-             -W ignore -p no:cacheprovider tests/gpu/test_launch_plan_gpu.py \
+             -W ignore -p no:cacheprovider ${TEST_FILES:-tests/gpu/test_launch_plan_gpu.py \
              tests/gpu/test_scan_kernel_gpu.py tests/gpu/test_ssd_gpu.py \
-             tests/gpu/test_cudagraphs_gpu.py ;;
+             tests/gpu/test_cudagraphs_gpu.py} ;;
     scanpoly) step scanpoly 180 python3 scripts/gpu_scan_poly.py --base-dir out/scanbase ;;
     host) step host 90 python3 scripts/gpu_whole_models.py --parts host --calls 300 ;;
     infer) step infer 150 python3 scripts/gpu_whole_models.py --parts llama-infer \
