@@ -1,0 +1,256 @@
+"""How a family's ops are registered with torch: the cheapest route through the
+dispatcher that keeps fake tensors, dynamo, AOTAutograd, Inductor and opcheck.
+
+A differentiable op is two torch ops:
+
+    kernel_op("ioaware::flash_attention_forward")(body)
+        a schema (inferred from `body`'s annotations), `body` as the kernel of every
+        device (CompositeExplicitAutograd), a fake. No autograd kernel of its own:
+        torch's C++ autograd fallback passes a call through with grad off. What
+        Inductor's compiled forward calls; backward ops are kernel ops too.
+
+    differentiable_op("ioaware::flash_attention", forward, backward, setup_context)
+        the op passes emit and users call: a CompositeImplicitAutograd kernel that
+        applies a thin autograd.Function (forward = the kernel op `forward`, then
+        `setup_context` and `backward` as torch.library.register_autograd takes them),
+        or with grad off calls `forward` directly. Fake tensors and AOTAutograd trace
+        through it, so Inductor's forward graph holds `forward` and its backward graph
+        the backward kernel op, each called through the dispatcher in C++ alone.
+
+Why (issue 19): `torch.library.custom_op` puts a Python autograd kernel on every op, and
+Inductor's compiled forward calls it with grad off: the custom op's `autograd_impl`, a
+Python `redispatch` below autograd, `backend_impl` with its aliasing check and the
+`torch._disable_dynamo` wrapper, on every call (forward and backward ops alike).
+Measured per call on a trivial body (tiny CPU tensors, grad off, torch 2.13, a shared
+2-core machine; docs/performance.md has the table for the attention op):
+
+    the body called directly                                    6.6 µs
+    custom_op + register_autograd (today's)                    19.7 µs   (+13.1)
+    Library op, kernel at CPU, torch's autograd fallback       10.1 µs   (+3.5)
+    ... kernel at CompositeExplicitAutograd                     9.2 µs   (+2.6)
+    ... autograd kernel a fallthrough                           9.0 µs   (+2.4)
+    ... Python autograd kernel (torch.library.register_autograd) 15.8 µs  (+9.2)
+
+A fallthrough autograd kernel would be a µs cheaper still, but a kernel op called with
+grad on would then return outputs that silently drop out of the graph; the fallback
+warns instead. The backward is `once_differentiable`: a double backward raises, as the
+custom op's did, instead of differentiating kernel ops that have no formula.
+
+`ROUTE` is "library" (the above) where this torch has `torch.library.infer_schema`,
+`register_fake` and `Library`; else, or with IOAWARE_OP_ROUTE=custom_op, "custom_op":
+both helpers make `torch.library.custom_op`s exactly as before (the forward op is then
+one too, and the differentiable op runs the body itself).
+
+Both routes give an object with what the families and codegen/host.py use of a
+custom op: `register_fake` (a decorator), `_init_fn` (the body: `host.undecorated`),
+`_opoverload`, and calling it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from ioaware.config import config
+
+from .host import apply_of
+
+# torch.library.custom_op's tag: Inductor and dynamo treat such an op as PT2-compliant.
+TAGS = (torch.Tag.pt2_compliant_tag,)
+
+
+def choose_route(requested: str | None = None) -> str:
+    """'library' where it is asked for ('auto' or 'library') and this torch has what it
+    needs, else 'custom_op' (today's registration)."""
+    requested = requested or config.op_route
+    if requested not in ("auto", "library", "custom_op"):
+        raise ValueError(f"op_route={requested!r}: expected 'auto', 'library' or 'custom_op'")
+    available = all(hasattr(torch.library, name)
+                    for name in ("infer_schema", "register_fake", "Library"))
+    return "library" if requested != "custom_op" and available else "custom_op"
+
+
+ROUTE = choose_route()
+
+_LIBRARIES: dict[str, torch.library.Library] = {}
+
+
+def _library(namespace: str) -> torch.library.Library:
+    """One FRAGMENT library per namespace, kept alive for the process (its registrations
+    are undone when it is collected)."""
+    lib = _LIBRARIES.get(namespace)
+    if lib is None:
+        lib = _LIBRARIES[namespace] = torch.library.Library(namespace, "FRAGMENT")
+    return lib
+
+
+class KernelOp:
+    """A torch op whose every device runs `body` (see the module docstring)."""
+
+    def __init__(self, qualname: str, body: Callable[..., Any], schema: str,
+                 kernel: Callable[..., Any] | None, dispatch_key: str) -> None:
+        self.namespace, self.name = qualname.split("::")
+        self.qualname, self.schema = qualname, schema
+        self._init_fn = body
+        self._abstract_fn: Callable[..., Any] | None = None
+        lib = _library(self.namespace)
+        lib.define(self.name + schema, tags=TAGS)
+        lib.impl(self.name, kernel or body, dispatch_key)
+        self._opoverload = getattr(getattr(torch.ops, self.namespace), self.name).default
+
+    def register_fake(self, fake: Callable[..., Any]) -> Callable[..., Any]:
+        """What fake (and meta) tensors get: shapes, dtypes, devices, no data."""
+        torch.library.register_fake(self.qualname, fake, lib=_library(self.namespace))
+        self._abstract_fn = fake
+        return fake
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._opoverload(*args, **kwargs)
+
+
+def kernel_op(qualname: str, schema: str | None = None
+              ) -> Callable[[Callable[..., Any]], Any]:
+    """Decorator: `body` as the op `qualname` (no autograd; see the module docstring).
+    schema: '(Tensor q, ...) -> Tensor' when the annotations cannot give it."""
+    def define(body: Callable[..., Any]) -> Any:
+        if ROUTE == "custom_op":
+            return torch.library.custom_op(qualname, mutates_args=(), schema=schema)(body)
+        text = schema or torch.library.infer_schema(body, mutates_args=())
+        return KernelOp(qualname, body, text, None, "CompositeExplicitAutograd")
+
+    return define
+
+
+def differentiable_op(qualname: str, forward: Any, backward: Callable[..., Any],
+                      setup_context: Callable[..., Any]) -> Any:
+    """The op `qualname` with `forward`'s schema: the kernel op `forward` with the
+    autograd formula (`setup_context(ctx, inputs, output)`, `backward(ctx, *grads)`,
+    as torch.library.register_autograd takes them)."""
+    if ROUTE == "custom_op":
+        op = torch.library.custom_op(qualname, mutates_args=(),
+                                     schema=getattr(forward, "schema", None))(forward._init_fn)
+        op.register_fake(forward._abstract_fn)
+        op.register_autograd(backward, setup_context=setup_context)
+        return op
+    arguments = forward._opoverload._schema.arguments
+    function = _autograd_function(qualname, forward._opoverload, arguments, backward,
+                                  setup_context)
+    composite = _composite(forward._opoverload, arguments, apply_of(function))
+    op = KernelOp(qualname, forward._init_fn, forward.schema, composite,
+                  "CompositeImplicitAutograd")
+    op._abstract_fn = forward._abstract_fn
+    return op
+
+
+# ---- the lean route's differentiable op -----------------------------------------------
+#
+# autograd.Function tracks tensors among its arguments, not inside lists, so a call's
+# tensor lists (an attention's extra inputs) are spread: Function.apply(lengths, *flat),
+# where `lengths` gives each list argument's length, in order.
+
+
+def _list_positions(arguments: Sequence[Any]) -> tuple[int, ...]:
+    return tuple(i for i, a in enumerate(arguments)
+                 if isinstance(a.type, torch.ListType)
+                 and a.type.getElementType().isSubtypeOf(torch.TensorType.get()))
+
+
+def _filled(arguments: Sequence[Any], args: tuple, kwargs: dict[str, Any]) -> tuple:
+    """Every argument, in schema order: the dispatcher drops trailing ones left at their
+    defaults before a Python kernel sees them."""
+    if len(args) == len(arguments) and not kwargs:
+        return args
+    rest = [kwargs.get(a.name, a.default_value)
+            for a in arguments[len(args):]]
+    return (*args, *rest)
+
+
+def _composite(forward: Any, arguments: Sequence[Any], apply: Callable[..., Any]
+               ) -> Callable[..., Any]:
+    """The differentiable op's kernel: the Function when a gradient may flow, else the
+    kernel op alone (Inductor's inference graphs, no_grad, the backward of a ring)."""
+    lists = _list_positions(arguments)
+    any_requires_grad = torch._C._any_requires_grad
+
+    def composite(*args: Any, **kwargs: Any) -> Any:
+        args = _filled(arguments, args, kwargs)
+        if torch.is_grad_enabled() and any_requires_grad(*args):
+            if not lists:
+                return apply((), *args)
+            lengths = tuple(len(args[i]) for i in lists)
+            flat: list[Any] = []
+            for i, a in enumerate(args):
+                if i in lists:
+                    flat.extend(a)
+                else:
+                    flat.append(a)
+            return apply(lengths, *flat)
+        return forward(*args)
+
+    return composite
+
+
+def _autograd_function(qualname: str, forward: Any, arguments: Sequence[Any],
+                       backward: Callable[..., Any], setup_context: Callable[..., Any]
+                       ) -> type[torch.autograd.Function]:
+    lists = _list_positions(arguments)
+    count = len(arguments)
+
+    def nested(lengths: tuple[int, ...], flat: Sequence[Any]) -> list[Any]:
+        """The call's arguments from the spread ones (the inverse of `_composite`'s)."""
+        if not lists:
+            return list(flat)
+        out, at, sizes = [], 0, iter(lengths)
+        for i in range(count):
+            if i in lists:
+                size = next(sizes)
+                out.append(list(flat[at:at + size]))
+                at += size
+            else:
+                out.append(flat[at])
+                at += 1
+        return out
+
+    def spread(lengths: tuple[int, ...], grads: Sequence[Any]) -> list[Any]:
+        """backward's gradients, one per argument (a list for a list argument), spread
+        as the arguments were; a trailing gradient left off is None."""
+        grads = (*grads, *(None,) * (count - len(grads)))
+        if not lists:
+            return list(grads)
+        out, sizes = [], iter(lengths)
+        for i, g in enumerate(grads):
+            if i in lists:
+                size = next(sizes)
+                out.extend(g if g is not None else (None,) * size)
+            else:
+                out.append(g)
+        return out
+
+    def function_forward(lengths, *flat):
+        return forward(*nested(lengths, flat))
+
+    def function_setup_context(ctx, inputs, output):
+        ctx.lengths = inputs[0]
+        setup_context(ctx, tuple(nested(inputs[0], inputs[1:])), output)
+
+    @once_differentiable
+    def function_backward(ctx, *grads):
+        flat_needs = ctx.needs_input_grad
+        ctx.needs_input_grad = tuple(nested(ctx.lengths, flat_needs[1:]))  # per argument
+        try:
+            result = backward(ctx, *grads)
+        finally:
+            ctx.needs_input_grad = flat_needs
+        if not isinstance(result, tuple):
+            result = (result,)
+        return (None, *spread(ctx.lengths, result))
+
+    name = qualname.replace("::", "_") + "_function"
+    return type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(function_forward),
+        "setup_context": staticmethod(function_setup_context),
+        "backward": staticmethod(function_backward),
+    })
