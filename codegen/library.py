@@ -33,8 +33,8 @@ Measured per call on a trivial body (tiny CPU tensors, grad off, torch 2.13, a s
 
 A fallthrough autograd kernel would be a µs cheaper still, but a kernel op called with
 grad on would then return outputs that silently drop out of the graph; the fallback
-warns instead. The backward is `once_differentiable`: a double backward raises, as the
-custom op's did, instead of differentiating kernel ops that have no formula.
+warns instead; and a backward that calls kernel ops is `once_differentiable`: a double
+backward raises instead of differentiating ops that have no formula.
 
 `ROUTE` is "library" (the above) where this torch has `torch.library.infer_schema`,
 `register_fake` and `Library`; else, or with IOAWARE_OP_ROUTE=custom_op, "custom_op":
@@ -125,10 +125,12 @@ def kernel_op(qualname: str, schema: str | None = None
 
 
 def differentiable_op(qualname: str, forward: Any, backward: Callable[..., Any],
-                      setup_context: Callable[..., Any]) -> Any:
+                      setup_context: Callable[..., Any], double_backward: bool = False) -> Any:
     """The op `qualname` with `forward`'s schema: the kernel op `forward` with the
     autograd formula (`setup_context(ctx, inputs, output)`, `backward(ctx, *grads)`,
-    as torch.library.register_autograd takes them)."""
+    as torch.library.register_autograd takes them). double_backward: `backward` is made
+    of differentiable ops only, so it may itself be differentiated (else it is
+    `once_differentiable`)."""
     if ROUTE == "custom_op":
         op = torch.library.custom_op(qualname, mutates_args=(),
                                      schema=getattr(forward, "schema", None))(forward._init_fn)
@@ -137,7 +139,7 @@ def differentiable_op(qualname: str, forward: Any, backward: Callable[..., Any],
         return op
     arguments = forward._opoverload._schema.arguments
     function = _autograd_function(qualname, forward._opoverload, arguments, backward,
-                                  setup_context)
+                                  setup_context, double_backward)
     composite = _composite(forward._opoverload, arguments, apply_of(function))
     op = KernelOp(qualname, forward._init_fn, forward.schema, composite,
                   "CompositeImplicitAutograd")
@@ -168,12 +170,19 @@ def _filled(arguments: Sequence[Any], args: tuple, kwargs: dict[str, Any]) -> tu
     return (*args, *rest)
 
 
+def _any_requires_grad(*args: Any) -> bool:
+    """torch._C._any_requires_grad where a torch lacks it: tensors and tensor lists."""
+    return any(t.requires_grad for a in args
+               for t in (a if isinstance(a, (list, tuple)) else (a,))
+               if isinstance(t, torch.Tensor))
+
+
 def _composite(forward: Any, arguments: Sequence[Any], apply: Callable[..., Any]
                ) -> Callable[..., Any]:
     """The differentiable op's kernel: the Function when a gradient may flow, else the
     kernel op alone (Inductor's inference graphs, no_grad, the backward of a ring)."""
     lists = _list_positions(arguments)
-    any_requires_grad = torch._C._any_requires_grad
+    any_requires_grad = getattr(torch._C, "_any_requires_grad", _any_requires_grad)
 
     def composite(*args: Any, **kwargs: Any) -> Any:
         args = _filled(arguments, args, kwargs)
@@ -194,8 +203,8 @@ def _composite(forward: Any, arguments: Sequence[Any], apply: Callable[..., Any]
 
 
 def _autograd_function(qualname: str, forward: Any, arguments: Sequence[Any],
-                       backward: Callable[..., Any], setup_context: Callable[..., Any]
-                       ) -> type[torch.autograd.Function]:
+                       backward: Callable[..., Any], setup_context: Callable[..., Any],
+                       double_backward: bool) -> type[torch.autograd.Function]:
     lists = _list_positions(arguments)
     count = len(arguments)
 
@@ -236,7 +245,6 @@ def _autograd_function(qualname: str, forward: Any, arguments: Sequence[Any],
         ctx.lengths = inputs[0]
         setup_context(ctx, tuple(nested(inputs[0], inputs[1:])), output)
 
-    @once_differentiable
     def function_backward(ctx, *grads):
         flat_needs = ctx.needs_input_grad
         ctx.needs_input_grad = tuple(nested(ctx.lengths, flat_needs[1:]))  # per argument
@@ -248,6 +256,8 @@ def _autograd_function(qualname: str, forward: Any, arguments: Sequence[Any],
             result = (result,)
         return (None, *spread(ctx.lengths, result))
 
+    if not double_backward:
+        function_backward = once_differentiable(function_backward)
     name = qualname.replace("::", "_") + "_function"
     return type(name, (torch.autograd.Function,), {
         "forward": staticmethod(function_forward),
