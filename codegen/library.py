@@ -33,8 +33,9 @@ Measured per call on a trivial body (tiny CPU tensors, grad off, torch 2.13, a s
 
 A fallthrough autograd kernel would be a µs cheaper still, but a kernel op called with
 grad on would then return outputs that silently drop out of the graph; the fallback
-warns instead; and a backward that calls kernel ops is `once_differentiable`: a double
-backward raises instead of differentiating ops that have no formula.
+warns instead; and under create_graph, a backward that calls kernel ops marks its
+gradients so that differentiating them raises (as the custom op's did) rather than pass
+through ops that have no formula.
 
 `ROUTE` is "library" (the above) where this torch has `torch.library.infer_schema`,
 `register_fake` and `Library`; else, or with IOAWARE_OP_ROUTE=custom_op, "custom_op":
@@ -52,7 +53,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from ioaware.config import config
 
@@ -130,7 +130,7 @@ def differentiable_op(qualname: str, forward: Any, backward: Callable[..., Any],
     autograd formula (`setup_context(ctx, inputs, output)`, `backward(ctx, *grads)`,
     as torch.library.register_autograd takes them). double_backward: `backward` is made
     of differentiable ops only, so it may itself be differentiated (else it is
-    `once_differentiable`)."""
+    refused a double backward: `_NoSecondDerivative`)."""
     if ROUTE == "custom_op":
         op = torch.library.custom_op(qualname, mutates_args=(),
                                      schema=getattr(forward, "schema", None))(forward._init_fn)
@@ -254,13 +254,43 @@ def _autograd_function(qualname: str, forward: Any, arguments: Sequence[Any],
             ctx.needs_input_grad = flat_needs
         if not isinstance(result, tuple):
             result = (result,)
-        return (None, *spread(ctx.lengths, result))
-
-    if not double_backward:
-        function_backward = once_differentiable(function_backward)
+        flat = spread(ctx.lengths, result)
+        if torch.is_grad_enabled() and not double_backward:  # create_graph=True
+            flat = _NoSecondDerivative.marked(qualname, flat)
+        return (None, *flat)
     name = qualname.replace("::", "_") + "_function"
     return type(name, (torch.autograd.Function,), {
         "forward": staticmethod(function_forward),
         "setup_context": staticmethod(function_setup_context),
         "backward": staticmethod(function_backward),
     })
+
+
+class _NoSecondDerivative(torch.autograd.Function):
+    """The identity on a backward's gradients; differentiating them raises. For a
+    backward made of kernel ops, which have no derivative of their own: without it, a
+    double backward would pass through torch's autograd fallback (a warning, and no
+    gradient) instead of failing."""
+
+    @staticmethod
+    def forward(ctx, qualname: str, *grads: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ctx.qualname = qualname
+        return tuple(g.view_as(g) for g in grads)
+
+    @staticmethod
+    def backward(ctx, *grads: Any) -> Any:
+        raise RuntimeError(
+            f"{ctx.qualname}: its backward runs kernels that have no derivative of their "
+            "own, so its gradients cannot be differentiated again (double backward)")
+
+    @classmethod
+    def marked(cls, qualname: str, grads: list[Any]) -> list[Any]:
+        """`grads` with each tensor that requires grad passed through this Function."""
+        at = [i for i, g in enumerate(grads)
+              if isinstance(g, torch.Tensor) and g.requires_grad]
+        if not at:
+            return grads
+        out = list(grads)
+        for i, g in zip(at, cls.apply(qualname, *(grads[i] for i in at))):
+            out[i] = g
+        return out
