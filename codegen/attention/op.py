@@ -1,4 +1,6 @@
-"""Exact attention as torch custom ops with their own autograd.
+"""Exact attention as torch ops with their own autograd (registered as codegen/library.py
+says: each differentiable op over a kernel op `..._forward` with the same schema, which
+is what Inductor's compiled forward calls; the backward ops are kernel ops).
 
     ioaware::flash_attention(q, k, v, scale, causal) -> (out, lse)
     ioaware::flash_attention_backward(dout, q, k, v, out, lse, scale, causal, dlse=None)
