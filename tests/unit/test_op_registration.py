@@ -47,10 +47,11 @@ def test_the_registered_ops_took_the_chosen_route():
     passes them through); the differentiable ops decompose (CompositeImplicitAutograd)."""
     assert library.ROUTE == "library"
     for name in ("flash_attention", "attention", "selective_scan", "linear_scan",
-                 "decode_attention"):
+                 "decode_attention", "paged_decode_attention", "ssd"):
         assert not has_kernel(f"ioaware::{name}_forward", "Autograd"), name
         assert has_kernel(f"ioaware::{name}", "CompositeImplicitAutograd"), name
-    for name in ("flash_attention_backward", "attention_backward", "selective_scan_backward"):
+    for name in ("flash_attention_backward", "attention_backward", "selective_scan_backward",
+                 "ssd_backward"):
         assert not has_kernel(f"ioaware::{name}", "Autograd"), name
 
 
