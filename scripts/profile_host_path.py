@@ -12,7 +12,9 @@ the C launcher and the CUDA allocator's share (a few µs a call on an H100 host)
 
 Prints µs per call of each layer, with launch plans (codegen/plan.py) off and on, the
 two interleaved and the least of `rounds` rounds kept (the machine may be shared): the
-op through the dispatcher (grad on, and grad off as Inductor's compiled code calls it),
+op through the dispatcher (grad on, and grad off), the kernel ops as Inductor's compiled
+forward and backward call them (grad off; codegen/library.py: IOAWARE_OP_ROUTE=custom_op
+registers them as the custom ops of before, to compare),
 the host function, the op body, the kernel module's launcher, a launch alone; the
 backward op's body alone; forward+backward through torch.autograd.grad, beside the
 autograd floor (an identity autograd.Function: what autograd.grad itself costs). For
@@ -201,11 +203,16 @@ def scan_layers():
     return {
         "scan-fwd": {
             "op (dispatcher)": lambda: op(*args),
-            "op, grad off (as Inductor calls it)": no_grad(lambda: op(*args)),
+            "op, grad off": no_grad(lambda: op(*args)),
+            "forward op, grad off (as Inductor calls it)": no_grad(
+                lambda: torch.ops.ioaware.selective_scan_forward.default(*args)),
             "host function": lambda: scan_host.selective_scan_host(*args),
             "op body": lambda: body(*args),
         },
         "scan-bwd": {
+            "backward op, grad off (as Inductor calls it)": no_grad(
+                lambda: torch.ops.ioaware.selective_scan_backward.default(
+                    dy, None, u, delta, A, B, C, D, z, None, True, None)),
             "op body": lambda: bwd_body(dy, None, u, delta, A, B, C, D, z, None, True, None),
         },
         "scan-fwd+bwd": {
@@ -230,7 +237,10 @@ def decode_layers():
     body = attention_host.undecorated(decode_op.decode_attention_op)
     return {
         "decode-fwd": {
-            "op, grad off (as Inductor calls it)": no_grad(lambda: op(q, k, v, [mask], spec)),
+            "op, grad off": no_grad(lambda: op(q, k, v, [mask], spec)),
+            "forward op, grad off (as Inductor calls it)": no_grad(
+                lambda: torch.ops.ioaware.decode_attention_forward.default(
+                    q, k, v, [mask], spec)),
             "op body": lambda: body(q, k, v, [mask], spec),
         },
     }
