@@ -348,7 +348,7 @@ def main() -> None:
     if args.variants and len(tables) != 1:
         parser.error("--variants: give exactly one table in --parts")
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, "
-          f"ioaware {ioaware.__version__}", flush=True)
+          f"ioaware {ioaware.__version__}, ops by the {library.ROUTE} route", flush=True)
     started = time.monotonic()
 
     def log(message: str) -> None:
