@@ -111,15 +111,14 @@ class KernelOp:
         return self._opoverload(*args, **kwargs)
 
 
-def kernel_op(qualname: str, schema: str | None = None
-              ) -> Callable[[Callable[..., Any]], Any]:
-    """Decorator: `body` as the op `qualname` (no autograd; see the module docstring).
-    schema: '(Tensor q, ...) -> Tensor' when the annotations cannot give it."""
+def kernel_op(qualname: str) -> Callable[[Callable[..., Any]], Any]:
+    """Decorator: `body` as the op `qualname`, its schema from `body`'s annotations (no
+    autograd; see the module docstring)."""
     def define(body: Callable[..., Any]) -> Any:
         if ROUTE == "custom_op":
-            return torch.library.custom_op(qualname, mutates_args=(), schema=schema)(body)
-        text = schema or torch.library.infer_schema(body, mutates_args=())
-        return KernelOp(qualname, body, text, None, "CompositeExplicitAutograd")
+            return torch.library.custom_op(qualname, mutates_args=())(body)
+        schema = torch.library.infer_schema(body, mutates_args=())
+        return KernelOp(qualname, body, schema, None, "CompositeExplicitAutograd")
 
     return define
 
@@ -132,8 +131,7 @@ def differentiable_op(qualname: str, forward: Any, backward: Callable[..., Any],
     of differentiable ops only, so it may itself be differentiated (else it is
     refused a double backward: `_NoSecondDerivative`)."""
     if ROUTE == "custom_op":
-        op = torch.library.custom_op(qualname, mutates_args=(),
-                                     schema=getattr(forward, "schema", None))(forward._init_fn)
+        op = torch.library.custom_op(qualname, mutates_args=())(forward._init_fn)
         op.register_fake(forward._abstract_fn)
         op.register_autograd(backward, setup_context=setup_context)
         return op
