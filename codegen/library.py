@@ -154,8 +154,8 @@ def differentiable_op(qualname: str, forward: Any, backward: Callable[..., Any],
 
 def _list_positions(arguments: Sequence[Any]) -> tuple[int, ...]:
     return tuple(i for i, a in enumerate(arguments)
-                 if isinstance(a.type, torch.ListType)
-                 and a.type.getElementType().isSubtypeOf(torch.TensorType.get()))
+                 if isinstance(a.type, torch._C.ListType)
+                 and a.type.getElementType().isSubtypeOf(torch._C.TensorType.get()))
 
 
 def _filled(arguments: Sequence[Any], args: tuple, kwargs: dict[str, Any]) -> tuple:
