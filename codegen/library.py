@@ -240,19 +240,19 @@ def _autograd_function(qualname: str, forward: Any, arguments: Sequence[Any],
         return forward(*nested(lengths, flat))
 
     def function_setup_context(ctx, inputs, output):
-        ctx.lengths = inputs[0]
+        ctx.list_lengths = inputs[0]
         setup_context(ctx, tuple(nested(inputs[0], inputs[1:])), output)
 
     def function_backward(ctx, *grads):
         flat_needs = ctx.needs_input_grad
-        ctx.needs_input_grad = tuple(nested(ctx.lengths, flat_needs[1:]))  # per argument
+        ctx.needs_input_grad = tuple(nested(ctx.list_lengths, flat_needs[1:]))  # per argument
         try:
             result = backward(ctx, *grads)
         finally:
             ctx.needs_input_grad = flat_needs
         if not isinstance(result, tuple):
             result = (result,)
-        flat = spread(ctx.lengths, result)
+        flat = spread(ctx.list_lengths, result)
         if torch.is_grad_enabled() and not double_backward:  # create_graph=True
             flat = _NoSecondDerivative.marked(qualname, flat)
         return (None, *flat)
