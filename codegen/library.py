@@ -42,6 +42,9 @@ through ops that have no formula.
 both helpers make `torch.library.custom_op`s exactly as before (the forward op is then
 one too, and the differentiable op runs the body itself).
 
+A kernel op may write arguments in place (`mutates_args`, the SSD step's state): no
+autograd, and its kernel bumps their version counters before the body (`kernel_op`).
+
 Both routes give an object with what the families and codegen/host.py use of a
 custom op: `register_fake` (a decorator), `_init_fn` (the body: `host.undecorated`),
 `_opoverload`, and calling it.
@@ -49,6 +52,7 @@ custom op: `register_fake` (a decorator), `_init_fn` (the body: `host.undecorate
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -111,16 +115,39 @@ class KernelOp:
         return self._opoverload(*args, **kwargs)
 
 
-def kernel_op(qualname: str) -> Callable[[Callable[..., Any]], Any]:
+def kernel_op(qualname: str, mutates_args: tuple[str, ...] = ()
+              ) -> Callable[[Callable[..., Any]], Any]:
     """Decorator: `body` as the op `qualname`, its schema from `body`'s annotations (no
-    autograd; see the module docstring)."""
+    autograd; see the module docstring). mutates_args: the arguments `body` writes in
+    place (`Tensor(a!)` in the schema, so functionalization and Inductor see the write).
+
+    A mutating op has no ADInplaceOrView kernel either (custom_op's, in Python, rebinds
+    the schema's defaults on every call to bump the written tensors' version counters):
+    its kernel bumps them itself, one C call each, then runs the body, so autograd still
+    sees a tensor it saved as changed."""
     def define(body: Callable[..., Any]) -> Any:
         if ROUTE == "custom_op":
-            return torch.library.custom_op(qualname, mutates_args=())(body)
-        schema = torch.library.infer_schema(body, mutates_args=())
-        return KernelOp(qualname, body, schema, None, "CompositeExplicitAutograd")
+            return torch.library.custom_op(qualname, mutates_args=mutates_args)(body)
+        schema = torch.library.infer_schema(body, mutates_args=mutates_args)
+        kernel = _bumping_versions(body, mutates_args) if mutates_args else None
+        return KernelOp(qualname, body, schema, kernel, "CompositeExplicitAutograd")
 
     return define
+
+
+def _bumping_versions(body: Callable[..., Any], names: tuple[str, ...]
+                      ) -> Callable[..., Any]:
+    """`body` after bumping the version counter of each argument named in `names` (what
+    an in-place torch op does; a kernel writing through a pointer does not)."""
+    parameters = list(inspect.signature(body).parameters)
+    positions = tuple(parameters.index(name) for name in names)
+    increment = torch._C._increment_version
+
+    def kernel(*args: Any, **kwargs: Any) -> Any:
+        increment([args[i] for i in positions])
+        return body(*args, **kwargs)
+
+    return kernel
 
 
 def differentiable_op(qualname: str, forward: Any, backward: Callable[..., Any],

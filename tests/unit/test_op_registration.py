@@ -183,3 +183,23 @@ def test_ioaware_compile_through_inductor_equals_eager(monkeypatch):
     calls = {c for code in codes for c in re.findall(r"torch\.ops\.ioaware\.(\w+)\.default",
                                                      code)}
     assert calls == {"flash_attention_forward", "flash_attention_backward"}, calls
+
+
+def test_a_mutating_kernel_op_bumps_the_version_of_what_it_writes():
+    """ioaware::ssd_step writes its state in place with neither a Python autograd nor a
+    Python ADInplaceOrView kernel; its own kernel bumps the state's version, so autograd
+    still refuses a backward through a tensor the step overwrote."""
+    assert not has_kernel("ioaware::ssd_step", "Autograd")
+    assert not has_kernel("ioaware::ssd_step", "ADInplaceOrView")
+    leaf = torch.randn(1, 2, 4, 8, requires_grad=True)
+    state = leaf * 1.0  # saved by the product below
+    loss = (state * state).sum()
+    x, dt, A = torch.randn(1, 2, 4), torch.rand(1, 2), -torch.rand(2)
+    B, C = torch.randn(1, 1, 8), torch.randn(1, 1, 8)
+    version = state._version
+    with torch.no_grad():
+        torch.ops.ioaware.ssd_step(state, x, dt, A, B, C, None, None, False,
+                                   float("-inf"), float("inf"))
+    assert state._version > version
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
