@@ -18,7 +18,8 @@ Parts (printed as they run, each line with the seconds since the start):
   autograd engine's evaluate_function events), so ours and SDPA's read alike. Targets
   (issue 19): ≤ 15 µs forward, ≤ 40 µs forward+backward; the scan the same.
   Then what Inductor's compiled code calls per region, grad off (the kernel ops of
-  codegen/library.py: attention, window and scan, forward and backward), wall µs plans
+  codegen/library.py: attention, window and scan, forward and backward; the SSD decode
+  step), wall µs plans
   off / on and profiler CPU µs; then the same rows in a subprocess with the ops
   registered as custom ops (IOAWARE_OP_ROUTE=custom_op: the route before issue 19's
   fifth session), so the two routes read side by side (part `inductor-calls` alone).
@@ -159,6 +160,14 @@ def inductor_call_rows(calls: int) -> list[tuple[str, float, float, float]]:
     A = leaf(dc, n, dtype=torch.float32, scale=0.1, shift=-1.0)
     B, C, D = leaf(bt, 1, length, n), leaf(bt, 1, length, n), leaf(dc, dtype=torch.float32)
     dy = torch.randn(bt, dc, length, device="cuda", dtype=DTYPE)
+    # the SSD decode step (gpu_ssd.py's step table: B 4, H 48, P 64, N 128, G 8)
+    state = torch.randn(4, 48, 64, 128, device="cuda").to(DTYPE)
+    step_args = (state, torch.randn(4, 48, 64, device="cuda").to(DTYPE),
+                 torch.rand(4, 48, device="cuda").to(DTYPE), -torch.rand(48, device="cuda"),
+                 torch.randn(4, 8, 128, device="cuda").to(DTYPE),
+                 torch.randn(4, 8, 128, device="cuda").to(DTYPE),
+                 torch.randn(48, device="cuda"), torch.randn(48, device="cuda"), True, 0.0,
+                 float("inf"))
     with torch.no_grad():
         out, lse = ops.flash_attention_forward.default(q, k, v, 0.125, True)
         w_out, w_lse = ops.attention_forward.default(q, k, v, [], window)
@@ -174,6 +183,7 @@ def inductor_call_rows(calls: int) -> list[tuple[str, float, float, float]]:
             u, delta, A, B, C, D, z, None, True, None),
         "selective scan backward op": lambda: ops.selective_scan_backward.default(
             dy, None, u, delta, A, B, C, D, z, None, True, None),
+        "SSD decode step op (state in place)": lambda: ops.ssd_step.default(*step_args),
     }
     rows = []
     with torch.no_grad():
