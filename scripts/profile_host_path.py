@@ -18,7 +18,8 @@ registers them as the custom ops of before, to compare),
 the host function, the op body, the kernel module's launcher, a launch alone; the
 backward op's body alone; forward+backward through torch.autograd.grad, beside the
 autograd floor (an identity autograd.Function: what autograd.grad itself costs). For
-the plain causal attention, the sliding window (a general Spec) and the selective scan.
+the plain causal attention, the sliding window (a general Spec), the selective scan, the
+decode op and the SSD decode step.
 `--profile GROUP/ROW` prints a cProfile of that row instead (top 25, own time).
 This patches the process it runs in: a measurement, never a test.
 """
@@ -42,6 +43,7 @@ from ioaware.codegen.attention.spec import AttentionSpec
 from ioaware.codegen.decode import op as decode_op
 from ioaware.codegen.scan import host as scan_host
 from ioaware.codegen.scan import op as scan_op
+from ioaware.codegen.ssd import step_op as ssd_step_op
 from ioaware.spec import TensorInput
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -246,6 +248,25 @@ def decode_layers():
     }
 
 
+def ssd_step_layers():
+    """One Mamba-2 decode step per layer (gpu_ssd.py's step table: B 4, H 48, P 64,
+    N 128, G 8), its state written in place: what a hybrid model's decode calls per
+    layer and token."""
+    state = torch.zeros(4, 48, 64, 128, dtype=torch.bfloat16)
+    x, dt = torch.randn(4, 48, 64, dtype=torch.bfloat16), torch.rand(4, 48, dtype=torch.bfloat16)
+    A, D, dt_bias = -torch.rand(48), torch.randn(48), torch.randn(48)
+    B, C = (torch.randn(4, 8, 128, dtype=torch.bfloat16) for _ in range(2))
+    args = (state, x, dt, A, B, C, D, dt_bias, True, 0.0, float("inf"))
+    op = torch.ops.ioaware.ssd_step.default
+    body = attention_host.undecorated(ssd_step_op.ssd_step_op)
+    return {
+        "ssd-step": {
+            "op, grad off (as Inductor calls it)": no_grad(lambda: op(*args)),
+            "op body": lambda: body(*args),
+        },
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=500, help="calls per round")
@@ -258,7 +279,7 @@ def main() -> None:
     parser.add_argument("--only", default=None, help="the groups whose name starts so")
     args = parser.parse_args()
     patch_to_cuda_path()
-    groups = {**decode_layers(), **attention_layers(), **scan_layers()}
+    groups = {**decode_layers(), **attention_layers(), **scan_layers(), **ssd_step_layers()}
     if args.only:
         groups = {k: v for k, v in groups.items() if k.startswith(args.only)}
     if args.profile:
