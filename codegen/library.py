@@ -25,7 +25,7 @@ Measured per call on a trivial body (tiny CPU tensors, grad off, torch 2.13, a s
 2-core machine; docs/performance.md has the table for the attention op):
 
     the body called directly                                    6.6 µs
-    custom_op + register_autograd (today's)                    19.7 µs   (+13.1)
+    custom_op + register_autograd (before)                     19.7 µs   (+13.1)
     Library op, kernel at CPU, torch's autograd fallback       10.1 µs   (+3.5)
     ... kernel at CompositeExplicitAutograd                     9.2 µs   (+2.6)
     ... autograd kernel a fallthrough                           9.0 µs   (+2.4)
