@@ -120,7 +120,8 @@ def explain_on(device: str | None, fn: Callable[..., Any], *args: Any, **kwargs:
     if not callable(fn):
         raise TypeError(f"ioaware.explain: fn must be a function or nn.Module, got {type(fn)}")
     target = fn._orig_mod if isinstance(fn, torch._dynamo.eval_frame.OptimizedModule) else fn
-    target = getattr(target, "__wrapped__", target)
+    if hasattr(target, "_ioaware_backend"):  # ioaware.compile(f)'s wrapper: explain f
+        target = target.__wrapped__
     backend = IoawareBackend(execute=False, device=device)
     with _fresh_dynamo_budget():
         torch.compile(target, backend=backend)(*args, **kwargs)

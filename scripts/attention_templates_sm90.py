@@ -11,6 +11,7 @@ and the backward of both modules, timed with do_bench at one shape (median, ms).
     python scripts/attention_templates_sm90.py --time     # on an H100: times
     python scripts/attention_templates_sm90.py --variants # sm_90 variants (fwd, dK/dV), counts
     python scripts/attention_templates_sm90.py --candidates  # backward: tuned and candidates
+    PYTHONPATH=<triton 3.6> python scripts/attention_templates_sm90.py --gluon  # Gluon forward
 """
 
 from __future__ import annotations
@@ -72,6 +73,25 @@ def compile_sm90(fn, block_m: int, block_n: int, warps: int, stages: int, varian
                           options={"num_warps": warps, "num_stages": stages})
 
 
+def _mufu_under_pending(body: list[tuple[str, str]]) -> int:
+    """exp2 (MUFU) issued while some wgmma group is pending, by counting groups: an
+    HGMMA carrying `gsb0` commits one, `WARPGROUP.DEPBAR.LE gsb0, N` leaves at most N.
+    Unlike the ARRIVE..DEPBAR span, this sees a softmax that runs after `wait(1)` under a
+    product still in flight, and (a loop body: its second pass) one carried over the
+    back edge."""
+    pending = under = 0
+    for _ in range(2):  # the steady state: groups left pending by the previous pass
+        under = 0
+        for _, text in body:
+            if text.startswith("HGMMA") and "gsb0" in text:
+                pending += 1
+            elif text.startswith("WARPGROUP.DEPBAR.LE"):
+                pending = min(pending, int(text.rsplit(",", 1)[1], 0))
+            elif text.split()[0].startswith("MUFU.EX2") or text.split()[1:2] == ["MUFU.EX2"]:
+                under += pending > 0
+    return under
+
+
 def _counts(body: list[tuple[str, str]]) -> dict[str, int]:
     """Counts over (control code, instruction) pairs of SASS."""
     ops = [t.split()[1] if t.startswith("@") else t.split()[0] for _, t in body]
@@ -87,6 +107,8 @@ def _counts(body: list[tuple[str, str]]) -> dict[str, int]:
             "mufu": sum(o.startswith("MUFU") for o in ops),
             # exp2 issued while a wgmma group runs: softmax work hidden under the matmuls
             "mufu_under_mma": under_mma,
+            # the same counting pending groups (`_mufu_under_pending`)
+            "mufu_pending": _mufu_under_pending(body),
             "spill": sum(o.startswith(("STL", "LDL")) for o in ops),
             # shared-memory round trips, shuffles and barriers: layout conversions
             "smem": sum(o.startswith(("LDS", "STS", "LDSM", "STSM")) for o in ops),
@@ -211,6 +233,35 @@ def count_candidates(specs: list[AttentionSpec]) -> None:
                       f"{stats['smem'] / 1024:7.0f}  {loops}", flush=True)
 
 
+def count_gluon(specs: list[AttentionSpec]) -> None:
+    """The Gluon forward's candidates (`gluon_forward.CANDIDATES`; it builds with Triton
+    3.6 only), compiled for sm_90: registers, stack, shared memory, and per innermost
+    loop with wgmma: instructions / HGMMA / exp2 / exp2 while a wgmma group is pending
+    (`_mufu_under_pending`) / spill operations / shared-memory stores and loads / static
+    issue cycles of one warp."""
+    from ioaware.codegen.attention import gluon_forward
+
+    print("config                             regs stack smem_KB  loops "
+          "(n/hgmma/mufu/mufu_pending/spill/lds_sts/stall)")
+    for spec in specs:
+        print(f"# triton {triton.__version__} {spec.dtype} d={spec.head_dim} "
+              f"causal={spec.causal}", flush=True)
+        for config in gluon_forward.candidate_configs(spec):
+            try:
+                stats = sass_stats(gluon_forward.compile_sm90(config, spec.head_dim,
+                                                              spec.causal, spec.dtype))
+            except Exception as error:  # noqa: BLE001 - the report is the point
+                print(config, "FAILED:", str(error).strip().splitlines()[-1][:200])
+                continue
+            loops = " | ".join(
+                f"{lp['n']}/{lp['mma']}/{lp['mufu']}/{lp['mufu_pending']}/{lp['spill']}"
+                f"/{lp['smem']}/{lp['stall']}" for lp in stats["loops"] if lp["mma"])
+            if stats["truncated"]:
+                loops += " (SASS cut at 4096 instructions)"
+            print(f"{config!s:34s} {stats['regs']:4d} {stats['stack']:5d} "
+                  f"{stats['smem'] / 1024:7.0f}  {loops}", flush=True)
+
+
 def _medians_ms(fwd, bwd, q, k, v, do) -> tuple[float, float]:
     """Median ms of one forward and one backward launch of the modules fwd, bwd."""
     import torch
@@ -246,6 +297,8 @@ def main() -> None:
     parser.add_argument("--candidates", action="store_true",
                         help="compile the backward's tuned configs and study candidates "
                              "(no GPU)")
+    parser.add_argument("--gluon", action="store_true",
+                        help="compile the Gluon forward's candidates (triton 3.6; no GPU)")
     parser.add_argument("--shape", type=int, nargs=3, default=(4, 16, 4096),
                         metavar=("B", "H", "N"))
     args = parser.parse_args()
@@ -256,6 +309,8 @@ def main() -> None:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton's default, quietly
     if args.time:
         time(specs, *args.shape)
+    elif args.gluon:
+        count_gluon(specs + wide)
     elif args.candidates:
         count_candidates(specs + wide)
     elif args.variants:

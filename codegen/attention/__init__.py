@@ -4,6 +4,8 @@ AttentionSpec carries.
 
     forward.py    the forward templates and their tiles      backward.py  the backward's
     header.py     what both directions declare: constexprs, primitives, the general switches
+    gluon_kernel.py  the FA3-style Gluon forward (sm_90, Triton 3.6); gluon_forward.py its
+                  gate (Spec, Triton, device, tensors) and launch
     blocks.py     the runtime block map of a data mask       reference.py the torch reference
     op.py         ioaware::flash_attention, ioaware::attention (schema, fake, autograd)
     tiles.py      the tiles that fit a device's SRAM        price.py     the kernels' cost
@@ -17,6 +19,7 @@ from ioaware.codegen.attention import (
     backward,
     blocks,
     forward,
+    gluon_forward,
     header,
     host,
     op,
@@ -29,7 +32,7 @@ from ioaware.codegen.cache import register_renderer
 # The sources each kind's text depends on: editing one invalidates the modules it made. The
 # tuned configs a module lists come from the family's tile candidates, which read the SRAM
 # budget every family shares.
-SOURCES = (header, blocks, expr, reference, tiles, sram_budget, render)
+SOURCES = (header, blocks, expr, reference, tiles, sram_budget, render, gluon_forward)
 register_renderer("attention_fwd", forward.render_forward, *SOURCES)
 register_renderer("attention_bwd", backward.render_backward, *SOURCES)
 

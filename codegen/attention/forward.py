@@ -45,6 +45,7 @@ from ..render import (
     reduction,
     shared_memory_budget,
 )
+from . import gluon_forward
 from .header import (
     GENERAL_IMPORTS,
     INTERPRET_BLOCK_M,
@@ -76,7 +77,10 @@ INTERPRET_CONFIG: Config = (INTERPRET_BLOCK_M, INTERPRET_BLOCK_N, 4, 1)
 #         loop, whose two-loop shape crashed Triton 3.4
 #   lazy  FA4's conditional rescale: the reference max moves only when a row max grows
 #         past 2^RESCALE_THRESHOLD, and acc·alpha is skipped when no row's moved
-VARIANTS = ("tma", "ws", "lazy")
+#   gluon the FA3-style Gluon kernel (gluon_kernel.py: a TMA loader warp, two consumer
+#         warpgroups), where gluon_forward's gate admits it, else the default config;
+#         "+pingpong" has the warpgroups take turns at the tensor cores
+VARIANTS = ("tma", "ws", "lazy", "gluon")
 RESCALE_THRESHOLD = 8.0
 
 # The variant configs timed beside today's candidates on a GPU, best guess first: each
@@ -123,6 +127,17 @@ def forward_configs(spec: AttentionSpec, profile: DeviceProfile | None = None) -
     return ([] if default in fits else [default]) + fits[:MAX_FORWARD_CONFIGS - 1]
 
 
+def candidate_configs(spec: AttentionSpec, profile: DeviceProfile | None = None
+                      ) -> list[Config]:
+    """The forward's study candidates that fit the shared memory of `profile`'s device
+    (the present one's for None): the Gluon kernel's configs (`gluon_forward.CANDIDATES`,
+    none for a Spec it refuses), pinnable, out of the tuning space until a GPU has
+    measured them."""
+    limit = hardware.get_profile(profile).sram_per_block
+    return [c for c in gluon_forward.candidate_configs(spec)
+            if gluon_forward.smem_bytes(spec, c) <= limit]
+
+
 def default_forward_config(spec: AttentionSpec, profile: DeviceProfile | None = None) -> Config:
     """A config that fits half the tile budget of `profile` (100 KB on an H100) for every
     head dim and dtype: the launch of short, untuned calls."""
@@ -142,8 +157,11 @@ LN2 = tl.constexpr(0.6931471805599453)
 RESCALE_THRESHOLD = tl.constexpr(${rescale_threshold})
 
 INTERPRET = ${interpret}
+# Why this Spec cannot take the Gluon forward (None: it can, where Triton and the device
+# allow: gluon_forward.call_reason)
+GLUON_REFUSED = ${gluon_refused}
 # (BLOCK_M, BLOCK_N, num_warps, num_stages[, variant]); variant: "+"-joined sm_90
-# switches of `VARIANTS` ("tma", "ws", "lazy"); none is today's pointer kernel
+# switches of `VARIANTS` ("tma", "ws", "lazy", "gluon"); none is today's pointer kernel
 DEFAULT_CONFIG = ${default_config}
 TUNE_CONFIGS = ${tune_configs}
 TUNE_MIN_SCORES = ${tune_min_scores}
@@ -321,6 +339,13 @@ ${tuner}
 
 
 def _launch(config, q, k, v, out, lse):
+    if gluon_forward.is_gluon(config):
+        reason = GLUON_REFUSED or gluon_forward.call_reason(q, k, v, out)
+        if reason is None:
+            gluon_forward.launch(config, q, k, v, out, lse, SCALE.value, CAUSAL.value)
+            return
+        gluon_forward.note_fallback(reason)
+        config = DEFAULT_CONFIG
     bm, bn, warps, stages = config[:4]
     variant = config[4] if len(config) > 4 else ""
     tma = "tma" in variant and tma_addressable(q, k, v, out)
@@ -349,6 +374,10 @@ def forward(q, k, v, out, lse, config=None):
 ''')
 
 
+# The plain module's imports: the TMA launch helpers and the Gluon forward's gate.
+_PLAIN_IMPORTS = (*TMA_LAUNCH_IMPORTS, "from ioaware.codegen.attention import gluon_forward")
+
+
 def render_forward(spec: AttentionSpec, *, interpret: bool = False,
                    profile: DeviceProfile | None = None) -> str:
     """Python source of the forward module for `spec`, its configs sized for `profile`
@@ -365,7 +394,8 @@ def render_forward(spec: AttentionSpec, *, interpret: bool = False,
                                       lambda: forward_configs(spec, profile))
     return _FORWARD_TEMPLATE.substitute(
         spec_constants(spec),
-        preamble=module_preamble(__name__, spec, TMA_LAUNCH_IMPORTS),
+        preamble=module_preamble(__name__, spec, _PLAIN_IMPORTS),
+        gluon_refused=repr(gluon_forward.spec_reason(spec)),
         primitives=primitives(interpret),
         any_max=reduction("max", "x.to(tl.int32)", 0, interpret),
         rescale_threshold=repr(RESCALE_THRESHOLD),

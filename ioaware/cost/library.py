@@ -89,11 +89,16 @@ def matmul_l2_spill(
     M, N, K = sym(M), sym(N), sym(K)
     tm, tn = tile
     P = NUM_SMS
+    # At symbolic sizes sympy's Min/Max look for redundant arguments by comparing them,
+    # which costs ~0.1 s a GEMM (seconds for a model's recompiled graph): left unevaluated
+    # there, they evaluate when the sizes are substituted.
+    evaluate = not any(e.free_symbols for e in (M, N, K))
     rows, cols = ceil_div(M, tm), ceil_div(N, tn)
-    g = sympy.Min(rows, P, sympy.ceiling(sympy.sqrt(P * tn / tm)))
-    c = sympy.Min(cols, sympy.ceiling(P / g))
-    per_wave = (sympy.Min(g * tm, M) * itemsize_a + sympy.Min(c * tn, N) * itemsize_b) * K
+    g = sympy.Min(rows, P, sympy.ceiling(sympy.sqrt(P * tn / tm)), evaluate=evaluate)
+    c = sympy.Min(cols, sympy.ceiling(P / g), evaluate=evaluate)
+    per_wave = (sympy.Min(g * tm, M, evaluate=evaluate) * itemsize_a
+                + sympy.Min(c * tn, N, evaluate=evaluate) * itemsize_b) * K
     waves = sympy.ceiling(rows * cols / P)
     compulsory = M * K * itemsize_a + K * N * itemsize_b
-    return sympy.Max(0, waves * per_wave - compulsory), compulsory
+    return sympy.Max(0, waves * per_wave - compulsory, evaluate=evaluate), compulsory
 

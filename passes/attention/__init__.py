@@ -18,7 +18,7 @@ from torch import fx
 
 from ioaware.hardware import DeviceProfile
 from ioaware.passes.attention import choice, match, pricing, rewrite, sdpa
-from ioaware.passes.attention.describe import detail_of
+from ioaware.passes.attention.describe import detail_of, gluon_forward_status
 from ioaware.passes.attention.record import AttentionMatch, Source
 from ioaware.passes.driver import Match, NoMatch, Pass, PassContext
 from ioaware.spec import dtype_name
@@ -77,6 +77,9 @@ def _match(gm: fx.GraphModule, node: fx.Node, ctx: PassContext) -> Match:
     region = _priced(m, None if unfit else ctx.profile)
     m.implementation = decided.chosen
     region.detail["implementation"] = decided.describe()
+    gluon = gluon_forward_status(m, ctx.backend_name)
+    if gluon is not None:
+        region.detail["gluon_forward"] = gluon
     if decided.chosen != choice.GENERATED:
         region = dataclasses.replace(region, backend=f"sdpa-{decided.chosen}")
     return region

@@ -6,9 +6,11 @@ from typing import Any
 
 import sympy
 
+from ioaware.codegen.attention import gluon_forward
 from ioaware.passes.attention import masks
 from ioaware.passes.attention.pricing import mask_density
-from ioaware.passes.attention.record import AttentionMatch
+from ioaware.passes.attention.record import AttentionMatch, fake_value
+from ioaware.passes.attention.rewrite import spec_of
 from ioaware.spec import H_IDX, KV_IDX, Q_IDX, SCORE, dtype_name
 
 
@@ -29,6 +31,23 @@ def detail_of(m: AttentionMatch) -> dict[str, Any]:
     if mods.dropout_p:
         detail["dropout_p"] = mods.dropout_p
     return detail
+
+
+def gluon_forward_status(m: AttentionMatch, backend_name: str) -> str | None:
+    """Where the region's kernels run on a CUDA device: "pinnable" when the Gluon forward
+    (codegen/attention/gluon_forward.py) could run it there, else why not (a pinned
+    Gluon config then runs the Triton forward). None elsewhere (the interpreter, the
+    reference, a report priced on meta tensors): nothing could pin it there."""
+    value = fake_value(m.output)
+    device = getattr(value, "device", None)
+    if backend_name != "triton" or device is None or device.type != "cuda":
+        return None
+    try:
+        spec = spec_of(m)
+    except (TypeError, ValueError):  # symbolic head dims: no plain Spec to judge yet
+        return None
+    reason = gluon_forward.unavailable_reason(spec, device)
+    return "pinnable" if reason is None else f"not available: {reason}"
 
 
 def _describe_score_mod(expr: sympy.Basic) -> list[str]:

@@ -28,6 +28,7 @@ import torch
 from torch import fx
 
 from ioaware.passes.driver import NoMatch
+from ioaware.passes.views import hint
 
 aten = torch.ops.aten
 
@@ -163,7 +164,9 @@ def match(gm: fx.GraphModule, anchor: fx.Node) -> ChunkedSSD:
     if shape(A) != (heads,):
         raise NoMatch(f"{dA.name}: the decay {A.name} has shape {shape(A)}, not one "
                       f"scalar per head [{heads}]")
-    chunk = shape(anchor)[-1]
+    # the source's chunk (for explain and the probe's lengths; the kernel picks its own):
+    # under a symbolic length it is padded_len // n_chunks, whose value is its example's
+    chunk = hint(shape(anchor)[-1])
     x = _x_of(dt_used, dA, batch, length, heads)
     y, D = _output(gm, anchor, x)
     final, h0 = _final_state(gm, anchor, y)
@@ -220,7 +223,7 @@ def _forward(node: fx.Node) -> set[fx.Node]:
 def _output(gm: fx.GraphModule, anchor: fx.Node, x: fx.Node
             ) -> tuple[fx.Node | None, fx.Node | None]:
     """(y, D): the first node after the anchor shaped like x, past the D residual add
-    (D[..., None] · x, padded or not) and a slice back to L."""
+    (D[..., None] · x, padded or not) and a slice back to L (and slices that keep all)."""
     x_shape = shape(x)
     after = _forward(anchor)
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
@@ -241,7 +244,7 @@ def _output(gm: fx.GraphModule, anchor: fx.Node, x: fx.Node
             if D is None:
                 break
             y = user
-        elif is_call(user, aten.slice.Tensor) and user.args[1] == 1:
+        elif is_call(user, aten.slice.Tensor) and (user.args[1] == 1 or _whole(user)):
             y = user
         else:
             break
@@ -250,6 +253,13 @@ def _output(gm: fx.GraphModule, anchor: fx.Node, x: fx.Node
     if shape(y) != x_shape:
         raise NoMatch(f"{y.name}: the output has shape {shape(y)}, not x's {x_shape}")
     return y, D
+
+
+def _whole(node: fx.Node) -> bool:
+    """A slice that keeps everything (`t[:, :L]` at symbolic sizes also slices dim 0
+    from 0 to the end, which a static trace drops)."""
+    start, end, step = (list(node.args[2:]) + [0, None, 1][len(node.args) - 2:])[:3]
+    return start == 0 and step == 1 and (end is None or end >= 2**62)
 
 
 def _residual_D(term: object, x: fx.Node) -> fx.Node | None:

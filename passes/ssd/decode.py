@@ -315,7 +315,7 @@ def probe(step: DecodeStep) -> None:
     g.output((env[step.anchor], env[step.y]))
     module = fx.GraphModule(torch.nn.Module(), g)
     gen = torch.Generator().manual_seed(0)
-    args = {k: _random(step.operands[k], "dt" if k == "dt_bias" else k, gen, hinted=True)
+    args = {k: _random(step.operands[k], "dt" if k == "dt_bias" else k, gen)
             for k in names}
     with torch.no_grad():
         # the region may update its state in place (a copy_ inside it): a fresh copy

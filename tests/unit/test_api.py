@@ -178,3 +178,26 @@ def test_explain_shows_the_seconds_each_pass_took():
     assert set(expl.pass_seconds) == {"attention", "decode", "ssd_decode", "ssd", "scan"}
     assert all(s >= 0 for s in expl.pass_seconds.values())
     assert "passes: " in str(expl) and "attention " in str(expl).split("passes: ")[1]
+
+
+def test_explain_calls_a_decorated_method_bound_and_sees_through_compile():
+    """A bound method whose function is decorated with functools.wraps (as transformers'
+    forwards are) is called as the method; `ioaware.compile(f)` is explained as `f`."""
+    import functools
+
+    def logged(f):
+        @functools.wraps(f)
+        def wrapper(self, *args):
+            return f(self, *args)
+        return wrapper
+
+    class Layer(torch.nn.Module):
+        @logged
+        def forward(self, q, k, v):
+            return (q @ k.transpose(-2, -1)).softmax(-1) @ v
+
+    q, k, v = qkv()
+    layer = Layer()
+    assert [r.kind for r in ioaware.explain(layer.forward, q, k, v).rewrites] == ["attention"]
+    fn = make("matmul_masked_fill", True, 0.25)
+    assert len(ioaware.explain(ioaware.compile(fn), q, k, v).rewrites) == 1

@@ -61,24 +61,59 @@ def test_chunked_spelling_becomes_one_ssd_and_runs_as_eager():
     assert relative_error(gm.run(), chunk_scan(*args)[0]) <= 1e-5
 
 
-def test_symbolic_sizes_stay_eager_with_their_reason():
-    """Called at a second length, dynamo recompiles with the length symbolic (the chunk
-    count, the padding): one example length cannot stand for the others in the probe,
-    so the region stays eager and says so. (A symbolic batch alone passes the probe, but
-    this spelling's y is then also read by a size query, which the matcher refuses.)"""
+def shifted_segment_sum(t):
+    """transformers' segment_sum without its diagonal: every step loses its own input."""
+    q = t.size(-1)
+    t = t[..., None].expand(*t.size(), q)
+    t = t.masked_fill(~torch.tril(torch.ones(q, q, dtype=torch.bool), -1), 0)
+    s = torch.cumsum(t, dim=-2)
+    return s.masked_fill(~torch.tril(torch.ones(q, q, dtype=torch.bool), -1), -math.inf)
+
+
+def test_a_second_length_is_probed_at_several_and_rewritten():
+    """Called at a second length and batch, dynamo recompiles with both symbolic (the
+    chunk count, the padding): the probe checks the region at several lengths the
+    graph's guards admit, not its one example, and the region is rewritten again."""
+    from ioaware.passes.ssd import probe
+
+    lengths = []
+    real = probe.probe_sizes
+
+    def recorded(region):
+        sizes = real(region)
+        lengths.append([None if s is None else sorted(s.values()) for s in sizes])
+        return sizes
+
     ssd = ioaware.compile(chunk_scan)
     outcomes = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(probe, "probe_sizes", recorded)
+        for i, size in enumerate([{}, {"length": 6, "batch": 3}]):
+            args = operands(i, **size)
+            before = backend.counters["ssd"]
+            with torch.no_grad():
+                got = ssd(*args)
+            want = chunk_scan(*args)
+            assert all(relative_error(g, w) <= 1e-5 for g, w in zip(got, want)), size
+            outcomes.append(backend.counters["ssd"] - before)
+    assert outcomes == [1, 1]
+    assert lengths[0] == [None] and len(lengths[1]) >= 2, lengths  # static, then several
+
+
+def test_a_wrong_region_at_a_symbolic_length_stays_eager(monkeypatch):
+    """The shifted decay mask, recompiled at a second length: refused at
+    the symbolic length too (the probe runs the region at each admitted length)."""
+    monkeypatch.setattr(mamba2, "segment_sum", shifted_segment_sum)
+    ssd = ioaware.compile(chunk_scan)
     for i, size in enumerate([{}, {"length": 6}]):
         args = operands(i, **size)
         before = backend.counters["ssd"]
         with torch.no_grad():
             got = ssd(*args)
-        want = chunk_scan(*args)
-        assert all(relative_error(g, w) <= 1e-5 for g, w in zip(got, want)), size
-        outcomes.append(backend.counters["ssd"] - before)
-    assert outcomes == [1, 0]
-    (reason,) = {f.reason for f in ssd._ioaware_backend.explanation.fallbacks}
-    assert "length symbolic; the region is probed at one example size" in reason, reason
+        assert all(relative_error(g, w) <= 1e-5 for g, w in zip(got, chunk_scan(*args)))
+        assert backend.counters["ssd"] == before, size
+    reasons = {f.reason for f in ssd._ioaware_backend.explanation.fallbacks}
+    assert reasons and all("does not compute the SSD" in r for r in reasons), reasons
 
 
 def test_final_state_alone_runs_as_eager():
@@ -89,16 +124,9 @@ def test_final_state_alone_runs_as_eager():
 
 
 def test_wrong_decay_mask_stays_eager_with_the_reason(monkeypatch):
-    """segment_sum without its diagonal: every step loses its own input. The probe finds
-    the region does not compute the SSD."""
-    def shifted(t):
-        q = t.size(-1)
-        t = t[..., None].expand(*t.size(), q)
-        t = t.masked_fill(~torch.tril(torch.ones(q, q, dtype=torch.bool), -1), 0)
-        s = torch.cumsum(t, dim=-2)
-        return s.masked_fill(~torch.tril(torch.ones(q, q, dtype=torch.bool), -1), -math.inf)
-
-    monkeypatch.setattr(mamba2, "segment_sum", shifted)
+    """segment_sum without its diagonal: the probe finds the region does not compute
+    the SSD."""
+    monkeypatch.setattr(mamba2, "segment_sum", shifted_segment_sum)
     _, out = rewrite(chunk_scan, *operands())
     assert not [r for r in out.rewrites if r.kind == "ssd"]
     reasons = [f.reason for f in out.fallbacks if f.kind == "ssd"]

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# One device-tool call's worth of GPU steps, each under its own time limit, each writing
+# its whole output to $OUT/<step>.txt (read the files: a call's output tail cuts tables).
+#
+#   STEPS="tests scanpoly host" bash scripts/gpu_runbook.sh
+#
+# Steps (seconds are the limits, not the expected times):
+#   tests      pytest -m gpu on the launch-plan, scan, SSD and CUDA-graph tiers (240)
+#   scanpoly   scripts/gpu_scan_poly.py against the kernels in out/scanbase (180)
+#   host       host time per op, plans off and on (90)
+#   infer      whole model: Llama-4L inference forward at S=8192 (150)
+#   llama      whole model: Llama-4L training step (200)
+#   mistral    whole model: Mistral-4L training step (150)
+#   mamba      whole model: Mamba-4L training step (150)
+#   decode     scripts/gpu_decode.py: split-KV and paged decode beside SDPA (150)
+#   generate   ioaware bench decode --generate-only (240)
+#   genhost    scripts/gpu_generate_host.py: per-token host time of generate() (150)
+#   masked     ioaware bench attention --mask all beside Flex and compile (400)
+#   backward   scripts/gpu_attention_backward.py --candidates (200)
+#   ssd        scripts/gpu_ssd.py --issue-shape (200)
+#   gluon      scripts/gpu_gluon_forward.py, then its GPU tests (240; GLUON_TESTS=0 skips them)
+# A step past its limit leaves what it printed and the word TIMEOUT in its file.
+set -uo pipefail
+out=${OUT:-out}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+python3 - <<'PY' > "$out/versions.txt" 2>&1
+import torch, triton
+try:
+    import transformers
+    tf = transformers.__version__
+except ImportError:
+    tf = "absent"
+print(f"torch {torch.__version__}, triton {triton.__version__}, transformers {tf}, "
+      f"{torch.cuda.get_device_name()}")
+PY
+
+step() {  # step NAME LIMIT COMMAND...
+  local name=$1 limit=$2
+  shift 2
+  local started=$SECONDS
+  timeout "$limit" "$@" > "$out/$name.txt" 2>&1
+  local rc=$?
+  [ $rc -eq 124 ] && echo "TIMEOUT after ${limit} s" >> "$out/$name.txt"
+  echo "$name: rc $rc, $((SECONDS - started)) s" | tee -a "$out/summary.txt"
+}
+
+workers=""
+python3 -c "import xdist" 2>/dev/null && workers="-n 6"
+for s in ${STEPS:-tests}; do
+  case "$s" in
+    tests) step tests ${TESTS_LIMIT:-240} python3 -m pytest -q -rfE --tb=short -m gpu $workers \
+             -W ignore -p no:cacheprovider tests/gpu/test_launch_plan_gpu.py \
+             tests/gpu/test_scan_kernel_gpu.py tests/gpu/test_ssd_gpu.py \
+             tests/gpu/test_cudagraphs_gpu.py ;;
+    scanpoly) step scanpoly 180 python3 scripts/gpu_scan_poly.py --base-dir out/scanbase ;;
+    host) step host 90 python3 scripts/gpu_whole_models.py --parts host --calls 300 ;;
+    infer) step infer 150 python3 scripts/gpu_whole_models.py --parts llama-infer \
+             --budget 140 ;;
+    llama) step llama 200 python3 scripts/gpu_whole_models.py --parts llama --budget 190 ;;
+    mistral) step mistral 150 python3 scripts/gpu_whole_models.py --parts mistral \
+               --budget 140 ;;
+    mamba) step mamba 150 python3 scripts/gpu_whole_models.py --parts mamba --budget 140 ;;
+    decode) step decode 150 python3 scripts/gpu_decode.py ;;
+    generate) step generate 240 python3 -m ioaware.cli bench decode --generate-only \
+                --generate-budget 220 ;;
+    genhost) step genhost 150 python3 scripts/gpu_generate_host.py ;;
+    masked) step masked 400 python3 -m ioaware.cli bench attention --mask all --batch 2 \
+              --heads 16 --seqlen 8192 --skip-slow --vs flex,compile ;;
+    backward) step backward 200 python3 scripts/gpu_attention_backward.py --candidates ;;
+    gluon) step gluon 180 python3 scripts/gpu_gluon_forward.py
+           [ "${GLUON_TESTS:-1}" = 0 ] ||
+           step gluontests 100 python3 -m pytest -q -rfE --tb=short -m gpu -W ignore \
+             -p no:cacheprovider tests/gpu/test_attention_gluon_gpu.py ;;
+    ssd) step ssd 200 python3 scripts/gpu_ssd.py --issue-shape ;;
+    *) echo "unknown step $s" | tee -a "$out/summary.txt" ;;
+  esac
+done
