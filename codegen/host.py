@@ -1,12 +1,13 @@
 """The host path: how a rewritten region's kernels are called with the least host time.
 
-A region calls a family's `torch.library` custom op (`ioaware::attention`, ...). The op
-is what tracing, fake tensors, AOTAutograd and Inductor see, and it stays: on CUDA,
-Inductor's compiled forward and backward call the op and its backward op directly,
-under AOTAutograd's own autograd node. A graph that runs as fx (the CPU paths, or any
-graph Inductor does not take) would pay for the op's machinery on every call instead:
-the dispatcher, the custom op's Python autograd wrapper, its redispatch to the backend
-kernel, and a second trip through the dispatcher for the backward op. There each op
+A region calls a family's differentiable torch op (`ioaware::attention`, ...;
+codegen/library.py). The op is what tracing, fake tensors, AOTAutograd and Inductor see,
+and it stays: on CUDA, Inductor's compiled forward and backward call its kernel ops
+(`ioaware::attention_forward`, `ioaware::attention_backward`) directly, under
+AOTAutograd's own autograd node. A graph that runs as fx (the CPU paths, or any graph
+Inductor does not take) would pay for the op's machinery on every call instead: the
+dispatcher, the op's Python kernel and its autograd.Function, a second trip through the
+dispatcher to the kernel op, and another for the backward op. There each op
 call is swapped for the family's *host function*: one thin `torch.autograd.Function`
 that calls the op's own body (the checks, the kernel module lookup, the launches of
 cached binaries with their chosen configs) with no dispatch on the way, forward and
@@ -46,8 +47,9 @@ def register_host_path(op: Any, function: Callable[..., Any]) -> None:
 
 
 def undecorated(op: Any) -> Callable[..., Any]:
-    """The Python function a `torch.library.custom_op` was made from (its body, called
-    without the dispatcher); the op itself where torch keeps no such function."""
+    """The Python function an op was made from (its body, called without the dispatcher):
+    a codegen/library.py op's or a `torch.library.custom_op`'s; the op itself where no
+    such function is kept."""
     return getattr(op, "_init_fn", op)
 
 

@@ -11,6 +11,7 @@ attributes directly.
     IOAWARE_FAST_LAUNCH=0     fast_launch    launch through Triton's own path always
     IOAWARE_IMPLEMENTATIONS=generated,cudnn
                               implementations what an attention region may run as
+    IOAWARE_OP_ROUTE=custom_op op_route     register the ops as torch.library.custom_op
 """
 
 from __future__ import annotations
@@ -71,6 +72,12 @@ class Config:
     # kernel (True) instead of per-head partials that torch sums (False: deterministic,
     # but 2·2·Bt·L·H·N·4 bytes of HBM traffic). Off until measured faster on a GPU.
     ssd_bc_atomic: bool = False
+    # How the kernel families' ops are registered with torch (codegen/library.py), read
+    # once when they are: "auto" (the lean torch.library route where this torch has it),
+    # "library", or "custom_op" (torch.library.custom_op: to compare, or to rule it out).
+    op_route: str = dataclasses.field(
+        default_factory=lambda: os.environ.get("IOAWARE_OP_ROUTE", "auto")
+    )
 
 
 config = Config()

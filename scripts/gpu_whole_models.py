@@ -17,6 +17,12 @@ Parts (printed as they run, each line with the seconds since the start):
   host function's autograd Function, SDPA's aten op) and of its backward nodes (the
   autograd engine's evaluate_function events), so ours and SDPA's read alike. Targets
   (issue 19): ≤ 15 µs forward, ≤ 40 µs forward+backward; the scan the same.
+  Then what Inductor's compiled code calls per region, grad off (the kernel ops of
+  codegen/library.py: attention, window and scan, forward and backward; the SSD decode
+  step), wall µs plans
+  off / on and profiler CPU µs; then the same rows in a subprocess with the ops
+  registered as custom ops (IOAWARE_OP_ROUTE=custom_op: the route before issue 19's
+  fifth session), so the two routes read side by side (part `inductor-calls` alone).
 - sync: every op forward+backward under torch.cuda.set_sync_debug_mode("error").
 - graphs: ioaware.compile(mode="reduce-overhead") of a GQA block, training steps,
   outputs and gradients against eager.
@@ -41,6 +47,8 @@ what earlier parts left): a variant past either is a row saying so, and the run 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "gpu"))
 
 import ioaware
 from ioaware.bench.model import Sizes, bench_model, render_model_bench
-from ioaware.codegen import plan
+from ioaware.codegen import library, plan
 from ioaware.codegen.attention import host as attention_host
 from ioaware.codegen.attention.spec import AttentionSpec
 from ioaware.codegen.scan import host as scan_host
@@ -91,7 +99,7 @@ def host_rows(calls: int) -> list[tuple[str, float, float]]:
     window = AttentionSpec(head_dim=64, head_dim_v=64, dtype="bfloat16", causal=True,
                            scale=0.125, mask="q_idx - kv_idx < 64").to_json()
     cases = {
-        "attention op (Inductor calls this)":
+        "attention op (grad on: eager)":
             lambda: torch.ops.ioaware.flash_attention(q, k, v, 0.125, True)[0],
         "attention host function (fx path)":
             lambda: attention_host.flash_attention_host(q, k, v, 0.125, True)[0],
@@ -136,6 +144,63 @@ def host_rows(calls: int) -> list[tuple[str, float, float]]:
             rows.append((name, *before, wall_us(fn, calls), wall_us(both, calls),
                          *profiled_us(both, max(calls // 5, 50))))
     return rows
+
+
+def inductor_call_rows(calls: int) -> list[tuple[str, float, float, float]]:
+    """What Inductor's compiled forward and backward call per region, grad off: the
+    kernel ops (codegen/library.py; on the custom_op route, the custom ops). Rows: (name,
+    wall µs plans off, on, profiler CPU µs plans on)."""
+    ops = torch.ops.ioaware
+    q, k, v = leaf(1, 2, 128, 64), leaf(1, 2, 128, 64), leaf(1, 2, 128, 64)
+    dout = torch.randn(1, 2, 128, 64, device="cuda", dtype=DTYPE)
+    window = AttentionSpec(head_dim=64, head_dim_v=64, dtype="bfloat16", causal=True,
+                           scale=0.125, mask="q_idx - kv_idx < 64").to_json()
+    bt, dc, length, n = 1, 64, 64, 16
+    u, delta, z = leaf(bt, dc, length), leaf(bt, dc, length, scale=0.1), leaf(bt, dc, length)
+    A = leaf(dc, n, dtype=torch.float32, scale=0.1, shift=-1.0)
+    B, C, D = leaf(bt, 1, length, n), leaf(bt, 1, length, n), leaf(dc, dtype=torch.float32)
+    dy = torch.randn(bt, dc, length, device="cuda", dtype=DTYPE)
+    # the SSD decode step (gpu_ssd.py's step table: B 4, H 48, P 64, N 128, G 8)
+    state = torch.randn(4, 48, 64, 128, device="cuda").to(DTYPE)
+    step_args = (state, torch.randn(4, 48, 64, device="cuda").to(DTYPE),
+                 torch.rand(4, 48, device="cuda").to(DTYPE), -torch.rand(48, device="cuda"),
+                 torch.randn(4, 8, 128, device="cuda").to(DTYPE),
+                 torch.randn(4, 8, 128, device="cuda").to(DTYPE),
+                 torch.randn(48, device="cuda"), torch.randn(48, device="cuda"), True, 0.0,
+                 float("inf"))
+    with torch.no_grad():
+        out, lse = ops.flash_attention_forward.default(q, k, v, 0.125, True)
+        w_out, w_lse = ops.attention_forward.default(q, k, v, [], window)
+    cases = {
+        "attention forward op": lambda: ops.flash_attention_forward.default(
+            q, k, v, 0.125, True),
+        "attention backward op": lambda: ops.flash_attention_backward.default(
+            dout, q, k, v, out, lse, 0.125, True, None),
+        "window forward op": lambda: ops.attention_forward.default(q, k, v, [], window),
+        "window backward op": lambda: ops.attention_backward.default(
+            dout, q, k, v, w_out, w_lse, [], window, None, None),
+        "selective scan forward op": lambda: ops.selective_scan_forward.default(
+            u, delta, A, B, C, D, z, None, True, None),
+        "selective scan backward op": lambda: ops.selective_scan_backward.default(
+            dy, None, u, delta, A, B, C, D, z, None, True, None),
+        "SSD decode step op (state in place)": lambda: ops.ssd_step.default(*step_args),
+    }
+    rows = []
+    with torch.no_grad():
+        for name, fn in cases.items():
+            plan.enabled = False
+            before = wall_us(fn, calls)
+            plan.enabled = True
+            rows.append((name, before, wall_us(fn, calls),
+                         profiled_us(fn, max(calls // 5, 50))[0]))
+    return rows
+
+
+def print_inductor_calls(calls: int) -> None:
+    print(f"\nInductor's calls, grad off, ops registered by the {library.ROUTE} route: "
+          "wall µs plans off / on, profiler CPU µs plans on")
+    for name, before, after, prof in inductor_call_rows(calls):
+        print(f"   {name:36s} {before:6.1f} / {after:6.1f} {prof:9.1f}", flush=True)
 
 
 def profiled_us(fn, calls: int) -> tuple[float, float]:
@@ -249,7 +314,7 @@ TABLES = {
     "mamba": Table("mamba", "eager,ioaware", Sizes(batch=2, seq_len=2048, layers=4, hidden=768),
                    2, 0, 70),
 }
-PARTS = ("host", "sync", "graphs", *TABLES)
+PARTS = ("host", "inductor-calls", "sync", "graphs", *TABLES)
 DEFAULT_PARTS = ("host", *TABLES)  # sync and graphs: tests/gpu/test_cudagraphs_gpu.py too
 
 
@@ -293,7 +358,7 @@ def main() -> None:
     if args.variants and len(tables) != 1:
         parser.error("--variants: give exactly one table in --parts")
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, "
-          f"ioaware {ioaware.__version__}", flush=True)
+          f"ioaware {ioaware.__version__}, ops by the {library.ROUTE} route", flush=True)
     started = time.monotonic()
 
     def log(message: str) -> None:
@@ -308,7 +373,14 @@ def main() -> None:
         for name, fwd0, both0, fwd, both, pf, pb in host_rows(args.calls):
             print(f"   {name:36s} {fwd0:6.1f} / {fwd:6.1f} {both0:6.1f} / {both:6.1f} "
                   f"{pf:9.1f} {pb:9.1f}", flush=True)
+        print_inductor_calls(args.calls)
+        if library.ROUTE != "custom_op":  # the same rows with the ops as custom_op made them
+            subprocess.run([sys.executable, __file__, "--parts", "inductor-calls",
+                            "--calls", str(args.calls)], check=False,
+                           env={**os.environ, "IOAWARE_OP_ROUTE": "custom_op"})
         log("host rows done")
+    if "inductor-calls" in parts and "host" not in parts:
+        print_inductor_calls(args.calls)
     if "sync" in parts:
         print("\nlaunches under torch.cuda.set_sync_debug_mode('error')")
         for name, verdict in sync_check():

@@ -12,11 +12,14 @@ the C launcher and the CUDA allocator's share (a few µs a call on an H100 host)
 
 Prints µs per call of each layer, with launch plans (codegen/plan.py) off and on, the
 two interleaved and the least of `rounds` rounds kept (the machine may be shared): the
-op through the dispatcher (grad on, and grad off as Inductor's compiled code calls it),
+op through the dispatcher (grad on, and grad off), the kernel ops as Inductor's compiled
+forward and backward call them (grad off; codegen/library.py: IOAWARE_OP_ROUTE=custom_op
+registers them as the custom ops of before, to compare),
 the host function, the op body, the kernel module's launcher, a launch alone; the
 backward op's body alone; forward+backward through torch.autograd.grad, beside the
 autograd floor (an identity autograd.Function: what autograd.grad itself costs). For
-the plain causal attention, the sliding window (a general Spec) and the selective scan.
+the plain causal attention, the sliding window (a general Spec), the selective scan, the
+decode op and the SSD decode step.
 `--profile GROUP/ROW` prints a cProfile of that row instead (top 25, own time).
 This patches the process it runs in: a measurement, never a test.
 """
@@ -33,13 +36,14 @@ from pathlib import Path
 import torch
 
 import ioaware  # noqa: F401  (registers the ops)
-from ioaware.codegen import launch, plan, runtime
+from ioaware.codegen import launch, library, plan, runtime
 from ioaware.codegen.attention import host as attention_host
 from ioaware.codegen.attention import op as attention_op
 from ioaware.codegen.attention.spec import AttentionSpec
 from ioaware.codegen.decode import op as decode_op
 from ioaware.codegen.scan import host as scan_host
 from ioaware.codegen.scan import op as scan_op
+from ioaware.codegen.ssd import step_op as ssd_step_op
 from ioaware.spec import TensorInput
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -137,12 +141,17 @@ def attention_layers():
                       BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
 
     op = torch.ops.ioaware.flash_attention
+    # what Inductor's compiled forward and backward call (codegen/library.py), grad off
+    kernel_fwd = torch.ops.ioaware.flash_attention_forward.default
+    kernel_bwd = torch.ops.ioaware.flash_attention_backward.default
     host_fn = attention_host.flash_attention_host
     x = torch.randn(4, requires_grad=True)
     return {
         "attention-fwd": {
             "op (dispatcher)": lambda: op(q, k, v, scale, True),
-            "op, grad off (as Inductor calls it)": no_grad(lambda: op(q, k, v, scale, True)),
+            "op, grad off": no_grad(lambda: op(q, k, v, scale, True)),
+            "forward op, grad off (as Inductor calls it)": no_grad(
+                lambda: kernel_fwd(q, k, v, scale, True)),
             "host function": lambda: host_fn(q, k, v, scale, True),
             "op body": lambda: body(q, k, v, scale, True),
             "module.forward": lambda: fwd_module.forward(q, k, v, out, lse),
@@ -150,6 +159,8 @@ def attention_layers():
             "torch.empty x2": lambda: attention_op._empty_outputs(q, v),
         },
         "attention-bwd": {
+            "backward op, grad off (as Inductor calls it)": no_grad(
+                lambda: kernel_bwd(dout, q, k, v, out, lse, scale, True, None)),
             "op body": lambda: bwd_body(dout, q, k, v, out, lse, scale, True, None),
             "module.backward": lambda: bwd_module.backward(dout, q, k, v, out, lse, None,
                                                            dq, dk, dv),
@@ -194,11 +205,16 @@ def scan_layers():
     return {
         "scan-fwd": {
             "op (dispatcher)": lambda: op(*args),
-            "op, grad off (as Inductor calls it)": no_grad(lambda: op(*args)),
+            "op, grad off": no_grad(lambda: op(*args)),
+            "forward op, grad off (as Inductor calls it)": no_grad(
+                lambda: torch.ops.ioaware.selective_scan_forward.default(*args)),
             "host function": lambda: scan_host.selective_scan_host(*args),
             "op body": lambda: body(*args),
         },
         "scan-bwd": {
+            "backward op, grad off (as Inductor calls it)": no_grad(
+                lambda: torch.ops.ioaware.selective_scan_backward.default(
+                    dy, None, u, delta, A, B, C, D, z, None, True, None)),
             "op body": lambda: bwd_body(dy, None, u, delta, A, B, C, D, z, None, True, None),
         },
         "scan-fwd+bwd": {
@@ -223,8 +239,30 @@ def decode_layers():
     body = attention_host.undecorated(decode_op.decode_attention_op)
     return {
         "decode-fwd": {
-            "op, grad off (as Inductor calls it)": no_grad(lambda: op(q, k, v, [mask], spec)),
+            "op, grad off": no_grad(lambda: op(q, k, v, [mask], spec)),
+            "forward op, grad off (as Inductor calls it)": no_grad(
+                lambda: torch.ops.ioaware.decode_attention_forward.default(
+                    q, k, v, [mask], spec)),
             "op body": lambda: body(q, k, v, [mask], spec),
+        },
+    }
+
+
+def ssd_step_layers():
+    """One Mamba-2 decode step per layer (gpu_ssd.py's step table: B 4, H 48, P 64,
+    N 128, G 8), its state written in place: what a hybrid model's decode calls per
+    layer and token."""
+    state = torch.zeros(4, 48, 64, 128, dtype=torch.bfloat16)
+    x, dt = torch.randn(4, 48, 64, dtype=torch.bfloat16), torch.rand(4, 48, dtype=torch.bfloat16)
+    A, D, dt_bias = -torch.rand(48), torch.randn(48), torch.randn(48)
+    B, C = (torch.randn(4, 8, 128, dtype=torch.bfloat16) for _ in range(2))
+    args = (state, x, dt, A, B, C, D, dt_bias, True, 0.0, float("inf"))
+    op = torch.ops.ioaware.ssd_step.default
+    body = attention_host.undecorated(ssd_step_op.ssd_step_op)
+    return {
+        "ssd-step": {
+            "op, grad off (as Inductor calls it)": no_grad(lambda: op(*args)),
+            "op body": lambda: body(*args),
         },
     }
 
@@ -241,7 +279,7 @@ def main() -> None:
     parser.add_argument("--only", default=None, help="the groups whose name starts so")
     args = parser.parse_args()
     patch_to_cuda_path()
-    groups = {**decode_layers(), **attention_layers(), **scan_layers()}
+    groups = {**decode_layers(), **attention_layers(), **scan_layers(), **ssd_step_layers()}
     if args.only:
         groups = {k: v for k, v in groups.items() if k.startswith(args.only)}
     if args.profile:
@@ -257,7 +295,8 @@ def main() -> None:
         profiler.disable()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
         return
-    print(f"µs per call, least of {args.rounds} interleaved rounds of {args.calls} calls")
+    print(f"µs per call, least of {args.rounds} interleaved rounds of {args.calls} calls; "
+          f"ops registered by the {library.ROUTE} route (IOAWARE_OP_ROUTE)")
     print(f"  {'call':<52} {'plans off':>9} {'plans on':>9}")
     for group, rows in groups.items():
         for name, fn in rows.items():

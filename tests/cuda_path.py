@@ -15,6 +15,7 @@ from ioaware.codegen import cache, launch, runtime
 from ioaware.codegen.attention import op as attention_op
 from ioaware.codegen.decode import op as decode_op
 from ioaware.codegen.scan import op as scan_op
+from ioaware.codegen.ssd import step_op as ssd_step_op
 
 
 class _Driver:
@@ -29,7 +30,7 @@ class _Driver:
 
 
 def patch_to_cuda_path(set_attr: Callable, tag: str, run: Callable) -> None:
-    """Send the attention, scan and decode ops down their CUDA path; `set_attr` is
+    """Send the attention, scan, decode and SSD step ops down their CUDA path; `set_attr` is
     `setattr` or pytest's `monkeypatch.setattr` (undone after the test)."""
     profile = hardware.get_profile("h100")
 
@@ -54,7 +55,7 @@ def patch_to_cuda_path(set_attr: Callable, tag: str, run: Callable) -> None:
                     value.__dict__["_ioaware_binaries"] = Binaries()
         return module
 
-    for module in (runtime, attention_op, scan_op, decode_op):
+    for module in (runtime, attention_op, scan_op, decode_op, ssd_step_op):
         if hasattr(module, "kernel_module"):
             set_attr(module, "kernel_module", kernel_module)
         set_attr(module, "backend_name", lambda device: "triton")

@@ -1,4 +1,6 @@
-"""Exact attention as torch custom ops with their own autograd.
+"""Exact attention as torch ops with their own autograd (registered as codegen/library.py
+says: each differentiable op over a kernel op `..._forward` with the same schema, which
+is what Inductor's compiled forward calls; the backward ops are kernel ops).
 
     ioaware::flash_attention(q, k, v, scale, causal) -> (out, lse)
     ioaware::flash_attention_backward(dout, q, k, v, out, lse, scale, causal, dlse=None)
@@ -34,6 +36,7 @@ from torch import Tensor
 from ioaware.codegen.attention.spec import AttentionSpec
 from ioaware.spec import DTYPES, INPUT_DTYPES, dtype_name
 
+from ..library import differentiable_op, kernel_op
 from ..plan import planned
 from ..runtime import backend_name, device_context, kernel_module
 from . import reference
@@ -167,9 +170,9 @@ def _empty_outputs(q: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     return out, lse
 
 
-@torch.library.custom_op("ioaware::flash_attention", mutates_args=())
+@kernel_op("ioaware::flash_attention_forward")
 @planned
-def flash_attention_op(
+def flash_attention_forward_op(
     q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool
 ) -> tuple[Tensor, Tensor]:
     """(out, lse) = softmax(scale · Q Kᵀ [causal mask]) V, logsumexp of the scores."""
@@ -184,12 +187,12 @@ def flash_attention_op(
     return _kernel_forward(_spec(q, v, scale, causal), q, k, v, out, lse, [], None)
 
 
-@flash_attention_op.register_fake
+@flash_attention_forward_op.register_fake
 def _(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> tuple[Tensor, Tensor]:
     return _empty_outputs(q, v)
 
 
-@torch.library.custom_op("ioaware::flash_attention_backward", mutates_args=())
+@kernel_op("ioaware::flash_attention_backward")
 @planned
 def flash_attention_backward_op(
     dout: Tensor,
@@ -253,7 +256,9 @@ def _backward(ctx, dout: Tensor, dlse: Tensor | None, *, run=None):
     return dq, dk, dv, None, None
 
 
-flash_attention_op.register_autograd(_backward, setup_context=_setup_context)
+# What passes emit and users call; Inductor's graphs hold the kernel ops (codegen/library.py).
+flash_attention_op = differentiable_op("ioaware::flash_attention", flash_attention_forward_op,
+                                       _backward, _setup_context)
 
 
 def flash_attention(
@@ -327,9 +332,9 @@ def _no_grad_inputs(spec: AttentionSpec, inputs: list[Tensor]) -> list[Tensor]:
     return [x for t, x in zip(spec.inputs, inputs) if t.requires_grad]
 
 
-@torch.library.custom_op("ioaware::attention", mutates_args=())
+@kernel_op("ioaware::attention_forward")
 @planned
-def attention_op(q: Tensor, k: Tensor, v: Tensor, inputs: list[Tensor], spec: str,
+def attention_forward_op(q: Tensor, k: Tensor, v: Tensor, inputs: list[Tensor], spec: str,
                  seed: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(out, lse) of the general AttentionSpec `spec` (JSON); see the block comment."""
     aspec = _parse_spec(spec)
@@ -345,13 +350,13 @@ def attention_op(q: Tensor, k: Tensor, v: Tensor, inputs: list[Tensor], spec: st
     return _kernel_forward(aspec, q, k, v, out, lse, inputs, seed)
 
 
-@attention_op.register_fake
+@attention_forward_op.register_fake
 def _(q: Tensor, k: Tensor, v: Tensor, inputs: list[Tensor], spec: str,
       seed: Tensor | None = None) -> tuple[Tensor, Tensor]:
     return _empty_outputs(q, v)
 
 
-@torch.library.custom_op("ioaware::attention_backward", mutates_args=())
+@kernel_op("ioaware::attention_backward")
 @planned
 def attention_backward_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
                           lse: Tensor, inputs: list[Tensor], spec: str,
@@ -425,7 +430,8 @@ def _attention_backward(ctx, dout: Tensor | None, dlse: Tensor | None, *, run=No
     return (dq, dk, dv, dextra, None, None)[:len(ctx.needs_input_grad)]
 
 
-attention_op.register_autograd(_attention_backward, setup_context=_attention_setup_context)
+attention_op = differentiable_op("ioaware::attention", attention_forward_op, _attention_backward,
+                                 _attention_setup_context)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec,

@@ -307,7 +307,7 @@ def flash_attention_backward_cost(
 # The family's ops, priced as its kernels.
 
 
-@register_price("flash_attention", namespace="ioaware")
+@register_price("flash_attention", "flash_attention_forward", namespace="ioaware")
 def _ioaware_flash_attention(node: fx.Node) -> Cost:
     """ioaware.flash_attention(q, k, v, scale, causal) -> (out, lse)."""
     q, k, v = (meta_val(node.args[i]) for i in range(3))

@@ -1,4 +1,5 @@
-"""Split-KV decode attention as torch custom ops.
+"""Split-KV decode attention as torch ops (registered as codegen/library.py says: each
+a kernel op `..._forward` and the differentiable op).
 
     ioaware::decode_attention(q, k, v, inputs, spec, num_splits=0) -> (out, lse)
     ioaware::paged_decode_attention(q, k_cache, v_cache, block_table, n_k, inputs, spec,
@@ -32,6 +33,7 @@ from ioaware.codegen.attention.header import FLOAT32_MAX, drops_masked
 from ioaware.codegen.attention.spec import AttentionSpec
 from ioaware.hardware import device_profile
 
+from ..library import differentiable_op, kernel_op
 from ..plan import planned
 from ..runtime import backend_name, device_context, kernel_module
 from . import reference
@@ -120,9 +122,9 @@ def _check_paged(q: Tensor, k_cache: Tensor, v_cache: Tensor, inputs: list[Tenso
                          f"{tuple(v_cache.shape)} must agree on pages, page size and heads")
 
 
-@torch.library.custom_op("ioaware::decode_attention", mutates_args=())
+@kernel_op("ioaware::decode_attention_forward")
 @planned
-def decode_attention_op(q: Tensor, k: Tensor, v: Tensor, inputs: list[Tensor], spec: str,
+def decode_attention_forward_op(q: Tensor, k: Tensor, v: Tensor, inputs: list[Tensor], spec: str,
                         num_splits: int = 0) -> tuple[Tensor, Tensor]:
     """(out, lse) of AttentionSpec `spec` (JSON) on a dense cache; see the module doc."""
     aspec = _parse(spec)
@@ -133,12 +135,12 @@ def decode_attention_op(q: Tensor, k: Tensor, v: Tensor, inputs: list[Tensor], s
               and _rows_fit(q, h_kv) and q.numel() > 0 and n_k > 0
               and k.shape[0] == q.shape[0] and q.shape[1] % h_kv == 0)
     if not usable:  # the prefill op: its checks, its empty-problem rules, its reference
-        out, lse = torch.ops.ioaware.attention(q, k, v, inputs, spec)
+        out, lse = torch.ops.ioaware.attention_forward(q, k, v, inputs, spec)
         return out, lse
     return _launch(DecodeSpec(aspec), q, k, v, inputs, h_kv, n_k, num_splits)
 
 
-@decode_attention_op.register_fake
+@decode_attention_forward_op.register_fake
 def _(q: Tensor, k: Tensor, v: Tensor, inputs: list[Tensor], spec: str,
       num_splits: int = 0) -> tuple[Tensor, Tensor]:
     return (q.new_empty((*q.shape[:3], v.shape[-1])),
@@ -165,7 +167,8 @@ def _backward(ctx, dout: Tensor | None, dlse: Tensor | None):
     return (dq, dk, dv, dextra, None, None)[:len(ctx.needs_input_grad)]
 
 
-decode_attention_op.register_autograd(_backward, setup_context=_setup_context)
+decode_attention_op = differentiable_op("ioaware::decode_attention", decode_attention_forward_op,
+                                        _backward, _setup_context)
 
 
 def check_block_table(block_table: Tensor, n_pages: int, page: int, n_k: int,
@@ -200,8 +203,8 @@ def check_block_table(block_table: Tensor, n_pages: int, page: int, n_k: int,
                          f"found {lo if lo < 0 else hi}")
 
 
-@torch.library.custom_op("ioaware::paged_decode_attention", mutates_args=())
-def paged_decode_attention_op(q: Tensor, k_cache: Tensor, v_cache: Tensor,
+@kernel_op("ioaware::paged_decode_attention_forward")
+def paged_decode_attention_forward_op(q: Tensor, k_cache: Tensor, v_cache: Tensor,
                               block_table: Tensor, n_k: int, inputs: list[Tensor], spec: str,
                               num_splits: int = 0) -> tuple[Tensor, Tensor]:
     """(out, lse) of AttentionSpec `spec` over the first n_k keys a block table
@@ -219,13 +222,13 @@ def paged_decode_attention_op(q: Tensor, k_cache: Tensor, v_cache: Tensor,
     if not usable:
         k = reference.gather_pages(k_cache, block_table, n_k)
         v = reference.gather_pages(v_cache, block_table, n_k)
-        out, lse = torch.ops.ioaware.attention(q, k, v, inputs, spec)
+        out, lse = torch.ops.ioaware.attention_forward(q, k, v, inputs, spec)
         return out, lse
     return _launch(DecodeSpec(aspec, paged=True), q, k_cache, v_cache, inputs, h_kv, n_k,
                    num_splits, block_table)
 
 
-@paged_decode_attention_op.register_fake
+@paged_decode_attention_forward_op.register_fake
 def _(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_table: Tensor, n_k: int,
       inputs: list[Tensor], spec: str, num_splits: int = 0) -> tuple[Tensor, Tensor]:
     return (q.new_empty((*q.shape[:3], v_cache.shape[-1])),
@@ -237,7 +240,9 @@ def _paged_backward(ctx, dout, dlse):
                        "the gathered (dense) attention instead")
 
 
-paged_decode_attention_op.register_autograd(_paged_backward)
+paged_decode_attention_op = differentiable_op(
+    "ioaware::paged_decode_attention", paged_decode_attention_forward_op, _paged_backward,
+    lambda ctx, inputs, output: None)
 
 
 def decode_attention(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec,

@@ -135,7 +135,7 @@ def _hinted(x: Size) -> int | None:
     return plain_int(x) if not hasattr(x, "node") else None
 
 
-@register_price("decode_attention", namespace="ioaware")
+@register_price("decode_attention", "decode_attention_forward", namespace="ioaware")
 def _ioaware_decode_attention(node: fx.Node) -> Cost:
     """ioaware::decode_attention(q, k, v, inputs, spec) -> (out, lse), priced unsplit
     (the split count is a runtime choice; its partials are a small correction)."""
@@ -144,7 +144,8 @@ def _ioaware_decode_attention(node: fx.Node) -> Cost:
     return decode_cost(b, hq, hkv, nq, nk, d, dv, q.dtype.itemsize)
 
 
-@register_price("paged_decode_attention", namespace="ioaware")
+@register_price("paged_decode_attention", "paged_decode_attention_forward",
+                namespace="ioaware")
 def _ioaware_paged_decode_attention(node: fx.Node) -> Cost:
     """ioaware::paged_decode_attention(q, k_cache, v_cache, block_table, n_k, inputs,
     spec) -> (out, lse): the pages the table addresses (up to n_k keys) read once."""

@@ -1,4 +1,5 @@
-"""Fused scans as torch custom ops with their own autograd (issue 4).
+"""Fused scans as torch ops with their own autograd (issue 4; registered as
+codegen/library.py says: each a kernel op `..._forward` and the differentiable op).
 
     ioaware::selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
         -> (y, h_last)
@@ -32,6 +33,7 @@ from ioaware.codegen.scan.spec import ScanSpec
 from ioaware.spec import DTYPES, dtype_name
 
 from ..grads import empty_grads, zero_length_grads
+from ..library import differentiable_op, kernel_op
 from ..plan import planned
 from ..runtime import backend_name, device_context, kernel_module
 from . import reference as scan_reference
@@ -126,9 +128,9 @@ def _selective_outputs(u: Tensor, A: Tensor) -> tuple[Tensor, Tensor]:
     return y, h_last
 
 
-@torch.library.custom_op("ioaware::selective_scan", mutates_args=())
+@kernel_op("ioaware::selective_scan_forward")
 @planned
-def selective_scan_op(
+def selective_scan_forward_op(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
     z: Tensor | None, delta_bias: Tensor | None, delta_softplus: bool, h0: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
@@ -152,14 +154,14 @@ def selective_scan_op(
     return y, h_last
 
 
-@selective_scan_op.register_fake
+@selective_scan_forward_op.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0):
     return _selective_outputs(u, A)
 
 
 
 
-@torch.library.custom_op("ioaware::selective_scan_backward", mutates_args=())
+@kernel_op("ioaware::selective_scan_backward")
 @planned
 def selective_scan_backward_op(
     dy: Tensor, dh_last: Tensor | None, u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
@@ -213,7 +215,8 @@ def _selective_backward(ctx, dy: Tensor | None, dh_last: Tensor | None, *, run=N
     return du, ddelta, dA, dB, dC, dD, dz, ddb, None, dh0
 
 
-selective_scan_op.register_autograd(_selective_backward, setup_context=_selective_setup_context)
+selective_scan_op = differentiable_op("ioaware::selective_scan", selective_scan_forward_op,
+                                      _selective_backward, _selective_setup_context)
 
 
 def selective_scan(
@@ -256,9 +259,9 @@ def _linear_spec_of(out_dtype: torch.dtype, has_h0: bool, reverse: bool) -> Scan
                     reverse=reverse)
 
 
-@torch.library.custom_op("ioaware::linear_scan", mutates_args=())
+@kernel_op("ioaware::linear_scan_forward")
 @planned
-def linear_scan_op(a: Tensor, b: Tensor, h0: Tensor | None, reverse: bool) -> Tensor:
+def linear_scan_forward_op(a: Tensor, b: Tensor, h0: Tensor | None, reverse: bool) -> Tensor:
     """h_t = a_t · h_{t∓1} + b_t along dim 1; see the module docstring."""
     _check_linear(a, b, h0)
     out_dtype = torch.promote_types(a.dtype, b.dtype)
@@ -273,7 +276,7 @@ def linear_scan_op(a: Tensor, b: Tensor, h0: Tensor | None, reverse: bool) -> Te
     return h
 
 
-@linear_scan_op.register_fake
+@linear_scan_forward_op.register_fake
 def _(a, b, h0, reverse):
     return torch.empty(a.shape, dtype=torch.promote_types(a.dtype, b.dtype), device=a.device)
 
@@ -319,7 +322,10 @@ def _linear_backward(ctx, dh: Tensor):
     return da, db, dh0, None
 
 
-linear_scan_op.register_autograd(_linear_backward, setup_context=_linear_setup_context)
+# its backward is linear_scan calls and torch ops: differentiable again
+linear_scan_op = differentiable_op("ioaware::linear_scan", linear_scan_forward_op,
+                                   _linear_backward, _linear_setup_context,
+                                   double_backward=True)
 
 
 def linear_scan(a: Tensor, b: Tensor, h0: Tensor | None = None, reverse: bool = False) -> Tensor:

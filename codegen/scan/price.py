@@ -153,7 +153,8 @@ def linear_scan_cost(
 # The family's ops, priced as its kernels.
 
 
-@register_price("selective_scan", "selective_scan_backward", namespace="ioaware")
+@register_price("selective_scan", "selective_scan_forward", "selective_scan_backward",
+                namespace="ioaware")
 def _ioaware_selective_scan(node: fx.Node) -> Cost | None:
     """ioaware.selective_scan(u, delta, A, B, C, D?, z?, delta_bias?, delta_softplus, h0?)
     -> (y, h_last), and its _backward (dy, dh_last, the same inputs) -> the gradients:
@@ -175,7 +176,7 @@ def _ioaware_selective_scan(node: fx.Node) -> Cost | None:
     )
 
 
-@register_price("linear_scan", namespace="ioaware")
+@register_price("linear_scan", "linear_scan_forward", namespace="ioaware")
 def _ioaware_linear_scan(node: fx.Node) -> Cost | None:
     """ioaware.linear_scan(a, b, h0?) -> h, a and b [R, L, F]: `linear_scan_cost`."""
     a = tensor_arg(node, "a")

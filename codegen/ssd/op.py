@@ -1,4 +1,5 @@
-"""The chunked SSD (Mamba-2) as a torch custom op with its own autograd.
+"""The chunked SSD (Mamba-2) as a torch op with its own autograd (registered as
+codegen/library.py says: a kernel op `ioaware::ssd_forward` under the differentiable op).
 
     ioaware::ssd(x, dt, A, B, C, D, dt_bias, dt_softplus, h0, dt_min, dt_max) -> (y, h_last)
     ioaware::ssd_backward(dy, dh_last, x, dt, A, B, C, D, dt_bias, dt_softplus, h0,
@@ -31,6 +32,7 @@ from ioaware.config import config
 from ioaware.spec import DTYPES, dtype_name
 
 from ..grads import empty_grads, zero_length_grads
+from ..library import differentiable_op, kernel_op
 from ..runtime import backend_name, device_context, kernel_module
 from . import reference as ssd_reference
 
@@ -119,8 +121,8 @@ def _outputs(x: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
     return y, h_last
 
 
-@torch.library.custom_op("ioaware::ssd", mutates_args=())
-def ssd_op(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+@kernel_op("ioaware::ssd_forward")
+def ssd_forward_op(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
            dt_bias: Tensor | None, dt_softplus: bool, h0: Tensor | None, dt_min: float,
            dt_max: float) -> tuple[Tensor, Tensor]:
     """(y, h_last) of the SSD recurrence; see the module docstring."""
@@ -140,7 +142,7 @@ def ssd_op(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | N
     return y, h_last
 
 
-@ssd_op.register_fake
+@ssd_forward_op.register_fake
 def _(x, dt, A, B, C, D, dt_bias, dt_softplus, h0, dt_min, dt_max):
     return _outputs(x, B)
 
@@ -166,7 +168,7 @@ def _reference_backward(dy, dh_last, x, dt, A, B, C, D, dt_bias, dt_softplus, h0
     return [next(it) if t is not None else None for t in (x, dt, A, B, C, D, dt_bias, h0)]
 
 
-@torch.library.custom_op("ioaware::ssd_backward", mutates_args=())
+@kernel_op("ioaware::ssd_backward")
 def ssd_backward_op(
     dy: Tensor, dh_last: Tensor | None, x: Tensor, dt: Tensor, A: Tensor, B: Tensor,
     C: Tensor, D: Tensor | None, dt_bias: Tensor | None, dt_softplus: bool,
@@ -219,7 +221,7 @@ def _backward(ctx, dy: Tensor | None, dh_last: Tensor | None):
     return dx, ddt, dA, dB, dC, dD, ddtb, None, dh0, None, None
 
 
-ssd_op.register_autograd(_backward, setup_context=_setup_context)
+ssd_op = differentiable_op("ioaware::ssd", ssd_forward_op, _backward, _setup_context)
 
 
 def ssd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,

@@ -64,7 +64,7 @@ def ssd_cost(batch: Size, length: Size, heads: Size, head_dim: int, d_state: int
         kernel="ssd_backward")
 
 
-@register_price("ssd", "ssd_backward", namespace="ioaware")
+@register_price("ssd", "ssd_forward", "ssd_backward", namespace="ioaware")
 def _ioaware_ssd(node: fx.Node) -> Cost | None:
     """ioaware.ssd(x, dt, A, B, C, D?, dt_bias?, dt_softplus, h0?) -> (y, h_last) and its
     _backward: `ssd_cost` at the op's shapes; None (unpriced) for a schema without x, B."""

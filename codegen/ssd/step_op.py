@@ -13,9 +13,10 @@ No autograd: a step that mutates its state is generation, not training (the pass
 a step that needs gradients eager). Dispatch as every family (codegen/runtime.py); the
 body behind a launch plan (codegen/plan.py): from the fourth call at a signature a step
 replays its allocation of y and its one launch, without the checks, the Spec and the
-module lookup. The custom op's own dispatch (autograd and ADInplaceOrView kernels in
-Python, the latter filling the schema's defaults per call for the version bump of a
-mutated argument) stays: ~36 µs on a slow shared CPU, measured beside them.
+module lookup. Registered as a kernel op (codegen/library.py) with `Tensor(a!) state`:
+no Python autograd or ADInplaceOrView kernel (as a custom op it had both, the latter
+filling the schema's defaults per call for the version bump of the state: ~36 µs on a
+slow shared CPU); its kernel bumps the state's version itself.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from torch import Tensor
 
 from ioaware.spec import dtype_name
 
+from ..library import kernel_op
 from ..plan import planned
 from ..runtime import backend_name, device_context, kernel_module
 from . import reference as ssd_reference
@@ -77,7 +79,7 @@ def _step_spec(x, dt, B, D, dt_bias, dt_softplus, dt_min, dt_max) -> SSDSpec:
         dt_max=float(dt_max))
 
 
-@torch.library.custom_op("ioaware::ssd_step", mutates_args=("state",))
+@kernel_op("ioaware::ssd_step", mutates_args=("state",))
 @planned  # a decode step's host time is most of its time (codegen/plan.py)
 def ssd_step_op(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
                 D: Tensor | None, dt_bias: Tensor | None, dt_softplus: bool, dt_min: float,
