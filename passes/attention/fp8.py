@@ -30,6 +30,7 @@ from ioaware.codegen.attention.spec import FP8_DTYPE
 from ioaware.passes.attention.masks import needs_grad
 from ioaware.passes.attention.operands import FLOAT8_DTYPES, kv_source
 from ioaware.passes.attention.record import CAST_OPS, AttentionMatch, aten, fake_value
+from ioaware.passes.views import is_layout
 
 _MUL_OPS = {aten.mul.Tensor, aten.mul.Scalar}
 _DIV_OPS = {aten.div.Tensor, aten.div.Scalar}
@@ -114,15 +115,44 @@ def dequant_of(node: Any) -> Dequant | None:
     return Dequant(src, _scale_value(s, op))
 
 
+def _below_layout(node: Any) -> tuple[Any, list[fx.Node]]:
+    """(the node under `node`'s layout ops, those ops innermost first): a per-tensor
+    scale commutes with ops that only move elements (expand over a batch, transposes)."""
+    chain = []
+    while isinstance(node, fx.Node) and is_layout(node):
+        chain.append(node)
+        node = node.args[0]
+    return node, chain[::-1]
+
+
+def _replayed(source: fx.Node, chain: list[fx.Node]) -> Any:
+    """`source`, or a builder of the layout ops `chain` replayed on it."""
+    if not chain:
+        return source
+
+    def build(g: fx.Graph) -> fx.Node:
+        cur = source
+        for n in chain:
+            cur = g.call_function(n.target, (cur, *n.args[1:]), dict(n.kwargs))
+        return cur
+
+    return build
+
+
 def take(m: AttentionMatch) -> None:
     """Read the region's FP8 operands at their source: sets m.fp8 (and m.q, m.k, m.v to
-    the FP8 tensors), or m.fp8_refused with why the dequantization stays as it was."""
+    the FP8 tensors, through the layout ops the operand took after its dequantization),
+    or m.fp8_refused with why the dequantization stays as it was."""
+    found, layouts, dequantized = {}, {}, {}
     try:
-        found = {name: dequant_of(getattr(m, name)) for name in "qkv"}
+        for name in "qkv":
+            node, layouts[name] = _below_layout(getattr(m, name))
+            d = dequant_of(node)
+            if d is not None:
+                found[name], dequantized[name] = d, node
     except Refused as e:
         m.fp8_refused = str(e)
         return
-    found = {name: d for name, d in found.items() if d is not None}
     if not found:
         return
     if torch.is_grad_enabled():
@@ -135,8 +165,8 @@ def take(m: AttentionMatch) -> None:
                                      "has no backward")
                     return
     for name, d in found.items():
-        m.region[:0] = [n for n in _chain(getattr(m, name), d.source) if len(n.users) == 1]
-        setattr(m, name, d.source)
+        m.region[:0] = [n for n in _chain(dequantized[name], d.source) if len(n.users) == 1]
+        setattr(m, name, _replayed(d.source, layouts[name]))
     if "k" in found and "v" in found and m.dims["Hkv"] == m.dims["Hq"]:
         _share_kv_heads(m)
     m.fp8 = {name: found[name] for name in "qkv" if name in found}

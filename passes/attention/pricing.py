@@ -33,15 +33,21 @@ def region_costs(m: AttentionMatch, profile: DeviceProfile | None = None
     itemsize = m.dtype.itemsize
     density = mask_density(m, index_part=True)
     tile = priced_tile(m, profile)
-    after = flash_attention_cost(
-        d["B"], d["Hq"], d["Hkv"], d["Nq"], d["Nk"], d["D"], d["Dv"], itemsize,
-        m.mods.causal, tile["block_m"], tile["block_n"], block_density=density or 1.0,
-        num_stages=tile["num_stages"], **fp8_pricing(m, profile),
-    )
-    if m.source is Source.SDPA:
+    def kernel(**fp8_args) -> cost.Cost:
+        return flash_attention_cost(
+            d["B"], d["Hq"], d["Hkv"], d["Nq"], d["Nk"], d["D"], d["Dv"], itemsize,
+            m.mods.causal, tile["block_m"], tile["block_n"], block_density=density or 1.0,
+            num_stages=tile["num_stages"], **fp8_args)
+
+    after = kernel(**fp8_pricing(m, profile))
+    if m.source is Source.SDPA and not m.fp8:
         return after, after  # SDPA is already a fused kernel: same model either way
     before = cost.Cost.zero()
+    if m.source is Source.SDPA:  # FP8: eager's dequantized copies, then 16-bit SDPA
+        before = kernel()
     for n in m.region:
+        if n is m.output and m.source is Source.SDPA:
+            continue
         c = cost.node_cost(n)
         if c is not None:
             before = before + c
