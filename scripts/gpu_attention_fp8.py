@@ -101,10 +101,47 @@ def check(label: str, got, want, failures: list) -> None:
         failures.append(label)
 
 
-def main() -> int:
+def time_case(b: int, h: int, n: int, d: int, causal: bool, gen: torch.Generator,
+              failures: list) -> None:
+    """Check the FP8 forward at this size (its last query rows), then time it beside the
+    bf16 forward and cuDNN on the dequantized tensors."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from triton.testing import do_bench
 
-    from ioaware.codegen.attention import op as ops  # registers torch.ops.ioaware
+    from ioaware.codegen.attention import op as ops
+
+    attention = torch.ops.ioaware.attention
+    (q, k, v), scales, f32 = operands("qkv", b, h, h, n, n, d, gen)
+    spec = spec_json("qkv", d, causal)
+    kind = "causal" if causal else "dense"
+    rows = slice(n - 256, n)  # the last query rows see every key
+    got = attention(q, k, v, scales, spec, None)  # tunes on its first call
+    got = (got[0][:1, :, rows], got[1][:1, :, rows])
+    check(f"fp8 qkv {kind} (timed case, last 256 rows)", got,
+          reference(*(t[:1] for t in f32), causal, rows), failures)
+    q16, k16, v16 = (t.bfloat16() for t in f32)
+
+    def cudnn():
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            return torch.nn.functional.scaled_dot_product_attention(
+                q16, k16, v16, is_causal=causal)
+
+    flops = 4.0 * b * h * n * n * d / (2 if causal else 1)
+    timings = {
+        "fp8 (ioaware)": (lambda: attention(q, k, v, scales, spec, None), FP8_FLOOR),
+        "bf16 (ioaware)": (lambda: ops.flash_attention(q16, k16, v16, causal=causal), R_BF16),
+        "bf16 cuDNN": (cudnn, R_BF16),
+    }
+    for label, (fn, floor) in timings.items():
+        fn()
+        ms = do_bench(fn, return_mode="median")
+        tflops = flops / ms / 1e9
+        print(f"  {kind:6s} {label:15s} {ms:7.3f} ms  {tflops:6.0f} TFLOP/s  "
+              f"{tflops / floor:5.1%} of {floor:.0f}")
+
+
+def main() -> int:
+    from ioaware.codegen.attention import op  # noqa: F401  (registers torch.ops.ioaware)
 
     if torch.cuda.get_device_capability() < (8, 9):
         print("FP8 tensor cores need sm_89 or later: nothing to run")
@@ -121,37 +158,8 @@ def main() -> int:
 
     print("\n2. forward at B=4 H=16 N=4096 d=128 (TFLOP/s; fraction of its floor: FP8 "
           f"{FP8_FLOOR:.0f}, bf16 {R_BF16:.0f})")
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    for b, h, n, d, causal in TIMED:
-        (q, k, v), scales, f32 = operands("qkv", b, h, h, n, n, d, gen)
-        spec = spec_json("qkv", d, causal)
-        kind = "causal" if causal else "dense"
-        rows = slice(n - 256, n)  # the last query rows see every key
-        got = attention(q, k, v, scales, spec, None)  # tunes on its first call
-        got = (got[0][:1, :, rows], got[1][:1, :, rows])
-        check(f"fp8 qkv {kind} (timed case, last 256 rows)", got,
-              reference(*(t[:1] for t in f32), causal, rows), failures)
-        q16, k16, v16 = (t.bfloat16() for t in f32)
-        flops = 4.0 * b * h * n * n * d / (2 if causal else 1)
-        timings = {
-            "fp8 (ioaware)": (lambda: attention(q, k, v, scales, spec, None), FP8_FLOOR),
-            "bf16 (ioaware)": (lambda: ops.flash_attention(q16, k16, v16, causal=causal),
-                               R_BF16),
-        }
-
-        def cudnn(q16=q16, k16=k16, v16=v16, causal=causal):
-            with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-                return torch.nn.functional.scaled_dot_product_attention(
-                    q16, k16, v16, is_causal=causal)
-
-        timings["bf16 cuDNN"] = (cudnn, R_BF16)
-        for label, (fn, floor) in timings.items():
-            fn()
-            ms = do_bench(fn, return_mode="median")
-            tflops = flops / ms / 1e9
-            print(f"  {kind:6s} {label:15s} {ms:7.3f} ms  {tflops:6.0f} TFLOP/s  "
-                  f"{tflops / floor:5.1%} of {floor:.0f}")
+    for case in TIMED:
+        time_case(*case, gen, failures)
     if failures:
         print(f"\nWRONG: {failures}")
         return 1
