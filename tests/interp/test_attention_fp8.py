@@ -15,6 +15,7 @@ import zlib
 
 import pytest
 import torch
+from sm90 import compile_sm90, has_ptx_backend, import_compiled
 from test_attention_kernel import TOLERANCE, rel_err
 
 from ioaware.codegen.attention import op as ops
@@ -181,3 +182,38 @@ def test_16_bit_specs_keep_their_keys():
     fp8 = AttentionSpec(head_dim=64, head_dim_v=64, dtype="float16", causal=True,
                         scale=0.125, fp8="qkv")
     assert AttentionSpec.from_json(fp8.to_json()) == fp8 and fp8.key() != spec.key()
+
+
+# ---- compiled Triton, without a GPU ---------------------------------------------------
+
+@pytest.mark.skipif(not has_ptx_backend(), reason="triton has no NVIDIA backend here")
+@pytest.mark.parametrize("fp8", ["qkv", "kv"])
+@pytest.mark.parametrize("general", [False, True])
+def test_fp8_forward_compiles_for_hopper(tmp_path, fp8, general):
+    """The interpreter widens every tl.dot operand to fp32; compiled Triton must take
+    the FP8 product (and the widening of a lone FP8 operand) itself: build for sm_90,
+    at the default config and at each TMA / warp-specialised variant it tunes among."""
+    from ioaware.codegen.attention import forward as attention_fwd
+
+    spec = AttentionSpec(head_dim=128, head_dim_v=128, dtype="bfloat16", causal=True,
+                         scale=0.1, fp8=fp8, mask="q_idx - kv_idx < 512" if general else None)
+    module = import_compiled(attention_fwd.render_forward(spec),
+                             tmp_path / f"fp8_fwd_{fp8}_{general}.py")
+    types = {"Lse": "*fp32", "ScaleQ": "*fp32", "ScaleK": "*fp32", "ScaleV": "*fp32",
+             "Out": "*bf16", "Seed": "*i64", "FullCnt": "*i32", "FullList": "*i32",
+             "PartCnt": "*i32", "PartList": "*i32"}
+    for name in "QKV":
+        types[name] = "*fp8e4nv" if name.lower() in fp8 else "*bf16"
+    configs = [module.DEFAULT_CONFIG, *module.TUNE_CONFIGS]
+    for tile in dict.fromkeys(configs):
+        bm, bn, warps, stages = tile[:4]
+        variant = tile[4] if len(tile) > 4 else ""
+        if "gluon" in variant:
+            continue
+        constexprs = {"BLOCK_M": bm, "BLOCK_N": bn}
+        if not general:
+            constexprs.update(TMA="tma" in variant, WARP_SPEC="ws" in variant,
+                              LAZY="lazy" in variant)
+        compile_sm90(module._attn_fwd, constexprs, lambda a: types.get(a, "i32"),
+                     num_warps=warps, num_stages=stages,
+                     aligned=lambda a: a.startswith("stride") and not a.endswith("d"))
