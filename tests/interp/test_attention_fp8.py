@@ -72,6 +72,7 @@ CASES = [
     ("kv", True, 1, 2, 2, 48, 48, 24, 24, torch.float16),      # padded head dim
     ("qk", False, 1, 2, 2, 17, 31, 32, 32, torch.float16),     # V in 16 bits
     ("v", True, 1, 2, 1, 40, 40, 32, 32, torch.bfloat16),
+    ("qkv", True, 1, 2, 2, 29, 29, 16, 16, torch.float32),     # x8.float() * s, fp32 out
 ]
 
 
