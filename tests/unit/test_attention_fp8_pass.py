@@ -219,3 +219,14 @@ def test_fp8_operands_cost_one_byte_an_element():
     kv_only = flash_attention_cost(b, h, h, n, n, d, d, 2, False, operand_itemsize=(2, 1, 1))
     q_bytes = b * h * n * d * 2  # Q in bf16, read once
     assert kv_only.read_bytes == q_bytes + (bf16.read_bytes - q_bytes) / 2
+
+
+def test_a_head_dim_the_kernels_refuse_stays_eager_with_the_reason():
+    fn = SPELLINGS["tensor_scale"][0]
+    args = fp8(1, 2, 16, 320), fp8(1, 2, 16, 320), fp8(1, 2, 16, 320), torch.tensor(0.9)
+    gm, run = canonical(fn, *args)
+    rewrites, fallbacks = run_pass(gm)
+    assert not rewrites and len(fallbacks) == 1
+    assert "head_dim=320 must be between 1 and 256" in fallbacks[0].reason
+    assert aten._softmax.default in [n.target for n in gm.graph.nodes]
+    assert relative_error(run(*args), fn(*args)) == 0
