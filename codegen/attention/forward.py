@@ -244,12 +244,12 @@ def _kv_sweep(acc, l_i, m_i, q, k_ptrs, v_ptrs, k_desc, v_desc, stride_kn, strid
 
 
 @triton.jit
-def _attn_fwd(Q, K, V, Out, Lse, ScaleQ, ScaleK, ScaleV,
+def _attn_fwd(Q, K, V, Out, Lse,
               stride_qb, stride_qh, stride_qm, stride_qd,
               stride_kb, stride_kh, stride_kn, stride_kd,
               stride_vb, stride_vh, stride_vn, stride_vd,
               stride_ob, stride_oh, stride_om, stride_od,
-              H_Q, GROUP, N_Q, N_K, N_Q_BUCKET, N_K_BUCKET,
+              H_Q, GROUP, N_Q, N_K, N_Q_BUCKET, N_K_BUCKET, ScaleQ, ScaleK, ScaleV,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr = False,
               WARP_SPEC: tl.constexpr = False, LAZY: tl.constexpr = False):
     """One program per (query block, batch·head). Out: [B, Hq, Nq, dv]; Lse: [B·Hq, Nq].
@@ -379,9 +379,9 @@ def _launch(config, q, k, v, out, lse, scales):
     h_kv, n_k = k.shape[1], k.shape[2]
     # Plain int arithmetic: triton.cdiv / next_power_of_2 cost microseconds per call.
     launch(_attn_fwd, (_cdiv(n_q, bm), batch * h_q),
-           q, k, v, out, lse, *scales, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+           q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
            h_q, h_q // h_kv, n_q, n_k, 1 << (n_q - 1).bit_length(),
-           1 << (n_k - 1).bit_length(),
+           1 << (n_k - 1).bit_length(), *scales,
            BLOCK_M=bm, BLOCK_N=bn, TMA=tma, WARP_SPEC="ws" in variant,
            LAZY="lazy" in variant, num_warps=warps, num_stages=stages)
 
@@ -501,13 +501,12 @@ def _kv_sweep(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, of
 
 
 @triton.jit
-def _attn_fwd(Q, K, V, Out, Lse, Seed, FullCnt, FullList, PartCnt, PartList, ScaleQ, ScaleK,
-              ScaleV${inputs},
+def _attn_fwd(Q, K, V, Out, Lse, Seed, FullCnt, FullList, PartCnt, PartList${inputs},
               stride_qb, stride_qh, stride_qm, stride_qd,
               stride_kb, stride_kh, stride_kn, stride_kd,
               stride_vb, stride_vh, stride_vn, stride_vd,
               stride_ob, stride_oh, stride_om, stride_od,
-              H_Q, GROUP, N_Q, N_K, H_MAP, B_MAP, T_Q, T_K,
+              H_Q, GROUP, N_Q, N_K, H_MAP, B_MAP, T_Q, T_K, ScaleQ, ScaleK, ScaleV,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One program per (query block, head, batch). Out: [B, Hq, Nq, dv]; Lse: [B·Hq, Nq].
     ScaleQ, ScaleK, ScaleV: the FP8 operands' fp32 scales (placeholders for the rest)."""
@@ -643,8 +642,8 @@ def _launch(config, q, k, v, out, lse, inputs, seed, scales):
     launch(
         _attn_fwd, (t_q, h_q, batch),
         q, k, v, out, lse, seed if seed is not None else lse, full_cnt, full_list, part_cnt,
-        part_list, *scales, *extra, *q.stride(), *k.stride(), *v.stride(), *out.stride(), h_q,
-        h_q // h_kv, n_q, n_k, h_map, b_map, t_q, t_k,
+        part_list, *extra, *q.stride(), *k.stride(), *v.stride(), *out.stride(), h_q,
+        h_q // h_kv, n_q, n_k, h_map, b_map, t_q, t_k, *scales,
         BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
 
 
