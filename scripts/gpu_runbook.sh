@@ -20,6 +20,8 @@
 #   backward   scripts/gpu_attention_backward.py --candidates (200)
 #   ssd        scripts/gpu_ssd.py --issue-shape (200)
 #   gluon      scripts/gpu_gluon_forward.py, then its GPU tests (240; GLUON_TESTS=0 skips them)
+#   fp8        scripts/gpu_attention_fp8.py: the FP8 forward checked, timed beside bf16 and
+#              cuDNN (150), then tests/gpu/test_attention_fp8_gpu.py (150)
 # A step past its limit leaves what it printed and the word TIMEOUT in its file.
 set -uo pipefail
 out=${OUT:-out}
@@ -73,6 +75,9 @@ for s in ${STEPS:-tests}; do
            [ "${GLUON_TESTS:-1}" = 0 ] ||
            step gluontests 100 python3 -m pytest -q -rfE --tb=short -m gpu -W ignore \
              -p no:cacheprovider tests/gpu/test_attention_gluon_gpu.py ;;
+    fp8) step fp8 150 python3 scripts/gpu_attention_fp8.py
+         step fp8tests 150 python3 -m pytest -q -rfE --tb=short -m gpu -W ignore \
+           -p no:cacheprovider tests/gpu/test_attention_fp8_gpu.py ;;
     ssd) step ssd 200 python3 scripts/gpu_ssd.py --issue-shape ;;
     *) echo "unknown step $s" | tee -a "$out/summary.txt" ;;
   esac

@@ -50,6 +50,7 @@ from .header import (
     GENERAL_IMPORTS,
     INTERPRET_BLOCK_M,
     INTERPRET_BLOCK_N,
+    SCALE_ARGS,
     TMA_LAUNCH_IMPORTS,
     TUNE_MIN_SCORES,
     element_bytes,
@@ -178,8 +179,9 @@ def _any(x):
 
 @triton.jit
 def _kv_sweep(acc, l_i, m_i, q, k_ptrs, v_ptrs, k_desc, v_desc, stride_kn, stride_vn, offs_m,
-              offs_n, offs_d, offs_dv, lo, hi, N_K, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
-              TMA: tl.constexpr, WARP_SPEC: tl.constexpr, LAZY: tl.constexpr):
+              offs_n, offs_d, offs_dv, lo, hi, N_K, qk_scale, BLOCK_N: tl.constexpr,
+              MASKED: tl.constexpr, TMA: tl.constexpr, WARP_SPEC: tl.constexpr,
+              LAZY: tl.constexpr):
     """FA2 Algorithm 1, lines 6-10: fold key/value blocks [lo, hi) into (acc, l, m).
 
     MASKED=False is the steady state: whole blocks, fully visible, no masks at all.
@@ -190,6 +192,7 @@ def _kv_sweep(acc, l_i, m_i, q, k_ptrs, v_ptrs, k_desc, v_desc, stride_kn, strid
     WARP_SPEC: Triton splits the loop into producer (loads) and consumer (wgmma) warps.
     LAZY: the reference max m moves only when a row's max grows by more than
     RESCALE_THRESHOLD (log2 units), and acc·alpha runs only when some row's m moved.
+    qk_scale: QK_SCALE, times s_q·s_k when Q or K is FP8 (the scores' one multiply).
     """
     if not TMA:
         k_ptrs += lo * stride_kn
@@ -200,7 +203,9 @@ def _kv_sweep(acc, l_i, m_i, q, k_ptrs, v_ptrs, k_desc, v_desc, stride_kn, strid
             k = k_desc.load([start_n, 0])
         else:
             k = _load_rows(k_ptrs, cols, N_K, offs_d, HEAD_DIM, EVEN_D, MASKED)
-        s = _mm(q, tl.trans(k))  # [BLOCK_M, BLOCK_N]
+        if FP8_K and not FP8_Q:
+            k = k.to(DTYPE)  # exact: every e4m3 value is a bf16 / fp16 value
+        s = _mm(q, tl.trans(k))  # [BLOCK_M, BLOCK_N]; FP8 Q and K: the FP8 rate
         if MASKED:
             visible = cols[None, :] < N_K
             if CAUSAL:
@@ -208,7 +213,7 @@ def _kv_sweep(acc, l_i, m_i, q, k_ptrs, v_ptrs, k_desc, v_desc, stride_kn, strid
             s = tl.where(visible, s, float("-inf"))
         # Online softmax (FA2 §3.1): every row has seen key 0 by now (the first block
         # folded in always holds it), so m_new is finite and no NaN can arise.
-        m_tile = _row_max(s) * QK_SCALE
+        m_tile = _row_max(s) * qk_scale
         if LAZY:
             # FA4's threshold: keep a stale reference max while P = exp2(z - m) stays
             # below 2^RESCALE_THRESHOLD; the epilogue divides by l under the same m,
@@ -216,13 +221,15 @@ def _kv_sweep(acc, l_i, m_i, q, k_ptrs, v_ptrs, k_desc, v_desc, stride_kn, strid
             m_new = tl.where(m_tile - m_i > RESCALE_THRESHOLD, tl.maximum(m_i, m_tile), m_i)
         else:
             m_new = tl.maximum(m_i, m_tile)
-        p = tl.math.exp2(s * QK_SCALE - m_new[:, None])
+        p = tl.math.exp2(s * qk_scale - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + _row_sum(p)
         if TMA:
             v = v_desc.load([start_n, 0])
         else:
             v = _load_rows(v_ptrs, cols, N_K, offs_dv, HEAD_DIM_V, EVEN_DV, MASKED)
+        if FP8_V:
+            v = v.to(DTYPE)  # P V in the output dtype; s_v is applied to O at the end
         if LAZY:
             if _any(m_new > m_i):  # one branch for the whole tile: uniform control flow
                 acc = acc * alpha[:, None]
@@ -242,7 +249,7 @@ def _attn_fwd(Q, K, V, Out, Lse,
               stride_kb, stride_kh, stride_kn, stride_kd,
               stride_vb, stride_vh, stride_vn, stride_vd,
               stride_ob, stride_oh, stride_om, stride_od,
-              H_Q, GROUP, N_Q, N_K, N_Q_BUCKET, N_K_BUCKET,
+              H_Q, GROUP, N_Q, N_K, N_Q_BUCKET, N_K_BUCKET, ScaleQ, ScaleK, ScaleV,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr = False,
               WARP_SPEC: tl.constexpr = False, LAZY: tl.constexpr = False):
     """One program per (query block, batch·head). Out: [B, Hq, Nq, dv]; Lse: [B·Hq, Nq].
@@ -251,6 +258,8 @@ def _attn_fwd(Q, K, V, Out, Lse,
     write BLOCK_M·dv of O and BLOCK_M fp32 of lse. S and P never leave registers.
     TMA, WARP_SPEC, LAZY: the sm_90 variants (`_kv_sweep`); TMA needs unit stride on
     the head dim and 16-byte aligned bases and strides (the launcher checks).
+    ScaleQ, ScaleK, ScaleV: one fp32 each, the per-tensor scales of the FP8 operands
+    (read only for those; the others are placeholders).
     """
     pid_m = tl.program_id(0)
     if CAUSAL:
@@ -293,6 +302,15 @@ def _attn_fwd(Q, K, V, Out, Lse,
         v_desc = V
         # FA2 Algorithm 1, line 4: Q_i read from HBM once, held in registers throughout.
         q = _load_rows(q_ptrs, offs_m, N_Q, offs_d, HEAD_DIM, EVEN_D, True)
+    # FP8: S = s_q·s_k·(Q8 K8ᵀ), so the scales fold into the exp2 scale (no per-score
+    # multiply); a lone FP8 Q widens to DTYPE to meet a 16-bit K.
+    qk_scale = QK_SCALE
+    if FP8_Q:
+        qk_scale = qk_scale * tl.load(ScaleQ)
+        if not FP8_K:
+            q = q.to(DTYPE)
+    if FP8_K:
+        qk_scale = qk_scale * tl.load(ScaleK)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
@@ -309,14 +327,17 @@ def _attn_fwd(Q, K, V, Out, Lse,
         hi = N_K
         lo = (N_K // BLOCK_N) * BLOCK_N
     acc, l_i, m_i = _kv_sweep(acc, l_i, m_i, q, k_ptrs, v_ptrs, k_desc, v_desc, stride_kn,
-                              stride_vn, offs_m, offs_n, offs_d, offs_dv, 0, lo, N_K, BLOCK_N,
-                              False, TMA, WARP_SPEC, LAZY)
+                              stride_vn, offs_m, offs_n, offs_d, offs_dv, 0, lo, N_K, qk_scale,
+                              BLOCK_N, False, TMA, WARP_SPEC, LAZY)
     acc, l_i, m_i = _kv_sweep(acc, l_i, m_i, q, k_ptrs, v_ptrs, k_desc, v_desc, stride_kn,
-                              stride_vn, offs_m, offs_n, offs_d, offs_dv, lo, hi, N_K, BLOCK_N,
-                              True, TMA, WARP_SPEC and not CAUSAL, LAZY)
+                              stride_vn, offs_m, offs_n, offs_d, offs_dv, lo, hi, N_K, qk_scale,
+                              BLOCK_N, True, TMA, WARP_SPEC and not CAUSAL, LAZY)
 
     # Epilogue (FA2 Algorithm 1, lines 12-15): one division per row, natural-log lse.
-    out = acc * (1.0 / l_i)[:, None]
+    if FP8_V:
+        out = acc * (tl.load(ScaleV) / l_i)[:, None]  # O = s_v · P V8 / l
+    else:
+        out = acc * (1.0 / l_i)[:, None]
     lse = (m_i + tl.math.log2(l_i)) * LN2
     row_ok = offs_m < N_Q
     if TMA:
@@ -338,7 +359,10 @@ def _attn_fwd(Q, K, V, Out, Lse,
 ${tuner}
 
 
-def _launch(config, q, k, v, out, lse):
+${scale_args}
+
+
+def _launch(config, q, k, v, out, lse, scales):
     if gluon_forward.is_gluon(config):
         reason = GLUON_REFUSED or gluon_forward.call_reason(q, k, v, out)
         if reason is None:
@@ -357,20 +381,22 @@ def _launch(config, q, k, v, out, lse):
     launch(_attn_fwd, (_cdiv(n_q, bm), batch * h_q),
            q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
            h_q, h_q // h_kv, n_q, n_k, 1 << (n_q - 1).bit_length(),
-           1 << (n_k - 1).bit_length(),
+           1 << (n_k - 1).bit_length(), *scales,
            BLOCK_M=bm, BLOCK_N=bn, TMA=tma, WARP_SPEC="ws" in variant,
            LAZY="lazy" in variant, num_warps=warps, num_stages=stages)
 
 
-def forward(q, k, v, out, lse, config=None):
+def forward(q, k, v, out, lse, config=None, scales=()):
     """Launch: q [B,Hq,Nq,d], k [B,Hkv,Nk,d], v [B,Hkv,Nk,dv] (any strides) ->
     out [B,Hq,Nq,dv] (any strides), lse [B,Hq,Nq] fp32 contiguous. Nq, Nk >= 1.
     config: (BLOCK_M, BLOCK_N, num_warps, num_stages[, variant]), else chosen by timing
-    once per size class (`choose_config`)."""
+    once per size class (`choose_config`). scales: the FP8 operands' one-element fp32
+    scales, in the order of FP8_Q, FP8_K, FP8_V (none for a 16-bit Spec)."""
+    scales = _scale_args(scales, lse)
     if config is None:
         config = choose_config("forward", TUNE_CONFIGS, DEFAULT_CONFIG, q.device, q.shape[2],
-                               k.shape[2], lambda c: _launch(c, q, k, v, out, lse))
-    _launch(config, q, k, v, out, lse)
+                               k.shape[2], lambda c: _launch(c, q, k, v, out, lse, scales))
+    _launch(config, q, k, v, out, lse, scales)
 ''')
 
 
@@ -404,6 +430,7 @@ def render_forward(spec: AttentionSpec, *, interpret: bool = False,
         default_config=repr(default),
         tune_configs=format_configs(configs),
         tune_min_scores=str(TUNE_MIN_SCORES),
+        scale_args=SCALE_ARGS,
     )
 
 
@@ -428,11 +455,14 @@ ${general_functions}
 
 @triton.jit
 def _kv_sweep(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, offs_n,
-              offs_d, offs_dv, lo, hi, List, b, h, H_Q, N_Q, N_K, seed, seed_offset${inputs},
+              offs_d, offs_dv, lo, hi, List, b, h, H_Q, N_Q, N_K, seed, seed_offset,
+              qk_deq${inputs},
               BLOCK_N: tl.constexpr, MASKED: tl.constexpr, LIST: tl.constexpr,
               EMPTY_ROWS: tl.constexpr):
     """FA2 Algorithm 1, lines 6-10, over key blocks [lo, hi) (LIST: over the block
-    indices List[lo:hi] of the block map). MASKED=False: whole, fully visible tiles."""
+    indices List[lo:hi] of the block map). MASKED=False: whole, fully visible tiles.
+    qk_deq: s_q·s_k when Q or K is FP8 (one multiply per score: the masks and score
+    mods read the dequantized score), unused otherwise."""
     q_i = offs_m[:, None]
     for it in range(lo, hi, 1 if LIST else BLOCK_N):
         if LIST:
@@ -441,7 +471,11 @@ def _kv_sweep(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, of
             start_n = it
         cols = start_n + offs_n
         k = _load_rows(k_ptrs + start_n * stride_kn, cols, N_K, offs_d, HEAD_DIM, EVEN_D, MASKED)
+        if FP8_K and not FP8_Q:
+            k = k.to(DTYPE)  # exact: every e4m3 value is a bf16 / fp16 value
         s = _mm(q, tl.trans(k))  # [BLOCK_M, BLOCK_N]
+        if FP8_Q or FP8_K:
+            s = s * qk_deq
         # an unmasked tile is a whole key block: from the block map's full list (whole
         # tiles only), or below lo = a multiple of BLOCK_N no larger than N_K
         z, visible, nat = _logits(s, b, h, q_i, cols[None, :], N_Q, N_K${inputs},
@@ -458,6 +492,8 @@ def _kv_sweep(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, of
             p = tl.where(keep, p * KEEP_SCALE, 0.0)
         v = _load_rows(v_ptrs + start_n * stride_vn, cols, N_K, offs_dv, HEAD_DIM_V, EVEN_DV,
                        MASKED)
+        if FP8_V:
+            v = v.to(DTYPE)  # P V in the output dtype; s_v is applied to O at the end
         acc = acc * alpha[:, None]
         acc = _mma(p.to(v.dtype), v, acc)
         m_i = m_new
@@ -470,9 +506,10 @@ def _attn_fwd(Q, K, V, Out, Lse, Seed, FullCnt, FullList, PartCnt, PartList${inp
               stride_kb, stride_kh, stride_kn, stride_kd,
               stride_vb, stride_vh, stride_vn, stride_vd,
               stride_ob, stride_oh, stride_om, stride_od,
-              H_Q, GROUP, N_Q, N_K, H_MAP, B_MAP, T_Q, T_K,
+              H_Q, GROUP, N_Q, N_K, H_MAP, B_MAP, T_Q, T_K, ScaleQ, ScaleK, ScaleV,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """One program per (query block, head, batch). Out: [B, Hq, Nq, dv]; Lse: [B·Hq, Nq]."""
+    """One program per (query block, head, batch). Out: [B, Hq, Nq, dv]; Lse: [B·Hq, Nq].
+    ScaleQ, ScaleK, ScaleV: the FP8 operands' fp32 scales (placeholders for the rest)."""
     pid_m = tl.program_id(0)
     if CAUSAL:
         pid_m = tl.num_programs(0) - 1 - pid_m  # heavy (late) query blocks first
@@ -493,6 +530,13 @@ def _attn_fwd(Q, K, V, Out, Lse, Seed, FullCnt, FullList, PartCnt, PartList${inp
     v_ptrs = (V + b * stride_vb + h_kv * stride_vh
               + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd)
     q = _load_rows(q_ptrs, offs_m, N_Q, offs_d, HEAD_DIM, EVEN_D, True)
+    qk_deq = 1.0
+    if FP8_Q:
+        qk_deq = tl.load(ScaleQ)
+        if not FP8_K:
+            q = q.to(DTYPE)
+    if FP8_K:
+        qk_deq = qk_deq * tl.load(ScaleK)
     if DROPOUT:
         seed = tl.load(Seed)
         seed_offset = tl.load(Seed + 1)
@@ -512,11 +556,11 @@ def _attn_fwd(Q, K, V, Out, Lse, Seed, FullCnt, FullList, PartCnt, PartList${inp
         acc, l_i, m_i = _kv_sweep(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
                                   offs_m, offs_n, offs_d, offs_dv, 0, n_full,
                                   FullList + map_row * T_K, b, h, H_Q, N_Q, N_K, seed,
-                                  seed_offset${inputs}, BLOCK_N, False, True, False)
+                                  seed_offset, qk_deq${inputs}, BLOCK_N, False, True, False)
         acc, l_i, m_i = _kv_sweep(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
                                   offs_m, offs_n, offs_d, offs_dv, 0, n_part,
                                   PartList + map_row * T_K, b, h, H_Q, N_Q, N_K, seed,
-                                  seed_offset${inputs}, BLOCK_N, True, True, False)
+                                  seed_offset, qk_deq${inputs}, BLOCK_N, True, True, False)
     else:
         # Causal without a mask: loop bounds skip the tiles above the diagonal. Masked
         # logits that do not drop (a mild fill) are visited everywhere, all masked.
@@ -531,11 +575,11 @@ def _attn_fwd(Q, K, V, Out, Lse, Seed, FullCnt, FullList, PartCnt, PartList${inp
             lo = (N_K // BLOCK_N) * BLOCK_N
         acc, l_i, m_i = _kv_sweep(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
                                   offs_m, offs_n, offs_d, offs_dv, 0, lo, FullList, b, h,
-                                  H_Q, N_Q, N_K, seed, seed_offset${inputs},
+                                  H_Q, N_Q, N_K, seed, seed_offset, qk_deq${inputs},
                                   BLOCK_N, False, False, False)
         acc, l_i, m_i = _kv_sweep(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
                                   offs_m, offs_n, offs_d, offs_dv, lo, hi, FullList, b, h,
-                                  H_Q, N_Q, N_K, seed, seed_offset${inputs},
+                                  H_Q, N_Q, N_K, seed, seed_offset, qk_deq${inputs},
                                   BLOCK_N, True, False, False)
     # Rows that saw no visible key: under fill / add semantics eager gives them a
     # softmax over every key's masked logit. Rare (padding rows): one more sweep, only
@@ -548,7 +592,7 @@ def _attn_fwd(Q, K, V, Out, Lse, Seed, FullCnt, FullList, PartCnt, PartList${inp
             m2 = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
             acc2, l2, m2 = _kv_sweep(acc2, l2, m2, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
                                      offs_m, offs_n, offs_d, offs_dv, 0, N_K, FullList, b,
-                                     h, H_Q, N_Q, N_K, seed, seed_offset${inputs},
+                                     h, H_Q, N_Q, N_K, seed, seed_offset, qk_deq${inputs},
                                      BLOCK_N, True, False, True)
             acc = tl.where(empty[:, None], acc2, acc)
             l_i = tl.where(empty, l2, l_i)
@@ -559,6 +603,8 @@ def _attn_fwd(Q, K, V, Out, Lse, Seed, FullCnt, FullList, PartCnt, PartList${inp
         out = tl.where((l_i > 0.0)[:, None], acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None], 0.0)
     else:
         out = acc * (1.0 / l_i)[:, None]
+    if FP8_V:
+        out = out * tl.load(ScaleV)  # O = s_v · P V8 / l
     lse = (m_i + tl.math.log2(l_i)) * LN2
     if FIX_EMPTY:
         # Masked logits are clamped to fp32 in log2 units; the natural-log lse of such a
@@ -578,7 +624,10 @@ def _attn_fwd(Q, K, V, Out, Lse, Seed, FullCnt, FullList, PartCnt, PartList${inp
     tl.store(Lse + pid_bh * N_Q + offs_m, lse, mask=row_ok)
 
 
-def _launch(config, q, k, v, out, lse, inputs, seed):
+${scale_args}
+
+
+def _launch(config, q, k, v, out, lse, inputs, seed, scales):
     bm, bn, warps, stages = config
     batch, h_q, n_q, _ = q.shape
     h_kv, n_k = k.shape[1], k.shape[2]
@@ -594,20 +643,21 @@ def _launch(config, q, k, v, out, lse, inputs, seed):
         _attn_fwd, (t_q, h_q, batch),
         q, k, v, out, lse, seed if seed is not None else lse, full_cnt, full_list, part_cnt,
         part_list, *extra, *q.stride(), *k.stride(), *v.stride(), *out.stride(), h_q,
-        h_q // h_kv, n_q, n_k, h_map, b_map, t_q, t_k,
+        h_q // h_kv, n_q, n_k, h_map, b_map, t_q, t_k, *scales,
         BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
 
 
-def forward(q, k, v, out, lse, inputs=(), seed=None, config=None):
+def forward(q, k, v, out, lse, inputs=(), seed=None, config=None, scales=()):
     """Launch: q [B,Hq,Nq,d], k [B,Hkv,Nk,d], v [B,Hkv,Nk,dv], inputs (any strides) ->
     out [B,Hq,Nq,dv], lse [B,Hq,Nq] fp32 contiguous. Nq, Nk >= 1; B <= 65535.
     config: (BLOCK_M, BLOCK_N, num_warps, num_stages) to launch with, no autotuning
-    (tile sweeps)."""
+    (tile sweeps). scales: the FP8 operands' one-element fp32 scales (q, k, v order)."""
+    scales = _scale_args(scales, lse)
     if config is None:
         config = choose_config(
             "forward", TUNE_CONFIGS, DEFAULT_CONFIG, q.device, q.shape[2], k.shape[2],
-            lambda c: _launch(c, q, k, v, out, lse, inputs, seed))
-    _launch(config, q, k, v, out, lse, inputs, seed)
+            lambda c: _launch(c, q, k, v, out, lse, inputs, seed, scales))
+    _launch(config, q, k, v, out, lse, inputs, seed, scales)
 ''')
 
 
@@ -646,4 +696,5 @@ def render_general_forward(spec: AttentionSpec, *, interpret: bool = False,
         default_config=repr(default),
         tune_configs=format_configs(tune),
         tune_min_scores=str(TUNE_MIN_SCORES),
+        scale_args=SCALE_ARGS,
     )

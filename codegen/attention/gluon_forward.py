@@ -82,6 +82,8 @@ def spec_reason(spec: AttentionSpec) -> str | None:
     """Why the Gluon forward cannot serve `spec` (None: it can, Spec-wise)."""
     if not is_plain(spec):
         return "only dense and causal attention (no mask, score mod, inputs or dropout)"
+    if spec.fp8:
+        return f"FP8 operands ({spec.fp8}): the Gluon kernel reads 16-bit q, k, v"
     if spec.dtype not in DTYPES:
         return f"dtype {spec.dtype} (needs one of {DTYPES})"
     if spec.head_dim != spec.head_dim_v or spec.head_dim not in HEAD_DIMS:

@@ -69,6 +69,8 @@ def spec_constants(spec: AttentionSpec) -> dict[str, str]:
         # fp32 products in IEEE fp32 (matches eager fp32); the option only applies to
         # fp32 operands, 16-bit operands always run on tensor cores.
         "precision": '"ieee"' if spec.dtype == "float32" else '"tf32"',
+        "dtype": spec.dtype,
+        **{f"fp8_{x}": str(x in spec.fp8) for x in "qkv"},
     }
     values["spec_header"] = _SPEC_HEADER.substitute(values)
     return values
@@ -86,7 +88,14 @@ EVEN_DV = tl.constexpr(${head_dim_v} == ${dv_pad})
 CAUSAL = tl.constexpr(${causal})
 SCALE = tl.constexpr(${scale})
 QK_SCALE = tl.constexpr(${qk_scale})  # scale * log2(e): scores in log2 units for exp2
-DOT_PRECISION = tl.constexpr(${precision})""")
+DOT_PRECISION = tl.constexpr(${precision})
+DTYPE = tl.constexpr(tl.${dtype})  # the output's dtype
+# Operands in float8_e4m3fn with a per-tensor scale read at run time (the forward only):
+# Q Kᵀ runs on FP8 operands when both are, an FP8 operand meeting a DTYPE one widens to
+# DTYPE (exact), V widens to DTYPE for P V and s_v scales O once in the epilogue.
+FP8_Q = tl.constexpr(${fp8_q})
+FP8_K = tl.constexpr(${fp8_k})
+FP8_V = tl.constexpr(${fp8_v})""")
 
 
 # Tile products and row reductions. Under the interpreter tl.dot on bf16 operands
@@ -132,6 +141,18 @@ def _load_rows(ptrs, rows, n_rows, cols, N_COLS: tl.constexpr, EVEN_COLS: tl.con
         else:
             tile = tl.load(ptrs, mask=cols[None, :] < N_COLS, other=0.0)
     return tile'''
+
+# The host side of the FP8 scales, in both forward modules: the launch passes three
+# scale pointers, the FP8 operands' own and a placeholder for each 16-bit operand.
+SCALE_ARGS = '''\
+def _scale_args(scales, placeholder):
+    """(ScaleQ, ScaleK, ScaleV) from the FP8 operands' scales in q, k, v order."""
+    if not scales:
+        return placeholder, placeholder, placeholder
+    it = iter(scales)
+    return tuple(next(it) if fp8 else placeholder
+                 for fp8 in (FP8_Q.value, FP8_K.value, FP8_V.value))'''
+
 
 def primitives(interpret: bool) -> str:
     """Source of `_mm`, `_mma` (tile products, fp32 result), `_row_max`, `_row_sum` and

@@ -59,15 +59,23 @@ def _fits_one_grid(q: Tensor) -> bool:
     return q.shape[0] * q.shape[1] <= MAX_GRID_Y
 
 
-def _check_inputs(q: Tensor, k: Tensor, v: Tensor, scale: float) -> None:
-    """Raise ValueError naming the offending argument; see the module docstring."""
+def _check_inputs(q: Tensor, k: Tensor, v: Tensor, scale: float,
+                  spec: AttentionSpec | None = None) -> None:
+    """Raise ValueError naming the offending argument; see the module docstring. With an
+    FP8 `spec`, each operand's dtype is the one the Spec reads it in."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dim() != 4:
             raise ValueError(f"{name} must be 4-D [B, H, N, d]; got {name}.shape={tuple(t.shape)}")
-    if q.dtype not in DTYPES.values():
+    if spec is not None and spec.fp8:
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            if t.dtype != spec.operand_dtype(name):
+                raise ValueError(f"{name}.dtype={t.dtype}; spec.fp8={spec.fp8!r} with "
+                                 f"dtype={spec.dtype!r} reads it as "
+                                 f"{spec.operand_dtype(name)}")
+    elif q.dtype not in DTYPES.values():
         raise ValueError(f"q.dtype={q.dtype} is not supported; expected one of {sorted(DTYPES)}")
     for name, t in (("k", k), ("v", v)):
-        if t.dtype != q.dtype:
+        if t.dtype != q.dtype and not (spec is not None and spec.fp8):
             raise ValueError(f"{name}.dtype={t.dtype} must equal q.dtype={q.dtype}")
         if t.device != q.device:
             raise ValueError(f"{name}.device={t.device} must equal q.device={q.device}")
@@ -95,13 +103,14 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, scale: float) -> None:
         raise ValueError(f"scale={scale} must be a positive finite float")
 
 
-def _plain_forward(module, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor) -> None:
+def _plain_forward(module, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                   scales: Sequence[Tensor] = ()) -> None:
     """Launch the FlashAttention forward module over batch slices (see MAX_GRID_Y)."""
     if _fits_one_grid(q):
-        module.forward(q, k, v, out, lse)
+        module.forward(q, k, v, out, lse, scales=scales)
         return
     for b in _batch_slices(q.shape[0], q.shape[1]):
-        module.forward(q[b], k[b], v[b], out[b], lse[b])
+        module.forward(q[b], k[b], v[b], out[b], lse[b], scales=scales)
 
 
 def _plain_backward(module, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
@@ -117,16 +126,17 @@ def _plain_backward(module, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: 
 
 
 def _kernel_forward(spec: AttentionSpec, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
-                    lse: Tensor, inputs: list[Tensor], seed: Tensor | None
-                    ) -> tuple[Tensor, Tensor]:
+                    lse: Tensor, inputs: list[Tensor], seed: Tensor | None,
+                    scales: Sequence[Tensor] = ()) -> tuple[Tensor, Tensor]:
     """Both forward ops on the kernel paths: writes out, lse (Nq, Nk >= 1). A plain Spec
-    runs the FlashAttention module, the general one the general module."""
+    runs the FlashAttention module, the general one the general module. scales: the FP8
+    operands' (spec.fp8)."""
     module = kernel_module("attention_fwd", spec, q.device)
     with device_context(q.device):
         if is_plain(spec):
-            _plain_forward(module, q, k, v, out, lse)
+            _plain_forward(module, q, k, v, out, lse, scales)
         else:
-            module.forward(q, k, v, out, lse, inputs, seed)
+            module.forward(q, k, v, out, lse, inputs, seed, scales=scales)
     return out, lse
 
 
@@ -163,9 +173,11 @@ def _plain_spec(head_dim: int, head_dim_v: int, dtype: torch.dtype, causal: bool
                          causal=causal, scale=scale)
 
 
-def _empty_outputs(q: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+def _empty_outputs(q: Tensor, v: Tensor, dtype: torch.dtype | None = None
+                   ) -> tuple[Tensor, Tensor]:
+    """(out, lse) to fill; out in `dtype` (q's for None: an FP8 Spec's output differs)."""
     batch, h_q, n_q, _ = q.shape
-    out = q.new_empty((batch, h_q, n_q, v.shape[-1]))
+    out = q.new_empty((batch, h_q, n_q, v.shape[-1]), dtype=dtype)
     lse = q.new_empty((batch, h_q, n_q), dtype=torch.float32)
     return out, lse
 
@@ -282,6 +294,8 @@ def flash_attention(
 # ---- ioaware::attention: the general AttentionSpec (issue 3) -------------------------
 #
 #   ioaware::attention(q, k, v, inputs, spec, seed=None) -> (out, lse)
+#       (an FP8 spec: q, k and/or v in float8_e4m3fn as spec.fp8 says, inputs ending in
+#       their one-element fp32 scales, out in spec.dtype; forward only)
 #   ioaware::attention_backward(dout, q, k, v, out, lse, inputs, spec, seed=None,
 #                               dlse=None) -> (dq, dk, dv, d_inputs)
 #
@@ -298,16 +312,22 @@ _parse_spec = functools.lru_cache(maxsize=256)(AttentionSpec.from_json)
 def _check_spec_inputs(q: Tensor, k: Tensor, v: Tensor, inputs: list[Tensor],
                        spec: AttentionSpec, seed: Tensor | None) -> None:
     """Raise ValueError naming the argument that disagrees with `spec`."""
-    _check_inputs(q, k, v, spec.scale)
-    if dtype_name(q.dtype) != spec.dtype:
+    _check_inputs(q, k, v, spec.scale, spec)
+    if not spec.fp8 and dtype_name(q.dtype) != spec.dtype:
         raise ValueError(f"q.dtype={q.dtype} differs from spec.dtype={spec.dtype!r}")
     if q.shape[-1] != spec.head_dim or v.shape[-1] != spec.head_dim_v:
         raise ValueError(f"head dims q.shape[-1]={q.shape[-1]}, v.shape[-1]={v.shape[-1]} "
                          f"differ from spec head_dim={spec.head_dim}, "
                          f"head_dim_v={spec.head_dim_v}")
-    if len(inputs) != len(spec.inputs):
+    if len(inputs) != len(spec.inputs) + len(spec.fp8):
         raise ValueError(f"inputs has {len(inputs)} tensors; spec.inputs names "
-                         f"{len(spec.inputs)}: {[t.name for t in spec.inputs]}")
+                         f"{len(spec.inputs)}: {[t.name for t in spec.inputs]}"
+                         + (f", then {len(spec.fp8)} FP8 scales ({spec.fp8})" if spec.fp8
+                            else ""))
+    for name, x in zip(spec.fp8, inputs[len(spec.inputs):]):
+        if x.dtype != torch.float32 or x.numel() != 1 or x.device != q.device:
+            raise ValueError(f"the scale of FP8 {name} must be one fp32 element on "
+                             f"{q.device}; got {x.dtype}{list(x.shape)} on {x.device}")
     for t, x in zip(spec.inputs, inputs):
         if x.dim() != t.ndim:
             raise ValueError(f"input {t.name!r} must be {t.ndim}-D; got shape {tuple(x.shape)}")
@@ -339,21 +359,22 @@ def attention_forward_op(q: Tensor, k: Tensor, v: Tensor, inputs: list[Tensor], 
     """(out, lse) of the general AttentionSpec `spec` (JSON); see the block comment."""
     aspec = _parse_spec(spec)
     _check_spec_inputs(q, k, v, inputs, aspec, seed)
-    out, lse = _empty_outputs(q, v)
+    out, lse = _empty_outputs(q, v, aspec.torch_dtype)
     if lse.numel() == 0:
         return out, lse
     if k.shape[2] == 0:  # no keys: P V sums over an empty axis
         return out.zero_(), lse.fill_(float("-inf"))
+    inputs, scales = inputs[:len(aspec.inputs)], inputs[len(aspec.inputs):]
     if backend_name(q.device) == "reference":
-        out_ref, lse_ref = reference.spec_forward(aspec, q, k, v, inputs, seed)
+        out_ref, lse_ref = reference.spec_forward(aspec, q, k, v, inputs, seed, scales)
         return out_ref.contiguous(), lse_ref.contiguous()
-    return _kernel_forward(aspec, q, k, v, out, lse, inputs, seed)
+    return _kernel_forward(aspec, q, k, v, out, lse, inputs, seed, scales)
 
 
 @attention_forward_op.register_fake
 def _(q: Tensor, k: Tensor, v: Tensor, inputs: list[Tensor], spec: str,
       seed: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    return _empty_outputs(q, v)
+    return _empty_outputs(q, v, _parse_spec(spec).torch_dtype)
 
 
 @kernel_op("ioaware::attention_backward")
@@ -364,6 +385,10 @@ def attention_backward_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Te
                           ) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
     """(dq, dk, dv, gradients of the requires-grad inputs, each shaped as its input)."""
     aspec = _parse_spec(spec)
+    if aspec.fp8:
+        raise NotImplementedError(
+            f"ioaware::attention with FP8 operands ({aspec.fp8}) has no backward: the "
+            "attention pass leaves regions a gradient flows through in 16 bits")
     grad_inputs = _no_grad_inputs(aspec, inputs)
     if q.numel() == 0 or k.numel() == 0:  # nothing flows: no query rows or no keys
         return (torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v),

@@ -182,6 +182,7 @@ def flash_attention_cost(
     B: Size, Hq: Size, Hkv: Size, Nq: Size, Nk: Size, D: Size, Dv: Size, itemsize: int,
     causal: bool, block_m: int = DEFAULT_BLOCK_M, block_n: int = DEFAULT_BLOCK_N,
     block_density: float | sympy.Expr = 1.0, num_stages: int = 2,
+    operand_itemsize: tuple[int, int, int] | None = None, qk_flop_weight: float = 1.0,
 ) -> Cost:
     """FlashAttention forward: one program per (batch, query head, query block).
 
@@ -209,27 +210,38 @@ def flash_attention_cost(
     L2: every K/V row past the first read of it is a re-read,
         l2_reread_bytes = B·Hq·max(0, R - Nk)·(D + Dv)·it        ((T - 1)·Nk rows dense)
     served by L2 while what they re-read stays there (`reread_working_set`).
+
+    FP8 operands (AttentionSpec.fp8): `operand_itemsize` = (q, k, v) bytes an element
+    (1 for each FP8 one; `itemsize` stays O's), so Q reads Nq·D·it_q and each key row
+    D·it_k + Dv·it_v. QKᵀ on FP8 operands runs at the FP8 tensor rate: the roofline
+    prices every tensor FLOP at the output dtype's rate, so its 2·pairs·D FLOPs count
+    `qk_flop_weight` = peak(dtype) / peak(float8_e4m3fn) each (0.5 on an H100) in
+    `flops` and `tensor_flops`: FLOPs at the dtype's rate, not a count of operations.
+    The on-chip tiles are priced at `itemsize` (an FP8 tile is smaller: conservative).
     """
     B, Hq, Hkv, Nq, Nk, D, Dv = (sym(x) for x in (B, Hq, Hkv, Nq, Nk, D, Dv))
     _check_heads(Hq, Hkv)
     density = _block_density(block_density)
     it = sympy.Integer(itemsize)
+    it_q, it_k, it_v = (sympy.Integer(x) for x in operand_itemsize or (itemsize,) * 3)
+    key_row = D * it_k + Dv * it_v  # bytes of one K row and one V row
     key_rows, pairs = _forward_blocks(Nq, Nk, causal, block_m, block_n)
     key_rows, pairs = density * key_rows, density * pairs
     bh = B * Hq
     dense_rows = not causal and density == 1
     rereads = key_rows - Nk if dense_rows else sympy.Max(0, key_rows - Nk)
+    weight = sympy.S.One if qk_flop_weight == 1 else sympy.Float(qk_flop_weight)
+    matmul_flops = bh * 2 * pairs * (D * weight + Dv)
     return Cost(
-        read_bytes=bh * (Nq * D + key_rows * (D + Dv)) * it,
+        read_bytes=bh * (Nq * D * it_q + key_rows * key_row),
         write_bytes=bh * (Nq * Dv * it + Nq * LSE_ITEMSIZE),
-        flops=bh * 2 * pairs * (D + Dv),
-        tensor_flops=bh * 2 * pairs * (D + Dv),
+        flops=matmul_flops,
+        tensor_flops=matmul_flops,
         transcendentals=bh * pairs,
         sram_bytes=attention_forward_sram_bytes(block_m, block_n, num_stages, D, Dv, itemsize),
-        l2_reread_bytes=bh * rereads * (D + Dv) * it,
+        l2_reread_bytes=bh * rereads * key_row,
         l2_working_set=reread_working_set(
-            bh, ceil_div(Nq, block_m), Nk * (D + Dv) * it,
-            num_stages * block_n * (D + Dv) * it,
+            bh, ceil_div(Nq, block_m), Nk * key_row, num_stages * block_n * key_row,
         ),
     )
 

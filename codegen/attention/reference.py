@@ -258,10 +258,23 @@ def spec_logits(spec: AttentionSpec, q: torch.Tensor, k: torch.Tensor,
     return logit, visible
 
 
+def dequantize(spec: AttentionSpec, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               scales: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """(q, k, v) with each FP8 operand x8 of `spec.fp8` read as x8 · s_x in fp32 (exact:
+    an e4m3 value times an fp32 scale, rounded once), the others as they are."""
+    if not spec.fp8:
+        return q, k, v
+    scale = dict(zip(spec.fp8, scales))
+    return tuple(x.float() * scale[name].float().reshape(()) if name in scale else x
+                 for name, x in (("q", q), ("k", k), ("v", v)))
+
+
 def spec_forward(spec: AttentionSpec, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                 inputs: Sequence[torch.Tensor], seed: torch.Tensor | None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out in q.dtype, lse fp32) of the general Spec, differentiable by torch autograd."""
+                 inputs: Sequence[torch.Tensor], seed: torch.Tensor | None,
+                 scales: Sequence[torch.Tensor] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out in spec.dtype, lse fp32) of the general Spec, differentiable by torch autograd
+    (the FP8 operands' scales too). scales: the FP8 operands' (`dequantize`)."""
+    q, k, v = dequantize(spec, q, k, v, scales)
     logit, _ = spec_logits(spec, q, k, inputs)
     lse = torch.logsumexp(logit, dim=-1)
     p = torch.softmax(logit, dim=-1)
@@ -272,7 +285,7 @@ def spec_forward(spec: AttentionSpec, q: torch.Tensor, k: torch.Tensor, v: torch
         p = torch.where(keep, p / (1.0 - spec.dropout_p), 0.0)
     group = q.shape[1] // k.shape[1]
     out = torch.matmul(p, _expand_kv(v, group).float())
-    return out.to(q.dtype), lse.float()
+    return out.to(spec.torch_dtype), lse.float()
 
 
 def spec_backward(spec: AttentionSpec, dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,

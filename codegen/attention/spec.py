@@ -50,6 +50,10 @@ class MaskSemantics(TextEnum):
 
 MASK_SEMANTICS = tuple(s.value for s in MaskSemantics)
 
+# AttentionSpec.fp8: which operands arrive in float8_e4m3fn ("" for none).
+FP8_OPERANDS = ("", "q", "k", "v", "qk", "qv", "kv", "qkv")
+FP8_DTYPE = torch.float8_e4m3fn
+
 
 @dataclasses.dataclass(frozen=True)
 class AttentionSpec:
@@ -80,6 +84,13 @@ class AttentionSpec:
     relationals, And/Or/Not, Piecewise, Min/Max, Abs, floor, Mod, exp, log, tanh.
     None means "no mask" / "identity". The extra tensors are passed to the op in the
     order of `inputs`.
+
+    FP8 (issue 15, item 4). `fp8` names the operands that arrive as float8_e4m3fn
+    tensors with a per-tensor fp32 scale ("qkv", "kv", ...; "" for none), so that the
+    operand attention reads is x = x8 · s_x. Then `dtype` is the output's (and any
+    16-bit operand's) dtype, and the logit is scale · (s_q s_k) · q8_i·k8_j, and
+    out = P (V8 · s_v). The scales follow the Spec's `inputs` in the op's inputs list,
+    one one-element fp32 tensor per letter of `fp8`, in its order. Forward only.
     """
 
     head_dim: int
@@ -99,6 +110,7 @@ class AttentionSpec:
     # (an `add` mask added in 16 bits, not through an fp32 tensor of fills)
     round_logits: bool = False
     round_fill: bool = False
+    fp8: str = ""  # the float8_e4m3fn operands among "qkv", in that order (see above)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -116,6 +128,9 @@ class AttentionSpec:
         object.__setattr__(self, "mask_semantics", MaskSemantics(self.mask_semantics))
         if not 0.0 <= self.dropout_p < 1.0:
             raise ValueError(f"dropout_p={self.dropout_p} must be in [0, 1)")
+        if self.fp8 not in FP8_OPERANDS:
+            raise ValueError(f"fp8={self.fp8!r} must name operands among 'qkv' in order, "
+                             f"one of {FP8_OPERANDS}")
         names = [t.name for t in self.inputs]
         if len(set(names)) != len(names):
             raise ValueError(f"inputs names must be distinct; got {names}")
@@ -123,6 +138,10 @@ class AttentionSpec:
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
+
+    def operand_dtype(self, name: str) -> torch.dtype:
+        """The dtype the kernel reads operand `name` ("q", "k" or "v") in."""
+        return FP8_DTYPE if name in self.fp8 else DTYPES[self.dtype]
 
     def _namespace(self) -> dict:
         ns = {"b": B_IDX, "h": H_IDX, "q_idx": Q_IDX, "kv_idx": KV_IDX, "score": SCORE}
@@ -140,8 +159,13 @@ class AttentionSpec:
         return sympy.sympify(self.score_mod, locals=self._namespace())
 
     def to_json(self) -> str:
-        """Every field as JSON; `from_json` inverts it (the custom op's spec argument)."""
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """Every field as JSON; `from_json` inverts it (the custom op's spec argument).
+        `fp8` is written only when set, so the keys of every 16-bit Spec (kernel caches,
+        tuning records) are what they were before the field existed."""
+        fields = dataclasses.asdict(self)
+        if not self.fp8:
+            del fields["fp8"]
+        return json.dumps(fields, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> AttentionSpec:

@@ -17,7 +17,7 @@ import torch
 from torch import fx
 
 from ioaware.hardware import DeviceProfile
-from ioaware.passes.attention import choice, match, pricing, rewrite, sdpa
+from ioaware.passes.attention import choice, fp8, match, pricing, rewrite, sdpa
 from ioaware.passes.attention.describe import detail_of, gluon_forward_status
 from ioaware.passes.attention.record import AttentionMatch, Source
 from ioaware.passes.driver import Match, NoMatch, Pass, PassContext
@@ -37,7 +37,8 @@ def _find(node: fx.Node) -> AttentionMatch:
     else:
         m = sdpa.match_sdpa(node)
     rewrite.check_inputs_outside(m)
-    if m.mods.general and not hasattr(torch.ops.ioaware, "attention"):
+    fp8.take(m)  # FP8 operands dequantized just before: read at their source
+    if (m.mods.general or m.fp8) and not hasattr(torch.ops.ioaware, "attention"):
         raise NoMatch(f"{m.output.name}: needs the general ioaware::attention op, "
                       "which this build does not register")
     return m

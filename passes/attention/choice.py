@@ -37,6 +37,9 @@ GENERATED = measured.GENERATED
 def not_exact(m: AttentionMatch) -> str | None:
     """Why no SDPA backend computes the region exactly, or None when one does."""
     mods, d = m.mods, m.dims
+    if m.fp8:
+        return (f"FP8 operands ({','.join(m.fp8)}; SDPA's backends take 16-bit q, k, v: "
+                "the generated kernels read them)")
     if mods.general:
         parts = [name for name, present in (
             ("a mask", mods.mask is not None), ("a score modification", mods.score_mod is not None),

@@ -7,7 +7,7 @@ from typing import Any
 import sympy
 
 from ioaware.codegen.attention import gluon_forward
-from ioaware.passes.attention import masks
+from ioaware.passes.attention import fp8, masks
 from ioaware.passes.attention.pricing import mask_density
 from ioaware.passes.attention.record import AttentionMatch, fake_value
 from ioaware.passes.attention.rewrite import spec_of
@@ -30,6 +30,9 @@ def detail_of(m: AttentionMatch) -> dict[str, Any]:
         detail["mask_semantics"] = mods.semantics.value
     if mods.dropout_p:
         detail["dropout_p"] = mods.dropout_p
+    fp8_operands = fp8.describe(m)
+    if fp8_operands is not None:
+        detail["fp8"] = fp8_operands
     return detail
 
 

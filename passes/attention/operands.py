@@ -10,10 +10,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import fx
 
-from ioaware.passes.attention.record import RESHAPE_OPS, aten, scale_of, single_user
+from ioaware.passes.attention.record import (
+    CAST_OPS,
+    RESHAPE_OPS,
+    aten,
+    scale_of,
+    single_user,
+)
 from ioaware.passes.views import hinted_shape, is_layout, shape_of
+
+FLOAT8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2, torch.float8_e4m3fnuz,
+                 torch.float8_e5m2fnuz)
 
 
 def fold_operand_scale(operand: fx.Node) -> tuple[Any, float]:
@@ -25,6 +35,8 @@ def fold_operand_scale(operand: fx.Node) -> tuple[Any, float]:
     c = scale_of(node) if isinstance(node, fx.Node) else None
     if c is None or not single_user(node) or not isinstance(node.args[0], fx.Node):
         return operand, 1.0
+    if is_fp8_cast(node.args[0]):
+        return operand, 1.0  # an FP8 dequantization's scale: the fp8 step reads it
     chain.reverse()
     src = node.args[0]
 
@@ -35,6 +47,18 @@ def fold_operand_scale(operand: fx.Node) -> tuple[Any, float]:
         return cur
 
     return rebuild, c
+
+
+def is_fp8_cast(node: fx.Node) -> bool:
+    """Whether `node` is a chain of dtype casts of a float8 tensor."""
+    while node.op == "call_function" and node.target in CAST_OPS:
+        node = node.args[0]
+        if not isinstance(node, fx.Node):
+            return False
+        val = node.meta.get("val")
+        if getattr(val, "dtype", None) in FLOAT8_DTYPES:
+            return True
+    return False
 
 
 def unflatten_source(t3: fx.Node) -> fx.Node | None:

@@ -88,6 +88,10 @@ class AttentionMatch:
     # what runs: "generated" (the kernels) or an SDPA backend the attention pass measured
     # faster ("cudnn", "flash", "efficient"; passes/attention/choice.py)
     implementation: str = "generated"
+    # FP8 operands read at their source (passes/attention/fp8.py): name -> Dequant, in
+    # q, k, v order; or why the region's FP8 dequantization stays as it was
+    fp8: dict[str, Any] = dataclasses.field(default_factory=dict)
+    fp8_refused: str | None = None
 
 
 def fake_value(node: fx.Node) -> Any:

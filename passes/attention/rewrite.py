@@ -1,7 +1,8 @@
 """Rewriting an attention region: its Spec, and the graph edit that calls the kernel.
 
 The region becomes one call to `ioaware::flash_attention`, or `ioaware::attention` when
-it has a mask, score modification, extra inputs or dropout (the Spec as JSON).
+it has a mask, score modification, extra inputs, dropout or FP8 operands (the Spec as
+JSON).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from torch import fx
 
 from ioaware.codegen.attention.spec import AttentionSpec
+from ioaware.passes.attention import fp8
 from ioaware.passes.attention.record import AttentionMatch, Layout, aten, fake_value
 from ioaware.passes.attention.score_chain import size_source
 from ioaware.passes.driver import NoMatch
@@ -39,6 +41,7 @@ def spec_of(m: AttentionMatch) -> AttentionSpec:
         dropout_p=mods.dropout_p,
         round_logits=mods.rounded and m.dtype in (torch.float16, torch.bfloat16),
         round_fill=mods.fill_rounded and m.dtype in (torch.float16, torch.bfloat16),
+        fp8="".join(m.fp8),
     )
 
 
@@ -79,7 +82,7 @@ def apply(gm: fx.GraphModule, m: AttentionMatch) -> None:
             v = g.call_function(aten.unsqueeze.default, (v, 0))
         if m.implementation != "generated":
             res = _sdpa_call(g, m, q, k, v)
-        elif m.mods.general:
+        elif m.mods.general or m.fp8:
             res = _general_call(g, m, q, k, v)
         else:
             res = g.call_function(torch.ops.ioaware.flash_attention.default,
@@ -183,6 +186,7 @@ def _general_call(g: fx.Graph, m: AttentionMatch, q: fx.Node, k: fx.Node, v: fx.
             scalars.append(g.call_function(aten.scalar_tensor.default, (size,),
                                            {"dtype": torch.int64, "device": device}))
         inputs.append(g.call_function(aten.stack.default, (scalars,)))
+    inputs += fp8.scale_inputs(g, m)  # after the Spec's inputs (AttentionSpec.fp8)
     seed = None
     if m.mods.dropout_p > 0:
         # Drawn from torch's generator in the graph, so every call differs as in eager

@@ -90,6 +90,9 @@ def decode_shaped(node: fx.Node, ctx: PassContext) -> bool:
 
 def unsupported(spec: AttentionSpec) -> str | None:
     """Why the decode kernels cannot take `spec`, or None (see decode_supports)."""
+    if spec.fp8:
+        return (f"FP8 operands ({','.join(spec.fp8)}): the decode kernels read 16-bit "
+                "K/V; the prefill kernels serve it")
     return decode_supports(spec)
 
 
