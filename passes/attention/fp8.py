@@ -50,10 +50,17 @@ class Refused(Exception):
     """An FP8 dequantization the kernels do not serve; the message says why."""
 
 
+# Casts that hold every e4m3 value exactly (3 mantissa bits, |x| <= 448). Any other
+# (an integer, another FP8 format) changes the values: that is not a dequantization.
+EXACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 def _cast_source(node: Any) -> Any:
-    """`node` with its dtype casts (`_to_copy` with only a dtype) stripped."""
+    """`node` with its exact dtype casts (`_to_copy` with only a dtype in EXACT_DTYPES)
+    stripped."""
     while isinstance(node, fx.Node) and node.op == "call_function" and \
-            node.target in CAST_OPS and set(node.kwargs) <= {"dtype"}:
+            node.target in CAST_OPS and set(node.kwargs) <= {"dtype"} and \
+            node.kwargs.get("dtype") in EXACT_DTYPES:
         node = node.args[0]
     return node
 

@@ -138,6 +138,27 @@ def _refused(fn, *args):
     return detail
 
 
+@pytest.mark.parametrize("dtype", [torch.int32, torch.float8_e5m2])
+def test_a_cast_that_changes_the_values_is_not_a_dequantization(dtype):
+    """x8.to(int32) truncates and x8.to(e5m2) rounds: the region must read what eager
+    computed from them, never the FP8 tensor itself."""
+    def fn(q8, k8, v8, s):
+        q = q8.to(dtype).to(torch.float32) * s
+        return attend(q, k8.float() * s, v8.float() * s)
+
+    args = (torch.randn(1, 2, 16, 16) * 3).to(E4M3), fp8(1, 2, 16, 16), fp8(1, 2, 16, 16), \
+        torch.tensor(0.9)
+    gm, run = canonical(fn, *args)
+    rewrites, _ = run_pass(gm)
+    assert len(rewrites) == 1
+    # int32: k and v are still read in FP8; e5m2: refused as a format for the region
+    assert rewrites[0].detail["fp8"] == {
+        torch.int32: "fp8 k,v (per-tensor scales)",
+        torch.float8_e5m2: "not taken: _to_copy is torch.float8_e5m2 (only float8_e4m3fn "
+                           "is served); the region reads the dequantized tensors"}[dtype]
+    assert relative_error(run(*args), fn(*args)) <= TOLERANCE[torch.float32]
+
+
 def test_a_per_channel_scale_is_refused():
     def fn(q8, k8, v8, s):
         return attend(q8.to(BF16), k8.to(BF16) * s, v8.to(BF16))
