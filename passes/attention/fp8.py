@@ -15,6 +15,7 @@ rewritten, reading the dequantized 16-bit tensor):
     float8_e5m2 or the fnuz formats
     a gradient that would flow through the region (a scale, an FP8 tensor or a 16-bit
     operand that requires grad, with grad enabled): the FP8 forward has no backward
+    a GPU older than sm_89 (no e4m3 in Triton there)
 """
 
 from __future__ import annotations
@@ -162,6 +163,10 @@ def take(m: AttentionMatch) -> None:
         return
     if not found:
         return
+    reason = device_reason(fake_value(m.output).device)
+    if reason:
+        m.fp8_refused = reason
+        return
     if torch.is_grad_enabled():
         for name in "qkv":
             d = found.get(name)
@@ -177,6 +182,18 @@ def take(m: AttentionMatch) -> None:
     if "k" in found and "v" in found and m.dims["Hkv"] == m.dims["Hq"]:
         _share_kv_heads(m)
     m.fp8 = {name: found[name] for name in "qkv" if name in found}
+
+
+def device_reason(device: torch.device) -> str | None:
+    """Why FP8 operands cannot be read on `device` (None: they can). Triton's e4m3
+    (`fp8e4nv`) loads and products need sm_89 or later; the interpreter (CPU tensors)
+    and a graph priced on meta tensors take them."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < (8, 9):
+        return f"FP8 (e4m3) operands need sm_89 or later; this GPU is sm_{major}{minor}"
+    return None
 
 
 def _chain(node: fx.Node, source: fx.Node) -> list[fx.Node]:

@@ -159,6 +159,22 @@ def test_a_cast_that_changes_the_values_is_not_a_dequantization(dtype):
     assert relative_error(run(*args), fn(*args)) <= TOLERANCE[torch.float32]
 
 
+def test_gpus_before_sm89_read_the_dequantized_tensors(monkeypatch):
+    """Triton has no e4m3 before sm_89: there the region keeps its 16-bit operands (the
+    capability is the only thing faked: no such GPU here)."""
+    from ioaware.passes.attention import fp8 as fp8_pass
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cuda = torch.device("cuda", 0)
+    for capability, reason in (((8, 0), "need sm_89 or later; this GPU is sm_80"),
+                               ((8, 9), None), ((9, 0), None)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d, c=capability: c)
+        got = fp8_pass.device_reason(cuda)
+        assert got == reason or (reason and reason in got), (capability, got)
+    assert fp8_pass.device_reason(torch.device("cpu")) is None
+    assert fp8_pass.device_reason(torch.device("meta")) is None
+
+
 def test_a_per_channel_scale_is_refused():
     def fn(q8, k8, v8, s):
         return attend(q8.to(BF16), k8.to(BF16) * s, v8.to(BF16))
