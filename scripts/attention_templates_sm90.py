@@ -201,6 +201,19 @@ def count_variants(specs: list[AttentionSpec]) -> None:
                       f"loops(n,mma,spill)={loops}", flush=True)
 
 
+def print_row(label: str, stats: dict, overlap: str) -> None:
+    """One config's line: registers, stack, shared memory KB, then per innermost loop
+    with wgmma n/hgmma/mufu/<overlap>/spill/lds_sts/stall (`overlap`: which count of
+    exp2 under the matmuls, "mufu_under_mma" or "mufu_pending")."""
+    loops = " | ".join(
+        f"{lp['n']}/{lp['mma']}/{lp['mufu']}/{lp[overlap]}/{lp['spill']}"
+        f"/{lp['smem']}/{lp['stall']}" for lp in stats["loops"] if lp["mma"])
+    if stats["truncated"]:
+        loops += " (SASS cut at 4096 instructions)"
+    print(f"{label} {stats['regs']:4d} {stats['stack']:5d} {stats['smem'] / 1024:7.0f}  "
+          f"{loops}", flush=True)
+
+
 def count_candidates(specs: list[AttentionSpec]) -> None:
     """The plain backward's tuned spaces beside its study candidates (issue 15;
     `backward.candidate_configs`), compiled for sm_90: per kernel and config, registers,
@@ -224,13 +237,7 @@ def count_candidates(specs: list[AttentionSpec]) -> None:
                     print(kernel, config, "FAILED:",
                           str(error).strip().splitlines()[-1][:200], flush=True)
                     continue
-                loops = " | ".join(
-                    f"{lp['n']}/{lp['mma']}/{lp['mufu']}/{lp['mufu_under_mma']}/{lp['spill']}"
-                    f"/{lp['smem']}/{lp['stall']}" for lp in stats["loops"] if lp["mma"])
-                if stats["truncated"]:
-                    loops += " (SASS cut at 4096 instructions)"
-                print(f"{kernel:6s} {config!s:32s} {stats['regs']:4d} {stats['stack']:5d} "
-                      f"{stats['smem'] / 1024:7.0f}  {loops}", flush=True)
+                print_row(f"{kernel:6s} {config!s:32s}", stats, "mufu_under_mma")
 
 
 def count_gluon(specs: list[AttentionSpec]) -> None:
@@ -253,13 +260,7 @@ def count_gluon(specs: list[AttentionSpec]) -> None:
             except Exception as error:  # noqa: BLE001 - the report is the point
                 print(config, "FAILED:", str(error).strip().splitlines()[-1][:200])
                 continue
-            loops = " | ".join(
-                f"{lp['n']}/{lp['mma']}/{lp['mufu']}/{lp['mufu_pending']}/{lp['spill']}"
-                f"/{lp['smem']}/{lp['stall']}" for lp in stats["loops"] if lp["mma"])
-            if stats["truncated"]:
-                loops += " (SASS cut at 4096 instructions)"
-            print(f"{config!s:34s} {stats['regs']:4d} {stats['stack']:5d} "
-                  f"{stats['smem'] / 1024:7.0f}  {loops}", flush=True)
+            print_row(f"{config!s:34s}", stats, "mufu_pending")
 
 
 def _medians_ms(fwd, bwd, q, k, v, do) -> tuple[float, float]:

@@ -4,6 +4,7 @@ the generated programs)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 import torch
@@ -118,3 +119,17 @@ def compare(fn: Callable, args: Sequence, dtype: torch.dtype, compiled: Callable
         if (err := _within(a, e, e64, tol, floor)) is not None:
             problems.append(f"gradient {i}: relative error {err:.3g} > {tol}")
     return problems
+
+
+def inductor_op_calls(step: Callable[[Callable], Sequence[torch.Tensor]], compiled: Callable,
+                      eager: Callable, dtype: torch.dtype) -> set[str]:
+    """Run `step` (outputs, then gradients, of the function it is given) on `compiled`
+    and on `eager`, assert they agree within `dtype`'s tolerance, and return the names of
+    the ioaware ops Inductor's generated code calls (`torch.ops.ioaware.<name>.default`)."""
+    from torch._inductor.utils import run_and_get_code
+
+    got, codes = run_and_get_code(lambda: step(compiled))
+    for a, b in zip(got, step(eager), strict=True):
+        assert relative_error(a, b) <= TOLERANCE[dtype]
+    return {c for code in codes
+            for c in re.findall(r"torch\.ops\.ioaware\.(\w+)\.default", code)}

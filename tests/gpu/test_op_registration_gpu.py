@@ -6,14 +6,12 @@ Skipped without a CUDA GPU (see tests/conftest.py)."""
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
+from eager_compare import inductor_op_calls
 
 import ioaware
 from ioaware.codegen import library
-from ioaware.verify import TOLERANCE, relative_error
 
 pytestmark = pytest.mark.gpu
 
@@ -30,8 +28,6 @@ def causal_attention(q, k, v):
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "infer"])
 def test_inductor_calls_the_kernel_ops(train, monkeypatch):
-    from torch._inductor.utils import run_and_get_code
-
     assert library.ROUTE == "library"
     monkeypatch.setattr(ioaware.config, "implementations", ("generated",))  # not SDPA's
     torch._dynamo.reset()
@@ -46,12 +42,7 @@ def test_inductor_calls_the_kernel_ops(train, monkeypatch):
             out = fn(q, k, v)
             return (out, *torch.autograd.grad(out, (q, k, v), dout)) if train else (out,)
 
-    got, codes = run_and_get_code(lambda: step(fast))
-    want = step(causal_attention)
-    for a, b in zip(got, want):
-        assert relative_error(a, b) <= TOLERANCE[torch.bfloat16]
-    calls = {c for code in codes for c in re.findall(r"torch\.ops\.ioaware\.(\w+)\.default",
-                                                     code)}
+    calls = inductor_op_calls(step, fast, causal_attention, torch.bfloat16)
     assert calls <= KERNEL_OPS, calls  # no differentiable op in Inductor's code
     assert any(c.endswith("_forward") for c in calls), calls
     assert any(c.endswith("_backward") for c in calls) == train, calls

@@ -6,10 +6,10 @@ torch lacks the route. Both give the outputs and gradients of eager."""
 from __future__ import annotations
 
 import itertools
-import re
 
 import pytest
 import torch
+from eager_compare import inductor_op_calls
 from torch import Tensor
 from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -18,7 +18,6 @@ from ioaware.backend import IoawareBackend
 from ioaware.codegen import library, load_families
 from ioaware.codegen.attention.spec import AttentionSpec
 from ioaware.spec import TensorInput
-from ioaware.verify import TOLERANCE, relative_error
 
 load_families()
 
@@ -152,8 +151,6 @@ def test_ioaware_compile_through_inductor_equals_eager(monkeypatch):
     on CUDA (here its CPU code; the kernels under the interpreter when IOAWARE_INTERPRET
     is set): Inductor's code calls the kernel ops, forward and backward, and outputs and
     gradients equal eager's."""
-    from torch._inductor.utils import run_and_get_code
-
     monkeypatch.setattr(IoawareBackend, "_finish",
                         lambda self, eager, gm, inputs, device: self._inductor(gm, inputs))
 
@@ -176,12 +173,7 @@ def test_ioaware_compile_through_inductor_equals_eager(monkeypatch):
         out = model(x)
         return (out, *torch.autograd.grad(out.square().sum(), (x, block.qkv.weight)))
 
-    got, codes = run_and_get_code(lambda: step(compiled))
-    want = step(block)
-    for a, b in zip(got, want):
-        assert relative_error(a, b) <= TOLERANCE[torch.float32]
-    calls = {c for code in codes for c in re.findall(r"torch\.ops\.ioaware\.(\w+)\.default",
-                                                     code)}
+    calls = inductor_op_calls(step, compiled, block, torch.float32)
     assert calls == {"flash_attention_forward", "flash_attention_backward"}, calls
 
 
