@@ -11,7 +11,7 @@ and the backward of both modules, timed with do_bench at one shape (median, ms).
     python scripts/attention_templates_sm90.py --time     # on an H100: times
     python scripts/attention_templates_sm90.py --variants # sm_90 variants (fwd, dK/dV), counts
     python scripts/attention_templates_sm90.py --candidates  # backward: tuned and candidates
-    PYTHONPATH=<triton 3.6> python scripts/attention_templates_sm90.py --gluon  # Gluon forward
+    PYTHONPATH=<triton 3.6> python scripts/attention_templates_sm90.py --gluon  # Gluon fwd, dK/dV
 """
 
 from __future__ import annotations
@@ -263,6 +263,32 @@ def count_gluon(specs: list[AttentionSpec]) -> None:
             print_row(f"{config!s:34s}", stats, "mufu_pending")
 
 
+def count_gluon_backward(specs: list[AttentionSpec]) -> None:
+    """The Gluon dK/dV kernel's candidates (`gluon_backward.CANDIDATES`: d = 64, 128;
+    Triton 3.6 only), compiled for sm_90, in the columns of `count_gluon`. One loop per
+    consumer warpgroup and kind of query block (causal: the diagonal's masked loop, then
+    the whole blocks'); every exp2 should be issued while the dPᵀ wgmma is pending."""
+    from ioaware.codegen.attention import gluon_backward
+
+    print("dK/dV config                       regs stack smem_KB  loops "
+          "(n/hgmma/mufu/mufu_pending/spill/lds_sts/stall)")
+    for spec in specs:
+        configs = gluon_backward.candidate_configs(spec)
+        if not configs:
+            print(f"# d={spec.head_dim}: refused ({gluon_backward.spec_reason(spec)})")
+            continue
+        print(f"# triton {triton.__version__} {spec.dtype} d={spec.head_dim} "
+              f"causal={spec.causal}", flush=True)
+        for config in configs:
+            try:
+                stats = sass_stats(gluon_backward.compile_sm90(config, spec.head_dim,
+                                                               spec.causal, spec.dtype))
+            except Exception as error:  # noqa: BLE001 - the report is the point
+                print(config, "FAILED:", str(error).strip().splitlines()[-1][:200])
+                continue
+            print_row(f"{config!s:34s}", stats, "mufu_pending")
+
+
 def _medians_ms(fwd, bwd, q, k, v, do) -> tuple[float, float]:
     """Median ms of one forward and one backward launch of the modules fwd, bwd."""
     import torch
@@ -299,7 +325,8 @@ def main() -> None:
                         help="compile the backward's tuned configs and study candidates "
                              "(no GPU)")
     parser.add_argument("--gluon", action="store_true",
-                        help="compile the Gluon forward's candidates (triton 3.6; no GPU)")
+                        help="compile the Gluon forward's and dK/dV kernel's candidates "
+                             "(triton 3.6; no GPU)")
     parser.add_argument("--shape", type=int, nargs=3, default=(4, 16, 4096),
                         metavar=("B", "H", "N"))
     args = parser.parse_args()
@@ -312,6 +339,7 @@ def main() -> None:
         time(specs, *args.shape)
     elif args.gluon:
         count_gluon(specs + wide)
+        count_gluon_backward(specs + wide)
     elif args.candidates:
         count_candidates(specs + wide)
     elif args.variants:

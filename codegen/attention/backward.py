@@ -56,14 +56,16 @@ from ..render import (
     module_preamble,
     shared_memory_budget,
 )
-from . import header
+from . import gluon_backward, header
 from .tiles import attention_dkdv_tile_candidates, attention_dq_tile_candidates
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages); a config may add a "+"-joined variant last:
 # "tma" reads K, V, Q and dO through in-kernel TMA descriptors (sm_90), where the tensors
 # allow it (dK/dV and dQ); for dK/dV, "atomic" also computes dQ, by fp32 atomics (the
 # one-kernel backward; no dQ pass); "bulk" with it: by TMA reduce-adds of whole tiles
-# (FA3's way) rather than per element; "dpfirst" issues dPᵀ before P's exp2. Any
+# (FA3's way) rather than per element; "dpfirst" issues dPᵀ before P's exp2; "gluon" runs
+# the Gluon dK/dV kernel (gluon_bwd_kernel.py, FA3's warp-specialized schedule; plain
+# Specs, where gluon_backward's gate admits it, else the default dK/dV config). Any
 # variant runs when pinned; these are the tuning space.
 Config = tuple
 # (64, 128, 8, 2, "tma") won the old space at d = 128 on the H100; 64 kv rows
@@ -170,6 +172,17 @@ def candidate_configs(spec: AttentionSpec, profile: DeviceProfile | None = None
             [c for c in dq if _smem_bytes(spec, c[0], c[1], c[3]) <= budget])
 
 
+def gluon_candidate_configs(spec: AttentionSpec, profile: DeviceProfile | None = None
+                            ) -> list[Config]:
+    """The Gluon dK/dV kernel's configs (`gluon_backward.CANDIDATES`; none for a Spec it
+    refuses) that fit the shared memory of `profile`'s device (the present one's for
+    None): pinnable as `dkdv_config`, out of the tuning space until a GPU has measured
+    them. Apart from `candidate_configs`, whose dK/dV configs are `_bwd_dkdv`'s."""
+    limit = hardware.get_profile(profile).sram_per_block
+    return [c for c in gluon_backward.candidate_configs(spec)
+            if gluon_backward.smem_bytes(spec, c) <= limit]
+
+
 def dq_configs(spec: AttentionSpec, profile: DeviceProfile | None = None) -> list[Config]:
     """Candidates for the dQ kernel: BLOCK_M query rows resident, BLOCK_N kv streamed;
     those over the tile budget of `profile` dropped, MAX_DQ_CONFIGS kept:
@@ -205,6 +218,9 @@ ${spec_header}
 LOG2E = tl.constexpr(1.4426950408889634)
 
 INTERPRET = ${interpret}
+# Why this Spec cannot take the Gluon dK/dV kernel (None: it can, where Triton and the
+# device allow: gluon_backward.call_reason)
+GLUON_REFUSED = ${gluon_refused}
 PRE_BLOCK_M = ${pre_block_m}
 DEFAULT_DKDV = ${default_dkdv}  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
 DEFAULT_DQ = ${default_dq}
@@ -600,6 +616,17 @@ def _rest_of_backward(dkdv_config, dq_config, dq, dkdv_args, dq_args, shape):
     of the fp32 accumulator [B·Hq, Nq, D_PAD] the dK/dV kernel added into (allocated
     here, so the two-kernel backward holds no such buffer). shape: (B, Hq, Hkv, Nq, Nk)."""
     batch, h_q, h_kv, n_q, n_k = shape
+    if gluon_backward.is_gluon(dkdv_config):
+        q, k, v, do, dk, dv, lse, delta = dkdv_args[:8]
+        reason = GLUON_REFUSED or gluon_backward.call_reason(q, k, v, do, dk, dv)
+        if reason is None:
+            gluon_backward.launch(dkdv_config, q, k, v, do, dk, dv, lse, delta, SCALE.value,
+                                  CAUSAL.value)
+            _launch(_bwd_dq, dq_config, n_q, batch * h_q, dq_args)
+            return
+        gluon_backward.note_fallback(reason)
+        # the module's default, or (when that is the pinned Gluon config) its tiles
+        dkdv_config = DEFAULT_DKDV if dkdv_config != DEFAULT_DKDV else dkdv_config[:4]
     if not is_atomic(dkdv_config):
         _launch(_bwd_dkdv, dkdv_config, n_k, batch * h_kv, dkdv_args)
         _launch(_bwd_dq, dq_config, n_q, batch * h_q, dq_args)
@@ -651,6 +678,11 @@ def backward(do, q, k, v, out, lse, dlse, dq, dk, dv, dkdv_config=None, dq_confi
 ''')
 
 
+# The plain module's imports: the TMA launch helpers and the Gluon dK/dV kernel's gate.
+_PLAIN_IMPORTS = (*header.TMA_LAUNCH_IMPORTS,
+                  "from ioaware.codegen.attention import gluon_backward")
+
+
 def render_backward(spec: AttentionSpec, *, interpret: bool = False,
                     profile: DeviceProfile | None = None) -> str:
     """Python source of the backward module for `spec` (see the module docstring), its
@@ -664,7 +696,8 @@ def render_backward(spec: AttentionSpec, *, interpret: bool = False,
         spec, interpret, profile, lambda: (dkdv_configs(spec, profile), dq_configs(spec, profile)))
     return _BACKWARD_TEMPLATE.substitute(
         header.spec_constants(spec),
-        preamble=module_preamble(__name__, spec, header.TMA_LAUNCH_IMPORTS),
+        preamble=module_preamble(__name__, spec, _PLAIN_IMPORTS),
+        gluon_refused=repr(gluon_backward.spec_reason(spec)),
         primitives=header.primitives(interpret),
         tuner=TUNER,
         interpret=str(interpret),

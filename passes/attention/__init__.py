@@ -18,7 +18,11 @@ from torch import fx
 
 from ioaware.hardware import DeviceProfile
 from ioaware.passes.attention import choice, fp8, match, pricing, rewrite, sdpa
-from ioaware.passes.attention.describe import detail_of, gluon_forward_status
+from ioaware.passes.attention.describe import (
+    detail_of,
+    gluon_backward_status,
+    gluon_forward_status,
+)
 from ioaware.passes.attention.record import AttentionMatch, Source
 from ioaware.passes.driver import Match, NoMatch, Pass, PassContext
 from ioaware.spec import dtype_name
@@ -81,6 +85,7 @@ def _match(gm: fx.GraphModule, node: fx.Node, ctx: PassContext) -> Match:
     gluon = gluon_forward_status(m, ctx.backend_name)
     if gluon is not None:
         region.detail["gluon_forward"] = gluon
+        region.detail["gluon_backward"] = gluon_backward_status(m, ctx.backend_name)
     if decided.chosen != choice.GENERATED:
         region = dataclasses.replace(region, backend=f"sdpa-{decided.chosen}")
     return region

@@ -6,7 +6,7 @@ from typing import Any
 
 import sympy
 
-from ioaware.codegen.attention import gluon_forward
+from ioaware.codegen.attention import gluon_backward, gluon_forward
 from ioaware.passes.attention import fp8, masks
 from ioaware.passes.attention.pricing import mask_density
 from ioaware.passes.attention.record import AttentionMatch, fake_value
@@ -50,6 +50,15 @@ def gluon_forward_status(m: AttentionMatch, backend_name: str) -> str | None:
     except (TypeError, ValueError):  # symbolic head dims: no plain Spec to judge yet
         return None
     reason = gluon_forward.unavailable_reason(spec, device)
+    return "pinnable" if reason is None else f"not available: {reason}"
+
+
+def gluon_backward_status(m: AttentionMatch, backend_name: str) -> str | None:
+    """The same for the Gluon dK/dV kernel (codegen/attention/gluon_backward.py): shown
+    wherever the forward's status is (a region on a CUDA device, a plain Spec)."""
+    if gluon_forward_status(m, backend_name) is None:
+        return None
+    reason = gluon_backward.unavailable_reason(spec_of(m), fake_value(m.output).device)
     return "pinnable" if reason is None else f"not available: {reason}"
 
 

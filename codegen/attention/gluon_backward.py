@@ -1,0 +1,167 @@
+"""When the Gluon dK/dV kernel (gluon_bwd_kernel.py) may run, and its launch.
+
+The kernel is FlashAttention-3's backward schedule for the dK/dV half of the backward;
+dQ stays the Triton dQ kernel. Like the Gluon forward it is written against Triton
+3.6's Gluon, so its gate shares gluon_forward's environment checks (version, Gluon
+importable, sm_90) and adds its own Spec rule (no d = 256: see HEAD_DIMS). Whatever the
+gate refuses runs the backward module's default dK/dV config instead, logged once with
+the reason; explain shows it beside the forward's ("gluon_backward").
+
+A dK/dV config that names the "gluon" variant (a backward.Config) is
+    (BLOCK_M, 2·BLOCK_N, 8, STAGES, "gluon")
+BLOCK_M query rows a step, 2·BLOCK_N kv rows a program (two consumer warpgroups of
+BLOCK_N = 64 kv rows each), 8 consumer warps (plus one loader warp), the Q/dO ring
+STAGES deep: the order of `_bwd_dkdv`'s (BLOCK_M, BLOCK_N, warps, stages) tuple. It is
+a pinnable candidate (`backward.candidate_configs`), out of the tuning space until a
+GPU has measured it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import triton
+
+from ..launch import ensure_scratch_allocator, tma_addressable
+from ..launch import launch as launch_binary
+from . import gluon_forward
+from .header import is_plain
+from .spec import AttentionSpec
+
+log = logging.getLogger("ioaware.attention")
+
+TRITON_VERSIONS = gluon_forward.TRITON_VERSIONS
+# d = 256 does not fit the one-warpgroup-per-64-kv-rows split: dK and dV of 64 × 256
+# fp32 are 256 registers a thread before Sᵀ and dPᵀ (docs/kernels.md, "The Gluon dK/dV
+# kernel", says what would: FA3's split of the head dim between the warpgroups).
+HEAD_DIMS = (64, 128)
+DTYPES = gluon_forward.DTYPES
+KV_ROWS_PER_WARPGROUP = 64  # one wgmma M per consumer warpgroup
+
+# Pinnable configs per head dim, best guess first (`smem_bytes`: 82 / 115 KB at d = 64,
+# 129 / 162 KB at d = 128, of an H100's 227).
+CANDIDATES: dict[int, list[tuple]] = {
+    64: [(64, 128, 8, 3, "gluon"), (64, 128, 8, 5, "gluon")],
+    128: [(64, 128, 8, 2, "gluon"), (64, 128, 8, 3, "gluon")],
+}
+
+
+def smem_bytes(spec: AttentionSpec, config: tuple) -> int:
+    """Shared memory of the kernel at `config` (what ptxas reports, to 1 KB): K and V
+    of both warpgroups (later dK, dV), the Q and dO ring, the lse and delta ring, the
+    mbarriers:
+        it·(2·2·64·d + STAGES·2·BLOCK_M·d) + STAGES·2·BLOCK_M·4 + 8·(2·STAGES + 1)."""
+    block_m, _, _, stages = config[:4]
+    d, it = spec.head_dim, spec.torch_dtype.itemsize
+    rows = KV_ROWS_PER_WARPGROUP
+    return (it * (2 * 2 * rows * d + stages * 2 * block_m * d) + stages * 2 * block_m * 4
+            + 8 * (2 * stages + 1))
+
+
+def is_gluon(config: tuple) -> bool:
+    """Whether a dK/dV config names the Gluon kernel."""
+    return len(config) > 4 and "gluon" in config[4].split("+")
+
+
+def spec_reason(spec: AttentionSpec) -> str | None:
+    """Why the Gluon dK/dV kernel cannot serve `spec` (None: it can, Spec-wise)."""
+    if not is_plain(spec):
+        return "only dense and causal attention (no mask, score mod, inputs or dropout)"
+    if spec.fp8:
+        return f"FP8 operands ({spec.fp8}): the Gluon kernel reads 16-bit q, k, v"
+    if spec.dtype not in DTYPES:
+        return f"dtype {spec.dtype} (needs one of {DTYPES})"
+    if spec.head_dim != spec.head_dim_v or spec.head_dim not in HEAD_DIMS:
+        return (f"head dims {spec.head_dim}/{spec.head_dim_v} (needs d = dv in "
+                f"{HEAD_DIMS})")
+    return None
+
+
+def unavailable_reason(spec: AttentionSpec, device: torch.device | None = None
+                       ) -> str | None:
+    """Why the Gluon dK/dV kernel cannot run `spec` here (None: it can): the Spec, then
+    the installed Triton and the device (gluon_forward's checks: the same Gluon)."""
+    return spec_reason(spec) or gluon_forward.environment_reason(device)
+
+
+def tensors_reason(*tensors) -> str | None:
+    """Why the call's tensors cannot go through TMA descriptors (None: they can). The
+    lse and delta rows are read by cp.async, 4 bytes at a time: no rule for them."""
+    if not tma_addressable(*tensors):
+        return ("a tensor a TMA descriptor cannot address (head dim stride 1, 16-byte "
+                "aligned base and strides)")
+    return None
+
+
+def call_reason(q, k, v, do, dk, dv) -> str | None:
+    """Why this call cannot take the Gluon dK/dV kernel (None: it can): the environment
+    of q's device (cached per device), then the tensors."""
+    return (gluon_forward._environment_reason_cached(q.device)
+            or tensors_reason(q, k, v, do, dk, dv))
+
+
+_noted: set[str] = set()
+
+
+def note_fallback(reason: str) -> None:
+    """Log, once per reason, that a pinned Gluon dK/dV config ran the Triton one."""
+    if reason not in _noted:
+        _noted.add(reason)
+        log.warning("a pinned Gluon dK/dV config runs the Triton dK/dV kernel instead: %s",
+                    reason)
+
+
+def candidate_configs(spec: AttentionSpec) -> list[tuple]:
+    """The Gluon configs a GPU run may pin for `spec` (none where the Spec is refused)."""
+    return [] if spec_reason(spec) else list(CANDIDATES[spec.head_dim])
+
+
+def _constexprs(config: tuple, head_dim: int, causal: bool) -> dict:
+    block_m, kv_rows, _, stages = config[:4]
+    assert kv_rows == 2 * KV_ROWS_PER_WARPGROUP, f"{config=}: 2·BLOCK_N must be 128"
+    return {"HEAD_DIM": head_dim, "BLOCK_M": block_m, "BLOCK_N": kv_rows // 2,
+            "STAGES": stages, "CAUSAL": causal}
+
+
+def compile_sm90(config: tuple, head_dim: int, causal: bool, dtype: str = "bfloat16"):
+    """The kernel at `config` built for sm_90 without a GPU (Triton ships ptxas): the
+    CompiledKernel, its "ptx" and "sass" in `.asm`. For the build test and the SASS
+    counts of scripts/attention_templates_sm90.py --gluon."""
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from .gluon_bwd_kernel import attention_bwd_dkdv_ws
+
+    fn = attention_bwd_dkdv_ws
+    constexprs = _constexprs(config, head_dim, causal)
+    element = {"bfloat16": "*bf16", "float16": "*fp16"}[dtype]
+    types = {"Lse": "*fp32", "Delta": "*fp32", "qk_scale": "fp32", "scale": "fp32",
+             **{name: element for name in ("Q", "K", "V", "dO", "dK", "dV")}}
+    signature = {a: "constexpr" if a in constexprs else types.get(a, "i32")
+                 for a in fn.arg_names}
+    source = GluonASTSource(fn=fn, signature=signature, constexprs={
+        (fn.arg_names.index(k),): v for k, v in constexprs.items()})
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+
+
+def launch(config: tuple, q, k, v, do, dk, dv, lse, delta, scale: float, causal: bool
+           ) -> None:
+    """Run the Gluon dK/dV kernel at `config` (see the module docstring): q, do
+    [B,Hq,Nq,d], k, v, dk, dv [B,Hkv,Nk,d], lse and delta [B·Hq, Nq] fp32 contiguous.
+    Writes dk (times `scale`) and dv whole. The caller has checked `call_reason`."""
+    from .gluon_bwd_kernel import attention_bwd_dkdv_ws  # Gluon: imported only past the gate
+
+    constexprs = _constexprs(config, q.shape[-1], causal)
+    ensure_scratch_allocator()  # the in-kernel TMA descriptors live in global scratch
+    batch, h_q, n_q, _ = q.shape
+    h_kv, n_k = k.shape[1], k.shape[2]
+    kv_rows = config[1]
+    # through the cached binary, as every launch of the family: the op's launch plan
+    # (codegen/plan.py) records and replays only launches made there
+    launch_binary(
+        attention_bwd_dkdv_ws, (-(-n_k // kv_rows), batch * h_kv),
+        q, k, v, do, dk, dv, lse, delta, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+        *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3], h_q, h_kv, h_q // h_kv, n_q,
+        n_k, scale * math.log2(math.e), scale, **constexprs, num_warps=4)
