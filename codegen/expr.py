@@ -43,8 +43,13 @@ from .render import reduction
 # dtypes of inputs the printer widens to fp32 on load (see TritonPrinter.load)
 HALF_DTYPES = ("bfloat16", "float16")
 
+# kv_idx − q_idx of one diagonal of a tile: the index a relative-position table is read
+# at, once per diagonal, when its gradient is summed along the tile's diagonals
+DIAG = sympy.Symbol("diag_idx", integer=True)
+
 # kernel-side names of the index symbols
-INDEX_NAMES = {B_IDX: "b", H_IDX: "h", Q_IDX: "q_i", KV_IDX: "kv_i", SCORE: "score"}
+INDEX_NAMES = {B_IDX: "b", H_IDX: "h", Q_IDX: "q_i", KV_IDX: "kv_i", SCORE: "score",
+               DIAG: "dd"}
 
 # Helpers the printed code calls; rendered once into every module that prints expressions.
 HELPERS = '''\
@@ -485,6 +490,109 @@ def _atomic(printer: TritonPrinter, i: int, load: sympy.Indexed, grad: str) -> s
     return f"    tl.atomic_add({ptr}, {g}, mask={mask})"
 
 
+# A gradient add needs no order against the kernel's other memory operations (the
+# kernel's end publishes it): `relaxed` compiles to a fire-and-forget REDG, where
+# Triton's default (acq_rel) returns the old value (ATOMG) behind a MEMBAR.ALL.GPU.
+RELAXED = '"relaxed"'
+
+
+def diagonal_indices(load: sympy.Indexed) -> tuple[sympy.Basic, ...] | None:
+    """The load's indices as functions of d = kv_idx − q_idx (the symbol DIAG), when
+    they read q_idx and kv_idx only through d and at least one of them does: then every
+    score on one diagonal of a tile loads the same entry. None otherwise.
+
+    Any function of d qualifies, not only a·d + c: a clipped or bucketed relative
+    position (`Min(Max(q_idx - kv_idx, -r), r) + r`, T5's log buckets) is constant along
+    a diagonal too. An index that itself loads (`pos[b, kv_idx] - pos[b, q_idx]`) does
+    not: its value along a diagonal depends on the data."""
+    out, relative = [], False
+    for idx in load.indices:
+        if not _free(idx) & {Q_IDX, KV_IDX}:
+            out.append(idx)
+            continue
+        if idx.atoms(sympy.Indexed):
+            return None
+        # q_idx = kv_idx − d: what is left of kv_idx is a dependence off the diagonal
+        on_diagonal = sympy.expand(idx.subs(Q_IDX, KV_IDX - DIAG))
+        if KV_IDX in on_diagonal.free_symbols:
+            return None
+        out.append(on_diagonal)
+        relative = True
+    return tuple(out) if relative else None
+
+
+def _diagonal_atomic(printer: TritonPrinter, i: int, indices: tuple[sympy.Basic, ...],
+                     grad: str, masked: bool) -> str:
+    """Lines adding `grad` ([M, N] over q_i × kv_i, the tile's first row q0 and column
+    kv0) into input i's gradient at an address that depends on the scores' kv − q only
+    (`diagonal_indices`): the tile summed along its M + N − 1 diagonals first, then one
+    atomic per diagonal, M + N − 1 instead of M·N.
+
+    Diagonal off = c − r (row r, column c of the tile) holds the scores with
+    kv − q = kv0 − q0 + off. It has an in-range score (q < N_Q, kv < N_K) iff
+    1 − min(M, N_Q − q0) ≤ off ≤ min(N, N_K − kv0) − 1; only those are added, as the
+    per-element path adds only in-range scores. `masked`: grad is not known to be zero
+    outside that range (a derivative that may be inf or NaN where the loads read 0)."""
+    terms = " + ".join(f"({printer.int_code(idx)}) * din{i}_s{d}"
+                       for d, idx in enumerate(indices))
+    g = grad
+    lines = []
+    if masked:
+        lines.append(f"    {g} = tl.where((q_i < N_Q) & (kv_i < N_K), {g}, 0.0)")
+    lines += [
+        f"    if {g}.shape[0] <= {g}.shape[1]:",
+        f"        sum_a, off_a, sum_b, off_b = _diagonal_sums_rows({g})",
+        "    else:",
+        f"        sum_a, off_a, sum_b, off_b = _diagonal_sums_cols({g})",
+        f"    off_lo = 1 - tl.minimum({g}.shape[0], N_Q - q0)",
+        f"    off_hi = tl.minimum({g}.shape[1], N_K - kv0) - 1",
+    ]
+    for part in ("a", "b"):
+        lines += [
+            f"    dd = (kv0 - q0) + off_{part}",
+            f"    tl.atomic_add(DIn{i} + {terms}, sum_{part}, sem={RELAXED},",
+            f"                  mask=(off_{part} >= off_lo) & (off_{part} <= off_hi))",
+        ]
+    return "\n".join(lines)
+
+
+# Sums of a [M, N] tile along its diagonals (column − row constant). Triton cannot skew
+# a register tile by a row-dependent shift, but tl.gather can rotate each row (or
+# column) by its own index: after the rotation every column (row) holds one diagonal
+# and the wrapped part of another, which two masked sums separate.
+DIAGONAL_SUMS = '''\
+@triton.jit
+def _diagonal_sums_rows(g):
+    """For M <= N. Row r of g [M, N] rotated left by r: w[r, c] = g[r, (c + r) mod N].
+    Column c of w holds diagonal c (c + r < N) and diagonal c − N (wrapped). Returns
+    (sums of diagonals 0..N−1, their offsets, sums of diagonals −N..−1, offsets); the
+    diagonals below −(M−1) are empty (zero)."""
+    r = tl.arange(0, g.shape[0])[:, None]
+    c = tl.arange(0, g.shape[1])[None, :]
+    src = c + r
+    wrapped = src >= g.shape[1]
+    w = tl.gather(g, tl.where(wrapped, src - g.shape[1], src), 1)
+    k = tl.arange(0, g.shape[1])
+    return (_sum_axis(tl.where(wrapped, 0.0, w), 0), k,
+            _sum_axis(tl.where(wrapped, w, 0.0), 0), k - g.shape[1])
+
+
+@triton.jit
+def _diagonal_sums_cols(g):
+    """For M > N. Column c of g [M, N] rotated up by c: w[r, c] = g[(r + c) mod M, c].
+    Row r of w holds diagonal −r (r + c < M) and diagonal M − r (wrapped). Returns
+    (sums of diagonals 0, −1, .., −(M−1), their offsets, sums of diagonals M, .., 1,
+    offsets); the diagonals past N − 1 are empty (zero)."""
+    r = tl.arange(0, g.shape[0])[:, None]
+    c = tl.arange(0, g.shape[1])[None, :]
+    src = r + c
+    wrapped = src >= g.shape[0]
+    w = tl.gather(g, tl.where(wrapped, src - g.shape[0], src), 0)
+    k = tl.arange(0, g.shape[0])
+    return (_sum_axis(tl.where(wrapped, 0.0, w), 1), -k,
+            _sum_axis(tl.where(wrapped, w, 0.0), 1), g.shape[0] - k)'''
+
+
 def jit_def(name: str, params: str, doc: str, body: str) -> str:
     """A @triton.jit function, its parameter list wrapped at 100 columns."""
     head = f"def {name}("
@@ -537,13 +645,23 @@ def _any(flags):
         "_dscore", "score, " + params, "∂ score_mod / ∂ score.", spec,
         lambda pr: f"({pr.code(dscore) if dscore is not None else '1.0'}) + score * 0.0"))
     lines = []
+    diagonal = False
     for i, load, d in grads:
         lines.append(f"    g = dlogit * ({printer.code(d)})")
-        lines.append(_atomic(printer, i, load, "g"))
+        indices = diagonal_indices(load)
+        if indices is None:
+            lines.append(_atomic(printer, i, load, "g"))
+        else:
+            # dlogit is zero outside the in-range scores; a constant derivative keeps it so
+            lines.append(_diagonal_atomic(printer, i, indices, "g", not d.is_Number))
+            diagonal = True
+    if diagonal:
+        out.append(DIAGONAL_SUMS)
     body = "\n".join(x for x in (printer.statements(), *lines) if x) or "    pass"
-    out.append(jit_def("_input_grads", "dlogit, score, " + params + grad_params(spec),
+    out.append(jit_def("_input_grads", "dlogit, score, " + params + ", q0, kv0"
+                       + grad_params(spec),
                        "Add dlogit · ∂score_mod/∂load into each requires-grad input's "
-                       "gradient.", body))
+                       "gradient.\n    q0, kv0: the tile's first query and key.", body))
     out.append('''@triton.jit
 def _keep(seed, offset, b, h, q_i, kv_i, H_Q, N_Q, N_K):
     """Dropout keep mask: Philox draw of element (b, h, q_idx, kv_idx) (see

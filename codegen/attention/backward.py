@@ -989,12 +989,12 @@ def _bwd_dkdv(Q, K, V, dO, dK, dV, Lse, Delta, Seed, EmptyHeads, FullCnt, FullLi
 
 
 @triton.jit
-def _kv_sweep(dq, q, do, lse2, rel, delta, empty, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m,
-              offs_n, offs_d, offs_dv, lo, hi, List, b, h, H_Q, N_Q, N_K, seed,
+def _kv_sweep(dq, q, do, lse2, rel, delta, empty, k_ptrs, v_ptrs, stride_kn, stride_vn,
+              start_m, offs_m, offs_n, offs_d, offs_dv, lo, hi, List, b, h, H_Q, N_Q, N_K, seed,
               seed_offset${inputs}${grads}, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
               LIST: tl.constexpr, EMPTY_ROWS: tl.constexpr):
-    """dQ of one query block from key blocks [lo, hi) (LIST: List[lo:hi]); also adds the
-    requires-grad inputs' gradients."""
+    """dQ of one query block (rows start_m + offs_m) from key blocks [lo, hi) (LIST:
+    List[lo:hi]); also adds the requires-grad inputs' gradients."""
     q_i = offs_m[:, None]
     for it in range(lo, hi, 1 if LIST else BLOCK_N):
         if LIST:
@@ -1027,7 +1027,8 @@ def _kv_sweep(dq, q, do, lse2, rel, delta, empty, k_ptrs, v_ptrs, stride_kn, str
             dlogit = tl.where((q_i < N_Q) & (cols[None, :] < N_K), dlogit, 0.0)
         if HAS_MOD:
             score = s * SCALE
-            _input_grads(dlogit, score, b, h, q_i, cols[None, :], N_Q, N_K${inputs}${grads})
+            _input_grads(dlogit, score, b, h, q_i, cols[None, :], N_Q, N_K${inputs}, start_m,
+                         start_n${grads})
             ds = dlogit * _dscore(score, b, h, q_i, cols[None, :], N_Q, N_K${inputs})
         else:
             ds = dlogit
@@ -1085,13 +1086,13 @@ def _bwd_dq(Q, K, V, dO, dQ, Lse, Delta, Seed, FullCnt, FullList, PartCnt,
         n_full = tl.load(FullCnt + map_row)
         n_part = tl.load(PartCnt + map_row)
         dq = _kv_sweep(dq, q, do, lse2, rel, delta, empty, k_ptrs, v_ptrs, stride_kn, stride_vn,
-                       offs_m, offs_n, offs_d, offs_dv, 0, n_full, FullList + map_row * T_K,
-                       b, h, H_Q, N_Q, N_K, seed, seed_offset${inputs}${grads},
-                       BLOCK_N, False, True, False)
+                       start_m, offs_m, offs_n, offs_d, offs_dv, 0, n_full,
+                       FullList + map_row * T_K, b, h, H_Q, N_Q, N_K, seed,
+                       seed_offset${inputs}${grads}, BLOCK_N, False, True, False)
         dq = _kv_sweep(dq, q, do, lse2, rel, delta, empty, k_ptrs, v_ptrs, stride_kn, stride_vn,
-                       offs_m, offs_n, offs_d, offs_dv, 0, n_part, PartList + map_row * T_K,
-                       b, h, H_Q, N_Q, N_K, seed, seed_offset${inputs}${grads},
-                       BLOCK_N, True, True, False)
+                       start_m, offs_m, offs_n, offs_d, offs_dv, 0, n_part,
+                       PartList + map_row * T_K, b, h, H_Q, N_Q, N_K, seed,
+                       seed_offset${inputs}${grads}, BLOCK_N, True, True, False)
     else:
         if CAUSAL and DROP_MASKED:
             hi = tl.minimum(start_m + BLOCK_M, N_K)
@@ -1103,18 +1104,17 @@ def _bwd_dq(Q, K, V, dO, dQ, Lse, Delta, Seed, FullCnt, FullList, PartCnt,
             hi = N_K
             lo = (N_K // BLOCK_N) * BLOCK_N
         dq = _kv_sweep(dq, q, do, lse2, rel, delta, empty, k_ptrs, v_ptrs, stride_kn, stride_vn,
-                       offs_m, offs_n, offs_d, offs_dv, 0, lo, FullList, b, h, H_Q, N_Q, N_K,
-                       seed, seed_offset${inputs}${grads}, BLOCK_N, False, False, False)
+                       start_m, offs_m, offs_n, offs_d, offs_dv, 0, lo, FullList, b, h, H_Q,
+                       N_Q, N_K, seed, seed_offset${inputs}${grads}, BLOCK_N, False, False, False)
         dq = _kv_sweep(dq, q, do, lse2, rel, delta, empty, k_ptrs, v_ptrs, stride_kn, stride_vn,
-                       offs_m, offs_n, offs_d, offs_dv, lo, hi, FullList, b, h, H_Q, N_Q, N_K,
-                       seed, seed_offset${inputs}${grads}, BLOCK_N, True, False, False)
+                       start_m, offs_m, offs_n, offs_d, offs_dv, lo, hi, FullList, b, h, H_Q,
+                       N_Q, N_K, seed, seed_offset${inputs}${grads}, BLOCK_N, True, False, False)
     if FIX_EMPTY and ADD_FILL:  # under "fill" a masked logit is constant: no gradient
         if _any(empty):
             dq = _kv_sweep(dq, q, do, _empty_rel(lse, N_K), rel, delta, empty, k_ptrs,
-                           v_ptrs, stride_kn, stride_vn, offs_m, offs_n, offs_d, offs_dv, 0,
-                           N_K, FullList, b,
-                           h, H_Q, N_Q, N_K, seed, seed_offset${inputs}${grads}, BLOCK_N,
-                           True, False, True)
+                           v_ptrs, stride_kn, stride_vn, start_m, offs_m, offs_n, offs_d,
+                           offs_dv, 0, N_K, FullList, b, h, H_Q, N_Q, N_K, seed,
+                           seed_offset${inputs}${grads}, BLOCK_N, True, False, True)
 
     if SPREAD_NAN_QK:  # eager: a row with no visible key, -inf added: a NaN dQ row
         dq = tl.where((lse == float("-inf"))[:, None], float("nan"), dq)
