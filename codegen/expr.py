@@ -472,6 +472,12 @@ def grad_params(spec: AttentionSpec) -> str:
                    for i, t in enumerate(spec.inputs) if t.requires_grad)
 
 
+# A gradient add needs no order against the kernel's other memory operations (the
+# kernel's end publishes it): `relaxed` compiles to a fire-and-forget REDG, where
+# Triton's default (acq_rel) returns the old value (ATOMG) behind a MEMBAR.ALL.GPU.
+RELAXED = '"relaxed"'
+
+
 def _atomic(printer: TritonPrinter, i: int, load: sympy.Indexed, grad: str) -> str:
     """Lines adding `grad` (a [M, N] tile over q_i × kv_i) into input i's gradient at
     the load's address, summed in registers first over the axes the address ignores."""
@@ -485,15 +491,10 @@ def _atomic(printer: TritonPrinter, i: int, load: sympy.Indexed, grad: str) -> s
         g = f"_sum_axis({g}, 1)[:, None]"
     if mask is None:
         if Q_IDX not in used and KV_IDX not in used:
-            return f"    tl.atomic_add({ptr}, _sum_axis(_sum_axis({grad}, 1), 0))"
-        return f"    tl.atomic_add({ptr}, {g})"
-    return f"    tl.atomic_add({ptr}, {g}, mask={mask})"
-
-
-# A gradient add needs no order against the kernel's other memory operations (the
-# kernel's end publishes it): `relaxed` compiles to a fire-and-forget REDG, where
-# Triton's default (acq_rel) returns the old value (ATOMG) behind a MEMBAR.ALL.GPU.
-RELAXED = '"relaxed"'
+            return (f"    tl.atomic_add({ptr}, _sum_axis(_sum_axis({grad}, 1), 0), "
+                    f"sem={RELAXED})")
+        return f"    tl.atomic_add({ptr}, {g}, sem={RELAXED})"
+    return f"    tl.atomic_add({ptr}, {g}, mask={mask}, sem={RELAXED})"
 
 
 def diagonal_indices(load: sympy.Indexed) -> tuple[sympy.Basic, ...] | None:
