@@ -110,6 +110,8 @@ def _counts(body: list[tuple[str, str]]) -> dict[str, int]:
             # the same counting pending groups (`_mufu_under_pending`)
             "mufu_pending": _mufu_under_pending(body),
             "spill": sum(o.startswith(("STL", "LDL")) for o in ops),
+            # global atomics (REDG: relaxed, no result; ATOMG: returns the old value)
+            "atomics": sum(o.startswith(("RED", "ATOM")) for o in ops),
             # shared-memory round trips, shuffles and barriers: layout conversions
             "smem": sum(o.startswith(("LDS", "STS", "LDSM", "STSM")) for o in ops),
             "shfl": sum(o.startswith("SHFL") for o in ops),

@@ -4,7 +4,8 @@ Specs (`ioaware bench attention --mask all`), compiled for sm_90 without a GPU.
 For each Spec (bf16, d=128, N=8192) and each kernel (forward, dK/dV, dQ) at a config
 of its tuning space: registers, stack (spill) bytes, shared memory and, per loop in
 SASS order (the full-tile sweep, then the partial-tile sweep), the instructions, HGMMA,
-MUFU (exp2) and spill loads/stores of one trip, i.e. of one tile. The full-tile loop is
+MUFU (exp2), spill loads/stores and global atomics (per thread) of one trip, i.e. of one
+tile. The full-tile loop is
 the floor a block-sparse kernel can reach on a tile; the partial loop's excess is what
 evaluating the mask element by element costs. Triton ships ptxas, so no GPU is needed:
 
@@ -99,11 +100,13 @@ def main() -> int:
                         print(f"  {name} {config} FAILED: "
                               f"{str(error).strip().splitlines()[-1][:200]}", flush=True)
                         continue
-                    loops = [(lp["n"], lp["mma"], lp["mufu"], lp["spill"])
+                    loops = [(lp["n"], lp["mma"], lp["mufu"], lp["spill"], lp["atomics"])
                              for lp in stats["loops"]]
+                    cut = " (listing cut at 4096 instructions: later loops missing)"
                     print(f"  {name} {tuple(config)} regs={stats['regs']} "
                           f"stack={stats['stack']} smem={stats['smem']} "
-                          f"loops(n,hgmma,mufu,spill)={loops}", flush=True)
+                          f"loops(n,hgmma,mufu,spill,atomics)={loops}"
+                          f"{cut if stats['truncated'] else ''}", flush=True)
     return 0
 
 
