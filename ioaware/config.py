@@ -12,6 +12,7 @@ attributes directly.
     IOAWARE_IMPLEMENTATIONS=generated,cudnn
                               implementations what an attention region may run as
     IOAWARE_OP_ROUTE=custom_op op_route     register the ops as torch.library.custom_op
+    IOAWARE_GLUON=0           gluon          keep the Gluon attention kernels out of tuning
 """
 
 from __future__ import annotations
@@ -78,6 +79,11 @@ class Config:
     op_route: str = dataclasses.field(
         default_factory=lambda: os.environ.get("IOAWARE_OP_ROUTE", "auto")
     )
+    # Whether the attention tuning spaces hold the Gluon kernels' configs where they were
+    # measured to win (gluon_forward.TUNED, gluon_backward.TUNED) and the device and
+    # Triton admit them. Read when a module is rendered (its tuning space is written into
+    # it): False keeps the Triton kernels only (a baseline, or to rule the Gluon ones out).
+    gluon: bool = dataclasses.field(default_factory=lambda: _env_flag("IOAWARE_GLUON", "1"))
 
 
 config = Config()

@@ -143,13 +143,18 @@ def dkdv_configs(spec: AttentionSpec, profile: DeviceProfile | None = None) -> l
     sweep of 2026-12-07: 16-row query tiles and the pointer tiles never won at d <= 128;
     (32, 64, 8, 3) stays for d = 256, where it was the best of the old space. The
     atomic configs (`atomic_dkdv_configs`) are a tuning decision when a module's space
-    holds them (`backward()`); measured slower, they are not in this one.
+    holds them (`backward()`); measured slower, they are not in this one. Then the Gluon
+    dK/dV kernel's configs where a GPU measured them ahead and this device and Triton
+    admit them (`gluon_backward.tuned_configs`).
     """
     wide = header.padded_dims(spec)[0] > 128
     candidates = WIDE_DKDV_CANDIDATES if wide else DKDV_VARIANT_CANDIDATES
     budget = _budget(profile)
     fits = [c for c in candidates if dkdv_smem_bytes(spec, c) <= budget]
-    return fits[:MAX_DKDV_CONFIGS] or [default_dkdv_config(spec, profile)]
+    limit = hardware.get_profile(profile).sram_per_block  # the Gluon kernel's own budget
+    gluon = [c for c in gluon_backward.tuned_configs(spec)
+             if gluon_backward.smem_bytes(spec, c) <= limit]
+    return (fits[:MAX_DKDV_CONFIGS] or [default_dkdv_config(spec, profile)]) + gluon
 
 
 def atomic_dkdv_configs(spec: AttentionSpec, profile: DeviceProfile | None = None

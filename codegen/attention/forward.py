@@ -118,14 +118,18 @@ def forward_configs(spec: AttentionSpec, profile: DeviceProfile | None = None) -
     among them; MAX_FORWARD_CONFIGS in all. Pruned by the H100 sweep of 2026-12-07:
     (128, 64, 8, 4), (128, 128, 8, 2) never won; (128, 64, 4, 3) and (64, 128, 4, 2) ran
     at 0.2-0.4× cuDNN. (128, 64, 8, 3) wins at d <= 128, N = 4096; tma at N = 16384 and
-    at d = 256.
+    at d = 256. Then the Gluon forward's configs where a GPU measured them ahead and
+    this device and Triton admit them (`gluon_forward.tuned_configs`).
     """
     budget = shared_memory_budget(hardware.get_profile(profile))
     candidates = [(128, 64, 8, 3), VARIANT_CANDIDATES[0], VARIANT_CANDIDATES[1],
                   (64, 64, 4, 3), *VARIANT_CANDIDATES[2:]]
     fits = [c for c in candidates if forward_smem_bytes(spec, *c) <= budget]
     default = default_forward_config(spec, profile)  # tuning never ends worse than it
-    return ([] if default in fits else [default]) + fits[:MAX_FORWARD_CONFIGS - 1]
+    limit = hardware.get_profile(profile).sram_per_block  # the Gluon kernel's own budget
+    gluon = [c for c in gluon_forward.tuned_configs(spec)
+             if gluon_forward.smem_bytes(spec, c) <= limit]
+    return ([] if default in fits else [default]) + fits[:MAX_FORWARD_CONFIGS - 1] + gluon
 
 
 def candidate_configs(spec: AttentionSpec, profile: DeviceProfile | None = None

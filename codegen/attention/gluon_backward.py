@@ -48,6 +48,21 @@ CANDIDATES: dict[int, list[tuple]] = {
 }
 
 
+# The configs that join the dK/dV tuning space (`tuned_configs`), per head dim: those a
+# GPU measured ahead of the tuned Triton dK/dV. H200, torch 2.11, Triton 3.6, B=4 N4096
+# bf16 (docs/performance.md, sixth session), dK/dV kernel alone: d = 128, H16, 1.71 ms
+# dense against 2.13 (causal 1.37 against 1.26: the tuner keeps Triton there); d = 64,
+# H32, 2.27 against 3.29 dense, 1.47 against 1.77 causal.
+TUNED: dict[int, list[tuple]] = {64: [(64, 128, 8, 3, "gluon")],
+                                 128: [(64, 128, 8, 3, "gluon")]}
+
+
+def tuned_configs(spec: AttentionSpec) -> list[tuple]:
+    """This kernel's `TUNED` configs for `spec` where the Spec, the installed Triton and
+    the present device admit it and `config.gluon` is on (`gluon_forward.tuned_configs`)."""
+    return [] if spec_reason(spec) else gluon_forward.tuned_configs(spec, TUNED)
+
+
 def smem_bytes(spec: AttentionSpec, config: tuple) -> int:
     """Shared memory of the kernel at `config` (what ptxas reports, to 1 KB): K and V
     of both warpgroups (later dK, dV), the Q and dO ring, the lse and delta ring, the

@@ -22,6 +22,8 @@ import math
 import torch
 import triton
 
+from ioaware.config import config as ioaware_config
+
 from ..launch import ensure_scratch_allocator, tma_addressable
 from ..launch import launch as launch_binary
 from .header import is_plain
@@ -44,6 +46,16 @@ CANDIDATES: dict[int, list[tuple]] = {
     128: [(128, 128, 8, 2, "gluon+pingpong"), (128, 128, 8, 2, "gluon")],
     256: [(128, 64, 8, 2, "gluon+pingpong"), (128, 64, 8, 2, "gluon")],
 }
+
+
+# The configs that join the forward's tuning space (`tuned_configs`), per head dim: those
+# a GPU measured ahead of the tuned Triton forward. H200, torch 2.11, Triton 3.6,
+# B=4 H16 N4096 bf16 (docs/performance.md, sixth session): d = 128 (128, 128, 8, 2,
+# "gluon") 613 TFLOP/s dense, 485 causal, against 476 / 403 for the tuned Triton forward
+# ("gluon+pingpong" 556 / 487). d = 64 lost (381-397 against 415 dense, 326-330 against
+# 384 causal); d = 256 is not yet measured. The tuner still times each against the
+# Triton configs per size class.
+TUNED: dict[int, list[tuple]] = {128: [(128, 128, 8, 2, "gluon")]}
 
 
 def smem_bytes(spec: AttentionSpec, config: tuple) -> int:
@@ -133,6 +145,24 @@ def call_reason(q, k, v, out) -> str | None:
 @functools.cache
 def _environment_reason_cached(device: torch.device) -> str | None:
     return environment_reason(device)
+
+
+def present_environment_reason() -> str | None:
+    """`environment_reason` of the present CUDA device (the one modules are rendered
+    for), or why there is none."""
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    return _environment_reason_cached(torch.device("cuda", torch.cuda.current_device()))
+
+
+def tuned_configs(spec: AttentionSpec, tuned: dict[int, list[tuple]] | None = None
+                  ) -> list[tuple]:
+    """`tuned[d]` (this module's `TUNED` for None) where the Spec, the installed Triton
+    and the present device admit the Gluon kernel and `config.gluon` is on, else none:
+    the Gluon configs a rendered module's tuning space holds."""
+    if not ioaware_config.gluon or spec_reason(spec) or present_environment_reason():
+        return []
+    return list((TUNED if tuned is None else tuned).get(spec.head_dim, ()))
 
 
 _noted: set[str] = set()

@@ -83,6 +83,32 @@ def test_candidates_are_pinnable_and_out_of_the_tuning_space():
     assert "GLUON_REFUSED = 'head dims 96/96" in refused
 
 
+def test_measured_winners_join_the_space_where_the_device_admits_them(monkeypatch):
+    """Where the installed Triton and the present device admit the Gluon forward, the
+    tuning space of a Spec it serves ends with `TUNED[d]` (d = 128 only, as measured),
+    within the device's shared memory; a refused Spec, another head dim, no such device,
+    or `config.gluon` off keeps the Triton configs alone. The rendered module's tuning
+    space is that list."""
+    from ioaware.config import config
+    from ioaware.hardware import get_profile
+
+    h100 = get_profile("h100")
+    assert gluon_forward.present_environment_reason() is not None  # this CPU: none
+    assert not any(map(gluon_forward.is_gluon, fwd_render.forward_configs(_spec(), h100)))
+    monkeypatch.setattr(gluon_forward, "present_environment_reason", lambda: None)
+    for causal in (False, True):
+        space = fwd_render.forward_configs(_spec(128, causal), h100)
+        assert space[-len(gluon_forward.TUNED[128]):] == gluon_forward.TUNED[128]
+        assert all(gluon_forward.smem_bytes(_spec(), c) <= h100.sram_per_block
+                   for c in gluon_forward.TUNED[128])
+    for spec in (_spec(64), _spec(256), _spec(mask="q_idx >= kv_idx"), _spec(dtype="float32")):
+        assert not any(map(gluon_forward.is_gluon, fwd_render.forward_configs(spec, h100)))
+    source = fwd_render.render_forward(_spec(), profile=h100)
+    assert repr(gluon_forward.TUNED[128][0]) in source
+    monkeypatch.setattr(config, "gluon", False)
+    assert not any(map(gluon_forward.is_gluon, fwd_render.forward_configs(_spec(), h100)))
+
+
 @pytest.mark.skipif(not has_ptx_backend(), reason="this triton has no NVIDIA backend")
 @pytest.mark.skipif(gluon_forward.triton_version() not in gluon_forward.TRITON_VERSIONS,
                     reason="the Gluon kernel is written for Triton 3.6's Gluon API")

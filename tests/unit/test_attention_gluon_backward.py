@@ -75,6 +75,33 @@ def test_tensors_a_descriptor_cannot_address_are_refused():
     assert "TMA descriptor" in gluon_backward.tensors_reason(q, d_major)
 
 
+def test_measured_winners_join_the_space_where_the_device_admits_them(monkeypatch):
+    """Where the installed Triton and the present device admit the Gluon kernels, the
+    dK/dV tuning space of a Spec the dK/dV kernel serves ends with `TUNED[d]` (d = 64 and
+    128, dense and causal: the tuner times them against the Triton configs); d = 256, a
+    masked Spec, no such device, or `config.gluon` off keeps the Triton configs alone."""
+    from ioaware.config import config
+    from ioaware.hardware import get_profile
+
+    h100 = get_profile("h100")
+    assert not any(map(gluon_backward.is_gluon, bwd_render.dkdv_configs(_spec(), h100)))
+    monkeypatch.setattr(gluon_forward, "present_environment_reason", lambda: None)
+    for d in (64, 128):
+        for causal in (False, True):
+            space = bwd_render.dkdv_configs(_spec(d, causal), h100)
+            tuned = gluon_backward.TUNED[d]
+            assert space[-len(tuned):] == tuned
+            assert not any(map(gluon_backward.is_gluon, space[:-len(tuned)]))
+            assert all(gluon_backward.smem_bytes(_spec(d), c) <= h100.sram_per_block
+                       for c in tuned)
+    for spec in (_spec(256), _spec(mask="q_idx >= kv_idx")):
+        assert not any(map(gluon_backward.is_gluon, bwd_render.dkdv_configs(spec, h100)))
+    source = bwd_render.render_backward(_spec(), profile=h100)
+    assert repr(gluon_backward.TUNED[128][0]) in source
+    monkeypatch.setattr(config, "gluon", False)
+    assert not any(map(gluon_backward.is_gluon, bwd_render.dkdv_configs(_spec(), h100)))
+
+
 def test_candidates_are_pinnable_and_out_of_the_tuning_space():
     """d = 64 and 128 have Gluon dK/dV candidates that fit an H100's shared memory (the
     estimate is ptxas's, checked by the build test); none is in the dK/dV tuning space
