@@ -13,6 +13,7 @@ attributes directly.
                               implementations what an attention region may run as
     IOAWARE_OP_ROUTE=custom_op op_route     register the ops as torch.library.custom_op
     IOAWARE_GLUON=0           gluon          keep the Gluon attention kernels out of tuning
+    IOAWARE_FP8_ATTENTION=1   fp8_attention  read FP8 q, k, v in the attention kernel
 """
 
 from __future__ import annotations
@@ -84,6 +85,12 @@ class Config:
     # Triton admit them. Read when a module is rendered (its tuning space is written into
     # it): False keeps the Triton kernels only (a baseline, or to rule the Gluon ones out).
     gluon: bool = dataclasses.field(default_factory=lambda: _env_flag("IOAWARE_GLUON", "1"))
+    # Whether an attention region whose q, k, v are dequantized from FP8 just before reads
+    # the FP8 tensors in its kernel (passes/attention/fp8.py). Off: the region reads the
+    # dequantized 16-bit tensors, which an H200 ran faster (docs/performance.md, sixth
+    # session: the FP8 forward 0.82x the 16-bit one dense, 0.92x causal).
+    fp8_attention: bool = dataclasses.field(
+        default_factory=lambda: _env_flag("IOAWARE_FP8_ATTENTION"))
 
 
 config = Config()

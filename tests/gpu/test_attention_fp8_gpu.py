@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 import ioaware
 from ioaware.codegen.attention.spec import AttentionSpec
+from ioaware.config import config
 from ioaware.verify import TOLERANCE, relative_error
 
 pytestmark = [
@@ -29,6 +30,12 @@ from test_attention_fp8 import exact_attention, fp8_scale
 from test_attention_kernel import TOLERANCE as KERNEL_TOLERANCE
 
 E4M3 = torch.float8_e4m3fn
+
+
+@pytest.fixture(autouse=True)
+def fp8_attention(monkeypatch):
+    """FP8 operands taken: config.fp8_attention is off by default (measured slower)."""
+    monkeypatch.setattr(config, "fp8_attention", True)
 
 
 def _operands(gen, b, h_q, h_kv, n_q, n_k, d, fp8):

@@ -10,9 +10,16 @@ import torch
 from torch import nn
 
 import ioaware
+from ioaware.config import config
 from ioaware.verify import TOLERANCE, relative_error
 
 E4M3 = torch.float8_e4m3fn
+
+
+@pytest.fixture(autouse=True)
+def fp8_attention(monkeypatch):
+    """FP8 operands taken: config.fp8_attention is off by default (measured slower)."""
+    monkeypatch.setattr(config, "fp8_attention", True)
 
 
 class Fp8KVCacheAttention(nn.Module):

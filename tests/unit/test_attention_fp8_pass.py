@@ -16,10 +16,17 @@ from ioaware import capture
 from ioaware.codegen.attention import gluon_forward
 from ioaware.codegen.attention.price import flash_attention_cost
 from ioaware.codegen.attention.spec import AttentionSpec
+from ioaware.config import config
 from ioaware.passes.decode import route
 from ioaware.verify import TOLERANCE, relative_error
 
 E4M3 = torch.float8_e4m3fn
+
+
+@pytest.fixture(autouse=True)
+def fp8_attention(monkeypatch):
+    """FP8 operands taken: config.fp8_attention is off by default (measured slower)."""
+    monkeypatch.setattr(config, "fp8_attention", True)
 BF16 = torch.bfloat16
 aten = torch.ops.aten
 
@@ -157,6 +164,24 @@ def test_a_cast_that_changes_the_values_is_not_a_dequantization(dtype):
         torch.float8_e5m2: "not taken: _to_copy is torch.float8_e5m2 (only float8_e4m3fn "
                            "is served); the region reads the dequantized tensors"}[dtype]
     assert relative_error(run(*args), fn(*args)) <= TOLERANCE[torch.float32]
+
+
+def test_fp8_operands_are_read_only_when_configured(monkeypatch):
+    """Off by default (config.fp8_attention; an H200 ran the FP8 forward slower than the
+    16-bit one): the region is rewritten on the dequantized 16-bit tensors, explain says
+    why, and the output still equals eager's."""
+    from ioaware.passes.attention import fp8 as fp8_pass
+
+    monkeypatch.setattr(config, "fp8_attention", False)
+    fn, _ = SPELLINGS["tensor_scale"]
+    args = _operands("tensor_scale")
+    gm, run = canonical(fn, *args)
+    rewrites, fallbacks = run_pass(gm)
+    assert len(rewrites) == 1 and not fallbacks, fallbacks
+    assert rewrites[0].detail["fp8"].startswith(f"not taken: {fp8_pass.OFF_REASON};")
+    assert not [n for n in gm.graph.nodes if n.target is torch.ops.ioaware.attention.default
+                and AttentionSpec.from_json(n.args[4]).fp8]
+    assert relative_error(run(*args), fn(*args)) <= TOLERANCE[BF16]
 
 
 def test_gpus_before_sm89_read_the_dequantized_tensors(monkeypatch):
