@@ -21,8 +21,10 @@ body, watched by a TorchFunctionMode and by `launch.recording`, and kept once tw
 in a row recorded the same work (an early call often does what later ones skip: a
 block map built and kept, a binary compiled); the fourth call replays. It is kept only when each call's whole effect on tensors was
 
-    allocations by a factory (`ALLOCATORS`), launches of cached binaries, and calls
-    that return an argument or an allocation unchanged (`lse.contiguous()`)
+    allocations by a factory (`ALLOCATORS`), launches of cached binaries, calls
+    that return an argument or an allocation unchanged (`lse.contiguous()`), and dtype
+    conversions of those (`da.to(torch.bfloat16)`: a new tensor, redone in the replay
+    at the same place among the launches)
 
 and every launched tensor is an argument, an allocation, or a tensor made before the
 call (a module's kept block map: a constant, the same object in both recordings).
@@ -73,6 +75,9 @@ ALLOCATORS = frozenset({torch.empty, torch.zeros, torch.empty_like, torch.zeros_
 # returns a tensor of the call might have changed it.
 SAME_TENSOR = frozenset({"contiguous", "float", "to", "type_as", "half", "bfloat16",
                          "double", "int", "long", "cuda"})
+# Conversions a replay redoes: `x.to(dtype)` and its short forms, on a tensor of the call
+# (an argument, an allocation or an earlier conversion), with no other argument.
+CONVERSIONS = frozenset({"to", "float", "half", "bfloat16", "double"})
 # Calls that read a tensor's values into Python: what the body decides from them would
 # be frozen into the plan.
 DATA_READS = frozenset({"item", "tolist", "numpy", "__bool__", "__int__", "__float__",
@@ -144,11 +149,16 @@ class Plan:
     launch (run, grid, function, metadata, args, fills, stream device); `fills` lists
     (position, slot) pairs that put this call's tensors into a copy of the arguments."""
 
-    __slots__ = ("allocations", "constants", "launches", "result", "scratch")
+    __slots__ = ("allocations", "constants", "conversions", "launches", "result", "scratch",
+                 "slots")
 
     def __init__(self, allocations: list, launches: list, result: Any,
-                 constants: list[Tensor]) -> None:
+                 constants: list[Tensor], conversions: list | None = None,
+                 slots: int = 0) -> None:
         self.allocations, self.launches, self.constants = allocations, launches, constants
+        # (launches before it, source slot, dtype, result slot), in call order
+        self.conversions = conversions or []
+        self.slots = slots  # how many values a replay holds (arguments included)
         self.result = _builder(result)
         # A binary with in-kernel TMA descriptors asks Triton's scratch allocator for
         # memory; the launcher that installed it is skipped, and a replay may run on
@@ -159,6 +169,7 @@ class Plan:
         """Whether two recordings did the same: as many allocations, the same binaries
         in the same order, and the very same constant tensors."""
         return (len(self.allocations) == len(other.allocations)
+                and [c[:3] for c in self.conversions] == [c[:3] for c in other.conversions]
                 and [entry[0] for entry in self.launches] == [entry[0] for entry in other.launches]
                 and len(self.constants) == len(other.constants)
                 and all(a is b for a, b in zip(self.constants, other.constants)))
@@ -167,7 +178,9 @@ class Plan:
         """Run the plan on the call's tensors (`_flat_tensors`)."""
         if self.scratch:
             launch.ensure_scratch_allocator()
-        for factory, f_args, f_kwargs, fills in self.allocations:
+        if self.conversions:
+            return self._replay_converting(values)
+        for factory, f_args, f_kwargs, fills, _ in self.allocations:
             if fills:
                 f_args = list(f_args)
                 for pos, slot in fills:
@@ -181,6 +194,35 @@ class Plan:
             if stream is None:
                 stream = launch.current_stream(device)
             run(g0, g1, g2, stream, function, metadata, None, None, None, *l_args)
+        return self.result(values)
+
+    def _replay_converting(self, values: list[Tensor]) -> Any:
+        """`replay` for a plan with dtype conversions: values by slot, each conversion
+        run after the launches that came before it in the recorded call."""
+        values.extend([None] * (self.slots - len(values)))  # type: ignore[list-item]
+        for factory, f_args, f_kwargs, fills, slot in self.allocations:
+            if fills:
+                f_args = list(f_args)
+                for pos, source in fills:
+                    f_args[pos] = values[source]
+            values[slot] = factory(*f_args, **f_kwargs)
+        conversions = iter(self.conversions)
+        pending = next(conversions, None)
+        stream = None
+        for i, (run, g0, g1, g2, function, metadata, l_args, fills, device) in \
+                enumerate(self.launches):
+            while pending is not None and pending[0] <= i:
+                values[pending[3]] = values[pending[1]].to(pending[2])
+                pending = next(conversions, None)
+            l_args = list(l_args)
+            for pos, slot in fills:
+                l_args[pos] = values[slot]
+            if stream is None:
+                stream = launch.current_stream(device)
+            run(g0, g1, g2, stream, function, metadata, None, None, None, *l_args)
+        while pending is not None:
+            values[pending[3]] = values[pending[1]].to(pending[2])
+            pending = next(conversions, None)
         return self.result(values)
 
 
@@ -199,6 +241,21 @@ def _builder(template: tuple) -> Callable[[list], Any]:
     return lambda values: [part(values) for part in parts]
 
 
+def _conversion_dtype(name: str, args: tuple, kwargs: dict) -> torch.dtype | None:
+    """The dtype of a pure dtype conversion (`x.to(dtype)`, `x.to(dtype=...)`,
+    `x.float()`...), or None for any other form (a device, `copy=`, `memory_format=`)."""
+    if name != "to":
+        if len(args) == 1 and not kwargs:
+            return {"float": torch.float32, "half": torch.float16,
+                    "bfloat16": torch.bfloat16, "double": torch.float64}[name]
+        return None
+    if len(args) == 2 and not kwargs and isinstance(args[1], torch.dtype):
+        return args[1]
+    if len(args) == 1 and set(kwargs) == {"dtype"} and isinstance(kwargs["dtype"], torch.dtype):
+        return kwargs["dtype"]
+    return None
+
+
 class _Recorder(TorchFunctionMode):
     """Watches a body's torch calls: allocations become slots; anything that makes or
     changes tensor data otherwise refuses the plan."""
@@ -210,6 +267,9 @@ class _Recorder(TorchFunctionMode):
         for t in _flat_tensors(args):
             self._slot(t)
         self.allocations: list = []
+        self.conversions: list = []
+        self.converted: set[int] = set()  # slots that conversions made
+        self.launches: list = []  # launch.recording()'s list: how many ran so far
         self.refused: _Refused | None = None
 
     def _slot(self, t: Tensor) -> int:
@@ -237,10 +297,23 @@ class _Recorder(TorchFunctionMode):
                     if id(a) not in self.slots:
                         self._refuse(f"{name} of a tensor the call did not get or make")
                         return result
+                    if self.slots[id(a)] in self.converted:  # replays allocate first
+                        self._refuse(f"{name} of a converted tensor")
+                        return result
                     fills.append((pos, self.slots[id(a)]))
-            self.allocations.append((func, tuple(args), dict(kwargs), tuple(fills)))
-            self._slot(result)
+            self.allocations.append((func, tuple(args), dict(kwargs), tuple(fills),
+                                     self._slot(result)))
             return result
+        if name in CONVERSIONS and isinstance(result, Tensor) and id(result) not in self.slots:
+            dtype = _conversion_dtype(name, args, kwargs)
+            source = args[0] if args else None
+            if dtype is not None and isinstance(source, Tensor) and id(source) in self.slots \
+                    and result.device == source.device:
+                slot = self._slot(result)
+                self.converted.add(slot)
+                self.conversions.append((len(self.launches), self.slots[id(source)], dtype,
+                                         slot))
+                return result
         if _writes(name) or kwargs.get("out") is not None:
             self._refuse(f"{name} writes a tensor")
         elif name in DATA_READS:
@@ -273,7 +346,8 @@ class _Recorder(TorchFunctionMode):
             g0, g1, g2 = (tuple(grid) + (1, 1))[:3]
             recorded.append((run, g0, g1, g2, function, metadata, tuple(l_args),
                              tuple(fills), device))
-        return Plan(self.allocations, recorded, self._template(result), constants)
+        return Plan(self.allocations, recorded, self._template(result), constants,
+                    self.conversions, len(self.keep))
 
     def _template(self, value: Any) -> tuple:
         if isinstance(value, Tensor):
@@ -296,6 +370,7 @@ def _record(body: Callable[..., Any], args: tuple) -> tuple[Any, Plan | _Refused
     timings = tuning.timings
     recorder = _Recorder(args)
     with launch.recording() as launches, recorder:
+        recorder.launches = launches
         result = body(*args)
     if recorder.refused is not None:
         return result, recorder.refused

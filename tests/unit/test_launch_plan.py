@@ -222,6 +222,11 @@ def test_plans_off_run_the_body(cuda_path, monkeypatch):
     (lambda x, out: x * 2, False),                    # computes
     (lambda x, out: x[0], False),                     # a view
     (lambda x, out: x.abs_(), False),                 # changes an argument in place
+    (lambda x, out: out.to(torch.bfloat16), True),     # a dtype conversion: redone
+    (lambda x, out: out.to(dtype=torch.float16).double(), True),
+    (lambda x, out: out.to("cpu", torch.float16), False),  # a device in the conversion
+    (lambda x, out: out.to(torch.float16, copy=True), False),
+    (lambda x, out: torch.empty_like(out.half()), False),  # allocated from a conversion
 ])
 def test_the_recorder_keeps_only_allocations_and_launches(work, planned):
     def body(x):
@@ -230,3 +235,52 @@ def test_the_recorder_keeps_only_allocations_and_launches(work, planned):
 
     _, recorded = plan._record(body, (torch.randn(4, 4).abs() + 1,))
     assert isinstance(recorded, plan.Plan) is planned, recorded
+
+
+def test_a_conversion_is_redone_after_the_launches_before_it(monkeypatch):
+    """A plan keeps each dtype conversion at its place among the launches: replayed, it
+    converts what those launches wrote, into a new tensor in the slot the body's had."""
+    from ioaware.codegen import launch
+
+    monkeypatch.setattr(launch, "current_stream", lambda device: 0)  # no GPU here
+
+    def body(x):
+        acc = torch.zeros(x.shape, dtype=torch.float32)
+        out = torch.zeros(x.shape, dtype=torch.float32)
+        # stand-ins for two launches, as launch.launch records them (run writes acc)
+        launch._recorded.append((lambda *a: a[-1].add_(a[-2]), (1,), None, None, (x, acc), 0))
+        first = acc.to(torch.bfloat16)
+        launch._recorded.append((lambda *a: a[-1].add_(1), (1,), None, None, (out,), 0))
+        return first, out.half()
+
+    x = torch.randn(4, 4)
+    _, recorded = plan._record(body, (x,))
+    assert isinstance(recorded, plan.Plan), recorded
+    assert [(c[0], c[2]) for c in recorded.conversions] == [(1, torch.bfloat16),
+                                                            (2, torch.float16)]
+    first, second = recorded.replay([x])
+    torch.testing.assert_close(first, x.bfloat16(), rtol=0, atol=0)  # after launch 1
+    assert second.dtype == torch.float16 and torch.equal(second, torch.ones(4, 4).half())
+
+
+def test_the_scan_backward_with_16_bit_inputs_is_planned(cuda_path):
+    """The selective-scan backward of a bf16 model (fp32 A and D, as Mamba keeps them)
+    converts its fp32 dB, dC buffers to bf16 after the kernel: a plan redoes those
+    conversions, so the op is planned and each replay makes the body's launches."""
+    from ioaware.codegen.scan import op as scan_op
+
+    body = undecorated(scan_op.selective_scan_backward_op)
+    bt, dc, length, n = 1, 64, 64, 16
+    bf16 = torch.bfloat16
+    u, delta, z, dy = (torch.randn(bt, dc, length, dtype=bf16) for _ in range(4))
+    A, D = -torch.rand(dc, n), torch.randn(dc)
+    B, C = (torch.randn(bt, 1, length, n, dtype=bf16) for _ in range(2))
+    args = (dy, None, u, delta, A, B, C, D, z, None, True, None)
+    unplanned, _ = calls(lambda: body.__wrapped__(*args), 1)
+    per_call, grads = calls(lambda: body(*args), 5)
+    assert isinstance(next(iter(body.plans.values())), plan.Plan), body.plans
+    for launches in per_call:
+        assert len(launches) == len(unplanned[0])
+        assert all(same_launch(a, b, (dy, u, delta, A, B, C, D, z))
+                   for a, b in zip(launches, unplanned[0]))
+    assert [g.dtype for g in grads[:5]] == [bf16, bf16, torch.float32, bf16, bf16]
