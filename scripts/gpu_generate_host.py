@@ -26,6 +26,8 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import subprocess
+import sys
 import time
 
 import torch
@@ -100,15 +102,19 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--cprofile", action="store_true",
                         help="also the top Python functions of one generate()")
+    parser.add_argument("--variant", default=None,
+                        help="run only this variant (how the reduce-overhead rows run)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("needs a CUDA GPU")
     import ioaware
     from ioaware.bench.decode import generate_model
 
+    torch.manual_seed(0)  # a variant in its own process builds the same model
     model = generate_model()
     ids = torch.randint(1, 32000, (1, args.prompt), device="cuda")
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
+    if args.variant is None:
+        print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
     variants = {
         "eager": lambda f: f,
         "torch.compile": torch.compile,
@@ -117,8 +123,24 @@ def main() -> None:
         "ioaware.compile(reduce-overhead)": lambda f: ioaware.compile(
             f, mode="reduce-overhead"),
     }
+    if args.variant is not None:
+        run_variant(args.variant, variants[args.variant], model, ids, args.new, args.cprofile)
+        return
     for name, build in variants.items():
-        run_variant(name, build, model, ids, args.new, args.cprofile)
+        if "reduce-overhead" not in name:
+            run_variant(name, build, model, ids, args.new, args.cprofile)
+            continue
+        # Each reduce-overhead variant in its own process: both died with SIGSEGV on the
+        # H200 (2026-12-07) after the default rows had printed, taking the rest with them;
+        # a fresh process also holds no earlier variant's CUDA graphs or StaticCache.
+        command = [sys.executable, __file__, "--variant", name, "--new", str(args.new),
+                   "--prompt", str(args.prompt)] + (["--cprofile"] if args.cprofile else [])
+        sys.stdout.flush()  # the child writes to the same stdout
+        done = subprocess.run(command, check=False)
+        if done.returncode != 0:
+            how = (f"signal {-done.returncode}" if done.returncode < 0
+                   else f"exit {done.returncode}")
+            print(f"\n== {name}: its process died ({how})", flush=True)
 
 
 if __name__ == "__main__":

@@ -237,12 +237,23 @@ def decode_layers():
                          inputs=(TensorInput("in0", 4, "bool"),)).to_json()
     op = torch.ops.ioaware.decode_attention
     body = attention_host.undecorated(decode_op.decode_attention_op)
+    # The call Inductor's decode step makes in the bench's generate() (transformers 5.25,
+    # attention_mask given): the Spec reads the cache position and the padded
+    # attention_mask, both computed in the step's fused kernel, not a [1, 1, 1, Nk] mask.
+    step_spec = AttentionSpec(
+        head_dim=128, head_dim_v=128, dtype="bfloat16", causal=False, scale=128 ** -0.5,
+        mask="Ne(in1[0, kv_idx], 0) & (kv_idx <= q_idx + in0[0])", mask_semantics="safe",
+        inputs=(TensorInput("in0", 1, "int64"), TensorInput("in1", 2, "bool"))).to_json()
+    position, padding = torch.tensor([128]), torch.ones(1, 256, dtype=torch.bool)
     return {
         "decode-fwd": {
             "op, grad off": no_grad(lambda: op(q, k, v, [mask], spec)),
             "forward op, grad off (as Inductor calls it)": no_grad(
                 lambda: torch.ops.ioaware.decode_attention_forward.default(
                     q, k, v, [mask], spec)),
+            "forward op, generate()'s step arguments": no_grad(
+                lambda: torch.ops.ioaware.decode_attention_forward.default(
+                    q, k, v, [position, padding], step_spec, num_splits=0)),
             "op body": lambda: body(q, k, v, [mask], spec),
         },
     }

@@ -140,18 +140,27 @@ def _finish(out, m, l, Out, Lse, V, BT, b, h_kv, rows, offs_dv,
 
 
 @triton.jit
-def _decode_split(Q, K, V, BT, OPart, MPart, LPart, Out, Lse, Bad${inputs},
+def _parts(Part, PART_ROWS):
+    """(o, m, l) partials' bases in the one fp32 buffer: o [PART_ROWS, DV_PAD] first, then
+    m and l [PART_ROWS] (see forward: one allocation, not three, per call)."""
+    m_part = Part + PART_ROWS.to(tl.int64) * DV_PAD
+    return Part, m_part, m_part + PART_ROWS
+
+
+@triton.jit
+def _decode_split(Q, K, V, BT, Part, Out, Lse, Bad${inputs},
                   stride_qb, stride_qh, stride_qm, stride_qd,
                   stride_kb, stride_kh, stride_kn, stride_kd,
                   stride_vb, stride_vh, stride_vn, stride_vd,
                   stride_ob, stride_oh, stride_om, stride_od,
                   stride_btb, stride_btn,
-                  H_Q, H_KV, GROUP, N_Q, N_K, N_PAGES, SPLIT_LEN, N_SPLITS,
+                  H_Q, H_KV, GROUP, N_Q, N_K, N_PAGES, SPLIT_LEN, N_SPLITS, PART_ROWS,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGE: tl.constexpr,
                   FINAL: tl.constexpr):
     """Program (s, b·Hkv + g): keys [s·SPLIT_LEN, (s+1)·SPLIT_LEN) against the packed
-    rows of KV head g. OPart [B·Hkv, S, BLOCK_M, DV_PAD] (o = acc / l), MPart, LPart
-    [B·Hkv, S, BLOCK_M] (the running max m, log2 units, and the sum l), fp32.
+    rows of KV head g. Part: the fp32 partials, one buffer (_parts): o = acc / l
+    [B·Hkv, S, BLOCK_M, DV_PAD], then the running max m (log2 units) and the sum l, each
+    [B·Hkv, S, BLOCK_M]; PART_ROWS = B·Hkv·S·BLOCK_M.
     Packed row r is query head g·GROUP + r // Nq, query row r % Nq. FINAL (one split):
     write out and lse directly, no merge launch. Paged: Bad [B·Hkv·S] int32, whether
     this program met a table entry outside the pool (every program writes its own)."""
@@ -223,6 +232,7 @@ def _decode_split(Q, K, V, BT, OPart, MPart, LPart, Out, Lse, Bad${inputs},
                 stride_vn, stride_vd, stride_btb, stride_btn, H_Q, GROUP, N_Q, N_K,
                 N_PAGES, BLOCK_N, PAGE)
     else:
+        OPart, MPart, LPart = _parts(Part, PART_ROWS)
         part = pid.to(tl.int64) * N_SPLITS + split
         tl.store(OPart + (part * BLOCK_M + rows[:, None]) * DV_PAD + offs_dv[None, :], o)
         tl.store(MPart + part * BLOCK_M + rows, m_i)
@@ -241,11 +251,11 @@ def _pool_check(Bad, Ok, N_BAD, CHECK_BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _decode_merge(OPart, MPart, LPart, Out, Lse, V, BT, Bad, Ok,
+def _decode_merge(Part, Out, Lse, V, BT, Bad, Ok,
                   stride_ob, stride_oh, stride_om, stride_od,
                   stride_vb, stride_vh, stride_vn, stride_vd,
                   stride_btb, stride_btn,
-                  H_Q, H_KV, GROUP, N_Q, N_K, N_PAGES, N_SPLITS, N_PAIRS,
+                  H_Q, H_KV, GROUP, N_Q, N_K, N_PAGES, N_SPLITS, N_PAIRS, PART_ROWS,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGE: tl.constexpr):
     """Program b·Hkv + g: merge its S partials (FlashDecoding's log-sum-exp merge, kept
     as (m, l) pairs so ties at fp32's minimum keep their counts) and write out
@@ -256,6 +266,7 @@ def _decode_merge(OPart, MPart, LPart, Out, Lse, V, BT, Bad, Ok,
     if PAGED and pid == N_PAIRS:
         _pool_check(Bad, Ok, N_PAIRS * N_SPLITS, 1024)
     else:
+        OPart, MPart, LPart = _parts(Part, PART_ROWS)
         b = (pid // H_KV).to(tl.int64)
         h_kv = (pid % H_KV).to(tl.int64)
         rows = tl.arange(0, BLOCK_M)
@@ -311,15 +322,15 @@ def forward(q, k, v, out, lse, inputs, splits, config, block_table=None, n_k=Non
     split_len = _cdiv(_cdiv(n_k, splits), bn) * bn
     splits = _cdiv(n_k, split_len)
     final = splits == 1
+    part_rows = pairs * splits * bm
     if final:  # one split writes out and lse itself
-        o_part = m_part = l_part = lse
+        part = lse
     else:
-        o_part = torch.empty((pairs, splits, bm, DV_PAD), dtype=torch.float32,
-                             device=q.device)
-        # two allocations, not one unbound: a launch plan (codegen/plan.py) replays
-        # allocations, never views of them
-        m_part = torch.empty((pairs, splits, bm), dtype=torch.float32, device=q.device)
-        l_part = torch.empty((pairs, splits, bm), dtype=torch.float32, device=q.device)
+        # the partials o, m, l in one allocation, split by offsets in the kernels (_parts):
+        # an allocation is a few µs of a decode step's host time, a caching-allocator call
+        # and a profiler event each, and a launch plan (codegen/plan.py) replays
+        # allocations, never views of one
+        part = torch.empty(part_rows * (DV_PAD + 2), dtype=torch.float32, device=q.device)
     bad = ok = lse
     if PAGED:  # two allocations, not one sliced: Ok's pointer stays 16-byte aligned, as
         # the binary was specialised (a misaligned one would compile another)
@@ -327,9 +338,9 @@ def forward(q, k, v, out, lse, inputs, splits, config, block_table=None, n_k=Non
         ok = torch.empty(1, dtype=torch.int32, device=q.device)
     extra = [s for x in inputs for s in (x, *x.stride())]
     launch(_decode_split, (splits, pairs),
-           q, k, v, bt, o_part, m_part, l_part, out, lse, bad, *extra, *q.stride(), *ks,
+           q, k, v, bt, part, out, lse, bad, *extra, *q.stride(), *ks,
            *vs, *out.stride(), *bts, h_q, h_kv, group, n_q, n_k, n_pages, split_len,
-           splits, BLOCK_M=bm, BLOCK_N=bn, PAGE=page, FINAL=final, num_warps=warps,
+           splits, part_rows, BLOCK_M=bm, BLOCK_N=bn, PAGE=page, FINAL=final, num_warps=warps,
            num_stages=stages)
     if final:
         if PAGED:
@@ -337,8 +348,8 @@ def forward(q, k, v, out, lse, inputs, splits, config, block_table=None, n_k=Non
                    num_warps=4, num_stages=1)
     else:
         launch(_decode_merge, (pairs + int(PAGED),),
-               o_part, m_part, l_part, out, lse, v, bt, bad, ok, *out.stride(), *vs, *bts,
-               h_q, h_kv, group, n_q, n_k, n_pages, splits, pairs,
+               part, out, lse, v, bt, bad, ok, *out.stride(), *vs, *bts,
+               h_q, h_kv, group, n_q, n_k, n_pages, splits, pairs, part_rows,
                BLOCK_M=bm, BLOCK_N=bn, PAGE=page, num_warps=4, num_stages=1)
     return ok if PAGED else None
 ''')

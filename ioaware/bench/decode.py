@@ -302,17 +302,117 @@ def generate_model(layers: int = 4, hidden: int = 2048, heads: int = 16, kv_head
         return transformers.LlamaForCausalLM(config).to(device, dtype).eval()
 
 
+GENERATE_VARIANTS = ("eager", "torch.compile(reduce-overhead)",
+                     "ioaware.compile(reduce-overhead)", "torch.compile", "ioaware.compile")
+
+
+def _build_variant(name: str, forward: Callable) -> Callable:
+    import ioaware
+
+    mode = "reduce-overhead" if "reduce-overhead" in name else None
+    if name == "eager":
+        return forward
+    compiler = ioaware.compile if name.startswith("ioaware") else torch.compile
+    return compiler(forward, mode=mode) if mode else compiler(forward)
+
+
+def _generate_row(name: str, model, ids: torch.Tensor, new_tokens: int
+                  ) -> tuple[GenerateRow, torch.Tensor]:
+    """One variant's row (same_tokens left None) and its tokens, in this process."""
+    import time
+
+    from torch._dynamo.utils import counters
+
+    eager_forward = model.forward
+    try:
+        torch._dynamo.reset()
+        counters.clear()
+        compiled = _build_variant(name, eager_forward)
+        model.forward = graph_steps(compiled) if "reduce-overhead" in name else compiled
+        kwargs = generate_kwargs(new_tokens)
+        with torch.no_grad():
+            model.generate(ids, **kwargs)  # compiles, records the CUDA graphs
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            out = model.generate(ids, **kwargs)
+            torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+        graphs, breaks = compile_counts()
+        skips = counters["inductor"].get("cudagraph_skips", 0)
+        note = "; ".join(x for x in (_fallbacks(compiled), f"{skips} graphs ran without "
+                                     "CUDA graphs" if skips else "") if x)
+        return GenerateRow(name, ids.shape[0] * new_tokens / seconds, None, note, graphs,
+                           breaks), out
+    finally:
+        model.forward = eager_forward
+
+
+def _generate_row_in_subprocess(name: str, sizes: dict, ids: torch.Tensor, new_tokens: int,
+                                timeout_s: float) -> tuple[GenerateRow, torch.Tensor | None]:
+    """`_generate_row` in a fresh Python process on the same model (the same seed, the
+    same prompt): a reduce-overhead row that kills its process (both such rows ended
+    the H200 run of 2026-12-07 with SIGSEGV, after the default rows) loses that row
+    only, and no CUDA graph pool, cudagraph tree or StaticCache of an earlier row is
+    alive in it."""
+    import json
+    import subprocess
+    import sys
+
+    request = json.dumps({"name": name, "sizes": sizes, "ids": ids.tolist(),
+                          "new_tokens": new_tokens})
+    code = "from ioaware.bench.decode import generate_row_main; generate_row_main()"
+    try:
+        done = subprocess.run([sys.executable, "-c", code], input=request, text=True,
+                              capture_output=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        return GenerateRow(name, None, None, f"its process ran past {timeout_s:.0f} s"), None
+    lines = [x for x in done.stdout.splitlines() if x.startswith("{")]
+    if done.returncode != 0 or not lines:
+        how = (f"signal {-done.returncode}" if done.returncode < 0
+               else f"exit {done.returncode}")
+        tail = done.stderr.strip().splitlines()[-1:] or [""]
+        return GenerateRow(name, None, None, f"its process died ({how}) {tail[0][:200]}"), None
+    answer = json.loads(lines[-1])
+    if answer.get("error"):
+        return GenerateRow(name, None, None, answer["error"]), None
+    row = GenerateRow(name, answer["tokens_per_s"], None, answer["note"], answer["graphs"],
+                      answer["breaks"])
+    return row, torch.tensor(answer["tokens"], device=ids.device)
+
+
+def generate_row_main() -> None:
+    """The child of `_generate_row_in_subprocess`: a JSON request on stdin, one JSON
+    line (the row and its tokens, or the error) on stdout."""
+    import json
+    import sys
+
+    request = json.loads(sys.stdin.read())
+    torch.manual_seed(0)
+    model = generate_model(**request["sizes"])
+    ids = torch.tensor(request["ids"], device="cuda")
+    try:
+        row, out = _generate_row(request["name"], model, ids, request["new_tokens"])
+        answer = {"tokens_per_s": row.tokens_per_s, "note": row.note, "graphs": row.graphs,
+                  "breaks": row.breaks, "tokens": out.tolist()}
+    except Exception as error:  # noqa: BLE001  (a variant that fails is a row)
+        answer = {"error": short_error(error)}
+    print(json.dumps(answer), flush=True)
+
+
 def bench_generate(layers: int = 4, hidden: int = 2048, heads: int = 16, kv_heads: int = 4,
                    batch: int = 1, prompt: int = 128, new_tokens: int = 128,
                    budget_s: float = 170.0,
-                   progress: Callable[[str], None] | None = None) -> list[GenerateRow]:
+                   progress: Callable[[str], None] | None = None,
+                   isolate: bool = True) -> list[GenerateRow]:
     """Tokens/s of greedy generate() with a StaticCache on a Llama-style model with random
     weights (bf16): eager, torch.compile and ioaware.compile, each by default and with
     mode="reduce-overhead" (CUDA graphs), each timed on its second generate() (the first
     compiles and records the graphs), its tokens compared with eager's. The
-    reduce-overhead rows call the forward through `graph_steps`; every row counts the
-    graphs dynamo compiled and its graph breaks (two graphs, prefill and the decode step,
-    is what a StaticCache needs), and the ioaware rows say what fell back.
+    reduce-overhead rows call the forward through `graph_steps` and, with `isolate`,
+    run each in its own process (`_generate_row_in_subprocess`: a crash there is a row
+    saying so); every row counts the graphs dynamo compiled and its graph breaks (two
+    graphs, prefill and the decode step, is what a StaticCache needs), and the ioaware
+    rows say what fell back.
 
     transformers' own compile is off (`disable_compile`): with a StaticCache on CUDA,
     generate() otherwise wraps the forward in torch.compile(mode="reduce-overhead")
@@ -324,55 +424,33 @@ def bench_generate(layers: int = 4, hidden: int = 2048, heads: int = 16, kv_head
     require_cuda()
     import time
 
-    from torch._dynamo.utils import counters
-
-    import ioaware
-
-    model = generate_model(layers, hidden, heads, kv_heads)
+    sizes = {"layers": layers, "hidden": hidden, "heads": heads, "kv_heads": kv_heads}
+    torch.manual_seed(0)  # the same weights in a row's own process
+    model = generate_model(**sizes)
     ids = torch.randint(1, 32000, (batch, prompt), device="cuda")
-    eager_forward = model.forward
-    variants = {
-        "eager": lambda: eager_forward,
-        "torch.compile(reduce-overhead)": lambda: torch.compile(eager_forward,
-                                                                mode="reduce-overhead"),
-        "ioaware.compile(reduce-overhead)": lambda: ioaware.compile(eager_forward,
-                                                                    mode="reduce-overhead"),
-        "torch.compile": lambda: torch.compile(eager_forward),
-        "ioaware.compile": lambda: ioaware.compile(eager_forward),
-    }
-    kwargs = generate_kwargs(new_tokens)
     rows, reference, start_all, slowest = [], None, time.perf_counter(), 0.0
-    for name, build in variants.items():
+    for name in GENERATE_VARIANTS:
         started = time.perf_counter()
-        if started - start_all + slowest > budget_s:  # the slowest so far would overrun
+        left = budget_s - (started - start_all)
+        if slowest > left:  # the slowest so far would overrun
             rows.append(GenerateRow(name, None, None, f"not run: the {budget_s:.0f} s budget "
                                                       "would be spent"))
             continue
         if progress:
             progress(f"generate {name}")
         try:
-            torch._dynamo.reset()
-            counters.clear()
-            compiled = build()
-            model.forward = graph_steps(compiled) if "reduce-overhead" in name else compiled
-            with torch.no_grad():
-                model.generate(ids, **kwargs)  # compiles, records the CUDA graphs
-                torch.cuda.synchronize()
-                start = time.perf_counter()
-                out = model.generate(ids, **kwargs)
-                torch.cuda.synchronize()
-                seconds = time.perf_counter() - start
-            reference = out if reference is None else reference
-            graphs, breaks = compile_counts()
-            skips = counters["inductor"].get("cudagraph_skips", 0)
-            note = "; ".join(x for x in (_fallbacks(compiled), f"{skips} graphs ran without "
-                                         "CUDA graphs" if skips else "") if x)
-            rows.append(GenerateRow(name, batch * new_tokens / seconds,
-                                    bool(torch.equal(out, reference)), note, graphs, breaks))
+            if isolate and "reduce-overhead" in name:
+                row, out = _generate_row_in_subprocess(name, sizes, ids, new_tokens,
+                                                       max(left, 60.0))
+            else:
+                row, out = _generate_row(name, model, ids, new_tokens)
+            if out is not None:
+                reference = out if reference is None else reference
+                row.same_tokens = bool(torch.equal(out, reference))
+            rows.append(row)
         except Exception as error:  # noqa: BLE001  (a variant that fails is a row, not a crash)
             rows.append(GenerateRow(name, None, None, short_error(error)))
         finally:
-            model.forward = eager_forward
             slowest = max(slowest, time.perf_counter() - started)
     return rows
 

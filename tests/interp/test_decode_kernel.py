@@ -310,7 +310,7 @@ def test_decode_kernels_compile_for_hopper(tmp_path):
         inputs=(TensorInput("sizes", 1, "int64"), TensorInput("pad", 2, "bool"),
                 TensorInput("slopes", 1, "float32")),
         mask_semantics="add", mask_fill=FINFO_MIN)
-    pointers = {"OPart": "*fp32", "MPart": "*fp32", "LPart": "*fp32", "Lse": "*fp32",
+    pointers = {"Part": "*fp32", "Lse": "*fp32",
                 "BT": "*i32", "Bad": "*i32", "Ok": "*i32", "In0": "*i64", "In1": "*i1",
                 "In2": "*fp32"}
     bm, bn, warps, stages = decode_tile(get_profile("h100"), 128, 128, 2, 16)
@@ -343,8 +343,7 @@ def test_paged_split_keeps_the_dense_pipeline_depth_on_hopper(tmp_path):
     plain = AttentionSpec(head_dim=128, head_dim_v=128, dtype="bfloat16", causal=False,
                           scale=0.088)
     bm, bn, warps, stages = decode_tile(get_profile("h100"), 128, 128, 2, 16)
-    pointers = {"OPart": "*fp32", "MPart": "*fp32", "LPart": "*fp32", "Lse": "*fp32",
-                "BT": "*i32", "Bad": "*i32"}
+    pointers = {"Part": "*fp32", "Lse": "*fp32", "BT": "*i32", "Bad": "*i32"}
 
     def types(a):
         return pointers.get(a, "*bf16" if a in ("Q", "K", "V", "Out") else "i32")

@@ -120,7 +120,39 @@ def test_the_decode_op_is_planned_at_a_static_caches_signature(cuda_path):
         assert all(same_launch(a, b, (q, k, v, mask)) for a, b in zip(launches, unplanned[0]))
         assert len(launches) == 2
     assert out.shape == q.shape and lse.shape == (1, 4, 1) and lse.dtype == torch.float32
-    assert per_call[4][1][3] is out and per_call[4][1][4] is lse  # the merge writes them
+    assert per_call[4][1][1] is out and per_call[4][1][2] is lse  # the merge writes them
+
+
+def test_the_decode_op_replays_at_the_generate_steps_arguments(cuda_path):
+    """The call Inductor's decode step makes in the bench's generate() (Hq 16, Hkv 4,
+    d 128, a 256-slot StaticCache; the Spec reads the cache position and the padded
+    attention_mask, computed per step in the step's fused kernel; num_splits by keyword):
+    the kernel op records a plan and replays it, and a replay allocates out, lse and one
+    buffer for the split partials (three allocations, not five: each is a caching-
+    allocator call and a profiler event per layer and token on the GPU)."""
+    decode = decode_op.decode_attention_forward_op._init_fn
+    spec = AttentionSpec(
+        head_dim=128, head_dim_v=128, dtype="bfloat16", causal=False, scale=128 ** -0.5,
+        mask="Ne(in1[0, kv_idx], 0) & (kv_idx <= q_idx + in0[0])", mask_semantics="safe",
+        inputs=(TensorInput("in0", 1, "int64"), TensorInput("in1", 2, "bool"))).to_json()
+    q = torch.randn(1, 16, 1, 128, dtype=torch.bfloat16)
+    k, v = (torch.randn(1, 4, 256, 128, dtype=torch.bfloat16) for _ in range(2))
+    step = torch.ops.ioaware.decode_attention_forward.default
+    unplanned, _ = calls(lambda: decode.__wrapped__(q, k, v, [torch.tensor([128]),
+                                                              torch.ones(1, 256, dtype=torch.bool)],
+                                                    spec, 0), 1)
+    for _ in range(5):  # the step's mask inputs are new tensors every step
+        position, padding = torch.tensor([128]), torch.ones(1, 256, dtype=torch.bool)
+        with torch.no_grad():
+            LAUNCHED.clear()
+            out, lse = step(q, k, v, [position, padding], spec, num_splits=0)
+        assert all(same_launch(a, b, (q, k, v)) for a, b in zip(LAUNCHED, unplanned[0]))
+        assert any(a is position for a in LAUNCHED[0]) and any(a is padding for a in LAUNCHED[0])
+    (entry,) = decode.plans.values()
+    assert isinstance(entry, plan.Plan)
+    assert len(entry.launches) == 2  # the split programs, then the merge
+    assert len(entry.allocations) == 3, entry.allocations  # out, lse, the partials
+    assert any(a is out for a in LAUNCHED[1]) and any(a is lse for a in LAUNCHED[1])
 
 
 def test_a_decode_call_sent_to_the_prefill_op_replays_its_launches(cuda_path):
