@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 
 import torch
 
-from ioaware.backend import IoawareBackend
-from ioaware.explain import Explanation
+from ioaware.backend import IoawareBackend, counters, log
+from ioaware.explain import Explanation, Fallback
 from ioaware.inductor_options import inductor_patches
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -76,22 +76,49 @@ def compile(
             compiled.forward = Dispatch(compiled.forward, make_ring)
         else:
             call = Dispatch(compiled, make_ring)
+    # Under context parallel, eager would be this rank's rows alone: no eager fallback.
     if isinstance(fn, torch.nn.Module):
+        if context_parallel is None:
+            compiled.forward = eager_when_untraceable(compiled.forward, fn, backend)
         return compiled
+    run = functools.wraps(fn)(eager_when_untraceable(call, fn, backend) if context_parallel is None
+                              else functools.partial(call))
+    run._ioaware_backend = backend  # type: ignore[attr-defined]
+    return run  # type: ignore[return-value]
 
-    @functools.wraps(fn)
+
+def eager_when_untraceable(call: Callable[..., Any], eager: Callable[..., Any],
+                           backend: IoawareBackend) -> Callable[..., Any]:
+    """`call` (a torch.compile'd callable), or `eager` for a call that dynamo fails to
+    trace with fake tensors (`TorchRuntimeError`: an op's fake or meta kernel raised, a
+    shape or dtype torch's tracing sees differently from eager). That happens before
+    ioaware's backend sees a graph, so the backend cannot fall back itself: the call runs
+    eagerly, as it would without compiling (a function that fails eagerly raises its own
+    error), and `backend.explanation` gets a Fallback("graph", ...) with dynamo's reason.
+    Graphs dynamo compiled before the frame it failed on (after a graph break) have run by
+    then, and the eager call runs their code again."""
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return call(*args, **kwargs)
-        except torch._dynamo.exc.TorchRuntimeError:
-            if context_parallel is not None:  # eager would be this rank's rows alone
-                raise
-            # The function itself fails on these inputs (dynamo hit the error while
-            # tracing): run it eagerly so the caller sees the function's own error.
-            return fn(*args, **kwargs)
+        except torch._dynamo.exc.TorchRuntimeError as e:
+            reason = untraceable_reason(e)
+            backend.explanation.fallbacks.append(
+                Fallback("graph", reason, graph=backend.explanation.graphs))
+            counters["fallbacks"] += 1
+            log.warning("ioaware: %s", reason)
+            return eager(*args, **kwargs)
 
-    run._ioaware_backend = backend  # type: ignore[attr-defined]
-    return run  # type: ignore[return-value]
+    return run
+
+
+def untraceable_reason(error: BaseException) -> str:
+    """What explain says of a call dynamo could not trace: dynamo's first line and its
+    explanation (the op's own error), without the hints and the user stack."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    said = [lines[0]] if lines else []
+    said += [line for line in lines[1:] if line.startswith("Explanation:")][:1]
+    return ("dynamo could not trace this call, which runs eagerly: "
+            f"{type(error).__name__}: {' '.join(said)}")[:2000]
 
 
 @contextlib.contextmanager
@@ -124,5 +151,6 @@ def explain_on(device: str | None, fn: Callable[..., Any], *args: Any, **kwargs:
         target = target.__wrapped__
     backend = IoawareBackend(execute=False, device=device)
     with _fresh_dynamo_budget():
-        torch.compile(target, backend=backend)(*args, **kwargs)
+        compiled = torch.compile(target, backend=backend)
+        eager_when_untraceable(compiled, target, backend)(*args, **kwargs)
     return backend.explanation

@@ -241,10 +241,12 @@ def _run_variant(row: ModelRow, name: str, sizes: Sizes, variant: str, train: bo
     if compiler == "inductor":
         run = torch.compile(model, mode=mode)
     elif compiler == "ioaware":
+        from ioaware.api import eager_when_untraceable
         from ioaware.backend import IoawareBackend
 
         backend = IoawareBackend(mode=mode)
-        run = torch.compile(model, backend=backend)
+        # as ioaware.compile runs it: a call dynamo cannot trace runs eagerly, and says so
+        run = eager_when_untraceable(torch.compile(model, backend=backend), model, backend)
     else:
         run = model
     kw = inputs(name, sizes, dev)
@@ -281,6 +283,10 @@ def _run_variant(row: ModelRow, name: str, sizes: Sizes, variant: str, train: bo
         row.peak_bytes = torch.cuda.max_memory_allocated(dev)
     if backend is not None:
         row.regions = len(backend.explanation.rewrites)
+        untraced = [f.reason for f in backend.explanation.fallbacks
+                    if f.reason.startswith("dynamo could not trace")]
+        if untraced:
+            row.note = untraced[0][:300]
     return first
 
 

@@ -132,6 +132,63 @@ def test_function_that_raises_eagerly_raises_the_same_error():
     assert str(compiled.value) == str(eager.value)
 
 
+
+@torch.library.custom_op("ioaware_test::fake_kernel_raises", mutates_args=())
+def fake_kernel_raises(x: torch.Tensor) -> torch.Tensor:
+    """Runs eagerly; its fake kernel raises, as an op's did on the GPU machine (a
+    transformers Mamba, torch 2.11: "TorchRuntimeError: RuntimeError when making fake
+    tensor call" while dynamo traced, before any graph reached ioaware)."""
+    return x * 2
+
+
+@fake_kernel_raises.register_fake
+def _(x):
+    raise RuntimeError("planted: this op's fake kernel fails")
+
+
+fake_kernel_raises.register_autograd(lambda ctx, g: 2 * g)
+
+
+class UntraceableBlock(torch.nn.Module):
+    """An attention region, then a call dynamo cannot trace (it runs eagerly)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(16, 16)
+
+    def forward(self, q, k, v):
+        out = make("matmul_masked_fill", True, 0.25)(q, k, v)
+        return fake_kernel_raises(self.proj(out))
+
+
+def test_module_dynamo_cannot_trace_runs_eagerly_and_says_why():
+    torch.manual_seed(0)
+    model = UntraceableBlock()
+    q, k, v = qkv()
+    expected = model(q, k, v)
+    grads = torch.autograd.grad(expected.square().sum(), [q, k, v, *model.parameters()])
+    fast = ioaware.compile(model)
+    out = fast(q, k, v)  # before the fix: TorchRuntimeError out of torch.compile
+    torch.testing.assert_close(out, expected)
+    got = torch.autograd.grad(out.square().sum(), [q, k, v, *model.parameters()])
+    for g, e in zip(got, grads):
+        torch.testing.assert_close(g, e)
+    (fallback,) = [f for f in ioaware.explain(model, q, k, v).fallbacks if f.kind == "graph"]
+    assert fallback.reason.startswith("dynamo could not trace this call"), fallback
+    assert "planted: this op's fake kernel fails" in fallback.reason, fallback
+
+
+def test_function_dynamo_cannot_trace_runs_eagerly_and_says_why():
+    def fn(x):
+        return fake_kernel_raises(x.sin())
+
+    fast = ioaware.compile(fn)
+    x = torch.randn(8)
+    torch.testing.assert_close(fast(x), fn(x))
+    (fallback,) = fast._ioaware_backend.explanation.fallbacks
+    assert "planted: this op's fake kernel fails" in fallback.reason, fallback
+
+
 def test_bad_arguments_name_themselves():
     with pytest.raises(TypeError, match="fn must be a function or nn.Module"):
         ioaware.compile(3)
