@@ -96,8 +96,18 @@ def eager_when_untraceable(call: Callable[..., Any], eager: Callable[..., Any],
     eagerly, as it would without compiling (a function that fails eagerly raises its own
     error), and `backend.explanation` gets a Fallback("graph", ...) with dynamo's reason.
     Graphs dynamo compiled before the frame it failed on (after a graph break) have run by
-    then, and the eager call runs their code again."""
+    then, and the eager call runs their code again.
+
+    Dynamo keeps no record of a failed trace, so it would trace again, and fail again,
+    on every call: a call whose signature (`_call_signature`: its tensors' shapes,
+    dtypes, devices and requires_grad, grad mode) failed once runs eagerly at once, with
+    one Fallback and one warning per signature."""
+    untraceable: set[tuple] = set()
+
     def run(*args: Any, **kwargs: Any) -> Any:
+        key = _call_signature(args, kwargs)
+        if key in untraceable:
+            return eager(*args, **kwargs)
         try:
             return call(*args, **kwargs)
         except torch._dynamo.exc.TorchRuntimeError as e:
@@ -106,9 +116,22 @@ def eager_when_untraceable(call: Callable[..., Any], eager: Callable[..., Any],
                 Fallback("graph", reason, graph=backend.explanation.graphs))
             counters["fallbacks"] += 1
             log.warning("ioaware: %s", reason)
+            untraceable.add(key)
             return eager(*args, **kwargs)
 
     return run
+
+
+def _call_signature(args: tuple, kwargs: dict) -> tuple:
+    """What a trace's success depends on, cheaply: each tensor argument's shape, dtype,
+    device and requires_grad, any other argument's type, and the grad mode."""
+    def one(x: Any) -> Any:
+        if isinstance(x, torch.Tensor):
+            return (tuple(x.shape), x.dtype, x.device, x.requires_grad)
+        return type(x)
+
+    return (torch.is_grad_enabled(), tuple(map(one, args)),
+            tuple((k, one(v)) for k, v in kwargs.items()))
 
 
 def untraceable_reason(error: BaseException) -> str:

@@ -187,6 +187,16 @@ def test_function_dynamo_cannot_trace_runs_eagerly_and_says_why():
     torch.testing.assert_close(fast(x), fn(x))
     (fallback,) = fast._ioaware_backend.explanation.fallbacks
     assert "planted: this op's fake kernel fails" in fallback.reason, fallback
+    # the same signature again: eager at once, not traced (and failed) once more
+    from torch._dynamo.utils import counters
+
+    frames = counters["frames"]["total"]
+    torch.testing.assert_close(fast(x), fn(x))
+    assert counters["frames"]["total"] == frames
+    assert len(fast._ioaware_backend.explanation.fallbacks) == 1
+    # a new signature is traced again
+    fast(torch.randn(9))
+    assert counters["frames"]["total"] > frames
 
 
 def test_bad_arguments_name_themselves():
