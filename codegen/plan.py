@@ -175,30 +175,11 @@ class Plan:
                 and all(a is b for a, b in zip(self.constants, other.constants)))
 
     def replay(self, values: list[Tensor]) -> Any:
-        """Run the plan on the call's tensors (`_flat_tensors`)."""
+        """Run the plan on the call's tensors (`_flat_tensors`): the allocations, then
+        the launches in order, each dtype conversion after the launches that came before
+        it in the recorded call."""
         if self.scratch:
             launch.ensure_scratch_allocator()
-        if self.conversions:
-            return self._replay_converting(values)
-        for factory, f_args, f_kwargs, fills, _ in self.allocations:
-            if fills:
-                f_args = list(f_args)
-                for pos, slot in fills:
-                    f_args[pos] = values[slot]
-            values.append(factory(*f_args, **f_kwargs))
-        stream = None
-        for run, g0, g1, g2, function, metadata, l_args, fills, device in self.launches:
-            l_args = list(l_args)
-            for pos, slot in fills:
-                l_args[pos] = values[slot]
-            if stream is None:
-                stream = launch.current_stream(device)
-            run(g0, g1, g2, stream, function, metadata, None, None, None, *l_args)
-        return self.result(values)
-
-    def _replay_converting(self, values: list[Tensor]) -> Any:
-        """`replay` for a plan with dtype conversions: values by slot, each conversion
-        run after the launches that came before it in the recorded call."""
         values.extend([None] * (self.slots - len(values)))  # type: ignore[list-item]
         for factory, f_args, f_kwargs, fills, slot in self.allocations:
             if fills:

@@ -27,7 +27,6 @@ import triton
 from ..launch import ensure_scratch_allocator, tma_addressable
 from ..launch import launch as launch_binary
 from . import gluon_forward
-from .header import is_plain
 from .spec import AttentionSpec
 
 log = logging.getLogger("ioaware.attention")
@@ -81,17 +80,9 @@ def is_gluon(config: tuple) -> bool:
 
 
 def spec_reason(spec: AttentionSpec) -> str | None:
-    """Why the Gluon dK/dV kernel cannot serve `spec` (None: it can, Spec-wise)."""
-    if not is_plain(spec):
-        return "only dense and causal attention (no mask, score mod, inputs or dropout)"
-    if spec.fp8:
-        return f"FP8 operands ({spec.fp8}): the Gluon kernel reads 16-bit q, k, v"
-    if spec.dtype not in DTYPES:
-        return f"dtype {spec.dtype} (needs one of {DTYPES})"
-    if spec.head_dim != spec.head_dim_v or spec.head_dim not in HEAD_DIMS:
-        return (f"head dims {spec.head_dim}/{spec.head_dim_v} (needs d = dv in "
-                f"{HEAD_DIMS})")
-    return None
+    """Why the Gluon dK/dV kernel cannot serve `spec` (None: it can, Spec-wise): the
+    forward's rules at this kernel's head dims."""
+    return gluon_forward.spec_reason(spec, HEAD_DIMS)
 
 
 def unavailable_reason(spec: AttentionSpec, device: torch.device | None = None

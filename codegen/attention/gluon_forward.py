@@ -90,17 +90,18 @@ def _gluon_importable() -> str | None:
     return None
 
 
-def spec_reason(spec: AttentionSpec) -> str | None:
-    """Why the Gluon forward cannot serve `spec` (None: it can, Spec-wise)."""
+def spec_reason(spec: AttentionSpec, head_dims: tuple[int, ...] = HEAD_DIMS) -> str | None:
+    """Why the Gluon forward (or, with its `head_dims`, the Gluon dK/dV kernel) cannot
+    serve `spec` (None: it can, Spec-wise)."""
     if not is_plain(spec):
         return "only dense and causal attention (no mask, score mod, inputs or dropout)"
     if spec.fp8:
         return f"FP8 operands ({spec.fp8}): the Gluon kernel reads 16-bit q, k, v"
     if spec.dtype not in DTYPES:
         return f"dtype {spec.dtype} (needs one of {DTYPES})"
-    if spec.head_dim != spec.head_dim_v or spec.head_dim not in HEAD_DIMS:
+    if spec.head_dim != spec.head_dim_v or spec.head_dim not in head_dims:
         return (f"head dims {spec.head_dim}/{spec.head_dim_v} (needs d = dv in "
-                f"{HEAD_DIMS})")
+                f"{head_dims})")
     return None
 
 
