@@ -74,9 +74,8 @@ def smem_bytes(spec: AttentionSpec, config: tuple) -> int:
             + 8 * (2 * stages + 1))
 
 
-def is_gluon(config: tuple) -> bool:
-    """Whether a dK/dV config names the Gluon kernel."""
-    return len(config) > 4 and "gluon" in config[4].split("+")
+# Whether a dK/dV config names the Gluon kernel: the forward's test of the variant string.
+is_gluon = gluon_forward.is_gluon
 
 
 def spec_reason(spec: AttentionSpec) -> str | None:
