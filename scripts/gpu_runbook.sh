@@ -21,7 +21,7 @@
 #   masked     ioaware bench attention --mask all beside Flex and compile (400)
 #   backward   scripts/gpu_attention_backward.py --candidates (200)
 #   ssd        scripts/gpu_ssd.py --issue-shape (200)
-#   gluon      scripts/gpu_gluon_forward.py, then its GPU tests (240; GLUON_TESTS=0 skips them)
+#   gluon      scripts/gpu_gluon_forward.py, then its GPU tests (350; GLUON_TESTS=0 skips them)
 #   gluonbwd   scripts/gpu_gluon_backward.py: the Gluon dK/dV kernel checked, timed beside
 #              the tuned Triton dK/dV and cuDNN (180), then its GPU tests (150;
 #              GLUON_TESTS=0 skips them)
@@ -80,7 +80,7 @@ for s in ${STEPS:-tests}; do
     masked) step masked 400 python3 -m ioaware.cli bench attention --mask all --batch 2 \
               --heads 16 --seqlen 8192 --skip-slow --vs flex,compile ;;
     backward) step backward 200 python3 scripts/gpu_attention_backward.py --candidates ;;
-    gluon) step gluon 180 python3 scripts/gpu_gluon_forward.py
+    gluon) step gluon 250 python3 scripts/gpu_gluon_forward.py --timeout 240
            [ "${GLUON_TESTS:-1}" = 0 ] ||
            step gluontests 100 python3 -m pytest -q -rfE --tb=short -m gpu -W ignore \
              -p no:cacheprovider tests/gpu/test_attention_gluon_gpu.py ;;
