@@ -112,6 +112,8 @@ def _counts(body: list[tuple[str, str]]) -> dict[str, int]:
             "spill": sum(o.startswith(("STL", "LDL")) for o in ops),
             # global atomics (REDG: relaxed, no result; ATOMG: returns the old value)
             "atomics": sum(o.startswith(("RED", "ATOM")) for o in ops),
+            # TMA reduce-adds (cp.reduce.async.bulk.tensor: the fused-dQ Gluon kernel's)
+            "utmaredg": sum(o.startswith("UTMAREDG") for o in ops),
             # shared-memory round trips, shuffles and barriers: layout conversions
             "smem": sum(o.startswith(("LDS", "STS", "LDSM", "STSM")) for o in ops),
             "shfl": sum(o.startswith("SHFL") for o in ops),
@@ -203,7 +205,7 @@ def count_variants(specs: list[AttentionSpec]) -> None:
                       f"loops(n,mma,spill)={loops}", flush=True)
 
 
-def print_row(label: str, stats: dict, overlap: str) -> None:
+def print_row(label: str, stats: dict, overlap: str, suffix: str = "") -> None:
     """One config's line: registers, stack, shared memory KB, then per innermost loop
     with wgmma n/hgmma/mufu/<overlap>/spill/lds_sts/stall (`overlap`: which count of
     exp2 under the matmuls, "mufu_under_mma" or "mufu_pending")."""
@@ -213,7 +215,7 @@ def print_row(label: str, stats: dict, overlap: str) -> None:
     if stats["truncated"]:
         loops += " (SASS cut at 4096 instructions)"
     print(f"{label} {stats['regs']:4d} {stats['stack']:5d} {stats['smem'] / 1024:7.0f}  "
-          f"{loops}", flush=True)
+          f"{loops}{suffix}", flush=True)
 
 
 def count_candidates(specs: list[AttentionSpec]) -> None:
@@ -269,7 +271,11 @@ def count_gluon_backward(specs: list[AttentionSpec]) -> None:
     """The Gluon dK/dV kernel's candidates (`gluon_backward.CANDIDATES`: d = 64, 128;
     Triton 3.6 only), compiled for sm_90, in the columns of `count_gluon`. One loop per
     consumer warpgroup and kind of query block (causal: the diagonal's masked loop, then
-    the whole blocks'); every exp2 should be issued while the dPᵀ wgmma is pending."""
+    the whole blocks'); every exp2 should be issued while the dPᵀ wgmma is pending.
+    Then the fused-dQ kernel's ("gluon+atomic", `gluon_backward.FUSED_CANDIDATES`), with
+    its TMA reduce-adds: UTMAREDG instructions in the whole kernel and per loop (one
+    instruction a consumer and block; Triton's lowering spreads a tile of 256-byte rows
+    over two warps, one 128-byte-swizzled box each)."""
     from ioaware.codegen.attention import gluon_backward
 
     print("dK/dV config                       regs stack smem_KB  loops "
@@ -281,14 +287,20 @@ def count_gluon_backward(specs: list[AttentionSpec]) -> None:
             continue
         print(f"# triton {triton.__version__} {spec.dtype} d={spec.head_dim} "
               f"causal={spec.causal}", flush=True)
-        for config in configs:
+        for config in configs + gluon_backward.fused_candidate_configs(spec):
             try:
                 stats = sass_stats(gluon_backward.compile_sm90(config, spec.head_dim,
                                                                spec.causal, spec.dtype))
             except Exception as error:  # noqa: BLE001 - the report is the point
                 print(config, "FAILED:", str(error).strip().splitlines()[-1][:200])
                 continue
-            print_row(f"{config!s:34s}", stats, "mufu_pending")
+            suffix = ""
+            if gluon_backward.is_fused(config):
+                per_loop = "/".join(str(lp["utmaredg"]) for lp in stats["loops"]
+                                    if lp["mma"])
+                suffix = (f"  UTMAREDG {stats['all']['utmaredg']} (per loop {per_loop}),"
+                          f" spill ops in all {stats['all']['spill']}")
+            print_row(f"{config!s:34s}", stats, "mufu_pending", suffix)
 
 
 def _medians_ms(fwd, bwd, q, k, v, do) -> tuple[float, float]:

@@ -1,17 +1,23 @@
-"""The Gluon dK/dV kernel (issue 15; codegen/attention/gluon_bwd_kernel.py) on an H100:
-checked, then timed beside ioaware's tuned Triton dK/dV kernel and cuDNN's backward.
+"""The Gluon dK/dV kernel (issue 15; codegen/attention/gluon_bwd_kernel.py) and its
+fused-dQ form ("gluon+atomic", gluon_bwd_dq_kernel.py) on an H100: checked, then timed
+beside ioaware's tuned Triton dK/dV kernel and cuDNN's backward.
 
 1. Correctness of every Gluon candidate (`backward.gluon_candidate_configs`), dense and
    causal, d = 64 and 128 (bf16; one fp16 case), at ragged sizes with GQA (B=2, Hq=4,
    Hkv=2, Nq=333, Nk=517 dense / 333 causal), q, k, v, dO in a [B, N, H, d] layout seen
    through a transpose: dK and dV of the Gluon kernel against the fp32 math (autograd
    through SDPA's math backend on fp32 copies; relative Frobenius error 1e-2 bf16,
-   2e-3 fp16). Then each timed case on a slice of its full-size gradients.
+   2e-3 fp16). The fused-dQ candidates (`backward.gluon_fused_candidate_configs`) the
+   same way, dQ checked as well (it comes out of the fused kernel's reduce-adds). Then
+   each timed case on a slice of its full-size gradients (dQ, dK, dV).
 2. Time (triton.testing.do_bench, median) at B4 H16 N4096 d128 dense and causal and
    B4 H32 N4096 d64 dense and causal (d = 256 is refused by the gate: see
    docs/kernels.md): the dK/dV kernel alone (the Gluon candidates, the tuned Triton
    dK/dV config) and the whole backward (preprocess + dK/dV + the tuned dQ), beside
-   cuDNN's SDPA backward (its forward excluded: the gradient of a saved graph).
+   cuDNN's SDPA backward (its forward excluded: the gradient of a saved graph). The
+   fused rows ("gluon+dQ"): the fused kernel alone (its "dK/dV" TFLOP/s count its five
+   products, 5/4 of the others'), and the whole backward as it runs (preprocess, the
+   accumulator's zeroing, the fused kernel, `_bwd_dq_convert`).
    TFLOP/s: 4 products of 2·B·H·N²·d for dK/dV, 2.5× the forward's 4·B·H·N²·d for the
    backward, halved causal.
 
@@ -19,7 +25,7 @@ Exit 1 on any wrong answer, or when the gate refuses the kernel here (it runs on
 3.6 and sm_90 only). A watchdog ends the process after --timeout seconds (a hung
 mbarrier wait shows up as a hang, not a wrong answer).
 
-    python scripts/gpu_gluon_backward.py            # ~1.5-2.5 min on an H100
+    python scripts/gpu_gluon_backward.py            # ~2-3 min on an H100
 """
 
 from __future__ import annotations
@@ -90,18 +96,23 @@ def rel(got, want) -> float:
 
 
 def check_ragged(d, causal, dtype, seed, failures) -> None:
-    from ioaware.codegen.attention import backward
+    from ioaware.codegen.attention import backward, gluon_backward
 
     fwd, bwd, spec = modules(d, causal, dtype)
     n_q, n_k = (333, 333) if causal else (333, 517)
     problem = Problem(fwd, 2, 4, 2, n_q, n_k, d, dtype, seed, strided=True)
     want = reference(problem.q, problem.k, problem.v, problem.do, causal)
-    for config in backward.gluon_candidate_configs(spec):
-        _, dk, dv = problem.backward(bwd, config)
+    for config in (backward.gluon_candidate_configs(spec)
+                   + backward.gluon_fused_candidate_configs(spec)):
+        dq, dk, dv = problem.backward(bwd, config)
         errors = rel(dk, want[1]), rel(dv, want[2])
+        fused = ""
+        if gluon_backward.is_fused(config):  # dQ is the fused kernel's too
+            errors += (rel(dq, want[0]),)
+            fused = f"  dQ rel {errors[2]:.2e}"
         ok = max(errors) <= TOLERANCE[dtype]
         print(f"  check d={d} {'causal' if causal else 'dense '} {str(dtype)[6:]:8s} "
-              f"{config!s:26s} dK rel {errors[0]:.2e}  dV rel {errors[1]:.2e}  "
+              f"{config!s:34s} dK rel {errors[0]:.2e}  dV rel {errors[1]:.2e}{fused}  "
               f"{'ok' if ok else 'WRONG'}", flush=True)
         if not ok:
             failures.append(f"{config} d={d} causal={causal} {dtype}")
@@ -109,7 +120,8 @@ def check_ragged(d, causal, dtype, seed, failures) -> None:
 
 def _dkdv_alone(bwd, problem, config, n_q, n_k):
     """A callable that launches only the dK/dV kernel at `config` (Gluon or Triton),
-    with the backward's own delta."""
+    with the backward's own delta; a fused-dQ config adds into an accumulator zeroed
+    once, outside the timing (the whole backward's rows count the zeroing)."""
     from ioaware.codegen.attention import gluon_backward
 
     p = problem
@@ -119,6 +131,12 @@ def _dkdv_alone(bwd, problem, config, n_q, n_k):
     bwd.launch(bwd._bwd_preprocess, (-(-n_q // bwd.PRE_BLOCK_M), batch * h_q), p.out, p.do,
                p.lse, delta, *p.out.stride(), *p.do.stride(), h_q, n_q, HAS_DLSE=False,
                BLOCK_M=bwd.PRE_BLOCK_M)
+    if gluon_backward.is_fused(config):
+        acc = torch.zeros(batch * h_q, n_q, p.q.shape[-1], device="cuda",
+                          dtype=torch.float32)
+        return lambda: gluon_backward.launch(config, p.q, p.k, p.v, p.do, p.dk, p.dv, p.lse,
+                                             delta, bwd.SCALE.value, bwd.CAUSAL.value,
+                                             dq_acc=acc)
     if gluon_backward.is_gluon(config):
         return lambda: gluon_backward.launch(config, p.q, p.k, p.v, p.do, p.dk, p.dv, p.lse,
                                              delta, bwd.SCALE.value, bwd.CAUSAL.value)
@@ -132,7 +150,7 @@ def _dkdv_alone(bwd, problem, config, n_q, n_k):
 def time_case(case, table, failures) -> None:
     from triton.testing import do_bench
 
-    from ioaware.codegen.attention import backward
+    from ioaware.codegen.attention import backward, gluon_backward
 
     batch, heads, n, d, causal = case
     label = f"B{batch} H{heads} N{n} d{d}" + (" causal" if causal else "")
@@ -153,6 +171,7 @@ def time_case(case, table, failures) -> None:
                                                     retain_graph=True),
                         return_mode="median")
     rows = [(f"gluon {c[:4]}", c) for c in backward.gluon_candidate_configs(spec)]
+    rows += [(f"gluon+dQ {c[:4]}", c) for c in backward.gluon_fused_candidate_configs(spec)]
     rows.append((f"triton tuned {tuned}", tuned))
     triton_ms = {}
     for name, config in rows:
@@ -165,7 +184,8 @@ def time_case(case, table, failures) -> None:
         whole_ms = do_bench(lambda c=config: problem.backward(bwd, c), return_mode="median")
         if config == tuned:
             triton_ms = {"kernel": kernel_ms, "whole": whole_ms}
-        table.append([label, name, kernel_ms, fl_dkdv / kernel_ms / 1e9, whole_ms,
+        products = 1.25 if gluon_backward.is_fused(config) else 1.0  # dQ's fifth product
+        table.append([label, name, kernel_ms, products * fl_dkdv / kernel_ms / 1e9, whole_ms,
                       fl_bwd / whole_ms / 1e9, cudnn_ms, ok, max(errors)])
     for row in table[-len(rows):]:
         row.append(triton_ms["kernel"] / row[2])
@@ -199,7 +219,7 @@ def print_table(table) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--timeout", type=float, default=170.0,
+    parser.add_argument("--timeout", type=float, default=230.0,
                         help="seconds before the watchdog ends the process (a hang)")
     parser.add_argument("--skip-check", action="store_true", help="time only")
     args = parser.parse_args()

@@ -22,9 +22,9 @@
 #   backward   scripts/gpu_attention_backward.py --candidates (200)
 #   ssd        scripts/gpu_ssd.py --issue-shape (200)
 #   gluon      scripts/gpu_gluon_forward.py, then its GPU tests (350; GLUON_TESTS=0 skips them)
-#   gluonbwd   scripts/gpu_gluon_backward.py: the Gluon dK/dV kernel checked, timed beside
-#              the tuned Triton dK/dV and cuDNN (180), then its GPU tests (150;
-#              GLUON_TESTS=0 skips them)
+#   gluonbwd   scripts/gpu_gluon_backward.py: the Gluon dK/dV kernel and its fused-dQ form
+#              checked, timed beside the tuned Triton dK/dV and cuDNN (240), then its GPU
+#              tests (150; GLUON_TESTS=0 skips them)
 #   fp8        scripts/gpu_attention_fp8.py: the FP8 forward checked, timed beside bf16 and
 #              cuDNN (150), then tests/gpu/test_attention_fp8_gpu.py (150)
 # A step past its limit leaves what it printed and the word TIMEOUT in its file.
@@ -84,7 +84,7 @@ for s in ${STEPS:-tests}; do
            [ "${GLUON_TESTS:-1}" = 0 ] ||
            step gluontests 100 python3 -m pytest -q -rfE --tb=short -m gpu -W ignore \
              -p no:cacheprovider tests/gpu/test_attention_gluon_gpu.py ;;
-    gluonbwd) step gluonbwd 180 python3 scripts/gpu_gluon_backward.py
+    gluonbwd) step gluonbwd 240 python3 scripts/gpu_gluon_backward.py
               [ "${GLUON_TESTS:-1}" = 0 ] ||
               step gluonbwdtests 150 python3 -m pytest -q -rfE --tb=short -m gpu -W ignore \
                 -p no:cacheprovider tests/gpu/test_attention_gluon_backward_gpu.py ;;

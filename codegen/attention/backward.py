@@ -65,8 +65,10 @@ from .tiles import attention_dkdv_tile_candidates, attention_dq_tile_candidates
 # one-kernel backward; no dQ pass); "bulk" with it: by TMA reduce-adds of whole tiles
 # (FA3's way) rather than per element; "dpfirst" issues dPᵀ before P's exp2; "gluon" runs
 # the Gluon dK/dV kernel (gluon_bwd_kernel.py, FA3's warp-specialized schedule; plain
-# Specs, where gluon_backward's gate admits it, else the default dK/dV config). Any
-# variant runs when pinned; these are the tuning space.
+# Specs, where gluon_backward's gate admits it, else the default dK/dV config);
+# "gluon+atomic" its fused-dQ form (gluon_bwd_dq_kernel.py: dQ by TMA reduce-adds, no dQ
+# pass; refused, the default tiles with "atomic"). Any variant runs when pinned; these
+# are the tuning space.
 Config = tuple
 # (64, 128, 8, 2, "tma") won the old space at d = 128 on the H100; 64 kv rows
 # with 8 warps compile with no or few spills there (Triton 3.6, sm_90; docs/kernels.md
@@ -185,6 +187,18 @@ def gluon_candidate_configs(spec: AttentionSpec, profile: DeviceProfile | None =
     them. Apart from `candidate_configs`, whose dK/dV configs are `_bwd_dkdv`'s."""
     limit = hardware.get_profile(profile).sram_per_block
     return [c for c in gluon_backward.candidate_configs(spec)
+            if gluon_backward.smem_bytes(spec, c) <= limit]
+
+
+def gluon_fused_candidate_configs(spec: AttentionSpec, profile: DeviceProfile | None = None
+                                  ) -> list[Config]:
+    """The fused-dQ Gluon kernel's configs ("gluon+atomic": dQ by TMA reduce-adds inside
+    the dK/dV kernel; `gluon_backward.FUSED_CANDIDATES`) that fit `profile`'s device:
+    pinnable as `dkdv_config`, out of every tuning space until a GPU has measured them.
+    `is_atomic` holds for them, so a module's tuning under
+    torch.use_deterministic_algorithms would drop them as it drops the Triton atomics."""
+    limit = hardware.get_profile(profile).sram_per_block
+    return [c for c in gluon_backward.fused_candidate_configs(spec)
             if gluon_backward.smem_bytes(spec, c) <= limit]
 
 
@@ -624,14 +638,25 @@ def _rest_of_backward(dkdv_config, dq_config, dq, dkdv_args, dq_args, shape):
     if gluon_backward.is_gluon(dkdv_config):
         q, k, v, do, dk, dv, lse, delta = dkdv_args[:8]
         reason = GLUON_REFUSED or gluon_backward.call_reason(q, k, v, do, dk, dv)
+        fused = gluon_backward.is_fused(dkdv_config)  # "gluon+atomic": dQ inside
+        if reason is None and fused:
+            acc = torch.zeros((batch * h_q, n_q, D_PAD), device=dq.device,
+                              dtype=torch.float32)
+            gluon_backward.launch(dkdv_config, q, k, v, do, dk, dv, lse, delta, SCALE.value,
+                                  CAUSAL.value, dq_acc=acc)
+            launch(_bwd_dq_convert, (_cdiv(n_q, PRE_BLOCK_M), batch * h_q), acc, dq,
+                   *dq.stride(), h_q, n_q, BLOCK_M=PRE_BLOCK_M)
+            return
         if reason is None:
             gluon_backward.launch(dkdv_config, q, k, v, do, dk, dv, lse, delta, SCALE.value,
                                   CAUSAL.value)
             _launch(_bwd_dq, dq_config, n_q, batch * h_q, dq_args)
             return
         gluon_backward.note_fallback(reason)
-        # the module's default, or (when that is the pinned Gluon config) its tiles
-        dkdv_config = DEFAULT_DKDV if dkdv_config != DEFAULT_DKDV else dkdv_config[:4]
+        if fused:  # no dQ config was chosen: the Triton one-kernel backward, default tiles
+            dkdv_config = (*DEFAULT_DKDV[:4], "atomic")
+        else:  # the module's default, or (when that is the pinned Gluon config) its tiles
+            dkdv_config = DEFAULT_DKDV if dkdv_config != DEFAULT_DKDV else dkdv_config[:4]
     if not is_atomic(dkdv_config):
         _launch(_bwd_dkdv, dkdv_config, n_k, batch * h_kv, dkdv_args)
         _launch(_bwd_dq, dq_config, n_q, batch * h_q, dq_args)

@@ -14,6 +14,14 @@ BLOCK_N = 64 kv rows each), 8 consumer warps (plus one loader warp), the Q/dO ri
 STAGES deep: the order of `_bwd_dkdv`'s (BLOCK_M, BLOCK_N, warps, stages) tuple. It is
 a pinnable candidate (`backward.candidate_configs`), out of the tuning space until a
 GPU has measured it.
+
+    (BLOCK_M, 2·BLOCK_N, 8, STAGES, "gluon+atomic")
+names the fused-dQ kernel (gluon_bwd_dq_kernel.py): the same program, plus dQ by TMA
+reduce-adds into an fp32 accumulator (the one-kernel backward; `is_fused`). Like the
+Triton "atomic" configs, the backward module runs it as zero, kernel, `_bwd_dq_convert`
+(no dQ pass), and `backward.is_atomic` keeps it out of a tuning space under
+torch.use_deterministic_algorithms (reduce-adds land in any order). Its configs are
+`FUSED_CANDIDATES`, pinnable only (`backward.gluon_fused_candidate_configs`).
 """
 
 from __future__ import annotations
@@ -47,6 +55,15 @@ CANDIDATES: dict[int, list[tuple]] = {
 }
 
 
+# The fused-dQ kernel's pinnable configs per head dim (`smem_bytes`: 130 KB at d = 64,
+# 193 KB at d = 128; three stages at d = 128 would be 226 KB, at the 227 KB limit). Out
+# of the tuning space (not in TUNED) until a GPU has measured them.
+FUSED_CANDIDATES: dict[int, list[tuple]] = {
+    64: [(64, 128, 8, 3, "gluon+atomic"), (64, 128, 8, 2, "gluon+atomic")],
+    128: [(64, 128, 8, 2, "gluon+atomic")],
+}
+
+
 # The configs that join the dK/dV tuning space (`tuned_configs`), per head dim: those a
 # GPU measured ahead of the tuned Triton dK/dV. H200, torch 2.11, Triton 3.6, B=4 N4096
 # bf16 (docs/performance.md, sixth session), dK/dV kernel alone: d = 128, H16, 1.71 ms
@@ -66,16 +83,28 @@ def smem_bytes(spec: AttentionSpec, config: tuple) -> int:
     """Shared memory of the kernel at `config` (what ptxas reports, to 1 KB): K and V
     of both warpgroups (later dK, dV), the Q and dO ring, the lse and delta ring, the
     mbarriers:
-        it·(2·2·64·d + STAGES·2·BLOCK_M·d) + STAGES·2·BLOCK_M·4 + 8·(2·STAGES + 1)."""
+        it·(2·2·64·d + STAGES·2·BLOCK_M·d) + STAGES·2·BLOCK_M·4 + 8·(2·STAGES + 1).
+    A fused-dQ config (`is_fused`) adds the double-buffered dSᵀ tiles of both
+    warpgroups, their dQ staging tiles and two mbarriers:
+        + it·2·2·64·BLOCK_M + 2·BLOCK_M·(d/2)·4 + 8·2."""
     block_m, _, _, stages = config[:4]
     d, it = spec.head_dim, spec.torch_dtype.itemsize
     rows = KV_ROWS_PER_WARPGROUP
-    return (it * (2 * 2 * rows * d + stages * 2 * block_m * d) + stages * 2 * block_m * 4
-            + 8 * (2 * stages + 1))
+    two_kernel = (it * (2 * 2 * rows * d + stages * 2 * block_m * d)
+                  + stages * 2 * block_m * 4 + 8 * (2 * stages + 1))
+    if not is_fused(config):
+        return two_kernel
+    return two_kernel + it * 2 * 2 * rows * block_m + 2 * block_m * (d // 2) * 4 + 8 * 2
 
 
 # Whether a dK/dV config names the Gluon kernel: the forward's test of the variant string.
 is_gluon = gluon_forward.is_gluon
+
+
+def is_fused(config: tuple) -> bool:
+    """Whether a dK/dV config names the fused-dQ Gluon kernel ("gluon+atomic"): dQ by
+    TMA reduce-adds inside the dK/dV kernel, no dQ pass."""
+    return is_gluon(config) and "atomic" in config[4].split("+")
 
 
 def spec_reason(spec: AttentionSpec) -> str | None:
@@ -123,6 +152,13 @@ def candidate_configs(spec: AttentionSpec) -> list[tuple]:
     return [] if spec_reason(spec) else list(CANDIDATES[spec.head_dim])
 
 
+def fused_candidate_configs(spec: AttentionSpec) -> list[tuple]:
+    """The fused-dQ configs a GPU run may pin for `spec` (none where the Spec is
+    refused): apart from `candidate_configs`, so the two-kernel Gluon's checks and
+    tests stay as they were."""
+    return [] if spec_reason(spec) else list(FUSED_CANDIDATES[spec.head_dim])
+
+
 def _constexprs(config: tuple, head_dim: int, causal: bool) -> dict:
     block_m, kv_rows, _, stages = config[:4]
     assert kv_rows == 2 * KV_ROWS_PER_WARPGROUP, f"{config=}: 2·BLOCK_N must be 128"
@@ -130,19 +166,28 @@ def _constexprs(config: tuple, head_dim: int, causal: bool) -> dict:
             "STAGES": stages, "CAUSAL": causal}
 
 
+def _kernel(config: tuple):
+    """The Gluon kernel a config names (imported only past the gate: Gluon 3.6)."""
+    if is_fused(config):
+        from .gluon_bwd_dq_kernel import attention_bwd_fused_ws
+        return attention_bwd_fused_ws
+    from .gluon_bwd_kernel import attention_bwd_dkdv_ws
+    return attention_bwd_dkdv_ws
+
+
 def compile_sm90(config: tuple, head_dim: int, causal: bool, dtype: str = "bfloat16"):
     """The kernel at `config` built for sm_90 without a GPU (Triton ships ptxas): the
     CompiledKernel, its "ptx" and "sass" in `.asm`. For the build test and the SASS
-    counts of scripts/attention_templates_sm90.py --gluon."""
+    counts of scripts/attention_templates_sm90.py --gluon. A fused-dQ config builds
+    gluon_bwd_dq_kernel's kernel."""
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    from .gluon_bwd_kernel import attention_bwd_dkdv_ws
-
-    fn = attention_bwd_dkdv_ws
+    fn = _kernel(config)
     constexprs = _constexprs(config, head_dim, causal)
     element = {"bfloat16": "*bf16", "float16": "*fp16"}[dtype]
-    types = {"Lse": "*fp32", "Delta": "*fp32", "qk_scale": "fp32", "scale": "fp32",
+    types = {"Lse": "*fp32", "Delta": "*fp32", "DqAcc": "*fp32", "qk_scale": "fp32",
+             "scale": "fp32",
              **{name: element for name in ("Q", "K", "V", "dO", "dK", "dV")}}
     signature = {a: "constexpr" if a in constexprs else types.get(a, "i32")
                  for a in fn.arg_names}
@@ -151,13 +196,16 @@ def compile_sm90(config: tuple, head_dim: int, causal: bool, dtype: str = "bfloa
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
 
 
-def launch(config: tuple, q, k, v, do, dk, dv, lse, delta, scale: float, causal: bool
-           ) -> None:
+def launch(config: tuple, q, k, v, do, dk, dv, lse, delta, scale: float, causal: bool,
+           dq_acc=None) -> None:
     """Run the Gluon dK/dV kernel at `config` (see the module docstring): q, do
     [B,Hq,Nq,d], k, v, dk, dv [B,Hkv,Nk,d], lse and delta [B·Hq, Nq] fp32 contiguous.
-    Writes dk (times `scale`) and dv whole. The caller has checked `call_reason`."""
-    from .gluon_bwd_kernel import attention_bwd_dkdv_ws  # Gluon: imported only past the gate
-
+    Writes dk (times `scale`) and dv whole; a fused-dQ config also adds dS K (unscaled)
+    into `dq_acc`, [B·Hq, Nq, d] fp32 contiguous and zeroed. The caller has checked
+    `call_reason`."""
+    kernel = _kernel(config)  # Gluon: imported only past the gate
+    fused = is_fused(config)
+    assert fused == (dq_acc is not None), f"{config=}: dq_acc is for a fused config"
     constexprs = _constexprs(config, q.shape[-1], causal)
     ensure_scratch_allocator()  # the in-kernel TMA descriptors live in global scratch
     batch, h_q, n_q, _ = q.shape
@@ -166,7 +214,8 @@ def launch(config: tuple, q, k, v, do, dk, dv, lse, delta, scale: float, causal:
     # through the cached binary, as every launch of the family: the op's launch plan
     # (codegen/plan.py) records and replays only launches made there
     launch_binary(
-        attention_bwd_dkdv_ws, (-(-n_k // kv_rows), batch * h_kv),
-        q, k, v, do, dk, dv, lse, delta, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+        kernel, (-(-n_k // kv_rows), batch * h_kv),
+        q, k, v, do, dk, dv, lse, delta, *((dq_acc,) if fused else ()),
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3], h_q, h_kv, h_q // h_kv, n_q,
         n_k, scale * math.log2(math.e), scale, **constexprs, num_warps=4)

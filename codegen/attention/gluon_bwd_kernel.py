@@ -109,8 +109,11 @@ def _load(Q, K, V, dO, Lse, Delta, stride_qb, stride_qh, stride_qm, stride_kb, s
     kv_bar, ready, empty = bars
     b, h_kv, start_n = _program(H_KV, BLOCK_N)
     layout: gl.constexpr = q_ring.type.layout
+    # K's own layout: the fused-dQ kernel (gluon_bwd_dq_kernel.py) swizzles K narrower at
+    # d = 64, so that half of its columns is a whole swizzle atom; here it is Q's
     k_desc = tma.make_tensor_descriptor(K + b * stride_kb + h_kv * stride_kh, [N_K, HEAD_DIM],
-                                        [stride_kn, 1], [BLOCK_N, HEAD_DIM], layout)
+                                        [stride_kn, 1], [BLOCK_N, HEAD_DIM],
+                                        k_smem.type.layout)
     v_desc = tma.make_tensor_descriptor(V + b * stride_vb + h_kv * stride_vh, [N_K, HEAD_DIM],
                                         [stride_vn, 1], [BLOCK_N, HEAD_DIM], layout)
     mbarrier.expect(kv_bar, 4 * k_desc.block_type.nbytes)
