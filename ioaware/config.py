@@ -14,7 +14,6 @@ attributes directly.
     IOAWARE_OP_ROUTE=custom_op op_route     register the ops as torch.library.custom_op
     IOAWARE_GLUON=0           gluon          keep the Gluon attention kernels out of tuning
     IOAWARE_FP8_ATTENTION=1   fp8_attention  read FP8 q, k, v in the attention kernel
-    IOAWARE_HEAD_GROUP=N      head_group     rows a causal launch orders heaviest first
 """
 
 from __future__ import annotations
@@ -26,11 +25,6 @@ from pathlib import Path
 
 def _env_flag(name: str, default: str = "0") -> bool:
     return os.environ.get(name, default).strip().lower() in ("1", "true", "yes", "on")
-
-
-def _optional_int(name: str) -> int | None:
-    value = os.environ.get(name, "").strip()
-    return int(value) if value else None
 
 
 def _implementations() -> tuple[str, ...]:
@@ -97,12 +91,6 @@ class Config:
     # session: the FP8 forward 0.82x the 16-bit one dense, 0.92x causal).
     fp8_attention: bool = dataclasses.field(
         default_factory=lambda: _env_flag("IOAWARE_FP8_ATTENTION"))
-    # How many grid rows (batch·heads) a causal attention launch schedules heaviest query
-    # (or kv) block first together (codegen/attention/header.head_group): None sizes the
-    # group so its K and V fit in half of L2; 1 runs each row's blocks in turn (the order
-    # before). Read at launch, so a GPU script can time both in one process.
-    head_group: int | None = dataclasses.field(
-        default_factory=lambda: _optional_int("IOAWARE_HEAD_GROUP"))
 
 
 config = Config()

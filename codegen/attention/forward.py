@@ -165,7 +165,6 @@ INTERPRET = ${interpret}
 # Why this Spec cannot take the Gluon forward (None: it can, where Triton and the device
 # allow: gluon_forward.call_reason)
 GLUON_REFUSED = ${gluon_refused}
-L2_BYTES = ${l2_bytes}  # the device profile's L2, for the causal launch order
 # (BLOCK_M, BLOCK_N, num_warps, num_stages[, variant]); variant: "+"-joined sm_90
 # switches of `VARIANTS` ("tma", "ws", "lazy", "gluon"); none is today's pointer kernel
 DEFAULT_CONFIG = ${default_config}
@@ -255,11 +254,9 @@ def _attn_fwd(Q, K, V, Out, Lse,
               stride_vb, stride_vh, stride_vn, stride_vd,
               stride_ob, stride_oh, stride_om, stride_od,
               H_Q, GROUP, N_Q, N_K, N_Q_BUCKET, N_K_BUCKET, ScaleQ, ScaleK, ScaleV,
-              HEAD_GROUP, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              TMA: tl.constexpr = False, WARP_SPEC: tl.constexpr = False,
-              LAZY: tl.constexpr = False):
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr = False,
+              WARP_SPEC: tl.constexpr = False, LAZY: tl.constexpr = False):
     """One program per (query block, batch·head). Out: [B, Hq, Nq, dv]; Lse: [B·Hq, Nq].
-    Causal: heavy (late) query blocks first, across HEAD_GROUP rows (`_heavy_first`).
 
     IO of one program: read BLOCK_M·d of Q once, then every visible K/V block once;
     write BLOCK_M·dv of O and BLOCK_M fp32 of lse. S and P never leave registers.
@@ -269,10 +266,10 @@ def _attn_fwd(Q, K, V, Out, Lse,
     (read only for those; the others are placeholders).
     """
     pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
     if CAUSAL:
-        rank, pid_bh = _heavy_first(pid_m, pid_bh, HEAD_GROUP)
-        pid_m = tl.num_programs(0) - 1 - rank
+        # Heavy (late) query blocks first: the tail of the launch is short blocks.
+        pid_m = tl.num_programs(0) - 1 - pid_m
+    pid_bh = tl.program_id(1)
     b = (pid_bh // H_Q).to(tl.int64)
     h = pid_bh % H_Q
     h_kv = (h // GROUP).to(tl.int64)  # GQA: query head h reads kv head h // (Hq / Hkv)
@@ -373,8 +370,7 @@ def _launch(config, q, k, v, out, lse, scales):
     if gluon_forward.is_gluon(config):
         reason = GLUON_REFUSED or gluon_forward.call_reason(q, k, v, out)
         if reason is None:
-            gluon_forward.launch(config, q, k, v, out, lse, SCALE.value, CAUSAL.value,
-                                 _head_group(q.shape[0] * q.shape[1], k, v))
+            gluon_forward.launch(config, q, k, v, out, lse, SCALE.value, CAUSAL.value)
             return
         gluon_forward.note_fallback(reason)
         config = DEFAULT_CONFIG
@@ -389,18 +385,9 @@ def _launch(config, q, k, v, out, lse, scales):
     launch(_attn_fwd, (_cdiv(n_q, bm), batch * h_q),
            q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
            h_q, h_q // h_kv, n_q, n_k, 1 << (n_q - 1).bit_length(),
-           1 << (n_k - 1).bit_length(), *scales, _head_group(batch * h_q, k, v),
+           1 << (n_k - 1).bit_length(), *scales,
            BLOCK_M=bm, BLOCK_N=bn, TMA=tma, WARP_SPEC="ws" in variant,
            LAZY="lazy" in variant, num_warps=warps, num_stages=stages)
-
-
-def _head_group(rows, k, v):
-    """Rows of a causal launch scheduled heaviest block first together (1 otherwise):
-    as many as keep their K and V in half of this device's L2."""
-    if not CAUSAL.value:
-        return 1
-    return head_group(rows, k.shape[2] * (k.shape[3] * k.element_size()
-                                          + v.shape[3] * v.element_size()), L2_BYTES)
 
 
 def forward(q, k, v, out, lse, config=None, scales=()):
@@ -418,8 +405,7 @@ def forward(q, k, v, out, lse, config=None, scales=()):
 
 
 # The plain module's imports: the TMA launch helpers and the Gluon forward's gate.
-_PLAIN_IMPORTS = (*TMA_LAUNCH_IMPORTS, "from ioaware.codegen.attention import gluon_forward",
-                  "from ioaware.codegen.attention.header import head_group")
+_PLAIN_IMPORTS = (*TMA_LAUNCH_IMPORTS, "from ioaware.codegen.attention import gluon_forward")
 
 
 def render_forward(spec: AttentionSpec, *, interpret: bool = False,
@@ -440,7 +426,6 @@ def render_forward(spec: AttentionSpec, *, interpret: bool = False,
         spec_constants(spec),
         preamble=module_preamble(__name__, spec, _PLAIN_IMPORTS),
         gluon_refused=repr(gluon_forward.spec_reason(spec)),
-        l2_bytes=str(hardware.get_profile(profile).l2),
         primitives=primitives(interpret),
         any_max=reduction("max", "x.to(tl.int32)", 0, interpret),
         rescale_threshold=repr(RESCALE_THRESHOLD),

@@ -206,12 +206,10 @@ def compile_sm90(config: tuple, head_dim: int, causal: bool, dtype: str = "bfloa
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
 
 
-def launch(config: tuple, q, k, v, out, lse, scale: float, causal: bool,
-           head_group: int = 1) -> None:
+def launch(config: tuple, q, k, v, out, lse, scale: float, causal: bool) -> None:
     """Run the Gluon forward at `config` (see the module docstring): q [B,Hq,Nq,d],
     k, v [B,Hkv,Nk,d], out [B,Hq,Nq,d], lse [B,Hq,Nq] fp32 contiguous. The caller has
-    checked `unavailable_reason` and `tensors_reason`. head_group: causal grid rows
-    scheduled heaviest query block first together (header.head_group)."""
+    checked `unavailable_reason` and `tensors_reason`."""
     from .gluon_kernel import attention_fwd_ws  # Gluon: imported only past the gate
 
     rows, block_n, _, stages = config[:4]
@@ -226,5 +224,5 @@ def launch(config: tuple, q, k, v, out, lse, scale: float, causal: bool,
         attention_fwd_ws, (-(-n_q // rows), batch * h_q),
         q, k, v, out, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         *out.stride()[:3], h_q, h_q // h_kv, n_q, n_k, scale * math.log2(math.e),
-        head_group, HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, CAUSAL=causal,
+        HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, CAUSAL=causal,
         PINGPONG="pingpong" in config[4].split("+"), num_warps=4)

@@ -308,7 +308,7 @@ def attention_fwd_ws(Q, K, V, Out, Lse,
                      stride_kb, stride_kh, stride_kn,
                      stride_vb, stride_vh, stride_vn,
                      stride_ob, stride_oh, stride_om,
-                     H_Q, GROUP, N_Q, N_K, qk_scale, HEAD_GROUP,
+                     H_Q, GROUP, N_Q, N_K, qk_scale,
                      HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                      STAGES: gl.constexpr, CAUSAL: gl.constexpr, PINGPONG: gl.constexpr):
     """Grid (cdiv(Nq, 2·BLOCK_M), B·Hq); launched with num_warps=4 (the first consumer).
@@ -323,17 +323,9 @@ def attention_fwd_ws(Q, K, V, Out, Lse,
         swizzle_byte_width=128, element_bitwidth=16, rank=2)
 
     pid_m = gl.program_id(0)
-    pid_bh = gl.program_id(1)
     if CAUSAL:
-        # heavy (late) query blocks first, across HEAD_GROUP rows of the grid at a time:
-        # the Triton kernels' `_heavy_first` (header.py, which says why)
-        n_m = gl.num_programs(0)
-        linear = pid_bh * n_m + pid_m
-        first = linear // (HEAD_GROUP * n_m) * HEAD_GROUP
-        width = gl.minimum(HEAD_GROUP, gl.num_programs(1) - first)
-        r = linear - first * n_m
-        pid_m = n_m - 1 - r // width
-        pid_bh = first + r % width
+        pid_m = gl.num_programs(0) - 1 - pid_m  # heavy (late) query blocks first
+    pid_bh = gl.program_id(1)
     b = (pid_bh // H_Q).to(gl.int64)
     h = pid_bh % H_Q
     h_kv = (h // GROUP).to(gl.int64)  # GQA: query head h reads kv head h // (Hq / Hkv)

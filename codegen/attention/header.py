@@ -16,7 +16,6 @@ import math
 import string
 
 from ioaware.codegen.attention.spec import AttentionSpec
-from ioaware.config import config
 
 from ..expr import input_params, mod_functions
 from ..render import TORCH_TRITON_IMPORTS, TUNER, reduction
@@ -121,42 +120,7 @@ def _row_max(x):
 
 @triton.jit
 def _row_sum(x):
-    return ${row_sum}
-
-
-@triton.jit
-def _heavy_first(pid_x, pid_y, HEAD_GROUP):
-    '''(rank, row) of this program of a causal launch whose grid is (blocks, rows): the
-    programs of HEAD_GROUP consecutive rows run rank by rank, rank 0 (each row's
-    heaviest block) first. See `header.head_group`.'''
-    n_x = tl.num_programs(0)
-    linear = pid_y * n_x + pid_x  # the order the hardware starts programs in
-    group = linear // (HEAD_GROUP * n_x)
-    first = group * HEAD_GROUP
-    width = tl.minimum(HEAD_GROUP, tl.num_programs(1) - first)  # the last group's rows
-    r = linear - first * n_x
-    return r // width, first + r % width""")
-
-
-def head_group(rows: int, row_bytes: int, l2_bytes: int) -> int:
-    """How many grid rows (batch·heads) a causal launch orders heaviest block first
-    together (`_heavy_first`): the most, a power of two, whose streamed operands
-    (`row_bytes` each: K and V for the forward) fit in half of L2; `config.head_group`
-    when set (1: each row's blocks heaviest first, row after row, the order before).
-
-    Why: the hardware starts programs in launch order and a causal block's work grows
-    with its index, so row after row, each row's light blocks run beside the next row's
-    heavy ones and the launch ends on a few heavy blocks. Heaviest first across all rows
-    is longest-processing-time-first scheduling, whose last wave is the lightest blocks
-    (a list-scheduling model of B=4 H=16 N=4096, 128-row blocks, 132 SMs: 1.068× the
-    mean work per SM row by row, 1.002× by groups of 8, 1.005× all rows). Groups keep
-    the rows that run at once few enough that their K and V stay in L2."""
-    if config.head_group is not None:
-        return max(1, min(config.head_group, rows))
-    group = 1
-    while group * 2 <= rows and group * 2 * row_bytes <= l2_bytes // 2:
-        group *= 2
-    return group
+    return ${row_sum}""")
 
 
 # Shared by forward and backward: a tile load that masks only where it can overhang.

@@ -236,26 +236,3 @@ def test_the_profile_is_in_the_key():
     keys = {cache.cache_key("attention_fwd", SPEC, "NVIDIA H100 sm90", versions=VERSIONS,
                             profile=p) for p in (None, h100, small)}
     assert len(keys) == 3
-
-
-def test_causal_head_group_from_l2(monkeypatch):
-    """Rows a causal launch schedules heaviest block first together: the most, a power
-    of two, whose K and V fit in half of L2; config.head_group overrides, clamped."""
-    from ioaware import hardware
-    from ioaware.codegen.attention import forward as attention_fwd
-    from ioaware.codegen.attention.header import head_group
-    from ioaware.config import config
-
-    mb = 1 << 20
-    # B4 H16 N4096 d128 bf16: 2 MB of K and V a head, 25 MB of a 50 MB L2 -> 8 (not 12)
-    assert head_group(64, 2 * mb, 50 * mb) == 8
-    assert head_group(16, 8 * mb, 50 * mb) == 2  # B1 H16 N16384
-    assert head_group(3, 1, 50 * mb) == 2  # never more rows than the grid has
-    assert head_group(64, 40 * mb, 50 * mb) == 1  # one head past half of L2
-    monkeypatch.setattr(config, "head_group", 64)
-    assert head_group(6, 2 * mb, 50 * mb) == 6
-    monkeypatch.setattr(config, "head_group", 1)
-    assert head_group(64, 1, 50 * mb) == 1
-    # the rendered forward module carries its profile's L2 for the choice
-    h100 = hardware.PROFILES["h100"]
-    assert f"L2_BYTES = {h100.l2}" in attention_fwd.render_forward(SPEC, profile=h100)
