@@ -120,6 +120,18 @@ def _versions(kind: str) -> dict[str, str]:
             "renderer": RENDERERS[kind].digest}
 
 
+# The config switches a renderer reads: a module rendered under other values is another
+# module, on disk and in this process. config.gluon decides whether the attention tuning
+# spaces hold the Gluon configs; without it in the key, a script that turned it off for a
+# baseline left Gluon-free modules (and their tuned configs) on disk for every later run.
+RENDER_OPTIONS = ("gluon",)
+
+
+def render_options() -> tuple:
+    """The values of `RENDER_OPTIONS` now."""
+    return (config.gluon,)
+
+
 def cache_key(
     kind: str,
     spec: Spec,
@@ -128,11 +140,13 @@ def cache_key(
     versions: dict[str, str] | None = None,
     profile: DeviceProfile | None = None,
 ) -> str:
-    """Hex key of one kernel module: sha256 over kind, spec.key(), versions, device and
-    the profile rendered for (its fields: a recalibrated profile is another module)."""
+    """Hex key of one kernel module: sha256 over kind, spec.key(), versions, device, the
+    config switches renderers read (`RENDER_OPTIONS`) and the profile rendered for (its
+    fields: a recalibrated profile is another module)."""
     if versions is None:
         versions = _versions(kind)
-    fields = {"kind": kind, "spec": spec.key(), "device": device, "versions": versions}
+    fields = {"kind": kind, "spec": spec.key(), "device": device, "versions": versions,
+              "options": dict(zip(RENDER_OPTIONS, render_options()))}
     if profile is not None:
         fields["profile"] = profile.to_json()
     payload = json.dumps(fields, sort_keys=True)
@@ -262,10 +276,11 @@ def kernel_path(kind: str, key: str) -> Path:
 
 
 def cached_module(kind: str, spec: Spec, device: str) -> ModuleType | None:
-    """The module `load_kernel_module` returned for (kind, spec, device) in this process,
-    or None: the per-call lookup, with nothing to render or hash."""
+    """The module `load_kernel_module` returned for (kind, spec, device) in this process
+    (under today's `render_options`), or None: the per-call lookup, with nothing to
+    render or hash."""
     with _lock:
-        return _modules.get((kind, spec, device))
+        return _modules.get((kind, spec, device, *render_options()))
 
 
 def load_kernel_module(kind: str, spec: Spec, device: str,
@@ -277,7 +292,7 @@ def load_kernel_module(kind: str, spec: Spec, device: str,
     Looked up in-process, then on disk; rendered and written atomically if absent.
     """
     # Called on every op call: the (kind, spec, device) entry skips hashing the spec.
-    memo = (kind, spec, device)
+    memo = (kind, spec, device, *render_options())  # as `cached_module` looks it up
     with _lock:
         module = _modules.get(memo)
         if module is not None:

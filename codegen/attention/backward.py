@@ -194,9 +194,9 @@ def gluon_fused_candidate_configs(spec: AttentionSpec, profile: DeviceProfile | 
                                   ) -> list[Config]:
     """The fused-dQ Gluon kernel's configs ("gluon+atomic": dQ by TMA reduce-adds inside
     the dK/dV kernel; `gluon_backward.FUSED_CANDIDATES`) that fit `profile`'s device:
-    pinnable as `dkdv_config`, out of every tuning space until a GPU has measured them.
-    `is_atomic` holds for them, so a module's tuning under
-    torch.use_deterministic_algorithms would drop them as it drops the Triton atomics."""
+    pinnable as `dkdv_config`; those a GPU measured ahead join the tuning space through
+    `gluon_backward.TUNED`. `is_atomic` holds for them, so a module's tuning under
+    torch.use_deterministic_algorithms drops them as it drops the Triton atomics."""
     limit = hardware.get_profile(profile).sram_per_block
     return [c for c in gluon_backward.fused_candidate_configs(spec)
             if gluon_backward.smem_bytes(spec, c) <= limit]
@@ -653,9 +653,10 @@ def _rest_of_backward(dkdv_config, dq_config, dq, dkdv_args, dq_args, shape):
             _launch(_bwd_dq, dq_config, n_q, batch * h_q, dq_args)
             return
         gluon_backward.note_fallback(reason)
-        if fused:  # no dQ config was chosen: the Triton one-kernel backward, default tiles
-            dkdv_config = (*DEFAULT_DKDV[:4], "atomic")
-        else:  # the module's default, or (when that is the pinned Gluon config) its tiles
+        if fused and dq_config is None:  # pinned, no dQ config chosen: the Triton
+            dkdv_config = (*DEFAULT_DKDV[:4], "atomic")  # one-kernel backward, default tiles
+        else:  # the module's default two kernels with the tuned dQ, or (when the default
+            # is the refused Gluon config) its tiles
             dkdv_config = DEFAULT_DKDV if dkdv_config != DEFAULT_DKDV else dkdv_config[:4]
     if not is_atomic(dkdv_config):
         _launch(_bwd_dkdv, dkdv_config, n_k, batch * h_kv, dkdv_args)

@@ -21,7 +21,8 @@ reduce-adds into an fp32 accumulator (the one-kernel backward; `is_fused`). Like
 Triton "atomic" configs, the backward module runs it as zero, kernel, `_bwd_dq_convert`
 (no dQ pass), and `backward.is_atomic` keeps it out of a tuning space under
 torch.use_deterministic_algorithms (reduce-adds land in any order). Its configs are
-`FUSED_CANDIDATES`, pinnable only (`backward.gluon_fused_candidate_configs`).
+`FUSED_CANDIDATES` (pinnable: `backward.gluon_fused_candidate_configs`); the measured
+winners are in `TUNED`.
 """
 
 from __future__ import annotations
@@ -56,8 +57,7 @@ CANDIDATES: dict[int, list[tuple]] = {
 
 
 # The fused-dQ kernel's pinnable configs per head dim (`smem_bytes`: 130 KB at d = 64,
-# 193 KB at d = 128; three stages at d = 128 would be 226 KB, at the 227 KB limit). Out
-# of the tuning space (not in TUNED) until a GPU has measured them.
+# 193 KB at d = 128; three stages at d = 128 would be 226 KB, at the 227 KB limit).
 FUSED_CANDIDATES: dict[int, list[tuple]] = {
     64: [(64, 128, 8, 3, "gluon+atomic"), (64, 128, 8, 2, "gluon+atomic")],
     128: [(64, 128, 8, 2, "gluon+atomic")],
@@ -68,9 +68,15 @@ FUSED_CANDIDATES: dict[int, list[tuple]] = {
 # GPU measured ahead of the tuned Triton dK/dV. H200, torch 2.11, Triton 3.6, B=4 N4096
 # bf16 (docs/performance.md, sixth session), dK/dV kernel alone: d = 128, H16, 1.71 ms
 # dense against 2.13 (causal 1.37 against 1.26: the tuner keeps Triton there); d = 64,
-# H32, 2.27 against 3.29 dense, 1.47 against 1.77 causal.
-TUNED: dict[int, list[tuple]] = {64: [(64, 128, 8, 3, "gluon")],
-                                 128: [(64, 128, 8, 3, "gluon")]}
+# H32, 2.27 against 3.29 dense, 1.47 against 1.77 causal. The fused-dQ configs, timed
+# as whole backwards (zero, kernel, convert) on an H100 (seventh session), beat the
+# two-kernel Gluon backward at all four shapes: d = 128 2.71 ms against 3.10 dense (cuDNN
+# 2.70), 1.71 against 2.14 causal (cuDNN 1.51); d = 64 3.46 against 4.02 dense (cuDNN
+# 3.15), 2.02 against 2.45 causal (cuDNN 1.80). They add dQ by atomics, so
+# torch.use_deterministic_algorithms drops them from the space (`backward.is_atomic`).
+TUNED: dict[int, list[tuple]] = {
+    64: [(64, 128, 8, 3, "gluon"), (64, 128, 8, 2, "gluon+atomic")],
+    128: [(64, 128, 8, 3, "gluon"), (64, 128, 8, 2, "gluon+atomic")]}
 
 
 def tuned_configs(spec: AttentionSpec) -> list[tuple]:

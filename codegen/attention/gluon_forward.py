@@ -52,10 +52,14 @@ CANDIDATES: dict[int, list[tuple]] = {
 # a GPU measured ahead of the tuned Triton forward. H200, torch 2.11, Triton 3.6,
 # B=4 H16 N4096 bf16 (docs/performance.md, sixth session): d = 128 (128, 128, 8, 2,
 # "gluon") 613 TFLOP/s dense, 485 causal, against 476 / 403 for the tuned Triton forward
-# ("gluon+pingpong" 556 / 487). d = 64 lost (381-397 against 415 dense, 326-330 against
-# 384 causal); d = 256 is not yet measured. The tuner still times each against the
-# Triton configs per size class.
-TUNED: dict[int, list[tuple]] = {128: [(128, 128, 8, 2, "gluon")]}
+# ("gluon+pingpong" 556 / 487). On an H100 (seventh session) ping-pong won instead, 603
+# against 584 dense (cuDNN 623), level causal (510-520), and lost at B1 H16 N16384 causal
+# (579 against 596; cuDNN 582): both join, and the tuner picks per device and size class.
+# d = 64 lost on both (H100: 383-400 against the Triton forward's 434 dense, 328-332
+# against 393 causal); d = 256 is not yet measured. The tuner still times each against
+# the Triton configs per size class.
+TUNED: dict[int, list[tuple]] = {
+    128: [(128, 128, 8, 2, "gluon"), (128, 128, 8, 2, "gluon+pingpong")]}
 
 
 def smem_bytes(spec: AttentionSpec, config: tuple) -> int:

@@ -1,6 +1,6 @@
 """The fused-dQ Gluon dK/dV kernel ("gluon+atomic", codegen/attention/gluon_bwd_dq_kernel.py):
-its config logic (named, pinnable, out of every tuning space, dropped under deterministic
-algorithms like the Triton atomics), its fallback where the gate refuses, and, on
+its config logic (named, pinnable, the measured winners in the tuning space, dropped under
+deterministic algorithms like the Triton atomics), its fallbacks where the gate refuses, and, on
 Triton 3.6, its sm_90 build (TMA reduce-adds in the SASS, the register split, the
 products per block, exp2 under a pending wgmma). Its numbers are checked on a GPU by
 scripts/gpu_gluon_backward.py."""
@@ -39,10 +39,11 @@ def test_the_variant_string_names_the_fused_kernel():
         assert not gluon_backward.is_fused(other)
 
 
-def test_fused_candidates_are_pinnable_and_out_of_every_tuning_space():
-    """d = 64 and 128 have fused candidates within an H100's shared memory; none is in
-    the dK/dV tuning space (TUNED, dkdv_configs), nor among the two-kernel Gluon
-    candidates (whose GPU checks and tests stay as they were)."""
+def test_fused_candidates_are_pinnable_and_the_measured_ones_tuned(monkeypatch):
+    """d = 64 and 128 have fused candidates within an H100's shared memory, apart from
+    the two-kernel Gluon candidates (whose GPU checks and tests stay as they were). The
+    ones a GPU measured ahead (`TUNED`) join the dK/dV tuning space where the device and
+    Triton admit the Gluon kernels, and only there."""
     from ioaware.hardware import get_profile
 
     h100 = get_profile("h100")
@@ -51,10 +52,15 @@ def test_fused_candidates_are_pinnable_and_out_of_every_tuning_space():
             spec = _spec(d, causal)
             fused = bwd_render.gluon_fused_candidate_configs(spec, h100)
             assert fused and all(map(gluon_backward.is_fused, fused))
-            assert not set(fused) & set(bwd_render.dkdv_configs(spec, h100))
+            assert not set(fused) & set(bwd_render.dkdv_configs(spec, h100))  # no device
             assert not set(fused) & set(bwd_render.gluon_candidate_configs(spec, h100))
-            assert not set(fused) & set(gluon_backward.TUNED.get(d, []))
+            tuned = [c for c in gluon_backward.TUNED[d] if gluon_backward.is_fused(c)]
+            assert tuned and set(tuned) <= set(fused)
             assert all(c[1] == 2 * gluon_backward.KV_ROWS_PER_WARPGROUP for c in fused)
+    monkeypatch.setattr(gluon_forward, "present_environment_reason", lambda: None)
+    for d in (64, 128):
+        space = bwd_render.dkdv_configs(_spec(d, True), h100)
+        assert any(map(gluon_backward.is_fused, space))
     assert bwd_render.gluon_fused_candidate_configs(_spec(256), h100) == []
     assert gluon_backward.fused_candidate_configs(_spec(256)) == []
 
@@ -82,11 +88,12 @@ def test_a_pinned_fused_config_needs_no_dq_config():
                     reason="Triton 3.6's interpreter does not run the generated kernels "
                            "(the CPU tiers' Triton is 3.9)")
 @pytest.mark.parametrize("deterministic", [False, True])
-def test_a_pinned_fused_config_the_gate_refuses_runs_the_triton_atomics(
+def test_a_fused_config_the_gate_refuses_runs_triton_kernels(
         monkeypatch, caplog, deterministic):
-    """Refused (no CUDA device under the interpreter), a pinned fused config runs the
-    Triton one-kernel backward at the module's default tiles (no dQ config was chosen
-    for it): the gradients are eager's and the reason is logged once."""
+    """Refused (no CUDA device under the interpreter), a fused config runs Triton
+    kernels with eager's gradients and the reason logged once: chosen by the tuner (here
+    the module's default), the two-kernel backward with the dQ config chosen beside it;
+    pinned with no dQ config, the Triton one-kernel backward at the default tiles."""
     from ioaware.codegen.attention import op as ops
     from ioaware.codegen.runtime import kernel_module
 
@@ -96,29 +103,42 @@ def test_a_pinned_fused_config_the_gate_refuses_runs_the_triton_atomics(
     q = torch.randn(1, 2, 29, d, generator=gen, requires_grad=True)
     k, v = (torch.randn(1, 1, 41, d, generator=gen, requires_grad=True) for _ in range(2))
     bwd = kernel_module("attention_bwd", spec, q.device)
-    monkeypatch.setattr(bwd, "DEFAULT_DKDV", (*bwd.DEFAULT_DKDV[:4], "gluon+atomic"))
+    fused = (*bwd.DEFAULT_DKDV[:4], "gluon+atomic")
+    monkeypatch.setattr(bwd, "DEFAULT_DKDV", fused)
     monkeypatch.setattr(gluon_backward, "_noted", set())
     seen = []
     real = bwd._launch
     monkeypatch.setattr(bwd, "_launch", lambda kernel, config, *a: (
         seen.append(config), real(kernel, config, *a))[1])
     dout = torch.randn(1, 2, 29, d, generator=gen)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), scale=scale)
+    expected_grads = torch.autograd.grad(expected, (q, k, v), dout)
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     try:
         with caplog.at_level(logging.WARNING, logger="ioaware.attention"):
             out = ops.flash_attention(q, k, v, scale=scale)
             grads = torch.autograd.grad(out, (q, k, v), dout)
+            tuned_seen, seen[:] = list(seen), []
+            # pinned: the module's backward called directly, as a GPU script pins configs
+            q_, k_, v_ = (t.detach() for t in (q, k, v))
+            out_ = torch.empty_like(q_)
+            lse_ = torch.empty(q_.shape[:3], dtype=torch.float32)
+            kernel_module("attention_fwd", spec, q.device).forward(q_, k_, v_, out_, lse_)
+            pinned = [torch.empty_like(t) for t in (q_, k_, v_)]
+            bwd.backward(dout, q_, k_, v_, out_, lse_, None, *pinned, dkdv_config=fused)
     finally:
         torch.use_deterministic_algorithms(previous)
     notes = [r for r in caplog.records if "Gluon dK/dV" in r.getMessage()]
     assert len(notes) == 1 and "dtype float32" in notes[0].getMessage()
+    assert tuned_seen and not any(bwd_render.is_atomic(c) or gluon_backward.is_gluon(c)
+                                  for c in tuned_seen)
     assert seen and all(bwd_render.is_atomic(c) and not gluon_backward.is_gluon(c)
                         for c in seen)
-    expected = torch.nn.functional.scaled_dot_product_attention(
-        q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), scale=scale)
-    for g, g_ref in zip(grads, torch.autograd.grad(expected, (q, k, v), dout)):
-        torch.testing.assert_close(g, g_ref, atol=2e-4, rtol=2e-4)
+    for grads_ in (grads, pinned):
+        for g, g_ref in zip(grads_, expected_grads):
+            torch.testing.assert_close(g, g_ref, atol=2e-4, rtol=2e-4)
 
 
 @pytest.mark.skipif(not has_ptx_backend(), reason="this triton has no NVIDIA backend")

@@ -236,3 +236,21 @@ def test_the_profile_is_in_the_key():
     keys = {cache.cache_key("attention_fwd", SPEC, "NVIDIA H100 sm90", versions=VERSIONS,
                             profile=p) for p in (None, h100, small)}
     assert len(keys) == 3
+
+
+def test_config_gluon_is_in_the_key(monkeypatch):
+    """config.gluon decides an attention module's tuning space, so a module rendered
+    with it off (a script's Triton-only baseline) is not the one a later run with it on
+    loads, from disk or from this process."""
+    from ioaware.config import config
+
+    keys = set()
+    for on in (True, False):
+        monkeypatch.setattr(config, "gluon", on)
+        keys.add(cache.cache_key("attention_fwd", SPEC, "NVIDIA H100 sm90", versions=VERSIONS))
+    assert len(keys) == 2
+    monkeypatch.setattr(config, "gluon", True)
+    cache.load_kernel_module("attention_fwd", SPEC, cache.INTERPRET_DEVICE)
+    assert cache.cached_module("attention_fwd", SPEC, cache.INTERPRET_DEVICE) is not None
+    monkeypatch.setattr(config, "gluon", False)
+    assert cache.cached_module("attention_fwd", SPEC, cache.INTERPRET_DEVICE) is None
