@@ -135,11 +135,19 @@ def _call_signature(args: tuple, kwargs: dict) -> tuple:
 
 
 def untraceable_reason(error: BaseException) -> str:
-    """What explain says of a call dynamo could not trace: dynamo's first line and its
-    explanation (the op's own error), without the hints and the user stack."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    """What explain says of a call dynamo could not trace, on one line: dynamo's first
+    line, its explanation, and the error that caused it (the op's own: dynamo's
+    explanation prints the op's fake arguments, whose repr spans lines, so its first
+    line alone does not reach the error), without the hints and the user stack."""
+    def lines_of(e: BaseException) -> list[str]:
+        return [line.strip() for line in str(e).splitlines() if line.strip()]
+
+    lines = lines_of(error)
     said = [lines[0]] if lines else []
     said += [line for line in lines[1:] if line.startswith("Explanation:")][:1]
+    cause = error.__cause__ or error.__context__
+    if cause is not None and lines_of(cause):
+        said.append(f"caused by {type(cause).__name__}: {' '.join(lines_of(cause)[:3])}")
     return ("dynamo could not trace this call, which runs eagerly: "
             f"{type(error).__name__}: {' '.join(said)}")[:2000]
 

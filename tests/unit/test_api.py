@@ -199,6 +199,27 @@ def test_function_dynamo_cannot_trace_runs_eagerly_and_says_why():
     assert counters["frames"]["total"] > frames
 
 
+def test_the_untraceable_reason_reaches_the_ops_own_error():
+    """Dynamo's explanation prints the op's fake arguments over several lines (the Mamba
+    failure on the GPU machine was cut there); the reason adds the error that caused it."""
+    from ioaware.api import untraceable_reason
+
+    try:
+        try:
+            raise RuntimeError("planted: the real error\n(a second line)")
+        except RuntimeError as cause:
+            raise torch._dynamo.exc.TorchRuntimeError(
+                "RuntimeError when making fake tensor call\nExplanation: Dynamo failed to "
+                "run FX node with fake tensors: call_method unsqueeze(*(FakeTensor(...,\n"
+                "  size=(2, 16)),), **{}): got RuntimeError()\nHint: ...") from cause
+    except torch._dynamo.exc.TorchRuntimeError as error:
+        reason = untraceable_reason(error)
+    assert reason.startswith("dynamo could not trace this call, which runs eagerly: "
+                             "TorchRuntimeError: RuntimeError when making fake tensor call")
+    assert "caused by RuntimeError: planted: the real error (a second line)" in reason
+    assert "\n" not in reason and "Hint" not in reason
+
+
 def test_bad_arguments_name_themselves():
     with pytest.raises(TypeError, match="fn must be a function or nn.Module"):
         ioaware.compile(3)
