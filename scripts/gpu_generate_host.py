@@ -18,17 +18,21 @@ are the host path's. Per variant (default mode, then reduce-overhead through
 
     PYTHONUNBUFFERED=1 python scripts/gpu_generate_host.py [--new 64] [--cprofile]
 
-About 2 minutes on an H100. A measurement, never a test.
+Each variant runs in its own process (`--variant NAME`), with the seconds Python's
+garbage collector took per token. About 3-4 minutes on an H100. A measurement, never a
+test.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import pstats
 import subprocess
 import sys
 import time
+from typing import Self
 
 import torch
 
@@ -44,6 +48,32 @@ def _per_token(events, new: int) -> dict[str, float]:
                 ("Memcpy" in name and "DtoH" in name) or name == "cudaMemcpyAsync":
             counts[name] = counts.get(name, 0) + e.count / new
     return counts
+
+
+class GCClock:
+    """Python's garbage collections while on, and the time they took (`gc.callbacks`).
+    A suspect for the host slowdown across every op of the variant run third in one
+    process (docs/performance.md, seventh session): collections scale with the tracked
+    objects a process holds, and their time lands in whatever op runs."""
+
+    def __init__(self) -> None:
+        self.collections = [0, 0, 0]
+        self.seconds = 0.0
+        self._start = 0.0
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._start
+            self.collections[info["generation"]] += 1
+
+    def __enter__(self) -> Self:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        gc.callbacks.remove(self._callback)
 
 
 def run_variant(name: str, build, model, ids, new: int, use_cprofile: bool) -> None:
@@ -62,13 +92,17 @@ def run_variant(name: str, build, model, ids, new: int, use_cprofile: bool) -> N
         with torch.no_grad():
             model.generate(ids, **kwargs)  # compiles
             torch.cuda.synchronize()
-            start = time.perf_counter()
-            model.generate(ids, **kwargs)
-            torch.cuda.synchronize()
-            ms = (time.perf_counter() - start) * 1e3 / new
+            with GCClock() as clock:
+                start = time.perf_counter()
+                model.generate(ids, **kwargs)
+                torch.cuda.synchronize()
+                ms = (time.perf_counter() - start) * 1e3 / new
             graphs, breaks = compile_counts()
             print(f"\n== {name}: {ms:.2f} ms/token ({1e3 / ms:.0f} tokens/s), "
                   f"{graphs} graphs, {breaks} breaks")
+            print(f"   gc: {clock.seconds * 1e3 / new:.3f} ms per token in "
+                  f"{sum(clock.collections)} collections (by generation "
+                  f"{clock.collections}), {len(gc.get_objects())} objects tracked")
             fell_back = _fallbacks(compiled)
             if fell_back:
                 print(f"   ioaware fallbacks: {fell_back}")
@@ -107,32 +141,34 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("needs a CUDA GPU")
-    import ioaware
-    from ioaware.bench.decode import generate_model
-
-    torch.manual_seed(0)  # a variant in its own process builds the same model
-    model = generate_model()
-    ids = torch.randint(1, 32000, (1, args.prompt), device="cuda")
-    if args.variant is None:
-        print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
-    variants = {
-        "eager": lambda f: f,
-        "torch.compile": torch.compile,
-        "ioaware.compile": ioaware.compile,
-        "torch.compile(reduce-overhead)": lambda f: torch.compile(f, mode="reduce-overhead"),
-        "ioaware.compile(reduce-overhead)": lambda f: ioaware.compile(
-            f, mode="reduce-overhead"),
-    }
+    names = ["eager", "torch.compile", "ioaware.compile", "torch.compile(reduce-overhead)",
+             "ioaware.compile(reduce-overhead)"]
     if args.variant is not None:
+        import ioaware
+        from ioaware.bench.decode import generate_model
+
+        variants = {
+            "eager": lambda f: f,
+            "torch.compile": torch.compile,
+            "ioaware.compile": ioaware.compile,
+            "torch.compile(reduce-overhead)": lambda f: torch.compile(f, mode="reduce-overhead"),
+            "ioaware.compile(reduce-overhead)": lambda f: ioaware.compile(
+                f, mode="reduce-overhead"),
+        }
+        torch.manual_seed(0)  # every variant's process builds the same model
+        model = generate_model()
+        ids = torch.randint(1, 32000, (1, args.prompt), device="cuda")
         run_variant(args.variant, variants[args.variant], model, ids, args.new, args.cprofile)
         return
-    for name, build in variants.items():
-        if "reduce-overhead" not in name:
-            run_variant(name, build, model, ids, args.new, args.cprofile)
-            continue
-        # Each reduce-overhead variant in its own process: both died with SIGSEGV on the
-        # H200 (2026-12-07) after the default rows had printed, taking the rest with them;
-        # a fresh process also holds no earlier variant's CUDA graphs or StaticCache.
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
+    for name in names:
+        # Each variant in its own process. The reduce-overhead ones both died with
+        # SIGSEGV on the H200 (2026-12-07) after the default rows had printed, taking the
+        # rest with them; and on the H100 (seventh session) every CPU op of the variant
+        # run third in one process took ~1.5x the host time it took in the second (the
+        # same 30 aten::mm a token: 771 against 506 µs), so a shared process is no
+        # comparison. A fresh process holds no earlier variant's graphs, caches or
+        # objects.
         command = [sys.executable, __file__, "--variant", name, "--new", str(args.new),
                    "--prompt", str(args.prompt)] + (["--cprofile"] if args.cprofile else [])
         sys.stdout.flush()  # the child writes to the same stdout

@@ -11,11 +11,11 @@
 #   host       host time per op, plans off and on (90)
 #   infer      whole model: Llama-4L inference forward at S=8192 (150)
 #   llama      whole model: Llama-4L training step (200)
-#   mistral    whole model: Mistral-4L training step (150)
+#   mistral    whole model: Mistral-4L training step (240: ioaware's first call, tuning included, took 64 s)
 #   mamba      whole model: Mamba-4L training step (150)
 #   decode     scripts/gpu_decode.py: split-KV and paged decode beside SDPA (150)
 #   generate   ioaware bench decode --generate-only (240)
-#   genhost    scripts/gpu_generate_host.py: per-token host time of generate() (150)
+#   genhost    scripts/gpu_generate_host.py: per-token host time of generate(), each variant in its own process (300)
 #   dense      ioaware bench attention at issue 15's dense shapes beside SDPA and Flex:
 #              B4 H16 N4096 d128 and B4 H32 N4096 d64, causal and not (300)
 #   masked     ioaware bench attention --mask all beside Flex and compile (400)
@@ -66,13 +66,13 @@ for s in ${STEPS:-tests}; do
     infer) step infer 150 python3 scripts/gpu_whole_models.py --parts llama-infer \
              --budget 140 ;;
     llama) step llama 200 python3 scripts/gpu_whole_models.py --parts llama --budget 190 ;;
-    mistral) step mistral 150 python3 scripts/gpu_whole_models.py --parts mistral \
-               --budget 140 ;;
+    mistral) step mistral 240 python3 scripts/gpu_whole_models.py --parts mistral \
+               --budget 230 ;;
     mamba) step mamba 150 python3 scripts/gpu_whole_models.py --parts mamba --budget 140 ;;
     decode) step decode 150 python3 scripts/gpu_decode.py ;;
     generate) step generate 240 python3 -m ioaware.cli bench decode --generate-only \
                 --generate-budget 220 ;;
-    genhost) step genhost 150 python3 scripts/gpu_generate_host.py ;;
+    genhost) step genhost 300 python3 scripts/gpu_generate_host.py ;;
     dense) step dense 300 bash -c "python3 -m ioaware.cli bench attention --batch 4 \
              --heads 16 --seqlen 4096 --head-dim 128 --skip-slow --vs sdpa,flex &&
              python3 -m ioaware.cli bench attention --batch 4 --heads 32 --seqlen 4096 \
