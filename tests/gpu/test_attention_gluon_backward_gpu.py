@@ -1,6 +1,7 @@
-"""The Gluon dK/dV kernel (codegen/attention/gluon_bwd_kernel.py) on an sm_90 GPU with
-Triton 3.6: each candidate config pinned as the backward module's dK/dV config, through
-ioaware::flash_attention and autograd, at ragged sizes (N not a multiple of 64 or 128)
+"""The Gluon dK/dV kernel (codegen/attention/gluon_bwd_kernel.py) and its fused-dQ form
+(gluon_bwd_dq_kernel.py) on an sm_90 GPU with Triton 3.6: each candidate config pinned as
+the backward module's dK/dV config, through ioaware::flash_attention and autograd, five
+calls each (the launch plan's replay included), at ragged sizes (N not a multiple of 64 or 128)
 with GQA (two query heads a kv head) and a [B, N, H, d] layout seen through a
 transpose, dense and causal, d = 64 and 128, bf16 and fp16: O, dQ, dK and dV against
 float64 eager, on fresh random inputs each call. A pinned config that fell back to the
@@ -46,14 +47,18 @@ def test_gluon_dkdv_candidates_match_eager(d, causal, dtype, monkeypatch):
     monkeypatch.setattr(gluon_backward, "note_fallback", fell_back)
     bwd = kernel_module("attention_bwd", spec, torch.device("cuda"))
     monkeypatch.setattr(bwd, "TUNE_DKDV", [])
-    configs = bwd_render.gluon_candidate_configs(spec)
-    assert configs
+    # the two-kernel configs and the fused-dQ ones ("gluon+atomic": dQ by TMA reduce-adds)
+    configs = (bwd_render.gluon_candidate_configs(spec)
+               + bwd_render.gluon_fused_candidate_configs(spec))
+    assert configs and any(map(gluon_backward.is_fused, configs))
     # ragged against both the 64-row query blocks and the 128-row kv blocks
     n_q, n_k = (333, 333) if causal else (300, 517)
     gen = torch.Generator(device="cuda").manual_seed(d + causal + (dtype == torch.float16))
     for config in configs:
         monkeypatch.setattr(bwd, "DEFAULT_DKDV", config)
-        for call in range(2):
+        # five calls at one signature: the op's launch plan records from the second and
+        # replays from the fourth (codegen/plan.py), so the replay is checked too
+        for call in range(5):
             # [B, N, H, d] storage seen as [B, H, N, d]: the strides a projection gives
             q = (torch.randn(2, n_q, 4, d, device="cuda", generator=gen).to(dtype)
                  .transpose(1, 2).requires_grad_())
