@@ -165,7 +165,11 @@ def _bwd_autotuned(kernel):
     if INTERPRET or not BWD_CONFIGS:
         return kernel
     configs = [triton.Config({}, num_warps=w, num_stages=s) for w, s in BWD_CONFIGS]
-    return triton.autotune(configs, key=["L", "H", "P", "N"])(kernel)
+    # The autotuner times each config by launching it many times on the first call's own
+    # buffers; atomic adds would pile every trial into dB, dC. reset_to_zero zeroes them
+    # before each trial and once more before the call's own launch.
+    reset = ["dB_ptr", "dC_ptr"] if BC_ATOMIC else None
+    return triton.autotune(configs, key=["L", "H", "P", "N"], reset_to_zero=reset)(kernel)
 
 
 _ssd_bwd_tuned = _bwd_autotuned(_ssd_bwd)

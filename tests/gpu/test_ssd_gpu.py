@@ -38,6 +38,17 @@ def test_ssd_matches_eager_on_gpu(length, heads, groups, head_dim, d_state, dtyp
     check(inputs, 11, CLAMP if "clamp" in parts else None)
 
 
+def test_ssd_backward_atomic_on_gpu(monkeypatch):
+    """config.ssd_bc_atomic's module is autotuned by its first call, the one checked
+    here: the trials' atomic adds must not stay in dB, dC (they did: an H100 bench saw a
+    relative error of 220)."""
+    from ioaware.config import config
+
+    monkeypatch.setattr(config, "ssd_bc_atomic", True)
+    check(on_cuda(make_inputs(13, 2, 1500, 8, 1, 64, 128, torch.bfloat16,
+                              {"D", "dt_bias", "softplus"})), 13)
+
+
 def test_reference_agrees_with_recurrence_on_gpu():
     x, dt, A, B, C, D, dt_bias, softplus, h0 = on_cuda(make_inputs(
         2, 1, 300, 4, 2, 8, 16, torch.float32, {"D", "dt_bias", "softplus", "h0"}))

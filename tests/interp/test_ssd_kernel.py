@@ -149,6 +149,43 @@ def test_ssd_backward_atomic_group_sums(monkeypatch):
                       {"D", "dt_bias", "softplus", "h0"}), 9, CLAMP)
 
 
+def test_ssd_backward_atomic_survives_autotuning(monkeypatch):
+    """On a GPU the backward kernel is autotuned, and the first call at a size times
+    every config by launching it again and again on that call's own buffers. The atomic
+    adds of those trials must not stay in dB and dC (an H100's bench: the atomic row's
+    first call, its check, was off by a relative 220 while the per-head partials, plain
+    stores, were right). Here the autotuner runs under the interpreter over two configs,
+    each timed by three launches, on the module the op then calls."""
+    import dataclasses
+    import functools
+
+    import triton
+
+    from ioaware.codegen.runtime import kernel_module
+    from ioaware.config import config
+
+    monkeypatch.setattr(config, "ssd_bc_atomic", True)
+    inputs = make_inputs(11, 1, 40, 4, 1, 4, 3, torch.float32, {"D", "softplus"})
+    x, dt, _, B, _, D, dt_bias, softplus, h0 = inputs
+    spec = dataclasses.replace(ssd_ops.ssd_spec(x, dt, B, D, dt_bias, softplus, h0),
+                               bc_atomic=True)
+    module = kernel_module("ssd_bwd", spec, x.device)
+
+    def bench(kernel_call, quantiles):
+        for _ in range(3):
+            kernel_call()
+        return [1.0] * len(quantiles)
+
+    monkeypatch.setattr(triton, "autotune", functools.partial(triton.autotune,
+                                                              do_bench=bench))
+    monkeypatch.setattr(module, "INTERPRET", False)
+    monkeypatch.setattr(module, "BWD_CONFIGS", ((4, 1), (8, 1)))
+    tuned = module._bwd_autotuned(module._ssd_bwd)
+    assert isinstance(tuned, triton.runtime.Autotuner)
+    monkeypatch.setattr(module, "_ssd_bwd_tuned", tuned)
+    check(inputs, 11)
+
+
 def test_ssd_reference_spellings_agree():
     """The chunked torch reference equals the step-by-step one (any chunk, any L)."""
     x, dt, A, B, C, D, dt_bias, softplus, h0 = make_inputs(
