@@ -18,6 +18,7 @@
 #   genhost    scripts/gpu_generate_host.py: per-token host time of generate(), each variant in its own process (300)
 #   dense      ioaware bench attention at issue 15's dense shapes beside SDPA and Flex:
 #              B4 H16 N4096 d128 and B4 H32 N4096 d64, causal and not (300)
+#   dense2     issue 15's other shapes: B1 H16 N16384 d128, B4 H16 N4096 d256 (300)
 #   masked     ioaware bench attention --mask all beside Flex and compile (400)
 #   backward   scripts/gpu_attention_backward.py --candidates (200)
 #   ssd        scripts/gpu_ssd.py --issue-shape (200)
@@ -77,6 +78,10 @@ for s in ${STEPS:-tests}; do
              --heads 16 --seqlen 4096 --head-dim 128 --skip-slow --vs sdpa,flex &&
              python3 -m ioaware.cli bench attention --batch 4 --heads 32 --seqlen 4096 \
              --head-dim 64 --skip-slow --vs sdpa,flex" ;;
+    dense2) step dense2 300 bash -c "python3 -m ioaware.cli bench attention --batch 1 \
+              --heads 16 --seqlen 16384 --head-dim 128 --skip-slow --vs sdpa,flex &&
+              python3 -m ioaware.cli bench attention --batch 4 --heads 16 --seqlen 4096 \
+              --head-dim 256 --skip-slow --vs sdpa,flex" ;;
     masked) step masked 400 python3 -m ioaware.cli bench attention --mask all --batch 2 \
               --heads 16 --seqlen 8192 --skip-slow --vs flex,compile ;;
     backward) step backward 200 python3 scripts/gpu_attention_backward.py --candidates ;;
