@@ -11,6 +11,7 @@ and the backward of both modules, timed with do_bench at one shape (median, ms).
     python scripts/attention_templates_sm90.py --time     # on an H100: times
     python scripts/attention_templates_sm90.py --variants # sm_90 variants (fwd, dK/dV), counts
     python scripts/attention_templates_sm90.py --candidates  # backward: tuned and candidates
+    PYTHONPATH=<triton 3.6> python scripts/attention_templates_sm90.py --poly  # poly exp2
     PYTHONPATH=<triton 3.6> python scripts/attention_templates_sm90.py --gluon  # Gluon fwd, dK/dV
 """
 
@@ -59,12 +60,15 @@ def compile_sm90(fn, block_m: int, block_n: int, warps: int, stages: int, varian
     """Compile `fn` for sm_90 at one config; `variant` sets the plain kernels' sm_90
     switches (forward.VARIANTS: "tma" -> TMA=True, "ws" -> WARP_SPEC, "lazy" -> LAZY;
     dK/dV: "atomic" -> ATOMIC, dQ by atomics; "bulk" -> BULK, by TMA reduce-adds;
-    "dpfirst" -> DP_FIRST, dPᵀ issued before P's exp2; dQ: "tma" -> TMA)."""
+    "dpfirst" -> DP_FIRST, dPᵀ issued before P's exp2; dQ: "tma" -> TMA; forward:
+    "polyK" -> POLY=K, 1/K of P's exp2 by the polynomial)."""
     values = {"BLOCK_M": block_m, "BLOCK_N": block_n}
     switches = {"TMA": "tma" in variant, "WARP_SPEC": "ws" in variant, "LAZY": "lazy" in variant,
                 "ATOMIC": "atomic" in variant, "BULK": "bulk" in variant,
                 "DP_FIRST": "dpfirst" in variant}
     values.update({name: on for name, on in switches.items() if name in fn.arg_names})
+    if "POLY" in fn.arg_names:
+        values["POLY"] = forward.poly_share(variant)
     signature = {a: "constexpr" if a in values else POINTERS.get(
         a, "*bf16" if a in TENSORS else "i32") for a in fn.arg_names}
     constexprs = {(fn.arg_names.index(name),): value for name, value in values.items()}
@@ -119,6 +123,14 @@ def _counts(body: list[tuple[str, str]]) -> dict[str, int]:
             "shfl": sum(o.startswith("SHFL") for o in ops),
             "bar": sum(o.startswith(("BAR", "SYNCS")) for o in ops),
             "cvt": sum(o.startswith(("F2F", "F2FP")) for o in ops),
+            # the FMA pipe's share of the softmax: fp32 arithmetic (FFMA, FADD, FMUL,
+            # FMNMX, FSEL, FSETP) and integer ALU/IMAD work (the polynomial's 2^n)
+            "ffma": sum(o.startswith("FFMA") for o in ops),
+            "fp32": sum(o.startswith(("FFMA", "FADD", "FMUL", "FMNMX", "FSEL", "FSETP"))
+                        for o in ops),
+            "int": sum(o.startswith(("IADD", "IMAD", "LEA", "SHF", "LOP3", "ISETP", "SEL",
+                                     "IMNMX"))
+                       for o in ops),
             # the stall counts of the control codes (last field, hex): issue cycles of
             # one warp through the body, waits on scoreboards not counted
             "stall": sum(int(c.rsplit(":", 1)[-1], 16) for c, _ in body
@@ -203,6 +215,36 @@ def count_variants(specs: list[AttentionSpec]) -> None:
                       f"smem={stats['smem']} sass={stats['all']['n']} "
                       f"hgmma={stats['all']['mma']} spill_ops={stats['all']['spill']} "
                       f"loops(n,mma,spill)={loops}", flush=True)
+
+
+def count_poly(specs: list[AttentionSpec]) -> None:
+    """The forward's tuned H100 config (128, 64, 8, 3), pointer and TMA loads, beside the
+    same with 1/K of P's exp2 by the polynomial ("polyK", `forward.POLY_SHARES`): per
+    loop with wgmma (one KV block of the whole CTA's 8 warps: counts are per warp),
+    instructions / HGMMA / MUFU / FFMA / fp32 ops / integer ops / shared loads+stores /
+    shuffles / spill ops / static issue cycles; registers and stack bytes."""
+    print("config                               regs stack  loops "
+          "(n/hgmma/mufu/ffma/fp32/int/lds_sts/shfl/spill/stall)")
+    with tempfile.TemporaryDirectory() as folder:
+        for spec in specs:
+            fwd = modules(spec, Path(folder))["plain"][0]
+            print(f"# triton {triton.__version__} {spec.dtype} d={spec.head_dim} "
+                  f"causal={spec.causal}", flush=True)
+            for base in ("", "tma"):
+                for share in (0, *forward.POLY_SHARES):
+                    variant = "+".join(v for v in (base, f"poly{share}" if share else "") if v)
+                    config = (128, 64, 8, 3, variant)
+                    try:
+                        stats = sass_stats(compile_sm90(fwd._attn_fwd, *config))
+                    except Exception as error:  # noqa: BLE001 - the report is the point
+                        print(config, "FAILED:", str(error).strip().splitlines()[-1][:200])
+                        continue
+                    loops = " | ".join(
+                        f"{lp['n']}/{lp['mma']}/{lp['mufu']}/{lp['ffma']}/{lp['fp32']}/"
+                        f"{lp['int']}/{lp['smem']}/{lp['shfl']}/{lp['spill']}/{lp['stall']}"
+                        for lp in stats["loops"] if lp["mma"])
+                    print(f"{config!s:36} {stats['regs']:4d} {stats['stack']:5d}  {loops}",
+                          flush=True)
 
 
 def print_row(label: str, stats: dict, overlap: str, suffix: str = "") -> None:
@@ -341,6 +383,9 @@ def main() -> None:
     parser.add_argument("--gluon", action="store_true",
                         help="compile the Gluon forward's and dK/dV kernel's candidates "
                              "(triton 3.6; no GPU)")
+    parser.add_argument("--poly", action="store_true",
+                        help="compile the forward with a share of P's exp2 by the "
+                             "polynomial, d = 64 (no GPU)")
     parser.add_argument("--shape", type=int, nargs=3, default=(4, 16, 4096),
                         metavar=("B", "H", "N"))
     args = parser.parse_args()
@@ -356,6 +401,8 @@ def main() -> None:
         count_gluon_backward(specs + wide)
     elif args.candidates:
         count_candidates(specs + wide)
+    elif args.poly:
+        count_poly([s for s in specs if s.head_dim == 64])
     elif args.variants:
         count_variants(specs + wide)
     else:

@@ -1,4 +1,4 @@
-"""Derive the coefficients of the scan's polynomial exp2 (codegen/scan/forward.py,
+"""Derive the coefficients of the polynomial exp2 (codegen/exp2poly.py, COEFFICIENTS;
 `_exp2_poly`): 2^f ≈ 1 + c1 f + ... + cd f^d on f in [-1/2, 1/2], minimax in the
 relative error, c0 = 1 fixed so that 2^0 is exactly 1 (a padded step's decay).
 

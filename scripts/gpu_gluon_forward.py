@@ -14,11 +14,19 @@ then timed beside ioaware's Triton forward and cuDNN.
    Triton forward as a user gets it (tuned on its first call), cuDNN (SDPA's
    CUDNN_ATTENTION), each with its fraction of the 790 TFLOP/s floor and of cuDNN.
 
+--poly (issue 15, the polynomial exp2): instead of the Gluon rows, the plain Triton
+forward at the tuned H100 config (128, 64, 8, 3) pinned, without and with a share of P's
+exp2 on the FMA pipe ("polyK": 1/K, `forward.POLY_SHARES`), and its TMA form with and
+without 1/8, beside the tuned Triton forward and cuDNN at B4 H32 N4096 d64, dense and
+causal; each config first checked at ragged sizes (bf16 dense and causal, fp16 causal)
+and on the timed shape's slice as every row is. The Gluon gate is not asked.
+
 Exit 1 on any wrong answer, or when the gate refuses the Gluon kernel here (the reason
 printed: it runs on Triton 3.6 and sm_90 only). A watchdog ends the process after
 --timeout seconds (a hung mbarrier wait shows up as a hang, not a wrong answer).
 
     python scripts/gpu_gluon_forward.py            # ~2-3 min on an H100
+    python scripts/gpu_gluon_forward.py --poly     # ~1-2 min: the poly exp2 rows
 """
 
 from __future__ import annotations
@@ -39,6 +47,17 @@ CASES = [(4, 16, 4096, 128, False), (4, 16, 4096, 128, True),
          (4, 32, 4096, 64, False), (4, 32, 4096, 64, True), (1, 16, 16384, 128, True)]
 O_TOLERANCE = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
 LSE_TOLERANCE = 2e-3
+POLY_CASES = [(4, 32, 4096, 64, False), (4, 32, 4096, 64, True)]
+
+
+def poly_configs() -> list[tuple]:
+    """The plain forward's tuned d = 64 config, without and with each poly share, and
+    its TMA form without and with the default share."""
+    from ioaware.codegen.attention import forward
+
+    base = (128, 64, 8, 3)
+    return [base, *((*base, f"poly{k}") for k in forward.POLY_SHARES), (*base, "tma"),
+            (*base, f"tma+poly{forward.POLY_SHARE}")]
 
 
 def forward_module(d: int, causal: bool, dtype: torch.dtype):
@@ -77,8 +96,9 @@ def run(module, config, q, k, v):
 
 
 def check_ragged(d: int, causal: bool, dtype: torch.dtype, seed: int,
-                 configs: slice = slice(None)) -> list[str]:
-    """Failures (empty: all passed) of the Gluon candidates `configs` at ragged sizes."""
+                 configs: slice = slice(None), pinned: list | None = None) -> list[str]:
+    """Failures (empty: all passed) of the Gluon candidates `configs` (or of the configs
+    `pinned`) at ragged sizes."""
     from ioaware.codegen.attention import forward
 
     module, spec = forward_module(d, causal, dtype)
@@ -90,7 +110,7 @@ def check_ragged(d: int, causal: bool, dtype: torch.dtype, seed: int,
             for _ in range(2))
     want = reference(q, k, v, causal)
     failures = []
-    for config in forward.candidate_configs(spec)[configs]:
+    for config in pinned if pinned is not None else forward.candidate_configs(spec)[configs]:
         rel, lse_err = errors(*run(module, config, q, k, v), *want)
         ok = rel <= O_TOLERANCE[dtype] and lse_err <= LSE_TOLERANCE
         print(f"  check d={d} {'causal' if causal else 'dense '} {str(dtype)[6:]:8s} "
@@ -101,7 +121,9 @@ def check_ragged(d: int, causal: bool, dtype: torch.dtype, seed: int,
     return failures
 
 
-def time_case(case, table: list, failures: list) -> None:
+def time_case(case, table: list, failures: list, pinned: list | None = None) -> None:
+    """One timed case: the Gluon candidates (or the configs `pinned`), the tuned Triton
+    forward and cuDNN, each checked on a slice first."""
     from triton.testing import do_bench
 
     from ioaware.codegen.attention import forward
@@ -114,7 +136,10 @@ def time_case(case, table: list, failures: list) -> None:
                            dtype=torch.bfloat16) for _ in range(3))
     sl = (slice(0, 1), slice(0, 2))
     want = reference(q[sl], k[sl], v[sl], causal)
-    rows = [(f"gluon {c[4]} {c[:4]}", c) for c in forward.candidate_configs(spec)]
+    if pinned is not None:
+        rows = [(f"triton {c[4] if len(c) > 4 else 'plain'} {c[:4]}", c) for c in pinned]
+    else:
+        rows = [(f"gluon {c[4]} {c[:4]}", c) for c in forward.candidate_configs(spec)]
     rows.append(("triton forward (tuned)", None))
     fl = flops(*case)
     cudnn = _sdpa("CUDNN_ATTENTION", causal)
@@ -154,6 +179,8 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=240.0,
                         help="seconds before the watchdog ends the process (a hang)")
     parser.add_argument("--skip-check", action="store_true", help="time only")
+    parser.add_argument("--poly", action="store_true",
+                        help="the polynomial-exp2 rows at d = 64 instead of the Gluon rows")
     args = parser.parse_args()
     faulthandler.dump_traceback_later(args.timeout, exit=True)
     from ioaware.config import config
@@ -165,6 +192,8 @@ def main() -> int:
     from ioaware.codegen.attention import gluon_forward
     from ioaware.codegen.attention import op as ops
 
+    if args.poly:
+        return run_poly(args.skip_check)
     spec = ops._plain_spec(128, 128, torch.bfloat16, False, 128 ** -0.5)
     reason = gluon_forward.unavailable_reason(spec, torch.device("cuda"))
     if reason:
@@ -184,6 +213,27 @@ def main() -> int:
     print("timing:", flush=True)
     for case in CASES:
         time_case(case, table, failures)
+    print_table(table)
+    if failures:
+        print("WRONG:", *failures, sep="\n  ")
+        return 1
+    return 0
+
+
+def run_poly(skip_check: bool) -> int:
+    """--poly: the polynomial-exp2 configs checked, then timed at the d = 64 cases."""
+    configs = poly_configs()
+    failures: list[str] = []
+    if not skip_check:
+        print("correctness (ragged sizes, GQA, transposed layout):", flush=True)
+        for causal in (False, True):
+            failures += check_ragged(64, causal, torch.bfloat16, seed=64 + causal,
+                                     pinned=configs)
+        failures += check_ragged(64, True, torch.float16, seed=7, pinned=configs)
+    table: list = []
+    print("timing:", flush=True)
+    for case in POLY_CASES:
+        time_case(case, table, failures, pinned=configs)
     print_table(table)
     if failures:
         print("WRONG:", *failures, sep="\n  ")

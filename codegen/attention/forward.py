@@ -37,6 +37,7 @@ from ioaware import hardware
 from ioaware.codegen.attention.spec import AttentionSpec
 from ioaware.hardware import DeviceProfile
 
+from .. import exp2poly
 from ..render import (
     TUNER,
     format_configs,
@@ -78,11 +79,31 @@ INTERPRET_CONFIG: Config = (INTERPRET_BLOCK_M, INTERPRET_BLOCK_N, 4, 1)
 #         loop, whose two-loop shape crashed Triton 3.4
 #   lazy  FA4's conditional rescale: the reference max moves only when a row max grows
 #         past 2^RESCALE_THRESHOLD, and acc·alpha is skipped when no row's moved
+#   poly  a fixed share of P's exp2 on the FMA pipe as a polynomial (FlashAttention-4's
+#         split; `codegen/exp2poly.py`, degree by dtype), the rest on MUFU; "polyK" puts
+#         1/K of the exp2 there (K in POLY_SHARES), "poly" 1/POLY_SHARE. Pinnable only,
+#         out of the tuning space until a GPU has measured it
 #   gluon the FA3-style Gluon kernel (gluon_kernel.py: a TMA loader warp, two consumer
 #         warpgroups), where gluon_forward's gate admits it, else the default config;
 #         "+pingpong" has the warpgroups take turns at the tensor cores
-VARIANTS = ("tma", "ws", "lazy", "gluon")
+VARIANTS = ("tma", "ws", "lazy", "poly", "gluon")
 RESCALE_THRESHOLD = 8.0
+# "poly": the shares of P's exp2 the FMA pipe may take (1/K), and the default. The
+# chosen entries are fixed per register of the wgmma accumulator (`_on_fma`), so no
+# element computes both forms.
+POLY_SHARES = (2, 4, 8, 16, 32)
+POLY_SHARE = 8
+
+
+def poly_share(variant: str) -> int:
+    """K of a variant string's "polyK" ("poly": POLY_SHARE), 0 without one."""
+    for part in variant.split("+"):
+        if part.startswith("poly"):
+            share = int(part[4:] or POLY_SHARE)
+            if share not in POLY_SHARES:
+                raise ValueError(f"poly share 1/{share}: not one of {POLY_SHARES}")
+            return share
+    return 0
 
 # The variant configs timed beside today's candidates on a GPU, best guess first: each
 # compiles for sm_90 with Triton 3.6 and 3.9 (scripts/attention_templates_sm90.py
@@ -166,7 +187,8 @@ INTERPRET = ${interpret}
 # allow: gluon_forward.call_reason)
 GLUON_REFUSED = ${gluon_refused}
 # (BLOCK_M, BLOCK_N, num_warps, num_stages[, variant]); variant: "+"-joined sm_90
-# switches of `VARIANTS` ("tma", "ws", "lazy", "gluon"); none is today's pointer kernel
+# switches of `VARIANTS` ("tma", "ws", "lazy", "poly", "gluon"); none is today's pointer
+# kernel
 DEFAULT_CONFIG = ${default_config}
 TUNE_CONFIGS = ${tune_configs}
 TUNE_MIN_SCORES = ${tune_min_scores}
@@ -181,11 +203,36 @@ def _any(x):
     return ${any_max} > 0
 
 
+# POLY variant: P's exp2 on the FMA pipe, degree ${poly_degree} for a ${dtype} P (relative
+# error ${poly_error} where the result is normal). x <= RESCALE_THRESHOLD here (scores
+# minus a row max), so no upper clamp; x <= -127 (a masked -inf included) gives exactly 0.
+${exp2_poly}
+
+
+@triton.jit
+def _on_fma(BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, POLY: tl.constexpr):
+    """The entries of a [BLOCK_M, BLOCK_N] score tile whose exp2 takes the polynomial:
+    1/POLY of them, chosen by index bits that are fixed per register in Hopper's wgmma
+    accumulator (a thread holds rows r and r + 8 of its warp's 16 and the column pair
+    2c, 2c + 1 of every 8 columns: column bit 0, column bits >= 3 and row bit 3 are the
+    register's, the other bits the lane's or the warp's). The select then folds at
+    compile time: no entry computes both forms, no value moves between threads."""
+    tl.static_assert(POLY < 8 or BLOCK_N >= 2 * POLY, "poly share finer than the tile")
+    rows = tl.arange(0, BLOCK_M)[:, None]
+    cols = tl.arange(0, BLOCK_N)[None, :]
+    pick = (cols % 2) == 1  # 1/2: the odd column of each pair
+    if POLY >= 4:  # 1/4: ... in the second 8 rows of the warp's 16
+        pick = pick & ((rows // 8) % 2 == 1)
+    if POLY >= 8:  # 1/8, 1/16, 1/32: ... in one 8-column group of every 2, 4, 8
+        pick = pick & ((cols // 8) % (POLY // 4) == POLY // 4 - 1)
+    return pick
+
+
 @triton.jit
 def _kv_sweep(acc, l_i, m_i, q, k_ptrs, v_ptrs, k_desc, v_desc, stride_kn, stride_vn, offs_m,
               offs_n, offs_d, offs_dv, lo, hi, N_K, qk_scale, BLOCK_N: tl.constexpr,
               MASKED: tl.constexpr, TMA: tl.constexpr, WARP_SPEC: tl.constexpr,
-              LAZY: tl.constexpr):
+              LAZY: tl.constexpr, BLOCK_M: tl.constexpr, POLY: tl.constexpr):
     """FA2 Algorithm 1, lines 6-10: fold key/value blocks [lo, hi) into (acc, l, m).
 
     MASKED=False is the steady state: whole blocks, fully visible, no masks at all.
@@ -196,6 +243,7 @@ def _kv_sweep(acc, l_i, m_i, q, k_ptrs, v_ptrs, k_desc, v_desc, stride_kn, strid
     WARP_SPEC: Triton splits the loop into producer (loads) and consumer (wgmma) warps.
     LAZY: the reference max m moves only when a row's max grows by more than
     RESCALE_THRESHOLD (log2 units), and acc·alpha runs only when some row's m moved.
+    POLY: 1/POLY of P's exp2 by `_exp2_poly` on the FMA pipe (`_on_fma`), 0: none.
     qk_scale: QK_SCALE, times s_q·s_k when Q or K is FP8 (the scores' one multiply).
     """
     if not TMA:
@@ -225,7 +273,11 @@ def _kv_sweep(acc, l_i, m_i, q, k_ptrs, v_ptrs, k_desc, v_desc, stride_kn, strid
             m_new = tl.where(m_tile - m_i > RESCALE_THRESHOLD, tl.maximum(m_i, m_tile), m_i)
         else:
             m_new = tl.maximum(m_i, m_tile)
-        p = tl.math.exp2(s * qk_scale - m_new[:, None])
+        x = s * qk_scale - m_new[:, None]
+        if POLY:
+            p = tl.where(_on_fma(BLOCK_M, BLOCK_N, POLY), _exp2_poly(x), tl.math.exp2(x))
+        else:
+            p = tl.math.exp2(x)
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + _row_sum(p)
         if TMA:
@@ -255,12 +307,13 @@ def _attn_fwd(Q, K, V, Out, Lse,
               stride_ob, stride_oh, stride_om, stride_od,
               H_Q, GROUP, N_Q, N_K, N_Q_BUCKET, N_K_BUCKET, ScaleQ, ScaleK, ScaleV,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr = False,
-              WARP_SPEC: tl.constexpr = False, LAZY: tl.constexpr = False):
+              WARP_SPEC: tl.constexpr = False, LAZY: tl.constexpr = False,
+              POLY: tl.constexpr = 0):
     """One program per (query block, batch·head). Out: [B, Hq, Nq, dv]; Lse: [B·Hq, Nq].
 
     IO of one program: read BLOCK_M·d of Q once, then every visible K/V block once;
     write BLOCK_M·dv of O and BLOCK_M fp32 of lse. S and P never leave registers.
-    TMA, WARP_SPEC, LAZY: the sm_90 variants (`_kv_sweep`); TMA needs unit stride on
+    TMA, WARP_SPEC, LAZY, POLY: the sm_90 variants (`_kv_sweep`); TMA needs unit stride on
     the head dim and 16-byte aligned bases and strides (the launcher checks).
     ScaleQ, ScaleK, ScaleV: one fp32 each, the per-tensor scales of the FP8 operands
     (read only for those; the others are placeholders).
@@ -332,10 +385,11 @@ def _attn_fwd(Q, K, V, Out, Lse,
         lo = (N_K // BLOCK_N) * BLOCK_N
     acc, l_i, m_i = _kv_sweep(acc, l_i, m_i, q, k_ptrs, v_ptrs, k_desc, v_desc, stride_kn,
                               stride_vn, offs_m, offs_n, offs_d, offs_dv, 0, lo, N_K, qk_scale,
-                              BLOCK_N, False, TMA, WARP_SPEC, LAZY)
+                              BLOCK_N, False, TMA, WARP_SPEC, LAZY, BLOCK_M, POLY)
     acc, l_i, m_i = _kv_sweep(acc, l_i, m_i, q, k_ptrs, v_ptrs, k_desc, v_desc, stride_kn,
                               stride_vn, offs_m, offs_n, offs_d, offs_dv, lo, hi, N_K, qk_scale,
-                              BLOCK_N, True, TMA, WARP_SPEC and not CAUSAL, LAZY)
+                              BLOCK_N, True, TMA, WARP_SPEC and not CAUSAL, LAZY, BLOCK_M,
+                              POLY)
 
     # Epilogue (FA2 Algorithm 1, lines 12-15): one division per row, natural-log lse.
     if FP8_V:
@@ -387,7 +441,9 @@ def _launch(config, q, k, v, out, lse, scales):
            h_q, h_q // h_kv, n_q, n_k, 1 << (n_q - 1).bit_length(),
            1 << (n_k - 1).bit_length(), *scales,
            BLOCK_M=bm, BLOCK_N=bn, TMA=tma, WARP_SPEC="ws" in variant,
-           LAZY="lazy" in variant, num_warps=warps, num_stages=stages)
+           LAZY="lazy" in variant, POLY=poly_share(variant) if "poly" in variant else 0,
+           num_warps=warps,
+           num_stages=stages)
 
 
 def forward(q, k, v, out, lse, config=None, scales=()):
@@ -405,7 +461,8 @@ def forward(q, k, v, out, lse, config=None, scales=()):
 
 
 # The plain module's imports: the TMA launch helpers and the Gluon forward's gate.
-_PLAIN_IMPORTS = (*TMA_LAUNCH_IMPORTS, "from ioaware.codegen.attention import gluon_forward")
+_PLAIN_IMPORTS = (*TMA_LAUNCH_IMPORTS, "from ioaware.codegen.attention import gluon_forward",
+                  "from ioaware.codegen.attention.forward import poly_share")
 
 
 def render_forward(spec: AttentionSpec, *, interpret: bool = False,
@@ -422,6 +479,7 @@ def render_forward(spec: AttentionSpec, *, interpret: bool = False,
     default, configs = launch_configs(interpret, INTERPRET_CONFIG,
                                       lambda: default_forward_config(spec, profile),
                                       lambda: forward_configs(spec, profile))
+    degree = exp2poly.attention_degree(spec.dtype)
     return _FORWARD_TEMPLATE.substitute(
         spec_constants(spec),
         preamble=module_preamble(__name__, spec, _PLAIN_IMPORTS),
@@ -429,6 +487,9 @@ def render_forward(spec: AttentionSpec, *, interpret: bool = False,
         primitives=primitives(interpret),
         any_max=reduction("max", "x.to(tl.int32)", 0, interpret),
         rescale_threshold=repr(RESCALE_THRESHOLD),
+        poly_degree=str(degree),
+        poly_error=f"{exp2poly.ERROR[degree]:.2g}",
+        exp2_poly=exp2poly.render("_exp2_poly", degree=degree, lower=-127.0, upper=None),
         tuner=TUNER,
         interpret=str(interpret),
         default_config=repr(default),

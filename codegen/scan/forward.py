@@ -40,6 +40,7 @@ from ioaware.codegen.scan.spec import ScanSpec
 from ioaware.hardware import DeviceProfile
 from ioaware.spec import DTYPES
 
+from .. import exp2poly
 from ..render import (
     LAUNCH_IMPORTS,
     TUNER,
@@ -161,16 +162,7 @@ HAS_DELTA_BIAS = tl.constexpr(${has_delta_bias})
 DELTA_SOFTPLUS = tl.constexpr(${delta_softplus})
 HAS_H0 = tl.constexpr(${has_h0})
 LOG2E = tl.constexpr(1.4426950408889634)
-LN2 = tl.constexpr(0.6931471805599453)
-# 2^f on f in [-1/2, 1/2] as 1 + f·(C1 + f·(C2 + f·(C3 + f·(C4 + f·C5)))): relative
-# minimax coefficients (scripts/exp2_poly_coefficients.py), error 9.1e-8 exact, 1.9e-7
-# in fp32 Horner: MUFU ex2.approx's own class (2^-22), so no tolerance changes.
-EXP2_C1 = tl.constexpr(0.6931470036506653)
-EXP2_C2 = tl.constexpr(0.24022242426872253)
-EXP2_C3 = tl.constexpr(0.05550733581185341)
-EXP2_C4 = tl.constexpr(0.009671512991189957)
-EXP2_C5 = tl.constexpr(0.001326472731307149)
-ROUND_MAGIC = tl.constexpr(12582912.0)  # 1.5·2^23: x + it rounds x to an integer""")
+LN2 = tl.constexpr(0.6931471805599453)""")
 
 
 _SUM_COMPILED = """\
@@ -257,6 +249,16 @@ def _prefetch(ptrs, mask):
     pass"""
 
 
+# The decays' exp2 on the FMA pipe (`codegen/exp2poly.py`): degree 5, relative error
+# 9.1e-8 exact, 1.9e-7 in fp32 Horner: MUFU ex2.approx's own class (2^-22), so no
+# tolerance changes. Clamped to [-126, 128] with NaN kept: 128 gives inf, x <= -126
+# gives 2^-126 where exp2 is below it (absolute error < 2^-126; the MUFU path flushes
+# those to 0). x = 0 gives exactly 1 (the padded steps' decay).
+_EXP2_POLY = exp2poly.render(
+    "_exp2_poly", degree=5, lower=-126.0, upper=128.0,
+    doc="2^x on the FMA pipe, no MUFU (FlashAttention-4's split; codegen/exp2poly.py).")
+
+
 # Shared by the forward and backward modules.
 _SCAN_PRIMITIVES = '''\
 @triton.jit
@@ -265,25 +267,7 @@ def _combine(a1, x1, a2, x2):
     return a1 * a2, a2 * x1 + x2
 
 
-@triton.jit
-def _exp2_poly(x):
-    """2^x on the FMA pipe, no MUFU (FlashAttention-4's split): x = n + f, n = round(x)
-    by adding 1.5·2^23 (n lands in the low mantissa bits of t, exact for |x| < 2^22),
-    2^f by the degree-5 polynomial above, and 2^n by adding n to the exponent field:
-    bits(2^x) = bits(2^f) + (bits(t) << 23) (the shift drops t's own exponent and
-    leading mantissa bits, leaving n << 23 in two's complement).
-
-    x is clamped to [-126, 128] with NaN kept: x = 128 gives bits 0x7F800000 = inf,
-    x <= -126 gives 2^-126 where exp2 is below it (absolute error < 2^-126 ≈ 1.2e-38;
-    the MUFU path flushes those to 0), a NaN stays NaN. x = 0 gives exactly 1 (the
-    padded steps' decay). ~11 FP32/INT instructions per element against one MUFU."""
-    x = tl.maximum(x, -126.0, propagate_nan=tl.PropagateNan.ALL)
-    x = tl.minimum(x, 128.0, propagate_nan=tl.PropagateNan.ALL)
-    t = x + ROUND_MAGIC
-    f = x - (t - ROUND_MAGIC)
-    p = f * (EXP2_C1 + f * (EXP2_C2 + f * (EXP2_C3 + f * (EXP2_C4 + f * EXP2_C5)))) + 1.0
-    bits = p.to(tl.int32, bitcast=True) + (t.to(tl.int32, bitcast=True) << 23)
-    return bits.to(tl.float32, bitcast=True)
+''' + _EXP2_POLY + '''
 
 
 @triton.jit

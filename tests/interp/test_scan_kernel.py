@@ -449,6 +449,16 @@ def check_poly_scan(inputs, spec, poly_every: int, interpret: bool, dtype) -> No
         assert_close(f"d{names[i]}", grads[i], want, tensors[i].dtype)
 
 
+def run_exp2_probe(module, parts, size: int):
+    """(x, y, exp2(x) in float64): x the fp32 concatenation of `parts` padded with zeros
+    to `size`, y = `module._probe_exp2_poly` of it (a module rendered with `_PROBE`)."""
+    x = torch.cat(parts)
+    x = torch.cat([x, torch.zeros(size - len(x))]).float()
+    y = torch.empty_like(x)
+    module._probe_exp2_poly[(1,)](x, y, SIZE=size)
+    return x, y, torch.exp2(x.double())
+
+
 def test_exp2_poly_matches_exp2_over_the_decay_range():
     """`_exp2_poly` against exp2 in float64 over every exponent a decay can have
     (dt·A·log2 e <= 0 down to past the underflow), plus the ends. Error analysis
@@ -468,11 +478,7 @@ def test_exp2_poly_matches_exp2_over_the_decay_range():
                          -126.0 - 2.0 ** -16, -149.0, -150.0, 127.0, 127.5, 128.0, 200.0,
                          float("inf"), float("-inf"), float("nan")])
     ints = torch.arange(-140.0, 140.0)
-    x = torch.cat([dense, wide, tiny, ends, ints])
-    x = torch.cat([x, torch.zeros(size - len(x))]).float()
-    y = torch.empty_like(x)
-    module._probe_exp2_poly[(1,)](x, y, SIZE=size)
-    want = torch.exp2(x.double())
+    x, y, want = run_exp2_probe(module, [dense, wide, tiny, ends, ints], size)
     normal = x >= -126.0
     rel = ((y.double() - want).abs() / want)[normal & torch.isfinite(want) & (x < 128)]
     assert rel.max().item() <= 2.0 ** -22, f"relative error {rel.max().item():.3g}"
