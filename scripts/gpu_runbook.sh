@@ -23,6 +23,8 @@
 #   backward   scripts/gpu_attention_backward.py --candidates (200)
 #   ssd        scripts/gpu_ssd.py --issue-shape --skip model (360: checks ~2 min, then the tables)
 #   gluon      scripts/gpu_gluon_forward.py, then its GPU tests (350; GLUON_TESTS=0 skips them)
+#   poly       scripts/gpu_gluon_forward.py --poly: the forward's polynomial-exp2 shares at
+#              d = 64, checked, beside the tuned Triton forward and cuDNN (180)
 #   gluonbwd   scripts/gpu_gluon_backward.py: the Gluon dK/dV kernel and its fused-dQ form
 #              checked, timed beside the tuned Triton dK/dV and cuDNN (240), then its GPU
 #              tests (150; GLUON_TESTS=0 skips them)
@@ -89,6 +91,7 @@ for s in ${STEPS:-tests}; do
            [ "${GLUON_TESTS:-1}" = 0 ] ||
            step gluontests 100 python3 -m pytest -q -rfE --tb=short -m gpu -W ignore \
              -p no:cacheprovider tests/gpu/test_attention_gluon_gpu.py ;;
+    poly) step poly 180 python3 scripts/gpu_gluon_forward.py --poly ;;
     gluonbwd) step gluonbwd 240 python3 scripts/gpu_gluon_backward.py
               [ "${GLUON_TESTS:-1}" = 0 ] ||
               step gluonbwdtests 150 python3 -m pytest -q -rfE --tb=short -m gpu -W ignore \
