@@ -67,7 +67,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from .gluon_bwd_kernel import LOADER_WARPS, LOG2E, _load, _program, _query_range
+from .gluon_bwd_kernel import LOADER_WARPS, _load, _probabilities, _program, _query_range
 
 
 @gl_core.builtin
@@ -95,25 +95,12 @@ def _step(t, dk, dv, w: gl.constexpr, k_all, v_smem, q_ring, do_ring, lse_ring, 
     slot = t % STAGES
     mbarrier.wait(ready.index(slot), (t // STAGES) & 1)
     q = q_ring.index(slot)
-    do = do_ring.index(slot)
     k_smem = k_all.index(w)
-    st_tok = warpgroup_mma(k_smem, q.permute((1, 0)), s_zero, use_acc=False, is_async=True)
-    dpt_tok = warpgroup_mma(v_smem, do.permute((1, 0)), s_zero, use_acc=False,
-                            is_async=True)
-    col: gl.constexpr = gl.SliceLayout(0, s_layout)
-    lse2 = lse_ring.index(slot).load(col) * LOG2E
-    st = warpgroup_mma_wait(1, deps=(st_tok,))  # Sᵀ done, dPᵀ runs on
-    zt = st * qk_scale - gl.expand_dims(lse2, 0)
-    if MASKED:
-        kv = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, s_layout))
-        rows = m + gl.arange(0, BLOCK_M, layout=col)
-        zt = gl.where(gl.expand_dims(kv, 1) <= gl.expand_dims(rows, 0), zt, float("-inf"))
-    pt = gl.exp2(zt)
+    dst, dv = _probabilities(slot, dv, k_smem, v_smem, q, do_ring.index(slot), lse_ring,
+                             delta_ring, s_zero, n0, m, qk_scale, BLOCK_M, BLOCK_N, MASKED,
+                             s_layout, a_layout)
     dtype: gl.constexpr = q_ring.dtype
-    dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), a_layout), do, dv, is_async=True)
-    delta = delta_ring.index(slot).load(col)  # after the exp2, as gluon_bwd_kernel
-    dpt = warpgroup_mma_wait(1, deps=(dpt_tok,))  # dPᵀ done, dV runs on
-    dst = (pt * (dpt - gl.expand_dims(delta, 0))).to(dtype)
+    dst = dst.to(dtype)
 
     # dSᵀ to shared memory for both warpgroups' dQ products (the async proxy reads it)
     buf = t % 2

@@ -156,17 +156,13 @@ def _load(Q, K, V, dO, Lse, Delta, stride_qb, stride_qh, stride_qm, stride_kb, s
 
 
 @gluon.jit
-def _step(t, dk, dv, k_smem, v_smem, q_ring, do_ring, lse_ring, delta_ring, ready, empty,
-          s_zero, n0, m, qk_scale, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-          STAGES: gl.constexpr, MASKED: gl.constexpr, s_layout: gl.constexpr,
-          a_layout: gl.constexpr):
-    """One query block (slot t % STAGES) against this warpgroup's kv rows [n0, n0 +
-    BLOCK_N): FA2 Algorithm 2, lines 11-17 transposed, in the order of the module
-    docstring. MASKED: the causal diagonal (query rows m .. m + BLOCK_M)."""
-    slot = t % STAGES
-    mbarrier.wait(ready.index(slot), (t // STAGES) & 1)
-    q = q_ring.index(slot)
-    do = do_ring.index(slot)
+def _probabilities(slot, dv, k_smem, v_smem, q, do, lse_ring, delta_ring, s_zero, n0, m,
+                   qk_scale, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                   MASKED: gl.constexpr, s_layout: gl.constexpr, a_layout: gl.constexpr):
+    """Sᵀ and dPᵀ issued, Pᵀ, dV += Pᵀ dO issued, dSᵀ = Pᵀ ⊙ (dPᵀ − delta) (fp32) for
+    ring slot `slot` (Q_i = q, dO_i = do) against kv rows [n0, n0 + BLOCK_N): the part
+    of a query block's step this kernel and the fused-dQ one (gluon_bwd_dq_kernel.py)
+    share. Returns (dSᵀ, dV's token, its products still in flight)."""
     st_tok = warpgroup_mma(k_smem, q.permute((1, 0)), s_zero, use_acc=False, is_async=True)
     dpt_tok = warpgroup_mma(v_smem, do.permute((1, 0)), s_zero, use_acc=False,
                             is_async=True)
@@ -179,13 +175,28 @@ def _step(t, dk, dv, k_smem, v_smem, q_ring, do_ring, lse_ring, delta_ring, read
         rows = m + gl.arange(0, BLOCK_M, layout=col)
         zt = gl.where(gl.expand_dims(kv, 1) <= gl.expand_dims(rows, 0), zt, float("-inf"))
     pt = gl.exp2(zt)
-    dtype: gl.constexpr = q_ring.dtype
-    dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), a_layout), do, dv, is_async=True)
+    dv = warpgroup_mma(gl.convert_layout(pt.to(q.dtype), a_layout), do, dv, is_async=True)
     # read here, not with lse: 16 registers fewer across the exp2
     delta = delta_ring.index(slot).load(col)
     dpt = warpgroup_mma_wait(1, deps=(dpt_tok,))  # dPᵀ done, dV runs on
-    dst = pt * (dpt - gl.expand_dims(delta, 0))
-    dk = warpgroup_mma(gl.convert_layout(dst.to(dtype), a_layout), q, dk, is_async=True)
+    return pt * (dpt - gl.expand_dims(delta, 0)), dv
+
+
+@gluon.jit
+def _step(t, dk, dv, k_smem, v_smem, q_ring, do_ring, lse_ring, delta_ring, ready, empty,
+          s_zero, n0, m, qk_scale, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+          STAGES: gl.constexpr, MASKED: gl.constexpr, s_layout: gl.constexpr,
+          a_layout: gl.constexpr):
+    """One query block (slot t % STAGES) against this warpgroup's kv rows [n0, n0 +
+    BLOCK_N): FA2 Algorithm 2, lines 11-17 transposed, in the order of the module
+    docstring. MASKED: the causal diagonal (query rows m .. m + BLOCK_M)."""
+    slot = t % STAGES
+    mbarrier.wait(ready.index(slot), (t // STAGES) & 1)
+    q = q_ring.index(slot)
+    dst, dv = _probabilities(slot, dv, k_smem, v_smem, q, do_ring.index(slot), lse_ring,
+                             delta_ring, s_zero, n0, m, qk_scale, BLOCK_M, BLOCK_N, MASKED,
+                             s_layout, a_layout)
+    dk = warpgroup_mma(gl.convert_layout(dst.to(q.dtype), a_layout), q, dk, is_async=True)
     dk, dv = warpgroup_mma_wait(0, deps=(dk, dv))
     mbarrier.arrive(empty.index(slot), count=1)
     return dk, dv
