@@ -14,6 +14,7 @@ attributes directly.
     IOAWARE_OP_ROUTE=custom_op op_route     register the ops as torch.library.custom_op
     IOAWARE_GLUON=0           gluon          keep the Gluon attention kernels out of tuning
     IOAWARE_FP8_ATTENTION=1   fp8_attention  read FP8 q, k, v in the attention kernel
+    IOAWARE_SSD_BACKWARD=chunked ssd_backward the SSD backward split parallel over chunks
 """
 
 from __future__ import annotations
@@ -74,6 +75,13 @@ class Config:
     # kernel (True) instead of per-head partials that torch sums (False: deterministic,
     # but 2·2·Bt·L·H·N·4 bytes of HBM traffic). Off until measured faster on a GPU.
     ssd_bc_atomic: bool = False
+    # The SSD backward's shape (codegen/ssd/backward.py): "sequential" (one program per
+    # head_dim block and batch·head walks every chunk, carrying dS) or "chunked" (only
+    # an elementwise pass over the chunk-boundary dS is sequential; the intra-chunk
+    # products run in parallel over chunks). Sequential until a GPU measures the other.
+    ssd_backward: str = dataclasses.field(
+        default_factory=lambda: os.environ.get("IOAWARE_SSD_BACKWARD", "sequential")
+    )
     # How the kernel families' ops are registered with torch (codegen/library.py), read
     # once when they are: "auto" (the lean torch.library route where this torch has it),
     # "library", or "custom_op" (torch.library.custom_op: to compare, or to rule it out).

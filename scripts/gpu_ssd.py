@@ -7,7 +7,8 @@
    torch.compile (first table only, capped) and the plain loop (first table only), at
    Mamba-2 sizes B=4, L=2048, H=48, P=64, N=128, bf16, ngroups 1 and 8 (with
    --issue-shape also at the acceptance shape H=64, L=4096, G=1); ioaware's backward
-   both with per-head dB/dC partials and with atomic adds (config.ssd_bc_atomic);
+   with per-head dB/dC partials, with atomic adds (config.ssd_bc_atomic), and split
+   parallel over chunks (config.ssd_backward = "chunked");
 3. decode step tables (µs per token per layer, % of the floor = the state read and
    written once): the step kernel, ioaware.compile of transformers' step (rewritten in
    place), that step eager and under torch.compile, mamba_ssm where installed; B=4, H=48,
@@ -38,6 +39,9 @@ PARTS = ("checks", "prefill", "step", "model")
 def check_kernels() -> None:
     from test_ssd_kernel import CLAMP, check, make_inputs
 
+    from ioaware.config import config
+
+    saved = config.ssd_backward
     shapes = [  # L, heads, groups, head_dim, d_state, dtype, parts
         (1000, 4, 2, 64, 128, torch.bfloat16, {"D", "dt_bias", "softplus", "h0"}),
         (333, 2, 1, 48, 16, torch.float32, {"D", "dt_bias", "softplus", "h0", "clamp"}),
@@ -46,10 +50,16 @@ def check_kernels() -> None:
     for length, heads, groups, p, n, dtype, parts in shapes:
         inputs = tuple(t.cuda() if isinstance(t, torch.Tensor) else t for t in
                        make_inputs(5, 2, length, heads, groups, p, n, dtype, parts))
-        start = time.perf_counter()
-        check(inputs, 5, CLAMP if "clamp" in parts else None)
-        print(f"check ok: L={length} H={heads} G={groups} P={p} N={n} {dtype} "
-              f"{sorted(parts)} ({time.perf_counter() - start:.1f} s)", flush=True)
+        for split in ("sequential", "chunked"):
+            start = time.perf_counter()
+            config.ssd_backward = split
+            try:
+                check(inputs, 5, CLAMP if "clamp" in parts else None)
+            finally:
+                config.ssd_backward = saved
+            print(f"check ok: L={length} H={heads} G={groups} P={p} N={n} {dtype} "
+                  f"{sorted(parts)} {split} backward ({time.perf_counter() - start:.1f} s)",
+                  flush=True)
 
 
 def check_step() -> None:

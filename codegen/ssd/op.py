@@ -185,7 +185,7 @@ def ssd_backward_op(
     else:
         spec = dataclasses.replace(
             ssd_spec(x, dt, B, D, dt_bias, dt_softplus, h0, dt_min, dt_max),
-            bc_atomic=config.ssd_bc_atomic)
+            bc_atomic=config.ssd_bc_atomic, backward=config.ssd_backward)
         module = kernel_module("ssd_bwd", spec, x.device)
         with device_context(x.device):
             ref = module.backward(dy, dh_last, x, dt, A, B, C, D, dt_bias, h0)

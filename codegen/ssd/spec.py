@@ -15,6 +15,7 @@ from ioaware.spec import DTYPES
 
 MAX_HEAD_DIM = 256
 MAX_D_STATE = 256
+BACKWARDS = ("sequential", "chunked")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +46,7 @@ class SSDSpec:
     dt_min: float = -math.inf  # dt clamped to [dt_min, dt_max] after softplus
     dt_max: float = math.inf
     bc_atomic: bool = False  # backward: dB, dC summed over a group's heads by atomic adds
+    backward: str = "sequential"  # backward: "sequential" or "chunked" (backward.py)
 
     def __post_init__(self) -> None:
         for name in ("dtype", "dt_dtype", "bc_dtype"):
@@ -55,6 +57,8 @@ class SSDSpec:
             raise ValueError(f"head_dim={self.head_dim} must be between 1 and {MAX_HEAD_DIM}")
         if not self.dt_min <= self.dt_max:
             raise ValueError(f"dt_min={self.dt_min} must not exceed dt_max={self.dt_max}")
+        if self.backward not in BACKWARDS:
+            raise ValueError(f"backward={self.backward!r} must be one of {BACKWARDS}")
         if not 1 <= self.d_state <= MAX_D_STATE:
             raise ValueError(f"d_state={self.d_state} must be between 1 and {MAX_D_STATE}")
 

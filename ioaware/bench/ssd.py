@@ -3,8 +3,10 @@
 mamba_ssm), eager and under torch.compile, against mamba_ssm's fused kernels where that
 package is installed, and against the plain recurrent loop.
 
-ioaware's backward runs twice: with dB, dC summed over a group's heads from per-head
-partials (the default) and by atomic adds in the kernel (config.ssd_bc_atomic).
+ioaware's backward runs three times: sequential over chunks with dB, dC summed over a
+group's heads from per-head partials (the default), the same by atomic adds in the
+kernel (config.ssd_bc_atomic), and split parallel over chunks with per-head partials
+(config.ssd_backward = "chunked").
 
 Every variant computes the same map (dt = softplus(dt + dt_bias), D skip, B and C shared
 by a group of heads, chunks of `torch_chunk` for transformers' spelling as its configs
@@ -243,18 +245,20 @@ def bench_ssd(batch: int = 4, heads: int = 64, head_dim: int = 64, d_state: int 
     rows = []
     from ioaware.config import config
 
-    for name, fn, atomic in (
-            ("ioaware ssd", _ioaware(), False),
-            ("ioaware ssd, dB/dC by atomic adds", _ioaware(), True),
+    for name, fn, atomic, split in (
+            ("ioaware ssd", _ioaware(), False, "sequential"),
+            ("ioaware ssd, dB/dC by atomic adds", _ioaware(), True, "sequential"),
+            ("ioaware ssd, chunked backward", _ioaware(), False, "chunked"),
             (f"torch_forward eager (chunk {torch_chunk})", _torch_forward(torch_chunk, False),
-             False)):
+             False, "sequential")):
         progress(name)
         row = ScanBenchRow(variant=name, seqlen=seqlen)
-        saved, config.ssd_bc_atomic = config.ssd_bc_atomic, atomic  # read by the backward
+        saved = config.ssd_bc_atomic, config.ssd_backward  # read by the backward
+        config.ssd_bc_atomic, config.ssd_backward = atomic, split
         try:
             _measure(row, fn, problem, checked, floors, warmup_ms, rep_ms)
         finally:
-            config.ssd_bc_atomic = saved
+            config.ssd_bc_atomic, config.ssd_backward = saved
         rows.append(row)
         progress(f"  {_row_line(row)}")
     progress(f"mamba_ssm (chunk {torch_chunk})")

@@ -139,17 +139,42 @@ def test_ssd_hundreds_of_steps():
                       {"D", "dt_bias", "softplus", "h0"}), 3, CLAMP)
 
 
-def test_ssd_backward_atomic_group_sums(monkeypatch):
+@pytest.mark.parametrize("seed, length, heads, groups, head_dim, d_state, dtype, parts, "
+                         "layout", [
+    (21, 40, 4, 2, 5, 3, torch.float32, {"D", "dt_bias", "softplus", "h0", "clamp"},
+     "contiguous"),
+    (22, 50, 3, 1, 16, 16, torch.bfloat16, {"D", "h0"}, "transposed"),
+    (23, 17, 3, 3, 4, 16, torch.float16, {"softplus", "dt_bias"}, "contiguous"),
+    (24, 1, 2, 1, 16, 1, torch.float32, {"h0"}, "contiguous"),
+    (25, 32, 1, 1, 1, 16, torch.bfloat16, set(), "contiguous"),
+])
+def test_ssd_chunked_backward(monkeypatch, seed, length, heads, groups, head_dim, d_state,
+                              dtype, parts, layout):
+    """config.ssd_backward = "chunked": G_c per chunk, the sequential pass over the
+    chunk-boundary dS, every chunk's gradients in parallel give the recurrence's
+    gradients (L not a multiple of the chunk, one partial chunk, exact multiples; G > 1;
+    h0 and dh_last; D, dt_bias, softplus, the clamp; fp32, bf16, fp16)."""
+    from ioaware.config import config
+
+    monkeypatch.setattr(config, "ssd_backward", "chunked")
+    check(make_inputs(seed, 2, length, heads, groups, head_dim, d_state, dtype, parts,
+                      layout), seed, CLAMP if "clamp" in parts else None)
+
+
+@pytest.mark.parametrize("split", ["sequential", "chunked"])
+def test_ssd_backward_atomic_group_sums(monkeypatch, split):
     """config.ssd_bc_atomic: dB and dC summed over a group's heads by atomic adds in the
     backward kernel give the same gradients as the per-head partials."""
     from ioaware.config import config
 
     monkeypatch.setattr(config, "ssd_bc_atomic", True)
+    monkeypatch.setattr(config, "ssd_backward", split)
     check(make_inputs(9, 2, 20, 4, 2, 5, 3, torch.float32,
                       {"D", "dt_bias", "softplus", "h0"}), 9, CLAMP)
 
 
-def test_ssd_backward_atomic_survives_autotuning(monkeypatch):
+@pytest.mark.parametrize("split", ["sequential", "chunked"])
+def test_ssd_backward_atomic_survives_autotuning(monkeypatch, split):
     """On a GPU the backward kernel is autotuned, and the first call at a size times
     every config by launching it again and again on that call's own buffers. The atomic
     adds of those trials must not stay in dB and dC (an H100's bench: the atomic row's
@@ -165,10 +190,11 @@ def test_ssd_backward_atomic_survives_autotuning(monkeypatch):
     from ioaware.config import config
 
     monkeypatch.setattr(config, "ssd_bc_atomic", True)
+    monkeypatch.setattr(config, "ssd_backward", split)
     inputs = make_inputs(11, 1, 40, 4, 1, 4, 3, torch.float32, {"D", "softplus"})
     x, dt, _, B, _, D, dt_bias, softplus, h0 = inputs
     spec = dataclasses.replace(ssd_ops.ssd_spec(x, dt, B, D, dt_bias, softplus, h0),
-                               bc_atomic=True)
+                               bc_atomic=True, backward=split)
     module = kernel_module("ssd_bwd", spec, x.device)
 
     def bench(kernel_call, quantiles):
@@ -180,9 +206,14 @@ def test_ssd_backward_atomic_survives_autotuning(monkeypatch):
                                                               do_bench=bench))
     monkeypatch.setattr(module, "INTERPRET", False)
     monkeypatch.setattr(module, "BWD_CONFIGS", ((4, 1), (8, 1)))
-    tuned = module._bwd_autotuned(module._ssd_bwd)
-    assert isinstance(tuned, triton.runtime.Autotuner)
-    monkeypatch.setattr(module, "_ssd_bwd_tuned", tuned)
+    # the chunked split: G_c's kernel (plain stores) and the chunks' kernel (the atomic
+    # adds) are autotuned; the pass, which rewrites its input in place, never is
+    kernels = (["_ssd_bwd"] if split == "sequential"
+               else ["_ssd_bwd_state_grad", "_ssd_bwd_chunk"])
+    for name in kernels:
+        tuned = module._bwd_autotuned(getattr(module, name))
+        assert isinstance(tuned, triton.runtime.Autotuner)
+        monkeypatch.setattr(module, f"{name}_tuned", tuned)
     check(inputs, 11)
 
 
@@ -228,9 +259,10 @@ def test_ssd_bad_input_names_the_argument(bad, message):
 
 @pytest.mark.skipif(not has_ptx_backend(), reason="triton has no NVIDIA backend here")
 def test_ssd_kernels_compile_for_sm90(tmp_path):
-    """The compiled forward and backward build for sm_90 at the issue's tile (P = 64,
-    N = 128, the H100's chunk), no GPU needed: a break shows up in CI, not first on the
-    device. The products are tensor-core mma (wgmma or mma.sync) in the PTX."""
+    """The compiled forward and backward (both splits) build for sm_90 at the issue's
+    tile (P = 64, N = 128, the H100's chunk), no GPU needed: a break shows up in CI, not
+    first on the device. The products are tensor-core mma (wgmma or mma.sync) in the
+    PTX."""
     from ioaware import hardware
     from ioaware.codegen.ssd import backward, forward
     from ioaware.codegen.ssd.spec import SSDSpec
@@ -256,6 +288,12 @@ def test_ssd_kernels_compile_for_sm90(tmp_path):
             const.update(BLOCK_P=64, HAS_H0=False, WRITE_Y=True, STORE_STATES=False)
         else:
             const.update(BLOCK_P=module.BWD_BLOCK_P, HAS_DHL=True, BC_ATOMIC=False)
-        kernel = compile_sm90(getattr(module, name), const, arg_type, num_warps=8)
-        ptx = kernel.asm["ptx"]
-        assert "wgmma" in ptx or "mma.sync" in ptx, f"{kind}: no tensor-core product"
+        names = [name] if kind == "fwd" else [name, "_ssd_bwd_state_grad", "_ssd_bwd_chunk"]
+        for fn in (getattr(module, n) for n in names):  # the chunked split's kernels too
+            kernel = compile_sm90(fn, {k: v for k, v in const.items() if k in fn.arg_names},
+                                  arg_type, num_warps=8)
+            ptx = kernel.asm["ptx"]
+            assert "wgmma" in ptx or "mma.sync" in ptx, f"{fn}: no tensor-core product"
+    # the chunked split's sequential pass: elementwise, no product
+    compile_sm90(module._ssd_bwd_state_pass, {"BLOCK": module.PASS_BLOCK, "HAS_DHL": True},
+                 arg_type, num_warps=4)
