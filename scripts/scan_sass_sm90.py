@@ -55,32 +55,40 @@ FP32 = ("FFMA", "FADD", "FMUL", "FMNMX", "FSEL", "FSETP")
 INT = ("IMAD", "IADD3", "LEA", "SHF", "LOP3", "ISETP", "SEL", "IADD")
 
 
-def compile_kernel(fn, constexprs: dict, warps: int):
+def compile_kernel(fn, constexprs: dict, warps: int, *, ints: dict | None = None,
+                   low: set | None = None, stages: int | None = None):
+    """`fn` built for sm_90 as a contiguous launch would specialise it: the arguments in
+    `ints` (this script's INTS) as their values (1 a constant, multiples of 16
+    divisible), the others pointers (bf16 where named in `low`, this script's LOW, else
+    fp32), constexprs given or at their defaults. scripts/ssd_sass_sm90.py uses it too."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    ints = INTS if ints is None else ints
+    low = LOW if low is None else low
     # A knob this kernel does not have (an older checkout's) is left out.
-    constexprs = {k: v for k, v in constexprs.items() if k in fn.arg_names}
+    constexprs = {**{q.name: q.default for q in fn.params if q.is_constexpr and q.has_default},
+                  **{k: v for k, v in constexprs.items() if k in fn.arg_names}}
     signature, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in constexprs:
             signature[name] = "constexpr"
-        elif name in INTS:
-            if INTS[name] == 1:  # a launch specialises 1 to a constant
+        elif name in ints:
+            if ints[name] == 1:  # a launch specialises 1 to a constant
                 constexprs[name] = 1
                 signature[name] = "constexpr"
             else:
                 signature[name] = "i32"
-                if INTS[name] % 16 == 0:
+                if ints[name] % 16 == 0:
                     attrs[(i,)] = [["tt.divisibility", 16]]
         else:
-            signature[name] = "*bf16" if name in LOW else "*fp32"
+            signature[name] = "*bf16" if name in low else "*fp32"
             attrs[(i,)] = [["tt.divisibility", 16]]
     source = ASTSource(fn=fn, signature=signature, attrs=attrs, constexprs={
         (fn.arg_names.index(k),): v for k, v in constexprs.items()})
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": warps})
+    options = {"num_warps": warps, **({} if stages is None else {"num_stages": stages})}
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
 
 
 def op_counts(sass: str) -> list[dict[str, int]]:

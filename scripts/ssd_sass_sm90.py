@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from attention_templates_sm90 import sass_stats  # scripts/ is sys.path[0]
+from scan_sass_sm90 import compile_kernel as compile_sm90
 
 from ioaware import hardware
 from ioaware.codegen.cache import _import_file
@@ -47,33 +48,9 @@ def ints(chunk: int) -> dict[str, int]:
 
 
 def compile_kernel(fn, constexprs: dict, warps: int, stages: int, chunk: int):
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    constexprs = {**{p.name: p.default for p in fn.params
-                     if p.is_constexpr and p.has_default},
-                  **{k: v for k, v in constexprs.items() if k in fn.arg_names}}
-    values = ints(chunk)
-    signature, attrs = {}, {}
-    for i, name in enumerate(fn.arg_names):
-        if name in constexprs:
-            signature[name] = "constexpr"
-        elif name in values:
-            if values[name] == 1:  # a launch specialises 1 to a constant
-                constexprs[name] = 1
-                signature[name] = "constexpr"
-            else:
-                signature[name] = "i32"
-                if values[name] % 16 == 0:
-                    attrs[(i,)] = [["tt.divisibility", 16]]
-        else:
-            signature[name] = "*bf16" if name in LOW else "*fp32"
-            attrs[(i,)] = [["tt.divisibility", 16]]
-    source = ASTSource(fn=fn, signature=signature, attrs=attrs, constexprs={
-        (fn.arg_names.index(k),): v for k, v in constexprs.items()})
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": warps, "num_stages": stages})
+    """`fn` built for sm_90 as a contiguous launch at the issue's shape would be
+    (scan_sass_sm90.compile_kernel with this kernel's integer arguments and dtypes)."""
+    return compile_sm90(fn, constexprs, warps, ints=ints(chunk), low=LOW, stages=stages)
 
 
 def main() -> int:
