@@ -67,7 +67,16 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from .gluon_bwd_kernel import LOADER_WARPS, _load, _probabilities, _program, _query_range
+from .gluon_bwd_kernel import (
+    LOADER_WARPS,
+    _load,
+    _masked_blocks,
+    _output_descriptors,
+    _probabilities,
+    _program,
+    _query_range,
+    _store_dkdv,
+)
 
 
 @gl_core.builtin
@@ -174,18 +183,14 @@ def _consume(w: gl.constexpr, smem, extra, bars, dK, dV, DqAcc, stride_dkb, stri
         version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HALF, 16])
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout,
                                                  k_width=2)
-    dk_desc = tma.make_tensor_descriptor(dK + b * stride_dkb + h_kv * stride_dkh,
-                                         [N_K, HEAD_DIM], [stride_dkn, 1],
-                                         [BLOCK_N, HEAD_DIM], k_smem.type.layout)
-    dv_desc = tma.make_tensor_descriptor(dV + b * stride_dvb + h_kv * stride_dvh,
-                                         [N_K, HEAD_DIM], [stride_dvn, 1],
-                                         [BLOCK_N, HEAD_DIM], v_smem.type.layout)
+    k_layout: gl.constexpr = k_smem.type.layout
+    v_layout: gl.constexpr = v_smem.type.layout
+    dk_desc, dv_desc = _output_descriptors(
+        dK, dV, b, h_kv, stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh,
+        stride_dvn, N_K, BLOCK_N, HEAD_DIM, k_layout, v_layout)
     n0 = start_n + w * BLOCK_N
     m_lo, n_m = _query_range(start_n, N_Q, BLOCK_M, CAUSAL)
-    if CAUSAL:
-        full = gl.minimum(gl.cdiv(n0 + BLOCK_N - 1 - m_lo, BLOCK_M), n_m)
-    else:
-        full = 0
+    full = _masked_blocks(n0, m_lo, n_m, BLOCK_M, BLOCK_N, CAUSAL)
 
     s_zero = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=s_layout)
     q_zero = gl.zeros([BLOCK_M, HALF], gl.float32, layout=dq_layout)
@@ -216,13 +221,8 @@ def _consume(w: gl.constexpr, smem, extra, bars, dK, dV, DqAcc, stride_dkb, stri
     t_end = GROUP * n_m
     mbarrier.arrive(ds_bar.index(t_end % 2), count=1)
     mbarrier.wait(ds_bar.index(t_end % 2), (t_end // 2) & 1)
-    dtype: gl.constexpr = k_smem.dtype
-    k_smem.store((dk * scale).to(dtype))
-    v_smem.store(dv.to(dtype))
-    fence_async_shared()
-    tma.async_copy_shared_to_global(dk_desc, [n0, 0], k_smem)
-    tma.async_copy_shared_to_global(dv_desc, [n0, 0], v_smem)
-    tma.store_wait(0)  # also the last reduce-add
+    _store_dkdv(dk, dv, scale, k_smem, v_smem, dk_desc, dv_desc, n0)  # waits for the
+    # last reduce-add too (store_wait)
 
 
 @gluon.jit

@@ -216,6 +216,49 @@ def _steps(lo, hi, base, m_lo, dk, dv, k_smem, v_smem, q_ring, do_ring, lse_ring
 
 
 @gluon.jit
+def _output_descriptors(dK, dV, b, h_kv, stride_dkb, stride_dkh, stride_dkn, stride_dvb,
+                        stride_dvh, stride_dvn, N_K, BLOCK_N: gl.constexpr,
+                        HEAD_DIM: gl.constexpr, k_layout: gl.constexpr,
+                        v_layout: gl.constexpr):
+    """The TMA descriptors dK and dV of this (batch, kv head) leave through, each in the
+    layout of the shared tile it is stored from (K's, V's)."""
+    dk_desc = tma.make_tensor_descriptor(dK + b * stride_dkb + h_kv * stride_dkh,
+                                         [N_K, HEAD_DIM], [stride_dkn, 1],
+                                         [BLOCK_N, HEAD_DIM], k_layout)
+    dv_desc = tma.make_tensor_descriptor(dV + b * stride_dvb + h_kv * stride_dvh,
+                                         [N_K, HEAD_DIM], [stride_dvn, 1],
+                                         [BLOCK_N, HEAD_DIM], v_layout)
+    return dk_desc, dv_desc
+
+
+@gluon.jit
+def _masked_blocks(n0, m_lo, n_m, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                   CAUSAL: gl.constexpr):
+    """Causal: the query blocks [0, full) holding a row before some kv row of this
+    warpgroup, which run masked. The second warpgroup's first block sees none of its
+    rows (P = 0); it runs masked rather than released unread: a skip loop's scalars
+    spill (ptxas, 240 registers), one wasted block in ~N/128 costs less."""
+    if CAUSAL:
+        full = gl.minimum(gl.cdiv(n0 + BLOCK_N - 1 - m_lo, BLOCK_M), n_m)
+    else:
+        full = 0
+    return full
+
+
+@gluon.jit
+def _store_dkdv(dk, dv, scale, k_smem, v_smem, dk_desc, dv_desc, n0):
+    """Epilogue: K_j and V_j are no longer read (the last products are done), so their
+    tiles carry dK_j·scale and dV_j to the TMA stores (rows past Nk dropped)."""
+    dtype: gl.constexpr = k_smem.dtype
+    k_smem.store((dk * scale).to(dtype))
+    v_smem.store(dv.to(dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(dk_desc, [n0, 0], k_smem)
+    tma.async_copy_shared_to_global(dv_desc, [n0, 0], v_smem)
+    tma.store_wait(0)
+
+
+@gluon.jit
 def _consume(w: gl.constexpr, smem, bars, dK, dV, stride_dkb, stride_dkh, stride_dkn,
              stride_dvb, stride_dvh, stride_dvn, H_KV, GROUP, N_Q, N_K, qk_scale,
              scale, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
@@ -239,23 +282,14 @@ def _consume(w: gl.constexpr, smem, bars, dK, dV, stride_dkb, stride_dkh, stride
                                                  k_width=2)
     # the output descriptors now, not after the loop: their global scratch address
     # would otherwise be carried around the partition's dispatch loop (on the stack)
-    layout: gl.constexpr = k_smem.type.layout
-    dk_desc = tma.make_tensor_descriptor(dK + b * stride_dkb + h_kv * stride_dkh,
-                                         [N_K, HEAD_DIM], [stride_dkn, 1],
-                                         [BLOCK_N, HEAD_DIM], layout)
-    dv_desc = tma.make_tensor_descriptor(dV + b * stride_dvb + h_kv * stride_dvh,
-                                         [N_K, HEAD_DIM], [stride_dvn, 1],
-                                         [BLOCK_N, HEAD_DIM], layout)
+    k_layout: gl.constexpr = k_smem.type.layout
+    v_layout: gl.constexpr = v_smem.type.layout
+    dk_desc, dv_desc = _output_descriptors(
+        dK, dV, b, h_kv, stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh,
+        stride_dvn, N_K, BLOCK_N, HEAD_DIM, k_layout, v_layout)
     n0 = start_n + w * BLOCK_N
     m_lo, n_m = _query_range(start_n, N_Q, BLOCK_M, CAUSAL)
-    if CAUSAL:
-        # blocks [0, full) hold a query row before some kv row of this warpgroup: masked.
-        # The second warpgroup's first block sees none of its rows (P = 0); it runs
-        # masked rather than released unread: a skip loop's scalars spill (ptxas, 240
-        # registers), one wasted block in ~N/128 costs less.
-        full = gl.minimum(gl.cdiv(n0 + BLOCK_N - 1 - m_lo, BLOCK_M), n_m)
-    else:
-        full = 0
+    full = _masked_blocks(n0, m_lo, n_m, BLOCK_M, BLOCK_N, CAUSAL)
 
     s_zero = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=s_layout)
     # fp32 tensors between steps: each step waits for its products (`_step`)
@@ -272,15 +306,7 @@ def _consume(w: gl.constexpr, smem, bars, dK, dV, stride_dkb, stride_dkh, stride
                         lse_ring, delta_ring, ready, empty, s_zero, n0, qk_scale, BLOCK_M,
                         BLOCK_N, STAGES, False, s_layout, a_layout)
 
-    # Epilogue: K_j and V_j are no longer read (the last products are done), so their
-    # tiles carry dK_j·scale and dV_j to the TMA stores (rows past Nk dropped).
-    dtype: gl.constexpr = k_smem.dtype
-    k_smem.store((dk * scale).to(dtype))
-    v_smem.store(dv.to(dtype))
-    fence_async_shared()
-    tma.async_copy_shared_to_global(dk_desc, [n0, 0], k_smem)
-    tma.async_copy_shared_to_global(dv_desc, [n0, 0], v_smem)
-    tma.store_wait(0)
+    _store_dkdv(dk, dv, scale, k_smem, v_smem, dk_desc, dv_desc, n0)
 
 
 @gluon.jit
