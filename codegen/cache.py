@@ -35,6 +35,7 @@ import importlib.util
 import json
 import linecache
 import logging
+import operator
 import os
 import sys
 import tempfile
@@ -125,11 +126,15 @@ def _versions(kind: str) -> dict[str, str]:
 # spaces hold the Gluon configs; without it in the key, a script that turned it off for a
 # baseline left Gluon-free modules (and their tuned configs) on disk for every later run.
 RENDER_OPTIONS = ("gluon",)
+# Their values now, for the in-process memo (a hashable: one value, or a tuple of
+# several): a C-level getter, since every op call that is not a plan replay looks its
+# module up by them (`cached_module`).
+_option_values = operator.attrgetter(*RENDER_OPTIONS)
 
 
-def render_options() -> tuple:
-    """The values of `RENDER_OPTIONS` now."""
-    return (config.gluon,)
+def render_options() -> dict:
+    """`RENDER_OPTIONS` and their values now (the disk key's part)."""
+    return {name: getattr(config, name) for name in RENDER_OPTIONS}
 
 
 def cache_key(
@@ -146,7 +151,7 @@ def cache_key(
     if versions is None:
         versions = _versions(kind)
     fields = {"kind": kind, "spec": spec.key(), "device": device, "versions": versions,
-              "options": dict(zip(RENDER_OPTIONS, render_options()))}
+              "options": render_options()}
     if profile is not None:
         fields["profile"] = profile.to_json()
     payload = json.dumps(fields, sort_keys=True)
@@ -280,7 +285,7 @@ def cached_module(kind: str, spec: Spec, device: str) -> ModuleType | None:
     (under today's `render_options`), or None: the per-call lookup, with nothing to
     render or hash."""
     with _lock:
-        return _modules.get((kind, spec, device, *render_options()))
+        return _modules.get((kind, spec, device, _option_values(config)))
 
 
 def load_kernel_module(kind: str, spec: Spec, device: str,
@@ -291,8 +296,8 @@ def load_kernel_module(kind: str, spec: Spec, device: str,
 
     Looked up in-process, then on disk; rendered and written atomically if absent.
     """
-    # Called on every op call: the (kind, spec, device) entry skips hashing the spec.
-    memo = (kind, spec, device, *render_options())  # as `cached_module` looks it up
+    # Called on every op call: this entry (`cached_module`'s key) skips hashing the spec.
+    memo = (kind, spec, device, _option_values(config))
     with _lock:
         module = _modules.get(memo)
         if module is not None:

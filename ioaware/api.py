@@ -134,6 +134,10 @@ def _call_signature(args: tuple, kwargs: dict) -> tuple:
             tuple((k, one(v)) for k, v in kwargs.items()))
 
 
+# How the reason of a call dynamo could not trace begins (bench rows look for it).
+UNTRACEABLE = "dynamo could not trace this call, which runs eagerly"
+
+
 def untraceable_reason(error: BaseException) -> str:
     """What explain says of a call dynamo could not trace, on one line: dynamo's first
     line, its explanation, and the error that caused it (the op's own: dynamo's
@@ -148,8 +152,7 @@ def untraceable_reason(error: BaseException) -> str:
     cause = error.__cause__ or error.__context__
     if cause is not None and lines_of(cause):
         said.append(f"caused by {type(cause).__name__}: {' '.join(lines_of(cause)[:3])}")
-    return ("dynamo could not trace this call, which runs eagerly: "
-            f"{type(error).__name__}: {' '.join(said)}")[:2000]
+    return f"{UNTRACEABLE}: {type(error).__name__}: {' '.join(said)}"[:2000]
 
 
 @contextlib.contextmanager

@@ -130,6 +130,20 @@ def run_variant(name: str, build, model, ids, new: int, use_cprofile: bool) -> N
         model.forward = eager_forward
 
 
+def variants() -> dict:
+    """Each variant's name and how it compiles the model's forward."""
+    import ioaware
+
+    return {
+        "eager": lambda f: f,
+        "torch.compile": torch.compile,
+        "ioaware.compile": ioaware.compile,
+        "torch.compile(reduce-overhead)": lambda f: torch.compile(f, mode="reduce-overhead"),
+        "ioaware.compile(reduce-overhead)": lambda f: ioaware.compile(
+            f, mode="reduce-overhead"),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--new", type=int, default=64, help="new tokens per generate()")
@@ -137,31 +151,21 @@ def main() -> None:
     parser.add_argument("--cprofile", action="store_true",
                         help="also the top Python functions of one generate()")
     parser.add_argument("--variant", default=None,
-                        help="run only this variant (how the reduce-overhead rows run)")
+                        help="run only this variant (how each one runs, in its own process)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("needs a CUDA GPU")
-    names = ["eager", "torch.compile", "ioaware.compile", "torch.compile(reduce-overhead)",
-             "ioaware.compile(reduce-overhead)"]
     if args.variant is not None:
-        import ioaware
         from ioaware.bench.decode import generate_model
 
-        variants = {
-            "eager": lambda f: f,
-            "torch.compile": torch.compile,
-            "ioaware.compile": ioaware.compile,
-            "torch.compile(reduce-overhead)": lambda f: torch.compile(f, mode="reduce-overhead"),
-            "ioaware.compile(reduce-overhead)": lambda f: ioaware.compile(
-                f, mode="reduce-overhead"),
-        }
         torch.manual_seed(0)  # every variant's process builds the same model
         model = generate_model()
         ids = torch.randint(1, 32000, (1, args.prompt), device="cuda")
-        run_variant(args.variant, variants[args.variant], model, ids, args.new, args.cprofile)
+        run_variant(args.variant, variants()[args.variant], model, ids, args.new,
+                    args.cprofile)
         return
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
-    for name in names:
+    for name in variants():
         # Each variant in its own process. The reduce-overhead ones both died with
         # SIGSEGV on the H200 (2026-12-07) after the default rows had printed, taking the
         # rest with them; and on the H100 (seventh session) every CPU op of the variant

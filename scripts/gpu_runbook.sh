@@ -21,7 +21,8 @@
 #   dense2     issue 15's other shapes: B1 H16 N16384 d128, B4 H16 N4096 d256 (300)
 #   masked     ioaware bench attention --mask all beside Flex and compile (400)
 #   backward   scripts/gpu_attention_backward.py --candidates (200)
-#   ssd        scripts/gpu_ssd.py --issue-shape --skip model (360: checks ~2 min, then the tables)
+#   ssd        scripts/gpu_ssd.py --issue-shape --skip model (480: checks of both backwards
+#              ~2 min each, then the tables)
 #   gluon      scripts/gpu_gluon_forward.py, then its GPU tests (350; GLUON_TESTS=0 skips them)
 #   poly       scripts/gpu_gluon_forward.py --poly: the forward's polynomial-exp2 shares at
 #              d = 64, checked, beside the tuned Triton forward and cuDNN (180)
@@ -99,7 +100,7 @@ for s in ${STEPS:-tests}; do
     fp8) step fp8 150 python3 scripts/gpu_attention_fp8.py
          step fp8tests 150 python3 -m pytest -q -rfE --tb=short -m gpu -W ignore \
            -p no:cacheprovider tests/gpu/test_attention_fp8_gpu.py ;;
-    ssd) step ssd 360 python3 scripts/gpu_ssd.py --issue-shape --skip model ;;
+    ssd) step ssd 480 python3 scripts/gpu_ssd.py --issue-shape --skip model ;;
     *) echo "unknown step $s" | tee -a "$out/summary.txt" ;;
   esac
 done

@@ -67,8 +67,8 @@ from .tiles import attention_dkdv_tile_candidates, attention_dq_tile_candidates
 # the Gluon dK/dV kernel (gluon_bwd_kernel.py, FA3's warp-specialized schedule; plain
 # Specs, where gluon_backward's gate admits it, else the default dK/dV config);
 # "gluon+atomic" its fused-dQ form (gluon_bwd_dq_kernel.py: dQ by TMA reduce-adds, no dQ
-# pass; refused, the default tiles with "atomic"). Any variant runs when pinned; these
-# are the tuning space.
+# pass; refused, the two-kernel default, or pinned with no dQ config, the default tiles
+# with "atomic"). Any variant runs when pinned; these are the tuning space.
 Config = tuple
 # (64, 128, 8, 2, "tma") won the old space at d = 128 on the H100; 64 kv rows
 # with 8 warps compile with no or few spills there (Triton 3.6, sm_90; docs/kernels.md
@@ -631,21 +631,18 @@ def _launch(kernel, config, grid_rows, grid_heads, args):
 
 
 def _rest_of_backward(dkdv_config, dq_config, dq, dkdv_args, dq_args, shape):
-    """dK/dV, then dQ: by its own pass, or (an atomic dK/dV config) by the conversion
-    of the fp32 accumulator [B·Hq, Nq, D_PAD] the dK/dV kernel added into (allocated
-    here, so the two-kernel backward holds no such buffer). shape: (B, Hq, Hkv, Nq, Nk)."""
+    """dK/dV, then dQ: by its own pass, or (an atomic dK/dV config, Triton's or the
+    fused Gluon kernel) from the accumulator the dK/dV kernel added into
+    (`_dq_by_atomics`). shape: (B, Hq, Hkv, Nq, Nk)."""
     batch, h_q, h_kv, n_q, n_k = shape
     if gluon_backward.is_gluon(dkdv_config):
         q, k, v, do, dk, dv, lse, delta = dkdv_args[:8]
         reason = GLUON_REFUSED or gluon_backward.call_reason(q, k, v, do, dk, dv)
         fused = gluon_backward.is_fused(dkdv_config)  # "gluon+atomic": dQ inside
         if reason is None and fused:
-            acc = torch.zeros((batch * h_q, n_q, D_PAD), device=dq.device,
-                              dtype=torch.float32)
-            gluon_backward.launch(dkdv_config, q, k, v, do, dk, dv, lse, delta, SCALE.value,
-                                  CAUSAL.value, dq_acc=acc)
-            launch(_bwd_dq_convert, (_cdiv(n_q, PRE_BLOCK_M), batch * h_q), acc, dq,
-                   *dq.stride(), h_q, n_q, BLOCK_M=PRE_BLOCK_M)
+            _dq_by_atomics(dq, shape, lambda acc: gluon_backward.launch(
+                dkdv_config, q, k, v, do, dk, dv, lse, delta, SCALE.value, CAUSAL.value,
+                dq_acc=acc))
             return
         if reason is None:
             gluon_backward.launch(dkdv_config, q, k, v, do, dk, dv, lse, delta, SCALE.value,
@@ -662,8 +659,17 @@ def _rest_of_backward(dkdv_config, dq_config, dq, dkdv_args, dq_args, shape):
         _launch(_bwd_dkdv, dkdv_config, n_k, batch * h_kv, dkdv_args)
         _launch(_bwd_dq, dq_config, n_q, batch * h_q, dq_args)
         return
+    _dq_by_atomics(dq, shape, lambda acc: _launch(
+        _bwd_dkdv, dkdv_config, n_k, batch * h_kv, (*dkdv_args[:8], acc, *dkdv_args[9:])))
+
+
+def _dq_by_atomics(dq, shape, dkdv):
+    """The one-kernel backward's dQ: `dkdv(acc)` adds dS K into a zeroed fp32
+    accumulator [B·Hq, Nq, D_PAD] (allocated here, so the two-kernel backward holds no
+    such buffer), then `_bwd_dq_convert` scales it into dQ. shape: (B, Hq, Hkv, Nq, Nk)."""
+    batch, h_q, _, n_q, _ = shape
     acc = torch.zeros((batch * h_q, n_q, D_PAD), device=dq.device, dtype=torch.float32)
-    _launch(_bwd_dkdv, dkdv_config, n_k, batch * h_kv, (*dkdv_args[:8], acc, *dkdv_args[9:]))
+    dkdv(acc)
     launch(_bwd_dq_convert, (_cdiv(n_q, PRE_BLOCK_M), batch * h_q), acc, dq, *dq.stride(),
            h_q, n_q, BLOCK_M=PRE_BLOCK_M)
 

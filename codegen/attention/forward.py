@@ -97,6 +97,8 @@ POLY_SHARE = 8
 
 def poly_share(variant: str) -> int:
     """K of a variant string's "polyK" ("poly": POLY_SHARE), 0 without one."""
+    if "poly" not in variant:  # every launch asks: no split for the usual variant
+        return 0
     for part in variant.split("+"):
         if part.startswith("poly"):
             share = int(part[4:] or POLY_SHARE)
@@ -441,8 +443,7 @@ def _launch(config, q, k, v, out, lse, scales):
            h_q, h_q // h_kv, n_q, n_k, 1 << (n_q - 1).bit_length(),
            1 << (n_k - 1).bit_length(), *scales,
            BLOCK_M=bm, BLOCK_N=bn, TMA=tma, WARP_SPEC="ws" in variant,
-           LAZY="lazy" in variant, POLY=poly_share(variant) if "poly" in variant else 0,
-           num_warps=warps,
+           LAZY="lazy" in variant, POLY=poly_share(variant), num_warps=warps,
            num_stages=stages)
 
 

@@ -11,9 +11,9 @@ A dK/dV config that names the "gluon" variant (a backward.Config) is
     (BLOCK_M, 2·BLOCK_N, 8, STAGES, "gluon")
 BLOCK_M query rows a step, 2·BLOCK_N kv rows a program (two consumer warpgroups of
 BLOCK_N = 64 kv rows each), 8 consumer warps (plus one loader warp), the Q/dO ring
-STAGES deep: the order of `_bwd_dkdv`'s (BLOCK_M, BLOCK_N, warps, stages) tuple. It is
-a pinnable candidate (`backward.candidate_configs`), out of the tuning space until a
-GPU has measured it.
+STAGES deep: the order of `_bwd_dkdv`'s (BLOCK_M, BLOCK_N, warps, stages) tuple. Its
+configs are pinnable (`CANDIDATES`, `backward.gluon_candidate_configs`); those a GPU
+measured ahead join the tuning space (`TUNED`).
 
     (BLOCK_M, 2·BLOCK_N, 8, STAGES, "gluon+atomic")
 names the fused-dQ kernel (gluon_bwd_dq_kernel.py): the same program, plus dQ by TMA

@@ -241,7 +241,7 @@ def _run_variant(row: ModelRow, name: str, sizes: Sizes, variant: str, train: bo
     if compiler == "inductor":
         run = torch.compile(model, mode=mode)
     elif compiler == "ioaware":
-        from ioaware.api import eager_when_untraceable
+        from ioaware.api import UNTRACEABLE, eager_when_untraceable
         from ioaware.backend import IoawareBackend
 
         backend = IoawareBackend(mode=mode)
@@ -284,7 +284,7 @@ def _run_variant(row: ModelRow, name: str, sizes: Sizes, variant: str, train: bo
     if backend is not None:
         row.regions = len(backend.explanation.rewrites)
         untraced = [f.reason for f in backend.explanation.fallbacks
-                    if f.reason.startswith("dynamo could not trace")]
+                    if f.reason.startswith(UNTRACEABLE)]
         if untraced:
             row.note = untraced[0][:300]
     return first
